@@ -1,0 +1,223 @@
+//! The rest-json binding of the App Mesh API, built from the model: every
+//! operation's method and path come from `appmesh-2019-01-25.service.json`,
+//! path labels and query parameters are merged with the JSON body into the
+//! operation's input shape, the input is checked against the model, and the
+//! output's `payload` member (if any) becomes the response body.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, MethodFilter, MethodRouter};
+use axum::Router;
+use serde_json::{Map, Value};
+use weft_model::schema::{Location, ShapeKind};
+use weft_model::{schema, validate_input};
+
+use crate::error::ApiError;
+use crate::service::Service;
+
+/// Builds the input shape of `operation` from the request's parts.
+fn build_input(
+    operation: &str,
+    labels: &HashMap<String, String>,
+    query: &HashMap<String, String>,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    let model = schema();
+    let op = model
+        .operations
+        .get(operation)
+        .ok_or_else(|| ApiError::Internal(format!("operation {operation} missing from model")))?;
+    let mut input = if body.iter().all(u8::is_ascii_whitespace) {
+        Map::new()
+    } else {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => {
+                return Err(ApiError::BadRequest(
+                    "The request body must be a JSON object".into(),
+                ))
+            }
+            Err(e) => {
+                return Err(ApiError::BadRequest(format!(
+                    "The request body is not valid JSON: {e}"
+                )))
+            }
+        }
+    };
+    let Some(ShapeKind::Structure { members, .. }) = model.shape(&op.input).map(|s| &s.kind) else {
+        return Err(ApiError::Internal(format!(
+            "input of {operation} is not a structure"
+        )));
+    };
+    for (name, member) in members {
+        // Members bound to the path or query string never come from the body.
+        let raw = match &member.location {
+            Location::Body => continue,
+            Location::Uri(label) => {
+                input.remove(name);
+                labels.get(label)
+            }
+            Location::Query(param) => {
+                input.remove(name);
+                query.get(param)
+            }
+        };
+        let Some(raw) = raw else { continue };
+        let is_integer = matches!(
+            model.shape(&member.shape).map(|s| &s.kind),
+            Some(ShapeKind::Integer { .. })
+        );
+        let value = if is_integer {
+            match raw.parse::<i64>() {
+                Ok(n) => Value::from(n),
+                Err(_) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "Value at '{name}' failed to satisfy constraint: Member must be an integer"
+                    )))
+                }
+            }
+        } else {
+            Value::String(raw.clone())
+        };
+        input.insert(name.clone(), value);
+    }
+    Ok(Value::Object(input))
+}
+
+/// Serializes an output shape: its payload member alone if the model names
+/// one, otherwise the whole structure.
+fn render_output(operation: &str, output: Value) -> Response {
+    let model = schema();
+    let payload = model
+        .operations
+        .get(operation)
+        .and_then(|op| model.shape(&op.output))
+        .and_then(|s| match &s.kind {
+            ShapeKind::Structure { payload, .. } => payload.clone(),
+            _ => None,
+        });
+    let body = match payload {
+        Some(member) => output.get(&member).cloned().unwrap_or(Value::Null),
+        None => output,
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn handle(
+    service: Service,
+    operation: &'static str,
+    labels: HashMap<String, String>,
+    query: HashMap<String, String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let input = build_input(operation, &labels, &query, &body)?;
+    validate_input(operation, &input)?;
+    let output = service.call(operation, input).await?;
+    Ok(render_output(operation, output))
+}
+
+fn method_filter(method: &str) -> MethodFilter {
+    match method {
+        "PUT" => MethodFilter::PUT,
+        "DELETE" => MethodFilter::DELETE,
+        "POST" => MethodFilter::POST,
+        "PATCH" => MethodFilter::PATCH,
+        _ => MethodFilter::GET,
+    }
+}
+
+async fn log_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let error_type = resp
+        .headers()
+        .get("x-amzn-ErrorType")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::debug!(
+        %method,
+        %path,
+        status,
+        error_type,
+        micros = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    resp
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("No App Mesh operation at {method} {}", uri.path()))
+}
+
+/// The App Mesh REST API as an axum router, plus `GET /healthz`.
+pub fn router(service: Service) -> Router {
+    let model = schema();
+    let mut paths: BTreeMap<String, MethodRouter<Service>> = BTreeMap::new();
+    for op in model.operations.values() {
+        let name: &'static str = Box::leak(op.name.clone().into_boxed_str());
+        let handler = move |State(service): State<Service>,
+                            labels: Option<Path<HashMap<String, String>>>,
+                            Query(query): Query<HashMap<String, String>>,
+                            body: Bytes| async move {
+            let labels = labels.map(|Path(l)| l).unwrap_or_default();
+            handle(service, name, labels, query, body).await
+        };
+        let entry = paths.remove(&op.uri).unwrap_or_default();
+        paths.insert(op.uri.clone(), entry.on(method_filter(&op.method), handler));
+    }
+    let mut router = Router::new().route("/healthz", get(|| async { "ok\n" }));
+    for (path, methods) in paths {
+        router = router.route(&path, methods);
+    }
+    router
+        .fallback(not_found)
+        .layer(middleware::from_fn(log_request))
+        .with_state(service)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_and_query_parameters_join_the_body() {
+        let labels = HashMap::from([("meshName".to_string(), "apps".to_string())]);
+        let query = HashMap::from([("limit".to_string(), "5".to_string())]);
+        let input = build_input("ListVirtualNodes", &labels, &query, b"").unwrap_or_default();
+        assert_eq!(input, serde_json::json!({"meshName": "apps", "limit": 5}));
+    }
+
+    #[test]
+    fn a_non_numeric_limit_is_a_bad_request() {
+        let query = HashMap::from([("limit".to_string(), "ten".to_string())]);
+        let err = build_input("ListMeshes", &HashMap::new(), &query, b"");
+        assert!(matches!(err, Err(ApiError::BadRequest(m)) if m.contains("limit")));
+    }
+
+    #[test]
+    fn a_path_label_wins_over_a_body_member_of_the_same_name() {
+        let labels = HashMap::from([("meshName".to_string(), "apps".to_string())]);
+        let input = build_input(
+            "UpdateMesh",
+            &labels,
+            &HashMap::new(),
+            br#"{"meshName":"x"}"#,
+        )
+        .unwrap_or_default();
+        assert_eq!(input["meshName"], "apps");
+    }
+}

@@ -1,0 +1,17 @@
+//! The App Mesh REST API (`rest-json`, paths under `/v20190125`), byte-compatible
+//! with what the AWS SDKs and CLI send and expect, served from a Weft store.
+//!
+//! Requests are SigV4-signed by the SDKs; Weft does not check signatures yet,
+//! so any credentials are accepted.
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod keys;
+pub mod kind;
+pub mod service;
+
+pub use config::{ApiConfig, Quotas};
+pub use error::ApiError;
+pub use http::router;
+pub use service::Service;

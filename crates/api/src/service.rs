@@ -1,0 +1,887 @@
+//! The App Mesh operations over a [`weft_store::Store`].
+//!
+//! Inputs arrive already checked against the model (see `http.rs`); this
+//! module adds what the model cannot say: existence, uniqueness, references
+//! between resources, quotas, versions, idempotency and pagination.
+//!
+//! Concurrency: every write in a mesh bumps the mesh's guard key and commits
+//! only if the guard is unchanged since the write read the mesh. A write that
+//! loses the race re-reads and tries again, so two updates of one resource
+//! give versions n+1 and n+2, and a delete cannot slip past a concurrent
+//! create that references what it deletes.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use weft_model::shapes::{
+    GatewayRouteSpec, RouteSpec, TagRef, VirtualNodeSpec, VirtualServiceProvider,
+    VirtualServiceSpec,
+};
+use weft_model::Arn;
+use weft_store::{Compare, KeyValue, Op, Range, SharedStore, Txn, TxnOutcome};
+
+use crate::config::ApiConfig;
+use crate::error::ApiError;
+use crate::keys;
+use crate::kind::{Action, Kind, ResourceId};
+
+/// How often a write re-reads and retries after losing a race in its mesh.
+const MAX_ATTEMPTS: usize = 64;
+/// Default and maximum page size of List operations.
+const DEFAULT_LIMIT: usize = 100;
+/// Default page size of ListTagsForResource (the model's TagsLimit maximum).
+const DEFAULT_TAGS_LIMIT: usize = 50;
+/// Tags per resource, as the model's TagList allows.
+const MAX_TAGS: usize = 50;
+
+/// A resource as stored: the `…Data` shape the API returns, plus its tags.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    data: Value,
+    #[serde(default)]
+    tags: Vec<TagRef>,
+}
+
+/// What a `clientToken` remembers: the request it came with and the answer given.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TokenRecord {
+    request: String,
+    output: Value,
+}
+
+/// The App Mesh API's behaviour, independent of HTTP.
+#[derive(Clone)]
+pub struct Service {
+    store: SharedStore,
+    config: ApiConfig,
+}
+
+fn now() -> f64 {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    // App Mesh timestamps carry millisecond precision.
+    (d.as_millis() as f64) / 1000.0
+}
+
+fn str_member<'a>(input: &'a Value, member: &str) -> Result<&'a str, ApiError> {
+    input
+        .get(member)
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::BadRequest(format!("Value at '{member}' must not be null")))
+}
+
+fn parse_spec<T: serde::de::DeserializeOwned>(spec: &Value) -> Result<T, ApiError> {
+    serde_json::from_value(spec.clone()).map_err(|e| ApiError::BadRequest(format!("spec: {e}")))
+}
+
+fn decode_record(kv: &KeyValue) -> Result<Record, ApiError> {
+    serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::Internal(format!("stored record {} is unreadable: {e}", kv.key)))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::Internal(format!("cannot encode record: {e}")))
+}
+
+/// Every virtual node a route sends traffic to.
+fn route_targets(spec: &RouteSpec) -> Vec<&str> {
+    let mut out = Vec::new();
+    for http in [&spec.http_route, &spec.http2_route].into_iter().flatten() {
+        out.extend(
+            http.action
+                .weighted_targets
+                .iter()
+                .map(|t| t.virtual_node.as_str()),
+        );
+    }
+    if let Some(g) = &spec.grpc_route {
+        out.extend(
+            g.action
+                .weighted_targets
+                .iter()
+                .map(|t| t.virtual_node.as_str()),
+        );
+    }
+    if let Some(t) = &spec.tcp_route {
+        out.extend(
+            t.action
+                .weighted_targets
+                .iter()
+                .map(|t| t.virtual_node.as_str()),
+        );
+    }
+    out
+}
+
+/// Number of weighted targets of each route type set on a route.
+fn route_types(spec: &RouteSpec) -> Vec<usize> {
+    let mut out = Vec::new();
+    for http in [&spec.http_route, &spec.http2_route].into_iter().flatten() {
+        out.push(http.action.weighted_targets.len());
+    }
+    if let Some(g) = &spec.grpc_route {
+        out.push(g.action.weighted_targets.len());
+    }
+    if let Some(t) = &spec.tcp_route {
+        out.push(t.action.weighted_targets.len());
+    }
+    out
+}
+
+/// The virtual services a gateway route sends traffic to, one per route type set.
+fn gateway_route_targets(spec: &GatewayRouteSpec) -> Vec<&str> {
+    let mut out = Vec::new();
+    for http in [&spec.http_route, &spec.http2_route].into_iter().flatten() {
+        out.push(
+            http.action
+                .target
+                .virtual_service
+                .virtual_service_name
+                .as_str(),
+        );
+    }
+    if let Some(g) = &spec.grpc_route {
+        out.push(
+            g.action
+                .target
+                .virtual_service
+                .virtual_service_name
+                .as_str(),
+        );
+    }
+    out
+}
+
+impl Service {
+    /// A service over `store`.
+    pub fn new(store: SharedStore, config: ApiConfig) -> Self {
+        Service { store, config }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &ApiConfig {
+        &self.config
+    }
+
+    /// Runs one operation on its merged, model-validated input and returns
+    /// its output shape as JSON.
+    pub async fn call(&self, operation: &str, input: Value) -> Result<Value, ApiError> {
+        match operation {
+            "TagResource" => return self.tag_resource(&input).await,
+            "UntagResource" => return self.untag_resource(&input).await,
+            "ListTagsForResource" => return self.list_tags(&input).await,
+            _ => {}
+        }
+        let (action, kind) = Kind::parse_operation(operation)
+            .ok_or_else(|| ApiError::BadRequest(format!("unknown operation {operation}")))?;
+        self.check_owner(&input)?;
+        match action {
+            Action::List => self.list(kind, &input).await,
+            action => {
+                let id = self.resource_id(kind, &input)?;
+                match action {
+                    Action::Create => self.create(operation, &id, &input).await,
+                    Action::Describe => self.describe(&id).await,
+                    Action::Update => self.update(operation, &id, &input).await,
+                    _ => self.delete(&id).await,
+                }
+            }
+        }
+    }
+
+    fn check_owner(&self, input: &Value) -> Result<(), ApiError> {
+        // Weft serves one account; a mesh "shared from" another account does
+        // not exist here.
+        match input.get("meshOwner").and_then(Value::as_str) {
+            Some(owner) if owner != self.config.account => Err(ApiError::NotFound(format!(
+                "No mesh owned by account {owner} is shared with this account"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn resource_id(&self, kind: Kind, input: &Value) -> Result<ResourceId, ApiError> {
+        let mesh = str_member(input, "meshName")?;
+        let parent = match kind.parent() {
+            Some(p) => Some(str_member(input, p.name_member())?.to_string()),
+            None => None,
+        };
+        Ok(ResourceId {
+            kind,
+            mesh: mesh.to_string(),
+            parent,
+            name: str_member(input, kind.name_member())?.to_string(),
+        })
+    }
+
+    fn arn(&self, id: &ResourceId) -> String {
+        Arn {
+            partition: self.config.partition.clone(),
+            region: self.config.region.clone(),
+            account: self.config.account.clone(),
+            resource: id.path(),
+        }
+        .to_string()
+    }
+
+    async fn load(&self, id: &ResourceId) -> Result<Option<(Record, KeyValue)>, ApiError> {
+        match self.store.get(&keys::resource(id)).await? {
+            Some(kv) => Ok(Some((decode_record(&kv)?, kv))),
+            None => Ok(None),
+        }
+    }
+
+    async fn exists(&self, id: &ResourceId) -> Result<bool, ApiError> {
+        Ok(self.store.get(&keys::resource(id)).await?.is_some())
+    }
+
+    async fn require(&self, id: &ResourceId) -> Result<(), ApiError> {
+        if self.exists(id).await? {
+            Ok(())
+        } else {
+            Err(ApiError::NotFound(format!("{} not found", id.describe())))
+        }
+    }
+
+    /// The mesh's guard as a compare, and the op that bumps it.
+    async fn guard(&self, mesh: &str) -> Result<(Compare, Op), ApiError> {
+        let key = keys::guard(mesh);
+        let compare = match self.store.get(&key).await? {
+            Some(kv) => Compare::ModRevision(key.clone(), kv.mod_revision),
+            None => Compare::Absent(key.clone()),
+        };
+        Ok((compare, Op::Put(key, Bytes::new())))
+    }
+
+    /// Replays an earlier answer for the same `clientToken`, or refuses a
+    /// token reused for a different request.
+    async fn replay(
+        &self,
+        operation: &str,
+        token: Option<&str>,
+        request: &str,
+    ) -> Result<Option<Value>, ApiError> {
+        let Some(token) = token else { return Ok(None) };
+        let Some(kv) = self.store.get(&keys::token(operation, token)).await? else {
+            return Ok(None);
+        };
+        let record: TokenRecord = serde_json::from_slice(&kv.value)
+            .map_err(|e| ApiError::Internal(format!("token record unreadable: {e}")))?;
+        if record.request == request {
+            Ok(Some(record.output))
+        } else {
+            Err(ApiError::Conflict(format!(
+                "clientToken {token} was already used with a different {operation} request"
+            )))
+        }
+    }
+
+    fn token_op(
+        &self,
+        operation: &str,
+        token: Option<&str>,
+        request: String,
+        output: &Value,
+    ) -> Result<Option<Op>, ApiError> {
+        let Some(token) = token else { return Ok(None) };
+        let record = TokenRecord {
+            request,
+            output: output.clone(),
+        };
+        Ok(Some(Op::Put(
+            keys::token(operation, token),
+            encode(&record)?,
+        )))
+    }
+
+    async fn commit(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<bool, ApiError> {
+        match self.store.txn(Txn { compares, ops }).await? {
+            TxnOutcome::Committed(_) => Ok(true),
+            TxnOutcome::Conflict(_) => Ok(false),
+        }
+    }
+
+    fn contention(id: &ResourceId) -> ApiError {
+        ApiError::TooManyRequests(format!(
+            "Too many concurrent changes in mesh \"{}\"; retry",
+            id.mesh
+        ))
+    }
+
+    async fn count(&self, prefix: String) -> Result<usize, ApiError> {
+        Ok(self.store.count(Range::prefix(prefix)).await?)
+    }
+
+    fn quota(&self, kind: Kind) -> usize {
+        let q = &self.config.quotas;
+        match kind {
+            Kind::Mesh => q.meshes,
+            Kind::VirtualNode => q.virtual_nodes_per_mesh,
+            Kind::VirtualService => q.virtual_services_per_mesh,
+            Kind::VirtualRouter => q.virtual_routers_per_mesh,
+            Kind::Route => q.routes_per_virtual_router,
+            Kind::VirtualGateway => q.virtual_gateways_per_mesh,
+            Kind::GatewayRoute => q.gateway_routes_per_virtual_gateway,
+        }
+    }
+
+    /// Checks what a spec refers to and the per-spec quotas.
+    async fn check_spec(&self, id: &ResourceId, spec: &Value) -> Result<(), ApiError> {
+        match id.kind {
+            Kind::VirtualService => {
+                let spec: VirtualServiceSpec = parse_spec(spec)?;
+                match &spec.provider {
+                    Some(VirtualServiceProvider::VirtualNode(p)) => {
+                        self.require(&ResourceId::in_mesh(
+                            Kind::VirtualNode,
+                            &id.mesh,
+                            &p.virtual_node_name,
+                        ))
+                        .await
+                    }
+                    Some(VirtualServiceProvider::VirtualRouter(p)) => {
+                        self.require(&ResourceId::in_mesh(
+                            Kind::VirtualRouter,
+                            &id.mesh,
+                            &p.virtual_router_name,
+                        ))
+                        .await
+                    }
+                    None => Ok(()),
+                }
+            }
+            Kind::Route => {
+                let spec: RouteSpec = parse_spec(spec)?;
+                let types = route_types(&spec);
+                if types.len() != 1 {
+                    return Err(ApiError::BadRequest(format!(
+                        "Value at 'spec' failed to satisfy constraint: exactly one of \
+                         [grpcRoute, http2Route, httpRoute, tcpRoute] must be set, found {}",
+                        types.len()
+                    )));
+                }
+                let limit = self.config.quotas.weighted_targets_per_route;
+                if types.iter().any(|n| *n > limit) {
+                    return Err(ApiError::LimitExceeded(format!(
+                        "A route may have at most {limit} weighted targets"
+                    )));
+                }
+                for node in route_targets(&spec) {
+                    self.require(&ResourceId::in_mesh(Kind::VirtualNode, &id.mesh, node))
+                        .await?;
+                }
+                Ok(())
+            }
+            Kind::GatewayRoute => {
+                let spec: GatewayRouteSpec = parse_spec(spec)?;
+                let targets = gateway_route_targets(&spec);
+                if targets.len() != 1 {
+                    return Err(ApiError::BadRequest(format!(
+                        "Value at 'spec' failed to satisfy constraint: exactly one of \
+                         [grpcRoute, http2Route, httpRoute] must be set, found {}",
+                        targets.len()
+                    )));
+                }
+                for service in targets {
+                    self.require(&ResourceId::in_mesh(
+                        Kind::VirtualService,
+                        &id.mesh,
+                        service,
+                    ))
+                    .await?;
+                }
+                Ok(())
+            }
+            Kind::VirtualNode => {
+                let spec: VirtualNodeSpec = parse_spec(spec)?;
+                let n = spec.backends.as_ref().map_or(0, Vec::len);
+                let limit = self.config.quotas.backends_per_virtual_node;
+                if n > limit {
+                    return Err(ApiError::LimitExceeded(format!(
+                        "A virtual node may have at most {limit} backends, got {n}"
+                    )));
+                }
+                Ok(())
+            }
+            Kind::Mesh | Kind::VirtualRouter | Kind::VirtualGateway => Ok(()),
+        }
+    }
+
+    fn data(&self, id: &ResourceId, spec: Value, metadata: Value, status: &str) -> Value {
+        let mut data = Map::new();
+        data.insert("meshName".into(), json!(id.mesh));
+        if let (Some(p), Some(parent)) = (id.kind.parent(), &id.parent) {
+            data.insert(p.name_member().into(), json!(parent));
+        }
+        data.insert(id.kind.name_member().into(), json!(id.name));
+        data.insert("metadata".into(), metadata);
+        data.insert("spec".into(), spec);
+        data.insert("status".into(), json!({ "status": status }));
+        Value::Object(data)
+    }
+
+    fn output(&self, kind: Kind, data: Value) -> Value {
+        json!({ kind.payload_member(): data })
+    }
+
+    fn tags_from_input(input: &Value) -> Result<Vec<TagRef>, ApiError> {
+        let tags: Vec<TagRef> = match input.get("tags") {
+            Some(t) if !t.is_null() => serde_json::from_value(t.clone())
+                .map_err(|e| ApiError::BadRequest(format!("tags: {e}")))?,
+            _ => Vec::new(),
+        };
+        let mut seen = std::collections::HashSet::new();
+        for t in &tags {
+            if !seen.insert(t.key.as_str()) {
+                return Err(ApiError::BadRequest(format!(
+                    "Duplicate tag key \"{}\"",
+                    t.key
+                )));
+            }
+        }
+        Ok(tags)
+    }
+
+    fn fingerprint(input: &Value) -> String {
+        let mut copy = input.clone();
+        if let Some(obj) = copy.as_object_mut() {
+            obj.remove("clientToken");
+        }
+        copy.to_string()
+    }
+
+    async fn create(&self, op: &str, id: &ResourceId, input: &Value) -> Result<Value, ApiError> {
+        let token = input.get("clientToken").and_then(Value::as_str);
+        let request = Self::fingerprint(input);
+        let tags = Self::tags_from_input(input)?;
+        let spec = input
+            .get("spec")
+            .cloned()
+            .filter(|s| !s.is_null())
+            .unwrap_or(json!({}));
+        let key = keys::resource(id);
+        for _ in 0..MAX_ATTEMPTS {
+            let (guard, bump) = self.guard(&id.mesh).await?;
+            if let Some(out) = self.replay(op, token, &request).await? {
+                return Ok(out);
+            }
+            if id.kind != Kind::Mesh {
+                self.require(&ResourceId::mesh(&id.mesh)).await?;
+            }
+            if let Some(parent) = id.parent_id() {
+                self.require(&parent).await?;
+            }
+            if self.exists(id).await? {
+                return Err(ApiError::Conflict(format!(
+                    "{} already exists",
+                    id.describe()
+                )));
+            }
+            let scope = keys::scope_prefix(id.kind, &id.mesh, id.parent.as_deref());
+            let quota = self.quota(id.kind);
+            if self.count(scope).await? >= quota {
+                return Err(ApiError::LimitExceeded(format!(
+                    "{} quota of {quota} reached for {}",
+                    id.kind.plural(),
+                    match id.parent_id() {
+                        Some(p) => p.describe(),
+                        None if id.kind == Kind::Mesh => "this account".into(),
+                        None => format!("mesh \"{}\"", id.mesh),
+                    }
+                )));
+            }
+            self.check_spec(id, &spec).await?;
+            let t = now();
+            let metadata = json!({
+                "arn": self.arn(id),
+                "createdAt": t,
+                "lastUpdatedAt": t,
+                "meshOwner": self.config.account,
+                "resourceOwner": self.config.account,
+                "uid": uuid::Uuid::new_v4().to_string(),
+                "version": 1,
+            });
+            let data = self.data(id, spec.clone(), metadata, "ACTIVE");
+            let output = self.output(id.kind, data.clone());
+            let record = Record {
+                data,
+                tags: tags.clone(),
+            };
+            let mut ops = vec![Op::Put(key.clone(), encode(&record)?), bump];
+            ops.extend(self.token_op(op, token, request.clone(), &output)?);
+            let compares = vec![guard, Compare::Absent(key.clone())];
+            if self.commit(compares, ops).await? {
+                return Ok(output);
+            }
+        }
+        Err(Self::contention(id))
+    }
+
+    async fn describe(&self, id: &ResourceId) -> Result<Value, ApiError> {
+        match self.load(id).await? {
+            Some((record, _)) => Ok(self.output(id.kind, record.data)),
+            None => Err(ApiError::NotFound(format!("{} not found", id.describe()))),
+        }
+    }
+
+    async fn update(&self, op: &str, id: &ResourceId, input: &Value) -> Result<Value, ApiError> {
+        let token = input.get("clientToken").and_then(Value::as_str);
+        let request = Self::fingerprint(input);
+        let key = keys::resource(id);
+        for _ in 0..MAX_ATTEMPTS {
+            let (guard, bump) = self.guard(&id.mesh).await?;
+            if let Some(out) = self.replay(op, token, &request).await? {
+                return Ok(out);
+            }
+            let Some((mut record, kv)) = self.load(id).await? else {
+                return Err(ApiError::NotFound(format!("{} not found", id.describe())));
+            };
+            // UpdateMesh may leave out the spec: the mesh keeps the one it has.
+            let spec = match input.get("spec").filter(|s| !s.is_null()) {
+                Some(s) => s.clone(),
+                None => record.data.get("spec").cloned().unwrap_or(json!({})),
+            };
+            self.check_spec(id, &spec).await?;
+            let Some(data) = record.data.as_object_mut() else {
+                return Err(ApiError::Internal(format!(
+                    "stored {} is malformed",
+                    id.describe()
+                )));
+            };
+            data.insert("spec".into(), spec);
+            if let Some(meta) = data.get_mut("metadata").and_then(Value::as_object_mut) {
+                let version = meta.get("version").and_then(Value::as_i64).unwrap_or(0);
+                meta.insert("version".into(), json!(version + 1));
+                meta.insert("lastUpdatedAt".into(), json!(now()));
+            }
+            let output = self.output(id.kind, record.data.clone());
+            let mut ops = vec![Op::Put(key.clone(), encode(&record)?), bump];
+            ops.extend(self.token_op(op, token, request.clone(), &output)?);
+            let compares = vec![guard, Compare::ModRevision(key.clone(), kv.mod_revision)];
+            if self.commit(compares, ops).await? {
+                return Ok(output);
+            }
+        }
+        Err(Self::contention(id))
+    }
+
+    /// Scans the records under a prefix.
+    async fn scan(&self, prefix: String) -> Result<Vec<Record>, ApiError> {
+        let result = self.store.range(Range::prefix(prefix)).await?;
+        result.kvs.iter().map(decode_record).collect()
+    }
+
+    /// Why `id` cannot be deleted yet, if something still uses it.
+    async fn in_use(&self, id: &ResourceId) -> Result<Option<String>, ApiError> {
+        let mesh = &id.mesh;
+        let named = |r: &Record, member: &str| {
+            r.data
+                .get(member)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        match id.kind {
+            Kind::Mesh => {
+                let n = self.count(keys::mesh_contents(mesh)).await?;
+                Ok((n > 0).then(|| {
+                    format!("Mesh \"{mesh}\" still contains {n} resources; delete them first")
+                }))
+            }
+            Kind::VirtualNode => {
+                for r in self
+                    .scan(keys::scope_prefix(Kind::Route, mesh, None))
+                    .await?
+                {
+                    let spec: RouteSpec = parse_spec(&r.data["spec"])?;
+                    if route_targets(&spec).contains(&id.name.as_str()) {
+                        return Ok(Some(format!(
+                            "{} is a target of route \"{}\" of virtual router \"{}\"",
+                            id.describe(),
+                            named(&r, "routeName"),
+                            named(&r, "virtualRouterName")
+                        )));
+                    }
+                }
+                self.provider_of(id).await
+            }
+            Kind::VirtualRouter => {
+                let prefix = keys::scope_prefix(Kind::Route, mesh, Some(&id.name));
+                let n = self.count(prefix).await?;
+                if n > 0 {
+                    return Ok(Some(format!(
+                        "{} still has {n} routes; delete them first",
+                        id.describe()
+                    )));
+                }
+                self.provider_of(id).await
+            }
+            Kind::VirtualService => {
+                for r in self
+                    .scan(keys::scope_prefix(Kind::GatewayRoute, mesh, None))
+                    .await?
+                {
+                    let spec: GatewayRouteSpec = parse_spec(&r.data["spec"])?;
+                    if gateway_route_targets(&spec).contains(&id.name.as_str()) {
+                        return Ok(Some(format!(
+                            "{} is the target of gateway route \"{}\" of virtual gateway \"{}\"",
+                            id.describe(),
+                            named(&r, "gatewayRouteName"),
+                            named(&r, "virtualGatewayName")
+                        )));
+                    }
+                }
+                Ok(None)
+            }
+            Kind::VirtualGateway => {
+                let prefix = keys::scope_prefix(Kind::GatewayRoute, mesh, Some(&id.name));
+                let n = self.count(prefix).await?;
+                Ok((n > 0).then(|| {
+                    format!(
+                        "{} still has {n} gateway routes; delete them first",
+                        id.describe()
+                    )
+                }))
+            }
+            Kind::Route | Kind::GatewayRoute => Ok(None),
+        }
+    }
+
+    /// A virtual service whose provider is the node or router `id`.
+    async fn provider_of(&self, id: &ResourceId) -> Result<Option<String>, ApiError> {
+        for r in self
+            .scan(keys::scope_prefix(Kind::VirtualService, &id.mesh, None))
+            .await?
+        {
+            let spec: VirtualServiceSpec = parse_spec(&r.data["spec"])?;
+            let provider = match (&spec.provider, id.kind) {
+                (Some(VirtualServiceProvider::VirtualNode(p)), Kind::VirtualNode) => {
+                    p.virtual_node_name == id.name
+                }
+                (Some(VirtualServiceProvider::VirtualRouter(p)), Kind::VirtualRouter) => {
+                    p.virtual_router_name == id.name
+                }
+                _ => false,
+            };
+            if provider {
+                let name = r.data.get("virtualServiceName").and_then(Value::as_str);
+                return Ok(Some(format!(
+                    "{} is the provider of virtual service \"{}\"",
+                    id.describe(),
+                    name.unwrap_or_default()
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn delete(&self, id: &ResourceId) -> Result<Value, ApiError> {
+        let key = keys::resource(id);
+        for _ in 0..MAX_ATTEMPTS {
+            let (guard, bump) = self.guard(&id.mesh).await?;
+            let Some((mut record, kv)) = self.load(id).await? else {
+                return Err(ApiError::NotFound(format!("{} not found", id.describe())));
+            };
+            if let Some(why) = self.in_use(id).await? {
+                return Err(ApiError::ResourceInUse(why));
+            }
+            let ops = if id.kind == Kind::Mesh {
+                vec![Op::Delete(key.clone()), Op::Delete(keys::guard(&id.mesh))]
+            } else {
+                vec![Op::Delete(key.clone()), bump]
+            };
+            let compares = vec![guard, Compare::ModRevision(key.clone(), kv.mod_revision)];
+            if self.commit(compares, ops).await? {
+                if let Some(data) = record.data.as_object_mut() {
+                    data.insert("status".into(), json!({ "status": "DELETED" }));
+                }
+                return Ok(self.output(id.kind, record.data));
+            }
+        }
+        Err(Self::contention(id))
+    }
+
+    fn limit(input: &Value, default: usize) -> usize {
+        input
+            .get("limit")
+            .and_then(Value::as_u64)
+            .map_or(default, |l| l as usize)
+    }
+
+    /// Decodes a `nextToken`: the last key of the previous page, which must lie
+    /// in the listed range.
+    fn after_key(input: &Value, prefix: &str) -> Result<Option<String>, ApiError> {
+        let Some(token) = input.get("nextToken").and_then(Value::as_str) else {
+            return Ok(None);
+        };
+        let bad = || ApiError::BadRequest("Value at 'nextToken' is not a valid token".into());
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| bad())?;
+        let key = String::from_utf8(bytes).map_err(|_| bad())?;
+        if key.starts_with(prefix) {
+            Ok(Some(key))
+        } else {
+            Err(bad())
+        }
+    }
+
+    fn next_token(key: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
+    }
+
+    async fn list(&self, kind: Kind, input: &Value) -> Result<Value, ApiError> {
+        let (mesh, parent) = if kind == Kind::Mesh {
+            (String::new(), None)
+        } else {
+            let mesh = str_member(input, "meshName")?.to_string();
+            self.require(&ResourceId::mesh(&mesh)).await?;
+            let parent = match kind.parent() {
+                Some(p) => {
+                    let name = str_member(input, p.name_member())?.to_string();
+                    self.require(&ResourceId::in_mesh(p, &mesh, &name)).await?;
+                    Some(name)
+                }
+                None => None,
+            };
+            (mesh, parent)
+        };
+        let prefix = keys::scope_prefix(kind, &mesh, parent.as_deref());
+        let limit = Self::limit(input, DEFAULT_LIMIT);
+        let mut range = Range::prefix(prefix.clone());
+        if let Some(after) = Self::after_key(input, &prefix)? {
+            // The smallest key after `after`: continuing from there neither
+            // repeats nor skips a key that existed on both pages.
+            range.start = format!("{after}\0");
+        }
+        range.limit = limit;
+        let result = self.store.range(range).await?;
+        let mut refs = Vec::with_capacity(result.kvs.len());
+        for kv in &result.kvs {
+            refs.push(Self::reference(kind, &decode_record(kv)?.data));
+        }
+        let mut out = json!({ kind.list_member(): refs });
+        if result.more {
+            if let Some(last) = result.kvs.last() {
+                out["nextToken"] = json!(Self::next_token(&last.key));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The `…Ref` shape listed for a resource: its names and metadata without `uid`.
+    fn reference(kind: Kind, data: &Value) -> Value {
+        let mut out = Map::new();
+        for member in ["meshName", kind.name_member()]
+            .into_iter()
+            .chain(kind.parent().map(Kind::name_member))
+        {
+            if let Some(v) = data.get(member) {
+                out.insert(member.into(), v.clone());
+            }
+        }
+        if let Some(meta) = data.get("metadata").and_then(Value::as_object) {
+            for (k, v) in meta {
+                if k != "uid" {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        Value::Object(out)
+    }
+
+    fn resource_from_arn(&self, input: &Value) -> Result<ResourceId, ApiError> {
+        let text = str_member(input, "resourceArn")?;
+        let arn: Arn = text.parse().map_err(|e: weft_model::arn::ArnError| {
+            ApiError::BadRequest(format!("Value at 'resourceArn' is invalid: {e}"))
+        })?;
+        if arn.partition != self.config.partition
+            || arn.region != self.config.region
+            || arn.account != self.config.account
+        {
+            return Err(ApiError::NotFound(format!("Resource {text} not found")));
+        }
+        Ok(ResourceId::from_path(&arn.resource))
+    }
+
+    /// Rewrites a resource's tags under the mesh guard.
+    async fn change_tags(
+        &self,
+        input: &Value,
+        change: impl Fn(&mut Vec<TagRef>) -> Result<(), ApiError>,
+    ) -> Result<Value, ApiError> {
+        let id = self.resource_from_arn(input)?;
+        let key = keys::resource(&id);
+        for _ in 0..MAX_ATTEMPTS {
+            let (guard, bump) = self.guard(&id.mesh).await?;
+            let Some((mut record, kv)) = self.load(&id).await? else {
+                return Err(ApiError::NotFound(format!("{} not found", id.describe())));
+            };
+            change(&mut record.tags)?;
+            let ops = vec![Op::Put(key.clone(), encode(&record)?), bump];
+            let compares = vec![guard, Compare::ModRevision(key.clone(), kv.mod_revision)];
+            if self.commit(compares, ops).await? {
+                return Ok(json!({}));
+            }
+        }
+        Err(Self::contention(&id))
+    }
+
+    async fn tag_resource(&self, input: &Value) -> Result<Value, ApiError> {
+        let new = Self::tags_from_input(input)?;
+        self.change_tags(input, |tags| {
+            for t in &new {
+                match tags.iter_mut().find(|x| x.key == t.key) {
+                    Some(existing) => existing.value = t.value.clone(),
+                    None => tags.push(t.clone()),
+                }
+            }
+            if tags.len() > MAX_TAGS {
+                return Err(ApiError::TooManyTags(format!(
+                    "A resource may have at most {MAX_TAGS} tags; this request would give it {}",
+                    tags.len()
+                )));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn untag_resource(&self, input: &Value) -> Result<Value, ApiError> {
+        let keys: Vec<String> = input
+            .get("tagKeys")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        self.change_tags(input, |tags| {
+            tags.retain(|t| !keys.contains(&t.key));
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_tags(&self, input: &Value) -> Result<Value, ApiError> {
+        let id = self.resource_from_arn(input)?;
+        let Some((record, _)) = self.load(&id).await? else {
+            return Err(ApiError::NotFound(format!("{} not found", id.describe())));
+        };
+        let limit = Self::limit(input, DEFAULT_TAGS_LIMIT);
+        let start = match input.get("nextToken").and_then(Value::as_str) {
+            Some(t) => t.parse::<usize>().map_err(|_| {
+                ApiError::BadRequest("Value at 'nextToken' is not a valid token".into())
+            })?,
+            None => 0,
+        };
+        let page: Vec<&TagRef> = record.tags.iter().skip(start).take(limit).collect();
+        let mut out = json!({ "tags": page });
+        if start + page.len() < record.tags.len() {
+            out["nextToken"] = json!((start + page.len()).to_string());
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,28 @@
+//! The App Mesh domain, exactly as the 2019-01-25 API model defines it.
+//!
+//! - [`shapes`]: Rust types for every shape of the model, generated at build
+//!   time from `appmesh-2019-01-25.service.json` (see `build.rs`).
+//! - [`schema`]: the same model, loaded at run time, for the HTTP bindings of
+//!   each operation and the constraints of each shape.
+//! - [`validate`]: checks a request against every constraint of the model
+//!   (required members, lengths, ranges, enums, patterns, unions).
+//! - [`arn`]: App Mesh ARNs.
+//!
+//! Pure: no I/O.
+
+pub mod arn;
+pub mod schema;
+pub mod validate;
+
+/// Types generated from the App Mesh API model.
+#[allow(clippy::large_enum_variant, clippy::enum_variant_names)]
+pub mod shapes {
+    include!(concat!(env!("OUT_DIR"), "/shapes.rs"));
+}
+
+pub use arn::{Arn, ResourcePath};
+pub use schema::{schema, Location, Operation, Schema, Shape, ShapeKind};
+pub use validate::{validate_input, ValidationError};
+
+/// The App Mesh API model this crate is built from (botocore JSON).
+pub const MODEL_JSON: &str = include_str!("../appmesh-2019-01-25.service.json");

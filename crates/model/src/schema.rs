@@ -1,0 +1,268 @@
+//! The App Mesh API model loaded at run time: operations with their HTTP
+//! bindings and shapes with their constraints.
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use serde_json::Value;
+
+/// Where an input member travels in the HTTP request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// In the JSON body.
+    Body,
+    /// A `{label}` in the request path.
+    Uri(String),
+    /// A query-string parameter.
+    Query(String),
+}
+
+/// A member of a structure shape.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Name of the member's target shape.
+    pub shape: String,
+    /// Where it travels in a request.
+    pub location: Location,
+    /// Whether the SDKs fill it with a fresh token when the caller leaves it out.
+    pub idempotency_token: bool,
+}
+
+/// What kind of value a shape describes, with its constraints.
+#[derive(Debug, Clone)]
+pub enum ShapeKind {
+    Structure {
+        members: BTreeMap<String, Member>,
+        required: Vec<String>,
+        /// A union: exactly one member must be set.
+        union: bool,
+        /// The member sent as the whole HTTP body (outputs only).
+        payload: Option<String>,
+        /// HTTP status of an exception shape.
+        error_status: Option<u16>,
+    },
+    List {
+        member: String,
+        min: Option<i64>,
+        max: Option<i64>,
+    },
+    String {
+        min: Option<i64>,
+        max: Option<i64>,
+        enum_values: Option<Vec<String>>,
+        pattern: Option<regex::Regex>,
+    },
+    Integer {
+        min: Option<i64>,
+        max: Option<i64>,
+        /// `long` rather than `integer`.
+        long: bool,
+    },
+    Boolean,
+    Timestamp,
+}
+
+/// One shape of the model.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    pub name: String,
+    pub kind: ShapeKind,
+}
+
+/// One API operation and its HTTP binding.
+#[derive(Debug, Clone)]
+pub struct Operation {
+    pub name: String,
+    /// `GET`, `PUT` or `DELETE`.
+    pub method: String,
+    /// The request path with `{label}` placeholders, as in the model.
+    pub uri: String,
+    pub input: String,
+    pub output: String,
+    /// Names of the exception shapes the operation may answer.
+    pub errors: Vec<String>,
+}
+
+/// The whole model.
+#[derive(Debug)]
+pub struct Schema {
+    pub shapes: BTreeMap<String, Shape>,
+    pub operations: BTreeMap<String, Operation>,
+}
+
+impl Schema {
+    /// Looks up a shape; the model is fixed at build time, so callers pass names that exist.
+    pub fn shape(&self, name: &str) -> Option<&Shape> {
+        self.shapes.get(name)
+    }
+}
+
+static SCHEMA: LazyLock<Schema> = LazyLock::new(|| parse(crate::MODEL_JSON));
+
+/// The App Mesh API model, parsed once.
+pub fn schema() -> &'static Schema {
+    &SCHEMA
+}
+
+fn as_i64(v: &Value, key: &str) -> Option<i64> {
+    v.get(key).and_then(Value::as_i64)
+}
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn parse(text: &str) -> Schema {
+    // The model is compiled into the binary and parsed by a unit test, so a
+    // failure here is a build defect, not a runtime condition.
+    #[allow(clippy::expect_used)]
+    let model: Value = serde_json::from_str(text).expect("embedded App Mesh model is valid JSON");
+    let mut shapes = BTreeMap::new();
+    if let Some(obj) = model["shapes"].as_object() {
+        for (name, s) in obj {
+            let kind = match s["type"].as_str().unwrap_or("") {
+                "structure" => {
+                    let mut members = BTreeMap::new();
+                    if let Some(ms) = s["members"].as_object() {
+                        for (mname, m) in ms {
+                            let loc_name = m["locationName"].as_str().unwrap_or(mname).to_string();
+                            let location = match m["location"].as_str() {
+                                Some("uri") => Location::Uri(loc_name),
+                                Some("querystring") => Location::Query(loc_name),
+                                _ => Location::Body,
+                            };
+                            members.insert(
+                                mname.clone(),
+                                Member {
+                                    shape: m["shape"].as_str().unwrap_or("").to_string(),
+                                    location,
+                                    idempotency_token: m["idempotencyToken"]
+                                        .as_bool()
+                                        .unwrap_or(false),
+                                },
+                            );
+                        }
+                    }
+                    ShapeKind::Structure {
+                        members,
+                        required: strings(s.get("required")),
+                        union: s["union"].as_bool().unwrap_or(false),
+                        payload: s["payload"].as_str().map(String::from),
+                        error_status: s["error"]["httpStatusCode"].as_u64().map(|c| c as u16),
+                    }
+                }
+                "list" => ShapeKind::List {
+                    member: s["member"]["shape"].as_str().unwrap_or("").to_string(),
+                    min: as_i64(s, "min"),
+                    max: as_i64(s, "max"),
+                },
+                "string" => ShapeKind::String {
+                    min: as_i64(s, "min"),
+                    max: as_i64(s, "max"),
+                    enum_values: s.get("enum").map(|e| strings(Some(e))),
+                    // Both patterns in the model are plain ASCII classes the
+                    // regex crate accepts; a test compiles every one.
+                    pattern: s["pattern"]
+                        .as_str()
+                        .and_then(|p| regex::Regex::new(p).ok()),
+                },
+                "integer" | "long" => ShapeKind::Integer {
+                    min: as_i64(s, "min"),
+                    max: as_i64(s, "max"),
+                    long: s["type"] == "long",
+                },
+                "boolean" => ShapeKind::Boolean,
+                _ => ShapeKind::Timestamp,
+            };
+            shapes.insert(
+                name.clone(),
+                Shape {
+                    name: name.clone(),
+                    kind,
+                },
+            );
+        }
+    }
+    let mut operations = BTreeMap::new();
+    if let Some(obj) = model["operations"].as_object() {
+        for (name, o) in obj {
+            operations.insert(
+                name.clone(),
+                Operation {
+                    name: name.clone(),
+                    method: o["http"]["method"].as_str().unwrap_or("GET").to_string(),
+                    uri: o["http"]["requestUri"].as_str().unwrap_or("/").to_string(),
+                    input: o["input"]["shape"].as_str().unwrap_or("").to_string(),
+                    output: o["output"]["shape"].as_str().unwrap_or("").to_string(),
+                    errors: o["errors"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|e| e["shape"].as_str().map(String::from))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                },
+            );
+        }
+    }
+    Schema { shapes, operations }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_model_has_38_operations_and_333_shapes() {
+        let s = schema();
+        assert_eq!(s.operations.len(), 38);
+        assert_eq!(s.shapes.len(), 333);
+    }
+
+    #[test]
+    fn every_pattern_in_the_model_compiles() {
+        let model: Value = serde_json::from_str(crate::MODEL_JSON).unwrap_or_default();
+        let mut n = 0;
+        for (name, raw) in model["shapes"].as_object().into_iter().flatten() {
+            if raw.get("pattern").is_some() {
+                n += 1;
+                match &schema().shapes[name].kind {
+                    ShapeKind::String { pattern, .. } => assert!(pattern.is_some(), "{name}"),
+                    _ => panic!("{name} is not a string"),
+                }
+            }
+        }
+        assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn every_referenced_shape_exists() {
+        let s = schema();
+        for shape in s.shapes.values() {
+            match &shape.kind {
+                ShapeKind::Structure { members, .. } => {
+                    for m in members.values() {
+                        assert!(
+                            s.shapes.contains_key(&m.shape),
+                            "{}.{}",
+                            shape.name,
+                            m.shape
+                        );
+                    }
+                }
+                ShapeKind::List { member, .. } => assert!(s.shapes.contains_key(member)),
+                _ => {}
+            }
+        }
+        for op in s.operations.values() {
+            assert!(s.shapes.contains_key(&op.input) && s.shapes.contains_key(&op.output));
+        }
+    }
+}

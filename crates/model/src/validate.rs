@@ -1,0 +1,188 @@
+//! Checks a request against every constraint the App Mesh model declares:
+//! required members, string lengths, integer ranges, list sizes, enum values,
+//! patterns and unions (exactly one member set). The rules are read from the
+//! model itself ([`crate::schema`]), so no shape can be left unchecked.
+
+use serde_json::Value;
+
+use crate::schema::{schema, ShapeKind};
+
+/// A request that breaks a constraint of the model. App Mesh answers it with
+/// `BadRequestException`; the message names the offending field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Value at '{field}' failed to satisfy constraint: {constraint}")]
+pub struct ValidationError {
+    /// Path of the offending member, e.g. `spec.listeners[0].portMapping.port`.
+    pub field: String,
+    /// What the member must satisfy.
+    pub constraint: String,
+}
+
+fn err(field: &str, constraint: impl Into<String>) -> ValidationError {
+    ValidationError {
+        field: if field.is_empty() {
+            "(request)".into()
+        } else {
+            field.to_string()
+        },
+        constraint: constraint.into(),
+    }
+}
+
+fn join(path: &str, member: &str) -> String {
+    if path.is_empty() {
+        member.to_string()
+    } else {
+        format!("{path}.{member}")
+    }
+}
+
+/// Validates the merged input of `operation` (path labels, query parameters
+/// and body members in one JSON object, keyed by member name).
+pub fn validate_input(operation: &str, input: &Value) -> Result<(), ValidationError> {
+    let op = schema()
+        .operations
+        .get(operation)
+        .ok_or_else(|| err("", format!("unknown operation {operation}")))?;
+    validate_shape(&op.input, input, "")
+}
+
+/// Validates `value` against the named shape; `path` names it in errors.
+pub fn validate_shape(shape: &str, value: &Value, path: &str) -> Result<(), ValidationError> {
+    let Some(s) = schema().shape(shape) else {
+        return Err(err(path, format!("unknown shape {shape}")));
+    };
+    match &s.kind {
+        ShapeKind::Structure {
+            members,
+            required,
+            union,
+            ..
+        } => {
+            let Some(obj) = value.as_object() else {
+                return Err(err(path, "Member must be an object"));
+            };
+            for r in required {
+                if obj.get(r).is_none_or(Value::is_null) {
+                    return Err(err(&join(path, r), "Member must not be null"));
+                }
+            }
+            let mut set = 0;
+            for (name, member) in members {
+                if let Some(v) = obj.get(name).filter(|v| !v.is_null()) {
+                    set += 1;
+                    validate_shape(&member.shape, v, &join(path, name))?;
+                }
+            }
+            if *union && set != 1 {
+                let names: Vec<&str> = members.keys().map(String::as_str).collect();
+                return Err(err(
+                    path,
+                    format!(
+                        "Member must have exactly one of [{}] set, found {set}",
+                        names.join(", ")
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        ShapeKind::List { member, min, max } => {
+            let Some(items) = value.as_array() else {
+                return Err(err(path, "Member must be a list"));
+            };
+            let n = items.len() as i64;
+            if let Some(min) = min.filter(|m| n < *m) {
+                return Err(err(
+                    path,
+                    format!("Member must have length greater than or equal to {min}"),
+                ));
+            }
+            if let Some(max) = max.filter(|m| n > *m) {
+                return Err(err(
+                    path,
+                    format!("Member must have length less than or equal to {max}"),
+                ));
+            }
+            for (i, item) in items.iter().enumerate() {
+                validate_shape(member, item, &format!("{path}[{i}]"))?;
+            }
+            Ok(())
+        }
+        ShapeKind::String {
+            min,
+            max,
+            enum_values,
+            pattern,
+        } => {
+            let Some(text) = value.as_str() else {
+                return Err(err(path, "Member must be a string"));
+            };
+            // The model's lengths count characters, not bytes.
+            let n = text.chars().count() as i64;
+            if let Some(min) = min.filter(|m| n < *m) {
+                return Err(err(
+                    path,
+                    format!("Member must have length greater than or equal to {min}"),
+                ));
+            }
+            if let Some(max) = max.filter(|m| n > *m) {
+                return Err(err(
+                    path,
+                    format!("Member must have length less than or equal to {max}"),
+                ));
+            }
+            if let Some(values) = enum_values {
+                if !values.iter().any(|v| v == text) {
+                    return Err(err(
+                        path,
+                        format!(
+                            "Member must satisfy enum value set: [{}]",
+                            values.join(", ")
+                        ),
+                    ));
+                }
+            }
+            if let Some(re) = pattern {
+                if !re.is_match(text) {
+                    return Err(err(
+                        path,
+                        format!(
+                            "Member must satisfy regular expression pattern: {}",
+                            re.as_str()
+                        ),
+                    ));
+                }
+            }
+            Ok(())
+        }
+        ShapeKind::Integer { min, max, long } => {
+            let Some(n) = value.as_i64() else {
+                return Err(err(path, "Member must be an integer"));
+            };
+            if !long && i32::try_from(n).is_err() {
+                return Err(err(path, "Member must fit in a 32-bit integer"));
+            }
+            if let Some(min) = min.filter(|m| n < *m) {
+                return Err(err(
+                    path,
+                    format!("Member must have value greater than or equal to {min}"),
+                ));
+            }
+            if let Some(max) = max.filter(|m| n > *m) {
+                return Err(err(
+                    path,
+                    format!("Member must have value less than or equal to {max}"),
+                ));
+            }
+            Ok(())
+        }
+        ShapeKind::Boolean => match value {
+            Value::Bool(_) => Ok(()),
+            _ => Err(err(path, "Member must be a boolean")),
+        },
+        ShapeKind::Timestamp => match value {
+            Value::Number(_) => Ok(()),
+            _ => Err(err(path, "Member must be a timestamp")),
+        },
+    }
+}

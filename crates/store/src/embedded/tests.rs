@@ -1,0 +1,473 @@
+//! Tests for the embedded backend: the shared conformance suite plus
+//! durability, recovery, compaction and watch-lag behaviour.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::disk::{self, SNAPSHOT_FILE};
+use super::{EmbeddedOptions, EmbeddedStore};
+use crate::conformance::{self, next_event};
+use crate::{Op, Range, RangeResult, Revision, SharedStore, Store, StoreError, Txn, TxnOutcome};
+
+async fn open(dir: &Path) -> Arc<EmbeddedStore> {
+    EmbeddedStore::open(EmbeddedOptions::new(dir))
+        .await
+        .unwrap()
+}
+
+async fn put(store: &dyn Store, key: &str, value: &str) -> Revision {
+    let txn = Txn {
+        compares: vec![],
+        ops: vec![Op::Put(
+            key.into(),
+            Bytes::copy_from_slice(value.as_bytes()),
+        )],
+    };
+    match store.txn(txn).await.unwrap() {
+        TxnOutcome::Committed(rev) => rev,
+        other => panic!("txn did not commit: {other:?}"),
+    }
+}
+
+/// Writes `n` puts, one txn each, over a few keys; returns the final revision.
+async fn write_some(store: &dyn Store, n: usize) -> Revision {
+    let mut rev = 0;
+    for i in 0..n {
+        rev = put(store, &format!("k/{}", i % 7), &format!("value-{i}")).await;
+    }
+    rev
+}
+
+async fn everything(store: &dyn Store) -> RangeResult {
+    store.range(Range::prefix("")).await.unwrap()
+}
+
+fn logs(dir: &Path) -> Vec<PathBuf> {
+    disk::list_logs(dir)
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect()
+}
+
+fn only_log(dir: &Path) -> PathBuf {
+    let logs = logs(dir);
+    assert_eq!(logs.len(), 1, "expected one log: {logs:?}");
+    logs.into_iter().next().unwrap()
+}
+
+/// Polls `cond` for up to 10 s.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite() {
+    let root = tempfile::tempdir().unwrap();
+    let root_path = root.path().to_path_buf();
+    let n = AtomicUsize::new(0);
+    conformance::run_all(|| {
+        let dir = root_path.join(format!("store-{}", n.fetch_add(1, Ordering::Relaxed)));
+        async move {
+            EmbeddedStore::open(EmbeddedOptions::new(dir))
+                .await
+                .unwrap() as SharedStore
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_watch_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(EmbeddedOptions {
+        history_len: 20,
+        ..EmbeddedOptions::new(dir.path())
+    })
+    .await
+    .unwrap();
+    conformance::watch_compacted(&*store, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopen_keeps_data_and_revisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let head = write_some(&*store, 30).await;
+    put(&*store, "multi", "x").await;
+    store
+        .txn(Txn {
+            compares: vec![],
+            ops: vec![Op::Delete("k/3".into()), Op::Delete("missing".into())],
+        })
+        .await
+        .unwrap();
+    let before = everything(&*store).await;
+    assert_eq!(before.revision, head + 2);
+    drop(store);
+
+    let store = open(dir.path()).await;
+    assert_eq!(everything(&*store).await, before);
+    assert_eq!(store.revision().await.unwrap(), head + 2);
+    // Writes continue from the recovered revision.
+    assert_eq!(put(&*store, "next", "y").await, head + 3);
+    drop(store);
+    let store = open(dir.path()).await;
+    assert_eq!(store.revision().await.unwrap(), head + 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torn_tail_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let head = write_some(&*store, 10).await;
+    drop(store);
+
+    // A partial last record: what kill -9 during a write leaves.
+    let log = only_log(dir.path());
+    let len = fs::metadata(&log).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+
+    let store = open(dir.path()).await;
+    assert_eq!(store.revision().await.unwrap(), head - 1);
+    // k/9 was the last write; its previous value is gone with it.
+    assert_eq!(
+        store.get("k/2").await.unwrap().unwrap().value,
+        Bytes::from_static(b"value-2")
+    );
+    // The log is usable again: a new write takes the lost revision's place.
+    assert_eq!(put(&*store, "after", "crash").await, head);
+    drop(store);
+    let store = open(dir.path()).await;
+    assert_eq!(store.revision().await.unwrap(), head);
+    assert!(store.get("after").await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_tail_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let head = write_some(&*store, 10).await;
+    let before = everything(&*store).await;
+    drop(store);
+
+    let log = only_log(dir.path());
+    let mut f = OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(b"\x20\x00\x00\x00garbage that is not a record")
+        .unwrap();
+    drop(f);
+    let store = open(dir.path()).await;
+    assert_eq!(everything(&*store).await, before);
+    assert_eq!(put(&*store, "x", "y").await, head + 1);
+    drop(store);
+
+    // A complete-length last record with a bad checksum is torn too.
+    let len = fs::metadata(&log).unwrap().len();
+    flip_byte(&log, len - 1);
+    let store = open(dir.path()).await;
+    assert_eq!(everything(&*store).await, before);
+}
+
+fn flip_byte(path: &Path, offset: u64) {
+    let mut data = fs::read(path).unwrap();
+    data[offset as usize] ^= 0x40;
+    fs::write(path, data).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corruption_in_the_middle_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    write_some(&*store, 10).await;
+    drop(store);
+
+    // Inside the first record's payload (8-byte header, 8-byte revision).
+    flip_byte(&only_log(dir.path()), 20);
+    match EmbeddedStore::open(EmbeddedOptions::new(dir.path())).await {
+        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("checksum"), "{msg}"),
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("expected Corrupt, opened fine"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_length_in_the_middle_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    write_some(&*store, 10).await;
+    drop(store);
+
+    // A huge length in the first header would look like a torn tail if
+    // recovery did not look for the valid records behind it.
+    flip_byte(&only_log(dir.path()), 3);
+    assert!(matches!(
+        EmbeddedStore::open(EmbeddedOptions::new(dir.path())).await,
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_open_of_a_directory_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    match EmbeddedStore::open(EmbeddedOptions::new(dir.path())).await {
+        Err(StoreError::Io(e)) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+            assert!(e.to_string().contains("already in use"), "{e}");
+        }
+        Err(e) => panic!("expected a lock error, got {e}"),
+        Ok(_) => panic!("two stores opened the same directory"),
+    }
+    drop(store);
+    // Dropping the store releases the lock.
+    open(dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_then_reopen_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EmbeddedOptions {
+        compaction_threshold: 4096,
+        ..EmbeddedOptions::new(dir.path())
+    };
+    let store = EmbeddedStore::open(opts.clone()).await.unwrap();
+    write_some(&*store, 300).await;
+    eventually("a snapshot", || dir.path().join(SNAPSHOT_FILE).exists()).await;
+    // Some more writes after the snapshot, into the new log.
+    put(&*store, "late", "write").await;
+    let before = everything(&*store).await;
+    drop(store);
+    assert!(
+        logs(dir.path()).len() <= 2,
+        "old logs are deleted: {:?}",
+        logs(dir.path())
+    );
+    let total: u64 = logs(dir.path())
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(total < 3 * 4096 + 1024, "logs stay small: {total} bytes");
+
+    let store = EmbeddedStore::open(opts).await.unwrap();
+    assert_eq!(everything(&*store).await, before);
+    assert_eq!(store.revision().await.unwrap(), before.revision);
+    // Watching from the recovered head works; from before it, it does not.
+    let mut feed = store.watch("", before.revision).await.unwrap();
+    let rev = put(&*store, "after", "reopen").await;
+    assert_eq!(next_event(&mut feed).await.revision, rev);
+    assert!(matches!(
+        store.watch("", before.revision - 1).await,
+        Err(StoreError::Compacted { .. })
+    ));
+}
+
+/// Crash after the committer switched to a new log but before the snapshot
+/// was renamed into place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_before_snapshot_rename_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let head = write_some(&*store, 10).await;
+    let before = everything(&*store).await;
+    drop(store);
+    fs::File::create(dir.path().join(disk::log_file_name(head + 1))).unwrap();
+    fs::write(dir.path().join("snapshot.tmp"), b"half a snapshot").unwrap();
+
+    let store = open(dir.path()).await;
+    assert_eq!(everything(&*store).await, before);
+    assert!(!dir.path().join("snapshot.tmp").exists());
+    assert_eq!(put(&*store, "x", "y").await, head + 1);
+    drop(store);
+    let store = open(dir.path()).await;
+    assert_eq!(store.revision().await.unwrap(), head + 1);
+}
+
+/// Crash after the snapshot was renamed but before the old logs were
+/// deleted: their records must be skipped, not applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_before_old_log_deletion_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    write_some(&*store, 10).await;
+    drop(store);
+    let first_log = only_log(dir.path());
+    let saved = fs::read(&first_log).unwrap();
+
+    let opts = EmbeddedOptions {
+        compaction_threshold: 1,
+        ..EmbeddedOptions::new(dir.path())
+    };
+    let store = EmbeddedStore::open(opts.clone()).await.unwrap();
+    put(&*store, "k/0", "overwritten").await;
+    eventually("the old log's deletion", || !first_log.exists()).await;
+    put(&*store, "k/1", "also overwritten").await;
+    let before = everything(&*store).await;
+    drop(store);
+
+    fs::write(&first_log, saved).unwrap();
+    let store = EmbeddedStore::open(opts).await.unwrap();
+    assert_eq!(everything(&*store).await, before);
+    let kv = store.get("k/0").await.unwrap().unwrap();
+    assert_eq!(kv.version, 3, "old records were not replayed twice");
+    drop(store);
+    assert!(!first_log.exists(), "recovery removes the redundant log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_watcher_catches_up_from_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(EmbeddedOptions {
+        watch_buffer: 4,
+        history_len: 1000,
+        ..EmbeddedOptions::new(dir.path())
+    })
+    .await
+    .unwrap();
+    let mut feed = store.watch("k/", 0).await.unwrap();
+    let mut revs = Vec::new();
+    for i in 0..50 {
+        revs.push(put(&*store, &format!("k/{i}"), "v").await);
+        put(&*store, "other", "v").await;
+    }
+    for rev in revs {
+        assert_eq!(next_event(&mut feed).await.revision, rev);
+    }
+    let rev = put(&*store, "k/live", "v").await;
+    assert_eq!(next_event(&mut feed).await.revision, rev);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_watcher_beyond_history_gets_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(EmbeddedOptions {
+        watch_buffer: 4,
+        history_len: 10,
+        ..EmbeddedOptions::new(dir.path())
+    })
+    .await
+    .unwrap();
+    let mut feed = store.watch("", 0).await.unwrap();
+    for i in 0..50 {
+        put(&*store, &format!("k/{i}"), "v").await;
+    }
+    // The four queued batches arrive, then the gap is reported.
+    for rev in 1..=4 {
+        assert_eq!(next_event(&mut feed).await.revision, rev);
+    }
+    match feed.next().await {
+        Some(Err(StoreError::Compacted { requested, oldest })) => {
+            assert_eq!((requested, oldest), (4, 40));
+        }
+        other => panic!("expected Compacted, got {other:?}"),
+    }
+    assert!(
+        feed.next().await.is_none(),
+        "the stream ends after the error"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_store_ends_watches_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let mut feed = store.watch("", 0).await.unwrap();
+    let rev = put(&*store, "a", "1").await;
+    drop(store);
+    assert_eq!(next_event(&mut feed).await.revision, rev);
+    assert!(matches!(
+        feed.next().await,
+        Some(Err(StoreError::Unavailable(_)))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_failure_makes_the_store_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let rev = put(&*store, "a", "1").await;
+    let mut feed = store.watch("", rev).await.unwrap();
+    store.inner.fail_writes.store(true, Ordering::SeqCst);
+    let txn = Txn {
+        compares: vec![],
+        ops: vec![Op::Put("b".into(), Bytes::from_static(b"2"))],
+    };
+    assert!(matches!(
+        store.txn(txn.clone()).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    // Everything fails from now on, reads included.
+    assert!(matches!(
+        store.txn(txn).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        store.get("a").await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        store.revision().await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        feed.next().await,
+        Some(Err(StoreError::Unavailable(_)))
+    ));
+    assert!(matches!(
+        store.watch("", rev).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    drop(store);
+    // The failed write never became durable.
+    let store = open(dir.path()).await;
+    assert_eq!(store.revision().await.unwrap(), rev);
+    assert_eq!(store.get("b").await.unwrap(), None);
+}
+
+/// Readers never see a write before it is durable, even while a group
+/// commit is in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_wait_for_durability() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let writers: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..50 {
+                    put(&*store, &format!("w/{t}/{i}"), "v").await;
+                }
+            })
+        })
+        .collect();
+    for _ in 0..200 {
+        let seen = store.range(Range::prefix("w/")).await.unwrap();
+        let durable = store.inner.durable.borrow().revision;
+        assert!(
+            seen.revision <= durable,
+            "read at {} but only {durable} is durable",
+            seen.revision
+        );
+        tokio::task::yield_now().await;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+}

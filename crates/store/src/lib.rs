@@ -1,0 +1,176 @@
+//! Weft's store: an ordered key-value space with one global revision counter,
+//! compare-and-swap transactions and an ordered change feed — the etcd v3 data
+//! model, so that the embedded backend and a later etcd backend are
+//! interchangeable behind [`Store`].
+//!
+//! Durability contract, shared by every backend:
+//! - [`Store::txn`] returns `Ok` only once the write is durable (it survives
+//!   `kill -9` and a restart).
+//! - Reads never return data that is not yet durable: a reader may have to
+//!   wait for an in-flight group commit to finish.
+//! - Watch events are delivered in revision order, only for durable writes.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
+pub mod embedded;
+
+pub use embedded::{EmbeddedOptions, EmbeddedStore};
+
+/// A store revision: the global counter bumped by every successful write
+/// transaction. 0 means "before any write".
+pub type Revision = i64;
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Disk or file-system failure.
+    #[error("store I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The on-disk data is damaged beyond the torn tail a crash can leave.
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+    /// A watch asked for a revision older than the retained history.
+    #[error("revision {requested} has been compacted (oldest available is {oldest})")]
+    Compacted {
+        requested: Revision,
+        oldest: Revision,
+    },
+    /// The store failed earlier (for example an fsync error) and refuses
+    /// further work, because its memory may no longer match its disk.
+    #[error("store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A stored key with its value and revisions, as in etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Bytes,
+    /// Revision of the write that created the key (since its last deletion).
+    pub create_revision: Revision,
+    /// Revision of the last write to the key.
+    pub mod_revision: Revision,
+    /// Number of writes since creation: 1 after the create.
+    pub version: i64,
+}
+
+/// A condition a transaction checks atomically before writing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compare {
+    /// The key does not exist.
+    Absent(String),
+    /// The key exists and its `mod_revision` equals this value.
+    ModRevision(String, Revision),
+}
+
+/// One write in a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put(String, Bytes),
+    Delete(String),
+}
+
+/// A compare-and-swap transaction: if every compare holds, apply every op
+/// atomically under one new revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Txn {
+    pub compares: Vec<Compare>,
+    pub ops: Vec<Op>,
+}
+
+/// The outcome of [`Store::txn`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnOutcome {
+    /// Every compare held; the ops were applied at this revision, durably.
+    Committed(Revision),
+    /// Some compare failed; nothing was written. Carries the current revision.
+    Conflict(Revision),
+}
+
+/// The answer to a range read: the matching keys in key order and the store
+/// revision at which they were read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeResult {
+    pub kvs: Vec<KeyValue>,
+    /// Whether more keys matched than `limit` allowed.
+    pub more: bool,
+    pub revision: Revision,
+}
+
+/// A key range `[start, end)` in byte order, with an optional limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Range {
+    pub start: String,
+    /// Exclusive end; `None` means "to the end of the key space".
+    pub end: Option<String>,
+    /// At most this many keys (0 = unlimited).
+    pub limit: usize,
+}
+
+impl Range {
+    /// Every key that starts with `prefix`.
+    pub fn prefix(prefix: impl Into<String>) -> Self {
+        let start = prefix.into();
+        let end = prefix_end(&start);
+        Range {
+            start,
+            end,
+            limit: 0,
+        }
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`, as etcd
+/// computes it; `None` when no such key exists (empty or all-0xFF prefix).
+pub fn prefix_end(prefix: &str) -> Option<String> {
+    let mut bytes = prefix.as_bytes().to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < 0x7f {
+            bytes.push(last + 1);
+            // Keys are UTF-8 strings; incrementing an ASCII byte keeps them valid.
+            return String::from_utf8(bytes).ok();
+        }
+    }
+    None
+}
+
+/// One change in the feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub revision: Revision,
+    pub key: String,
+    /// The new value; `None` for a delete.
+    pub value: Option<Bytes>,
+}
+
+/// An ordered, durable key-value store with CAS transactions and a change feed.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reads one key.
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
+    /// Reads a key range in key order.
+    async fn range(&self, range: Range) -> Result<RangeResult, StoreError>;
+    /// Counts keys in a range without reading values.
+    async fn count(&self, range: Range) -> Result<usize, StoreError>;
+    /// Applies a compare-and-swap transaction; returns once durable.
+    async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError>;
+    /// The latest durable revision.
+    async fn revision(&self) -> Result<Revision, StoreError>;
+    /// Every change to keys starting with `prefix` with revision `> after`,
+    /// in revision order, then live changes as they become durable.
+    /// Fails with [`StoreError::Compacted`] when `after` is older than the
+    /// retained history; the caller then re-reads with [`Store::range`].
+    async fn watch(
+        &self,
+        prefix: &str,
+        after: Revision,
+    ) -> Result<BoxStream<'static, Result<WatchEvent, StoreError>>, StoreError>;
+}
+
+/// A shared handle to any store backend.
+pub type SharedStore = Arc<dyn Store>;
