@@ -361,8 +361,10 @@ fn commit_loop(inner: &Inner, mut wal: disk::Wal) {
             break;
         }
         batch.clear();
-        inner.durable.send_modify(|d| d.revision = head);
+        // Feed watchers before releasing writers, so that once a txn has
+        // returned its event is in the history for any new watcher.
         hub::lock(&inner.hub).publish(head, events);
+        inner.durable.send_modify(|d| d.revision = head);
 
         if let Some(kvs) = snapshot {
             // New records go to a fresh log from here on; the snapshot then

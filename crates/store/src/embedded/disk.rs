@@ -304,10 +304,7 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered, StoreError> {
         _ => {}
     }
 
-    let (mut kvs, snapshot_rev, mut live_bytes) = match read_snapshot(dir)? {
-        Some(s) => s,
-        None => (BTreeMap::new(), 0, 0),
-    };
+    let (mut kvs, snapshot_rev, mut live_bytes): Snapshot = read_snapshot(dir)?.unwrap_or_default();
     let mut head = snapshot_rev;
     let logs = list_logs(dir)?;
     let mut obsolete = Vec::new();
@@ -360,7 +357,13 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered, StoreError> {
                 Frame::Bad(why) => {
                     // Only the end of the newest log can legitimately be torn:
                     // older logs were fsynced completely before the switch.
-                    if !is_last || valid_record_after(&data, pos, head) {
+                    if !is_last {
+                        return Err(StoreError::Corrupt(format!(
+                            "{} offset {pos}: {why}, in a log that is not the newest",
+                            path.display()
+                        )));
+                    }
+                    if valid_record_after(&data, pos, head) {
                         return Err(StoreError::Corrupt(format!(
                             "{} offset {pos}: {why}, and valid records follow",
                             path.display()
@@ -431,8 +434,7 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
         .open(dir.join(LOCK_FILE))?;
     // `File::try_lock` is an flock(2)-style advisory lock: released by the
     // kernel when the process dies, so a kill -9 never leaves a stale lock.
-    // It is newer than the workspace's declared rust-version.
-    #[allow(clippy::incompatible_msrv)]
+    // (Stable since Rust 1.89.)
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Io(io::Error::new(
@@ -572,9 +574,10 @@ impl<W: Write> Write for CrcWriter<W> {
     }
 }
 
-/// Reads the snapshot: its entries, revision and live data size.
+/// A loaded snapshot: its entries, revision and live data size.
 type Snapshot = (BTreeMap<String, KeyValue>, Revision, u64);
 
+/// Reads the snapshot, if there is one.
 fn read_snapshot(dir: &Path) -> Result<Option<Snapshot>, StoreError> {
     let path = dir.join(SNAPSHOT_FILE);
     let data = match fs::read(&path) {

@@ -1,0 +1,134 @@
+//! A real `weft server` process for integration tests, and an official AWS
+//! SDK client pointed at it.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use aws_sdk_appmesh::config::{BehaviorVersion, Credentials, Region};
+
+/// A `weft server` child process on a free loopback port with its own data dir.
+pub struct WeftServer {
+    child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl WeftServer {
+    /// Starts a server on a fresh data dir.
+    pub fn start() -> WeftServer {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server on a fresh data dir with extra flags.
+    pub fn start_with(extra: &[&str]) -> WeftServer {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut s = Self::start_in(&dir, extra);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts a server on an existing data dir (for restart tests).
+    pub fn start_in(dir: &Path, extra: &[&str]) -> WeftServer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .arg("server")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(dir)
+            .args(extra)
+            .env("WEFT_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn weft server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("weft server exited before listening")
+                .expect("read stdout");
+            if let Some(url) = line.strip_prefix("weft api listening on ") {
+                break url.to_string();
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        WeftServer { child, addr, data_dir: dir.to_path_buf(), _tmp: None }
+    }
+
+    /// An App Mesh client with static test credentials and the endpoint overridden.
+    pub fn client(&self) -> aws_sdk_appmesh::Client {
+        let config = aws_sdk_appmesh::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "weft-tests"))
+            .endpoint_url(&self.addr)
+            .build();
+        aws_sdk_appmesh::Client::from_conf(config)
+    }
+
+    /// Like [`WeftServer::client`], but a failed request is never retried
+    /// (so one interrupted by a crash is an error, not a later success) and
+    /// every operation gives up after 10 s.
+    pub fn client_without_retries(&self) -> aws_sdk_appmesh::Client {
+        use aws_sdk_appmesh::config::retry::RetryConfig;
+        use aws_sdk_appmesh::config::timeout::TimeoutConfig;
+        let config = aws_sdk_appmesh::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "weft-tests"))
+            .endpoint_url(&self.addr)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_timeout(std::time::Duration::from_secs(10))
+                    .build(),
+            )
+            .build();
+        aws_sdk_appmesh::Client::from_conf(config)
+    }
+
+    /// Sends SIGKILL and waits for the process to be gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for a graceful exit; returns whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").arg("-TERM").arg(&pid).status();
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    /// Takes the temporary dir so it outlives this server (for restarts).
+    pub fn keep_dir(&mut self) -> Option<tempfile::TempDir> {
+        self._tmp.take()
+    }
+}
+
+impl Drop for WeftServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The exception name an SDK error carries (`NotFoundException`, …).
+pub fn error_code<E, R>(err: &aws_sdk_appmesh::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_appmesh::error::ProvideErrorMetadata + std::fmt::Debug,
+    R: std::fmt::Debug,
+{
+    match err {
+        aws_sdk_appmesh::error::SdkError::ServiceError(s) => {
+            s.err().code().unwrap_or("<no code>").to_string()
+        }
+        other => format!("<not a service error: {other:?}>"),
+    }
+}
