@@ -11,6 +11,9 @@ pub struct ApiConfig {
     pub account: String,
     /// Per-account and per-mesh limits.
     pub quotas: Quotas,
+    /// How long a `clientToken` is remembered. SDKs retry within seconds;
+    /// an hour leaves ample room while keeping the records bounded.
+    pub client_token_ttl: std::time::Duration,
 }
 
 impl Default for ApiConfig {
@@ -20,6 +23,7 @@ impl Default for ApiConfig {
             region: "us-east-1".into(),
             account: "000000000000".into(),
             quotas: Quotas::default(),
+            client_token_ttl: std::time::Duration::from_secs(3600),
         }
     }
 }

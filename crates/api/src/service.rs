@@ -50,6 +50,9 @@ struct Record {
 struct TokenRecord {
     request: String,
     output: Value,
+    /// When the token was first used (epoch seconds).
+    #[serde(default)]
+    at: f64,
 }
 
 /// The App Mesh API's behaviour, independent of HTTP.
@@ -59,7 +62,8 @@ pub struct Service {
     config: ApiConfig,
 }
 
-fn now() -> f64 {
+/// The current time in epoch seconds.
+pub fn now() -> f64 {
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -117,6 +121,69 @@ fn route_targets(spec: &RouteSpec) -> Vec<&str> {
         );
     }
     out
+}
+
+/// The HTTP retry events App Mesh accepts (the model types them as free strings).
+/// See the user guide's routes page and Envoy's `x-envoy-retry-on` values.
+pub const HTTP_RETRY_EVENTS: &[&str] = &[
+    "server-error",
+    "gateway-error",
+    "client-error",
+    "stream-error",
+];
+
+/// The first HTTP retry event of a route that App Mesh does not know, if any.
+fn unknown_http_retry_events(spec: &RouteSpec) -> Option<String> {
+    let mut events: Vec<&String> = Vec::new();
+    for http in [&spec.http_route, &spec.http2_route].into_iter().flatten() {
+        if let Some(p) = &http.retry_policy {
+            events.extend(p.http_retry_events.iter().flatten());
+        }
+    }
+    if let Some(p) = spec
+        .grpc_route
+        .as_ref()
+        .and_then(|g| g.retry_policy.as_ref())
+    {
+        events.extend(p.http_retry_events.iter().flatten());
+    }
+    events
+        .into_iter()
+        .find(|e| !HTTP_RETRY_EVENTS.contains(&e.as_str()))
+        .map(|e| format!("\"{e}\""))
+}
+
+/// Whether some route type's weighted targets all have weight 0.
+fn zero_total_weight(spec: &RouteSpec) -> bool {
+    let mut sums = Vec::new();
+    for http in [&spec.http_route, &spec.http2_route].into_iter().flatten() {
+        sums.push(
+            http.action
+                .weighted_targets
+                .iter()
+                .map(|t| i64::from(t.weight))
+                .sum::<i64>(),
+        );
+    }
+    if let Some(g) = &spec.grpc_route {
+        sums.push(
+            g.action
+                .weighted_targets
+                .iter()
+                .map(|t| i64::from(t.weight))
+                .sum(),
+        );
+    }
+    if let Some(t) = &spec.tcp_route {
+        sums.push(
+            t.action
+                .weighted_targets
+                .iter()
+                .map(|t| i64::from(t.weight))
+                .sum(),
+        );
+    }
+    sums.contains(&0)
 }
 
 /// Number of weighted targets of each route type set on a route.
@@ -273,6 +340,10 @@ impl Service {
         };
         let record: TokenRecord = serde_json::from_slice(&kv.value)
             .map_err(|e| ApiError::Internal(format!("token record unreadable: {e}")))?;
+        if now() - record.at > self.config.client_token_ttl.as_secs_f64() {
+            // An expired token is forgotten: the request runs as a new one.
+            return Ok(None);
+        }
         if record.request == request {
             Ok(Some(record.output))
         } else {
@@ -293,6 +364,7 @@ impl Service {
         let record = TokenRecord {
             request,
             output: output.clone(),
+            at: now(),
         };
         Ok(Some(Op::Put(
             keys::token(operation, token),
@@ -371,6 +443,21 @@ impl Service {
                     return Err(ApiError::LimitExceeded(format!(
                         "A route may have at most {limit} weighted targets"
                     )));
+                }
+                if let Some(events) = unknown_http_retry_events(&spec) {
+                    return Err(ApiError::BadRequest(format!(
+                        "Value at 'spec' failed to satisfy constraint: httpRetryEvents must be \
+                         among [{}], got {events}",
+                        HTTP_RETRY_EVENTS.join(", ")
+                    )));
+                }
+                if zero_total_weight(&spec) {
+                    // Envoy rejects weighted clusters whose weights add up to 0.
+                    return Err(ApiError::BadRequest(
+                        "Value at 'spec' failed to satisfy constraint: the weights of a \
+                         route's weightedTargets must not all be 0"
+                            .into(),
+                    ));
                 }
                 for node in route_targets(&spec) {
                     self.require(&ResourceId::in_mesh(Kind::VirtualNode, &id.mesh, node))
@@ -705,6 +792,37 @@ impl Service {
             }
         }
         Err(Self::contention(id))
+    }
+
+    /// Deletes idempotency records older than the configured time to live, as
+    /// seen at `at` (epoch seconds); returns how many went. Run periodically
+    /// so that the tokens SDKs attach to every write do not pile up.
+    pub async fn sweep_expired_tokens(&self, at: f64) -> Result<usize, ApiError> {
+        let ttl = self.config.client_token_ttl.as_secs_f64();
+        let result = self.store.range(Range::prefix("token/")).await?;
+        let mut expired = Vec::new();
+        for kv in &result.kvs {
+            let stale = match serde_json::from_slice::<TokenRecord>(&kv.value) {
+                Ok(r) => at - r.at > ttl,
+                Err(_) => true,
+            };
+            if stale {
+                expired.push(kv);
+            }
+        }
+        let mut removed = 0;
+        for chunk in expired.chunks(128) {
+            let compares = chunk
+                .iter()
+                .map(|kv| Compare::ModRevision(kv.key.clone(), kv.mod_revision))
+                .collect();
+            let ops = chunk.iter().map(|kv| Op::Delete(kv.key.clone())).collect();
+            // A token reused meanwhile makes the chunk conflict; the next sweep retries.
+            if self.commit(compares, ops).await? {
+                removed += chunk.len();
+            }
+        }
+        Ok(removed)
     }
 
     fn limit(input: &Value, default: usize) -> usize {

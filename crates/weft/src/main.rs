@@ -110,7 +110,20 @@ async fn server(args: ServerArgs) -> Result<()> {
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "App Mesh API listening");
     // A plain line on stdout so scripts and tests can find a port chosen with :0.
     println!("weft api listening on http://{addr}");
-    let app = weft_api::router(Service::new(store, config));
+    let service = Service::new(store, config);
+    let sweeper = service.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
+        loop {
+            tick.tick().await;
+            match sweeper.sweep_expired_tokens(weft_api::service::now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(removed = n, "expired client tokens swept"),
+                Err(e) => tracing::warn!(error = %e, "sweeping client tokens failed"),
+            }
+        }
+    });
+    let app = weft_api::router(service);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await

@@ -14,8 +14,8 @@ use aws_sdk_appmesh::types::{
     MeshStatusCode, PortMapping, PortProtocol, RouteSpec, ServiceDiscovery, TagRef,
     VirtualGatewayListener, VirtualGatewayPortMapping, VirtualGatewayPortProtocol,
     VirtualGatewaySpec, VirtualNodeServiceProvider, VirtualNodeSpec, VirtualNodeStatusCode,
-    VirtualRouterListener, VirtualRouterServiceProvider, VirtualRouterSpec,
-    VirtualServiceBackend, VirtualServiceProvider, VirtualServiceSpec, WeightedTarget,
+    VirtualRouterListener, VirtualRouterServiceProvider, VirtualRouterSpec, VirtualServiceBackend,
+    VirtualServiceProvider, VirtualServiceSpec, WeightedTarget,
 };
 use aws_sdk_appmesh::Client;
 use common::{error_code, WeftServer};
@@ -34,11 +34,17 @@ fn node_spec(host: &str, backends: &[&str]) -> VirtualNodeSpec {
                 .build(),
         )
         .service_discovery(ServiceDiscovery::Dns(
-            DnsServiceDiscovery::builder().hostname(host).build().unwrap(),
+            DnsServiceDiscovery::builder()
+                .hostname(host)
+                .build()
+                .unwrap(),
         ));
     for b in backends {
         spec = spec.backends(Backend::VirtualService(
-            VirtualServiceBackend::builder().virtual_service_name(*b).build().unwrap(),
+            VirtualServiceBackend::builder()
+                .virtual_service_name(*b)
+                .build()
+                .unwrap(),
         ));
     }
     spec.build()
@@ -48,7 +54,11 @@ fn route_spec(targets: &[(&str, i32)]) -> RouteSpec {
     let mut action = HttpRouteAction::builder();
     for (node, weight) in targets {
         action = action.weighted_targets(
-            WeightedTarget::builder().virtual_node(*node).weight(*weight).build().unwrap(),
+            WeightedTarget::builder()
+                .virtual_node(*node)
+                .weight(*weight)
+                .build()
+                .unwrap(),
         );
     }
     RouteSpec::builder()
@@ -85,7 +95,11 @@ async fn router(client: &Client, mesh: &str, name: &str) {
         .listeners(
             VirtualRouterListener::builder()
                 .port_mapping(
-                    PortMapping::builder().port(8080).protocol(PortProtocol::Http).build().unwrap(),
+                    PortMapping::builder()
+                        .port(8080)
+                        .protocol(PortProtocol::Http)
+                        .build()
+                        .unwrap(),
                 )
                 .build(),
         )
@@ -110,7 +124,10 @@ async fn a_mesh_goes_through_its_whole_life() {
         .spec(
             MeshSpec::builder()
                 .egress_filter(
-                    EgressFilter::builder().r#type(EgressFilterType::AllowAll).build().unwrap(),
+                    EgressFilter::builder()
+                        .r#type(EgressFilterType::AllowAll)
+                        .build()
+                        .unwrap(),
                 )
                 .build(),
         )
@@ -126,7 +143,14 @@ async fn a_mesh_goes_through_its_whole_life() {
     assert!(!meta.uid.is_empty());
     assert_eq!(mesh.status.unwrap().status, Some(MeshStatusCode::Active));
 
-    let described = c.describe_mesh().mesh_name("apps").send().await.unwrap().mesh.unwrap();
+    let described = c
+        .describe_mesh()
+        .mesh_name("apps")
+        .send()
+        .await
+        .unwrap()
+        .mesh
+        .unwrap();
     assert_eq!(described.metadata.as_ref().unwrap().uid, meta.uid);
     assert_eq!(
         described.spec.unwrap().egress_filter.unwrap().r#type,
@@ -139,7 +163,10 @@ async fn a_mesh_goes_through_its_whole_life() {
         .spec(
             MeshSpec::builder()
                 .egress_filter(
-                    EgressFilter::builder().r#type(EgressFilterType::DropAll).build().unwrap(),
+                    EgressFilter::builder()
+                        .r#type(EgressFilterType::DropAll)
+                        .build()
+                        .unwrap(),
                 )
                 .build(),
         )
@@ -159,9 +186,24 @@ async fn a_mesh_goes_through_its_whole_life() {
     assert_eq!(list.meshes[0].version, 2);
     assert!(list.next_token.is_none());
 
-    let deleted = c.delete_mesh().mesh_name("apps").send().await.unwrap().mesh.unwrap();
-    assert_eq!(deleted.status.unwrap().status, Some(MeshStatusCode::Deleted));
-    let gone = c.describe_mesh().mesh_name("apps").send().await.unwrap_err();
+    let deleted = c
+        .delete_mesh()
+        .mesh_name("apps")
+        .send()
+        .await
+        .unwrap()
+        .mesh
+        .unwrap();
+    assert_eq!(
+        deleted.status.unwrap().status,
+        Some(MeshStatusCode::Deleted)
+    );
+    let gone = c
+        .describe_mesh()
+        .mesh_name("apps")
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(error_code(&gone), "NotFoundException");
 }
 
@@ -220,7 +262,10 @@ async fn every_resource_kind_can_be_created_described_updated_listed_and_deleted
         .action
         .unwrap()
         .weighted_targets;
-    assert_eq!(targets.iter().map(|t| t.weight).collect::<Vec<_>>(), vec![50, 50]);
+    assert_eq!(
+        targets.iter().map(|t| t.weight).collect::<Vec<_>>(),
+        vec![50, 50]
+    );
     let routes = c
         .list_routes()
         .mesh_name("apps")
@@ -260,7 +305,10 @@ async fn every_resource_kind_can_be_created_described_updated_listed_and_deleted
         .spec(
             VirtualServiceSpec::builder()
                 .provider(VirtualServiceProvider::VirtualNode(
-                    VirtualNodeServiceProvider::builder().virtual_node_name("red").build().unwrap(),
+                    VirtualNodeServiceProvider::builder()
+                        .virtual_node_name("red")
+                        .build()
+                        .unwrap(),
                 ))
                 .build(),
         )
@@ -384,10 +432,46 @@ async fn every_resource_kind_can_be_created_described_updated_listed_and_deleted
         .unwrap();
 
     // Lists of every kind.
-    assert_eq!(c.list_virtual_nodes().mesh_name("apps").send().await.unwrap().virtual_nodes.len(), 2);
-    assert_eq!(c.list_virtual_routers().mesh_name("apps").send().await.unwrap().virtual_routers.len(), 1);
-    assert_eq!(c.list_virtual_services().mesh_name("apps").send().await.unwrap().virtual_services.len(), 1);
-    assert_eq!(c.list_virtual_gateways().mesh_name("apps").send().await.unwrap().virtual_gateways.len(), 1);
+    assert_eq!(
+        c.list_virtual_nodes()
+            .mesh_name("apps")
+            .send()
+            .await
+            .unwrap()
+            .virtual_nodes
+            .len(),
+        2
+    );
+    assert_eq!(
+        c.list_virtual_routers()
+            .mesh_name("apps")
+            .send()
+            .await
+            .unwrap()
+            .virtual_routers
+            .len(),
+        1
+    );
+    assert_eq!(
+        c.list_virtual_services()
+            .mesh_name("apps")
+            .send()
+            .await
+            .unwrap()
+            .virtual_services
+            .len(),
+        1
+    );
+    assert_eq!(
+        c.list_virtual_gateways()
+            .mesh_name("apps")
+            .send()
+            .await
+            .unwrap()
+            .virtual_gateways
+            .len(),
+        1
+    );
     let grs = c
         .list_gateway_routes()
         .mesh_name("apps")
@@ -400,15 +484,30 @@ async fn every_resource_kind_can_be_created_described_updated_listed_and_deleted
     assert_eq!(grs[0].version, 2);
 
     // Describe of every kind.
-    c.describe_virtual_node().mesh_name("apps").virtual_node_name("red").send().await.unwrap();
-    c.describe_virtual_router().mesh_name("apps").virtual_router_name("colors").send().await.unwrap();
+    c.describe_virtual_node()
+        .mesh_name("apps")
+        .virtual_node_name("red")
+        .send()
+        .await
+        .unwrap();
+    c.describe_virtual_router()
+        .mesh_name("apps")
+        .virtual_router_name("colors")
+        .send()
+        .await
+        .unwrap();
     c.describe_virtual_service()
         .mesh_name("apps")
         .virtual_service_name("colors.apps.local")
         .send()
         .await
         .unwrap();
-    c.describe_virtual_gateway().mesh_name("apps").virtual_gateway_name("edge").send().await.unwrap();
+    c.describe_virtual_gateway()
+        .mesh_name("apps")
+        .virtual_gateway_name("edge")
+        .send()
+        .await
+        .unwrap();
     c.describe_gateway_route()
         .mesh_name("apps")
         .virtual_gateway_name("edge")
@@ -426,8 +525,16 @@ async fn every_resource_kind_can_be_created_described_updated_listed_and_deleted
         .send()
         .await
         .unwrap();
-    assert_eq!(d.gateway_route.unwrap().status.unwrap().status.as_str(), "DELETED");
-    c.delete_virtual_gateway().mesh_name("apps").virtual_gateway_name("edge").send().await.unwrap();
+    assert_eq!(
+        d.gateway_route.unwrap().status.unwrap().status.as_str(),
+        "DELETED"
+    );
+    c.delete_virtual_gateway()
+        .mesh_name("apps")
+        .virtual_gateway_name("edge")
+        .send()
+        .await
+        .unwrap();
     c.delete_virtual_service()
         .mesh_name("apps")
         .virtual_service_name("colors.apps.local")
@@ -441,10 +548,29 @@ async fn every_resource_kind_can_be_created_described_updated_listed_and_deleted
         .send()
         .await
         .unwrap();
-    c.delete_virtual_router().mesh_name("apps").virtual_router_name("colors").send().await.unwrap();
-    let d = c.delete_virtual_node().mesh_name("apps").virtual_node_name("red").send().await.unwrap();
-    assert_eq!(d.virtual_node.unwrap().status.unwrap().status, VirtualNodeStatusCode::Deleted);
-    c.delete_virtual_node().mesh_name("apps").virtual_node_name("blue").send().await.unwrap();
+    c.delete_virtual_router()
+        .mesh_name("apps")
+        .virtual_router_name("colors")
+        .send()
+        .await
+        .unwrap();
+    let d = c
+        .delete_virtual_node()
+        .mesh_name("apps")
+        .virtual_node_name("red")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        d.virtual_node.unwrap().status.unwrap().status,
+        VirtualNodeStatusCode::Deleted
+    );
+    c.delete_virtual_node()
+        .mesh_name("apps")
+        .virtual_node_name("blue")
+        .send()
+        .await
+        .unwrap();
     c.delete_mesh().mesh_name("apps").send().await.unwrap();
     assert!(c.list_meshes().send().await.unwrap().meshes.is_empty());
 }
@@ -497,7 +623,10 @@ async fn references_must_exist_and_resources_in_use_cannot_be_deleted() {
         .spec(
             VirtualServiceSpec::builder()
                 .provider(VirtualServiceProvider::VirtualNode(
-                    VirtualNodeServiceProvider::builder().virtual_node_name("ghost").build().unwrap(),
+                    VirtualNodeServiceProvider::builder()
+                        .virtual_node_name("ghost")
+                        .build()
+                        .unwrap(),
                 ))
                 .build(),
         )
@@ -533,7 +662,13 @@ async fn references_must_exist_and_resources_in_use_cannot_be_deleted() {
 
     // The node is a route target; the router has routes and provides a service;
     // the mesh is not empty.
-    let e = c.delete_virtual_node().mesh_name("apps").virtual_node_name("red").send().await.unwrap_err();
+    let e = c
+        .delete_virtual_node()
+        .mesh_name("apps")
+        .virtual_node_name("red")
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(error_code(&e), "ResourceInUseException");
     let e = c
         .delete_virtual_router()
@@ -562,9 +697,24 @@ async fn references_must_exist_and_resources_in_use_cannot_be_deleted() {
         .await
         .unwrap_err();
     assert_eq!(error_code(&e), "ResourceInUseException");
-    c.delete_virtual_service().mesh_name("apps").virtual_service_name("s").send().await.unwrap();
-    c.delete_virtual_router().mesh_name("apps").virtual_router_name("colors").send().await.unwrap();
-    c.delete_virtual_node().mesh_name("apps").virtual_node_name("red").send().await.unwrap();
+    c.delete_virtual_service()
+        .mesh_name("apps")
+        .virtual_service_name("s")
+        .send()
+        .await
+        .unwrap();
+    c.delete_virtual_router()
+        .mesh_name("apps")
+        .virtual_router_name("colors")
+        .send()
+        .await
+        .unwrap();
+    c.delete_virtual_node()
+        .mesh_name("apps")
+        .virtual_node_name("red")
+        .send()
+        .await
+        .unwrap();
     c.delete_mesh().mesh_name("apps").send().await.unwrap();
 }
 
@@ -590,23 +740,106 @@ async fn names_are_unique_per_scope_and_missing_things_are_not_found() {
     node(&c, "other", "red").await;
 
     for e in [
-        error_code(&c.describe_virtual_node().mesh_name("apps").virtual_node_name("x").send().await.unwrap_err()),
-        error_code(&c.describe_virtual_router().mesh_name("apps").virtual_router_name("x").send().await.unwrap_err()),
-        error_code(&c.describe_virtual_service().mesh_name("apps").virtual_service_name("x").send().await.unwrap_err()),
-        error_code(&c.describe_virtual_gateway().mesh_name("apps").virtual_gateway_name("x").send().await.unwrap_err()),
-        error_code(&c.describe_route().mesh_name("apps").virtual_router_name("x").route_name("y").send().await.unwrap_err()),
-        error_code(&c.describe_gateway_route().mesh_name("apps").virtual_gateway_name("x").gateway_route_name("y").send().await.unwrap_err()),
-        error_code(&c.update_virtual_node().mesh_name("apps").virtual_node_name("x").spec(node_spec("x", &[])).send().await.unwrap_err()),
-        error_code(&c.delete_virtual_node().mesh_name("apps").virtual_node_name("x").send().await.unwrap_err()),
-        error_code(&c.list_virtual_nodes().mesh_name("nomesh").send().await.unwrap_err()),
-        error_code(&c.list_routes().mesh_name("apps").virtual_router_name("x").send().await.unwrap_err()),
+        error_code(
+            &c.describe_virtual_node()
+                .mesh_name("apps")
+                .virtual_node_name("x")
+                .send()
+                .await
+                .unwrap_err(),
+        ),
+        error_code(
+            &c.describe_virtual_router()
+                .mesh_name("apps")
+                .virtual_router_name("x")
+                .send()
+                .await
+                .unwrap_err(),
+        ),
+        error_code(
+            &c.describe_virtual_service()
+                .mesh_name("apps")
+                .virtual_service_name("x")
+                .send()
+                .await
+                .unwrap_err(),
+        ),
+        error_code(
+            &c.describe_virtual_gateway()
+                .mesh_name("apps")
+                .virtual_gateway_name("x")
+                .send()
+                .await
+                .unwrap_err(),
+        ),
+        error_code(
+            &c.describe_route()
+                .mesh_name("apps")
+                .virtual_router_name("x")
+                .route_name("y")
+                .send()
+                .await
+                .unwrap_err(),
+        ),
+        error_code(
+            &c.describe_gateway_route()
+                .mesh_name("apps")
+                .virtual_gateway_name("x")
+                .gateway_route_name("y")
+                .send()
+                .await
+                .unwrap_err(),
+        ),
+        error_code(
+            &c.update_virtual_node()
+                .mesh_name("apps")
+                .virtual_node_name("x")
+                .spec(node_spec("x", &[]))
+                .send()
+                .await
+                .unwrap_err(),
+        ),
+        error_code(
+            &c.delete_virtual_node()
+                .mesh_name("apps")
+                .virtual_node_name("x")
+                .send()
+                .await
+                .unwrap_err(),
+        ),
+        error_code(
+            &c.list_virtual_nodes()
+                .mesh_name("nomesh")
+                .send()
+                .await
+                .unwrap_err(),
+        ),
+        error_code(
+            &c.list_routes()
+                .mesh_name("apps")
+                .virtual_router_name("x")
+                .send()
+                .await
+                .unwrap_err(),
+        ),
     ] {
         assert_eq!(e, "NotFoundException");
     }
     // Another account's mesh is not visible.
-    let e = c.describe_mesh().mesh_name("apps").mesh_owner("111122223333").send().await.unwrap_err();
+    let e = c
+        .describe_mesh()
+        .mesh_name("apps")
+        .mesh_owner("111122223333")
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(error_code(&e), "NotFoundException");
-    c.describe_mesh().mesh_name("apps").mesh_owner("000000000000").send().await.unwrap();
+    c.describe_mesh()
+        .mesh_name("apps")
+        .mesh_owner("000000000000")
+        .send()
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -618,7 +851,11 @@ async fn invalid_input_is_a_bad_request_that_names_the_field() {
         .listeners(
             Listener::builder()
                 .port_mapping(
-                    PortMapping::builder().port(70000).protocol(PortProtocol::Http).build().unwrap(),
+                    PortMapping::builder()
+                        .port(70000)
+                        .protocol(PortProtocol::Http)
+                        .build()
+                        .unwrap(),
                 )
                 .build(),
         )
@@ -636,7 +873,12 @@ async fn invalid_input_is_a_bad_request_that_names_the_field() {
     assert!(msg.contains("spec.listeners[0].portMapping.port"), "{msg}");
 
     let long_name = "x".repeat(256);
-    let e = c.create_mesh().mesh_name(long_name).send().await.unwrap_err();
+    let e = c
+        .create_mesh()
+        .mesh_name(long_name)
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(error_code(&e), "BadRequestException");
 
     // A route that sets two route types.
@@ -656,6 +898,45 @@ async fn invalid_input_is_a_bad_request_that_names_the_field() {
         .await
         .unwrap_err();
     assert_eq!(error_code(&e), "BadRequestException");
+
+    // Weights that add up to 0, which Envoy could not serve.
+    let e = c
+        .create_route()
+        .mesh_name("apps")
+        .virtual_router_name("r")
+        .route_name("zero")
+        .spec(route_spec(&[("red", 0)]))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&e), "BadRequestException");
+
+    // An HTTP retry event App Mesh does not know.
+    let mut retrying = route_spec(&[("red", 1)]).http_route.unwrap();
+    retrying.retry_policy = Some(
+        aws_sdk_appmesh::types::HttpRetryPolicy::builder()
+            .max_retries(2)
+            .per_retry_timeout(
+                aws_sdk_appmesh::types::Duration::builder()
+                    .unit(aws_sdk_appmesh::types::DurationUnit::Ms)
+                    .value(100)
+                    .build(),
+            )
+            .http_retry_events("sometimes")
+            .build()
+            .unwrap(),
+    );
+    let e = c
+        .create_route()
+        .mesh_name("apps")
+        .virtual_router_name("r")
+        .route_name("retry")
+        .spec(RouteSpec::builder().http_route(retrying).build())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&e), "BadRequestException");
+    assert!(e.into_service_error().to_string().contains("sometimes"));
 
     // An unknown enum value sent by a newer client.
     let e = c
@@ -687,7 +968,12 @@ async fn invalid_input_is_a_bad_request_that_names_the_field() {
         let e = c.list_meshes().limit(limit).send().await.unwrap_err();
         assert_eq!(error_code(&e), "BadRequestException");
     }
-    let e = c.list_meshes().next_token("not-a-token!").send().await.unwrap_err();
+    let e = c
+        .list_meshes()
+        .next_token("not-a-token!")
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(error_code(&e), "BadRequestException");
 }
 
@@ -734,7 +1020,13 @@ async fn the_same_client_token_returns_the_same_result_without_a_second_write() 
             .unwrap();
         assert_eq!(v.metadata.unwrap().version, 2);
     }
-    let now = c.describe_virtual_node().mesh_name("apps").virtual_node_name("red").send().await.unwrap();
+    let now = c
+        .describe_virtual_node()
+        .mesh_name("apps")
+        .virtual_node_name("red")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(now.virtual_node.unwrap().metadata.unwrap().version, 2);
     // Without a token the SDK generates a fresh one, so each update counts.
     c.update_virtual_node()
@@ -744,7 +1036,13 @@ async fn the_same_client_token_returns_the_same_result_without_a_second_write() 
         .send()
         .await
         .unwrap();
-    let now = c.describe_virtual_node().mesh_name("apps").virtual_node_name("red").send().await.unwrap();
+    let now = c
+        .describe_virtual_node()
+        .mesh_name("apps")
+        .virtual_node_name("red")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(now.virtual_node.unwrap().metadata.unwrap().version, 3);
 }
 
@@ -778,7 +1076,13 @@ async fn concurrent_updates_of_one_node_never_lose_a_version() {
     }
     versions.sort();
     assert_eq!(versions, (2..=17).collect::<Vec<i64>>());
-    let now = c.describe_virtual_node().mesh_name("apps").virtual_node_name("red").send().await.unwrap();
+    let now = c
+        .describe_virtual_node()
+        .mesh_name("apps")
+        .virtual_node_name("red")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(now.virtual_node.unwrap().metadata.unwrap().version, 17);
 }
 
@@ -804,7 +1108,11 @@ async fn listing_pages_through_every_item_once_even_while_items_are_added() {
             .unwrap();
         pages += 1;
         assert!(page.virtual_nodes.len() <= 10);
-        seen.extend(page.virtual_nodes.iter().map(|n| n.virtual_node_name.clone()));
+        seen.extend(
+            page.virtual_nodes
+                .iter()
+                .map(|n| n.virtual_node_name.clone()),
+        );
         // Add items between pages, before and after the cursor.
         node(&c, "apps", &format!("a{pages}")).await;
         node(&c, "apps", &format!("z{pages}")).await;
@@ -845,7 +1153,12 @@ async fn quotas_answer_limit_exceeded() {
     // backoff; without retries the test sees the first answer at once.
     let c = server.client_without_retries();
     mesh(&c, "apps").await;
-    let e = c.create_mesh().mesh_name("second").send().await.unwrap_err();
+    let e = c
+        .create_mesh()
+        .mesh_name("second")
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(error_code(&e), "LimitExceededException");
     node(&c, "apps", "a").await;
     let e = c
@@ -885,10 +1198,19 @@ async fn tags_are_added_listed_paged_and_removed() {
         .metadata
         .unwrap()
         .arn;
-    let tags = c.list_tags_for_resource().resource_arn(&arn).send().await.unwrap().tags;
+    let tags = c
+        .list_tags_for_resource()
+        .resource_arn(&arn)
+        .send()
+        .await
+        .unwrap()
+        .tags;
     assert_eq!(tags, vec![tag("team", "payments")]);
 
-    let mut req = c.tag_resource().resource_arn(&arn).tags(tag("team", "search"));
+    let mut req = c
+        .tag_resource()
+        .resource_arn(&arn)
+        .tags(tag("team", "search"));
     for i in 0..9 {
         req = req.tags(tag(&format!("k{i}"), "v"));
     }
@@ -912,10 +1234,25 @@ async fn tags_are_added_listed_paged_and_removed() {
         }
     }
     assert_eq!(all.len(), 10);
-    assert!(all.contains(&tag("team", "search")), "tagging overwrites a key's value");
+    assert!(
+        all.contains(&tag("team", "search")),
+        "tagging overwrites a key's value"
+    );
 
-    c.untag_resource().resource_arn(&arn).tag_keys("team").tag_keys("k0").send().await.unwrap();
-    let tags = c.list_tags_for_resource().resource_arn(&arn).send().await.unwrap().tags;
+    c.untag_resource()
+        .resource_arn(&arn)
+        .tag_keys("team")
+        .tag_keys("k0")
+        .send()
+        .await
+        .unwrap();
+    let tags = c
+        .list_tags_for_resource()
+        .resource_arn(&arn)
+        .send()
+        .await
+        .unwrap()
+        .tags;
     assert_eq!(tags.len(), 8);
     assert!(!tags.iter().any(|t| t.key == "team"));
 
@@ -938,7 +1275,12 @@ async fn tags_are_added_listed_paged_and_removed() {
         .await
         .unwrap_err();
     assert_eq!(error_code(&e), "NotFoundException");
-    let e = c.list_tags_for_resource().resource_arn("arn:aws:s3:::bucket").send().await.unwrap_err();
+    let e = c
+        .list_tags_for_resource()
+        .resource_arn("arn:aws:s3:::bucket")
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(error_code(&e), "BadRequestException");
 }
 
