@@ -58,7 +58,12 @@ impl WeftServer {
         };
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        WeftServer { child, addr, data_dir: dir.to_path_buf(), _tmp: None }
+        WeftServer {
+            child,
+            addr,
+            data_dir: dir.to_path_buf(),
+            _tmp: None,
+        }
     }
 
     /// An App Mesh client with static test credentials and the endpoint overridden.
@@ -66,7 +71,13 @@ impl WeftServer {
         let config = aws_sdk_appmesh::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "weft-tests"))
+            .credentials_provider(Credentials::new(
+                "AKIDTEST",
+                "secret",
+                None,
+                None,
+                "weft-tests",
+            ))
             .endpoint_url(&self.addr)
             .build();
         aws_sdk_appmesh::Client::from_conf(config)
@@ -81,7 +92,13 @@ impl WeftServer {
         let config = aws_sdk_appmesh::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "weft-tests"))
+            .credentials_provider(Credentials::new(
+                "AKIDTEST",
+                "secret",
+                None,
+                None,
+                "weft-tests",
+            ))
             .endpoint_url(&self.addr)
             .retry_config(RetryConfig::disabled())
             .timeout_config(
