@@ -7,11 +7,10 @@
 pub mod config;
 pub mod error;
 pub mod http;
-pub mod keys;
-pub mod kind;
 pub mod service;
 
 pub use config::{ApiConfig, Quotas};
 pub use error::ApiError;
 pub use http::router;
 pub use service::Service;
+pub use weft_model::{keys, kind};

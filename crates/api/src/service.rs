@@ -25,8 +25,9 @@ use weft_store::{Compare, KeyValue, Op, Range, SharedStore, Txn, TxnOutcome};
 
 use crate::config::ApiConfig;
 use crate::error::ApiError;
-use crate::keys;
-use crate::kind::{Action, Kind, ResourceId};
+use weft_model::keys;
+use weft_model::kind::{Action, Kind, ResourceId};
+use weft_model::StoredRecord as Record;
 
 /// How often a write re-reads and retries after losing a race in its mesh.
 const MAX_ATTEMPTS: usize = 64;
@@ -36,14 +37,6 @@ const DEFAULT_LIMIT: usize = 100;
 const DEFAULT_TAGS_LIMIT: usize = 50;
 /// Tags per resource, as the model's TagList allows.
 const MAX_TAGS: usize = 50;
-
-/// A resource as stored: the `…Data` shape the API returns, plus its tags.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Record {
-    data: Value,
-    #[serde(default)]
-    tags: Vec<TagRef>,
-}
 
 /// What a `clientToken` remembers: the request it came with and the answer given.
 #[derive(Debug, Clone, Serialize, Deserialize)]

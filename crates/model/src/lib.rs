@@ -7,10 +7,16 @@
 //! - [`validate`]: checks a request against every constraint of the model
 //!   (required members, lengths, ranges, enums, patterns, unions).
 //! - [`arn`]: App Mesh ARNs.
+//! - [`kind`], [`keys`], [`stored`]: the seven resource kinds, where each
+//!   lives in the store and how it is stored — shared by the API (which writes)
+//!   and the xDS control plane (which reads).
 //!
 //! Pure: no I/O.
 
 pub mod arn;
+pub mod keys;
+pub mod kind;
+pub mod stored;
 pub mod schema;
 pub mod validate;
 
@@ -21,6 +27,8 @@ pub mod shapes {
 }
 
 pub use arn::{Arn, ResourcePath};
+pub use kind::{Action, Kind, ResourceId};
+pub use stored::StoredRecord;
 pub use schema::{schema, Location, Operation, Schema, Shape, ShapeKind};
 pub use validate::{validate_input, ValidationError};
 

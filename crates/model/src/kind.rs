@@ -1,7 +1,7 @@
 //! The seven App Mesh resource kinds and what differs between them: member
 //! names, scope, ARN segment, store key and quota.
 
-use weft_model::ResourcePath;
+use crate::arn::ResourcePath;
 
 /// An App Mesh resource kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
