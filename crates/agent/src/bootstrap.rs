@@ -1,0 +1,310 @@
+//! The Envoy bootstrap, as JSON (Envoy reads JSON bootstraps as it reads YAML ones).
+//!
+//! What it holds and why (see `docs/proxy-contract.md`):
+//! - `node`: id, cluster and `weft.*` metadata, which translation reads;
+//! - `admin` on 127.0.0.1 (App Mesh's Envoy binds admin to IPv4 loopback unless told otherwise);
+//! - one static cluster, `xds_cluster`, to Weft's ADS server over HTTP/2 (gRPC needs it);
+//! - `dynamic_resources`: ADS (SotW or delta) for CDS and LDS, everything else follows over the
+//!   same stream because translation points RDS/EDS at `{ads: {}}`;
+//! - optional App Mesh stats tags, a runtime with an admin layer, and a cap on downstream
+//!   connections.
+//!
+//! Envoy docs: <https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/bootstrap/v3/bootstrap.proto>.
+
+use serde_json::{json, Map, Value};
+
+use crate::config::{AgentConfig, ListenerMode};
+
+/// The name of the bootstrap's static cluster to Weft's ADS server.
+pub const XDS_CLUSTER: &str = "xds_cluster";
+
+/// The cap on Envoy's active downstream connections (all listeners together).
+pub const MAX_DOWNSTREAM_CONNECTIONS: u64 = 50_000;
+
+/// The Envoy bootstrap for this agent.
+pub fn bootstrap(config: &AgentConfig) -> Value {
+    let mut root = json!({
+        "node": node(config),
+        "admin": admin(config),
+        "static_resources": { "clusters": [xds_cluster(config)] },
+        "dynamic_resources": dynamic_resources(config),
+        "layered_runtime": layered_runtime(),
+        "overload_manager": overload_manager(),
+    });
+    if config.stats_tags {
+        root["stats_config"] = stats_config(config);
+    }
+    root
+}
+
+/// [`bootstrap`] as pretty-printed JSON text (what `weft agent --print-bootstrap` prints and what
+/// the supervisor writes for Envoy's `-c`).
+pub fn bootstrap_json(config: &AgentConfig) -> String {
+    // Serialising a `Value` cannot fail (all keys are strings); fall back to the compact form
+    // rather than unwrap.
+    let value = bootstrap(config);
+    serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string())
+}
+
+fn node(config: &AgentConfig) -> Value {
+    let mut metadata = Map::new();
+    metadata.insert(
+        "weft.listener_mode".into(),
+        config.listener_mode.as_str().into(),
+    );
+    metadata.insert("weft.ingress_port".into(), config.ingress_port.into());
+    metadata.insert("weft.egress_port".into(), config.egress_port.into());
+    metadata.insert(
+        "weft.listen_address".into(),
+        config.listen_address.to_string().into(),
+    );
+    metadata.insert(
+        "weft.app_address".into(),
+        config.app_address.to_string().into(),
+    );
+    if config.listener_mode == ListenerMode::Explicit || !config.app_ports.is_empty() {
+        // A protobuf Struct: keys are strings; numbers travel as doubles, which hold any port.
+        let ports: Map<String, Value> = config
+            .app_ports
+            .iter()
+            .map(|(listener, app)| (listener.to_string(), Value::from(*app)))
+            .collect();
+        metadata.insert("weft.app_ports".into(), Value::Object(ports));
+    }
+    json!({
+        "id": config.node_id,
+        "cluster": config.node_cluster,
+        "metadata": metadata,
+    })
+}
+
+fn admin(config: &AgentConfig) -> Value {
+    json!({
+        "address": socket_address("127.0.0.1", config.admin_port),
+        // `admin.access_log_path` is deprecated; the typed file logger replaces it.
+        "access_log": [{
+            "name": "envoy.access_loggers.file",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                "path": config.admin_access_log.to_string_lossy(),
+            }
+        }],
+    })
+}
+
+fn xds_cluster(config: &AgentConfig) -> Value {
+    let endpoint = &config.xds_endpoint;
+    json!({
+        "name": XDS_CLUSTER,
+        // An IP needs no resolution; a name (a control plane behind DNS or a load balancer) is
+        // LOGICAL_DNS: one connection target at a time, re-resolved on reconnect.
+        "type": if endpoint.is_ip() { "STATIC" } else { "LOGICAL_DNS" },
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": XDS_CLUSTER,
+            "endpoints": [{
+                "lb_endpoints": [{
+                    "endpoint": { "address": socket_address(&endpoint.host, endpoint.port) }
+                }]
+            }]
+        },
+        // gRPC needs HTTP/2 to the control plane (envoy-notes: Envoy insists). HTTP/2 PINGs find
+        // a dead control plane (or a half-open connection through a NAT) so Envoy reconnects.
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        "connection_keepalive": { "interval": "30s", "timeout": "5s" }
+                    }
+                }
+            }
+        },
+        "upstream_connection_options": {
+            "tcp_keepalive": { "keepalive_time": 300 }
+        },
+    })
+}
+
+fn dynamic_resources(config: &AgentConfig) -> Value {
+    let source = json!({
+        "ads": {},
+        "resource_api_version": "V3",
+        // App Mesh's default is 0: wait for the control plane as long as it takes (Envoy's own
+        // default would give up after 15 s and start with no listeners).
+        "initial_fetch_timeout": duration(config.initial_fetch_timeout),
+    });
+    json!({
+        "ads_config": {
+            "api_type": config.xds_protocol.api_type(),
+            "transport_api_version": "V3",
+            "grpc_services": [{ "envoy_grpc": { "cluster_name": XDS_CLUSTER } }],
+        },
+        "cds_config": source,
+        "lds_config": source,
+    })
+}
+
+/// App Mesh's stats tags (`envoy-metrics.md`): every metric gets the mesh and the node (or
+/// gateway) as fixed-value tags.
+fn stats_config(config: &AgentConfig) -> Value {
+    let kind_tag = if config.is_gateway() {
+        "appmesh.virtual_gateway"
+    } else {
+        "appmesh.virtual_node"
+    };
+    json!({
+        "stats_tags": [
+            { "tag_name": "appmesh.mesh", "fixed_value": config.mesh() },
+            { "tag_name": kind_tag, "fixed_value": config.resource_name() },
+        ]
+    })
+}
+
+/// A static layer (empty, the place for future defaults) and an admin layer, so operators can
+/// change runtime keys through `/runtime_modify` as they can on App Mesh's Envoy.
+fn layered_runtime() -> Value {
+    json!({
+        "layers": [
+            { "name": "static_layer", "static_layer": {} },
+            { "name": "admin_layer", "admin_layer": {} },
+        ]
+    })
+}
+
+/// Envoy warns at start-up when downstream connections are unbounded: past the file-descriptor
+/// limit it could not even accept admin or xDS connections. The bound is far above what one
+/// sidecar carries; Envoy refuses connections beyond it instead of failing at random.
+/// <https://www.envoyproxy.io/docs/envoy/latest/configuration/listeners/runtime#config-listeners-runtime>
+fn overload_manager() -> Value {
+    json!({
+        "resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
+            }
+        }]
+    })
+}
+
+fn socket_address(host: &str, port: u16) -> Value {
+    json!({ "socket_address": { "address": host, "port_value": port } })
+}
+
+/// A protobuf JSON Duration (`"1.5s"`).
+fn duration(d: std::time::Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{:.9}s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn config() -> AgentConfig {
+        AgentConfig::for_resource(
+            "arn:aws:appmesh:us-west-2:111122223333:mesh/apps/virtualNode/red",
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_node_carries_the_arn_cluster_and_weft_metadata() {
+        let b = bootstrap(&config());
+        assert_eq!(
+            b["node"]["id"],
+            "arn:aws:appmesh:us-west-2:111122223333:mesh/apps/virtualNode/red"
+        );
+        assert_eq!(b["node"]["cluster"], "mesh/apps/virtualNode/red");
+        let md = &b["node"]["metadata"];
+        assert_eq!(md["weft.listener_mode"], "transparent");
+        assert_eq!(md["weft.ingress_port"], 15000);
+        assert_eq!(md["weft.egress_port"], 15001);
+        assert_eq!(md["weft.listen_address"], "0.0.0.0");
+        assert!(md.get("weft.app_ports").is_none());
+        assert_eq!(b["admin"]["address"]["socket_address"]["port_value"], 9901);
+    }
+
+    #[test]
+    fn explicit_mode_writes_app_ports_as_a_struct() {
+        let mut c = config();
+        c.listener_mode = ListenerMode::Explicit;
+        c.listen_address = [127, 0, 0, 1].into();
+        c.app_ports = [(8080, 18080)].into();
+        let md = &bootstrap(&c)["node"]["metadata"];
+        assert_eq!(md["weft.listener_mode"], "explicit");
+        assert_eq!(md["weft.listen_address"], "127.0.0.1");
+        assert_eq!(md["weft.app_ports"], json!({"8080": 18080}));
+    }
+
+    #[test]
+    fn ads_is_delta_by_default_and_sotw_on_request() {
+        let mut c = config();
+        assert_eq!(
+            bootstrap(&c)["dynamic_resources"]["ads_config"]["api_type"],
+            "DELTA_GRPC"
+        );
+        c.xds_protocol = crate::XdsProtocol::Sotw;
+        let b = bootstrap(&c);
+        assert_eq!(b["dynamic_resources"]["ads_config"]["api_type"], "GRPC");
+        assert_eq!(b["dynamic_resources"]["cds_config"]["ads"], json!({}));
+        assert_eq!(
+            b["dynamic_resources"]["lds_config"]["resource_api_version"],
+            "V3"
+        );
+        assert_eq!(
+            b["dynamic_resources"]["lds_config"]["initial_fetch_timeout"],
+            "0s"
+        );
+    }
+
+    #[test]
+    fn stats_tags_appear_only_when_enabled_and_name_gateways_as_gateways() {
+        let mut c = config();
+        assert!(bootstrap(&c).get("stats_config").is_none());
+        c.stats_tags = true;
+        let tags = &bootstrap(&c)["stats_config"]["stats_tags"];
+        assert_eq!(
+            tags[0],
+            json!({"tag_name": "appmesh.mesh", "fixed_value": "apps"})
+        );
+        assert_eq!(
+            tags[1],
+            json!({"tag_name": "appmesh.virtual_node", "fixed_value": "red"})
+        );
+        let mut g = AgentConfig::for_resource("mesh/apps/virtualGateway/edge")
+            .unwrap_or_else(|e| panic!("{e}"));
+        g.stats_tags = true;
+        assert_eq!(
+            bootstrap(&g)["stats_config"]["stats_tags"][1]["tag_name"],
+            "appmesh.virtual_gateway"
+        );
+    }
+
+    #[test]
+    fn an_xds_name_is_resolved_by_dns_and_an_ip_is_static() {
+        let mut c = config();
+        assert_eq!(
+            bootstrap(&c)["static_resources"]["clusters"][0]["type"],
+            "STATIC"
+        );
+        c.xds_endpoint = "weft.internal:15010"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            bootstrap(&c)["static_resources"]["clusters"][0]["type"],
+            "LOGICAL_DNS"
+        );
+    }
+
+    #[test]
+    fn durations_are_protobuf_json() {
+        assert_eq!(duration(Duration::from_secs(15)), "15s");
+        assert_eq!(duration(Duration::from_millis(1500)), "1.500000000s");
+    }
+}

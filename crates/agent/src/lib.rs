@@ -1,0 +1,29 @@
+//! The Weft agent: runs beside a workload.
+//!
+//! It reads the environment variables App Mesh's Envoy image reads
+//! (`APPMESH_RESOURCE_ARN`, `ENVOY_ADMIN_ACCESS_PORT`, …; see the App Mesh user guide,
+//! `envoy-config.md`), writes the Envoy bootstrap that points Envoy at Weft's ADS server
+//! (`docs/proxy-contract.md`), and supervises Envoy: start, restart on exit, drain and stop on
+//! shutdown. It also carries the small sample HTTP app used by `weft demo` and by tests.
+//!
+//! One concern per module:
+//! - [`config`]: [`AgentConfig`] from environment variables and flags ([`AgentArgs`]).
+//! - [`bootstrap`]: the Envoy bootstrap (JSON).
+//! - [`envoy`]: finding Envoy and building its command line.
+//! - [`admin`]: a tiny client for Envoy's admin interface (drain, readiness).
+//! - [`supervisor`]: running Envoy beside the workload.
+//! - [`sample_app`]: the demo/test HTTP server (`weft sample-app`).
+
+pub mod admin;
+pub mod bootstrap;
+pub mod config;
+pub mod envoy;
+pub mod error;
+pub mod sample_app;
+pub mod supervisor;
+
+pub use bootstrap::{bootstrap, bootstrap_json};
+pub use config::{AgentArgs, AgentConfig, ListenerMode, XdsEndpoint, XdsProtocol};
+pub use error::AgentError;
+pub use sample_app::{run_sample_app, serve_sample_app, SampleAppArgs};
+pub use supervisor::{run, EnvoyState, Outcome, Supervisor};

@@ -1,0 +1,255 @@
+//! Running Envoy beside the workload: write the bootstrap, start Envoy, restart it when it
+//! exits, and on shutdown drain it and stop it.
+//!
+//! This is the role of App Mesh's Agent for Envoy (user guide `envoy-config.md`, "Agent
+//! variables"): it logs every exit status and restarts up to `APPNET_ENVOY_RESTART_COUNT` times,
+//! and on shutdown waits `LISTENER_DRAIN_WAIT_TIME_S` for connections to drain. Unlike App
+//! Mesh's agent (default 0 restarts), Weft restarts without limit by default, with backoff:
+//! that is what users expect of a supervisor.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use tokio::process::Child;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::admin;
+use crate::bootstrap::bootstrap_json;
+use crate::config::AgentConfig;
+use crate::envoy::{envoy_command, find_envoy};
+use crate::error::AgentError;
+
+/// First delay before restarting Envoy; doubles per consecutive quick exit.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest delay between restarts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// An Envoy that ran this long was healthy: the next restart starts from the initial backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+
+/// What the supervisor's Envoy is doing, observable while it runs ([`Supervisor::state`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvoyState {
+    /// PID of the running Envoy, if one runs.
+    pub pid: Option<u32>,
+    /// How many times Envoy has been started.
+    pub starts: u32,
+    /// How the last Envoy exited.
+    pub last_exit: Option<ExitStatus>,
+    /// The bootstrap file Envoy was started with.
+    pub bootstrap_path: Option<PathBuf>,
+    /// Shutdown has begun (draining or stopping).
+    pub stopping: bool,
+}
+
+/// How a supervisor run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Shutdown was requested; Envoy was drained and stopped.
+    Stopped {
+        /// Restarts performed during the run.
+        restarts: u32,
+    },
+    /// Envoy exited and the restart limit was reached.
+    EnvoyExited {
+        /// Envoy's last exit status.
+        status: ExitStatus,
+        /// Restarts performed during the run.
+        restarts: u32,
+    },
+}
+
+impl Outcome {
+    /// The exit code for the agent process: 0 after a requested stop, else Envoy's (128 + signal
+    /// when a signal killed it, as shells report it), so orchestrators see Envoy's failure.
+    pub fn exit_code(&self) -> i32 {
+        use std::os::unix::process::ExitStatusExt;
+        match self {
+            Outcome::Stopped { .. } => 0,
+            Outcome::EnvoyExited { status, .. } => status
+                .code()
+                .or_else(|| status.signal().map(|s| 128 + s))
+                .unwrap_or(1),
+        }
+    }
+}
+
+/// Supervises one Envoy. [`Supervisor::state`] lets callers (tests, `weft demo`) watch it.
+pub struct Supervisor {
+    config: AgentConfig,
+    state: watch::Sender<EnvoyState>,
+}
+
+/// Runs Envoy for `config` until `shutdown` completes (then drains and stops it), or until Envoy
+/// exits more often than the restart limit allows.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Outcome, AgentError> {
+    Supervisor::new(config).run(shutdown).await
+}
+
+impl Supervisor {
+    /// A supervisor for `config` (validate it first: [`AgentConfig::validate`]).
+    pub fn new(config: AgentConfig) -> Self {
+        let (state, _) = watch::channel(EnvoyState::default());
+        Supervisor { config, state }
+    }
+
+    /// A view of Envoy's state that updates as Envoy starts and exits.
+    pub fn state(&self) -> watch::Receiver<EnvoyState> {
+        self.state.subscribe()
+    }
+
+    /// See [`run`].
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<Outcome, AgentError> {
+        let config = &self.config;
+        let envoy_bin = find_envoy(config.envoy_bin.as_deref())?;
+        // Kept alive until the run ends: dropping it removes the temporary folder.
+        let (dir, _temp_dir) = run_dir(config)?;
+        let bootstrap_path = bootstrap_file_name(config, &dir);
+        tokio::fs::write(&bootstrap_path, bootstrap_json(config))
+            .await
+            .map_err(|e| AgentError::io(format!("writing {}", bootstrap_path.display()), e))?;
+        self.state
+            .send_modify(|s| s.bootstrap_path = Some(bootstrap_path.clone()));
+        info!(node = %config.node_id, xds = %config.xds_endpoint, envoy = %envoy_bin.display(),
+              bootstrap = %bootstrap_path.display(), "starting Envoy");
+
+        tokio::pin!(shutdown);
+        let mut restarts = 0u32;
+        let mut backoff = INITIAL_BACKOFF;
+        loop {
+            let started = Instant::now();
+            let mut child = envoy_command(&envoy_bin, config, &bootstrap_path)
+                .spawn()
+                .map_err(|e| AgentError::io(format!("starting {}", envoy_bin.display()), e))?;
+            let pid = child.id();
+            info!(pid, admin_port = config.admin_port, "Envoy started");
+            self.state.send_modify(|s| {
+                s.pid = pid;
+                s.starts += 1;
+            });
+
+            tokio::select! {
+                status = child.wait() => {
+                    let status = status.map_err(|e| AgentError::io("waiting for Envoy", e))?;
+                    self.state.send_modify(|s| {
+                        s.pid = None;
+                        s.last_exit = Some(status);
+                    });
+                    let ran = started.elapsed();
+                    warn!(pid, %status, ran_for = ?ran, "Envoy exited");
+                    if config.restart_limit.is_some_and(|limit| restarts >= limit) {
+                        warn!(restarts, "restart limit (APPNET_ENVOY_RESTART_COUNT) reached; not restarting Envoy");
+                        return Ok(Outcome::EnvoyExited { status, restarts });
+                    }
+                    if ran >= STABLE_AFTER {
+                        backoff = INITIAL_BACKOFF;
+                    }
+                    info!(delay = ?backoff, "restarting Envoy");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = &mut shutdown => return Ok(Outcome::Stopped { restarts }),
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    restarts += 1;
+                }
+                _ = &mut shutdown => {
+                    self.state.send_modify(|s| s.stopping = true);
+                    let status = stop(config, &mut child, pid).await?;
+                    self.state.send_modify(|s| {
+                        s.pid = None;
+                        s.last_exit = Some(status);
+                    });
+                    return Ok(Outcome::Stopped { restarts });
+                }
+            }
+        }
+    }
+}
+
+/// The folder for the bootstrap: the configured one (kept), or a fresh temporary one (removed
+/// when the returned guard drops).
+fn run_dir(config: &AgentConfig) -> Result<(PathBuf, Option<tempfile::TempDir>), AgentError> {
+    match &config.run_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| AgentError::io(format!("creating {}", dir.display()), e))?;
+            Ok((dir.clone(), None))
+        }
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("weft-agent-")
+                .tempdir()
+                .map_err(|e| AgentError::io("creating a temporary run folder", e))?;
+            Ok((temp.path().to_path_buf(), Some(temp)))
+        }
+    }
+}
+
+/// Drain, then SIGTERM, then SIGKILL after the grace period.
+async fn stop(
+    config: &AgentConfig,
+    child: &mut Child,
+    pid: Option<u32>,
+) -> Result<ExitStatus, AgentError> {
+    // Graceful drain: listeners keep accepting for the drain time, but every connection is
+    // closed after its current request, so clients move to other instances without errors.
+    match admin::drain_listeners(config.admin_port).await {
+        Ok(()) => {
+            info!(wait = ?config.drain_wait, "draining Envoy's listeners");
+            if let Ok(status) = tokio::time::timeout(config.drain_wait, child.wait()).await {
+                let status = status.map_err(|e| AgentError::io("waiting for Envoy", e))?;
+                warn!(%status, "Envoy exited while draining");
+                return Ok(status);
+            }
+        }
+        // No admin (Envoy still starting, or wedged): nothing to drain, stop it now.
+        Err(e) => warn!(error = %e, "could not drain Envoy; stopping it"),
+    }
+    if let Some(pid) = pid {
+        signal(pid, "TERM").await;
+    }
+    match tokio::time::timeout(config.stop_grace, child.wait()).await {
+        Ok(status) => {
+            let status = status.map_err(|e| AgentError::io("waiting for Envoy", e))?;
+            info!(%status, "Envoy stopped");
+            Ok(status)
+        }
+        Err(_) => {
+            warn!(grace = ?config.stop_grace, "Envoy ignored SIGTERM; killing it");
+            child
+                .start_kill()
+                .map_err(|e| AgentError::io("killing Envoy", e))?;
+            child
+                .wait()
+                .await
+                .map_err(|e| AgentError::io("waiting for Envoy", e))
+        }
+    }
+}
+
+/// Sends a signal with `kill(1)`, since the workspace forbids `unsafe` (and so `libc::kill`).
+/// The PID cannot have been reused: Envoy is our child and not yet reaped.
+async fn signal(pid: u32, name: &str) {
+    let result = tokio::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .stdin(std::process::Stdio::null())
+        .status()
+        .await;
+    match result {
+        Ok(s) if s.success() => {}
+        Ok(s) => warn!(pid, signal = name, status = %s, "kill failed"),
+        Err(e) => warn!(pid, signal = name, error = %e, "could not run kill"),
+    }
+}
+
+/// The bootstrap path a supervisor writes for `config` inside `dir` (tests, tooling).
+pub fn bootstrap_file_name(config: &AgentConfig, dir: &Path) -> PathBuf {
+    dir.join(format!("envoy-bootstrap-{}.json", config.admin_port))
+}
