@@ -24,6 +24,11 @@ struct Cli {
 enum Command {
     /// Run the control plane: the App Mesh API on an embedded store.
     Server(ServerArgs),
+    /// Run beside a workload: write the Envoy bootstrap from App Mesh's
+    /// environment variables, start Envoy and keep it running.
+    Agent(weft_agent::AgentArgs),
+    /// A tiny HTTP app answering with its name, for demos and tests.
+    SampleApp(weft_agent::SampleAppArgs),
 }
 
 #[derive(clap::Args)]
@@ -131,10 +136,25 @@ async fn server(args: ServerArgs) -> Result<()> {
     Ok(())
 }
 
+async fn agent(args: weft_agent::AgentArgs) -> Result<()> {
+    let config = weft_agent::AgentConfig::from_args(&args)?;
+    if args.print_bootstrap {
+        println!("{}", weft_agent::bootstrap_json(&config));
+        return Ok(());
+    }
+    let outcome = weft_agent::run(config, shutdown_signal()).await?;
+    let code = outcome.exit_code();
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let filter = match &cli.command {
         Command::Server(a) => a.log.clone(),
+        _ => std::env::var("WEFT_LOG").unwrap_or_else(|_| "info".into()),
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -150,6 +170,11 @@ fn main() -> Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server(args).await,
+            Command::Agent(args) => agent(args).await,
+            Command::SampleApp(args) => {
+                weft_agent::run_sample_app(&args, shutdown_signal()).await?;
+                Ok(())
+            }
         }
     })
 }
