@@ -1,0 +1,86 @@
+//! Snapshots per snapshot key, with change notification.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::watch;
+
+use crate::Snapshot;
+
+type Slot = watch::Sender<Option<Arc<Snapshot>>>;
+
+/// The latest snapshot of every snapshot key.
+///
+/// Proxies of the same virtual node share one key and one `Arc<Snapshot>`. Streams watch their
+/// key through a `tokio::sync::watch` channel, which keeps only the latest value: a burst of
+/// [`SnapshotCache::set_snapshot`] calls is seen by a stream as one change to the last snapshot.
+/// A key without a snapshot holds `None`, and its streams wait without config until one is set.
+#[derive(Clone, Default)]
+pub struct SnapshotCache {
+    slots: Arc<Mutex<HashMap<String, Slot>>>,
+}
+
+impl SnapshotCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with_slot<T>(&self, key: &str, f: impl FnOnce(&Slot) -> T) -> T {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = slots
+            .entry(key.to_string())
+            .or_insert_with(|| watch::channel(None).0);
+        f(slot)
+    }
+
+    /// Sets the snapshot of `key` and wakes every stream of that key (unless the snapshot's
+    /// version is the one already set: equal content changes nothing).
+    pub fn set_snapshot(&self, key: &str, snapshot: Arc<Snapshot>) {
+        self.with_slot(key, |slot| {
+            slot.send_if_modified(|current| match current {
+                Some(old) if old.version() == snapshot.version() => false,
+                _ => {
+                    *current = Some(snapshot);
+                    true
+                }
+            });
+        });
+    }
+
+    /// The current snapshot of `key`, if any.
+    pub fn snapshot(&self, key: &str) -> Option<Arc<Snapshot>> {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.get(key).and_then(|s| s.borrow().clone())
+    }
+
+    /// Forgets the snapshot of `key`. Connected proxies keep the config they have (Envoy keeps
+    /// its last config); they get nothing new until a snapshot is set again.
+    pub fn clear_snapshot(&self, key: &str) {
+        self.with_slot(key, |slot| {
+            slot.send_replace(None);
+        });
+    }
+
+    /// The keys that have a snapshot.
+    pub fn keys(&self) -> Vec<String> {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut keys: Vec<String> = slots
+            .iter()
+            .filter(|(_, s)| s.borrow().is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// A receiver of the snapshots of `key`, starting with the current one (marked unseen so
+    /// that the first `changed()` fires when a snapshot is already there).
+    pub fn watch(&self, key: &str) -> watch::Receiver<Option<Arc<Snapshot>>> {
+        self.with_slot(key, |slot| {
+            let mut rx = slot.subscribe();
+            rx.mark_changed();
+            rx
+        })
+    }
+}

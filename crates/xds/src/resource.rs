@@ -1,0 +1,280 @@
+//! Content-versioned resources and immutable snapshots.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType as XdsClusterDiscoveryType, DiscoveryType as XdsDiscoveryType,
+};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment as XdsClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as XdsFilterConfigType;
+use envoy_types::pb::envoy::config::listener::v3::Listener as XdsListener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration as XdsRouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier as XdsRouteSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager as XdsHttpConnectionManager;
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::util::pack_any;
+use prost::{Message, Name};
+use sha2::{Digest, Sha256};
+
+use crate::{XdsError, CLUSTER_TYPE_URL, ENDPOINT_TYPE_URL, LISTENER_TYPE_URL, ROUTE_TYPE_URL};
+
+/// One named Envoy resource, packed as a protobuf `Any`, with a content-derived version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resource {
+    /// The resource name Envoy addresses it by (listener, cluster, route configuration name, or
+    /// the cluster name of a load assignment).
+    pub name: String,
+    /// A hash of the resource's type and encoded bytes: equal content, equal version, across
+    /// restarts of the control plane (so delta reconnects send only differences).
+    pub version: String,
+    /// The resource itself.
+    pub body: Any,
+}
+
+impl Resource {
+    /// A resource whose version is the hash of its content.
+    ///
+    /// Prost encodes protobuf `map` fields from a `HashMap`, whose order varies between
+    /// encodings: callers that put several entries in such maps should build them identically or
+    /// give their own version with [`Resource::with_version`] to avoid spurious updates.
+    pub fn new(name: impl Into<String>, body: Any) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(body.type_url.as_bytes());
+        hasher.update([0u8]);
+        hasher.update(&body.value);
+        Self {
+            name: name.into(),
+            version: hex16(&hasher.finalize()),
+            body,
+        }
+    }
+
+    /// A resource with a version chosen by the caller.
+    pub fn with_version(name: impl Into<String>, version: impl Into<String>, body: Any) -> Self {
+        Self {
+            name: name.into(),
+            version: version.into(),
+            body,
+        }
+    }
+
+    /// Packs a typed message into a resource.
+    pub fn from_message<M: Message + Name>(name: impl Into<String>, message: M) -> Self {
+        Self::new(name, pack_any(message))
+    }
+
+    /// The resource's type URL.
+    pub fn type_url(&self) -> &str {
+        &self.body.type_url
+    }
+}
+
+/// Hex of the first 16 bytes of a digest (128 bits is plenty to tell configs apart).
+fn hex16(bytes: &[u8]) -> String {
+    bytes.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The version of a set of resources: a hash of their sorted (name, version) pairs.
+pub(crate) fn content_version<'a>(
+    items: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> String {
+    let mut hasher = Sha256::new();
+    for (name, version) in items {
+        hasher.update(name.as_bytes());
+        hasher.update([0u8]);
+        hasher.update(version.as_bytes());
+        hasher.update([b'\n']);
+    }
+    hex16(&hasher.finalize())
+}
+
+/// All resources of one type in a snapshot.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct TypeResources {
+    pub(crate) version: String,
+    pub(crate) items: BTreeMap<String, Arc<Resource>>,
+}
+
+/// An immutable set of typed Envoy resources for one snapshot key (e.g. one virtual node).
+///
+/// Shared as `Arc<Snapshot>` between all proxies of a key. Versions are content-derived: per
+/// resource, per type, and for the whole snapshot.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    types: BTreeMap<String, TypeResources>,
+    version: String,
+    /// EDS names that the snapshot's EDS clusters read (`eds_cluster_config.service_name` or the
+    /// cluster name): the make-before-break rollout waits for them before switching routes.
+    eds_names: BTreeSet<String>,
+    /// RDS names that the snapshot's listeners read through an HTTP connection manager.
+    rds_names: BTreeSet<String>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from resources of any types (grouped by their `Any` type URL).
+    pub fn from_typed(resources: impl IntoIterator<Item = Resource>) -> Result<Self, XdsError> {
+        let mut types: BTreeMap<String, TypeResources> = BTreeMap::new();
+        for resource in resources {
+            let type_url = resource.type_url().to_string();
+            if resource.name.is_empty() {
+                return Err(XdsError::EmptyName { type_url });
+            }
+            let entry = types.entry(type_url.clone()).or_default();
+            if entry.items.contains_key(&resource.name) {
+                return Err(XdsError::DuplicateResource {
+                    type_url,
+                    name: resource.name,
+                });
+            }
+            entry
+                .items
+                .insert(resource.name.clone(), Arc::new(resource));
+        }
+        for typed in types.values_mut() {
+            typed.version = content_version(typed.items.iter().map(|(n, r)| (n, &r.version)));
+        }
+        let version = content_version(types.iter().map(|(t, r)| (t, &r.version)));
+        let eds_names = types
+            .get(CLUSTER_TYPE_URL)
+            .map(|t| t.items.values().filter_map(|r| eds_name(&r.body)).collect())
+            .unwrap_or_default();
+        let rds_names = types
+            .get(LISTENER_TYPE_URL)
+            .map(|t| t.items.values().flat_map(|r| rds_names(&r.body)).collect())
+            .unwrap_or_default();
+        Ok(Self {
+            types,
+            version,
+            eds_names,
+            rds_names,
+        })
+    }
+
+    /// Builds a snapshot from the four core types, named as Envoy names them.
+    pub fn from_resources(
+        listeners: Vec<XdsListener>,
+        route_configs: Vec<XdsRouteConfiguration>,
+        clusters: Vec<XdsCluster>,
+        load_assignments: Vec<XdsClusterLoadAssignment>,
+    ) -> Result<Self, XdsError> {
+        let mut all = Vec::new();
+        all.extend(
+            listeners
+                .into_iter()
+                .map(|l| Resource::from_message(l.name.clone(), l)),
+        );
+        all.extend(
+            route_configs
+                .into_iter()
+                .map(|r| Resource::from_message(r.name.clone(), r)),
+        );
+        all.extend(
+            clusters
+                .into_iter()
+                .map(|c| Resource::from_message(c.name.clone(), c)),
+        );
+        all.extend(
+            load_assignments
+                .into_iter()
+                .map(|c| Resource::from_message(c.cluster_name.clone(), c)),
+        );
+        Self::from_typed(all)
+    }
+
+    /// The version of the whole snapshot (hash of the per-type versions).
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The version of one type (hash of its sorted (name, version) pairs), if the snapshot has
+    /// resources of that type.
+    pub fn type_version(&self, type_url: &str) -> Option<&str> {
+        self.types.get(type_url).map(|t| t.version.as_str())
+    }
+
+    /// The resources of one type, by name.
+    pub fn resources(&self, type_url: &str) -> Option<&BTreeMap<String, Arc<Resource>>> {
+        self.types.get(type_url).map(|t| &t.items)
+    }
+
+    /// The type URLs present in this snapshot.
+    pub fn type_urls(&self) -> impl Iterator<Item = &str> {
+        self.types.keys().map(String::as_str)
+    }
+
+    /// EDS names read by the snapshot's EDS clusters that the snapshot also provides.
+    pub(crate) fn needed_eds(&self) -> impl Iterator<Item = &Arc<Resource>> {
+        self.needed(ENDPOINT_TYPE_URL, &self.eds_names)
+    }
+
+    /// Route configurations read by the snapshot's listeners that the snapshot also provides.
+    pub(crate) fn needed_rds(&self) -> impl Iterator<Item = &Arc<Resource>> {
+        self.needed(ROUTE_TYPE_URL, &self.rds_names)
+    }
+
+    fn needed<'a>(
+        &'a self,
+        type_url: &str,
+        names: &'a BTreeSet<String>,
+    ) -> impl Iterator<Item = &'a Arc<Resource>> {
+        let items = self.resources(type_url);
+        names
+            .iter()
+            .filter_map(move |n| items.and_then(|items| items.get(n)))
+    }
+}
+
+/// The EDS service name an EDS cluster reads, if the resource is one.
+pub(crate) fn eds_name_of(body: &Any) -> Option<String> {
+    eds_name(body)
+}
+
+/// The RDS names a listener reads.
+pub(crate) fn rds_names_of(body: &Any) -> Vec<String> {
+    rds_names(body)
+}
+
+fn eds_name(body: &Any) -> Option<String> {
+    let cluster = XdsCluster::decode(body.value.as_slice()).ok()?;
+    match cluster.cluster_discovery_type {
+        Some(XdsClusterDiscoveryType::Type(t)) if t == XdsDiscoveryType::Eds as i32 => {
+            let service = cluster
+                .eds_cluster_config
+                .map(|c| c.service_name)
+                .unwrap_or_default();
+            Some(if service.is_empty() {
+                cluster.name
+            } else {
+                service
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The RDS route configuration names a listener's HTTP connection managers read.
+fn rds_names(body: &Any) -> Vec<String> {
+    let Ok(listener) = XdsListener::decode(body.value.as_slice()) else {
+        return Vec::new();
+    };
+    listener
+        .filter_chains
+        .iter()
+        .chain(listener.default_filter_chain.iter())
+        .flat_map(|chain| chain.filters.iter())
+        .filter_map(|filter| match &filter.config_type {
+            Some(XdsFilterConfigType::TypedConfig(any))
+                if any.type_url == XdsHttpConnectionManager::type_url() =>
+            {
+                XdsHttpConnectionManager::decode(any.value.as_slice()).ok()
+            }
+            _ => None,
+        })
+        .filter_map(|hcm| match hcm.route_specifier {
+            Some(XdsRouteSpecifier::Rds(rds)) => Some(rds.route_config_name),
+            _ => None,
+        })
+        .collect()
+}
