@@ -9,6 +9,9 @@ use tracing_subscriber::EnvFilter;
 use weft_api::{ApiConfig, Quotas, Service};
 use weft_store::{EmbeddedOptions, EmbeddedStore, SharedStore};
 
+mod control_plane;
+mod proxy_status;
+
 #[derive(Parser)]
 #[command(
     name = "weft",
@@ -22,8 +25,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the control plane: the App Mesh API on an embedded store.
+    /// Run the control plane: the App Mesh API and the xDS server for Envoy.
     Server(ServerArgs),
+    /// Show every proxy connected to a control plane: its node, the version
+    /// it ACKed per resource type, and its last NACK.
+    ProxyStatus(proxy_status::ProxyStatusArgs),
     /// Run beside a workload: write the Envoy bootstrap from App Mesh's
     /// environment variables, start Envoy and keep it running.
     Agent(weft_agent::AgentArgs),
@@ -36,6 +42,9 @@ struct ServerArgs {
     /// Address of the App Mesh REST API (port 0 picks a free port).
     #[arg(long, env = "WEFT_LISTEN", default_value = "127.0.0.1:9080")]
     listen: SocketAddr,
+    /// Address of the xDS (ADS over gRPC) server Envoys connect to.
+    #[arg(long, env = "WEFT_XDS_LISTEN", default_value = "127.0.0.1:15010")]
+    xds_listen: SocketAddr,
     /// Folder of the embedded store (created if missing).
     #[arg(long, env = "WEFT_DATA_DIR", default_value = "./weft-data")]
     data_dir: PathBuf,
@@ -112,9 +121,29 @@ async fn server(args: ServerArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %args.data_dir.display(), "App Mesh API listening");
-    // A plain line on stdout so scripts and tests can find a port chosen with :0.
+    let xds_listener = tokio::net::TcpListener::bind(args.xds_listen)
+        .await
+        .with_context(|| format!("binding {}", args.xds_listen))?;
+    let xds_addr = xds_listener.local_addr()?;
+    tracing::info!(%addr, %xds_addr, data_dir = %args.data_dir.display(), "control plane listening");
+    // Plain lines on stdout so scripts and tests can find ports chosen with :0.
     println!("weft api listening on http://{addr}");
+    println!("weft xds listening on {xds_addr}");
+
+    let cache = weft_xds::SnapshotCache::new();
+    let (resolver, runtime) = control_plane::new(store.clone(), cache.clone());
+    let ads = weft_xds::AdsServer::new(cache, std::sync::Arc::new(resolver));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let runtime_task = tokio::spawn(runtime.run(stopped(stop_rx.clone())));
+    let ads_task = {
+        let ads = ads.clone();
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { ads.serve(xds_listener, stop).await })
+    };
+
     let service = Service::new(store, config);
     let sweeper = service.clone();
     tokio::spawn(async move {
@@ -128,11 +157,20 @@ async fn server(args: ServerArgs) -> Result<()> {
             }
         }
     });
-    let app = weft_api::router(service);
+    let app = weft_api::router(service).merge(proxy_status::router(ads));
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        })
         .await
         .context("serving the API")?;
+    match ads_task.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "xDS server ended with an error"),
+        Err(e) => tracing::warn!(error = %e, "xDS server task failed"),
+        Ok(Ok(())) => {}
+    }
+    let _ = runtime_task.await;
     Ok(())
 }
 
@@ -171,6 +209,7 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Server(args) => server(args).await,
             Command::Agent(args) => agent(args).await,
+            Command::ProxyStatus(args) => proxy_status::run(args).await,
             Command::SampleApp(args) => {
                 weft_agent::run_sample_app(&args, shutdown_signal()).await?;
                 Ok(())

@@ -3,17 +3,21 @@
 //!
 //! Each round starts the server on the same data folder, lets writers create
 //! virtual nodes (unique names) and update existing ones, kills the server
-//! with SIGKILL 300–600 ms in, restarts it and checks that every acknowledged
-//! create exists and that every acknowledged update's version is at most the
-//! stored one (it may be higher when an unacknowledged later update landed).
-//! Clients never retry, so a request interrupted by the kill is an error,
-//! never an acknowledgement.
+//! with SIGKILL 300–600 ms into the writing, restarts it and checks that
+//! every acknowledged create exists and that every acknowledged update's
+//! version is at most the stored one (it may be higher when an
+//! unacknowledged later update landed). Clients never retry, so a request
+//! interrupted by the kill is an error, never an acknowledgement.
+//!
+//! A process kill leaves the kernel's page cache intact, so this catches a
+//! server that acknowledges before its write reaches the kernel (or loses
+//! the torn tail on recovery), not a missing fsync: that needs a power cut.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,8 +30,10 @@ use common::WeftServer;
 
 const MESH: &str = "crash";
 const WRITERS: usize = 16;
-/// When each round's kill comes, after the writers start.
+/// When each round's kill comes, after the round's first acknowledged write.
 const KILL_AFTER_MS: [u64; 3] = [300, 450, 600];
+/// How long a round may wait for its first acknowledged write.
+const FIRST_ACK_TIMEOUT: Duration = Duration::from_secs(15);
 /// A writer stops by itself after this long even if nobody tells it to.
 const WRITER_DEADLINE: Duration = Duration::from_secs(20);
 /// How long joining the writers or verifying a round may take.
@@ -103,6 +109,7 @@ async fn writer(
     id: usize,
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Acked>>,
+    acks: Arc<AtomicUsize>,
 ) -> Tally {
     let mut tally = Tally::default();
     let started = Instant::now();
@@ -134,6 +141,7 @@ async fn writer(
                         let v = a.updated.entry(name).or_insert(0);
                         *v = (*v).max(version);
                         tally.updates += 1;
+                        acks.fetch_add(1, Ordering::SeqCst);
                     }
                     Err(e) => *tally.errors.entry(error_kind(&e)).or_default() += 1,
                 }
@@ -151,6 +159,7 @@ async fn writer(
                     Ok(_) => {
                         acked.lock().unwrap().created.push(name);
                         tally.creates += 1;
+                        acks.fetch_add(1, Ordering::SeqCst);
                     }
                     Err(e) => *tally.errors.entry(error_kind(&e)).or_default() += 1,
                 }
@@ -251,6 +260,7 @@ async fn acknowledged_writes_survive_kill_9() {
     for (round, kill_after) in KILL_AFTER_MS.into_iter().enumerate() {
         let client = server.client_without_retries();
         let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(AtomicUsize::new(0));
         let writers: Vec<_> = (0..WRITERS)
             .map(|id| {
                 tokio::spawn(writer(
@@ -259,9 +269,23 @@ async fn acknowledged_writes_survive_kill_9() {
                     id,
                     stop.clone(),
                     acked.clone(),
+                    acks.clone(),
                 ))
             })
             .collect();
+        // Time the kill from the first acknowledged write, not from the
+        // spawn, so that a slow start on a busy machine still leaves
+        // 300-600 ms of writing.
+        let first_ack = tokio::time::timeout(FIRST_ACK_TIMEOUT, async {
+            while acks.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(
+            first_ack.is_ok(),
+            "round {round}: no write acknowledged within {FIRST_ACK_TIMEOUT:?}"
+        );
         tokio::time::sleep(Duration::from_millis(kill_after)).await;
         server.kill9();
         stop.store(true, Ordering::SeqCst);
@@ -278,7 +302,7 @@ async fn acknowledged_writes_survive_kill_9() {
         })
         .await;
         assert!(joined.is_ok(), "writers did not stop after the kill");
-        eprintln!("round {round}: killed after {kill_after} ms; {tally:?}");
+        eprintln!("round {round}: killed {kill_after} ms after the first ack; {tally:?}");
         assert!(
             tally.creates > 0,
             "round {round}: no create was acknowledged before the kill"

@@ -2,6 +2,8 @@
 //! SDK client pointed at it.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod mesh;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,6 +14,8 @@ use aws_sdk_appmesh::config::{BehaviorVersion, Credentials, Region};
 pub struct WeftServer {
     child: Child,
     pub addr: String,
+    /// The xDS (ADS) address Envoys connect to, `127.0.0.1:PORT`.
+    pub xds_addr: String,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -37,6 +41,11 @@ impl WeftServer {
             .arg("server")
             .arg("--listen")
             .arg("127.0.0.1:0")
+            .args(if extra.contains(&"--xds-listen") {
+                vec![]
+            } else {
+                vec!["--xds-listen", "127.0.0.1:0"]
+            })
             .arg("--data-dir")
             .arg(dir)
             .args(extra)
@@ -47,20 +56,27 @@ impl WeftServer {
             .expect("spawn weft server");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
+        let mut addr = None;
+        let mut xds_addr = None;
+        while addr.is_none() || xds_addr.is_none() {
             let line = lines
                 .next()
                 .expect("weft server exited before listening")
                 .expect("read stdout");
             if let Some(url) = line.strip_prefix("weft api listening on ") {
-                break url.to_string();
+                addr = Some(url.to_string());
             }
-        };
+            if let Some(a) = line.strip_prefix("weft xds listening on ") {
+                xds_addr = Some(a.to_string());
+            }
+        }
+        let (addr, xds_addr) = (addr.unwrap(), xds_addr.unwrap());
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         WeftServer {
             child,
             addr,
+            xds_addr,
             data_dir: dir.to_path_buf(),
             _tmp: None,
         }

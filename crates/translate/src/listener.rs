@@ -1,0 +1,210 @@
+//! Listeners: ingress (to the local app) and egress (from the local app into the mesh), with
+//! their network filters.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier as XdsConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{
+    AggregatedConfigSource as XdsAggregatedConfigSource, ApiVersion as XdsApiVersion,
+    ConfigSource as XdsConfigSource, TrafficDirection as XdsTrafficDirection,
+};
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as XdsFilterConfigType;
+use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as XdsListenerFilterConfigType;
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter as XdsFilter, FilterChain as XdsFilterChain, FilterChainMatch as XdsFilterChainMatch,
+    Listener as XdsListener, ListenerFilter as XdsListenerFilter,
+};
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration as XdsRouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router as XdsRouter;
+use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst as XdsOriginalDst;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
+    CodecType as XdsCodecType, RouteSpecifier as XdsRouteSpecifier,
+    UpgradeConfig as XdsUpgradeConfig,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as XdsHttpFilterConfigType;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager as XdsHttpConnectionManager, HttpFilter as XdsHttpFilter,
+    Rds as XdsRds,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier as XdsTcpClusterSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy as XdsTcpProxy;
+use envoy_types::pb::google::protobuf::{Any, Duration as XdsDuration, UInt32Value};
+use envoy_types::util::pack_any;
+use prost::{Message, Name};
+
+use crate::cluster::socket_address;
+use crate::TranslateError;
+
+const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
+const TCP_PROXY_FILTER: &str = "envoy.filters.network.tcp_proxy";
+const ROUTER_FILTER: &str = "envoy.filters.http.router";
+const ORIGINAL_DST_FILTER: &str = "envoy.filters.listener.original_dst";
+
+/// Which way a listener's traffic flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Ingress,
+    Egress,
+}
+
+/// An HTTP connection manager that takes its routes from RDS over the ADS stream
+/// (docs/proxy-contract.md).
+///
+/// - codec AUTO: the app or the peer Envoy may speak HTTP/1.1 or HTTP/2 (h2c, gRPC).
+/// - `normalize_path` and `merge_slashes`: App Mesh turns them on for path matching, "to
+///   minimize the probability of path confusion vulnerabilities" (routes.md).
+/// - WebSocket upgrades: "The http listener permits connection transition to websockets"
+///   (virtual_nodes.md).
+/// - The router filter needs a `typed_config`, even if empty (envoy-notes.md).
+pub(crate) fn http_connection_manager(stat_prefix: &str, route_config_name: &str) -> XdsFilter {
+    let hcm = XdsHttpConnectionManager {
+        codec_type: XdsCodecType::Auto as i32,
+        stat_prefix: stat_prefix.to_string(),
+        route_specifier: Some(XdsRouteSpecifier::Rds(XdsRds {
+            config_source: Some(XdsConfigSource {
+                resource_api_version: XdsApiVersion::V3 as i32,
+                config_source_specifier: Some(XdsConfigSourceSpecifier::Ads(
+                    XdsAggregatedConfigSource {},
+                )),
+                ..Default::default()
+            }),
+            route_config_name: route_config_name.to_string(),
+        })),
+        http_filters: vec![XdsHttpFilter {
+            name: ROUTER_FILTER.to_string(),
+            config_type: Some(XdsHttpFilterConfigType::TypedConfig(pack_any(
+                XdsRouter::default(),
+            ))),
+            ..Default::default()
+        }],
+        normalize_path: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
+        merge_slashes: true,
+        upgrade_configs: vec![XdsUpgradeConfig {
+            upgrade_type: "websocket".to_string(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    XdsFilter {
+        name: HCM_FILTER.to_string(),
+        config_type: Some(XdsFilterConfigType::TypedConfig(pack_any(hcm))),
+    }
+}
+
+/// A TCP proxy to `cluster`; `idle_timeout` 0 disables it (as in App Mesh, routes.md "TCP").
+pub(crate) fn tcp_proxy(stat_prefix: &str, cluster: &str, idle_timeout: XdsDuration) -> XdsFilter {
+    let proxy = XdsTcpProxy {
+        stat_prefix: stat_prefix.to_string(),
+        cluster_specifier: Some(XdsTcpClusterSpecifier::Cluster(cluster.to_string())),
+        idle_timeout: Some(idle_timeout),
+        ..Default::default()
+    };
+    XdsFilter {
+        name: TCP_PROXY_FILTER.to_string(),
+        config_type: Some(XdsFilterConfigType::TypedConfig(pack_any(proxy))),
+    }
+}
+
+/// A filter chain with one network filter, optionally only for connections originally sent to
+/// `destination_port` (transparent mode, after the original_dst listener filter).
+pub(crate) fn filter_chain(
+    name: String,
+    destination_port: Option<u16>,
+    filter: XdsFilter,
+) -> XdsFilterChain {
+    XdsFilterChain {
+        name,
+        filter_chain_match: destination_port.map(|port| XdsFilterChainMatch {
+            destination_port: Some(UInt32Value {
+                value: u32::from(port),
+            }),
+            ..Default::default()
+        }),
+        filters: vec![filter],
+        ..Default::default()
+    }
+}
+
+/// A listener on `address:port`. With `original_dst`, connections redirected by iptables are
+/// matched on the address the application originally dialled (App Mesh's 15000/15001).
+pub(crate) fn listener(
+    name: String,
+    address: &str,
+    port: u16,
+    direction: Direction,
+    original_dst: bool,
+    filter_chains: Vec<XdsFilterChain>,
+    default_filter_chain: Option<XdsFilterChain>,
+) -> XdsListener {
+    XdsListener {
+        name,
+        address: Some(socket_address(address, port)),
+        filter_chains,
+        default_filter_chain,
+        listener_filters: if original_dst {
+            vec![XdsListenerFilter {
+                name: ORIGINAL_DST_FILTER.to_string(),
+                config_type: Some(XdsListenerFilterConfigType::TypedConfig(pack_any(
+                    XdsOriginalDst::default(),
+                ))),
+                ..Default::default()
+            }]
+        } else {
+            Vec::new()
+        },
+        traffic_direction: match direction {
+            Direction::Ingress => XdsTrafficDirection::Inbound as i32,
+            Direction::Egress => XdsTrafficDirection::Outbound as i32,
+        },
+        ..Default::default()
+    }
+}
+
+/// `listeners` with every RDS reference replaced by the named route configuration inline, for a
+/// static bootstrap (no ADS). Fails if a listener names a route configuration not given.
+pub(crate) fn inline_routes(
+    listeners: &[XdsListener],
+    route_configurations: &[XdsRouteConfiguration],
+) -> Result<Vec<XdsListener>, TranslateError> {
+    let by_name: BTreeMap<&str, &XdsRouteConfiguration> = route_configurations
+        .iter()
+        .map(|rc| (rc.name.as_str(), rc))
+        .collect();
+    let inline_filter = |filter: &mut XdsFilter| -> Result<(), TranslateError> {
+        let Some(XdsFilterConfigType::TypedConfig(any)) = &filter.config_type else {
+            return Ok(());
+        };
+        if any.type_url != XdsHttpConnectionManager::type_url() {
+            return Ok(());
+        }
+        let mut hcm = XdsHttpConnectionManager::decode(any.value.as_slice())
+            .map_err(|e| TranslateError::Unsupported(format!("undecodable HCM: {e}")))?;
+        if let Some(XdsRouteSpecifier::Rds(rds)) = &hcm.route_specifier {
+            let rc = by_name.get(rds.route_config_name.as_str()).ok_or_else(|| {
+                TranslateError::Unsupported(format!(
+                    "listener refers to unknown route configuration {:?}",
+                    rds.route_config_name
+                ))
+            })?;
+            hcm.route_specifier = Some(XdsRouteSpecifier::RouteConfig((*rc).clone()));
+        }
+        filter.config_type = Some(XdsFilterConfigType::TypedConfig(Any {
+            type_url: any.type_url.clone(),
+            value: hcm.encode_to_vec(),
+        }));
+        Ok(())
+    };
+    let mut out = listeners.to_vec();
+    for listener in &mut out {
+        for chain in listener
+            .filter_chains
+            .iter_mut()
+            .chain(listener.default_filter_chain.iter_mut())
+        {
+            for filter in &mut chain.filters {
+                inline_filter(filter)?;
+            }
+        }
+    }
+    Ok(out)
+}

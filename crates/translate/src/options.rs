@@ -1,0 +1,256 @@
+//! Per-proxy options read from Envoy's `node.metadata` (docs/proxy-contract.md, the `weft.*` keys).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+
+use crate::TranslateError;
+
+/// How traffic reaches the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ListenerMode {
+    /// App Mesh's way: iptables redirects inbound traffic to the ingress port (15000) and
+    /// outbound traffic to the egress port (15001); listeners recover the original destination.
+    #[default]
+    Transparent,
+    /// No interception: Envoy binds the node's listener ports itself and forwards to the app on
+    /// its `app_ports`; the app uses the egress port as an HTTP proxy or sends `Host: <service>`.
+    Explicit,
+}
+
+/// Where the proxy listens and where the local application is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyOptions {
+    /// `weft.listener_mode`.
+    pub listener_mode: ListenerMode,
+    /// `weft.ingress_port` (transparent mode), default 15000.
+    pub ingress_port: u16,
+    /// `weft.egress_port`, default 15001.
+    pub egress_port: u16,
+    /// `weft.listen_address`: an IP address (Envoy rejects host names in a listener address).
+    pub listen_address: String,
+    /// `weft.app_ports`: node listener port → port the local app really listens on.
+    pub app_ports: BTreeMap<u16, u16>,
+    /// `weft.app_address`: the local app's IP address, default `127.0.0.1`.
+    pub app_address: String,
+}
+
+/// App Mesh's ingress port (envoy-metrics.md: `lds_ingress_0.0.0.0_15000`).
+pub const DEFAULT_INGRESS_PORT: u16 = 15000;
+/// App Mesh's egress port (envoy-metrics.md: `lds_egress_0.0.0.0_15001`).
+pub const DEFAULT_EGRESS_PORT: u16 = 15001;
+
+impl Default for ProxyOptions {
+    /// Transparent mode on App Mesh's ports, listening on all IPv4 addresses.
+    fn default() -> Self {
+        Self {
+            listener_mode: ListenerMode::Transparent,
+            ingress_port: DEFAULT_INGRESS_PORT,
+            egress_port: DEFAULT_EGRESS_PORT,
+            listen_address: "0.0.0.0".to_string(),
+            app_ports: BTreeMap::new(),
+            app_address: "127.0.0.1".to_string(),
+        }
+    }
+}
+
+impl ProxyOptions {
+    /// Explicit mode on loopback with the default egress port and no app port remapping.
+    pub fn explicit() -> Self {
+        Self {
+            listener_mode: ListenerMode::Explicit,
+            listen_address: "127.0.0.1".to_string(),
+            ..Self::default()
+        }
+    }
+
+    /// The port the local application serves a node listener port on.
+    pub fn app_port(&self, listener_port: u16) -> u16 {
+        self.app_ports
+            .get(&listener_port)
+            .copied()
+            .unwrap_or(listener_port)
+    }
+
+    /// Reads the `weft.*` keys of `node.metadata`; absent keys take the contract's defaults,
+    /// unknown keys are ignored (the agent may send more than translation needs).
+    pub fn from_metadata(metadata: &Struct) -> Result<Self, TranslateError> {
+        let fields = &metadata.fields;
+        let listener_mode =
+            match string_field(fields.get("weft.listener_mode"), "weft.listener_mode")? {
+                None => ListenerMode::Transparent,
+                Some(mode) => match mode.as_str() {
+                    "transparent" => ListenerMode::Transparent,
+                    "explicit" => ListenerMode::Explicit,
+                    other => {
+                        return Err(invalid(
+                            "weft.listener_mode",
+                            format!("expected \"transparent\" or \"explicit\", got {other:?}"),
+                        ))
+                    }
+                },
+            };
+        let mut options = match listener_mode {
+            ListenerMode::Transparent => Self::default(),
+            ListenerMode::Explicit => Self::explicit(),
+        };
+        if let Some(port) = port_field(fields.get("weft.ingress_port"), "weft.ingress_port")? {
+            options.ingress_port = port;
+        }
+        if let Some(port) = port_field(fields.get("weft.egress_port"), "weft.egress_port")? {
+            options.egress_port = port;
+        }
+        if let Some(addr) = string_field(fields.get("weft.listen_address"), "weft.listen_address")?
+        {
+            options.listen_address = ip_address(addr, "weft.listen_address")?;
+        }
+        if let Some(addr) = string_field(fields.get("weft.app_address"), "weft.app_address")? {
+            options.app_address = ip_address(addr, "weft.app_address")?;
+        }
+        if let Some(value) = fields.get("weft.app_ports") {
+            let Some(Kind::StructValue(ports)) = &value.kind else {
+                return Err(invalid(
+                    "weft.app_ports",
+                    "expected a struct of \"<port>\": <port>",
+                ));
+            };
+            for (listener_port, app_port) in &ports.fields {
+                let key = format!("weft.app_ports.{listener_port}");
+                let listener_port: u16 = listener_port
+                    .parse()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| invalid(&key, "the key must be a port number 1-65535"))?;
+                let app_port = port_field(Some(app_port), &key)?
+                    .ok_or_else(|| invalid(&key, "expected a port number"))?;
+                options.app_ports.insert(listener_port, app_port);
+            }
+        }
+        // Two listeners on one address and port would be rejected by Envoy as a whole update.
+        if options.listener_mode == ListenerMode::Transparent
+            && options.ingress_port == options.egress_port
+        {
+            return Err(invalid(
+                "weft.egress_port",
+                "the ingress and egress ports must differ",
+            ));
+        }
+        Ok(options)
+    }
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> TranslateError {
+    TranslateError::InvalidMetadata {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn string_field(value: Option<&Value>, key: &str) -> Result<Option<String>, TranslateError> {
+    match value.and_then(|v| v.kind.as_ref()) {
+        None | Some(Kind::NullValue(_)) => Ok(None),
+        Some(Kind::StringValue(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(invalid(key, "expected a string")),
+    }
+}
+
+/// A port as a number (what the contract specifies) or, leniently, a numeric string.
+fn port_field(value: Option<&Value>, key: &str) -> Result<Option<u16>, TranslateError> {
+    let number = match value.and_then(|v| v.kind.as_ref()) {
+        None | Some(Kind::NullValue(_)) => return Ok(None),
+        Some(Kind::NumberValue(n)) => *n,
+        Some(Kind::StringValue(s)) => s
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| invalid(key, "expected a port number"))?,
+        Some(_) => return Err(invalid(key, "expected a port number")),
+    };
+    if number.fract() != 0.0 || !(1.0..=65535.0).contains(&number) {
+        return Err(invalid(
+            key,
+            format!("{number} is not a port number 1-65535"),
+        ));
+    }
+    // The range check above makes this conversion exact.
+    Ok(Some(number as u16))
+}
+
+fn ip_address(addr: String, key: &str) -> Result<String, TranslateError> {
+    addr.parse::<IpAddr>()
+        .map(|ip| ip.to_string())
+        .map_err(|_| invalid(key, format!("{addr:?} is not an IP address")))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn metadata(pairs: &[(&str, Kind)]) -> Struct {
+        Struct {
+            fields: pairs
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        Value {
+                            kind: Some(v.clone()),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn no_metadata_means_transparent_mode_on_app_mesh_ports() {
+        let options = ProxyOptions::from_metadata(&Struct::default()).unwrap();
+        assert_eq!(options, ProxyOptions::default());
+        assert_eq!(options.listener_mode, ListenerMode::Transparent);
+        assert_eq!((options.ingress_port, options.egress_port), (15000, 15001));
+        assert_eq!(options.listen_address, "0.0.0.0");
+    }
+
+    #[test]
+    fn explicit_mode_listens_on_loopback_and_maps_app_ports() {
+        let ports = Struct {
+            fields: [(
+                "8080".to_string(),
+                Value {
+                    kind: Some(Kind::NumberValue(18080.0)),
+                },
+            )]
+            .into_iter()
+            .collect(),
+        };
+        let options = ProxyOptions::from_metadata(&metadata(&[
+            ("weft.listener_mode", Kind::StringValue("explicit".into())),
+            ("weft.egress_port", Kind::NumberValue(25001.0)),
+            ("weft.app_ports", Kind::StructValue(ports)),
+        ]))
+        .unwrap();
+        assert_eq!(options.listener_mode, ListenerMode::Explicit);
+        assert_eq!(options.listen_address, "127.0.0.1");
+        assert_eq!(options.egress_port, 25001);
+        assert_eq!(options.app_port(8080), 18080);
+        assert_eq!(options.app_port(9090), 9090);
+    }
+
+    #[test]
+    fn bad_metadata_is_a_clear_error() {
+        for bad in [
+            metadata(&[("weft.listener_mode", Kind::StringValue("tproxy".into()))]),
+            metadata(&[("weft.egress_port", Kind::NumberValue(70000.0))]),
+            metadata(&[("weft.egress_port", Kind::NumberValue(15000.0))]),
+            metadata(&[("weft.listen_address", Kind::StringValue("localhost".into()))]),
+            metadata(&[("weft.app_ports", Kind::StringValue("8080".into()))]),
+        ] {
+            let err = ProxyOptions::from_metadata(&bad).unwrap_err();
+            assert!(
+                matches!(err, TranslateError::InvalidMetadata { .. }),
+                "{err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,718 @@
+//! Route configurations: the egress table (one virtual host per backend virtual service) and
+//! the ingress tables (everything to the local application).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;
+use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier as XdsHeaderMatchSpecifier;
+use envoy_types::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier as XdsQueryParameterMatchSpecifier;
+use envoy_types::pb::envoy::config::route::v3::route::Action as XdsAction;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier as XdsClusterSpecifier;
+use envoy_types::pb::envoy::config::route::v3::route_match::{
+    GrpcRouteMatchOptions as XdsGrpcRouteMatchOptions, PathSpecifier as XdsPathSpecifier,
+};
+use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight as XdsClusterWeight;
+use envoy_types::pb::envoy::config::route::v3::{
+    DirectResponseAction as XdsDirectResponseAction, HeaderMatcher as XdsHeaderMatcher,
+    QueryParameterMatcher as XdsQueryParameterMatcher, RetryPolicy as XdsRetryPolicy,
+    Route as XdsRoute, RouteAction as XdsRouteAction, RouteConfiguration as XdsRouteConfiguration,
+    RouteMatch as XdsRouteMatch, VirtualHost as XdsVirtualHost,
+    WeightedCluster as XdsWeightedCluster,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern as XdsMatchPattern;
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    RegexMatcher as XdsRegexMatcher, StringMatcher as XdsStringMatcher,
+};
+use envoy_types::pb::envoy::r#type::v3::Int64Range as XdsInt64Range;
+use envoy_types::pb::google::protobuf::{Duration as XdsDuration, UInt32Value};
+use weft_model::shapes::{
+    Duration, GrpcRetryPolicyEvent, GrpcRoute, GrpcRouteMetadataMatchMethod, HeaderMatchMethod,
+    HttpMethod, HttpRoute, HttpRouteMatch, HttpScheme, HttpTimeout, Listener, ListenerTimeout,
+    PortProtocol, RouteData, ServiceDiscovery, TcpRetryPolicyEvent, VirtualNodeData,
+    VirtualServiceProvider, WeightedTarget,
+};
+
+use crate::defaults::{self, IDLE_TIMEOUT_SECS, PER_REQUEST_TIMEOUT_SECS};
+use crate::{cluster, names, MeshSnapshot};
+
+/// Whether a listener protocol is served by an HTTP connection manager.
+pub(crate) fn is_http_family(protocol: PortProtocol) -> bool {
+    matches!(
+        protocol,
+        PortProtocol::Http | PortProtocol::Http2 | PortProtocol::Grpc
+    )
+}
+
+/// A port from the API's `i32`, if it is a usable TCP port.
+pub(crate) fn port(value: i32) -> Option<u16> {
+    u16::try_from(value).ok().filter(|p| *p != 0)
+}
+
+/// The per-request and idle timeouts of a node listener (`ListenerTimeout` is a union by
+/// protocol; `tcp` has no per-request timeout).
+pub(crate) fn listener_timeouts(listener: &Listener) -> (Option<&Duration>, Option<&Duration>) {
+    match &listener.timeout {
+        Some(ListenerTimeout::Http(t)) | Some(ListenerTimeout::Http2(t)) => {
+            (t.per_request.as_ref(), t.idle.as_ref())
+        }
+        Some(ListenerTimeout::Grpc(t)) => (t.per_request.as_ref(), t.idle.as_ref()),
+        Some(ListenerTimeout::Tcp(t)) => (None, t.idle.as_ref()),
+        None => (None, None),
+    }
+}
+
+/// The ingress route table for one HTTP-family node listener: every request to the local
+/// application, bounded by the listener's timeouts (virtual_nodes.md, "Timeouts": per request
+/// 15 s and idle 300 s by default, 0 disables). No retries: App Mesh retries at the client.
+pub(crate) fn ingress(
+    protocol: PortProtocol,
+    port: u16,
+    cluster_name: String,
+    listener: &Listener,
+) -> XdsRouteConfiguration {
+    let (per_request, idle) = listener_timeouts(listener);
+    XdsRouteConfiguration {
+        name: names::ingress_route_config(protocol, port),
+        virtual_hosts: vec![XdsVirtualHost {
+            name: format!("ingress_{}_{port}", names::protocol_name(protocol)),
+            domains: vec!["*".to_string()],
+            routes: vec![XdsRoute {
+                name: "ingress".to_string(),
+                r#match: Some(prefix_match("/")),
+                action: Some(XdsAction::Route(XdsRouteAction {
+                    cluster_specifier: Some(XdsClusterSpecifier::Cluster(cluster_name)),
+                    timeout: Some(defaults::timeout_or(per_request, PER_REQUEST_TIMEOUT_SECS)),
+                    idle_timeout: Some(defaults::timeout_or(idle, IDLE_TIMEOUT_SECS)),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn prefix_match(prefix: &str) -> XdsRouteMatch {
+    XdsRouteMatch {
+        path_specifier: Some(XdsPathSpecifier::Prefix(prefix.to_string())),
+        ..Default::default()
+    }
+}
+
+/// The egress route table of one node and the clusters its routes point at.
+pub(crate) struct Egress {
+    /// `rds_egress_http_<egress port>`.
+    pub route_configuration: XdsRouteConfiguration,
+    /// Every cluster a route points at, by name. Nothing else: this is what scopes a proxy's
+    /// clusters to its backends.
+    pub clusters: BTreeMap<String, XdsCluster>,
+    /// The HTTP-family ports of the backends' providers (transparent mode matches these).
+    pub ports: BTreeSet<u16>,
+}
+
+/// Builds the egress route table of `node`: one virtual host per backend virtual service (per
+/// provider port when the provider has several), with `passthrough` (a cluster name) as a
+/// catch-all `*` host when the mesh lets unknown traffic out.
+pub(crate) fn egress(
+    snapshot: &MeshSnapshot,
+    node: &VirtualNodeData,
+    egress_port: u16,
+    passthrough: Option<&str>,
+) -> Egress {
+    let mut builder = EgressBuilder {
+        snapshot,
+        clusters: BTreeMap::new(),
+        ports: BTreeSet::new(),
+        domains: BTreeSet::new(),
+        virtual_hosts: Vec::new(),
+    };
+    // A backend listed twice is one virtual host; BTreeSet also fixes the order.
+    let services: BTreeSet<&str> = node
+        .spec
+        .backends
+        .iter()
+        .flatten()
+        .map(|backend| match backend {
+            weft_model::shapes::Backend::VirtualService(vs) => vs.virtual_service_name.as_str(),
+        })
+        .collect();
+    for service in services {
+        builder.service(service);
+    }
+    if let Some(cluster_name) = passthrough {
+        builder.virtual_hosts.push(XdsVirtualHost {
+            name: "passthrough".to_string(),
+            domains: vec!["*".to_string()],
+            routes: vec![XdsRoute {
+                name: "passthrough".to_string(),
+                r#match: Some(prefix_match("/")),
+                action: Some(XdsAction::Route(XdsRouteAction {
+                    cluster_specifier: Some(XdsClusterSpecifier::Cluster(cluster_name.to_string())),
+                    timeout: Some(defaults::seconds(PER_REQUEST_TIMEOUT_SECS)),
+                    idle_timeout: Some(defaults::seconds(IDLE_TIMEOUT_SECS)),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+    }
+    Egress {
+        route_configuration: XdsRouteConfiguration {
+            name: names::egress_route_config(egress_port),
+            virtual_hosts: builder.virtual_hosts,
+            ..Default::default()
+        },
+        clusters: builder.clusters,
+        ports: builder.ports,
+    }
+}
+
+struct EgressBuilder<'a> {
+    snapshot: &'a MeshSnapshot,
+    clusters: BTreeMap<String, XdsCluster>,
+    ports: BTreeSet<u16>,
+    /// Domains already used (lower-cased): Envoy rejects a route table with a duplicate domain.
+    domains: BTreeSet<String>,
+    virtual_hosts: Vec<XdsVirtualHost>,
+}
+
+impl EgressBuilder<'_> {
+    fn service(&mut self, service_name: &str) {
+        // A backend naming a service that does not exist yet gets nothing (not an error).
+        let snapshot = self.snapshot;
+        let Some(service) = snapshot.virtual_services.get(service_name) else {
+            return;
+        };
+        // A service without a provider gets no virtual host: its name is then unknown to the
+        // proxy, so requests get 404 (or leave the mesh under ALLOW_ALL, transparent mode).
+        let ports_and_routes: Vec<(u16, Vec<XdsRoute>)> = match &service.spec.provider {
+            None => return,
+            Some(VirtualServiceProvider::VirtualNode(provider)) => {
+                let Some(target) = snapshot.virtual_nodes.get(&provider.virtual_node_name) else {
+                    return;
+                };
+                http_ports(
+                    target
+                        .spec
+                        .listeners
+                        .iter()
+                        .flatten()
+                        .map(|l| &l.port_mapping),
+                )
+                .into_iter()
+                .map(|port| (port, vec![self.node_provider_route(target, port)]))
+                .collect()
+            }
+            Some(VirtualServiceProvider::VirtualRouter(provider)) => {
+                let router_name = provider.virtual_router_name.as_str();
+                let Some(router) = snapshot.virtual_routers.get(router_name) else {
+                    return;
+                };
+                let ports = http_ports(
+                    router
+                        .spec
+                        .listeners
+                        .iter()
+                        .flatten()
+                        .map(|l| &l.port_mapping),
+                );
+                let routes = ordered_routes(snapshot.routes_of(router_name));
+                ports
+                    .into_iter()
+                    .map(|port| {
+                        let routes = routes
+                            .iter()
+                            .filter_map(|route| self.router_route(route, port))
+                            .collect();
+                        (port, routes)
+                    })
+                    .collect()
+            }
+        };
+        let single = ports_and_routes.len() == 1;
+        for (index, (port, routes)) in ports_and_routes.into_iter().enumerate() {
+            // The bare name goes to the first (lowest) port: `Host: svc` carries no port.
+            let mut domains = vec![format!("{service_name}:{port}")];
+            if index == 0 {
+                domains.insert(0, service_name.to_string());
+            }
+            domains.retain(|d| self.domains.insert(d.to_ascii_lowercase()));
+            if domains.is_empty() {
+                continue;
+            }
+            self.ports.insert(port);
+            self.virtual_hosts.push(XdsVirtualHost {
+                name: if single {
+                    service_name.to_string()
+                } else {
+                    format!("{service_name}:{port}")
+                },
+                domains,
+                routes,
+                ..Default::default()
+            });
+        }
+    }
+
+    /// The route App Mesh creates for a virtual-node provider: everything to that node's
+    /// listener, with the default timeouts and App Mesh's default retry policy (a node provider
+    /// cannot carry a retry policy, envoy-defaults.md).
+    fn node_provider_route(&mut self, target: &VirtualNodeData, port: u16) -> XdsRoute {
+        let action = self.action(&[WeightedTarget {
+            virtual_node: target.virtual_node_name.clone(),
+            port: Some(i32::from(port)),
+            weight: 1,
+        }]);
+        XdsRoute {
+            name: target.virtual_node_name.clone(),
+            r#match: Some(prefix_match("/")),
+            action: Some(with_policy(
+                action,
+                None,
+                None,
+                Some(defaults::default_retry_policy()),
+            )),
+            ..Default::default()
+        }
+    }
+
+    /// One App Mesh route, as served on router listener `port`; `None` when the route does not
+    /// apply to that port (its `match.port` names another), is a TCP route (not served by the
+    /// HTTP egress listener), or can never match (e.g. an invalid regular expression, which
+    /// Envoy would NACK).
+    fn router_route(&mut self, route: &RouteData, port: u16) -> Option<XdsRoute> {
+        let spec = &route.spec;
+        if let Some(http) = spec.http_route.as_ref().or(spec.http2_route.as_ref()) {
+            return self.http_route(&route.route_name, http, port);
+        }
+        if let Some(grpc) = spec.grpc_route.as_ref() {
+            return self.grpc_route(&route.route_name, grpc, port);
+        }
+        None
+    }
+
+    fn http_route(&mut self, name: &str, http: &HttpRoute, port: u16) -> Option<XdsRoute> {
+        if http.r#match.port.is_some_and(|p| i32::from(port) != p) {
+            return None;
+        }
+        let route_match = http_match(&http.r#match)?;
+        let action = self.action(&http.action.weighted_targets);
+        let (per_request, idle) = http_timeouts(http.timeout.as_ref());
+        let retry = match &http.retry_policy {
+            Some(p) => retry_policy(
+                p.http_retry_events.as_deref(),
+                p.tcp_retry_events.as_deref(),
+                None,
+                p.max_retries,
+                &p.per_retry_timeout,
+            ),
+            None => Some(defaults::default_retry_policy()),
+        };
+        Some(XdsRoute {
+            name: name.to_string(),
+            r#match: Some(route_match),
+            action: Some(with_policy(action, per_request, idle, retry)),
+            ..Default::default()
+        })
+    }
+
+    fn grpc_route(&mut self, name: &str, grpc: &GrpcRoute, port: u16) -> Option<XdsRoute> {
+        if grpc.r#match.port.is_some_and(|p| i32::from(port) != p) {
+            return None;
+        }
+        let route_match = grpc_match(grpc)?;
+        let action = self.action(&grpc.action.weighted_targets);
+        let timeout = grpc.timeout.as_ref();
+        let retry = match &grpc.retry_policy {
+            Some(p) => retry_policy(
+                p.http_retry_events.as_deref(),
+                p.tcp_retry_events.as_deref(),
+                p.grpc_retry_events.as_deref(),
+                p.max_retries,
+                &p.per_retry_timeout,
+            ),
+            None => Some(defaults::default_retry_policy()),
+        };
+        Some(XdsRoute {
+            name: name.to_string(),
+            r#match: Some(route_match),
+            action: Some(with_policy(
+                action,
+                timeout.and_then(|t| t.per_request.as_ref()),
+                timeout.and_then(|t| t.idle.as_ref()),
+                retry,
+            )),
+            ..Default::default()
+        })
+    }
+
+    /// The action for a route's weighted targets. Targets that cannot be reached (deleted node,
+    /// no such listener, no DNS discovery) are left out and the others keep their relative
+    /// weights; if none is left, or all weights are 0, the route answers 503 itself, so that
+    /// its requests do not fall through to a lower-priority route.
+    fn action(&mut self, targets: &[WeightedTarget]) -> XdsAction {
+        let mut weights: BTreeMap<String, u32> = BTreeMap::new();
+        for target in targets {
+            if let Some(cluster) = self.target_cluster(target) {
+                let weight = u32::try_from(target.weight.clamp(0, 100)).unwrap_or(0);
+                *weights.entry(cluster.name.clone()).or_default() += weight;
+                self.clusters.entry(cluster.name.clone()).or_insert(cluster);
+            }
+        }
+        weights.retain(|_, w| *w > 0);
+        let specifier = match weights.len() {
+            0 => return direct_response(503),
+            1 => weights.into_keys().next().map(XdsClusterSpecifier::Cluster),
+            _ => Some(XdsClusterSpecifier::WeightedClusters(XdsWeightedCluster {
+                clusters: weights
+                    .into_iter()
+                    .map(|(name, weight)| XdsClusterWeight {
+                        name,
+                        weight: Some(UInt32Value { value: weight }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })),
+        };
+        XdsAction::Route(XdsRouteAction {
+            cluster_specifier: specifier,
+            ..Default::default()
+        })
+    }
+
+    /// The cluster for one weighted target: the target node's listener on `target.port`, or its
+    /// only listener when no port is given (App Mesh requires the port when there are several;
+    /// we take the first listener rather than fail).
+    fn target_cluster(&self, target: &WeightedTarget) -> Option<XdsCluster> {
+        let node = self.snapshot.virtual_nodes.get(&target.virtual_node)?;
+        let listeners = node.spec.listeners.as_deref().unwrap_or_default();
+        let listener = match target.port {
+            Some(p) => listeners.iter().find(|l| l.port_mapping.port == p)?,
+            None => listeners.first()?,
+        };
+        let listener_port = port(listener.port_mapping.port)?;
+        match node.spec.service_discovery.as_ref()? {
+            ServiceDiscovery::Dns(dns) => Some(cluster::egress_dns(
+                self.snapshot.mesh_name(),
+                &node.virtual_node_name,
+                listener,
+                listener_port,
+                dns,
+                self.snapshot
+                    .mesh
+                    .spec
+                    .service_discovery
+                    .as_ref()
+                    .and_then(|sd| sd.ip_preference),
+            )),
+            // Weft's instance registry (the Cloud Map role) comes with a later issue; until then
+            // such a target is unreachable and left out like a missing node.
+            ServiceDiscovery::AwsCloudMap(_) => None,
+        }
+    }
+}
+
+/// The HTTP-family ports of a set of port mappings, sorted and deduplicated.
+fn http_ports<'a>(
+    mappings: impl Iterator<Item = &'a weft_model::shapes::PortMapping>,
+) -> BTreeSet<u16> {
+    mappings
+        .filter(|m| is_http_family(m.protocol))
+        .filter_map(|m| port(m.port))
+        .collect()
+}
+
+/// A router's routes in App Mesh's matching order: by `priority`, 0 first (routes.md: "0 is
+/// the highest priority"); routes without a priority after all prioritized ones; ties by name
+/// so the order never depends on anything but the mesh.
+pub(crate) fn ordered_routes<'a>(
+    routes: impl Iterator<Item = &'a RouteData>,
+) -> Vec<&'a RouteData> {
+    let mut routes: Vec<&RouteData> = routes.collect();
+    routes.sort_by(|a, b| {
+        let key = |r: &RouteData| {
+            (
+                r.spec.priority.is_none(),
+                r.spec.priority,
+                r.route_name.clone(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    routes
+}
+
+fn direct_response(status: u32) -> XdsAction {
+    XdsAction::DirectResponse(XdsDirectResponseAction {
+        status,
+        ..Default::default()
+    })
+}
+
+/// Adds timeouts (App Mesh defaults when unset) and a retry policy to a forwarding action;
+/// a direct response has neither.
+fn with_policy(
+    action: XdsAction,
+    per_request: Option<&Duration>,
+    idle: Option<&Duration>,
+    retry: Option<XdsRetryPolicy>,
+) -> XdsAction {
+    match action {
+        XdsAction::Route(mut route) => {
+            route.timeout = Some(defaults::timeout_or(per_request, PER_REQUEST_TIMEOUT_SECS));
+            route.idle_timeout = Some(defaults::timeout_or(idle, IDLE_TIMEOUT_SECS));
+            route.retry_policy = retry;
+            XdsAction::Route(route)
+        }
+        other => other,
+    }
+}
+
+fn http_timeouts(timeout: Option<&HttpTimeout>) -> (Option<&Duration>, Option<&Duration>) {
+    (
+        timeout.and_then(|t| t.per_request.as_ref()),
+        timeout.and_then(|t| t.idle.as_ref()),
+    )
+}
+
+/// App Mesh retry events as Envoy `retry_on` conditions (HttpRetryPolicy in the API model):
+/// - `server-error` (500–511) → `5xx`; `gateway-error` (502–504) → `gateway-error`; both "include
+///   the Envoy reset policy" → `reset`;
+/// - `client-error` (409) → `retriable-4xx` (which is exactly 409 in Envoy);
+/// - `stream-error` ("retry on refused stream") → `refused-stream`;
+/// - TCP `connection-error` → `connect-failure` (envoy-defaults.md calls them equivalent);
+/// - gRPC events keep their names, which are Envoy's `x-envoy-retry-grpc-on` names.
+///
+/// `maxRetries` → `num_retries`, `perRetryTimeout` → `per_try_timeout` (0 = none). A policy
+/// without any event retries nothing, so it yields no Envoy policy at all.
+pub(crate) fn retry_policy(
+    http_events: Option<&[String]>,
+    tcp_events: Option<&[TcpRetryPolicyEvent]>,
+    grpc_events: Option<&[GrpcRetryPolicyEvent]>,
+    max_retries: i64,
+    per_retry_timeout: &Duration,
+) -> Option<XdsRetryPolicy> {
+    let mut retry_on: BTreeSet<&'static str> = BTreeSet::new();
+    for event in http_events.unwrap_or_default() {
+        match event.as_str() {
+            "server-error" => retry_on.extend(["5xx", "reset"]),
+            "gateway-error" => retry_on.extend(["gateway-error", "reset"]),
+            "client-error" => {
+                retry_on.insert("retriable-4xx");
+            }
+            "stream-error" => {
+                retry_on.insert("refused-stream");
+            }
+            // The API rejects other values; one that slipped into the store is ignored rather
+            // than sent to Envoy.
+            _ => {}
+        }
+    }
+    for event in tcp_events.unwrap_or_default() {
+        match event {
+            TcpRetryPolicyEvent::ConnectionError => {
+                retry_on.insert("connect-failure");
+            }
+        }
+    }
+    for event in grpc_events.unwrap_or_default() {
+        retry_on.insert(match event {
+            GrpcRetryPolicyEvent::Cancelled => "cancelled",
+            GrpcRetryPolicyEvent::DeadlineExceeded => "deadline-exceeded",
+            GrpcRetryPolicyEvent::Internal => "internal",
+            GrpcRetryPolicyEvent::ResourceExhausted => "resource-exhausted",
+            GrpcRetryPolicyEvent::Unavailable => "unavailable",
+        });
+    }
+    if retry_on.is_empty() {
+        return None;
+    }
+    let per_try_timeout: Option<XdsDuration> =
+        defaults::duration(per_retry_timeout).filter(|d| d.seconds > 0 || d.nanos > 0);
+    Some(XdsRetryPolicy {
+        retry_on: retry_on.into_iter().collect::<Vec<_>>().join(","),
+        num_retries: Some(UInt32Value {
+            value: u32::try_from(max_retries.max(0)).unwrap_or(u32::MAX),
+        }),
+        per_try_timeout,
+        ..Default::default()
+    })
+}
+
+/// Whether `regex` is a regular expression Envoy's RE2 accepts. RE2 and the `regex` crate share
+/// a syntax (no backreferences, no look-around); an invalid one would be NACKed by Envoy.
+fn valid_regex(regex: &str) -> bool {
+    !regex.is_empty() && regex::Regex::new(regex).is_ok()
+}
+
+fn regex_matcher(regex: &str) -> XdsRegexMatcher {
+    XdsRegexMatcher {
+        regex: regex.to_string(),
+        ..Default::default()
+    }
+}
+
+/// Envoy requires a header name without NUL, CR or LF, and not empty.
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['\0', '\r', '\n'])
+}
+
+fn string_matcher(pattern: XdsMatchPattern) -> XdsHeaderMatchSpecifier {
+    XdsHeaderMatchSpecifier::StringMatch(XdsStringMatcher {
+        match_pattern: Some(pattern),
+        ..Default::default()
+    })
+}
+
+/// One header condition; `None` if it can never be satisfied as written (Envoy would reject it).
+/// An empty prefix or suffix matches any value, so it becomes "present" (Envoy requires them
+/// non-empty). App Mesh ranges are `[start, end)`, like Envoy's `Int64Range`.
+fn header_matcher(
+    name: &str,
+    invert: Option<bool>,
+    method: Option<HeaderMatchMethod>,
+) -> Option<XdsHeaderMatcher> {
+    if !valid_header_name(name) {
+        return None;
+    }
+    let specifier = match method {
+        None => XdsHeaderMatchSpecifier::PresentMatch(true),
+        Some(HeaderMatchMethod::Exact(v)) => string_matcher(XdsMatchPattern::Exact(v)),
+        Some(HeaderMatchMethod::Prefix(v)) | Some(HeaderMatchMethod::Suffix(v)) if v.is_empty() => {
+            XdsHeaderMatchSpecifier::PresentMatch(true)
+        }
+        Some(HeaderMatchMethod::Prefix(v)) => string_matcher(XdsMatchPattern::Prefix(v)),
+        Some(HeaderMatchMethod::Suffix(v)) => string_matcher(XdsMatchPattern::Suffix(v)),
+        Some(HeaderMatchMethod::Regex(v)) => {
+            if !valid_regex(&v) {
+                return None;
+            }
+            string_matcher(XdsMatchPattern::SafeRegex(regex_matcher(&v)))
+        }
+        Some(HeaderMatchMethod::Range(r)) => XdsHeaderMatchSpecifier::RangeMatch(XdsInt64Range {
+            start: r.start,
+            end: r.end,
+        }),
+    };
+    Some(XdsHeaderMatcher {
+        name: name.to_string(),
+        invert_match: invert.unwrap_or(false),
+        header_match_specifier: Some(specifier),
+        ..Default::default()
+    })
+}
+
+fn exact_header(name: &str, value: &str) -> XdsHeaderMatcher {
+    XdsHeaderMatcher {
+        name: name.to_string(),
+        header_match_specifier: Some(string_matcher(XdsMatchPattern::Exact(value.to_string()))),
+        ..Default::default()
+    }
+}
+
+fn method_name(method: HttpMethod) -> &'static str {
+    match method {
+        HttpMethod::Get => "GET",
+        HttpMethod::Head => "HEAD",
+        HttpMethod::Post => "POST",
+        HttpMethod::Put => "PUT",
+        HttpMethod::Delete => "DELETE",
+        HttpMethod::Connect => "CONNECT",
+        HttpMethod::Options => "OPTIONS",
+        HttpMethod::Trace => "TRACE",
+        HttpMethod::Patch => "PATCH",
+    }
+}
+
+/// An App Mesh HTTP route match as an Envoy route match; `None` if it can never match.
+///
+/// Path: `path.exact` → `path`, `path.regex` → `safe_regex`, else `prefix` (default `/`).
+/// Method and scheme are the `:method` and `:scheme` pseudo-headers; headers and query
+/// parameters map one to one.
+pub(crate) fn http_match(m: &HttpRouteMatch) -> Option<XdsRouteMatch> {
+    let path = m.path.as_ref();
+    let path_specifier = if let Some(exact) = path.and_then(|p| p.exact.as_ref()) {
+        XdsPathSpecifier::Path(exact.clone())
+    } else if let Some(regex) = path.and_then(|p| p.regex.as_ref()) {
+        if !valid_regex(regex) {
+            return None;
+        }
+        XdsPathSpecifier::SafeRegex(regex_matcher(regex))
+    } else {
+        XdsPathSpecifier::Prefix(m.prefix.clone().unwrap_or_else(|| "/".to_string()))
+    };
+    let mut headers = Vec::new();
+    if let Some(method) = m.method {
+        headers.push(exact_header(":method", method_name(method)));
+    }
+    if let Some(scheme) = m.scheme {
+        let scheme = match scheme {
+            HttpScheme::Http => "http",
+            HttpScheme::Https => "https",
+        };
+        headers.push(exact_header(":scheme", scheme));
+    }
+    for header in m.headers.iter().flatten() {
+        headers.push(header_matcher(
+            &header.name,
+            header.invert,
+            header.r#match.clone(),
+        )?);
+    }
+    let mut query_parameters = Vec::new();
+    for param in m.query_parameters.iter().flatten() {
+        if param.name.is_empty() {
+            return None;
+        }
+        let specifier = match param.r#match.as_ref().and_then(|q| q.exact.as_ref()) {
+            Some(exact) => XdsQueryParameterMatchSpecifier::StringMatch(XdsStringMatcher {
+                match_pattern: Some(XdsMatchPattern::Exact(exact.clone())),
+                ..Default::default()
+            }),
+            None => XdsQueryParameterMatchSpecifier::PresentMatch(true),
+        };
+        query_parameters.push(XdsQueryParameterMatcher {
+            name: param.name.clone(),
+            query_parameter_match_specifier: Some(specifier),
+        });
+    }
+    Some(XdsRouteMatch {
+        path_specifier: Some(path_specifier),
+        headers,
+        query_parameters,
+        ..Default::default()
+    })
+}
+
+/// A gRPC route match: gRPC calls are `POST /<service>/<method>`, so service and method become
+/// an exact path or a path prefix; metadata entries are request headers. The `grpc` option
+/// restricts the route to gRPC requests (`content-type: application/grpc`).
+pub(crate) fn grpc_match(grpc: &GrpcRoute) -> Option<XdsRouteMatch> {
+    let m = &grpc.r#match;
+    let path_specifier = match (&m.service_name, &m.method_name) {
+        (Some(service), Some(method)) => XdsPathSpecifier::Path(format!("/{service}/{method}")),
+        (Some(service), None) => XdsPathSpecifier::Prefix(format!("/{service}/")),
+        // A method without a service is rejected by the API; match all rather than guess.
+        (None, _) => XdsPathSpecifier::Prefix("/".to_string()),
+    };
+    let mut headers = Vec::new();
+    for metadata in m.metadata.iter().flatten() {
+        let method = metadata.r#match.clone().map(|mm| match mm {
+            GrpcRouteMetadataMatchMethod::Exact(v) => HeaderMatchMethod::Exact(v),
+            GrpcRouteMetadataMatchMethod::Prefix(v) => HeaderMatchMethod::Prefix(v),
+            GrpcRouteMetadataMatchMethod::Suffix(v) => HeaderMatchMethod::Suffix(v),
+            GrpcRouteMetadataMatchMethod::Regex(v) => HeaderMatchMethod::Regex(v),
+            GrpcRouteMetadataMatchMethod::Range(r) => HeaderMatchMethod::Range(r),
+        });
+        headers.push(header_matcher(&metadata.name, metadata.invert, method)?);
+    }
+    Some(XdsRouteMatch {
+        path_specifier: Some(path_specifier),
+        headers,
+        grpc: Some(XdsGrpcRouteMatchOptions {}),
+        ..Default::default()
+    })
+}

@@ -1,0 +1,58 @@
+//! One consistent view of a mesh, the input of [`crate::translate`].
+
+use std::collections::BTreeMap;
+
+use weft_model::shapes::{
+    GatewayRouteData, MeshData, RouteData, VirtualGatewayData, VirtualNodeData, VirtualRouterData,
+    VirtualServiceData,
+};
+
+/// Every resource of one mesh at one store revision.
+///
+/// Maps are keyed by resource name (routes and gateway routes by `(parent, name)`), so that
+/// iteration order — and therefore the translated output — is deterministic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeshSnapshot {
+    /// The mesh itself (egress filter, mesh-wide IP preference).
+    pub mesh: MeshData,
+    /// Virtual nodes by name.
+    pub virtual_nodes: BTreeMap<String, VirtualNodeData>,
+    /// Virtual services by name.
+    pub virtual_services: BTreeMap<String, VirtualServiceData>,
+    /// Virtual routers by name.
+    pub virtual_routers: BTreeMap<String, VirtualRouterData>,
+    /// Routes by `(virtual router name, route name)`.
+    pub routes: BTreeMap<(String, String), RouteData>,
+    /// Virtual gateways by name.
+    pub virtual_gateways: BTreeMap<String, VirtualGatewayData>,
+    /// Gateway routes by `(virtual gateway name, gateway route name)`.
+    pub gateway_routes: BTreeMap<(String, String), GatewayRouteData>,
+}
+
+impl MeshSnapshot {
+    /// A snapshot of `mesh` with no other resources.
+    pub fn new(mesh: MeshData) -> Self {
+        Self {
+            mesh,
+            virtual_nodes: BTreeMap::new(),
+            virtual_services: BTreeMap::new(),
+            virtual_routers: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            virtual_gateways: BTreeMap::new(),
+            gateway_routes: BTreeMap::new(),
+        }
+    }
+
+    /// The mesh name.
+    pub fn mesh_name(&self) -> &str {
+        &self.mesh.mesh_name
+    }
+
+    /// The routes of one virtual router, in name order.
+    pub fn routes_of<'a>(&'a self, router: &'a str) -> impl Iterator<Item = &'a RouteData> + 'a {
+        self.routes
+            .range((router.to_string(), String::new())..)
+            .take_while(move |((r, _), _)| r == router)
+            .map(|(_, route)| route)
+    }
+}

