@@ -166,7 +166,11 @@ fn stats_config(config: &AgentConfig) -> Value {
 fn layered_runtime() -> Value {
     json!({
         "layers": [
-            { "name": "static_layer", "static_layer": {} },
+            // Envoy refuses route regexes whose RE2 program is larger than 100 by
+            // default; App Mesh users write bigger ones. Must match
+            // `weft_translate::RE2_MAX_PROGRAM_SIZE`, which the translation assumes.
+            // <https://www.envoyproxy.io/docs/envoy/latest/api-v3/type/matcher/v3/regex.proto>
+            { "name": "static_layer", "static_layer": { "re2.max_program_size.error_level": 100000 } },
             { "name": "admin_layer", "admin_layer": {} },
         ]
     })

@@ -16,8 +16,8 @@
 pub mod arn;
 pub mod keys;
 pub mod kind;
-pub mod stored;
 pub mod schema;
+pub mod stored;
 pub mod validate;
 
 /// Types generated from the App Mesh API model.
@@ -28,8 +28,8 @@ pub mod shapes {
 
 pub use arn::{Arn, ResourcePath};
 pub use kind::{Action, Kind, ResourceId};
-pub use stored::StoredRecord;
 pub use schema::{schema, Location, Operation, Schema, Shape, ShapeKind};
+pub use stored::StoredRecord;
 pub use validate::{validate_input, ValidationError};
 
 /// The App Mesh API model this crate is built from (botocore JSON).

@@ -118,7 +118,7 @@ async fn writer(
         i += 1;
         let target = {
             let a = acked.lock().unwrap();
-            (i % 3 == 0 && !a.created.is_empty())
+            (i.is_multiple_of(3) && !a.created.is_empty())
                 .then(|| a.created[(id * 7919 + i * 31) % a.created.len()].clone())
         };
         match target {

@@ -260,8 +260,8 @@ async fn a_75_25_route_splits_traffic_and_a_weight_change_shows_in_traffic_sotw(
     weighted_split_and_live_weight_change("sotw").await;
 }
 
-fn create_route_req<'a>(
-    mesh: &'a Mesh,
+fn create_route_req(
+    mesh: &Mesh,
     name: &str,
     priority: i32,
     route: HttpRoute,
@@ -572,4 +572,123 @@ async fn envoys_keep_serving_through_a_control_plane_restart_and_reconnect() {
     mesh.set_route(prefix_route(&[("blue", 1)])).await;
     mesh.wait_for(|b| b.contains("blue"));
     mesh.assert_no_rejections();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_whose_node_does_not_exist_yet_waits_and_gets_config_when_it_is_created() {
+    let server = WeftServer::start();
+    let c = server.client();
+    c.create_mesh().mesh_name("apps").send().await.unwrap();
+    let (_app, app_port) = sample_app("late");
+    let port = free_port();
+    // App Mesh's Envoy image sends the full ARN as its node id.
+    let arn = "arn:aws:appmesh:us-east-1:000000000000:mesh/apps/virtualNode/late";
+    let envoy = common::mesh::agent_with_id(&server.xds_addr, arn, &[(port, app_port)], "delta");
+    std::thread::sleep(StdDuration::from_millis(500));
+    assert!(
+        common::mesh::http_get(port, "x", "/").is_err(),
+        "no listener before the node exists"
+    );
+    c.create_virtual_node()
+        .mesh_name("apps")
+        .virtual_node_name("late")
+        .spec(node_spec(port, &[]))
+        .send()
+        .await
+        .unwrap();
+    // Without a restart, Envoy now serves the node's listener and hands requests to the app.
+    wait_until(
+        StdDuration::from_secs(10),
+        || matches!(common::mesh::http_get(port, "x", "/"), Ok((200, body)) if body.contains("late")),
+    );
+    assert_eq!(envoy.stat_sum("update_rejected"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_status_lists_every_proxy_with_its_acked_versions() {
+    let mesh = Mesh::new(&["red"], "sotw").await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["proxy-status", "--json", "--endpoint", &mesh.server.addr])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let proxies = status["proxies"].as_array().unwrap();
+    let mut nodes: Vec<&str> = proxies
+        .iter()
+        .map(|p| p["nodeId"].as_str().unwrap())
+        .collect();
+    nodes.sort();
+    assert_eq!(
+        nodes,
+        ["mesh/apps/virtualNode/front", "mesh/apps/virtualNode/red"]
+    );
+    for p in proxies {
+        assert_eq!(p["protocol"], "sotw");
+        for t in ["Cluster", "Listener", "RouteConfiguration"] {
+            assert!(
+                p["types"][t]["ackedVersion"].is_string(),
+                "{t} not ACKed: {p}"
+            );
+        }
+        assert!(p["lastNack"].is_null(), "{p}");
+    }
+    assert_eq!(status["nackCount"], 0);
+    // The table form names both nodes too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["proxy-status", "--endpoint", &mesh.server.addr])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("mesh/apps/virtualNode/front") && table.contains("Steady"),
+        "{table}"
+    );
+}
+
+#[test]
+fn weft_demo_brings_up_a_whole_mesh_and_routes_as_configured() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args([
+            "demo",
+            "--check",
+            "--listen",
+            "127.0.0.1:0",
+            "--xds-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--egress-port", &free_port().to_string()])
+        .env("WEFT_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout.lines().find(|l| l.starts_with("check:")).unwrap();
+    // "check: 200 requests: red R, blue B; with x-canary: blue"
+    let red: u32 = line
+        .split("red ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (120..=180).contains(&red),
+        "75% of 200 expected red: {line}"
+    );
+    assert!(line.ends_with("with x-canary: blue"), "{line}");
+    assert!(
+        stdout.contains("aws appmesh update-route"),
+        "the guide is printed"
+    );
 }

@@ -69,15 +69,22 @@ pub struct Agent {
 /// Starts `weft agent` for `mesh/<mesh>/virtualNode/<node>`; `app_ports` maps
 /// the node's listener ports to where its app really listens.
 pub fn agent(xds: &str, mesh: &str, node: &str, app_ports: &[(u16, u16)], protocol: &str) -> Agent {
+    agent_with_id(
+        xds,
+        &format!("mesh/{mesh}/virtualNode/{node}"),
+        app_ports,
+        protocol,
+    )
+}
+
+/// Starts `weft agent` with `APPMESH_RESOURCE_ARN` set to `id` verbatim.
+pub fn agent_with_id(xds: &str, id: &str, app_ports: &[(u16, u16)], protocol: &str) -> Agent {
     let admin_port = free_port();
     let egress_port = free_port();
     let ports: Vec<String> = app_ports.iter().map(|(l, a)| format!("{l}={a}")).collect();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
     cmd.arg("agent")
-        .env(
-            "APPMESH_RESOURCE_ARN",
-            format!("mesh/{mesh}/virtualNode/{node}"),
-        )
+        .env("APPMESH_RESOURCE_ARN", id)
         .env("APPMESH_XDS_ENDPOINT", xds)
         .env("ENVOY_ADMIN_ACCESS_PORT", admin_port.to_string())
         .env("ENVOY_ADMIN_ACCESS_LOG_FILE", "/dev/null")
@@ -100,7 +107,9 @@ pub fn agent(xds: &str, mesh: &str, node: &str, app_ports: &[(u16, u16)], protoc
         admin_port,
         egress_port,
     };
-    wait_until(Duration::from_secs(20), || agent.admin("/ready").is_some());
+    wait_until(Duration::from_secs(20), || {
+        agent.admin("/server_info").is_some()
+    });
     agent
 }
 

@@ -1,0 +1,442 @@
+//! The load generator: a keep-alive HTTP/1.1 client, the four App Mesh
+//! operations measured, and the time-bounded phase runner.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::CONTENT_TYPE;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+/// API version prefix of every App Mesh path.
+const PREFIX: &str = "/v20190125";
+
+/// A pooled keep-alive HTTP/1.1 client bound to one server.
+pub struct Api {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+}
+
+impl Api {
+    /// A client for the server at `base` (`http://host:port`) keeping up to
+    /// `connections` idle connections, one per concurrent task.
+    pub fn new(base: &str, connections: usize) -> Api {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(connections)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Api {
+            client,
+            base: base.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// Sends one request and reads the whole response body.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<(StatusCode, Bytes)> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        if body.is_some() {
+            req = req.header(CONTENT_TYPE, "application/json");
+        }
+        let req = req.body(Full::new(body.unwrap_or_default()))?;
+        let resp = self.client.request(req).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        Ok((status, bytes))
+    }
+
+    /// Sends one request and fails unless the answer is 200.
+    pub async fn call_ok(&self, method: Method, path: &str, body: Option<Bytes>) -> Result<Bytes> {
+        let (status, bytes) = self.call(method, path, body).await?;
+        if status != StatusCode::OK {
+            bail!("HTTP {status}: {}", snippet(&bytes));
+        }
+        Ok(bytes)
+    }
+}
+
+/// The start of a response body, for error messages.
+fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    text.chars().take(300).collect()
+}
+
+/// The name of the `i`-th pre-created virtual node.
+pub fn node_name(i: usize) -> String {
+    format!("node-{i:04}")
+}
+
+/// A realistic virtual node spec: one HTTP listener with a health check and a
+/// timeout, DNS service discovery, a few virtual-service backends and an
+/// access log. `variant` changes the port and a backend, so that successive
+/// updates differ.
+pub fn node_spec(mesh: &str, name: &str, variant: u64) -> Value {
+    let port = 8080 + (variant % 100);
+    json!({
+        "listeners": [{
+            "portMapping": { "port": port, "protocol": "http" },
+            "healthCheck": {
+                "protocol": "http",
+                "path": "/healthz",
+                "healthyThreshold": 2,
+                "unhealthyThreshold": 3,
+                "timeoutMillis": 2000,
+                "intervalMillis": 5000
+            },
+            "timeout": { "http": { "perRequest": { "unit": "s", "value": 15 } } }
+        }],
+        "serviceDiscovery": { "dns": { "hostname": format!("{name}.{mesh}.svc.cluster.local") } },
+        "backends": [
+            { "virtualService": { "virtualServiceName": format!("orders.{mesh}.local") } },
+            { "virtualService": { "virtualServiceName": format!("payments.{mesh}.local") } },
+            { "virtualService": { "virtualServiceName": format!("svc-{}.{mesh}.local", variant % 7) } }
+        ],
+        "logging": { "accessLog": { "file": { "path": "/dev/stdout" } } }
+    })
+}
+
+/// The body of a CreateVirtualNode request. Like the AWS SDKs, it carries a
+/// fresh idempotency `clientToken`.
+pub fn create_body(mesh: &str, name: &str, variant: u64) -> Bytes {
+    let body = json!({
+        "virtualNodeName": name,
+        "clientToken": uuid::Uuid::new_v4().to_string(),
+        "spec": node_spec(mesh, name, variant),
+    });
+    Bytes::from(body.to_string())
+}
+
+/// Path of the virtual nodes of `mesh`.
+pub fn nodes_path(mesh: &str) -> String {
+    format!("{PREFIX}/meshes/{mesh}/virtualNodes")
+}
+
+/// Creates a mesh.
+pub async fn create_mesh(api: &Api, mesh: &str) -> Result<()> {
+    let body = json!({ "meshName": mesh, "clientToken": uuid::Uuid::new_v4().to_string() });
+    api.call_ok(
+        Method::PUT,
+        &format!("{PREFIX}/meshes"),
+        Some(Bytes::from(body.to_string())),
+    )
+    .await
+    .with_context(|| format!("creating mesh {mesh}"))?;
+    Ok(())
+}
+
+/// Creates virtual nodes `node-0000` … in `mesh`, `concurrency` at a time.
+pub async fn create_nodes(
+    api: Arc<Api>,
+    mesh: &str,
+    nodes: usize,
+    concurrency: usize,
+) -> Result<()> {
+    let mut tasks = Vec::new();
+    for t in 0..concurrency.max(1) {
+        let api = api.clone();
+        let mesh = mesh.to_string();
+        tasks.push(tokio::spawn(async move {
+            for i in (t..nodes).step_by(concurrency.max(1)) {
+                let name = node_name(i);
+                api.call_ok(
+                    Method::PUT,
+                    &nodes_path(&mesh),
+                    Some(create_body(&mesh, &name, i as u64)),
+                )
+                .await
+                .with_context(|| format!("creating virtual node {name} in mesh {mesh}"))?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await.context("a setup task panicked")??;
+    }
+    Ok(())
+}
+
+/// One measured operation.
+#[derive(Debug, Clone)]
+pub enum Workload {
+    /// DescribeVirtualNode over the pre-created nodes.
+    Describe { mesh: String, nodes: usize },
+    /// ListVirtualNodes, walking every page with `nextToken`; one request is one page.
+    List {
+        mesh: String,
+        nodes: usize,
+        limit: usize,
+    },
+    /// CreateVirtualNode with a new name each time; task `t` creates in
+    /// `meshes[t % meshes.len()]`.
+    Create { meshes: Vec<String> },
+    /// UpdateVirtualNode spread over the pre-created nodes.
+    Update { mesh: String, nodes: usize },
+}
+
+impl Workload {
+    /// The App Mesh operation name.
+    pub fn operation(&self) -> &'static str {
+        match self {
+            Workload::Describe { .. } => "DescribeVirtualNode",
+            Workload::List { .. } => "ListVirtualNodes",
+            Workload::Create { .. } => "CreateVirtualNode",
+            Workload::Update { .. } => "UpdateVirtualNode",
+        }
+    }
+
+    /// Sends the `state.i`-th request of task `task` of `tasks`, and checks the answer.
+    async fn step(
+        &self,
+        api: &Api,
+        task: usize,
+        tasks: usize,
+        state: &mut TaskState,
+    ) -> Result<()> {
+        let i = state.i;
+        state.i += 1;
+        // Task t touches nodes t, t + tasks, t + 2·tasks, …: spread, and
+        // rarely two tasks on one node at a time.
+        let spread = |nodes: usize| (task + tasks * i as usize) % nodes.max(1);
+        match self {
+            Workload::Describe { mesh, nodes } => {
+                let path = format!("{}/{}", nodes_path(mesh), node_name(spread(*nodes)));
+                api.call_ok(Method::GET, &path, None).await?;
+            }
+            Workload::List { mesh, nodes, limit } => {
+                let mut path = format!("{}?limit={limit}", nodes_path(mesh));
+                if let Some(token) = &state.next_token {
+                    path.push_str("&nextToken=");
+                    path.push_str(&percent_encode(token));
+                }
+                let checked = check_page(
+                    &api.call_ok(Method::GET, &path, None).await?,
+                    state,
+                    *nodes,
+                    *limit,
+                );
+                if checked.is_err() {
+                    state.next_token = None;
+                    state.listed = 0;
+                }
+                checked?;
+            }
+            Workload::Create { meshes } => {
+                let mesh = &meshes[task % meshes.len().max(1)];
+                let name = format!("c-{task:02}-{i:08}");
+                api.call_ok(
+                    Method::PUT,
+                    &nodes_path(mesh),
+                    Some(create_body(mesh, &name, i)),
+                )
+                .await?;
+            }
+            Workload::Update { mesh, nodes } => {
+                let name = node_name(spread(*nodes));
+                let body = json!({
+                    "clientToken": uuid::Uuid::new_v4().to_string(),
+                    "spec": node_spec(mesh, &name, i + 1),
+                });
+                let path = format!("{}/{name}", nodes_path(mesh));
+                api.call_ok(Method::PUT, &path, Some(Bytes::from(body.to_string())))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks one ListVirtualNodes page against the pre-created nodes and
+/// advances the task's position in the listing.
+fn check_page(body: &[u8], state: &mut TaskState, nodes: usize, limit: usize) -> Result<()> {
+    let page: Value = serde_json::from_slice(body).context("list page is not JSON")?;
+    let got = page
+        .get("virtualNodes")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let expected = limit.min(nodes - state.listed.min(nodes));
+    if got != expected {
+        bail!(
+            "list page at offset {} has {got} nodes, expected {expected}",
+            state.listed
+        );
+    }
+    state.listed += got;
+    match page.get("nextToken").and_then(Value::as_str) {
+        Some(token) if state.listed < nodes => state.next_token = Some(token.to_string()),
+        Some(_) => bail!(
+            "list page ends at {} of {nodes} nodes but has a nextToken",
+            state.listed
+        ),
+        None if state.listed == nodes => {
+            state.next_token = None;
+            state.listed = 0;
+        }
+        None => bail!("listing stopped at {} of {nodes} nodes", state.listed),
+    }
+    Ok(())
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[derive(Default)]
+struct TaskState {
+    i: u64,
+    next_token: Option<String>,
+    listed: usize,
+}
+
+#[derive(Default)]
+struct TaskStats {
+    latencies: Vec<Duration>,
+    errors: u64,
+    warmup_requests: u64,
+    warmup_errors: u64,
+    first_error: Option<String>,
+    last_done: Option<Instant>,
+}
+
+/// The measurements of one phase.
+pub struct PhaseResult {
+    /// The App Mesh operation.
+    pub operation: &'static str,
+    /// Requests completed in the measured window (after the warm-up).
+    pub requests: u64,
+    /// Of those, how many failed (transport error, status other than 200,
+    /// or a wrong answer).
+    pub errors: u64,
+    /// Requests and failures during the warm-up, not in the figures.
+    pub warmup_requests: u64,
+    /// Failures during the warm-up.
+    pub warmup_errors: u64,
+    /// Wall time from the end of the warm-up to the last completion.
+    pub elapsed: Duration,
+    /// Latencies of the measured requests, sorted.
+    latencies: Vec<Duration>,
+    /// The first error seen, as an example.
+    pub first_error: Option<String>,
+}
+
+impl PhaseResult {
+    /// Completed requests per second in the measured window.
+    pub fn throughput(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.requests as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// The `q`-quantile latency (0 < q ≤ 1), nearest rank.
+    pub fn quantile(&self, q: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let n = self.latencies.len();
+        let rank = ((n as f64 * q).ceil() as usize).clamp(1, n);
+        self.latencies[rank - 1]
+    }
+}
+
+/// Runs `workload` from `concurrency` tasks: a `warmup` whose requests are
+/// not counted, then `duration` during which tasks keep starting requests.
+pub async fn run_phase(
+    api: Arc<Api>,
+    workload: Workload,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Result<PhaseResult> {
+    let workload = Arc::new(workload);
+    let started = Instant::now();
+    let measure_from = started + warmup;
+    let end = measure_from + duration;
+    let mut tasks = Vec::with_capacity(concurrency);
+    for task in 0..concurrency {
+        let api = api.clone();
+        let workload = workload.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut state = TaskState::default();
+            let mut stats = TaskStats {
+                latencies: Vec::with_capacity(1 << 14),
+                ..TaskStats::default()
+            };
+            loop {
+                let sent = Instant::now();
+                if sent >= end {
+                    break;
+                }
+                let outcome = workload.step(&api, task, concurrency, &mut state).await;
+                let done = Instant::now();
+                let failed = outcome.is_err();
+                if sent >= measure_from {
+                    stats.latencies.push(done - sent);
+                    stats.last_done = Some(done);
+                    stats.errors += u64::from(failed);
+                } else {
+                    stats.warmup_requests += 1;
+                    stats.warmup_errors += u64::from(failed);
+                }
+                if let Err(e) = outcome {
+                    stats.first_error.get_or_insert_with(|| format!("{e:#}"));
+                    // Do not spin if the server is gone.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            stats
+        }));
+    }
+    let mut result = PhaseResult {
+        operation: workload.operation(),
+        requests: 0,
+        errors: 0,
+        warmup_requests: 0,
+        warmup_errors: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+        first_error: None,
+    };
+    let mut last_done = measure_from;
+    for task in tasks {
+        let stats = task.await.context("a load task panicked")?;
+        result.requests += stats.latencies.len() as u64;
+        result.errors += stats.errors;
+        result.warmup_requests += stats.warmup_requests;
+        result.warmup_errors += stats.warmup_errors;
+        result.latencies.extend(stats.latencies);
+        if result.first_error.is_none() {
+            result.first_error = stats.first_error;
+        }
+        if let Some(done) = stats.last_done {
+            last_done = last_done.max(done);
+        }
+    }
+    result.latencies.sort_unstable();
+    result.elapsed = last_done - measure_from;
+    Ok(result)
+}

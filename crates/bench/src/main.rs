@@ -1,0 +1,380 @@
+//! `weft-bench`: benchmarks of Weft.
+//!
+//! `weft-bench api` starts a real `weft server` (the release build next to
+//! this executable) on a fresh data folder, fills a mesh with virtual nodes
+//! and measures DescribeVirtualNode, ListVirtualNodes, CreateVirtualNode and
+//! UpdateVirtualNode over keep-alive HTTP/1.1 from concurrent client tasks,
+//! each for a bounded time. Run it with
+//! `cargo build --release -p weft && cargo run --release -p weft-bench -- api`.
+
+mod load;
+mod machine;
+mod server;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use load::{Api, PhaseResult, Workload};
+use server::Server;
+
+/// Mesh holding the pre-created nodes read and updated by the benchmark.
+const MESH: &str = "bench";
+/// Mesh receiving the nodes of the create phase (with a number appended
+/// when `--create-meshes` is more than 1).
+const CREATE_MESH: &str = "bench-create";
+
+#[derive(Parser)]
+#[command(name = "weft-bench", version, about = "Benchmarks of Weft")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Throughput and latency of the App Mesh API of `weft server` on the embedded store.
+    Api(ApiArgs),
+}
+
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// Concurrent client tasks, each with its own keep-alive connection.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Measured seconds per phase.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Warm-up seconds before each phase's measurement (not counted).
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Virtual nodes created before the measurements.
+    #[arg(long, default_value_t = 200)]
+    nodes: usize,
+    /// Page size of ListVirtualNodes (`limit`).
+    #[arg(long, default_value_t = 100)]
+    page_size: usize,
+    /// Meshes the create phase spreads its tasks over (App Mesh serializes
+    /// the writes within one mesh; more meshes show what that costs).
+    #[arg(long, default_value_t = 1)]
+    create_meshes: usize,
+    /// Phases to run, in this order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "describe,list,create,update"
+    )]
+    phases: Vec<Phase>,
+    /// The `weft` binary (default: the one next to this executable).
+    #[arg(long)]
+    weft_bin: Option<PathBuf>,
+    /// Parent folder of the server's fresh data folder (default: the system temp folder).
+    #[arg(long)]
+    data_parent: Option<PathBuf>,
+    /// Worker threads of the client's runtime (default: one per core).
+    #[arg(long)]
+    client_threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Phase {
+    Describe,
+    List,
+    Create,
+    Update,
+}
+
+/// A target to compare a phase's figures with.
+struct Goal {
+    /// Minimum throughput in requests per second, if any.
+    min_rate: Option<f64>,
+    /// Maximum 99th-percentile latency.
+    max_p99: Duration,
+}
+
+impl Goal {
+    fn for_phase(phase: Phase) -> Goal {
+        let max_p99 = Duration::from_millis(5);
+        let min_rate = match phase {
+            Phase::Describe => Some(10_000.0),
+            Phase::Create => Some(2_000.0),
+            Phase::List | Phase::Update => None,
+        };
+        Goal { min_rate, max_p99 }
+    }
+
+    fn text(&self) -> String {
+        let p99 = format!("p99 < {} ms", self.max_p99.as_millis());
+        match self.min_rate {
+            Some(rate) => format!(">= {}/s, {p99}", thousands(rate)),
+            None => p99,
+        }
+    }
+
+    /// "met", or which parts were missed.
+    fn verdict(&self, r: &PhaseResult) -> String {
+        let mut missed = Vec::new();
+        if let Some(rate) = self.min_rate {
+            if r.throughput() < rate {
+                missed.push("rate");
+            }
+        }
+        if r.quantile(0.99) >= self.max_p99 {
+            missed.push("p99");
+        }
+        if r.errors > 0 {
+            missed.push("errors");
+        }
+        if missed.is_empty() {
+            "met".to_string()
+        } else {
+            format!("MISSED ({})", missed.join(", "))
+        }
+    }
+}
+
+fn thousands(n: f64) -> String {
+    let digits = format!("{:.0}", n);
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn millis(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+/// One row of the results table: names left-aligned, figures right-aligned.
+fn table_line(cells: [&str; 11]) -> String {
+    let [op, requests, rate, p50, p99, errors, srv, cli, oth, goal, verdict] = cells;
+    format!(
+        "{op:<20} {requests:>9} {rate:>8} {p50:>7} {p99:>7} {errors:>6} {srv:>7} {cli:>7} {oth:>7}  {goal:<24} {verdict}"
+    )
+}
+
+/// CPU time used so far by the server, this client and the whole machine.
+struct CpuSample {
+    server: Option<Duration>,
+    client: Option<Duration>,
+    machine: Option<Duration>,
+}
+
+impl CpuSample {
+    fn now(server_pid: u32) -> CpuSample {
+        CpuSample {
+            server: machine::cpu_time(server_pid),
+            client: machine::cpu_time(std::process::id()),
+            machine: machine::machine_busy(),
+        }
+    }
+
+    /// Server, client and everything else on the machine from `self` to
+    /// `later`, over `wall`, each in % of one core.
+    fn usage(&self, later: &CpuSample, wall: Duration) -> [String; 3] {
+        let delta = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
+        let server = delta(self.server, later.server);
+        let client = delta(self.client, later.client);
+        let other = match (delta(self.machine, later.machine), server, client) {
+            (Some(m), Some(s), Some(c)) => Some(m.saturating_sub(s + c)),
+            _ => None,
+        };
+        [server, client, other].map(|d| match d {
+            Some(d) if wall > Duration::ZERO => {
+                format!("{:.0}%", 100.0 * d.as_secs_f64() / wall.as_secs_f64())
+            }
+            _ => "?".to_string(),
+        })
+    }
+}
+
+async fn api_bench(args: ApiArgs) -> Result<()> {
+    if args.concurrency == 0 || args.nodes == 0 || args.page_size == 0 || args.create_meshes == 0 {
+        bail!("--concurrency, --nodes, --page-size and --create-meshes must be at least 1");
+    }
+    let create_meshes: Vec<String> = match args.create_meshes {
+        1 => vec![CREATE_MESH.to_string()],
+        n => (0..n).map(|i| format!("{CREATE_MESH}-{i}")).collect(),
+    };
+    let valid = |secs: f64| secs.is_finite() && secs >= 0.0;
+    if !valid(args.duration) || args.duration == 0.0 || !valid(args.warmup) {
+        bail!("--duration must be positive and --warmup not negative");
+    }
+    let binary = match args.weft_bin {
+        Some(b) => b,
+        None => server::default_weft_binary()?,
+    };
+    let data = match &args.data_parent {
+        Some(parent) => tempfile::Builder::new()
+            .prefix("weft-bench-")
+            .tempdir_in(parent),
+        None => tempfile::Builder::new().prefix("weft-bench-").tempdir(),
+    }
+    .context("creating a temporary data folder")?;
+    let data_dir = data.path().join("data");
+    let (sync_p50, sync_p99) = machine::fdatasync_latency(data.path(), 200)?;
+
+    // The create phase adds far more nodes than App Mesh's default quota of
+    // 200 per mesh, and --create-meshes may need more than 15 meshes.
+    let quotas = [
+        "--quota".to_string(),
+        "virtual-nodes-per-mesh=1000000".into(),
+        "--quota".into(),
+        "meshes=1000".into(),
+    ];
+    let mut server = Server::start(&binary, &data_dir, &quotas)?;
+    let api = Arc::new(Api::new(&server.url, args.concurrency));
+    let setup = Instant::now();
+    load::create_mesh(&api, MESH).await?;
+    for mesh in &create_meshes {
+        load::create_mesh(&api, mesh).await?;
+    }
+    load::create_nodes(api.clone(), MESH, args.nodes, args.concurrency).await?;
+    let setup = setup.elapsed();
+
+    println!("weft-bench api: the App Mesh REST API of `weft server` on the embedded store");
+    println!("date:       {}", machine::utc_now());
+    println!("machine:    {}", machine::describe());
+    println!("server:     {} (pid {})", binary.display(), server.pid());
+    println!("data dir:   {}", data_dir.display());
+    if let Some(load) = machine::load_average() {
+        println!("load avg:   {load:.2} (1 min, before the run; other work on the machine skews the figures)");
+    }
+    println!(
+        "fdatasync:  p50 {} ms, p99 {} ms (256-byte appends in the data dir's file system, 200 rounds)",
+        millis(sync_p50),
+        millis(sync_p99)
+    );
+    println!(
+        "load:       {} concurrent tasks over keep-alive HTTP/1.1, {:.1} s warm-up + {:.1} s measured per phase",
+        args.concurrency, args.warmup, args.duration
+    );
+    println!(
+        "setup:      mesh {MESH:?} with {} virtual nodes (listener + health check, DNS discovery, 3 backends, access log) in {:.2} s",
+        args.nodes,
+        setup.as_secs_f64()
+    );
+    if args.create_meshes > 1 {
+        println!(
+            "create:     spread over {} meshes ({CREATE_MESH}-0 …)",
+            args.create_meshes
+        );
+    }
+    println!();
+
+    let warmup = Duration::from_secs_f64(args.warmup);
+    let duration = Duration::from_secs_f64(args.duration);
+    let mut rows = Vec::new();
+    for &phase in &args.phases {
+        let workload = match phase {
+            Phase::Describe => Workload::Describe {
+                mesh: MESH.into(),
+                nodes: args.nodes,
+            },
+            Phase::List => Workload::List {
+                mesh: MESH.into(),
+                nodes: args.nodes,
+                limit: args.page_size,
+            },
+            Phase::Create => Workload::Create {
+                meshes: create_meshes.clone(),
+            },
+            Phase::Update => Workload::Update {
+                mesh: MESH.into(),
+                nodes: args.nodes,
+            },
+        };
+        let before = CpuSample::now(server.pid());
+        let wall = Instant::now();
+        let result =
+            load::run_phase(api.clone(), workload, args.concurrency, warmup, duration).await?;
+        let cpu = before.usage(&CpuSample::now(server.pid()), wall.elapsed());
+        server.check_alive()?;
+        rows.push((phase, result, cpu));
+    }
+
+    println!(
+        "{}",
+        table_line([
+            "operation",
+            "requests",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "srv CPU",
+            "cli CPU",
+            "oth CPU",
+            "goal",
+            "verdict",
+        ])
+    );
+    for (phase, r, cpu) in &rows {
+        let goal = Goal::for_phase(*phase);
+        println!(
+            "{}",
+            table_line([
+                r.operation,
+                &r.requests.to_string(),
+                &format!("{:.0}", r.throughput()),
+                &millis(r.quantile(0.5)),
+                &millis(r.quantile(0.99)),
+                &r.errors.to_string(),
+                &cpu[0],
+                &cpu[1],
+                &cpu[2],
+                &goal.text(),
+                &goal.verdict(r),
+            ])
+        );
+    }
+    println!();
+    println!(
+        "CPU columns: CPU time of the server, of this client and of everything else on the machine, over the \
+         phase's wall time (warm-up included), in % of one core; {} cores in all.",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    if rows.iter().any(|(p, ..)| *p == Phase::List) {
+        println!(
+            "ListVirtualNodes: one request is one page of {}; a full listing of {} nodes takes {} pages.",
+            args.page_size,
+            args.nodes,
+            args.nodes.div_ceil(args.page_size)
+        );
+    }
+    for (_, r, ..) in &rows {
+        if r.warmup_errors > 0 {
+            println!(
+                "{}: {} of {} warm-up requests failed too.",
+                r.operation, r.warmup_errors, r.warmup_requests
+            );
+        }
+        if let Some(e) = &r.first_error {
+            println!("{}: first error: {e}", r.operation);
+        }
+    }
+    drop(server);
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Api(args) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.enable_all();
+            if let Some(n) = args.client_threads {
+                builder.worker_threads(n.max(1));
+            }
+            let runtime = builder.build().context("starting the async runtime")?;
+            runtime.block_on(api_bench(args))
+        }
+    }
+}

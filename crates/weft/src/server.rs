@@ -1,0 +1,195 @@
+//! `weft server`: the control plane — the App Mesh API on an embedded store,
+//! and the xDS server that turns the store's contents into Envoy config.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use weft_api::{ApiConfig, Quotas, Service};
+use weft_store::{EmbeddedOptions, EmbeddedStore, SharedStore};
+
+use crate::{control_plane, proxy_status};
+
+/// Flags of `weft server`.
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// Address of the App Mesh REST API (port 0 picks a free port).
+    #[arg(long, env = "WEFT_LISTEN", default_value = "127.0.0.1:9080")]
+    pub listen: SocketAddr,
+    /// Address of the xDS (ADS over gRPC) server Envoys connect to.
+    #[arg(long, env = "WEFT_XDS_LISTEN", default_value = "127.0.0.1:15010")]
+    pub xds_listen: SocketAddr,
+    /// Folder of the embedded store (created if missing).
+    #[arg(long, env = "WEFT_DATA_DIR", default_value = "./weft-data")]
+    pub data_dir: PathBuf,
+    /// Region written into ARNs.
+    #[arg(long, env = "WEFT_REGION", default_value = "us-east-1")]
+    pub region: String,
+    /// The 12-digit account that owns every resource (meshOwner, resourceOwner).
+    #[arg(long, env = "WEFT_ACCOUNT_ID", default_value = "000000000000")]
+    pub account_id: String,
+    /// Override an App Mesh quota, e.g. `--quota virtual-nodes-per-mesh=500` (repeatable).
+    #[arg(long = "quota", value_name = "NAME=VALUE")]
+    pub quotas: Vec<String>,
+    /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` also works.
+    #[arg(long, env = "WEFT_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    /// The App Mesh API's behaviour, for in-process callers such as `weft demo`.
+    pub service: Service,
+    /// Where the App Mesh REST API listens.
+    pub api_addr: SocketAddr,
+    /// Where the ADS server listens.
+    pub xds_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ServerArgs {
+    /// The defaults of `weft server` with another data folder and addresses.
+    pub fn with(data_dir: PathBuf, listen: SocketAddr, xds_listen: SocketAddr) -> Self {
+        ServerArgs {
+            listen,
+            xds_listen,
+            data_dir,
+            region: "us-east-1".into(),
+            account_id: "000000000000".into(),
+            quotas: Vec::new(),
+            log: "info".into(),
+        }
+    }
+}
+
+fn config(args: &ServerArgs) -> Result<ApiConfig> {
+    if args.account_id.len() != 12 || !args.account_id.bytes().all(|b| b.is_ascii_digit()) {
+        bail!("--account-id must be 12 digits, got {:?}", args.account_id);
+    }
+    Ok(ApiConfig {
+        region: args.region.clone(),
+        account: args.account_id.clone(),
+        quotas: parse_quotas(&args.quotas)?,
+        ..ApiConfig::default()
+    })
+}
+
+/// Opens the store, binds both listeners and starts serving.
+pub async fn start(args: &ServerArgs) -> Result<ControlPlane> {
+    let config = config(args)?;
+    let store = EmbeddedStore::open(EmbeddedOptions::new(&args.data_dir))
+        .await
+        .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
+    let store: SharedStore = store;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let api_addr = listener.local_addr()?;
+    let xds_listener = tokio::net::TcpListener::bind(args.xds_listen)
+        .await
+        .with_context(|| format!("binding {}", args.xds_listen))?;
+    let xds_addr = xds_listener.local_addr()?;
+
+    let cache = weft_xds::SnapshotCache::new();
+    let (resolver, runtime) = control_plane::new(store.clone(), cache.clone());
+    let ads = weft_xds::AdsServer::new(cache, Arc::new(resolver));
+    let (stop, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(runtime.run(stopped(stop_rx.clone()))));
+    {
+        let ads = ads.clone();
+        let stop = stopped(stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = ads.serve(xds_listener, stop).await {
+                tracing::warn!(error = %e, "xDS server ended with an error");
+            }
+        }));
+    }
+    let service = Service::new(store, config);
+    {
+        let sweeper = service.clone();
+        let stop = stopped(stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::pin!(stop);
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = tick.tick() => {}
+                }
+                match sweeper.sweep_expired_tokens(weft_api::service::now()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(removed = n, "expired client tokens swept"),
+                    Err(e) => tracing::warn!(error = %e, "sweeping client tokens failed"),
+                }
+            }
+        }));
+    }
+    let app = weft_api::router(service.clone()).merge(proxy_status::router(ads));
+    {
+        let stop = stopped(stop_rx);
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::warn!(error = %e, "API server ended with an error");
+            }
+        }));
+    }
+    tracing::info!(%api_addr, %xds_addr, data_dir = %args.data_dir.display(), "control plane listening");
+    Ok(ControlPlane {
+        service,
+        api_addr,
+        xds_addr,
+        stop,
+        tasks,
+    })
+}
+
+impl ControlPlane {
+    /// Stops serving and waits for every task to end.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// `weft server`: serves until `shutdown` resolves.
+pub async fn run(args: ServerArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let cp = start(&args).await?;
+    // Plain lines on stdout so scripts and tests can find ports chosen with :0.
+    println!("weft api listening on http://{}", cp.api_addr);
+    println!("weft xds listening on {}", cp.xds_addr);
+    shutdown.await;
+    cp.stop().await;
+    Ok(())
+}
+
+fn parse_quotas(items: &[String]) -> Result<Quotas> {
+    let mut quotas = Quotas::default();
+    for item in items {
+        let Some((name, value)) = item.split_once('=') else {
+            bail!("--quota expects NAME=VALUE, got {item:?}");
+        };
+        let value: usize = value
+            .parse()
+            .with_context(|| format!("quota {name}: {value:?} is not a number"))?;
+        if !quotas.set(name, value) {
+            bail!(
+                "unknown quota {name:?}; known: {}",
+                Quotas::NAMES.join(", ")
+            );
+        }
+    }
+    Ok(quotas)
+}
