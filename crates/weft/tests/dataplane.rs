@@ -692,3 +692,28 @@ fn weft_demo_brings_up_a_whole_mesh_and_routes_as_configured() {
         "the guide is printed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_can_use_its_envoy_as_an_http_proxy() {
+    let mesh = Mesh::new(&["red"], "delta").await;
+    // What `http_proxy=http://127.0.0.1:<egress>` makes clients send: an absolute URI.
+    let (status, body) = common::mesh::request(
+        mesh.front.egress_port,
+        "GET",
+        SERVICE,
+        &format!("http://{SERVICE}/hello"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!((status, body.trim()), (200, "red"));
+    // `Host: <service>:<port>` with the router's listener port works too.
+    let (status, body) = mesh
+        .front
+        .get(&format!("{SERVICE}:8080"), "/", &[])
+        .unwrap();
+    assert_eq!((status, body.trim()), (200, "red"));
+    // A host that is not a backend of this node gets no route.
+    let (status, _) = mesh.front.get("elsewhere.local", "/", &[]).unwrap();
+    assert_eq!(status, 404);
+    mesh.assert_no_rejections();
+}

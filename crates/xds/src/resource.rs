@@ -227,11 +227,13 @@ impl Snapshot {
 }
 
 /// The EDS service name an EDS cluster reads, if the resource is one.
+#[cfg(any(test, feature = "testing"))]
 pub(crate) fn eds_name_of(body: &Any) -> Option<String> {
     eds_name(body)
 }
 
 /// The RDS names a listener reads.
+#[cfg(any(test, feature = "testing"))]
 pub(crate) fn rds_names_of(body: &Any) -> Vec<String> {
     rds_names(body)
 }
