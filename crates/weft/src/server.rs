@@ -112,9 +112,18 @@ pub async fn start(args: &ServerArgs) -> Result<ControlPlane> {
             }
         }));
     }
+    let registry = weft_registry::RegistryService::new(
+        store.clone(),
+        weft_registry::RegistryConfig {
+            region: config.region.clone(),
+            account: config.account.clone(),
+            ..Default::default()
+        },
+    );
     let service = Service::new(store, config);
     {
         let sweeper = service.clone();
+        let registry_sweeper = registry.clone();
         let stop = stopped(stop_rx.clone());
         tasks.push(tokio::spawn(async move {
             tokio::pin!(stop);
@@ -129,10 +138,20 @@ pub async fn start(args: &ServerArgs) -> Result<ControlPlane> {
                     Ok(n) => tracing::debug!(removed = n, "expired client tokens swept"),
                     Err(e) => tracing::warn!(error = %e, "sweeping client tokens failed"),
                 }
+                if let Err(e) = registry_sweeper
+                    .sweep_expired(weft_registry::service::now())
+                    .await
+                {
+                    tracing::warn!(error = %e, "sweeping registry request records failed");
+                }
             }
         }));
     }
-    let app = weft_api::router(service.clone()).merge(proxy_status::router(ads));
+    // One listener serves App Mesh (under /v20190125), Cloud Map (POST / and
+    // /service/…) and Weft's own endpoints.
+    let app = weft_api::router(service.clone())
+        .merge(weft_registry::router(registry))
+        .merge(proxy_status::router(ads));
     {
         let stop = stopped(stop_rx);
         tasks.push(tokio::spawn(async move {

@@ -1,0 +1,187 @@
+//! Registry errors, named after Cloud Map's exception shapes, with the HTTP
+//! status the model gives each and the extra members some of them carry.
+
+use serde_json::{json, Map, Value};
+
+/// Every error the registry answers.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The request breaks a constraint of the model or of Cloud Map.
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("{0}")]
+    NamespaceNotFound(String),
+    /// A namespace of that name exists; carries its id and creator request id.
+    #[error("{message}")]
+    NamespaceAlreadyExists {
+        message: String,
+        namespace_id: String,
+        creator_request_id: Option<String>,
+    },
+    #[error("{0}")]
+    ServiceNotFound(String),
+    /// A service of that name exists in the namespace.
+    #[error("{message}")]
+    ServiceAlreadyExists {
+        message: String,
+        service_id: String,
+        service_arn: String,
+        creator_request_id: Option<String>,
+    },
+    #[error("{0}")]
+    InstanceNotFound(String),
+    /// The resource still holds services or instances.
+    #[error("{0}")]
+    ResourceInUse(String),
+    #[error("{0}")]
+    ResourceLimitExceeded(String),
+    /// A `CreatorRequestId` reused for a different request.
+    #[error("{message}")]
+    DuplicateRequest {
+        message: String,
+        duplicate_operation_id: Option<String>,
+    },
+    /// The service has no `HealthCheckCustomConfig`.
+    #[error("{0}")]
+    CustomHealthNotFound(String),
+    #[error("{0}")]
+    OperationNotFound(String),
+    /// Too many concurrent writers on one resource; the client retries.
+    #[error("{0}")]
+    RequestLimitExceeded(String),
+    /// The json 1.1 target or the rpc-v2-cbor path names no served operation.
+    #[error("{0}")]
+    UnknownOperation(String),
+    /// The request body is neither valid JSON nor valid CBOR as announced.
+    #[error("{0}")]
+    Serialization(String),
+    /// The store refuses work (it failed earlier and protects its data).
+    #[error("{0}")]
+    ServiceUnavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl RegistryError {
+    /// The exception name clients map to an error type.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            RegistryError::InvalidInput(_) => "InvalidInput",
+            RegistryError::NamespaceNotFound(_) => "NamespaceNotFound",
+            RegistryError::NamespaceAlreadyExists { .. } => "NamespaceAlreadyExists",
+            RegistryError::ServiceNotFound(_) => "ServiceNotFound",
+            RegistryError::ServiceAlreadyExists { .. } => "ServiceAlreadyExists",
+            RegistryError::InstanceNotFound(_) => "InstanceNotFound",
+            RegistryError::ResourceInUse(_) => "ResourceInUse",
+            RegistryError::ResourceLimitExceeded(_) => "ResourceLimitExceeded",
+            RegistryError::DuplicateRequest { .. } => "DuplicateRequest",
+            RegistryError::CustomHealthNotFound(_) => "CustomHealthNotFound",
+            RegistryError::OperationNotFound(_) => "OperationNotFound",
+            RegistryError::RequestLimitExceeded(_) => "RequestLimitExceeded",
+            // The names AWS services answer for requests they cannot route or parse.
+            RegistryError::UnknownOperation(_) => "UnknownOperationException",
+            RegistryError::Serialization(_) => "SerializationException",
+            RegistryError::ServiceUnavailable(_) => "ServiceUnavailable",
+            RegistryError::Internal(_) => "InternalFailure",
+        }
+    }
+
+    /// The HTTP status: the model's for its exception shapes, AWS's usual
+    /// ones for the rest.
+    pub fn status(&self) -> u16 {
+        match self {
+            RegistryError::UnknownOperation(_) | RegistryError::Serialization(_) => 400,
+            RegistryError::ServiceUnavailable(_) => 503,
+            RegistryError::Internal(_) => 500,
+            other => status_from_model(other.error_type()).unwrap_or(400),
+        }
+    }
+
+    /// The members of the exception shape, without `__type`.
+    pub fn members(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("Message".into(), json!(self.to_string()));
+        match self {
+            RegistryError::NamespaceAlreadyExists {
+                namespace_id,
+                creator_request_id,
+                ..
+            } => {
+                m.insert("NamespaceId".into(), json!(namespace_id));
+                if let Some(c) = creator_request_id {
+                    m.insert("CreatorRequestId".into(), json!(c));
+                }
+            }
+            RegistryError::ServiceAlreadyExists {
+                service_id,
+                service_arn,
+                creator_request_id,
+                ..
+            } => {
+                m.insert("ServiceId".into(), json!(service_id));
+                m.insert("ServiceArn".into(), json!(service_arn));
+                if let Some(c) = creator_request_id {
+                    m.insert("CreatorRequestId".into(), json!(c));
+                }
+            }
+            RegistryError::DuplicateRequest {
+                duplicate_operation_id: Some(id),
+                ..
+            } => {
+                m.insert("DuplicateOperationId".into(), json!(id));
+            }
+            _ => {}
+        }
+        m
+    }
+}
+
+fn status_from_model(shape: &str) -> Option<u16> {
+    static MODEL: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
+        serde_json::from_str(crate::model::MODEL_JSON).unwrap_or_default()
+    });
+    MODEL["shapes"][shape]["error"]["httpStatusCode"]
+        .as_u64()
+        .and_then(|c| u16::try_from(c).ok())
+}
+
+impl From<weft_store::StoreError> for RegistryError {
+    fn from(e: weft_store::StoreError) -> Self {
+        match e {
+            weft_store::StoreError::Unavailable(m) => RegistryError::ServiceUnavailable(m),
+            other => RegistryError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::model::Violation> for RegistryError {
+    fn from(v: crate::model::Violation) -> Self {
+        RegistryError::InvalidInput(v.to_string())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_come_from_the_model() {
+        assert_eq!(
+            RegistryError::NamespaceNotFound(String::new()).status(),
+            404
+        );
+        assert_eq!(RegistryError::ResourceInUse(String::new()).status(), 409);
+        assert_eq!(RegistryError::InvalidInput(String::new()).status(), 400);
+        assert_eq!(
+            RegistryError::RequestLimitExceeded(String::new()).status(),
+            429
+        );
+        let dup = RegistryError::DuplicateRequest {
+            message: "m".into(),
+            duplicate_operation_id: Some("op".into()),
+        };
+        assert_eq!(dup.status(), 409);
+        assert_eq!(dup.members()["DuplicateOperationId"], "op");
+    }
+}

@@ -1,0 +1,1215 @@
+//! The Cloud Map operations over a [`weft_store::Store`].
+//!
+//! Inputs arrive checked against the model (see [`crate::http`]); this module
+//! adds what the model cannot say: existence, uniqueness of names, what still
+//! uses a namespace or service, health, idempotency and pagination.
+//!
+//! Every operation completes before it answers and is durable once the store
+//! transaction commits, so the operations Cloud Map runs asynchronously
+//! (namespace create/delete, instance register/deregister) are recorded as
+//! already `SUCCESS` for GetOperation.
+//!
+//! Concurrency: writes are compare-and-swap transactions. Adding or removing a
+//! service rewrites its namespace's guard key, adding or removing an instance
+//! its service's guard key; a delete commits only if the guard it read is
+//! unchanged, so it can never slip past a concurrent create beneath it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+use weft_store::{Compare, KeyValue, Op, Range, SharedStore, Txn, TxnOutcome};
+
+use crate::error::RegistryError;
+use crate::keys;
+use crate::records::{
+    HealthStatus, Instance, NamespaceRecord, OperationRecord, RequestRecord, ServiceRecord, Tag,
+};
+
+/// How often a write re-reads and retries after losing a race.
+const MAX_ATTEMPTS: usize = 64;
+/// Page size of the List operations when MaxResults is left out.
+const DEFAULT_PAGE: usize = 100;
+/// DiscoverInstances answers at most this many instances by default.
+const DEFAULT_DISCOVER: usize = 100;
+/// Custom (non-`AWS_`) attributes an instance may have.
+const MAX_CUSTOM_ATTRIBUTES: usize = 30;
+/// Total characters of an instance's attribute keys and values.
+const MAX_ATTRIBUTE_CHARS: usize = 5000;
+
+/// Region, account and limits the registry answers with.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// ARN partition (`aws`).
+    pub partition: String,
+    /// Region written into ARNs.
+    pub region: String,
+    /// The 12-digit account that owns everything (`ResourceOwner`, `CreatedByAccount`).
+    pub account: String,
+    /// Namespaces per account (Cloud Map's default quota is 50).
+    pub max_namespaces: usize,
+    /// Instances per service (Cloud Map's default quota is 1,000).
+    pub max_instances_per_service: usize,
+    /// How long `CreatorRequestId`s and operation records are kept. SDKs retry
+    /// within seconds and scripts poll GetOperation within minutes; a day is ample.
+    pub record_ttl: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            partition: "aws".into(),
+            region: "us-east-1".into(),
+            account: "000000000000".into(),
+            max_namespaces: 50,
+            max_instances_per_service: 1000,
+            record_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The Cloud Map registry, independent of HTTP. Cheap to clone.
+#[derive(Clone)]
+pub struct RegistryService {
+    store: SharedStore,
+    config: RegistryConfig,
+}
+
+/// The current time in epoch seconds, with Cloud Map's millisecond precision.
+pub fn now() -> f64 {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_millis() as f64) / 1000.0
+}
+
+fn text<'a>(input: &'a Value, member: &str) -> Result<&'a str, RegistryError> {
+    input
+        .get(member)
+        .and_then(Value::as_str)
+        .ok_or_else(|| RegistryError::InvalidInput(format!("Value at '{member}' must not be null")))
+}
+
+fn opt_text(input: &Value, member: &str) -> Option<String> {
+    input.get(member).and_then(Value::as_str).map(String::from)
+}
+
+fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<T, RegistryError> {
+    serde_json::from_slice(&kv.value).map_err(|e| {
+        RegistryError::Internal(format!("stored record {} is unreadable: {e}", kv.key))
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Bytes, RegistryError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| RegistryError::Internal(format!("cannot encode record: {e}")))
+}
+
+/// `prefix` followed by 16 random lowercase hexadecimal digits, as Cloud Map's ids look.
+fn new_id(prefix: &str) -> String {
+    let hex = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}{}", &hex[..16])
+}
+
+/// An operation id shaped like Cloud Map's (32 characters, a dash, 8 more).
+fn new_operation_id() -> String {
+    let a = uuid::Uuid::new_v4().simple().to_string();
+    let b = uuid::Uuid::new_v4().simple().to_string();
+    format!("{a}-{}", &b[..8])
+}
+
+/// Accepts an id or an ARN whose resource ends in `/{id}`, as Cloud Map does
+/// for the `Id`/`ServiceId` members typed `Arn`.
+fn id_of(value: &str) -> &str {
+    if value.starts_with("arn:") {
+        value.rsplit('/').next().unwrap_or(value)
+    } else {
+        value
+    }
+}
+
+/// The request without its CreatorRequestId, to tell a retry from a reuse.
+fn fingerprint(input: &Value) -> String {
+    let mut copy = input.clone();
+    if let Some(obj) = copy.as_object_mut() {
+        obj.remove("CreatorRequestId");
+    }
+    copy.to_string()
+}
+
+fn tags_of(input: &Value) -> Result<Vec<Tag>, RegistryError> {
+    let tags: Vec<Tag> = match input.get("Tags") {
+        Some(t) if !t.is_null() => serde_json::from_value(t.clone())
+            .map_err(|e| RegistryError::InvalidInput(format!("Tags: {e}")))?,
+        _ => Vec::new(),
+    };
+    let mut seen = std::collections::HashSet::new();
+    for t in &tags {
+        if !seen.insert(t.key.as_str()) {
+            return Err(RegistryError::InvalidInput(format!(
+                "Duplicate tag key \"{}\"",
+                t.key
+            )));
+        }
+    }
+    Ok(tags)
+}
+
+fn attributes_of(input: &Value, member: &str) -> BTreeMap<String, String> {
+    input
+        .get(member)
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Cloud Map's rules for instance attributes beyond the model's patterns.
+fn check_attributes(attributes: &BTreeMap<String, String>) -> Result<(), RegistryError> {
+    let bad = |m: String| Err(RegistryError::InvalidInput(m));
+    let custom = attributes.keys().filter(|k| !k.starts_with("AWS_")).count();
+    if custom > MAX_CUSTOM_ATTRIBUTES {
+        return bad(format!(
+            "An instance may have at most {MAX_CUSTOM_ATTRIBUTES} custom attributes, got {custom}"
+        ));
+    }
+    let total: usize = attributes
+        .iter()
+        .map(|(k, v)| k.chars().count() + v.chars().count())
+        .sum();
+    if total > MAX_ATTRIBUTE_CHARS {
+        return bad(format!(
+            "The attributes total {total} characters; at most {MAX_ATTRIBUTE_CHARS} are allowed"
+        ));
+    }
+    for (key, value) in attributes {
+        match key.as_str() {
+            "AWS_INSTANCE_IPV4" if value.parse::<std::net::Ipv4Addr>().is_err() => {
+                return bad(format!(
+                    "AWS_INSTANCE_IPV4 \"{value}\" is not an IPv4 address"
+                ));
+            }
+            "AWS_INSTANCE_IPV6" if value.parse::<std::net::Ipv6Addr>().is_err() => {
+                return bad(format!(
+                    "AWS_INSTANCE_IPV6 \"{value}\" is not an IPv6 address"
+                ));
+            }
+            "AWS_INSTANCE_PORT" if value.parse::<u16>().is_err() => {
+                return bad(format!(
+                    "AWS_INSTANCE_PORT \"{value}\" is not a port between 0 and 65535"
+                ));
+            }
+            "AWS_INIT_HEALTH_STATUS" if value != "HEALTHY" && value != "UNHEALTHY" => {
+                return bad(format!(
+                    "AWS_INIT_HEALTH_STATUS must be HEALTHY or UNHEALTHY, got \"{value}\""
+                ));
+            }
+            // DNS records and EC2 lookups do not exist in HTTP namespaces,
+            // the only kind Weft serves.
+            "AWS_ALIAS_DNS_NAME" | "AWS_INSTANCE_CNAME" | "AWS_EC2_INSTANCE_ID" => {
+                return bad(format!("{key} is not supported in HTTP namespaces"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// One filter of ListNamespaces or ListServices.
+struct Filter {
+    name: String,
+    values: Vec<String>,
+    condition: String,
+}
+
+fn filters_of(input: &Value) -> Result<Vec<Filter>, RegistryError> {
+    let mut out = Vec::new();
+    for f in input
+        .get("Filters")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let values: Vec<String> = f["Values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
+        let condition = f["Condition"].as_str().unwrap_or("EQ").to_string();
+        let name = f["Name"].as_str().unwrap_or_default().to_string();
+        match condition.as_str() {
+            "EQ" | "BEGINS_WITH" if values.len() != 1 => {
+                return Err(RegistryError::InvalidInput(format!(
+                    "Filter {name} with condition {condition} takes exactly one value"
+                )))
+            }
+            "BETWEEN" => {
+                return Err(RegistryError::InvalidInput(format!(
+                    "Condition BETWEEN is not supported for filter {name}"
+                )))
+            }
+            _ => {}
+        }
+        out.push(Filter {
+            name,
+            values,
+            condition,
+        });
+    }
+    Ok(out)
+}
+
+impl Filter {
+    fn matches(&self, actual: &str) -> bool {
+        match self.condition.as_str() {
+            "BEGINS_WITH" => self.values.iter().any(|v| actual.starts_with(v.as_str())),
+            // EQ has one value; IN any of several.
+            _ => self.values.iter().any(|v| v == actual),
+        }
+    }
+}
+
+impl RegistryService {
+    /// A registry over `store`.
+    pub fn new(store: SharedStore, config: RegistryConfig) -> Self {
+        RegistryService { store, config }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &RegistryConfig {
+        &self.config
+    }
+
+    /// Runs one operation on its model-validated input (a JSON object keyed
+    /// by member name) and returns its output shape as JSON (`None` for the
+    /// operation without output, UpdateInstanceCustomHealthStatus).
+    pub async fn call(
+        &self,
+        operation: &str,
+        input: Value,
+    ) -> Result<Option<Value>, RegistryError> {
+        let out = match operation {
+            "CreateHttpNamespace" => self.create_namespace(&input).await?,
+            "ListNamespaces" => self.list_namespaces(&input).await?,
+            "GetNamespace" => self.get_namespace(&input).await?,
+            "DeleteNamespace" => self.delete_namespace(&input).await?,
+            "CreateService" => self.create_service(&input).await?,
+            "ListServices" => self.list_services(&input).await?,
+            "GetService" => self.get_service(&input).await?,
+            "DeleteService" => self.delete_service(&input).await?,
+            "RegisterInstance" => self.register_instance(&input).await?,
+            "DeregisterInstance" => self.deregister_instance(&input).await?,
+            "ListInstances" => self.list_instances(&input).await?,
+            "GetInstance" => self.get_instance(&input).await?,
+            "DiscoverInstances" => self.discover_instances(&input).await?,
+            "UpdateInstanceCustomHealthStatus" => {
+                self.update_health(&input).await?;
+                return Ok(None);
+            }
+            "GetOperation" => self.get_operation(&input).await?,
+            other => {
+                return Err(RegistryError::UnknownOperation(format!(
+                    "Weft does not serve the Cloud Map operation {other}"
+                )))
+            }
+        };
+        Ok(Some(out))
+    }
+
+    // ----- read API for the control plane -----
+
+    /// The service named `service` in the namespace named `namespace` (its
+    /// HTTP name), if both exist.
+    pub async fn find_service(
+        &self,
+        namespace: &str,
+        service: &str,
+    ) -> Result<Option<ServiceRecord>, RegistryError> {
+        let Some(ns_id) = self.index(&keys::namespace_name(namespace)).await? else {
+            return Ok(None);
+        };
+        let Some(svc_id) = self.index(&keys::service_name(&ns_id, service)).await? else {
+            return Ok(None);
+        };
+        self.load::<ServiceRecord>(&keys::service(&svc_id))
+            .await
+            .map(|o| o.map(|(s, _)| s))
+    }
+
+    /// Every instance of a service, healthy or not, in instance-id key order;
+    /// empty when the namespace or service does not exist. Callers that route
+    /// traffic keep those with [`Instance::is_healthy`].
+    pub async fn instances(
+        &self,
+        namespace: &str,
+        service: &str,
+    ) -> Result<Vec<Instance>, RegistryError> {
+        match self.find_service(namespace, service).await? {
+            Some(s) => self.instances_of(&s.id).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Every instance of the service with this id.
+    pub async fn instances_of(&self, service_id: &str) -> Result<Vec<Instance>, RegistryError> {
+        let result = self
+            .store
+            .range(Range::prefix(keys::instances(service_id)))
+            .await?;
+        result.kvs.iter().map(decode).collect()
+    }
+
+    // ----- store helpers -----
+
+    async fn load<T: DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<(T, KeyValue)>, RegistryError> {
+        match self.store.get(key).await? {
+            Some(kv) => Ok(Some((decode(&kv)?, kv))),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads a name index entry: the id it points to.
+    async fn index(&self, key: &str) -> Result<Option<String>, RegistryError> {
+        Ok(self
+            .store
+            .get(key)
+            .await?
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
+    }
+
+    /// A compare that holds while `key` keeps the state just read.
+    async fn unchanged(&self, key: &str) -> Result<Compare, RegistryError> {
+        Ok(match self.store.get(key).await? {
+            Some(kv) => Compare::ModRevision(key.to_string(), kv.mod_revision),
+            None => Compare::Absent(key.to_string()),
+        })
+    }
+
+    async fn commit(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<bool, RegistryError> {
+        match self.store.txn(Txn { compares, ops }).await? {
+            TxnOutcome::Committed(_) => Ok(true),
+            TxnOutcome::Conflict(_) => Ok(false),
+        }
+    }
+
+    fn contention() -> RegistryError {
+        RegistryError::RequestLimitExceeded("Too many concurrent changes; retry".into())
+    }
+
+    async fn count(&self, prefix: String) -> Result<usize, RegistryError> {
+        Ok(self.store.count(Range::prefix(prefix)).await?)
+    }
+
+    fn arn(&self, resource: &str) -> String {
+        format!(
+            "arn:{}:servicediscovery:{}:{}:{resource}",
+            self.config.partition, self.config.region, self.config.account
+        )
+    }
+
+    async fn namespace(&self, id: &str) -> Result<(NamespaceRecord, KeyValue), RegistryError> {
+        self.load(&keys::namespace(id_of(id)))
+            .await?
+            .ok_or_else(|| RegistryError::NamespaceNotFound(format!("Namespace {id} not found")))
+    }
+
+    async fn service(&self, id: &str) -> Result<(ServiceRecord, KeyValue), RegistryError> {
+        self.load(&keys::service(id_of(id)))
+            .await?
+            .ok_or_else(|| RegistryError::ServiceNotFound(format!("Service {id} not found")))
+    }
+
+    // ----- idempotency and operations -----
+
+    /// The earlier answer to the same request under the same CreatorRequestId,
+    /// or DuplicateRequest when the id came with a different request.
+    async fn replay(
+        &self,
+        operation: &str,
+        creator_request_id: Option<&str>,
+        request: &str,
+    ) -> Result<Option<Value>, RegistryError> {
+        let Some(cri) = creator_request_id else {
+            return Ok(None);
+        };
+        let Some((record, _)) = self
+            .load::<RequestRecord>(&keys::request(operation, cri))
+            .await?
+        else {
+            return Ok(None);
+        };
+        if now() - record.at > self.config.record_ttl.as_secs_f64() {
+            // Forgotten: the request runs as a new one.
+            return Ok(None);
+        }
+        if record.request == request {
+            return Ok(Some(record.output));
+        }
+        Err(RegistryError::DuplicateRequest {
+            message: format!(
+                "CreatorRequestId {cri} was already used with a different {operation} request"
+            ),
+            duplicate_operation_id: record.operation_id,
+        })
+    }
+
+    /// The write that remembers a request's answer under its CreatorRequestId.
+    fn remember(
+        &self,
+        operation: &str,
+        creator_request_id: Option<&str>,
+        request: &str,
+        output: &Value,
+        operation_id: Option<&str>,
+    ) -> Result<Option<Op>, RegistryError> {
+        let Some(cri) = creator_request_id else {
+            return Ok(None);
+        };
+        let record = RequestRecord {
+            request: request.to_string(),
+            output: output.clone(),
+            operation_id: operation_id.map(String::from),
+            at: now(),
+        };
+        Ok(Some(Op::Put(
+            keys::request(operation, cri),
+            encode(&record)?,
+        )))
+    }
+
+    /// The compare that makes two identical concurrent requests run once: the
+    /// request record must still be as read before the write (absent, or an
+    /// expired record being replaced).
+    async fn request_unchanged(
+        &self,
+        operation: &str,
+        creator_request_id: Option<&str>,
+    ) -> Result<Option<Compare>, RegistryError> {
+        match creator_request_id {
+            Some(c) => Ok(Some(self.unchanged(&keys::request(operation, c)).await?)),
+            None => Ok(None),
+        }
+    }
+
+    fn operation_op(
+        &self,
+        id: &str,
+        kind: &str,
+        targets: &[(&str, &str)],
+    ) -> Result<Op, RegistryError> {
+        let record = OperationRecord {
+            id: id.to_string(),
+            kind: kind.to_string(),
+            targets: targets
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            at: now(),
+        };
+        Ok(Op::Put(keys::operation(id), encode(&record)?))
+    }
+
+    /// Deletes idempotency and operation records older than the configured
+    /// time to live as seen at `at` (epoch seconds); returns how many went.
+    /// Run periodically: SDKs attach a fresh CreatorRequestId to every create.
+    pub async fn sweep_expired(&self, at: f64) -> Result<usize, RegistryError> {
+        let ttl = self.config.record_ttl.as_secs_f64();
+        let mut expired = Vec::new();
+        for kv in self.store.range(Range::prefix(keys::REQUESTS)).await?.kvs {
+            let stale = serde_json::from_slice::<RequestRecord>(&kv.value)
+                .map_or(true, |r| at - r.at > ttl);
+            if stale {
+                expired.push(kv);
+            }
+        }
+        for kv in self.store.range(Range::prefix(keys::OPERATIONS)).await?.kvs {
+            let stale = serde_json::from_slice::<OperationRecord>(&kv.value)
+                .map_or(true, |r| at - r.at > ttl);
+            if stale {
+                expired.push(kv);
+            }
+        }
+        let mut removed = 0;
+        for chunk in expired.chunks(128) {
+            let compares = chunk
+                .iter()
+                .map(|kv| Compare::ModRevision(kv.key.clone(), kv.mod_revision))
+                .collect();
+            let ops = chunk.iter().map(|kv| Op::Delete(kv.key.clone())).collect();
+            // A record rewritten meanwhile makes the chunk conflict; the next sweep retries.
+            if self.commit(compares, ops).await? {
+                removed += chunk.len();
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn get_operation(&self, input: &Value) -> Result<Value, RegistryError> {
+        let id = text(input, "OperationId")?;
+        let not_found = || RegistryError::OperationNotFound(format!("Operation {id} not found"));
+        if opt_text(input, "OwnerAccount").is_some_and(|a| a != self.config.account) {
+            return Err(not_found());
+        }
+        let Some((op, _)) = self.load::<OperationRecord>(&keys::operation(id)).await? else {
+            return Err(not_found());
+        };
+        Ok(json!({ "Operation": {
+            "Id": op.id,
+            "OwnerAccount": self.config.account,
+            "Type": op.kind,
+            "Status": "SUCCESS",
+            "CreateDate": op.at,
+            "UpdateDate": op.at,
+            "Targets": op.targets,
+        }}))
+    }
+
+    // ----- pagination -----
+
+    fn page_size(input: &Value, default: usize) -> usize {
+        input
+            .get("MaxResults")
+            .and_then(Value::as_u64)
+            .map_or(default, |n| n as usize)
+    }
+
+    /// Decodes a NextToken: the last key of the previous page, which must lie
+    /// in the listed range.
+    fn after_key(input: &Value, prefix: &str) -> Result<Option<String>, RegistryError> {
+        let Some(token) = input.get("NextToken").and_then(Value::as_str) else {
+            return Ok(None);
+        };
+        let bad =
+            || RegistryError::InvalidInput("Value at 'NextToken' is not a valid token".into());
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| bad())?;
+        let key = String::from_utf8(bytes).map_err(|_| bad())?;
+        if key.starts_with(prefix) {
+            Ok(Some(key))
+        } else {
+            Err(bad())
+        }
+    }
+
+    fn next_token(key: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
+    }
+
+    /// One page of the records under `prefix` that pass `keep`, continuing
+    /// after the NextToken; returns the page and the next token.
+    async fn page<T: DeserializeOwned>(
+        &self,
+        input: &Value,
+        prefix: &str,
+        keep: impl Fn(&T) -> bool,
+    ) -> Result<(Vec<T>, Option<String>), RegistryError> {
+        let limit = Self::page_size(input, DEFAULT_PAGE);
+        let mut range = Range::prefix(prefix.to_string());
+        if let Some(after) = Self::after_key(input, prefix)? {
+            // The smallest key after `after`: no repeats, no skips.
+            range.start = format!("{after}\0");
+        }
+        let result = self.store.range(range).await?;
+        let mut out = Vec::new();
+        let mut last = None;
+        for kv in &result.kvs {
+            let record: T = decode(kv)?;
+            if !keep(&record) {
+                continue;
+            }
+            if out.len() == limit {
+                return Ok((out, last.map(|k: &str| Self::next_token(k))));
+            }
+            out.push(record);
+            last = Some(kv.key.as_str());
+        }
+        Ok((out, None))
+    }
+
+    // ----- namespaces -----
+
+    async fn namespace_output(
+        &self,
+        ns: &NamespaceRecord,
+        full: bool,
+    ) -> Result<Value, RegistryError> {
+        let services = self.count(keys::service_names(&ns.id)).await?;
+        let mut out = json!({
+            "Id": ns.id,
+            "Arn": ns.arn,
+            "ResourceOwner": self.config.account,
+            "Name": ns.name,
+            "Type": "HTTP",
+            "ServiceCount": services,
+            "Properties": { "HttpProperties": { "HttpName": ns.name } },
+            "CreateDate": ns.create_date,
+        });
+        if let Some(d) = &ns.description {
+            out["Description"] = json!(d);
+        }
+        if full {
+            if let Some(c) = &ns.creator_request_id {
+                out["CreatorRequestId"] = json!(c);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn create_namespace(&self, input: &Value) -> Result<Value, RegistryError> {
+        const OP: &str = "CreateHttpNamespace";
+        let name = text(input, "Name")?.to_string();
+        let cri = opt_text(input, "CreatorRequestId");
+        let request = fingerprint(input);
+        let tags = tags_of(input)?;
+        let name_key = keys::namespace_name(&name);
+        for _ in 0..MAX_ATTEMPTS {
+            // Read before the replay check, so that a twin request committing
+            // in between makes this attempt conflict and replay its answer.
+            let req_guard = self.request_unchanged(OP, cri.as_deref()).await?;
+            if let Some(out) = self.replay(OP, cri.as_deref(), &request).await? {
+                return Ok(out);
+            }
+            if let Some(id) = self.index(&name_key).await? {
+                let existing = self.load::<NamespaceRecord>(&keys::namespace(&id)).await?;
+                return Err(RegistryError::NamespaceAlreadyExists {
+                    message: format!("Namespace {name} already exists as {id}"),
+                    namespace_id: id,
+                    creator_request_id: existing.and_then(|(n, _)| n.creator_request_id),
+                });
+            }
+            let quota = self.config.max_namespaces;
+            if self.count(keys::NAMESPACES.to_string()).await? >= quota {
+                return Err(RegistryError::ResourceLimitExceeded(format!(
+                    "The account already has {quota} namespaces"
+                )));
+            }
+            let id = new_id("ns-");
+            let record = NamespaceRecord {
+                arn: self.arn(&format!("namespace/{id}")),
+                id: id.clone(),
+                name: name.clone(),
+                description: opt_text(input, "Description"),
+                create_date: now(),
+                creator_request_id: cri.clone(),
+                tags: tags.clone(),
+            };
+            let op_id = new_operation_id();
+            let output = json!({ "OperationId": op_id });
+            let remember = self.remember(OP, cri.as_deref(), &request, &output, Some(&op_id))?;
+            let mut compares = vec![Compare::Absent(name_key.clone())];
+            compares.extend(req_guard);
+            let mut ops = vec![
+                Op::Put(keys::namespace(&id), encode(&record)?),
+                Op::Put(name_key.clone(), Bytes::from(id.clone())),
+                self.operation_op(&op_id, "CREATE_NAMESPACE", &[("NAMESPACE", &id)])?,
+            ];
+            ops.extend(remember);
+            if self.commit(compares, ops).await? {
+                return Ok(output);
+            }
+        }
+        Err(Self::contention())
+    }
+
+    async fn get_namespace(&self, input: &Value) -> Result<Value, RegistryError> {
+        let (ns, _) = self.namespace(text(input, "Id")?).await?;
+        Ok(json!({ "Namespace": self.namespace_output(&ns, true).await? }))
+    }
+
+    async fn list_namespaces(&self, input: &Value) -> Result<Value, RegistryError> {
+        let filters = filters_of(input)?;
+        let account = self.config.account.clone();
+        let (page, next) = self
+            .page::<NamespaceRecord>(input, keys::NAMESPACES, |ns| {
+                filters.iter().all(|f| match f.name.as_str() {
+                    "TYPE" => f.matches("HTTP"),
+                    "NAME" | "HTTP_NAME" => f.matches(&ns.name),
+                    "RESOURCE_OWNER" => f.matches(&account),
+                    _ => false,
+                })
+            })
+            .await?;
+        let mut list = Vec::with_capacity(page.len());
+        for ns in &page {
+            list.push(self.namespace_output(ns, false).await?);
+        }
+        let mut out = json!({ "Namespaces": list });
+        if let Some(t) = next {
+            out["NextToken"] = json!(t);
+        }
+        Ok(out)
+    }
+
+    async fn delete_namespace(&self, input: &Value) -> Result<Value, RegistryError> {
+        let id = text(input, "Id")?;
+        for _ in 0..MAX_ATTEMPTS {
+            // Read the guard first: a service created after this read changes it.
+            let (ns, kv) = self.namespace(id).await?;
+            let guard = self.unchanged(&keys::guard(&ns.id)).await?;
+            let n = self.count(keys::service_names(&ns.id)).await?;
+            if n > 0 {
+                return Err(RegistryError::ResourceInUse(format!(
+                    "Namespace {} still contains {n} services; delete them first",
+                    ns.id
+                )));
+            }
+            let op_id = new_operation_id();
+            let compares = vec![guard, Compare::ModRevision(kv.key.clone(), kv.mod_revision)];
+            let ops = vec![
+                Op::Delete(kv.key.clone()),
+                Op::Delete(keys::namespace_name(&ns.name)),
+                Op::Delete(keys::guard(&ns.id)),
+                self.operation_op(&op_id, "DELETE_NAMESPACE", &[("NAMESPACE", &ns.id)])?,
+            ];
+            if self.commit(compares, ops).await? {
+                return Ok(json!({ "OperationId": op_id }));
+            }
+        }
+        Err(Self::contention())
+    }
+
+    // ----- services -----
+
+    async fn service_output(&self, s: &ServiceRecord, full: bool) -> Result<Value, RegistryError> {
+        let instances = self.count(keys::instances(&s.id)).await?;
+        let mut out = json!({
+            "Id": s.id,
+            "Arn": s.arn,
+            "ResourceOwner": self.config.account,
+            "Name": s.name,
+            "Type": "HTTP",
+            "InstanceCount": instances,
+            "CreateDate": s.create_date,
+            "CreatedByAccount": self.config.account,
+        });
+        if full {
+            out["NamespaceId"] = json!(s.namespace_id);
+            if let Some(c) = &s.creator_request_id {
+                out["CreatorRequestId"] = json!(c);
+            }
+        }
+        if let Some(d) = &s.description {
+            out["Description"] = json!(d);
+        }
+        if s.custom_health {
+            // FailureThreshold is deprecated and always 1 in Cloud Map.
+            out["HealthCheckCustomConfig"] = json!({ "FailureThreshold": 1 });
+        }
+        Ok(out)
+    }
+
+    async fn create_service(&self, input: &Value) -> Result<Value, RegistryError> {
+        const OP: &str = "CreateService";
+        let name = text(input, "Name")?.to_string();
+        let cri = opt_text(input, "CreatorRequestId");
+        let request = fingerprint(input);
+        let tags = tags_of(input)?;
+        if input.get("DnsConfig").is_some_and(|v| !v.is_null()) {
+            return Err(RegistryError::InvalidInput(
+                "DnsConfig is not supported for services in HTTP namespaces".into(),
+            ));
+        }
+        if input.get("HealthCheckConfig").is_some_and(|v| !v.is_null()) {
+            return Err(RegistryError::InvalidInput(
+                "HealthCheckConfig (Route 53 health checks) is not supported for services in \
+                 HTTP namespaces; use HealthCheckCustomConfig"
+                    .into(),
+            ));
+        }
+        let ns_id = opt_text(input, "NamespaceId").ok_or_else(|| {
+            RegistryError::InvalidInput("Value at 'NamespaceId' must not be null".into())
+        })?;
+        let custom_health = input
+            .get("HealthCheckCustomConfig")
+            .is_some_and(|v| !v.is_null());
+        for _ in 0..MAX_ATTEMPTS {
+            // Read before the replay check, so that a twin request committing
+            // in between makes this attempt conflict and replay its answer.
+            let req_guard = self.request_unchanged(OP, cri.as_deref()).await?;
+            if let Some(out) = self.replay(OP, cri.as_deref(), &request).await? {
+                return Ok(out);
+            }
+            let (ns, ns_kv) = self.namespace(&ns_id).await?;
+            let name_key = keys::service_name(&ns.id, &name);
+            if let Some(id) = self.index(&name_key).await? {
+                let existing = self.load::<ServiceRecord>(&keys::service(&id)).await?;
+                let (arn, creator) = existing
+                    .map(|(s, _)| (s.arn, s.creator_request_id))
+                    .unwrap_or_default();
+                return Err(RegistryError::ServiceAlreadyExists {
+                    message: format!(
+                        "Service {name} already exists in namespace {} as {id}",
+                        ns.id
+                    ),
+                    service_id: id,
+                    service_arn: arn,
+                    creator_request_id: creator,
+                });
+            }
+            let id = new_id("srv-");
+            let record = ServiceRecord {
+                arn: self.arn(&format!("service/{id}")),
+                id: id.clone(),
+                name: name.clone(),
+                namespace_id: ns.id.clone(),
+                description: opt_text(input, "Description"),
+                custom_health,
+                create_date: now(),
+                creator_request_id: cri.clone(),
+                tags: tags.clone(),
+            };
+            let output = json!({ "Service": self.service_output(&record, true).await? });
+            let remember = self.remember(OP, cri.as_deref(), &request, &output, None)?;
+            let mut compares = vec![
+                Compare::ModRevision(ns_kv.key.clone(), ns_kv.mod_revision),
+                Compare::Absent(name_key.clone()),
+            ];
+            compares.extend(req_guard);
+            let mut ops = vec![
+                Op::Put(keys::service(&id), encode(&record)?),
+                Op::Put(name_key, Bytes::from(id.clone())),
+                Op::Put(keys::guard(&ns.id), Bytes::new()),
+            ];
+            ops.extend(remember);
+            if self.commit(compares, ops).await? {
+                return Ok(output);
+            }
+        }
+        Err(Self::contention())
+    }
+
+    async fn get_service(&self, input: &Value) -> Result<Value, RegistryError> {
+        let (s, _) = self.service(text(input, "Id")?).await?;
+        Ok(json!({ "Service": self.service_output(&s, true).await? }))
+    }
+
+    async fn list_services(&self, input: &Value) -> Result<Value, RegistryError> {
+        let filters = filters_of(input)?;
+        for f in &filters {
+            if f.condition == "BEGINS_WITH" {
+                return Err(RegistryError::InvalidInput(format!(
+                    "Condition BEGINS_WITH is not supported for filter {}",
+                    f.name
+                )));
+            }
+        }
+        let account = self.config.account.clone();
+        let (page, next) = self
+            .page::<ServiceRecord>(input, keys::SERVICES, |s| {
+                filters.iter().all(|f| match f.name.as_str() {
+                    // Filters may name the namespace by id or ARN.
+                    "NAMESPACE_ID" => f.values.iter().any(|v| id_of(v) == s.namespace_id),
+                    "RESOURCE_OWNER" => f.matches(&account),
+                    _ => false,
+                })
+            })
+            .await?;
+        let mut list = Vec::with_capacity(page.len());
+        for s in &page {
+            list.push(self.service_output(s, false).await?);
+        }
+        let mut out = json!({ "Services": list });
+        if let Some(t) = next {
+            out["NextToken"] = json!(t);
+        }
+        Ok(out)
+    }
+
+    async fn delete_service(&self, input: &Value) -> Result<Value, RegistryError> {
+        let id = text(input, "Id")?;
+        for _ in 0..MAX_ATTEMPTS {
+            let (s, kv) = self.service(id).await?;
+            // Read the guard first: an instance registered after this read changes it.
+            let guard = self.unchanged(&keys::guard(&s.id)).await?;
+            let n = self.count(keys::instances(&s.id)).await?;
+            if n > 0 {
+                return Err(RegistryError::ResourceInUse(format!(
+                    "Service {} still has {n} registered instances; deregister them first",
+                    s.id
+                )));
+            }
+            let compares = vec![guard, Compare::ModRevision(kv.key.clone(), kv.mod_revision)];
+            let ops = vec![
+                Op::Delete(kv.key.clone()),
+                Op::Delete(keys::service_name(&s.namespace_id, &s.name)),
+                Op::Delete(keys::guard(&s.id)),
+            ];
+            if self.commit(compares, ops).await? {
+                return Ok(json!({}));
+            }
+        }
+        Err(Self::contention())
+    }
+
+    // ----- instances -----
+
+    async fn register_instance(&self, input: &Value) -> Result<Value, RegistryError> {
+        const OP: &str = "RegisterInstance";
+        let service_id = text(input, "ServiceId")?.to_string();
+        let instance_id = text(input, "InstanceId")?.to_string();
+        let cri = opt_text(input, "CreatorRequestId");
+        let request = fingerprint(input);
+        let attributes = attributes_of(input, "Attributes");
+        check_attributes(&attributes)?;
+        for _ in 0..MAX_ATTEMPTS {
+            // Read before the replay check, so that a twin request committing
+            // in between makes this attempt conflict and replay its answer.
+            let req_guard = self.request_unchanged(OP, cri.as_deref()).await?;
+            if let Some(out) = self.replay(OP, cri.as_deref(), &request).await? {
+                return Ok(out);
+            }
+            let (s, svc_kv) = self.service(&service_id).await?;
+            let key = keys::instance(&s.id, &instance_id);
+            let existing = self.load::<Instance>(&key).await?;
+            if existing.is_none() {
+                let quota = self.config.max_instances_per_service;
+                if self.count(keys::instances(&s.id)).await? >= quota {
+                    return Err(RegistryError::ResourceLimitExceeded(format!(
+                        "Service {} already has {quota} instances",
+                        s.id
+                    )));
+                }
+            }
+            let health = if !s.custom_health {
+                HealthStatus::Unknown
+            } else {
+                match attributes.get("AWS_INIT_HEALTH_STATUS").map(String::as_str) {
+                    Some("UNHEALTHY") => HealthStatus::Unhealthy,
+                    Some(_) => HealthStatus::Healthy,
+                    // Re-registering updates attributes; health stays as reported.
+                    None => existing
+                        .as_ref()
+                        .map_or(HealthStatus::Healthy, |(i, _)| i.health),
+                }
+            };
+            let instance = Instance {
+                id: instance_id.clone(),
+                service_id: s.id.clone(),
+                attributes: attributes.clone(),
+                health,
+                creator_request_id: cri.clone(),
+            };
+            let op_id = new_operation_id();
+            let output = json!({ "OperationId": op_id });
+            let remember = self.remember(OP, cri.as_deref(), &request, &output, Some(&op_id))?;
+            let mut compares = vec![
+                Compare::ModRevision(svc_kv.key.clone(), svc_kv.mod_revision),
+                match &existing {
+                    Some((_, kv)) => Compare::ModRevision(key.clone(), kv.mod_revision),
+                    None => Compare::Absent(key.clone()),
+                },
+            ];
+            compares.extend(req_guard);
+            let mut ops = vec![
+                Op::Put(key, encode(&instance)?),
+                Op::Put(keys::guard(&s.id), Bytes::new()),
+                self.operation_op(
+                    &op_id,
+                    "REGISTER_INSTANCE",
+                    &[("SERVICE", &s.id), ("INSTANCE", &instance_id)],
+                )?,
+            ];
+            ops.extend(remember);
+            if self.commit(compares, ops).await? {
+                return Ok(output);
+            }
+        }
+        Err(Self::contention())
+    }
+
+    async fn deregister_instance(&self, input: &Value) -> Result<Value, RegistryError> {
+        let service_id = text(input, "ServiceId")?;
+        let instance_id = text(input, "InstanceId")?;
+        for _ in 0..MAX_ATTEMPTS {
+            let (s, _) = self.service(service_id).await?;
+            let key = keys::instance(&s.id, instance_id);
+            let Some(kv) = self.store.get(&key).await? else {
+                return Err(RegistryError::InstanceNotFound(format!(
+                    "Instance {instance_id} not found in service {}",
+                    s.id
+                )));
+            };
+            let op_id = new_operation_id();
+            let compares = vec![Compare::ModRevision(key.clone(), kv.mod_revision)];
+            let ops = vec![
+                Op::Delete(key),
+                Op::Put(keys::guard(&s.id), Bytes::new()),
+                self.operation_op(
+                    &op_id,
+                    "DEREGISTER_INSTANCE",
+                    &[("SERVICE", &s.id), ("INSTANCE", instance_id)],
+                )?,
+            ];
+            if self.commit(compares, ops).await? {
+                return Ok(json!({ "OperationId": op_id }));
+            }
+        }
+        Err(Self::contention())
+    }
+
+    async fn list_instances(&self, input: &Value) -> Result<Value, RegistryError> {
+        let (s, _) = self.service(text(input, "ServiceId")?).await?;
+        let (page, next) = self
+            .page::<Instance>(input, &keys::instances(&s.id), |_| true)
+            .await?;
+        let list: Vec<Value> = page
+            .iter()
+            .map(|i| {
+                json!({
+                    "Id": i.id,
+                    "Attributes": i.attributes,
+                    "CreatedByAccount": self.config.account,
+                })
+            })
+            .collect();
+        let mut out = json!({ "ResourceOwner": self.config.account, "Instances": list });
+        if let Some(t) = next {
+            out["NextToken"] = json!(t);
+        }
+        Ok(out)
+    }
+
+    async fn instance(
+        &self,
+        input: &Value,
+    ) -> Result<(ServiceRecord, Instance, KeyValue), RegistryError> {
+        let (s, _) = self.service(text(input, "ServiceId")?).await?;
+        let instance_id = text(input, "InstanceId")?;
+        match self
+            .load::<Instance>(&keys::instance(&s.id, instance_id))
+            .await?
+        {
+            Some((i, kv)) => Ok((s, i, kv)),
+            None => Err(RegistryError::InstanceNotFound(format!(
+                "Instance {instance_id} not found in service {}",
+                s.id
+            ))),
+        }
+    }
+
+    async fn get_instance(&self, input: &Value) -> Result<Value, RegistryError> {
+        let (_, i, _) = self.instance(input).await?;
+        let mut instance = json!({
+            "Id": i.id,
+            "Attributes": i.attributes,
+            "CreatedByAccount": self.config.account,
+        });
+        if let Some(c) = &i.creator_request_id {
+            instance["CreatorRequestId"] = json!(c);
+        }
+        Ok(json!({ "ResourceOwner": self.config.account, "Instance": instance }))
+    }
+
+    async fn update_health(&self, input: &Value) -> Result<(), RegistryError> {
+        let status = match text(input, "Status")? {
+            "UNHEALTHY" => HealthStatus::Unhealthy,
+            _ => HealthStatus::Healthy,
+        };
+        for _ in 0..MAX_ATTEMPTS {
+            let (s, mut i, kv) = self.instance(input).await?;
+            if !s.custom_health {
+                return Err(RegistryError::CustomHealthNotFound(format!(
+                    "Service {} has no HealthCheckCustomConfig",
+                    s.id
+                )));
+            }
+            if i.health == status {
+                return Ok(());
+            }
+            i.health = status;
+            let compares = vec![Compare::ModRevision(kv.key.clone(), kv.mod_revision)];
+            // Health changes do not touch the service guard: InstancesRevision
+            // counts registrations, as in Cloud Map.
+            if self
+                .commit(compares, vec![Op::Put(kv.key.clone(), encode(&i)?)])
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        Err(Self::contention())
+    }
+
+    async fn discover_instances(&self, input: &Value) -> Result<Value, RegistryError> {
+        let ns_name = text(input, "NamespaceName")?;
+        let svc_name = text(input, "ServiceName")?;
+        let ns_missing =
+            || RegistryError::NamespaceNotFound(format!("Namespace {ns_name} not found"));
+        if opt_text(input, "OwnerAccount").is_some_and(|a| a != self.config.account) {
+            return Err(ns_missing());
+        }
+        let ns_id = self
+            .index(&keys::namespace_name(ns_name))
+            .await?
+            .ok_or_else(ns_missing)?;
+        let svc_id = self
+            .index(&keys::service_name(&ns_id, svc_name))
+            .await?
+            .ok_or_else(|| {
+                RegistryError::ServiceNotFound(format!(
+                    "Service {svc_name} not found in namespace {ns_name}"
+                ))
+            })?;
+        let (s, svc_kv) = self.service(&svc_id).await?;
+        let guard = self.store.get(&keys::guard(&s.id)).await?;
+        let revision = guard.map_or(svc_kv.create_revision, |g| g.mod_revision);
+        let query = attributes_of(input, "QueryParameters");
+        let optional = attributes_of(input, "OptionalParameters");
+        let matches = |i: &Instance, wanted: &BTreeMap<String, String>| {
+            wanted.iter().all(|(k, v)| i.attributes.get(k) == Some(v))
+        };
+        let mut found: Vec<Instance> = self
+            .instances_of(&s.id)
+            .await?
+            .into_iter()
+            .filter(|i| matches(i, &query))
+            .collect();
+        // The health filter is ignored for services without health checks.
+        if s.custom_health {
+            let wanted = input
+                .get("HealthStatus")
+                .and_then(Value::as_str)
+                .unwrap_or("HEALTHY");
+            match wanted {
+                "HEALTHY" => found.retain(Instance::is_healthy),
+                "UNHEALTHY" => found.retain(|i| !i.is_healthy()),
+                // Failing open: all instances when none is healthy.
+                "HEALTHY_OR_ELSE_ALL" if found.iter().any(Instance::is_healthy) => {
+                    found.retain(Instance::is_healthy);
+                }
+                _ => {}
+            }
+        }
+        // OptionalParameters narrow the answer only when something matches them.
+        if !optional.is_empty() && found.iter().any(|i| matches(i, &optional)) {
+            found.retain(|i| matches(i, &optional));
+        }
+        found.truncate(Self::page_size(input, DEFAULT_DISCOVER));
+        let list: Vec<Value> = found
+            .iter()
+            .map(|i| {
+                json!({
+                    "InstanceId": i.id,
+                    "NamespaceName": ns_name,
+                    "ServiceName": s.name,
+                    "HealthStatus": i.health.as_str(),
+                    "Attributes": i.attributes,
+                })
+            })
+            .collect();
+        Ok(json!({ "Instances": list, "InstancesRevision": revision }))
+    }
+}
