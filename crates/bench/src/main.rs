@@ -57,8 +57,8 @@ struct ApiArgs {
     /// Page size of ListVirtualNodes (`limit`).
     #[arg(long, default_value_t = 100)]
     page_size: usize,
-    /// Meshes the create phase spreads its tasks over (App Mesh serializes
-    /// the writes within one mesh; more meshes show what that costs).
+    /// Meshes the create phase spreads its tasks over (Weft serializes the
+    /// writes within one mesh; more meshes show what that costs).
     #[arg(long, default_value_t = 1)]
     create_meshes: usize,
     /// Phases to run, in this order.
