@@ -38,6 +38,14 @@ pub enum AgentError {
         /// What failed.
         message: String,
     },
+    /// A call to Weft's instance registry (the Cloud Map API) failed.
+    #[error("registry {operation}: {message}")]
+    Registry {
+        /// The Cloud Map operation.
+        operation: String,
+        /// What failed (transport error or the registry's exception and message).
+        message: String,
+    },
     /// An I/O operation failed.
     #[error("{context}: {source}")]
     Io {

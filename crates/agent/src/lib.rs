@@ -12,6 +12,7 @@
 //! - [`envoy`]: finding Envoy and building its command line.
 //! - [`admin`]: a tiny client for Envoy's admin interface (drain, readiness).
 //! - [`supervisor`]: running Envoy beside the workload.
+//! - [`registration`]: registering the workload in Weft's instance registry.
 //! - [`sample_app`]: the demo/test HTTP server (`weft sample-app`).
 
 pub mod admin;
@@ -19,11 +20,13 @@ pub mod bootstrap;
 pub mod config;
 pub mod envoy;
 pub mod error;
+pub mod registration;
 pub mod sample_app;
 pub mod supervisor;
 
 pub use bootstrap::{bootstrap, bootstrap_json};
 pub use config::{AgentArgs, AgentConfig, ListenerMode, XdsEndpoint, XdsProtocol};
 pub use error::AgentError;
+pub use registration::{run_registration, Registration, RegistrationArgs};
 pub use sample_app::{run_sample_app, serve_sample_app, SampleAppArgs};
 pub use supervisor::{run, EnvoyState, Outcome, Supervisor};

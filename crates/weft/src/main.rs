@@ -32,7 +32,7 @@ enum Command {
     ProxyStatus(proxy_status::ProxyStatusArgs),
     /// Run beside a workload: write the Envoy bootstrap from App Mesh's
     /// environment variables, start Envoy and keep it running.
-    Agent(weft_agent::AgentArgs),
+    Agent(AgentCmd),
     /// A tiny HTTP app answering with its name, for demos and tests.
     SampleApp(weft_agent::SampleAppArgs),
 }
@@ -60,13 +60,49 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn agent(args: weft_agent::AgentArgs) -> Result<()> {
-    let config = weft_agent::AgentConfig::from_args(&args)?;
-    if args.print_bootstrap {
+/// `weft agent`: the Envoy supervisor plus optional self-registration.
+#[derive(clap::Args)]
+struct AgentCmd {
+    #[command(flatten)]
+    agent: weft_agent::AgentArgs,
+    #[command(flatten)]
+    registration: weft_agent::RegistrationArgs,
+}
+
+async fn agent(cmd: AgentCmd) -> Result<()> {
+    let config = weft_agent::AgentConfig::from_args(&cmd.agent)?;
+    if cmd.agent.print_bootstrap {
         println!("{}", weft_agent::bootstrap_json(&config));
         return Ok(());
     }
-    let outcome = weft_agent::run(config, shutdown_signal()).await?;
+    let registration = cmd.registration.registration()?;
+    // On SIGTERM the instance leaves the registry first (clients stop picking
+    // it), then Envoy drains: the order ECS followed for App Mesh tasks.
+    let (deregistered_tx, deregistered_rx) = tokio::sync::oneshot::channel::<()>();
+    let (signal_tx, signal_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = signal_tx.send(true);
+    });
+    let registering = {
+        let mut rx = signal_rx.clone();
+        tokio::spawn(async move {
+            if let Some(reg) = registration {
+                weft_agent::run_registration(reg, async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await;
+            } else {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+            let _ = deregistered_tx.send(());
+        })
+    };
+    let outcome = weft_agent::run(config, async move {
+        let _ = deregistered_rx.await;
+    })
+    .await?;
+    registering.abort();
     let code = outcome.exit_code();
     if code != 0 {
         std::process::exit(code);
