@@ -10,13 +10,17 @@
 //! | `/delay/<ms>` | `delay=<ms>` | sleep that long before answering (at most 10 minutes) |
 //! | `/fail-every/<n>` | `fail_every=<n>` | every n-th such request to this app answers 503 |
 //!
+//! Health, for the health checks a virtual node listener may configure (virtual_nodes.md,
+//! "Health check policy"): `/health` answers 200 `healthy`, or 503 `unhealthy` after
+//! `/health-fail`, until `/health-recover` (both answer 200 and only flip the state).
+//!
 //! HTTP/1.1 with keep-alive and HTTP/2 (prior knowledge, as Envoy speaks to an `http2` or `grpc`
 //! listener's app), many connections at once: it carries load tests.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +41,9 @@ use crate::error::AgentError;
 pub const APP_HEADER: &str = "x-weft-app";
 /// The header echoing the request path the app saw (to check prefix rewrites through Envoy).
 pub const PATH_HEADER: &str = "x-weft-path";
+/// The header echoing the `Host` (HTTP/1.1) or `:authority` (HTTP/2) the app saw (to check
+/// hostname rewrites through Envoy).
+pub const HOST_HEADER: &str = "x-weft-host";
 /// The longest `/delay/<ms>` honoured.
 const MAX_DELAY_MS: u64 = 600_000;
 
@@ -66,6 +73,8 @@ struct App {
     name: Bytes,
     header: HeaderValue,
     fail_counter: AtomicU64,
+    /// Set by `/health-fail`, cleared by `/health-recover`: `/health` then answers 503.
+    unhealthy: AtomicBool,
 }
 
 /// Serves the sample app named `name` on an already bound `listener` (tests bind port 0 and
@@ -84,6 +93,7 @@ pub async fn serve_sample_app(
         name: Bytes::from(format!("{name}\n")),
         header,
         fail_counter: AtomicU64::new(0),
+        unhealthy: AtomicBool::new(false),
     });
     let local = listener
         .local_addr()
@@ -181,7 +191,50 @@ async fn handle(
     // Read the request body to its end so the connection can carry the next request.
     let _ = body.collect().await;
     let path = parts.uri.path();
-    let (status, body) = match Behaviour::from_request(path, parts.uri.query()) {
+    let health = match path {
+        "/health-fail" => {
+            app.unhealthy.store(true, Ordering::Relaxed);
+            Some((StatusCode::OK, Bytes::from_static(b"now unhealthy\n")))
+        }
+        "/health-recover" => {
+            app.unhealthy.store(false, Ordering::Relaxed);
+            Some((StatusCode::OK, Bytes::from_static(b"now healthy\n")))
+        }
+        "/health" if app.unhealthy.load(Ordering::Relaxed) => Some((
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::from_static(b"unhealthy\n"),
+        )),
+        "/health" => Some((StatusCode::OK, Bytes::from_static(b"healthy\n"))),
+        _ => None,
+    };
+    let (status, body) = if let Some(answer) = health {
+        answer
+    } else {
+        behave(&app, path, parts.uri.query()).await
+    };
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(APP_HEADER, app.header.clone());
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    if let Ok(p) = HeaderValue::from_str(path) {
+        headers.insert(PATH_HEADER, p);
+    }
+    let host = parts.headers.get(hyper::header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    if let Some(host) = host {
+        headers.insert(HOST_HEADER, host);
+    }
+    Ok(response)
+}
+
+/// Answers an ordinary request, honouring the test behaviours it asks for.
+async fn behave(app: &App, path: &str, query: Option<&str>) -> (StatusCode, Bytes) {
+    match Behaviour::from_request(path, query) {
         Err(message) => (StatusCode::BAD_REQUEST, Bytes::from(format!("{message}\n"))),
         Ok(b) => {
             if let Some(ms) = b.delay_ms {
@@ -199,16 +252,7 @@ async fn handle(
             }
             (status, app.name.clone())
         }
-    };
-    let mut response = Response::new(Full::new(body));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(APP_HEADER, app.header.clone());
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    if let Ok(p) = HeaderValue::from_str(path) {
-        headers.insert(PATH_HEADER, p);
     }
-    Ok(response)
 }
 
 #[cfg(test)]

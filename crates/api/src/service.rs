@@ -38,6 +38,33 @@ const DEFAULT_TAGS_LIMIT: usize = 50;
 /// Tags per resource, as the model's TagList allows.
 const MAX_TAGS: usize = 50;
 
+/// The part of a stored record a List answer needs.
+#[derive(Deserialize)]
+struct Listed {
+    data: ListedData,
+}
+
+/// Names and metadata of a stored resource; every other member is skipped.
+#[derive(Deserialize, Serialize)]
+struct ListedData {
+    #[serde(rename = "meshName", skip_serializing_if = "Option::is_none")]
+    mesh_name: Option<String>,
+    #[serde(rename = "virtualNodeName", skip_serializing_if = "Option::is_none")]
+    virtual_node_name: Option<String>,
+    #[serde(rename = "virtualServiceName", skip_serializing_if = "Option::is_none")]
+    virtual_service_name: Option<String>,
+    #[serde(rename = "virtualRouterName", skip_serializing_if = "Option::is_none")]
+    virtual_router_name: Option<String>,
+    #[serde(rename = "routeName", skip_serializing_if = "Option::is_none")]
+    route_name: Option<String>,
+    #[serde(rename = "virtualGatewayName", skip_serializing_if = "Option::is_none")]
+    virtual_gateway_name: Option<String>,
+    #[serde(rename = "gatewayRouteName", skip_serializing_if = "Option::is_none")]
+    gateway_route_name: Option<String>,
+    #[serde(default)]
+    metadata: Map<String, Value>,
+}
+
 /// What a `clientToken` remembers: the request it came with and the answer given.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct TokenRecord {
@@ -232,6 +259,16 @@ impl Service {
     /// Runs one operation on its merged, model-validated input and returns
     /// its output shape as JSON.
     pub async fn call(&self, operation: &str, input: Value) -> Result<Value, ApiError> {
+        let result = self.dispatch(operation, input).await;
+        if result.is_err() {
+            // The answer may rest on a write not yet durable (writes read the
+            // latest state): wait for it, so no answer outruns the disk.
+            self.store.sync().await?;
+        }
+        result
+    }
+
+    async fn dispatch(&self, operation: &str, input: Value) -> Result<Value, ApiError> {
         match operation {
             "TagResource" => return self.tag_resource(&input).await,
             "UntagResource" => return self.untag_resource(&input).await,
@@ -290,15 +327,25 @@ impl Service {
         .to_string()
     }
 
+    /// Reads a resource for a write: the latest accepted state (see
+    /// [`weft_store::Store::get_latest`]); the write's commit makes it durable.
     async fn load(&self, id: &ResourceId) -> Result<Option<(Record, KeyValue)>, ApiError> {
-        match self.store.get(&keys::resource(id)).await? {
+        match self.store.get_latest(&keys::resource(id)).await? {
             Some(kv) => Ok(Some((decode_record(&kv)?, kv))),
             None => Ok(None),
         }
     }
 
     async fn exists(&self, id: &ResourceId) -> Result<bool, ApiError> {
-        Ok(self.store.get(&keys::resource(id)).await?.is_some())
+        Ok(self.store.get_latest(&keys::resource(id)).await?.is_some())
+    }
+
+    /// Reads a resource for an answer: only durable state.
+    async fn load_durable(&self, id: &ResourceId) -> Result<Option<Record>, ApiError> {
+        match self.store.get(&keys::resource(id)).await? {
+            Some(kv) => Ok(Some(decode_record(&kv)?)),
+            None => Ok(None),
+        }
     }
 
     async fn require(&self, id: &ResourceId) -> Result<(), ApiError> {
@@ -312,7 +359,7 @@ impl Service {
     /// The mesh's guard as a compare, and the op that bumps it.
     async fn guard(&self, mesh: &str) -> Result<(Compare, Op), ApiError> {
         let key = keys::guard(mesh);
-        let compare = match self.store.get(&key).await? {
+        let compare = match self.store.get_latest(&key).await? {
             Some(kv) => Compare::ModRevision(key.clone(), kv.mod_revision),
             None => Compare::Absent(key.clone()),
         };
@@ -328,7 +375,11 @@ impl Service {
         request: &str,
     ) -> Result<Option<Value>, ApiError> {
         let Some(token) = token else { return Ok(None) };
-        let Some(kv) = self.store.get(&keys::token(operation, token)).await? else {
+        let Some(kv) = self
+            .store
+            .get_latest(&keys::token(operation, token))
+            .await?
+        else {
             return Ok(None);
         };
         let record: TokenRecord = serde_json::from_slice(&kv.value)
@@ -338,6 +389,8 @@ impl Service {
             return Ok(None);
         }
         if record.request == request {
+            // The first answer may still be on its way to disk.
+            self.store.sync().await?;
             Ok(Some(record.output))
         } else {
             Err(ApiError::Conflict(format!(
@@ -380,7 +433,7 @@ impl Service {
     }
 
     async fn count(&self, prefix: String) -> Result<usize, ApiError> {
-        Ok(self.store.count(Range::prefix(prefix)).await?)
+        Ok(self.store.count_latest(Range::prefix(prefix)).await?)
     }
 
     fn quota(&self, kind: Kind) -> usize {
@@ -604,8 +657,8 @@ impl Service {
     }
 
     async fn describe(&self, id: &ResourceId) -> Result<Value, ApiError> {
-        match self.load(id).await? {
-            Some((record, _)) => Ok(self.output(id.kind, record.data)),
+        match self.load_durable(id).await? {
+            Some(record) => Ok(self.output(id.kind, record.data)),
             None => Err(ApiError::NotFound(format!("{} not found", id.describe()))),
         }
     }
@@ -653,7 +706,7 @@ impl Service {
 
     /// Scans the records under a prefix.
     async fn scan(&self, prefix: String) -> Result<Vec<Record>, ApiError> {
-        let result = self.store.range(Range::prefix(prefix)).await?;
+        let result = self.store.range_latest(Range::prefix(prefix)).await?;
         result.kvs.iter().map(decode_record).collect()
     }
 
@@ -875,7 +928,12 @@ impl Service {
         let result = self.store.range(range).await?;
         let mut refs = Vec::with_capacity(result.kvs.len());
         for kv in &result.kvs {
-            refs.push(Self::reference(kind, &decode_record(kv)?.data));
+            // Only the names and metadata are listed: the spec is skipped
+            // unparsed, which keeps a page of 100 cheap.
+            let listed: Listed = serde_json::from_slice(&kv.value).map_err(|e| {
+                ApiError::Internal(format!("stored record {} is unreadable: {e}", kv.key))
+            })?;
+            refs.push(Self::reference(kind, &listed.data));
         }
         let mut out = json!({ kind.list_member(): refs });
         if result.more {
@@ -887,21 +945,20 @@ impl Service {
     }
 
     /// The `…Ref` shape listed for a resource: its names and metadata without `uid`.
-    fn reference(kind: Kind, data: &Value) -> Value {
+    fn reference(kind: Kind, data: &ListedData) -> Value {
+        let names = serde_json::to_value(data).unwrap_or_default();
         let mut out = Map::new();
         for member in ["meshName", kind.name_member()]
             .into_iter()
             .chain(kind.parent().map(Kind::name_member))
         {
-            if let Some(v) = data.get(member) {
+            if let Some(v) = names.get(member) {
                 out.insert(member.into(), v.clone());
             }
         }
-        if let Some(meta) = data.get("metadata").and_then(Value::as_object) {
-            for (k, v) in meta {
-                if k != "uid" {
-                    out.insert(k.clone(), v.clone());
-                }
+        for (k, v) in &data.metadata {
+            if k != "uid" {
+                out.insert(k.clone(), v.clone());
             }
         }
         Value::Object(out)
@@ -978,7 +1035,7 @@ impl Service {
 
     async fn list_tags(&self, input: &Value) -> Result<Value, ApiError> {
         let id = self.resource_from_arn(input)?;
-        let Some((record, _)) = self.load(&id).await? else {
+        let Some(record) = self.load_durable(&id).await? else {
             return Err(ApiError::NotFound(format!("{} not found", id.describe())));
         };
         let limit = Self::limit(input, DEFAULT_TAGS_LIMIT);

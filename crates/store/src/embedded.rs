@@ -436,6 +436,36 @@ impl Store for EmbeddedStore {
         Ok(count)
     }
 
+    async fn get_latest(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let st = self.inner.lock_state()?;
+        Ok(st.kvs.get(key).cloned())
+    }
+
+    async fn range_latest(&self, range: Range) -> Result<RangeResult, StoreError> {
+        let st = self.inner.lock_state()?;
+        let mut iter = st.range(&range);
+        let kvs: Vec<KeyValue> = match range.limit {
+            0 => iter.by_ref().cloned().collect(),
+            limit => iter.by_ref().take(limit).cloned().collect(),
+        };
+        let more = iter.next().is_some();
+        Ok(RangeResult {
+            kvs,
+            more,
+            revision: st.head,
+        })
+    }
+
+    async fn count_latest(&self, range: Range) -> Result<usize, StoreError> {
+        let st = self.inner.lock_state()?;
+        Ok(st.range(&range).count())
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        let head = self.inner.lock_state()?.head;
+        self.inner.wait_durable(head).await
+    }
+
     /// Ops apply in order, so several ops on one key in a txn each count as a
     /// write (each bumps `version`). Deleting a missing key is a no-op that
     /// emits no event, but the txn still takes a new revision.

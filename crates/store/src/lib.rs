@@ -157,6 +157,26 @@ pub trait Store: Send + Sync + 'static {
     async fn range(&self, range: Range) -> Result<RangeResult, StoreError>;
     /// Counts keys in a range without reading values.
     async fn count(&self, range: Range) -> Result<usize, StoreError>;
+    /// Reads one key as the latest accepted transaction left it, possibly
+    /// before that write is durable. Only for building a transaction whose own
+    /// commit then waits for durability (which covers every earlier write); a
+    /// caller that answers from such a read without committing must call
+    /// [`Store::sync`] first. Lets concurrent writers share one fsync.
+    async fn get_latest(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.get(key).await
+    }
+    /// [`Store::range`] with the consistency of [`Store::get_latest`].
+    async fn range_latest(&self, range: Range) -> Result<RangeResult, StoreError> {
+        self.range(range).await
+    }
+    /// [`Store::count`] with the consistency of [`Store::get_latest`].
+    async fn count_latest(&self, range: Range) -> Result<usize, StoreError> {
+        self.count(range).await
+    }
+    /// Waits until every transaction accepted so far is durable.
+    async fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Applies a compare-and-swap transaction; returns once durable.
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError>;
     /// The latest durable revision.

@@ -41,6 +41,15 @@ pub enum TranslateError {
         /// Virtual node name.
         name: String,
     },
+    /// The proxy's virtual gateway does not exist (yet). Like a missing virtual node, the ADS
+    /// server keeps such a proxy waiting with no config until the gateway is created.
+    #[error("virtual gateway {name:?} does not exist in mesh {mesh:?}")]
+    VirtualGatewayNotFound {
+        /// Mesh name.
+        mesh: String,
+        /// Virtual gateway name.
+        name: String,
+    },
     /// A feature that this version of Weft does not translate yet.
     #[error("not supported yet: {0}")]
     Unsupported(String),

@@ -17,6 +17,7 @@
 mod cluster;
 mod defaults;
 mod error;
+mod gateway;
 mod identity;
 mod listener;
 mod names;
@@ -31,10 +32,12 @@ pub use defaults::{
     RE2_MAX_PROGRAM_SIZE_RUNTIME_KEY,
 };
 pub use error::TranslateError;
+pub use gateway::{self_redirect_cluster_name, TARGET_HEADER as GATEWAY_TARGET_HEADER};
 pub use identity::{ProxyIdentity, ProxyKind};
 pub use names::{
     egress_cluster as egress_cluster_name, egress_listener as egress_listener_name,
-    egress_route_config as egress_route_config_name, ingress_cluster as ingress_cluster_name,
+    egress_route_config as egress_route_config_name,
+    forward_proxy_cluster as forward_proxy_cluster_name, ingress_cluster as ingress_cluster_name,
     ingress_listener as ingress_listener_name, ingress_route_config as ingress_route_config_name,
     passthrough_cluster as passthrough_cluster_name,
 };

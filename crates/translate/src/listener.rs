@@ -3,11 +3,22 @@
 
 use std::collections::BTreeMap;
 
+use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType as XdsAccessLogConfigType;
+use envoy_types::pb::envoy::config::accesslog::v3::AccessLog as XdsAccessLog;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier as XdsConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::data_source::Specifier as XdsDataSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format as XdsFormat;
 use envoy_types::pb::envoy::config::core::v3::{
     AggregatedConfigSource as XdsAggregatedConfigSource, ApiVersion as XdsApiVersion,
-    ConfigSource as XdsConfigSource, TrafficDirection as XdsTrafficDirection,
+    ConfigSource as XdsConfigSource, DataSource as XdsDataSource,
+    SubstitutionFormatString as XdsSubstitutionFormatString,
+    TrafficDirection as XdsTrafficDirection,
 };
+use envoy_types::pb::envoy::extensions::access_loggers::file::v3::file_access_log::AccessLogFormat as XdsAccessLogFormat;
+use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog as XdsFileAccessLog;
+use envoy_types::pb::envoy::extensions::common::dynamic_forward_proxy::v3::DnsCacheConfig as XdsDnsCacheConfig;
+use envoy_types::pb::envoy::extensions::filters::http::dynamic_forward_proxy::v3::filter_config::ImplementationSpecifier as XdsDfpImplementation;
+use envoy_types::pb::envoy::extensions::filters::http::dynamic_forward_proxy::v3::FilterConfig as XdsDfpFilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as XdsFilterConfigType;
 use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as XdsListenerFilterConfigType;
 use envoy_types::pb::envoy::config::listener::v3::{
@@ -26,9 +37,15 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     HttpConnectionManager as XdsHttpConnectionManager, HttpFilter as XdsHttpFilter,
     Rds as XdsRds,
 };
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier as XdsTcpClusterSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::weighted_cluster::ClusterWeight as XdsTcpClusterWeight;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::{
+    ClusterSpecifier as XdsTcpClusterSpecifier, WeightedCluster as XdsTcpWeightedCluster,
+};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy as XdsTcpProxy;
-use envoy_types::pb::google::protobuf::{Any, Duration as XdsDuration, UInt32Value};
+use envoy_types::pb::google::protobuf::{
+    value::Kind, Any, Duration as XdsDuration, Struct, UInt32Value, Value,
+};
+use weft_model::shapes::{AccessLog, Logging, LoggingFormat};
 use envoy_types::util::pack_any;
 use prost::{Message, Name};
 
@@ -39,12 +56,30 @@ const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
 const TCP_PROXY_FILTER: &str = "envoy.filters.network.tcp_proxy";
 const ROUTER_FILTER: &str = "envoy.filters.http.router";
 const ORIGINAL_DST_FILTER: &str = "envoy.filters.listener.original_dst";
+const DYNAMIC_FORWARD_PROXY_FILTER: &str = "envoy.filters.http.dynamic_forward_proxy";
+const FILE_ACCESS_LOG: &str = "envoy.access_loggers.file";
 
 /// Which way a listener's traffic flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Direction {
     Ingress,
     Egress,
+}
+
+/// What an HTTP connection manager carries besides its route table.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HcmExtras {
+    /// Accept HTTP `CONNECT` (egress only): a TCP client reaches a `tcp` backend through a
+    /// `CONNECT <service>:<port>` tunnel, the explicit-mode counterpart of iptables redirection.
+    /// Routes with a `connect_matcher` then terminate the tunnel and forward its bytes as raw
+    /// TCP (<https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/http/upgrades#connect-support>).
+    pub connect: bool,
+    /// The dynamic forward proxy's DNS cache, when the egress forwards requests for any host
+    /// (egress filter `ALLOW_ALL` in explicit mode; the filter resolves the `Host` of requests
+    /// routed to the dynamic forward proxy cluster and does nothing for other clusters).
+    pub forward_proxy: Option<XdsDnsCacheConfig>,
+    /// The node's access logs (`logging.accessLog`).
+    pub access_log: Vec<XdsAccessLog>,
 }
 
 /// An HTTP connection manager that takes its routes from RDS over the ADS stream
@@ -56,7 +91,43 @@ pub(crate) enum Direction {
 /// - WebSocket upgrades: "The http listener permits connection transition to websockets"
 ///   (virtual_nodes.md).
 /// - The router filter needs a `typed_config`, even if empty (envoy-notes.md).
-pub(crate) fn http_connection_manager(stat_prefix: &str, route_config_name: &str) -> XdsFilter {
+pub(crate) fn http_connection_manager(
+    stat_prefix: &str,
+    route_config_name: &str,
+    extras: &HcmExtras,
+) -> XdsFilter {
+    let mut http_filters = Vec::new();
+    if let Some(cache) = &extras.forward_proxy {
+        http_filters.push(XdsHttpFilter {
+            name: DYNAMIC_FORWARD_PROXY_FILTER.to_string(),
+            config_type: Some(XdsHttpFilterConfigType::TypedConfig(pack_any(
+                XdsDfpFilterConfig {
+                    implementation_specifier: Some(XdsDfpImplementation::DnsCacheConfig(
+                        cache.clone(),
+                    )),
+                    ..Default::default()
+                },
+            ))),
+            ..Default::default()
+        });
+    }
+    http_filters.push(XdsHttpFilter {
+        name: ROUTER_FILTER.to_string(),
+        config_type: Some(XdsHttpFilterConfigType::TypedConfig(pack_any(
+            XdsRouter::default(),
+        ))),
+        ..Default::default()
+    });
+    let mut upgrade_configs = vec![XdsUpgradeConfig {
+        upgrade_type: "websocket".to_string(),
+        ..Default::default()
+    }];
+    if extras.connect {
+        upgrade_configs.push(XdsUpgradeConfig {
+            upgrade_type: "CONNECT".to_string(),
+            ..Default::default()
+        });
+    }
     let hcm = XdsHttpConnectionManager {
         codec_type: XdsCodecType::Auto as i32,
         stat_prefix: stat_prefix.to_string(),
@@ -70,19 +141,11 @@ pub(crate) fn http_connection_manager(stat_prefix: &str, route_config_name: &str
             }),
             route_config_name: route_config_name.to_string(),
         })),
-        http_filters: vec![XdsHttpFilter {
-            name: ROUTER_FILTER.to_string(),
-            config_type: Some(XdsHttpFilterConfigType::TypedConfig(pack_any(
-                XdsRouter::default(),
-            ))),
-            ..Default::default()
-        }],
+        http_filters,
         normalize_path: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
         merge_slashes: true,
-        upgrade_configs: vec![XdsUpgradeConfig {
-            upgrade_type: "websocket".to_string(),
-            ..Default::default()
-        }],
+        upgrade_configs,
+        access_log: extras.access_log.clone(),
         ..Default::default()
     };
     XdsFilter {
@@ -91,18 +154,109 @@ pub(crate) fn http_connection_manager(stat_prefix: &str, route_config_name: &str
     }
 }
 
-/// A TCP proxy to `cluster`; `idle_timeout` 0 disables it (as in App Mesh, routes.md "TCP").
-pub(crate) fn tcp_proxy(stat_prefix: &str, cluster: &str, idle_timeout: XdsDuration) -> XdsFilter {
+/// Where a TCP proxy sends its connections: one cluster, or several by weight (a `tcp` route's
+/// weighted targets, transparent mode).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum TcpTarget {
+    /// One cluster.
+    Cluster(String),
+    /// Clusters with their weights (all > 0).
+    Weighted(Vec<(String, u32)>),
+}
+
+/// A TCP proxy to `target`; `idle_timeout` 0 disables it (as in App Mesh, routes.md "TCP").
+pub(crate) fn tcp_proxy(
+    stat_prefix: &str,
+    target: TcpTarget,
+    idle_timeout: XdsDuration,
+    access_log: &[XdsAccessLog],
+) -> XdsFilter {
+    let cluster_specifier = match target {
+        TcpTarget::Cluster(name) => XdsTcpClusterSpecifier::Cluster(name),
+        TcpTarget::Weighted(clusters) => {
+            XdsTcpClusterSpecifier::WeightedClusters(XdsTcpWeightedCluster {
+                clusters: clusters
+                    .into_iter()
+                    .map(|(name, weight)| XdsTcpClusterWeight {
+                        name,
+                        weight,
+                        ..Default::default()
+                    })
+                    .collect(),
+            })
+        }
+    };
     let proxy = XdsTcpProxy {
         stat_prefix: stat_prefix.to_string(),
-        cluster_specifier: Some(XdsTcpClusterSpecifier::Cluster(cluster.to_string())),
+        cluster_specifier: Some(cluster_specifier),
         idle_timeout: Some(idle_timeout),
+        access_log: access_log.to_vec(),
         ..Default::default()
     };
     XdsFilter {
         name: TCP_PROXY_FILTER.to_string(),
         config_type: Some(XdsFilterConfigType::TypedConfig(pack_any(proxy))),
     }
+}
+
+/// A node's `logging.accessLog` as Envoy file access logs (envoy-logs.md).
+///
+/// - `path` is the file Envoy appends to (`/dev/stdout` included);
+/// - `format.text` is an Envoy format string; a missing final newline is added so that every
+///   request is one line, as App Mesh's examples write it
+///   (`"%LOCAL_REPLY_BODY%:%RESPONSE_CODE%:path=%REQ(:path)%\n"`);
+/// - `format.json` key/value pairs become a JSON object per line, each value a format string;
+/// - no format: Envoy's default format, which is what App Mesh used
+///   (<https://www.envoyproxy.io/docs/envoy/latest/configuration/observability/access_log/usage#default-format-string>).
+///
+/// An empty path (which the API does not allow) yields no access log rather than a NACK.
+pub(crate) fn access_logs(logging: Option<&Logging>) -> Vec<XdsAccessLog> {
+    let Some(AccessLog::File(file)) = logging.and_then(|l| l.access_log.as_ref()) else {
+        return Vec::new();
+    };
+    if file.path.is_empty() {
+        return Vec::new();
+    }
+    let format = match &file.format {
+        None => None,
+        Some(LoggingFormat::Text(text)) => {
+            let mut text = text.clone();
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            Some(XdsFormat::TextFormatSource(XdsDataSource {
+                specifier: Some(XdsDataSourceSpecifier::InlineString(text)),
+                ..Default::default()
+            }))
+        }
+        Some(LoggingFormat::Json(pairs)) => Some(XdsFormat::JsonFormat(Struct {
+            fields: pairs
+                .iter()
+                .map(|pair| {
+                    (
+                        pair.key.clone(),
+                        Value {
+                            kind: Some(Kind::StringValue(pair.value.clone())),
+                        },
+                    )
+                })
+                .collect(),
+        })),
+    };
+    let log = XdsFileAccessLog {
+        path: file.path.clone(),
+        access_log_format: format.map(|format| {
+            XdsAccessLogFormat::LogFormat(XdsSubstitutionFormatString {
+                format: Some(format),
+                ..Default::default()
+            })
+        }),
+    };
+    vec![XdsAccessLog {
+        name: FILE_ACCESS_LOG.to_string(),
+        config_type: Some(XdsAccessLogConfigType::TypedConfig(pack_any(log))),
+        ..Default::default()
+    }]
 }
 
 /// A filter chain with one network filter, optionally only for connections originally sent to

@@ -45,6 +45,12 @@ pub fn passthrough_cluster(mesh: &str) -> String {
     format!("cds_egress_{mesh}_passthrough")
 }
 
+/// `cds_egress_<mesh>_forward_proxy`: dynamic forward proxy cluster for requests to hosts
+/// outside the mesh when the mesh's egress filter is `ALLOW_ALL` (explicit mode).
+pub fn forward_proxy_cluster(mesh: &str) -> String {
+    format!("cds_egress_{mesh}_forward_proxy")
+}
+
 /// `rds_ingress_<protocol>_<port>`.
 pub fn ingress_route_config(protocol: PortProtocol, port: u16) -> String {
     format!("rds_ingress_{}_{port}", protocol_name(protocol))

@@ -7,9 +7,13 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier as XdsHeaderMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier as XdsQueryParameterMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::route::Action as XdsAction;
-use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier as XdsClusterSpecifier;
+use envoy_types::pb::envoy::config::route::v3::route_action::upgrade_config::ConnectConfig as XdsConnectConfig;
+use envoy_types::pb::envoy::config::route::v3::route_action::{
+    ClusterSpecifier as XdsClusterSpecifier, UpgradeConfig as XdsUpgradeConfig,
+};
 use envoy_types::pb::envoy::config::route::v3::route_match::{
-    GrpcRouteMatchOptions as XdsGrpcRouteMatchOptions, PathSpecifier as XdsPathSpecifier,
+    ConnectMatcher as XdsConnectMatcher, GrpcRouteMatchOptions as XdsGrpcRouteMatchOptions,
+    PathSpecifier as XdsPathSpecifier,
 };
 use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight as XdsClusterWeight;
 use envoy_types::pb::envoy::config::route::v3::{
@@ -28,11 +32,12 @@ use envoy_types::pb::google::protobuf::{Duration as XdsDuration, UInt32Value};
 use weft_model::shapes::{
     Duration, GrpcRetryPolicyEvent, GrpcRoute, GrpcRouteMetadataMatchMethod, HeaderMatchMethod,
     HttpMethod, HttpRoute, HttpRouteMatch, HttpScheme, HttpTimeout, Listener, ListenerTimeout,
-    PortProtocol, RouteData, ServiceDiscovery, TcpRetryPolicyEvent, VirtualNodeData,
+    PortProtocol, RouteData, ServiceDiscovery, TcpRetryPolicyEvent, TcpRoute, VirtualNodeData,
     VirtualServiceProvider, WeightedTarget,
 };
 
 use crate::defaults::{self, IDLE_TIMEOUT_SECS, PER_REQUEST_TIMEOUT_SECS};
+use crate::listener::TcpTarget;
 use crate::{cluster, names, MeshSnapshot};
 
 /// Whether a listener protocol is served by an HTTP connection manager.
@@ -109,6 +114,18 @@ pub(crate) struct Egress {
     pub clusters: BTreeMap<String, XdsCluster>,
     /// The HTTP-family ports of the backends' providers (transparent mode matches these).
     pub ports: BTreeSet<u16>,
+    /// The `tcp` ports of the backends' providers and where transparent mode sends them.
+    pub tcp_ports: BTreeMap<u16, TcpPlan>,
+}
+
+/// Where transparent mode sends connections to one `tcp` port: a TCP proxy to the targets of
+/// the first route, with that route's idle timeout.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TcpPlan {
+    /// The cluster(s).
+    pub target: TcpTarget,
+    /// The idle timeout (0 disables).
+    pub idle_timeout: XdsDuration,
 }
 
 /// Builds the egress route table of `node`: one virtual host per backend virtual service (per
@@ -124,6 +141,7 @@ pub(crate) fn egress(
         snapshot,
         clusters: BTreeMap::new(),
         ports: BTreeSet::new(),
+        tcp_ports: BTreeMap::new(),
         domains: BTreeSet::new(),
         virtual_hosts: Vec::new(),
     };
@@ -166,6 +184,7 @@ pub(crate) fn egress(
         },
         clusters: builder.clusters,
         ports: builder.ports,
+        tcp_ports: builder.tcp_ports,
     }
 }
 
@@ -173,6 +192,7 @@ struct EgressBuilder<'a> {
     snapshot: &'a MeshSnapshot,
     clusters: BTreeMap<String, XdsCluster>,
     ports: BTreeSet<u16>,
+    tcp_ports: BTreeMap<u16, TcpPlan>,
     /// Domains already used (lower-cased): Envoy rejects a route table with a duplicate domain.
     domains: BTreeSet<String>,
     virtual_hosts: Vec<XdsVirtualHost>,
@@ -186,14 +206,15 @@ impl EgressBuilder<'_> {
             return;
         };
         // A service without a provider gets no virtual host: its name is then unknown to the
-        // proxy, so requests get 404 (or leave the mesh under ALLOW_ALL, transparent mode).
-        let ports_and_routes: Vec<(u16, Vec<XdsRoute>)> = match &service.spec.provider {
+        // proxy, so requests get 404 (or leave the mesh under ALLOW_ALL).
+        let ports_and_routes: Vec<(u16, PortProtocol, Vec<XdsRoute>)> = match &service.spec.provider
+        {
             None => return,
             Some(VirtualServiceProvider::VirtualNode(provider)) => {
                 let Some(target) = snapshot.virtual_nodes.get(&provider.virtual_node_name) else {
                     return;
                 };
-                http_ports(
+                service_ports(
                     target
                         .spec
                         .listeners
@@ -202,7 +223,14 @@ impl EgressBuilder<'_> {
                         .map(|l| &l.port_mapping),
                 )
                 .into_iter()
-                .map(|port| (port, vec![self.node_provider_route(target, port)]))
+                .map(|(port, protocol)| {
+                    let route = if is_http_family(protocol) {
+                        self.node_provider_route(target, port)
+                    } else {
+                        self.node_provider_tunnel(target, port)
+                    };
+                    (port, protocol, vec![route])
+                })
                 .collect()
             }
             Some(VirtualServiceProvider::VirtualRouter(provider)) => {
@@ -210,7 +238,7 @@ impl EgressBuilder<'_> {
                 let Some(router) = snapshot.virtual_routers.get(router_name) else {
                     return;
                 };
-                let ports = http_ports(
+                let ports = service_ports(
                     router
                         .spec
                         .listeners
@@ -221,28 +249,46 @@ impl EgressBuilder<'_> {
                 let routes = ordered_routes(snapshot.routes_of(router_name));
                 ports
                     .into_iter()
-                    .map(|port| {
+                    .map(|(port, protocol)| {
                         let routes = routes
                             .iter()
-                            .filter_map(|route| self.router_route(route, port))
+                            .filter_map(|route| {
+                                if is_http_family(protocol) {
+                                    self.router_route(route, port)
+                                } else {
+                                    let tcp = route.spec.tcp_route.as_ref()?;
+                                    self.tcp_route(&route.route_name, tcp, port)
+                                }
+                            })
                             .collect();
-                        (port, routes)
+                        (port, protocol, routes)
                     })
                     .collect()
             }
         };
         let single = ports_and_routes.len() == 1;
-        for (index, (port, routes)) in ports_and_routes.into_iter().enumerate() {
-            // The bare name goes to the first (lowest) port: `Host: svc` carries no port.
+        // The bare name goes to the lowest HTTP-family port: `Host: svc` carries no port, and a
+        // CONNECT authority always does.
+        let bare_port = ports_and_routes
+            .iter()
+            .find(|(_, protocol, _)| is_http_family(*protocol))
+            .map(|(port, _, _)| *port);
+        for (port, protocol, routes) in ports_and_routes {
             let mut domains = vec![format!("{service_name}:{port}")];
-            if index == 0 {
+            if bare_port == Some(port) {
                 domains.insert(0, service_name.to_string());
             }
             domains.retain(|d| self.domains.insert(d.to_ascii_lowercase()));
             if domains.is_empty() {
                 continue;
             }
-            self.ports.insert(port);
+            if is_http_family(protocol) {
+                self.ports.insert(port);
+            } else if let Some(plan) = routes.first().and_then(tcp_plan) {
+                // Transparent mode can only tell TCP destinations apart by port: the first
+                // service (in name order) and its first route own a port.
+                self.tcp_ports.entry(port).or_insert(plan);
+            }
             self.virtual_hosts.push(XdsVirtualHost {
                 name: if single {
                     service_name.to_string()
@@ -254,6 +300,29 @@ impl EgressBuilder<'_> {
                 ..Default::default()
             });
         }
+    }
+
+    /// The tunnel App Mesh's TCP semantics give a virtual-node provider's `tcp` listener: every
+    /// `CONNECT <service>:<port>` to that listener, idle timeout by default (envoy-defaults.md).
+    fn node_provider_tunnel(&mut self, target: &VirtualNodeData, port: u16) -> XdsRoute {
+        let action = self.action(&[WeightedTarget {
+            virtual_node: target.virtual_node_name.clone(),
+            port: Some(i32::from(port)),
+            weight: 1,
+        }]);
+        tunnel_route(&target.virtual_node_name, action, None)
+    }
+
+    /// One App Mesh `tcp` route as a CONNECT route on router listener `port`; `None` when its
+    /// `match.port` names another port.
+    fn tcp_route(&mut self, name: &str, tcp: &TcpRoute, port: u16) -> Option<XdsRoute> {
+        let route_port = tcp.r#match.as_ref().and_then(|m| m.port);
+        if route_port.is_some_and(|p| i32::from(port) != p) {
+            return None;
+        }
+        let action = self.action(&tcp.action.weighted_targets);
+        let idle = tcp.timeout.as_ref().and_then(|t| t.idle.as_ref());
+        Some(tunnel_route(name, action, idle))
     }
 
     /// The route App Mesh creates for a virtual-node provider: everything to that node's
@@ -415,14 +484,72 @@ impl EgressBuilder<'_> {
     }
 }
 
-/// The HTTP-family ports of a set of port mappings, sorted and deduplicated.
-fn http_ports<'a>(
+/// The ports of a set of port mappings with their protocol, sorted; should a port appear twice
+/// (the API forbids it), the first mapping wins.
+fn service_ports<'a>(
     mappings: impl Iterator<Item = &'a weft_model::shapes::PortMapping>,
-) -> BTreeSet<u16> {
-    mappings
-        .filter(|m| is_http_family(m.protocol))
-        .filter_map(|m| port(m.port))
-        .collect()
+) -> BTreeMap<u16, PortProtocol> {
+    let mut ports = BTreeMap::new();
+    for mapping in mappings {
+        if let Some(p) = port(mapping.port) {
+            ports.entry(p).or_insert(mapping.protocol);
+        }
+    }
+    ports
+}
+
+/// A route for `CONNECT <service>:<port>` tunnels (explicit mode's way to reach a `tcp`
+/// backend): Envoy terminates the CONNECT and forwards the tunnel's bytes as raw TCP to the
+/// chosen target (`connect_config`, <https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/http/upgrades#connect-support>).
+/// A tunnel lasts as long as the connection: no per-request timeout, only the TCP route's idle
+/// timeout (default 300 s, 0 disables; routes.md). No retries: App Mesh has none for TCP.
+fn tunnel_route(name: &str, action: XdsAction, idle: Option<&Duration>) -> XdsRoute {
+    let action = match action {
+        XdsAction::Route(mut route) => {
+            route.timeout = Some(defaults::seconds(0));
+            route.idle_timeout = Some(defaults::timeout_or(idle, IDLE_TIMEOUT_SECS));
+            route.upgrade_configs = vec![XdsUpgradeConfig {
+                upgrade_type: "CONNECT".to_string(),
+                connect_config: Some(XdsConnectConfig::default()),
+                ..Default::default()
+            }];
+            XdsAction::Route(route)
+        }
+        other => other,
+    };
+    XdsRoute {
+        name: name.to_string(),
+        r#match: Some(XdsRouteMatch {
+            path_specifier: Some(XdsPathSpecifier::ConnectMatcher(XdsConnectMatcher {})),
+            ..Default::default()
+        }),
+        action: Some(action),
+        ..Default::default()
+    }
+}
+
+/// The transparent-mode TCP proxy plan of a tunnel route; `None` for a direct response.
+fn tcp_plan(route: &XdsRoute) -> Option<TcpPlan> {
+    let Some(XdsAction::Route(action)) = &route.action else {
+        return None;
+    };
+    let target = match action.cluster_specifier.as_ref()? {
+        XdsClusterSpecifier::Cluster(name) => TcpTarget::Cluster(name.clone()),
+        XdsClusterSpecifier::WeightedClusters(weighted) => TcpTarget::Weighted(
+            weighted
+                .clusters
+                .iter()
+                .map(|c| (c.name.clone(), c.weight.as_ref().map_or(0, |w| w.value)))
+                .collect(),
+        ),
+        _ => return None,
+    };
+    Some(TcpPlan {
+        target,
+        idle_timeout: action
+            .idle_timeout
+            .unwrap_or_else(|| defaults::seconds(IDLE_TIMEOUT_SECS)),
+    })
 }
 
 /// A router's routes in App Mesh's matching order: by `priority`, 0 first (routes.md: "0 is

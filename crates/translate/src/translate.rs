@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use weft_model::shapes::{EgressFilterType, VirtualNodeData};
 
 use crate::defaults::{self, IDLE_TIMEOUT_SECS};
-use crate::listener::{self, Direction};
+use crate::listener::{self, Direction, HcmExtras, TcpTarget};
 use crate::route::{self, is_http_family};
 use crate::{
     cluster, names, ListenerMode, MeshSnapshot, ProxyIdentity, ProxyKind, ProxyOptions,
@@ -43,7 +43,8 @@ impl ProxyResources {
 ///
 /// Errors: the proxy is of another mesh ([`TranslateError::MeshMismatch`]); its virtual node
 /// does not exist yet ([`TranslateError::VirtualNodeNotFound`] — the ADS server keeps it
-/// waiting); it is a virtual gateway ([`TranslateError::Unsupported`], a later issue).
+/// waiting); likewise its virtual gateway ([`TranslateError::VirtualGatewayNotFound`]; gateways
+/// are translated in `gateway.rs`).
 /// Problems *inside* the mesh are never errors: they are skipped.
 pub fn translate(
     snapshot: &MeshSnapshot,
@@ -58,11 +59,7 @@ pub fn translate(
     }
     match proxy.kind {
         ProxyKind::VirtualNode => {}
-        ProxyKind::VirtualGateway => {
-            return Err(TranslateError::Unsupported(
-                "virtual gateway proxies (translated in a later issue)".to_string(),
-            ))
-        }
+        ProxyKind::VirtualGateway => return crate::gateway::translate(snapshot, proxy, options),
     }
     let node = snapshot.virtual_nodes.get(&proxy.name).ok_or_else(|| {
         TranslateError::VirtualNodeNotFound {
@@ -103,6 +100,7 @@ fn ingress(
     let mesh = snapshot.mesh_name();
     let mut seen = BTreeSet::new();
     let mut chains = Vec::new();
+    let access_log = listener::access_logs(node.spec.logging.as_ref());
     for node_listener in node.spec.listeners.iter().flatten() {
         let Some(port) = route::port(node_listener.port_mapping.port) else {
             continue;
@@ -121,15 +119,23 @@ fn ingress(
         let cluster = cluster::ingress(mesh, &node.virtual_node_name, node_listener, port, options);
         let filter = if is_http_family(protocol) {
             let rc = route::ingress(protocol, port, cluster.name.clone(), node_listener);
-            let filter = listener::http_connection_manager(INGRESS_STAT_PREFIX, &rc.name);
+            let filter = listener::http_connection_manager(
+                INGRESS_STAT_PREFIX,
+                &rc.name,
+                &HcmExtras {
+                    access_log: access_log.clone(),
+                    ..Default::default()
+                },
+            );
             out.route_configurations.insert(rc.name.clone(), rc);
             filter
         } else {
             let (_, idle) = route::listener_timeouts(node_listener);
             listener::tcp_proxy(
                 INGRESS_STAT_PREFIX,
-                &cluster.name,
+                TcpTarget::Cluster(cluster.name.clone()),
                 defaults::timeout_or(idle, IDLE_TIMEOUT_SECS),
+                &access_log,
             )
         };
         let chain_name = format!("ingress_{}_{port}", names::protocol_name(protocol));
@@ -163,12 +169,16 @@ fn ingress(
 
 /// The egress listener and everything behind it.
 ///
-/// Explicit mode: one HTTP connection manager; hosts that are not backends get 404.
-/// Transparent mode: a chain per backend port (original destination port) into the same
-/// connection manager; everything else goes by the mesh's egress filter (meshes.md): `DROP_ALL`
-/// (the default) answers unknown hosts 404 and drops non-HTTP traffic, `ALLOW_ALL` forwards it
-/// to its original destination (an HTTP `*` host and a TCP default chain, both to the
-/// ORIGINAL_DST passthrough cluster).
+/// Explicit mode: one HTTP connection manager. HTTP, HTTP/2 and gRPC requests are routed by
+/// `Host`/`:authority` (`<service>[:<port>]`); a TCP backend is reached with
+/// `CONNECT <service>:<port>`. Hosts that are not backends get 404 under `DROP_ALL` (the
+/// default); under `ALLOW_ALL` they are forwarded to where the request says, through the
+/// dynamic forward proxy (meshes.md, "Egress filter").
+/// Transparent mode: a chain per backend port (original destination port): HTTP-family ports
+/// into the same connection manager, `tcp` ports into a TCP proxy; everything else goes by the
+/// egress filter: `DROP_ALL` answers unknown hosts 404 and drops non-HTTP traffic, `ALLOW_ALL`
+/// forwards it to its original destination (an HTTP `*` host and a TCP default chain, both to
+/// the ORIGINAL_DST passthrough cluster).
 fn egress(
     snapshot: &MeshSnapshot,
     node: &VirtualNodeData,
@@ -183,32 +193,77 @@ fn egress(
         .as_ref()
         .is_some_and(|f| f.r#type == EgressFilterType::AllowAll);
     let transparent = options.listener_mode == ListenerMode::Transparent;
-    let passthrough = (transparent && allow_all).then(|| names::passthrough_cluster(mesh));
-    let plan = route::egress(snapshot, node, options.egress_port, passthrough.as_deref());
-    let hcm = listener::http_connection_manager(EGRESS_STAT_PREFIX, &plan.route_configuration.name);
+    let access_log = listener::access_logs(node.spec.logging.as_ref());
+    let mut extras = HcmExtras {
+        connect: true,
+        forward_proxy: None,
+        access_log: access_log.clone(),
+    };
+    let catch_all = if !allow_all {
+        None
+    } else if transparent {
+        out.clusters
+            .insert(names::passthrough_cluster(mesh), cluster::passthrough(mesh));
+        Some(names::passthrough_cluster(mesh))
+    } else {
+        let ip_preference = snapshot
+            .mesh
+            .spec
+            .service_discovery
+            .as_ref()
+            .and_then(|sd| sd.ip_preference);
+        let cache = cluster::forward_proxy_dns_cache(mesh, ip_preference);
+        out.clusters.insert(
+            names::forward_proxy_cluster(mesh),
+            cluster::forward_proxy(mesh, cache.clone()),
+        );
+        extras.forward_proxy = Some(cache);
+        Some(names::forward_proxy_cluster(mesh))
+    };
+    let plan = route::egress(snapshot, node, options.egress_port, catch_all.as_deref());
+    let hcm = listener::http_connection_manager(
+        EGRESS_STAT_PREFIX,
+        &plan.route_configuration.name,
+        &extras,
+    );
     out.clusters.extend(plan.clusters);
     let (chains, default_chain) = if transparent {
-        let chains = plan
+        let mut chains: Vec<_> = plan
             .ports
             .iter()
             .map(|port| {
                 listener::filter_chain(format!("egress_http_{port}"), Some(*port), hcm.clone())
             })
             .collect();
-        let default_chain = match &passthrough {
-            Some(name) => {
-                out.clusters
-                    .insert(name.clone(), cluster::passthrough(mesh));
-                listener::filter_chain(
-                    "egress_passthrough".to_string(),
-                    None,
-                    listener::tcp_proxy(
-                        EGRESS_STAT_PREFIX,
-                        name,
-                        defaults::seconds(IDLE_TIMEOUT_SECS),
-                    ),
-                )
-            }
+        // A port both HTTP and TCP (two services) stays HTTP: two chains with the same match
+        // would be NACKed.
+        for (port, tcp) in plan
+            .tcp_ports
+            .iter()
+            .filter(|(p, _)| !plan.ports.contains(p))
+        {
+            chains.push(listener::filter_chain(
+                format!("egress_tcp_{port}"),
+                Some(*port),
+                listener::tcp_proxy(
+                    EGRESS_STAT_PREFIX,
+                    tcp.target.clone(),
+                    tcp.idle_timeout,
+                    &access_log,
+                ),
+            ));
+        }
+        let default_chain = match &catch_all {
+            Some(name) => listener::filter_chain(
+                "egress_passthrough".to_string(),
+                None,
+                listener::tcp_proxy(
+                    EGRESS_STAT_PREFIX,
+                    TcpTarget::Cluster(name.clone()),
+                    defaults::seconds(IDLE_TIMEOUT_SECS),
+                    &access_log,
+                ),
+            ),
             None => listener::filter_chain("egress_http".to_string(), None, hcm),
         };
         (chains, Some(default_chain))

@@ -178,7 +178,10 @@ fn color_mesh(allow_all: bool) -> Mesh {
     };
     Mesh::with_spec("colors", spec)
         .node("web", json!({
+            "logging": {"accessLog": {"file": {"path": "/dev/stdout"}}},
             "backends": [{"virtualService": {"virtualServiceName": "color.local"}},
+                         {"virtualService": {"virtualServiceName": "tcp.local"}},
+                         {"virtualService": {"virtualServiceName": "echo.local"}},
                          {"virtualService": {"virtualServiceName": "grpc.local"}},
                          {"virtualService": {"virtualServiceName": "direct.local"}},
                          {"virtualService": {"virtualServiceName": "missing.local"}}],
@@ -203,9 +206,38 @@ fn color_mesh(allow_all: bool) -> Mesh {
         .node("rpc", json!({
             "listeners": [{"portMapping": {"port": 50051, "protocol": "grpc"},
                            "timeout": {"grpc": {"perRequest": {"unit": "s", "value": 30}}},
-                           "connectionPool": {"grpc": {"maxRequests": 64}}}],
-            "serviceDiscovery": {"dns": {"hostname": "rpc.local"}}
+                           "connectionPool": {"grpc": {"maxRequests": 64}},
+                           "healthCheck": {"protocol": "grpc", "healthyThreshold": 2, "unhealthyThreshold": 3,
+                                           "intervalMillis": 5000, "timeoutMillis": 2000}},
+                          {"portMapping": {"port": 7000, "protocol": "tcp"},
+                           "healthCheck": {"protocol": "tcp", "healthyThreshold": 2, "unhealthyThreshold": 2,
+                                           "intervalMillis": 5000, "timeoutMillis": 2000, "port": 7000}},
+                          {"portMapping": {"port": 8080, "protocol": "http"},
+                           "healthCheck": {"protocol": "http", "path": "/health", "healthyThreshold": 2, "unhealthyThreshold": 2,
+                                           "intervalMillis": 5000, "timeoutMillis": 2000, "port": 8081}},
+                          {"portMapping": {"port": 9090, "protocol": "http2"},
+                           "healthCheck": {"protocol": "http2", "path": "/health", "healthyThreshold": 2, "unhealthyThreshold": 2,
+                                           "intervalMillis": 5000, "timeoutMillis": 2000}}],
+            "serviceDiscovery": {"dns": {"hostname": "rpc.local"}},
+            "logging": {"accessLog": {"file": {"path": "/dev/stdout", "format": {"json": [{"key": "code", "value": "%RESPONSE_CODE%"}]}}}}
         }))
+        .node("echo", json!({
+            "listeners": [{"portMapping": {"port": 7000, "protocol": "tcp"}, "connectionPool": {"tcp": {"maxConnections": 1}}}],
+            "serviceDiscovery": {"dns": {"hostname": "echo.local", "responseType": "ENDPOINTS"}},
+            "logging": {"accessLog": {"file": {"path": "/dev/null", "format": {"text": "%DOWNSTREAM_REMOTE_ADDRESS% %BYTES_SENT%"}}}}
+        }))
+        .service("tcp.local", router_provider("tcp"))
+        .service("echo.local", node_provider("echo"))
+        .router("tcp", json!({"listeners": [{"portMapping": {"port": 7000, "protocol": "tcp"}},
+                                            {"portMapping": {"port": 7001, "protocol": "tcp"}},
+                                            {"portMapping": {"port": 8080, "protocol": "http"}}]}))
+        .route("tcp", "split", json!({"tcpRoute": {"match": {"port": 7000},
+            "action": {"weightedTargets": [{"virtualNode": "echo", "weight": 3}, {"virtualNode": "rpc", "port": 7000, "weight": 1}]},
+            "timeout": {"idle": {"unit": "s", "value": 0}}}}))
+        .route("tcp", "any", json!({"priority": 5, "tcpRoute": {
+            "action": {"weightedTargets": [{"virtualNode": "echo", "weight": 1}]}}}))
+        .route("tcp", "web", json!({"httpRoute": {"match": {"prefix": "/"},
+            "action": {"weightedTargets": [{"virtualNode": "rpc", "port": 8080, "weight": 1}]}}}))
         .service("color.local", router_provider("color"))
         .service("grpc.local", router_provider("rpc"))
         .service("direct.local", node_provider("blue"))
@@ -309,7 +341,33 @@ fn gen_listener(rng: &mut Rng, protocol: &str, port: u16) -> Value {
         l["outlierDetection"] = json!({"maxServerErrors": 1 + rng.below(10), "maxEjectionPercent": rng.below(101),
             "interval": duration(rng), "baseEjectionDuration": duration(rng)});
     }
+    if rng.chance(40) {
+        let mut hc = json!({"protocol": rng.pick(&PROTOCOLS), "healthyThreshold": 2 + rng.below(9),
+            "unhealthyThreshold": 2 + rng.below(9), "intervalMillis": rng.pick(&[5000, 10000, 300000]),
+            "timeoutMillis": rng.pick(&[2000, 60000])});
+        if rng.chance(50) {
+            hc["path"] = json!(rng.pick(&["/health", "/", "/ping?x=1"]));
+        }
+        if rng.chance(40) {
+            hc["port"] = json!(rng.pick(&PORTS));
+        }
+        l["healthCheck"] = hc;
+    }
     l
+}
+
+fn gen_logging(rng: &mut Rng) -> Value {
+    let path = rng.pick(&["/dev/stdout", "/dev/null", "/tmp/weft-gen-access.log"]);
+    match rng.below(3) {
+        0 => json!({"accessLog": {"file": {"path": path}}}),
+        1 => json!({"accessLog": {"file": {"path": path, "format": {"text": rng.pick(&[
+            "%START_TIME% %REQ(:METHOD)% %RESPONSE_CODE%\n",
+            "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION%",
+            "%UPSTREAM_CLUSTER% %DOWNSTREAM_REMOTE_ADDRESS%"])}}}}),
+        _ => json!({"accessLog": {"file": {"path": path, "format": {"json": [
+            {"key": "code", "value": "%RESPONSE_CODE%"}, {"key": "path", "value": "%REQ(:PATH)%"},
+            {"key": "constant", "value": "weft"}]}}}}),
+    }
 }
 
 fn gen_match_method(rng: &mut Rng) -> Value {
@@ -553,6 +611,9 @@ fn gen_mesh(seed: u64) -> Mesh {
             .map(|s| json!({"virtualService": {"virtualServiceName": format!("s{s}.local")}}))
             .collect();
         spec["backends"] = json!(backends);
+        if rng.chance(40) {
+            spec["logging"] = gen_logging(&mut rng);
+        }
         mesh = mesh.node(&format!("n{n}"), spec);
     }
     mesh
@@ -733,4 +794,230 @@ fn requests_flow_through_real_envoys() {
         status, 404,
         "explicit mode answers hosts outside the backends with 404"
     );
+}
+
+// ---- virtual gateways ----
+
+/// Every gateway of `mesh` in both listener modes.
+fn all_gateways(label: &str, mesh: &Mesh) -> Vec<(String, ProxyResources)> {
+    let mut out = Vec::new();
+    for gateway in mesh.0.virtual_gateways.keys() {
+        for (mode, options) in modes() {
+            out.push((
+                format!("{label}/gateway/{gateway}/{mode}"),
+                mesh.gateway_proxy(gateway, &options),
+            ));
+        }
+    }
+    out
+}
+
+/// The colors mesh with gateways using every member of the virtual gateway and gateway route
+/// shapes: three listener protocols with pools and health checks, logging, and routes with every
+/// match and rewrite.
+fn gateway_mesh() -> Mesh {
+    let to = |service: &str| json!({"virtualService": {"virtualServiceName": service}});
+    color_mesh(false)
+        .gateway("edge", json!({
+            "logging": {"accessLog": {"file": {"path": "/dev/stdout", "format": {"json": [{"key": "code", "value": "%RESPONSE_CODE%"}]}}}},
+            "listeners": [
+                {"portMapping": {"port": 9080, "protocol": "http"},
+                 "connectionPool": {"http": {"maxConnections": 10, "maxPendingRequests": 2}},
+                 "healthCheck": {"protocol": "http", "path": "/ping", "port": 9080, "healthyThreshold": 2,
+                                 "unhealthyThreshold": 3, "intervalMillis": 5000, "timeoutMillis": 2000}},
+                {"portMapping": {"port": 9082, "protocol": "http2"},
+                 "connectionPool": {"http2": {"maxRequests": 5}},
+                 "healthCheck": {"protocol": "http2", "healthyThreshold": 2,
+                                 "unhealthyThreshold": 2, "intervalMillis": 5000, "timeoutMillis": 2000}},
+                {"portMapping": {"port": 9090, "protocol": "grpc"},
+                 "connectionPool": {"grpc": {"maxRequests": 3}},
+                 "healthCheck": {"protocol": "grpc", "healthyThreshold": 2,
+                                 "unhealthyThreshold": 2, "intervalMillis": 5000, "timeoutMillis": 2000}}]}))
+        .gateway("plain", json!({"listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}],
+            "logging": {"accessLog": {"file": {"path": "/dev/null"}}}}))
+        .gateway("empty", json!({"listeners": []}))
+        .gateway_route("edge", "prefix", json!({"priority": 10, "httpRoute": {
+            "match": {"prefix": "/chapter", "port": 9080, "hostname": {"exact": "www.example.com"},
+                      "method": "GET", "queryParameters": [{"name": "v", "match": {"exact": "2"}}, {"name": "debug"}],
+                      "headers": [{"name": "x-a", "match": {"exact": "1"}}, {"name": "x-p", "match": {"prefix": "a"}},
+                                  {"name": "x-s", "match": {"suffix": "z"}}, {"name": "x-r", "match": {"regex": "^[0-9]+$"}},
+                                  {"name": "x-range", "match": {"range": {"start": 0, "end": 10}}},
+                                  {"name": "x-not", "invert": true, "match": {"exact": "no"}}, {"name": "x-present"}]},
+            "action": {"target": to("color.local"), "rewrite": {"hostname": {"defaultTargetHostname": "ENABLED"},
+                       "prefix": {"defaultPrefix": "ENABLED"}}}}}))
+        .gateway_route("edge", "value", json!({"httpRoute": {
+            "match": {"prefix": "/old/", "hostname": {"suffix": ".example.com"}},
+            "action": {"target": {"virtualService": {"virtualServiceName": "color.local"}, "port": 8080},
+                       "rewrite": {"prefix": {"value": "/new/"}, "hostname": {"defaultTargetHostname": "DISABLED"}}}}}))
+        .gateway_route("edge", "keep", json!({"httpRoute": {
+            "match": {"prefix": "/keep"}, "action": {"target": to("direct.local"), "rewrite": {"prefix": {"defaultPrefix": "DISABLED"}}}}}))
+        .gateway_route("edge", "exact", json!({"priority": 0, "httpRoute": {
+            "match": {"path": {"exact": "/a\\b"}}, "action": {"target": to("color.local"), "rewrite": {"path": {"exact": "/b\\1"}}}}}))
+        .gateway_route("edge", "regex", json!({"httpRoute": {
+            "match": {"path": {"regex": "^/(alpha|beta)[0-9]{1,50}$"}}, "action": {"target": to("color.local")}}}))
+        .gateway_route("edge", "bad-regex", json!({"httpRoute": {
+            "match": {"path": {"regex": "/[unclosed"}}, "action": {"target": to("color.local")}}}))
+        .gateway_route("edge", "missing", json!({"httpRoute": {
+            "match": {"prefix": "/missing"}, "action": {"target": to("missing.local")}}}))
+        .gateway_route("edge", "tcp", json!({"httpRoute": {
+            "match": {"prefix": "/tcp"}, "action": {"target": to("tcp.local")}}}))
+        .gateway_route("edge", "h2", json!({"http2Route": {
+            "match": {"prefix": "/", "port": 9082}, "action": {"target": {"virtualService": {"virtualServiceName": "color.local"}, "port": 9090}}}}))
+        .gateway_route("edge", "grpc", json!({"grpcRoute": {
+            "match": {"serviceName": "colors.Rpc", "port": 9090, "hostname": {"exact": "rpc.example.com"},
+                      "metadata": [{"name": "x-tenant", "match": {"exact": "acme"}}, {"name": "x-p", "match": {"prefix": "a"}},
+                                   {"name": "x-s", "match": {"suffix": "z"}}, {"name": "x-r", "match": {"regex": "a|b"}},
+                                   {"name": "x-range", "match": {"range": {"start": 1, "end": 5}}},
+                                   {"name": "x-not", "invert": true}]},
+            "action": {"target": to("grpc.local"), "rewrite": {"hostname": {"defaultTargetHostname": "DISABLED"}}}}}))
+        .gateway_route("edge", "grpc-any", json!({"grpcRoute": {
+            "match": {}, "action": {"target": to("grpc.local")}}}))
+        .gateway_route("plain", "all", json!({"httpRoute": {
+            "match": {"prefix": "/"}, "action": {"target": to("color.local")}}}))
+}
+
+#[test]
+fn envoy_accepts_hand_written_gateways() {
+    validate_all(all_gateways("gateways", &gateway_mesh()));
+}
+
+fn gen_hostname_match(rng: &mut Rng) -> Value {
+    if rng.chance(50) {
+        json!({"exact": rng.pick(&["www.example.com", "a-b.example.org"])})
+    } else {
+        json!({"suffix": rng.pick(&[".example.com", "example.org", "*.x"])})
+    }
+}
+
+fn gen_gateway_route(rng: &mut Rng, services: usize, ports: &[u16]) -> Value {
+    let kind = rng.pick(&["httpRoute", "http2Route", "grpcRoute"]);
+    let mut target = json!({"virtualService": {"virtualServiceName": format!("s{}.local", rng.below(services + 1))}});
+    if rng.chance(30) {
+        target["port"] = json!(rng.pick(&PORTS));
+    }
+    let mut spec = json!({});
+    if rng.chance(60) {
+        spec["priority"] = json!(rng.below(1001));
+    }
+    let mut m = json!({});
+    if rng.chance(40) {
+        m["hostname"] = gen_hostname_match(rng);
+    }
+    if rng.chance(30) {
+        m["port"] = json!(rng.pick(ports));
+    }
+    let mut rewrite = json!({});
+    if rng.chance(40) {
+        rewrite["hostname"] = json!({"defaultTargetHostname": rng.pick(&["ENABLED", "DISABLED"])});
+    }
+    if kind == "grpcRoute" {
+        if rng.chance(70) {
+            m["serviceName"] = json!(rng.pick(&["pkg.Svc", "weft.Colors"]));
+        }
+        if rng.chance(50) {
+            m["metadata"] = gen_headers(rng);
+        }
+    } else {
+        match rng.below(3) {
+            0 => {
+                m["prefix"] = json!(rng.pick(&["/", "/api", "/v1/", "/a.b+c"]));
+                match rng.below(4) {
+                    0 => {
+                        rewrite["prefix"] =
+                            json!({"defaultPrefix": rng.pick(&["ENABLED", "DISABLED"])})
+                    }
+                    1 => rewrite["prefix"] = json!({"value": rng.pick(&["/", "/new/", "/x"])}),
+                    _ => {}
+                }
+            }
+            1 => m["path"] = json!({"exact": rng.pick(&["/health", "/a/b"])}),
+            _ => m["path"] = json!({"regex": rng.pick(&["/v[0-9]+/.*", "/(x|y)", "/[unclosed"])}),
+        }
+        if m.get("path").is_some() && rng.chance(50) {
+            rewrite["path"] = json!({"exact": rng.pick(&["/rewritten", "/r/1"])});
+        }
+        if rng.chance(40) {
+            m["method"] = json!(rng.pick(&["GET", "POST", "PUT", "DELETE", "PATCH"]));
+        }
+        if rng.chance(50) {
+            m["headers"] = gen_headers(rng);
+        }
+        if rng.chance(40) {
+            m["queryParameters"] =
+                json!([{"name": "q", "match": {"exact": "1"}}, {"name": "flag"}]);
+        }
+    }
+    let mut action = json!({"target": target});
+    if rewrite.as_object().is_some_and(|o| !o.is_empty()) {
+        action["rewrite"] = rewrite;
+    }
+    spec[kind] = json!({"match": m, "action": action});
+    spec
+}
+
+fn gen_gateway_listener(rng: &mut Rng, protocol: &str, port: u16) -> Value {
+    let mut l = json!({"portMapping": {"port": port, "protocol": protocol}});
+    if rng.chance(50) {
+        l["connectionPool"] = match protocol {
+            "http" => {
+                json!({"http": {"maxConnections": 1 + rng.below(100), "maxPendingRequests": 1 + rng.below(100)}})
+            }
+            p => json!({p: {"maxRequests": 1 + rng.below(100)}}),
+        };
+    }
+    if rng.chance(50) {
+        let mut hc = json!({"protocol": rng.pick(&["http", "http2", "grpc"]), "healthyThreshold": 2 + rng.below(9),
+            "unhealthyThreshold": 2 + rng.below(9), "intervalMillis": rng.pick(&[5000, 300000]),
+            "timeoutMillis": rng.pick(&[2000, 60000]), "port": port});
+        if rng.chance(50) {
+            hc["path"] = json!(rng.pick(&["/health", "/", "/ping?x=1"]));
+        }
+        l["healthCheck"] = hc;
+    }
+    l
+}
+
+/// A generated mesh (as for nodes) with one to three gateways and their routes.
+fn gen_gateway_mesh(seed: u64) -> Mesh {
+    let mut mesh = gen_mesh(seed);
+    let mut rng = Rng(seed.wrapping_mul(0xD1B5_4A32_D192_ED03) | 1);
+    let services = mesh.0.virtual_services.len();
+    for g in 0..1 + rng.below(3) {
+        let ports: Vec<u16> = (0..1 + rng.below(3))
+            .map(|_| rng.pick(&[8080u16, 9080, 9090, 443, 15001]))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let listeners: Vec<Value> = ports
+            .iter()
+            .map(|p| {
+                let protocol = rng.pick(&["http", "http2", "grpc"]);
+                gen_gateway_listener(&mut rng, protocol, *p)
+            })
+            .collect();
+        let mut spec = json!({"listeners": listeners});
+        if rng.chance(40) {
+            spec["logging"] = gen_logging(&mut rng);
+        }
+        let name = format!("g{g}");
+        mesh = mesh.gateway(&name, spec);
+        for r in 0..rng.below(7) {
+            let route = gen_gateway_route(&mut rng, services, &ports);
+            mesh = mesh.gateway_route(&name, &format!("gr{r}"), route);
+        }
+    }
+    mesh
+}
+
+#[test]
+fn envoy_accepts_a_generated_variety_of_gateways() {
+    let mut cases = Vec::new();
+    let mut routes = 0;
+    for seed in 1..=16 {
+        let mesh = gen_gateway_mesh(seed);
+        routes += mesh.0.gateway_routes.len();
+        cases.extend(all_gateways(&format!("gen{seed}"), &mesh));
+    }
+    eprintln!("16 generated meshes, {routes} gateway routes");
+    validate_all(cases);
 }

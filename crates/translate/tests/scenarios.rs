@@ -687,11 +687,227 @@ fn allow_all_lets_unknown_destinations_through_in_transparent_mode() {
     );
     let catch_all = vhost(egress_routes(&web), "passthrough");
     assert_eq!(catch_all.domains, ["*"]);
-    // Explicit mode has no original destination to pass through to: unknown hosts get 404.
+    // Explicit mode has no original destination to pass through to: unknown hosts go where
+    // their Host says, through the dynamic forward proxy.
     let explicit = mesh.explicit("web");
     assert!(!cluster_names(&explicit)
         .iter()
         .any(|c| c.contains("passthrough")));
+    let dfp = cluster(&explicit, "cds_egress_shop_forward_proxy");
+    match &dfp.cluster_discovery_type {
+        Some(ClusterDiscoveryType::ClusterType(custom)) => {
+            assert_eq!(custom.name, "envoy.clusters.dynamic_forward_proxy")
+        }
+        other => panic!("{other:?}"),
+    }
+    let catch_all = vhost(egress_routes(&explicit), "passthrough");
+    assert_eq!(
+        route_action(&catch_all.routes[0]).cluster_specifier,
+        Some(ClusterSpecifier::Cluster(
+            "cds_egress_shop_forward_proxy".into()
+        ))
+    );
+    let hcm = egress_hcm(&explicit);
+    assert_eq!(
+        hcm.http_filters
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "envoy.filters.http.dynamic_forward_proxy",
+            "envoy.filters.http.router"
+        ]
+    );
+    // DROP_ALL (the default): no forward proxy at all.
+    assert!(!cluster_names(&shop().explicit("web"))
+        .iter()
+        .any(|c| c.contains("forward_proxy")));
+}
+
+fn egress_hcm(res: &ProxyResources) -> envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager{
+    let egress = res
+        .listeners
+        .iter()
+        .find(|l| l.name.starts_with("lds_egress"))
+        .unwrap();
+    hcm(&egress.filter_chains[0].filters[0])
+}
+
+/// echo: `web` reaches `echo.shop.local` (router `echo`, tcp 7000) whose tcp route splits 75/25.
+fn echo() -> Mesh {
+    Mesh::new("shop")
+        .node("web", client_node(&["echo.shop.local"]))
+        .node(
+            "one",
+            json!({"listeners": [{"portMapping": {"port": 7000, "protocol": "tcp"}}],
+            "serviceDiscovery": {"dns": {"hostname": "one.shop.local"}}}),
+        )
+        .node(
+            "two",
+            json!({"listeners": [{"portMapping": {"port": 7000, "protocol": "tcp"}}],
+            "serviceDiscovery": {"dns": {"hostname": "two.shop.local"}}}),
+        )
+        .service("echo.shop.local", router_provider("echo"))
+        .router(
+            "echo",
+            json!({"listeners": [{"portMapping": {"port": 7000, "protocol": "tcp"}}]}),
+        )
+        .route(
+            "echo",
+            "split",
+            json!({"tcpRoute": {"action": weighted(&[("one", 75), ("two", 25)]),
+            "timeout": {"idle": {"unit": "s", "value": 2}}}}),
+        )
+}
+
+#[test]
+fn a_tcp_route_is_a_connect_tunnel_in_explicit_mode_and_a_tcp_proxy_in_transparent_mode() {
+    let res = echo().explicit("web");
+    assert!(egress_hcm(&res)
+        .upgrade_configs
+        .iter()
+        .any(|u| u.upgrade_type == "CONNECT"));
+    let host = vhost(egress_routes(&res), "echo.shop.local");
+    assert_eq!(
+        host.domains,
+        ["echo.shop.local:7000"],
+        "CONNECT always names a port"
+    );
+    let route = &host.routes[0];
+    assert!(matches!(
+        route.r#match.as_ref().unwrap().path_specifier,
+        Some(PathSpecifier::ConnectMatcher(_))
+    ));
+    let action = route_action(route);
+    assert_eq!(
+        action.timeout,
+        secs(0),
+        "a tunnel has no per-request timeout"
+    );
+    assert_eq!(action.idle_timeout, secs(2));
+    assert!(action.retry_policy.is_none());
+    assert!(action.upgrade_configs[0].connect_config.is_some());
+    let Some(ClusterSpecifier::WeightedClusters(w)) = &action.cluster_specifier else {
+        panic!("{:?}", action.cluster_specifier)
+    };
+    let weights: Vec<(String, u32)> = w
+        .clusters
+        .iter()
+        .map(|c| (c.name.clone(), c.weight.as_ref().unwrap().value))
+        .collect();
+    assert_eq!(
+        weights,
+        [
+            ("cds_egress_shop_one_tcp_7000".to_string(), 75),
+            ("cds_egress_shop_two_tcp_7000".to_string(), 25)
+        ]
+    );
+    // Transparent mode: the original destination port 7000 selects a weighted TCP proxy.
+    let res = echo().proxy("web", &ProxyOptions::default());
+    let egress = listener(&res, "lds_egress_0.0.0.0_15001");
+    let chain = egress
+        .filter_chains
+        .iter()
+        .find(|c| c.name == "egress_tcp_7000")
+        .unwrap();
+    let proxy = tcp_proxy(&chain.filters[0]);
+    assert_eq!(proxy.idle_timeout, secs(2));
+    assert!(matches!(
+        proxy.cluster_specifier,
+        Some(envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier::WeightedClusters(_))
+    ));
+}
+
+#[test]
+fn a_health_check_policy_checks_the_local_app_at_its_interval_and_unhealthy_gets_no_traffic() {
+    let mesh = Mesh::new("shop").node("api", json!({
+        "listeners": [{"portMapping": {"port": 8080, "protocol": "http"},
+            "healthCheck": {"protocol": "http2", "path": "/health", "port": 8081, "intervalMillis": 5000,
+                "timeoutMillis": 2000, "healthyThreshold": 3, "unhealthyThreshold": 2}}],
+        "serviceDiscovery": {"dns": {"hostname": "api.shop.local"}}}));
+    let mut options = ProxyOptions::explicit();
+    options.app_ports.insert(8080, 18080);
+    options.app_ports.insert(8081, 18081);
+    let res = mesh.proxy("api", &options);
+    let c = cluster(&res, "cds_ingress_shop_api_http_8080");
+    let hc = &c.health_checks[0];
+    assert_eq!(hc.interval, secs(5));
+    assert_eq!(hc.no_traffic_interval, secs(5));
+    assert_eq!(hc.timeout, secs(2));
+    assert_eq!(
+        (
+            hc.healthy_threshold.unwrap().value,
+            hc.unhealthy_threshold.unwrap().value
+        ),
+        (3, 2)
+    );
+    let Some(
+        envoy_types::pb::envoy::config::core::v3::health_check::HealthChecker::HttpHealthCheck(
+            http,
+        ),
+    ) = &hc.health_checker
+    else {
+        panic!("{:?}", hc.health_checker)
+    };
+    assert_eq!(http.path, "/health");
+    assert_eq!(http.codec_client_type, 1, "HTTP/2");
+    assert_eq!(
+        c.common_lb_config
+            .as_ref()
+            .unwrap()
+            .healthy_panic_threshold
+            .unwrap()
+            .value,
+        0.0
+    );
+    // The check goes to the app's port for node port 8081.
+    let endpoint = &c.load_assignment.as_ref().unwrap().endpoints[0].lb_endpoints[0];
+    let Some(HostIdentifier::Endpoint(e)) = &endpoint.host_identifier else {
+        panic!()
+    };
+    assert_eq!(e.health_check_config.as_ref().unwrap().port_value, 18081);
+}
+
+#[test]
+fn access_logs_go_on_every_ingress_and_egress_filter_in_the_configured_format() {
+    let mesh = Mesh::new("shop").node(
+        "web",
+        json!({
+            "listeners": [{"portMapping": {"port": 8080, "protocol": "http"}},
+                          {"portMapping": {"port": 7000, "protocol": "tcp"}}],
+            "logging": {"accessLog": {"file": {"path": "/dev/stdout",
+                "format": {"json": [{"key": "code", "value": "%RESPONSE_CODE%"}]}}}}}),
+    );
+    let res = mesh.explicit("web");
+    let ingress_http = listener(&res, "lds_ingress_127.0.0.1_8080");
+    assert_eq!(
+        hcm(&ingress_http.filter_chains[0].filters[0])
+            .access_log
+            .len(),
+        1
+    );
+    let ingress_tcp = listener(&res, "lds_ingress_127.0.0.1_7000");
+    assert_eq!(
+        tcp_proxy(&ingress_tcp.filter_chains[0].filters[0])
+            .access_log
+            .len(),
+        1
+    );
+    let log = &egress_hcm(&res).access_log[0];
+    assert_eq!(log.name, "envoy.access_loggers.file");
+    let Some(envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType::TypedConfig(
+        any,
+    )) = &log.config_type
+    else {
+        panic!()
+    };
+    let file = envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog::decode(
+        any.value.as_slice(),
+    )
+    .unwrap();
+    assert_eq!(file.path, "/dev/stdout");
+    // No logging: no access logs.
+    assert!(egress_hcm(&shop().explicit("web")).access_log.is_empty());
 }
 
 #[test]

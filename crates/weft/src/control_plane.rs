@@ -105,7 +105,7 @@ pub struct Runtime {
 }
 
 fn typed<T: DeserializeOwned>(record: &StoredRecord) -> Option<T> {
-    match serde_json::from_value(record.data.clone()) {
+    match T::deserialize(&record.data) {
         Ok(v) => Some(v),
         Err(e) => {
             tracing::warn!(error = %e, "stored resource does not match its shape; skipped");
@@ -218,14 +218,24 @@ impl Runtime {
         Some(snap)
     }
 
+    /// The typed snapshot of a mesh, built on first use after a change.
+    fn mesh(&mut self, escaped: &str) -> Option<Arc<MeshSnapshot>> {
+        if let Some(m) = self.meshes.get(escaped) {
+            return Some(m.clone());
+        }
+        let built = Arc::new(self.build_mesh(escaped)?);
+        self.meshes.insert(escaped.to_string(), built.clone());
+        Some(built)
+    }
+
     /// Recomputes the snapshot of one proxy class.
-    fn publish(&self, key: &str, class: &ProxyClass) {
+    fn publish(&mut self, key: &str, class: &ProxyClass) {
         let escaped = keys::escape(&class.identity.mesh);
-        let Some(mesh) = self.meshes.get(&escaped) else {
+        let Some(mesh) = self.mesh(&escaped) else {
             // No such mesh (yet): the proxy waits with no config.
             return;
         };
-        match translate(mesh, &class.identity, &class.options) {
+        match translate(&mesh, &class.identity, &class.options) {
             Ok(resources) => match Snapshot::from_resources(
                 resources.listeners,
                 resources.route_configurations,
@@ -237,7 +247,10 @@ impl Runtime {
                     tracing::warn!(%key, error = %e, "translated resources are not a valid snapshot")
                 }
             },
-            Err(TranslateError::VirtualNodeNotFound { .. }) => {}
+            Err(
+                TranslateError::VirtualNodeNotFound { .. }
+                | TranslateError::VirtualGatewayNotFound { .. },
+            ) => {}
             Err(e) => tracing::warn!(%key, error = %e, "translation failed"),
         }
     }
@@ -250,15 +263,10 @@ impl Runtime {
     }
 
     fn refresh(&mut self, dirty: &BTreeSet<String>) {
+        // A changed mesh is rebuilt only when some proxy of it is connected:
+        // writes to meshes nobody serves cost nothing here.
         for escaped in dirty {
-            match self.build_mesh(escaped) {
-                Some(m) => {
-                    self.meshes.insert(escaped.clone(), Arc::new(m));
-                }
-                None => {
-                    self.meshes.remove(escaped);
-                }
-            }
+            self.meshes.remove(escaped);
         }
         for (key, class) in self.classes() {
             if dirty.contains(&keys::escape(&class.identity.mesh)) {

@@ -32,7 +32,7 @@ enum Command {
     ProxyStatus(proxy_status::ProxyStatusArgs),
     /// Run beside a workload: write the Envoy bootstrap from App Mesh's
     /// environment variables, start Envoy and keep it running.
-    Agent(AgentCmd),
+    Agent(Box<AgentCmd>),
     /// A tiny HTTP app answering with its name, for demos and tests.
     SampleApp(weft_agent::SampleAppArgs),
 }
@@ -132,7 +132,7 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Server(args) => server::run(args, shutdown_signal()).await,
             Command::Demo(args) => demo::run(args, shutdown_signal()).await,
-            Command::Agent(args) => agent(args).await,
+            Command::Agent(args) => agent(*args).await,
             Command::ProxyStatus(args) => proxy_status::run(args).await,
             Command::SampleApp(args) => {
                 weft_agent::run_sample_app(&args, shutdown_signal()).await?;

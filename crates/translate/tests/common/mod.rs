@@ -103,6 +103,44 @@ impl Mesh {
         self
     }
 
+    pub fn gateway(mut self, name: &str, spec: Value) -> Self {
+        let arn = format!(
+            "arn:aws:appmesh:us-west-2:111122223333:mesh/{}/virtualGateway/{name}",
+            self.name()
+        );
+        let gateway = serde_json::from_value(json!({
+            "meshName": self.name(), "virtualGatewayName": name, "metadata": metadata(arn),
+            "spec": spec, "status": {"status": "ACTIVE"}
+        }))
+        .unwrap_or_else(|e| panic!("virtual gateway {name} JSON: {e}"));
+        self.0.virtual_gateways.insert(name.to_string(), gateway);
+        self
+    }
+
+    pub fn gateway_route(mut self, gateway: &str, name: &str, spec: Value) -> Self {
+        let arn = format!(
+            "arn:aws:appmesh:us-west-2:111122223333:mesh/{}/virtualGateway/{gateway}/gatewayRoute/{name}",
+            self.name()
+        );
+        let route = serde_json::from_value(json!({
+            "meshName": self.name(), "virtualGatewayName": gateway, "gatewayRouteName": name,
+            "metadata": metadata(arn), "spec": spec, "status": {"status": "ACTIVE"}
+        }))
+        .unwrap_or_else(|e| panic!("gateway route {name} JSON: {e}"));
+        self.0
+            .gateway_routes
+            .insert((gateway.to_string(), name.to_string()), route);
+        self
+    }
+
+    /// Translation for the virtual gateway `gateway` with `options`.
+    pub fn gateway_proxy(&self, gateway: &str, options: &ProxyOptions) -> ProxyResources {
+        let id: ProxyIdentity = format!("mesh/{}/virtualGateway/{gateway}", self.name())
+            .parse()
+            .expect("gateway identity");
+        translate(&self.0, &id, options).unwrap_or_else(|e| panic!("translate {gateway}: {e}"))
+    }
+
     /// Translation for `node` with `options`.
     pub fn proxy(&self, node: &str, options: &ProxyOptions) -> ProxyResources {
         translate(

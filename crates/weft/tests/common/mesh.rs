@@ -79,6 +79,18 @@ pub fn agent(xds: &str, mesh: &str, node: &str, app_ports: &[(u16, u16)], protoc
 
 /// Starts `weft agent` with `APPMESH_RESOURCE_ARN` set to `id` verbatim.
 pub fn agent_with_id(xds: &str, id: &str, app_ports: &[(u16, u16)], protocol: &str) -> Agent {
+    agent_with_env(xds, id, app_ports, protocol, &[])
+}
+
+/// Like [`agent_with_id`], with extra environment variables for the agent (and so its Envoy),
+/// e.g. `WEFT_LISTEN_ADDRESS` or `CARES_HOSTS` (the hosts file Envoy's c-ares resolver reads).
+pub fn agent_with_env(
+    xds: &str,
+    id: &str,
+    app_ports: &[(u16, u16)],
+    protocol: &str,
+    env: &[(&str, &str)],
+) -> Agent {
     let admin_port = free_port();
     let egress_port = free_port();
     let ports: Vec<String> = app_ports.iter().map(|(l, a)| format!("{l}={a}")).collect();
@@ -101,6 +113,7 @@ pub fn agent_with_id(xds: &str, id: &str, app_ports: &[(u16, u16)], protocol: &s
     if !ports.is_empty() {
         cmd.env("WEFT_APP_PORTS", ports.join(","));
     }
+    cmd.envs(env.iter().copied());
     let child = cmd.spawn().unwrap();
     let agent = Agent {
         proc: Proc(child),
