@@ -1,10 +1,17 @@
-//! Clusters: the local application (ingress) and each target virtual node listener (egress).
+//! Clusters: the local application (ingress) and each target virtual node listener (egress:
+//! DNS, or EDS for Cloud Map).
 
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds as XdsThresholds;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType as XdsClusterDiscoveryType, CommonLbConfig as XdsCommonLbConfig,
     CustomClusterType as XdsCustomClusterType, DiscoveryType as XdsDiscoveryType,
-    DnsLookupFamily as XdsDnsLookupFamily, LbPolicy as XdsLbPolicy,
+    DnsLookupFamily as XdsDnsLookupFamily, EdsClusterConfig as XdsEdsClusterConfig,
+    LbPolicy as XdsLbPolicy,
+};
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier as XdsConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{
+    AggregatedConfigSource as XdsAggregatedConfigSource, ApiVersion as XdsApiVersion,
+    ConfigSource as XdsConfigSource,
 };
 use envoy_types::pb::envoy::config::core::v3::health_check::{
     GrpcHealthCheck as XdsGrpcHealthCheck, HealthChecker as XdsHealthChecker,
@@ -319,6 +326,46 @@ pub(crate) fn egress_dns(
         connect_timeout: Some(defaults::seconds(CONNECT_TIMEOUT_SECS)),
         lb_policy: XdsLbPolicy::RoundRobin as i32,
         dns_lookup_family: family as i32,
+        circuit_breakers: Some(XdsCircuitBreakers {
+            thresholds: vec![default_thresholds()],
+            ..Default::default()
+        }),
+        outlier_detection: listener.outlier_detection.as_ref().map(outlier_detection),
+        ..Default::default()
+    };
+    protocol_options(&mut cluster, protocol, false);
+    cluster
+}
+
+/// The client-side cluster for one listener of a target virtual node discovered through Cloud
+/// Map (Weft's instance registry): `cds_egress_<mesh>_<node>_<protocol>_<port>` like a DNS
+/// target, but its endpoints come over EDS (ADS) under `service_name`, so that registrations,
+/// deregistrations and health changes reach Envoy as endpoint updates without touching the
+/// cluster. Round robin across the instances; the node listener's `outlierDetection` applies,
+/// which is where App Mesh recommends Cloud Map (virtual_nodes.md, "Outlier detection").
+pub(crate) fn egress_eds(
+    mesh: &str,
+    node: &str,
+    listener: &Listener,
+    port: u16,
+    service_name: String,
+) -> XdsCluster {
+    let protocol = listener.port_mapping.protocol;
+    let mut cluster = XdsCluster {
+        name: names::egress_cluster(mesh, node, protocol, port),
+        cluster_discovery_type: Some(XdsClusterDiscoveryType::Type(XdsDiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(XdsEdsClusterConfig {
+            eds_config: Some(XdsConfigSource {
+                config_source_specifier: Some(XdsConfigSourceSpecifier::Ads(
+                    XdsAggregatedConfigSource {},
+                )),
+                resource_api_version: XdsApiVersion::V3 as i32,
+                ..Default::default()
+            }),
+            service_name,
+        }),
+        connect_timeout: Some(defaults::seconds(CONNECT_TIMEOUT_SECS)),
+        lb_policy: XdsLbPolicy::RoundRobin as i32,
         circuit_breakers: Some(XdsCircuitBreakers {
             thresholds: vec![default_thresholds()],
             ..Default::default()

@@ -14,6 +14,7 @@
 //! - **Deterministic**: equal inputs give equal resources in equal order, so their protobuf
 //!   encodings are byte-identical (the ADS server derives versions from content).
 
+mod cloud_map;
 mod cluster;
 mod defaults;
 mod error;
@@ -26,6 +27,7 @@ mod route;
 mod snapshot;
 mod translate;
 
+pub use cloud_map::CloudMapInstance;
 pub use defaults::{
     default_retry_policy, CIRCUIT_BREAKER_MAX, CONNECT_TIMEOUT_SECS, DEFAULT_MAX_RETRIES,
     DEFAULT_RETRY_ON, IDLE_TIMEOUT_SECS, PER_REQUEST_TIMEOUT_SECS, RE2_MAX_PROGRAM_SIZE,

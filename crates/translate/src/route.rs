@@ -418,7 +418,7 @@ impl EgressBuilder<'_> {
     }
 
     /// The action for a route's weighted targets. Targets that cannot be reached (deleted node,
-    /// no such listener, no DNS discovery) are left out and the others keep their relative
+    /// no such listener, no service discovery) are left out and the others keep their relative
     /// weights; if none is left, or all weights are 0, the route answers 503 itself, so that
     /// its requests do not fall through to a lower-priority route.
     fn action(&mut self, targets: &[WeightedTarget]) -> XdsAction {
@@ -454,7 +454,8 @@ impl EgressBuilder<'_> {
 
     /// The cluster for one weighted target: the target node's listener on `target.port`, or its
     /// only listener when no port is given (App Mesh requires the port when there are several;
-    /// we take the first listener rather than fail).
+    /// we take the first listener rather than fail). DNS discovery gives a DNS cluster, Cloud
+    /// Map discovery an EDS cluster; a node without service discovery is unreachable.
     fn target_cluster(&self, target: &WeightedTarget) -> Option<XdsCluster> {
         let node = self.snapshot.virtual_nodes.get(&target.virtual_node)?;
         let listeners = node.spec.listeners.as_deref().unwrap_or_default();
@@ -477,9 +478,15 @@ impl EgressBuilder<'_> {
                     .as_ref()
                     .and_then(|sd| sd.ip_preference),
             )),
-            // Weft's instance registry (the Cloud Map role) comes with a later issue; until then
-            // such a target is unreachable and left out like a missing node.
-            ServiceDiscovery::AwsCloudMap(_) => None,
+            // Endpoints come from Weft's instance registry over EDS; the load assignment is
+            // built alongside (`cloud_map::load_assignments`).
+            ServiceDiscovery::AwsCloudMap(discovery) => Some(cluster::egress_eds(
+                self.snapshot.mesh_name(),
+                &node.virtual_node_name,
+                listener,
+                listener_port,
+                crate::cloud_map::eds_service_name(self.snapshot, discovery, listener_port),
+            )),
         }
     }
 }

@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::CloudMapInstance;
+
 use weft_model::shapes::{
     GatewayRouteData, MeshData, RouteData, VirtualGatewayData, VirtualNodeData, VirtualRouterData,
     VirtualServiceData,
@@ -27,6 +29,10 @@ pub struct MeshSnapshot {
     pub virtual_gateways: BTreeMap<String, VirtualGatewayData>,
     /// Gateway routes by `(virtual gateway name, gateway route name)`.
     pub gateway_routes: BTreeMap<(String, String), GatewayRouteData>,
+    /// Registered instances by `(namespace name, service name)` — the registry's part of the
+    /// input, for virtual nodes discovered through Cloud Map. A service that is absent (or
+    /// has no instance) gives its clusters no endpoints.
+    pub cloud_map: BTreeMap<(String, String), Vec<CloudMapInstance>>,
 }
 
 impl MeshSnapshot {
@@ -40,6 +46,7 @@ impl MeshSnapshot {
             routes: BTreeMap::new(),
             virtual_gateways: BTreeMap::new(),
             gateway_routes: BTreeMap::new(),
+            cloud_map: BTreeMap::new(),
         }
     }
 

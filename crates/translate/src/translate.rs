@@ -26,8 +26,8 @@ pub struct ProxyResources {
     pub route_configurations: Vec<XdsRouteConfiguration>,
     /// CDS: the local app's clusters and the target nodes' clusters.
     pub clusters: Vec<XdsCluster>,
-    /// EDS: empty for now — DNS clusters carry their own `load_assignment`; EDS is for the
-    /// instance registry (a later issue).
+    /// EDS: the endpoints of Cloud Map targets (instance registry), one per EDS name, sorted by
+    /// name. DNS and local-app clusters carry their own `load_assignment`.
     pub cluster_load_assignments: Vec<XdsClusterLoadAssignment>,
 }
 
@@ -57,10 +57,22 @@ pub fn translate(
             snapshot_mesh: snapshot.mesh_name().to_string(),
         });
     }
-    match proxy.kind {
-        ProxyKind::VirtualNode => {}
-        ProxyKind::VirtualGateway => return crate::gateway::translate(snapshot, proxy, options),
-    }
+    let mut resources = match proxy.kind {
+        ProxyKind::VirtualNode => translate_node(snapshot, proxy, options)?,
+        ProxyKind::VirtualGateway => crate::gateway::translate(snapshot, proxy, options)?,
+    };
+    // Endpoints of the Cloud Map (EDS) clusters, whoever built them (node or gateway).
+    resources.cluster_load_assignments =
+        crate::cloud_map::load_assignments(snapshot, &resources.clusters);
+    Ok(resources)
+}
+
+/// A virtual node's proxy: its ingress and its egress.
+fn translate_node(
+    snapshot: &MeshSnapshot,
+    proxy: &ProxyIdentity,
+    options: &ProxyOptions,
+) -> Result<ProxyResources, TranslateError> {
     let node = snapshot.virtual_nodes.get(&proxy.name).ok_or_else(|| {
         TranslateError::VirtualNodeNotFound {
             mesh: proxy.mesh.clone(),

@@ -20,14 +20,17 @@ use envoy_types::pb::envoy::config::bootstrap::v3::runtime_layer::LayerSpecifier
 use envoy_types::pb::envoy::config::bootstrap::v3::{
     Admin, Bootstrap, LayeredRuntime, RuntimeLayer,
 };
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{Address, Node, SocketAddress};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as ProtoValue};
 use prost::Message;
 use serde_json::{json, Value};
 use weft_translate::{
-    ListenerMode, ProxyOptions, ProxyResources, RE2_MAX_PROGRAM_SIZE,
+    CloudMapInstance, ListenerMode, ProxyOptions, ProxyResources, RE2_MAX_PROGRAM_SIZE,
     RE2_MAX_PROGRAM_SIZE_RUNTIME_KEY,
 };
 
@@ -70,7 +73,7 @@ fn bootstrap(node_id: &str, res: &ProxyResources, admin_port: Option<u16>) -> Bo
         }),
         static_resources: Some(StaticResources {
             listeners: res.listeners_with_inline_routes().expect("inline routes"),
-            clusters: res.clusters.clone(),
+            clusters: static_clusters(res),
             ..Default::default()
         }),
         // What the agent's bootstrap must carry (see RE2_MAX_PROGRAM_SIZE_RUNTIME_KEY).
@@ -95,6 +98,37 @@ fn bootstrap(node_id: &str, res: &ProxyResources, admin_port: Option<u16>) -> Bo
         }),
         ..Default::default()
     }
+}
+
+/// The clusters for a static bootstrap: EDS (Cloud Map) clusters read their endpoints from a
+/// control plane, which a static bootstrap has none of, so they become STATIC clusters carrying
+/// the translated load assignment they would have been sent. Every EDS cluster must have one.
+fn static_clusters(res: &ProxyResources) -> Vec<Cluster> {
+    res.clusters
+        .iter()
+        .cloned()
+        .map(|mut cluster| {
+            if let Some(eds) = cluster.eds_cluster_config.take() {
+                let assignment = res
+                    .cluster_load_assignments
+                    .iter()
+                    .find(|a| a.cluster_name == eds.service_name)
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "EDS cluster {} reads {:?}, which was not translated",
+                            cluster.name, eds.service_name
+                        )
+                    });
+                cluster.cluster_discovery_type =
+                    Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32));
+                cluster.load_assignment = Some(ClusterLoadAssignment {
+                    cluster_name: cluster.name.clone(),
+                    ..assignment.clone()
+                });
+            }
+            cluster
+        })
+        .collect()
 }
 
 fn write_bootstrap(dir: &Path, name: &str, bootstrap: &Bootstrap) -> PathBuf {
@@ -287,7 +321,105 @@ fn envoy_accepts_hand_written_meshes() {
     cases.extend(all_proxies("colors-allow-all", &color_mesh(true)));
     let empty = Mesh::new("empty").node("lonely", json!({}));
     cases.extend(all_proxies("empty", &empty));
+    cases.extend(all_proxies("cloud-map", &cloud_map_mesh()));
     validate_all(cases);
+}
+
+/// Cloud Map targets of every protocol, with filters, IP preferences and registered instances
+/// (IPv4, IPv6, no port, unhealthy), next to a DNS target; and a service with no instance.
+fn cloud_map_mesh() -> Mesh {
+    let instance = |id: &str,
+                    v4: Option<&str>,
+                    v6: Option<&str>,
+                    port: Option<u16>,
+                    version: &str,
+                    healthy: bool| {
+        CloudMapInstance {
+            id: id.to_string(),
+            ipv4: v4.map(str::to_string),
+            ipv6: v6.map(str::to_string),
+            port,
+            attributes: [("version".to_string(), version.to_string())]
+                .into_iter()
+                .collect(),
+            healthy,
+        }
+    };
+    let mut mesh = Mesh::with_spec("cm", json!({"serviceDiscovery": {"ipPreference": "IPv4_PREFERRED"}}))
+        .node("web", json!({
+            "backends": [{"virtualService": {"virtualServiceName": "color.local"}},
+                         {"virtualService": {"virtualServiceName": "rpc.local"}},
+                         {"virtualService": {"virtualServiceName": "tcp.local"}},
+                         {"virtualService": {"virtualServiceName": "nobody.local"}}],
+            "listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}],
+            "serviceDiscovery": {"awsCloudMap": {"namespaceName": "apps.local", "serviceName": "web"}}
+        }))
+        .node("red", json!({
+            "listeners": [{"portMapping": {"port": 8080, "protocol": "http"},
+                "outlierDetection": {"maxServerErrors": 5, "maxEjectionPercent": 50,
+                    "interval": {"unit": "s", "value": 10}, "baseEjectionDuration": {"unit": "s", "value": 30}}},
+                          {"portMapping": {"port": 9090, "protocol": "http2"}}],
+            "serviceDiscovery": {"awsCloudMap": {"namespaceName": "apps.local", "serviceName": "red",
+                "attributes": [{"key": "version", "value": "v2"}], "ipPreference": "IPv6_PREFERRED"}}
+        }))
+        .node("blue", http_node("blue.local", 8080))
+        .node("rpc", json!({
+            "listeners": [{"portMapping": {"port": 50051, "protocol": "grpc"}}],
+            "serviceDiscovery": {"awsCloudMap": {"namespaceName": "apps.local", "serviceName": "rpc", "ipPreference": "IPv6_ONLY"}}
+        }))
+        .node("echo", json!({
+            "listeners": [{"portMapping": {"port": 7000, "protocol": "tcp"}}],
+            "serviceDiscovery": {"awsCloudMap": {"namespaceName": "apps.local", "serviceName": "echo", "ipPreference": "IPv4_ONLY"}}
+        }))
+        .node("nobody", json!({
+            "listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}],
+            "serviceDiscovery": {"awsCloudMap": {"namespaceName": "apps.local", "serviceName": "nobody"}}
+        }))
+        .service("color.local", router_provider("color"))
+        .service("rpc.local", node_provider("rpc"))
+        .service("tcp.local", node_provider("echo"))
+        .service("nobody.local", node_provider("nobody"))
+        .router("color", json!({"listeners": [{"portMapping": {"port": 8080, "protocol": "http"}},
+                                              {"portMapping": {"port": 9090, "protocol": "http2"}}]}))
+        .route("color", "split", json!({"httpRoute": {"match": {"prefix": "/", "port": 8080},
+            "action": {"weightedTargets": [{"virtualNode": "red", "weight": 3, "port": 8080}, {"virtualNode": "blue", "weight": 1}]}}}))
+        .route("color", "h2", json!({"http2Route": {"match": {"prefix": "/", "port": 9090},
+            "action": {"weightedTargets": [{"virtualNode": "red", "weight": 1, "port": 9090}]}}}));
+    let registry = [
+        (
+            "red",
+            vec![
+                instance(
+                    "r1",
+                    Some("10.0.0.1"),
+                    Some("fd00::1"),
+                    Some(8080),
+                    "v2",
+                    true,
+                ),
+                instance("r2", Some("10.0.0.2"), None, None, "v2", true),
+                instance("r3", Some("10.0.0.3"), None, Some(8080), "v1", true),
+                instance("r4", Some("10.0.0.4"), None, Some(8080), "v2", false),
+            ],
+        ),
+        (
+            "rpc",
+            vec![
+                instance("g1", None, Some("fd00::10"), Some(50051), "v1", true),
+                instance("g2", Some("10.0.0.11"), None, Some(50051), "v1", true),
+            ],
+        ),
+        (
+            "echo",
+            vec![instance("e1", Some("10.0.0.20"), None, None, "v1", true)],
+        ),
+    ];
+    for (service, instances) in registry {
+        mesh.0
+            .cloud_map
+            .insert(("apps.local".to_string(), service.to_string()), instances);
+    }
+    mesh
 }
 
 // ---- a generated variety ----
@@ -539,6 +671,37 @@ fn gen_route(rng: &mut Rng, nodes: usize, router_ports: &[u16]) -> Value {
     spec
 }
 
+/// Cloud Map discovery for node `n` (service `n<n>` of namespace `ns`), with attribute filters
+/// and registered instances (IPv4, IPv6, without port, unhealthy) from a generator of their own,
+/// so that the rest of the generated mesh does not depend on them.
+fn gen_cloud_map(mesh: &mut Mesh, seed: u64, n: usize) -> Value {
+    let mut rng = Rng((seed ^ 0xC10D_0A70).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut discovery = json!({"namespaceName": "ns", "serviceName": format!("n{n}")});
+    if rng.chance(50) {
+        discovery["attributes"] = json!([{"key": "version", "value": rng.pick(&["v1", "v2"])}]);
+    }
+    if rng.chance(40) {
+        discovery["ipPreference"] =
+            json!(rng.pick(&["IPv6_PREFERRED", "IPv4_PREFERRED", "IPv4_ONLY", "IPv6_ONLY"]));
+    }
+    let instances = (0..rng.below(4))
+        .map(|i| CloudMapInstance {
+            id: format!("i{i}"),
+            ipv4: rng.chance(80).then(|| format!("10.0.{n}.{i}")),
+            ipv6: rng.chance(40).then(|| format!("fd00::{n}:{i}")),
+            port: rng.chance(70).then(|| rng.pick(&PORTS)),
+            attributes: [("version".to_string(), rng.pick(&["v1", "v2"]).to_string())]
+                .into_iter()
+                .collect(),
+            healthy: rng.chance(80),
+        })
+        .collect();
+    mesh.0
+        .cloud_map
+        .insert(("ns".to_string(), format!("n{n}")), instances);
+    json!({ "awsCloudMap": discovery })
+}
+
 fn gen_mesh(seed: u64) -> Mesh {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut spec = json!({});
@@ -585,7 +748,7 @@ fn gen_mesh(seed: u64) -> Mesh {
             .collect();
         spec["listeners"] = json!(listeners);
         spec["serviceDiscovery"] = match rng.below(6) {
-            0 => json!({"awsCloudMap": {"namespaceName": "ns", "serviceName": format!("n{n}")}}),
+            0 => gen_cloud_map(&mut mesh, seed, n),
             1 => Value::Null,
             _ => {
                 let mut dns = json!({"hostname": format!("n{n}.gen.local")});

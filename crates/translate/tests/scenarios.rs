@@ -949,16 +949,6 @@ fn missing_references_are_skipped_not_sent() {
 }
 
 #[test]
-fn a_cloud_map_target_is_left_out_until_the_registry_exists() {
-    let mesh = shop()
-        .node("cart-v2", json!({"listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}],
-            "serviceDiscovery": {"awsCloudMap": {"namespaceName": "shop", "serviceName": "cart"}}}))
-        .route("cart", "r", json!({"httpRoute": {"match": {"prefix": "/"}, "action": weighted(&[("cart-v1", 50), ("cart-v2", 50)])}}));
-    let res = mesh.explicit("web");
-    assert_eq!(cluster_names(&res), ["cds_egress_shop_cart-v1_http_8080"]);
-}
-
-#[test]
 fn the_same_mesh_gives_byte_identical_resources_whatever_the_backend_order() {
     let build = |backends: &[&str]| {
         Mesh::new("shop")
@@ -1008,7 +998,7 @@ fn the_proxy_must_name_an_existing_node_of_this_mesh() {
     let gateway: ProxyIdentity = "mesh/shop/virtualGateway/gw".parse().unwrap();
     assert!(matches!(
         translate(&mesh.0, &gateway, &options),
-        Err(TranslateError::Unsupported(_))
+        Err(TranslateError::VirtualGatewayNotFound { .. })
     ));
 }
 

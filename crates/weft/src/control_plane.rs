@@ -6,17 +6,30 @@
 //! Proxies of the same virtual node with the same options share one snapshot
 //! key, so one translation serves all of them. Bursts of store changes are
 //! coalesced: every change ready at once is applied before recomputing.
+//!
+//! The instance registry (the Cloud Map role) is followed the same way: its
+//! namespaces, services and instances (`cloudmap/ns/`, `cloudmap/svc/`,
+//! `cloudmap/inst/`) are kept in memory, every mesh snapshot carries the
+//! instances of the services its Cloud Map nodes name, and a registry change
+//! recomputes only the meshes naming that service — without re-reading their
+//! App Mesh resources — so an instance that registers, deregisters or turns
+//! unhealthy reaches the Envoys as an EDS update.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use futures::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
+use weft_model::shapes::ServiceDiscovery;
 use weft_model::{keys, Kind, StoredRecord};
+use weft_registry::keys as registry_keys;
+use weft_registry::{Instance, NamespaceRecord, ServiceRecord};
 use weft_store::{Range, SharedStore, StoreError, WatchEvent};
-use weft_translate::{translate, MeshSnapshot, ProxyIdentity, ProxyOptions, TranslateError};
+use weft_translate::{
+    translate, CloudMapInstance, MeshSnapshot, ProxyIdentity, ProxyOptions, TranslateError,
+};
 use weft_xds::{NodeResolver, Snapshot, SnapshotCache, XdsNode};
 
 /// One class of proxies: a virtual node (or gateway) and the options its
@@ -87,6 +100,7 @@ pub fn new(store: SharedStore, cache: SnapshotCache) -> (AppMeshResolver, Runtim
             registry,
             new_keys: rx,
             records: BTreeMap::new(),
+            cloud_map: CloudMap::default(),
             meshes: HashMap::new(),
         },
     )
@@ -100,6 +114,8 @@ pub struct Runtime {
     new_keys: mpsc::UnboundedReceiver<String>,
     /// Every `mesh/` and `res/` record, by store key.
     records: BTreeMap<String, StoredRecord>,
+    /// The instance registry's namespaces, services and instances.
+    cloud_map: CloudMap,
     /// Typed snapshots of meshes, rebuilt when their records change.
     meshes: HashMap<String, Arc<MeshSnapshot>>,
 }
@@ -135,14 +151,200 @@ fn classify(key: &str) -> Option<(String, Kind)> {
     }
 }
 
+/// `(namespace name, service name)`: how a virtual node names a Cloud Map service.
+type ServiceName = (String, String);
+
+/// The registry as translation needs it, kept from the change feed.
+///
+/// Instances are keyed by service id (as in the store) so that an instance
+/// change costs a map update; names are resolved only when a mesh snapshot
+/// is (re)built.
+#[derive(Default)]
+struct CloudMap {
+    /// Namespace id → name.
+    namespaces: HashMap<String, String>,
+    /// Service id → (namespace id, service name).
+    services: HashMap<String, (String, String)>,
+    /// Service id → instance id → instance.
+    instances: HashMap<String, BTreeMap<String, CloudMapInstance>>,
+}
+
+/// What a registry change may have changed, to find the meshes to recompute.
+#[derive(Default)]
+struct Touched {
+    /// Services whose instances (or existence) changed.
+    services: HashSet<ServiceName>,
+    /// Namespaces that appeared or went: every service named in them.
+    namespaces: HashSet<String>,
+}
+
+impl Touched {
+    fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.namespaces.is_empty()
+    }
+
+    fn hits(&self, name: &ServiceName) -> bool {
+        self.namespaces.contains(&name.0) || self.services.contains(name)
+    }
+}
+
+fn registry_record<T: DeserializeOwned>(key: &str, value: &[u8]) -> Option<T> {
+    match serde_json::from_slice(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(%key, error = %e, "unreadable registry record skipped");
+            None
+        }
+    }
+}
+
+/// An instance as translation takes it.
+fn cloud_map_instance(instance: &Instance) -> CloudMapInstance {
+    CloudMapInstance {
+        id: instance.id.clone(),
+        ipv4: instance.ipv4().map(|a| a.to_string()),
+        ipv6: instance.ipv6().map(|a| a.to_string()),
+        port: instance.port(),
+        attributes: instance.attributes.clone(),
+        healthy: instance.is_healthy(),
+    }
+}
+
+impl CloudMap {
+    /// The names of a service, once both it and its namespace are known.
+    fn service_name(&self, service_id: &str) -> Option<ServiceName> {
+        let (namespace_id, name) = self.services.get(service_id)?;
+        let namespace = self.namespaces.get(namespace_id)?;
+        Some((namespace.clone(), name.clone()))
+    }
+
+    /// Applies one change of a registry key (`value` `None` for a delete) and
+    /// records what it touched. Keys the control plane does not need (name
+    /// indexes, guards, operations, idempotency records) are ignored.
+    fn apply(&mut self, key: &str, value: Option<&[u8]>, touched: &mut Touched) {
+        if let Some((service_id, instance_id)) = registry_keys::parse_instance(key) {
+            let changed = match value.and_then(|v| registry_record::<Instance>(key, v)) {
+                Some(instance) => {
+                    let instance = cloud_map_instance(&instance);
+                    let instances = self.instances.entry(service_id.clone()).or_default();
+                    instances.insert(instance_id, instance.clone()) != Some(instance)
+                }
+                None => {
+                    let removed = match self.instances.get_mut(&service_id) {
+                        Some(instances) => instances.remove(&instance_id).is_some(),
+                        None => false,
+                    };
+                    if self
+                        .instances
+                        .get(&service_id)
+                        .is_some_and(BTreeMap::is_empty)
+                    {
+                        self.instances.remove(&service_id);
+                    }
+                    removed
+                }
+            };
+            // An instance of a service not known yet is picked up when the
+            // service record arrives (which touches the service).
+            if changed {
+                if let Some(name) = self.service_name(&service_id) {
+                    touched.services.insert(name);
+                }
+            }
+        } else if let Some(id) = key.strip_prefix(registry_keys::SERVICES) {
+            if let Some(name) = self.service_name(id) {
+                touched.services.insert(name);
+            }
+            match value.and_then(|v| registry_record::<ServiceRecord>(key, v)) {
+                Some(service) => {
+                    self.services
+                        .insert(id.to_string(), (service.namespace_id, service.name));
+                }
+                None => {
+                    self.services.remove(id);
+                }
+            }
+            if let Some(name) = self.service_name(id) {
+                touched.services.insert(name);
+            }
+        } else if let Some(id) = key.strip_prefix(registry_keys::NAMESPACES) {
+            if let Some(name) = self.namespaces.get(id) {
+                touched.namespaces.insert(name.clone());
+            }
+            match value.and_then(|v| registry_record::<NamespaceRecord>(key, v)) {
+                Some(namespace) => {
+                    touched.namespaces.insert(namespace.name.clone());
+                    self.namespaces.insert(id.to_string(), namespace.name);
+                }
+                None => {
+                    self.namespaces.remove(id);
+                }
+            }
+        }
+    }
+
+    /// The healthy and unhealthy instances of each named service (translation
+    /// filters them), with an entry — possibly empty — for every name, so
+    /// that the snapshot also records which services it depends on.
+    fn instances_of<'a>(
+        &self,
+        names: impl Iterator<Item = &'a ServiceName>,
+    ) -> BTreeMap<ServiceName, Vec<CloudMapInstance>> {
+        let wanted: BTreeSet<&ServiceName> = names.collect();
+        let mut out: BTreeMap<ServiceName, Vec<CloudMapInstance>> = wanted
+            .iter()
+            .map(|name| ((*name).clone(), Vec::new()))
+            .collect();
+        if wanted.is_empty() {
+            return out;
+        }
+        // One pass over the services (few) rather than a name index to keep
+        // consistent: names are resolved only when a snapshot is built.
+        for service_id in self.services.keys() {
+            let Some(name) = self.service_name(service_id) else {
+                continue;
+            };
+            if let (Some(list), Some(instances)) =
+                (out.get_mut(&name), self.instances.get(service_id))
+            {
+                list.extend(instances.values().cloned());
+            }
+        }
+        out
+    }
+}
+
+/// The Cloud Map services the virtual nodes of a mesh name.
+fn cloud_map_names(snapshot: &MeshSnapshot) -> BTreeSet<ServiceName> {
+    snapshot
+        .virtual_nodes
+        .values()
+        .filter_map(|node| match node.spec.service_discovery.as_ref()? {
+            ServiceDiscovery::AwsCloudMap(cm) => {
+                Some((cm.namespace_name.clone(), cm.service_name.clone()))
+            }
+            ServiceDiscovery::Dns(_) => None,
+        })
+        .collect()
+}
+
 impl Runtime {
+    /// Reads every mesh resource and registry record; returns the revision to
+    /// follow the change feed from.
+    ///
+    /// The prefixes are read one after another, at increasing revisions; the
+    /// feed is followed from the *first* one, so that nothing written between
+    /// the reads is missed. Replaying the changes up to the later reads is
+    /// harmless: every event carries the key's whole value, so applying them
+    /// in order ends in the current state.
     async fn load(&mut self) -> Result<i64, StoreError> {
         self.records.clear();
         self.meshes.clear();
-        let mut revision = 0;
+        self.cloud_map = CloudMap::default();
+        let mut revision = None;
         for prefix in ["mesh/", "res/"] {
             let result = self.store.range(Range::prefix(prefix)).await?;
-            revision = revision.max(result.revision);
+            revision = Some(revision.unwrap_or(result.revision).min(result.revision));
             for kv in result.kvs {
                 match serde_json::from_slice::<StoredRecord>(&kv.value) {
                     Ok(r) => {
@@ -154,7 +356,20 @@ impl Runtime {
                 }
             }
         }
-        Ok(revision)
+        let mut ignored = Touched::default();
+        for prefix in [
+            registry_keys::NAMESPACES,
+            registry_keys::SERVICES,
+            registry_keys::INSTANCES,
+        ] {
+            let result = self.store.range(Range::prefix(prefix)).await?;
+            revision = Some(revision.unwrap_or(result.revision).min(result.revision));
+            for kv in result.kvs {
+                self.cloud_map
+                    .apply(&kv.key, Some(kv.value.as_ref()), &mut ignored);
+            }
+        }
+        Ok(revision.unwrap_or(0))
     }
 
     /// Builds the typed snapshot of one mesh (by escaped name) from the records.
@@ -215,6 +430,7 @@ impl Runtime {
                 Kind::Mesh => {}
             }
         }
+        snap.cloud_map = self.cloud_map.instances_of(cloud_map_names(&snap).iter());
         Some(snap)
     }
 
@@ -262,11 +478,31 @@ impl Runtime {
         }
     }
 
-    fn refresh(&mut self, dirty: &BTreeSet<String>) {
+    /// Recomputes the proxies of the meshes whose resources changed (`dirty`)
+    /// or whose Cloud Map services changed (`touched`).
+    fn refresh(&mut self, dirty: &BTreeSet<String>, touched: &Touched) {
         // A changed mesh is rebuilt only when some proxy of it is connected:
         // writes to meshes nobody serves cost nothing here.
         for escaped in dirty {
             self.meshes.remove(escaped);
+        }
+        let mut dirty = dirty.clone();
+        if !touched.is_empty() {
+            // Only built meshes can be out of date (the others are built from
+            // the current registry when first needed), and only those naming
+            // a touched service. Their App Mesh part is unchanged: only the
+            // instances are replaced, in place when nobody else holds the
+            // snapshot.
+            for (escaped, snap) in self.meshes.iter_mut() {
+                if snap.cloud_map.keys().any(|name| touched.hits(name)) {
+                    let instances = self.cloud_map.instances_of(snap.cloud_map.keys());
+                    Arc::make_mut(snap).cloud_map = instances;
+                    dirty.insert(escaped.clone());
+                }
+            }
+        }
+        if dirty.is_empty() {
+            return;
         }
         for (key, class) in self.classes() {
             if dirty.contains(&keys::escape(&class.identity.mesh)) {
@@ -275,7 +511,12 @@ impl Runtime {
         }
     }
 
-    fn apply(&mut self, event: WatchEvent, dirty: &mut BTreeSet<String>) {
+    fn apply(&mut self, event: WatchEvent, dirty: &mut BTreeSet<String>, touched: &mut Touched) {
+        if event.key.starts_with(registry_keys::PREFIX) {
+            self.cloud_map
+                .apply(&event.key, event.value.as_deref(), touched);
+            return;
+        }
         let Some((mesh, _)) = classify(&event.key) else {
             return;
         };
@@ -310,7 +551,7 @@ impl Runtime {
                 .keys()
                 .filter_map(|k| classify(k).map(|(m, _)| m))
                 .collect();
-            self.refresh(&all);
+            self.refresh(&all, &Touched::default());
             let mut feed = match self.store.watch("", revision).await {
                 Ok(f) => f,
                 Err(e) => {
@@ -330,11 +571,12 @@ impl Runtime {
                     }
                     event = feed.next() => {
                         let mut dirty = BTreeSet::new();
+                        let mut touched = Touched::default();
                         let mut next = event;
                         // Apply every change that is ready now, then recompute once.
                         loop {
                             match next {
-                                Some(Ok(ev)) => self.apply(ev, &mut dirty),
+                                Some(Ok(ev)) => self.apply(ev, &mut dirty, &mut touched),
                                 Some(Err(e)) => {
                                     tracing::warn!(error = %e, "change feed interrupted; reloading");
                                     continue 'reload;
@@ -349,7 +591,7 @@ impl Runtime {
                                 None => break,
                             }
                         }
-                        self.refresh(&dirty);
+                        self.refresh(&dirty, &touched);
                     }
                 }
             }
