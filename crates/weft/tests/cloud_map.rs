@@ -23,7 +23,7 @@ use aws_sdk_appmesh::types::{
     PortProtocol, ServiceDiscovery, VirtualNodeServiceProvider, VirtualNodeSpec,
     VirtualServiceBackend, VirtualServiceProvider, VirtualServiceSpec,
 };
-use common::mesh::{agent, agent_with_env, free_port, sample_app, wait_until, Agent, Proc};
+use common::mesh::{agent, agent_with_env, free_port, sample_app, Agent, Proc};
 use common::WeftServer;
 use serde_json::{json, Value};
 use weft_agent::registration::call;
@@ -165,14 +165,36 @@ fn red_instance(
         &env,
     );
     // Ready once its Envoy forwards to the app on the instance's address.
-    wait_until(Duration::from_secs(20), || {
-        get_at(address, port).is_ok_and(|(status, body)| status == 200 && body.trim() == name)
-    });
+    wait_for(
+        &format!("{name}'s Envoy forwards to its app on {address}:{port}"),
+        Duration::from_secs(20),
+        || get_at(address, port).is_ok_and(|(status, body)| status == 200 && body.trim() == name),
+        || format!("last answer {:?}", get_at(address, port)),
+    );
     Instance {
         name: name.to_string(),
         address: address.to_string(),
         agent,
         _app: app,
+    }
+}
+
+/// Like `wait_until`, but a timeout names what was awaited and the state (`state()`) it
+/// ended in, so that a failure explains itself.
+fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut ok: impl FnMut() -> bool,
+    state: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {timeout:?}; {}",
+            state()
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -263,9 +285,18 @@ impl Load {
     /// Waits until `name` gets no request for a whole 500 ms window (in-flight requests may
     /// still land right after the change), then checks a further second with none.
     fn assert_stops_receiving(&self, name: &str) {
-        wait_until(Duration::from_secs(10), || {
-            !self.during(Duration::from_millis(500)).contains_key(name)
-        });
+        wait_for(
+            &format!("{name} stops receiving"),
+            Duration::from_secs(10),
+            || !self.during(Duration::from_millis(500)).contains_key(name),
+            || {
+                format!(
+                    "counts {:?}, failures {:?}",
+                    self.counts.lock().unwrap(),
+                    self.failures()
+                )
+            },
+        );
         let window = self.during(Duration::from_secs(1));
         assert!(
             !window.contains_key(name),
@@ -280,7 +311,20 @@ impl Load {
     }
 }
 
-/// Who answered `n` requests through front.
+/// Who answered `n` requests through front; `None` if any request failed (while waiting for
+/// a change to reach Envoy, e.g. before the first instance is registered: no endpoint, 503).
+fn try_split(front: &Agent, n: usize) -> Option<HashMap<String, usize>> {
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        match front.get(SERVICE, "/", &[]) {
+            Ok((200, body)) => *counts.entry(body.trim().to_string()).or_insert(0) += 1,
+            _ => return None,
+        }
+    }
+    Some(counts)
+}
+
+/// Who answered `n` requests through front, all of which must succeed.
 fn split(front: &Agent, n: usize) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for _ in 0..n {
@@ -289,6 +333,42 @@ fn split(front: &Agent, n: usize) -> HashMap<String, usize> {
         *counts.entry(body.trim().to_string()).or_insert(0) += 1;
     }
     counts
+}
+
+/// Waits until `n` requests all succeed and are answered by exactly `expected` (sorted).
+fn wait_for_split(front: &Agent, n: usize, expected: &[&str]) {
+    wait_for(
+        &format!("only {expected:?} answer"),
+        Duration::from_secs(10),
+        || try_split(front, n).is_some_and(|counts| names(&counts) == expected),
+        || format!("last: {:?}", try_split(front, n)),
+    );
+}
+
+/// The instance ids the registry lists (from a thread outside the test's runtime).
+fn registry_ids(registry: &Registry) -> Vec<String> {
+    let (endpoint, service_id) = (registry.endpoint.clone(), registry.service_id.clone());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let answer = runtime
+            .block_on(call(
+                &endpoint,
+                "ListInstances",
+                json!({"ServiceId": service_id}),
+            ))
+            .unwrap_or_default();
+        answer["Instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| format!("{}", i["Id"]))
+            .collect()
+    })
+    .join()
+    .unwrap()
 }
 
 fn names(counts: &HashMap<String, usize>) -> Vec<&str> {
@@ -350,9 +430,7 @@ async fn cloud_map_instances_receive_traffic_filters_select_and_changes_lose_no_
     let b = red_instance(&server, "red-b", "127.0.0.3", port, &[]);
     registry.register(&a, port, "v1").await;
     registry.register(&b, port, "v2").await;
-    wait_until(Duration::from_secs(10), || {
-        names(&split(&front, 20)) == ["red-a", "red-b"]
-    });
+    wait_for_split(&front, 20, &["red-a", "red-b"]);
     let counts = split(&front, 200);
     eprintln!("two registered instances: {counts:?}");
     assert_eq!(names(&counts), ["red-a", "red-b"]);
@@ -370,9 +448,7 @@ async fn cloud_map_instances_receive_traffic_filters_select_and_changes_lose_no_
         .send()
         .await
         .unwrap();
-    wait_until(Duration::from_secs(10), || {
-        names(&split(&front, 20)) == ["red-b"]
-    });
+    wait_for_split(&front, 20, &["red-b"]);
     assert_eq!(names(&split(&front, 100)), ["red-b"], "version=v2 only");
     c.update_virtual_node()
         .mesh_name("apps")
@@ -381,15 +457,22 @@ async fn cloud_map_instances_receive_traffic_filters_select_and_changes_lose_no_
         .send()
         .await
         .unwrap();
-    wait_until(Duration::from_secs(10), || {
-        names(&split(&front, 20)) == ["red-a", "red-b"]
-    });
+    wait_for_split(&front, 20, &["red-a", "red-b"]);
 
     // Under continuous load from here on.
     let load = Load::start(front.egress_port);
-    wait_until(Duration::from_secs(5), || {
-        load.count("red-a") > 0 && load.count("red-b") > 0
-    });
+    wait_for(
+        "both instances receive the load",
+        Duration::from_secs(5),
+        || load.count("red-a") > 0 && load.count("red-b") > 0,
+        || {
+            format!(
+                "counts {:?}, failures {:?}",
+                load.counts.lock().unwrap(),
+                load.failures()
+            )
+        },
+    );
 
     // A new instance starts receiving within a second of its registration.
     let c3 = red_instance(&server, "red-c", "127.0.0.4", port, &[]);
@@ -419,10 +502,15 @@ async fn cloud_map_instances_receive_traffic_filters_select_and_changes_lose_no_
     load.assert_stops_receiving("red-b");
     assert!(load.failures().is_empty(), "{:?}", load.failures());
     registry.set_health(&b, "HEALTHY").await;
-    wait_until(Duration::from_secs(5), || {
-        load.during(Duration::from_millis(200))
-            .contains_key("red-b")
-    });
+    wait_for(
+        "red-b receives again once healthy",
+        Duration::from_secs(5),
+        || {
+            load.during(Duration::from_millis(200))
+                .contains_key("red-b")
+        },
+        || format!("counts {:?}", load.counts.lock().unwrap()),
+    );
 
     // An instance registered by its own `weft agent` (self-registration) receives traffic.
     let endpoint = registry.endpoint.clone();
@@ -443,7 +531,18 @@ async fn cloud_map_instances_receive_traffic_filters_select_and_changes_lose_no_
             ("WEFT_REGISTRY_ENDPOINT", &endpoint),
         ],
     );
-    wait_until(Duration::from_secs(10), || load.count("red-d") > 0);
+    wait_for(
+        "the self-registered red-d receives traffic",
+        Duration::from_secs(10),
+        || load.count("red-d") > 0,
+        || {
+            format!(
+                "counts {:?}, registry {:?}",
+                load.counts.lock().unwrap(),
+                registry_ids(&registry)
+            )
+        },
+    );
     let listed: Vec<String> = registry
         .instances()
         .await
