@@ -15,7 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
 /// API version prefix of every App Mesh path.
-const PREFIX: &str = "/v20190125";
+pub const PREFIX: &str = "/v20190125";
 
 /// A pooled keep-alive HTTP/1.1 client bound to one server.
 pub struct Api {

@@ -123,3 +123,78 @@ pub fn load_average() -> Option<f64> {
     let text = std::fs::read_to_string("/proc/loadavg").ok()?;
     text.split_whitespace().next()?.parse().ok()
 }
+
+/// Resident memory of a process in KiB (`VmRSS` of `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Open-file limit of this process (`ulimit -n`), soft.
+pub fn open_files_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// The `q` quantile of sorted samples (nearest rank); zero when empty.
+pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
+    sorted[i - 1]
+}
+
+/// Milliseconds with two decimals.
+pub fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+/// CPU time of one process and of the whole machine, to compare two moments.
+#[derive(Clone, Copy)]
+pub struct CpuMark {
+    /// The process's CPU time.
+    pub process: Option<Duration>,
+    /// This benchmark's own CPU time.
+    pub client: Option<Duration>,
+    /// The machine's busy time.
+    pub machine: Option<Duration>,
+    /// When.
+    pub at: Instant,
+}
+
+impl CpuMark {
+    /// Now, for process `pid`.
+    pub fn now(pid: u32) -> CpuMark {
+        CpuMark {
+            process: cpu_time(pid),
+            client: cpu_time(std::process::id()),
+            machine: machine_busy(),
+            at: Instant::now(),
+        }
+    }
+
+    /// (process CPU, client CPU, other CPU) from `self` to `later`.
+    pub fn delta(&self, later: &CpuMark) -> (Duration, Duration, Duration) {
+        let d = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => Duration::ZERO,
+        };
+        let p = d(self.process, later.process);
+        let c = d(self.client, later.client);
+        let m = d(self.machine, later.machine);
+        (p, c, m.saturating_sub(p + c))
+    }
+
+    /// "other CPU" (everything but the process and this benchmark) from
+    /// `self` to `later`, in % of one core.
+    pub fn other_percent(&self, later: &CpuMark) -> f64 {
+        let wall = later.at.duration_since(self.at).as_secs_f64();
+        if wall <= 0.0 {
+            return 0.0;
+        }
+        100.0 * self.delta(later).2.as_secs_f64() / wall
+    }
+}

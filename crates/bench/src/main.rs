@@ -6,10 +6,25 @@
 //! UpdateVirtualNode over keep-alive HTTP/1.1 from concurrent client tasks,
 //! each for a bounded time. Run it with
 //! `cargo build --release -p weft && cargo run --release -p weft-bench -- api`.
+//!
+//! The other subcommands measure the control plane and the data plane
+//! (issue 4): `xds-scale` (simulated proxies over real ADS), `envoys` (real
+//! Envoys), `scoping` (config bytes per proxy as the mesh grows), `dataplane`
+//! (open-loop latency added by the Envoy pair) and `no-drops` (failed
+//! requests while routes change). Each is bounded in time, binds loopback
+//! only and prints a table.
 
+mod ads;
+mod appmesh;
+mod dataplane;
+mod envoys;
 mod load;
 mod machine;
+mod openloop;
+mod procs;
+mod scoping;
 mod server;
+mod xds_scale;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +53,16 @@ struct Cli {
 enum Command {
     /// Throughput and latency of the App Mesh API of `weft server` on the embedded store.
     Api(ApiArgs),
+    /// Simulated proxies over real ADS: convergence, memory per proxy, CPU per push.
+    XdsScale(xds_scale::XdsScaleArgs),
+    /// Real Envoys connected to `weft server`: time from an API write to the last ACK.
+    Envoys(envoys::EnvoysArgs),
+    /// Bytes of config one proxy receives as the mesh grows around it.
+    Scoping(scoping::ScopingArgs),
+    /// Open-loop latency direct vs through the client and server Envoys.
+    Dataplane(dataplane::DataplaneArgs),
+    /// Failed requests under steady load while routes change every interval.
+    NoDrops(dataplane::NoDropsArgs),
 }
 
 #[derive(clap::Args)]
@@ -69,7 +94,7 @@ struct ApiArgs {
     )]
     phases: Vec<Phase>,
     /// The `weft` binary (default: the one next to this executable).
-    #[arg(long)]
+    #[arg(long, env = "WEFT_BENCH_WEFT_BIN")]
     weft_bin: Option<PathBuf>,
     /// Parent folder of the server's fresh data folder (default: the system temp folder).
     #[arg(long)]
@@ -366,7 +391,18 @@ async fn api_bench(args: ApiArgs) -> Result<()> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")
+    };
     match cli.command {
+        Command::XdsScale(args) => runtime()?.block_on(xds_scale::run(args)),
+        Command::Envoys(args) => runtime()?.block_on(envoys::run(args)),
+        Command::Scoping(args) => runtime()?.block_on(scoping::run(args)),
+        Command::Dataplane(args) => runtime()?.block_on(dataplane::run(args)),
+        Command::NoDrops(args) => runtime()?.block_on(dataplane::run_no_drops(args)),
         Command::Api(args) => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             builder.enable_all();

@@ -26,6 +26,8 @@ pub struct Server {
     child: Child,
     /// Base URL, e.g. `http://127.0.0.1:40123`.
     pub url: String,
+    /// Address of the xDS (ADS) server, e.g. `127.0.0.1:40124`.
+    pub xds_addr: String,
 }
 
 impl Server {
@@ -43,8 +45,7 @@ impl Server {
             .arg("server")
             .arg("--listen")
             .arg("127.0.0.1:0")
-            // The xDS server is idle here (no Envoy connects) but must not
-            // collide with another server on its fixed default port.
+            // Never collide with another server on the fixed default port.
             .arg("--xds-listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
@@ -63,26 +64,38 @@ impl Server {
             .take()
             .context("the server's stdout is not piped")?;
         let (tx, rx) = mpsc::channel();
-        // Reads the listening line, then keeps draining stdout so the server
-        // never blocks on a full pipe.
+        // Reads the two listening lines, then keeps draining stdout so the
+        // server never blocks on a full pipe.
         std::thread::spawn(move || {
+            let (mut url, mut xds) = (None, None);
             let mut sent = false;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if !sent {
-                    if let Some(url) = line.strip_prefix("weft api listening on ") {
-                        let _ = tx.send(url.trim().to_string());
-                        sent = true;
-                    }
+                if sent {
+                    continue;
+                }
+                if let Some(u) = line.strip_prefix("weft api listening on ") {
+                    url = Some(u.trim().to_string());
+                }
+                if let Some(a) = line.strip_prefix("weft xds listening on ") {
+                    xds = Some(a.trim().to_string());
+                }
+                if let (Some(u), Some(a)) = (&url, &xds) {
+                    let _ = tx.send((u.clone(), a.clone()));
+                    sent = true;
                 }
             }
         });
         let mut server = Server {
             child,
             url: String::new(),
+            xds_addr: String::new(),
         };
         match rx.recv_timeout(START_TIMEOUT) {
-            Ok(url) => server.url = url,
+            Ok((url, xds)) => {
+                server.url = url;
+                server.xds_addr = xds;
+            }
             Err(_) => {
                 let status = server.child.try_wait().ok().flatten();
                 bail!(

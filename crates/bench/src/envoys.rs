@@ -1,0 +1,262 @@
+//! `weft-bench envoys`: real Envoys (each under a `weft agent`,
+//! `--concurrency 1`) connected to a real `weft server`; the time from an
+//! UpdateRoute write until the last Envoy ACKed the new route configuration,
+//! as the server's `GET /weft/v1/proxy-status` reports it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hyper::Method;
+use serde_json::Value;
+
+use crate::appmesh;
+use crate::load::Api;
+use crate::machine::{self, ms, quantile, CpuMark};
+use crate::procs::{self, Agent};
+use crate::server::{self, Server};
+
+const MESH: &str = "envoys";
+const SERVICE: &str = "colors.envoys.local";
+/// Envoy's RSS with `--concurrency 1` is ~65 MiB, ~15 MiB of it private
+/// (envoy-notes.md); budget generously with the agent.
+const MIB_PER_ENVOY: u64 = 80;
+
+/// Flags of `weft-bench envoys`.
+#[derive(clap::Args)]
+pub struct EnvoysArgs {
+    /// Envoys to start (each its own virtual node and `weft agent`).
+    #[arg(long, default_value_t = 100)]
+    pub count: usize,
+    /// Route changes measured.
+    #[arg(long, default_value_t = 30)]
+    pub changes: usize,
+    /// Pause between changes, in milliseconds.
+    #[arg(long, default_value_t = 300)]
+    pub pause_ms: u64,
+    /// ADS variant the agents' Envoys speak.
+    #[arg(long, default_value = "delta")]
+    pub protocol: String,
+    /// The `weft` binary (default: the one next to this executable).
+    #[arg(long, env = "WEFT_BENCH_WEFT_BIN")]
+    pub weft_bin: Option<PathBuf>,
+}
+
+/// RDS ACKed version and "fully ACKed" per connected proxy (by node id).
+async fn rds_versions(api: &Api) -> Result<HashMap<String, (Option<String>, bool)>> {
+    let body = api
+        .call_ok(Method::GET, "/weft/v1/proxy-status", None)
+        .await?;
+    let status: Value = serde_json::from_slice(&body).context("proxy-status is not JSON")?;
+    let mut out = HashMap::new();
+    for p in status["proxies"].as_array().into_iter().flatten() {
+        let node = p["nodeId"].as_str().unwrap_or_default().to_string();
+        let types = &p["types"];
+        let rds = types["RouteConfiguration"]["ackedVersion"]
+            .as_str()
+            .map(str::to_string);
+        let settled = types
+            .as_object()
+            .is_some_and(|t| t.values().all(|v| v["pendingNonce"].is_null()));
+        out.insert(node, (rds, settled));
+    }
+    Ok(out)
+}
+
+/// Runs the benchmark and prints its table.
+pub async fn run(args: EnvoysArgs) -> Result<()> {
+    let binary = match &args.weft_bin {
+        Some(b) => b.clone(),
+        None => server::default_weft_binary()?,
+    };
+    let available = procs::mem_available_mib().unwrap_or(0);
+    let fits = (available * 8 / 10 / MIB_PER_ENVOY) as usize;
+    let count = args.count.min(fits.max(1));
+    if args.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let data = tempfile::Builder::new()
+        .prefix("weft-bench-envoys-")
+        .tempdir()
+        .context("creating a temporary data folder")?;
+    let mut server = Server::start(&binary, &data.path().join("data"), &appmesh::big_quotas())?;
+    let api = Arc::new(Api::new(&server.url, 8));
+    appmesh::create_mesh(&api, MESH).await?;
+    // Two target nodes (no Envoy needed behind them) and a router splitting between them.
+    for t in ["red", "blue"] {
+        appmesh::create_node(
+            &api,
+            MESH,
+            appmesh::node_body(t, 8080, "http", "127.0.0.1", &[]),
+        )
+        .await?;
+    }
+    appmesh::create_router(&api, MESH, "colors", 8080, "http").await?;
+    let spec = |w: u32| appmesh::route_spec("http", &[("red".into(), w), ("blue".into(), 100 - w)]);
+    appmesh::create_route(&api, MESH, "colors", "main", spec(50)).await?;
+    appmesh::create_service(&api, MESH, SERVICE, "colors").await?;
+    let mut nodes = Vec::new();
+    for i in 0..count {
+        let name = format!("client-{i:03}");
+        let port = procs::free_port()?;
+        appmesh::create_node(
+            &api,
+            MESH,
+            appmesh::node_body(&name, port, "http", "127.0.0.1", &[SERVICE.to_string()]),
+        )
+        .await?;
+        nodes.push(name);
+    }
+    let started = Instant::now();
+    let mut agents: Vec<Agent> = Vec::new();
+    for name in &nodes {
+        agents.push(procs::agent(
+            &binary,
+            &server.xds_addr,
+            MESH,
+            name,
+            &[],
+            &args.protocol,
+        )?);
+        // Do not start them all in the same instant on 2 cores.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for a in &agents {
+        a.wait_ready(Duration::from_secs(120)).await?;
+    }
+    // Every Envoy connected and settled with a route configuration.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let v = rds_versions(&api).await?;
+        let ready = v.values().filter(|(r, s)| r.is_some() && *s).count();
+        if ready >= count {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {ready} of {count} Envoys ACKed a route configuration within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let startup = started.elapsed();
+    let envoy_rss: u64 = agents
+        .iter()
+        .filter_map(|a| envoy_child_rss(a.proc.pid()))
+        .sum();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let mut samples = Vec::new();
+    let mut polls = Vec::new();
+    let cpu0 = CpuMark::now(server.pid());
+    for c in 0..args.changes.max(1) {
+        let before = rds_versions(&api).await?;
+        let weight = if c % 2 == 0 { 70 } else { 50 };
+        let t0 = Instant::now();
+        appmesh::update_route(&api, MESH, "colors", "main", spec(weight)).await?;
+        let mut n = 0;
+        loop {
+            n += 1;
+            let now = rds_versions(&api).await?;
+            let done = nodes.iter().all(|node| {
+                let id = format!("mesh/{MESH}/virtualNode/{node}");
+                match (before.get(&id), now.get(&id)) {
+                    (Some((old, _)), Some((new, settled))) => new != old && *settled,
+                    _ => false,
+                }
+            });
+            if done {
+                samples.push(t0.elapsed());
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!("change {c}: not every Envoy ACKed within 30 s");
+            }
+        }
+        polls.push(n);
+        tokio::time::sleep(Duration::from_millis(args.pause_ms)).await;
+    }
+    let cpu1 = CpuMark::now(server.pid());
+    server.check_alive()?;
+    let nacks: u64 = agents.iter().map(|a| a.stat_sum("update_rejected")).sum();
+    samples.sort();
+    let p99 = quantile(&samples, 0.99);
+    let goal = Duration::from_millis(50);
+
+    println!("weft-bench envoys: real Envoys, time from an API write to the last ACK");
+    println!("date:       {}", machine::utc_now());
+    println!("machine:    {}", machine::describe());
+    println!("server:     {}", binary.display());
+    if count < args.count {
+        println!(
+            "NOTE:       asked for {} Envoys; {} MiB available fits {count} at ~{MIB_PER_ENVOY} MiB each",
+            args.count, available
+        );
+    }
+    println!(
+        "envoys:     {count} (`weft agent`, explicit mode, Envoy --concurrency 1, ADS {}), \
+         all connected and configured in {:.1} s; Envoy RSS total {:.0} MiB",
+        args.protocol,
+        startup.as_secs_f64(),
+        envoy_rss as f64 / 1024.0
+    );
+    println!(
+        "change:     UpdateRoute of the one router every Envoy's node has as backend \
+         (weights 50/50 <-> 70/30), {} times, {} ms apart",
+        samples.len(),
+        args.pause_ms
+    );
+    let (srv, _, _) = cpu0.delta(&cpu1);
+    println!();
+    println!(
+        "{:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>6} {:>6}  {:<14} verdict",
+        "envoys",
+        "changes",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "polls/chg",
+        "NACKs",
+        "oth%",
+        "goal"
+    );
+    println!(
+        "{:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10.1} {:>6} {:>5.0}%  {:<14} {}",
+        count,
+        samples.len(),
+        ms(quantile(&samples, 0.5)),
+        ms(quantile(&samples, 0.9)),
+        ms(p99),
+        ms(samples.last().copied().unwrap_or_default()),
+        polls.iter().sum::<usize>() as f64 / polls.len().max(1) as f64,
+        nacks,
+        cpu0.other_percent(&cpu1),
+        "p99 <= 50 ms",
+        if p99 <= goal { "met" } else { "MISSED" }
+    );
+    println!();
+    println!(
+        "Time: from sending UpdateRoute until a poll of GET /weft/v1/proxy-status (polled back to \
+         back) shows every Envoy's RouteConfiguration ACKed at a new version with no response \
+         pending; includes the durable write. Server CPU over all changes: {:.2} s. oth% = CPU \
+         of everything but the server and this benchmark (the Envoys and agents, other work), in \
+         % of one core.",
+        srv.as_secs_f64()
+    );
+    drop(agents);
+    drop(server);
+    Ok(())
+}
+
+/// Summed RSS (KiB) of the children of `pid` (the agent's Envoy).
+fn envoy_child_rss(pid: u32) -> Option<u64> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    Some(
+        children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+            .filter_map(machine::rss_kib)
+            .sum(),
+    )
+}

@@ -1,0 +1,210 @@
+//! An open-loop HTTP load generator: requests leave on a fixed schedule
+//! whatever the latency of earlier ones, and each latency is measured from
+//! the request's *intended* send time, so a stall counts against every
+//! request it delays (no coordinated omission).
+//!
+//! A dedicated thread keeps the schedule with the OS's high-resolution sleep
+//! (tokio's timer has 1 ms granularity) and hands each due request to the
+//! async runtime, which sends it over pooled keep-alive connections (HTTP/1.1)
+//! or one multiplexed connection (HTTP/2 with prior knowledge).
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::header::HOST;
+use hyper::Request;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::mpsc;
+
+/// One stream of requests.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Label in the report.
+    pub label: String,
+    /// `127.0.0.1:port` to connect to.
+    pub addr: String,
+    /// `Host` / `:authority` to send.
+    pub host: String,
+    /// HTTP/2 with prior knowledge instead of HTTP/1.1.
+    pub http2: bool,
+}
+
+/// What one target saw.
+#[derive(Clone, Debug, Default)]
+pub struct TargetResult {
+    /// Latencies (from intended send time) of measured successful requests, sorted.
+    pub latencies: Vec<Duration>,
+    /// Measured requests that failed (error or non-200).
+    pub failed: u64,
+    /// Measured requests sent.
+    pub sent: u64,
+    /// The first failures, described.
+    pub failures: Vec<String>,
+}
+
+struct Shared {
+    results: Vec<TargetResult>,
+}
+
+/// How requests of one target leave.
+#[derive(Clone)]
+enum Sender {
+    /// Pooled keep-alive HTTP/1.1 connections (a new one when all are busy).
+    Http1(Box<Client<HttpConnector, Empty<Bytes>>>),
+    /// One HTTP/2 connection (prior knowledge), requests multiplexed.
+    Http2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+async fn sender(target: &Target) -> Result<Sender> {
+    if !target.http2 {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        return Ok(Sender::Http1(Box::new(client)));
+    }
+    let stream = tokio::net::TcpStream::connect(&target.addr)
+        .await
+        .with_context(|| format!("connecting to {}", target.addr))?;
+    stream.set_nodelay(true)?;
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .context("HTTP/2 handshake")?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(Sender::Http2(send))
+}
+
+/// Sends `rate` requests per second to each target for `warmup + duration`
+/// (the warm-up is not counted); target `k`'s schedule is offset by `k /
+/// (rate × targets)` so the streams interleave evenly. Waits up to 15 s
+/// for requests still in flight at the end.
+pub async fn run(
+    targets: &[Target],
+    rate: f64,
+    warmup: Duration,
+    duration: Duration,
+) -> Result<Vec<TargetResult>> {
+    let mut clients = Vec::new();
+    for t in targets {
+        clients.push(sender(t).await?);
+    }
+    let shared = Arc::new(Mutex::new(Shared {
+        results: vec![TargetResult::default(); targets.len()],
+    }));
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Instant, bool)>();
+    let n = targets.len().max(1);
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let start = Instant::now() + Duration::from_millis(50);
+    let total = warmup + duration;
+    let ticker = std::thread::spawn(move || {
+        let mut i: u64 = 0;
+        loop {
+            let k = (i % n as u64) as usize;
+            let round = i / n as u64;
+            let offset = interval.mul_f64(k as f64 / n as f64);
+            let intended = start + interval.mul_f64(round as f64) + offset;
+            if intended.duration_since(start) >= total {
+                break;
+            }
+            let now = Instant::now();
+            if intended > now {
+                std::thread::sleep(intended - now);
+            }
+            let measured = intended.duration_since(start) >= warmup;
+            if tx.send((k, intended, measured)).is_err() {
+                break;
+            }
+            i += 1;
+        }
+    });
+    let mut inflight = tokio::task::JoinSet::new();
+    while let Some((k, intended, measured)) = rx.recv().await {
+        let client = clients[k].clone();
+        let target = targets[k].clone();
+        let shared = shared.clone();
+        inflight.spawn(async move {
+            let outcome = send(&client, &target).await;
+            let latency = intended.elapsed();
+            if !measured {
+                return;
+            }
+            let mut s = shared.lock().unwrap_or_else(PoisonError::into_inner);
+            let r = &mut s.results[k];
+            r.sent += 1;
+            match outcome {
+                Ok(()) => r.latencies.push(latency),
+                Err(e) => {
+                    r.failed += 1;
+                    if r.failures.len() < 5 {
+                        r.failures.push(format!("{e:#}"));
+                    }
+                }
+            }
+        });
+        // Reap finished tasks so the set stays small.
+        while inflight.try_join_next().is_some() {}
+    }
+    let _ = ticker.join();
+    let drain = tokio::time::timeout(Duration::from_secs(15), async {
+        while inflight.join_next().await.is_some() {}
+    })
+    .await;
+    if drain.is_err() {
+        inflight.abort_all();
+    }
+    let mut results = std::mem::take(
+        &mut shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .results,
+    );
+    for r in &mut results {
+        r.latencies.sort();
+    }
+    Ok(results)
+}
+
+async fn send(sender: &Sender, target: &Target) -> Result<()> {
+    let exchange = async {
+        let resp = match sender {
+            Sender::Http1(client) => {
+                let req = Request::builder()
+                    .uri(format!("http://{}/", target.addr))
+                    .header(HOST, &target.host)
+                    .body(Empty::new())
+                    .context("building the request")?;
+                client.request(req).await?
+            }
+            Sender::Http2(send) => {
+                // The authority of the URI becomes `:authority`.
+                let req = Request::builder()
+                    .uri(format!("http://{}/", target.host))
+                    .body(Empty::new())
+                    .context("building the request")?;
+                send.clone().send_request(req).await?
+            }
+        };
+        let status = resp.status();
+        resp.into_body().collect().await?;
+        anyhow::Ok(status)
+    };
+    let status = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .context("timed out after 10 s")??;
+    if status != hyper::StatusCode::OK {
+        anyhow::bail!("HTTP {status}");
+    }
+    Ok(())
+}

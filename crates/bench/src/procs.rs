@@ -1,0 +1,224 @@
+//! Real data-plane peers: `weft sample-app`s and `weft agent`s (each
+//! supervising a real Envoy with `--concurrency 1`) in explicit mode, on free
+//! loopback ports, like the dataplane tests start them.
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// First and last port handed out by [`free_port`]: below Linux's default
+/// ephemeral range (32768–60999), so a port checked free here is not taken
+/// a moment later as the source port of some outgoing connection (with a
+/// hundred Envoys connecting, ports picked with `bind(:0)` collided).
+const PORTS: (u16, u16) = (20_000, 32_000);
+
+/// The next port to try.
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A free loopback port from a range outside the ephemeral ports, starting
+/// at an offset that depends on this process so concurrent runs rarely meet.
+pub fn free_port() -> Result<u16> {
+    let span = PORTS.1 - PORTS.0;
+    let _ = NEXT_PORT.compare_exchange(
+        0,
+        PORTS.0 + (std::process::id() % u32::from(span / 100)) as u16 * 100,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let mut port = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        if port >= PORTS.1 {
+            NEXT_PORT.store(PORTS.0 + 1, Ordering::Relaxed);
+            port = PORTS.0;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port in {}..{}", PORTS.0, PORTS.1)
+}
+
+/// A child process, stopped with SIGTERM (then SIGKILL) when dropped.
+pub struct Proc(pub Child);
+
+impl Proc {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SIGTERM first so an agent stops its Envoy, then make sure.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `f` every 20 ms until it is true; fails after `timeout`.
+pub async fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: not within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `weft sample-app --name NAME` on a free port; returns it and its port.
+pub async fn sample_app(weft: &Path, name: &str) -> Result<(Proc, u16)> {
+    let port = free_port()?;
+    let child = Command::new(weft)
+        .args([
+            "sample-app",
+            "--name",
+            name,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("WEFT_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {} sample-app", weft.display()))?;
+    let app = Proc(child);
+    wait_until(Duration::from_secs(10), "sample app listening", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await?;
+    Ok((app, port))
+}
+
+/// One `weft agent` and its Envoy.
+pub struct Agent {
+    /// The agent process (its Envoy is its child).
+    pub proc: Proc,
+    /// Envoy's admin port.
+    pub admin_port: u16,
+    /// Envoy's egress listener port (explicit mode).
+    pub egress_port: u16,
+}
+
+/// Starts `weft agent` for `mesh/<mesh>/virtualNode/<node>` in explicit
+/// mode; `app_ports` maps the node's listener ports to where its app
+/// listens. Does not wait for Envoy (see [`Agent::wait_ready`]).
+pub fn agent(
+    weft: &Path,
+    xds: &str,
+    mesh: &str,
+    node: &str,
+    app_ports: &[(u16, u16)],
+    protocol: &str,
+) -> Result<Agent> {
+    let admin_port = free_port()?;
+    let egress_port = free_port()?;
+    let ports: Vec<String> = app_ports.iter().map(|(l, a)| format!("{l}={a}")).collect();
+    let mut cmd = Command::new(weft);
+    cmd.arg("agent")
+        .env(
+            "APPMESH_RESOURCE_ARN",
+            format!("mesh/{mesh}/virtualNode/{node}"),
+        )
+        .env("APPMESH_XDS_ENDPOINT", xds)
+        .env("ENVOY_ADMIN_ACCESS_PORT", admin_port.to_string())
+        .env("ENVOY_ADMIN_ACCESS_LOG_FILE", "/dev/null")
+        .env("APPMESH_ENVOY_EGRESS_PORT", egress_port.to_string())
+        .env("APPMESH_ENVOY_INGRESS_PORT", free_port()?.to_string())
+        .env("ENVOY_CONCURRENCY", "1")
+        .env("ENVOY_LOG_LEVEL", "error")
+        .env("WEFT_LISTENER_MODE", "explicit")
+        .env("WEFT_XDS_PROTOCOL", protocol)
+        .env("LISTENER_DRAIN_WAIT_TIME_S", "0")
+        .env("WEFT_ENVOY_STOP_GRACE_S", "2")
+        .env("WEFT_LOG", "warn")
+        .stdout(Stdio::null());
+    if !ports.is_empty() {
+        cmd.env("WEFT_APP_PORTS", ports.join(","));
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {} agent", weft.display()))?;
+    Ok(Agent {
+        proc: Proc(child),
+        admin_port,
+        egress_port,
+    })
+}
+
+impl Agent {
+    /// Whether Envoy's admin interface answers.
+    pub fn admin_up(&self) -> bool {
+        http_status(self.admin_port, "/ready").is_some()
+    }
+
+    /// Waits until Envoy's admin interface answers.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        wait_until(timeout, "Envoy admin interface", || self.admin_up()).await
+    }
+
+    /// The sum of Envoy's stats whose name contains `needle`.
+    pub fn stat_sum(&self, needle: &str) -> u64 {
+        let body =
+            http_body(self.admin_port, &format!("/stats?filter={needle}")).unwrap_or_default();
+        body.lines()
+            .filter_map(|l| l.rsplit_once(": "))
+            .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+            .sum()
+    }
+}
+
+/// Status of a `GET` on a fresh HTTP/1.0 connection to 127.0.0.1:`port`.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    let text = http_raw(port, path, "127.0.0.1")?;
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn http_body(port: u16, path: &str) -> Option<String> {
+    let text = http_raw(port, path, "127.0.0.1")?;
+    Some(text.split_once("\r\n\r\n")?.1.to_string())
+}
+
+/// A blocking `GET` with `Host: host`, whole response as text.
+pub fn http_raw(port: u16, path: &str, host: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    conn.write_all(req.as_bytes()).ok()?;
+    let mut out = Vec::new();
+    conn.read_to_end(&mut out).ok()?;
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Whether a request with `Host: host` through 127.0.0.1:`port` answers 200.
+pub fn answers_200(port: u16, host: &str) -> bool {
+    http_raw(port, "/", host).is_some_and(|t| t.starts_with("HTTP/1.1 200"))
+}
+
+/// `MemAvailable` of `/proc/meminfo` in MiB.
+pub fn mem_available_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}

@@ -1,0 +1,126 @@
+//! Smoke runs of every `weft-bench` subcommand with tiny parameters against
+//! the debug `weft` binary, so the benchmarks keep building and running.
+//! No timing is asserted: only that each run completes and prints its table.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+
+/// Serializes the lazy build of `weft` between the tests of this binary.
+static BUILD: Mutex<()> = Mutex::new(());
+
+/// The `weft` binary of the same profile: `target/<profile>/weft`, next to
+/// `weft-bench`. `cargo nextest run --workspace` and `cargo test
+/// --workspace` build it before running tests; when only this package was
+/// built, build it now.
+fn weft_bin() -> PathBuf {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_weft-bench"));
+    let weft = bench.with_file_name(format!("weft{}", std::env::consts::EXE_SUFFIX));
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if !weft.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "weft", "--manifest-path"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml"))
+            .status()
+            .expect("running cargo build -p weft");
+        assert!(status.success(), "cargo build -p weft failed");
+    }
+    weft
+}
+
+/// Runs `weft-bench ARGS` with `--weft-bin`; returns stdout, failing with
+/// both outputs if the run fails.
+fn bench(args: &[&str]) -> String {
+    let weft = weft_bin();
+    let out = Command::new(env!("CARGO_BIN_EXE_weft-bench"))
+        .args(args)
+        .arg("--weft-bin")
+        .arg(&weft)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("running weft-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "weft-bench {args:?} failed: {}\n--- stdout\n{stdout}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("machine:"), "{stdout}");
+    stdout
+}
+
+#[test]
+fn xds_scale_delta_and_sotw_run() {
+    for protocol in ["delta", "sotw"] {
+        let out = bench(&[
+            "xds-scale",
+            "--proxies",
+            "12,30",
+            "--services",
+            "10",
+            "--nodes",
+            "10",
+            "--backends",
+            "3",
+            "--repeats",
+            "1",
+            "--streams-per-connection",
+            "8",
+            "--protocol",
+            protocol,
+        ]);
+        assert!(out.contains("mesh-wide"), "{out}");
+        assert!(out.contains("KiB/proxy"), "{out}");
+    }
+}
+
+#[test]
+fn scoping_runs() {
+    let out = bench(&["scoping", "--sizes", "4,8", "--backends", "2"]);
+    assert!(out.contains("goal: flat"), "{out}");
+}
+
+#[test]
+fn envoys_runs() {
+    let out = bench(&[
+        "envoys",
+        "--count",
+        "2",
+        "--changes",
+        "2",
+        "--pause-ms",
+        "50",
+    ]);
+    assert!(out.contains("p99 <= 50 ms"), "{out}");
+}
+
+#[test]
+fn dataplane_runs() {
+    let out = bench(&[
+        "dataplane",
+        "--rate",
+        "50",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.5",
+    ]);
+    assert!(out.contains("HTTP/2"), "{out}");
+    assert!(out.contains("added"), "{out}");
+}
+
+#[test]
+fn no_drops_runs() {
+    let out = bench(&[
+        "no-drops",
+        "--duration",
+        "2",
+        "--interval-ms",
+        "200",
+        "--rate",
+        "50",
+    ]);
+    assert!(out.contains("changes"), "{out}");
+}
