@@ -102,8 +102,118 @@ pub fn new(store: SharedStore, cache: SnapshotCache) -> (AppMeshResolver, Runtim
             records: BTreeMap::new(),
             cloud_map: CloudMap::default(),
             meshes: HashMap::new(),
+            deps: HashMap::new(),
         },
     )
+}
+
+/// A resource a proxy's config can depend on: a virtual node, service,
+/// router (with its routes) or gateway (with its gateway routes), by name.
+type Dep = (Kind, String);
+
+/// What changed in one mesh during a burst of store events.
+#[derive(Debug, Default)]
+struct MeshChanges {
+    /// The mesh record itself changed (egress filter, …): every proxy of it.
+    mesh_wide: bool,
+    names: HashSet<Dep>,
+}
+
+fn unescape(text: &str) -> String {
+    text.replace("%2F", "/").replace("%25", "%")
+}
+
+/// Which dependency a changed store key is: `res/{m}/rt/{router}/{route}`
+/// counts as its router, `res/{m}/gr/{gateway}/{route}` as its gateway.
+fn dep_of_key(key: &str) -> Option<Dep> {
+    let mut parts = key.split('/');
+    let (Some("res"), Some(_mesh), Some(code), Some(name)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let kind = match code {
+        "rt" => Kind::VirtualRouter,
+        "gr" => Kind::VirtualGateway,
+        code => Kind::ALL.into_iter().find(|k| k.key_code() == code)?,
+    };
+    Some((kind, unescape(name)))
+}
+
+/// Everything the config of `class` is computed from, inside its mesh (the
+/// mesh record aside): its own node or gateway, the virtual services it
+/// reaches, their providers, and the routers' routes and target nodes.
+/// A write that touches none of these cannot change the proxy's config.
+fn dependencies(mesh: &MeshSnapshot, class: &ProxyClass) -> HashSet<Dep> {
+    use weft_model::shapes::{Backend, VirtualServiceProvider};
+    let mut deps = HashSet::new();
+    use weft_translate::ProxyKind;
+    let mut services: Vec<String> = Vec::new();
+    match class.identity.kind {
+        ProxyKind::VirtualNode => {
+            deps.insert((Kind::VirtualNode, class.identity.name.clone()));
+            if let Some(node) = mesh.virtual_nodes.get(&class.identity.name) {
+                for b in node.spec.backends.iter().flatten() {
+                    let Backend::VirtualService(vs) = b;
+                    services.push(vs.virtual_service_name.clone());
+                }
+            }
+        }
+        ProxyKind::VirtualGateway => {
+            deps.insert((Kind::VirtualGateway, class.identity.name.clone()));
+            for ((gateway, _), gr) in &mesh.gateway_routes {
+                if gateway != &class.identity.name {
+                    continue;
+                }
+                let spec = &gr.spec;
+                for http in [&spec.http_route, &spec.http2_route].into_iter().flatten() {
+                    services.push(
+                        http.action
+                            .target
+                            .virtual_service
+                            .virtual_service_name
+                            .clone(),
+                    );
+                }
+                if let Some(g) = &spec.grpc_route {
+                    services.push(g.action.target.virtual_service.virtual_service_name.clone());
+                }
+            }
+        }
+    }
+    for service in services {
+        deps.insert((Kind::VirtualService, service.clone()));
+        let Some(vs) = mesh.virtual_services.get(&service) else {
+            continue;
+        };
+        match &vs.spec.provider {
+            Some(VirtualServiceProvider::VirtualNode(p)) => {
+                deps.insert((Kind::VirtualNode, p.virtual_node_name.clone()));
+            }
+            Some(VirtualServiceProvider::VirtualRouter(p)) => {
+                let router = p.virtual_router_name.clone();
+                for route in mesh.routes_of(&router) {
+                    let spec = &route.spec;
+                    let mut targets = Vec::new();
+                    for http in [&spec.http_route, &spec.http2_route].into_iter().flatten() {
+                        targets.extend(http.action.weighted_targets.iter());
+                    }
+                    if let Some(g) = &spec.grpc_route {
+                        targets.extend(g.action.weighted_targets.iter());
+                    }
+                    if let Some(t) = &spec.tcp_route {
+                        targets.extend(t.action.weighted_targets.iter());
+                    }
+                    for t in targets {
+                        deps.insert((Kind::VirtualNode, t.virtual_node.clone()));
+                    }
+                }
+                deps.insert((Kind::VirtualRouter, router));
+            }
+            None => {}
+        }
+    }
+    deps
 }
 
 /// Keeps meshes in memory from the store and publishes translated snapshots.
@@ -118,6 +228,8 @@ pub struct Runtime {
     cloud_map: CloudMap,
     /// Typed snapshots of meshes, rebuilt when their records change.
     meshes: HashMap<String, Arc<MeshSnapshot>>,
+    /// What each proxy class's last published config was computed from.
+    deps: HashMap<String, HashSet<Dep>>,
 }
 
 fn typed<T: DeserializeOwned>(record: &StoredRecord) -> Option<T> {
@@ -451,6 +563,8 @@ impl Runtime {
             // No such mesh (yet): the proxy waits with no config.
             return;
         };
+        self.deps
+            .insert(key.to_string(), dependencies(&mesh, class));
         match translate(&mesh, &class.identity, &class.options) {
             Ok(resources) => match Snapshot::from_resources(
                 resources.listeners,
@@ -478,15 +592,17 @@ impl Runtime {
         }
     }
 
-    /// Recomputes the proxies of the meshes whose resources changed (`dirty`)
-    /// or whose Cloud Map services changed (`touched`).
-    fn refresh(&mut self, dirty: &BTreeSet<String>, touched: &Touched) {
+    /// Recomputes the proxies whose config a burst of changes can have
+    /// changed: in each mesh with changes, the classes that depend on a
+    /// changed resource (every class on a change of the mesh record), and the
+    /// proxies of meshes whose Cloud Map services changed (`touched`).
+    fn refresh(&mut self, changes: &BTreeMap<String, MeshChanges>, touched: &Touched) {
         // A changed mesh is rebuilt only when some proxy of it is connected:
         // writes to meshes nobody serves cost nothing here.
-        for escaped in dirty {
+        for escaped in changes.keys() {
             self.meshes.remove(escaped);
         }
-        let mut dirty = dirty.clone();
+        let mut registry_changed = BTreeSet::new();
         if !touched.is_empty() {
             // Only built meshes can be out of date (the others are built from
             // the current registry when first needed), and only those naming
@@ -497,21 +613,35 @@ impl Runtime {
                 if snap.cloud_map.keys().any(|name| touched.hits(name)) {
                     let instances = self.cloud_map.instances_of(snap.cloud_map.keys());
                     Arc::make_mut(snap).cloud_map = instances;
-                    dirty.insert(escaped.clone());
+                    registry_changed.insert(escaped.clone());
                 }
             }
         }
-        if dirty.is_empty() {
+        if changes.is_empty() && registry_changed.is_empty() {
             return;
         }
         for (key, class) in self.classes() {
-            if dirty.contains(&keys::escape(&class.identity.mesh)) {
+            let escaped = keys::escape(&class.identity.mesh);
+            let affected = registry_changed.contains(&escaped)
+                || changes.get(&escaped).is_some_and(|c| {
+                    c.mesh_wide
+                        || match self.deps.get(&key) {
+                            Some(deps) => c.names.iter().any(|n| deps.contains(n)),
+                            None => true,
+                        }
+                });
+            if affected {
                 self.publish(&key, &class);
             }
         }
     }
 
-    fn apply(&mut self, event: WatchEvent, dirty: &mut BTreeSet<String>, touched: &mut Touched) {
+    fn apply(
+        &mut self,
+        event: WatchEvent,
+        changes: &mut BTreeMap<String, MeshChanges>,
+        touched: &mut Touched,
+    ) {
         if event.key.starts_with(registry_keys::PREFIX) {
             self.cloud_map
                 .apply(&event.key, event.value.as_deref(), touched);
@@ -520,6 +650,7 @@ impl Runtime {
         let Some((mesh, _)) = classify(&event.key) else {
             return;
         };
+        let dep = dep_of_key(&event.key);
         match event.value {
             Some(value) => match serde_json::from_slice::<StoredRecord>(&value) {
                 Ok(r) => {
@@ -531,7 +662,13 @@ impl Runtime {
                 self.records.remove(&event.key);
             }
         }
-        dirty.insert(mesh);
+        let entry = changes.entry(mesh).or_default();
+        match dep {
+            Some(dep) => {
+                entry.names.insert(dep);
+            }
+            None => entry.mesh_wide = true,
+        }
     }
 
     /// Runs until `shutdown` resolves: follows the store, publishes snapshots.
@@ -546,10 +683,21 @@ impl Runtime {
                     continue;
                 }
             };
-            let all: BTreeSet<String> = self
+            // After a (re)load every proxy is recomputed.
+            self.deps.clear();
+            let all: BTreeMap<String, MeshChanges> = self
                 .records
                 .keys()
                 .filter_map(|k| classify(k).map(|(m, _)| m))
+                .map(|m| {
+                    (
+                        m,
+                        MeshChanges {
+                            mesh_wide: true,
+                            ..Default::default()
+                        },
+                    )
+                })
                 .collect();
             self.refresh(&all, &Touched::default());
             let mut feed = match self.store.watch("", revision).await {
@@ -570,13 +718,13 @@ impl Runtime {
                         }
                     }
                     event = feed.next() => {
-                        let mut dirty = BTreeSet::new();
+                        let mut changes = BTreeMap::new();
                         let mut touched = Touched::default();
                         let mut next = event;
                         // Apply every change that is ready now, then recompute once.
                         loop {
                             match next {
-                                Some(Ok(ev)) => self.apply(ev, &mut dirty, &mut touched),
+                                Some(Ok(ev)) => self.apply(ev, &mut changes, &mut touched),
                                 Some(Err(e)) => {
                                     tracing::warn!(error = %e, "change feed interrupted; reloading");
                                     continue 'reload;
@@ -591,10 +739,101 @@ impl Runtime {
                                 None => break,
                             }
                         }
-                        self.refresh(&dirty, &touched);
+                        self.refresh(&changes, &touched);
                     }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use weft_translate::ProxyIdentity;
+
+    fn data<T: DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn meta() -> serde_json::Value {
+        json!({"arn": "a", "createdAt": 0, "lastUpdatedAt": 0, "meshOwner": "0", "resourceOwner": "0", "uid": "u", "version": 1})
+    }
+
+    use serde_json::json;
+
+    /// front → service colors → router colors → routes to red and blue; green is unrelated.
+    fn mesh() -> MeshSnapshot {
+        let mut m = MeshSnapshot::new(data(
+            json!({"meshName": "apps", "metadata": meta(), "spec": {}, "status": {}}),
+        ));
+        for (name, backends) in [
+            ("front", vec!["colors"]),
+            ("red", vec![]),
+            ("blue", vec![]),
+            ("green", vec![]),
+        ] {
+            let backends: Vec<_> = backends
+                .iter()
+                .map(|b| json!({"virtualService": {"virtualServiceName": b}}))
+                .collect();
+            m.virtual_nodes.insert(
+                name.into(),
+                data(
+                    json!({"meshName": "apps", "virtualNodeName": name, "metadata": meta(),
+                    "spec": {"backends": backends}, "status": {"status": "ACTIVE"}}),
+                ),
+            );
+        }
+        m.virtual_services.insert(
+            "colors".into(),
+            data(json!({"meshName": "apps", "virtualServiceName": "colors", "metadata": meta(),
+                "spec": {"provider": {"virtualRouter": {"virtualRouterName": "r"}}}, "status": {"status": "ACTIVE"}})),
+        );
+        m.routes.insert(
+            ("r".into(), "split".into()),
+            data(json!({"meshName": "apps", "virtualRouterName": "r", "routeName": "split", "metadata": meta(),
+                "spec": {"httpRoute": {"match": {"prefix": "/"}, "action": {"weightedTargets": [
+                    {"virtualNode": "red", "weight": 1}, {"virtualNode": "blue", "weight": 1}]}}},
+                "status": {"status": "ACTIVE"}})),
+        );
+        m
+    }
+
+    #[test]
+    fn a_client_depends_on_its_services_routers_and_their_targets_only() {
+        let class = ProxyClass {
+            identity: ProxyIdentity::virtual_node("apps", "front"),
+            options: ProxyOptions::default(),
+        };
+        let deps = dependencies(&mesh(), &class);
+        for dep in [
+            (Kind::VirtualNode, "front"),
+            (Kind::VirtualService, "colors"),
+            (Kind::VirtualRouter, "r"),
+            (Kind::VirtualNode, "red"),
+            (Kind::VirtualNode, "blue"),
+        ] {
+            assert!(deps.contains(&(dep.0, dep.1.to_string())), "{dep:?}");
+        }
+        assert!(!deps.contains(&(Kind::VirtualNode, "green".to_string())));
+    }
+
+    #[test]
+    fn a_route_key_counts_as_its_router_and_a_gateway_route_as_its_gateway() {
+        assert_eq!(
+            dep_of_key("res/apps/rt/r/split"),
+            Some((Kind::VirtualRouter, "r".into()))
+        );
+        assert_eq!(
+            dep_of_key("res/apps/gr/edge/g1"),
+            Some((Kind::VirtualGateway, "edge".into()))
+        );
+        assert_eq!(
+            dep_of_key("res/apps/vn/a%2Fb"),
+            Some((Kind::VirtualNode, "a/b".into()))
+        );
+        assert_eq!(dep_of_key("mesh/apps"), None);
     }
 }
