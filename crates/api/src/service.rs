@@ -45,24 +45,40 @@ struct Listed {
 }
 
 /// Names and metadata of a stored resource; every other member is skipped.
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize)]
 struct ListedData {
-    #[serde(rename = "meshName", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "meshName")]
     mesh_name: Option<String>,
-    #[serde(rename = "virtualNodeName", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "virtualNodeName")]
     virtual_node_name: Option<String>,
-    #[serde(rename = "virtualServiceName", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "virtualServiceName")]
     virtual_service_name: Option<String>,
-    #[serde(rename = "virtualRouterName", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "virtualRouterName")]
     virtual_router_name: Option<String>,
-    #[serde(rename = "routeName", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "routeName")]
     route_name: Option<String>,
-    #[serde(rename = "virtualGatewayName", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "virtualGatewayName")]
     virtual_gateway_name: Option<String>,
-    #[serde(rename = "gatewayRouteName", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "gatewayRouteName")]
     gateway_route_name: Option<String>,
     #[serde(default)]
     metadata: Map<String, Value>,
+}
+
+impl ListedData {
+    /// The name member called `member` (`virtualNodeName`, …), if present.
+    fn name(&self, member: &str) -> Option<&str> {
+        match member {
+            "meshName" => self.mesh_name.as_deref(),
+            "virtualNodeName" => self.virtual_node_name.as_deref(),
+            "virtualServiceName" => self.virtual_service_name.as_deref(),
+            "virtualRouterName" => self.virtual_router_name.as_deref(),
+            "routeName" => self.route_name.as_deref(),
+            "virtualGatewayName" => self.virtual_gateway_name.as_deref(),
+            "gatewayRouteName" => self.gateway_route_name.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// What a `clientToken` remembers: the request it came with and the answer given.
@@ -946,14 +962,13 @@ impl Service {
 
     /// The `…Ref` shape listed for a resource: its names and metadata without `uid`.
     fn reference(kind: Kind, data: &ListedData) -> Value {
-        let names = serde_json::to_value(data).unwrap_or_default();
         let mut out = Map::new();
         for member in ["meshName", kind.name_member()]
             .into_iter()
             .chain(kind.parent().map(Kind::name_member))
         {
-            if let Some(v) = names.get(member) {
-                out.insert(member.into(), v.clone());
+            if let Some(v) = data.name(member) {
+                out.insert(member.into(), Value::from(v));
             }
         }
         for (k, v) in &data.metadata {

@@ -23,6 +23,11 @@ pub fn escape(name: &str) -> String {
     out
 }
 
+/// Reverses [`escape`].
+pub fn unescape(text: &str) -> String {
+    text.replace("%2F", "/").replace("%25", "%")
+}
+
 /// The key of a resource.
 pub fn resource(id: &ResourceId) -> String {
     match (id.kind, &id.parent) {

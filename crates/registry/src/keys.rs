@@ -18,23 +18,9 @@
 //! deregistration and health change of every service is one put or delete
 //! there) and [`SERVICES`] (services appearing and going).
 
-/// Escapes a user-chosen name for use inside a key.
-pub fn escape(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for c in name.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            '/' => out.push_str("%2F"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Reverses [`escape`].
-pub fn unescape(text: &str) -> String {
-    text.replace("%2F", "/").replace("%25", "%")
-}
+/// Names are escaped exactly as App Mesh names are (`%` and `/`), so the
+/// control plane reads both key spaces with one pair of functions.
+pub use weft_model::keys::{escape, unescape};
 
 /// The prefix of every registry key.
 pub const PREFIX: &str = "cloudmap/";

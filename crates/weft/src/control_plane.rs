@@ -119,10 +119,6 @@ struct MeshChanges {
     names: HashSet<Dep>,
 }
 
-fn unescape(text: &str) -> String {
-    text.replace("%2F", "/").replace("%25", "%")
-}
-
 /// Which dependency a changed store key is: `res/{m}/rt/{router}/{route}`
 /// counts as its router, `res/{m}/gr/{gateway}/{route}` as its gateway.
 fn dep_of_key(key: &str) -> Option<Dep> {
@@ -137,7 +133,7 @@ fn dep_of_key(key: &str) -> Option<Dep> {
         "gr" => Kind::VirtualGateway,
         code => Kind::ALL.into_iter().find(|k| k.key_code() == code)?,
     };
-    Some((kind, unescape(name)))
+    Some((kind, keys::unescape(name)))
 }
 
 /// Everything the config of `class` is computed from, inside its mesh (the
