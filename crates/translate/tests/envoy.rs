@@ -797,13 +797,7 @@ fn envoy_accepts_a_generated_variety_of_meshes() {
 
 // ---- real traffic ----
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use weft_xds::test_helpers::free_port;
 
 /// A tiny HTTP/1.1 upstream answering every request with `name`.
 fn upstream(name: &'static str) -> u16 {

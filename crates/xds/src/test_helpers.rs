@@ -59,12 +59,37 @@ fn peer(msg: impl Into<String>) -> XdsError {
     XdsError::Peer(msg.into())
 }
 
-/// A free loopback TCP port (bound then released; good enough on one test machine).
+/// Where [`free_port`] hands out ports: below Linux's ephemeral range
+/// (32768–60999 by default). A port picked with `bind(:0)` comes from that
+/// range, and between its release and a server's bind any outgoing connection
+/// (an Envoy dialing an upstream, a test client) may take it; ports below the
+/// range are only ever taken by an explicit bind.
+const TEST_PORTS: (u16, u16) = (20000, 32000);
+
+/// The next port [`free_port`] tries; 0 until the first call.
+static NEXT_TEST_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+/// A loopback TCP port that was free a moment ago, for a server a test is
+/// about to start. The shared helper of every crate's tests that start
+/// servers on their own ports (tests run in parallel processes: each starts
+/// at an offset of its own within [`TEST_PORTS`] and checks the port binds).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    use std::sync::atomic::Ordering;
+    let (low, high) = TEST_PORTS;
+    let span = high - low;
+    let offset = (std::process::id() % u32::from(span / 100)) as u16 * 100;
+    let _ = NEXT_TEST_PORT.compare_exchange(0, low + offset, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..span {
+        let mut port = NEXT_TEST_PORT.fetch_add(1, Ordering::Relaxed);
+        if port >= high {
+            NEXT_TEST_PORT.store(low + 1, Ordering::Relaxed);
+            port = low;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{high}");
 }
 
 // ---------------------------------------------------------------------------------------------

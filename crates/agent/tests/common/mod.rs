@@ -17,13 +17,7 @@ pub fn envoy() -> PathBuf {
     })
 }
 
-/// A port that was free on 127.0.0.1 a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
-}
+pub use weft_xds::test_helpers::free_port;
 
 /// An agent config on free loopback ports, pointing at an xDS address where nothing listens
 /// (Envoy starts anyway and waits for its config), with short drain and grace times.
