@@ -22,8 +22,11 @@ use std::sync::{Arc, Mutex};
 use futures::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
-use weft_model::shapes::ServiceDiscovery;
-use weft_model::{keys, Kind, StoredRecord};
+use weft_model::shapes::{
+    GatewayRouteData, RouteData, ServiceDiscovery, VirtualGatewayData, VirtualNodeData,
+    VirtualRouterData, VirtualServiceData,
+};
+use weft_model::{keys, Kind};
 use weft_registry::keys as registry_keys;
 use weft_registry::{Instance, NamespaceRecord, ServiceRecord};
 use weft_store::{Range, SharedStore, StoreError, WatchEvent};
@@ -99,7 +102,6 @@ pub fn new(store: SharedStore, cache: SnapshotCache) -> (AppMeshResolver, Runtim
             cache,
             registry,
             new_keys: rx,
-            records: BTreeMap::new(),
             cloud_map: CloudMap::default(),
             meshes: HashMap::new(),
             deps: HashMap::new(),
@@ -218,32 +220,30 @@ pub struct Runtime {
     cache: SnapshotCache,
     registry: Arc<Registry>,
     new_keys: mpsc::UnboundedReceiver<String>,
-    /// Every `mesh/` and `res/` record, by store key.
-    records: BTreeMap<String, StoredRecord>,
     /// The instance registry's namespaces, services and instances.
     cloud_map: CloudMap,
-    /// Typed snapshots of meshes, rebuilt when their records change.
+    /// Every mesh, typed, by escaped name: kept up to date record by record
+    /// from the change feed (each changed record is decoded once, straight
+    /// from its stored bytes), never rebuilt from scratch.
     meshes: HashMap<String, Arc<MeshSnapshot>>,
     /// What each proxy class's last published config was computed from.
     deps: HashMap<String, HashSet<Dep>>,
 }
 
-fn typed<T: DeserializeOwned>(record: &StoredRecord) -> Option<T> {
-    match T::deserialize(&record.data) {
-        Ok(v) => Some(v),
+/// The `data` member of a stored record (`StoredRecord`), decoded straight
+/// into its typed shape; the tags are not needed here.
+fn typed<T: DeserializeOwned>(key: &str, value: &[u8]) -> Option<T> {
+    #[derive(serde::Deserialize)]
+    struct Data<T> {
+        data: T,
+    }
+    match serde_json::from_slice::<Data<T>>(value) {
+        Ok(v) => Some(v.data),
         Err(e) => {
-            tracing::warn!(error = %e, "stored resource does not match its shape; skipped");
+            tracing::warn!(%key, error = %e, "stored resource does not match its shape; skipped");
             None
         }
     }
-}
-
-fn str_field<'a>(record: &'a StoredRecord, member: &str) -> &'a str {
-    record
-        .data
-        .get(member)
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
 }
 
 /// The mesh a `mesh/` or `res/` key belongs to (escaped), and the kind.
@@ -446,22 +446,16 @@ impl Runtime {
     /// harmless: every event carries the key's whole value, so applying them
     /// in order ends in the current state.
     async fn load(&mut self) -> Result<i64, StoreError> {
-        self.records.clear();
         self.meshes.clear();
         self.cloud_map = CloudMap::default();
         let mut revision = None;
+        // Meshes before their resources: a resource whose mesh is unknown is
+        // skipped, and comes back from the feed after its mesh's creation.
         for prefix in ["mesh/", "res/"] {
             let result = self.store.range(Range::prefix(prefix)).await?;
             revision = Some(revision.unwrap_or(result.revision).min(result.revision));
             for kv in result.kvs {
-                match serde_json::from_slice::<StoredRecord>(&kv.value) {
-                    Ok(r) => {
-                        self.records.insert(kv.key, r);
-                    }
-                    Err(e) => {
-                        tracing::warn!(key = %kv.key, error = %e, "unreadable record skipped")
-                    }
-                }
+                self.upsert(&kv.key, Some(kv.value.as_ref()));
             }
         }
         let mut ignored = Touched::default();
@@ -477,79 +471,137 @@ impl Runtime {
                     .apply(&kv.key, Some(kv.value.as_ref()), &mut ignored);
             }
         }
+        let meshes: Vec<String> = self.meshes.keys().cloned().collect();
+        for escaped in meshes {
+            self.refresh_cloud_map(&escaped);
+        }
         Ok(revision.unwrap_or(0))
     }
 
-    /// Builds the typed snapshot of one mesh (by escaped name) from the records.
-    fn build_mesh(&self, escaped: &str) -> Option<MeshSnapshot> {
-        let mesh = typed(self.records.get(&format!("mesh/{escaped}"))?)?;
-        let mut snap = MeshSnapshot::new(mesh);
-        let prefix = format!("res/{escaped}/");
-        for (key, record) in self.records.range(prefix.clone()..) {
-            if !key.starts_with(&prefix) {
-                break;
+    /// Applies one stored `mesh/` or `res/` record (`None`: deleted) to its
+    /// typed mesh. Returns whether the mesh's virtual nodes changed, which
+    /// can change the Cloud Map services the mesh names.
+    ///
+    /// The snapshot is changed in place (`Arc::make_mut`): between refreshes
+    /// nobody else holds it, so nothing is copied.
+    fn upsert(&mut self, key: &str, value: Option<&[u8]>) -> bool {
+        let Some((escaped, kind)) = classify(key) else {
+            return false;
+        };
+        if kind == Kind::Mesh {
+            match value.and_then(|v| typed(key, v)) {
+                Some(mesh) => match self.meshes.get_mut(&escaped) {
+                    Some(snap) => Arc::make_mut(snap).mesh = mesh,
+                    None => {
+                        self.meshes
+                            .insert(escaped, Arc::new(MeshSnapshot::new(mesh)));
+                    }
+                },
+                None => {
+                    self.meshes.remove(&escaped);
+                }
             }
-            let Some((_, kind)) = classify(key) else {
-                continue;
-            };
-            match kind {
-                Kind::VirtualNode => {
-                    if let Some(v) = typed(record) {
-                        snap.virtual_nodes
-                            .insert(str_field(record, "virtualNodeName").into(), v);
-                    }
-                }
-                Kind::VirtualService => {
-                    if let Some(v) = typed(record) {
-                        snap.virtual_services
-                            .insert(str_field(record, "virtualServiceName").into(), v);
-                    }
-                }
-                Kind::VirtualRouter => {
-                    if let Some(v) = typed(record) {
-                        snap.virtual_routers
-                            .insert(str_field(record, "virtualRouterName").into(), v);
-                    }
-                }
-                Kind::Route => {
-                    if let Some(v) = typed(record) {
-                        let id = (
-                            str_field(record, "virtualRouterName").to_string(),
-                            str_field(record, "routeName").to_string(),
-                        );
-                        snap.routes.insert(id, v);
-                    }
-                }
-                Kind::VirtualGateway => {
-                    if let Some(v) = typed(record) {
-                        snap.virtual_gateways
-                            .insert(str_field(record, "virtualGatewayName").into(), v);
-                    }
-                }
-                Kind::GatewayRoute => {
-                    if let Some(v) = typed(record) {
-                        let id = (
-                            str_field(record, "virtualGatewayName").to_string(),
-                            str_field(record, "gatewayRouteName").to_string(),
-                        );
-                        snap.gateway_routes.insert(id, v);
-                    }
-                }
-                Kind::Mesh => {}
-            }
+            return false;
         }
-        snap.cloud_map = self.cloud_map.instances_of(cloud_map_names(&snap).iter());
-        Some(snap)
+        let Some(snap) = self.meshes.get_mut(&escaped) else {
+            return false;
+        };
+        let snap = Arc::make_mut(snap);
+        // `res/{m}/{code}/{name}` or `res/{m}/{code}/{parent}/{name}`.
+        let mut names = key.split('/').skip(3).map(keys::unescape);
+        let (Some(first), second) = (names.next(), names.next()) else {
+            return false;
+        };
+        match (kind, value) {
+            (Kind::VirtualNode, Some(v)) => {
+                if let Some(d) = typed::<VirtualNodeData>(key, v) {
+                    snap.virtual_nodes.insert(d.virtual_node_name.clone(), d);
+                }
+                true
+            }
+            (Kind::VirtualNode, None) => snap.virtual_nodes.remove(&first).is_some(),
+            (Kind::VirtualService, Some(v)) => {
+                if let Some(d) = typed::<VirtualServiceData>(key, v) {
+                    snap.virtual_services
+                        .insert(d.virtual_service_name.clone(), d);
+                }
+                false
+            }
+            (Kind::VirtualService, None) => {
+                snap.virtual_services.remove(&first);
+                false
+            }
+            (Kind::VirtualRouter, Some(v)) => {
+                if let Some(d) = typed::<VirtualRouterData>(key, v) {
+                    snap.virtual_routers
+                        .insert(d.virtual_router_name.clone(), d);
+                }
+                false
+            }
+            (Kind::VirtualRouter, None) => {
+                snap.virtual_routers.remove(&first);
+                false
+            }
+            (Kind::Route, Some(v)) => {
+                if let Some(d) = typed::<RouteData>(key, v) {
+                    snap.routes
+                        .insert((d.virtual_router_name.clone(), d.route_name.clone()), d);
+                }
+                false
+            }
+            (Kind::Route, None) => {
+                if let Some(second) = second {
+                    snap.routes.remove(&(first, second));
+                }
+                false
+            }
+            (Kind::VirtualGateway, Some(v)) => {
+                if let Some(d) = typed::<VirtualGatewayData>(key, v) {
+                    snap.virtual_gateways
+                        .insert(d.virtual_gateway_name.clone(), d);
+                }
+                false
+            }
+            (Kind::VirtualGateway, None) => {
+                snap.virtual_gateways.remove(&first);
+                false
+            }
+            (Kind::GatewayRoute, Some(v)) => {
+                if let Some(d) = typed::<GatewayRouteData>(key, v) {
+                    snap.gateway_routes.insert(
+                        (d.virtual_gateway_name.clone(), d.gateway_route_name.clone()),
+                        d,
+                    );
+                }
+                false
+            }
+            (Kind::GatewayRoute, None) => {
+                if let Some(second) = second {
+                    snap.gateway_routes.remove(&(first, second));
+                }
+                false
+            }
+            (Kind::Mesh, _) => false,
+        }
     }
 
-    /// The typed snapshot of a mesh, built on first use after a change.
-    fn mesh(&mut self, escaped: &str) -> Option<Arc<MeshSnapshot>> {
-        if let Some(m) = self.meshes.get(escaped) {
-            return Some(m.clone());
+    /// Sets the instances of the Cloud Map services a mesh's nodes name.
+    fn refresh_cloud_map(&mut self, escaped: &str) {
+        let Some(snap) = self.meshes.get_mut(escaped) else {
+            return;
+        };
+        let names = cloud_map_names(snap);
+        if names.iter().eq(snap.cloud_map.keys()) {
+            // Same services: their instances are kept current by `refresh`.
+            return;
         }
-        let built = Arc::new(self.build_mesh(escaped)?);
-        self.meshes.insert(escaped.to_string(), built.clone());
-        Some(built)
+        let instances = self.cloud_map.instances_of(names.iter());
+        Arc::make_mut(snap).cloud_map = instances;
+    }
+
+    /// The typed snapshot of a mesh.
+    fn mesh(&self, escaped: &str) -> Option<Arc<MeshSnapshot>> {
+        self.meshes.get(escaped).cloned()
     }
 
     /// Recomputes the snapshot of one proxy class.
@@ -593,11 +645,6 @@ impl Runtime {
     /// changed resource (every class on a change of the mesh record), and the
     /// proxies of meshes whose Cloud Map services changed (`touched`).
     fn refresh(&mut self, changes: &BTreeMap<String, MeshChanges>, touched: &Touched) {
-        // A changed mesh is rebuilt only when some proxy of it is connected:
-        // writes to meshes nobody serves cost nothing here.
-        for escaped in changes.keys() {
-            self.meshes.remove(escaped);
-        }
         let mut registry_changed = BTreeSet::new();
         if !touched.is_empty() {
             // Only built meshes can be out of date (the others are built from
@@ -647,16 +694,8 @@ impl Runtime {
             return;
         };
         let dep = dep_of_key(&event.key);
-        match event.value {
-            Some(value) => match serde_json::from_slice::<StoredRecord>(&value) {
-                Ok(r) => {
-                    self.records.insert(event.key, r);
-                }
-                Err(e) => tracing::warn!(key = %event.key, error = %e, "unreadable record skipped"),
-            },
-            None => {
-                self.records.remove(&event.key);
-            }
+        if self.upsert(&event.key, event.value.as_deref()) {
+            self.refresh_cloud_map(&mesh);
         }
         let entry = changes.entry(mesh).or_default();
         match dep {
@@ -682,12 +721,11 @@ impl Runtime {
             // After a (re)load every proxy is recomputed.
             self.deps.clear();
             let all: BTreeMap<String, MeshChanges> = self
-                .records
+                .meshes
                 .keys()
-                .filter_map(|k| classify(k).map(|(m, _)| m))
                 .map(|m| {
                     (
-                        m,
+                        m.clone(),
                         MeshChanges {
                             mesh_wide: true,
                             ..Default::default()
@@ -814,6 +852,65 @@ mod tests {
             assert!(deps.contains(&(dep.0, dep.1.to_string())), "{dep:?}");
         }
         assert!(!deps.contains(&(Kind::VirtualNode, "green".to_string())));
+    }
+
+    fn record(data: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({"data": data, "tags": []})).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_typed_mesh_follows_creates_updates_and_deletes_record_by_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = weft_store::EmbeddedStore::open(weft_store::EmbeddedOptions::new(dir.path()))
+            .await
+            .unwrap();
+        let (_resolver, mut rt) = new(store, SnapshotCache::new());
+        let m = meta();
+        let node = |name: &str, backend: &str| {
+            record(
+                json!({"meshName": "apps", "virtualNodeName": name, "metadata": m,
+                "spec": {"backends": [{"virtualService": {"virtualServiceName": backend}}]},
+                "status": {"status": "ACTIVE"}}),
+            )
+        };
+        // A resource of an unknown mesh is skipped (the feed brings it back after the mesh).
+        assert!(!rt.upsert("res/apps/vn/front", Some(&node("front", "a"))));
+        assert!(rt.mesh("apps").is_none());
+        rt.upsert(
+            "mesh/apps",
+            Some(&record(
+                json!({"meshName": "apps", "metadata": meta(), "spec": {}, "status": {}}),
+            )),
+        );
+        assert!(rt.upsert("res/apps/vn/front", Some(&node("front", "a"))));
+        rt.upsert(
+            "res/apps/rt/r/split",
+            Some(&record(
+                json!({"meshName": "apps", "virtualRouterName": "r", "routeName": "split",
+                "metadata": meta(), "spec": {"tcpRoute": {"action": {"weightedTargets": [
+                    {"virtualNode": "front", "weight": 1}]}}}, "status": {"status": "ACTIVE"}}),
+            )),
+        );
+        let held = rt.mesh("apps").unwrap();
+        // An update replaces the node; a snapshot handed out earlier is not changed under its holder.
+        rt.upsert("res/apps/vn/front", Some(&node("front", "b")));
+        let now = rt.mesh("apps").unwrap();
+        let backend = |s: &MeshSnapshot| {
+            let weft_model::shapes::Backend::VirtualService(vs) =
+                &s.virtual_nodes["front"].spec.backends.as_ref().unwrap()[0];
+            vs.virtual_service_name.clone()
+        };
+        assert_eq!(backend(&held), "a");
+        assert_eq!(backend(&now), "b");
+        assert_eq!(now.routes_of("r").count(), 1);
+        // Deletes are found by the names in the key.
+        assert!(rt.upsert("res/apps/vn/front", None));
+        rt.upsert("res/apps/rt/r/split", None);
+        let now = rt.mesh("apps").unwrap();
+        assert!(now.virtual_nodes.is_empty());
+        assert_eq!(now.routes_of("r").count(), 0);
+        rt.upsert("mesh/apps", None);
+        assert!(rt.mesh("apps").is_none());
     }
 
     #[test]
