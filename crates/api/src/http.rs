@@ -19,7 +19,7 @@ use weft_model::schema::{Location, ShapeKind};
 use weft_model::{schema, validate_input};
 
 use crate::error::ApiError;
-use crate::service::Service;
+use crate::service::{Output, Service};
 
 /// Builds the input shape of `operation` from the request's parts.
 fn build_input(
@@ -90,28 +90,50 @@ fn build_input(
     Ok(Value::Object(input))
 }
 
-/// Serializes an output shape: its payload member alone if the model names
-/// one, otherwise the whole structure.
-fn render_output(operation: &str, output: Value) -> Response {
+/// The output member the model sends as the whole body, if it names one.
+fn payload_member(operation: &str) -> Option<&'static str> {
     let model = schema();
-    let payload = model
+    model
         .operations
         .get(operation)
         .and_then(|op| model.shape(&op.output))
         .and_then(|s| match &s.kind {
-            ShapeKind::Structure { payload, .. } => payload.clone(),
+            ShapeKind::Structure { payload, .. } => payload.as_deref(),
             _ => None,
-        });
-    let body = match payload {
-        Some(member) => output.get(&member).cloned().unwrap_or(Value::Null),
-        None => output,
+        })
+}
+
+/// Serializes an output: its payload member alone if the model names one,
+/// otherwise the whole structure.
+fn render_output(operation: &str, output: Output) -> Result<Response, ApiError> {
+    let payload = payload_member(operation);
+    let body: Bytes = match (output, payload) {
+        (Output::Payload { member, body }, Some(p)) if member == p => body,
+        (Output::Json(body), None) => body,
+        (Output::Value(value), None) => Bytes::from(value.to_string()),
+        (Output::Value(mut value), Some(p)) => {
+            let part = value
+                .as_object_mut()
+                .and_then(|o| o.remove(p))
+                .unwrap_or(Value::Null);
+            Bytes::from(part.to_string())
+        }
+        // A form that does not match the model's: go through the tree.
+        (other, payload) => {
+            let value = other.into_value()?;
+            let part = match payload {
+                Some(p) => value.get(p).cloned().unwrap_or(Value::Null),
+                None => value,
+            };
+            Bytes::from(part.to_string())
+        }
     };
-    (
+    Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
+        body,
     )
-        .into_response()
+        .into_response())
 }
 
 async fn handle(
@@ -123,8 +145,8 @@ async fn handle(
 ) -> Result<Response, ApiError> {
     let input = build_input(operation, &labels, &query, &body)?;
     validate_input(operation, &input)?;
-    let output = service.call(operation, input).await?;
-    Ok(render_output(operation, output))
+    let output = service.respond(operation, input).await?;
+    render_output(operation, output)
 }
 
 fn method_filter(method: &str) -> MethodFilter {

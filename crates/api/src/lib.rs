@@ -12,5 +12,5 @@ pub mod service;
 pub use config::{ApiConfig, Quotas};
 pub use error::ApiError;
 pub use http::router;
-pub use service::Service;
+pub use service::{Output, Service};
 pub use weft_model::{keys, kind};

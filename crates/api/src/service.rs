@@ -10,18 +10,22 @@
 //! give versions n+1 and n+2, and a delete cannot slip past a concurrent
 //! create that references what it deletes.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use weft_model::shapes::{
     GatewayRouteSpec, RouteSpec, TagRef, VirtualNodeSpec, VirtualServiceProvider,
     VirtualServiceSpec,
 };
 use weft_model::Arn;
-use weft_store::{Compare, KeyValue, Op, Range, SharedStore, Txn, TxnOutcome};
+use weft_store::{Compare, KeyValue, Op, Range, Revision, SharedStore, Txn, TxnOutcome};
 
 use crate::config::ApiConfig;
 use crate::error::ApiError;
@@ -38,44 +42,103 @@ const DEFAULT_TAGS_LIMIT: usize = 50;
 /// Tags per resource, as the model's TagList allows.
 const MAX_TAGS: usize = 50;
 
-/// The part of a stored record a List answer needs.
+/// The part of a stored record a List answer needs, borrowed from the
+/// stored bytes: each member is kept as its raw JSON text and copied to the
+/// answer as is. The spec and tags are skipped unparsed.
 #[derive(Deserialize)]
-struct Listed {
-    data: ListedData,
+struct Listed<'a> {
+    #[serde(borrow)]
+    data: ListedData<'a>,
 }
 
-/// Names and metadata of a stored resource; every other member is skipped.
+/// Names and metadata of a stored resource, as raw JSON; every other member
+/// is skipped.
 #[derive(Deserialize)]
-struct ListedData {
-    #[serde(rename = "meshName")]
-    mesh_name: Option<String>,
-    #[serde(rename = "virtualNodeName")]
-    virtual_node_name: Option<String>,
-    #[serde(rename = "virtualServiceName")]
-    virtual_service_name: Option<String>,
-    #[serde(rename = "virtualRouterName")]
-    virtual_router_name: Option<String>,
-    #[serde(rename = "routeName")]
-    route_name: Option<String>,
-    #[serde(rename = "virtualGatewayName")]
-    virtual_gateway_name: Option<String>,
-    #[serde(rename = "gatewayRouteName")]
-    gateway_route_name: Option<String>,
-    #[serde(default)]
-    metadata: Map<String, Value>,
+struct ListedData<'a> {
+    #[serde(rename = "meshName", borrow)]
+    mesh_name: Option<&'a RawValue>,
+    #[serde(rename = "virtualNodeName", borrow)]
+    virtual_node_name: Option<&'a RawValue>,
+    #[serde(rename = "virtualServiceName", borrow)]
+    virtual_service_name: Option<&'a RawValue>,
+    #[serde(rename = "virtualRouterName", borrow)]
+    virtual_router_name: Option<&'a RawValue>,
+    #[serde(rename = "routeName", borrow)]
+    route_name: Option<&'a RawValue>,
+    #[serde(rename = "virtualGatewayName", borrow)]
+    virtual_gateway_name: Option<&'a RawValue>,
+    #[serde(rename = "gatewayRouteName", borrow)]
+    gateway_route_name: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    metadata: RawMembers<'a>,
 }
 
-impl ListedData {
+/// The members of a JSON object in their stored order, each value as raw
+/// JSON text borrowed from the input.
+#[derive(Default)]
+struct RawMembers<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+/// A member name, borrowed unless it had to be unescaped.
+struct MemberName<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for MemberName<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = MemberName<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(MemberName(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(MemberName(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(MemberName(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawMembers<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawMembers<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((name, value)) =
+                    map.next_entry::<MemberName<'de>, &'de RawValue>()?
+                {
+                    members.push((name.0, value));
+                }
+                Ok(RawMembers(members))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'a> ListedData<'a> {
     /// The name member called `member` (`virtualNodeName`, …), if present.
-    fn name(&self, member: &str) -> Option<&str> {
+    fn name(&self, member: &str) -> Option<&'a RawValue> {
         match member {
-            "meshName" => self.mesh_name.as_deref(),
-            "virtualNodeName" => self.virtual_node_name.as_deref(),
-            "virtualServiceName" => self.virtual_service_name.as_deref(),
-            "virtualRouterName" => self.virtual_router_name.as_deref(),
-            "routeName" => self.route_name.as_deref(),
-            "virtualGatewayName" => self.virtual_gateway_name.as_deref(),
-            "gatewayRouteName" => self.gateway_route_name.as_deref(),
+            "meshName" => self.mesh_name,
+            "virtualNodeName" => self.virtual_node_name,
+            "virtualServiceName" => self.virtual_service_name,
+            "virtualRouterName" => self.virtual_router_name,
+            "routeName" => self.route_name,
+            "virtualGatewayName" => self.virtual_gateway_name,
+            "gatewayRouteName" => self.gateway_route_name,
             _ => None,
         }
     }
@@ -91,11 +154,191 @@ struct TokenRecord {
     at: f64,
 }
 
+/// What an operation answers.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// The output shape as a JSON tree.
+    Value(Value),
+    /// The output shape, already serialized as JSON.
+    Json(Bytes),
+    /// The value of the output's payload member `member` (the model's
+    /// `payload`, which rest-json sends as the whole body), already
+    /// serialized as JSON.
+    Payload {
+        /// The payload member's name (`virtualNode`, …).
+        member: &'static str,
+        /// Its value as JSON text.
+        body: Bytes,
+    },
+}
+
+impl Output {
+    /// The output shape as a JSON tree, whatever form it came in.
+    pub fn into_value(self) -> Result<Value, ApiError> {
+        let parse = |body: &[u8]| {
+            serde_json::from_slice::<Value>(body)
+                .map_err(|e| ApiError::Internal(format!("answer is not JSON: {e}")))
+        };
+        match self {
+            Output::Value(v) => Ok(v),
+            Output::Json(body) => parse(&body),
+            Output::Payload { member, body } => {
+                let mut out = Map::new();
+                out.insert(member.to_string(), parse(&body)?);
+                Ok(Value::Object(out))
+            }
+        }
+    }
+}
+
+/// Appends `value` to `out` as JSON.
+fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), ApiError> {
+    serde_json::to_writer(out, value)
+        .map_err(|e| ApiError::Internal(format!("cannot encode answer: {e}")))
+}
+
+/// The `data` member of a stored record as its raw JSON text, sharing the
+/// stored bytes.
+fn stored_data(kv: &KeyValue) -> Result<Bytes, ApiError> {
+    #[derive(Deserialize)]
+    struct Data<'a> {
+        #[serde(borrow)]
+        data: &'a RawValue,
+    }
+    let data: Data = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::Internal(format!("stored record {} is unreadable: {e}", kv.key)))?;
+    Ok(kv.value.slice_ref(data.data.get().as_bytes()))
+}
+
+/// How many resources of each kind a mesh holds: the value of the mesh's
+/// guard key, rewritten by every write in the mesh (which CASes the guard
+/// anyway), so the counts always match the keys, even across a crash.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct MeshCounts {
+    #[serde(default)]
+    vn: u64,
+    #[serde(default)]
+    vs: u64,
+    #[serde(default)]
+    vr: u64,
+    #[serde(default)]
+    rt: u64,
+    #[serde(default)]
+    vg: u64,
+    #[serde(default)]
+    gr: u64,
+}
+
+impl MeshCounts {
+    /// The counts a guard value holds; `None` for a guard written before
+    /// counts existed (empty) or one that cannot be read.
+    fn decode(value: &[u8]) -> Option<MeshCounts> {
+        if value.is_empty() {
+            return None;
+        }
+        serde_json::from_slice(value).ok()
+    }
+
+    /// The count of `kind` (meshes are not counted here: 0).
+    fn of(&self, kind: Kind) -> u64 {
+        match kind {
+            Kind::Mesh => 0,
+            Kind::VirtualNode => self.vn,
+            Kind::VirtualService => self.vs,
+            Kind::VirtualRouter => self.vr,
+            Kind::Route => self.rt,
+            Kind::VirtualGateway => self.vg,
+            Kind::GatewayRoute => self.gr,
+        }
+    }
+
+    fn of_mut(&mut self, kind: Kind) -> &mut u64 {
+        match kind {
+            // Not counted; a scratch slot keeps the match total.
+            Kind::Mesh | Kind::VirtualNode => &mut self.vn,
+            Kind::VirtualService => &mut self.vs,
+            Kind::VirtualRouter => &mut self.vr,
+            Kind::Route => &mut self.rt,
+            Kind::VirtualGateway => &mut self.vg,
+            Kind::GatewayRoute => &mut self.gr,
+        }
+    }
+
+    /// Every resource in the mesh.
+    fn total(&self) -> u64 {
+        self.vn + self.vs + self.vr + self.rt + self.vg + self.gr
+    }
+}
+
+/// A mesh's guard as one write read it.
+struct Guard {
+    key: String,
+    /// Holds while nothing in the mesh changed since the read.
+    compare: Compare,
+    /// The mesh's resource counts at the read.
+    counts: MeshCounts,
+}
+
+impl Guard {
+    /// The op that rewrites the guard with `counts`: every write in the
+    /// mesh includes it, so that concurrent writes conflict.
+    fn bump(&self, counts: MeshCounts) -> Result<Op, ApiError> {
+        Ok(Op::Put(self.key.clone(), encode(&counts)?))
+    }
+}
+
 /// The App Mesh API's behaviour, independent of HTTP.
 #[derive(Clone)]
 pub struct Service {
     store: SharedStore,
     config: ApiConfig,
+    refs: Arc<RefCache>,
+}
+
+/// At most this many serialized references are kept; past it the cache
+/// starts over (entries of deleted resources would otherwise pile up).
+const REF_CACHE_MAX: usize = 100_000;
+
+/// The serialized `…Ref` of each listed resource, by store key, with the
+/// `mod_revision` of the record it was built from. A revision names one
+/// write, so an entry whose revision matches the record read is exact; a
+/// changed record simply misses. Spares List re-reading every record's
+/// spec (the bulk of its bytes) on each page.
+#[derive(Default)]
+struct RefCache {
+    map: Mutex<HashMap<String, (Revision, Bytes)>>,
+}
+
+impl RefCache {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, (Revision, Bytes)>> {
+        // Every step leaves the map valid, so a poisoned lock is still usable.
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The cached reference of each record, where it is current.
+    fn get(&self, kvs: &[KeyValue]) -> Vec<Option<Bytes>> {
+        let map = self.lock();
+        kvs.iter()
+            .map(|kv| match map.get(kv.key.as_str()) {
+                Some((revision, bytes)) if *revision == kv.mod_revision => Some(bytes.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn insert(&self, fresh: Vec<(String, Revision, Bytes)>) {
+        let mut map = self.lock();
+        if map.len() + fresh.len() > REF_CACHE_MAX {
+            map.clear();
+        }
+        for (key, revision, bytes) in fresh {
+            map.insert(key, (revision, bytes));
+        }
+    }
+
+    fn remove(&self, key: &str) {
+        self.lock().remove(key);
+    }
 }
 
 /// The current time in epoch seconds.
@@ -264,7 +507,11 @@ fn gateway_route_targets(spec: &GatewayRouteSpec) -> Vec<&str> {
 impl Service {
     /// A service over `store`.
     pub fn new(store: SharedStore, config: ApiConfig) -> Self {
-        Service { store, config }
+        Service {
+            store,
+            config,
+            refs: Arc::new(RefCache::default()),
+        }
     }
 
     /// The settings in force.
@@ -275,6 +522,12 @@ impl Service {
     /// Runs one operation on its merged, model-validated input and returns
     /// its output shape as JSON.
     pub async fn call(&self, operation: &str, input: Value) -> Result<Value, ApiError> {
+        self.respond(operation, input).await?.into_value()
+    }
+
+    /// Runs one operation like [`Service::call`], but answers in the form
+    /// cheapest to send: some outputs come already serialized.
+    pub async fn respond(&self, operation: &str, input: Value) -> Result<Output, ApiError> {
         let result = self.dispatch(operation, input).await;
         if result.is_err() {
             // The answer may rest on a write not yet durable (writes read the
@@ -284,11 +537,11 @@ impl Service {
         result
     }
 
-    async fn dispatch(&self, operation: &str, input: Value) -> Result<Value, ApiError> {
+    async fn dispatch(&self, operation: &str, input: Value) -> Result<Output, ApiError> {
         match operation {
-            "TagResource" => return self.tag_resource(&input).await,
-            "UntagResource" => return self.untag_resource(&input).await,
-            "ListTagsForResource" => return self.list_tags(&input).await,
+            "TagResource" => return self.tag_resource(&input).await.map(Output::Value),
+            "UntagResource" => return self.untag_resource(&input).await.map(Output::Value),
+            "ListTagsForResource" => return self.list_tags(&input).await.map(Output::Value),
             _ => {}
         }
         let (action, kind) = Kind::parse_operation(operation)
@@ -299,10 +552,10 @@ impl Service {
             action => {
                 let id = self.resource_id(kind, &input)?;
                 match action {
-                    Action::Create => self.create(operation, &id, &input).await,
+                    Action::Create => self.create(operation, &id, &input).await.map(Output::Value),
                     Action::Describe => self.describe(&id).await,
-                    Action::Update => self.update(operation, &id, &input).await,
-                    _ => self.delete(&id).await,
+                    Action::Update => self.update(operation, &id, &input).await.map(Output::Value),
+                    _ => self.delete(&id).await.map(Output::Value),
                 }
             }
         }
@@ -372,14 +625,42 @@ impl Service {
         }
     }
 
-    /// The mesh's guard as a compare, and the op that bumps it.
-    async fn guard(&self, mesh: &str) -> Result<(Compare, Op), ApiError> {
+    /// Reads the mesh's guard: the compare every write in the mesh commits
+    /// under, and the mesh's resource counts it carries. A guard written
+    /// before counts existed (empty) is counted once here; the write's
+    /// [`Guard::bump`] then stores the counts.
+    async fn guard(&self, mesh: &str) -> Result<Guard, ApiError> {
         let key = keys::guard(mesh);
-        let compare = match self.store.get_latest(&key).await? {
-            Some(kv) => Compare::ModRevision(key.clone(), kv.mod_revision),
-            None => Compare::Absent(key.clone()),
+        let (compare, counts) = match self.store.get_latest(&key).await? {
+            Some(kv) => (
+                Compare::ModRevision(key.clone(), kv.mod_revision),
+                MeshCounts::decode(&kv.value),
+            ),
+            None => (Compare::Absent(key.clone()), None),
         };
-        Ok((compare, Op::Put(key, Bytes::new())))
+        let counts = match counts {
+            Some(counts) => counts,
+            None => self.count_mesh(mesh).await?,
+        };
+        Ok(Guard {
+            key,
+            compare,
+            counts,
+        })
+    }
+
+    /// Counts the resources of a mesh, kind by kind, in the latest state.
+    /// Consistent with a guard read just before: any write in between
+    /// changes the guard, so a commit under it fails and the write retries.
+    async fn count_mesh(&self, mesh: &str) -> Result<MeshCounts, ApiError> {
+        let mut counts = MeshCounts::default();
+        for kind in Kind::ALL {
+            if kind != Kind::Mesh {
+                let n = self.count(keys::scope_prefix(kind, mesh, None)).await?;
+                *counts.of_mut(kind) = n as u64;
+            }
+        }
+        Ok(counts)
     }
 
     /// Replays an earlier answer for the same `clientToken`, or refuses a
@@ -616,7 +897,7 @@ impl Service {
             .unwrap_or(json!({}));
         let key = keys::resource(id);
         for _ in 0..MAX_ATTEMPTS {
-            let (guard, bump) = self.guard(&id.mesh).await?;
+            let guard = self.guard(&id.mesh).await?;
             if let Some(out) = self.replay(op, token, &request).await? {
                 return Ok(out);
             }
@@ -632,9 +913,17 @@ impl Service {
                     id.describe()
                 )));
             }
-            let scope = keys::scope_prefix(id.kind, &id.mesh, id.parent.as_deref());
             let quota = self.quota(id.kind);
-            if self.count(scope).await? >= quota {
+            let used = match id.kind {
+                // Meshes, and routes of one router or gateway, are counted
+                // in their (small) scope; the rest come from the guard.
+                Kind::Mesh | Kind::Route | Kind::GatewayRoute => {
+                    let scope = keys::scope_prefix(id.kind, &id.mesh, id.parent.as_deref());
+                    self.count(scope).await?
+                }
+                kind => usize::try_from(guard.counts.of(kind)).unwrap_or(usize::MAX),
+            };
+            if used >= quota {
                 return Err(ApiError::LimitExceeded(format!(
                     "{} quota of {quota} reached for {}",
                     id.kind.plural(),
@@ -662,9 +951,13 @@ impl Service {
                 data,
                 tags: tags.clone(),
             };
-            let mut ops = vec![Op::Put(key.clone(), encode(&record)?), bump];
+            let mut counts = guard.counts;
+            if id.kind != Kind::Mesh {
+                *counts.of_mut(id.kind) += 1;
+            }
+            let mut ops = vec![Op::Put(key.clone(), encode(&record)?), guard.bump(counts)?];
             ops.extend(self.token_op(op, token, request.clone(), &output)?);
-            let compares = vec![guard, Compare::Absent(key.clone())];
+            let compares = vec![guard.compare, Compare::Absent(key.clone())];
             if self.commit(compares, ops).await? {
                 return Ok(output);
             }
@@ -672,11 +965,16 @@ impl Service {
         Err(Self::contention(id))
     }
 
-    async fn describe(&self, id: &ResourceId) -> Result<Value, ApiError> {
-        match self.load_durable(id).await? {
-            Some(record) => Ok(self.output(id.kind, record.data)),
-            None => Err(ApiError::NotFound(format!("{} not found", id.describe()))),
-        }
+    /// Answers with the stored `data` member as it is on disk: no parse
+    /// into a JSON tree, no re-serialization.
+    async fn describe(&self, id: &ResourceId) -> Result<Output, ApiError> {
+        let Some(kv) = self.store.get(&keys::resource(id)).await? else {
+            return Err(ApiError::NotFound(format!("{} not found", id.describe())));
+        };
+        Ok(Output::Payload {
+            member: id.kind.payload_member(),
+            body: stored_data(&kv)?,
+        })
     }
 
     async fn update(&self, op: &str, id: &ResourceId, input: &Value) -> Result<Value, ApiError> {
@@ -684,7 +982,7 @@ impl Service {
         let request = Self::fingerprint(input);
         let key = keys::resource(id);
         for _ in 0..MAX_ATTEMPTS {
-            let (guard, bump) = self.guard(&id.mesh).await?;
+            let guard = self.guard(&id.mesh).await?;
             if let Some(out) = self.replay(op, token, &request).await? {
                 return Ok(out);
             }
@@ -710,9 +1008,15 @@ impl Service {
                 meta.insert("lastUpdatedAt".into(), json!(now()));
             }
             let output = self.output(id.kind, record.data.clone());
-            let mut ops = vec![Op::Put(key.clone(), encode(&record)?), bump];
+            let mut ops = vec![
+                Op::Put(key.clone(), encode(&record)?),
+                guard.bump(guard.counts)?,
+            ];
             ops.extend(self.token_op(op, token, request.clone(), &output)?);
-            let compares = vec![guard, Compare::ModRevision(key.clone(), kv.mod_revision)];
+            let compares = vec![
+                guard.compare,
+                Compare::ModRevision(key.clone(), kv.mod_revision),
+            ];
             if self.commit(compares, ops).await? {
                 return Ok(output);
             }
@@ -727,7 +1031,11 @@ impl Service {
     }
 
     /// Why `id` cannot be deleted yet, if something still uses it.
-    async fn in_use(&self, id: &ResourceId) -> Result<Option<String>, ApiError> {
+    async fn in_use(
+        &self,
+        id: &ResourceId,
+        counts: &MeshCounts,
+    ) -> Result<Option<String>, ApiError> {
         let mesh = &id.mesh;
         let named = |r: &Record, member: &str| {
             r.data
@@ -738,7 +1046,7 @@ impl Service {
         };
         match id.kind {
             Kind::Mesh => {
-                let n = self.count(keys::mesh_contents(mesh)).await?;
+                let n = counts.total();
                 Ok((n > 0).then(|| {
                     format!("Mesh \"{mesh}\" still contains {n} resources; delete them first")
                 }))
@@ -833,20 +1141,27 @@ impl Service {
     async fn delete(&self, id: &ResourceId) -> Result<Value, ApiError> {
         let key = keys::resource(id);
         for _ in 0..MAX_ATTEMPTS {
-            let (guard, bump) = self.guard(&id.mesh).await?;
+            let guard = self.guard(&id.mesh).await?;
             let Some((mut record, kv)) = self.load(id).await? else {
                 return Err(ApiError::NotFound(format!("{} not found", id.describe())));
             };
-            if let Some(why) = self.in_use(id).await? {
+            if let Some(why) = self.in_use(id, &guard.counts).await? {
                 return Err(ApiError::ResourceInUse(why));
             }
             let ops = if id.kind == Kind::Mesh {
-                vec![Op::Delete(key.clone()), Op::Delete(keys::guard(&id.mesh))]
+                vec![Op::Delete(key.clone()), Op::Delete(guard.key.clone())]
             } else {
-                vec![Op::Delete(key.clone()), bump]
+                let mut counts = guard.counts;
+                let n = counts.of_mut(id.kind);
+                *n = n.saturating_sub(1);
+                vec![Op::Delete(key.clone()), guard.bump(counts)?]
             };
-            let compares = vec![guard, Compare::ModRevision(key.clone(), kv.mod_revision)];
+            let compares = vec![
+                guard.compare,
+                Compare::ModRevision(key.clone(), kv.mod_revision),
+            ];
             if self.commit(compares, ops).await? {
+                self.refs.remove(&key);
                 if let Some(data) = record.data.as_object_mut() {
                     data.insert("status".into(), json!({ "status": "DELETED" }));
                 }
@@ -916,7 +1231,7 @@ impl Service {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
     }
 
-    async fn list(&self, kind: Kind, input: &Value) -> Result<Value, ApiError> {
+    async fn list(&self, kind: Kind, input: &Value) -> Result<Output, ApiError> {
         let (mesh, parent) = if kind == Kind::Mesh {
             (String::new(), None)
         } else {
@@ -942,41 +1257,84 @@ impl Service {
         }
         range.limit = limit;
         let result = self.store.range(range).await?;
-        let mut refs = Vec::with_capacity(result.kvs.len());
-        for kv in &result.kvs {
-            // Only the names and metadata are listed: the spec is skipped
-            // unparsed, which keeps a page of 100 cheap.
-            let listed: Listed = serde_json::from_slice(&kv.value).map_err(|e| {
-                ApiError::Internal(format!("stored record {} is unreadable: {e}", kv.key))
-            })?;
-            refs.push(Self::reference(kind, &listed.data));
-        }
-        let mut out = json!({ kind.list_member(): refs });
+        // The page is written straight from the stored bytes: names and
+        // metadata are copied as raw JSON, the spec is skipped unparsed.
+        let mut body = Vec::with_capacity(64 + 320 * result.kvs.len());
+        body.push(b'{');
         if result.more {
             if let Some(last) = result.kvs.last() {
-                out["nextToken"] = json!(Self::next_token(&last.key));
+                body.extend_from_slice(b"\"nextToken\":");
+                write_json(&mut body, &Self::next_token(&last.key))?;
+                body.push(b',');
             }
         }
-        Ok(out)
+        body.push(b'"');
+        body.extend_from_slice(kind.list_member().as_bytes());
+        body.extend_from_slice(b"\":[");
+        let mut refs = self.refs.get(&result.kvs);
+        let mut fresh = Vec::new();
+        for (kv, cached) in result.kvs.iter().zip(&mut refs) {
+            if cached.is_none() {
+                let listed: Listed = serde_json::from_slice(&kv.value).map_err(|e| {
+                    ApiError::Internal(format!("stored record {} is unreadable: {e}", kv.key))
+                })?;
+                let mut bytes = Vec::with_capacity(320);
+                Self::write_reference(&mut bytes, kind, &listed.data)?;
+                let bytes = Bytes::from(bytes);
+                fresh.push((kv.key.clone(), kv.mod_revision, bytes.clone()));
+                *cached = Some(bytes);
+            }
+        }
+        if !fresh.is_empty() {
+            self.refs.insert(fresh);
+        }
+        for (i, reference) in refs.iter().flatten().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(reference);
+        }
+        body.extend_from_slice(b"]}");
+        Ok(Output::Json(Bytes::from(body)))
     }
 
-    /// The `…Ref` shape listed for a resource: its names and metadata without `uid`.
-    fn reference(kind: Kind, data: &ListedData) -> Value {
-        let mut out = Map::new();
+    /// Writes the `…Ref` shape listed for a resource: its names and metadata
+    /// without `uid`, members in name order (as a JSON map would have them).
+    fn write_reference(
+        out: &mut Vec<u8>,
+        kind: Kind,
+        data: &ListedData<'_>,
+    ) -> Result<(), ApiError> {
+        let mut members: Vec<(&str, &RawValue)> = Vec::with_capacity(10);
         for member in ["meshName", kind.name_member()]
             .into_iter()
             .chain(kind.parent().map(Kind::name_member))
         {
             if let Some(v) = data.name(member) {
-                out.insert(member.into(), Value::from(v));
+                members.push((member, v));
             }
         }
-        for (k, v) in &data.metadata {
+        for (k, v) in &data.metadata.0 {
             if k != "uid" {
-                out.insert(k.clone(), v.clone());
+                // A later duplicate wins, as in a JSON map.
+                match members.iter_mut().find(|(name, _)| *name == k.as_ref()) {
+                    Some(slot) => slot.1 = v,
+                    None => members.push((k.as_ref(), v)),
+                }
             }
         }
-        Value::Object(out)
+        members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        out.push(b'{');
+        for (i, (name, value)) in members.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json(out, name)?;
+            out.push(b':');
+            out.extend_from_slice(value.get().as_bytes());
+        }
+        out.push(b'}');
+        Ok(())
     }
 
     fn resource_from_arn(&self, input: &Value) -> Result<ResourceId, ApiError> {
@@ -1002,13 +1360,19 @@ impl Service {
         let id = self.resource_from_arn(input)?;
         let key = keys::resource(&id);
         for _ in 0..MAX_ATTEMPTS {
-            let (guard, bump) = self.guard(&id.mesh).await?;
+            let guard = self.guard(&id.mesh).await?;
             let Some((mut record, kv)) = self.load(&id).await? else {
                 return Err(ApiError::NotFound(format!("{} not found", id.describe())));
             };
             change(&mut record.tags)?;
-            let ops = vec![Op::Put(key.clone(), encode(&record)?), bump];
-            let compares = vec![guard, Compare::ModRevision(key.clone(), kv.mod_revision)];
+            let ops = vec![
+                Op::Put(key.clone(), encode(&record)?),
+                guard.bump(guard.counts)?,
+            ];
+            let compares = vec![
+                guard.compare,
+                Compare::ModRevision(key.clone(), kv.mod_revision),
+            ];
             if self.commit(compares, ops).await? {
                 return Ok(json!({}));
             }
