@@ -262,11 +262,8 @@ impl Workload {
 /// Checks one ListVirtualNodes page against the pre-created nodes and
 /// advances the task's position in the listing.
 fn check_page(body: &[u8], state: &mut TaskState, nodes: usize, limit: usize) -> Result<()> {
-    let page: Value = serde_json::from_slice(body).context("list page is not JSON")?;
-    let got = page
-        .get("virtualNodes")
-        .and_then(Value::as_array)
-        .map_or(0, Vec::len);
+    let page = scan_page(body, "virtualNodes")?;
+    let got = page.items;
     let expected = limit.min(nodes - state.listed.min(nodes));
     if got != expected {
         bail!(
@@ -275,8 +272,8 @@ fn check_page(body: &[u8], state: &mut TaskState, nodes: usize, limit: usize) ->
         );
     }
     state.listed += got;
-    match page.get("nextToken").and_then(Value::as_str) {
-        Some(token) if state.listed < nodes => state.next_token = Some(token.to_string()),
+    match page.next_token {
+        Some(token) if state.listed < nodes => state.next_token = Some(token),
         Some(_) => bail!(
             "list page ends at {} of {nodes} nodes but has a nextToken",
             state.listed
@@ -288,6 +285,105 @@ fn check_page(body: &[u8], state: &mut TaskState, nodes: usize, limit: usize) ->
         None => bail!("listing stopped at {} of {nodes} nodes", state.listed),
     }
     Ok(())
+}
+
+/// What a List page holds, as far as the benchmark checks it.
+#[derive(Debug, PartialEq, Eq)]
+struct PageSummary {
+    /// Objects in the list member's array.
+    items: usize,
+    /// The `nextToken`, if any.
+    next_token: Option<String>,
+}
+
+/// Reads a List page with a structural scan of its JSON (strings, nesting,
+/// the top-level members) instead of building a `serde_json::Value` tree:
+/// the tree of 100 references costs the client as much CPU as the server
+/// spends answering, and client and server share the machine's cores.
+/// Fails on unbalanced nesting, an unterminated string, or anything but
+/// whitespace after the top-level object.
+fn scan_page(body: &[u8], list_member: &str) -> Result<PageSummary> {
+    let mut depth = 0usize;
+    let mut expecting_key = false;
+    let mut key: &[u8] = b"";
+    let mut in_list = false;
+    let mut saw_list = false;
+    let mut items = 0;
+    let mut next_token = None;
+    let mut closed = false;
+    let mut i = 0;
+    while i < body.len() {
+        let c = body[i];
+        if closed {
+            if !c.is_ascii_whitespace() {
+                bail!("list page has data after its JSON object");
+            }
+            i += 1;
+            continue;
+        }
+        match c {
+            b'"' => {
+                let start = i + 1;
+                i = start;
+                loop {
+                    match body.get(i) {
+                        None => bail!("list page has an unterminated string"),
+                        Some(b'\\') => i += 2,
+                        Some(b'"') => break,
+                        Some(_) => i += 1,
+                    }
+                }
+                let text = &body[start..i];
+                if depth == 1 {
+                    if expecting_key {
+                        key = text;
+                        expecting_key = false;
+                    } else if key == b"nextToken" {
+                        let token = std::str::from_utf8(text).context("nextToken is not UTF-8")?;
+                        if token.contains('\\') {
+                            bail!("nextToken {token:?} has escapes");
+                        }
+                        next_token = Some(token.to_string());
+                    }
+                }
+            }
+            b'{' | b'[' => {
+                if depth == 0 && c != b'{' {
+                    bail!("list page is not a JSON object");
+                }
+                if depth == 2 && in_list && c == b'{' {
+                    items += 1;
+                }
+                if depth == 1 && c == b'[' && key == list_member.as_bytes() {
+                    in_list = true;
+                    saw_list = true;
+                }
+                depth += 1;
+                if depth == 1 {
+                    expecting_key = true;
+                }
+            }
+            b'}' | b']' => {
+                depth = depth
+                    .checked_sub(1)
+                    .context("list page closes more than it opens")?;
+                if depth == 1 && c == b']' {
+                    in_list = false;
+                }
+                closed = depth == 0;
+            }
+            b',' if depth == 1 => expecting_key = true,
+            _ => {}
+        }
+        i += 1;
+    }
+    if !closed {
+        bail!("list page is not a complete JSON object");
+    }
+    if !saw_list {
+        bail!("list page has no {list_member} array");
+    }
+    Ok(PageSummary { items, next_token })
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
@@ -439,4 +535,56 @@ pub async fn run_phase(
     result.latencies.sort_unstable();
     result.elapsed = last_done - measure_from;
     Ok(result)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_scan_counts_the_references_and_reads_the_token() {
+        let page = json!({
+            "nextToken": "cmVzL2JlbmNoL3ZuL25vZGUtMDA5OQ",
+            "virtualNodes": [
+                {"arn": "a", "meshName": "m", "version": 1, "virtualNodeName": "x{[\"]}"},
+                {"arn": "b", "meshName": "m", "version": 2, "virtualNodeName": "y"}
+            ]
+        });
+        let scanned = scan_page(page.to_string().as_bytes(), "virtualNodes").unwrap();
+        assert_eq!(
+            scanned,
+            PageSummary {
+                items: 2,
+                next_token: Some("cmVzL2JlbmNoL3ZuL25vZGUtMDA5OQ".into())
+            }
+        );
+        let last = json!({"virtualNodes": [{"nested": {"virtualNodes": [{}, {}]}}]});
+        let scanned = scan_page(last.to_string().as_bytes(), "virtualNodes").unwrap();
+        assert_eq!(
+            scanned,
+            PageSummary {
+                items: 1,
+                next_token: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_malformed_page_fails_the_scan() {
+        for bad in [
+            &b"{\"virtualNodes\": [{}"[..],
+            b"{\"virtualNodes\": [\"open]}",
+            b"{\"virtualNodes\": []}}",
+            b"{\"virtualNodes\": []} x",
+            b"[]",
+            b"{\"meshes\": []}",
+        ] {
+            assert!(
+                scan_page(bad, "virtualNodes").is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 }
