@@ -139,6 +139,10 @@ fn dynamic_resources(config: &AgentConfig) -> Value {
             "api_type": config.xds_protocol.api_type(),
             "transport_api_version": "V3",
             "grpc_services": [{ "envoy_grpc": { "cluster_name": XDS_CLUSTER } }],
+            // Envoy's node (with its list of ~300 extensions) only opens the stream; without
+            // this every ACK carries it again and the control plane decodes it again (as Istio
+            // does: api/envoy/config/core/v3/config_source.proto).
+            "set_node_on_first_message_only": true,
         },
         "cds_config": source,
         "lds_config": source,
@@ -256,6 +260,11 @@ mod tests {
         c.xds_protocol = crate::XdsProtocol::Sotw;
         let b = bootstrap(&c);
         assert_eq!(b["dynamic_resources"]["ads_config"]["api_type"], "GRPC");
+        // The node is sent once per stream, not with every ACK.
+        assert_eq!(
+            b["dynamic_resources"]["ads_config"]["set_node_on_first_message_only"],
+            true
+        );
         assert_eq!(b["dynamic_resources"]["cds_config"]["ads"], json!({}));
         assert_eq!(
             b["dynamic_resources"]["lds_config"]["resource_api_version"],

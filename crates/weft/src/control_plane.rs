@@ -663,6 +663,8 @@ impl Runtime {
         if changes.is_empty() && registry_changed.is_empty() {
             return;
         }
+        let started = std::time::Instant::now();
+        let mut published = 0usize;
         for (key, class) in self.classes() {
             let escaped = keys::escape(&class.identity.mesh);
             let affected = registry_changed.contains(&escaped)
@@ -675,8 +677,14 @@ impl Runtime {
                 });
             if affected {
                 self.publish(&key, &class);
+                published += 1;
             }
         }
+        tracing::debug!(
+            published,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "proxy classes recomputed"
+        );
     }
 
     fn apply(

@@ -5,11 +5,15 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use weft_xds::{AdsServer, ProxyStatus};
+use weft_xds::{AdsServer, Protocol, ProxyStatus};
 
 /// Path of the endpoint on the API listener.
 pub const PATH: &str = "/weft/v1/proxy-status";
@@ -25,43 +29,93 @@ fn short_type(type_url: &str) -> &str {
     type_url.rsplit('.').next().unwrap_or(type_url)
 }
 
-fn to_json(p: &ProxyStatus) -> Value {
-    let types: serde_json::Map<String, Value> = p
-        .types
-        .iter()
-        .map(|(t, s)| {
-            (
-                short_type(t).to_string(),
-                json!({
-                    "typeUrl": t,
-                    "sentVersion": s.sent_version,
-                    "ackedVersion": s.acked_version,
-                    "nackedVersion": s.nacked_version,
-                    "pendingNonce": s.pending_nonce,
-                    "responsesSent": s.responses_sent,
-                }),
-            )
-        })
-        .collect();
-    json!({
-        "streamId": p.stream_id,
-        "nodeId": p.node_id,
-        "nodeCluster": p.node_cluster,
-        "snapshotKey": p.snapshot_key,
-        "protocol": format!("{:?}", p.protocol).to_lowercase(),
-        "connectedSince": epoch(p.connected_since),
-        "snapshotVersion": p.snapshot_version,
-        "rollout": format!("{:?}", p.rollout),
-        "types": types,
-        "nackCount": p.nack_count,
-        "lastNack": p.last_nack.as_ref().map(|n| json!({
-            "typeUrl": n.type_url,
-            "version": n.version,
-            "code": n.code,
-            "message": n.message,
-            "at": epoch(n.at),
-        })),
-    })
+/// One type's row of a proxy, as the endpoint shows it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TypeJson<'a> {
+    type_url: &'a str,
+    sent_version: Option<&'a str>,
+    acked_version: Option<&'a str>,
+    nacked_version: Option<&'a str>,
+    pending_nonce: Option<&'a str>,
+    responses_sent: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NackJson<'a> {
+    type_url: &'a str,
+    version: &'a str,
+    code: i32,
+    message: &'a str,
+    at: f64,
+}
+
+/// One proxy as the endpoint shows it. Serialized straight from the status
+/// (no intermediate `serde_json::Value`): the endpoint is polled back to back
+/// by tools waiting for convergence, so it should cost the server little.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProxyJson<'a> {
+    stream_id: u64,
+    node_id: &'a str,
+    node_cluster: &'a str,
+    snapshot_key: &'a str,
+    protocol: &'static str,
+    connected_since: f64,
+    snapshot_version: Option<&'a str>,
+    rollout: String,
+    types: BTreeMap<&'a str, TypeJson<'a>>,
+    nack_count: u64,
+    last_nack: Option<NackJson<'a>>,
+}
+
+fn to_json(p: &ProxyStatus) -> ProxyJson<'_> {
+    ProxyJson {
+        stream_id: p.stream_id,
+        node_id: &p.node_id,
+        node_cluster: &p.node_cluster,
+        snapshot_key: &p.snapshot_key,
+        protocol: match p.protocol {
+            Protocol::Sotw => "sotw",
+            Protocol::Delta => "delta",
+        },
+        connected_since: epoch(p.connected_since),
+        snapshot_version: p.snapshot_version.as_deref(),
+        rollout: format!("{:?}", p.rollout),
+        types: p
+            .types
+            .iter()
+            .map(|(t, s)| {
+                (
+                    short_type(t),
+                    TypeJson {
+                        type_url: t,
+                        sent_version: s.sent_version.as_deref(),
+                        acked_version: s.acked_version.as_deref(),
+                        nacked_version: s.nacked_version.as_deref(),
+                        pending_nonce: s.pending_nonce.as_deref(),
+                        responses_sent: s.responses_sent,
+                    },
+                )
+            })
+            .collect(),
+        nack_count: p.nack_count,
+        last_nack: p.last_nack.as_ref().map(|n| NackJson {
+            type_url: &n.type_url,
+            version: &n.version,
+            code: n.code,
+            message: &n.message,
+            at: epoch(n.at),
+        }),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusJson<'a> {
+    proxies: Vec<ProxyJson<'a>>,
+    nack_count: u64,
 }
 
 /// The endpoint, served on the API listener.
@@ -71,8 +125,12 @@ pub fn router(ads: AdsServer) -> Router {
         get(move || {
             let ads = ads.clone();
             async move {
-                let proxies: Vec<Value> = ads.proxy_status().iter().map(to_json).collect();
-                Json(json!({ "proxies": proxies, "nackCount": ads.nack_count() }))
+                let statuses = ads.proxy_status();
+                let body = StatusJson {
+                    proxies: statuses.iter().map(to_json).collect(),
+                    nack_count: ads.nack_count(),
+                };
+                Json(body).into_response()
             }
         }),
     )
