@@ -148,7 +148,17 @@ pub async fn run(args: EnvoysArgs) -> Result<()> {
 
     let mut samples = Vec::new();
     let mut polls = Vec::new();
+    // The fleet's idle cost (stats flushes, health checks, the agents'
+    // polling), to tell it apart from what a change costs.
+    let idle_start = (Instant::now(), fleet_cpu(&agents));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle_rate = fleet_cpu(&agents)
+        .saturating_sub(idle_start.1)
+        .as_secs_f64()
+        / idle_start.0.elapsed().as_secs_f64();
     let cpu0 = CpuMark::now(server.pid());
+    let fleet0 = fleet_cpu(&agents);
+    let loop_start = Instant::now();
     for c in 0..args.changes.max(1) {
         let before = rds_versions(&api).await?;
         let weight = if c % 2 == 0 { 70 } else { 50 };
@@ -177,6 +187,8 @@ pub async fn run(args: EnvoysArgs) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(args.pause_ms)).await;
     }
     let cpu1 = CpuMark::now(server.pid());
+    let fleet1 = fleet_cpu(&agents);
+    let loop_secs = loop_start.elapsed().as_secs_f64();
     server.check_alive()?;
     let nacks: u64 = agents.iter().map(|a| a.stat_sum("update_rejected")).sum();
     samples.sort();
@@ -235,6 +247,22 @@ pub async fn run(args: EnvoysArgs) -> Result<()> {
         "p99 <= 50 ms",
         if p99 <= goal { "met" } else { "MISSED" }
     );
+    // What the Envoys (and their agents) spend per change, and the latency
+    // that alone implies when they share this machine's cores perfectly.
+    let changes = samples.len().max(1) as f64;
+    let fleet_total = fleet1.saturating_sub(fleet0).as_secs_f64();
+    let fleet_ms = (fleet_total - idle_rate * loop_secs).max(0.0) * 1000.0 / changes;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    println!();
+    println!(
+        "work per change: server {:.1} ms CPU; the {count} Envoys and agents {:.1} ms CPU above \
+         their idle {:.0}% of a core, i.e. >= {:.1} ms of wall time on {cores} cores before the \
+         last one can ACK",
+        srv.as_secs_f64() * 1000.0 / changes,
+        fleet_ms,
+        idle_rate * 100.0,
+        fleet_ms / cores
+    );
     println!();
     println!(
         "Time: from sending UpdateRoute until a poll of GET /weft/v1/proxy-status (polled back to \
@@ -250,6 +278,27 @@ pub async fn run(args: EnvoysArgs) -> Result<()> {
 }
 
 /// Summed RSS (KiB) of the children of `pid` (the agent's Envoy).
+/// CPU time used so far by every agent and its Envoy.
+fn fleet_cpu(agents: &[Agent]) -> Duration {
+    agents
+        .iter()
+        .flat_map(|a| {
+            let pid = a.proc.pid();
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            std::iter::once(pid)
+                .chain(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok())
+                        .collect::<Vec<_>>(),
+                )
+                .collect::<Vec<_>>()
+        })
+        .filter_map(machine::cpu_time)
+        .sum()
+}
+
 fn envoy_child_rss(pid: u32) -> Option<u64> {
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
     Some(
