@@ -40,6 +40,7 @@ where
     count_keys(&*make().await).await;
     atomic_multi_op(&*make().await).await;
     empty_txn(&*make().await).await;
+    deferred_txn(&*make().await).await;
     concurrent_counter(make().await).await;
     concurrent_distinct_keys(make().await).await;
     watch_order_and_replay(&*make().await).await;
@@ -356,6 +357,29 @@ pub async fn empty_txn(store: &dyn Store) {
         TxnOutcome::Conflict(rev)
     );
     assert_eq!(store.revision().await.unwrap(), rev);
+}
+
+/// A deferred transaction is decided at once (latest reads see it) and its
+/// durability future resolves; then plain reads and the revision show it. A
+/// refused one changes nothing.
+pub async fn deferred_txn(store: &dyn Store) {
+    let k = "conformance/deferred/k";
+    let create = txn(vec![Compare::Absent(k.into())], vec![put(k, "1")]);
+    let (outcome, durable) = store.txn_deferred(create.clone()).await.unwrap();
+    let TxnOutcome::Committed(rev) = outcome else {
+        panic!("deferred create failed: {outcome:?}");
+    };
+    assert_eq!(
+        store.get_latest(k).await.unwrap().unwrap().mod_revision,
+        rev
+    );
+    durable.await.unwrap();
+    assert_eq!(value(store, k).await, Some(Bytes::from("1")));
+    assert!(store.revision().await.unwrap() >= rev);
+    let (outcome, durable) = store.txn_deferred(create).await.unwrap();
+    assert!(matches!(outcome, TxnOutcome::Conflict(_)), "{outcome:?}");
+    durable.await.unwrap();
+    assert_eq!(value(store, k).await, Some(Bytes::from("1")));
 }
 
 /// 16 tasks × 50 CAS-retry increments of one counter: no update is lost and

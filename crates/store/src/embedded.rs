@@ -24,8 +24,8 @@ use futures::stream::BoxStream;
 use tokio::sync::watch;
 
 use crate::{
-    Compare, KeyValue, Op, Range, RangeResult, Revision, Store, StoreError, Txn, TxnOutcome,
-    WatchEvent,
+    Compare, Durability, KeyValue, Op, Range, RangeResult, Revision, Store, StoreError, Txn,
+    TxnOutcome, WatchEvent,
 };
 
 mod disk;
@@ -308,6 +308,38 @@ impl EmbeddedStore {
     }
 }
 
+impl EmbeddedStore {
+    /// Decides a transaction against memory: checks its compares and, if they
+    /// hold, applies its ops and queues its log record for the committer.
+    /// Returns the outcome and the revision that must be durable before the
+    /// outcome may be relied on.
+    fn decide(&self, txn: Txn) -> Result<(TxnOutcome, Revision), StoreError> {
+        // Encode outside the lock; only the revision is added under it.
+        let body = match txn.ops.is_empty() {
+            true => None,
+            false => Some(disk::encode_ops(&txn.ops)?),
+        };
+        let mut st = self.inner.lock_state()?;
+        if !txn.compares.iter().all(|c| st.holds(c)) {
+            return Ok((TxnOutcome::Conflict(st.head), st.head));
+        }
+        let Some(body) = body else {
+            return Ok((TxnOutcome::Committed(st.head), st.head));
+        };
+        let st = &mut *st;
+        let revision = st.head + 1;
+        disk::frame_record(&mut st.pending, revision, &body);
+        for op in txn.ops {
+            if let Some(event) = apply_op(&mut st.kvs, &mut st.live_bytes, revision, op, true) {
+                st.pending_events.push(event);
+            }
+        }
+        st.head = revision;
+        self.inner.wake.notify_one();
+        Ok((TxnOutcome::Committed(revision), revision))
+    }
+}
+
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
         lock_poisoned(&self.inner.state).shutdown = true;
@@ -470,37 +502,18 @@ impl Store for EmbeddedStore {
     /// write (each bumps `version`). Deleting a missing key is a no-op that
     /// emits no event, but the txn still takes a new revision.
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
-        // Encode outside the lock; only the revision is added under it.
-        let body = match txn.ops.is_empty() {
-            true => None,
-            false => Some(disk::encode_ops(&txn.ops)?),
-        };
-        let (outcome, visible) = {
-            let mut st = self.inner.lock_state()?;
-            if !txn.compares.iter().all(|c| st.holds(c)) {
-                (TxnOutcome::Conflict(st.head), st.head)
-            } else if let Some(body) = body {
-                let st = &mut *st;
-                let revision = st.head + 1;
-                disk::frame_record(&mut st.pending, revision, &body);
-                for op in txn.ops {
-                    if let Some(event) =
-                        apply_op(&mut st.kvs, &mut st.live_bytes, revision, op, true)
-                    {
-                        st.pending_events.push(event);
-                    }
-                }
-                st.head = revision;
-                self.inner.wake.notify_one();
-                (TxnOutcome::Committed(revision), revision)
-            } else {
-                (TxnOutcome::Committed(st.head), st.head)
-            }
-        };
+        let (outcome, visible) = self.decide(txn)?;
         // A conflict is also a read: it may have seen a not-yet-durable write,
         // so it waits like one.
         self.inner.wait_durable(visible).await?;
         Ok(outcome)
+    }
+
+    async fn txn_deferred(&self, txn: Txn) -> Result<(TxnOutcome, Durability), StoreError> {
+        let (outcome, visible) = self.decide(txn)?;
+        let inner = self.inner.clone();
+        let durable: Durability = Box::pin(async move { inner.wait_durable(visible).await });
+        Ok((outcome, durable))
     }
 
     async fn revision(&self) -> Result<Revision, StoreError> {

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
 #[cfg(any(test, feature = "testing"))]
@@ -148,6 +149,10 @@ pub struct WatchEvent {
     pub value: Option<Bytes>,
 }
 
+/// Resolves once a decided transaction's outcome is durable (see
+/// [`Store::txn_deferred`]).
+pub type Durability = BoxFuture<'static, Result<(), StoreError>>;
+
 /// An ordered, durable key-value store with CAS transactions and a change feed.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -179,6 +184,17 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Applies a compare-and-swap transaction; returns once durable.
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError>;
+    /// [`Store::txn`] in two steps: returns as soon as the transaction is
+    /// decided (applied to the latest state, or refused), with a future that
+    /// resolves once that outcome is durable. Nothing may be answered from the
+    /// outcome before the future resolved; a writer that only retries after a
+    /// conflict may drop it. Lets a writer release a lock of its own before
+    /// the fsync, so that the next writer joins the same group commit.
+    async fn txn_deferred(&self, txn: Txn) -> Result<(TxnOutcome, Durability), StoreError> {
+        let outcome = self.txn(txn).await?;
+        let durable: Durability = Box::pin(futures::future::ready(Ok(())));
+        Ok((outcome, durable))
+    }
     /// The latest durable revision.
     async fn revision(&self) -> Result<Revision, StoreError>;
     /// Every change to keys starting with `prefix` with revision `> after`,
