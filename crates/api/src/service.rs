@@ -12,6 +12,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -144,14 +145,88 @@ impl<'a> ListedData<'a> {
     }
 }
 
-/// What a `clientToken` remembers: the request it came with and the answer given.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct TokenRecord {
-    request: String,
-    output: Value,
+/// What a `clientToken` remembers: the request it came with (see
+/// [`Service::fingerprint`]) and the answer given, as stored JSON
+/// `{"request": …, "output": …, "at": …}`; read borrowing the stored bytes.
+#[derive(Deserialize)]
+struct TokenRecord<'a> {
+    #[serde(borrow)]
+    request: Cow<'a, str>,
+    /// The output shape answered.
+    #[serde(borrow)]
+    output: &'a RawValue,
     /// When the token was first used (epoch seconds).
     #[serde(default)]
     at: f64,
+}
+
+/// When a token record was written; the rest of it is skipped.
+#[derive(Deserialize)]
+struct TokenAge {
+    #[serde(default)]
+    at: f64,
+}
+
+/// A stored record split into its members, each kept as raw JSON borrowed
+/// from the stored bytes: what a write that changes a few members needs.
+#[derive(Deserialize)]
+struct StoredParts<'a> {
+    #[serde(borrow)]
+    data: RawMembers<'a>,
+    #[serde(borrow, default)]
+    tags: Option<&'a RawValue>,
+}
+
+impl<'a> RawMembers<'a> {
+    /// The last member called `name`, as a JSON map would keep it.
+    fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+    }
+}
+
+/// The JSON text of `value`.
+fn json_bytes<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(value).map_err(|e| ApiError::Internal(format!("cannot encode: {e}")))
+}
+
+/// Writes a JSON object whose member values are already JSON text, members
+/// in name order (the order a `serde_json` map serializes in, so records
+/// read the same whichever path wrote them); of members with the same name
+/// the last one given wins.
+fn write_object(out: &mut Vec<u8>, mut members: Vec<(&str, &[u8])>) -> Result<(), ApiError> {
+    // Stable: equal names keep the order they were given in.
+    members.sort_by(|a, b| a.0.cmp(b.0));
+    out.push(b'{');
+    let mut first = true;
+    for (i, (name, value)) in members.iter().enumerate() {
+        if members.get(i + 1).is_some_and(|next| next.0 == *name) {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_json(out, name)?;
+        out.push(b':');
+        out.extend_from_slice(value);
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// A stored record (`StoredRecord`'s JSON) from its members' JSON text.
+fn record_bytes(data: &[u8], tags: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(data.len() + tags.len() + 20);
+    out.extend_from_slice(b"{\"data\":");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b",\"tags\":");
+    out.extend_from_slice(tags);
+    out.push(b'}');
+    Bytes::from(out)
 }
 
 /// What an operation answers.
@@ -293,7 +368,12 @@ pub struct Service {
     store: SharedStore,
     config: ApiConfig,
     refs: Arc<RefCache>,
+    /// Writers of one mesh take turns here (see [`Service::lock_mesh`]).
+    write_locks: Arc<[tokio::sync::Mutex<()>]>,
 }
+
+/// How many locks the meshes' writers are spread over.
+const WRITE_LOCKS: usize = 64;
 
 /// At most this many serialized references are kept; past it the cache
 /// starts over (entries of deleted resources would otherwise pile up).
@@ -358,7 +438,7 @@ fn str_member<'a>(input: &'a Value, member: &str) -> Result<&'a str, ApiError> {
 }
 
 fn parse_spec<T: serde::de::DeserializeOwned>(spec: &Value) -> Result<T, ApiError> {
-    serde_json::from_value(spec.clone()).map_err(|e| ApiError::BadRequest(format!("spec: {e}")))
+    T::deserialize(spec).map_err(|e| ApiError::BadRequest(format!("spec: {e}")))
 }
 
 fn decode_record(kv: &KeyValue) -> Result<Record, ApiError> {
@@ -511,6 +591,9 @@ impl Service {
             store,
             config,
             refs: Arc::new(RefCache::default()),
+            write_locks: (0..WRITE_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
     }
 
@@ -552,9 +635,9 @@ impl Service {
             action => {
                 let id = self.resource_id(kind, &input)?;
                 match action {
-                    Action::Create => self.create(operation, &id, &input).await.map(Output::Value),
+                    Action::Create => self.create(operation, &id, &input).await,
                     Action::Describe => self.describe(&id).await,
-                    Action::Update => self.update(operation, &id, &input).await.map(Output::Value),
+                    Action::Update => self.update(operation, &id, &input).await,
                     _ => self.delete(&id).await.map(Output::Value),
                 }
             }
@@ -664,13 +747,15 @@ impl Service {
     }
 
     /// Replays an earlier answer for the same `clientToken`, or refuses a
-    /// token reused for a different request.
+    /// token reused for a different request. `member` is the output's
+    /// payload member.
     async fn replay(
         &self,
         operation: &str,
         token: Option<&str>,
         request: &str,
-    ) -> Result<Option<Value>, ApiError> {
+        member: &'static str,
+    ) -> Result<Option<Output>, ApiError> {
         let Some(token) = token else { return Ok(None) };
         let Some(kv) = self
             .store
@@ -679,40 +764,88 @@ impl Service {
         else {
             return Ok(None);
         };
-        let record: TokenRecord = serde_json::from_slice(&kv.value)
-            .map_err(|e| ApiError::Internal(format!("token record unreadable: {e}")))?;
+        let unreadable =
+            |e: serde_json::Error| ApiError::Internal(format!("token record unreadable: {e}"));
+        let record: TokenRecord = serde_json::from_slice(&kv.value).map_err(unreadable)?;
         if now() - record.at > self.config.client_token_ttl.as_secs_f64() {
             // An expired token is forgotten: the request runs as a new one.
             return Ok(None);
         }
-        if record.request == request {
-            // The first answer may still be on its way to disk.
-            self.store.sync().await?;
-            Ok(Some(record.output))
-        } else {
-            Err(ApiError::Conflict(format!(
+        if record.request != request {
+            return Err(ApiError::Conflict(format!(
                 "clientToken {token} was already used with a different {operation} request"
-            )))
+            )));
         }
+        // The first answer may still be on its way to disk.
+        self.store.sync().await?;
+        let output: RawMembers = serde_json::from_str(record.output.get()).map_err(unreadable)?;
+        Ok(Some(match output.get(member) {
+            Some(payload) if output.0.len() == 1 => Output::Payload {
+                member,
+                body: kv.value.slice_ref(payload.get().as_bytes()),
+            },
+            _ => Output::Json(kv.value.slice_ref(record.output.get().as_bytes())),
+        }))
     }
 
+    /// The op that remembers a `clientToken`'s request and the answer given:
+    /// the output shape whose payload member `member` is `payload` (JSON).
     fn token_op(
         &self,
         operation: &str,
         token: Option<&str>,
-        request: String,
-        output: &Value,
+        request: &str,
+        member: &str,
+        payload: &[u8],
     ) -> Result<Option<Op>, ApiError> {
         let Some(token) = token else { return Ok(None) };
-        let record = TokenRecord {
-            request,
-            output: output.clone(),
-            at: now(),
-        };
+        let mut out = Vec::with_capacity(request.len() + payload.len() + 64);
+        out.extend_from_slice(b"{\"request\":");
+        write_json(&mut out, request)?;
+        out.extend_from_slice(b",\"output\":{");
+        write_json(&mut out, member)?;
+        out.push(b':');
+        out.extend_from_slice(payload);
+        out.extend_from_slice(b"},\"at\":");
+        write_json(&mut out, &now())?;
+        out.push(b'}');
         Ok(Some(Op::Put(
             keys::token(operation, token),
-            encode(&record)?,
+            Bytes::from(out),
         )))
+    }
+
+    /// Takes the turn of writers in `mesh`: held from the read of the mesh's
+    /// guard to the decision of the write's transaction (not its fsync), so
+    /// that writers in one mesh follow each other instead of racing and
+    /// retrying. Correctness does not rest on it — the guard's compare does —
+    /// it only avoids wasted attempts. Meshes share a fixed set of locks.
+    async fn lock_mesh(&self, mesh: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        mesh.hash(&mut hasher);
+        let slot = (hasher.finish() % self.write_locks.len() as u64) as usize;
+        self.write_locks[slot].lock().await
+    }
+
+    /// Commits a write decided under `turn` (see [`Service::lock_mesh`]):
+    /// releases the turn as soon as the transaction is decided, then waits
+    /// until it is durable. `false` if a compare failed (nothing written).
+    async fn commit_turn(
+        &self,
+        turn: tokio::sync::MutexGuard<'_, ()>,
+        compares: Vec<Compare>,
+        ops: Vec<Op>,
+    ) -> Result<bool, ApiError> {
+        let (outcome, durable) = self.store.txn_deferred(Txn { compares, ops }).await?;
+        drop(turn);
+        match outcome {
+            TxnOutcome::Committed(_) => {
+                durable.await?;
+                Ok(true)
+            }
+            // Retried at once: the retry's own commit waits for durability.
+            TxnOutcome::Conflict(_) => Ok(false),
+        }
     }
 
     async fn commit(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<bool, ApiError> {
@@ -843,26 +976,13 @@ impl Service {
         }
     }
 
-    fn data(&self, id: &ResourceId, spec: Value, metadata: Value, status: &str) -> Value {
-        let mut data = Map::new();
-        data.insert("meshName".into(), json!(id.mesh));
-        if let (Some(p), Some(parent)) = (id.kind.parent(), &id.parent) {
-            data.insert(p.name_member().into(), json!(parent));
-        }
-        data.insert(id.kind.name_member().into(), json!(id.name));
-        data.insert("metadata".into(), metadata);
-        data.insert("spec".into(), spec);
-        data.insert("status".into(), json!({ "status": status }));
-        Value::Object(data)
-    }
-
     fn output(&self, kind: Kind, data: Value) -> Value {
         json!({ kind.payload_member(): data })
     }
 
     fn tags_from_input(input: &Value) -> Result<Vec<TagRef>, ApiError> {
         let tags: Vec<TagRef> = match input.get("tags") {
-            Some(t) if !t.is_null() => serde_json::from_value(t.clone())
+            Some(t) if !t.is_null() => Vec::<TagRef>::deserialize(t)
                 .map_err(|e| ApiError::BadRequest(format!("tags: {e}")))?,
             _ => Vec::new(),
         };
@@ -878,27 +998,47 @@ impl Service {
         Ok(tags)
     }
 
-    fn fingerprint(input: &Value) -> String {
-        let mut copy = input.clone();
-        if let Some(obj) = copy.as_object_mut() {
-            obj.remove("clientToken");
+    /// The request as an idempotency record remembers it: the input's JSON
+    /// without its `clientToken` (written without copying the input).
+    fn fingerprint(input: &Value) -> Result<String, ApiError> {
+        let Some(obj) = input.as_object() else {
+            return Ok(input.to_string());
+        };
+        let mut out = Vec::with_capacity(512);
+        out.push(b'{');
+        let mut first = true;
+        for (name, value) in obj {
+            if name == "clientToken" {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            write_json(&mut out, name)?;
+            out.push(b':');
+            write_json(&mut out, value)?;
         }
-        copy.to_string()
+        out.push(b'}');
+        String::from_utf8(out).map_err(|e| ApiError::Internal(format!("request is not UTF-8: {e}")))
     }
 
-    async fn create(&self, op: &str, id: &ResourceId, input: &Value) -> Result<Value, ApiError> {
+    /// Creates a resource. The record, the answer and the idempotency record
+    /// are written as JSON text straight from the input's spec: no copy of
+    /// the spec as a tree, one serialization.
+    async fn create(&self, op: &str, id: &ResourceId, input: &Value) -> Result<Output, ApiError> {
         let token = input.get("clientToken").and_then(Value::as_str);
-        let request = Self::fingerprint(input);
-        let tags = Self::tags_from_input(input)?;
-        let spec = input
-            .get("spec")
-            .cloned()
-            .filter(|s| !s.is_null())
-            .unwrap_or(json!({}));
+        let request = Self::fingerprint(input)?;
+        let tags = json_bytes(&Self::tags_from_input(input)?)?;
+        let empty = json!({});
+        let spec = input.get("spec").filter(|s| !s.is_null()).unwrap_or(&empty);
+        let spec_json = json_bytes(spec)?;
+        let member = id.kind.payload_member();
         let key = keys::resource(id);
         for _ in 0..MAX_ATTEMPTS {
+            let turn = self.lock_mesh(&id.mesh).await;
             let guard = self.guard(&id.mesh).await?;
-            if let Some(out) = self.replay(op, token, &request).await? {
+            if let Some(out) = self.replay(op, token, &request, member).await? {
                 return Ok(out);
             }
             if id.kind != Kind::Mesh {
@@ -934,35 +1074,61 @@ impl Service {
                     }
                 )));
             }
-            self.check_spec(id, &spec).await?;
-            let t = now();
-            let metadata = json!({
-                "arn": self.arn(id),
-                "createdAt": t,
-                "lastUpdatedAt": t,
-                "meshOwner": self.config.account,
-                "resourceOwner": self.config.account,
-                "uid": uuid::Uuid::new_v4().to_string(),
-                "version": 1,
-            });
-            let data = self.data(id, spec.clone(), metadata, "ACTIVE");
-            let output = self.output(id.kind, data.clone());
-            let record = Record {
-                data,
-                tags: tags.clone(),
-            };
+            self.check_spec(id, spec).await?;
+            let data = Bytes::from(self.new_data(id, &spec_json)?);
             let mut counts = guard.counts;
             if id.kind != Kind::Mesh {
                 *counts.of_mut(id.kind) += 1;
             }
-            let mut ops = vec![Op::Put(key.clone(), encode(&record)?), guard.bump(counts)?];
-            ops.extend(self.token_op(op, token, request.clone(), &output)?);
+            let mut ops = vec![
+                Op::Put(key.clone(), record_bytes(&data, &tags)),
+                guard.bump(counts)?,
+            ];
+            ops.extend(self.token_op(op, token, &request, member, &data)?);
             let compares = vec![guard.compare, Compare::Absent(key.clone())];
-            if self.commit(compares, ops).await? {
-                return Ok(output);
+            if self.commit_turn(turn, compares, ops).await? {
+                return Ok(Output::Payload { member, body: data });
             }
         }
         Err(Self::contention(id))
+    }
+
+    /// The `…Data` shape of a resource created now with spec `spec_json`.
+    fn new_data(&self, id: &ResourceId, spec_json: &[u8]) -> Result<Vec<u8>, ApiError> {
+        let t = json_bytes(&now())?;
+        let account = json_bytes(&self.config.account)?;
+        let arn = json_bytes(&self.arn(id))?;
+        let uid = json_bytes(&uuid::Uuid::new_v4().to_string())?;
+        let mut metadata = Vec::with_capacity(256);
+        write_object(
+            &mut metadata,
+            vec![
+                ("arn", &arn),
+                ("createdAt", &t),
+                ("lastUpdatedAt", &t),
+                ("meshOwner", &account),
+                ("resourceOwner", &account),
+                ("uid", &uid),
+                ("version", b"1"),
+            ],
+        )?;
+        let mesh = json_bytes(&id.mesh)?;
+        let name = json_bytes(&id.name)?;
+        let parent = match &id.parent {
+            Some(p) => Some(json_bytes(p)?),
+            None => None,
+        };
+        let mut members: Vec<(&str, &[u8])> = vec![("meshName", &mesh)];
+        if let (Some(p), Some(parent)) = (id.kind.parent(), &parent) {
+            members.push((p.name_member(), parent));
+        }
+        members.push((id.kind.name_member(), &name));
+        members.push(("metadata", &metadata));
+        members.push(("spec", spec_json));
+        members.push(("status", br#"{"status":"ACTIVE"}"#));
+        let mut data = Vec::with_capacity(spec_json.len() + metadata.len() + 128);
+        write_object(&mut data, members)?;
+        Ok(data)
     }
 
     /// Answers with the stored `data` member as it is on disk: no parse
@@ -977,48 +1143,95 @@ impl Service {
         })
     }
 
-    async fn update(&self, op: &str, id: &ResourceId, input: &Value) -> Result<Value, ApiError> {
+    /// Updates a resource's spec. The stored record is rewritten from its
+    /// raw members: only `spec`, `metadata.version` and
+    /// `metadata.lastUpdatedAt` change, everything else is copied as is.
+    async fn update(&self, op: &str, id: &ResourceId, input: &Value) -> Result<Output, ApiError> {
         let token = input.get("clientToken").and_then(Value::as_str);
-        let request = Self::fingerprint(input);
+        let request = Self::fingerprint(input)?;
+        let new_spec = input.get("spec").filter(|s| !s.is_null());
+        let new_spec_json = new_spec.map(json_bytes).transpose()?;
+        let empty = json!({});
+        let member = id.kind.payload_member();
         let key = keys::resource(id);
         for _ in 0..MAX_ATTEMPTS {
+            let turn = self.lock_mesh(&id.mesh).await;
             let guard = self.guard(&id.mesh).await?;
-            if let Some(out) = self.replay(op, token, &request).await? {
+            if let Some(out) = self.replay(op, token, &request, member).await? {
                 return Ok(out);
             }
-            let Some((mut record, kv)) = self.load(id).await? else {
+            let Some(kv) = self.store.get_latest(&key).await? else {
                 return Err(ApiError::NotFound(format!("{} not found", id.describe())));
             };
+            let malformed = |e: serde_json::Error| {
+                ApiError::Internal(format!("stored {} is malformed: {e}", id.describe()))
+            };
+            let stored: StoredParts = serde_json::from_slice(&kv.value).map_err(malformed)?;
             // UpdateMesh may leave out the spec: the mesh keeps the one it has.
-            let spec = match input.get("spec").filter(|s| !s.is_null()) {
-                Some(s) => s.clone(),
-                None => record.data.get("spec").cloned().unwrap_or(json!({})),
+            let (spec_json, kept_spec): (&[u8], Option<Value>) = match (&new_spec_json, new_spec) {
+                (Some(json), Some(_)) => (json, None),
+                _ => match stored.data.get("spec") {
+                    Some(raw) => (
+                        raw.get().as_bytes(),
+                        Some(serde_json::from_str(raw.get()).map_err(malformed)?),
+                    ),
+                    None => (b"{}", Some(json!({}))),
+                },
             };
-            self.check_spec(id, &spec).await?;
-            let Some(data) = record.data.as_object_mut() else {
-                return Err(ApiError::Internal(format!(
-                    "stored {} is malformed",
-                    id.describe()
-                )));
+            let spec = match (&kept_spec, new_spec) {
+                (Some(kept), _) => kept,
+                (None, Some(new)) => new,
+                (None, None) => &empty,
             };
-            data.insert("spec".into(), spec);
-            if let Some(meta) = data.get_mut("metadata").and_then(Value::as_object_mut) {
-                let version = meta.get("version").and_then(Value::as_i64).unwrap_or(0);
-                meta.insert("version".into(), json!(version + 1));
-                meta.insert("lastUpdatedAt".into(), json!(now()));
+            self.check_spec(id, spec).await?;
+            let mut members: Vec<(&str, &[u8])> = stored
+                .data
+                .0
+                .iter()
+                .map(|(name, value)| (name.as_ref(), value.get().as_bytes()))
+                .collect();
+            members.push(("spec", spec_json));
+            let metadata = match stored.data.get("metadata") {
+                Some(raw) if raw.get().starts_with('{') => {
+                    let meta: RawMembers = serde_json::from_str(raw.get()).map_err(malformed)?;
+                    let version = meta
+                        .get("version")
+                        .and_then(|v| serde_json::from_str::<Value>(v.get()).ok())
+                        .and_then(|v| v.as_i64())
+                        .unwrap_or(0);
+                    let version = json_bytes(&(version + 1))?;
+                    let t = json_bytes(&now())?;
+                    let mut meta_members: Vec<(&str, &[u8])> = meta
+                        .0
+                        .iter()
+                        .map(|(name, value)| (name.as_ref(), value.get().as_bytes()))
+                        .collect();
+                    meta_members.push(("version", &version));
+                    meta_members.push(("lastUpdatedAt", &t));
+                    let mut out = Vec::with_capacity(raw.get().len() + 16);
+                    write_object(&mut out, meta_members)?;
+                    Some(out)
+                }
+                _ => None,
+            };
+            if let Some(metadata) = &metadata {
+                members.push(("metadata", metadata));
             }
-            let output = self.output(id.kind, record.data.clone());
+            let mut data = Vec::with_capacity(kv.value.len() + spec_json.len());
+            write_object(&mut data, members)?;
+            let data = Bytes::from(data);
+            let tags = stored.tags.map_or(&b"[]"[..], |t| t.get().as_bytes());
             let mut ops = vec![
-                Op::Put(key.clone(), encode(&record)?),
+                Op::Put(key.clone(), record_bytes(&data, tags)),
                 guard.bump(guard.counts)?,
             ];
-            ops.extend(self.token_op(op, token, request.clone(), &output)?);
+            ops.extend(self.token_op(op, token, &request, member, &data)?);
             let compares = vec![
                 guard.compare,
                 Compare::ModRevision(key.clone(), kv.mod_revision),
             ];
-            if self.commit(compares, ops).await? {
-                return Ok(output);
+            if self.commit_turn(turn, compares, ops).await? {
+                return Ok(Output::Payload { member, body: data });
             }
         }
         Err(Self::contention(id))
@@ -1141,6 +1354,7 @@ impl Service {
     async fn delete(&self, id: &ResourceId) -> Result<Value, ApiError> {
         let key = keys::resource(id);
         for _ in 0..MAX_ATTEMPTS {
+            let turn = self.lock_mesh(&id.mesh).await;
             let guard = self.guard(&id.mesh).await?;
             let Some((mut record, kv)) = self.load(id).await? else {
                 return Err(ApiError::NotFound(format!("{} not found", id.describe())));
@@ -1160,7 +1374,7 @@ impl Service {
                 guard.compare,
                 Compare::ModRevision(key.clone(), kv.mod_revision),
             ];
-            if self.commit(compares, ops).await? {
+            if self.commit_turn(turn, compares, ops).await? {
                 self.refs.remove(&key);
                 if let Some(data) = record.data.as_object_mut() {
                     data.insert("status".into(), json!({ "status": "DELETED" }));
@@ -1179,7 +1393,7 @@ impl Service {
         let result = self.store.range(Range::prefix("token/")).await?;
         let mut expired = Vec::new();
         for kv in &result.kvs {
-            let stale = match serde_json::from_slice::<TokenRecord>(&kv.value) {
+            let stale = match serde_json::from_slice::<TokenAge>(&kv.value) {
                 Ok(r) => at - r.at > ttl,
                 Err(_) => true,
             };
@@ -1360,6 +1574,7 @@ impl Service {
         let id = self.resource_from_arn(input)?;
         let key = keys::resource(&id);
         for _ in 0..MAX_ATTEMPTS {
+            let turn = self.lock_mesh(&id.mesh).await;
             let guard = self.guard(&id.mesh).await?;
             let Some((mut record, kv)) = self.load(&id).await? else {
                 return Err(ApiError::NotFound(format!("{} not found", id.describe())));
@@ -1373,7 +1588,7 @@ impl Service {
                 guard.compare,
                 Compare::ModRevision(key.clone(), kv.mod_revision),
             ];
-            if self.commit(compares, ops).await? {
+            if self.commit_turn(turn, compares, ops).await? {
                 return Ok(json!({}));
             }
         }

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Map, Value};
 use weft_api::{ApiConfig, Output, Service};
-use weft_store::{EmbeddedOptions, EmbeddedStore, SharedStore};
+use weft_store::{EmbeddedOptions, EmbeddedStore, SharedStore, Store};
 
 async fn service(dir: &std::path::Path) -> Service {
     let store = EmbeddedStore::open(EmbeddedOptions::new(dir))
@@ -145,5 +145,88 @@ async fn list_pages_and_describe_answers_are_the_model_s_json_byte_for_byte() {
     assert_eq!(
         meshes,
         json!({"meshes": [reference(&mesh["mesh"], &["meshName"])]})
+    );
+}
+
+#[tokio::test]
+async fn writes_answer_and_store_the_same_json_as_describe() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(EmbeddedOptions::new(dir.path()))
+        .await
+        .unwrap();
+    let shared: SharedStore = store.clone();
+    let service = Service::new(shared, ApiConfig::default());
+    service
+        .call(
+            "CreateMesh",
+            json!({"meshName": "apps", "spec": {"egressFilter": {"type": "ALLOW_ALL"}}}),
+        )
+        .await
+        .unwrap();
+    let mut input = node_input("red");
+    input["clientToken"] = json!("create-1");
+    let created = body(
+        service
+            .respond("CreateVirtualNode", input.clone())
+            .await
+            .unwrap(),
+    );
+    let data: Value = serde_json::from_slice(&created).unwrap();
+    assert_eq!(created, data.to_string().into_bytes());
+    assert_eq!(data["metadata"]["version"], 1);
+    assert_eq!(data["status"], json!({"status": "ACTIVE"}));
+    assert_eq!(data["spec"], input["spec"]);
+    let describe = json!({"meshName": "apps", "virtualNodeName": "red"});
+    let described = body(
+        service
+            .respond("DescribeVirtualNode", describe.clone())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(described, created);
+    // The same token replays the same answer.
+    let replayed = body(service.respond("CreateVirtualNode", input).await.unwrap());
+    assert_eq!(replayed, created);
+
+    let mut update = node_input("red");
+    update["spec"]["listeners"][0]["portMapping"]["port"] = json!(9090);
+    update["clientToken"] = json!("update-1");
+    let updated = body(
+        service
+            .respond("UpdateVirtualNode", update.clone())
+            .await
+            .unwrap(),
+    );
+    let after: Value = serde_json::from_slice(&updated).unwrap();
+    assert_eq!(updated, after.to_string().into_bytes());
+    assert_eq!(after["metadata"]["version"], 2);
+    assert_eq!(after["spec"], update["spec"]);
+    assert_eq!(after["metadata"]["uid"], data["metadata"]["uid"]);
+    assert_eq!(
+        after["metadata"]["createdAt"],
+        data["metadata"]["createdAt"]
+    );
+    let replayed = body(service.respond("UpdateVirtualNode", update).await.unwrap());
+    assert_eq!(replayed, updated);
+    assert_eq!(
+        service.call("DescribeVirtualNode", describe).await.unwrap(),
+        json!({"virtualNode": after})
+    );
+    // The record keeps its tags and reads as a StoredRecord.
+    let kv = store.get("res/apps/vn/red").await.unwrap().unwrap();
+    let record: weft_model::StoredRecord = serde_json::from_slice(&kv.value).unwrap();
+    assert_eq!(record.data, after);
+    assert_eq!(record.tags.len(), 1);
+    assert_eq!(record.tags[0].value, "a\"b");
+
+    // UpdateMesh without a spec keeps the mesh's spec.
+    let mesh = service
+        .call("UpdateMesh", json!({"meshName": "apps"}))
+        .await
+        .unwrap();
+    assert_eq!(mesh["mesh"]["metadata"]["version"], 2);
+    assert_eq!(
+        mesh["mesh"]["spec"],
+        json!({"egressFilter": {"type": "ALLOW_ALL"}})
     );
 }
