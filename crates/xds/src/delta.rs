@@ -9,10 +9,9 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryResponse as XdsDeltaDiscoveryResponse, Resource as XdsDeltaResource,
 };
 
-use crate::resource::content_version;
-use crate::rollout::{Core, Held, Pending};
+use crate::rollout::{parse_nonce, Core, Held, HeldSet};
 use crate::status::{Protocol, ProxyStatus};
-use crate::{is_wildcard_type, Snapshot, XdsNode};
+use crate::{is_wildcard_type, Resource, Snapshot, XdsNode};
 
 /// One delta ADS stream: a synchronous state machine without I/O.
 ///
@@ -41,6 +40,11 @@ impl DeltaStream {
         self.core.status()
     }
 
+    /// NACKs received on this stream (cheap: no status copy).
+    pub(crate) fn nack_count(&self) -> u64 {
+        self.core.nack_count
+    }
+
     /// Handles one request from Envoy: initial request, ACK/NACK, subscribe/unsubscribe.
     ///
     /// A request carrying a nonce that is not the latest sent for its type is stale as an
@@ -55,18 +59,17 @@ impl DeltaStream {
             tracing::debug!(node = %self.core.node_id, "request without type_url ignored");
             return Vec::new();
         }
-        let state = self.core.type_state(type_url);
+        let index = self.core.type_index(type_url);
         if !request.response_nonce.is_empty() {
-            let current = state
-                .pending
-                .as_ref()
-                .is_some_and(|p| p.nonce == request.response_nonce);
+            let state = &self.core.types[index];
+            let current =
+                state.pending.is_some() && parse_nonce(&request.response_nonce) == state.pending;
             if current {
                 let error = request
                     .error_detail
                     .as_ref()
                     .map(|e| (e.code, e.message.clone()));
-                self.core.reply(type_url, error);
+                self.core.reply(index, error);
             } else {
                 tracing::debug!(
                     node = %self.core.node_id,
@@ -76,21 +79,26 @@ impl DeltaStream {
                 );
             }
         }
-        let state = self.core.type_state(type_url);
+        let state = &mut self.core.types[index];
         if !state.requested {
             // First request of this type on the stream: what Envoy already holds (after a
             // reconnect) counts as sent and accepted, so only differences go out.
-            for (name, version) in &request.initial_resource_versions {
-                let held = Held {
-                    version: version.clone(),
-                    resource: None,
-                };
-                state.sent.insert(name.clone(), held.clone());
-                state.acked.insert(name.clone(), held);
-            }
             if !request.initial_resource_versions.is_empty() {
-                let version = content_version(state.sent.iter().map(|(n, h)| (n, &h.version)));
-                state.sent_version = Some(version.clone());
+                let held: Vec<Held> = state
+                    .sent
+                    .iter()
+                    .cloned()
+                    .chain(
+                        request
+                            .initial_resource_versions
+                            .iter()
+                            .map(|(n, v)| Held::Known(Box::new((n.clone(), v.clone())))),
+                    )
+                    .collect();
+                state.sent = HeldSet::from_unsorted(held);
+                state.acked = state.sent.clone();
+                let version = state.sent.version();
+                state.sent_version = Some(version);
                 state.acked_version = Some(version);
                 state.acked_at = Some(std::time::SystemTime::now());
             }
@@ -115,12 +123,11 @@ impl DeltaStream {
             }
         }
         // Envoy forgets what it unsubscribed from.
-        let (wildcard, names) = (state.wildcard, state.names.clone());
-        let keep = |n: &String| wildcard || names.contains(n);
-        state.sent.retain(|n, _| keep(n));
-        state.acked.retain(|n, _| keep(n));
-        if let Some(p) = state.pending.as_mut() {
-            p.contents.retain(|n, _| keep(n));
+        if !state.wildcard {
+            let names = &state.names;
+            let keep = |n: &str| names.contains(n);
+            state.sent.retain(keep);
+            state.acked.retain(keep);
         }
         self.reconcile()
     }
@@ -139,72 +146,87 @@ impl DeltaStream {
     fn reconcile(&mut self) -> Vec<XdsDeltaDiscoveryResponse> {
         self.core.advance();
         let mut out = Vec::new();
-        for type_url in self.core.order() {
-            let Some(desired) = self.core.desired(&type_url) else {
+        for index in 0..self.core.types.len() {
+            let Some(desired) = self.core.desired(index) else {
                 continue;
             };
             let nonce = self.core.next_nonce_peek();
-            let Some(state) = self.core.types.get_mut(&type_url) else {
+            let Some(state) = self.core.types.get_mut(index) else {
                 continue;
             };
             if !state.requested || state.pending.is_some() {
                 continue;
             }
-            let changed: Vec<_> = desired
+            let changed: Vec<&Arc<Resource>> = desired
                 .items
-                .values()
-                .filter(|r| state.sent.get(&r.name).map(|h| &h.version) != Some(&r.version))
-                .cloned()
+                .iter()
+                .filter(|r| !state.sent.get(&r.name).is_some_and(|h| h.is(r)))
                 .collect();
-            let removed: Vec<String> = if desired.keep_others {
+            let removed: Vec<&Held> = if desired.keep_others {
                 Vec::new()
             } else {
                 state
                     .sent
-                    .keys()
-                    .filter(|n| !desired.items.contains_key(*n))
-                    .cloned()
+                    .iter()
+                    .filter(|h| {
+                        desired
+                            .items
+                            .binary_search_by(|r| r.name.as_str().cmp(h.name()))
+                            .is_err()
+                    })
                     .collect()
             };
             if changed.is_empty() && removed.is_empty() && !state.must_respond {
                 continue;
             }
             state.must_respond = false;
-            let mut contents = state.sent.clone();
-            for r in &changed {
-                contents.insert(r.name.clone(), Held::of(r));
-            }
-            for n in &removed {
-                contents.remove(n);
-            }
-            let version = content_version(contents.iter().map(|(n, h)| (n, &h.version)));
-            if state.nacked_version.as_deref() == Some(version.as_str()) {
+            let contents = if changed.is_empty() && removed.is_empty() {
+                state.sent.clone()
+            } else {
+                // What Envoy holds once it accepts: sent, minus removed, with changed ones.
+                let mut held: Vec<Held> = state
+                    .sent
+                    .iter()
+                    .filter(|h| {
+                        removed
+                            .binary_search_by(|r| r.name().cmp(h.name()))
+                            .is_err()
+                            && changed
+                                .binary_search_by(|c| c.name.as_str().cmp(h.name()))
+                                .is_err()
+                    })
+                    .cloned()
+                    .collect();
+                held.extend(changed.iter().map(|r| Held::Sent(Arc::clone(r))));
+                held.sort_by(|a, b| a.name().cmp(b.name()));
+                HeldSet::from_sorted(held)
+            };
+            let version = contents.version();
+            if state.nacked_version == Some(version) {
                 continue;
             }
+            let resources = changed
+                .iter()
+                .map(|r| XdsDeltaResource {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                    resource: Some(r.body.clone()),
+                    ..XdsDeltaResource::default()
+                })
+                .collect();
+            let removed_resources = removed.iter().map(|h| h.name().to_string()).collect();
             state.responses_sent += 1;
             state.resources_sent += changed.len() as u64;
-            state.last_nonce = Some(nonce.clone());
-            state.sent = contents.clone();
-            state.sent_version = Some(version.clone());
-            state.pending = Some(Pending {
-                nonce: nonce.clone(),
-                version: version.clone(),
-                contents,
-            });
+            state.last_nonce = Some(nonce);
+            state.pending = Some(nonce);
+            state.sent = contents;
+            state.sent_version = Some(version);
             out.push(XdsDeltaDiscoveryResponse {
-                system_version_info: version,
-                resources: changed
-                    .iter()
-                    .map(|r| XdsDeltaResource {
-                        name: r.name.clone(),
-                        version: r.version.clone(),
-                        resource: Some(r.body.clone()),
-                        ..XdsDeltaResource::default()
-                    })
-                    .collect(),
-                type_url: type_url.clone(),
-                removed_resources: removed,
-                nonce,
+                system_version_info: version.to_string(),
+                resources,
+                type_url: state.type_url.to_string(),
+                removed_resources,
+                nonce: nonce.to_string(),
                 ..XdsDeltaDiscoveryResponse::default()
             });
             self.core.commit_nonce();

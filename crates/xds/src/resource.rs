@@ -73,13 +73,37 @@ impl Resource {
 
 /// Hex of the first 16 bytes of a digest (128 bits is plenty to tell configs apart).
 fn hex16(bytes: &[u8]) -> String {
-    bytes.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    use std::fmt::Write;
+    let mut out = String::with_capacity(32);
+    for b in bytes.iter().take(16) {
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// A content version: the first 128 bits of a SHA-256, kept as bytes (no allocation) and shown
+/// as 32 hex digits, the form Envoy sees in `version_info` / `system_version_info`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Version([u8; 16]);
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// The version of a set of resources: a hash of their sorted (name, version) pairs.
-pub(crate) fn content_version<'a>(
-    items: impl IntoIterator<Item = (&'a String, &'a String)>,
-) -> String {
+pub(crate) fn content_version<'a>(items: impl IntoIterator<Item = (&'a str, &'a str)>) -> Version {
     let mut hasher = Sha256::new();
     for (name, version) in items {
         hasher.update(name.as_bytes());
@@ -87,7 +111,10 @@ pub(crate) fn content_version<'a>(
         hasher.update(version.as_bytes());
         hasher.update([b'\n']);
     }
-    hex16(&hasher.finalize())
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    Version(bytes)
 }
 
 /// All resources of one type in a snapshot.
@@ -133,9 +160,16 @@ impl Snapshot {
                 .insert(resource.name.clone(), Arc::new(resource));
         }
         for typed in types.values_mut() {
-            typed.version = content_version(typed.items.iter().map(|(n, r)| (n, &r.version)));
+            typed.version = content_version(
+                typed
+                    .items
+                    .iter()
+                    .map(|(n, r)| (n.as_str(), r.version.as_str())),
+            )
+            .to_string();
         }
-        let version = content_version(types.iter().map(|(t, r)| (t, &r.version)));
+        let version = content_version(types.iter().map(|(t, r)| (t.as_str(), r.version.as_str())))
+            .to_string();
         let eds_names = types
             .get(CLUSTER_TYPE_URL)
             .map(|t| t.items.values().filter_map(|r| eds_name(&r.body)).collect())

@@ -18,10 +18,12 @@
 //! Evidence for the ordering: `shared/reference/envoy-notes.md`; protocol:
 //! <https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#eventual-consistency-considerations>.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::resource::{content_version, Version};
 use crate::status::{NackRecord, Protocol, ProxyStatus, TypeStatus};
 use crate::{
     is_wildcard_type, Resource, Snapshot, XdsNode, CLUSTER_TYPE_URL, ENDPOINT_TYPE_URL,
@@ -42,68 +44,180 @@ pub enum RolloutPhase {
 }
 
 /// What Envoy holds (or was sent) for one resource name.
+///
+/// Sent resources are the snapshot's own `Arc<Resource>`: a stream keeps no copy of names,
+/// versions or bodies, only a pointer per resource.
 #[derive(Clone, Debug)]
-pub(crate) struct Held {
-    pub(crate) version: String,
-    /// `None` when only the version is known (delta `initial_resource_versions`).
-    pub(crate) resource: Option<Arc<Resource>>,
+pub(crate) enum Held {
+    /// A resource this stream sent.
+    Sent(Arc<Resource>),
+    /// Only the name and version are known (delta `initial_resource_versions`).
+    Known(Box<(String, String)>),
 }
 
 impl Held {
-    pub(crate) fn of(resource: &Arc<Resource>) -> Self {
-        Self {
-            version: resource.version.clone(),
-            resource: Some(resource.clone()),
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Held::Sent(r) => &r.name,
+            Held::Known(k) => &k.0,
+        }
+    }
+
+    pub(crate) fn version(&self) -> &str {
+        match self {
+            Held::Sent(r) => &r.version,
+            Held::Known(k) => &k.1,
+        }
+    }
+
+    /// Whether Envoy holds `resource` at its version.
+    pub(crate) fn is(&self, resource: &Arc<Resource>) -> bool {
+        match self {
+            Held::Sent(r) => Arc::ptr_eq(r, resource) || r.version == resource.version,
+            Held::Known(k) => k.1 == resource.version,
         }
     }
 }
 
-/// A response sent and not yet ACKed or NACKed.
+/// The resources of one type that Envoy holds (or was sent), sorted by name, unique.
+///
+/// Immutable and shared: after an ACK, the ACKed set and the sent set are the same allocation.
 #[derive(Clone, Debug)]
-pub(crate) struct Pending {
-    pub(crate) nonce: String,
-    pub(crate) version: String,
-    /// What Envoy holds once it accepts the response.
-    pub(crate) contents: BTreeMap<String, Held>,
+pub(crate) struct HeldSet(Arc<[Held]>);
+
+impl Default for HeldSet {
+    fn default() -> Self {
+        HeldSet(Arc::from(Vec::new()))
+    }
+}
+
+impl HeldSet {
+    /// A set of `items` already sorted by name without duplicates.
+    pub(crate) fn from_sorted(items: Vec<Held>) -> Self {
+        debug_assert!(items.windows(2).all(|w| w[0].name() < w[1].name()));
+        HeldSet(Arc::from(items))
+    }
+
+    /// A set of `items` in any order; a later item of a name wins over an earlier one.
+    pub(crate) fn from_unsorted(mut items: Vec<Held>) -> Self {
+        // Stable sort keeps the input order among equal names: keep the last of each.
+        items.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut out: Vec<Held> = Vec::with_capacity(items.len());
+        for item in items {
+            match out.last_mut() {
+                Some(last) if last.name() == item.name() => *last = item,
+                _ => out.push(item),
+            }
+        }
+        HeldSet(Arc::from(out))
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&Held> {
+        self.0
+            .binary_search_by(|h| h.name().cmp(name))
+            .ok()
+            .and_then(|i| self.0.get(i))
+    }
+
+    pub(crate) fn iter(&self) -> std::slice::Iter<'_, Held> {
+        self.0.iter()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The content version of the set (hash of its sorted (name, version) pairs).
+    pub(crate) fn version(&self) -> Version {
+        content_version(self.0.iter().map(|h| (h.name(), h.version())))
+    }
+
+    /// Drops the entries `keep` refuses; shares the allocation when nothing is dropped.
+    pub(crate) fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        if self.0.iter().all(|h| keep(h.name())) {
+            return;
+        }
+        let kept: Vec<Held> = self.0.iter().filter(|h| keep(h.name())).cloned().collect();
+        *self = HeldSet(Arc::from(kept));
+    }
 }
 
 /// Per-type state of one stream.
-#[derive(Clone, Debug, Default)]
+///
+/// The response in flight (if any) always carries exactly `sent`: a response is only sent when
+/// none is pending, and a NACK resets `sent` to `acked`. So the pending response needs no copy
+/// of its contents, only its nonce; its version is `sent_version`.
+#[derive(Clone, Debug)]
 pub(crate) struct TypeState {
+    pub(crate) type_url: Cow<'static, str>,
     pub(crate) wildcard: bool,
     pub(crate) names: BTreeSet<String>,
     /// Envoy has asked for this type on this stream.
     pub(crate) requested: bool,
     /// A request (first one, or changed subscription) wants an answer even if content is equal.
     pub(crate) must_respond: bool,
-    pub(crate) last_nonce: Option<String>,
-    pub(crate) pending: Option<Pending>,
-    pub(crate) sent: BTreeMap<String, Held>,
-    pub(crate) sent_version: Option<String>,
-    pub(crate) acked: BTreeMap<String, Held>,
-    pub(crate) acked_version: Option<String>,
+    /// The nonce of the latest response sent.
+    pub(crate) last_nonce: Option<u64>,
+    /// The nonce of the response sent and not yet ACKed or NACKed.
+    pub(crate) pending: Option<u64>,
+    pub(crate) sent: HeldSet,
+    pub(crate) sent_version: Option<Version>,
+    pub(crate) acked: HeldSet,
+    pub(crate) acked_version: Option<Version>,
     pub(crate) acked_at: Option<SystemTime>,
-    pub(crate) nacked_version: Option<String>,
+    pub(crate) nacked_version: Option<Version>,
     pub(crate) responses_sent: u64,
     pub(crate) resources_sent: u64,
 }
 
 impl TypeState {
+    fn new(type_url: &str) -> Self {
+        let known = [
+            CLUSTER_TYPE_URL,
+            ENDPOINT_TYPE_URL,
+            LISTENER_TYPE_URL,
+            ROUTE_TYPE_URL,
+        ]
+        .into_iter()
+        .find(|t| *t == type_url);
+        Self {
+            type_url: match known {
+                Some(t) => Cow::Borrowed(t),
+                None => Cow::Owned(type_url.to_string()),
+            },
+            wildcard: is_wildcard_type(type_url),
+            names: BTreeSet::new(),
+            requested: false,
+            must_respond: false,
+            last_nonce: None,
+            pending: None,
+            sent: HeldSet::default(),
+            sent_version: None,
+            acked: HeldSet::default(),
+            acked_version: None,
+            acked_at: None,
+            nacked_version: None,
+            responses_sent: 0,
+            resources_sent: 0,
+        }
+    }
+
     pub(crate) fn subscribed(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
     }
 
     fn status(&self) -> TypeStatus {
-        let mut subscribed: Vec<String> = self.names.iter().cloned().collect();
+        let mut subscribed: Vec<String> = Vec::with_capacity(self.names.len() + 1);
         if self.wildcard {
-            subscribed.insert(0, "*".to_string());
+            subscribed.push("*".to_string());
         }
+        subscribed.extend(self.names.iter().cloned());
         TypeStatus {
-            sent_version: self.sent_version.clone(),
-            acked_version: self.acked_version.clone(),
+            sent_version: self.sent_version.map(|v| v.to_string()),
+            acked_version: self.acked_version.map(|v| v.to_string()),
             acked_at: self.acked_at,
-            nacked_version: self.nacked_version.clone(),
-            pending_nonce: self.pending.as_ref().map(|p| p.nonce.clone()),
+            nacked_version: self.nacked_version.map(|v| v.to_string()),
+            pending_nonce: self.pending.map(|n| n.to_string()),
             subscribed,
             responses_sent: self.responses_sent,
             resources_sent: self.resources_sent,
@@ -111,10 +225,30 @@ impl TypeState {
     }
 }
 
+/// Position of a type in the order responses go out in: clusters and endpoints before
+/// listeners and routes (as Envoy asks for them), then any other type.
+fn rank(type_url: &str) -> u8 {
+    match type_url {
+        CLUSTER_TYPE_URL => 0,
+        ENDPOINT_TYPE_URL => 1,
+        LISTENER_TYPE_URL => 2,
+        ROUTE_TYPE_URL => 3,
+        _ => 4,
+    }
+}
+
+/// Parses a nonce this server sent (a decimal counter from 1, no sign or leading zero).
+pub(crate) fn parse_nonce(nonce: &str) -> Option<u64> {
+    if nonce.starts_with('0') || !nonce.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    nonce.parse().ok()
+}
+
 /// The resources one type should hold on Envoy now.
 pub(crate) struct Desired {
-    /// The snapshot's resources of the type that Envoy subscribes to.
-    pub(crate) items: BTreeMap<String, Arc<Resource>>,
+    /// The snapshot's resources of the type that Envoy subscribes to, sorted by name.
+    pub(crate) items: Vec<Arc<Resource>>,
     /// Keep what Envoy already has besides `items` (make-before-break: remove nothing yet).
     pub(crate) keep_others: bool,
 }
@@ -132,9 +266,10 @@ pub(crate) struct Core {
     /// The snapshot whose listeners and routes are (being) rolled out.
     pub(crate) routes_snapshot: Option<Arc<Snapshot>>,
     pub(crate) phase: RolloutPhase,
-    pub(crate) types: BTreeMap<String, TypeState>,
+    /// Per type, in the order responses go out in (see [`rank`]).
+    pub(crate) types: Vec<TypeState>,
     nonce_counter: u64,
-    pub(crate) last_nack: Option<NackRecord>,
+    pub(crate) last_nack: Option<Box<NackRecord>>,
     pub(crate) nack_count: u64,
 }
 
@@ -150,7 +285,7 @@ impl Core {
             target: None,
             routes_snapshot: None,
             phase: RolloutPhase::Waiting,
-            types: BTreeMap::new(),
+            types: Vec::new(),
             nonce_counter: 0,
             last_nack: None,
             nack_count: 0,
@@ -158,8 +293,8 @@ impl Core {
     }
 
     /// The nonce the next response will carry (unique within the stream once committed).
-    pub(crate) fn next_nonce_peek(&self) -> String {
-        (self.nonce_counter + 1).to_string()
+    pub(crate) fn next_nonce_peek(&self) -> u64 {
+        self.nonce_counter + 1
     }
 
     /// Consumes the nonce returned by [`Core::next_nonce_peek`].
@@ -172,7 +307,7 @@ impl Core {
         if self
             .target
             .as_ref()
-            .is_some_and(|t| t.version() == snapshot.version())
+            .is_some_and(|t| Arc::ptr_eq(t, &snapshot) || t.version() == snapshot.version())
         {
             return;
         }
@@ -200,68 +335,58 @@ impl Core {
         }
     }
 
-    fn acked_at_version(&self, type_url: &str, resource: &Resource) -> bool {
-        self.types
-            .get(type_url)
+    fn state(&self, type_url: &str) -> Option<&TypeState> {
+        self.types.iter().find(|t| t.type_url == type_url)
+    }
+
+    fn acked_at_version(&self, state: Option<&TypeState>, resource: &Arc<Resource>) -> bool {
+        state
             .and_then(|t| t.acked.get(&resource.name))
-            .is_some_and(|h| h.version == resource.version)
+            .is_some_and(|h| h.is(resource))
     }
 
     /// Envoy has ACKed every target cluster and every load assignment the target's EDS
     /// clusters read.
     fn clusters_ready(&self, target: &Snapshot) -> bool {
+        let clusters = self.state(CLUSTER_TYPE_URL);
         let clusters_ok = target
             .resources(CLUSTER_TYPE_URL)
             .into_iter()
             .flat_map(|m| m.values())
-            .all(|r| self.acked_at_version(CLUSTER_TYPE_URL, r));
+            .all(|r| self.acked_at_version(clusters, r));
+        let endpoints = self.state(ENDPOINT_TYPE_URL);
         clusters_ok
             && target
                 .needed_eds()
-                .all(|r| self.acked_at_version(ENDPOINT_TYPE_URL, r))
+                .all(|r| self.acked_at_version(endpoints, r))
     }
 
     /// Envoy has ACKed exactly the target's listeners, and the route configurations they read.
     fn routes_ready(&self, target: &Snapshot) -> bool {
         let listeners = target.resources(LISTENER_TYPE_URL);
+        let state = self.state(LISTENER_TYPE_URL);
         let listeners_ok = listeners
             .into_iter()
             .flat_map(|m| m.values())
-            .all(|r| self.acked_at_version(LISTENER_TYPE_URL, r));
-        let no_extra = self.types.get(LISTENER_TYPE_URL).is_none_or(|t| {
+            .all(|r| self.acked_at_version(state, r));
+        let no_extra = state.is_none_or(|t| {
             t.acked
-                .keys()
-                .all(|n| listeners.is_some_and(|l| l.contains_key(n)))
+                .iter()
+                .all(|h| listeners.is_some_and(|l| l.contains_key(h.name())))
         });
+        let routes = self.state(ROUTE_TYPE_URL);
         listeners_ok
             && no_extra
             && target
                 .needed_rds()
-                .all(|r| self.acked_at_version(ROUTE_TYPE_URL, r))
+                .all(|r| self.acked_at_version(routes, r))
     }
 
-    /// The order responses go out in: clusters and endpoints before listeners and routes (as
-    /// Envoy asks for them), then any other type.
-    pub(crate) fn order(&self) -> Vec<String> {
-        let core = [
-            CLUSTER_TYPE_URL,
-            ENDPOINT_TYPE_URL,
-            LISTENER_TYPE_URL,
-            ROUTE_TYPE_URL,
-        ];
-        let mut order: Vec<String> = core.iter().map(|s| s.to_string()).collect();
-        order.extend(
-            self.types
-                .keys()
-                .filter(|t| !core.contains(&t.as_str()))
-                .cloned(),
-        );
-        order
-    }
-
-    /// What `type_url` should hold on Envoy now, or `None` if nothing is to be sent for it yet.
-    pub(crate) fn desired(&self, type_url: &str) -> Option<Desired> {
-        let state = self.types.get(type_url)?;
+    /// What the type at `index` should hold on Envoy now, or `None` if nothing is to be sent
+    /// for it yet.
+    pub(crate) fn desired(&self, index: usize) -> Option<Desired> {
+        let state = self.types.get(index)?;
+        let type_url: &str = &state.type_url;
         let (source, keep_others) = match type_url {
             CLUSTER_TYPE_URL | ENDPOINT_TYPE_URL => {
                 (self.target.as_ref()?, self.phase != RolloutPhase::Steady)
@@ -276,39 +401,48 @@ impl Core {
             }
             _ => (self.target.as_ref()?, false),
         };
-        let items = source
-            .resources(type_url)
-            .into_iter()
-            .flat_map(|m| m.iter())
-            .filter(|(name, _)| state.subscribed(name))
-            .map(|(name, r)| (name.clone(), r.clone()))
-            .collect();
+        let items = match source.resources(type_url) {
+            None => Vec::new(),
+            Some(all) if state.wildcard => all.values().cloned().collect(),
+            Some(all) if state.names.len() < all.len() => state
+                .names
+                .iter()
+                .filter_map(|n| all.get(n))
+                .cloned()
+                .collect(),
+            Some(all) => all
+                .iter()
+                .filter(|(name, _)| state.names.contains(name.as_str()))
+                .map(|(_, r)| r.clone())
+                .collect(),
+        };
         Some(Desired { items, keep_others })
     }
 
     /// Records the answer to the pending response of `type_url`.
-    pub(crate) fn reply(&mut self, type_url: &str, error: Option<(i32, String)>) {
-        let Some(state) = self.types.get_mut(type_url) else {
+    pub(crate) fn reply(&mut self, index: usize, error: Option<(i32, String)>) {
+        let Some(state) = self.types.get_mut(index) else {
             return;
         };
-        let Some(pending) = state.pending.take() else {
+        let Some(nonce) = state.pending.take() else {
             return;
         };
         match error {
             None => {
-                state.acked = pending.contents;
-                state.acked_version = Some(pending.version);
+                state.acked = state.sent.clone();
+                state.acked_version = state.sent_version;
                 state.acked_at = Some(SystemTime::now());
             }
             Some((code, message)) => {
                 // Envoy keeps what it had before: so do we, and never resend this version.
+                let version = state.sent_version;
+                state.nacked_version = version;
                 state.sent = state.acked.clone();
-                state.sent_version = state.acked_version.clone();
-                state.nacked_version = Some(pending.version.clone());
+                state.sent_version = state.acked_version;
                 let record = NackRecord {
-                    type_url: type_url.to_string(),
-                    version: pending.version,
-                    nonce: pending.nonce,
+                    type_url: state.type_url.to_string(),
+                    version: version.map(|v| v.to_string()).unwrap_or_default(),
+                    nonce: nonce.to_string(),
                     code,
                     message,
                     at: SystemTime::now(),
@@ -316,13 +450,13 @@ impl Core {
                 tracing::warn!(
                     node = %self.node_id,
                     snapshot_key = %self.snapshot_key,
-                    type_url,
+                    type_url = %record.type_url,
                     version = %record.version,
                     error = %record.message,
                     "Envoy rejected (NACKed) a response; it will not be resent"
                 );
                 self.nack_count += 1;
-                self.last_nack = Some(record);
+                self.last_nack = Some(Box::new(record));
             }
         }
     }
@@ -341,20 +475,25 @@ impl Core {
             types: self
                 .types
                 .iter()
-                .map(|(t, s)| (t.clone(), s.status()))
-                .collect(),
-            last_nack: self.last_nack.clone(),
+                .map(|s| (s.type_url.to_string(), s.status()))
+                .collect::<BTreeMap<_, _>>(),
+            last_nack: self.last_nack.as_deref().cloned(),
             nack_count: self.nack_count,
         }
     }
 
-    /// The state of `type_url`, created on first use.
-    pub(crate) fn type_state(&mut self, type_url: &str) -> &mut TypeState {
-        self.types
-            .entry(type_url.to_string())
-            .or_insert_with(|| TypeState {
-                wildcard: is_wildcard_type(type_url),
-                ..TypeState::default()
-            })
+    /// The index of the state of `type_url` in [`Core::types`], created on first use.
+    pub(crate) fn type_index(&mut self, type_url: &str) -> usize {
+        if let Some(i) = self.types.iter().position(|t| t.type_url == type_url) {
+            return i;
+        }
+        let key = (rank(type_url), type_url);
+        let at = self
+            .types
+            .iter()
+            .position(|t| (rank(&t.type_url), &*t.type_url) > key)
+            .unwrap_or(self.types.len());
+        self.types.insert(at, TypeState::new(type_url));
+        at
     }
 }

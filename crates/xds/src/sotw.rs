@@ -10,9 +10,9 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 
 use crate::resource::content_version;
-use crate::rollout::{Core, Held, Pending};
+use crate::rollout::{parse_nonce, Core, Held, HeldSet};
 use crate::status::{Protocol, ProxyStatus};
-use crate::{is_wildcard_type, Snapshot, XdsNode};
+use crate::{is_wildcard_type, Resource, Snapshot, XdsNode};
 
 /// One SotW ADS stream: a synchronous state machine without I/O.
 ///
@@ -39,6 +39,11 @@ impl SotwStream {
         self.core.status()
     }
 
+    /// NACKs received on this stream (cheap: no status copy).
+    pub(crate) fn nack_count(&self) -> u64 {
+        self.core.nack_count
+    }
+
     /// Handles one request from Envoy: an initial request, an ACK, a NACK or a subscription
     /// change. A request whose `response_nonce` is not the latest nonce sent for its type is
     /// stale and ignored entirely, its `resource_names` included: Envoy follows it with a
@@ -50,9 +55,12 @@ impl SotwStream {
             tracing::debug!(node = %self.core.node_id, "request without type_url ignored");
             return Vec::new();
         }
-        let state = self.core.type_state(type_url);
+        let index = self.core.type_index(type_url);
         if !request.response_nonce.is_empty() {
-            if state.last_nonce.as_deref() != Some(request.response_nonce.as_str()) {
+            let state = &self.core.types[index];
+            if state.last_nonce.is_none()
+                || parse_nonce(&request.response_nonce) != state.last_nonce
+            {
                 tracing::debug!(
                     node = %self.core.node_id,
                     type_url,
@@ -66,16 +74,10 @@ impl SotwStream {
                     .error_detail
                     .as_ref()
                     .map(|e| (e.code, e.message.clone()));
-                self.core.reply(type_url, error);
+                self.core.reply(index, error);
             }
         }
-        let state = self.core.type_state(type_url);
-        let names: BTreeSet<String> = request
-            .resource_names
-            .iter()
-            .filter(|n| n.as_str() != "*")
-            .cloned()
-            .collect();
+        let state = &mut self.core.types[index];
         let wildcard = is_wildcard_type(type_url)
             && (request.resource_names.is_empty()
                 || request.resource_names.iter().any(|n| n == "*"));
@@ -85,8 +87,12 @@ impl SotwStream {
         if !state.requested || request.response_nonce.is_empty() {
             state.must_respond = true;
         }
+        // Envoy repeats its names in every request: rebuild the set only when it changed.
+        let requested = request.resource_names.iter().filter(|n| n.as_str() != "*");
+        if !requested.clone().eq(state.names.iter()) {
+            state.names = requested.cloned().collect::<BTreeSet<String>>();
+        }
         state.wildcard = wildcard;
-        state.names = names;
         state.requested = true;
         self.reconcile()
     }
@@ -101,12 +107,12 @@ impl SotwStream {
     fn reconcile(&mut self) -> Vec<XdsDiscoveryResponse> {
         self.core.advance();
         let mut out = Vec::new();
-        for type_url in self.core.order() {
-            let Some(desired) = self.core.desired(&type_url) else {
+        for index in 0..self.core.types.len() {
+            let Some(desired) = self.core.desired(index) else {
                 continue;
             };
-            let nonce_if_sent = self.core.next_nonce_peek();
-            let Some(state) = self.core.types.get_mut(&type_url) else {
+            let nonce = self.core.next_nonce_peek();
+            let Some(state) = self.core.types.get_mut(index) else {
                 continue;
             };
             if !state.requested || state.pending.is_some() {
@@ -114,21 +120,33 @@ impl SotwStream {
             }
             let mut items = desired.items;
             if desired.keep_others {
-                for (name, held) in &state.sent {
-                    if state.subscribed(name) && !items.contains_key(name) {
-                        if let Some(r) = &held.resource {
-                            items.insert(name.clone(), r.clone());
-                        }
-                    }
+                let others: Vec<Arc<Resource>> = state
+                    .sent
+                    .iter()
+                    .filter_map(|held| match held {
+                        Held::Sent(r) if state.subscribed(&r.name) => Some(r),
+                        _ => None,
+                    })
+                    .filter(|r| items.binary_search_by(|i| i.name.cmp(&r.name)).is_err())
+                    .cloned()
+                    .collect();
+                if !others.is_empty() {
+                    items.extend(others);
+                    items.sort_by(|a, b| a.name.cmp(&b.name));
                 }
             }
-            let version = content_version(items.iter().map(|(n, r)| (n, &r.version)));
-            let unchanged = state.sent_version.as_deref() == Some(version.as_str());
+            // Same (name, version) pairs as sent: same content version, no hashing needed.
+            let unchanged = state.sent_version.is_some()
+                && items.len() == state.sent.len()
+                && items.iter().zip(state.sent.iter()).all(|(r, h)| h.is(r));
             if unchanged && !state.must_respond {
                 continue;
             }
+            let version = if unchanged { state.sent_version } else { None }.unwrap_or_else(|| {
+                content_version(items.iter().map(|r| (r.name.as_str(), r.version.as_str())))
+            });
             state.must_respond = false;
-            if state.nacked_version.as_deref() == Some(version.as_str()) {
+            if state.nacked_version == Some(version) {
                 continue;
             }
             // RDS/EDS (not wildcard): an empty answer could read as "no such resource"; Envoy
@@ -136,25 +154,18 @@ impl SotwStream {
             if !state.wildcard && items.is_empty() {
                 continue;
             }
-            let nonce = nonce_if_sent;
             state.responses_sent += 1;
             state.resources_sent += items.len() as u64;
-            state.last_nonce = Some(nonce.clone());
-            state.sent = items
-                .iter()
-                .map(|(n, r)| (n.clone(), Held::of(r)))
-                .collect();
-            state.sent_version = Some(version.clone());
-            state.pending = Some(Pending {
-                nonce: nonce.clone(),
-                version: version.clone(),
-                contents: state.sent.clone(),
-            });
+            state.last_nonce = Some(nonce);
+            state.pending = Some(nonce);
+            state.sent_version = Some(version);
+            let resources = items.iter().map(|r| r.body.clone()).collect();
+            state.sent = HeldSet::from_sorted(items.into_iter().map(Held::Sent).collect());
             out.push(XdsDiscoveryResponse {
-                version_info: version,
-                resources: items.values().map(|r| r.body.clone()).collect(),
-                type_url: type_url.clone(),
-                nonce,
+                version_info: version.to_string(),
+                resources,
+                type_url: state.type_url.to_string(),
+                nonce: nonce.to_string(),
                 ..XdsDiscoveryResponse::default()
             });
             self.core.commit_nonce();
