@@ -30,7 +30,7 @@ pub use delta::DeltaStream;
 pub use error::XdsError;
 pub use resource::{Resource, Snapshot};
 pub use rollout::RolloutPhase;
-pub use server::{AdsServer, NodeIdResolver, NodeResolver};
+pub use server::{AdsServer, AdsService, NodeIdResolver, NodeResolver};
 pub use sotw::SotwStream;
 pub use status::{NackRecord, Protocol, ProxyStatus, TypeStatus};
 
