@@ -326,11 +326,13 @@ fn scan_page(body: &[u8], list_member: &str) -> Result<PageSummary> {
                 let start = i + 1;
                 i = start;
                 loop {
-                    match body.get(i) {
+                    match find_quote_or_backslash(body.get(i..).unwrap_or_default()) {
                         None => bail!("list page has an unterminated string"),
-                        Some(b'\\') => i += 2,
-                        Some(b'"') => break,
-                        Some(_) => i += 1,
+                        Some(at) if body[i + at] == b'\\' => i += at + 2,
+                        Some(at) => {
+                            i += at;
+                            break;
+                        }
                     }
                 }
                 let text = &body[start..i];
@@ -384,6 +386,34 @@ fn scan_page(body: &[u8], list_member: &str) -> Result<PageSummary> {
         bail!("list page has no {list_member} array");
     }
     Ok(PageSummary { items, next_token })
+}
+
+/// The position of the first `"` or `\\` in `s`, eight bytes at a time
+/// (most of a page is string contents, skipped here).
+fn find_quote_or_backslash(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let quotes = ONES * u64::from(b'"');
+    let backslashes = ONES * u64::from(b'\\');
+    // A byte of `v` is flagged if it is zero; a false flag can only follow a
+    // true one, so the lowest flag is always a real match.
+    let zero_bytes = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let mut i = 0;
+    while let Some(chunk) = s.get(i..i + 8) {
+        let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let x = u64::from_le_bytes(chunk);
+        let found = zero_bytes(x ^ quotes) | zero_bytes(x ^ backslashes);
+        if found != 0 {
+            return Some(i + (found.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    s.get(i..)?
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\')
+        .map(|p| i + p)
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
@@ -568,6 +598,22 @@ mod tests {
                 next_token: None
             }
         );
+    }
+
+    #[test]
+    fn the_string_skip_finds_the_first_quote_or_backslash() {
+        for text in [
+            &b""[..],
+            b"abc",
+            b"\"",
+            b"abcdefgh\"",
+            b"abcdefghij\\k\"",
+            b"\xc3\xa9\xc3\xa9 long enough to span chunks \" x",
+            b"0123456789abcdef0123456789abcdef\\",
+        ] {
+            let expected = text.iter().position(|&b| b == b'"' || b == b'\\');
+            assert_eq!(find_quote_or_backslash(text), expected, "{text:?}");
+        }
     }
 
     #[test]
