@@ -157,24 +157,16 @@ impl DeltaStream {
             if !state.requested || state.pending.is_some() {
                 continue;
             }
-            let changed: Vec<&Arc<Resource>> = desired
-                .items
-                .iter()
-                .filter(|r| !state.sent.get(&r.name).is_some_and(|h| h.is(r)))
+            let changed: Vec<&Arc<Resource>> = state
+                .sent
+                .lookup(desired.items.iter())
+                .filter(|(r, held)| !held.is_some_and(|h| h.is(r)))
+                .map(|(r, _)| r)
                 .collect();
             let removed: Vec<&Held> = if desired.keep_others {
                 Vec::new()
             } else {
-                state
-                    .sent
-                    .iter()
-                    .filter(|h| {
-                        desired
-                            .items
-                            .binary_search_by(|r| r.name.as_str().cmp(h.name()))
-                            .is_err()
-                    })
-                    .collect()
+                state.sent.not_in(&desired.items)
             };
             if changed.is_empty() && removed.is_empty() && !state.must_respond {
                 continue;
@@ -222,7 +214,7 @@ impl DeltaStream {
             state.sent = contents;
             state.sent_version = Some(version);
             out.push(XdsDeltaDiscoveryResponse {
-                system_version_info: version.to_string(),
+                system_version_info: version.hex(),
                 resources,
                 type_url: state.type_url.to_string(),
                 removed_resources,

@@ -73,11 +73,11 @@ impl Resource {
 
 /// Hex of the first 16 bytes of a digest (128 bits is plenty to tell configs apart).
 fn hex16(bytes: &[u8]) -> String {
-    use std::fmt::Write;
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(32);
-    for b in bytes.iter().take(16) {
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{b:02x}");
+    for &b in bytes.iter().take(16) {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
     out
 }
@@ -87,12 +87,16 @@ fn hex16(bytes: &[u8]) -> String {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Version([u8; 16]);
 
+impl Version {
+    /// The 32 hex digits.
+    pub(crate) fn hex(&self) -> String {
+        hex16(&self.0)
+    }
+}
+
 impl std::fmt::Display for Version {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&self.hex())
     }
 }
 
@@ -142,16 +146,29 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds a snapshot from resources of any types (grouped by their `Any` type URL).
     pub fn from_typed(resources: impl IntoIterator<Item = Resource>) -> Result<Self, XdsError> {
+        Self::build(resources, None)
+    }
+
+    /// Builds a snapshot; `references` are the EDS and RDS names the clusters and listeners
+    /// read when the caller knows them (else they are decoded from the resources).
+    fn build(
+        resources: impl IntoIterator<Item = Resource>,
+        references: Option<(BTreeSet<String>, BTreeSet<String>)>,
+    ) -> Result<Self, XdsError> {
         let mut types: BTreeMap<String, TypeResources> = BTreeMap::new();
         for resource in resources {
-            let type_url = resource.type_url().to_string();
             if resource.name.is_empty() {
-                return Err(XdsError::EmptyName { type_url });
+                return Err(XdsError::EmptyName {
+                    type_url: resource.type_url().to_string(),
+                });
             }
-            let entry = types.entry(type_url.clone()).or_default();
+            let entry = match types.get_mut(resource.type_url()) {
+                Some(entry) => entry,
+                None => types.entry(resource.type_url().to_string()).or_default(),
+            };
             if entry.items.contains_key(&resource.name) {
                 return Err(XdsError::DuplicateResource {
-                    type_url,
+                    type_url: resource.type_url().to_string(),
                     name: resource.name,
                 });
             }
@@ -166,18 +183,23 @@ impl Snapshot {
                     .iter()
                     .map(|(n, r)| (n.as_str(), r.version.as_str())),
             )
-            .to_string();
+            .hex();
         }
-        let version = content_version(types.iter().map(|(t, r)| (t.as_str(), r.version.as_str())))
-            .to_string();
-        let eds_names = types
-            .get(CLUSTER_TYPE_URL)
-            .map(|t| t.items.values().filter_map(|r| eds_name(&r.body)).collect())
-            .unwrap_or_default();
-        let rds_names = types
-            .get(LISTENER_TYPE_URL)
-            .map(|t| t.items.values().flat_map(|r| rds_names(&r.body)).collect())
-            .unwrap_or_default();
+        let version =
+            content_version(types.iter().map(|(t, r)| (t.as_str(), r.version.as_str()))).hex();
+        let (eds_names, rds_names) = match references {
+            Some(known) => known,
+            None => (
+                types
+                    .get(CLUSTER_TYPE_URL)
+                    .map(|t| t.items.values().filter_map(|r| eds_name(&r.body)).collect())
+                    .unwrap_or_default(),
+                types
+                    .get(LISTENER_TYPE_URL)
+                    .map(|t| t.items.values().flat_map(|r| rds_names(&r.body)).collect())
+                    .unwrap_or_default(),
+            ),
+        };
         Ok(Self {
             types,
             version,
@@ -193,7 +215,13 @@ impl Snapshot {
         clusters: Vec<XdsCluster>,
         load_assignments: Vec<XdsClusterLoadAssignment>,
     ) -> Result<Self, XdsError> {
-        let mut all = Vec::new();
+        // The EDS/RDS names are read from the typed messages here, not decoded back from
+        // the packed bytes.
+        let eds_names = clusters.iter().filter_map(eds_name_typed).collect();
+        let rds_names = listeners.iter().flat_map(rds_names_typed).collect();
+        let mut all = Vec::with_capacity(
+            listeners.len() + route_configs.len() + clusters.len() + load_assignments.len(),
+        );
         all.extend(
             listeners
                 .into_iter()
@@ -214,7 +242,7 @@ impl Snapshot {
                 .into_iter()
                 .map(|c| Resource::from_message(c.cluster_name.clone(), c)),
         );
-        Self::from_typed(all)
+        Self::build(all, Some((eds_names, rds_names)))
     }
 
     /// The version of the whole snapshot (hash of the per-type versions).
@@ -273,17 +301,22 @@ pub(crate) fn rds_names_of(body: &Any) -> Vec<String> {
 }
 
 fn eds_name(body: &Any) -> Option<String> {
-    let cluster = XdsCluster::decode(body.value.as_slice()).ok()?;
+    eds_name_typed(&XdsCluster::decode(body.value.as_slice()).ok()?)
+}
+
+/// The EDS service name of a cluster, if it is an EDS cluster.
+fn eds_name_typed(cluster: &XdsCluster) -> Option<String> {
     match cluster.cluster_discovery_type {
         Some(XdsClusterDiscoveryType::Type(t)) if t == XdsDiscoveryType::Eds as i32 => {
             let service = cluster
                 .eds_cluster_config
-                .map(|c| c.service_name)
+                .as_ref()
+                .map(|c| c.service_name.as_str())
                 .unwrap_or_default();
             Some(if service.is_empty() {
-                cluster.name
+                cluster.name.clone()
             } else {
-                service
+                service.to_string()
             })
         }
         _ => None,
@@ -292,18 +325,22 @@ fn eds_name(body: &Any) -> Option<String> {
 
 /// The RDS route configuration names a listener's HTTP connection managers read.
 fn rds_names(body: &Any) -> Vec<String> {
-    let Ok(listener) = XdsListener::decode(body.value.as_slice()) else {
-        return Vec::new();
-    };
+    match XdsListener::decode(body.value.as_slice()) {
+        Ok(listener) => rds_names_typed(&listener),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The RDS route configuration names a listener's HTTP connection managers read.
+fn rds_names_typed(listener: &XdsListener) -> Vec<String> {
+    let hcm_type_url = XdsHttpConnectionManager::type_url();
     listener
         .filter_chains
         .iter()
         .chain(listener.default_filter_chain.iter())
         .flat_map(|chain| chain.filters.iter())
         .filter_map(|filter| match &filter.config_type {
-            Some(XdsFilterConfigType::TypedConfig(any))
-                if any.type_url == XdsHttpConnectionManager::type_url() =>
-            {
+            Some(XdsFilterConfigType::TypedConfig(any)) if any.type_url == hcm_type_url => {
                 XdsHttpConnectionManager::decode(any.value.as_slice()).ok()
             }
             _ => None,

@@ -112,11 +112,59 @@ impl HeldSet {
         HeldSet(Arc::from(out))
     }
 
-    pub(crate) fn get(&self, name: &str) -> Option<&Held> {
-        self.0
-            .binary_search_by(|h| h.name().cmp(name))
-            .ok()
-            .and_then(|i| self.0.get(i))
+    /// Pairs each of `items` (sorted by name, unique) with what the set holds of its name, in
+    /// one merge walk. A held entry that is the very same `Arc` matches without comparing
+    /// names: after an ACK of a snapshot's resources that is every entry.
+    pub(crate) fn lookup<'s, 'r>(
+        &'s self,
+        items: impl IntoIterator<Item = &'r Arc<Resource>>,
+    ) -> impl Iterator<Item = (&'r Arc<Resource>, Option<&'s Held>)> {
+        let mut rest: &'s [Held] = &self.0;
+        items.into_iter().map(move |r| {
+            if let Some((first, tail)) = rest.split_first() {
+                if matches!(first, Held::Sent(h) if Arc::ptr_eq(h, r)) {
+                    rest = tail;
+                    return (r, Some(first));
+                }
+            }
+            let skip = rest
+                .iter()
+                .take_while(|h| h.name() < r.name.as_str())
+                .count();
+            rest = rest.get(skip..).unwrap_or_default();
+            match rest.split_first() {
+                Some((first, tail)) if first.name() == r.name => {
+                    rest = tail;
+                    (r, Some(first))
+                }
+                _ => (r, None),
+            }
+        })
+    }
+
+    /// The entries whose names are not among `items` (sorted by name, unique), in one merge
+    /// walk.
+    pub(crate) fn not_in<'s>(&'s self, items: &[Arc<Resource>]) -> Vec<&'s Held> {
+        let mut out = Vec::new();
+        let mut rest = items;
+        for held in self.0.iter() {
+            if let Some((first, tail)) = rest.split_first() {
+                if matches!(held, Held::Sent(h) if Arc::ptr_eq(h, first)) {
+                    rest = tail;
+                    continue;
+                }
+            }
+            let skip = rest
+                .iter()
+                .take_while(|r| r.name.as_str() < held.name())
+                .count();
+            rest = rest.get(skip..).unwrap_or_default();
+            match rest.split_first() {
+                Some((first, tail)) if first.name == held.name() => rest = tail,
+                _ => out.push(held),
+            }
+        }
+        out
     }
 
     pub(crate) fn iter(&self) -> std::slice::Iter<'_, Held> {
@@ -339,47 +387,43 @@ impl Core {
         self.types.iter().find(|t| t.type_url == type_url)
     }
 
-    fn acked_at_version(&self, state: Option<&TypeState>, resource: &Arc<Resource>) -> bool {
-        state
-            .and_then(|t| t.acked.get(&resource.name))
-            .is_some_and(|h| h.is(resource))
+    /// Envoy has ACKed each of `items` (sorted by name) at its version.
+    fn acked_all<'r>(
+        state: Option<&TypeState>,
+        items: impl IntoIterator<Item = &'r Arc<Resource>>,
+    ) -> bool {
+        let mut items = items.into_iter().peekable();
+        match state {
+            Some(state) => state
+                .acked
+                .lookup(items)
+                .all(|(r, held)| held.is_some_and(|h| h.is(r))),
+            None => items.peek().is_none(),
+        }
     }
 
     /// Envoy has ACKed every target cluster and every load assignment the target's EDS
     /// clusters read.
     fn clusters_ready(&self, target: &Snapshot) -> bool {
-        let clusters = self.state(CLUSTER_TYPE_URL);
-        let clusters_ok = target
-            .resources(CLUSTER_TYPE_URL)
-            .into_iter()
-            .flat_map(|m| m.values())
-            .all(|r| self.acked_at_version(clusters, r));
-        let endpoints = self.state(ENDPOINT_TYPE_URL);
-        clusters_ok
-            && target
-                .needed_eds()
-                .all(|r| self.acked_at_version(endpoints, r))
+        Self::acked_all(
+            self.state(CLUSTER_TYPE_URL),
+            target
+                .resources(CLUSTER_TYPE_URL)
+                .into_iter()
+                .flat_map(|m| m.values()),
+        ) && Self::acked_all(self.state(ENDPOINT_TYPE_URL), target.needed_eds())
     }
 
     /// Envoy has ACKed exactly the target's listeners, and the route configurations they read.
     fn routes_ready(&self, target: &Snapshot) -> bool {
         let listeners = target.resources(LISTENER_TYPE_URL);
         let state = self.state(LISTENER_TYPE_URL);
-        let listeners_ok = listeners
-            .into_iter()
-            .flat_map(|m| m.values())
-            .all(|r| self.acked_at_version(state, r));
-        let no_extra = state.is_none_or(|t| {
-            t.acked
-                .iter()
-                .all(|h| listeners.is_some_and(|l| l.contains_key(h.name())))
-        });
-        let routes = self.state(ROUTE_TYPE_URL);
-        listeners_ok
-            && no_extra
-            && target
-                .needed_rds()
-                .all(|r| self.acked_at_version(routes, r))
+        let count = listeners.map_or(0, |l| l.len());
+        // Every target listener ACKed, each matching a distinct entry: nothing else is held
+        // exactly when the counts agree.
+        let listeners_ok = Self::acked_all(state, listeners.into_iter().flat_map(|m| m.values()))
+            && state.is_none_or(|t| t.acked.len() == count);
+        listeners_ok && Self::acked_all(self.state(ROUTE_TYPE_URL), target.needed_rds())
     }
 
     /// What the type at `index` should hold on Envoy now, or `None` if nothing is to be sent

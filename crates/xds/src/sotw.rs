@@ -162,7 +162,7 @@ impl SotwStream {
             let resources = items.iter().map(|r| r.body.clone()).collect();
             state.sent = HeldSet::from_sorted(items.into_iter().map(Held::Sent).collect());
             out.push(XdsDiscoveryResponse {
-                version_info: version.to_string(),
+                version_info: version.hex(),
                 resources,
                 type_url: state.type_url.to_string(),
                 nonce: nonce.to_string(),
