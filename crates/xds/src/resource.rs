@@ -146,13 +146,24 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds a snapshot from resources of any types (grouped by their `Any` type URL).
     pub fn from_typed(resources: impl IntoIterator<Item = Resource>) -> Result<Self, XdsError> {
+        Self::build(resources.into_iter().map(Arc::new), None)
+    }
+
+    /// Like [`Snapshot::from_typed`], for resources already shared.
+    ///
+    /// Passing the same `Arc<Resource>` for an unchanged resource in successive snapshots lets
+    /// every stream recognise it by pointer (no name or version comparison) when it rolls the
+    /// new snapshot out.
+    pub fn from_shared(
+        resources: impl IntoIterator<Item = Arc<Resource>>,
+    ) -> Result<Self, XdsError> {
         Self::build(resources, None)
     }
 
     /// Builds a snapshot; `references` are the EDS and RDS names the clusters and listeners
     /// read when the caller knows them (else they are decoded from the resources).
     fn build(
-        resources: impl IntoIterator<Item = Resource>,
+        resources: impl IntoIterator<Item = Arc<Resource>>,
         references: Option<(BTreeSet<String>, BTreeSet<String>)>,
     ) -> Result<Self, XdsError> {
         let mut types: BTreeMap<String, TypeResources> = BTreeMap::new();
@@ -169,12 +180,10 @@ impl Snapshot {
             if entry.items.contains_key(&resource.name) {
                 return Err(XdsError::DuplicateResource {
                     type_url: resource.type_url().to_string(),
-                    name: resource.name,
+                    name: resource.name.clone(),
                 });
             }
-            entry
-                .items
-                .insert(resource.name.clone(), Arc::new(resource));
+            entry.items.insert(resource.name.clone(), resource);
         }
         for typed in types.values_mut() {
             typed.version = content_version(
@@ -242,7 +251,7 @@ impl Snapshot {
                 .into_iter()
                 .map(|c| Resource::from_message(c.cluster_name.clone(), c)),
         );
-        Self::build(all, Some((eds_names, rds_names)))
+        Self::build(all.into_iter().map(Arc::new), Some((eds_names, rds_names)))
     }
 
     /// The version of the whole snapshot (hash of the per-type versions).

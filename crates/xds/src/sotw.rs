@@ -108,6 +108,16 @@ impl SotwStream {
         self.core.advance();
         let mut out = Vec::new();
         for index in 0..self.core.types.len() {
+            // Nothing goes out for a type not asked for or with a response in flight: skip
+            // it before computing what it should hold.
+            if self
+                .core
+                .types
+                .get(index)
+                .is_none_or(|t| !t.requested || t.pending.is_some())
+            {
+                continue;
+            }
             let Some(desired) = self.core.desired(index) else {
                 continue;
             };

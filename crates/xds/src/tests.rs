@@ -397,3 +397,136 @@ async fn test_cache_coalesces() {
     assert!(!rx.has_changed().unwrap());
     assert_eq!(cache.keys(), vec!["k".to_string()]);
 }
+
+#[test]
+fn test_heldset_merge_walks() {
+    use crate::rollout::{Held, HeldSet};
+    let a = snap("blue", &["green", "red"], 1);
+    let clusters: Vec<Arc<Resource>> = a.resources(C).unwrap().values().cloned().collect();
+    // Held: blue (same Arc), green (only name and version known, same version), red at an
+    // older version, and "gone", which the items do not have.
+    let green = &clusters[1];
+    let held = HeldSet::from_unsorted(vec![
+        Held::Known(Box::new(("gone".into(), "v0".into()))),
+        Held::Sent(clusters[0].clone()),
+        Held::Known(Box::new((green.name.clone(), green.version.clone()))),
+        Held::Known(Box::new(("red".into(), "old".into()))),
+    ]);
+    let found: Vec<(String, Option<bool>)> = held
+        .lookup(clusters.iter())
+        .map(|(r, h)| (r.name.clone(), h.map(|h| h.is(r))))
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            ("blue".to_string(), Some(true)),
+            ("green".to_string(), Some(true)),
+            ("red".to_string(), Some(false)),
+        ]
+    );
+    let extra: Vec<&str> = held.not_in(&clusters).iter().map(|h| h.name()).collect();
+    assert_eq!(extra, vec!["gone"]);
+    // A later entry of a name replaces an earlier one.
+    let dup = HeldSet::from_unsorted(vec![
+        Held::Known(Box::new(("x".into(), "1".into()))),
+        Held::Known(Box::new(("x".into(), "2".into()))),
+    ]);
+    assert_eq!(dup.len(), 1);
+    assert_eq!(dup.iter().next().unwrap().version(), "2");
+}
+
+#[test]
+fn test_only_canonical_nonces_match() {
+    use crate::rollout::parse_nonce;
+    assert_eq!(parse_nonce("1"), Some(1));
+    assert_eq!(parse_nonce("42"), Some(42));
+    for bad in ["", "0", "01", "+1", "-1", "1a", " 1"] {
+        assert_eq!(parse_nonce(bad), None, "{bad:?}");
+    }
+    // A SotW ACK carrying "01" for nonce "1" is not the latest nonce: stale, ignored.
+    let mut s = SotwStream::new(&node("n"), "k");
+    s.handle_snapshot_update(snap("blue", &[], 1));
+    let cds = s.handle_request(sotw_request(C, &[], "", "")).remove(0);
+    assert_eq!(cds.nonce, "1");
+    assert!(s
+        .handle_request(sotw_request(C, &[], &cds.version_info, "01"))
+        .is_empty());
+    assert!(s.status().types[C].acked_version.is_none());
+    s.handle_request(ack(&cds, &[]));
+    assert_eq!(
+        s.status().types[C].acked_version.as_deref(),
+        Some(cds.version_info.as_str())
+    );
+}
+
+#[test]
+fn test_delta_nack_restores_acked_versions() {
+    let mut s = DeltaStream::new(&node("n"), "k");
+    let a = snap("blue", &["green"], 1);
+    s.handle_snapshot_update(a.clone());
+    let out = s.handle_request(delta_request(C, &[], &[], ""));
+    let st = s.status();
+    assert_eq!(
+        st.types[C].pending_nonce.as_deref(),
+        Some(out[0].nonce.as_str())
+    );
+    assert_eq!(
+        st.types[C].sent_version.as_deref(),
+        Some(out[0].system_version_info.as_str())
+    );
+    s.handle_request(delta_request(C, &[], &[], &out[0].nonce));
+    let st = s.status();
+    assert_eq!(st.types[C].acked_version, st.types[C].sent_version);
+    assert!(st.types[C].pending_nonce.is_none());
+    // A new cluster is NACKed: sent falls back to what Envoy ACKed, the NACKed version is
+    // recorded with its nonce and not resent for the same content.
+    let b = snap("blue", &["green", "red"], 1);
+    let out = s.handle_snapshot_update(b.clone());
+    assert_eq!(out.len(), 1);
+    let sent: Vec<&str> = out[0].resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(sent, vec!["red"]);
+    let mut nack = delta_request(C, &[], &[], &out[0].nonce);
+    nack.error_detail = Some(XdsRpcStatus {
+        code: 13,
+        message: "no".into(),
+        details: vec![],
+    });
+    assert!(s.handle_request(nack).is_empty());
+    let st = s.status();
+    let nack = st.last_nack.clone().unwrap();
+    assert_eq!(nack.nonce, out[0].nonce);
+    assert_eq!(nack.version, out[0].system_version_info);
+    assert_eq!(st.types[C].sent_version, st.types[C].acked_version);
+    assert_eq!(
+        st.types[C].nacked_version.as_deref(),
+        Some(out[0].system_version_info.as_str())
+    );
+    assert!(s
+        .handle_snapshot_update(snap("blue", &["green", "red"], 1))
+        .is_empty());
+}
+
+#[test]
+fn test_from_shared_keeps_the_callers_arcs() {
+    let a = snap("blue", &["green"], 1);
+    let shared: Vec<Arc<Resource>> = a
+        .type_urls()
+        .flat_map(|t| a.resources(t).unwrap().values().cloned())
+        .collect();
+    let b = Snapshot::from_shared(shared.clone()).unwrap();
+    assert_eq!(b.version(), a.version());
+    for t in a.type_urls() {
+        for (name, r) in a.resources(t).unwrap() {
+            assert!(Arc::ptr_eq(r, &b.resources(t).unwrap()[name]));
+        }
+    }
+    // Same EDS/RDS references as when built from typed messages.
+    assert_eq!(
+        b.needed_eds().map(|r| r.name.clone()).collect::<Vec<_>>(),
+        a.needed_eds().map(|r| r.name.clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        b.needed_rds().map(|r| r.name.clone()).collect::<Vec<_>>(),
+        vec!["local".to_string()]
+    );
+}
