@@ -33,7 +33,9 @@ use weft_store::{Range, SharedStore, StoreError, WatchEvent};
 use weft_translate::{
     translate, CloudMapInstance, MeshSnapshot, ProxyIdentity, ProxyOptions, TranslateError,
 };
-use weft_xds::{NodeResolver, Snapshot, SnapshotCache, XdsNode};
+use weft_xds::{NodeResolver, SnapshotCache, XdsNode};
+
+use crate::encoded::EncodedPool;
 
 /// One class of proxies: a virtual node (or gateway) and the options its
 /// Envoys announce in their node metadata.
@@ -105,6 +107,7 @@ pub fn new(store: SharedStore, cache: SnapshotCache) -> (AppMeshResolver, Runtim
             cloud_map: CloudMap::default(),
             meshes: HashMap::new(),
             deps: HashMap::new(),
+            encoded: EncodedPool::default(),
         },
     )
 }
@@ -228,6 +231,8 @@ pub struct Runtime {
     meshes: HashMap<String, Arc<MeshSnapshot>>,
     /// What each proxy class's last published config was computed from.
     deps: HashMap<String, HashSet<Dep>>,
+    /// Encoded resources shared between classes and kept between changes.
+    encoded: EncodedPool,
 }
 
 /// The `data` member of a stored record (`StoredRecord`), decoded straight
@@ -614,12 +619,10 @@ impl Runtime {
         self.deps
             .insert(key.to_string(), dependencies(&mesh, class));
         match translate(&mesh, &class.identity, &class.options) {
-            Ok(resources) => match Snapshot::from_resources(
-                resources.listeners,
-                resources.route_configurations,
-                resources.clusters,
-                resources.cluster_load_assignments,
-            ) {
+            Ok(resources) => match self
+                .encoded
+                .snapshot(resources, self.cache.snapshot(key).as_deref())
+            {
                 Ok(snapshot) => self.cache.set_snapshot(key, Arc::new(snapshot)),
                 Err(e) => {
                     tracing::warn!(%key, error = %e, "translated resources are not a valid snapshot")
@@ -680,8 +683,12 @@ impl Runtime {
                 published += 1;
             }
         }
+        // The snapshots just replaced may have held the last users of some
+        // encoded resources.
+        self.encoded.sweep();
         tracing::debug!(
             published,
+            encoded = self.encoded.len(),
             elapsed_us = started.elapsed().as_micros() as u64,
             "proxy classes recomputed"
         );

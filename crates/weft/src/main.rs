@@ -6,6 +6,7 @@ use tracing_subscriber::EnvFilter;
 
 mod control_plane;
 mod demo;
+mod encoded;
 mod proxy_status;
 mod server;
 

@@ -28,7 +28,7 @@ pub mod test_helpers;
 pub use cache::SnapshotCache;
 pub use delta::DeltaStream;
 pub use error::XdsError;
-pub use resource::{Resource, Snapshot};
+pub use resource::{cluster_eds_name, listener_rds_names, Resource, Snapshot};
 pub use rollout::RolloutPhase;
 pub use server::{AdsServer, AdsService, NodeIdResolver, NodeResolver};
 pub use sotw::SotwStream;

@@ -160,6 +160,17 @@ impl Snapshot {
         Self::build(resources, None)
     }
 
+    /// Like [`Snapshot::from_shared`], with the EDS names the clusters read and the RDS names
+    /// the listeners read given by a caller that knows them from the typed messages
+    /// ([`cluster_eds_name`], [`listener_rds_names`]), so nothing is decoded back.
+    pub fn from_shared_with_references(
+        resources: impl IntoIterator<Item = Arc<Resource>>,
+        eds_names: BTreeSet<String>,
+        rds_names: BTreeSet<String>,
+    ) -> Result<Self, XdsError> {
+        Self::build(resources, Some((eds_names, rds_names)))
+    }
+
     /// Builds a snapshot; `references` are the EDS and RDS names the clusters and listeners
     /// read when the caller knows them (else they are decoded from the resources).
     fn build(
@@ -226,8 +237,8 @@ impl Snapshot {
     ) -> Result<Self, XdsError> {
         // The EDS/RDS names are read from the typed messages here, not decoded back from
         // the packed bytes.
-        let eds_names = clusters.iter().filter_map(eds_name_typed).collect();
-        let rds_names = listeners.iter().flat_map(rds_names_typed).collect();
+        let eds_names = clusters.iter().filter_map(cluster_eds_name).collect();
+        let rds_names = listeners.iter().flat_map(listener_rds_names).collect();
         let mut all = Vec::with_capacity(
             listeners.len() + route_configs.len() + clusters.len() + load_assignments.len(),
         );
@@ -310,11 +321,12 @@ pub(crate) fn rds_names_of(body: &Any) -> Vec<String> {
 }
 
 fn eds_name(body: &Any) -> Option<String> {
-    eds_name_typed(&XdsCluster::decode(body.value.as_slice()).ok()?)
+    cluster_eds_name(&XdsCluster::decode(body.value.as_slice()).ok()?)
 }
 
-/// The EDS service name of a cluster, if it is an EDS cluster.
-fn eds_name_typed(cluster: &XdsCluster) -> Option<String> {
+/// The EDS service name of a cluster (its `eds_cluster_config.service_name`, else its name), if
+/// it is an EDS cluster.
+pub fn cluster_eds_name(cluster: &XdsCluster) -> Option<String> {
     match cluster.cluster_discovery_type {
         Some(XdsClusterDiscoveryType::Type(t)) if t == XdsDiscoveryType::Eds as i32 => {
             let service = cluster
@@ -335,13 +347,13 @@ fn eds_name_typed(cluster: &XdsCluster) -> Option<String> {
 /// The RDS route configuration names a listener's HTTP connection managers read.
 fn rds_names(body: &Any) -> Vec<String> {
     match XdsListener::decode(body.value.as_slice()) {
-        Ok(listener) => rds_names_typed(&listener),
+        Ok(listener) => listener_rds_names(&listener),
         Err(_) => Vec::new(),
     }
 }
 
 /// The RDS route configuration names a listener's HTTP connection managers read.
-fn rds_names_typed(listener: &XdsListener) -> Vec<String> {
+pub fn listener_rds_names(listener: &XdsListener) -> Vec<String> {
     let hcm_type_url = XdsHttpConnectionManager::type_url();
     listener
         .filter_chains

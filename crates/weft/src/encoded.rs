@@ -1,0 +1,246 @@
+//! Encoding translated resources once: an Envoy resource that many proxy
+//! classes receive (the cluster of virtual node `red` is the same for every
+//! client of `red`) is encoded, hashed and held once, and a class recomputed
+//! after a change re-encodes only what differs from its previous snapshot.
+//!
+//! Translation stays a pure function per class; this is the cache between its
+//! output and the ADS server's [`Snapshot`]s.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use envoy_types::util::pack_any;
+use prost::{Message, Name};
+use weft_translate::{ProxyResources, XdsCluster, XdsClusterLoadAssignment};
+use weft_xds::{cluster_eds_name, listener_rds_names, Resource, Snapshot, XdsError};
+
+/// Encoded resources by name, each next to the message it was encoded from,
+/// so that an equal message (compared field by field, which is much cheaper
+/// than encoding and hashing it) gets the same `Arc`.
+struct Pool<M> {
+    by_name: HashMap<String, Vec<(M, Arc<Resource>)>>,
+}
+
+impl<M> Default for Pool<M> {
+    fn default() -> Self {
+        Self {
+            by_name: HashMap::new(),
+        }
+    }
+}
+
+impl<M: Message + Name + PartialEq + Clone + Default> Pool<M> {
+    fn intern(&mut self, name: &str, message: M) -> Arc<Resource> {
+        let variants = self.by_name.entry(name.to_string()).or_default();
+        if let Some((_, resource)) = variants.iter().find(|(m, _)| *m == message) {
+            return resource.clone();
+        }
+        let resource = Arc::new(Resource::new(name, pack_any(message.clone())));
+        variants.push((message, resource.clone()));
+        resource
+    }
+
+    /// Forgets the resources no snapshot holds any more.
+    fn sweep(&mut self) {
+        self.by_name.retain(|_, variants| {
+            variants.retain(|(_, r)| Arc::strong_count(r) > 1);
+            !variants.is_empty()
+        });
+    }
+
+    fn len(&self) -> usize {
+        self.by_name.values().map(Vec::len).sum()
+    }
+}
+
+/// The encoding cache of the control plane.
+#[derive(Default)]
+pub struct EncodedPool {
+    clusters: Pool<XdsCluster>,
+    assignments: Pool<XdsClusterLoadAssignment>,
+}
+
+impl EncodedPool {
+    /// The snapshot of one class's translated `resources`. Clusters and
+    /// endpoints come from the shared pool; a listener or route configuration
+    /// equal (byte for byte) to the one in `previous` is reused from it.
+    pub fn snapshot(
+        &mut self,
+        resources: ProxyResources,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, XdsError> {
+        let mut eds_names = BTreeSet::new();
+        let mut rds_names = BTreeSet::new();
+        let mut all = Vec::with_capacity(
+            resources.listeners.len()
+                + resources.route_configurations.len()
+                + resources.clusters.len()
+                + resources.cluster_load_assignments.len(),
+        );
+        for listener in resources.listeners {
+            rds_names.extend(listener_rds_names(&listener));
+            all.push(reuse_or_encode(previous, listener.name.clone(), listener));
+        }
+        for route in resources.route_configurations {
+            all.push(reuse_or_encode(previous, route.name.clone(), route));
+        }
+        for cluster in resources.clusters {
+            eds_names.extend(cluster_eds_name(&cluster));
+            let name = cluster.name.clone();
+            all.push(self.clusters.intern(&name, cluster));
+        }
+        for assignment in resources.cluster_load_assignments {
+            let name = assignment.cluster_name.clone();
+            all.push(self.assignments.intern(&name, assignment));
+        }
+        Snapshot::from_shared_with_references(all, eds_names, rds_names)
+    }
+
+    /// Forgets what no snapshot uses any more; call after a round of
+    /// [`EncodedPool::snapshot`] calls has replaced the older snapshots.
+    pub fn sweep(&mut self) {
+        self.clusters.sweep();
+        self.assignments.sweep();
+    }
+
+    /// How many encoded resources the pool holds.
+    pub fn len(&self) -> usize {
+        self.clusters.len() + self.assignments.len()
+    }
+}
+
+/// The previous snapshot's resource of that name if its bytes are the same,
+/// else a newly encoded one.
+fn reuse_or_encode<M: Message + Name>(
+    previous: Option<&Snapshot>,
+    name: String,
+    message: M,
+) -> Arc<Resource> {
+    let body = pack_any(message);
+    if let Some(old) = previous
+        .and_then(|p| p.resources(&body.type_url))
+        .and_then(|items| items.get(&name))
+    {
+        if old.body.value == body.value {
+            return old.clone();
+        }
+    }
+    Arc::new(Resource::new(name, body))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use weft_translate::XdsRouteConfiguration;
+
+    fn cluster(name: &str, timeout_secs: i64) -> XdsCluster {
+        XdsCluster {
+            name: name.to_string(),
+            connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: timeout_secs,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn route(name: &str, host: &str) -> XdsRouteConfiguration {
+        XdsRouteConfiguration {
+            name: name.to_string(),
+            virtual_hosts: vec![envoy_types::pb::envoy::config::route::v3::VirtualHost {
+                name: host.to_string(),
+                domains: vec![host.to_string()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn resources(clusters: Vec<XdsCluster>, routes: Vec<XdsRouteConfiguration>) -> ProxyResources {
+        ProxyResources {
+            clusters,
+            route_configurations: routes,
+            ..Default::default()
+        }
+    }
+
+    fn held(s: &Snapshot, type_url: &str, name: &str) -> Arc<Resource> {
+        s.resources(type_url).unwrap()[name].clone()
+    }
+
+    const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+    #[test]
+    fn two_clients_of_red_share_one_encoded_cluster_and_a_changed_one_is_encoded_anew() {
+        let mut pool = EncodedPool::default();
+        let a = pool
+            .snapshot(resources(vec![cluster("red", 1)], vec![]), None)
+            .unwrap();
+        let b = pool
+            .snapshot(resources(vec![cluster("red", 1)], vec![]), None)
+            .unwrap();
+        assert!(Arc::ptr_eq(
+            &held(&a, CLUSTER, "red"),
+            &held(&b, CLUSTER, "red")
+        ));
+        let c = pool
+            .snapshot(resources(vec![cluster("red", 2)], vec![]), None)
+            .unwrap();
+        assert!(!Arc::ptr_eq(
+            &held(&a, CLUSTER, "red"),
+            &held(&c, CLUSTER, "red")
+        ));
+        assert_ne!(a.version(), c.version());
+        assert_eq!(a.version(), b.version());
+        // Once no snapshot holds the first variant, the pool forgets it.
+        drop((a, b));
+        pool.sweep();
+        assert_eq!(pool.len(), 1);
+    }
+
+    #[test]
+    fn an_unchanged_route_configuration_is_reused_from_the_previous_snapshot() {
+        let mut pool = EncodedPool::default();
+        let first = pool
+            .snapshot(resources(vec![], vec![route("rds", "a")]), None)
+            .unwrap();
+        let same = pool
+            .snapshot(resources(vec![], vec![route("rds", "a")]), Some(&first))
+            .unwrap();
+        assert!(Arc::ptr_eq(
+            &held(&first, ROUTE, "rds"),
+            &held(&same, ROUTE, "rds")
+        ));
+        let changed = pool
+            .snapshot(resources(vec![], vec![route("rds", "b")]), Some(&first))
+            .unwrap();
+        assert!(!Arc::ptr_eq(
+            &held(&first, ROUTE, "rds"),
+            &held(&changed, ROUTE, "rds")
+        ));
+        assert_ne!(first.version(), changed.version());
+    }
+
+    #[test]
+    fn the_snapshot_is_the_one_from_resources_builds() {
+        let mut pool = EncodedPool::default();
+        let make = || {
+            resources(
+                vec![cluster("red", 1), cluster("blue", 1)],
+                vec![route("rds", "a")],
+            )
+        };
+        let pooled = pool.snapshot(make(), None).unwrap();
+        let r = make();
+        let direct = Snapshot::from_resources(
+            r.listeners,
+            r.route_configurations,
+            r.clusters,
+            r.cluster_load_assignments,
+        )
+        .unwrap();
+        assert_eq!(pooled, direct);
+    }
+}
