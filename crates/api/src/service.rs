@@ -406,6 +406,28 @@ impl RefCache {
             .collect()
     }
 
+    /// Appends the references of `kvs`, comma-separated, to `out` if every
+    /// one is cached and current; otherwise leaves `out` as it was.
+    fn write_all(&self, kvs: &[KeyValue], out: &mut Vec<u8>) -> bool {
+        let start = out.len();
+        let map = self.lock();
+        for (i, kv) in kvs.iter().enumerate() {
+            match map.get(kv.key.as_str()) {
+                Some((revision, bytes)) if *revision == kv.mod_revision => {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(bytes);
+                }
+                _ => {
+                    out.truncate(start);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
     fn insert(&self, fresh: Vec<(String, Revision, Bytes)>) {
         let mut map = self.lock();
         if map.len() + fresh.len() > REF_CACHE_MAX {
@@ -748,7 +770,8 @@ impl Service {
 
     /// Replays an earlier answer for the same `clientToken`, or refuses a
     /// token reused for a different request. `member` is the output's
-    /// payload member.
+    /// payload member. The first answer may still be on its way to disk: the
+    /// caller syncs the store before sending a replay.
     async fn replay(
         &self,
         operation: &str,
@@ -776,8 +799,6 @@ impl Service {
                 "clientToken {token} was already used with a different {operation} request"
             )));
         }
-        // The first answer may still be on its way to disk.
-        self.store.sync().await?;
         let output: RawMembers = serde_json::from_str(record.output.get()).map_err(unreadable)?;
         Ok(Some(match output.get(member) {
             Some(payload) if output.0.len() == 1 => Output::Payload {
@@ -1039,6 +1060,8 @@ impl Service {
             let turn = self.lock_mesh(&id.mesh).await;
             let guard = self.guard(&id.mesh).await?;
             if let Some(out) = self.replay(op, token, &request, member).await? {
+                drop(turn);
+                self.store.sync().await?;
                 return Ok(out);
             }
             if id.kind != Kind::Mesh {
@@ -1158,6 +1181,8 @@ impl Service {
             let turn = self.lock_mesh(&id.mesh).await;
             let guard = self.guard(&id.mesh).await?;
             if let Some(out) = self.replay(op, token, &request, member).await? {
+                drop(turn);
+                self.store.sync().await?;
                 return Ok(out);
             }
             let Some(kv) = self.store.get_latest(&key).await? else {
@@ -1485,6 +1510,12 @@ impl Service {
         body.push(b'"');
         body.extend_from_slice(kind.list_member().as_bytes());
         body.extend_from_slice(b"\":[");
+        // Usually every reference is cached and current: copied under one
+        // lock, without touching the records.
+        if self.refs.write_all(&result.kvs, &mut body) {
+            body.extend_from_slice(b"]}");
+            return Ok(Output::Json(Bytes::from(body)));
+        }
         let mut refs = self.refs.get(&result.kvs);
         let mut fresh = Vec::new();
         for (kv, cached) in result.kvs.iter().zip(&mut refs) {

@@ -104,6 +104,18 @@ async fn list_pages_and_describe_answers_are_the_model_s_json_byte_for_byte() {
             None => break,
         }
     }
+    // Listed again, the pages come from the cache of references: the same.
+    let first = json!({"meshName": "apps", "limit": 4});
+    let cold = body(
+        service
+            .respond("ListVirtualNodes", first.clone())
+            .await
+            .unwrap(),
+    );
+    let warm = body(service.respond("ListVirtualNodes", first).await.unwrap());
+    assert_eq!(cold, warm);
+    let page: Value = serde_json::from_slice(&warm).unwrap();
+    assert_eq!(page["virtualNodes"].as_array().unwrap()[..], listed[..4]);
     let key = |v: &Value| v["virtualNodeName"].as_str().unwrap().to_string();
     listed.sort_by_key(key);
     expected.sort_by_key(key);
