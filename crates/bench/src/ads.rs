@@ -26,7 +26,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
@@ -113,35 +113,42 @@ pub struct ProxySpec {
     pub cluster: String,
 }
 
-/// Names a resource's body makes the proxy subscribe to, decoded once per
-/// (type, name, version) for the whole fleet.
+/// Names a resource's body makes the proxy subscribe to, decoded once for
+/// the whole fleet: per delta resource version (the server's versions are
+/// content hashes of type and bytes) or per SotW response version (the
+/// union over the response's resources), per type. Hits allocate nothing.
 #[derive(Default)]
 struct NameCache {
-    map: Mutex<HashMap<NameKey, Arc<Vec<String>>>>,
+    /// Per type (CDS, LDS): key → names.
+    maps: Mutex<[HashMap<String, Arc<Vec<String>>>; 2]>,
 }
-
-/// (type URL, resource name or response slot, resource version).
-type NameKey = (String, String, String);
 
 /// Per delta resource held: version, names it references, encoded size.
 type HeldResource = (String, Arc<Vec<String>>, usize);
 
 impl NameCache {
-    fn names(&self, type_url: &str, name: &str, version: &str, body: &Any) -> Arc<Vec<String>> {
-        let key = (type_url.to_string(), name.to_string(), version.to_string());
-        if let Some(n) = self
-            .map
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-        {
-            return n.clone();
+    /// The names `key` of `type_url` references, computed with `decode` on a
+    /// miss; empty for types that reference nothing (EDS, RDS).
+    fn get_or(
+        &self,
+        type_url: &str,
+        key: &str,
+        decode: impl FnOnce() -> Vec<String>,
+    ) -> Arc<Vec<String>> {
+        let slot = match type_url {
+            CDS => 0,
+            LDS => 1,
+            _ => return Arc::default(),
+        };
+        let hit = self.maps.lock().unwrap_or_else(PoisonError::into_inner)[slot]
+            .get(key)
+            .cloned();
+        if let Some(names) = hit {
+            return names;
         }
-        let names = Arc::new(referenced_names(type_url, body));
-        self.map
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, names.clone());
+        let names = Arc::new(decode());
+        self.maps.lock().unwrap_or_else(PoisonError::into_inner)[slot]
+            .insert(key.to_string(), names.clone());
         names
     }
 }
@@ -401,12 +408,12 @@ struct ProxyCtx {
 }
 
 impl ProxyCtx {
-    fn received(&self, type_url: &str, resources: &[Any]) {
+    fn received<'a>(&self, type_url: &str, resources: impl Iterator<Item = &'a Any>) {
         self.stats.responses.fetch_add(1, Ordering::Relaxed);
         self.stats
             .types_seen
             .fetch_or(type_bit(type_url), Ordering::Relaxed);
-        let bytes: usize = resources.iter().map(|r| r.encoded_len()).sum();
+        let bytes: usize = resources.map(|r| r.encoded_len()).sum();
         self.stats
             .bytes_received
             .fetch_add(bytes as u64, Ordering::Relaxed);
@@ -467,7 +474,7 @@ async fn run_sotw(channel: Channel, node: Node, ctx: ProxyCtx) -> Result<()> {
         let Some(type_url) = static_type(&response.type_url) else {
             continue;
         };
-        ctx.received(type_url, &response.resources);
+        ctx.received(type_url, response.resources.iter());
         let DiscoveryResponse {
             version_info,
             resources,
@@ -480,14 +487,19 @@ async fn run_sotw(channel: Channel, node: Node, ctx: ProxyCtx) -> Result<()> {
             LDS => Some(RDS),
             _ => None,
         };
-        let mut wanted = BTreeSet::new();
-        if dependent.is_some() {
-            for (i, r) in resources.iter().enumerate() {
-                // The response version identifies the set; the index the item.
-                let key = format!("{version_info}/{i}");
-                wanted.extend(ctx.names.names(type_url, &key, "", r).iter().cloned());
-            }
-        }
+        // The response version identifies the set: the union of the names its
+        // resources reference, decoded once per version for the fleet.
+        let wanted = if dependent.is_some() {
+            ctx.names.get_or(type_url, &version_info, || {
+                let mut all = BTreeSet::new();
+                for r in &resources {
+                    all.extend(referenced_names(type_url, r));
+                }
+                all.into_iter().collect()
+            })
+        } else {
+            Arc::default()
+        };
         if ctx.track_held {
             let map = held.entry(type_url).or_default();
             map.clear();
@@ -506,16 +518,16 @@ async fn run_sotw(channel: Channel, node: Node, ctx: ProxyCtx) -> Result<()> {
             .await?;
         ctx.acked();
         if let Some(dep) = dependent {
-            let wanted: Vec<String> = wanted.into_iter().collect();
-            if subscribed.get(dep) != Some(&wanted) {
+            if subscribed.get(dep).map(Vec::as_slice) != Some(wanted.as_slice()) {
                 if !wanted.is_empty() {
                     ctx.stats
                         .types_wanted
                         .fetch_or(type_bit(dep), Ordering::Relaxed);
                 }
-                subscribed.insert(dep, wanted.clone());
+                subscribed.insert(dep, wanted.to_vec());
                 let (version, nonce) = last.get(dep).cloned().unwrap_or_default();
-                tx.send(request(dep, wanted, version, nonce)).await?;
+                tx.send(request(dep, wanted.to_vec(), version, nonce))
+                    .await?;
             }
         }
     }
@@ -551,22 +563,29 @@ async fn run_delta(channel: Channel, node: Node, ctx: ProxyCtx) -> Result<()> {
         let Some(type_url) = static_type(&response.type_url) else {
             continue;
         };
-        let bodies: Vec<Any> = response
-            .resources
-            .iter()
-            .filter_map(|r| r.resource.clone())
-            .collect();
-        ctx.received(type_url, &bodies);
+        ctx.received(
+            type_url,
+            response
+                .resources
+                .iter()
+                .filter_map(|r| r.resource.as_ref()),
+        );
         let map = state.entry(type_url).or_default();
-        for r in &response.resources {
+        let DeltaDiscoveryResponse {
+            resources,
+            removed_resources,
+            nonce,
+            ..
+        } = response;
+        for r in resources {
             let Some(body) = &r.resource else { continue };
-            let names = ctx.names.names(type_url, &r.name, &r.version, body);
-            map.insert(
-                r.name.clone(),
-                (r.version.clone(), names, body.encoded_len()),
-            );
+            let names = ctx
+                .names
+                .get_or(type_url, &r.version, || referenced_names(type_url, body));
+            let size = body.encoded_len();
+            map.insert(r.name, (r.version, names, size));
         }
-        for name in &response.removed_resources {
+        for name in &removed_resources {
             map.remove(name);
         }
         if ctx.track_held {
@@ -580,7 +599,7 @@ async fn run_delta(channel: Channel, node: Node, ctx: ProxyCtx) -> Result<()> {
         }
         tx.send(DeltaDiscoveryRequest {
             type_url: type_url.to_string(),
-            response_nonce: response.nonce.clone(),
+            response_nonce: nonce,
             ..DeltaDiscoveryRequest::default()
         })
         .await?;
