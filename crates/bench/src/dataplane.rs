@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::appmesh;
+use crate::bare;
 use crate::load::Api;
 use crate::machine::{self, quantile, CpuMark};
 use crate::openloop::{self, Target, TargetResult};
@@ -234,6 +235,8 @@ pub async fn run(args: DataplaneArgs) -> Result<()> {
     t.wait_route("h1.dp.local").await?;
     t.wait_route("h2.dp.local").await?;
     let app = format!("127.0.0.1:{}", t.apps[0].1);
+    let bare_h1 = bare::pair(t.apps[0].1, false).await?;
+    let bare_h2 = bare::pair(t.apps[0].1, true).await?;
     let egress = format!("127.0.0.1:{}", t.client.egress_port);
     let warmup = Duration::from_secs_f64(args.warmup);
     let duration = Duration::from_secs_f64(args.duration);
@@ -249,7 +252,9 @@ pub async fn run(args: DataplaneArgs) -> Result<()> {
     );
     println!(
         "paths:      direct = client -> sample app; mesh = client -> client Envoy (egress, explicit mode) -> \
-         server Envoy (ingress) -> the same sample app; Envoys --concurrency 1, configured by Weft (ADS {})",
+         server Envoy (ingress) -> the same sample app; Envoys --concurrency 1, configured by Weft (ADS {}); \
+         bare = the same through two Envoys with a minimal static config (HTTP connection manager, \
+         router, one static cluster)",
         args.protocol
     );
     println!();
@@ -258,9 +263,9 @@ pub async fn run(args: DataplaneArgs) -> Result<()> {
         "proto", "path", "sent", "failed", "p50 ms", "p90 ms", "p99 ms", "p99.9ms", "oth%"
     );
     let mut verdicts = Vec::new();
-    for (proto, host, http2) in [
-        ("HTTP/1.1", "h1.dp.local", false),
-        ("HTTP/2", "h2.dp.local", true),
+    for (proto, host, http2, bare_port) in [
+        ("HTTP/1.1", "h1.dp.local", false, bare_h1.port),
+        ("HTTP/2", "h2.dp.local", true, bare_h2.port),
     ] {
         let targets = [
             Target {
@@ -275,6 +280,12 @@ pub async fn run(args: DataplaneArgs) -> Result<()> {
                 host: host.into(),
                 http2,
             },
+            Target {
+                label: "bare".into(),
+                addr: format!("127.0.0.1:{bare_port}"),
+                host: host.into(),
+                http2,
+            },
         ];
         let cpu0 = CpuMark::now(t.server.pid());
         let results = openloop::run(&targets, args.rate, warmup, duration).await?;
@@ -282,12 +293,22 @@ pub async fn run(args: DataplaneArgs) -> Result<()> {
         for (target, r) in targets.iter().zip(&results) {
             print_row(proto, &target.label, r, oth);
         }
-        let (d, m) = (&results[0], &results[1]);
+        let (d, m, b) = (&results[0], &results[1], &results[2]);
         let q = |r: &TargetResult, x: f64| quantile(&r.latencies, x);
-        let added: Vec<String> = QUANTILES
-            .iter()
-            .map(|&x| signed_ms(q(m, x), q(d, x)))
-            .collect();
+        let diff = |over: &TargetResult, base: &TargetResult| -> Vec<String> {
+            QUANTILES
+                .iter()
+                .map(|&x| signed_ms(q(over, x), q(base, x)))
+                .collect()
+        };
+        let added = diff(m, d);
+        // What any Envoy pair adds here, and what Weft's config adds on top.
+        for (label, row) in [("bare+", diff(b, d)), ("weft+", diff(m, b))] {
+            println!(
+                "{:<8} {:<7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8}",
+                proto, label, "", "", row[0], row[1], row[2], row[3]
+            );
+        }
         let p90 = q(m, 0.9).saturating_sub(q(d, 0.9));
         let p99 = q(m, 0.99).saturating_sub(q(d, 0.99));
         let mut missed = Vec::new();
@@ -319,7 +340,8 @@ pub async fn run(args: DataplaneArgs) -> Result<()> {
     println!();
     println!(
         "goal: the pair adds <= 0.23 ms at p90 and <= 0.30 ms at p99 (added = mesh - direct at \
-         the same quantile). oth% = CPU of everything but the server and this benchmark (the \
+         the same quantile; bare+ = bare - direct, what two minimally configured Envoys add on this \
+         machine; weft+ = mesh - bare, what Weft's config adds to that). oth% = CPU of everything but the server and this benchmark (the \
          Envoys, the sample app, other work) in % of one core. Envoy NACKs: {}.",
         t.rejected()
     );

@@ -16,6 +16,7 @@
 
 mod ads;
 mod appmesh;
+mod bare;
 mod dataplane;
 mod envoys;
 mod load;
