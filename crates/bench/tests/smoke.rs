@@ -109,6 +109,8 @@ fn dataplane_runs() {
     ]);
     assert!(out.contains("HTTP/2"), "{out}");
     assert!(out.contains("added"), "{out}");
+    // The minimal static Envoy pair ran next to Weft's.
+    assert!(out.contains("bare+") && out.contains("weft+"), "{out}");
 }
 
 #[test]
