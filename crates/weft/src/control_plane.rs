@@ -427,6 +427,14 @@ impl CloudMap {
     }
 }
 
+/// Whether a virtual node is discovered through Cloud Map (Weft's registry).
+fn uses_cloud_map(node: &VirtualNodeData) -> bool {
+    matches!(
+        node.spec.service_discovery,
+        Some(ServiceDiscovery::AwsCloudMap(_))
+    )
+}
+
 /// The Cloud Map services the virtual nodes of a mesh name.
 fn cloud_map_names(snapshot: &MeshSnapshot) -> BTreeSet<ServiceName> {
     snapshot
@@ -484,8 +492,8 @@ impl Runtime {
     }
 
     /// Applies one stored `mesh/` or `res/` record (`None`: deleted) to its
-    /// typed mesh. Returns whether the mesh's virtual nodes changed, which
-    /// can change the Cloud Map services the mesh names.
+    /// typed mesh. Returns whether a virtual node discovered through Cloud
+    /// Map changed, which can change the registry services the mesh names.
     ///
     /// The snapshot is changed in place (`Arc::make_mut`): between refreshes
     /// nobody else holds it, so nothing is copied.
@@ -518,13 +526,21 @@ impl Runtime {
             return false;
         };
         match (kind, value) {
-            (Kind::VirtualNode, Some(v)) => {
-                if let Some(d) = typed::<VirtualNodeData>(key, v) {
-                    snap.virtual_nodes.insert(d.virtual_node_name.clone(), d);
+            // Only a node discovered through Cloud Map (before or after) can
+            // change which registry services the mesh names.
+            (Kind::VirtualNode, Some(v)) => match typed::<VirtualNodeData>(key, v) {
+                Some(d) => {
+                    let named = uses_cloud_map(&d);
+                    let old = snap.virtual_nodes.insert(d.virtual_node_name.clone(), d);
+                    named || old.as_ref().is_some_and(uses_cloud_map)
                 }
-                true
-            }
-            (Kind::VirtualNode, None) => snap.virtual_nodes.remove(&first).is_some(),
+                None => false,
+            },
+            (Kind::VirtualNode, None) => snap
+                .virtual_nodes
+                .remove(&first)
+                .as_ref()
+                .is_some_and(uses_cloud_map),
             (Kind::VirtualService, Some(v)) => {
                 if let Some(d) = typed::<VirtualServiceData>(key, v) {
                     snap.virtual_services
@@ -897,7 +913,8 @@ mod tests {
                 json!({"meshName": "apps", "metadata": meta(), "spec": {}, "status": {}}),
             )),
         );
-        assert!(rt.upsert("res/apps/vn/front", Some(&node("front", "a"))));
+        // A node without Cloud Map discovery does not change the registry services named.
+        assert!(!rt.upsert("res/apps/vn/front", Some(&node("front", "a"))));
         rt.upsert(
             "res/apps/rt/r/split",
             Some(&record(
@@ -919,7 +936,23 @@ mod tests {
         assert_eq!(backend(&now), "b");
         assert_eq!(now.routes_of("r").count(), 1);
         // Deletes are found by the names in the key.
-        assert!(rt.upsert("res/apps/vn/front", None));
+        assert!(!rt.upsert("res/apps/vn/front", None));
+        // One discovered through Cloud Map does, when it comes and when it goes.
+        let cm = record(
+            json!({"meshName": "apps", "virtualNodeName": "cm", "metadata": meta(),
+            "spec": {"serviceDiscovery": {"awsCloudMap": {"namespaceName": "ns", "serviceName": "s"}}},
+            "status": {"status": "ACTIVE"}}),
+        );
+        assert!(rt.upsert("res/apps/vn/cm", Some(&cm)));
+        rt.refresh_cloud_map("apps");
+        assert!(rt
+            .mesh("apps")
+            .unwrap()
+            .cloud_map
+            .contains_key(&("ns".to_string(), "s".to_string())));
+        assert!(rt.upsert("res/apps/vn/cm", None));
+        rt.refresh_cloud_map("apps");
+        assert!(rt.mesh("apps").unwrap().cloud_map.is_empty());
         rt.upsert("res/apps/rt/r/split", None);
         let now = rt.mesh("apps").unwrap();
         assert!(now.virtual_nodes.is_empty());
