@@ -1056,6 +1056,13 @@ impl Service {
         let spec_json = json_bytes(spec)?;
         let member = id.kind.payload_member();
         let key = keys::resource(id);
+        // What does not depend on the mesh's state (the new record, its
+        // answer, the idempotency record) is built before taking the turn:
+        // writers of a mesh wait for each other only while they read and
+        // decide.
+        let data = Bytes::from(self.new_data(id, &spec_json)?);
+        let record = record_bytes(&data, &tags);
+        let token_op = self.token_op(op, token, &request, member, &data)?;
         for _ in 0..MAX_ATTEMPTS {
             let turn = self.lock_mesh(&id.mesh).await;
             let guard = self.guard(&id.mesh).await?;
@@ -1098,16 +1105,12 @@ impl Service {
                 )));
             }
             self.check_spec(id, spec).await?;
-            let data = Bytes::from(self.new_data(id, &spec_json)?);
             let mut counts = guard.counts;
             if id.kind != Kind::Mesh {
                 *counts.of_mut(id.kind) += 1;
             }
-            let mut ops = vec![
-                Op::Put(key.clone(), record_bytes(&data, &tags)),
-                guard.bump(counts)?,
-            ];
-            ops.extend(self.token_op(op, token, &request, member, &data)?);
+            let mut ops = vec![Op::Put(key.clone(), record.clone()), guard.bump(counts)?];
+            ops.extend(token_op.clone());
             let compares = vec![guard.compare, Compare::Absent(key.clone())];
             if self.commit_turn(turn, compares, ops).await? {
                 return Ok(Output::Payload { member, body: data });
