@@ -1,0 +1,162 @@
+//! A full disk under a real `weft server`, driven through the AWS SDK: a write
+//! that cannot be made durable answers `ServiceUnavailableException` (so the
+//! SDKs' retry logic treats it as transient), the server refuses to serve a
+//! state it could not persist, and after a restart with room again every
+//! acknowledged write is there and writes work.
+//!
+//! The disk is a small tmpfs mounted for the test (the tests run as root, as
+//! the README says).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use aws_sdk_appmesh::types::{
+    DnsServiceDiscovery, Listener, PortMapping, PortProtocol, ServiceDiscovery, VirtualNodeSpec,
+};
+use common::{error_code, WeftServer};
+
+/// A tmpfs of a fixed size, unmounted when dropped.
+struct SmallDisk {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::create_dir(&path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs failed: this test needs root"
+        );
+        SmallDisk { path, _dir: dir }
+    }
+
+    fn resize(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remounting the tmpfs failed");
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+fn spec(host: &str) -> VirtualNodeSpec {
+    VirtualNodeSpec::builder()
+        .listeners(
+            Listener::builder()
+                .port_mapping(
+                    PortMapping::builder()
+                        .port(8080)
+                        .protocol(PortProtocol::Http)
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .service_discovery(ServiceDiscovery::Dns(
+            DnsServiceDiscovery::builder()
+                .hostname(host)
+                .build()
+                .unwrap(),
+        ))
+        .build()
+}
+
+#[tokio::test]
+async fn a_full_disk_answers_service_unavailable_and_loses_no_acknowledged_write() {
+    let disk = SmallDisk::mount("256k");
+    let data = disk.path().join("data");
+    let mut server = WeftServer::start_in(&data, &["--quota", "virtual-nodes-per-mesh=100000"]);
+    let client = server.client_without_retries();
+    client.create_mesh().mesh_name("full").send().await.unwrap();
+
+    // Create nodes until the disk is full; every one answered with success
+    // must survive. Hostnames are long so that the disk fills quickly.
+    let mut acknowledged = Vec::new();
+    let mut refusal = None;
+    for i in 0..5_000 {
+        let name = format!("node-{i:05}");
+        let host = format!("{name}.{}.example", "x".repeat(200));
+        match client
+            .create_virtual_node()
+            .mesh_name("full")
+            .virtual_node_name(&name)
+            .spec(spec(&host))
+            .send()
+            .await
+        {
+            Ok(_) => acknowledged.push(name),
+            Err(e) => {
+                refusal = Some(error_code(&e));
+                break;
+            }
+        }
+    }
+    assert!(
+        acknowledged.len() > 10,
+        "some writes fit: {}",
+        acknowledged.len()
+    );
+    assert_eq!(
+        refusal.as_deref(),
+        Some("ServiceUnavailableException"),
+        "the write that did not fit after {} nodes",
+        acknowledged.len()
+    );
+    // The server does not serve a state it could not make durable: reads are
+    // refused too until it is restarted.
+    let read = client
+        .describe_virtual_node()
+        .mesh_name("full")
+        .virtual_node_name(&acknowledged[0])
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&read), "ServiceUnavailableException");
+
+    // Room again, and a restart: every acknowledged node is there, writes work.
+    server.kill9();
+    disk.resize("16m");
+    let server = WeftServer::start_in(&data, &["--quota", "virtual-nodes-per-mesh=100000"]);
+    let client = server.client();
+    for name in &acknowledged {
+        let node = client
+            .describe_virtual_node()
+            .mesh_name("full")
+            .virtual_node_name(name)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged {name} lost: {e:?}"));
+        assert_eq!(node.virtual_node().unwrap().virtual_node_name(), name);
+    }
+    client
+        .create_virtual_node()
+        .mesh_name("full")
+        .virtual_node_name("after-restart")
+        .spec(spec("after.example"))
+        .send()
+        .await
+        .unwrap();
+    drop(server);
+}
