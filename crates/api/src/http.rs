@@ -201,7 +201,15 @@ pub fn router(service: Service) -> Router {
         let entry = paths.remove(&op.uri).unwrap_or_default();
         paths.insert(op.uri.clone(), entry.on(method_filter(&op.method), handler));
     }
-    let mut router = Router::new().route("/healthz", get(|| async { "ok\n" }));
+    // 200 "ok" while the store serves; the API error (503
+    // ServiceUnavailableException) once it has failed.
+    let healthz = get(|State(service): State<Service>| async move {
+        match service.health().await {
+            Ok(()) => "ok\n".into_response(),
+            Err(e) => e.into_response(),
+        }
+    });
+    let mut router = Router::new().route("/healthz", healthz);
     for (path, methods) in paths {
         router = router.route(&path, methods);
     }

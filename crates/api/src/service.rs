@@ -666,6 +666,14 @@ impl Service {
         }
     }
 
+    /// Whether the store can serve: `Err` once a write could not be made
+    /// durable (the store then refuses everything until a restart), so that
+    /// `GET /healthz` tells a supervisor to restart the server.
+    pub async fn health(&self) -> Result<(), ApiError> {
+        self.store.revision().await?;
+        Ok(())
+    }
+
     fn check_owner(&self, input: &Value) -> Result<(), ApiError> {
         // Weft serves one account; a mesh "shared from" another account does
         // not exist here.

@@ -1,8 +1,8 @@
 //! A full disk under a real `weft server`, driven through the AWS SDK: a write
 //! that cannot be made durable answers `ServiceUnavailableException` (so the
 //! SDKs' retry logic treats it as transient), the server refuses to serve a
-//! state it could not persist, and after a restart with room again every
-//! acknowledged write is there and writes work.
+//! state it could not persist and `GET /healthz` fails, and after a restart
+//! with room again every acknowledged write is there and writes work.
 //!
 //! The disk is a small tmpfs mounted for the test (the tests run as root, as
 //! the README says).
@@ -83,6 +83,14 @@ fn spec(host: &str) -> VirtualNodeSpec {
         .build()
 }
 
+async fn healthz(addr: &str) -> u16 {
+    reqwest::get(format!("{addr}/healthz"))
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 #[tokio::test]
 async fn a_full_disk_answers_service_unavailable_and_loses_no_acknowledged_write() {
     let disk = SmallDisk::mount("256k");
@@ -134,12 +142,15 @@ async fn a_full_disk_answers_service_unavailable_and_loses_no_acknowledged_write
         .await
         .unwrap_err();
     assert_eq!(error_code(&read), "ServiceUnavailableException");
+    // …and says so to a supervisor.
+    assert_eq!(healthz(&server.addr).await, 503);
 
     // Room again, and a restart: every acknowledged node is there, writes work.
     server.kill9();
     disk.resize("16m");
     let server = WeftServer::start_in(&data, &["--quota", "virtual-nodes-per-mesh=100000"]);
     let client = server.client();
+    assert_eq!(healthz(&server.addr).await, 200);
     for name in &acknowledged {
         let node = client
             .describe_virtual_node()
