@@ -8,46 +8,30 @@ mod common;
 use std::collections::HashSet;
 
 use aws_sdk_appmesh::types::{
-    Backend, DnsServiceDiscovery, EgressFilter, EgressFilterType, GatewayRouteSpec,
-    GatewayRouteTarget, GatewayRouteVirtualService, HttpGatewayRoute, HttpGatewayRouteAction,
-    HttpGatewayRouteMatch, HttpRoute, HttpRouteAction, HttpRouteMatch, Listener, MeshSpec,
-    MeshStatusCode, PortMapping, PortProtocol, RouteSpec, ServiceDiscovery, TagRef,
-    VirtualGatewayListener, VirtualGatewayPortMapping, VirtualGatewayPortProtocol,
-    VirtualGatewaySpec, VirtualNodeServiceProvider, VirtualNodeSpec, VirtualNodeStatusCode,
-    VirtualRouterListener, VirtualRouterServiceProvider, VirtualRouterSpec, VirtualServiceBackend,
-    VirtualServiceProvider, VirtualServiceSpec, WeightedTarget,
+    Backend, EgressFilter, EgressFilterType, GatewayRouteSpec, GatewayRouteTarget,
+    GatewayRouteVirtualService, HttpGatewayRoute, HttpGatewayRouteAction, HttpGatewayRouteMatch,
+    HttpRoute, HttpRouteAction, HttpRouteMatch, Listener, MeshSpec, MeshStatusCode, PortMapping,
+    PortProtocol, RouteSpec, TagRef, VirtualGatewayListener, VirtualGatewayPortMapping,
+    VirtualGatewayPortProtocol, VirtualGatewaySpec, VirtualNodeServiceProvider, VirtualNodeSpec,
+    VirtualNodeStatusCode, VirtualRouterListener, VirtualRouterServiceProvider, VirtualRouterSpec,
+    VirtualServiceBackend, VirtualServiceProvider, VirtualServiceSpec, WeightedTarget,
 };
 use aws_sdk_appmesh::Client;
-use common::{error_code, WeftServer};
+use common::{dns_node_spec, error_code, WeftServer};
 
 fn node_spec(host: &str, backends: &[&str]) -> VirtualNodeSpec {
-    let mut spec = VirtualNodeSpec::builder()
-        .listeners(
-            Listener::builder()
-                .port_mapping(
-                    PortMapping::builder()
-                        .port(8080)
-                        .protocol(PortProtocol::Http)
-                        .build()
-                        .unwrap(),
-                )
-                .build(),
-        )
-        .service_discovery(ServiceDiscovery::Dns(
-            DnsServiceDiscovery::builder()
-                .hostname(host)
-                .build()
-                .unwrap(),
-        ));
+    let mut spec = dns_node_spec(host, 8080);
     for b in backends {
-        spec = spec.backends(Backend::VirtualService(
-            VirtualServiceBackend::builder()
-                .virtual_service_name(*b)
-                .build()
-                .unwrap(),
-        ));
+        spec.backends
+            .get_or_insert_with(Vec::new)
+            .push(Backend::VirtualService(
+                VirtualServiceBackend::builder()
+                    .virtual_service_name(*b)
+                    .build()
+                    .unwrap(),
+            ));
     }
-    spec.build()
+    spec
 }
 
 fn route_spec(targets: &[(&str, i32)]) -> RouteSpec {

@@ -13,10 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use aws_sdk_appmesh::types::{
-    DnsServiceDiscovery, Listener, PortMapping, PortProtocol, ServiceDiscovery, VirtualNodeSpec,
-};
-use common::{error_code, WeftServer};
+use common::{dns_node_spec, error_code, WeftServer};
 
 /// A tmpfs of a fixed size, unmounted when dropped.
 struct SmallDisk {
@@ -61,28 +58,6 @@ impl Drop for SmallDisk {
     }
 }
 
-fn spec(host: &str) -> VirtualNodeSpec {
-    VirtualNodeSpec::builder()
-        .listeners(
-            Listener::builder()
-                .port_mapping(
-                    PortMapping::builder()
-                        .port(8080)
-                        .protocol(PortProtocol::Http)
-                        .build()
-                        .unwrap(),
-                )
-                .build(),
-        )
-        .service_discovery(ServiceDiscovery::Dns(
-            DnsServiceDiscovery::builder()
-                .hostname(host)
-                .build()
-                .unwrap(),
-        ))
-        .build()
-}
-
 async fn healthz(addr: &str) -> u16 {
     reqwest::get(format!("{addr}/healthz"))
         .await
@@ -110,7 +85,7 @@ async fn a_full_disk_answers_service_unavailable_and_loses_no_acknowledged_write
             .create_virtual_node()
             .mesh_name("full")
             .virtual_node_name(&name)
-            .spec(spec(&host))
+            .spec(dns_node_spec(&host, 8080))
             .send()
             .await
         {
@@ -165,7 +140,7 @@ async fn a_full_disk_answers_service_unavailable_and_loses_no_acknowledged_write
         .create_virtual_node()
         .mesh_name("full")
         .virtual_node_name("after-restart")
-        .spec(spec("after.example"))
+        .spec(dns_node_spec("after.example", 8080))
         .send()
         .await
         .unwrap();

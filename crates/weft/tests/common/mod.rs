@@ -165,3 +165,30 @@ where
         other => format!("<not a service error: {other:?}>"),
     }
 }
+
+/// A virtual node spec as most tests need one: one HTTP listener on `port`,
+/// DNS discovery at `host`.
+pub fn dns_node_spec(host: &str, port: i32) -> aws_sdk_appmesh::types::VirtualNodeSpec {
+    use aws_sdk_appmesh::types::{
+        DnsServiceDiscovery, Listener, PortMapping, PortProtocol, ServiceDiscovery, VirtualNodeSpec,
+    };
+    VirtualNodeSpec::builder()
+        .listeners(
+            Listener::builder()
+                .port_mapping(
+                    PortMapping::builder()
+                        .port(port)
+                        .protocol(PortProtocol::Http)
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .service_discovery(ServiceDiscovery::Dns(
+            DnsServiceDiscovery::builder()
+                .hostname(host)
+                .build()
+                .unwrap(),
+        ))
+        .build()
+}
