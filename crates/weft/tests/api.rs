@@ -8,30 +8,19 @@ mod common;
 use std::collections::HashSet;
 
 use aws_sdk_appmesh::types::{
-    Backend, EgressFilter, EgressFilterType, GatewayRouteSpec, GatewayRouteTarget,
+    EgressFilter, EgressFilterType, GatewayRouteSpec, GatewayRouteTarget,
     GatewayRouteVirtualService, HttpGatewayRoute, HttpGatewayRouteAction, HttpGatewayRouteMatch,
     HttpRoute, HttpRouteAction, HttpRouteMatch, Listener, MeshSpec, MeshStatusCode, PortMapping,
     PortProtocol, RouteSpec, TagRef, VirtualGatewayListener, VirtualGatewayPortMapping,
     VirtualGatewayPortProtocol, VirtualGatewaySpec, VirtualNodeServiceProvider, VirtualNodeSpec,
     VirtualNodeStatusCode, VirtualRouterListener, VirtualRouterServiceProvider, VirtualRouterSpec,
-    VirtualServiceBackend, VirtualServiceProvider, VirtualServiceSpec, WeightedTarget,
+    VirtualServiceProvider, VirtualServiceSpec, WeightedTarget,
 };
 use aws_sdk_appmesh::Client;
-use common::{dns_node_spec, error_code, WeftServer};
+use common::{dns_node_spec, error_code, with_backends, WeftServer};
 
 fn node_spec(host: &str, backends: &[&str]) -> VirtualNodeSpec {
-    let mut spec = dns_node_spec(host, 8080);
-    for b in backends {
-        spec.backends
-            .get_or_insert_with(Vec::new)
-            .push(Backend::VirtualService(
-                VirtualServiceBackend::builder()
-                    .virtual_service_name(*b)
-                    .build()
-                    .unwrap(),
-            ));
-    }
-    spec
+    with_backends(dns_node_spec(host, 8080), backends)
 }
 
 fn route_spec(targets: &[(&str, i32)]) -> RouteSpec {

@@ -15,16 +15,15 @@ use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
 use aws_sdk_appmesh::types::{
-    Backend, DnsServiceDiscovery, Duration, DurationUnit, HeaderMatchMethod, HttpMethod,
-    HttpPathMatch, HttpQueryParameter, HttpRetryPolicy, HttpRoute, HttpRouteAction,
-    HttpRouteHeader, HttpRouteMatch, HttpTimeout, Listener, PortMapping, PortProtocol,
-    QueryParameterMatch, RouteSpec, ServiceDiscovery, VirtualNodeSpec, VirtualRouterListener,
-    VirtualRouterServiceProvider, VirtualRouterSpec, VirtualServiceBackend, VirtualServiceProvider,
+    Duration, DurationUnit, HeaderMatchMethod, HttpMethod, HttpPathMatch, HttpQueryParameter,
+    HttpRetryPolicy, HttpRoute, HttpRouteAction, HttpRouteHeader, HttpRouteMatch, HttpTimeout,
+    PortMapping, PortProtocol, QueryParameterMatch, RouteSpec, VirtualNodeSpec,
+    VirtualRouterListener, VirtualRouterServiceProvider, VirtualRouterSpec, VirtualServiceProvider,
     VirtualServiceSpec, WeightedTarget,
 };
 use aws_sdk_appmesh::Client;
 use common::mesh::{agent, free_port, sample_app, wait_until, Agent, Proc};
-use common::WeftServer;
+use common::{dns_node_spec, with_backends, WeftServer};
 
 const SERVICE: &str = "colors.apps.local";
 
@@ -36,33 +35,7 @@ struct Mesh {
 }
 
 fn node_spec(port: u16, backends: &[&str]) -> VirtualNodeSpec {
-    let mut spec = VirtualNodeSpec::builder()
-        .listeners(
-            Listener::builder()
-                .port_mapping(
-                    PortMapping::builder()
-                        .port(port as i32)
-                        .protocol(PortProtocol::Http)
-                        .build()
-                        .unwrap(),
-                )
-                .build(),
-        )
-        .service_discovery(ServiceDiscovery::Dns(
-            DnsServiceDiscovery::builder()
-                .hostname("127.0.0.1")
-                .build()
-                .unwrap(),
-        ));
-    for b in backends {
-        spec = spec.backends(Backend::VirtualService(
-            VirtualServiceBackend::builder()
-                .virtual_service_name(*b)
-                .build()
-                .unwrap(),
-        ));
-    }
-    spec.build()
+    with_backends(dns_node_spec("127.0.0.1", i32::from(port)), backends)
 }
 
 fn targets(ts: &[(&str, i32)]) -> HttpRouteAction {

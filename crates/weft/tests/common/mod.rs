@@ -192,3 +192,22 @@ pub fn dns_node_spec(host: &str, port: i32) -> aws_sdk_appmesh::types::VirtualNo
         ))
         .build()
 }
+
+/// `spec` with the virtual services `backends` added as its backends.
+pub fn with_backends(
+    mut spec: aws_sdk_appmesh::types::VirtualNodeSpec,
+    backends: &[&str],
+) -> aws_sdk_appmesh::types::VirtualNodeSpec {
+    use aws_sdk_appmesh::types::{Backend, VirtualServiceBackend};
+    for b in backends {
+        spec.backends
+            .get_or_insert_with(Vec::new)
+            .push(Backend::VirtualService(
+                VirtualServiceBackend::builder()
+                    .virtual_service_name(*b)
+                    .build()
+                    .unwrap(),
+            ));
+    }
+    spec
+}
