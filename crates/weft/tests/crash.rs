@@ -22,11 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_appmesh::error::SdkError;
-use aws_sdk_appmesh::types::{
-    Backend, DnsServiceDiscovery, Listener, PortMapping, PortProtocol, ServiceDiscovery,
-    VirtualNodeSpec, VirtualServiceBackend,
-};
-use common::WeftServer;
+use aws_sdk_appmesh::types::VirtualNodeSpec;
+use common::{dns_node_spec, with_backends, WeftServer};
 
 const MESH: &str = "crash";
 const WRITERS: usize = 16;
@@ -42,31 +39,13 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 const QUOTA: [&str; 2] = ["--quota", "virtual-nodes-per-mesh=100000"];
 
 fn spec(name: &str, variant: usize) -> VirtualNodeSpec {
-    VirtualNodeSpec::builder()
-        .listeners(
-            Listener::builder()
-                .port_mapping(
-                    PortMapping::builder()
-                        .port(8080 + (variant % 100) as i32)
-                        .protocol(PortProtocol::Http)
-                        .build()
-                        .unwrap(),
-                )
-                .build(),
-        )
-        .service_discovery(ServiceDiscovery::Dns(
-            DnsServiceDiscovery::builder()
-                .hostname(format!("{name}.{MESH}.svc.cluster.local"))
-                .build()
-                .unwrap(),
-        ))
-        .backends(Backend::VirtualService(
-            VirtualServiceBackend::builder()
-                .virtual_service_name(format!("orders.{MESH}.local"))
-                .build()
-                .unwrap(),
-        ))
-        .build()
+    with_backends(
+        dns_node_spec(
+            &format!("{name}.{MESH}.svc.cluster.local"),
+            8080 + (variant % 100) as i32,
+        ),
+        &[&format!("orders.{MESH}.local")],
+    )
 }
 
 /// What the server acknowledged, over all rounds.
