@@ -877,13 +877,6 @@ impl Service {
         }
     }
 
-    async fn commit(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<bool, ApiError> {
-        match self.store.txn(Txn { compares, ops }).await? {
-            TxnOutcome::Committed(_) => Ok(true),
-            TxnOutcome::Conflict(_) => Ok(false),
-        }
-    }
-
     fn contention(id: &ResourceId) -> ApiError {
         ApiError::TooManyRequests(format!(
             "Too many concurrent changes in mesh \"{}\"; retry",
@@ -1437,19 +1430,7 @@ impl Service {
                 expired.push(kv);
             }
         }
-        let mut removed = 0;
-        for chunk in expired.chunks(128) {
-            let compares = chunk
-                .iter()
-                .map(|kv| Compare::ModRevision(kv.key.clone(), kv.mod_revision))
-                .collect();
-            let ops = chunk.iter().map(|kv| Op::Delete(kv.key.clone())).collect();
-            // A token reused meanwhile makes the chunk conflict; the next sweep retries.
-            if self.commit(compares, ops).await? {
-                removed += chunk.len();
-            }
-        }
-        Ok(removed)
+        Ok(weft_store::delete_unchanged(&*self.store, &expired).await?)
     }
 
     fn limit(input: &Value, default: usize) -> usize {

@@ -541,19 +541,7 @@ impl RegistryService {
                 expired.push(kv);
             }
         }
-        let mut removed = 0;
-        for chunk in expired.chunks(128) {
-            let compares = chunk
-                .iter()
-                .map(|kv| Compare::ModRevision(kv.key.clone(), kv.mod_revision))
-                .collect();
-            let ops = chunk.iter().map(|kv| Op::Delete(kv.key.clone())).collect();
-            // A record rewritten meanwhile makes the chunk conflict; the next sweep retries.
-            if self.commit(compares, ops).await? {
-                removed += chunk.len();
-            }
-        }
-        Ok(removed)
+        Ok(weft_store::delete_unchanged(&*self.store, &expired).await?)
     }
 
     async fn get_operation(&self, input: &Value) -> Result<Value, RegistryError> {

@@ -210,3 +210,32 @@ pub trait Store: Send + Sync + 'static {
 
 /// A shared handle to any store backend.
 pub type SharedStore = Arc<dyn Store>;
+
+/// Deletes `kvs` (as read earlier) in transactions of 128 keys, each only if
+/// none of its keys changed since it was read: a key rewritten meanwhile makes
+/// its chunk conflict and stay, for the caller's next sweep. Returns how many
+/// were deleted. What expiring records (idempotency tokens, finished
+/// operations) is built on.
+pub async fn delete_unchanged<K: std::borrow::Borrow<KeyValue> + Sync>(
+    store: &dyn Store,
+    kvs: &[K],
+) -> Result<usize, StoreError> {
+    let mut removed = 0;
+    for chunk in kvs.chunks(128) {
+        let compares = chunk
+            .iter()
+            .map(|kv| {
+                let kv = kv.borrow();
+                Compare::ModRevision(kv.key.clone(), kv.mod_revision)
+            })
+            .collect();
+        let ops = chunk
+            .iter()
+            .map(|kv| Op::Delete(kv.borrow().key.clone()))
+            .collect();
+        if let TxnOutcome::Committed(_) = store.txn(Txn { compares, ops }).await? {
+            removed += chunk.len();
+        }
+    }
+    Ok(removed)
+}
