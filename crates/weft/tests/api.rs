@@ -12,12 +12,14 @@ use aws_sdk_appmesh::types::{
     GatewayRouteVirtualService, HttpGatewayRoute, HttpGatewayRouteAction, HttpGatewayRouteMatch,
     HttpRoute, HttpRouteAction, HttpRouteMatch, Listener, MeshSpec, MeshStatusCode, PortMapping,
     PortProtocol, RouteSpec, TagRef, VirtualGatewayListener, VirtualGatewayPortMapping,
-    VirtualGatewayPortProtocol, VirtualGatewaySpec, VirtualNodeServiceProvider, VirtualNodeSpec,
-    VirtualNodeStatusCode, VirtualRouterListener, VirtualRouterServiceProvider, VirtualRouterSpec,
-    VirtualServiceProvider, VirtualServiceSpec, WeightedTarget,
+    VirtualGatewayPortProtocol, VirtualGatewaySpec, VirtualNodeSpec, VirtualNodeStatusCode,
+    VirtualServiceProvider, WeightedTarget,
 };
 use aws_sdk_appmesh::Client;
-use common::{dns_node_spec, error_code, with_backends, WeftServer};
+use common::{
+    dns_node_spec, error_code, router_spec, service_by_node, service_by_router, with_backends,
+    WeftServer,
+};
 
 fn node_spec(host: &str, backends: &[&str]) -> VirtualNodeSpec {
     with_backends(dns_node_spec(host, 8080), backends)
@@ -64,19 +66,7 @@ async fn node(client: &Client, mesh: &str, name: &str) {
 }
 
 async fn router(client: &Client, mesh: &str, name: &str) {
-    let spec = VirtualRouterSpec::builder()
-        .listeners(
-            VirtualRouterListener::builder()
-                .port_mapping(
-                    PortMapping::builder()
-                        .port(8080)
-                        .protocol(PortProtocol::Http)
-                        .build()
-                        .unwrap(),
-                )
-                .build(),
-        )
-        .build();
+    let spec = router_spec(8080, PortProtocol::Http);
     client
         .create_virtual_router()
         .mesh_name(mesh)
@@ -255,16 +245,7 @@ async fn every_resource_kind_can_be_created_described_updated_listed_and_deleted
         .create_virtual_service()
         .mesh_name("apps")
         .virtual_service_name("colors.apps.local")
-        .spec(
-            VirtualServiceSpec::builder()
-                .provider(VirtualServiceProvider::VirtualRouter(
-                    VirtualRouterServiceProvider::builder()
-                        .virtual_router_name("colors")
-                        .build()
-                        .unwrap(),
-                ))
-                .build(),
-        )
+        .spec(service_by_router("colors"))
         .send()
         .await
         .unwrap()
@@ -275,16 +256,7 @@ async fn every_resource_kind_can_be_created_described_updated_listed_and_deleted
         .update_virtual_service()
         .mesh_name("apps")
         .virtual_service_name("colors.apps.local")
-        .spec(
-            VirtualServiceSpec::builder()
-                .provider(VirtualServiceProvider::VirtualNode(
-                    VirtualNodeServiceProvider::builder()
-                        .virtual_node_name("red")
-                        .build()
-                        .unwrap(),
-                ))
-                .build(),
-        )
+        .spec(service_by_node("red"))
         .send()
         .await
         .unwrap()
@@ -385,21 +357,7 @@ async fn every_resource_kind_can_be_created_described_updated_listed_and_deleted
     c.update_virtual_router()
         .mesh_name("apps")
         .virtual_router_name("colors")
-        .spec(
-            VirtualRouterSpec::builder()
-                .listeners(
-                    VirtualRouterListener::builder()
-                        .port_mapping(
-                            PortMapping::builder()
-                                .port(9090)
-                                .protocol(PortProtocol::Http2)
-                                .build()
-                                .unwrap(),
-                        )
-                        .build(),
-                )
-                .build(),
-        )
+        .spec(router_spec(9090, PortProtocol::Http2))
         .send()
         .await
         .unwrap();
@@ -593,16 +551,7 @@ async fn references_must_exist_and_resources_in_use_cannot_be_deleted() {
         .create_virtual_service()
         .mesh_name("apps")
         .virtual_service_name("s")
-        .spec(
-            VirtualServiceSpec::builder()
-                .provider(VirtualServiceProvider::VirtualNode(
-                    VirtualNodeServiceProvider::builder()
-                        .virtual_node_name("ghost")
-                        .build()
-                        .unwrap(),
-                ))
-                .build(),
-        )
+        .spec(service_by_node("ghost"))
         .send()
         .await
         .unwrap_err();
@@ -619,16 +568,7 @@ async fn references_must_exist_and_resources_in_use_cannot_be_deleted() {
     c.create_virtual_service()
         .mesh_name("apps")
         .virtual_service_name("s")
-        .spec(
-            VirtualServiceSpec::builder()
-                .provider(VirtualServiceProvider::VirtualRouter(
-                    VirtualRouterServiceProvider::builder()
-                        .virtual_router_name("colors")
-                        .build()
-                        .unwrap(),
-                ))
-                .build(),
-        )
+        .spec(service_by_router("colors"))
         .send()
         .await
         .unwrap();

@@ -20,11 +20,10 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_appmesh::types::{
     AwsCloudMapInstanceAttribute, AwsCloudMapServiceDiscovery, Backend, Listener, PortMapping,
-    PortProtocol, ServiceDiscovery, VirtualNodeServiceProvider, VirtualNodeSpec,
-    VirtualServiceBackend, VirtualServiceProvider, VirtualServiceSpec,
+    PortProtocol, ServiceDiscovery, VirtualNodeSpec, VirtualServiceBackend,
 };
 use common::mesh::{agent, agent_with_env, free_port, sample_app, Agent, Proc};
-use common::WeftServer;
+use common::{service_by_node, WeftServer};
 use serde_json::{json, Value};
 use weft_agent::registration::call;
 
@@ -394,16 +393,7 @@ async fn cloud_map_instances_receive_traffic_filters_select_and_changes_lose_no_
     c.create_virtual_service()
         .mesh_name("apps")
         .virtual_service_name(SERVICE)
-        .spec(
-            VirtualServiceSpec::builder()
-                .provider(VirtualServiceProvider::VirtualNode(
-                    VirtualNodeServiceProvider::builder()
-                        .virtual_node_name("red")
-                        .build()
-                        .unwrap(),
-                ))
-                .build(),
-        )
+        .spec(service_by_node("red"))
         .send()
         .await
         .unwrap();

@@ -17,13 +17,11 @@ use std::time::{Duration as StdDuration, Instant};
 use aws_sdk_appmesh::types::{
     Duration, DurationUnit, HeaderMatchMethod, HttpMethod, HttpPathMatch, HttpQueryParameter,
     HttpRetryPolicy, HttpRoute, HttpRouteAction, HttpRouteHeader, HttpRouteMatch, HttpTimeout,
-    PortMapping, PortProtocol, QueryParameterMatch, RouteSpec, VirtualNodeSpec,
-    VirtualRouterListener, VirtualRouterServiceProvider, VirtualRouterSpec, VirtualServiceProvider,
-    VirtualServiceSpec, WeightedTarget,
+    PortProtocol, QueryParameterMatch, RouteSpec, VirtualNodeSpec, WeightedTarget,
 };
 use aws_sdk_appmesh::Client;
 use common::mesh::{agent, free_port, sample_app, wait_until, Agent, Proc};
-use common::{dns_node_spec, with_backends, WeftServer};
+use common::{dns_node_spec, router_spec, service_by_router, with_backends, WeftServer};
 
 const SERVICE: &str = "colors.apps.local";
 
@@ -88,21 +86,7 @@ impl Mesh {
         c.create_virtual_router()
             .mesh_name("apps")
             .virtual_router_name("colors")
-            .spec(
-                VirtualRouterSpec::builder()
-                    .listeners(
-                        VirtualRouterListener::builder()
-                            .port_mapping(
-                                PortMapping::builder()
-                                    .port(8080)
-                                    .protocol(PortProtocol::Http)
-                                    .build()
-                                    .unwrap(),
-                            )
-                            .build(),
-                    )
-                    .build(),
-            )
+            .spec(router_spec(8080, PortProtocol::Http))
             .send()
             .await
             .unwrap();
@@ -121,16 +105,7 @@ impl Mesh {
         c.create_virtual_service()
             .mesh_name("apps")
             .virtual_service_name(SERVICE)
-            .spec(
-                VirtualServiceSpec::builder()
-                    .provider(VirtualServiceProvider::VirtualRouter(
-                        VirtualRouterServiceProvider::builder()
-                            .virtual_router_name("colors")
-                            .build()
-                            .unwrap(),
-                    ))
-                    .build(),
-            )
+            .spec(service_by_router("colors"))
             .send()
             .await
             .unwrap();

@@ -32,13 +32,12 @@ use aws_sdk_appmesh::types::{
     VirtualGatewayConnectionPool, VirtualGatewayFileAccessLog, VirtualGatewayHealthCheckPolicy,
     VirtualGatewayHttpConnectionPool, VirtualGatewayListener, VirtualGatewayLogging,
     VirtualGatewayPortMapping, VirtualGatewayPortProtocol, VirtualGatewaySpec,
-    VirtualNodeServiceProvider, VirtualNodeSpec, VirtualRouterListener,
-    VirtualRouterServiceProvider, VirtualRouterSpec, VirtualServiceProvider, VirtualServiceSpec,
-    WeightedTarget,
+    VirtualNodeServiceProvider, VirtualNodeSpec, VirtualRouterServiceProvider,
+    VirtualServiceProvider, VirtualServiceSpec, WeightedTarget,
 };
 use aws_sdk_appmesh::Client;
 use common::mesh::{agent, agent_with_id, free_port, request, sample_app, wait_until, Agent, Proc};
-use common::WeftServer;
+use common::{router_spec, WeftServer};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 const MESH: &str = "apps";
@@ -417,21 +416,7 @@ impl Fixture {
         c.create_virtual_router()
             .mesh_name(MESH)
             .virtual_router_name("colors")
-            .spec(
-                VirtualRouterSpec::builder()
-                    .listeners(
-                        VirtualRouterListener::builder()
-                            .port_mapping(
-                                PortMapping::builder()
-                                    .port(8080)
-                                    .protocol(PortProtocol::Http)
-                                    .build()
-                                    .unwrap(),
-                            )
-                            .build(),
-                    )
-                    .build(),
-            )
+            .spec(router_spec(8080, PortProtocol::Http))
             .send()
             .await
             .unwrap();

@@ -15,11 +15,10 @@ use std::time::{Duration as StdDuration, Instant};
 
 use aws_sdk_appmesh::types::{
     AwsCloudMapServiceDiscovery, Backend, Duration, DurationUnit, Listener, OutlierDetection,
-    PortMapping, PortProtocol, ServiceDiscovery, VirtualNodeServiceProvider, VirtualNodeSpec,
-    VirtualServiceBackend, VirtualServiceProvider, VirtualServiceSpec,
+    PortMapping, PortProtocol, ServiceDiscovery, VirtualNodeSpec, VirtualServiceBackend,
 };
 use common::mesh::{agent, sample_app, wait_until};
-use common::WeftServer;
+use common::{service_by_node, WeftServer};
 use serde_json::json;
 use weft_agent::registration::call;
 
@@ -154,16 +153,7 @@ async fn consecutive_server_errors_eject_an_endpoint_until_the_ejection_time_pas
     c.create_virtual_service()
         .mesh_name("apps")
         .virtual_service_name(SERVICE)
-        .spec(
-            VirtualServiceSpec::builder()
-                .provider(VirtualServiceProvider::VirtualNode(
-                    VirtualNodeServiceProvider::builder()
-                        .virtual_node_name("red")
-                        .build()
-                        .unwrap(),
-                ))
-                .build(),
-        )
+        .spec(service_by_node("red"))
         .send()
         .await
         .unwrap();

@@ -211,3 +211,54 @@ pub fn with_backends(
     }
     spec
 }
+
+/// A virtual service provided by the virtual node `node`.
+pub fn service_by_node(node: &str) -> aws_sdk_appmesh::types::VirtualServiceSpec {
+    use aws_sdk_appmesh::types::{
+        VirtualNodeServiceProvider, VirtualServiceProvider, VirtualServiceSpec,
+    };
+    VirtualServiceSpec::builder()
+        .provider(VirtualServiceProvider::VirtualNode(
+            VirtualNodeServiceProvider::builder()
+                .virtual_node_name(node)
+                .build()
+                .unwrap(),
+        ))
+        .build()
+}
+
+/// A virtual service provided by the virtual router `router`.
+pub fn service_by_router(router: &str) -> aws_sdk_appmesh::types::VirtualServiceSpec {
+    use aws_sdk_appmesh::types::{
+        VirtualRouterServiceProvider, VirtualServiceProvider, VirtualServiceSpec,
+    };
+    VirtualServiceSpec::builder()
+        .provider(VirtualServiceProvider::VirtualRouter(
+            VirtualRouterServiceProvider::builder()
+                .virtual_router_name(router)
+                .build()
+                .unwrap(),
+        ))
+        .build()
+}
+
+/// A virtual router with one listener on `port`.
+pub fn router_spec(
+    port: i32,
+    protocol: aws_sdk_appmesh::types::PortProtocol,
+) -> aws_sdk_appmesh::types::VirtualRouterSpec {
+    use aws_sdk_appmesh::types::{PortMapping, VirtualRouterListener, VirtualRouterSpec};
+    VirtualRouterSpec::builder()
+        .listeners(
+            VirtualRouterListener::builder()
+                .port_mapping(
+                    PortMapping::builder()
+                        .port(port)
+                        .protocol(protocol)
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .build()
+}
