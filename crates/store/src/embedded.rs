@@ -440,22 +440,10 @@ impl Store for EmbeddedStore {
     }
 
     async fn range(&self, range: Range) -> Result<RangeResult, StoreError> {
-        let (kvs, more, head) = {
-            let st = self.inner.lock_state()?;
-            let mut iter = st.range(&range);
-            let kvs: Vec<KeyValue> = match range.limit {
-                0 => iter.by_ref().cloned().collect(),
-                limit => iter.by_ref().take(limit).cloned().collect(),
-            };
-            let more = iter.next().is_some();
-            (kvs, more, st.head)
-        };
-        self.inner.wait_durable(head).await?;
-        Ok(RangeResult {
-            kvs,
-            more,
-            revision: head,
-        })
+        let result = self.range_latest(range).await?;
+        // What was read may include accepted writes not yet on disk.
+        self.inner.wait_durable(result.revision).await?;
+        Ok(result)
     }
 
     /// Counts every key in the range; `range.limit` is ignored.
