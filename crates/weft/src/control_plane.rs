@@ -700,8 +700,10 @@ impl Runtime {
             }
         }
         // The snapshots just replaced may have held the last users of some
-        // encoded resources.
-        self.encoded.sweep();
+        // encoded resources (none were replaced if nothing was published).
+        if published > 0 {
+            self.encoded.sweep();
+        }
         tracing::debug!(
             published,
             encoded = self.encoded.len(),
