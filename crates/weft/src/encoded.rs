@@ -31,12 +31,19 @@ impl<M> Default for Pool<M> {
 
 impl<M: Message + Name + PartialEq + Clone + Default> Pool<M> {
     fn intern(&mut self, name: &str, message: M) -> Arc<Resource> {
-        let variants = self.by_name.entry(name.to_string()).or_default();
-        if let Some((_, resource)) = variants.iter().find(|(m, _)| *m == message) {
+        // Looked up by `&str` first: the common case, a hit, allocates nothing.
+        if let Some((_, resource)) = self
+            .by_name
+            .get(name)
+            .and_then(|variants| variants.iter().find(|(m, _)| *m == message))
+        {
             return resource.clone();
         }
         let resource = Arc::new(Resource::new(name, pack_any(message.clone())));
-        variants.push((message, resource.clone()));
+        self.by_name
+            .entry(name.to_string())
+            .or_default()
+            .push((message, resource.clone()));
         resource
     }
 
