@@ -14,6 +14,12 @@
 //! requests while routes change). Each is bounded in time, binds loopback
 //! only and prints a table.
 
+/// The load generators allocate per request and per ADS message on every
+/// thread; mimalloc keeps that cost (which competes with the server for the
+/// same two cores) low, as it does in `weft` itself.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod ads;
 mod appmesh;
 mod bare;

@@ -4,6 +4,12 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc's malloc: the API and xDS paths allocate many small,
+/// short-lived buffers on two or more threads, where glibc's per-thread arenas kept
+/// growing and trimming their heaps (`grow_heap`/`mprotect` in profiles of the write path).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod control_plane;
 mod demo;
 mod encoded;
