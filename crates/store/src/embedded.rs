@@ -114,6 +114,11 @@ struct State {
     /// that will never catch up, so nothing may be served any more.
     failed: Option<String>,
     shutdown: bool,
+    /// The committer is (about to be) asleep on `wake` with nothing to do.
+    /// Writers wake it only then: std's `Condvar::notify_one` is a futex
+    /// syscall whether or not anyone waits, and while the committer is busy
+    /// syncing it takes everything pending anyway when it comes back.
+    committer_idle: bool,
 }
 
 /// Size accounted per key toward the live data size: key, value and a rough
@@ -281,6 +286,7 @@ impl EmbeddedStore {
                 pending_events: Vec::new(),
                 failed: None,
                 shutdown: false,
+                committer_idle: false,
             }),
             wake: Condvar::new(),
             durable,
@@ -326,16 +332,21 @@ impl EmbeddedStore {
         let Some(body) = body else {
             return Ok((TxnOutcome::Committed(st.head), st.head));
         };
-        let st = &mut *st;
-        let revision = st.head + 1;
-        disk::frame_record(&mut st.pending, revision, &body);
+        let state = &mut *st;
+        let revision = state.head + 1;
+        disk::frame_record(&mut state.pending, revision, &body);
         for op in txn.ops {
-            if let Some(event) = apply_op(&mut st.kvs, &mut st.live_bytes, revision, op, true) {
-                st.pending_events.push(event);
+            if let Some(event) = apply_op(&mut state.kvs, &mut state.live_bytes, revision, op, true)
+            {
+                state.pending_events.push(event);
             }
         }
-        st.head = revision;
-        self.inner.wake.notify_one();
+        state.head = revision;
+        let idle = std::mem::replace(&mut state.committer_idle, false);
+        drop(st);
+        if idle {
+            self.inner.wake.notify_one();
+        }
         Ok((TxnOutcome::Committed(revision), revision))
     }
 }
@@ -365,8 +376,10 @@ fn commit_loop(inner: &Inner, mut wal: disk::Wal) {
         let (head, events, snapshot) = {
             let mut st = lock_poisoned(&inner.state);
             while st.pending.is_empty() && !st.shutdown {
+                st.committer_idle = true;
                 st = inner.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
             }
+            st.committer_idle = false;
             if st.pending.is_empty() {
                 break; // shutdown, and everything is flushed
             }
