@@ -150,14 +150,29 @@ impl<'a> ListedData<'a> {
 /// `{"request": …, "output": …, "at": …}`; read borrowing the stored bytes.
 #[derive(Deserialize)]
 struct TokenRecord<'a> {
+    /// The fingerprint as a JSON object, written as it is (records written
+    /// before held it as a JSON string: see [`TokenRecord::same_request`]).
     #[serde(borrow)]
-    request: Cow<'a, str>,
+    request: &'a RawValue,
     /// The output shape answered.
     #[serde(borrow)]
     output: &'a RawValue,
     /// When the token was first used (epoch seconds).
     #[serde(default)]
     at: f64,
+}
+
+impl TokenRecord<'_> {
+    /// Whether the record was written for the request `fingerprint`.
+    fn same_request(&self, fingerprint: &str) -> bool {
+        let raw = self.request.get();
+        if raw.starts_with('"') {
+            // The older form: the fingerprint escaped as a JSON string.
+            serde_json::from_str::<Cow<'_, str>>(raw).is_ok_and(|old| old == fingerprint)
+        } else {
+            raw == fingerprint
+        }
+    }
 }
 
 /// When a token record was written; the rest of it is skipped.
@@ -802,7 +817,7 @@ impl Service {
             // An expired token is forgotten: the request runs as a new one.
             return Ok(None);
         }
-        if record.request != request {
+        if !record.same_request(request) {
             return Err(ApiError::Conflict(format!(
                 "clientToken {token} was already used with a different {operation} request"
             )));
@@ -828,9 +843,11 @@ impl Service {
         payload: &[u8],
     ) -> Result<Option<Op>, ApiError> {
         let Some(token) = token else { return Ok(None) };
-        let mut out = Vec::with_capacity(request.len() + payload.len() + 64);
+        let mut out = Vec::with_capacity(request.len() + member.len() + payload.len() + 64);
+        // The fingerprint is a JSON object already: stored as it is, not
+        // escaped into a string (which doubled its size and its cost).
         out.extend_from_slice(b"{\"request\":");
-        write_json(&mut out, request)?;
+        out.extend_from_slice(request.as_bytes());
         out.extend_from_slice(b",\"output\":{");
         write_json(&mut out, member)?;
         out.push(b':');
@@ -1668,5 +1685,26 @@ impl Service {
             out["nextToken"] = json!((start + page.len()).to_string());
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_record_matches_its_request_in_the_new_and_the_older_form() {
+        let fingerprint = r#"{"meshName":"m","spec":{"a":"x\"y"}}"#;
+        let new = format!(r#"{{"request":{fingerprint},"output":{{}},"at":1}}"#);
+        let old = format!(
+            r#"{{"request":{},"output":{{}},"at":1}}"#,
+            serde_json::to_string(fingerprint).unwrap()
+        );
+        for stored in [&new, &old] {
+            let record: TokenRecord = serde_json::from_str(stored).unwrap();
+            assert!(record.same_request(fingerprint), "{stored}");
+            assert!(!record.same_request(r#"{"meshName":"other"}"#), "{stored}");
+        }
     }
 }

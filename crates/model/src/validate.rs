@@ -18,22 +18,45 @@ pub struct ValidationError {
     pub constraint: String,
 }
 
-fn err(field: &str, constraint: impl Into<String>) -> ValidationError {
+fn err(field: &Field<'_>, constraint: impl Into<String>) -> ValidationError {
+    let field = field.render();
     ValidationError {
         field: if field.is_empty() {
             "(request)".into()
         } else {
-            field.to_string()
+            field
         },
         constraint: constraint.into(),
     }
 }
 
-fn join(path: &str, member: &str) -> String {
-    if path.is_empty() {
-        member.to_string()
-    } else {
-        format!("{path}.{member}")
+/// Where a value sits in the request, as a chain of references to the
+/// callers' frames: rendered (`spec.listeners[0].portMapping`) only for an
+/// error, so that a valid request allocates no path at all.
+#[derive(Clone, Copy)]
+enum Field<'a> {
+    /// The path given by the caller (empty: the request itself).
+    Root(&'a str),
+    /// A member of a structure.
+    Member(&'a Field<'a>, &'a str),
+    /// An item of a list.
+    Item(&'a Field<'a>, usize),
+}
+
+impl Field<'_> {
+    fn render(&self) -> String {
+        match self {
+            Field::Root(path) => path.to_string(),
+            Field::Member(parent, name) => {
+                let parent = parent.render();
+                if parent.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{parent}.{name}")
+                }
+            }
+            Field::Item(parent, i) => format!("{}[{i}]", parent.render()),
+        }
     }
 }
 
@@ -43,12 +66,16 @@ pub fn validate_input(operation: &str, input: &Value) -> Result<(), ValidationEr
     let op = schema()
         .operations
         .get(operation)
-        .ok_or_else(|| err("", format!("unknown operation {operation}")))?;
+        .ok_or_else(|| err(&Field::Root(""), format!("unknown operation {operation}")))?;
     validate_shape(&op.input, input, "")
 }
 
 /// Validates `value` against the named shape; `path` names it in errors.
 pub fn validate_shape(shape: &str, value: &Value, path: &str) -> Result<(), ValidationError> {
+    validate_at(shape, value, &Field::Root(path))
+}
+
+fn validate_at(shape: &str, value: &Value, path: &Field<'_>) -> Result<(), ValidationError> {
     let Some(s) = schema().shape(shape) else {
         return Err(err(path, format!("unknown shape {shape}")));
     };
@@ -64,14 +91,14 @@ pub fn validate_shape(shape: &str, value: &Value, path: &str) -> Result<(), Vali
             };
             for r in required {
                 if obj.get(r).is_none_or(Value::is_null) {
-                    return Err(err(&join(path, r), "Member must not be null"));
+                    return Err(err(&Field::Member(path, r), "Member must not be null"));
                 }
             }
             let mut set = 0;
             for (name, member) in members {
                 if let Some(v) = obj.get(name).filter(|v| !v.is_null()) {
                     set += 1;
-                    validate_shape(&member.shape, v, &join(path, name))?;
+                    validate_at(&member.shape, v, &Field::Member(path, name))?;
                 }
             }
             if *union && set != 1 {
@@ -104,7 +131,7 @@ pub fn validate_shape(shape: &str, value: &Value, path: &str) -> Result<(), Vali
                 ));
             }
             for (i, item) in items.iter().enumerate() {
-                validate_shape(member, item, &format!("{path}[{i}]"))?;
+                validate_at(member, item, &Field::Item(path, i))?;
             }
             Ok(())
         }
