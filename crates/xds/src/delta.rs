@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest as XdsDeltaDiscoveryRequest,
-    DeltaDiscoveryResponse as XdsDeltaDiscoveryResponse, Resource as XdsDeltaResource,
+    DeltaDiscoveryResponse as XdsDeltaDiscoveryResponse,
 };
 
 use crate::rollout::{parse_nonce, Core, Held, HeldSet};
 use crate::status::{Protocol, ProxyStatus};
+use crate::wire::DeltaOut;
 use crate::{is_wildcard_type, Resource, Snapshot, XdsNode};
 
 /// One delta ADS stream: a synchronous state machine without I/O.
@@ -54,6 +55,14 @@ impl DeltaStream {
         &mut self,
         request: XdsDeltaDiscoveryRequest,
     ) -> Vec<XdsDeltaDiscoveryResponse> {
+        self.on_request(request)
+            .into_iter()
+            .map(DeltaOut::into_response)
+            .collect()
+    }
+
+    /// [`DeltaStream::handle_request`], with responses that share the snapshot's resources.
+    pub(crate) fn on_request(&mut self, request: XdsDeltaDiscoveryRequest) -> Vec<DeltaOut> {
         let type_url = request.type_url.as_str();
         if type_url.is_empty() {
             tracing::debug!(node = %self.core.node_id, "request without type_url ignored");
@@ -137,13 +146,22 @@ impl DeltaStream {
         &mut self,
         snapshot: Arc<Snapshot>,
     ) -> Vec<XdsDeltaDiscoveryResponse> {
+        self.on_snapshot(snapshot)
+            .into_iter()
+            .map(DeltaOut::into_response)
+            .collect()
+    }
+
+    /// [`DeltaStream::handle_snapshot_update`], with responses that share the snapshot's
+    /// resources.
+    pub(crate) fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Vec<DeltaOut> {
         self.core.set_snapshot(snapshot);
         self.reconcile()
     }
 
     /// Sends, per type with no response in flight, the differences between what Envoy holds
     /// and what it should hold.
-    fn reconcile(&mut self) -> Vec<XdsDeltaDiscoveryResponse> {
+    fn reconcile(&mut self) -> Vec<DeltaOut> {
         self.core.advance();
         let mut out = Vec::new();
         for index in 0..self.core.types.len() {
@@ -203,19 +221,13 @@ impl DeltaStream {
                 held.sort_by(|a, b| a.name().cmp(b.name()));
                 HeldSet::from_sorted(held)
             };
-            let version = contents.version();
+            let version = desired
+                .known_version_of_held(&contents)
+                .unwrap_or_else(|| contents.version());
             if state.nacked_version == Some(version) {
                 continue;
             }
-            let resources = changed
-                .iter()
-                .map(|r| XdsDeltaResource {
-                    name: r.name.clone(),
-                    version: r.version.clone(),
-                    resource: Some(r.body.clone()),
-                    ..XdsDeltaResource::default()
-                })
-                .collect();
+            let resources: Vec<Arc<Resource>> = changed.iter().map(|r| Arc::clone(r)).collect();
             let removed_resources = removed.iter().map(|h| h.name().to_string()).collect();
             state.responses_sent += 1;
             state.resources_sent += changed.len() as u64;
@@ -223,13 +235,12 @@ impl DeltaStream {
             state.pending = Some(nonce);
             state.sent = contents;
             state.sent_version = Some(version);
-            out.push(XdsDeltaDiscoveryResponse {
-                system_version_info: version.hex(),
+            out.push(DeltaOut {
+                version: Some(version),
                 resources,
-                type_url: state.type_url.to_string(),
-                removed_resources,
-                nonce: nonce.to_string(),
-                ..XdsDeltaDiscoveryResponse::default()
+                type_url: state.type_url.clone(),
+                removed: removed_resources,
+                nonce,
             });
             self.core.commit_nonce();
         }

@@ -21,6 +21,7 @@ mod rollout;
 mod server;
 mod sotw;
 mod status;
+mod wire;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod test_helpers;

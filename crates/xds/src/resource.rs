@@ -88,6 +88,11 @@ fn hex16(bytes: &[u8]) -> String {
 pub(crate) struct Version([u8; 16]);
 
 impl Version {
+    /// The 16 bytes.
+    pub(crate) fn bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
     /// The 32 hex digits.
     pub(crate) fn hex(&self) -> String {
         hex16(&self.0)
@@ -125,6 +130,9 @@ pub(crate) fn content_version<'a>(items: impl IntoIterator<Item = (&'a str, &'a 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct TypeResources {
     pub(crate) version: String,
+    /// `version` as bytes: a stream sending exactly these items uses it instead of hashing them
+    /// again.
+    pub(crate) content: Option<Version>,
     pub(crate) items: BTreeMap<String, Arc<Resource>>,
 }
 
@@ -197,13 +205,14 @@ impl Snapshot {
             entry.items.insert(resource.name.clone(), resource);
         }
         for typed in types.values_mut() {
-            typed.version = content_version(
+            let content = content_version(
                 typed
                     .items
                     .iter()
                     .map(|(n, r)| (n.as_str(), r.version.as_str())),
-            )
-            .hex();
+            );
+            typed.version = content.hex();
+            typed.content = Some(content);
         }
         let version =
             content_version(types.iter().map(|(t, r)| (t.as_str(), r.version.as_str()))).hex();
@@ -274,6 +283,11 @@ impl Snapshot {
     /// resources of that type.
     pub fn type_version(&self, type_url: &str) -> Option<&str> {
         self.types.get(type_url).map(|t| t.version.as_str())
+    }
+
+    /// The content version of one type as bytes (what [`Snapshot::type_version`] shows).
+    pub(crate) fn type_content(&self, type_url: &str) -> Option<Version> {
+        self.types.get(type_url).and_then(|t| t.content)
     }
 
     /// The resources of one type, by name.

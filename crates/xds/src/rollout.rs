@@ -299,6 +299,24 @@ pub(crate) struct Desired {
     pub(crate) items: Vec<Arc<Resource>>,
     /// Keep what Envoy already has besides `items` (make-before-break: remove nothing yet).
     pub(crate) keep_others: bool,
+    /// The content version of `items` when they are all of the type's resources in the
+    /// snapshot (a wildcard subscription): known without hashing them again.
+    pub(crate) full_version: Option<Version>,
+}
+
+impl Desired {
+    /// The content version of what a stream holds if it is exactly the desired items (the
+    /// same `Arc`s) and that version is known, without hashing: the common case of a stream
+    /// sending a whole type.
+    pub(crate) fn known_version_of_held(&self, held: &HeldSet) -> Option<Version> {
+        let version = self.full_version?;
+        (held.len() == self.items.len()
+            && held
+                .iter()
+                .zip(&self.items)
+                .all(|(h, r)| matches!(h, Held::Sent(s) if Arc::ptr_eq(s, r))))
+        .then_some(version)
+    }
 }
 
 /// The protocol-independent part of a stream.
@@ -445,9 +463,13 @@ impl Core {
             }
             _ => (self.target.as_ref()?, false),
         };
+        let mut full_version = None;
         let items = match source.resources(type_url) {
             None => Vec::new(),
-            Some(all) if state.wildcard => all.values().cloned().collect(),
+            Some(all) if state.wildcard => {
+                full_version = source.type_content(type_url);
+                all.values().cloned().collect()
+            }
             Some(all) if state.names.len() < all.len() => state
                 .names
                 .iter()
@@ -460,7 +482,11 @@ impl Core {
                 .map(|(_, r)| r.clone())
                 .collect(),
         };
-        Some(Desired { items, keep_others })
+        Some(Desired {
+            items,
+            keep_others,
+            full_version,
+        })
     }
 
     /// Records the answer to the pending response of `type_url`.

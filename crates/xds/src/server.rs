@@ -10,9 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest as XdsDeltaDiscoveryRequest,
-    DeltaDiscoveryResponse as XdsDeltaDiscoveryResponse, DiscoveryRequest as XdsDiscoveryRequest,
-    DiscoveryResponse as XdsDiscoveryResponse,
+    DeltaDiscoveryRequest as XdsDeltaDiscoveryRequest, DiscoveryRequest as XdsDiscoveryRequest,
 };
 use futures::{Stream, StreamExt};
 use prost::Message;
@@ -24,6 +22,7 @@ use tonic::codegen::{http, Body, BoxFuture, StdError};
 use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Status, Streaming};
 
+use crate::wire::{DeltaOut, SotwOut};
 use crate::{DeltaStream, ProxyStatus, Snapshot, SnapshotCache, SotwStream, XdsError, XdsNode};
 
 /// Maps a connecting proxy to the snapshot key whose snapshots it receives.
@@ -108,7 +107,7 @@ trait StreamMachine: Send + 'static {
 
 impl StreamMachine for SotwStream {
     type Request = XdsDiscoveryRequest;
-    type Response = XdsDiscoveryResponse;
+    type Response = SotwOut;
     fn node(request: &Self::Request) -> Option<&XdsNode> {
         request.node.as_ref()
     }
@@ -118,10 +117,10 @@ impl StreamMachine for SotwStream {
         s
     }
     fn on_request(&mut self, request: Self::Request) -> Vec<Self::Response> {
-        self.handle_request(request)
+        SotwStream::on_request(self, request)
     }
     fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Vec<Self::Response> {
-        self.handle_snapshot_update(snapshot)
+        SotwStream::on_snapshot(self, snapshot)
     }
     fn status(&self) -> ProxyStatus {
         SotwStream::status(self)
@@ -133,7 +132,7 @@ impl StreamMachine for SotwStream {
 
 impl StreamMachine for DeltaStream {
     type Request = XdsDeltaDiscoveryRequest;
-    type Response = XdsDeltaDiscoveryResponse;
+    type Response = DeltaOut;
     fn node(request: &Self::Request) -> Option<&XdsNode> {
         request.node.as_ref()
     }
@@ -143,10 +142,10 @@ impl StreamMachine for DeltaStream {
         s
     }
     fn on_request(&mut self, request: Self::Request) -> Vec<Self::Response> {
-        self.handle_request(request)
+        DeltaStream::on_request(self, request)
     }
     fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Vec<Self::Response> {
-        self.handle_snapshot_update(snapshot)
+        DeltaStream::on_snapshot(self, snapshot)
     }
     fn status(&self) -> ProxyStatus {
         DeltaStream::status(self)
@@ -504,17 +503,13 @@ where
         let server = self.server.clone();
         match request.uri().path() {
             SOTW_PATH => Box::pin(async move {
-                let mut grpc =
-                    Grpc::new(AdsCodec::<XdsDiscoveryResponse, XdsDiscoveryRequest>::default());
+                let mut grpc = Grpc::new(AdsCodec::<SotwOut, XdsDiscoveryRequest>::default());
                 Ok(grpc
                     .streaming(Method::<SotwStream>(server, PhantomData), request)
                     .await)
             }),
             DELTA_PATH => Box::pin(async move {
-                let mut grpc = Grpc::new(AdsCodec::<
-                    XdsDeltaDiscoveryResponse,
-                    XdsDeltaDiscoveryRequest,
-                >::default());
+                let mut grpc = Grpc::new(AdsCodec::<DeltaOut, XdsDeltaDiscoveryRequest>::default());
                 Ok(grpc
                     .streaming(Method::<DeltaStream>(server, PhantomData), request)
                     .await)

@@ -12,6 +12,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use crate::resource::content_version;
 use crate::rollout::{parse_nonce, Core, Held, HeldSet};
 use crate::status::{Protocol, ProxyStatus};
+use crate::wire::SotwOut;
 use crate::{is_wildcard_type, Resource, Snapshot, XdsNode};
 
 /// One SotW ADS stream: a synchronous state machine without I/O.
@@ -50,6 +51,14 @@ impl SotwStream {
     /// current one (after a CDS change it sends EDS requests with an older nonce; see
     /// `envoy-notes.md`).
     pub fn handle_request(&mut self, request: XdsDiscoveryRequest) -> Vec<XdsDiscoveryResponse> {
+        self.on_request(request)
+            .into_iter()
+            .map(SotwOut::into_response)
+            .collect()
+    }
+
+    /// [`SotwStream::handle_request`], with responses that share the snapshot's resources.
+    pub(crate) fn on_request(&mut self, request: XdsDiscoveryRequest) -> Vec<SotwOut> {
         let type_url = request.type_url.as_str();
         if type_url.is_empty() {
             tracing::debug!(node = %self.core.node_id, "request without type_url ignored");
@@ -99,12 +108,21 @@ impl SotwStream {
 
     /// Takes a new snapshot for the stream's key and returns what to send now.
     pub fn handle_snapshot_update(&mut self, snapshot: Arc<Snapshot>) -> Vec<XdsDiscoveryResponse> {
+        self.on_snapshot(snapshot)
+            .into_iter()
+            .map(SotwOut::into_response)
+            .collect()
+    }
+
+    /// [`SotwStream::handle_snapshot_update`], with responses that share the snapshot's
+    /// resources.
+    pub(crate) fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Vec<SotwOut> {
         self.core.set_snapshot(snapshot);
         self.reconcile()
     }
 
     /// Sends, per type with no response in flight, what Envoy should hold and does not.
-    fn reconcile(&mut self) -> Vec<XdsDiscoveryResponse> {
+    fn reconcile(&mut self) -> Vec<SotwOut> {
         self.core.advance();
         let mut out = Vec::new();
         for index in 0..self.core.types.len() {
@@ -128,6 +146,10 @@ impl SotwStream {
             if !state.requested || state.pending.is_some() {
                 continue;
             }
+            // Without others added, `items` are exactly the desired ones, whose version the
+            // snapshot may already know.
+            let known_version = desired.full_version;
+            let desired_len = desired.items.len();
             let mut items = desired.items;
             if desired.keep_others {
                 let others: Vec<Arc<Resource>> = state
@@ -152,9 +174,11 @@ impl SotwStream {
             if unchanged && !state.must_respond {
                 continue;
             }
-            let version = if unchanged { state.sent_version } else { None }.unwrap_or_else(|| {
-                content_version(items.iter().map(|r| (r.name.as_str(), r.version.as_str())))
-            });
+            let version = if unchanged { state.sent_version } else { None }
+                .or(known_version.filter(|_| items.len() == desired_len))
+                .unwrap_or_else(|| {
+                    content_version(items.iter().map(|r| (r.name.as_str(), r.version.as_str())))
+                });
             state.must_respond = false;
             if state.nacked_version == Some(version) {
                 continue;
@@ -169,14 +193,12 @@ impl SotwStream {
             state.last_nonce = Some(nonce);
             state.pending = Some(nonce);
             state.sent_version = Some(version);
-            let resources = items.iter().map(|r| r.body.clone()).collect();
-            state.sent = HeldSet::from_sorted(items.into_iter().map(Held::Sent).collect());
-            out.push(XdsDiscoveryResponse {
-                version_info: version.hex(),
-                resources,
-                type_url: state.type_url.to_string(),
-                nonce: nonce.to_string(),
-                ..XdsDiscoveryResponse::default()
+            state.sent = HeldSet::from_sorted(items.iter().cloned().map(Held::Sent).collect());
+            out.push(SotwOut {
+                version: Some(version),
+                resources: items,
+                type_url: state.type_url.clone(),
+                nonce,
             });
             self.core.commit_nonce();
         }

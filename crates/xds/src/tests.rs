@@ -530,3 +530,37 @@ fn test_from_shared_keeps_the_callers_arcs() {
         vec!["local".to_string()]
     );
 }
+
+/// A stream sending a whole wildcard type reuses the snapshot's type version instead of hashing
+/// the items again: both must be the version of exactly what is sent, and a partial set (make-
+/// before-break keeping an old cluster) must still be hashed.
+#[test]
+fn test_whole_type_versions_equal_the_hash_of_what_is_sent() {
+    let a = snap("blue", &[], 1);
+    let b = snap("green", &[], 1);
+    let mut d = DeltaStream::new(&node("n"), "k");
+    d.handle_snapshot_update(a.clone());
+    let cds = d.handle_request(delta_request(C, &[], &[], "")).remove(0);
+    assert_eq!(Some(cds.system_version_info.as_str()), a.type_version(C));
+    d.handle_request(delta_request(C, &[], &[], &cds.nonce));
+    // Phase 1 towards `b`: Envoy holds blue and gets green, so it holds both.
+    let add = d.handle_snapshot_update(b.clone()).remove(0);
+    assert_eq!(add.type_url, C);
+    let both = Snapshot::from_resources(
+        vec![],
+        vec![],
+        vec![eds_cluster("blue"), eds_cluster("green")],
+        vec![],
+    )
+    .unwrap();
+    assert_eq!(Some(add.system_version_info.as_str()), both.type_version(C));
+
+    let mut s = SotwStream::new(&node("n"), "k");
+    s.handle_snapshot_update(a.clone());
+    let cds = s.handle_request(sotw_request(C, &[], "", "")).remove(0);
+    assert_eq!(Some(cds.version_info.as_str()), a.type_version(C));
+    s.handle_request(ack(&cds, &[]));
+    let add = s.handle_snapshot_update(b.clone()).remove(0);
+    assert_eq!(names(&add), vec!["blue".to_string(), "green".to_string()]);
+    assert_eq!(Some(add.version_info.as_str()), both.type_version(C));
+}
