@@ -155,6 +155,13 @@ pub async fn start(args: &ServerArgs) -> Result<ControlPlane> {
     {
         let stop = stopped(stop_rx);
         tasks.push(tokio::spawn(async move {
+            // TCP_NODELAY: an answer is written whole, and must not wait
+            // for the ACK of a previous segment (Nagle) when it spans several.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                }
+            });
             if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(stop)
                 .await
