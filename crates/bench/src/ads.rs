@@ -24,16 +24,15 @@ use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterCo
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
-use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use prost::bytes::Bytes;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
 
 /// Type URL of clusters (CDS).
 pub const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
@@ -45,6 +44,143 @@ pub const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 /// HTTP connection manager's type URL inside a listener's filter.
 const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+
+/// gRPC paths of the two ADS methods.
+const SOTW_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+
+// What a simulated proxy reads of a response: the fields an Envoy-like ACK and subscription
+// need, with the resources' bodies as shared `Bytes` (no copy, no decoding of the typed
+// resource unless a body is seen for the first time, see `NameCache`). Field numbers are
+// those of envoy.service.discovery.v3 and google.protobuf.Any; fields not listed are skipped.
+// A load generator that fully decoded every response competed with the server for the same
+// two cores.
+
+/// `google.protobuf.Any`, body not decoded.
+#[derive(Clone, PartialEq, prost::Message)]
+struct LiteAny {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "bytes", tag = "2")]
+    value: Bytes,
+}
+
+/// `DiscoveryResponse` (state of the world).
+#[derive(Clone, PartialEq, prost::Message)]
+struct LiteResponse {
+    #[prost(string, tag = "1")]
+    version_info: String,
+    #[prost(message, repeated, tag = "2")]
+    resources: Vec<LiteAny>,
+    #[prost(string, tag = "4")]
+    type_url: String,
+    #[prost(string, tag = "5")]
+    nonce: String,
+}
+
+/// `Resource` of a delta response.
+#[derive(Clone, PartialEq, prost::Message)]
+struct LiteDeltaResource {
+    #[prost(string, tag = "1")]
+    version: String,
+    #[prost(message, optional, tag = "2")]
+    resource: Option<LiteAny>,
+    #[prost(string, tag = "3")]
+    name: String,
+}
+
+/// `DeltaDiscoveryResponse`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct LiteDeltaResponse {
+    #[prost(string, tag = "1")]
+    system_version_info: String,
+    #[prost(message, repeated, tag = "2")]
+    resources: Vec<LiteDeltaResource>,
+    #[prost(string, tag = "4")]
+    type_url: String,
+    #[prost(string, tag = "5")]
+    nonce: String,
+    #[prost(string, repeated, tag = "6")]
+    removed_resources: Vec<String>,
+}
+
+/// A prost codec sending full requests `E` and reading lite responses `D`.
+struct LiteCodec<E, D>(std::marker::PhantomData<fn() -> (E, D)>);
+
+impl<E, D> Default for LiteCodec<E, D> {
+    fn default() -> Self {
+        LiteCodec(std::marker::PhantomData)
+    }
+}
+
+struct LiteEncoder<E>(std::marker::PhantomData<fn(E)>);
+struct LiteDecoder<D>(std::marker::PhantomData<fn() -> D>);
+
+impl<E, D> Codec for LiteCodec<E, D>
+where
+    E: Message + Send + 'static,
+    D: Message + Default + Send + 'static,
+{
+    type Encode = E;
+    type Decode = D;
+    type Encoder = LiteEncoder<E>;
+    type Decoder = LiteDecoder<D>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        LiteEncoder(std::marker::PhantomData)
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        LiteDecoder(std::marker::PhantomData)
+    }
+}
+
+impl<E: Message> Encoder for LiteEncoder<E> {
+    type Item = E;
+    type Error = Status;
+
+    fn encode(&mut self, item: E, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("encoding a request: {e}")))
+    }
+}
+
+impl<D: Message + Default> Decoder for LiteDecoder<D> {
+    type Item = D;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
+        D::decode(src)
+            .map(Some)
+            .map_err(|e| Status::internal(format!("decoding a response: {e}")))
+    }
+}
+
+/// Opens one ADS stream (`path`) sending `requests`, reading lite responses `D`.
+async fn open_stream<E, D>(
+    channel: Channel,
+    path: &'static str,
+    requests: mpsc::Receiver<E>,
+) -> Result<tonic::Streaming<D>>
+where
+    E: Message + Send + Sync + 'static,
+    D: Message + Default + Send + Sync + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20);
+    grpc.ready()
+        .await
+        .context("the ADS connection is not ready")?;
+    let response = grpc
+        .streaming(
+            tonic::Request::new(ReceiverStream::new(requests)),
+            tonic::codegen::http::uri::PathAndQuery::from_static(path),
+            LiteCodec::<E, D>::default(),
+        )
+        .await?;
+    Ok(response.into_inner())
+}
 
 /// Which ADS variant the simulated proxies speak.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -154,12 +290,12 @@ impl NameCache {
 }
 
 /// The name of an xDS resource inside an `Any` (decoded).
-fn resource_name(type_url: &str, body: &Any) -> String {
+fn resource_name(type_url: &str, body: &LiteAny) -> String {
     match type_url {
-        CDS => Cluster::decode(body.value.as_slice())
+        CDS => Cluster::decode(body.value.as_ref())
             .map(|c| c.name)
             .unwrap_or_default(),
-        LDS => Listener::decode(body.value.as_slice())
+        LDS => Listener::decode(body.value.as_ref())
             .map(|l| l.name)
             .unwrap_or_default(),
         _ => String::new(),
@@ -167,10 +303,10 @@ fn resource_name(type_url: &str, body: &Any) -> String {
 }
 
 /// EDS names of an EDS cluster, RDS names of a listener's HTTP connection managers.
-fn referenced_names(type_url: &str, body: &Any) -> Vec<String> {
+fn referenced_names(type_url: &str, body: &LiteAny) -> Vec<String> {
     match type_url {
         CDS => {
-            let Ok(c) = Cluster::decode(body.value.as_slice()) else {
+            let Ok(c) = Cluster::decode(body.value.as_ref()) else {
                 return Vec::new();
             };
             let eds = matches!(
@@ -187,7 +323,7 @@ fn referenced_names(type_url: &str, body: &Any) -> Vec<String> {
             vec![if service.is_empty() { c.name } else { service }]
         }
         LDS => {
-            let Ok(l) = Listener::decode(body.value.as_slice()) else {
+            let Ok(l) = Listener::decode(body.value.as_ref()) else {
                 return Vec::new();
             };
             let mut out = Vec::new();
@@ -408,7 +544,7 @@ struct ProxyCtx {
 }
 
 impl ProxyCtx {
-    fn received<'a>(&self, type_url: &str, resources: impl Iterator<Item = &'a Any>) {
+    fn received<'a>(&self, type_url: &str, resources: impl Iterator<Item = &'a LiteAny>) {
         self.stats.responses.fetch_add(1, Ordering::Relaxed);
         self.stats
             .types_seen
@@ -447,8 +583,6 @@ fn static_type(type_url: &str) -> Option<&'static str> {
 /// names, so a request the server drops as stale loses nothing.
 async fn run_sotw(channel: Channel, node: Node, ctx: ProxyCtx) -> Result<()> {
     let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
-    let mut client =
-        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
     let request =
         |type_url: &str, names: Vec<String>, version: String, nonce: String| DiscoveryRequest {
             type_url: type_url.to_string(),
@@ -462,10 +596,7 @@ async fn run_sotw(channel: Channel, node: Node, ctx: ProxyCtx) -> Result<()> {
     tx.send(first).await?;
     tx.send(request(LDS, Vec::new(), String::new(), String::new()))
         .await?;
-    let mut responses = client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let mut responses = open_stream::<_, LiteResponse>(channel, SOTW_PATH, rx).await?;
     // Per type: last version and nonce received; names subscribed (EDS, RDS).
     let mut last: HashMap<&'static str, (String, String)> = HashMap::new();
     let mut subscribed: HashMap<&'static str, Vec<String>> = HashMap::new();
@@ -475,12 +606,16 @@ async fn run_sotw(channel: Channel, node: Node, ctx: ProxyCtx) -> Result<()> {
             continue;
         };
         ctx.received(type_url, response.resources.iter());
-        let DiscoveryResponse {
+        let LiteResponse {
             version_info,
             resources,
             nonce,
             ..
         } = response;
+        // Envoy ACKs with the response's version: one it cannot read is a server bug.
+        if version_info.is_empty() || nonce.is_empty() {
+            anyhow::bail!("a {type_url} response without version_info or nonce");
+        }
         // Names this response makes us want (clusters → EDS, listeners → RDS).
         let dependent = match type_url {
             CDS => Some(EDS),
@@ -538,8 +673,6 @@ async fn run_sotw(channel: Channel, node: Node, ctx: ProxyCtx) -> Result<()> {
 /// from EDS and RDS names as clusters and listeners come and go.
 async fn run_delta(channel: Channel, node: Node, ctx: ProxyCtx) -> Result<()> {
     let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
-    let mut client =
-        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
     tx.send(DeltaDiscoveryRequest {
         type_url: CDS.to_string(),
         node: Some(node),
@@ -551,10 +684,7 @@ async fn run_delta(channel: Channel, node: Node, ctx: ProxyCtx) -> Result<()> {
         ..DeltaDiscoveryRequest::default()
     })
     .await?;
-    let mut responses = client
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let mut responses = open_stream::<_, LiteDeltaResponse>(channel, DELTA_PATH, rx).await?;
     // Per type: name → (version, referenced names, encoded size).
     let mut state: HashMap<&'static str, BTreeMap<String, HeldResource>> = HashMap::new();
     let mut subscribed: HashMap<&'static str, BTreeSet<String>> = HashMap::new();
@@ -571,14 +701,22 @@ async fn run_delta(channel: Channel, node: Node, ctx: ProxyCtx) -> Result<()> {
                 .filter_map(|r| r.resource.as_ref()),
         );
         let map = state.entry(type_url).or_default();
-        let DeltaDiscoveryResponse {
+        let LiteDeltaResponse {
             resources,
             removed_resources,
             nonce,
             ..
         } = response;
+        if nonce.is_empty() {
+            anyhow::bail!("a {type_url} response without nonce");
+        }
         for r in resources {
             let Some(body) = &r.resource else { continue };
+            // Envoy keeps each resource's version (sent back after a reconnect): one without
+            // is a server bug.
+            if r.version.is_empty() {
+                anyhow::bail!("{type_url} resource {} without version", r.name);
+            }
             let names = ctx
                 .names
                 .get_or(type_url, &r.version, || referenced_names(type_url, body));
