@@ -381,7 +381,8 @@ impl Guard {
 #[derive(Clone)]
 pub struct Service {
     store: SharedStore,
-    config: ApiConfig,
+    /// Shared: the router clones the service for every request.
+    config: Arc<ApiConfig>,
     refs: Arc<RefCache>,
     /// Writers of one mesh take turns here (see [`Service::lock_mesh`]).
     write_locks: Arc<[tokio::sync::Mutex<()>]>,
@@ -626,7 +627,7 @@ impl Service {
     pub fn new(store: SharedStore, config: ApiConfig) -> Self {
         Service {
             store,
-            config,
+            config: Arc::new(config),
             refs: Arc::new(RefCache::default()),
             write_locks: (0..WRITE_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
