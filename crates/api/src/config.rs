@@ -14,6 +14,19 @@ pub struct ApiConfig {
     /// How long a `clientToken` is remembered. SDKs retry within seconds;
     /// an hour leaves ample room while keeping the records bounded.
     pub client_token_ttl: std::time::Duration,
+    /// The account's request rate, as App Mesh throttles it: past it the API
+    /// answers `TooManyRequestsException` (the SDKs back off and retry).
+    /// `None`: no limit, the default of a self-hosted control plane.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket over every App Mesh request of the account.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Sustained requests per second.
+    pub per_second: f64,
+    /// Requests that may arrive at once after a quiet spell.
+    pub burst: u32,
 }
 
 impl Default for ApiConfig {
@@ -24,6 +37,7 @@ impl Default for ApiConfig {
             account: "000000000000".into(),
             quotas: Quotas::default(),
             client_token_ttl: std::time::Duration::from_secs(3600),
+            rate_limit: None,
         }
     }
 }

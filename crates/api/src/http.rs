@@ -143,6 +143,7 @@ async fn handle(
     query: HashMap<String, String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    service.admit()?;
     let input = build_input(operation, &labels, &query, &body)?;
     validate_input(operation, &input)?;
     let output = service.respond(operation, input).await?;

@@ -8,8 +8,9 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod service;
+pub mod throttle;
 
-pub use config::{ApiConfig, Quotas};
+pub use config::{ApiConfig, Quotas, RateLimit};
 pub use error::ApiError;
 pub use http::router;
 pub use service::{Output, Service};

@@ -30,6 +30,7 @@ use weft_store::{Compare, KeyValue, Op, Range, Revision, SharedStore, Txn, TxnOu
 
 use crate::config::ApiConfig;
 use crate::error::ApiError;
+use crate::throttle::Throttle;
 use weft_model::keys;
 use weft_model::kind::{Action, Kind, ResourceId};
 use weft_model::StoredRecord as Record;
@@ -386,6 +387,8 @@ pub struct Service {
     refs: Arc<RefCache>,
     /// Writers of one mesh take turns here (see [`Service::lock_mesh`]).
     write_locks: Arc<[tokio::sync::Mutex<()>]>,
+    /// The account's request rate limit, if one is set.
+    throttle: Option<Arc<Throttle>>,
 }
 
 /// How many locks the meshes' writers are spread over.
@@ -627,6 +630,9 @@ impl Service {
     pub fn new(store: SharedStore, config: ApiConfig) -> Self {
         Service {
             store,
+            throttle: config
+                .rate_limit
+                .map(|limit| Arc::new(Throttle::new(limit))),
             config: Arc::new(config),
             refs: Arc::new(RefCache::default()),
             write_locks: (0..WRITE_LOCKS)
@@ -638,6 +644,15 @@ impl Service {
     /// The settings in force.
     pub fn config(&self) -> &ApiConfig {
         &self.config
+    }
+
+    /// Admits one App Mesh request under the account's rate limit, or
+    /// answers `TooManyRequestsException` as App Mesh's throttling does.
+    pub fn admit(&self) -> Result<(), ApiError> {
+        match &self.throttle {
+            Some(t) if !t.admit() => Err(ApiError::TooManyRequests("Rate exceeded".into())),
+            _ => Ok(()),
+        }
     }
 
     /// Runs one operation on its merged, model-validated input and returns

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use weft_api::{ApiConfig, Quotas, Service};
+use weft_api::{ApiConfig, Quotas, RateLimit, Service};
 use weft_store::{EmbeddedOptions, EmbeddedStore, SharedStore};
 
 use crate::{control_plane, proxy_status};
@@ -34,6 +34,14 @@ pub struct ServerArgs {
     /// Override an App Mesh quota, e.g. `--quota virtual-nodes-per-mesh=500` (repeatable).
     #[arg(long = "quota", value_name = "NAME=VALUE")]
     pub quotas: Vec<String>,
+    /// Throttle the App Mesh API to this many requests per second for the
+    /// account, answering `TooManyRequestsException` past it (0: no limit).
+    #[arg(long, env = "WEFT_API_RATE_LIMIT", default_value_t = 0.0)]
+    pub api_rate_limit: f64,
+    /// Requests admitted at once under `--api-rate-limit` (default: one
+    /// second's worth).
+    #[arg(long, env = "WEFT_API_BURST")]
+    pub api_burst: Option<u32>,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` also works.
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log: String,
@@ -61,6 +69,8 @@ impl ServerArgs {
             region: "us-east-1".into(),
             account_id: "000000000000".into(),
             quotas: Vec::new(),
+            api_rate_limit: 0.0,
+            api_burst: None,
             log: "info".into(),
         }
     }
@@ -70,10 +80,19 @@ fn config(args: &ServerArgs) -> Result<ApiConfig> {
     if args.account_id.len() != 12 || !args.account_id.bytes().all(|b| b.is_ascii_digit()) {
         bail!("--account-id must be 12 digits, got {:?}", args.account_id);
     }
+    let rate = args.api_rate_limit;
+    if !rate.is_finite() || rate < 0.0 {
+        bail!("--api-rate-limit must be a number of requests per second, 0 for none, got {rate}");
+    }
+    let rate_limit = (rate > 0.0).then(|| RateLimit {
+        per_second: rate,
+        burst: args.api_burst.unwrap_or(rate.ceil() as u32).max(1),
+    });
     Ok(ApiConfig {
         region: args.region.clone(),
         account: args.account_id.clone(),
         quotas: parse_quotas(&args.quotas)?,
+        rate_limit,
         ..ApiConfig::default()
     })
 }

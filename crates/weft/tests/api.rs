@@ -1096,6 +1096,36 @@ async fn quotas_answer_limit_exceeded() {
 }
 
 #[tokio::test]
+async fn requests_past_the_rate_limit_answer_too_many_requests() {
+    let server = WeftServer::start_with(&["--api-rate-limit", "2", "--api-burst", "3"]);
+    // The SDKs retry throttling with backoff; without retries each answer
+    // is seen as it is.
+    let c = server.client_without_retries();
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        answers.push(match c.list_meshes().send().await {
+            Ok(_) => "ok".to_string(),
+            Err(e) => error_code(&e),
+        });
+    }
+    assert_eq!(&answers[..3], ["ok", "ok", "ok"], "the burst is admitted");
+    assert!(
+        answers[3..].iter().all(|a| a == "TooManyRequestsException"),
+        "past the burst, throttled: {answers:?}"
+    );
+    // The health check is not an App Mesh request: never throttled.
+    let health = reqwest::get(format!("{}/healthz", server.addr))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    // 2 requests per second: one more is admitted after half a second.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    c.list_meshes().send().await.unwrap();
+    let e = c.list_meshes().send().await.unwrap_err();
+    assert_eq!(error_code(&e), "TooManyRequestsException");
+}
+
+#[tokio::test]
 async fn tags_are_added_listed_paged_and_removed() {
     let server = WeftServer::start();
     let c = server.client();
