@@ -89,6 +89,8 @@ impl DeltaStream {
             }
         }
         let state = &mut self.core.types[index];
+        let first = !state.requested;
+        let was_wildcard = state.wildcard;
         if !state.requested {
             // First request of this type on the stream: what Envoy already holds (after a
             // reconnect) counts as sent and accepted, so only differences go out.
@@ -131,8 +133,10 @@ impl DeltaStream {
                 state.names.remove(name);
             }
         }
-        // Envoy forgets what it unsubscribed from.
-        if !state.wildcard {
+        // Envoy forgets what it unsubscribed from. Only a request that can have dropped a
+        // name filters (not every ACK: that was a name lookup per held resource per ACK).
+        let narrowed = first || was_wildcard || !request.resource_names_unsubscribe.is_empty();
+        if !state.wildcard && narrowed {
             let names = &state.names;
             let keep = |n: &str| names.contains(n);
             state.sent.retain(keep);
