@@ -1117,6 +1117,15 @@ impl Service {
                     id.describe()
                 )));
             }
+            // Read before the count, so that a create counted in between
+            // fails this write's compare.
+            let meshes_guard = match id.kind {
+                Kind::Mesh => Some(match self.store.get_latest(keys::MESHES_GUARD).await? {
+                    Some(kv) => Compare::ModRevision(kv.key, kv.mod_revision),
+                    None => Compare::Absent(keys::MESHES_GUARD.to_string()),
+                }),
+                _ => None,
+            };
             let quota = self.quota(id.kind);
             let used = match id.kind {
                 // Meshes, and routes of one router or gateway, are counted
@@ -1145,7 +1154,11 @@ impl Service {
             }
             let mut ops = vec![Op::Put(key.clone(), record.clone()), guard.bump(counts)?];
             ops.extend(token_op.clone());
-            let compares = vec![guard.compare, Compare::Absent(key.clone())];
+            let mut compares = vec![guard.compare, Compare::Absent(key.clone())];
+            if let Some(compare) = meshes_guard {
+                compares.push(compare);
+                ops.push(Op::Put(keys::MESHES_GUARD.to_string(), Bytes::new()));
+            }
             if self.commit_turn(turn, compares, ops).await? {
                 return Ok(Output::Payload { member, body: data });
             }

@@ -68,6 +68,11 @@ pub fn guard(mesh: &str) -> String {
     format!("guard/{}", escape(mesh))
 }
 
+/// The account-wide guard of mesh creation: every mesh has its own guard,
+/// so creates of different meshes also commit under this one, which keeps
+/// the account's mesh count exact when they race.
+pub const MESHES_GUARD: &str = "account/meshes";
+
 /// An idempotency record.
 pub fn token(operation: &str, token: &str) -> String {
     format!("token/{operation}/{}", escape(token))

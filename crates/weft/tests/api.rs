@@ -1096,6 +1096,34 @@ async fn quotas_answer_limit_exceeded() {
 }
 
 #[tokio::test]
+async fn concurrent_mesh_creates_never_exceed_the_mesh_quota() {
+    let server = WeftServer::start_with(&["--quota", "meshes=3"]);
+    let c = server.client_without_retries();
+    // Each mesh has its own guard, so nothing but an account-wide one keeps
+    // forty racing creates of different meshes from all counting 0.
+    let answers = futures::future::join_all((0..40).map(|i| {
+        let c = c.clone();
+        async move {
+            match c.create_mesh().mesh_name(format!("m{i}")).send().await {
+                Ok(_) => "ok".to_string(),
+                Err(e) => error_code(&e),
+            }
+        }
+    }))
+    .await;
+    let ok = answers.iter().filter(|a| *a == "ok").count();
+    assert_eq!(ok, 3, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|a| a == "ok" || a == "LimitExceededException"),
+        "{answers:?}"
+    );
+    let listed = c.list_meshes().send().await.unwrap().meshes.len();
+    assert_eq!(listed, 3);
+}
+
+#[tokio::test]
 async fn requests_past_the_rate_limit_answer_too_many_requests() {
     let server = WeftServer::start_with(&["--api-rate-limit", "2", "--api-burst", "3"]);
     // The SDKs retry throttling with backoff; without retries each answer
