@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryResponse as XdsDeltaDiscoveryResponse,
 };
 
-use crate::rollout::{parse_nonce, Core, Held, HeldSet};
+use crate::rollout::{parse_nonce, Core, Desired, Held, HeldSet};
 use crate::status::{Protocol, ProxyStatus};
 use crate::wire::DeltaOut;
 use crate::{is_wildcard_type, Resource, Snapshot, XdsNode};
@@ -179,7 +179,7 @@ impl DeltaStream {
             {
                 continue;
             }
-            let Some(desired) = self.core.desired(index) else {
+            let Some((source, keep_others)) = self.core.source(index) else {
                 continue;
             };
             let nonce = self.core.next_nonce_peek();
@@ -189,9 +189,10 @@ impl DeltaStream {
             if !state.requested || state.pending.is_some() {
                 continue;
             }
+            let desired = Desired::of(&source, state, keep_others);
             let changed: Vec<&Arc<Resource>> = state
                 .sent
-                .lookup(desired.items.iter())
+                .lookup(desired.items.iter().copied())
                 .filter(|(r, held)| !held.is_some_and(|h| h.is(r)))
                 .map(|(r, _)| r)
                 .collect();

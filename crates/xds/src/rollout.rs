@@ -144,7 +144,7 @@ impl HeldSet {
 
     /// The entries whose names are not among `items` (sorted by name, unique), in one merge
     /// walk.
-    pub(crate) fn not_in<'s>(&'s self, items: &[Arc<Resource>]) -> Vec<&'s Held> {
+    pub(crate) fn not_in<'s>(&'s self, items: &[&Arc<Resource>]) -> Vec<&'s Held> {
         let mut out = Vec::new();
         let mut rest = items;
         for held in self.0.iter() {
@@ -294,9 +294,13 @@ pub(crate) fn parse_nonce(nonce: &str) -> Option<u64> {
 }
 
 /// The resources one type should hold on Envoy now.
-pub(crate) struct Desired {
+///
+/// Borrowed from the snapshot: working out what to send clones no `Arc` (every stream of a
+/// class touching the same shared resources' reference counts on every message made the two
+/// cores contend for them); only what is sent is cloned.
+pub(crate) struct Desired<'a> {
     /// The snapshot's resources of the type that Envoy subscribes to, sorted by name.
-    pub(crate) items: Vec<Arc<Resource>>,
+    pub(crate) items: Vec<&'a Arc<Resource>>,
     /// Keep what Envoy already has besides `items` (make-before-break: remove nothing yet).
     pub(crate) keep_others: bool,
     /// The content version of `items` when they are all of the type's resources in the
@@ -304,7 +308,33 @@ pub(crate) struct Desired {
     pub(crate) full_version: Option<Version>,
 }
 
-impl Desired {
+impl<'a> Desired<'a> {
+    /// What `state`'s type should hold, from `source` (see [`Core::source`]).
+    pub(crate) fn of(source: &'a Snapshot, state: &TypeState, keep_others: bool) -> Self {
+        let type_url: &str = &state.type_url;
+        let mut full_version = None;
+        let items = match source.resources(type_url) {
+            None => Vec::new(),
+            Some(all) if state.wildcard => {
+                full_version = source.type_content(type_url);
+                all.values().collect()
+            }
+            Some(all) if state.names.len() < all.len() => {
+                state.names.iter().filter_map(|n| all.get(n)).collect()
+            }
+            Some(all) => all
+                .iter()
+                .filter(|(name, _)| state.names.contains(name.as_str()))
+                .map(|(_, r)| r)
+                .collect(),
+        };
+        Desired {
+            items,
+            keep_others,
+            full_version,
+        }
+    }
+
     /// The content version of what a stream holds if it is exactly the desired items (the
     /// same `Arc`s) and that version is known, without hashing: the common case of a stream
     /// sending a whole type.
@@ -444,12 +474,11 @@ impl Core {
         listeners_ok && Self::acked_all(self.state(ROUTE_TYPE_URL), target.needed_rds())
     }
 
-    /// What the type at `index` should hold on Envoy now, or `None` if nothing is to be sent
-    /// for it yet.
-    pub(crate) fn desired(&self, index: usize) -> Option<Desired> {
+    /// The snapshot the type at `index` takes its resources from now, and whether Envoy
+    /// keeps others besides them; `None` if nothing is to be sent for it yet.
+    pub(crate) fn source(&self, index: usize) -> Option<(Arc<Snapshot>, bool)> {
         let state = self.types.get(index)?;
-        let type_url: &str = &state.type_url;
-        let (source, keep_others) = match type_url {
+        let (source, keep_others) = match &*state.type_url {
             CLUSTER_TYPE_URL | ENDPOINT_TYPE_URL => {
                 (self.target.as_ref()?, self.phase != RolloutPhase::Steady)
             }
@@ -463,30 +492,7 @@ impl Core {
             }
             _ => (self.target.as_ref()?, false),
         };
-        let mut full_version = None;
-        let items = match source.resources(type_url) {
-            None => Vec::new(),
-            Some(all) if state.wildcard => {
-                full_version = source.type_content(type_url);
-                all.values().cloned().collect()
-            }
-            Some(all) if state.names.len() < all.len() => state
-                .names
-                .iter()
-                .filter_map(|n| all.get(n))
-                .cloned()
-                .collect(),
-            Some(all) => all
-                .iter()
-                .filter(|(name, _)| state.names.contains(name.as_str()))
-                .map(|(_, r)| r.clone())
-                .collect(),
-        };
-        Some(Desired {
-            items,
-            keep_others,
-            full_version,
-        })
+        Some((source.clone(), keep_others))
     }
 
     /// Records the answer to the pending response of `type_url`.

@@ -10,7 +10,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 
 use crate::resource::content_version;
-use crate::rollout::{parse_nonce, Core, Held, HeldSet};
+use crate::rollout::{parse_nonce, Core, Desired, Held, HeldSet};
 use crate::status::{Protocol, ProxyStatus};
 use crate::wire::SotwOut;
 use crate::{is_wildcard_type, Resource, Snapshot, XdsNode};
@@ -136,7 +136,7 @@ impl SotwStream {
             {
                 continue;
             }
-            let Some(desired) = self.core.desired(index) else {
+            let Some((source, keep_others)) = self.core.source(index) else {
                 continue;
             };
             let nonce = self.core.next_nonce_peek();
@@ -146,13 +146,14 @@ impl SotwStream {
             if !state.requested || state.pending.is_some() {
                 continue;
             }
+            let desired = Desired::of(&source, state, keep_others);
             // Without others added, `items` are exactly the desired ones, whose version the
             // snapshot may already know.
             let known_version = desired.full_version;
             let desired_len = desired.items.len();
             let mut items = desired.items;
             if desired.keep_others {
-                let others: Vec<Arc<Resource>> = state
+                let others: Vec<&Arc<Resource>> = state
                     .sent
                     .iter()
                     .filter_map(|held| match held {
@@ -160,7 +161,6 @@ impl SotwStream {
                         _ => None,
                     })
                     .filter(|r| items.binary_search_by(|i| i.name.cmp(&r.name)).is_err())
-                    .cloned()
                     .collect();
                 if !others.is_empty() {
                     items.extend(others);
@@ -179,6 +179,8 @@ impl SotwStream {
                 .unwrap_or_else(|| {
                     content_version(items.iter().map(|r| (r.name.as_str(), r.version.as_str())))
                 });
+            // Owned from here: `items` may borrow from `state.sent`, replaced below.
+            let items: Vec<Arc<Resource>> = items.into_iter().cloned().collect();
             state.must_respond = false;
             if state.nacked_version == Some(version) {
                 continue;

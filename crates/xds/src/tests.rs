@@ -424,7 +424,8 @@ fn test_heldset_merge_walks() {
             ("red".to_string(), Some(false)),
         ]
     );
-    let extra: Vec<&str> = held.not_in(&clusters).iter().map(|h| h.name()).collect();
+    let refs: Vec<&Arc<Resource>> = clusters.iter().collect();
+    let extra: Vec<&str> = held.not_in(&refs).iter().map(|h| h.name()).collect();
     assert_eq!(extra, vec!["gone"]);
     // A later entry of a name replaces an earlier one.
     let dup = HeldSet::from_unsorted(vec![
