@@ -36,6 +36,9 @@ struct TypeJson<'a> {
     type_url: &'a str,
     sent_version: Option<&'a str>,
     acked_version: Option<&'a str>,
+    /// When the server received that ACK (seconds since the epoch), so that
+    /// a tool can time convergence without polling back to back.
+    acked_at: Option<f64>,
     nacked_version: Option<&'a str>,
     pending_nonce: Option<&'a str>,
     responses_sent: u64,
@@ -93,6 +96,7 @@ fn to_json(p: &ProxyStatus) -> ProxyJson<'_> {
                         type_url: t,
                         sent_version: s.sent_version.as_deref(),
                         acked_version: s.acked_version.as_deref(),
+                        acked_at: s.acked_at.map(epoch),
                         nacked_version: s.nacked_version.as_deref(),
                         pending_nonce: s.pending_nonce.as_deref(),
                         responses_sent: s.responses_sent,
