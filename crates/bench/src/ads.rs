@@ -58,11 +58,12 @@ const DELTA_PATH: &str =
 // A load generator that fully decoded every response competed with the server for the same
 // two cores.
 
-/// `google.protobuf.Any`, body not decoded.
+/// `google.protobuf.Any`, body not decoded. The type URL is read as bytes (same wire type):
+/// only its length counts, and a SotW CDS response carries every cluster each time.
 #[derive(Clone, PartialEq, prost::Message)]
 struct LiteAny {
-    #[prost(string, tag = "1")]
-    type_url: String,
+    #[prost(bytes = "bytes", tag = "1")]
+    type_url: Bytes,
     #[prost(bytes = "bytes", tag = "2")]
     value: Bytes,
 }
