@@ -153,14 +153,16 @@ impl SotwStream {
             let desired_len = desired.items.len();
             let mut items = desired.items;
             if desired.keep_others {
+                // One merge walk of the two sorted lists (equal `Arc`s match without
+                // comparing names), not a name search per held resource.
                 let others: Vec<&Arc<Resource>> = state
                     .sent
-                    .iter()
+                    .not_in(&items)
+                    .into_iter()
                     .filter_map(|held| match held {
                         Held::Sent(r) if state.subscribed(&r.name) => Some(r),
                         _ => None,
                     })
-                    .filter(|r| items.binary_search_by(|i| i.name.cmp(&r.name)).is_err())
                     .collect();
                 if !others.is_empty() {
                     items.extend(others);
@@ -180,25 +182,25 @@ impl SotwStream {
                     content_version(items.iter().map(|r| (r.name.as_str(), r.version.as_str())))
                 });
             // Owned from here: `items` may borrow from `state.sent`, replaced below.
-            let items: Vec<Arc<Resource>> = items.into_iter().cloned().collect();
+            let sent = HeldSet::from_sorted(items.into_iter().cloned().map(Held::Sent).collect());
             state.must_respond = false;
             if state.nacked_version == Some(version) {
                 continue;
             }
             // RDS/EDS (not wildcard): an empty answer could read as "no such resource"; Envoy
             // waits for resources we do not have.
-            if !state.wildcard && items.is_empty() {
+            if !state.wildcard && sent.len() == 0 {
                 continue;
             }
             state.responses_sent += 1;
-            state.resources_sent += items.len() as u64;
+            state.resources_sent += sent.len() as u64;
             state.last_nonce = Some(nonce);
             state.pending = Some(nonce);
             state.sent_version = Some(version);
-            state.sent = HeldSet::from_sorted(items.iter().cloned().map(Held::Sent).collect());
+            state.sent = sent.clone();
             out.push(SotwOut {
                 version: Some(version),
-                resources: items,
+                resources: sent,
                 type_url: state.type_url.clone(),
                 nonce,
             });

@@ -19,13 +19,16 @@ use prost::encoding::{self, DecodeContext, WireType};
 use prost::DecodeError;
 
 use crate::resource::Version;
+use crate::rollout::{Held, HeldSet};
 use crate::Resource;
 
 /// A state-of-the-world response (`DiscoveryResponse`) about to be sent.
 #[derive(Debug, Default)]
 pub(crate) struct SotwOut {
     pub(crate) version: Option<Version>,
-    pub(crate) resources: Vec<Arc<Resource>>,
+    /// The stream's new `sent` set itself (a SotW response carries all of it): one shared
+    /// allocation rather than another `Arc` per resource.
+    pub(crate) resources: HeldSet,
     pub(crate) type_url: Cow<'static, str>,
     pub(crate) nonce: u64,
 }
@@ -45,11 +48,21 @@ impl SotwOut {
     pub(crate) fn into_response(self) -> XdsDiscoveryResponse {
         XdsDiscoveryResponse {
             version_info: self.version.map(|v| v.hex()).unwrap_or_default(),
-            resources: self.resources.iter().map(|r| r.body.clone()).collect(),
+            resources: self.bodies().map(|r| r.body.clone()).collect(),
             type_url: self.type_url.into_owned(),
             nonce: self.nonce.to_string(),
             ..XdsDiscoveryResponse::default()
         }
+    }
+}
+
+impl SotwOut {
+    /// The resources sent (a SotW stream only ever holds resources it sent).
+    fn bodies(&self) -> impl Iterator<Item = &Arc<Resource>> {
+        self.resources.iter().filter_map(|h| match h {
+            Held::Sent(r) => Some(r),
+            Held::Known(_) => None,
+        })
     }
 }
 
@@ -140,7 +153,7 @@ impl prost::Message for SotwOut {
         if let Some(v) = &self.version {
             str_field(1, &version_hex(v), buf);
         }
-        for r in &self.resources {
+        for r in self.bodies() {
             encoding::message::encode(2, &r.body, buf);
         }
         str_field(4, self.type_url.as_bytes(), buf);
@@ -163,8 +176,7 @@ impl prost::Message for SotwOut {
         let (_, at) = nonce_digits(self.nonce);
         self.version.map_or(0, |_| str_len(1, 32))
             + self
-                .resources
-                .iter()
+                .bodies()
                 .map(|r| encoding::message::encoded_len(2, &r.body))
                 .sum::<usize>()
             + str_len(4, self.type_url.len())
@@ -265,7 +277,9 @@ mod tests {
             for (version, resources) in [(Some(version()), resources()), (None, Vec::new())] {
                 let out = SotwOut {
                     version,
-                    resources,
+                    resources: HeldSet::from_unsorted(
+                        resources.into_iter().map(Held::Sent).collect(),
+                    ),
                     type_url: Cow::Borrowed(crate::CLUSTER_TYPE_URL),
                     nonce,
                 };
