@@ -51,6 +51,9 @@ fn is_executable(path: &Path) -> bool {
 /// - `--drain-strategy immediate`: once draining, every HTTP/1 response carries
 ///   `Connection: close` and HTTP/2 gets GOAWAY at once, rather than with a probability growing
 ///   over the drain time — on shutdown clients should move away now.
+/// - `--file-flush-interval-msec 1000`: Envoy buffers file access logs and by default writes
+///   them out only every 10 s; a user following a log (or `kubectl logs`) expects each request's
+///   line within a second.
 pub fn envoy_args(config: &AgentConfig, bootstrap_path: &Path) -> Vec<OsString> {
     let drain = config.drain_wait.as_secs();
     let mut args: Vec<OsString> = vec![
@@ -72,6 +75,8 @@ pub fn envoy_args(config: &AgentConfig, bootstrap_path: &Path) -> Vec<OsString> 
             (drain + PARENT_SHUTDOWN_MARGIN.as_secs()).to_string(),
             "--drain-strategy".into(),
             "immediate".into(),
+            "--file-flush-interval-msec".into(),
+            "1000".into(),
         ]
         .map(OsString::from),
     );

@@ -1053,7 +1053,7 @@ async fn access_logs_are_written_per_request_in_text_json_and_default_formats() 
         http1(egress, "plain.apps.local", "/status/418").await.0,
         418
     );
-    // Envoy flushes access logs every second by default.
+    // The agent has Envoy flush access logs every second (its default is 10 s).
     eventually(Duration::from_secs(10), "all lines written", || async {
         measured(&text_log).len() >= 6
             && measured(&json_log).len() >= 5
