@@ -30,9 +30,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint};
-use tonic::Status;
 
 /// Type URL of clusters (CDS).
 pub const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
@@ -107,58 +105,6 @@ struct LiteDeltaResponse {
     removed_resources: Vec<String>,
 }
 
-/// A prost codec sending full requests `E` and reading lite responses `D`.
-struct LiteCodec<E, D>(std::marker::PhantomData<fn() -> (E, D)>);
-
-impl<E, D> Default for LiteCodec<E, D> {
-    fn default() -> Self {
-        LiteCodec(std::marker::PhantomData)
-    }
-}
-
-struct LiteEncoder<E>(std::marker::PhantomData<fn(E)>);
-struct LiteDecoder<D>(std::marker::PhantomData<fn() -> D>);
-
-impl<E, D> Codec for LiteCodec<E, D>
-where
-    E: Message + Send + 'static,
-    D: Message + Default + Send + 'static,
-{
-    type Encode = E;
-    type Decode = D;
-    type Encoder = LiteEncoder<E>;
-    type Decoder = LiteDecoder<D>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        LiteEncoder(std::marker::PhantomData)
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        LiteDecoder(std::marker::PhantomData)
-    }
-}
-
-impl<E: Message> Encoder for LiteEncoder<E> {
-    type Item = E;
-    type Error = Status;
-
-    fn encode(&mut self, item: E, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(dst)
-            .map_err(|e| Status::internal(format!("encoding a request: {e}")))
-    }
-}
-
-impl<D: Message + Default> Decoder for LiteDecoder<D> {
-    type Item = D;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
-        D::decode(src)
-            .map(Some)
-            .map_err(|e| Status::internal(format!("decoding a response: {e}")))
-    }
-}
-
 /// Opens one ADS stream (`path`) sending `requests`, reading lite responses `D`.
 async fn open_stream<E, D>(
     channel: Channel,
@@ -177,7 +123,7 @@ where
         .streaming(
             tonic::Request::new(ReceiverStream::new(requests)),
             tonic::codegen::http::uri::PathAndQuery::from_static(path),
-            LiteCodec::<E, D>::default(),
+            tonic_prost::ProstCodec::<E, D>::default(),
         )
         .await?;
     Ok(response.into_inner())
