@@ -44,22 +44,28 @@ pub struct EmbeddedOptions {
     /// How many recent change events to keep in memory, so that watchers can
     /// start from a past revision (older → [`StoreError::Compacted`]).
     pub history_len: usize,
-    /// Compaction (snapshot + fresh log) starts once the current log is at
-    /// least this many bytes *and* more than twice the live data size.
+    /// Compaction (snapshot + fresh log) starts once the logs written since
+    /// the last snapshot hold at least this many bytes *and* more than twice
+    /// the live data size.
     pub compaction_threshold: u64,
+    /// Logs are zero-filled this large ahead of use, in the background, so
+    /// that a commit's sync flushes only data (see `disk::Wal`). 0: logs
+    /// grow by appending.
+    pub segment_size: u64,
     /// How many committed batches a slow watcher may have queued before it
     /// is switched to catching up from the history.
     pub watch_buffer: usize,
 }
 
 impl EmbeddedOptions {
-    /// Defaults for `dir`: 100 000 events of history, compaction from a
-    /// 64 MiB log, 1024 queued batches per watcher.
+    /// Defaults for `dir`: 100 000 events of history, compaction from
+    /// 64 MiB of logs, 4 MiB log segments, 1024 queued batches per watcher.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         EmbeddedOptions {
             dir: dir.into(),
             history_len: 100_000,
             compaction_threshold: 64 << 20,
+            segment_size: 4 << 20,
             watch_buffer: 1024,
         }
     }
@@ -270,7 +276,7 @@ impl EmbeddedStore {
     }
 
     fn open_blocking(opts: EmbeddedOptions) -> Result<Arc<EmbeddedStore>, StoreError> {
-        let recovered = disk::recover(&opts.dir)?;
+        let recovered = disk::recover(&opts.dir, opts.segment_size)?;
         let head = recovered.head;
         tracing::info!(dir = %opts.dir.display(), revision = head, keys = recovered.kvs.len(), "opened store");
         let (durable, _) = watch::channel(Durable {
@@ -388,7 +394,7 @@ fn commit_loop(inner: &Inner, mut wal: disk::Wal) {
             // Decide on compaction while the state is exactly the state at
             // `head`: this batch holds every record up to it, so once the
             // batch is durable the snapshot copy is fully covered by the log.
-            let log_size = wal.size() + batch.len() as u64;
+            let log_size = wal.since_snapshot() + batch.len() as u64;
             let snapshot = (!compacting
                 && log_size >= inner.compaction_threshold
                 && log_size > 2 * st.live_bytes)
@@ -401,7 +407,7 @@ fn commit_loop(inner: &Inner, mut wal: disk::Wal) {
             inner.fail(&std::io::Error::other("injected write failure"));
             break;
         }
-        if let Err(e) = wal.append(&batch) {
+        if let Err(e) = wal.append(&batch, head) {
             inner.fail(&e);
             break;
         }
@@ -414,7 +420,7 @@ fn commit_loop(inner: &Inner, mut wal: disk::Wal) {
         if let Some(kvs) = snapshot {
             // New records go to a fresh log from here on; the snapshot then
             // replaces every older log (see disk::write_snapshot).
-            if let Err(e) = wal.rotate(head + 1) {
+            if let Err(e) = wal.rotate_for_snapshot(head + 1) {
                 inner.fail(&e);
                 break;
             }

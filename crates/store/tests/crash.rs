@@ -7,11 +7,13 @@
 //! SIGKILLs it mid-stream, reopens the store and checks that every
 //! acknowledged key survived. Three rounds on one directory exercise
 //! recovery of whatever the previous kill left behind, including torn log
-//! tails and interrupted compactions (the child compacts often).
+//! tails, interrupted compactions (the child compacts often) and logs
+//! half prepared or just switched to.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -32,6 +34,9 @@ fn options(dir: &Path) -> EmbeddedOptions {
     EmbeddedOptions {
         // Small, so that kills also land in the middle of compactions.
         compaction_threshold: 128 << 10,
+        // Small too, so that kills land while the next log is prepared and
+        // while writes switch to it.
+        segment_size: 96 << 10,
         ..EmbeddedOptions::new(dir)
     }
 }
@@ -86,23 +91,34 @@ fn crash_writer_child() {
     });
 }
 
-/// Appends half a record header to the newest log, as a kill in the middle
-/// of a write can leave.
-fn tear_log_tail(dir: &Path) {
-    let newest = std::fs::read_dir(dir)
+/// The store's log files, oldest first.
+fn log_files(dir: &Path) -> Vec<PathBuf> {
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| {
             let name = p.file_name().unwrap().to_string_lossy();
             name.starts_with("wal-") && name.ends_with(".log")
         })
-        .max()
-        .expect("no log file");
-    let mut log = std::fs::OpenOptions::new()
-        .append(true)
+        .collect();
+    logs.sort();
+    logs
+}
+
+/// Writes half a record header just after the newest log's last record, as
+/// a kill in the middle of a write can leave (in a prepared log, the zeros
+/// after it stay).
+fn tear_log_tail(dir: &Path) {
+    let newest = log_files(dir).pop().expect("no log file");
+    let data = std::fs::read(&newest).unwrap();
+    // Records end in key or value bytes, never in a zero.
+    let end = data.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    let log = std::fs::OpenOptions::new()
+        .write(true)
         .open(newest)
         .unwrap();
-    log.write_all(&[0x40, 0, 0, 0, 0x12]).unwrap();
+    log.write_all_at(&[0x40, 0, 0, 0, 0x12], end as u64)
+        .unwrap();
 }
 
 #[test]
@@ -113,6 +129,7 @@ fn crash_recovery() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
     let mut acked: Vec<String> = Vec::new();
+    let mut prepared_logs_seen = false;
 
     for round in 0..ROUNDS {
         let mut child = Command::new(std::env::current_exe().unwrap())
@@ -150,6 +167,10 @@ fn crash_recovery() {
         eprintln!("round {round}: {} acknowledged writes", round_acked.len());
         acked.extend(round_acked);
 
+        // A prepared log is exactly segment_size long until it is full.
+        prepared_logs_seen |= log_files(dir.path())
+            .iter()
+            .any(|p| std::fs::metadata(p).unwrap().len() == options(dir.path()).segment_size);
         if round == 1 {
             tear_log_tail(dir.path());
         }
@@ -167,5 +188,9 @@ fn crash_recovery() {
     assert!(
         dir.path().join("snapshot").exists(),
         "the writers should have triggered at least one compaction"
+    );
+    assert!(
+        prepared_logs_seen,
+        "the writers should have switched to a prepared log at least once"
     );
 }

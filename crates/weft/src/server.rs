@@ -45,6 +45,10 @@ pub struct ServerArgs {
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` also works.
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log: String,
+    /// Bytes the store's log segments are zero-filled ahead of use (0: logs
+    /// grow by appending). A tuning knob for benchmarks, not for users.
+    #[arg(long, env = "WEFT_STORE_SEGMENT_SIZE", default_value_t = 4 << 20, hide = true)]
+    pub store_segment_size: u64,
 }
 
 /// A running control plane.
@@ -72,6 +76,7 @@ impl ServerArgs {
             api_rate_limit: 0.0,
             api_burst: None,
             log: "info".into(),
+            store_segment_size: 4 << 20,
         }
     }
 }
@@ -100,9 +105,12 @@ fn config(args: &ServerArgs) -> Result<ApiConfig> {
 /// Opens the store, binds both listeners and starts serving.
 pub async fn start(args: &ServerArgs) -> Result<ControlPlane> {
     let config = config(args)?;
-    let store = EmbeddedStore::open(EmbeddedOptions::new(&args.data_dir))
-        .await
-        .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
+    let store = EmbeddedStore::open(EmbeddedOptions {
+        segment_size: args.store_segment_size,
+        ..EmbeddedOptions::new(&args.data_dir)
+    })
+    .await
+    .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
     let store: SharedStore = store;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

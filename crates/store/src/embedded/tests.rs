@@ -473,3 +473,143 @@ async fn reads_wait_for_durability() {
         w.await.unwrap();
     }
 }
+
+/// Small prepared logs, so that a test switches between several.
+fn segmented(dir: &Path) -> EmbeddedOptions {
+    EmbeddedOptions {
+        segment_size: 128 << 10,
+        ..EmbeddedOptions::new(dir)
+    }
+}
+
+/// Writes 1 KiB values over `keys` keys until the directory holds at least
+/// `logs` logs; returns the number of writes.
+async fn write_until_logs(store: &dyn Store, dir: &Path, keys: usize, logs_wanted: usize) -> usize {
+    let value = "v".repeat(1024);
+    for i in 0..5000 {
+        put(store, &format!("big/{}", i % keys), &value).await;
+        if logs(dir).len() >= logs_wanted {
+            return i + 1;
+        }
+    }
+    panic!("still {} logs after 5000 writes", logs(dir).len());
+}
+
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_to_prepared_logs_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(segmented(dir.path())).await.unwrap();
+    write_until_logs(&*store, dir.path(), 1000, 4).await;
+    let before = everything(&*store).await;
+    drop(store);
+
+    // Every log after the first (which was created empty) was prepared at
+    // full size; the records end somewhere before that, in zeros.
+    let all = logs(dir.path());
+    for log in &all[1..all.len() - 1] {
+        assert_eq!(file_len(log), 128 << 10, "{}", log.display());
+        assert_eq!(fs::read(log).unwrap().last(), Some(&0));
+    }
+
+    let store = EmbeddedStore::open(segmented(dir.path())).await.unwrap();
+    assert_eq!(everything(&*store).await, before);
+    assert!(
+        !dir.path().join("wal-next.tmp").exists(),
+        "a spare log is dropped on open"
+    );
+    // Writes continue into the zero-filled rest of the newest log.
+    let newest = all.last().unwrap().clone();
+    let len = file_len(&newest);
+    assert_eq!(put(&*store, "after", "reopen").await, before.revision + 1);
+    drop(store);
+    assert_eq!(logs(dir.path()).last(), Some(&newest));
+    assert_eq!(file_len(&newest), len, "written in place, not appended");
+    let store = EmbeddedStore::open(segmented(dir.path())).await.unwrap();
+    assert_eq!(store.revision().await.unwrap(), before.revision + 1);
+    assert!(store.get("after").await.unwrap().is_some());
+}
+
+/// What a kill -9 mid-write leaves in a prepared log: part of a record,
+/// followed by the zeros it did not reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torn_write_into_a_prepared_log_is_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(segmented(dir.path())).await.unwrap();
+    write_until_logs(&*store, dir.path(), 1000, 3).await;
+    let before = everything(&*store).await;
+    drop(store);
+
+    let newest = logs(dir.path()).pop().unwrap();
+    let len = file_len(&newest);
+    let data = fs::read(&newest).unwrap();
+    let end = data.iter().rposition(|b| *b != 0).unwrap() + 1;
+    assert!(end + 200 < data.len(), "the newest log has room left");
+    // A header promising 100 bytes, and 60 of them.
+    let mut torn = data.clone();
+    torn[end..end + 4].copy_from_slice(&100u32.to_le_bytes());
+    torn[end + 4..end + 68].fill(0xab);
+    fs::write(&newest, &torn).unwrap();
+
+    let store = EmbeddedStore::open(segmented(dir.path())).await.unwrap();
+    assert_eq!(everything(&*store).await, before);
+    // The torn bytes are zeros again, the preallocated length is kept.
+    assert_eq!(fs::read(&newest).unwrap(), data);
+    assert_eq!(file_len(&newest), len);
+    assert_eq!(put(&*store, "x", "y").await, before.revision + 1);
+    drop(store);
+    let store = EmbeddedStore::open(segmented(dir.path())).await.unwrap();
+    assert_eq!(store.revision().await.unwrap(), before.revision + 1);
+}
+
+/// Only an all-zero rest of a log is unused space: anything else in it, in a
+/// log that was complete before the next one started, is damage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_in_the_zero_tail_of_an_older_log_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(segmented(dir.path())).await.unwrap();
+    write_until_logs(&*store, dir.path(), 1000, 3).await;
+    drop(store);
+
+    let older = logs(dir.path())[1].clone();
+    let len = file_len(&older);
+    flip_byte(&older, len - 10);
+    match EmbeddedStore::open(segmented(dir.path())).await {
+        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("not the newest"), "{msg}"),
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("expected Corrupt, opened fine"),
+    }
+}
+
+/// Compaction looks at everything logged since the last snapshot, however
+/// many logs it spans, so that rewriting a few keys never grows the logs
+/// without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_counts_every_log_since_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EmbeddedOptions {
+        compaction_threshold: 300 << 10,
+        ..segmented(dir.path())
+    };
+    let store = EmbeddedStore::open(opts.clone()).await.unwrap();
+    // Each log stays below the threshold; together they pass it.
+    write_until_logs(&*store, dir.path(), 5, 3).await;
+    let value = "w".repeat(1024);
+    for i in 0..400 {
+        put(&*store, &format!("big/{}", i % 5), &value).await;
+    }
+    eventually("a snapshot", || dir.path().join(SNAPSHOT_FILE).exists()).await;
+    let before = everything(&*store).await;
+    drop(store);
+    let total: u64 = logs(dir.path()).iter().map(|p| file_len(p)).sum();
+    assert!(
+        total <= 4 * (128 << 10),
+        "old logs are deleted: {total} bytes"
+    );
+
+    let store = EmbeddedStore::open(opts).await.unwrap();
+    assert_eq!(everything(&*store).await, before);
+}
