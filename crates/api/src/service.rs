@@ -147,12 +147,13 @@ impl<'a> ListedData<'a> {
 }
 
 /// What a `clientToken` remembers: the request it came with (see
-/// [`Service::fingerprint`]) and the answer given, as stored JSON
-/// `{"request": …, "output": …, "at": …}`; read borrowing the stored bytes.
+/// [`Fingerprint`]) and the answer given, as stored JSON
+/// `{"request": "sha256:…", "output": …, "at": …}`; read borrowing the
+/// stored bytes.
 #[derive(Deserialize)]
 struct TokenRecord<'a> {
-    /// The fingerprint as a JSON object, written as it is (records written
-    /// before held it as a JSON string: see [`TokenRecord::same_request`]).
+    /// The request's digest (records written before held the fingerprint
+    /// itself: see [`TokenRecord::same_request`]).
     #[serde(borrow)]
     request: &'a RawValue,
     /// The output shape answered.
@@ -165,14 +166,41 @@ struct TokenRecord<'a> {
 
 impl TokenRecord<'_> {
     /// Whether the record was written for the request `fingerprint`.
-    fn same_request(&self, fingerprint: &str) -> bool {
+    fn same_request(&self, fingerprint: &Fingerprint) -> bool {
         let raw = self.request.get();
-        if raw.starts_with('"') {
-            // The older form: the fingerprint escaped as a JSON string.
-            serde_json::from_str::<Cow<'_, str>>(raw).is_ok_and(|old| old == fingerprint)
+        if let Some(digest) = raw.strip_prefix("\"sha256:") {
+            digest.strip_suffix('"') == Some(fingerprint.digest.as_str())
+        } else if raw.starts_with('"') {
+            // The oldest form: the fingerprint escaped as a JSON string.
+            serde_json::from_str::<Cow<'_, str>>(raw).is_ok_and(|old| old == fingerprint.json)
         } else {
-            raw == fingerprint
+            // Then the fingerprint as a JSON object.
+            raw == fingerprint.json
         }
+    }
+}
+
+/// A request as a `clientToken` remembers it: the input's JSON without its
+/// `clientToken`, and that JSON's SHA-256. Records store only the digest: a
+/// token record is written with every create and update, and the request
+/// itself was a third of its bytes, all of it logged, synced and compacted.
+struct Fingerprint {
+    json: String,
+    /// Lowercase hex.
+    digest: String,
+}
+
+impl Fingerprint {
+    fn new(json: String) -> Fingerprint {
+        use sha2::Digest;
+        use std::fmt::Write;
+        let hash = sha2::Sha256::digest(json.as_bytes());
+        let mut digest = String::with_capacity(64);
+        for b in hash.iter() {
+            // Writing to a String cannot fail.
+            let _ = write!(digest, "{b:02x}");
+        }
+        Fingerprint { json, digest }
     }
 }
 
@@ -815,7 +843,7 @@ impl Service {
         &self,
         operation: &str,
         token: Option<&str>,
-        request: &str,
+        request: &Fingerprint,
         member: &'static str,
     ) -> Result<Option<Output>, ApiError> {
         let Some(token) = token else { return Ok(None) };
@@ -854,17 +882,15 @@ impl Service {
         &self,
         operation: &str,
         token: Option<&str>,
-        request: &str,
+        request: &Fingerprint,
         member: &str,
         payload: &[u8],
     ) -> Result<Option<Op>, ApiError> {
         let Some(token) = token else { return Ok(None) };
-        let mut out = Vec::with_capacity(request.len() + member.len() + payload.len() + 64);
-        // The fingerprint is a JSON object already: stored as it is, not
-        // escaped into a string (which doubled its size and its cost).
-        out.extend_from_slice(b"{\"request\":");
-        out.extend_from_slice(request.as_bytes());
-        out.extend_from_slice(b",\"output\":{");
+        let mut out = Vec::with_capacity(member.len() + payload.len() + 128);
+        out.extend_from_slice(b"{\"request\":\"sha256:");
+        out.extend_from_slice(request.digest.as_bytes());
+        out.extend_from_slice(b"\",\"output\":{");
         write_json(&mut out, member)?;
         out.push(b':');
         out.extend_from_slice(payload);
@@ -1055,9 +1081,9 @@ impl Service {
 
     /// The request as an idempotency record remembers it: the input's JSON
     /// without its `clientToken` (written without copying the input).
-    fn fingerprint(input: &Value) -> Result<String, ApiError> {
+    fn fingerprint(input: &Value) -> Result<Fingerprint, ApiError> {
         let Some(obj) = input.as_object() else {
-            return Ok(input.to_string());
+            return Ok(Fingerprint::new(input.to_string()));
         };
         let mut out = Vec::with_capacity(512);
         out.push(b'{');
@@ -1075,7 +1101,9 @@ impl Service {
             write_json(&mut out, value)?;
         }
         out.push(b'}');
-        String::from_utf8(out).map_err(|e| ApiError::Internal(format!("request is not UTF-8: {e}")))
+        String::from_utf8(out)
+            .map(Fingerprint::new)
+            .map_err(|e| ApiError::Internal(format!("request is not UTF-8: {e}")))
     }
 
     /// Creates a resource. The record, the answer and the idempotency record
@@ -1723,17 +1751,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_token_record_matches_its_request_in_the_new_and_the_older_form() {
-        let fingerprint = r#"{"meshName":"m","spec":{"a":"x\"y"}}"#;
-        let new = format!(r#"{{"request":{fingerprint},"output":{{}},"at":1}}"#);
-        let old = format!(
-            r#"{{"request":{},"output":{{}},"at":1}}"#,
-            serde_json::to_string(fingerprint).unwrap()
+    fn a_token_record_matches_its_request_in_the_new_and_both_older_forms() {
+        let json = r#"{"meshName":"m","spec":{"a":"x\"y"}}"#;
+        let fingerprint = Fingerprint::new(json.to_string());
+        let other = Fingerprint::new(r#"{"meshName":"other"}"#.to_string());
+        let new = format!(
+            r#"{{"request":"sha256:{}","output":{{}},"at":1}}"#,
+            fingerprint.digest
         );
-        for stored in [&new, &old] {
+        let object = format!(r#"{{"request":{json},"output":{{}},"at":1}}"#);
+        let string = format!(
+            r#"{{"request":{},"output":{{}},"at":1}}"#,
+            serde_json::to_string(json).unwrap()
+        );
+        for stored in [&new, &object, &string] {
             let record: TokenRecord = serde_json::from_str(stored).unwrap();
-            assert!(record.same_request(fingerprint), "{stored}");
-            assert!(!record.same_request(r#"{"meshName":"other"}"#), "{stored}");
+            assert!(record.same_request(&fingerprint), "{stored}");
+            assert!(!record.same_request(&other), "{stored}");
         }
+        // The digest is SHA-256 in lowercase hex.
+        assert_eq!(
+            Fingerprint::new(String::new()).digest,
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 }

@@ -42,3 +42,53 @@ async fn client_tokens_are_forgotten_after_their_time_to_live() {
     let again = service.call("CreateMesh", input).await.unwrap_err();
     assert_eq!(again.error_type(), "ConflictException");
 }
+
+/// A token record keeps the request's SHA-256, not the request: same token
+/// and same request replay, same token and another request conflict.
+#[tokio::test]
+async fn a_token_record_keeps_a_digest_of_the_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(EmbeddedOptions::new(dir.path()))
+        .await
+        .unwrap();
+    let shared: SharedStore = store.clone();
+    let service = Service::new(shared, ApiConfig::default());
+    let marker = "a-distinctive-egress-filter-marker";
+    service
+        .call("CreateMesh", json!({"meshName": "apps"}))
+        .await
+        .unwrap();
+    let input = json!({
+        "meshName": "apps",
+        "virtualNodeName": "red",
+        "clientToken": "t-red",
+        "spec": {"backendDefaults": {"clientPolicy": {}}, "serviceDiscovery": {"dns": {"hostname": marker}}},
+    });
+    let first = service
+        .call("CreateVirtualNode", input.clone())
+        .await
+        .unwrap();
+
+    let records = store.range(Range::prefix("token/")).await.unwrap().kvs;
+    assert_eq!(records.len(), 1);
+    let record: serde_json::Value = serde_json::from_slice(&records[0].value).unwrap();
+    let request = record["request"].as_str().unwrap();
+    let digest = request.strip_prefix("sha256:").unwrap();
+    assert_eq!(digest.len(), 64, "{request}");
+    assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()), "{request}");
+    // The hostname is in the stored answer, but not a second time as the request.
+    let text = String::from_utf8(records[0].value.to_vec()).unwrap();
+    assert_eq!(text.matches(marker).count(), 1, "{text}");
+
+    assert_eq!(
+        service
+            .call("CreateVirtualNode", input.clone())
+            .await
+            .unwrap(),
+        first
+    );
+    let mut other = input;
+    other["spec"]["serviceDiscovery"]["dns"]["hostname"] = json!("elsewhere.local");
+    let err = service.call("CreateVirtualNode", other).await.unwrap_err();
+    assert_eq!(err.error_type(), "ConflictException");
+}
