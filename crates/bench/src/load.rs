@@ -12,7 +12,7 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// API version prefix of every App Mesh path.
 pub const PREFIX: &str = "/v20190125";
@@ -83,41 +83,60 @@ pub fn node_name(i: usize) -> String {
 /// A realistic virtual node spec: one HTTP listener with a health check and a
 /// timeout, DNS service discovery, a few virtual-service backends and an
 /// access log. `variant` changes the port and a backend, so that successive
-/// updates differ.
-pub fn node_spec(mesh: &str, name: &str, variant: u64) -> Value {
+/// updates differ. Written as text, not built as a `serde_json::Value`: the
+/// load generator shares the machine's two cores with the server, and the
+/// tree cost it a fifth of its CPU. `mesh` and `name` need no JSON escaping
+/// (App Mesh names are letters, digits, `-`, `_` and `.`).
+pub fn node_spec(mesh: &str, name: &str, variant: u64) -> String {
     let port = 8080 + (variant % 100);
-    json!({
-        "listeners": [{
-            "portMapping": { "port": port, "protocol": "http" },
-            "healthCheck": {
-                "protocol": "http",
-                "path": "/healthz",
-                "healthyThreshold": 2,
-                "unhealthyThreshold": 3,
-                "timeoutMillis": 2000,
-                "intervalMillis": 5000
-            },
-            "timeout": { "http": { "perRequest": { "unit": "s", "value": 15 } } }
-        }],
-        "serviceDiscovery": { "dns": { "hostname": format!("{name}.{mesh}.svc.cluster.local") } },
-        "backends": [
-            { "virtualService": { "virtualServiceName": format!("orders.{mesh}.local") } },
-            { "virtualService": { "virtualServiceName": format!("payments.{mesh}.local") } },
-            { "virtualService": { "virtualServiceName": format!("svc-{}.{mesh}.local", variant % 7) } }
-        ],
-        "logging": { "accessLog": { "file": { "path": "/dev/stdout" } } }
-    })
+    let svc = variant % 7;
+    format!(
+        concat!(
+            r#"{{"listeners":[{{"portMapping":{{"port":{port},"protocol":"http"}},"#,
+            r#""healthCheck":{{"protocol":"http","path":"/healthz","healthyThreshold":2,"#,
+            r#""unhealthyThreshold":3,"timeoutMillis":2000,"intervalMillis":5000}},"#,
+            r#""timeout":{{"http":{{"perRequest":{{"unit":"s","value":15}}}}}}}}],"#,
+            r#""serviceDiscovery":{{"dns":{{"hostname":"{name}.{mesh}.svc.cluster.local"}}}},"#,
+            r#""backends":[{{"virtualService":{{"virtualServiceName":"orders.{mesh}.local"}}}},"#,
+            r#"{{"virtualService":{{"virtualServiceName":"payments.{mesh}.local"}}}},"#,
+            r#"{{"virtualService":{{"virtualServiceName":"svc-{svc}.{mesh}.local"}}}}],"#,
+            r#""logging":{{"accessLog":{{"file":{{"path":"/dev/stdout"}}}}}}}}"#
+        ),
+        port = port,
+        name = name,
+        mesh = mesh,
+        svc = svc,
+    )
 }
 
-/// The body of a CreateVirtualNode request. Like the AWS SDKs, it carries a
-/// fresh idempotency `clientToken`.
+/// A fresh idempotency token, as the AWS SDKs send with every create and
+/// update: unique per request (a random per-process prefix and a counter),
+/// without a getrandom call each time.
+pub fn client_token() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string());
+    format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The body of a CreateVirtualNode request, with a fresh `clientToken`.
 pub fn create_body(mesh: &str, name: &str, variant: u64) -> Bytes {
-    let body = json!({
-        "virtualNodeName": name,
-        "clientToken": uuid::Uuid::new_v4().to_string(),
-        "spec": node_spec(mesh, name, variant),
-    });
-    Bytes::from(body.to_string())
+    Bytes::from(format!(
+        r#"{{"virtualNodeName":"{name}","clientToken":"{}","spec":{}}}"#,
+        client_token(),
+        node_spec(mesh, name, variant)
+    ))
+}
+
+/// The body of an UpdateVirtualNode request, with a fresh `clientToken`.
+pub fn update_body(mesh: &str, name: &str, variant: u64) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"clientToken":"{}","spec":{}}}"#,
+        client_token(),
+        node_spec(mesh, name, variant)
+    ))
 }
 
 /// Path of the virtual nodes of `mesh`.
@@ -246,12 +265,8 @@ impl Workload {
             }
             Workload::Update { mesh, nodes } => {
                 let name = node_name(spread(*nodes));
-                let body = json!({
-                    "clientToken": uuid::Uuid::new_v4().to_string(),
-                    "spec": node_spec(mesh, &name, i + 1),
-                });
                 let path = format!("{}/{name}", nodes_path(mesh));
-                api.call_ok(Method::PUT, &path, Some(Bytes::from(body.to_string())))
+                api.call_ok(Method::PUT, &path, Some(update_body(mesh, &name, i + 1)))
                     .await?;
             }
         }
@@ -571,6 +586,31 @@ pub async fn run_phase(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn request_bodies_are_the_json_the_sdks_would_send() {
+        let body: Value = serde_json::from_slice(&create_body("bench", "node-0001", 103)).unwrap();
+        assert_eq!(body["virtualNodeName"], "node-0001");
+        let spec = &body["spec"];
+        assert_eq!(spec["listeners"][0]["portMapping"]["port"], 8083);
+        assert_eq!(spec["listeners"][0]["healthCheck"]["intervalMillis"], 5000);
+        assert_eq!(
+            spec["serviceDiscovery"]["dns"]["hostname"],
+            "node-0001.bench.svc.cluster.local"
+        );
+        assert_eq!(
+            spec["backends"][2]["virtualService"]["virtualServiceName"],
+            "svc-5.bench.local"
+        );
+        assert_eq!(spec["logging"]["accessLog"]["file"]["path"], "/dev/stdout");
+        let update: Value =
+            serde_json::from_slice(&update_body("bench", "node-0001", 104)).unwrap();
+        assert_eq!(update["spec"]["listeners"][0]["portMapping"]["port"], 8084);
+        // Every request carries its own token.
+        assert_ne!(body["clientToken"], update["clientToken"]);
+        assert!(body["clientToken"].as_str().unwrap().len() > 32);
+    }
 
     #[test]
     fn a_page_scan_counts_the_references_and_reads_the_token() {
