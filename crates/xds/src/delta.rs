@@ -189,6 +189,11 @@ impl DeltaStream {
             if !state.requested || state.pending.is_some() {
                 continue;
             }
+            // Sent the whole type already: nothing changed or removed, whatever `keep_others`
+            // says.
+            if !state.must_respond && state.sent_whole_type(&source) {
+                continue;
+            }
             let desired = Desired::of(&source, state, keep_others);
             let changed: Vec<&Arc<Resource>> = state
                 .sent

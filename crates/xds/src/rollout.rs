@@ -254,6 +254,16 @@ impl TypeState {
         self.wildcard || self.names.contains(name)
     }
 
+    /// Whether this wildcard type was sent exactly all of `source`'s resources of the type
+    /// (its sent set has the snapshot's type version): then it holds nothing else either, so
+    /// there is nothing to add, change or remove, in any rollout phase. Known from the two
+    /// versions alone, without walking the resources.
+    pub(crate) fn sent_whole_type(&self, source: &Snapshot) -> bool {
+        self.wildcard
+            && self.sent_version.is_some()
+            && self.sent_version == source.type_content(&self.type_url)
+    }
+
     fn status(&self) -> TypeStatus {
         let mut subscribed: Vec<String> = Vec::with_capacity(self.names.len() + 1);
         if self.wildcard {
@@ -453,13 +463,25 @@ impl Core {
     /// Envoy has ACKed every target cluster and every load assignment the target's EDS
     /// clusters read.
     fn clusters_ready(&self, target: &Snapshot) -> bool {
-        Self::acked_all(
-            self.state(CLUSTER_TYPE_URL),
-            target
-                .resources(CLUSTER_TYPE_URL)
-                .into_iter()
-                .flat_map(|m| m.values()),
-        ) && Self::acked_all(self.state(ENDPOINT_TYPE_URL), target.needed_eds())
+        let state = self.state(CLUSTER_TYPE_URL);
+        (Self::acked_exactly(state, target, CLUSTER_TYPE_URL)
+            || Self::acked_all(
+                state,
+                target
+                    .resources(CLUSTER_TYPE_URL)
+                    .into_iter()
+                    .flat_map(|m| m.values()),
+            ))
+            && Self::acked_all(self.state(ENDPOINT_TYPE_URL), target.needed_eds())
+    }
+
+    /// Envoy has ACKed exactly the target's resources of `type_url` (the ACKed set has the
+    /// target's type version): known without walking them, the common case once a phase's
+    /// responses are ACKed.
+    fn acked_exactly(state: Option<&TypeState>, target: &Snapshot, type_url: &str) -> bool {
+        state.is_some_and(|s| {
+            s.acked_version.is_some() && s.acked_version == target.type_content(type_url)
+        })
     }
 
     /// Envoy has ACKed exactly the target's listeners, and the route configurations they read.
@@ -469,8 +491,9 @@ impl Core {
         let count = listeners.map_or(0, |l| l.len());
         // Every target listener ACKed, each matching a distinct entry: nothing else is held
         // exactly when the counts agree.
-        let listeners_ok = Self::acked_all(state, listeners.into_iter().flat_map(|m| m.values()))
-            && state.is_none_or(|t| t.acked.len() == count);
+        let listeners_ok = Self::acked_exactly(state, target, LISTENER_TYPE_URL)
+            || (Self::acked_all(state, listeners.into_iter().flat_map(|m| m.values()))
+                && state.is_none_or(|t| t.acked.len() == count));
         listeners_ok && Self::acked_all(self.state(ROUTE_TYPE_URL), target.needed_rds())
     }
 

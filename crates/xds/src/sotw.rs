@@ -146,6 +146,10 @@ impl SotwStream {
             if !state.requested || state.pending.is_some() {
                 continue;
             }
+            // Sent the whole type already: unchanged, whatever `keep_others` says.
+            if !state.must_respond && state.sent_whole_type(&source) {
+                continue;
+            }
             let desired = Desired::of(&source, state, keep_others);
             // Without others added, `items` are exactly the desired ones, whose version the
             // snapshot may already know.
