@@ -231,12 +231,12 @@ pub(crate) fn eds_service_name(
 /// The assignments are derived from the EDS names the clusters read: every Cloud Map node
 /// listener of the mesh is considered, and those whose name some cluster reads are built. This
 /// keeps the cluster builders (routes, gateways) free of endpoint bookkeeping.
-pub(crate) fn load_assignments(
+pub(crate) fn load_assignments<'c>(
     snapshot: &MeshSnapshot,
-    clusters: &[XdsCluster],
+    clusters: impl IntoIterator<Item = &'c XdsCluster>,
 ) -> Vec<XdsClusterLoadAssignment> {
     let wanted: BTreeSet<&str> = clusters
-        .iter()
+        .into_iter()
         .filter(|c| {
             c.cluster_discovery_type
                 == Some(XdsClusterDiscoveryType::Type(XdsDiscoveryType::Eds as i32))

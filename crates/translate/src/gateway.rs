@@ -30,6 +30,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction as XdsHeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{
@@ -77,9 +78,9 @@ use weft_model::shapes::{
 
 use crate::defaults;
 use crate::listener::{self, Direction, HcmExtras};
-use crate::route;
+use crate::route::{self, TargetClusters};
 use crate::{
-    cluster, names, MeshSnapshot, ProxyIdentity, ProxyOptions, ProxyResources, TranslateError,
+    cluster, names, MeshSnapshot, ProxyIdentity, ProxyOptions, SharedResources, TranslateError,
     XdsCluster,
 };
 
@@ -125,9 +126,10 @@ pub fn self_redirect_cluster_name(
 /// exist, an unusable regular expression) are skipped or answered, never sent to Envoy.
 pub(crate) fn translate(
     snapshot: &MeshSnapshot,
+    target_clusters: &mut TargetClusters,
     proxy: &ProxyIdentity,
     options: &ProxyOptions,
-) -> Result<ProxyResources, TranslateError> {
+) -> Result<SharedResources, TranslateError> {
     let gateway = snapshot.virtual_gateways.get(&proxy.name).ok_or_else(|| {
         TranslateError::VirtualGatewayNotFound {
             mesh: proxy.mesh.clone(),
@@ -146,12 +148,13 @@ pub(crate) fn translate(
         .collect();
     let egress = route::egress(
         snapshot,
+        target_clusters,
         &as_client_node(gateway, &targets),
         options.egress_port,
         None,
     );
     let (egress_routes, reachable) = gateway_egress_routes(egress.route_configuration);
-    let mut clusters: BTreeMap<String, XdsCluster> = egress.clusters;
+    let mut clusters: BTreeMap<String, Arc<XdsCluster>> = egress.clusters;
     let mut route_configurations = BTreeMap::new();
     let mut listeners = Vec::new();
 
@@ -196,7 +199,7 @@ pub(crate) fn translate(
             None,
         ));
         route_configurations.insert(rc.name.clone(), rc);
-        clusters.insert(cluster.name.clone(), cluster);
+        clusters.insert(cluster.name.clone(), Arc::new(cluster));
     }
 
     // The egress hop only exists for the gateway's own listeners: none, no hop.
@@ -220,7 +223,7 @@ pub(crate) fn translate(
         clusters.clear();
     }
     listeners.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(ProxyResources {
+    Ok(SharedResources {
         listeners,
         route_configurations: route_configurations.into_values().collect(),
         clusters: clusters.into_values().collect(),

@@ -45,7 +45,7 @@ pub use names::{
 };
 pub use options::{ListenerMode, ProxyOptions, DEFAULT_EGRESS_PORT, DEFAULT_INGRESS_PORT};
 pub use snapshot::MeshSnapshot;
-pub use translate::{translate, ProxyResources};
+pub use translate::{translate, ProxyResources, SharedResources, Translator};
 
 /// Envoy's cluster type (kept apart from App Mesh names by the `Xds` prefix).
 pub use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;

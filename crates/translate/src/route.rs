@@ -1,7 +1,8 @@
 //! Route configurations: the egress table (one virtual host per backend virtual service) and
 //! the ingress tables (everything to the local application).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier as XdsHeaderMatchSpecifier;
@@ -111,7 +112,7 @@ pub(crate) struct Egress {
     pub route_configuration: XdsRouteConfiguration,
     /// Every cluster a route points at, by name. Nothing else: this is what scopes a proxy's
     /// clusters to its backends.
-    pub clusters: BTreeMap<String, XdsCluster>,
+    pub clusters: BTreeMap<String, Arc<XdsCluster>>,
     /// The HTTP-family ports of the backends' providers (transparent mode matches these).
     pub ports: BTreeSet<u16>,
     /// The `tcp` ports of the backends' providers and where transparent mode sends them.
@@ -133,12 +134,14 @@ pub(crate) struct TcpPlan {
 /// catch-all `*` host when the mesh lets unknown traffic out.
 pub(crate) fn egress(
     snapshot: &MeshSnapshot,
+    targets: &mut TargetClusters,
     node: &VirtualNodeData,
     egress_port: u16,
     passthrough: Option<&str>,
 ) -> Egress {
     let mut builder = EgressBuilder {
         snapshot,
+        targets,
         clusters: BTreeMap::new(),
         ports: BTreeSet::new(),
         tcp_ports: BTreeMap::new(),
@@ -188,9 +191,48 @@ pub(crate) fn egress(
     }
 }
 
+/// The clusters of weighted targets already built from one snapshot, by target node and
+/// target port: a node's cluster is the same for every proxy whose routes reach it, so
+/// translating many proxies from one snapshot builds it once.
+#[derive(Debug, Default)]
+pub(crate) struct TargetClusters {
+    by_node: HashMap<String, Vec<PortCluster>>,
+}
+
+/// A weighted target's port and its cluster (`None`: the target is unreachable).
+type PortCluster = (Option<i32>, Option<Arc<XdsCluster>>);
+
+impl TargetClusters {
+    /// The cluster of `target` (`None`: unreachable), built on first use.
+    fn get(
+        &mut self,
+        snapshot: &MeshSnapshot,
+        target: &WeightedTarget,
+    ) -> Option<&Arc<XdsCluster>> {
+        let known = self
+            .by_node
+            .get(target.virtual_node.as_str())
+            .is_some_and(|ports| ports.iter().any(|(p, _)| *p == target.port));
+        if !known {
+            let built = target_cluster(snapshot, target).map(Arc::new);
+            self.by_node
+                .entry(target.virtual_node.clone())
+                .or_default()
+                .push((target.port, built));
+        }
+        self.by_node
+            .get(target.virtual_node.as_str())?
+            .iter()
+            .find(|(p, _)| *p == target.port)?
+            .1
+            .as_ref()
+    }
+}
+
 struct EgressBuilder<'a> {
     snapshot: &'a MeshSnapshot,
-    clusters: BTreeMap<String, XdsCluster>,
+    targets: &'a mut TargetClusters,
+    clusters: BTreeMap<String, Arc<XdsCluster>>,
     ports: BTreeSet<u16>,
     tcp_ports: BTreeMap<u16, TcpPlan>,
     /// Domains already used (lower-cased): Envoy rejects a route table with a duplicate domain.
@@ -424,10 +466,13 @@ impl EgressBuilder<'_> {
     fn action(&mut self, targets: &[WeightedTarget]) -> XdsAction {
         let mut weights: BTreeMap<String, u32> = BTreeMap::new();
         for target in targets {
-            if let Some(cluster) = self.target_cluster(target) {
+            if let Some(cluster) = self.targets.get(self.snapshot, target) {
                 let weight = u32::try_from(target.weight.clamp(0, 100)).unwrap_or(0);
                 *weights.entry(cluster.name.clone()).or_default() += weight;
-                self.clusters.entry(cluster.name.clone()).or_insert(cluster);
+                if !self.clusters.contains_key(&cluster.name) {
+                    self.clusters
+                        .insert(cluster.name.clone(), Arc::clone(cluster));
+                }
             }
         }
         weights.retain(|_, w| *w > 0);
@@ -451,43 +496,43 @@ impl EgressBuilder<'_> {
             ..Default::default()
         })
     }
+}
 
-    /// The cluster for one weighted target: the target node's listener on `target.port`, or its
-    /// only listener when no port is given (App Mesh requires the port when there are several;
-    /// we take the first listener rather than fail). DNS discovery gives a DNS cluster, Cloud
-    /// Map discovery an EDS cluster; a node without service discovery is unreachable.
-    fn target_cluster(&self, target: &WeightedTarget) -> Option<XdsCluster> {
-        let node = self.snapshot.virtual_nodes.get(&target.virtual_node)?;
-        let listeners = node.spec.listeners.as_deref().unwrap_or_default();
-        let listener = match target.port {
-            Some(p) => listeners.iter().find(|l| l.port_mapping.port == p)?,
-            None => listeners.first()?,
-        };
-        let listener_port = port(listener.port_mapping.port)?;
-        match node.spec.service_discovery.as_ref()? {
-            ServiceDiscovery::Dns(dns) => Some(cluster::egress_dns(
-                self.snapshot.mesh_name(),
-                &node.virtual_node_name,
-                listener,
-                listener_port,
-                dns,
-                self.snapshot
-                    .mesh
-                    .spec
-                    .service_discovery
-                    .as_ref()
-                    .and_then(|sd| sd.ip_preference),
-            )),
-            // Endpoints come from Weft's instance registry over EDS; the load assignment is
-            // built alongside (`cloud_map::load_assignments`).
-            ServiceDiscovery::AwsCloudMap(discovery) => Some(cluster::egress_eds(
-                self.snapshot.mesh_name(),
-                &node.virtual_node_name,
-                listener,
-                listener_port,
-                crate::cloud_map::eds_service_name(self.snapshot, discovery, listener_port),
-            )),
-        }
+/// The cluster for one weighted target: the target node's listener on `target.port`, or its
+/// only listener when no port is given (App Mesh requires the port when there are several;
+/// we take the first listener rather than fail). DNS discovery gives a DNS cluster, Cloud
+/// Map discovery an EDS cluster; a node without service discovery is unreachable.
+fn target_cluster(snapshot: &MeshSnapshot, target: &WeightedTarget) -> Option<XdsCluster> {
+    let node = snapshot.virtual_nodes.get(&target.virtual_node)?;
+    let listeners = node.spec.listeners.as_deref().unwrap_or_default();
+    let listener = match target.port {
+        Some(p) => listeners.iter().find(|l| l.port_mapping.port == p)?,
+        None => listeners.first()?,
+    };
+    let listener_port = port(listener.port_mapping.port)?;
+    match node.spec.service_discovery.as_ref()? {
+        ServiceDiscovery::Dns(dns) => Some(cluster::egress_dns(
+            snapshot.mesh_name(),
+            &node.virtual_node_name,
+            listener,
+            listener_port,
+            dns,
+            snapshot
+                .mesh
+                .spec
+                .service_discovery
+                .as_ref()
+                .and_then(|sd| sd.ip_preference),
+        )),
+        // Endpoints come from Weft's instance registry over EDS; the load assignment is
+        // built alongside (`cloud_map::load_assignments`).
+        ServiceDiscovery::AwsCloudMap(discovery) => Some(cluster::egress_eds(
+            snapshot.mesh_name(),
+            &node.virtual_node_name,
+            listener,
+            listener_port,
+            crate::cloud_map::eds_service_name(snapshot, discovery, listener_port),
+        )),
     }
 }
 

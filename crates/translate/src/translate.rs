@@ -1,6 +1,7 @@
 //! The entry point: one proxy's resources from one mesh snapshot.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use weft_model::shapes::{EgressFilterType, VirtualNodeData};
 
@@ -31,6 +32,38 @@ pub struct ProxyResources {
     pub cluster_load_assignments: Vec<XdsClusterLoadAssignment>,
 }
 
+/// [`ProxyResources`] whose clusters are shared: what [`Translator::translate_shared`]
+/// returns. The cluster of a route target is the same allocation for every proxy translated
+/// by one [`Translator`] that reaches it, so a caller can tell it apart by pointer
+/// ([`Arc::ptr_eq`]) without comparing or copying it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SharedResources {
+    /// LDS, as in [`ProxyResources::listeners`].
+    pub listeners: Vec<XdsListener>,
+    /// RDS, as in [`ProxyResources::route_configurations`].
+    pub route_configurations: Vec<XdsRouteConfiguration>,
+    /// CDS, as in [`ProxyResources::clusters`].
+    pub clusters: Vec<Arc<XdsCluster>>,
+    /// EDS, as in [`ProxyResources::cluster_load_assignments`].
+    pub cluster_load_assignments: Vec<XdsClusterLoadAssignment>,
+}
+
+impl SharedResources {
+    /// The same resources, owned (a cluster still shared is copied).
+    pub fn into_owned(self) -> ProxyResources {
+        ProxyResources {
+            listeners: self.listeners,
+            route_configurations: self.route_configurations,
+            clusters: self
+                .clusters
+                .into_iter()
+                .map(Arc::unwrap_or_clone)
+                .collect(),
+            cluster_load_assignments: self.cluster_load_assignments,
+        }
+    }
+}
+
 impl ProxyResources {
     /// The listeners with their RDS route configurations inlined, for a static bootstrap
     /// (`static_resources`), e.g. to check the output with `envoy --mode validate`.
@@ -51,28 +84,72 @@ pub fn translate(
     proxy: &ProxyIdentity,
     options: &ProxyOptions,
 ) -> Result<ProxyResources, TranslateError> {
-    if proxy.mesh != snapshot.mesh_name() {
-        return Err(TranslateError::MeshMismatch {
-            proxy_mesh: proxy.mesh.clone(),
-            snapshot_mesh: snapshot.mesh_name().to_string(),
-        });
+    // The translator (and the clusters it keeps) is gone before the clusters are unwrapped:
+    // nothing is copied.
+    let shared = Translator::new(snapshot).translate_shared(proxy, options)?;
+    Ok(shared.into_owned())
+}
+
+/// Translates one mesh snapshot for several proxies, sharing what their translations have in
+/// common: the cluster of a route target (a virtual node's listener) is built once for every
+/// proxy that reaches it, instead of once per proxy. Each result is exactly what
+/// [`translate`] returns.
+///
+/// It borrows the snapshot: what it keeps is only valid for that snapshot.
+#[derive(Debug)]
+pub struct Translator<'a> {
+    snapshot: &'a MeshSnapshot,
+    targets: route::TargetClusters,
+}
+
+impl<'a> Translator<'a> {
+    /// A translator of `snapshot`.
+    pub fn new(snapshot: &'a MeshSnapshot) -> Self {
+        Self {
+            snapshot,
+            targets: route::TargetClusters::default(),
+        }
     }
-    let mut resources = match proxy.kind {
-        ProxyKind::VirtualNode => translate_node(snapshot, proxy, options)?,
-        ProxyKind::VirtualGateway => crate::gateway::translate(snapshot, proxy, options)?,
-    };
-    // Endpoints of the Cloud Map (EDS) clusters, whoever built them (node or gateway).
-    resources.cluster_load_assignments =
-        crate::cloud_map::load_assignments(snapshot, &resources.clusters);
-    Ok(resources)
+
+    /// The snapshot it translates.
+    pub fn snapshot(&self) -> &'a MeshSnapshot {
+        self.snapshot
+    }
+
+    /// [`translate`] of the snapshot for `proxy`, with the clusters shared (see
+    /// [`SharedResources`]).
+    pub fn translate_shared(
+        &mut self,
+        proxy: &ProxyIdentity,
+        options: &ProxyOptions,
+    ) -> Result<SharedResources, TranslateError> {
+        let snapshot = self.snapshot;
+        if proxy.mesh != snapshot.mesh_name() {
+            return Err(TranslateError::MeshMismatch {
+                proxy_mesh: proxy.mesh.clone(),
+                snapshot_mesh: snapshot.mesh_name().to_string(),
+            });
+        }
+        let mut resources = match proxy.kind {
+            ProxyKind::VirtualNode => translate_node(snapshot, &mut self.targets, proxy, options)?,
+            ProxyKind::VirtualGateway => {
+                crate::gateway::translate(snapshot, &mut self.targets, proxy, options)?
+            }
+        };
+        // Endpoints of the Cloud Map (EDS) clusters, whoever built them (node or gateway).
+        resources.cluster_load_assignments =
+            crate::cloud_map::load_assignments(snapshot, resources.clusters.iter().map(|c| &**c));
+        Ok(resources)
+    }
 }
 
 /// A virtual node's proxy: its ingress and its egress.
 fn translate_node(
     snapshot: &MeshSnapshot,
+    targets: &mut route::TargetClusters,
     proxy: &ProxyIdentity,
     options: &ProxyOptions,
-) -> Result<ProxyResources, TranslateError> {
+) -> Result<SharedResources, TranslateError> {
     let node = snapshot.virtual_nodes.get(&proxy.name).ok_or_else(|| {
         TranslateError::VirtualNodeNotFound {
             mesh: proxy.mesh.clone(),
@@ -81,10 +158,10 @@ fn translate_node(
     })?;
     let mut out = Output::default();
     ingress(snapshot, node, options, &mut out);
-    egress(snapshot, node, options, &mut out);
+    egress(snapshot, targets, node, options, &mut out);
     let mut listeners = out.listeners;
     listeners.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(ProxyResources {
+    Ok(SharedResources {
         listeners,
         route_configurations: out.route_configurations.into_values().collect(),
         clusters: out.clusters.into_values().collect(),
@@ -96,7 +173,7 @@ fn translate_node(
 struct Output {
     listeners: Vec<XdsListener>,
     route_configurations: BTreeMap<String, XdsRouteConfiguration>,
-    clusters: BTreeMap<String, XdsCluster>,
+    clusters: BTreeMap<String, Arc<XdsCluster>>,
 }
 
 /// The node's listeners, served to the local application: one ingress cluster and one filter
@@ -151,7 +228,7 @@ fn ingress(
             )
         };
         let chain_name = format!("ingress_{}_{port}", names::protocol_name(protocol));
-        out.clusters.insert(cluster.name.clone(), cluster);
+        out.clusters.insert(cluster.name.clone(), Arc::new(cluster));
         if explicit {
             out.listeners.push(listener::listener(
                 names::ingress_listener(&options.listen_address, port),
@@ -193,6 +270,7 @@ fn ingress(
 /// the ORIGINAL_DST passthrough cluster).
 fn egress(
     snapshot: &MeshSnapshot,
+    targets: &mut route::TargetClusters,
     node: &VirtualNodeData,
     options: &ProxyOptions,
     out: &mut Output,
@@ -214,8 +292,10 @@ fn egress(
     let catch_all = if !allow_all {
         None
     } else if transparent {
-        out.clusters
-            .insert(names::passthrough_cluster(mesh), cluster::passthrough(mesh));
+        out.clusters.insert(
+            names::passthrough_cluster(mesh),
+            Arc::new(cluster::passthrough(mesh)),
+        );
         Some(names::passthrough_cluster(mesh))
     } else {
         let ip_preference = snapshot
@@ -227,12 +307,18 @@ fn egress(
         let cache = cluster::forward_proxy_dns_cache(mesh, ip_preference);
         out.clusters.insert(
             names::forward_proxy_cluster(mesh),
-            cluster::forward_proxy(mesh, cache.clone()),
+            Arc::new(cluster::forward_proxy(mesh, cache.clone())),
         );
         extras.forward_proxy = Some(cache);
         Some(names::forward_proxy_cluster(mesh))
     };
-    let plan = route::egress(snapshot, node, options.egress_port, catch_all.as_deref());
+    let plan = route::egress(
+        snapshot,
+        targets,
+        node,
+        options.egress_port,
+        catch_all.as_deref(),
+    );
     let hcm = listener::http_connection_manager(
         EGRESS_STAT_PREFIX,
         &plan.route_configuration.name,

@@ -501,3 +501,43 @@ fn the_same_gateway_gives_byte_identical_resources() {
     };
     assert_eq!(bytes(&x), bytes(&y));
 }
+
+/// One `Translator` for several proxies of a snapshot gives each exactly what `translate`
+/// gives it, and the proxies reaching the same target share that target's cluster.
+#[test]
+fn a_shared_translator_gives_what_translate_gives_and_shares_target_clusters() {
+    let mesh = apps()
+        .node(
+            "front",
+            client_node(&["color.apps.local", "rpc.apps.local"]),
+        )
+        .node("back", client_node(&["color.apps.local"]))
+        .gateway_route("edge", "all", to_color(json!({"prefix": "/"})));
+    let gateway: ProxyIdentity = "mesh/apps/virtualGateway/edge".parse().unwrap();
+    let front = ProxyIdentity::virtual_node("apps", "front");
+    let back = ProxyIdentity::virtual_node("apps", "back");
+    let mut translator = Translator::new(&mesh.0);
+    let mut shared = Vec::new();
+    for (proxy, options) in [
+        (&front, ProxyOptions::default()),
+        (&back, ProxyOptions::explicit()),
+        (&gateway, ProxyOptions::explicit()),
+        (&front, ProxyOptions::explicit()),
+    ] {
+        let one = translator.translate_shared(proxy, &options).unwrap();
+        assert_eq!(
+            one.clone().into_owned(),
+            translate(&mesh.0, proxy, &options).unwrap()
+        );
+        shared.push(one);
+    }
+    let blue = |r: &SharedResources| {
+        r.clusters
+            .iter()
+            .find(|c| c.name.contains("_blue_"))
+            .cloned()
+            .unwrap()
+    };
+    assert!(std::sync::Arc::ptr_eq(&blue(&shared[0]), &blue(&shared[1])));
+    assert!(std::sync::Arc::ptr_eq(&blue(&shared[0]), &blue(&shared[2])));
+}
