@@ -31,7 +31,7 @@ use weft_registry::keys as registry_keys;
 use weft_registry::{Instance, NamespaceRecord, ServiceRecord};
 use weft_store::{Range, SharedStore, StoreError, WatchEvent};
 use weft_translate::{
-    translate, CloudMapInstance, MeshSnapshot, ProxyIdentity, ProxyOptions, TranslateError,
+    CloudMapInstance, MeshSnapshot, ProxyIdentity, ProxyOptions, TranslateError, Translator,
 };
 use weft_xds::{NodeResolver, SnapshotCache, XdsNode};
 
@@ -141,55 +141,33 @@ fn dep_of_key(key: &str) -> Option<Dep> {
     Some((kind, keys::unescape(name)))
 }
 
-/// Everything the config of `class` is computed from, inside its mesh (the
-/// mesh record aside): its own node or gateway, the virtual services it
-/// reaches, their providers, and the routers' routes and target nodes.
-/// A write that touches none of these cannot change the proxy's config.
-fn dependencies(mesh: &MeshSnapshot, class: &ProxyClass) -> HashSet<Dep> {
-    use weft_model::shapes::{Backend, VirtualServiceProvider};
-    let mut deps = HashSet::new();
-    use weft_translate::ProxyKind;
-    let mut services: Vec<String> = Vec::new();
-    match class.identity.kind {
-        ProxyKind::VirtualNode => {
-            deps.insert((Kind::VirtualNode, class.identity.name.clone()));
-            if let Some(node) = mesh.virtual_nodes.get(&class.identity.name) {
-                for b in node.spec.backends.iter().flatten() {
-                    let Backend::VirtualService(vs) = b;
-                    services.push(vs.virtual_service_name.clone());
-                }
-            }
-        }
-        ProxyKind::VirtualGateway => {
-            deps.insert((Kind::VirtualGateway, class.identity.name.clone()));
-            for ((gateway, _), gr) in &mesh.gateway_routes {
-                if gateway != &class.identity.name {
-                    continue;
-                }
-                let spec = &gr.spec;
-                for http in [&spec.http_route, &spec.http2_route].into_iter().flatten() {
-                    services.push(
-                        http.action
-                            .target
-                            .virtual_service
-                            .virtual_service_name
-                            .clone(),
-                    );
-                }
-                if let Some(g) = &spec.grpc_route {
-                    services.push(g.action.target.virtual_service.virtual_service_name.clone());
-                }
-            }
-        }
+/// Everything the config of a class is computed from, inside its mesh (the
+/// mesh record aside): its own node or gateway, and for every virtual service
+/// it reaches, that service's part ([`service_deps`], shared by all classes
+/// that reach the service). A write that touches none of these cannot change
+/// the proxy's config.
+#[derive(Debug)]
+struct ClassDeps {
+    own: Dep,
+    services: Vec<Arc<[Dep]>>,
+}
+
+impl ClassDeps {
+    fn contains(&self, dep: &Dep) -> bool {
+        self.own == *dep || self.services.iter().any(|s| s.contains(dep))
     }
-    for service in services {
-        deps.insert((Kind::VirtualService, service.clone()));
-        let Some(vs) = mesh.virtual_services.get(&service) else {
-            continue;
-        };
+}
+
+/// What one virtual service brings into the config of a class that reaches
+/// it: the service, and its provider — a virtual node, or a virtual router
+/// with its routes and their target nodes.
+fn service_deps(mesh: &MeshSnapshot, service: &str) -> Arc<[Dep]> {
+    use weft_model::shapes::VirtualServiceProvider;
+    let mut deps = vec![(Kind::VirtualService, service.to_string())];
+    if let Some(vs) = mesh.virtual_services.get(service) {
         match &vs.spec.provider {
             Some(VirtualServiceProvider::VirtualNode(p)) => {
-                deps.insert((Kind::VirtualNode, p.virtual_node_name.clone()));
+                deps.push((Kind::VirtualNode, p.virtual_node_name.clone()));
             }
             Some(VirtualServiceProvider::VirtualRouter(p)) => {
                 let router = p.virtual_router_name.clone();
@@ -206,15 +184,73 @@ fn dependencies(mesh: &MeshSnapshot, class: &ProxyClass) -> HashSet<Dep> {
                         targets.extend(t.action.weighted_targets.iter());
                     }
                     for t in targets {
-                        deps.insert((Kind::VirtualNode, t.virtual_node.clone()));
+                        deps.push((Kind::VirtualNode, t.virtual_node.clone()));
                     }
                 }
-                deps.insert((Kind::VirtualRouter, router));
+                deps.push((Kind::VirtualRouter, router));
             }
             None => {}
         }
     }
-    deps
+    Arc::from(deps)
+}
+
+/// The dependencies of each virtual service, computed once per refresh of a
+/// mesh (every class reaching a service shares them).
+#[derive(Default)]
+struct DepsMemo {
+    services: HashMap<String, Arc<[Dep]>>,
+}
+
+impl DepsMemo {
+    fn service(&mut self, mesh: &MeshSnapshot, service: &str) -> Arc<[Dep]> {
+        if let Some(deps) = self.services.get(service) {
+            return deps.clone();
+        }
+        let deps = service_deps(mesh, service);
+        self.services.insert(service.to_string(), deps.clone());
+        deps
+    }
+}
+
+/// Everything the config of `class` is computed from (see [`ClassDeps`]).
+fn dependencies(mesh: &MeshSnapshot, class: &ProxyClass, memo: &mut DepsMemo) -> ClassDeps {
+    use weft_model::shapes::Backend;
+    use weft_translate::ProxyKind;
+    let mut services: BTreeSet<&str> = BTreeSet::new();
+    let own = match class.identity.kind {
+        ProxyKind::VirtualNode => {
+            if let Some(node) = mesh.virtual_nodes.get(&class.identity.name) {
+                for b in node.spec.backends.iter().flatten() {
+                    let Backend::VirtualService(vs) = b;
+                    services.insert(&vs.virtual_service_name);
+                }
+            }
+            (Kind::VirtualNode, class.identity.name.clone())
+        }
+        ProxyKind::VirtualGateway => {
+            for ((gateway, _), gr) in &mesh.gateway_routes {
+                if gateway != &class.identity.name {
+                    continue;
+                }
+                let spec = &gr.spec;
+                for http in [&spec.http_route, &spec.http2_route].into_iter().flatten() {
+                    services.insert(&http.action.target.virtual_service.virtual_service_name);
+                }
+                if let Some(g) = &spec.grpc_route {
+                    services.insert(&g.action.target.virtual_service.virtual_service_name);
+                }
+            }
+            (Kind::VirtualGateway, class.identity.name.clone())
+        }
+    };
+    ClassDeps {
+        own,
+        services: services
+            .into_iter()
+            .map(|service| memo.service(mesh, service))
+            .collect(),
+    }
 }
 
 /// Keeps meshes in memory from the store and publishes translated snapshots.
@@ -230,7 +266,7 @@ pub struct Runtime {
     /// from its stored bytes), never rebuilt from scratch.
     meshes: HashMap<String, Arc<MeshSnapshot>>,
     /// What each proxy class's last published config was computed from.
-    deps: HashMap<String, HashSet<Dep>>,
+    deps: HashMap<String, ClassDeps>,
     /// Encoded resources shared between classes and kept between changes.
     encoded: EncodedPool,
 }
@@ -632,9 +668,28 @@ impl Runtime {
             // No such mesh (yet): the proxy waits with no config.
             return;
         };
+        self.publish_with(
+            key,
+            class,
+            &mut Translator::new(&mesh),
+            &mut DepsMemo::default(),
+        );
+    }
+
+    /// Recomputes the snapshot of one proxy class with the translator (and
+    /// dependency memo) of its mesh's current snapshot, shared by the classes
+    /// of one refresh.
+    fn publish_with(
+        &mut self,
+        key: &str,
+        class: &ProxyClass,
+        translator: &mut Translator<'_>,
+        memo: &mut DepsMemo,
+    ) {
+        let mesh = translator.snapshot();
         self.deps
-            .insert(key.to_string(), dependencies(&mesh, class));
-        match translate(&mesh, &class.identity, &class.options) {
+            .insert(key.to_string(), dependencies(mesh, class, memo));
+        match translator.translate_shared(&class.identity, &class.options) {
             Ok(resources) => match self
                 .encoded
                 .snapshot(resources, self.cache.snapshot(key).as_deref())
@@ -652,11 +707,31 @@ impl Runtime {
         }
     }
 
-    fn classes(&self) -> Vec<(String, ProxyClass)> {
-        match self.registry.classes.lock() {
-            Ok(c) => c.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            Err(_) => Vec::new(),
-        }
+    /// The classes a burst of changes affects (see [`Runtime::refresh`]),
+    /// cloned out of the registry; the others are not copied.
+    fn affected_classes(
+        &self,
+        changes: &BTreeMap<String, MeshChanges>,
+        registry_changed: &BTreeSet<String>,
+    ) -> Vec<(String, ProxyClass)> {
+        let Ok(classes) = self.registry.classes.lock() else {
+            return Vec::new();
+        };
+        classes
+            .iter()
+            .filter(|(key, class)| {
+                let escaped = keys::escape(&class.identity.mesh);
+                registry_changed.contains(&escaped)
+                    || changes.get(&escaped).is_some_and(|c| {
+                        c.mesh_wide
+                            || match self.deps.get(key.as_str()) {
+                                Some(deps) => c.names.iter().any(|n| deps.contains(n)),
+                                None => true,
+                            }
+                    })
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Recomputes the proxies whose config a burst of changes can have
@@ -683,22 +758,39 @@ impl Runtime {
             return;
         }
         let started = std::time::Instant::now();
-        let mut published = 0usize;
-        for (key, class) in self.classes() {
+        let affected = self.affected_classes(changes, &registry_changed);
+        let published = affected.len();
+        // One translator (and dependency memo) per mesh for the whole refresh:
+        // what the classes share, such as the clusters of route targets, is
+        // built once.
+        let meshes: HashMap<String, Arc<MeshSnapshot>> = affected
+            .iter()
+            .map(|(_, class)| keys::escape(&class.identity.mesh))
+            .collect::<BTreeSet<String>>()
+            .into_iter()
+            .filter_map(|escaped| {
+                let mesh = self.mesh(&escaped)?;
+                Some((escaped, mesh))
+            })
+            .collect();
+        let mut work: HashMap<&str, (Translator<'_>, DepsMemo)> = meshes
+            .iter()
+            .map(|(escaped, mesh)| {
+                (
+                    escaped.as_str(),
+                    (Translator::new(mesh), DepsMemo::default()),
+                )
+            })
+            .collect();
+        for (key, class) in &affected {
             let escaped = keys::escape(&class.identity.mesh);
-            let affected = registry_changed.contains(&escaped)
-                || changes.get(&escaped).is_some_and(|c| {
-                    c.mesh_wide
-                        || match self.deps.get(&key) {
-                            Some(deps) => c.names.iter().any(|n| deps.contains(n)),
-                            None => true,
-                        }
-                });
-            if affected {
-                self.publish(&key, &class);
-                published += 1;
+            // No such mesh (yet): the proxy waits with no config.
+            if let Some((translator, memo)) = work.get_mut(escaped.as_str()) {
+                self.publish_with(key, class, translator, memo);
             }
         }
+        drop(work);
+        drop(meshes);
         // The snapshots just replaced may have held the last users of some
         // encoded resources (none were replaced if nothing was published).
         if published > 0 {
@@ -874,7 +966,7 @@ mod tests {
             identity: ProxyIdentity::virtual_node("apps", "front"),
             options: ProxyOptions::default(),
         };
-        let deps = dependencies(&mesh(), &class);
+        let deps = dependencies(&mesh(), &class, &mut DepsMemo::default());
         for dep in [
             (Kind::VirtualNode, "front"),
             (Kind::VirtualService, "colors"),

@@ -9,17 +9,25 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
 use prost::{Message, Name};
-use weft_translate::{ProxyResources, XdsCluster, XdsClusterLoadAssignment};
+use weft_translate::{SharedResources, XdsCluster, XdsClusterLoadAssignment};
 use weft_xds::{cluster_eds_name, listener_rds_names, Resource, Snapshot, XdsError};
 
 /// Encoded resources by name, each next to the message it was encoded from,
 /// so that an equal message (compared field by field, which is much cheaper
 /// than encoding and hashing it) gets the same `Arc`.
+///
+/// The message is kept as the `Arc` it came in: the translator of a refresh
+/// hands every proxy class that reaches a route target the same cluster
+/// allocation, which is then recognised by pointer, without comparing it.
 struct Pool<M> {
-    by_name: HashMap<String, Vec<(M, Arc<Resource>)>>,
+    by_name: HashMap<String, Vec<Variant<M>>>,
 }
+
+/// A message and its encoded resource.
+type Variant<M> = (Arc<M>, Arc<Resource>);
 
 impl<M> Default for Pool<M> {
     fn default() -> Self {
@@ -29,17 +37,25 @@ impl<M> Default for Pool<M> {
     }
 }
 
-impl<M: Message + Name + PartialEq + Clone + Default> Pool<M> {
-    fn intern(&mut self, name: &str, message: M) -> Arc<Resource> {
+impl<M: Message + Name + PartialEq> Pool<M> {
+    fn intern(&mut self, name: &str, message: Arc<M>) -> Arc<Resource> {
         // Looked up by `&str` first: the common case, a hit, allocates nothing.
-        if let Some((_, resource)) = self
-            .by_name
-            .get(name)
-            .and_then(|variants| variants.iter().find(|(m, _)| *m == message))
-        {
-            return resource.clone();
+        if let Some(variants) = self.by_name.get_mut(name) {
+            if let Some((_, resource)) = variants.iter().find(|(m, _)| Arc::ptr_eq(m, &message)) {
+                return resource.clone();
+            }
+            if let Some((kept, resource)) = variants.iter_mut().find(|(m, _)| **m == *message) {
+                // Equal: keep this allocation, so that the other classes of
+                // this refresh that share it match by pointer.
+                *kept = message;
+                return resource.clone();
+            }
         }
-        let resource = Arc::new(Resource::new(name, pack_any(message.clone())));
+        let body = Any {
+            type_url: M::type_url(),
+            value: message.encode_to_vec(),
+        };
+        let resource = Arc::new(Resource::new(name, body));
         self.by_name
             .entry(name.to_string())
             .or_default()
@@ -73,7 +89,7 @@ impl EncodedPool {
     /// equal (byte for byte) to the one in `previous` is reused from it.
     pub fn snapshot(
         &mut self,
-        resources: ProxyResources,
+        resources: SharedResources,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, XdsError> {
         let mut eds_names = BTreeSet::new();
@@ -98,7 +114,7 @@ impl EncodedPool {
         }
         for assignment in resources.cluster_load_assignments {
             let name = assignment.cluster_name.clone();
-            all.push(self.assignments.intern(&name, assignment));
+            all.push(self.assignments.intern(&name, Arc::new(assignment)));
         }
         Snapshot::from_shared_with_references(all, eds_names, rds_names)
     }
@@ -164,9 +180,9 @@ mod tests {
         }
     }
 
-    fn resources(clusters: Vec<XdsCluster>, routes: Vec<XdsRouteConfiguration>) -> ProxyResources {
-        ProxyResources {
-            clusters,
+    fn resources(clusters: Vec<XdsCluster>, routes: Vec<XdsRouteConfiguration>) -> SharedResources {
+        SharedResources {
+            clusters: clusters.into_iter().map(Arc::new).collect(),
             route_configurations: routes,
             ..Default::default()
         }
@@ -240,7 +256,7 @@ mod tests {
             )
         };
         let pooled = pool.snapshot(make(), None).unwrap();
-        let r = make();
+        let r = make().into_owned();
         let direct = Snapshot::from_resources(
             r.listeners,
             r.route_configurations,
@@ -249,5 +265,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(pooled, direct);
+    }
+
+    #[test]
+    fn an_equal_cluster_in_a_new_allocation_gets_the_same_resource_and_is_then_matched_by_pointer()
+    {
+        let mut pool = EncodedPool::default();
+        let first = pool
+            .snapshot(resources(vec![cluster("red", 1)], vec![]), None)
+            .unwrap();
+        let shared = Arc::new(cluster("red", 1));
+        let with = |c: &Arc<XdsCluster>| SharedResources {
+            clusters: vec![c.clone()],
+            ..Default::default()
+        };
+        let a = pool.snapshot(with(&shared), None).unwrap();
+        let b = pool.snapshot(with(&shared), None).unwrap();
+        assert!(Arc::ptr_eq(
+            &held(&first, CLUSTER, "red"),
+            &held(&a, CLUSTER, "red")
+        ));
+        assert!(Arc::ptr_eq(
+            &held(&a, CLUSTER, "red"),
+            &held(&b, CLUSTER, "red")
+        ));
+        // The pool now keeps the shared allocation itself.
+        assert!(Arc::strong_count(&shared) > 1);
     }
 }
