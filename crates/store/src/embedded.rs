@@ -427,11 +427,14 @@ fn commit_loop(inner: &Inner, mut wal: disk::Wal) {
             let dir = inner.dir.clone();
             let spawned = std::thread::Builder::new()
                 .name("weft-store-compact".into())
-                .spawn(move || match disk::write_snapshot(&dir, &kvs, head) {
-                    Ok(()) => tracing::info!(revision = head, "compacted the store log"),
-                    // Not fatal: the logs still hold everything; the next
-                    // compaction tries again.
-                    Err(e) => tracing::warn!(revision = head, "store compaction failed: {e}"),
+                .spawn(move || {
+                    disk::background_priority();
+                    match disk::write_snapshot(&dir, &kvs, head) {
+                        Ok(()) => tracing::info!(revision = head, "compacted the store log"),
+                        // Not fatal: the logs still hold everything; the
+                        // next compaction tries again.
+                        Err(e) => tracing::warn!(revision = head, "store compaction failed: {e}"),
+                    }
                 });
             match spawned {
                 Ok(handle) => compaction = Some(handle),

@@ -507,6 +507,7 @@ fn create_log(dir: &Path, start: Revision) -> io::Result<File> {
 /// Zero-fills `size` bytes of [`PREPARED_TMP`] and makes them durable.
 /// Stops early, with an error, once `cancel` is set.
 fn prepare_log(dir: &Path, size: u64, cancel: &AtomicBool) -> io::Result<()> {
+    background_priority();
     let path = dir.join(PREPARED_TMP);
     let result = (|| {
         let mut file = OpenOptions::new()
@@ -533,6 +534,14 @@ fn prepare_log(dir: &Path, size: u64, cancel: &AtomicBool) -> io::Result<()> {
         let _ = fs::remove_file(&path);
     }
     result
+}
+
+/// Lowers the calling thread's scheduling priority (nice 10): work that no
+/// request waits for (preparing a log, writing a snapshot) yields the CPU to
+/// work that one does. Best effort: a failure leaves the priority as it was.
+pub(super) fn background_priority() {
+    // On Linux a thread id names just that thread here.
+    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10);
 }
 
 /// Whether the file system holding `dir` has room for a prepared log with

@@ -613,3 +613,22 @@ async fn compaction_counts_every_log_since_the_snapshot() {
     let store = EmbeddedStore::open(opts).await.unwrap();
     assert_eq!(everything(&*store).await, before);
 }
+
+#[test]
+fn background_work_runs_at_a_lower_priority() {
+    let nice = std::thread::spawn(|| {
+        disk::background_priority();
+        // Field 19 of /proc/thread-self/stat, counted after the ")" that ends
+        // the thread's name.
+        let stat = fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        rest.split_whitespace()
+            .nth(16)
+            .unwrap()
+            .parse::<i32>()
+            .unwrap()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(nice, 10);
+}
