@@ -14,7 +14,6 @@
 //! Protocol reference: <https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol>.
 
 mod cache;
-mod coalesce;
 mod delta;
 mod error;
 mod resource;

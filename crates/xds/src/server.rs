@@ -22,7 +22,6 @@ use tonic::codegen::{http, Body, BoxFuture, StdError};
 use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Status, Streaming};
 
-use crate::coalesce::Coalescing;
 use crate::wire::{DeltaOut, SotwOut};
 use crate::{DeltaStream, ProxyStatus, Snapshot, SnapshotCache, SotwStream, XdsError, XdsNode};
 
@@ -230,11 +229,7 @@ impl AdsServer {
             // Detect dead peers on long-lived streams.
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .add_service(self.service())
-            .serve_with_incoming_shutdown(
-                // Fewer, larger writes: see `coalesce.rs`.
-                TcpListenerStream::new(listener).map(|socket| socket.map(Coalescing::new)),
-                shutdown,
-            )
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await?;
         Ok(())
     }
