@@ -37,6 +37,12 @@ pub struct DataplaneArgs {
     /// The `weft` binary (default: the one next to this executable).
     #[arg(long, env = "WEFT_BENCH_WEFT_BIN")]
     pub weft_bin: Option<PathBuf>,
+    /// Hold a CPU latency request of 0 (`/dev/cpu_dma_latency`, needs root)
+    /// while measuring, as tuned's latency-performance profile does: idle
+    /// CPUs poll instead of halting, so waking a proxy does not wait for a
+    /// halted (virtual) CPU. It applies to every path alike.
+    #[arg(long)]
+    pub poll_idle: bool,
 }
 
 /// Flags of `weft-bench no-drops`.
@@ -240,10 +246,21 @@ pub async fn run(args: DataplaneArgs) -> Result<()> {
     let egress = format!("127.0.0.1:{}", t.client.egress_port);
     let warmup = Duration::from_secs_f64(args.warmup);
     let duration = Duration::from_secs_f64(args.duration);
+    let _poll_idle = match args.poll_idle {
+        true => Some(machine::PollIdle::request()?),
+        false => None,
+    };
 
     println!("weft-bench dataplane: latency added by the client and server Envoys (open loop)");
     println!("date:       {}", machine::utc_now());
     println!("machine:    {}", machine::describe());
+    println!(
+        "idle:       {}",
+        match args.poll_idle {
+            true => "CPUs poll when idle (cpu_dma_latency held at 0, --poll-idle)",
+            false => "the kernel's default idle (CPUs may halt)",
+        }
+    );
     println!("server:     {}", binary.display());
     println!(
         "load:       {} req/s on each path, interleaved in one run per protocol, {:.0} s warm-up + {:.0} s measured; \

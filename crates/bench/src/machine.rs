@@ -33,6 +33,27 @@ fn cpu_model() -> Option<String> {
     Some(line.split_once(':')?.1.trim().to_string())
 }
 
+/// A PM QoS request for a CPU wake-up latency of 0 µs, held while this value
+/// lives (the kernel drops it when the file is closed): the idle governor
+/// then polls instead of halting the CPU. On a virtual machine a halted vCPU
+/// is woken through the hypervisor, tens of microseconds per wake-up, and a
+/// request through two proxies wakes a sleeping process at every hop.
+pub struct PollIdle(#[allow(dead_code)] std::fs::File);
+
+impl PollIdle {
+    /// Makes the request; fails without root or without the device.
+    pub fn request() -> Result<PollIdle> {
+        const DEVICE: &str = "/dev/cpu_dma_latency";
+        let mut file = OpenOptions::new()
+            .write(true)
+            .open(DEVICE)
+            .with_context(|| format!("opening {DEVICE} (--poll-idle needs root)"))?;
+        file.write_all(&0i32.to_ne_bytes())
+            .with_context(|| format!("writing to {DEVICE}"))?;
+        Ok(PollIdle(file))
+    }
+}
+
 /// Seconds since the epoch now, as the server stamps events (same clock).
 pub fn epoch_now() -> f64 {
     SystemTime::now()
@@ -77,23 +98,36 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_secs_f64((utime + stime) / CLK_TCK))
 }
 
-/// Median and 99th-percentile latency of appending 256 bytes to a file in
-/// `dir` followed by `fdatasync`, as the store's log does: the floor under a
-/// durable write's latency.
-pub fn fdatasync_latency(dir: &Path, rounds: usize) -> Result<(Duration, Duration)> {
+/// Median and 99th-percentile latency of writing 256 bytes to a file in
+/// `dir` followed by `fdatasync`: the floor under a durable write's latency.
+/// Appended to a growing file, or (`zero_filled`) written in place into a
+/// file that was zero-filled and synced first, as the store's prepared log
+/// segments are.
+pub fn fdatasync_latency(
+    dir: &Path,
+    rounds: usize,
+    zero_filled: bool,
+) -> Result<(Duration, Duration)> {
+    use std::os::unix::fs::FileExt;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("fsync-probe");
     let mut file = OpenOptions::new()
         .create(true)
-        .append(true)
+        .truncate(true)
+        .write(true)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
     let rounds = rounds.max(1);
-    let record = [0x5a_u8; 256];
+    const RECORD: usize = 256;
+    if zero_filled {
+        file.write_all(&vec![0; rounds * RECORD])?;
+        file.sync_all()?;
+    }
+    let record = [0x5a_u8; RECORD];
     let mut samples = Vec::with_capacity(rounds);
-    for _ in 0..rounds {
+    for i in 0..rounds {
         let started = Instant::now();
-        file.write_all(&record)?;
+        file.write_all_at(&record, (i * RECORD) as u64)?;
         file.sync_data()?;
         samples.push(started.elapsed());
     }
