@@ -5,14 +5,19 @@ use serde_json::json;
 use weft_api::{ApiConfig, Service};
 use weft_store::{EmbeddedOptions, EmbeddedStore, Range, SharedStore, Store};
 
-#[tokio::test]
-async fn client_tokens_are_forgotten_after_their_time_to_live() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(EmbeddedOptions::new(dir.path()))
+/// The API's service on an embedded store in `dir`, and the store.
+async fn service_on_a_store(dir: &std::path::Path) -> (std::sync::Arc<EmbeddedStore>, Service) {
+    let store = EmbeddedStore::open(EmbeddedOptions::new(dir))
         .await
         .unwrap();
     let shared: SharedStore = store.clone();
-    let service = Service::new(shared, ApiConfig::default());
+    (store, Service::new(shared, ApiConfig::default()))
+}
+
+#[tokio::test]
+async fn client_tokens_are_forgotten_after_their_time_to_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, service) = service_on_a_store(dir.path()).await;
     let input = json!({"meshName": "apps", "clientToken": "t1"});
     let first = service.call("CreateMesh", input.clone()).await.unwrap();
     // Within the TTL the token replays the first answer.
@@ -48,11 +53,7 @@ async fn client_tokens_are_forgotten_after_their_time_to_live() {
 #[tokio::test]
 async fn a_token_record_keeps_a_digest_of_the_request() {
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(EmbeddedOptions::new(dir.path()))
-        .await
-        .unwrap();
-    let shared: SharedStore = store.clone();
-    let service = Service::new(shared, ApiConfig::default());
+    let (store, service) = service_on_a_store(dir.path()).await;
     let marker = "a-distinctive-egress-filter-marker";
     service
         .call("CreateMesh", json!({"meshName": "apps"}))
