@@ -186,6 +186,15 @@ async fn garbage_tail_is_truncated() {
     assert_eq!(everything(&*store).await, before);
 }
 
+/// Opening with `opts` fails with a `Corrupt` error that mentions `why`.
+async fn expect_corrupt(opts: EmbeddedOptions, why: &str) {
+    match EmbeddedStore::open(opts).await {
+        Err(StoreError::Corrupt(msg)) => assert!(msg.contains(why), "{msg}"),
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("expected Corrupt, opened fine"),
+    }
+}
+
 fn flip_byte(path: &Path, offset: u64) {
     let mut data = fs::read(path).unwrap();
     data[offset as usize] ^= 0x40;
@@ -201,11 +210,7 @@ async fn corruption_in_the_middle_is_reported() {
 
     // Inside the first record's payload (8-byte header, 8-byte revision).
     flip_byte(&only_log(dir.path()), 20);
-    match EmbeddedStore::open(EmbeddedOptions::new(dir.path())).await {
-        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("checksum"), "{msg}"),
-        Err(e) => panic!("expected Corrupt, got {e}"),
-        Ok(_) => panic!("expected Corrupt, opened fine"),
-    }
+    expect_corrupt(EmbeddedOptions::new(dir.path()), "checksum").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -577,11 +582,7 @@ async fn data_in_the_zero_tail_of_an_older_log_is_reported() {
     let older = logs(dir.path())[1].clone();
     let len = file_len(&older);
     flip_byte(&older, len - 10);
-    match EmbeddedStore::open(segmented(dir.path())).await {
-        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("not the newest"), "{msg}"),
-        Err(e) => panic!("expected Corrupt, got {e}"),
-        Ok(_) => panic!("expected Corrupt, opened fine"),
-    }
+    expect_corrupt(segmented(dir.path()), "not the newest").await;
 }
 
 /// Compaction looks at everything logged since the last snapshot, however
