@@ -500,6 +500,14 @@ async fn write_until_logs(store: &dyn Store, dir: &Path, keys: usize, logs_wante
     panic!("still {} logs after 5000 writes", logs(dir).len());
 }
 
+/// Fills a store in `dir` with 1 KiB values over 1000 keys until it has
+/// `logs_wanted` logs, closes it and returns what it held.
+async fn fill_prepared_logs(dir: &Path, logs_wanted: usize) -> RangeResult {
+    let store = EmbeddedStore::open(segmented(dir)).await.unwrap();
+    write_until_logs(&*store, dir, 1000, logs_wanted).await;
+    everything(&*store).await
+}
+
 fn file_len(path: &Path) -> u64 {
     fs::metadata(path).unwrap().len()
 }
@@ -507,10 +515,7 @@ fn file_len(path: &Path) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_go_to_prepared_logs_and_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(segmented(dir.path())).await.unwrap();
-    write_until_logs(&*store, dir.path(), 1000, 4).await;
-    let before = everything(&*store).await;
-    drop(store);
+    let before = fill_prepared_logs(dir.path(), 4).await;
 
     // Every log after the first (which was created empty) was prepared at
     // full size; the records end somewhere before that, in zeros.
@@ -543,10 +548,7 @@ async fn writes_go_to_prepared_logs_and_survive_a_reopen() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn torn_write_into_a_prepared_log_is_cleared() {
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(segmented(dir.path())).await.unwrap();
-    write_until_logs(&*store, dir.path(), 1000, 3).await;
-    let before = everything(&*store).await;
-    drop(store);
+    let before = fill_prepared_logs(dir.path(), 3).await;
 
     let newest = logs(dir.path()).pop().unwrap();
     let len = file_len(&newest);
@@ -575,9 +577,7 @@ async fn torn_write_into_a_prepared_log_is_cleared() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_in_the_zero_tail_of_an_older_log_is_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(segmented(dir.path())).await.unwrap();
-    write_until_logs(&*store, dir.path(), 1000, 3).await;
-    drop(store);
+    fill_prepared_logs(dir.path(), 3).await;
 
     let older = logs(dir.path())[1].clone();
     let len = file_len(&older);
