@@ -277,7 +277,10 @@ impl Workload {
 /// Checks one ListVirtualNodes page against the pre-created nodes and
 /// advances the task's position in the listing.
 fn check_page(body: &[u8], state: &mut TaskState, nodes: usize, limit: usize) -> Result<()> {
-    let page = scan_page(body, "virtualNodes")?;
+    let page = match state.i % FULL_SCAN_EVERY {
+        0 => scan_page(body, "virtualNodes")?,
+        _ => quick_page(body)?,
+    };
     let got = page.items;
     let expected = limit.min(nodes - state.listed.min(nodes));
     if got != expected {
@@ -300,6 +303,40 @@ fn check_page(body: &[u8], state: &mut TaskState, nodes: usize, limit: usize) ->
         None => bail!("listing stopped at {} of {nodes} nodes", state.listed),
     }
     Ok(())
+}
+
+/// One List page in this many gets the full structural scan of
+/// [`scan_page`]; the others are read by [`quick_page`]. Even the scan cost
+/// the client 40% of its CPU, on the cores the server it measures runs on.
+const FULL_SCAN_EVERY: u64 = 8;
+
+/// Reads a ListVirtualNodes page with substring searches: one
+/// `"virtualNodeName":` per reference, and the `nextToken`'s value. Neither
+/// can match inside a string (the quotes would be escaped there), and the
+/// server writes compact JSON; a page that is not what the full scan would
+/// read shows up as a wrong count or a broken listing, never as a pass.
+fn quick_page(body: &[u8]) -> Result<PageSummary> {
+    use memchr::memmem;
+    let trimmed = body.trim_ascii();
+    if !(trimmed.starts_with(b"{") && trimmed.ends_with(b"}")) {
+        bail!("list page is not a JSON object");
+    }
+    let items = memmem::find_iter(body, b"\"virtualNodeName\":").count();
+    const TOKEN: &[u8] = b"\"nextToken\":\"";
+    let next_token = match memmem::find(body, TOKEN) {
+        None => None,
+        Some(at) => {
+            let rest = &body[at + TOKEN.len()..];
+            let end =
+                memchr::memchr(b'"', rest).context("list page has an unterminated nextToken")?;
+            let token = std::str::from_utf8(&rest[..end]).context("nextToken is not UTF-8")?;
+            if token.contains('\\') {
+                bail!("nextToken {token:?} has escapes");
+            }
+            Some(token.to_string())
+        }
+    };
+    Ok(PageSummary { items, next_token })
 }
 
 /// What a List page holds, as far as the benchmark checks it.
@@ -610,6 +647,34 @@ mod tests {
         // Every request carries its own token.
         assert_ne!(body["clientToken"], update["clientToken"]);
         assert!(body["clientToken"].as_str().unwrap().len() > 32);
+    }
+
+    #[test]
+    fn the_quick_page_read_agrees_with_the_full_scan() {
+        let refs: Vec<Value> = (0..3)
+            .map(|i| {
+                json!({
+                    "arn": format!("arn:aws:appmesh:us-east-1:000000000000:mesh/m/virtualNode/n{i}"),
+                    "meshName": "m",
+                    "version": 1,
+                    // A name that holds the key's text, quotes escaped.
+                    "virtualNodeName": format!("n{i}\"virtualNodeName\":"),
+                })
+            })
+            .collect();
+        for page in [
+            json!({"nextToken": "cmVzL2JlbmNo", "virtualNodes": refs}),
+            json!({"virtualNodes": refs}),
+            json!({"virtualNodes": []}),
+        ] {
+            let body = page.to_string();
+            assert_eq!(
+                quick_page(body.as_bytes()).unwrap(),
+                scan_page(body.as_bytes(), "virtualNodes").unwrap(),
+                "{body}"
+            );
+        }
+        assert!(quick_page(b"{\"virtualNodes\": [").is_err());
     }
 
     #[test]
