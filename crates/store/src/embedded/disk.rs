@@ -680,7 +680,12 @@ impl Wal {
             && self.size >= PREPARE_AFTER
             && self.len - self.size < self.segment_size / 2
             && self.since_snapshot >= self.prepare_backoff;
-        if !due || !room_for_segment(&self.dir, self.segment_size) {
+        if !due {
+            return;
+        }
+        if !room_for_segment(&self.dir, self.segment_size) {
+            // Asked again a segment's worth of writes later, not per batch.
+            self.prepare_backoff = self.since_snapshot + self.segment_size;
             return;
         }
         let (dir, size) = (self.dir.clone(), self.segment_size);
