@@ -42,6 +42,10 @@ const PREPARED_TMP: &str = "wal-next.tmp";
 /// A log is only prepared ahead once the current one holds this much: a
 /// store that sees a handful of writes never pays for a spare segment.
 const PREPARE_AFTER: u64 = 64 << 10;
+/// How much of a prepared log is zero-filled and synced at a time, and the
+/// pause after each step (see [`prepare_log`]).
+const PREPARE_STEP: usize = 256 << 10;
+const PREPARE_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 /// Snapshot trailer: `[u64 payload length][u32 crc32 of payload]`.
 const SNAPSHOT_TRAILER: usize = 12;
 
@@ -518,7 +522,12 @@ fn prepare_log(dir: &Path, size: u64, cancel: &AtomicBool) -> io::Result<()> {
         // Written, not fallocate'd: an allocated-but-unwritten extent still
         // needs a metadata update (and so a journal commit) on its first
         // write, which is exactly the cost this avoids.
-        let zeros = vec![0; 1 << 20];
+        //
+        // In small synced steps with pauses between them: the log's own
+        // fdatasync queues behind whatever else the disk is writing, and a
+        // whole segment's zeros flushed at once stalled every commit in
+        // flight for 5–15 ms (BENCHMARKS.md, issue 2).
+        let zeros = vec![0; PREPARE_STEP];
         let mut left = size;
         while left > 0 {
             if cancel.load(Ordering::Relaxed) {
@@ -526,7 +535,9 @@ fn prepare_log(dir: &Path, size: u64, cancel: &AtomicBool) -> io::Result<()> {
             }
             let n = left.min(zeros.len() as u64);
             file.write_all(&zeros[..n as usize])?;
+            file.sync_data()?;
             left -= n;
+            std::thread::sleep(PREPARE_PAUSE);
         }
         file.sync_all()
     })();
