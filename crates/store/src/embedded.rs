@@ -57,6 +57,9 @@ pub struct EmbeddedOptions {
     pub watch_buffer: usize,
 }
 
+/// The default [`EmbeddedOptions::segment_size`]: 4 MiB.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 4 << 20;
+
 impl EmbeddedOptions {
     /// Defaults for `dir`: 100 000 events of history, compaction from
     /// 64 MiB of logs, 4 MiB log segments, 1024 queued batches per watcher.
@@ -65,7 +68,7 @@ impl EmbeddedOptions {
             dir: dir.into(),
             history_len: 100_000,
             compaction_threshold: 64 << 20,
-            segment_size: 4 << 20,
+            segment_size: DEFAULT_SEGMENT_SIZE,
             watch_buffer: 1024,
         }
     }

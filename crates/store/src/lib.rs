@@ -20,7 +20,7 @@ use futures::stream::BoxStream;
 pub mod conformance;
 pub mod embedded;
 
-pub use embedded::{EmbeddedOptions, EmbeddedStore};
+pub use embedded::{EmbeddedOptions, EmbeddedStore, DEFAULT_SEGMENT_SIZE};
 
 /// A store revision: the global counter bumped by every successful write
 /// transaction. 0 means "before any write".

@@ -47,7 +47,7 @@ pub struct ServerArgs {
     pub log: String,
     /// Bytes the store's log segments are zero-filled ahead of use (0: logs
     /// grow by appending). A tuning knob for benchmarks, not for users.
-    #[arg(long, env = "WEFT_STORE_SEGMENT_SIZE", default_value_t = 4 << 20, hide = true)]
+    #[arg(long, env = "WEFT_STORE_SEGMENT_SIZE", default_value_t = weft_store::DEFAULT_SEGMENT_SIZE, hide = true)]
     pub store_segment_size: u64,
 }
 
@@ -76,7 +76,7 @@ impl ServerArgs {
             api_rate_limit: 0.0,
             api_burst: None,
             log: "info".into(),
-            store_segment_size: 4 << 20,
+            store_segment_size: weft_store::DEFAULT_SEGMENT_SIZE,
         }
     }
 }
