@@ -11,7 +11,8 @@
 //! (issue 4): `xds-scale` (simulated proxies over real ADS), `envoys` (real
 //! Envoys), `scoping` (config bytes per proxy as the mesh grows), `dataplane`
 //! (open-loop latency added by the Envoy pair) and `no-drops` (failed
-//! requests while routes change). Each is bounded in time, binds loopback
+//! requests while routes change); `compaction` measures the embedded store's
+//! writes while it compacts a large state. Each is bounded in time, binds loopback
 //! only and prints a table.
 
 /// The load generators allocate per request and per ADS message on every
@@ -23,6 +24,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod ads;
 mod appmesh;
 mod bare;
+mod compaction;
 mod dataplane;
 mod envoys;
 mod load;
@@ -70,6 +72,8 @@ enum Command {
     Dataplane(dataplane::DataplaneArgs),
     /// Failed requests under steady load while routes change every interval.
     NoDrops(dataplane::NoDropsArgs),
+    /// Write latency of the embedded store while it compacts a large state.
+    Compaction(compaction::CompactionArgs),
 }
 
 #[derive(clap::Args)]
@@ -411,6 +415,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::XdsScale(args) => runtime()?.block_on(xds_scale::run(args)),
         Command::Envoys(args) => runtime()?.block_on(envoys::run(args)),
+        Command::Compaction(args) => runtime()?.block_on(compaction::run(args)),
         Command::Scoping(args) => runtime()?.block_on(scoping::run(args)),
         Command::Dataplane(args) => runtime()?.block_on(dataplane::run(args)),
         Command::NoDrops(args) => runtime()?.block_on(dataplane::run_no_drops(args)),

@@ -126,3 +126,40 @@ fn no_drops_runs() {
     ]);
     assert!(out.contains("changes"), "{out}");
 }
+
+#[test]
+fn compaction_runs_and_compacts() {
+    // In-process: no `weft` binary. A small state, a low threshold: the log
+    // outgrows twice the live data within the run, so compaction happens.
+    let out = Command::new(env!("CARGO_BIN_EXE_weft-bench"))
+        .args([
+            "compaction",
+            "--keys",
+            "2000",
+            "--hot-keys",
+            "50",
+            "--write-bytes",
+            "2048",
+            "--concurrency",
+            "4",
+            "--duration",
+            "2",
+            "--compaction-mib",
+            "1",
+        ])
+        .output()
+        .expect("running weft-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = stdout
+        .lines()
+        .skip_while(|l| !l.trim_end().ends_with("compactions"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no table row: {stdout}"));
+    let compactions: usize = row.split_whitespace().last().unwrap().parse().unwrap();
+    assert!(compactions >= 1, "no compaction ran: {stdout}");
+}

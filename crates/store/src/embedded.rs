@@ -14,7 +14,6 @@
 //!
 //! On-disk format and recovery: see the `disk` module.
 
-use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -108,9 +107,19 @@ struct Durable {
     failed: Option<String>,
 }
 
+/// Every live key and its value, in key order.
+///
+/// A persistent map: compaction snapshots it in O(1) under the state lock
+/// (the snapshot shares its nodes; a write made while the snapshot thread
+/// still holds it copies only the nodes on its own path). A `BTreeMap` had to
+/// be copied whole under the lock: ~10 ms at 20,000 keys and ~60 ms at 100,000
+/// (client tokens alone reach that in an hour of busy writes), a stall of
+/// every read and write.
+pub(crate) type Kvs = imbl::OrdMap<String, KeyValue>;
+
 /// The in-memory state, ahead of disk by whatever is pending.
 struct State {
-    kvs: BTreeMap<String, KeyValue>,
+    kvs: Kvs,
     /// The revision of the last applied transaction, durable or not.
     head: Revision,
     /// Approximate size of the live data, to decide when to compact.
@@ -140,7 +149,7 @@ fn entry_size(key: &str, value: &[u8]) -> u64 {
 /// the op changed something (deleting a missing key changes nothing).
 /// Shared by live transactions and log replay, so both agree exactly.
 fn apply_op(
-    kvs: &mut BTreeMap<String, KeyValue>,
+    kvs: &mut Kvs,
     live_bytes: &mut u64,
     revision: Revision,
     op: Op,
@@ -202,7 +211,7 @@ impl State {
             Some(end) => Bound::Excluded(end.clone()),
             None => Bound::Unbounded,
         };
-        // BTreeMap::range panics on an inverted range; an empty one is fine.
+        // A map range panics on an inverted range; an empty one is fine.
         let empty = matches!(&end, Bound::Excluded(e) if *e <= range.start);
         let bounds = (Bound::Included(range.start.clone()), end);
         (!empty)

@@ -16,7 +16,6 @@
 //!   which is what makes every step of compaction crash-safe (see
 //!   [`write_snapshot`]).
 
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
@@ -27,7 +26,7 @@ use std::thread::JoinHandle;
 
 use bytes::Bytes;
 
-use super::apply_op;
+use super::{apply_op, Kvs};
 use crate::{KeyValue, Op, Revision, StoreError};
 
 /// The lock file that keeps two stores off one directory.
@@ -294,7 +293,7 @@ fn valid_record_after(data: &[u8], bad: usize, head: Revision) -> bool {
 
 /// What [`recover`] rebuilt from the directory.
 pub(super) struct Recovered {
-    pub kvs: BTreeMap<String, KeyValue>,
+    pub kvs: Kvs,
     pub head: Revision,
     pub live_bytes: u64,
     pub wal: Wal,
@@ -733,11 +732,7 @@ impl Drop for Wal {
 ///    crash before it replays old snapshot + all logs; after it, the new
 ///    snapshot + logs whose records at or below `revision` are skipped;
 /// 4. only then delete the old logs (a lost deletion is harmless, see 3).
-pub(super) fn write_snapshot(
-    dir: &Path,
-    kvs: &BTreeMap<String, KeyValue>,
-    revision: Revision,
-) -> io::Result<()> {
+pub(super) fn write_snapshot(dir: &Path, kvs: &Kvs, revision: Revision) -> io::Result<()> {
     let tmp = dir.join(SNAPSHOT_TMP);
     let file = OpenOptions::new()
         .write(true)
@@ -805,7 +800,7 @@ impl<W: Write> Write for CrcWriter<W> {
 }
 
 /// A loaded snapshot: its entries, revision and live data size.
-type Snapshot = (BTreeMap<String, KeyValue>, Revision, u64);
+type Snapshot = (Kvs, Revision, u64);
 
 /// Reads the snapshot, if there is one.
 fn read_snapshot(dir: &Path) -> Result<Option<Snapshot>, StoreError> {
@@ -836,7 +831,7 @@ fn read_snapshot(dir: &Path) -> Result<Option<Snapshot>, StoreError> {
     let decode = |r: &mut Reader<'_>| -> Result<Snapshot, String> {
         let revision = r.i64()?;
         let count = r.u64()?;
-        let mut kvs = BTreeMap::new();
+        let mut kvs = Kvs::new();
         let mut live = 0;
         for _ in 0..count {
             let key = r.string()?;

@@ -284,6 +284,73 @@ async fn compaction_then_reopen_keeps_data() {
     ));
 }
 
+/// Compaction snapshots the state without copying it (the map is
+/// persistent): writers that overwrite and delete the snapshot's keys while
+/// it is being written must change neither the snapshot nor their own data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_during_compactions_change_neither_the_snapshot_nor_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EmbeddedOptions {
+        compaction_threshold: 8192,
+        ..EmbeddedOptions::new(dir.path())
+    };
+    let store = EmbeddedStore::open(opts.clone()).await.unwrap();
+    // Written five times: the log outgrows twice the live data.
+    for _ in 0..5 {
+        for i in 0..100 {
+            put(&*store, &format!("k/{i:03}"), "initial").await;
+        }
+    }
+    let snapshot_file = dir.path().join(SNAPSHOT_FILE);
+    let modified = || fs::metadata(&snapshot_file).and_then(|m| m.modified()).ok();
+    eventually("a first snapshot", || modified().is_some()).await;
+    let first = modified();
+    // Four writers rewrite and delete the same keys until compaction ran again.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for round in 0..61 {
+                    for i in (w..100).step_by(4 * 7) {
+                        let key = format!("k/{i:03}");
+                        let op = match round % 3 {
+                            2 => Op::Delete(key),
+                            _ => Op::Put(key, Bytes::from(format!("w{w}-r{round}"))),
+                        };
+                        store
+                            .txn(Txn {
+                                compares: vec![],
+                                ops: vec![op],
+                            })
+                            .await
+                            .unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    assert_ne!(modified(), first, "compaction ran again during the writes");
+    let before = everything(&*store).await;
+    drop(store);
+
+    let store = EmbeddedStore::open(opts).await.unwrap();
+    assert_eq!(everything(&*store).await, before);
+    // Round 60 of every writer put its keys; the untouched ones kept theirs.
+    let value = |key: &str| {
+        before
+            .kvs
+            .iter()
+            .find(|kv| kv.key == key)
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+    };
+    assert_eq!(value("k/000").as_deref(), Some("w0-r60"));
+    assert_eq!(value("k/001").as_deref(), Some("w1-r60"));
+    assert_eq!(value("k/004").as_deref(), Some("initial"));
+}
+
 /// Crash after the committer switched to a new log but before the snapshot
 /// was renamed into place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
