@@ -14,11 +14,17 @@
 //! recomputes only the meshes naming that service — without re-reading their
 //! App Mesh resources — so an instance that registers, deregisters or turns
 //! unhealthy reaches the Envoys as an EDS update.
+//!
+//! A mesh no proxy has asked for is not decoded at all: its records are held
+//! as stored bytes (the latest per key) and applied when its first proxy
+//! connects, so writing to a mesh before its workloads run (a Terraform or
+//! CloudFormation apply, a test set-up) costs the control plane nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -108,6 +114,8 @@ pub fn new(store: SharedStore, cache: SnapshotCache) -> (AppMeshResolver, Runtim
             meshes: HashMap::new(),
             deps: HashMap::new(),
             encoded: EncodedPool::default(),
+            wanted: HashSet::new(),
+            dormant: HashMap::new(),
         },
     )
 }
@@ -269,6 +277,13 @@ pub struct Runtime {
     deps: HashMap<String, ClassDeps>,
     /// Encoded resources shared between classes and kept between changes.
     encoded: EncodedPool,
+    /// Meshes a proxy has asked for (by escaped name): their records are
+    /// applied to `meshes` as they come. Never shrinks: a mesh whose proxies
+    /// all left only keeps costing the decoding of its writes.
+    wanted: HashSet<String>,
+    /// The records of every other mesh, not decoded: the latest value of each
+    /// key (`None`: deleted), applied by [`Runtime::want`].
+    dormant: HashMap<String, BTreeMap<String, Option<Bytes>>>,
 }
 
 /// The `data` member of a stored record (`StoredRecord`), decoded straight
@@ -496,6 +511,7 @@ impl Runtime {
     /// in order ends in the current state.
     async fn load(&mut self) -> Result<i64, StoreError> {
         self.meshes.clear();
+        self.dormant.clear();
         self.cloud_map = CloudMap::default();
         let mut revision = None;
         // Meshes before their resources: a resource whose mesh is unknown is
@@ -504,7 +520,7 @@ impl Runtime {
             let result = self.store.range(Range::prefix(prefix)).await?;
             revision = Some(revision.unwrap_or(result.revision).min(result.revision));
             for kv in result.kvs {
-                self.upsert(&kv.key, Some(kv.value.as_ref()));
+                self.follow(&kv.key, Some(kv.value));
             }
         }
         let mut ignored = Touched::default();
@@ -642,6 +658,47 @@ impl Runtime {
         }
     }
 
+    /// Takes in one stored `mesh/` or `res/` record: applied at once if a
+    /// proxy wants its mesh, else held undecoded until one does. A deleted
+    /// mesh that nobody wants takes its held records with it.
+    fn follow(&mut self, key: &str, value: Option<Bytes>) {
+        let Some((escaped, kind)) = classify(key) else {
+            return;
+        };
+        if self.wanted.contains(&escaped) {
+            self.upsert(key, value.as_deref());
+        } else if kind == Kind::Mesh && value.is_none() {
+            self.dormant.remove(&escaped);
+        } else {
+            self.dormant
+                .entry(escaped)
+                .or_default()
+                .insert(key.to_string(), value);
+        }
+    }
+
+    /// Marks a mesh as wanted by a proxy; the first time, applies the records
+    /// held for it (the mesh record first: a resource of an unknown mesh is
+    /// skipped) and names its Cloud Map services.
+    fn want(&mut self, escaped: &str) {
+        if !self.wanted.insert(escaped.to_string()) {
+            return;
+        }
+        let Some(records) = self.dormant.remove(escaped) else {
+            return;
+        };
+        let mesh_key = format!("mesh/{escaped}");
+        if let Some(value) = records.get(&mesh_key) {
+            self.upsert(&mesh_key, value.as_deref());
+        }
+        for (key, value) in &records {
+            if *key != mesh_key {
+                self.upsert(key, value.as_deref());
+            }
+        }
+        self.refresh_cloud_map(escaped);
+    }
+
     /// Sets the instances of the Cloud Map services a mesh's nodes name.
     fn refresh_cloud_map(&mut self, escaped: &str) {
         let Some(snap) = self.meshes.get_mut(escaped) else {
@@ -664,6 +721,7 @@ impl Runtime {
     /// Recomputes the snapshot of one proxy class.
     fn publish(&mut self, key: &str, class: &ProxyClass) {
         let escaped = keys::escape(&class.identity.mesh);
+        self.want(&escaped);
         let Some(mesh) = self.mesh(&escaped) else {
             // No such mesh (yet): the proxy waits with no config.
             return;
@@ -818,6 +876,10 @@ impl Runtime {
         let Some((mesh, _)) = classify(&event.key) else {
             return;
         };
+        if !self.wanted.contains(&mesh) {
+            self.follow(&event.key, event.value);
+            return;
+        }
         let dep = dep_of_key(&event.key);
         if self.upsert(&event.key, event.value.as_deref()) {
             self.refresh_cloud_map(&mesh);
@@ -1053,6 +1115,58 @@ mod tests {
         assert_eq!(now.routes_of("r").count(), 0);
         rt.upsert("mesh/apps", None);
         assert!(rt.mesh("apps").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_mesh_no_proxy_wants_is_decoded_only_when_its_first_proxy_connects() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = weft_store::EmbeddedStore::open(weft_store::EmbeddedOptions::new(dir.path()))
+            .await
+            .unwrap();
+        let (_resolver, mut rt) = new(store, SnapshotCache::new());
+        let mesh = |name: &str| {
+            Bytes::from(record(
+                json!({"meshName": name, "metadata": meta(), "spec": {}, "status": {}}),
+            ))
+        };
+        let node = |name: &str, backend: &str| {
+            Bytes::from(record(
+                json!({"meshName": "apps", "virtualNodeName": name, "metadata": meta(),
+                "spec": {"backends": [{"virtualService": {"virtualServiceName": backend}}]},
+                "status": {"status": "ACTIVE"}}),
+            ))
+        };
+        let backend = |s: &MeshSnapshot, node: &str| {
+            let weft_model::shapes::Backend::VirtualService(vs) =
+                &s.virtual_nodes[node].spec.backends.as_ref().unwrap()[0];
+            vs.virtual_service_name.clone()
+        };
+        // Writes to a mesh no proxy wants are held as they were stored.
+        rt.follow("mesh/apps", Some(mesh("apps")));
+        rt.follow("res/apps/vn/front", Some(node("front", "a")));
+        rt.follow("res/apps/vn/back", Some(node("back", "x")));
+        rt.follow("res/apps/vn/front", Some(node("front", "b")));
+        rt.follow("res/apps/vn/back", None);
+        assert!(rt.mesh("apps").is_none());
+        assert_eq!(rt.dormant["apps"].len(), 3);
+
+        // Its first proxy: the latest of every record is applied.
+        rt.want("apps");
+        let snap = rt.mesh("apps").unwrap();
+        assert_eq!(backend(&snap, "front"), "b");
+        assert!(!snap.virtual_nodes.contains_key("back"));
+        assert!(!rt.dormant.contains_key("apps"));
+
+        // From then on its writes are applied as they come.
+        rt.follow("res/apps/vn/later", Some(node("later", "c")));
+        assert_eq!(backend(&rt.mesh("apps").unwrap(), "later"), "c");
+
+        // A mesh deleted while nobody wanted it leaves nothing behind.
+        rt.follow("mesh/gone", Some(mesh("gone")));
+        rt.follow("mesh/gone", None);
+        assert!(!rt.dormant.contains_key("gone"));
+        rt.want("gone");
+        assert!(rt.mesh("gone").is_none());
     }
 
     #[test]
