@@ -1045,13 +1045,19 @@ mod tests {
         serde_json::to_vec(&json!({"data": data, "tags": []})).unwrap()
     }
 
-    #[tokio::test]
-    async fn the_typed_mesh_follows_creates_updates_and_deletes_record_by_record() {
+    /// A runtime on a fresh embedded store (kept alive by the returned folder).
+    async fn runtime() -> (tempfile::TempDir, Runtime) {
         let dir = tempfile::tempdir().unwrap();
         let store = weft_store::EmbeddedStore::open(weft_store::EmbeddedOptions::new(dir.path()))
             .await
             .unwrap();
-        let (_resolver, mut rt) = new(store, SnapshotCache::new());
+        let (_resolver, rt) = new(store, SnapshotCache::new());
+        (dir, rt)
+    }
+
+    #[tokio::test]
+    async fn the_typed_mesh_follows_creates_updates_and_deletes_record_by_record() {
+        let (_dir, mut rt) = runtime().await;
         let m = meta();
         let node = |name: &str, backend: &str| {
             record(
@@ -1119,11 +1125,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_mesh_no_proxy_wants_is_decoded_only_when_its_first_proxy_connects() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = weft_store::EmbeddedStore::open(weft_store::EmbeddedOptions::new(dir.path()))
-            .await
-            .unwrap();
-        let (_resolver, mut rt) = new(store, SnapshotCache::new());
+        let (_dir, mut rt) = runtime().await;
         let mesh = |name: &str| {
             Bytes::from(record(
                 json!({"meshName": name, "metadata": meta(), "spec": {}, "status": {}}),

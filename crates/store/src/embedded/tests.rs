@@ -246,14 +246,23 @@ async fn second_open_of_a_directory_fails() {
     open(dir.path()).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compaction_then_reopen_keeps_data() {
+/// A store in a fresh folder that compacts from `threshold` bytes of log,
+/// with its options for reopening it.
+async fn compacting_store(
+    threshold: u64,
+) -> (tempfile::TempDir, EmbeddedOptions, Arc<EmbeddedStore>) {
     let dir = tempfile::tempdir().unwrap();
     let opts = EmbeddedOptions {
-        compaction_threshold: 4096,
+        compaction_threshold: threshold,
         ..EmbeddedOptions::new(dir.path())
     };
     let store = EmbeddedStore::open(opts.clone()).await.unwrap();
+    (dir, opts, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_then_reopen_keeps_data() {
+    let (dir, opts, store) = compacting_store(4096).await;
     write_some(&*store, 300).await;
     eventually("a snapshot", || dir.path().join(SNAPSHOT_FILE).exists()).await;
     // Some more writes after the snapshot, into the new log.
@@ -289,12 +298,7 @@ async fn compaction_then_reopen_keeps_data() {
 /// it is being written must change neither the snapshot nor their own data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_during_compactions_change_neither_the_snapshot_nor_the_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = EmbeddedOptions {
-        compaction_threshold: 8192,
-        ..EmbeddedOptions::new(dir.path())
-    };
-    let store = EmbeddedStore::open(opts.clone()).await.unwrap();
+    let (dir, opts, store) = compacting_store(8192).await;
     // Written five times: the log outgrows twice the live data.
     for _ in 0..5 {
         for i in 0..100 {
