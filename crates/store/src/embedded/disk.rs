@@ -299,6 +299,39 @@ pub(super) struct Recovered {
     pub wal: Wal,
 }
 
+/// The newest log as replayed: appends continue in it.
+struct NewestLog {
+    path: PathBuf,
+    /// Its first revision.
+    start: Revision,
+    /// Where its valid records end.
+    end: u64,
+    /// Where its last non-zero byte ends (at least `end`): `end..torn_end`
+    /// is a torn write.
+    torn_end: u64,
+    /// Its length on disk.
+    len: u64,
+}
+
+impl NewestLog {
+    /// Opens it for writing with the torn write cleared: truncated away when
+    /// it runs to the end of the file, else zeroed, so that a prepared log
+    /// keeps its zero-filled rest. Returns the file and its length.
+    fn clear_torn_tail(&self) -> io::Result<(File, u64)> {
+        let file = OpenOptions::new().write(true).open(&self.path)?;
+        if self.torn_end == self.len && self.end < self.len {
+            file.set_len(self.end)?;
+            file.sync_all()?;
+            return Ok((file, self.end));
+        }
+        if self.end < self.torn_end {
+            file.write_all_at(&vec![0; (self.torn_end - self.end) as usize], self.end)?;
+            file.sync_data()?;
+        }
+        Ok((file, self.len))
+    }
+}
+
 /// Locks `dir`, loads the snapshot, replays the logs and clears a torn
 /// tail, returning the state and the log to append to. `segment_size` is
 /// how large logs are prepared ahead (0: not at all).
@@ -406,13 +439,13 @@ pub(super) fn recover(dir: &Path, segment_size: u64) -> Result<Recovered, StoreE
             // Where the torn bytes end: the zeros after them are the unused
             // rest of a prepared log and stay as they are.
             let torn_end = data.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
-            current = Some((
-                path.clone(),
-                *start,
-                end as u64,
-                torn_end.max(end) as u64,
-                data.len() as u64,
-            ));
+            current = Some(NewestLog {
+                path: path.clone(),
+                start: *start,
+                end: end as u64,
+                torn_end: torn_end.max(end) as u64,
+                len: data.len() as u64,
+            });
             since_snapshot += end as u64;
         } else if logs
             .get(i + 1)
@@ -426,22 +459,9 @@ pub(super) fn recover(dir: &Path, segment_size: u64) -> Result<Recovered, StoreE
     }
 
     let (file, start, size, len) = match current {
-        Some((path, start, end, torn_end, len)) => {
-            let file = OpenOptions::new().write(true).open(&path)?;
-            let len = if torn_end == len && end < len {
-                file.set_len(end)?;
-                file.sync_all()?;
-                end
-            } else {
-                if end < torn_end {
-                    // Zeroed rather than truncated, so that a prepared log
-                    // keeps its zero-filled rest.
-                    file.write_all_at(&vec![0; (torn_end - end) as usize], end)?;
-                    file.sync_data()?;
-                }
-                len
-            };
-            (file, start, end, len)
+        Some(newest) => {
+            let (file, len) = newest.clear_torn_tail()?;
+            (file, newest.start, newest.end, len)
         }
         None => (create_log(dir, head + 1)?, head + 1, 0, 0),
     };
