@@ -67,9 +67,8 @@ pub async fn run(args: CompactionArgs) -> Result<()> {
 
     let started = Instant::now();
     let small = Bytes::from(vec![b's'; args.key_bytes]);
-    for chunk in (0..args.keys).collect::<Vec<_>>().chunks(1_000) {
-        let ops = chunk
-            .iter()
+    for first in (0..args.keys).step_by(1_000) {
+        let ops = (first..(first + 1_000).min(args.keys))
             .map(|i| Op::Put(format!("fill/{i:08}"), small.clone()))
             .collect();
         store
@@ -85,7 +84,7 @@ pub async fn run(args: CompactionArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = {
         let (snapshots, stop) = (snapshots.clone(), stop.clone());
-        let path = dir.path().join("snapshot");
+        let path = dir.path().join(weft_store::embedded::SNAPSHOT_FILE);
         tokio::spawn(async move {
             let mut last = modified(&path);
             while !stop.load(Ordering::Relaxed) {

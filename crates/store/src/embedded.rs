@@ -28,6 +28,8 @@ use crate::{
 };
 
 mod disk;
+/// The name of the store's snapshot file in its folder (it changes at every compaction).
+pub use disk::SNAPSHOT_FILE;
 mod hub;
 #[cfg(test)]
 mod tests;

@@ -667,7 +667,14 @@ impl Runtime {
         };
         if self.wanted.contains(&escaped) {
             self.upsert(key, value.as_deref());
-        } else if kind == Kind::Mesh && value.is_none() {
+        } else {
+            self.hold(escaped, kind, key, value);
+        }
+    }
+
+    /// Holds a record of a mesh nobody wants (see [`Runtime::follow`]).
+    fn hold(&mut self, escaped: String, kind: Kind, key: &str, value: Option<Bytes>) {
+        if kind == Kind::Mesh && value.is_none() {
             self.dormant.remove(&escaped);
         } else {
             self.dormant
@@ -678,8 +685,7 @@ impl Runtime {
     }
 
     /// Marks a mesh as wanted by a proxy; the first time, applies the records
-    /// held for it (the mesh record first: a resource of an unknown mesh is
-    /// skipped) and names its Cloud Map services.
+    /// held for it and names its Cloud Map services.
     fn want(&mut self, escaped: &str) {
         if !self.wanted.insert(escaped.to_string()) {
             return;
@@ -687,14 +693,10 @@ impl Runtime {
         let Some(records) = self.dormant.remove(escaped) else {
             return;
         };
-        let mesh_key = format!("mesh/{escaped}");
-        if let Some(value) = records.get(&mesh_key) {
-            self.upsert(&mesh_key, value.as_deref());
-        }
+        // In key order `mesh/…` comes before `res/…`, so the mesh record is
+        // applied first (a resource of an unknown mesh would be skipped).
         for (key, value) in &records {
-            if *key != mesh_key {
-                self.upsert(key, value.as_deref());
-            }
+            self.upsert(key, value.as_deref());
         }
         self.refresh_cloud_map(escaped);
     }
@@ -873,11 +875,11 @@ impl Runtime {
                 .apply(&event.key, event.value.as_deref(), touched);
             return;
         }
-        let Some((mesh, _)) = classify(&event.key) else {
+        let Some((mesh, kind)) = classify(&event.key) else {
             return;
         };
         if !self.wanted.contains(&mesh) {
-            self.follow(&event.key, event.value);
+            self.hold(mesh, kind, &event.key, event.value);
             return;
         }
         let dep = dep_of_key(&event.key);

@@ -32,7 +32,7 @@ use crate::{KeyValue, Op, Revision, StoreError};
 /// The lock file that keeps two stores off one directory.
 pub(super) const LOCK_FILE: &str = "LOCK";
 /// The current snapshot.
-pub(super) const SNAPSHOT_FILE: &str = "snapshot";
+pub const SNAPSHOT_FILE: &str = "snapshot";
 /// Where a snapshot is written before it atomically replaces [`SNAPSHOT_FILE`].
 const SNAPSHOT_TMP: &str = "snapshot.tmp";
 const SNAPSHOT_MAGIC: &[u8; 8] = b"WEFTSNP1";
