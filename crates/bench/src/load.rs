@@ -541,12 +541,58 @@ impl PhaseResult {
     }
 }
 
+/// When requests start: as soon as a task is free (closed loop), or at a
+/// fixed rate whatever the latency of earlier requests (open loop).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pace {
+    /// Each task sends its next request as soon as the previous one is
+    /// answered: the server is kept saturated, and latency is what a
+    /// request waits behind the `concurrency - 1` others.
+    Closed,
+    /// Requests are scheduled at this many per second and sent over the
+    /// `concurrency` connections; each latency runs from the request's
+    /// scheduled time, so a request that waits for a free connection (or
+    /// behind a stall) counts that wait: no coordinated omission.
+    Rate(f64),
+}
+
+/// The scheduled start times of an open-loop phase, shared by its tasks.
+type Schedule = Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Instant>>>;
+
+/// Starts a thread that schedules requests every `1 / rate` s from `start`
+/// until `end` (the OS's high-resolution sleep: tokio's timer has 1 ms
+/// granularity, coarser than the 0.1–0.5 ms between requests).
+fn schedule(rate: f64, start: Instant, end: Instant) -> Schedule {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    std::thread::spawn(move || {
+        let mut i: u32 = 0;
+        loop {
+            let at = start + interval * i;
+            if at >= end {
+                break;
+            }
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            if tx.send(at).is_err() {
+                break;
+            }
+            i = i.saturating_add(1);
+        }
+    });
+    Arc::new(tokio::sync::Mutex::new(rx))
+}
+
 /// Runs `workload` from `concurrency` tasks: a `warmup` whose requests are
-/// not counted, then `duration` during which tasks keep starting requests.
+/// not counted, then `duration` during which tasks keep starting requests,
+/// as `pace` says.
 pub async fn run_phase(
     api: Arc<Api>,
     workload: Workload,
     concurrency: usize,
+    pace: Pace,
     warmup: Duration,
     duration: Duration,
 ) -> Result<PhaseResult> {
@@ -554,10 +600,15 @@ pub async fn run_phase(
     let started = Instant::now();
     let measure_from = started + warmup;
     let end = measure_from + duration;
+    let schedule = match pace {
+        Pace::Closed => None,
+        Pace::Rate(rate) => Some(schedule(rate, started, end)),
+    };
     let mut tasks = Vec::with_capacity(concurrency);
     for task in 0..concurrency {
         let api = api.clone();
         let workload = workload.clone();
+        let schedule = schedule.clone();
         tasks.push(tokio::spawn(async move {
             let mut state = TaskState::default();
             let mut stats = TaskStats {
@@ -565,7 +616,16 @@ pub async fn run_phase(
                 ..TaskStats::default()
             };
             loop {
-                let sent = Instant::now();
+                // When this request should have left: now (closed loop) or
+                // its scheduled time, which may be past if every
+                // connection was busy.
+                let sent = match &schedule {
+                    None => Instant::now(),
+                    Some(s) => match s.lock().await.recv().await {
+                        Some(at) => at,
+                        None => break,
+                    },
+                };
                 if sent >= end {
                     break;
                 }

@@ -159,6 +159,16 @@ pub fn machine_busy() -> Option<Duration> {
     Some(Duration::from_secs_f64(busy / CLK_TCK))
 }
 
+/// CPU time the hypervisor took from this (virtual) machine so far: the time
+/// its vCPUs had work but the host ran something else (`steal` in
+/// `/proc/stat`, part of [`machine_busy`]); `None` if unreadable.
+pub fn machine_steal() -> Option<Duration> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let steal: f64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    Some(Duration::from_secs_f64(steal / CLK_TCK))
+}
+
 /// The 1-minute load average.
 pub fn load_average() -> Option<f64> {
     let text = std::fs::read_to_string("/proc/loadavg").ok()?;

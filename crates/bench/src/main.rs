@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use load::{Api, PhaseResult, Workload};
+use load::{Api, Pace, PhaseResult, Workload};
 use server::Server;
 
 /// Mesh holding the pre-created nodes read and updated by the benchmark.
@@ -113,6 +113,19 @@ struct ApiArgs {
     /// Worker threads of the client's runtime (default: one per core).
     #[arg(long)]
     client_threads: Option<usize>,
+    /// Open loop: schedule this many requests per second in every phase
+    /// (sent over the --concurrency connections, each latency counted from
+    /// its scheduled time) instead of keeping --concurrency requests in
+    /// flight at all times, which saturates the server.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Hold a CPU latency request of 0 (`/dev/cpu_dma_latency`, needs root)
+    /// while measuring, as tuned's latency-performance profile does: idle
+    /// CPUs poll instead of halting. On a virtual machine a halted vCPU is
+    /// woken through the hypervisor, which an unsaturated server meets at
+    /// almost every request.
+    #[arg(long)]
+    poll_idle: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -150,11 +163,19 @@ impl Goal {
         }
     }
 
-    /// "met", or which parts were missed.
-    fn verdict(&self, r: &PhaseResult) -> String {
+    /// "met", or which parts were missed. In an open loop the server
+    /// sustained the offered rate if it answered (nearly) every scheduled
+    /// request within the phase: the measured rate then falls short of the
+    /// offered one only by the last answers' latency.
+    fn verdict(&self, r: &PhaseResult, pace: Pace) -> String {
+        let sustained = match pace {
+            Pace::Closed => r.throughput(),
+            Pace::Rate(offered) if r.throughput() >= 0.99 * offered => offered,
+            Pace::Rate(_) => r.throughput(),
+        };
         let mut missed = Vec::new();
         if let Some(rate) = self.min_rate {
-            if r.throughput() < rate {
+            if sustained < rate {
                 missed.push("rate");
             }
         }
@@ -189,18 +210,20 @@ fn millis(d: Duration) -> String {
 }
 
 /// One row of the results table: names left-aligned, figures right-aligned.
-fn table_line(cells: [&str; 11]) -> String {
-    let [op, requests, rate, p50, p99, errors, srv, cli, oth, goal, verdict] = cells;
+fn table_line(cells: [&str; 12]) -> String {
+    let [op, requests, rate, p50, p99, errors, srv, cli, steal, oth, goal, verdict] = cells;
     format!(
-        "{op:<20} {requests:>9} {rate:>8} {p50:>7} {p99:>7} {errors:>6} {srv:>7} {cli:>7} {oth:>7}  {goal:<24} {verdict}"
+        "{op:<20} {requests:>9} {rate:>8} {p50:>7} {p99:>7} {errors:>6} {srv:>7} {cli:>7} {steal:>6} {oth:>7}  {goal:<24} {verdict}"
     )
 }
 
-/// CPU time used so far by the server, this client and the whole machine.
+/// CPU time used so far by the server, this client and the whole machine,
+/// and the time the hypervisor took from it.
 struct CpuSample {
     server: Option<Duration>,
     client: Option<Duration>,
     machine: Option<Duration>,
+    steal: Option<Duration>,
 }
 
 impl CpuSample {
@@ -209,20 +232,23 @@ impl CpuSample {
             server: machine::cpu_time(server_pid),
             client: machine::cpu_time(std::process::id()),
             machine: machine::machine_busy(),
+            steal: machine::machine_steal(),
         }
     }
 
-    /// Server, client and everything else on the machine from `self` to
+    /// Server, client, stolen by the hypervisor, and everything else on the
+    /// machine (the kernel's network and disk work included) from `self` to
     /// `later`, over `wall`, each in % of one core.
-    fn usage(&self, later: &CpuSample, wall: Duration) -> [String; 3] {
+    fn usage(&self, later: &CpuSample, wall: Duration) -> [String; 4] {
         let delta = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
         let server = delta(self.server, later.server);
         let client = delta(self.client, later.client);
-        let other = match (delta(self.machine, later.machine), server, client) {
-            (Some(m), Some(s), Some(c)) => Some(m.saturating_sub(s + c)),
+        let steal = delta(self.steal, later.steal);
+        let other = match (delta(self.machine, later.machine), server, client, steal) {
+            (Some(m), Some(s), Some(c), Some(st)) => Some(m.saturating_sub(s + c + st)),
             _ => None,
         };
-        [server, client, other].map(|d| match d {
+        [server, client, steal, other].map(|d| match d {
             Some(d) if wall > Duration::ZERO => {
                 format!("{:.0}%", 100.0 * d.as_secs_f64() / wall.as_secs_f64())
             }
@@ -239,6 +265,10 @@ async fn api_bench(args: ApiArgs) -> Result<()> {
         1 => vec![CREATE_MESH.to_string()],
         n => (0..n).map(|i| format!("{CREATE_MESH}-{i}")).collect(),
     };
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        bail!("--rate must be a positive number of requests per second");
+    }
+    let pace = args.rate.map_or(Pace::Closed, Pace::Rate);
     let valid = |secs: f64| secs.is_finite() && secs >= 0.0;
     if !valid(args.duration) || args.duration == 0.0 || !valid(args.warmup) {
         bail!("--duration must be positive and --warmup not negative");
@@ -281,6 +311,17 @@ async fn api_bench(args: ApiArgs) -> Result<()> {
     println!("machine:    {}", machine::describe());
     println!("server:     {} (pid {})", binary.display(), server.pid());
     println!("data dir:   {}", data_dir.display());
+    let _poll_idle = match args.poll_idle {
+        true => Some(machine::PollIdle::request()?),
+        false => None,
+    };
+    println!(
+        "idle:       {}",
+        match args.poll_idle {
+            true => "CPUs poll when idle (cpu_dma_latency held at 0, --poll-idle)",
+            false => "the kernel's default idle (CPUs may halt)",
+        }
+    );
     if let Some(load) = machine::load_average() {
         println!("load avg:   {load:.2} (1 min, before the run; other work on the machine skews the figures)");
     }
@@ -292,10 +333,21 @@ async fn api_bench(args: ApiArgs) -> Result<()> {
         millis(zsync_p50),
         millis(zsync_p99)
     );
-    println!(
-        "load:       {} concurrent tasks over keep-alive HTTP/1.1, {:.1} s warm-up + {:.1} s measured per phase",
-        args.concurrency, args.warmup, args.duration
-    );
+    match pace {
+        Pace::Closed => println!(
+            "load:       closed loop: {} concurrent tasks over keep-alive HTTP/1.1, each sending its next \
+             request when the last is answered; {:.1} s warm-up + {:.1} s measured per phase",
+            args.concurrency, args.warmup, args.duration
+        ),
+        Pace::Rate(rate) => println!(
+            "load:       open loop: {} requests/s scheduled, sent over {} keep-alive HTTP/1.1 connections, \
+             each latency from the request's scheduled time; {:.1} s warm-up + {:.1} s measured per phase",
+            thousands(rate),
+            args.concurrency,
+            args.warmup,
+            args.duration
+        ),
+    }
     println!(
         "setup:      mesh {MESH:?} with {} virtual nodes (listener + health check, DNS discovery, 3 backends, access log) in {:.2} s",
         args.nodes,
@@ -333,8 +385,15 @@ async fn api_bench(args: ApiArgs) -> Result<()> {
         };
         let before = CpuSample::now(server.pid());
         let wall = Instant::now();
-        let result =
-            load::run_phase(api.clone(), workload, args.concurrency, warmup, duration).await?;
+        let result = load::run_phase(
+            api.clone(),
+            workload,
+            args.concurrency,
+            pace,
+            warmup,
+            duration,
+        )
+        .await?;
         let cpu = before.usage(&CpuSample::now(server.pid()), wall.elapsed());
         server.check_alive()?;
         rows.push((phase, result, cpu));
@@ -351,6 +410,7 @@ async fn api_bench(args: ApiArgs) -> Result<()> {
             "errors",
             "srv CPU",
             "cli CPU",
+            "steal",
             "oth CPU",
             "goal",
             "verdict",
@@ -370,15 +430,18 @@ async fn api_bench(args: ApiArgs) -> Result<()> {
                 &cpu[0],
                 &cpu[1],
                 &cpu[2],
+                &cpu[3],
                 &goal.text(),
-                &goal.verdict(r),
+                &goal.verdict(r, pace),
             ])
         );
     }
     println!();
     println!(
-        "CPU columns: CPU time of the server, of this client and of everything else on the machine, over the \
-         phase's wall time (warm-up included), in % of one core; {} cores in all.",
+        "CPU columns: CPU time of the server, of this client, taken by the hypervisor from this virtual machine \
+         (steal: its vCPUs had work, the host ran something else) and of everything else on the machine (the \
+         kernel's network and disk work included), over the phase's wall time (warm-up included), in % of one \
+         core; {} cores in all.",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     if rows.iter().any(|(p, ..)| *p == Phase::List) {

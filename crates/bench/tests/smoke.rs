@@ -163,3 +163,52 @@ fn compaction_runs_and_compacts() {
     let compactions: usize = row.split_whitespace().last().unwrap().parse().unwrap();
     assert!(compactions >= 1, "no compaction ran: {stdout}");
 }
+
+#[test]
+fn api_runs_closed_loop_and_open_loop_at_a_scheduled_rate() {
+    let common = [
+        "api",
+        "--nodes",
+        "20",
+        "--page-size",
+        "10",
+        "--concurrency",
+        "4",
+        "--warmup",
+        "0.2",
+        "--duration",
+        "0.5",
+    ];
+    let out = bench(&common);
+    assert!(out.contains("closed loop"), "{out}");
+    for op in [
+        "DescribeVirtualNode",
+        "ListVirtualNodes",
+        "CreateVirtualNode",
+        "UpdateVirtualNode",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(op)),
+            "{op} missing:\n{out}"
+        );
+    }
+    // Open loop: every request scheduled in the measured half second (200/s
+    // from the end of the warm-up) is sent and counted, however fast the
+    // server answers.
+    let out = bench(&[&common[..], &["--rate", "200"]].concat());
+    assert!(out.contains("open loop: 200 requests/s"), "{out}");
+    for op in [
+        "DescribeVirtualNode",
+        "ListVirtualNodes",
+        "CreateVirtualNode",
+        "UpdateVirtualNode",
+    ] {
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(op))
+            .unwrap_or_else(|| panic!("{op} missing:\n{out}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[1], "100", "requests of {op}:\n{out}");
+        assert_eq!(cells[5], "0", "errors of {op}:\n{out}");
+    }
+}
