@@ -43,6 +43,10 @@ pub struct DataplaneArgs {
     /// halted (virtual) CPU. It applies to every path alike.
     #[arg(long)]
     pub poll_idle: bool,
+    /// Leave out the minimal Envoy pair ("bare"): only the two paths the
+    /// goal compares share the machine, a third less load on its cores.
+    #[arg(long)]
+    pub no_bare: bool,
 }
 
 /// Flags of `weft-bench no-drops`.
@@ -241,8 +245,13 @@ pub async fn run(args: DataplaneArgs) -> Result<()> {
     t.wait_route("h1.dp.local").await?;
     t.wait_route("h2.dp.local").await?;
     let app = format!("127.0.0.1:{}", t.apps[0].1);
-    let bare_h1 = bare::pair(t.apps[0].1, false).await?;
-    let bare_h2 = bare::pair(t.apps[0].1, true).await?;
+    let bare = match args.no_bare {
+        true => None,
+        false => Some((
+            bare::pair(t.apps[0].1, false).await?,
+            bare::pair(t.apps[0].1, true).await?,
+        )),
+    };
     let egress = format!("127.0.0.1:{}", t.client.egress_port);
     let warmup = Duration::from_secs_f64(args.warmup);
     let duration = Duration::from_secs_f64(args.duration);
@@ -269,10 +278,13 @@ pub async fn run(args: DataplaneArgs) -> Result<()> {
     );
     println!(
         "paths:      direct = client -> sample app; mesh = client -> client Envoy (egress, explicit mode) -> \
-         server Envoy (ingress) -> the same sample app; Envoys --concurrency 1, configured by Weft (ADS {}); \
-         bare = the same through two Envoys with a minimal static config (HTTP connection manager, \
-         router, one static cluster)",
-        args.protocol
+         server Envoy (ingress) -> the same sample app; Envoys --concurrency 1, configured by Weft (ADS {}){}",
+        args.protocol,
+        match args.no_bare {
+            true => " (no bare pair: --no-bare)",
+            false => "; bare = the same through two Envoys with a minimal static config (HTTP connection \
+                      manager, router, one static cluster)",
+        }
     );
     println!();
     println!(
@@ -281,10 +293,20 @@ pub async fn run(args: DataplaneArgs) -> Result<()> {
     );
     let mut verdicts = Vec::new();
     for (proto, host, http2, bare_port) in [
-        ("HTTP/1.1", "h1.dp.local", false, bare_h1.port),
-        ("HTTP/2", "h2.dp.local", true, bare_h2.port),
+        (
+            "HTTP/1.1",
+            "h1.dp.local",
+            false,
+            bare.as_ref().map(|b| b.0.port),
+        ),
+        (
+            "HTTP/2",
+            "h2.dp.local",
+            true,
+            bare.as_ref().map(|b| b.1.port),
+        ),
     ] {
-        let targets = [
+        let mut targets = vec![
             Target {
                 label: "direct".into(),
                 addr: app.clone(),
@@ -297,20 +319,22 @@ pub async fn run(args: DataplaneArgs) -> Result<()> {
                 host: host.into(),
                 http2,
             },
-            Target {
+        ];
+        if let Some(bare_port) = bare_port {
+            targets.push(Target {
                 label: "bare".into(),
                 addr: format!("127.0.0.1:{bare_port}"),
                 host: host.into(),
                 http2,
-            },
-        ];
+            });
+        }
         let cpu0 = CpuMark::now(t.server.pid());
         let results = openloop::run(&targets, args.rate, warmup, duration).await?;
         let oth = cpu0.other_percent(&CpuMark::now(t.server.pid()));
         for (target, r) in targets.iter().zip(&results) {
             print_row(proto, &target.label, r, oth);
         }
-        let (d, m, b) = (&results[0], &results[1], &results[2]);
+        let (d, m, b) = (&results[0], &results[1], results.get(2));
         let q = |r: &TargetResult, x: f64| quantile(&r.latencies, x);
         let diff = |over: &TargetResult, base: &TargetResult| -> Vec<String> {
             QUANTILES
@@ -320,11 +344,13 @@ pub async fn run(args: DataplaneArgs) -> Result<()> {
         };
         let added = diff(m, d);
         // What any Envoy pair adds here, and what Weft's config adds on top.
-        for (label, row) in [("bare+", diff(b, d)), ("weft+", diff(m, b))] {
-            println!(
-                "{:<8} {:<7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8}",
-                proto, label, "", "", row[0], row[1], row[2], row[3]
-            );
+        if let Some(b) = b {
+            for (label, row) in [("bare+", diff(b, d)), ("weft+", diff(m, b))] {
+                println!(
+                    "{:<8} {:<7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8}",
+                    proto, label, "", "", row[0], row[1], row[2], row[3]
+                );
+            }
         }
         let p90 = q(m, 0.9).saturating_sub(q(d, 0.9));
         let p99 = q(m, 0.99).saturating_sub(q(d, 0.99));

@@ -111,6 +111,22 @@ fn dataplane_runs() {
     assert!(out.contains("added"), "{out}");
     // The minimal static Envoy pair ran next to Weft's.
     assert!(out.contains("bare+") && out.contains("weft+"), "{out}");
+    let out = bench(&[
+        "dataplane",
+        "--rate",
+        "50",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0.2",
+        "--no-bare",
+    ]);
+    assert!(out.contains("added"), "{out}");
+    assert!(
+        !out.lines()
+            .any(|l| l.starts_with("HTTP") && l.contains(" bare")),
+        "{out}"
+    );
 }
 
 #[test]
