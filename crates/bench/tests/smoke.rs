@@ -195,36 +195,34 @@ fn api_runs_closed_loop_and_open_loop_at_a_scheduled_rate() {
         "--duration",
         "0.5",
     ];
+    // The cells of each phase's row of the table.
+    let rows = |out: &str| -> Vec<Vec<String>> {
+        [
+            "DescribeVirtualNode",
+            "ListVirtualNodes",
+            "CreateVirtualNode",
+            "UpdateVirtualNode",
+        ]
+        .iter()
+        .map(|op| {
+            let row = out
+                .lines()
+                .find(|l| l.starts_with(op))
+                .unwrap_or_else(|| panic!("{op} missing:\n{out}"));
+            row.split_whitespace().map(str::to_string).collect()
+        })
+        .collect()
+    };
     let out = bench(&common);
     assert!(out.contains("closed loop"), "{out}");
-    for op in [
-        "DescribeVirtualNode",
-        "ListVirtualNodes",
-        "CreateVirtualNode",
-        "UpdateVirtualNode",
-    ] {
-        assert!(
-            out.lines().any(|l| l.starts_with(op)),
-            "{op} missing:\n{out}"
-        );
-    }
+    assert_eq!(rows(&out).len(), 4);
     // Open loop: every request scheduled in the measured half second (200/s
     // from the end of the warm-up) is sent and counted, however fast the
     // server answers.
     let out = bench(&[&common[..], &["--rate", "200"]].concat());
     assert!(out.contains("open loop: 200 requests/s"), "{out}");
-    for op in [
-        "DescribeVirtualNode",
-        "ListVirtualNodes",
-        "CreateVirtualNode",
-        "UpdateVirtualNode",
-    ] {
-        let row = out
-            .lines()
-            .find(|l| l.starts_with(op))
-            .unwrap_or_else(|| panic!("{op} missing:\n{out}"));
-        let cells: Vec<&str> = row.split_whitespace().collect();
-        assert_eq!(cells[1], "100", "requests of {op}:\n{out}");
-        assert_eq!(cells[5], "0", "errors of {op}:\n{out}");
+    for cells in rows(&out) {
+        assert_eq!(cells[1], "100", "requests of {}:\n{out}", cells[0]);
+        assert_eq!(cells[5], "0", "errors of {}:\n{out}", cells[0]);
     }
 }
