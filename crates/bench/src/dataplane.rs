@@ -288,8 +288,17 @@ pub async fn run(args: DataplaneArgs) -> Result<()> {
     );
     println!();
     println!(
-        "{:<8} {:<7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>5}  verdict",
-        "proto", "path", "sent", "failed", "p50 ms", "p90 ms", "p99 ms", "p99.9ms", "oth%"
+        "{:<8} {:<7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>5} {:>6}  verdict",
+        "proto",
+        "path",
+        "sent",
+        "failed",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9ms",
+        "oth%",
+        "steal%"
     );
     let mut verdicts = Vec::new();
     for (proto, host, http2, bare_port) in [
@@ -330,9 +339,10 @@ pub async fn run(args: DataplaneArgs) -> Result<()> {
         }
         let cpu0 = CpuMark::now(t.server.pid());
         let results = openloop::run(&targets, args.rate, warmup, duration).await?;
-        let oth = cpu0.other_percent(&CpuMark::now(t.server.pid()));
+        let cpu1 = CpuMark::now(t.server.pid());
+        let (oth, steal) = (cpu0.other_percent(&cpu1), cpu0.steal_percent(&cpu1));
         for (target, r) in targets.iter().zip(&results) {
-            print_row(proto, &target.label, r, oth);
+            print_row(proto, &target.label, r, oth, steal);
         }
         let (d, m, b) = (&results[0], &results[1], results.get(2));
         let q = |r: &TargetResult, x: f64| quantile(&r.latencies, x);
@@ -370,8 +380,8 @@ pub async fn run(args: DataplaneArgs) -> Result<()> {
             format!("MISSED ({})", missed.join(", "))
         };
         println!(
-            "{:<8} {:<7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>5}  {}",
-            proto, "added", "", "", added[0], added[1], added[2], added[3], "", verdict
+            "{:<8} {:<7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>5} {:>6}  {}",
+            proto, "added", "", "", added[0], added[1], added[2], added[3], "", "", verdict
         );
         verdicts.push((proto, verdict));
         for r in &results {
@@ -385,20 +395,21 @@ pub async fn run(args: DataplaneArgs) -> Result<()> {
         "goal: the pair adds <= 0.23 ms at p90 and <= 0.30 ms at p99 (added = mesh - direct at \
          the same quantile; bare+ = bare - direct, what two minimally configured Envoys add on this \
          machine; weft+ = mesh - bare, what Weft's config adds to that). oth% = CPU of everything but the server and this benchmark (the \
-         Envoys, the sample app, other work) in % of one core. Envoy NACKs: {}.",
+         Envoys, the sample app, other work) in % of one core; steal% = of that, what the hypervisor \
+         took from this virtual machine. Envoy NACKs: {}.",
         t.rejected()
     );
     Ok(())
 }
 
-fn print_row(proto: &str, label: &str, r: &TargetResult, oth: f64) {
+fn print_row(proto: &str, label: &str, r: &TargetResult, oth: f64, steal: f64) {
     let q: Vec<String> = QUANTILES
         .iter()
         .map(|&x| us(quantile(&r.latencies, x)))
         .collect();
     println!(
-        "{:<8} {:<7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>4.0}%",
-        proto, label, r.sent, r.failed, q[0], q[1], q[2], q[3], oth
+        "{:<8} {:<7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>4.0}% {:>5.0}%",
+        proto, label, r.sent, r.failed, q[0], q[1], q[2], q[3], oth, steal
     );
 }
 

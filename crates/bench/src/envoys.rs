@@ -265,7 +265,7 @@ pub async fn run(args: EnvoysArgs) -> Result<()> {
     let (srv, _, _) = cpu0.delta(&cpu1);
     println!();
     println!(
-        "{:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>6} {:>6}  {:<14} verdict",
+        "{:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>6} {:>6} {:>6}  {:<14} verdict",
         "envoys",
         "changes",
         "p50 ms",
@@ -275,10 +275,11 @@ pub async fn run(args: EnvoysArgs) -> Result<()> {
         "polls/chg",
         "NACKs",
         "oth%",
+        "steal%",
         "goal"
     );
     println!(
-        "{:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10.1} {:>6} {:>5.0}%  {:<14} {}",
+        "{:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10.1} {:>6} {:>5.0}% {:>5.0}%  {:<14} {}",
         count,
         samples.len(),
         ms(quantile(&samples, 0.5)),
@@ -288,6 +289,7 @@ pub async fn run(args: EnvoysArgs) -> Result<()> {
         polls.iter().sum::<usize>() as f64 / polls.len().max(1) as f64,
         nacks,
         cpu0.other_percent(&cpu1),
+        cpu0.steal_percent(&cpu1),
         "p99 <= 50 ms",
         if p99 <= goal { "met" } else { "MISSED" }
     );
@@ -314,7 +316,8 @@ pub async fn run(args: EnvoysArgs) -> Result<()> {
          Envoy's RouteConfiguration is ACKed at a new version with no response pending); \
          includes the durable write. Server CPU over all changes: {:.2} s. oth% = CPU of \
          everything but the server and this benchmark (the Envoys and agents, other work), in \
-         % of one core.",
+         % of one core; steal% = of that, what the hypervisor took from this virtual machine \
+         (its vCPUs had work, the host ran something else).",
         args.poll_ms,
         srv.as_secs_f64()
     );

@@ -212,6 +212,8 @@ pub struct CpuMark {
     pub client: Option<Duration>,
     /// The machine's busy time.
     pub machine: Option<Duration>,
+    /// Of that, what the hypervisor took (see [`machine_steal`]).
+    pub steal: Option<Duration>,
     /// When.
     pub at: Instant,
 }
@@ -223,6 +225,7 @@ impl CpuMark {
             process: cpu_time(pid),
             client: cpu_time(std::process::id()),
             machine: machine_busy(),
+            steal: machine_steal(),
             at: Instant::now(),
         }
     }
@@ -237,6 +240,16 @@ impl CpuMark {
         let c = d(self.client, later.client);
         let m = d(self.machine, later.machine);
         (p, c, m.saturating_sub(p + c))
+    }
+
+    /// CPU time the hypervisor took from this machine from `self` to
+    /// `later` (part of [`CpuMark::other_percent`]), in % of one core.
+    pub fn steal_percent(&self, later: &CpuMark) -> f64 {
+        let wall = later.at.duration_since(self.at).as_secs_f64();
+        match (self.steal, later.steal) {
+            (Some(a), Some(b)) if wall > 0.0 => 100.0 * b.saturating_sub(a).as_secs_f64() / wall,
+            _ => 0.0,
+        }
     }
 
     /// "other CPU" (everything but the process and this benchmark) from

@@ -64,6 +64,8 @@ struct ChangeRow {
     server_cpu: Duration,
     client_cpu: Duration,
     other_pct: f64,
+    /// Of that, the most the hypervisor took during one change.
+    steal_pct: f64,
 }
 
 /// Figures of one fleet size.
@@ -129,7 +131,7 @@ pub async fn run(args: XdsScaleArgs) -> Result<()> {
     }
     println!();
     println!(
-        "{:>7} {:<11} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}  {:<22} verdict",
+        "{:>7} {:<11} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6}  {:<22} verdict",
         "proxies",
         "change",
         "affected",
@@ -142,6 +144,7 @@ pub async fn run(args: XdsScaleArgs) -> Result<()> {
         "ms/push",
         "cli CPUs",
         "oth%",
+        "steal%",
         "goal"
     );
     for r in &results {
@@ -157,7 +160,7 @@ pub async fn run(args: XdsScaleArgs) -> Result<()> {
             };
             let pushes = c.updated.max(1) as f64;
             println!(
-                "{:>7} {:<11} {:>8} {:>8} {:>6.1} {:>8} {:>8} {:>8} {:>8.2} {:>8.3} {:>8.2} {:>5.0}%  {:<22} {}",
+                "{:>7} {:<11} {:>8} {:>8} {:>6.1} {:>8} {:>8} {:>8} {:>8.2} {:>8.3} {:>8.2} {:>5.0}% {:>5.0}%  {:<22} {}",
                 r.proxies,
                 c.kind,
                 c.expected,
@@ -170,6 +173,7 @@ pub async fn run(args: XdsScaleArgs) -> Result<()> {
                 1000.0 * c.server_cpu.as_secs_f64() / pushes,
                 c.client_cpu.as_secs_f64(),
                 c.other_pct,
+                c.steal_pct,
                 goal,
                 verdict
             );
@@ -225,7 +229,8 @@ pub async fn run(args: XdsScaleArgs) -> Result<()> {
          \"mesh-wide\" = UpdateMesh egressFilter DROP_ALL <-> ALLOW_ALL (every proxy). resp/p = \
          responses per updated proxy (make-before-break takes several). srv CPUs = server CPU \
          seconds from the write to convergence; ms/push = that per updated proxy. oth% = CPU of \
-         everything else on the machine during the change, in % of one core.",
+         everything else on the machine during the change, in % of one core; steal% = of that, what \
+         the hypervisor took from this virtual machine (both the worst change of its kind).",
         args.repeats, shape.backends
     );
     println!(
@@ -352,6 +357,7 @@ impl ChangeRow {
             server_cpu: Duration::ZERO,
             client_cpu: Duration::ZERO,
             other_pct: 0.0,
+            steal_pct: 0.0,
         }
     }
 
@@ -369,5 +375,6 @@ impl ChangeRow {
         self.server_cpu = self.server_cpu.max(srv);
         self.client_cpu = self.client_cpu.max(cli);
         self.other_pct = self.other_pct.max(cpu0.other_percent(cpu1));
+        self.steal_pct = self.steal_pct.max(cpu0.steal_percent(cpu1));
     }
 }
