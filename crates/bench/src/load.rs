@@ -14,6 +14,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 
+use crate::openloop;
+
 /// API version prefix of every App Mesh path.
 pub const PREFIX: &str = "/v20190125";
 
@@ -556,35 +558,6 @@ pub enum Pace {
     Rate(f64),
 }
 
-/// The scheduled start times of an open-loop phase, shared by its tasks.
-type Schedule = Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Instant>>>;
-
-/// Starts a thread that schedules requests every `1 / rate` s from `start`
-/// until `end` (the OS's high-resolution sleep: tokio's timer has 1 ms
-/// granularity, coarser than the 0.1–0.5 ms between requests).
-fn schedule(rate: f64, start: Instant, end: Instant) -> Schedule {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
-    std::thread::spawn(move || {
-        let mut i: u32 = 0;
-        loop {
-            let at = start + interval * i;
-            if at >= end {
-                break;
-            }
-            let now = Instant::now();
-            if at > now {
-                std::thread::sleep(at - now);
-            }
-            if tx.send(at).is_err() {
-                break;
-            }
-            i = i.saturating_add(1);
-        }
-    });
-    Arc::new(tokio::sync::Mutex::new(rx))
-}
-
 /// Runs `workload` from `concurrency` tasks: a `warmup` whose requests are
 /// not counted, then `duration` during which tasks keep starting requests,
 /// as `pace` says.
@@ -600,9 +573,12 @@ pub async fn run_phase(
     let started = Instant::now();
     let measure_from = started + warmup;
     let end = measure_from + duration;
+    // An open loop's scheduled start times, shared by its tasks.
     let schedule = match pace {
         Pace::Closed => None,
-        Pace::Rate(rate) => Some(schedule(rate, started, end)),
+        Pace::Rate(rate) => Some(Arc::new(tokio::sync::Mutex::new(openloop::schedule(
+            rate, started, end,
+        )))),
     };
     let mut tasks = Vec::with_capacity(concurrency);
     for task in 0..concurrency {

@@ -141,17 +141,25 @@ pub fn fdatasync_latency(
     Ok((pick(0.5), pick(0.99)))
 }
 
+/// The machine's CPU ticks so far, all cores together: the `cpu` line of
+/// `/proc/stat` (user nice system idle iowait irq softirq steal …; guest
+/// time is in user); `None` if unreadable.
+fn machine_ticks() -> Option<Vec<f64>> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    Some(
+        line.split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect(),
+    )
+}
+
 /// CPU time used by the whole machine so far (every core's non-idle time
 /// from `/proc/stat`); `None` if unreadable.
 pub fn machine_busy() -> Option<Duration> {
-    let text = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = text.lines().find(|l| l.starts_with("cpu "))?;
-    let ticks: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal (guest time is in user).
+    let ticks = machine_ticks()?;
+    // Every column but idle (3) and iowait (4).
     let busy: f64 = [0, 1, 2, 5, 6, 7]
         .iter()
         .filter_map(|&i| ticks.get(i))
@@ -163,9 +171,7 @@ pub fn machine_busy() -> Option<Duration> {
 /// its vCPUs had work but the host ran something else (`steal` in
 /// `/proc/stat`, part of [`machine_busy`]); `None` if unreadable.
 pub fn machine_steal() -> Option<Duration> {
-    let text = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = text.lines().find(|l| l.starts_with("cpu "))?;
-    let steal: f64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    let steal = *machine_ticks()?.get(7)?;
     Some(Duration::from_secs_f64(steal / CLK_TCK))
 }
 

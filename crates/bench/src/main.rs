@@ -43,6 +43,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use load::{Api, Pace, PhaseResult, Workload};
+use machine::CpuMark;
 use server::Server;
 
 /// Mesh holding the pre-created nodes read and updated by the benchmark.
@@ -217,44 +218,25 @@ fn table_line(cells: [&str; 12]) -> String {
     )
 }
 
-/// CPU time used so far by the server, this client and the whole machine,
-/// and the time the hypervisor took from it.
-struct CpuSample {
-    server: Option<Duration>,
-    client: Option<Duration>,
-    machine: Option<Duration>,
-    steal: Option<Duration>,
-}
-
-impl CpuSample {
-    fn now(server_pid: u32) -> CpuSample {
-        CpuSample {
-            server: machine::cpu_time(server_pid),
-            client: machine::cpu_time(std::process::id()),
-            machine: machine::machine_busy(),
-            steal: machine::machine_steal(),
+/// The server's, this client's, the hypervisor's (steal) and everything
+/// else's CPU time (the kernel's network and disk work included) from
+/// `before` to `after`, each in % of one core ("?" if unreadable).
+fn usage(before: &CpuMark, after: &CpuMark) -> [String; 4] {
+    let wall = after.at.duration_since(before.at);
+    let delta = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
+    let server = delta(before.process, after.process);
+    let client = delta(before.client, after.client);
+    let steal = delta(before.steal, after.steal);
+    let other = match (delta(before.machine, after.machine), server, client, steal) {
+        (Some(m), Some(s), Some(c), Some(st)) => Some(m.saturating_sub(s + c + st)),
+        _ => None,
+    };
+    [server, client, steal, other].map(|d| match d {
+        Some(d) if wall > Duration::ZERO => {
+            format!("{:.0}%", 100.0 * d.as_secs_f64() / wall.as_secs_f64())
         }
-    }
-
-    /// Server, client, stolen by the hypervisor, and everything else on the
-    /// machine (the kernel's network and disk work included) from `self` to
-    /// `later`, over `wall`, each in % of one core.
-    fn usage(&self, later: &CpuSample, wall: Duration) -> [String; 4] {
-        let delta = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
-        let server = delta(self.server, later.server);
-        let client = delta(self.client, later.client);
-        let steal = delta(self.steal, later.steal);
-        let other = match (delta(self.machine, later.machine), server, client, steal) {
-            (Some(m), Some(s), Some(c), Some(st)) => Some(m.saturating_sub(s + c + st)),
-            _ => None,
-        };
-        [server, client, steal, other].map(|d| match d {
-            Some(d) if wall > Duration::ZERO => {
-                format!("{:.0}%", 100.0 * d.as_secs_f64() / wall.as_secs_f64())
-            }
-            _ => "?".to_string(),
-        })
-    }
+        _ => "?".to_string(),
+    })
 }
 
 async fn api_bench(args: ApiArgs) -> Result<()> {
@@ -383,8 +365,7 @@ async fn api_bench(args: ApiArgs) -> Result<()> {
                 nodes: args.nodes,
             },
         };
-        let before = CpuSample::now(server.pid());
-        let wall = Instant::now();
+        let before = CpuMark::now(server.pid());
         let result = load::run_phase(
             api.clone(),
             workload,
@@ -394,7 +375,7 @@ async fn api_bench(args: ApiArgs) -> Result<()> {
             duration,
         )
         .await?;
-        let cpu = before.usage(&CpuSample::now(server.pid()), wall.elapsed());
+        let cpu = usage(&before, &CpuMark::now(server.pid()));
         server.check_alive()?;
         rows.push((phase, result, cpu));
     }

@@ -86,6 +86,33 @@ async fn sender(target: &Target) -> Result<Sender> {
     Ok(Sender::Http2(send))
 }
 
+/// Starts a thread that yields a send time every `1 / rate` s from `start`
+/// until `end`, each when it is due (the OS's high-resolution sleep:
+/// tokio's timer has 1 ms granularity, coarser than the 0.1–1 ms between
+/// requests).
+pub fn schedule(rate: f64, start: Instant, end: Instant) -> mpsc::UnboundedReceiver<Instant> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    std::thread::spawn(move || {
+        let mut i: u32 = 0;
+        loop {
+            let at = start + interval * i;
+            if at >= end {
+                break;
+            }
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            if tx.send(at).is_err() {
+                break;
+            }
+            i = i.saturating_add(1);
+        }
+    });
+    rx
+}
+
 /// Sends `rate` requests per second to each target for `warmup + duration`
 /// (the warm-up is not counted); target `k`'s schedule is offset by `k /
 /// (rate × targets)` so the streams interleave evenly. Waits up to 15 s
@@ -103,34 +130,17 @@ pub async fn run(
     let shared = Arc::new(Mutex::new(Shared {
         results: vec![TargetResult::default(); targets.len()],
     }));
-    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Instant, bool)>();
+    // One schedule at n × rate, dealt to the targets in turn: each gets
+    // `rate`, offset from the previous one by 1 / (rate × n).
     let n = targets.len().max(1);
-    let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let start = Instant::now() + Duration::from_millis(50);
-    let total = warmup + duration;
-    let ticker = std::thread::spawn(move || {
-        let mut i: u64 = 0;
-        loop {
-            let k = (i % n as u64) as usize;
-            let round = i / n as u64;
-            let offset = interval.mul_f64(k as f64 / n as f64);
-            let intended = start + interval.mul_f64(round as f64) + offset;
-            if intended.duration_since(start) >= total {
-                break;
-            }
-            let now = Instant::now();
-            if intended > now {
-                std::thread::sleep(intended - now);
-            }
-            let measured = intended.duration_since(start) >= warmup;
-            if tx.send((k, intended, measured)).is_err() {
-                break;
-            }
-            i += 1;
-        }
-    });
+    let mut ticks = schedule(rate * n as f64, start, start + warmup + duration);
     let mut inflight = tokio::task::JoinSet::new();
-    while let Some((k, intended, measured)) = rx.recv().await {
+    let mut i = 0;
+    while let Some(intended) = ticks.recv().await {
+        let k = i % n;
+        i += 1;
+        let measured = intended.duration_since(start) >= warmup;
         let client = clients[k].clone();
         let target = targets[k].clone();
         let shared = shared.clone();
@@ -156,7 +166,6 @@ pub async fn run(
         // Reap finished tasks so the set stays small.
         while inflight.try_join_next().is_some() {}
     }
-    let _ = ticker.join();
     let drain = tokio::time::timeout(Duration::from_secs(15), async {
         while inflight.join_next().await.is_some() {}
     })
