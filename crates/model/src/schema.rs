@@ -22,6 +22,9 @@ pub enum Location {
 pub struct Member {
     /// Name of the member's target shape.
     pub shape: String,
+    /// The target shape's place in [`Schema::shape_at`]: validation follows
+    /// it instead of looking the name up for every value of a request.
+    pub target: usize,
     /// Where it travels in a request.
     pub location: Location,
     /// Whether the SDKs fill it with a fresh token when the caller leaves it out.
@@ -43,6 +46,8 @@ pub enum ShapeKind {
     },
     List {
         member: String,
+        /// The member shape's place in [`Schema::shape_at`].
+        target: usize,
         min: Option<i64>,
         max: Option<i64>,
     },
@@ -88,12 +93,19 @@ pub struct Operation {
 pub struct Schema {
     pub shapes: BTreeMap<String, Shape>,
     pub operations: BTreeMap<String, Operation>,
+    /// The shapes in name order, for [`Schema::shape_at`].
+    table: Vec<Shape>,
 }
 
 impl Schema {
     /// Looks up a shape; the model is fixed at build time, so callers pass names that exist.
     pub fn shape(&self, name: &str) -> Option<&Shape> {
         self.shapes.get(name)
+    }
+
+    /// The shape at `index` (a [`Member::target`] or a list's `target`).
+    pub fn shape_at(&self, index: usize) -> Option<&Shape> {
+        self.table.get(index)
     }
 }
 
@@ -123,7 +135,16 @@ fn parse(text: &str) -> Schema {
     // failure here is a build defect, not a runtime condition.
     #[allow(clippy::expect_used)]
     let model: Value = serde_json::from_str(text).expect("embedded App Mesh model is valid JSON");
+    // A shape's index is its place in name order (the order of a
+    // serde_json map); a reference to a shape the model lacks gets an index
+    // past the end, which `shape_at` answers with `None`.
+    let index: BTreeMap<&str, usize> = model["shapes"]
+        .as_object()
+        .map(|o| o.keys().enumerate().map(|(i, k)| (k.as_str(), i)).collect())
+        .unwrap_or_default();
+    let target = |name: &str| index.get(name).copied().unwrap_or(usize::MAX);
     let mut shapes = BTreeMap::new();
+    let mut table = Vec::new();
     if let Some(obj) = model["shapes"].as_object() {
         for (name, s) in obj {
             let kind = match s["type"].as_str().unwrap_or("") {
@@ -137,10 +158,12 @@ fn parse(text: &str) -> Schema {
                                 Some("querystring") => Location::Query(loc_name),
                                 _ => Location::Body,
                             };
+                            let shape = m["shape"].as_str().unwrap_or("");
                             members.insert(
                                 mname.clone(),
                                 Member {
-                                    shape: m["shape"].as_str().unwrap_or("").to_string(),
+                                    shape: shape.to_string(),
+                                    target: target(shape),
                                     location,
                                     idempotency_token: m["idempotencyToken"]
                                         .as_bool()
@@ -159,6 +182,7 @@ fn parse(text: &str) -> Schema {
                 }
                 "list" => ShapeKind::List {
                     member: s["member"]["shape"].as_str().unwrap_or("").to_string(),
+                    target: target(s["member"]["shape"].as_str().unwrap_or("")),
                     min: as_i64(s, "min"),
                     max: as_i64(s, "max"),
                 },
@@ -184,13 +208,12 @@ fn parse(text: &str) -> Schema {
                 #[allow(clippy::panic)]
                 other => panic!("shape {name} has unsupported type {other}"),
             };
-            shapes.insert(
-                name.clone(),
-                Shape {
-                    name: name.clone(),
-                    kind,
-                },
-            );
+            let shape = Shape {
+                name: name.clone(),
+                kind,
+            };
+            table.push(shape.clone());
+            shapes.insert(name.clone(), shape);
         }
     }
     let mut operations = BTreeMap::new();
@@ -216,7 +239,11 @@ fn parse(text: &str) -> Schema {
             );
         }
     }
-    Schema { shapes, operations }
+    Schema {
+        shapes,
+        operations,
+        table,
+    }
 }
 
 #[cfg(test)]
@@ -259,9 +286,15 @@ mod tests {
                             shape.name,
                             m.shape
                         );
+                        let at = s.shape_at(m.target).map(|t| t.name.as_str());
+                        assert_eq!(at, Some(m.shape.as_str()), "{}", shape.name);
                     }
                 }
-                ShapeKind::List { member, .. } => assert!(s.shapes.contains_key(member)),
+                ShapeKind::List { member, target, .. } => {
+                    assert!(s.shapes.contains_key(member));
+                    let at = s.shape_at(*target).map(|t| t.name.as_str());
+                    assert_eq!(at, Some(member.as_str()), "{}", shape.name);
+                }
                 _ => {}
             }
         }
