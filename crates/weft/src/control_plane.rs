@@ -23,6 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -49,6 +50,8 @@ use crate::encoded::EncodedPool;
 struct ProxyClass {
     identity: ProxyIdentity,
     options: ProxyOptions,
+    /// When a stream last resolved to this class (see [`Runtime::forget_idle_classes`]).
+    resolved_at: Instant,
 }
 
 /// The proxy classes seen so far, shared by the resolver (which registers
@@ -84,9 +87,14 @@ impl NodeResolver for AppMeshResolver {
                 .classes
                 .lock()
                 .map_err(|_| tonic::Status::internal("proxy registry poisoned"))?;
-            classes
-                .insert(key.clone(), ProxyClass { identity, options })
-                .is_none()
+            let class = ProxyClass {
+                identity,
+                options,
+                // See MIN_IDLE_CLASS_TTL: a class resolved now is not
+                // forgotten before its stream watches it.
+                resolved_at: Instant::now(),
+            };
+            classes.insert(key.clone(), class).is_none()
         };
         if fresh {
             // The runtime computes the first snapshot; the stream waits for it.
@@ -95,6 +103,19 @@ impl NodeResolver for AppMeshResolver {
         Ok(key)
     }
 }
+
+/// How long a proxy class with no connected proxy keeps its snapshot by
+/// default: long enough that Envoys reconnecting after a restart of the
+/// server or a network blip find their config ready, short enough that the
+/// classes of deleted or renamed virtual nodes do not pile up.
+pub const DEFAULT_IDLE_CLASS_TTL: Duration = Duration::from_secs(300);
+
+/// The shortest TTL of an idle class. A stream resolves its class and then
+/// watches the class's key without yielding in between; a class resolved
+/// less than this long ago is never forgotten, so no stream can start
+/// watching a key whose class was forgotten after it resolved it (it would
+/// wait for a snapshot nobody computes).
+pub const MIN_IDLE_CLASS_TTL: Duration = Duration::from_secs(1);
 
 /// Builds the resolver for the ADS server and the runtime that feeds its cache.
 pub fn new(store: SharedStore, cache: SnapshotCache) -> (AppMeshResolver, Runtime) {
@@ -116,6 +137,7 @@ pub fn new(store: SharedStore, cache: SnapshotCache) -> (AppMeshResolver, Runtim
             encoded: EncodedPool::default(),
             wanted: HashSet::new(),
             dormant: HashMap::new(),
+            idle_class_ttl: DEFAULT_IDLE_CLASS_TTL,
         },
     )
 }
@@ -284,6 +306,8 @@ pub struct Runtime {
     /// The records of every other mesh, not decoded: the latest value of each
     /// key (`None`: deleted), applied by [`Runtime::want`].
     dormant: HashMap<String, BTreeMap<String, Option<Bytes>>>,
+    /// How long a class no proxy is connected to is kept.
+    idle_class_ttl: Duration,
 }
 
 /// The `data` member of a stored record (`StoredRecord`), decoded straight
@@ -501,6 +525,53 @@ fn cloud_map_names(snapshot: &MeshSnapshot) -> BTreeSet<ServiceName> {
 }
 
 impl Runtime {
+    /// Sets how long a proxy class with no connected proxy keeps its
+    /// snapshot before it is forgotten (default [`DEFAULT_IDLE_CLASS_TTL`];
+    /// at least [`MIN_IDLE_CLASS_TTL`]).
+    pub fn with_idle_class_ttl(mut self, ttl: Duration) -> Self {
+        self.idle_class_ttl = ttl.max(MIN_IDLE_CLASS_TTL);
+        self
+    }
+
+    /// Forgets the proxy classes that no stream has watched for the TTL:
+    /// their registration, snapshot, dependencies and the encoded resources
+    /// only they held. Without this, every virtual node (and option set)
+    /// that ever had a proxy would be kept and recomputed on every change of
+    /// its mesh for the life of the server. A proxy of a forgotten class that
+    /// connects again is registered afresh and waits for its first snapshot,
+    /// as on its first connection. Returns how many were forgotten.
+    fn forget_idle_classes(&mut self, now: Instant) -> usize {
+        let mut gone = Vec::new();
+        {
+            let Ok(mut classes) = self.registry.classes.lock() else {
+                return 0;
+            };
+            // Under the registry's lock, so that a stream resolving a class
+            // meanwhile either finds it (and it is kept: just resolved) or
+            // registers it afresh.
+            classes.retain(|key, class| {
+                let idle = now.saturating_duration_since(class.resolved_at) >= self.idle_class_ttl;
+                let forget = idle && self.cache.remove_if_unwatched(key);
+                if forget {
+                    gone.push(key.clone());
+                }
+                !forget
+            });
+        }
+        for key in &gone {
+            self.deps.remove(key);
+        }
+        if !gone.is_empty() {
+            self.encoded.sweep();
+            tracing::info!(
+                forgotten = gone.len(),
+                encoded = self.encoded.len(),
+                "idle proxy classes forgotten"
+            );
+        }
+        gone.len()
+    }
+
     /// Reads every mesh resource and registry record; returns the revision to
     /// follow the change feed from.
     ///
@@ -898,6 +969,12 @@ impl Runtime {
     /// Runs until `shutdown` resolves: follows the store, publishes snapshots.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        // Idle classes are looked for a few times per TTL (at most every
+        // 30 s, at least every 100 ms).
+        let period =
+            (self.idle_class_ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        let mut idle_sweep = tokio::time::interval(period);
+        idle_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         'reload: loop {
             let revision = match self.load().await {
                 Ok(r) => r,
@@ -933,6 +1010,9 @@ impl Runtime {
             loop {
                 tokio::select! {
                     _ = &mut shutdown => return,
+                    _ = idle_sweep.tick() => {
+                        self.forget_idle_classes(Instant::now());
+                    }
                     key = self.new_keys.recv() => {
                         let Some(key) = key else { return };
                         let class = self.registry.classes.lock().ok().and_then(|c| c.get(&key).cloned());
@@ -1029,6 +1109,7 @@ mod tests {
         let class = ProxyClass {
             identity: ProxyIdentity::virtual_node("apps", "front"),
             options: ProxyOptions::default(),
+            resolved_at: Instant::now(),
         };
         let deps = dependencies(&mesh(), &class, &mut DepsMemo::default());
         for dep in [
@@ -1171,6 +1252,69 @@ mod tests {
         assert!(!rt.dormant.contains_key("gone"));
         rt.want("gone");
         assert!(rt.mesh("gone").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_class_no_proxy_watches_is_forgotten_after_the_ttl_and_computed_again_on_return() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = weft_store::EmbeddedStore::open(weft_store::EmbeddedOptions::new(dir.path()))
+            .await
+            .unwrap();
+        let cache = SnapshotCache::new();
+        let (resolver, rt) = new(store, cache.clone());
+        let mut rt = rt.with_idle_class_ttl(Duration::from_secs(60));
+        rt.upsert(
+            "mesh/apps",
+            Some(&record(
+                json!({"meshName": "apps", "metadata": meta(), "spec": {}, "status": {}}),
+            )),
+        );
+        for name in ["front", "back"] {
+            rt.upsert(
+                &format!("res/apps/vn/{name}"),
+                Some(&record(json!({"meshName": "apps", "virtualNodeName": name,
+                    "metadata": meta(), "spec": {}, "status": {"status": "ACTIVE"}}))),
+            );
+        }
+        // Two Envoys connect, one of each node; the runtime computes their classes.
+        let connect = |node: &str| {
+            let key = resolver
+                .snapshot_key(&weft_xds::test_helpers::node(&format!(
+                    "mesh/apps/virtualNode/{node}"
+                )))
+                .unwrap();
+            (key.clone(), cache.watch(&key))
+        };
+        let (front, front_stream) = connect("front");
+        let (back, back_stream) = connect("back");
+        while let Ok(key) = rt.new_keys.try_recv() {
+            let class = rt.registry.classes.lock().unwrap()[&key].clone();
+            rt.publish(&key, &class);
+        }
+        assert!(cache.snapshot(&front).is_some() && cache.snapshot(&back).is_some());
+        let t0 = Instant::now();
+
+        // front's Envoy leaves. Within the TTL nothing is forgotten.
+        drop(front_stream);
+        assert_eq!(rt.forget_idle_classes(t0 + Duration::from_secs(59)), 0);
+        assert!(cache.snapshot(&front).is_some());
+        // After it, front's class goes, with its snapshot and dependencies;
+        // back's stays as long as its Envoy is connected.
+        assert_eq!(rt.forget_idle_classes(t0 + Duration::from_secs(61)), 1);
+        assert!(cache.snapshot(&front).is_none());
+        assert!(!rt.registry.classes.lock().unwrap().contains_key(&front));
+        assert!(!rt.deps.contains_key(&front));
+        assert!(cache.snapshot(&back).is_some());
+        assert_eq!(rt.forget_idle_classes(t0 + Duration::from_secs(3600)), 0);
+
+        // front's Envoy comes back: its class is new again, and computed.
+        let (again, _stream) = connect("front");
+        assert_eq!(again, front);
+        assert_eq!(rt.new_keys.try_recv().ok(), Some(front.clone()));
+        let class = rt.registry.classes.lock().unwrap()[&front].clone();
+        rt.publish(&front, &class);
+        assert!(cache.snapshot(&front).is_some());
+        drop(back_stream);
     }
 
     #[test]

@@ -120,6 +120,10 @@ fn to_json(p: &ProxyStatus) -> ProxyJson<'_> {
 struct StatusJson<'a> {
     proxies: Vec<ProxyJson<'a>>,
     nack_count: u64,
+    /// Every snapshot key (proxy class) the server holds a computed config
+    /// for: those with a connected proxy, and those whose last proxy left
+    /// less than `--proxy-idle-ttl` ago.
+    snapshot_keys: Vec<String>,
 }
 
 /// The endpoint, served on the API listener.
@@ -133,6 +137,7 @@ pub fn router(ads: AdsServer) -> Router {
                 let body = StatusJson {
                     proxies: statuses.iter().map(to_json).collect(),
                     nack_count: ads.nack_count(),
+                    snapshot_keys: ads.cache().keys(),
                 };
                 Json(body).into_response()
             }

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tokio::sync::watch;
@@ -42,6 +43,12 @@ pub struct ServerArgs {
     /// second's worth).
     #[arg(long, env = "WEFT_API_BURST")]
     pub api_burst: Option<u32>,
+    /// Seconds a proxy class (a virtual node or gateway with the options its
+    /// Envoys announce) keeps its computed config after its last Envoy
+    /// disconnects; then it is forgotten, and an Envoy of it that connects
+    /// later waits for its config to be computed again (at least 1).
+    #[arg(long, env = "WEFT_PROXY_IDLE_TTL", default_value_t = control_plane::DEFAULT_IDLE_CLASS_TTL.as_secs_f64())]
+    pub proxy_idle_ttl: f64,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` also works.
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log: String,
@@ -76,6 +83,7 @@ impl ServerArgs {
             api_rate_limit: 0.0,
             api_burst: None,
             log: "info".into(),
+            proxy_idle_ttl: control_plane::DEFAULT_IDLE_CLASS_TTL.as_secs_f64(),
             store_segment_size: weft_store::DEFAULT_SEGMENT_SIZE,
         }
     }
@@ -123,6 +131,13 @@ pub async fn start(args: &ServerArgs) -> Result<ControlPlane> {
 
     let cache = weft_xds::SnapshotCache::new();
     let (resolver, runtime) = control_plane::new(store.clone(), cache.clone());
+    let idle_ttl = Duration::try_from_secs_f64(args.proxy_idle_ttl).map_err(|_| {
+        anyhow::anyhow!(
+            "--proxy-idle-ttl must be a number of seconds, got {}",
+            args.proxy_idle_ttl
+        )
+    })?;
+    let runtime = runtime.with_idle_class_ttl(idle_ttl);
     let ads = weft_xds::AdsServer::new(cache, Arc::new(resolver));
     let (stop, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {

@@ -552,6 +552,80 @@ async fn a_proxy_whose_node_does_not_exist_yet_waits_and_gets_config_when_it_is_
     assert_eq!(envoy.stat_sum("update_rejected"), 0);
 }
 
+/// The snapshot keys `weft proxy-status --json` says the server holds config for.
+fn snapshot_keys(server: &WeftServer) -> Vec<String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["proxy-status", "--json", "--endpoint", &server.addr])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    status["snapshotKeys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_envoys_left_is_forgotten_after_the_idle_ttl_and_served_again_when_one_returns(
+) {
+    let server = WeftServer::start_with(&["--proxy-idle-ttl", "1"]);
+    let c = server.client();
+    c.create_mesh().mesh_name("apps").send().await.unwrap();
+    let (_app, app_port) = sample_app("red");
+    let port = free_port();
+    c.create_virtual_node()
+        .mesh_name("apps")
+        .virtual_node_name("red")
+        .spec(node_spec(port, &[]))
+        .send()
+        .await
+        .unwrap();
+    let red_is_served_on = |port: u16| matches!(common::mesh::http_get(port, "x", "/"), Ok((200, body)) if body.contains("red"));
+    let envoy = agent(
+        &server.xds_addr,
+        "apps",
+        "red",
+        &[(port, app_port)],
+        "delta",
+    );
+    wait_until(StdDuration::from_secs(10), || red_is_served_on(port));
+    let keys = snapshot_keys(&server);
+    assert!(
+        keys.iter()
+            .any(|k| k.starts_with("mesh/apps/virtualNode/red#")),
+        "{keys:?}"
+    );
+
+    // Its only Envoy leaves; a second later the server holds nothing for it.
+    drop(envoy);
+    wait_until(StdDuration::from_secs(10), || {
+        snapshot_keys(&server).is_empty()
+    });
+
+    // The node changes while no Envoy of it is connected; the next one to
+    // connect is configured from scratch with the node as it is now.
+    let moved = free_port();
+    c.update_virtual_node()
+        .mesh_name("apps")
+        .virtual_node_name("red")
+        .spec(node_spec(moved, &[]))
+        .send()
+        .await
+        .unwrap();
+    let envoy = agent(
+        &server.xds_addr,
+        "apps",
+        "red",
+        &[(moved, app_port)],
+        "delta",
+    );
+    wait_until(StdDuration::from_secs(10), || red_is_served_on(moved));
+    assert_eq!(snapshot_keys(&server).len(), 1);
+    assert_eq!(envoy.stat_sum("update_rejected"), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_status_lists_every_proxy_with_its_acked_versions() {
     let mesh = Mesh::new(&["red"], "sotw").await;

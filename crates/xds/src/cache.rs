@@ -62,6 +62,21 @@ impl SnapshotCache {
         });
     }
 
+    /// Forgets `key`, its snapshot and its slot, if no stream watches it; answers whether it is
+    /// gone. A stream that watches `key` afterwards starts from an empty slot and waits until a
+    /// snapshot is set, like the first stream of a new key.
+    pub fn remove_if_unwatched(&self, key: &str) -> bool {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        match slots.get(key) {
+            Some(slot) if slot.receiver_count() > 0 => false,
+            Some(_) => {
+                slots.remove(key);
+                true
+            }
+            None => true,
+        }
+    }
+
     /// The keys that have a snapshot.
     pub fn keys(&self) -> Vec<String> {
         let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
@@ -82,5 +97,29 @@ impl SnapshotCache {
             rx.mark_changed();
             rx
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_key_is_forgotten_only_once_no_stream_watches_it() {
+        let cache = SnapshotCache::new();
+        cache.set_snapshot("k", Arc::new(Snapshot::from_typed([]).unwrap()));
+        let stream = cache.watch("k");
+        assert!(!cache.remove_if_unwatched("k"));
+        assert!(cache.snapshot("k").is_some());
+        drop(stream);
+        assert!(cache.remove_if_unwatched("k"));
+        assert!(cache.snapshot("k").is_none());
+        assert!(cache.keys().is_empty());
+        // A stream of the key after that waits for a new snapshot.
+        let mut later = cache.watch("k");
+        assert!(later.borrow_and_update().is_none());
+        cache.set_snapshot("k", Arc::new(Snapshot::from_typed([]).unwrap()));
+        assert!(later.has_changed().unwrap());
     }
 }

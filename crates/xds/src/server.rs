@@ -312,6 +312,9 @@ impl<M: StreamMachine> Driver<M> {
                 Status::invalid_argument("the first request of a stream must carry node")
             })?;
             let key = self.inner.resolver.snapshot_key(&node)?;
+            // Watched at once, with no await in between: a resolver may forget
+            // keys nobody watches, but not one it resolved a moment ago.
+            let snapshots = self.inner.cache.watch(&key);
             let id = self.inner.next_stream_id.fetch_add(1, Ordering::Relaxed);
             let machine = Arc::new(Mutex::new(M::create(&node, key.clone(), id)));
             self.inner
@@ -324,7 +327,7 @@ impl<M: StreamMachine> Driver<M> {
                 machine,
                 node_id: node.id,
                 id,
-                snapshots: self.inner.cache.watch(&key),
+                snapshots,
                 closing: self.inner.closing.subscribe(),
                 _guard: StreamGuard {
                     inner: self.inner.clone(),
