@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use hyper::Method;
 
 use crate::ads::{AdsProtocol, Fleet, ProxySpec};
 use crate::appmesh::{self, MeshShape};
@@ -76,6 +77,12 @@ struct SizeResult {
     rss_before_kib: u64,
     rss_first_kib: u64,
     rss_after_kib: u64,
+    /// After the changes, just before the proxies leave, and after every
+    /// proxy left and the server's idle TTL passed.
+    rss_left_kib: (u64, u64),
+    /// Snapshot keys (proxy classes) the server held before the proxies
+    /// left, and after (`snapshotKeys` of proxy-status).
+    classes: (usize, usize),
     first_stage: usize,
     changes: Vec<ChangeRow>,
     setup: Duration,
@@ -181,12 +188,14 @@ pub async fn run(args: XdsScaleArgs) -> Result<()> {
     }
     println!();
     println!(
-        "{:>7} {:>6} {:>10} {:>10} {:>10} {:>12} {:>14}  {:<16} verdict",
+        "{:>7} {:>6} {:>10} {:>10} {:>10} {:>16} {:>13} {:>12} {:>14}  {:<16} verdict",
         "proxies",
         "conns",
         "RSS0 MiB",
         "RSS1 MiB",
         "RSS2 MiB",
+        "RSS3 MiB",
+        "classes 2->3",
         "KiB/proxy",
         "KiB/extra prx",
         "goal"
@@ -208,12 +217,18 @@ pub async fn run(args: XdsScaleArgs) -> Result<()> {
             "MISSED"
         };
         println!(
-            "{:>7} {:>6} {:>10.1} {:>10.1} {:>10.1} {:>12.1} {:>14}  {:<16} {}",
+            "{:>7} {:>6} {:>10.1} {:>10.1} {:>10.1} {:>16} {:>13} {:>12.1} {:>14}  {:<16} {}",
             r.proxies,
             r.connections,
             r.rss_before_kib as f64 / 1024.0,
             r.rss_first_kib as f64 / 1024.0,
             r.rss_after_kib as f64 / 1024.0,
+            format!(
+                "{:.1} -> {:.1}",
+                r.rss_left_kib.0 as f64 / 1024.0,
+                r.rss_left_kib.1 as f64 / 1024.0
+            ),
+            format!("{} -> {}", r.classes.0, r.classes.1),
             per,
             marginal,
             "<= 20 KB/proxy",
@@ -235,11 +250,26 @@ pub async fn run(args: XdsScaleArgs) -> Result<()> {
     );
     println!(
         "Memory: server VmRSS before any proxy (RSS0), after one proxy per node (RSS1: every \
-         node's snapshot computed), after all N (RSS2). KiB/proxy = (RSS2 - RSS0) / N; KiB/extra \
+         node's snapshot computed), after all N (RSS2), and RSS3 = after the changes, then \
+         after every proxy left and the server's idle TTL ({IDLE_TTL_S} s here) passed; classes 2->3 = proxy classes (snapshot keys) the server held before the proxies \
+         left and after. KiB/proxy = (RSS2 - RSS0) / N; KiB/extra \
          prx = (RSS2 - RSS1) / (N - proxies in the first stage). 20 KB = 19.5 KiB."
     );
     Ok(())
 }
+
+/// How many snapshot keys (proxy classes) the server holds config for.
+async fn snapshot_keys(api: &Api) -> Result<usize> {
+    let body = api
+        .call_ok(Method::GET, "/weft/v1/proxy-status", None)
+        .await?;
+    let status: serde_json::Value =
+        serde_json::from_slice(&body).context("proxy-status is not JSON")?;
+    Ok(status["snapshotKeys"].as_array().map_or(0, Vec::len))
+}
+
+/// The server's `--proxy-idle-ttl` in this benchmark (its minimum).
+const IDLE_TTL_S: f64 = 1.0;
 
 async fn run_size(
     args: &XdsScaleArgs,
@@ -251,7 +281,11 @@ async fn run_size(
         .prefix("weft-bench-xds-")
         .tempdir()
         .context("creating a temporary data folder")?;
-    let mut server = Server::start(binary, &data.path().join("data"), &appmesh::big_quotas())?;
+    let mut flags = appmesh::big_quotas();
+    // The shortest TTL, so that the run can show what the server lets go of
+    // once every proxy has left.
+    flags.extend(["--proxy-idle-ttl".to_string(), IDLE_TTL_S.to_string()]);
+    let mut server = Server::start(binary, &data.path().join("data"), &flags)?;
     let api = Arc::new(Api::new(&server.url, args.setup_concurrency));
     let setup = Instant::now();
     appmesh::create_mesh(&api, MESH).await?;
@@ -331,7 +365,20 @@ async fn run_size(
         );
     }
     let connections = fleet.connections();
+    let classes_before = snapshot_keys(&api).await?;
+    let rss_busy_kib = machine::rss_kib(pid).unwrap_or(0);
     drop(fleet);
+    // The TTL, then a sweep (every 250 ms at this TTL); give up after some
+    // slack and report what is left.
+    let deadline = Instant::now() + Duration::from_secs_f64(IDLE_TTL_S + 3.0);
+    tokio::time::sleep(Duration::from_secs_f64(IDLE_TTL_S)).await;
+    let mut classes_left = snapshot_keys(&api).await?;
+    while classes_left > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        classes_left = snapshot_keys(&api).await?;
+    }
+    let rss_left_kib = (rss_busy_kib, machine::rss_kib(pid).unwrap_or(0));
+    let classes = (classes_before, classes_left);
     drop(server);
     Ok(SizeResult {
         proxies: n,
@@ -340,6 +387,8 @@ async fn run_size(
         rss_before_kib,
         rss_first_kib,
         rss_after_kib,
+        rss_left_kib,
+        classes,
         first_stage,
         changes: vec![route, wide],
         setup,
