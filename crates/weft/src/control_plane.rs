@@ -50,8 +50,10 @@ use crate::encoded::EncodedPool;
 struct ProxyClass {
     identity: ProxyIdentity,
     options: ProxyOptions,
-    /// When a stream last resolved to this class (see [`Runtime::forget_idle_classes`]).
-    resolved_at: Instant,
+    /// When the class was last known to have a proxy: when a stream resolved
+    /// to it, or a sweep found its key watched (see
+    /// [`Runtime::forget_idle_classes`]).
+    last_active: Instant,
 }
 
 /// The proxy classes seen so far, shared by the resolver (which registers
@@ -92,7 +94,7 @@ impl NodeResolver for AppMeshResolver {
                 options,
                 // See MIN_IDLE_CLASS_TTL: a class resolved now is not
                 // forgotten before its stream watches it.
-                resolved_at: Instant::now(),
+                last_active: Instant::now(),
             };
             classes.insert(key.clone(), class).is_none()
         };
@@ -533,7 +535,9 @@ impl Runtime {
         self
     }
 
-    /// Forgets the proxy classes that no stream has watched for the TTL:
+    /// Forgets the proxy classes that no stream has watched for the TTL
+    /// (counted from the last sweep that found one watching, so at most a
+    /// sweep's period short of it):
     /// their registration, snapshot, dependencies and the encoded resources
     /// only they held. Without this, every virtual node (and option set)
     /// that ever had a proxy would be kept and recomputed on every change of
@@ -550,7 +554,11 @@ impl Runtime {
             // meanwhile either finds it (and it is kept: just resolved) or
             // registers it afresh.
             classes.retain(|key, class| {
-                let idle = now.saturating_duration_since(class.resolved_at) >= self.idle_class_ttl;
+                if self.cache.is_watched(key) {
+                    class.last_active = now;
+                    return true;
+                }
+                let idle = now.saturating_duration_since(class.last_active) >= self.idle_class_ttl;
                 let forget = idle && self.cache.remove_if_unwatched(key);
                 if forget {
                     gone.push(key.clone());
@@ -1109,7 +1117,7 @@ mod tests {
         let class = ProxyClass {
             identity: ProxyIdentity::virtual_node("apps", "front"),
             options: ProxyOptions::default(),
-            resolved_at: Instant::now(),
+            last_active: Instant::now(),
         };
         let deps = dependencies(&mesh(), &class, &mut DepsMemo::default());
         for dep in [
@@ -1314,7 +1322,14 @@ mod tests {
         let class = rt.registry.classes.lock().unwrap()[&front].clone();
         rt.publish(&front, &class);
         assert!(cache.snapshot(&front).is_some());
+
+        // The TTL counts from when a class was last seen with a proxy, not
+        // from its first connection: back's Envoy leaves after an hour.
         drop(back_stream);
+        let left = t0 + Duration::from_secs(3600);
+        assert_eq!(rt.forget_idle_classes(left + Duration::from_secs(59)), 0);
+        assert_eq!(rt.forget_idle_classes(left + Duration::from_secs(61)), 1);
+        assert!(cache.snapshot(&back).is_none());
     }
 
     #[test]

@@ -62,6 +62,12 @@ impl SnapshotCache {
         });
     }
 
+    /// Whether a stream watches `key`.
+    pub fn is_watched(&self, key: &str) -> bool {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.get(key).is_some_and(|s| s.receiver_count() > 0)
+    }
+
     /// Forgets `key`, its snapshot and its slot, if no stream watches it; answers whether it is
     /// gone. A stream that watches `key` afterwards starts from an empty slot and waits until a
     /// snapshot is set, like the first stream of a new key.
@@ -109,7 +115,9 @@ mod tests {
     fn a_key_is_forgotten_only_once_no_stream_watches_it() {
         let cache = SnapshotCache::new();
         cache.set_snapshot("k", Arc::new(Snapshot::from_typed([]).unwrap()));
+        assert!(!cache.is_watched("k"));
         let stream = cache.watch("k");
+        assert!(cache.is_watched("k"));
         assert!(!cache.remove_if_unwatched("k"));
         assert!(cache.snapshot("k").is_some());
         drop(stream);
