@@ -77,9 +77,11 @@ struct SizeResult {
     rss_before_kib: u64,
     rss_first_kib: u64,
     rss_after_kib: u64,
-    /// After the changes, just before the proxies leave, and after every
-    /// proxy left and the server's idle TTL passed.
-    rss_left_kib: (u64, u64),
+    /// After the changes, just before the proxies leave; after every proxy
+    /// left and the server's idle TTL passed; and after a second fleet of N
+    /// connected and was configured (a leak would add to what the first
+    /// left behind; reuse does not).
+    rss_left_kib: (u64, u64, u64),
     /// Snapshot keys (proxy classes) the server held before the proxies
     /// left, and after (`snapshotKeys` of proxy-status).
     classes: (usize, usize),
@@ -188,7 +190,7 @@ pub async fn run(args: XdsScaleArgs) -> Result<()> {
     }
     println!();
     println!(
-        "{:>7} {:>6} {:>10} {:>10} {:>10} {:>16} {:>13} {:>12} {:>14}  {:<16} verdict",
+        "{:>7} {:>6} {:>10} {:>10} {:>10} {:>24} {:>13} {:>12} {:>14}  {:<16} verdict",
         "proxies",
         "conns",
         "RSS0 MiB",
@@ -217,16 +219,17 @@ pub async fn run(args: XdsScaleArgs) -> Result<()> {
             "MISSED"
         };
         println!(
-            "{:>7} {:>6} {:>10.1} {:>10.1} {:>10.1} {:>16} {:>13} {:>12.1} {:>14}  {:<16} {}",
+            "{:>7} {:>6} {:>10.1} {:>10.1} {:>10.1} {:>24} {:>13} {:>12.1} {:>14}  {:<16} {}",
             r.proxies,
             r.connections,
             r.rss_before_kib as f64 / 1024.0,
             r.rss_first_kib as f64 / 1024.0,
             r.rss_after_kib as f64 / 1024.0,
             format!(
-                "{:.1} -> {:.1}",
+                "{:.1} -> {:.1} -> {:.1}",
                 r.rss_left_kib.0 as f64 / 1024.0,
-                r.rss_left_kib.1 as f64 / 1024.0
+                r.rss_left_kib.1 as f64 / 1024.0,
+                r.rss_left_kib.2 as f64 / 1024.0
             ),
             format!("{} -> {}", r.classes.0, r.classes.1),
             per,
@@ -251,7 +254,8 @@ pub async fn run(args: XdsScaleArgs) -> Result<()> {
     println!(
         "Memory: server VmRSS before any proxy (RSS0), after one proxy per node (RSS1: every \
          node's snapshot computed), after all N (RSS2), and RSS3 = after the changes, then \
-         after every proxy left and the server's idle TTL ({IDLE_TTL_S} s here) passed; classes 2->3 = proxy classes (snapshot keys) the server held before the proxies \
+         after every proxy left and the server's idle TTL ({IDLE_TTL_S} s here) passed, then after \
+         the same N proxies connected again and were configured; classes 2->3 = proxy classes (snapshot keys) the server held before the proxies \
          left and after. KiB/proxy = (RSS2 - RSS0) / N; KiB/extra \
          prx = (RSS2 - RSS1) / (N - proxies in the first stage). 20 KB = 19.5 KiB."
     );
@@ -377,8 +381,27 @@ async fn run_size(
         tokio::time::sleep(Duration::from_millis(100)).await;
         classes_left = snapshot_keys(&api).await?;
     }
-    let rss_left_kib = (rss_busy_kib, machine::rss_kib(pid).unwrap_or(0));
+    let rss_gone_kib = machine::rss_kib(pid).unwrap_or(0);
     let classes = (classes_before, classes_left);
+    // The fleet comes back.
+    let mut fleet = Fleet::new(
+        &server.xds_addr,
+        args.protocol,
+        args.streams_per_connection,
+        false,
+    )?;
+    for p in 0..n {
+        fleet.add(&server.xds_addr, spec(p))?;
+    }
+    fleet.wait_all_configured(timeout * 2).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_left_kib = (
+        rss_busy_kib,
+        rss_gone_kib,
+        machine::rss_kib(pid).unwrap_or(0),
+    );
+    server.check_alive()?;
+    drop(fleet);
     drop(server);
     Ok(SizeResult {
         proxies: n,
