@@ -301,12 +301,9 @@ async fn run_size(
     let pid = server.pid();
     let rss_before_kib = machine::rss_kib(pid).unwrap_or(0);
 
-    let mut fleet = Fleet::new(
-        &server.xds_addr,
-        args.protocol,
-        args.streams_per_connection,
-        false,
-    )?;
+    let xds_addr = server.xds_addr.clone();
+    let new_fleet = || Fleet::new(&xds_addr, args.protocol, args.streams_per_connection, false);
+    let mut fleet = new_fleet()?;
     let timeout = Duration::from_secs_f64(args.timeout.max(1.0));
     let connect_started = Instant::now();
     let first_stage = n.min(shape.nodes);
@@ -384,12 +381,7 @@ async fn run_size(
     let rss_gone_kib = machine::rss_kib(pid).unwrap_or(0);
     let classes = (classes_before, classes_left);
     // The fleet comes back.
-    let mut fleet = Fleet::new(
-        &server.xds_addr,
-        args.protocol,
-        args.streams_per_connection,
-        false,
-    )?;
+    let mut fleet = new_fleet()?;
     for p in 0..n {
         fleet.add(&server.xds_addr, spec(p))?;
     }
