@@ -109,14 +109,9 @@ fn validate_at(s: &Shape, value: &Value, path: &Field<'_>) -> Result<(), Validat
                     return Err(err(&Field::Member(path, r), "Member must not be null"));
                 }
             }
-            // Both maps are sorted by name (serde_json's map is a BTreeMap
-            // here), so one merged walk pairs each set member with its rule,
-            // instead of a lookup in the request per member of the shape.
             let mut set = 0;
-            let mut given = obj.iter().filter(|(_, v)| !v.is_null()).peekable();
             for (name, member) in members {
-                while given.next_if(|(n, _)| n.as_str() < name.as_str()).is_some() {}
-                if let Some((_, v)) = given.next_if(|(n, _)| *n == name) {
+                if let Some(v) = obj.get(name).filter(|v| !v.is_null()) {
                     set += 1;
                     validate_member(member.target, &member.shape, v, &Field::Member(path, name))?;
                 }
