@@ -91,21 +91,23 @@ pub struct Operation {
 /// The whole model.
 #[derive(Debug)]
 pub struct Schema {
-    pub shapes: BTreeMap<String, Shape>,
+    /// Every shape, in name order; a shape's place here is its index
+    /// ([`Member::target`], a list's `target`).
+    pub shapes: Vec<Shape>,
     pub operations: BTreeMap<String, Operation>,
-    /// The shapes in name order, for [`Schema::shape_at`].
-    table: Vec<Shape>,
+    /// Each shape's index by name.
+    by_name: BTreeMap<String, usize>,
 }
 
 impl Schema {
     /// Looks up a shape; the model is fixed at build time, so callers pass names that exist.
     pub fn shape(&self, name: &str) -> Option<&Shape> {
-        self.shapes.get(name)
+        self.by_name.get(name).and_then(|&i| self.shapes.get(i))
     }
 
     /// The shape at `index` (a [`Member::target`] or a list's `target`).
     pub fn shape_at(&self, index: usize) -> Option<&Shape> {
-        self.table.get(index)
+        self.shapes.get(index)
     }
 }
 
@@ -135,86 +137,86 @@ fn parse(text: &str) -> Schema {
     // failure here is a build defect, not a runtime condition.
     #[allow(clippy::expect_used)]
     let model: Value = serde_json::from_str(text).expect("embedded App Mesh model is valid JSON");
-    // A shape's index is its place in name order (the order of a
-    // serde_json map); a reference to a shape the model lacks gets an index
-    // past the end, which `shape_at` answers with `None`.
-    let index: BTreeMap<&str, usize> = model["shapes"]
+    // A shape's index is its place in name order; a reference to a shape
+    // the model lacks gets an index past the end, which `shape_at` answers
+    // with `None`.
+    let mut names: Vec<&String> = model["shapes"]
         .as_object()
-        .map(|o| o.keys().enumerate().map(|(i, k)| (k.as_str(), i)).collect())
+        .map(|o| o.keys().collect())
         .unwrap_or_default();
-    let target = |name: &str| index.get(name).copied().unwrap_or(usize::MAX);
-    let mut shapes = BTreeMap::new();
-    let mut table = Vec::new();
-    if let Some(obj) = model["shapes"].as_object() {
-        for (name, s) in obj {
-            let kind = match s["type"].as_str().unwrap_or("") {
-                "structure" => {
-                    let mut members = BTreeMap::new();
-                    if let Some(ms) = s["members"].as_object() {
-                        for (mname, m) in ms {
-                            let loc_name = m["locationName"].as_str().unwrap_or(mname).to_string();
-                            let location = match m["location"].as_str() {
-                                Some("uri") => Location::Uri(loc_name),
-                                Some("querystring") => Location::Query(loc_name),
-                                _ => Location::Body,
-                            };
-                            let shape = m["shape"].as_str().unwrap_or("");
-                            members.insert(
-                                mname.clone(),
-                                Member {
-                                    shape: shape.to_string(),
-                                    target: target(shape),
-                                    location,
-                                    idempotency_token: m["idempotencyToken"]
-                                        .as_bool()
-                                        .unwrap_or(false),
-                                },
-                            );
-                        }
-                    }
-                    ShapeKind::Structure {
-                        members,
-                        required: strings(s.get("required")),
-                        union: s["union"].as_bool().unwrap_or(false),
-                        payload: s["payload"].as_str().map(String::from),
-                        error_status: s["error"]["httpStatusCode"].as_u64().map(|c| c as u16),
+    names.sort();
+    let by_name: BTreeMap<String, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| ((*name).clone(), i))
+        .collect();
+    let target = |name: &str| by_name.get(name).copied().unwrap_or(usize::MAX);
+    let mut shapes = Vec::with_capacity(names.len());
+    for name in &names {
+        let s = &model["shapes"][name.as_str()];
+        let kind = match s["type"].as_str().unwrap_or("") {
+            "structure" => {
+                let mut members = BTreeMap::new();
+                if let Some(ms) = s["members"].as_object() {
+                    for (mname, m) in ms {
+                        let loc_name = m["locationName"].as_str().unwrap_or(mname).to_string();
+                        let location = match m["location"].as_str() {
+                            Some("uri") => Location::Uri(loc_name),
+                            Some("querystring") => Location::Query(loc_name),
+                            _ => Location::Body,
+                        };
+                        let shape = m["shape"].as_str().unwrap_or("");
+                        members.insert(
+                            mname.clone(),
+                            Member {
+                                shape: shape.to_string(),
+                                target: target(shape),
+                                location,
+                                idempotency_token: m["idempotencyToken"].as_bool().unwrap_or(false),
+                            },
+                        );
                     }
                 }
-                "list" => ShapeKind::List {
-                    member: s["member"]["shape"].as_str().unwrap_or("").to_string(),
-                    target: target(s["member"]["shape"].as_str().unwrap_or("")),
-                    min: as_i64(s, "min"),
-                    max: as_i64(s, "max"),
-                },
-                "string" => ShapeKind::String {
-                    min: as_i64(s, "min"),
-                    max: as_i64(s, "max"),
-                    enum_values: s.get("enum").map(|e| strings(Some(e))),
-                    // Both patterns in the model are plain ASCII classes the
-                    // regex crate accepts; a test compiles every one.
-                    pattern: s["pattern"]
-                        .as_str()
-                        .and_then(|p| regex::Regex::new(p).ok()),
-                },
-                "integer" | "long" => ShapeKind::Integer {
-                    min: as_i64(s, "min"),
-                    max: as_i64(s, "max"),
-                    long: s["type"] == "long",
-                },
-                "boolean" => ShapeKind::Boolean,
-                "timestamp" => ShapeKind::Timestamp,
-                // The model is compiled in and parsed by the unit tests, so an
-                // unknown type is a build defect caught before release.
-                #[allow(clippy::panic)]
-                other => panic!("shape {name} has unsupported type {other}"),
-            };
-            let shape = Shape {
-                name: name.clone(),
-                kind,
-            };
-            table.push(shape.clone());
-            shapes.insert(name.clone(), shape);
-        }
+                ShapeKind::Structure {
+                    members,
+                    required: strings(s.get("required")),
+                    union: s["union"].as_bool().unwrap_or(false),
+                    payload: s["payload"].as_str().map(String::from),
+                    error_status: s["error"]["httpStatusCode"].as_u64().map(|c| c as u16),
+                }
+            }
+            "list" => ShapeKind::List {
+                member: s["member"]["shape"].as_str().unwrap_or("").to_string(),
+                target: target(s["member"]["shape"].as_str().unwrap_or("")),
+                min: as_i64(s, "min"),
+                max: as_i64(s, "max"),
+            },
+            "string" => ShapeKind::String {
+                min: as_i64(s, "min"),
+                max: as_i64(s, "max"),
+                enum_values: s.get("enum").map(|e| strings(Some(e))),
+                // Both patterns in the model are plain ASCII classes the
+                // regex crate accepts; a test compiles every one.
+                pattern: s["pattern"]
+                    .as_str()
+                    .and_then(|p| regex::Regex::new(p).ok()),
+            },
+            "integer" | "long" => ShapeKind::Integer {
+                min: as_i64(s, "min"),
+                max: as_i64(s, "max"),
+                long: s["type"] == "long",
+            },
+            "boolean" => ShapeKind::Boolean,
+            "timestamp" => ShapeKind::Timestamp,
+            // The model is compiled in and parsed by the unit tests, so an
+            // unknown type is a build defect caught before release.
+            #[allow(clippy::panic)]
+            other => panic!("shape {name} has unsupported type {other}"),
+        };
+        shapes.push(Shape {
+            name: (*name).clone(),
+            kind,
+        });
     }
     let mut operations = BTreeMap::new();
     if let Some(obj) = model["operations"].as_object() {
@@ -242,7 +244,7 @@ fn parse(text: &str) -> Schema {
     Schema {
         shapes,
         operations,
-        table,
+        by_name,
     }
 }
 
@@ -264,8 +266,8 @@ mod tests {
         for (name, raw) in model["shapes"].as_object().into_iter().flatten() {
             if raw.get("pattern").is_some() {
                 n += 1;
-                match &schema().shapes[name].kind {
-                    ShapeKind::String { pattern, .. } => assert!(pattern.is_some(), "{name}"),
+                match schema().shape(name).map(|s| &s.kind) {
+                    Some(ShapeKind::String { pattern, .. }) => assert!(pattern.is_some(), "{name}"),
                     _ => panic!("{name} is not a string"),
                 }
             }
@@ -276,22 +278,17 @@ mod tests {
     #[test]
     fn every_referenced_shape_exists() {
         let s = schema();
-        for shape in s.shapes.values() {
+        for shape in &s.shapes {
             match &shape.kind {
                 ShapeKind::Structure { members, .. } => {
                     for m in members.values() {
-                        assert!(
-                            s.shapes.contains_key(&m.shape),
-                            "{}.{}",
-                            shape.name,
-                            m.shape
-                        );
+                        assert!(s.shape(&m.shape).is_some(), "{}.{}", shape.name, m.shape);
                         let at = s.shape_at(m.target).map(|t| t.name.as_str());
                         assert_eq!(at, Some(m.shape.as_str()), "{}", shape.name);
                     }
                 }
                 ShapeKind::List { member, target, .. } => {
-                    assert!(s.shapes.contains_key(member));
+                    assert!(s.shape(member).is_some());
                     let at = s.shape_at(*target).map(|t| t.name.as_str());
                     assert_eq!(at, Some(member.as_str()), "{}", shape.name);
                 }
@@ -299,7 +296,7 @@ mod tests {
             }
         }
         for op in s.operations.values() {
-            assert!(s.shapes.contains_key(&op.input) && s.shapes.contains_key(&op.output));
+            assert!(s.shape(&op.input).is_some() && s.shape(&op.output).is_some());
         }
     }
 }
