@@ -13,6 +13,7 @@
 //!
 //! Protocol reference: <https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol>.
 
+mod body;
 mod cache;
 mod delta;
 mod error;

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -12,17 +11,18 @@ use std::task::{Context, Poll};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest as XdsDeltaDiscoveryRequest, DiscoveryRequest as XdsDiscoveryRequest,
 };
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, DecodeBuf, Decoder};
 use tonic::codegen::{http, Body, BoxFuture, StdError};
-use tonic::server::{Grpc, NamedService, StreamingService};
+use tonic::server::NamedService;
 use tonic::{Status, Streaming};
 
-use crate::wire::{DeltaOut, SotwOut};
+use crate::body::{AdsBody, ResponseStream};
+use crate::wire::{DeltaOut, Framed, SharedEncodings, SotwOut};
 use crate::{DeltaStream, ProxyStatus, Snapshot, SnapshotCache, SotwStream, XdsError, XdsNode};
 
 /// Maps a connecting proxy to the snapshot key whose snapshots it receives.
@@ -65,6 +65,8 @@ struct Inner {
     streams: Mutex<HashMap<u64, SharedMachine>>,
     next_stream_id: AtomicU64,
     nacks: AtomicU64,
+    /// Resources sections being sent, shared by the streams that send the same resources.
+    shared: Arc<SharedEncodings>,
     /// Flips to `true` to end every stream (server shutdown).
     closing: watch::Sender<bool>,
 }
@@ -96,7 +98,7 @@ impl Drop for StreamGuard {
 /// What the driver needs from a stream machine, SotW or delta.
 trait StreamMachine: Send + 'static {
     type Request: Message + Default + Send + 'static;
-    type Response: Message + Send + 'static;
+    type Response: Framed + Send + 'static;
     fn node(request: &Self::Request) -> Option<&XdsNode>;
     fn create(node: &XdsNode, key: String, id: u64) -> Self;
     fn on_request(&mut self, request: Self::Request) -> Vec<Self::Response>;
@@ -155,8 +157,6 @@ impl StreamMachine for DeltaStream {
     }
 }
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
 impl AdsServer {
     /// A server for the snapshots of `cache`, with keys chosen by `resolver`.
     pub fn new(cache: SnapshotCache, resolver: Arc<dyn NodeResolver>) -> Self {
@@ -167,6 +167,7 @@ impl AdsServer {
                 streams: Mutex::new(HashMap::new()),
                 next_stream_id: AtomicU64::new(1),
                 nacks: AtomicU64::new(0),
+                shared: Arc::default(),
                 closing: watch::channel(false).0,
             }),
         }
@@ -386,59 +387,21 @@ impl<M: StreamMachine> Opened<M> {
     }
 }
 
-/// Initial capacity of a stream's encode and decode buffers. tonic's default is 8 KiB each,
-/// held for the life of the stream; ADS streams are long-lived and, after the first
-/// responses, carry small messages (the buffers grow as a message needs).
+/// Initial capacity of a stream's decode buffer. tonic's default is 8 KiB, held for the life of
+/// the stream; ADS streams are long-lived and, after the first requests, carry small messages
+/// (the buffer grows as a message needs).
 const CODEC_BUFFER_SIZE: usize = 512;
-/// Encoded responses are handed to HTTP/2 once this many bytes are buffered (tonic's default).
+/// tonic's default for the yield threshold (unused when decoding).
 const CODEC_YIELD_THRESHOLD: usize = 32 * 1024;
+/// The largest request accepted (tonic's default limit).
+const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
-fn buffer_settings() -> BufferSettings {
-    BufferSettings::new(CODEC_BUFFER_SIZE, CODEC_YIELD_THRESHOLD)
-}
-
-/// The protobuf codec of the ADS streams, with small buffers.
-struct AdsCodec<E, D>(PhantomData<fn() -> (E, D)>);
-
-impl<E, D> Default for AdsCodec<E, D> {
-    fn default() -> Self {
-        AdsCodec(PhantomData)
-    }
-}
-
-struct AdsEncoder<E>(PhantomData<fn(E)>);
+/// The protobuf decoder of the ADS requests, with a small buffer.
 struct AdsDecoder<D>(PhantomData<fn() -> D>);
 
-impl<E, D> Codec for AdsCodec<E, D>
-where
-    E: Message + Send + 'static,
-    D: Message + Default + Send + 'static,
-{
-    type Encode = E;
-    type Decode = D;
-    type Encoder = AdsEncoder<E>;
-    type Decoder = AdsDecoder<D>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        AdsEncoder(PhantomData)
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
+impl<D> Default for AdsDecoder<D> {
+    fn default() -> Self {
         AdsDecoder(PhantomData)
-    }
-}
-
-impl<E: Message> Encoder for AdsEncoder<E> {
-    type Item = E;
-    type Error = Status;
-
-    fn encode(&mut self, item: E, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(dst)
-            .map_err(|e| Status::internal(format!("encoding a response: {e}")))
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        buffer_settings()
     }
 }
 
@@ -453,21 +416,32 @@ impl<D: Message + Default> Decoder for AdsDecoder<D> {
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        buffer_settings()
+        BufferSettings::new(CODEC_BUFFER_SIZE, CODEC_YIELD_THRESHOLD)
     }
 }
 
-/// One ADS method (SotW or delta) as a tonic streaming service.
-struct Method<M>(AdsServer, PhantomData<fn() -> M>);
-
-impl<M: StreamMachine> StreamingService<M::Request> for Method<M> {
-    type Response = M::Response;
-    type ResponseStream = ResponseStream<M::Response>;
-    type Future = BoxFuture<tonic::Response<Self::ResponseStream>, Status>;
-
-    fn call(&mut self, request: tonic::Request<Streaming<M::Request>>) -> Self::Future {
-        let stream = self.0.open::<M>(request.into_inner());
-        Box::pin(async move { Ok(tonic::Response::new(stream)) })
+impl AdsServer {
+    /// The response to one ADS call: requests decoded by tonic, responses written by
+    /// [`AdsBody`] (no compression either way; Envoy asks for none).
+    fn respond<M, B>(&self, request: http::Request<B>) -> http::Response<tonic::body::Body>
+    where
+        M: StreamMachine,
+        B: Body + Send + 'static,
+        B::Error: Into<StdError> + Send + 'static,
+    {
+        let requests = Streaming::new_request(
+            AdsDecoder::<M::Request>::default(),
+            request.into_body(),
+            None,
+            Some(MAX_REQUEST_BYTES),
+        );
+        let body = AdsBody::new(self.open::<M>(requests), self.inner.shared.clone());
+        let mut response = http::Response::new(tonic::body::Body::new(body));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            tonic::metadata::GRPC_CONTENT_TYPE,
+        );
+        response
     }
 }
 
@@ -478,8 +452,8 @@ const SOTW_PATH: &str =
 const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
-/// The ADS gRPC service of an [`AdsServer`] (what `tonic-build` would generate, with a codec
-/// whose per-stream buffers start small).
+/// The ADS gRPC service of an [`AdsServer`] (what `tonic-build` would generate, with a decoder
+/// whose per-stream buffer starts small and a response body that shares encoded resources).
 #[derive(Clone)]
 pub struct AdsService {
     server: AdsServer,
@@ -503,20 +477,15 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let server = self.server.clone();
         match request.uri().path() {
-            SOTW_PATH => Box::pin(async move {
-                let mut grpc = Grpc::new(AdsCodec::<SotwOut, XdsDiscoveryRequest>::default());
-                Ok(grpc
-                    .streaming(Method::<SotwStream>(server, PhantomData), request)
-                    .await)
-            }),
-            DELTA_PATH => Box::pin(async move {
-                let mut grpc = Grpc::new(AdsCodec::<DeltaOut, XdsDeltaDiscoveryRequest>::default());
-                Ok(grpc
-                    .streaming(Method::<DeltaStream>(server, PhantomData), request)
-                    .await)
-            }),
+            SOTW_PATH => {
+                let response = self.server.respond::<SotwStream, B>(request);
+                Box::pin(async move { Ok(response) })
+            }
+            DELTA_PATH => {
+                let response = self.server.respond::<DeltaStream, B>(request);
+                Box::pin(async move { Ok(response) })
+            }
             _ => Box::pin(async move {
                 let mut response = http::Response::new(tonic::body::Body::default());
                 let headers = response.headers_mut();
@@ -531,5 +500,134 @@ where
                 Ok(response)
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::Duration;
+
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse as XdsDiscoveryResponse;
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    use super::*;
+    use crate::test_helpers::{eds_cluster, node, sotw_request};
+    use crate::{Resource, CLUSTER_TYPE_URL};
+
+    /// A server on a free loopback port, serving `cache`.
+    async fn start(cache: SnapshotCache) -> (AdsServer, tonic::transport::Channel) {
+        let server = AdsServer::new(cache, Arc::new(NodeIdResolver));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = server.clone();
+        tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        (server, channel)
+    }
+
+    /// Opens a SotW stream: the sender of its requests and the stream of its responses.
+    async fn open_sotw(
+        channel: tonic::transport::Channel,
+    ) -> (
+        mpsc::Sender<XdsDiscoveryRequest>,
+        Streaming<XdsDiscoveryResponse>,
+    ) {
+        let (tx, rx) = mpsc::channel(4);
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.unwrap();
+        let responses = grpc
+            .streaming(
+                tonic::Request::new(ReceiverStream::new(rx)),
+                http::uri::PathAndQuery::from_static(SOTW_PATH),
+                tonic_prost::ProstCodec::<XdsDiscoveryRequest, XdsDiscoveryResponse>::default(),
+            )
+            .await
+            .unwrap()
+            .into_inner();
+        (tx, responses)
+    }
+
+    async fn next(responses: &mut Streaming<XdsDiscoveryResponse>) -> XdsDiscoveryResponse {
+        tokio::time::timeout(Duration::from_secs(10), responses.message())
+            .await
+            .expect("a response in time")
+            .unwrap()
+            .expect("the stream is open")
+    }
+
+    #[tokio::test]
+    async fn ten_proxies_of_one_node_each_receive_all_forty_clusters_over_grpc() {
+        let cache = SnapshotCache::new();
+        let clusters: Vec<Resource> = (0..40)
+            .map(|i| {
+                let name = format!("backend-{i:02}");
+                Resource::from_message(&name, eds_cluster(&name))
+            })
+            .collect();
+        cache.set_snapshot(
+            "red",
+            Arc::new(Snapshot::from_typed(clusters.clone()).unwrap()),
+        );
+        let (server, channel) = start(cache).await;
+        let mut streams = Vec::new();
+        for _ in 0..10 {
+            let (tx, mut responses) = open_sotw(channel.clone()).await;
+            let mut request = sotw_request(CLUSTER_TYPE_URL, &[], "", "");
+            request.node = Some(node("red"));
+            tx.send(request).await.unwrap();
+            streams.push((tx, next(&mut responses).await, responses));
+        }
+        for (_, response, _) in &streams {
+            // The resources section (shared between the streams) and the stream's own fields
+            // arrive as one message: every cluster, in name order, and a version and nonce.
+            let bodies: Vec<_> = response.resources.iter().collect();
+            let expected: Vec<_> = clusters.iter().map(|r| &r.body).collect();
+            assert_eq!(bodies, expected);
+            assert_eq!(response.type_url, CLUSTER_TYPE_URL);
+            assert!(!response.version_info.is_empty() && !response.nonce.is_empty());
+        }
+        assert_eq!(server.proxy_status().len(), 10);
+    }
+
+    #[tokio::test]
+    async fn a_stream_without_a_node_ends_with_invalid_argument_and_shutdown_with_unavailable() {
+        let cache = SnapshotCache::new();
+        let (server, channel) = start(cache).await;
+
+        let (tx, mut responses) = open_sotw(channel.clone()).await;
+        let mut request = sotw_request(CLUSTER_TYPE_URL, &[], "", "");
+        request.node = None;
+        tx.send(request).await.unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(10), responses.message())
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("must carry node"), "{status:?}");
+
+        let (tx, mut responses) = open_sotw(channel).await;
+        tx.send(sotw_request(CLUSTER_TYPE_URL, &[], "", ""))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while server.proxy_status().is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
+        server.close_streams();
+        let status = tokio::time::timeout(Duration::from_secs(10), responses.message())
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
     }
 }
