@@ -813,6 +813,7 @@ impl Runtime {
             &mut Translator::new(&mesh),
             &mut DepsMemo::default(),
         );
+        self.encoded.end_round();
     }
 
     /// Recomputes the snapshot of one proxy class with the translator (and
