@@ -50,6 +50,23 @@ impl MeshSnapshot {
         }
     }
 
+    /// Re-packs the maps after a bulk load. A B-tree filled in key order
+    /// leaves its nodes about half empty (each split keeps half), and a node
+    /// holds its values inline (a `RouteData` is over 1 KiB); built from a
+    /// sorted iterator, every node but the last of a level is full.
+    pub fn compact(&mut self) {
+        fn repack<K: Ord, V>(map: &mut BTreeMap<K, V>) {
+            *map = std::mem::take(map).into_iter().collect();
+        }
+        repack(&mut self.virtual_nodes);
+        repack(&mut self.virtual_services);
+        repack(&mut self.virtual_routers);
+        repack(&mut self.routes);
+        repack(&mut self.virtual_gateways);
+        repack(&mut self.gateway_routes);
+        repack(&mut self.cloud_map);
+    }
+
     /// The mesh name.
     pub fn mesh_name(&self) -> &str {
         &self.mesh.mesh_name

@@ -136,6 +136,7 @@ pub fn new(store: SharedStore, cache: SnapshotCache) -> (AppMeshResolver, Runtim
             cloud_map: CloudMap::default(),
             meshes: HashMap::new(),
             deps: HashMap::new(),
+            deps_memos: HashMap::new(),
             encoded: EncodedPool::default(),
             wanted: HashSet::new(),
             dormant: HashMap::new(),
@@ -227,8 +228,9 @@ fn service_deps(mesh: &MeshSnapshot, service: &str) -> Arc<[Dep]> {
     Arc::from(deps)
 }
 
-/// The dependencies of each virtual service, computed once per refresh of a
-/// mesh (every class reaching a service shares them).
+/// The dependencies of each virtual service of one mesh, computed once for
+/// the mesh's current snapshot: every class reaching a service shares them,
+/// whether it is published in a refresh or on its first connection.
 #[derive(Default)]
 struct DepsMemo {
     services: HashMap<String, Arc<[Dep]>>,
@@ -299,6 +301,9 @@ pub struct Runtime {
     meshes: HashMap<String, Arc<MeshSnapshot>>,
     /// What each proxy class's last published config was computed from.
     deps: HashMap<String, ClassDeps>,
+    /// The service dependencies of each mesh's current snapshot (by escaped
+    /// name), dropped whenever the mesh changes.
+    deps_memos: HashMap<String, DepsMemo>,
     /// Encoded resources shared between classes and kept between changes.
     encoded: EncodedPool,
     /// Meshes a proxy has asked for (by escaped name): their records are
@@ -619,6 +624,9 @@ impl Runtime {
         for escaped in meshes {
             self.refresh_cloud_map(&escaped);
         }
+        for snap in self.meshes.values_mut() {
+            Arc::make_mut(snap).compact();
+        }
         Ok(revision.unwrap_or(0))
     }
 
@@ -772,12 +780,16 @@ impl Runtime {
         let Some(records) = self.dormant.remove(escaped) else {
             return;
         };
+        self.deps_memos.remove(escaped);
         // In key order `mesh/…` comes before `res/…`, so the mesh record is
         // applied first (a resource of an unknown mesh would be skipped).
         for (key, value) in &records {
             self.upsert(key, value.as_deref());
         }
         self.refresh_cloud_map(escaped);
+        if let Some(snap) = self.meshes.get_mut(escaped) {
+            Arc::make_mut(snap).compact();
+        }
     }
 
     /// Sets the instances of the Cloud Map services a mesh's nodes name.
@@ -807,12 +819,9 @@ impl Runtime {
             // No such mesh (yet): the proxy waits with no config.
             return;
         };
-        self.publish_with(
-            key,
-            class,
-            &mut Translator::new(&mesh),
-            &mut DepsMemo::default(),
-        );
+        let mut memo = self.deps_memos.remove(&escaped).unwrap_or_default();
+        self.publish_with(key, class, &mut Translator::new(&mesh), &mut memo);
+        self.deps_memos.insert(escaped, memo);
         self.encoded.end_round();
     }
 
@@ -897,6 +906,11 @@ impl Runtime {
         if changes.is_empty() && registry_changed.is_empty() {
             return;
         }
+        // The dependencies computed for the meshes' previous snapshots may
+        // be out of date.
+        for escaped in changes.keys().chain(&registry_changed) {
+            self.deps_memos.remove(escaped);
+        }
         let started = std::time::Instant::now();
         let affected = self.affected_classes(changes, &registry_changed);
         let published = affected.len();
@@ -916,10 +930,8 @@ impl Runtime {
         let mut work: HashMap<&str, (Translator<'_>, DepsMemo)> = meshes
             .iter()
             .map(|(escaped, mesh)| {
-                (
-                    escaped.as_str(),
-                    (Translator::new(mesh), DepsMemo::default()),
-                )
+                let memo = self.deps_memos.remove(escaped).unwrap_or_default();
+                (escaped.as_str(), (Translator::new(mesh), memo))
             })
             .collect();
         for (key, class) in &affected {
@@ -929,7 +941,9 @@ impl Runtime {
                 self.publish_with(key, class, translator, memo);
             }
         }
-        drop(work);
+        for (escaped, (_, memo)) in work {
+            self.deps_memos.insert(escaped.to_string(), memo);
+        }
         drop(meshes);
         // The snapshots just replaced may have held the last users of some
         // encoded resources (none were replaced if nothing was published).
@@ -995,6 +1009,7 @@ impl Runtime {
             };
             // After a (re)load every proxy is recomputed.
             self.deps.clear();
+            self.deps_memos.clear();
             let all: BTreeMap<String, MeshChanges> = self
                 .meshes
                 .keys()
@@ -1331,6 +1346,92 @@ mod tests {
         assert_eq!(rt.forget_idle_classes(left + Duration::from_secs(59)), 0);
         assert_eq!(rt.forget_idle_classes(left + Duration::from_secs(61)), 1);
         assert!(cache.snapshot(&back).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_class_published_on_connect_follows_a_route_that_moves_to_another_node() {
+        let (_dir, mut rt) = runtime().await;
+        let event = |key: &str, data: serde_json::Value| WatchEvent {
+            revision: 0,
+            key: key.to_string(),
+            value: Some(Bytes::from(record(data))),
+        };
+        let node = |name: &str, backends: &[&str]| {
+            let backends: Vec<_> = backends
+                .iter()
+                .map(|b| json!({"virtualService": {"virtualServiceName": b}}))
+                .collect();
+            json!({"meshName": "apps", "virtualNodeName": name, "metadata": meta(),
+                "spec": {"backends": backends}, "status": {"status": "ACTIVE"}})
+        };
+        let route_to = |target: &str| {
+            json!({"meshName": "apps", "virtualRouterName": "r", "routeName": "split",
+                "metadata": meta(), "spec": {"httpRoute": {"match": {"prefix": "/"},
+                "action": {"weightedTargets": [{"virtualNode": target, "weight": 1}]}}},
+                "status": {"status": "ACTIVE"}})
+        };
+        rt.want("apps");
+        let mut changes = BTreeMap::new();
+        let mut touched = Touched::default();
+        for ev in [
+            event(
+                "mesh/apps",
+                json!({"meshName": "apps", "metadata": meta(), "spec": {}, "status": {}}),
+            ),
+            event("res/apps/vn/front", node("front", &["colors"])),
+            event("res/apps/vn/red", node("red", &[])),
+            event("res/apps/vn/blue", node("blue", &[])),
+            event(
+                "res/apps/vs/colors",
+                json!({"meshName": "apps", "virtualServiceName": "colors", "metadata": meta(),
+                "spec": {"provider": {"virtualRouter": {"virtualRouterName": "r"}}},
+                "status": {"status": "ACTIVE"}}),
+            ),
+            event("res/apps/rt/r/split", route_to("red")),
+        ] {
+            rt.apply(ev, &mut changes, &mut touched);
+        }
+        rt.refresh(&changes, &touched);
+
+        // front's Envoy connects: its class is published on its own, and its
+        // dependencies (the service's, remembered for the mesh) name red.
+        let class = ProxyClass {
+            identity: ProxyIdentity::virtual_node("apps", "front"),
+            options: ProxyOptions::default(),
+            last_active: Instant::now(),
+        };
+        let key = "front-key".to_string();
+        rt.registry
+            .classes
+            .lock()
+            .unwrap()
+            .insert(key.clone(), class.clone());
+        rt.publish(&key, &class);
+        let depends_on = |rt: &Runtime, name: &str| {
+            rt.deps[&key].contains(&(Kind::VirtualNode, name.to_string()))
+        };
+        assert!(depends_on(&rt, "red") && !depends_on(&rt, "blue"));
+
+        // The route moves to blue: the mesh's remembered dependencies are
+        // dropped with the old snapshot, and front now depends on blue, so
+        // that a later change to blue reaches it.
+        let mut changes = BTreeMap::new();
+        rt.apply(
+            event("res/apps/rt/r/split", route_to("blue")),
+            &mut changes,
+            &mut touched,
+        );
+        rt.refresh(&changes, &touched);
+        assert!(depends_on(&rt, "blue") && !depends_on(&rt, "red"));
+        let mut changes = BTreeMap::new();
+        rt.apply(
+            event("res/apps/vn/blue", node("blue", &[])),
+            &mut changes,
+            &mut touched,
+        );
+        let affected = rt.affected_classes(&changes, &BTreeSet::new());
+        assert_eq!(affected.len(), 1);
+        assert_eq!(affected[0].0, key);
     }
 
     #[test]
