@@ -212,7 +212,7 @@ mod tests {
     }
 
     fn held(s: &Snapshot, type_url: &str, name: &str) -> Arc<Resource> {
-        s.resources(type_url).unwrap()[name].clone()
+        s.resources(type_url).unwrap().get(name).unwrap().clone()
     }
 
     const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";

@@ -30,7 +30,7 @@ pub mod test_helpers;
 pub use cache::SnapshotCache;
 pub use delta::DeltaStream;
 pub use error::XdsError;
-pub use resource::{cluster_eds_name, listener_rds_names, Resource, Snapshot};
+pub use resource::{cluster_eds_name, listener_rds_names, Resource, Snapshot, TypeItems};
 pub use rollout::RolloutPhase;
 pub use server::{AdsServer, AdsService, NodeIdResolver, NodeResolver};
 pub use sotw::SotwStream;

@@ -133,7 +133,50 @@ pub(crate) struct TypeResources {
     /// `version` as bytes: a stream sending exactly these items uses it instead of hashing them
     /// again.
     pub(crate) content: Option<Version>,
-    pub(crate) items: BTreeMap<String, Arc<Resource>>,
+    pub(crate) items: TypeItems,
+}
+
+/// The resources of one type in a snapshot, sorted by name, found by binary search.
+///
+/// A slice of the shared resources rather than a map: a map keyed by name copied every name
+/// and allocated nodes of eleven entries for a type that often has two, ~2.5 KiB per proxy
+/// class in all.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TypeItems(Box<[Arc<Resource>]>);
+
+impl TypeItems {
+    /// The resource called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<Resource>> {
+        self.0
+            .binary_search_by(|r| r.name.as_str().cmp(name))
+            .ok()
+            .and_then(|i| self.0.get(i))
+    }
+
+    /// Whether there is a resource called `name`.
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// The resources, in name order.
+    pub fn values(&self) -> std::slice::Iter<'_, Arc<Resource>> {
+        self.0.iter()
+    }
+
+    /// (name, resource) pairs, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<Resource>)> {
+        self.0.iter().map(|r| (r.name.as_str(), r))
+    }
+
+    /// How many resources there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// An immutable set of typed Envoy resources for one snapshot key (e.g. one virtual node).
@@ -185,32 +228,39 @@ impl Snapshot {
         resources: impl IntoIterator<Item = Arc<Resource>>,
         references: Option<(BTreeSet<String>, BTreeSet<String>)>,
     ) -> Result<Self, XdsError> {
-        let mut types: BTreeMap<String, TypeResources> = BTreeMap::new();
+        let mut by_type: BTreeMap<String, Vec<Arc<Resource>>> = BTreeMap::new();
         for resource in resources {
             if resource.name.is_empty() {
                 return Err(XdsError::EmptyName {
                     type_url: resource.type_url().to_string(),
                 });
             }
-            let entry = match types.get_mut(resource.type_url()) {
-                Some(entry) => entry,
-                None => types.entry(resource.type_url().to_string()).or_default(),
-            };
-            if entry.items.contains_key(&resource.name) {
+            match by_type.get_mut(resource.type_url()) {
+                Some(items) => items.push(resource),
+                None => {
+                    by_type.insert(resource.type_url().to_string(), vec![resource]);
+                }
+            }
+        }
+        let mut types: BTreeMap<String, TypeResources> = BTreeMap::new();
+        for (type_url, mut items) in by_type {
+            items.sort_by(|a, b| a.name.cmp(&b.name));
+            if let Some(pair) = items.windows(2).find(|w| w[0].name == w[1].name) {
                 return Err(XdsError::DuplicateResource {
-                    type_url: resource.type_url().to_string(),
-                    name: resource.name.clone(),
+                    name: pair[0].name.clone(),
+                    type_url,
                 });
             }
-            entry.items.insert(resource.name.clone(), resource);
+            types.insert(
+                type_url,
+                TypeResources {
+                    items: TypeItems(items.into_boxed_slice()),
+                    ..TypeResources::default()
+                },
+            );
         }
         for typed in types.values_mut() {
-            let content = content_version(
-                typed
-                    .items
-                    .iter()
-                    .map(|(n, r)| (n.as_str(), r.version.as_str())),
-            );
+            let content = content_version(typed.items.iter().map(|(n, r)| (n, r.version.as_str())));
             typed.version = content.hex();
             typed.content = Some(content);
         }
@@ -291,7 +341,7 @@ impl Snapshot {
     }
 
     /// The resources of one type, by name.
-    pub fn resources(&self, type_url: &str) -> Option<&BTreeMap<String, Arc<Resource>>> {
+    pub fn resources(&self, type_url: &str) -> Option<&TypeItems> {
         self.types.get(type_url).map(|t| &t.items)
     }
 

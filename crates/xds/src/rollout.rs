@@ -334,7 +334,7 @@ impl<'a> Desired<'a> {
             }
             Some(all) => all
                 .iter()
-                .filter(|(name, _)| state.names.contains(name.as_str()))
+                .filter(|(name, _)| state.names.contains(*name))
                 .map(|(_, r)| r)
                 .collect(),
         };

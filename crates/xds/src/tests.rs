@@ -294,7 +294,10 @@ fn test_delta_initial_resource_versions() {
     s.handle_snapshot_update(a.clone());
     let clusters = a.resources(C).unwrap();
     let mut initial = HashMap::new();
-    initial.insert("blue".to_string(), clusters["blue"].version.clone());
+    initial.insert(
+        "blue".to_string(),
+        clusters.get("blue").unwrap().version.clone(),
+    );
     initial.insert("green".to_string(), "stale".to_string());
     initial.insert("gone".to_string(), "v0".to_string());
     let mut req = delta_request(C, &[], &[], "");
@@ -517,8 +520,8 @@ fn test_from_shared_keeps_the_callers_arcs() {
     let b = Snapshot::from_shared(shared.clone()).unwrap();
     assert_eq!(b.version(), a.version());
     for t in a.type_urls() {
-        for (name, r) in a.resources(t).unwrap() {
-            assert!(Arc::ptr_eq(r, &b.resources(t).unwrap()[name]));
+        for (name, r) in a.resources(t).unwrap().iter() {
+            assert!(Arc::ptr_eq(r, b.resources(t).unwrap().get(name).unwrap()));
         }
     }
     // Same EDS/RDS references as when built from typed messages.
