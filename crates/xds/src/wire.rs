@@ -279,6 +279,39 @@ fn single_chunk(message: &impl prost::Message, out: &mut VecDeque<Bytes>) {
     out.push_back(buf.freeze());
 }
 
+/// The first chunk of a response whose resources go out in a second: the gRPC prefix (which
+/// counts both) and the stream's own fields. The field numbers are the same in
+/// `DiscoveryResponse` and `DeltaDiscoveryResponse` (version 1, type URL 4, nonce 5; removed
+/// names 6 in delta only). Protobuf fields may come in any order (a repeated field's elements
+/// keep theirs), so these come before the resources (field 2).
+fn own_fields(
+    version: Option<&Version>,
+    type_url: &str,
+    nonce: u64,
+    removed: &[String],
+    resources_len: usize,
+) -> Bytes {
+    let (digits, at) = nonce_digits(nonce);
+    let own_len = version.map_or(0, |_| str_len(1, 32))
+        + str_len(4, type_url.len())
+        + str_len(5, 20 - at)
+        + removed
+            .iter()
+            .map(|n| repeated_str_len(6, n.len()))
+            .sum::<usize>();
+    let mut head = BytesMut::with_capacity(5 + own_len);
+    grpc_prefix(own_len + resources_len, &mut head);
+    if let Some(v) = version {
+        str_field(1, &version_hex(v), &mut head);
+    }
+    str_field(4, type_url.as_bytes(), &mut head);
+    str_field(5, &digits[at..], &mut head);
+    for name in removed {
+        repeated_str_field(6, name.as_bytes(), &mut head);
+    }
+    head.freeze()
+}
+
 impl Framed for SotwOut {
     fn frames(&self, shared: &SharedEncodings, out: &mut VecDeque<Bytes>) {
         let resources_len: usize = self
@@ -289,20 +322,13 @@ impl Framed for SotwOut {
             single_chunk(self, out);
             return;
         }
-        let (digits, at) = nonce_digits(self.nonce);
-        let own_len = self.version.map_or(0, |_| str_len(1, 32))
-            + str_len(4, self.type_url.len())
-            + str_len(5, 20 - at);
-        let mut head = BytesMut::with_capacity(5 + own_len);
-        grpc_prefix(own_len + resources_len, &mut head);
-        // Protobuf fields may come in any order (a repeated field's elements keep theirs):
-        // the stream's own fields first, then the shared resources.
-        if let Some(v) = &self.version {
-            str_field(1, &version_hex(v), &mut head);
-        }
-        str_field(4, self.type_url.as_bytes(), &mut head);
-        str_field(5, &digits[at..], &mut head);
-        out.push_back(head.freeze());
+        out.push_back(own_fields(
+            self.version.as_ref(),
+            &self.type_url,
+            self.nonce,
+            &[],
+            resources_len,
+        ));
         out.push_back(shared.get_or_encode(
             Protocol::Sotw,
             self.bodies(),
@@ -323,26 +349,13 @@ impl Framed for DeltaOut {
             single_chunk(self, out);
             return;
         }
-        let (digits, at) = nonce_digits(self.nonce);
-        let own_len = self.version.map_or(0, |_| str_len(1, 32))
-            + str_len(4, self.type_url.len())
-            + str_len(5, 20 - at)
-            + self
-                .removed
-                .iter()
-                .map(|n| repeated_str_len(6, n.len()))
-                .sum::<usize>();
-        let mut head = BytesMut::with_capacity(5 + own_len);
-        grpc_prefix(own_len + resources_len, &mut head);
-        if let Some(v) = &self.version {
-            str_field(1, &version_hex(v), &mut head);
-        }
-        str_field(4, self.type_url.as_bytes(), &mut head);
-        str_field(5, &digits[at..], &mut head);
-        for name in &self.removed {
-            repeated_str_field(6, name.as_bytes(), &mut head);
-        }
-        out.push_back(head.freeze());
+        out.push_back(own_fields(
+            self.version.as_ref(),
+            &self.type_url,
+            self.nonce,
+            &self.removed,
+            resources_len,
+        ));
         out.push_back(shared.get_or_encode(
             Protocol::Delta,
             self.resources.iter(),
@@ -588,34 +601,28 @@ mod tests {
     }
 
     #[test]
-    fn a_framed_sotw_response_is_one_grpc_message_that_decodes_to_the_owned_response() {
+    fn a_framed_response_sotw_or_delta_is_one_grpc_message_that_decodes_to_the_owned_one() {
         let shared = SharedEncodings::default();
+        // A small set goes out in one chunk, a large one in two.
         for (resources, chunks_expected) in [(resources(), 1), (many_clusters("c"), 2)] {
-            let out = sotw_out(&resources, 77);
-            let mut chunks = VecDeque::new();
-            out.frames(&shared, &mut chunks);
-            assert_eq!(chunks.len(), chunks_expected);
-            let decoded = XdsDiscoveryResponse::decode(message(&chunks).as_slice()).unwrap();
-            assert_eq!(decoded, out.into_response());
-        }
-    }
-
-    #[test]
-    fn a_framed_delta_response_is_one_grpc_message_that_decodes_to_the_owned_response() {
-        let shared = SharedEncodings::default();
-        for (resources, chunks_expected) in [(resources(), 1), (many_clusters("c"), 2)] {
-            let out = DeltaOut {
+            let sotw = sotw_out(&resources, 77);
+            let delta = DeltaOut {
                 version: Some(version()),
                 resources,
                 type_url: Cow::Borrowed(crate::CLUSTER_TYPE_URL),
                 removed: vec!["gone".to_string()],
                 nonce: 5,
             };
-            let mut chunks = VecDeque::new();
-            out.frames(&shared, &mut chunks);
-            assert_eq!(chunks.len(), chunks_expected);
-            let decoded = XdsDeltaDiscoveryResponse::decode(message(&chunks).as_slice()).unwrap();
-            assert_eq!(decoded, out.into_response());
+            let (mut sotw_chunks, mut delta_chunks) = (VecDeque::new(), VecDeque::new());
+            sotw.frames(&shared, &mut sotw_chunks);
+            delta.frames(&shared, &mut delta_chunks);
+            assert_eq!(sotw_chunks.len(), chunks_expected);
+            assert_eq!(delta_chunks.len(), chunks_expected);
+            let decoded = XdsDiscoveryResponse::decode(message(&sotw_chunks).as_slice()).unwrap();
+            assert_eq!(decoded, sotw.into_response());
+            let decoded =
+                XdsDeltaDiscoveryResponse::decode(message(&delta_chunks).as_slice()).unwrap();
+            assert_eq!(decoded, delta.into_response());
         }
     }
 
