@@ -1,7 +1,8 @@
 //! Encoding translated resources once: an Envoy resource that many proxy
 //! classes receive (the cluster of virtual node `red` is the same for every
-//! client of `red`) is encoded, hashed and held once, and a class recomputed
-//! after a change re-encodes only what differs from its previous snapshot.
+//! client of `red`) is encoded once per round of snapshots, and hashed and
+//! held once for as long as a snapshot uses it. Its bytes are what recognise
+//! it: an unchanged resource keeps its `Arc` (and version) across changes.
 //!
 //! Translation stays a pure function per class; this is the cache between its
 //! output and the ADS server's [`Snapshot`]s.
