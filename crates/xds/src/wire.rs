@@ -312,62 +312,94 @@ fn own_fields(
     head.freeze()
 }
 
+/// A response's fields for [`frame`]: its own, and its resources.
+struct Parts<'a, I> {
+    version: Option<&'a Version>,
+    type_url: &'a str,
+    nonce: u64,
+    removed: &'a [String],
+    protocol: Protocol,
+    resources: I,
+    resources_len: usize,
+}
+
+/// Writes `message` in one chunk when its resources section is small, else as its own fields
+/// and the shared section (`encode` writes one resource of it).
+fn frame<'a, I>(
+    message: &impl prost::Message,
+    parts: Parts<'a, I>,
+    shared: &SharedEncodings,
+    encode: impl Fn(&Resource, &mut Vec<u8>),
+    out: &mut VecDeque<Bytes>,
+) where
+    I: Iterator<Item = &'a Arc<Resource>> + Clone,
+{
+    if parts.resources_len < SHARE_MIN_BYTES {
+        single_chunk(message, out);
+        return;
+    }
+    out.push_back(own_fields(
+        parts.version,
+        parts.type_url,
+        parts.nonce,
+        parts.removed,
+        parts.resources_len,
+    ));
+    out.push_back(shared.get_or_encode(
+        parts.protocol,
+        parts.resources,
+        parts.resources_len,
+        encode,
+    ));
+}
+
 impl Framed for SotwOut {
     fn frames(&self, shared: &SharedEncodings, out: &mut VecDeque<Bytes>) {
-        let resources_len: usize = self
-            .bodies()
-            .map(|r| encoding::message::encoded_len(2, &r.body))
-            .sum();
-        if resources_len < SHARE_MIN_BYTES {
-            single_chunk(self, out);
-            return;
-        }
-        out.push_back(own_fields(
-            self.version.as_ref(),
-            &self.type_url,
-            self.nonce,
-            &[],
-            resources_len,
-        ));
-        out.push_back(shared.get_or_encode(
-            Protocol::Sotw,
-            self.bodies(),
-            resources_len,
+        let parts = Parts {
+            version: self.version.as_ref(),
+            type_url: &self.type_url,
+            nonce: self.nonce,
+            removed: &[],
+            protocol: Protocol::Sotw,
+            resources: self.bodies(),
+            resources_len: self
+                .bodies()
+                .map(|r| encoding::message::encoded_len(2, &r.body))
+                .sum(),
+        };
+        frame(
+            self,
+            parts,
+            shared,
             |r, buf| encoding::message::encode(2, &r.body, buf),
-        ));
+            out,
+        );
     }
 }
 
 impl Framed for DeltaOut {
     fn frames(&self, shared: &SharedEncodings, out: &mut VecDeque<Bytes>) {
-        let resources_len: usize = self
-            .resources
-            .iter()
-            .map(|r| repeated_str_len(2, delta_resource_len(r)))
-            .sum();
-        if resources_len < SHARE_MIN_BYTES {
-            single_chunk(self, out);
-            return;
-        }
-        out.push_back(own_fields(
-            self.version.as_ref(),
-            &self.type_url,
-            self.nonce,
-            &self.removed,
-            resources_len,
-        ));
-        out.push_back(shared.get_or_encode(
-            Protocol::Delta,
-            self.resources.iter(),
-            resources_len,
-            |r, buf| {
-                encoding::encode_key(2, WireType::LengthDelimited, buf);
-                encoding::encode_varint(delta_resource_len(r) as u64, buf);
-                str_field(1, r.version.as_bytes(), buf);
-                encoding::message::encode(2, &r.body, buf);
-                str_field(3, r.name.as_bytes(), buf);
-            },
-        ));
+        let parts = Parts {
+            version: self.version.as_ref(),
+            type_url: &self.type_url,
+            nonce: self.nonce,
+            removed: &self.removed,
+            protocol: Protocol::Delta,
+            resources: self.resources.iter(),
+            resources_len: self
+                .resources
+                .iter()
+                .map(|r| repeated_str_len(2, delta_resource_len(r)))
+                .sum(),
+        };
+        let encode = |r: &Resource, buf: &mut Vec<u8>| {
+            encoding::encode_key(2, WireType::LengthDelimited, buf);
+            encoding::encode_varint(delta_resource_len(r) as u64, buf);
+            str_field(1, r.version.as_bytes(), buf);
+            encoding::message::encode(2, &r.body, buf);
+            str_field(3, r.name.as_bytes(), buf);
+        };
+        frame(self, parts, shared, encode, out);
     }
 }
 
