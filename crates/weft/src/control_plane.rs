@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -228,15 +228,31 @@ fn service_deps(mesh: &MeshSnapshot, service: &str) -> Arc<[Dep]> {
     Arc::from(deps)
 }
 
-/// The dependencies of each virtual service of one mesh, computed once for
-/// the mesh's current snapshot: every class reaching a service shares them,
-/// whether it is published in a refresh or on its first connection.
+/// The dependencies of each virtual service of one mesh snapshot, computed
+/// once: every class reaching a service shares them, whether it is
+/// published in a refresh or on its first connection.
 #[derive(Default)]
 struct DepsMemo {
+    /// The snapshot they were computed from. Every change of a mesh goes
+    /// through `Arc::make_mut`, which leaves a weakly held snapshot behind
+    /// in its old allocation: a memo of an older snapshot is never taken
+    /// for the current one.
+    snapshot: Weak<MeshSnapshot>,
     services: HashMap<String, Arc<[Dep]>>,
 }
 
 impl DepsMemo {
+    fn of(mesh: &Arc<MeshSnapshot>) -> Self {
+        Self {
+            snapshot: Arc::downgrade(mesh),
+            services: HashMap::new(),
+        }
+    }
+
+    fn is_of(&self, mesh: &Arc<MeshSnapshot>) -> bool {
+        std::ptr::eq(self.snapshot.as_ptr(), Arc::as_ptr(mesh))
+    }
+
     fn service(&mut self, mesh: &MeshSnapshot, service: &str) -> Arc<[Dep]> {
         if let Some(deps) = self.services.get(service) {
             return deps.clone();
@@ -301,8 +317,8 @@ pub struct Runtime {
     meshes: HashMap<String, Arc<MeshSnapshot>>,
     /// What each proxy class's last published config was computed from.
     deps: HashMap<String, ClassDeps>,
-    /// The service dependencies of each mesh's current snapshot (by escaped
-    /// name), dropped whenever the mesh changes.
+    /// The service dependencies of each mesh (by escaped name), for the
+    /// snapshot each was computed from (see [`Runtime::take_memo`]).
     deps_memos: HashMap<String, DepsMemo>,
     /// Encoded resources shared between classes and kept between changes.
     encoded: EncodedPool,
@@ -635,7 +651,8 @@ impl Runtime {
     /// Map changed, which can change the registry services the mesh names.
     ///
     /// The snapshot is changed in place (`Arc::make_mut`): between refreshes
-    /// nobody else holds it, so nothing is copied.
+    /// nobody else holds it strongly, so nothing is copied (a dependency
+    /// memo's weak reference makes the first change move it, not clone it).
     fn upsert(&mut self, key: &str, value: Option<&[u8]>) -> bool {
         let Some((escaped, kind)) = classify(key) else {
             return false;
@@ -780,7 +797,6 @@ impl Runtime {
         let Some(records) = self.dormant.remove(escaped) else {
             return;
         };
-        self.deps_memos.remove(escaped);
         // In key order `mesh/…` comes before `res/…`, so the mesh record is
         // applied first (a resource of an unknown mesh would be skipped).
         for (key, value) in &records {
@@ -806,6 +822,15 @@ impl Runtime {
         Arc::make_mut(snap).cloud_map = instances;
     }
 
+    /// The service dependencies kept for `mesh` (the mesh's current
+    /// snapshot), or a fresh memo if they were computed from an older one.
+    fn take_memo(&mut self, escaped: &str, mesh: &Arc<MeshSnapshot>) -> DepsMemo {
+        self.deps_memos
+            .remove(escaped)
+            .filter(|memo| memo.is_of(mesh))
+            .unwrap_or_else(|| DepsMemo::of(mesh))
+    }
+
     /// The typed snapshot of a mesh.
     fn mesh(&self, escaped: &str) -> Option<Arc<MeshSnapshot>> {
         self.meshes.get(escaped).cloned()
@@ -819,7 +844,7 @@ impl Runtime {
             // No such mesh (yet): the proxy waits with no config.
             return;
         };
-        let mut memo = self.deps_memos.remove(&escaped).unwrap_or_default();
+        let mut memo = self.take_memo(&escaped, &mesh);
         self.publish_with(key, class, &mut Translator::new(&mesh), &mut memo);
         self.deps_memos.insert(escaped, memo);
         self.encoded.end_round();
@@ -906,11 +931,6 @@ impl Runtime {
         if changes.is_empty() && registry_changed.is_empty() {
             return;
         }
-        // The dependencies computed for the meshes' previous snapshots may
-        // be out of date.
-        for escaped in changes.keys().chain(&registry_changed) {
-            self.deps_memos.remove(escaped);
-        }
         let started = std::time::Instant::now();
         let affected = self.affected_classes(changes, &registry_changed);
         let published = affected.len();
@@ -930,7 +950,7 @@ impl Runtime {
         let mut work: HashMap<&str, (Translator<'_>, DepsMemo)> = meshes
             .iter()
             .map(|(escaped, mesh)| {
-                let memo = self.deps_memos.remove(escaped).unwrap_or_default();
+                let memo = self.take_memo(escaped, mesh);
                 (escaped.as_str(), (Translator::new(mesh), memo))
             })
             .collect();
@@ -1009,7 +1029,6 @@ impl Runtime {
             };
             // After a (re)load every proxy is recomputed.
             self.deps.clear();
-            self.deps_memos.clear();
             let all: BTreeMap<String, MeshChanges> = self
                 .meshes
                 .keys()
