@@ -153,11 +153,6 @@ impl TypeItems {
             .and_then(|i| self.0.get(i))
     }
 
-    /// Whether there is a resource called `name`.
-    pub fn contains_key(&self, name: &str) -> bool {
-        self.get(name).is_some()
-    }
-
     /// The resources, in name order.
     pub fn values(&self) -> std::slice::Iter<'_, Arc<Resource>> {
         self.0.iter()
@@ -251,18 +246,16 @@ impl Snapshot {
                     type_url,
                 });
             }
+            let content =
+                content_version(items.iter().map(|r| (r.name.as_str(), r.version.as_str())));
             types.insert(
                 type_url,
                 TypeResources {
+                    version: content.hex(),
+                    content: Some(content),
                     items: TypeItems(items.into_boxed_slice()),
-                    ..TypeResources::default()
                 },
             );
-        }
-        for typed in types.values_mut() {
-            let content = content_version(typed.items.iter().map(|(n, r)| (n, r.version.as_str())));
-            typed.version = content.hex();
-            typed.content = Some(content);
         }
         let version =
             content_version(types.iter().map(|(t, r)| (t.as_str(), r.version.as_str()))).hex();
