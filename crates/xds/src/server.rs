@@ -477,16 +477,10 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        match request.uri().path() {
-            SOTW_PATH => {
-                let response = self.server.respond::<SotwStream, B>(request);
-                Box::pin(async move { Ok(response) })
-            }
-            DELTA_PATH => {
-                let response = self.server.respond::<DeltaStream, B>(request);
-                Box::pin(async move { Ok(response) })
-            }
-            _ => Box::pin(async move {
+        let response = match request.uri().path() {
+            SOTW_PATH => self.server.respond::<SotwStream, B>(request),
+            DELTA_PATH => self.server.respond::<DeltaStream, B>(request),
+            _ => {
                 let mut response = http::Response::new(tonic::body::Body::default());
                 let headers = response.headers_mut();
                 headers.insert(
@@ -497,9 +491,10 @@ where
                     http::header::CONTENT_TYPE,
                     tonic::metadata::GRPC_CONTENT_TYPE,
                 );
-                Ok(response)
-            }),
-        }
+                response
+            }
+        };
+        Box::pin(async move { Ok(response) })
     }
 }
 
