@@ -864,10 +864,7 @@ impl Runtime {
         self.deps
             .insert(key.to_string(), dependencies(mesh, class, memo));
         match translator.translate_shared(&class.identity, &class.options) {
-            Ok(resources) => match self
-                .encoded
-                .snapshot(resources, self.cache.snapshot(key).as_deref())
-            {
+            Ok(resources) => match self.encoded.snapshot(resources) {
                 Ok(snapshot) => self.cache.set_snapshot(key, Arc::new(snapshot)),
                 Err(e) => {
                     tracing::warn!(%key, error = %e, "translated resources are not a valid snapshot")
