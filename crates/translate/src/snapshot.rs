@@ -13,6 +13,8 @@ use weft_model::shapes::{
 ///
 /// Maps are keyed by resource name (routes and gateway routes by `(parent, name)`), so that
 /// iteration order — and therefore the translated output — is deterministic.
+/// Translation reads no resource's metadata: the control plane's copy leaves the ARN, uid
+/// and owners empty.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MeshSnapshot {
     /// The mesh itself (egress filter, mesh-wide IP preference).
