@@ -1,5 +1,6 @@
 //! Content-versioned resources and immutable snapshots.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -127,12 +128,13 @@ pub(crate) fn content_version<'a>(items: impl IntoIterator<Item = (&'a str, &'a 
 }
 
 /// All resources of one type in a snapshot.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct TypeResources {
-    pub(crate) version: String,
-    /// `version` as bytes: a stream sending exactly these items uses it instead of hashing them
-    /// again.
-    pub(crate) content: Option<Version>,
+    /// The type URL, borrowed for the four types Weft serves.
+    pub(crate) type_url: Cow<'static, str>,
+    /// The hash of the items' sorted (name, version) pairs: a stream sending exactly these
+    /// items uses it instead of hashing them again, and Envoy sees it as 32 hex digits.
+    pub(crate) content: Version,
     pub(crate) items: TypeItems,
 }
 
@@ -178,15 +180,19 @@ impl TypeItems {
 ///
 /// Shared as `Arc<Snapshot>` between all proxies of a key. Versions are content-derived: per
 /// resource, per type, and for the whole snapshot.
+///
+/// Held once per proxy class, so kept small: its types in a boxed slice sorted by type URL
+/// (a map allocated a node of eleven entries for four), and the names its clusters and
+/// listeners read as sorted boxed slices.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
-    types: BTreeMap<String, TypeResources>,
+    types: Box<[TypeResources]>,
     version: String,
     /// EDS names that the snapshot's EDS clusters read (`eds_cluster_config.service_name` or the
     /// cluster name): the make-before-break rollout waits for them before switching routes.
-    eds_names: BTreeSet<String>,
+    eds_names: Box<[String]>,
     /// RDS names that the snapshot's listeners read through an HTTP connection manager.
-    rds_names: BTreeSet<String>,
+    rds_names: Box<[String]>,
 }
 
 impl Snapshot {
@@ -237,7 +243,7 @@ impl Snapshot {
                 }
             }
         }
-        let mut types: BTreeMap<String, TypeResources> = BTreeMap::new();
+        let mut types = Vec::with_capacity(by_type.len());
         for (type_url, mut items) in by_type {
             items.sort_by(|a, b| a.name.cmp(&b.name));
             if let Some(pair) = items.windows(2).find(|w| w[0].name == w[1].name) {
@@ -246,37 +252,41 @@ impl Snapshot {
                     type_url,
                 });
             }
-            let content =
-                content_version(items.iter().map(|r| (r.name.as_str(), r.version.as_str())));
-            types.insert(
-                type_url,
-                TypeResources {
-                    version: content.hex(),
-                    content: Some(content),
-                    items: TypeItems(items.into_boxed_slice()),
-                },
-            );
+            types.push(TypeResources {
+                type_url: static_type_url(&type_url),
+                content: content_version(
+                    items.iter().map(|r| (r.name.as_str(), r.version.as_str())),
+                ),
+                items: TypeItems(items.into_boxed_slice()),
+            });
         }
-        let version =
-            content_version(types.iter().map(|(t, r)| (t.as_str(), r.version.as_str()))).hex();
+        let hexes: Vec<String> = types.iter().map(|t| t.content.hex()).collect();
+        let version = content_version(
+            types
+                .iter()
+                .zip(&hexes)
+                .map(|(t, hex)| (t.type_url.as_ref(), hex.as_str())),
+        )
+        .hex();
         let (eds_names, rds_names) = match references {
             Some(known) => known,
-            None => (
-                types
-                    .get(CLUSTER_TYPE_URL)
-                    .map(|t| t.items.values().filter_map(|r| eds_name(&r.body)).collect())
-                    .unwrap_or_default(),
-                types
-                    .get(LISTENER_TYPE_URL)
-                    .map(|t| t.items.values().flat_map(|r| rds_names(&r.body)).collect())
-                    .unwrap_or_default(),
-            ),
+            None => {
+                let of = |type_url: &str| types.iter().find(|t| t.type_url == type_url);
+                (
+                    of(CLUSTER_TYPE_URL)
+                        .map(|t| t.items.values().filter_map(|r| eds_name(&r.body)).collect())
+                        .unwrap_or_default(),
+                    of(LISTENER_TYPE_URL)
+                        .map(|t| t.items.values().flat_map(|r| rds_names(&r.body)).collect())
+                        .unwrap_or_default(),
+                )
+            }
         };
         Ok(Self {
-            types,
+            types: types.into_boxed_slice(),
             version,
-            eds_names,
-            rds_names,
+            eds_names: eds_names.into_iter().collect(),
+            rds_names: rds_names.into_iter().collect(),
         })
     }
 
@@ -324,23 +334,27 @@ impl Snapshot {
 
     /// The version of one type (hash of its sorted (name, version) pairs), if the snapshot has
     /// resources of that type.
-    pub fn type_version(&self, type_url: &str) -> Option<&str> {
-        self.types.get(type_url).map(|t| t.version.as_str())
+    pub fn type_version(&self, type_url: &str) -> Option<String> {
+        self.type_resources(type_url).map(|t| t.content.hex())
     }
 
     /// The content version of one type as bytes (what [`Snapshot::type_version`] shows).
     pub(crate) fn type_content(&self, type_url: &str) -> Option<Version> {
-        self.types.get(type_url).and_then(|t| t.content)
+        self.type_resources(type_url).map(|t| t.content)
     }
 
     /// The resources of one type, by name.
     pub fn resources(&self, type_url: &str) -> Option<&TypeItems> {
-        self.types.get(type_url).map(|t| &t.items)
+        self.type_resources(type_url).map(|t| &t.items)
     }
 
-    /// The type URLs present in this snapshot.
+    fn type_resources(&self, type_url: &str) -> Option<&TypeResources> {
+        self.types.iter().find(|t| t.type_url == type_url)
+    }
+
+    /// The type URLs present in this snapshot, in order.
     pub fn type_urls(&self) -> impl Iterator<Item = &str> {
-        self.types.keys().map(String::as_str)
+        self.types.iter().map(|t| t.type_url.as_ref())
     }
 
     /// EDS names read by the snapshot's EDS clusters that the snapshot also provides.
@@ -356,12 +370,28 @@ impl Snapshot {
     fn needed<'a>(
         &'a self,
         type_url: &str,
-        names: &'a BTreeSet<String>,
+        names: &'a [String],
     ) -> impl Iterator<Item = &'a Arc<Resource>> {
         let items = self.resources(type_url);
         names
             .iter()
             .filter_map(move |n| items.and_then(|items| items.get(n)))
+    }
+}
+
+/// A type URL borrowed from the constants when it is one of the four core types.
+pub(crate) fn static_type_url(type_url: &str) -> Cow<'static, str> {
+    match [
+        CLUSTER_TYPE_URL,
+        ENDPOINT_TYPE_URL,
+        LISTENER_TYPE_URL,
+        ROUTE_TYPE_URL,
+    ]
+    .into_iter()
+    .find(|t| *t == type_url)
+    {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(type_url.to_string()),
     }
 }
 

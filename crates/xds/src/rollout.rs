@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::resource::{content_version, Version};
+use crate::resource::{content_version, static_type_url, Version};
 use crate::status::{NackRecord, Protocol, ProxyStatus, TypeStatus};
 use crate::{
     is_wildcard_type, Resource, Snapshot, XdsNode, CLUSTER_TYPE_URL, ENDPOINT_TYPE_URL,
@@ -220,19 +220,8 @@ pub(crate) struct TypeState {
 
 impl TypeState {
     fn new(type_url: &str) -> Self {
-        let known = [
-            CLUSTER_TYPE_URL,
-            ENDPOINT_TYPE_URL,
-            LISTENER_TYPE_URL,
-            ROUTE_TYPE_URL,
-        ]
-        .into_iter()
-        .find(|t| *t == type_url);
         Self {
-            type_url: match known {
-                Some(t) => Cow::Borrowed(t),
-                None => Cow::Owned(type_url.to_string()),
-            },
+            type_url: static_type_url(type_url),
             wildcard: is_wildcard_type(type_url),
             names: BTreeSet::new(),
             requested: false,

@@ -545,7 +545,10 @@ fn test_whole_type_versions_equal_the_hash_of_what_is_sent() {
     let mut d = DeltaStream::new(&node("n"), "k");
     d.handle_snapshot_update(a.clone());
     let cds = d.handle_request(delta_request(C, &[], &[], "")).remove(0);
-    assert_eq!(Some(cds.system_version_info.as_str()), a.type_version(C));
+    assert_eq!(
+        Some(cds.system_version_info.as_str()),
+        a.type_version(C).as_deref()
+    );
     d.handle_request(delta_request(C, &[], &[], &cds.nonce));
     // Phase 1 towards `b`: Envoy holds blue and gets green, so it holds both.
     let add = d.handle_snapshot_update(b.clone()).remove(0);
@@ -557,14 +560,23 @@ fn test_whole_type_versions_equal_the_hash_of_what_is_sent() {
         vec![],
     )
     .unwrap();
-    assert_eq!(Some(add.system_version_info.as_str()), both.type_version(C));
+    assert_eq!(
+        Some(add.system_version_info.as_str()),
+        both.type_version(C).as_deref()
+    );
 
     let mut s = SotwStream::new(&node("n"), "k");
     s.handle_snapshot_update(a.clone());
     let cds = s.handle_request(sotw_request(C, &[], "", "")).remove(0);
-    assert_eq!(Some(cds.version_info.as_str()), a.type_version(C));
+    assert_eq!(
+        Some(cds.version_info.as_str()),
+        a.type_version(C).as_deref()
+    );
     s.handle_request(ack(&cds, &[]));
     let add = s.handle_snapshot_update(b.clone()).remove(0);
     assert_eq!(names(&add), vec!["blue".to_string(), "green".to_string()]);
-    assert_eq!(Some(add.version_info.as_str()), both.type_version(C));
+    assert_eq!(
+        Some(add.version_info.as_str()),
+        both.type_version(C).as_deref()
+    );
 }
