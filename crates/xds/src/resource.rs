@@ -19,6 +19,7 @@ use envoy_types::util::pack_any;
 use prost::{Message, Name};
 use sha2::{Digest, Sha256};
 
+use crate::packed::PackedAny;
 use crate::{XdsError, CLUSTER_TYPE_URL, ENDPOINT_TYPE_URL, LISTENER_TYPE_URL, ROUTE_TYPE_URL};
 
 /// One named Envoy resource, packed as a protobuf `Any`, with a content-derived version.
@@ -31,7 +32,7 @@ pub struct Resource {
     /// restarts of the control plane (so delta reconnects send only differences).
     pub version: String,
     /// The resource itself.
-    pub body: Any,
+    pub body: PackedAny,
 }
 
 impl Resource {
@@ -40,11 +41,14 @@ impl Resource {
     /// Prost encodes protobuf `map` fields from a `HashMap`, whose order varies between
     /// encodings: callers that put several entries in such maps should build them identically or
     /// give their own version with [`Resource::with_version`] to avoid spurious updates.
-    pub fn new(name: impl Into<String>, body: Any) -> Self {
+    pub fn new(name: impl Into<String>, body: impl Into<PackedAny>) -> Self {
+        let body = body.into();
         let mut hasher = Sha256::new();
-        hasher.update(body.type_url.as_bytes());
+        hasher.update(body.type_url().as_bytes());
         hasher.update([0u8]);
-        hasher.update(&body.value);
+        for chunk in body.chunks() {
+            hasher.update(chunk);
+        }
         Self {
             name: name.into(),
             version: hex16(&hasher.finalize()),
@@ -53,11 +57,15 @@ impl Resource {
     }
 
     /// A resource with a version chosen by the caller.
-    pub fn with_version(name: impl Into<String>, version: impl Into<String>, body: Any) -> Self {
+    pub fn with_version(
+        name: impl Into<String>,
+        version: impl Into<String>,
+        body: impl Into<PackedAny>,
+    ) -> Self {
         Self {
             name: name.into(),
             version: version.into(),
-            body,
+            body: body.into(),
         }
     }
 
@@ -68,7 +76,7 @@ impl Resource {
 
     /// The resource's type URL.
     pub fn type_url(&self) -> &str {
-        &self.body.type_url
+        self.body.type_url()
     }
 }
 
@@ -274,10 +282,20 @@ impl Snapshot {
                 let of = |type_url: &str| types.iter().find(|t| t.type_url == type_url);
                 (
                     of(CLUSTER_TYPE_URL)
-                        .map(|t| t.items.values().filter_map(|r| eds_name(&r.body)).collect())
+                        .map(|t| {
+                            t.items
+                                .values()
+                                .filter_map(|r| eds_name(&r.body.value()))
+                                .collect()
+                        })
                         .unwrap_or_default(),
                     of(LISTENER_TYPE_URL)
-                        .map(|t| t.items.values().flat_map(|r| rds_names(&r.body)).collect())
+                        .map(|t| {
+                            t.items
+                                .values()
+                                .flat_map(|r| rds_names(&r.body.value()))
+                                .collect()
+                        })
                         .unwrap_or_default(),
                 )
             }
@@ -398,17 +416,17 @@ pub(crate) fn static_type_url(type_url: &str) -> Cow<'static, str> {
 /// The EDS service name an EDS cluster reads, if the resource is one.
 #[cfg(any(test, feature = "testing"))]
 pub(crate) fn eds_name_of(body: &Any) -> Option<String> {
-    eds_name(body)
+    eds_name(&body.value)
 }
 
 /// The RDS names a listener reads.
 #[cfg(any(test, feature = "testing"))]
 pub(crate) fn rds_names_of(body: &Any) -> Vec<String> {
-    rds_names(body)
+    rds_names(&body.value)
 }
 
-fn eds_name(body: &Any) -> Option<String> {
-    cluster_eds_name(&XdsCluster::decode(body.value.as_slice()).ok()?)
+fn eds_name(value: &[u8]) -> Option<String> {
+    cluster_eds_name(&XdsCluster::decode(value).ok()?)
 }
 
 /// The EDS service name of a cluster (its `eds_cluster_config.service_name`, else its name), if
@@ -432,8 +450,8 @@ pub fn cluster_eds_name(cluster: &XdsCluster) -> Option<String> {
 }
 
 /// The RDS route configuration names a listener's HTTP connection managers read.
-fn rds_names(body: &Any) -> Vec<String> {
-    match XdsListener::decode(body.value.as_slice()) {
+fn rds_names(value: &[u8]) -> Vec<String> {
+    match XdsListener::decode(value) {
         Ok(listener) => listener_rds_names(&listener),
         Err(_) => Vec::new(),
     }

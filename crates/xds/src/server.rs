@@ -582,8 +582,8 @@ mod tests {
         for (_, response, _) in &streams {
             // The resources section (shared between the streams) and the stream's own fields
             // arrive as one message: every cluster, in name order, and a version and nonce.
-            let bodies: Vec<_> = response.resources.iter().collect();
-            let expected: Vec<_> = clusters.iter().map(|r| &r.body).collect();
+            let bodies = response.resources.clone();
+            let expected: Vec<_> = clusters.iter().map(|r| r.body.to_any()).collect();
             assert_eq!(bodies, expected);
             assert_eq!(response.type_url, CLUSTER_TYPE_URL);
             assert!(!response.version_info.is_empty() && !response.nonce.is_empty());

@@ -59,7 +59,7 @@ impl SotwOut {
     pub(crate) fn into_response(self) -> XdsDiscoveryResponse {
         XdsDiscoveryResponse {
             version_info: self.version.map(|v| v.hex()).unwrap_or_default(),
-            resources: self.bodies().map(|r| r.body.clone()).collect(),
+            resources: self.bodies().map(|r| r.body.to_any()).collect(),
             type_url: self.type_url.into_owned(),
             nonce: self.nonce.to_string(),
             ..XdsDiscoveryResponse::default()
@@ -88,7 +88,7 @@ impl DeltaOut {
                 .map(|r| XdsDeltaResource {
                     name: r.name.clone(),
                     version: r.version.clone(),
-                    resource: Some(r.body.clone()),
+                    resource: Some(r.body.to_any()),
                     ..XdsDeltaResource::default()
                 })
                 .collect(),
