@@ -1,9 +1,10 @@
 //! Encoding translated resources once: an Envoy resource that many proxy
 //! classes receive (the cluster of virtual node `red` is the same for every
 //! client of `red`, and so is the egress listener of every node that calls the
-//! same ports) is hashed and held once for as long as a snapshot uses it. Its
-//! name and bytes are what recognise it: an unchanged resource keeps its `Arc`
-//! (and version) across changes.
+//! same ports, and the virtual host of a service in every route configuration
+//! that routes to it) is hashed and held once for as long as a snapshot uses
+//! it. Its name and bytes are what recognise it: an unchanged resource keeps
+//! its `Arc` (and version) across changes.
 //!
 //! Translation stays a pure function per class; this is the cache between its
 //! output and the ADS server's [`Snapshot`]s.

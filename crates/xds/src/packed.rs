@@ -81,14 +81,6 @@ impl PackedAny {
             value: self.value().into_owned(),
         }
     }
-
-    /// Whether the value is these bytes.
-    pub fn value_is(&self, bytes: &[u8]) -> bool {
-        match &self.value {
-            Value::Whole(v) => v.as_slice() == bytes,
-            Value::Parts(_) => self.value_len() == bytes.len() && *self.value() == *bytes,
-        }
-    }
 }
 
 impl From<Any> for PackedAny {
@@ -190,8 +182,11 @@ mod tests {
         assert_eq!(parts.encoded_len(), whole.encoded_len());
         assert_eq!(parts.to_any(), whole);
         assert_eq!(parts, PackedAny::from(whole.clone()));
-        assert!(parts.value_is(b"hello, world"));
-        assert!(!parts.value_is(b"hello, world!"));
+        assert_eq!(&*parts.value(), b"hello, world");
+        assert_ne!(
+            parts,
+            PackedAny::from_parts("type.googleapis.com/x", vec![Arc::from(&b"hello"[..])])
+        );
         let empty = PackedAny::from(Any {
             type_url: "t".into(),
             value: vec![],
