@@ -12,9 +12,10 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use envoy_types::pb::google::protobuf::Any;
-use prost::bytes::{Buf, BufMut};
-use prost::encoding::{self, DecodeContext, WireType};
-use prost::DecodeError;
+use prost::bytes::BufMut;
+use prost::encoding::{self, WireType};
+
+use crate::wire::{str_field, str_len};
 
 /// A packed resource: its type URL and its encoded value, whole or in parts.
 ///
@@ -113,13 +114,22 @@ impl PartialEq for PackedAny {
     }
 }
 
-/// Encodes as the `Any` it stands for (type URL 1, value 2), the value written part by part.
-/// Never decoded: resources go out, never in.
-impl prost::Message for PackedAny {
+/// Encoded as the `Any` it stands for (type URL 1, value 2), the value written part by part.
+impl PackedAny {
+    /// The length of its encoding as an `Any`.
+    pub fn encoded_len(&self) -> usize {
+        str_len(1, self.type_url.len()) + str_len(2, self.value_len())
+    }
+
+    /// Its encoding as an `Any`.
+    pub fn encode_to_vec(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(self.encoded_len());
+        self.encode_raw(&mut buf);
+        buf
+    }
+
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        if !self.type_url.is_empty() {
-            encoding::string::encode(1, &self.type_url, buf);
-        }
+        str_field(1, self.type_url.as_bytes(), buf);
         let len = self.value_len();
         if len > 0 {
             encoding::encode_key(2, WireType::LengthDelimited, buf);
@@ -130,31 +140,17 @@ impl prost::Message for PackedAny {
         }
     }
 
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        encoding::skip_field(wire_type, tag, buf, ctx)
+    /// The length of field `tag` of an enclosing message holding it.
+    pub(crate) fn field_len(&self, tag: u32) -> usize {
+        let len = self.encoded_len();
+        encoding::key_len(tag) + encoding::encoded_len_varint(len as u64) + len
     }
 
-    fn encoded_len(&self) -> usize {
-        let len = self.value_len();
-        (if self.type_url.is_empty() {
-            0
-        } else {
-            encoding::string::encoded_len(1, &self.type_url)
-        }) + if len == 0 {
-            0
-        } else {
-            encoding::key_len(2) + encoding::encoded_len_varint(len as u64) + len
-        }
-    }
-
-    fn clear(&mut self) {
-        *self = Self::default();
+    /// Writes it as field `tag` of an enclosing message.
+    pub(crate) fn encode_field(&self, tag: u32, buf: &mut impl BufMut) {
+        encoding::encode_key(tag, WireType::LengthDelimited, buf);
+        encoding::encode_varint(self.encoded_len() as u64, buf);
+        self.encode_raw(buf);
     }
 }
 
@@ -163,6 +159,21 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use prost::Message;
+
+    #[test]
+    fn a_packed_field_encodes_like_an_any_field() {
+        let any = Any {
+            type_url: "type.googleapis.com/x".into(),
+            value: b"abc".to_vec(),
+        };
+        let packed = PackedAny::from(any.clone());
+        let mut ours = Vec::new();
+        packed.encode_field(2, &mut ours);
+        let mut prosts = Vec::new();
+        encoding::message::encode(2, &any, &mut prosts);
+        assert_eq!(ours, prosts);
+        assert_eq!(packed.field_len(2), encoding::message::encoded_len(2, &any));
+    }
 
     #[test]
     fn a_value_in_parts_encodes_like_the_whole_any() {

@@ -127,7 +127,7 @@ fn nonce_digits(mut nonce: u64) -> ([u8; 20], usize) {
 }
 
 /// A length-delimited field, skipped when empty as proto3 does for singular strings.
-fn str_field(tag: u32, value: &[u8], buf: &mut impl BufMut) {
+pub(crate) fn str_field(tag: u32, value: &[u8], buf: &mut impl BufMut) {
     if !value.is_empty() {
         repeated_str_field(tag, value, buf);
     }
@@ -140,7 +140,7 @@ fn repeated_str_field(tag: u32, value: &[u8], buf: &mut impl BufMut) {
     buf.put_slice(value);
 }
 
-fn str_len(tag: u32, len: usize) -> usize {
+pub(crate) fn str_len(tag: u32, len: usize) -> usize {
     if len == 0 {
         0
     } else {
@@ -154,9 +154,7 @@ fn repeated_str_len(tag: u32, len: usize) -> usize {
 
 /// Length of a delta `Resource` entry's own fields (name 3, version 1, resource 2).
 fn delta_resource_len(r: &Resource) -> usize {
-    str_len(1, r.version.len())
-        + encoding::message::encoded_len(2, &r.body)
-        + str_len(3, r.name.len())
+    str_len(1, r.version.len()) + r.body.field_len(2) + str_len(3, r.name.len())
 }
 
 impl prost::Message for SotwOut {
@@ -165,7 +163,7 @@ impl prost::Message for SotwOut {
             str_field(1, &version_hex(v), buf);
         }
         for r in self.bodies() {
-            encoding::message::encode(2, &r.body, buf);
+            r.body.encode_field(2, buf);
         }
         str_field(4, self.type_url.as_bytes(), buf);
         let (digits, at) = nonce_digits(self.nonce);
@@ -186,10 +184,7 @@ impl prost::Message for SotwOut {
     fn encoded_len(&self) -> usize {
         let (_, at) = nonce_digits(self.nonce);
         self.version.map_or(0, |_| str_len(1, 32))
-            + self
-                .bodies()
-                .map(|r| encoding::message::encoded_len(2, &r.body))
-                .sum::<usize>()
+            + self.bodies().map(|r| r.body.field_len(2)).sum::<usize>()
             + str_len(4, self.type_url.len())
             + str_len(5, 20 - at)
     }
@@ -208,7 +203,7 @@ impl prost::Message for DeltaOut {
             encoding::encode_key(2, WireType::LengthDelimited, buf);
             encoding::encode_varint(delta_resource_len(r) as u64, buf);
             str_field(1, r.version.as_bytes(), buf);
-            encoding::message::encode(2, &r.body, buf);
+            r.body.encode_field(2, buf);
             str_field(3, r.name.as_bytes(), buf);
         }
         str_field(4, self.type_url.as_bytes(), buf);
@@ -362,16 +357,13 @@ impl Framed for SotwOut {
             removed: &[],
             protocol: Protocol::Sotw,
             resources: self.bodies(),
-            resources_len: self
-                .bodies()
-                .map(|r| encoding::message::encoded_len(2, &r.body))
-                .sum(),
+            resources_len: self.bodies().map(|r| r.body.field_len(2)).sum(),
         };
         frame(
             self,
             parts,
             shared,
-            |r, buf| encoding::message::encode(2, &r.body, buf),
+            |r, buf| r.body.encode_field(2, buf),
             out,
         );
     }
@@ -396,7 +388,7 @@ impl Framed for DeltaOut {
             encoding::encode_key(2, WireType::LengthDelimited, buf);
             encoding::encode_varint(delta_resource_len(r) as u64, buf);
             str_field(1, r.version.as_bytes(), buf);
-            encoding::message::encode(2, &r.body, buf);
+            r.body.encode_field(2, buf);
             str_field(3, r.name.as_bytes(), buf);
         };
         frame(self, parts, shared, encode, out);
