@@ -1255,6 +1255,10 @@ mod tests {
         assert_eq!(backend(&held), "a");
         assert_eq!(backend(&now), "b");
         assert_eq!(now.routes_of("r").count(), 1);
+        // Translation does not read the metadata strings, so the typed mesh does not hold them.
+        let metadata = &now.virtual_nodes["front"].metadata;
+        assert!(metadata.arn.is_empty() && metadata.uid.is_empty());
+        assert_eq!(metadata.version, 1);
         // Deletes are found by the names in the key.
         assert!(!rt.upsert("res/apps/vn/front", None));
         // One discovered through Cloud Map does, when it comes and when it goes.
