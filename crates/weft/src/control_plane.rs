@@ -599,7 +599,8 @@ impl Runtime {
     /// that ever had a proxy would be kept and recomputed on every change of
     /// its mesh for the life of the server. A proxy of a forgotten class that
     /// connects again is registered afresh and waits for its first snapshot,
-    /// as on its first connection. Returns how many were forgotten.
+    /// as on its first connection. Also lets go of the encoded resources no
+    /// snapshot or stream holds any more. Returns how many were forgotten.
     fn forget_idle_classes(&mut self, now: Instant) -> usize {
         let mut gone = Vec::new();
         {
@@ -625,8 +626,11 @@ impl Runtime {
         for key in &gone {
             self.deps.remove(key);
         }
+        // Also when no class went: the sweep after a refresh cannot free the
+        // resources of the snapshots it replaced while streams still send
+        // them; once they have moved on, only the pool holds them.
+        self.encoded.sweep();
         if !gone.is_empty() {
-            self.encoded.sweep();
             tracing::info!(
                 forgotten = gone.len(),
                 encoded = self.encoded.len(),
@@ -1331,6 +1335,97 @@ mod tests {
         assert!(!rt.dormant.contains_key("gone"));
         rt.want("gone");
         assert!(rt.mesh("gone").is_none());
+    }
+
+    #[tokio::test]
+    async fn the_resources_of_a_replaced_snapshot_are_let_go_once_no_stream_sends_them() {
+        let (_dir, mut rt) = runtime().await;
+        let event = |key: &str, data: serde_json::Value| WatchEvent {
+            revision: 0,
+            key: key.to_string(),
+            value: Some(Bytes::from(record(data))),
+        };
+        let route_to = |target: &str| {
+            json!({"meshName": "apps", "virtualRouterName": "r", "routeName": "split",
+                "metadata": meta(), "spec": {"httpRoute": {"match": {"prefix": "/"},
+                "action": {"weightedTargets": [{"virtualNode": target, "weight": 1}]}}},
+                "status": {"status": "ACTIVE"}})
+        };
+        let node = |name: &str, backends: serde_json::Value| {
+            json!({"meshName": "apps", "virtualNodeName": name, "metadata": meta(),
+                "spec": {"backends": backends}, "status": {"status": "ACTIVE"}})
+        };
+        let served = |name: &str| {
+            json!({"meshName": "apps", "virtualNodeName": name, "metadata": meta(),
+                "spec": {"listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}],
+                "serviceDiscovery": {"dns": {"hostname": format!("{name}.apps.local")}}},
+                "status": {"status": "ACTIVE"}})
+        };
+        rt.want("apps");
+        let mut changes = BTreeMap::new();
+        let mut touched = Touched::default();
+        for ev in [
+            event(
+                "mesh/apps",
+                json!({"meshName": "apps", "metadata": meta(), "spec": {}, "status": {}}),
+            ),
+            event(
+                "res/apps/vn/front",
+                node(
+                    "front",
+                    json!([{"virtualService": {"virtualServiceName": "colors"}}]),
+                ),
+            ),
+            event("res/apps/vn/red", served("red")),
+            event("res/apps/vn/blue", served("blue")),
+            event(
+                "res/apps/vs/colors",
+                json!({"meshName": "apps", "virtualServiceName": "colors", "metadata": meta(),
+                "spec": {"provider": {"virtualRouter": {"virtualRouterName": "r"}}},
+                "status": {"status": "ACTIVE"}}),
+            ),
+            event(
+                "res/apps/vr/r",
+                json!({"meshName": "apps", "virtualRouterName": "r", "metadata": meta(),
+                "spec": {"listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}]},
+                "status": {"status": "ACTIVE"}}),
+            ),
+            event("res/apps/rt/r/split", route_to("red")),
+        ] {
+            rt.apply(ev, &mut changes, &mut touched);
+        }
+        rt.refresh(&changes, &touched);
+        let class = ProxyClass {
+            identity: ProxyIdentity::virtual_node("apps", "front"),
+            options: ProxyOptions::default(),
+            last_active: Instant::now(),
+        };
+        let key = "front-key".to_string();
+        rt.registry
+            .classes
+            .lock()
+            .unwrap()
+            .insert(key.clone(), class.clone());
+        rt.publish(&key, &class);
+        let pooled = rt.encoded.len();
+
+        // The route moves to blue while front's stream still sends the old
+        // snapshot: the refresh's sweep must keep what that snapshot holds.
+        let sending = rt.cache.snapshot(&key).unwrap();
+        let mut changes = BTreeMap::new();
+        rt.apply(
+            event("res/apps/rt/r/split", route_to("blue")),
+            &mut changes,
+            &mut touched,
+        );
+        rt.refresh(&changes, &touched);
+        assert!(!Arc::ptr_eq(&sending, &rt.cache.snapshot(&key).unwrap()));
+        assert!(rt.encoded.len() > pooled);
+        // The stream moves on; the next periodic sweep lets the old ones go,
+        // though no class was forgotten.
+        drop(sending);
+        assert_eq!(rt.forget_idle_classes(Instant::now()), 0);
+        assert_eq!(rt.encoded.len(), pooled);
     }
 
     #[tokio::test]
