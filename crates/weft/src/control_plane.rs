@@ -1337,30 +1337,34 @@ mod tests {
         assert!(rt.mesh("gone").is_none());
     }
 
-    #[tokio::test]
-    async fn the_resources_of_a_replaced_snapshot_are_let_go_once_no_stream_sends_them() {
-        let (_dir, mut rt) = runtime().await;
-        let event = |key: &str, data: serde_json::Value| WatchEvent {
+    /// A stored record as the change feed delivers it.
+    fn event(key: &str, data: serde_json::Value) -> WatchEvent {
+        WatchEvent {
             revision: 0,
             key: key.to_string(),
             value: Some(Bytes::from(record(data))),
-        };
-        let route_to = |target: &str| {
-            json!({"meshName": "apps", "virtualRouterName": "r", "routeName": "split",
-                "metadata": meta(), "spec": {"httpRoute": {"match": {"prefix": "/"},
-                "action": {"weightedTargets": [{"virtualNode": target, "weight": 1}]}}},
-                "status": {"status": "ACTIVE"}})
-        };
-        let node = |name: &str, backends: serde_json::Value| {
-            json!({"meshName": "apps", "virtualNodeName": name, "metadata": meta(),
-                "spec": {"backends": backends}, "status": {"status": "ACTIVE"}})
-        };
-        let served = |name: &str| {
-            json!({"meshName": "apps", "virtualNodeName": name, "metadata": meta(),
-                "spec": {"listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}],
-                "serviceDiscovery": {"dns": {"hostname": format!("{name}.apps.local")}}},
-                "status": {"status": "ACTIVE"}})
-        };
+        }
+    }
+
+    /// Route `split` of router `r`, all to `target`.
+    fn route_to(target: &str) -> serde_json::Value {
+        json!({"meshName": "apps", "virtualRouterName": "r", "routeName": "split",
+            "metadata": meta(), "spec": {"httpRoute": {"match": {"prefix": "/"},
+            "action": {"weightedTargets": [{"virtualNode": target, "weight": 1}]}}},
+            "status": {"status": "ACTIVE"}})
+    }
+
+    /// A node serving HTTP on 8080, found by DNS.
+    fn served(name: &str) -> serde_json::Value {
+        json!({"meshName": "apps", "virtualNodeName": name, "metadata": meta(),
+            "spec": {"listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}],
+            "serviceDiscovery": {"dns": {"hostname": format!("{name}.apps.local")}}},
+            "status": {"status": "ACTIVE"}})
+    }
+
+    /// `apps`, wanted and refreshed: front calls colors, provided by router
+    /// r (HTTP on 8080) whose route goes to `target`; red and blue serve.
+    fn colors_mesh(rt: &mut Runtime, target: &str) {
         rt.want("apps");
         let mut changes = BTreeMap::new();
         let mut touched = Touched::default();
@@ -1371,10 +1375,9 @@ mod tests {
             ),
             event(
                 "res/apps/vn/front",
-                node(
-                    "front",
-                    json!([{"virtualService": {"virtualServiceName": "colors"}}]),
-                ),
+                json!({"meshName": "apps", "virtualNodeName": "front", "metadata": meta(),
+                "spec": {"backends": [{"virtualService": {"virtualServiceName": "colors"}}]},
+                "status": {"status": "ACTIVE"}}),
             ),
             event("res/apps/vn/red", served("red")),
             event("res/apps/vn/blue", served("blue")),
@@ -1390,11 +1393,16 @@ mod tests {
                 "spec": {"listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}]},
                 "status": {"status": "ACTIVE"}}),
             ),
-            event("res/apps/rt/r/split", route_to("red")),
+            event("res/apps/rt/r/split", route_to(target)),
         ] {
             rt.apply(ev, &mut changes, &mut touched);
         }
         rt.refresh(&changes, &touched);
+    }
+
+    /// front's Envoy connects: its class is registered and published on its
+    /// own. Returns the class's key.
+    fn connect_front(rt: &mut Runtime) -> String {
         let class = ProxyClass {
             identity: ProxyIdentity::virtual_node("apps", "front"),
             options: ProxyOptions::default(),
@@ -1407,18 +1415,28 @@ mod tests {
             .unwrap()
             .insert(key.clone(), class.clone());
         rt.publish(&key, &class);
+        key
+    }
+
+    /// Applies one record and refreshes the classes it affects.
+    fn change(rt: &mut Runtime, ev: WatchEvent) {
+        let mut changes = BTreeMap::new();
+        let mut touched = Touched::default();
+        rt.apply(ev, &mut changes, &mut touched);
+        rt.refresh(&changes, &touched);
+    }
+
+    #[tokio::test]
+    async fn the_resources_of_a_replaced_snapshot_are_let_go_once_no_stream_sends_them() {
+        let (_dir, mut rt) = runtime().await;
+        colors_mesh(&mut rt, "red");
+        let key = connect_front(&mut rt);
         let pooled = rt.encoded.len();
 
         // The route moves to blue while front's stream still sends the old
         // snapshot: the refresh's sweep must keep what that snapshot holds.
         let sending = rt.cache.snapshot(&key).unwrap();
-        let mut changes = BTreeMap::new();
-        rt.apply(
-            event("res/apps/rt/r/split", route_to("blue")),
-            &mut changes,
-            &mut touched,
-        );
-        rt.refresh(&changes, &touched);
+        change(&mut rt, event("res/apps/rt/r/split", route_to("blue")));
         assert!(!Arc::ptr_eq(&sending, &rt.cache.snapshot(&key).unwrap()));
         assert!(rt.encoded.len() > pooled);
         // The stream moves on; the next periodic sweep lets the old ones go,
@@ -1501,62 +1519,11 @@ mod tests {
     #[tokio::test]
     async fn a_class_published_on_connect_follows_a_route_that_moves_to_another_node() {
         let (_dir, mut rt) = runtime().await;
-        let event = |key: &str, data: serde_json::Value| WatchEvent {
-            revision: 0,
-            key: key.to_string(),
-            value: Some(Bytes::from(record(data))),
-        };
-        let node = |name: &str, backends: &[&str]| {
-            let backends: Vec<_> = backends
-                .iter()
-                .map(|b| json!({"virtualService": {"virtualServiceName": b}}))
-                .collect();
-            json!({"meshName": "apps", "virtualNodeName": name, "metadata": meta(),
-                "spec": {"backends": backends}, "status": {"status": "ACTIVE"}})
-        };
-        let route_to = |target: &str| {
-            json!({"meshName": "apps", "virtualRouterName": "r", "routeName": "split",
-                "metadata": meta(), "spec": {"httpRoute": {"match": {"prefix": "/"},
-                "action": {"weightedTargets": [{"virtualNode": target, "weight": 1}]}}},
-                "status": {"status": "ACTIVE"}})
-        };
-        rt.want("apps");
-        let mut changes = BTreeMap::new();
-        let mut touched = Touched::default();
-        for ev in [
-            event(
-                "mesh/apps",
-                json!({"meshName": "apps", "metadata": meta(), "spec": {}, "status": {}}),
-            ),
-            event("res/apps/vn/front", node("front", &["colors"])),
-            event("res/apps/vn/red", node("red", &[])),
-            event("res/apps/vn/blue", node("blue", &[])),
-            event(
-                "res/apps/vs/colors",
-                json!({"meshName": "apps", "virtualServiceName": "colors", "metadata": meta(),
-                "spec": {"provider": {"virtualRouter": {"virtualRouterName": "r"}}},
-                "status": {"status": "ACTIVE"}}),
-            ),
-            event("res/apps/rt/r/split", route_to("red")),
-        ] {
-            rt.apply(ev, &mut changes, &mut touched);
-        }
-        rt.refresh(&changes, &touched);
+        colors_mesh(&mut rt, "red");
 
         // front's Envoy connects: its class is published on its own, and its
         // dependencies (the service's, remembered for the mesh) name red.
-        let class = ProxyClass {
-            identity: ProxyIdentity::virtual_node("apps", "front"),
-            options: ProxyOptions::default(),
-            last_active: Instant::now(),
-        };
-        let key = "front-key".to_string();
-        rt.registry
-            .classes
-            .lock()
-            .unwrap()
-            .insert(key.clone(), class.clone());
-        rt.publish(&key, &class);
+        let key = connect_front(&mut rt);
         let depends_on = |rt: &Runtime, name: &str| {
             rt.deps[&key].contains(&(Kind::VirtualNode, name.to_string()))
         };
@@ -1565,19 +1532,13 @@ mod tests {
         // The route moves to blue: the mesh's remembered dependencies are
         // dropped with the old snapshot, and front now depends on blue, so
         // that a later change to blue reaches it.
-        let mut changes = BTreeMap::new();
-        rt.apply(
-            event("res/apps/rt/r/split", route_to("blue")),
-            &mut changes,
-            &mut touched,
-        );
-        rt.refresh(&changes, &touched);
+        change(&mut rt, event("res/apps/rt/r/split", route_to("blue")));
         assert!(depends_on(&rt, "blue") && !depends_on(&rt, "red"));
         let mut changes = BTreeMap::new();
         rt.apply(
-            event("res/apps/vn/blue", node("blue", &[])),
+            event("res/apps/vn/blue", served("blue")),
             &mut changes,
-            &mut touched,
+            &mut Touched::default(),
         );
         let affected = rt.affected_classes(&changes, &BTreeSet::new());
         assert_eq!(affected.len(), 1);
