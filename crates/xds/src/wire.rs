@@ -157,13 +157,35 @@ fn delta_resource_len(r: &Resource) -> usize {
     str_len(1, r.version.len()) + r.body.field_len(2) + str_len(3, r.name.len())
 }
 
+/// One resource of a SotW response: its `Any` as field 2.
+fn sotw_entry(r: &Resource, buf: &mut impl BufMut) {
+    r.body.encode_field(2, buf);
+}
+
+fn sotw_entry_len(r: &Resource) -> usize {
+    r.body.field_len(2)
+}
+
+/// One resource of a delta response: a `Resource` message as field 2.
+fn delta_entry(r: &Resource, buf: &mut impl BufMut) {
+    encoding::encode_key(2, WireType::LengthDelimited, buf);
+    encoding::encode_varint(delta_resource_len(r) as u64, buf);
+    str_field(1, r.version.as_bytes(), buf);
+    r.body.encode_field(2, buf);
+    str_field(3, r.name.as_bytes(), buf);
+}
+
+fn delta_entry_len(r: &Resource) -> usize {
+    repeated_str_len(2, delta_resource_len(r))
+}
+
 impl prost::Message for SotwOut {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         if let Some(v) = &self.version {
             str_field(1, &version_hex(v), buf);
         }
         for r in self.bodies() {
-            r.body.encode_field(2, buf);
+            sotw_entry(r, buf);
         }
         str_field(4, self.type_url.as_bytes(), buf);
         let (digits, at) = nonce_digits(self.nonce);
@@ -184,7 +206,7 @@ impl prost::Message for SotwOut {
     fn encoded_len(&self) -> usize {
         let (_, at) = nonce_digits(self.nonce);
         self.version.map_or(0, |_| str_len(1, 32))
-            + self.bodies().map(|r| r.body.field_len(2)).sum::<usize>()
+            + self.bodies().map(|r| sotw_entry_len(r)).sum::<usize>()
             + str_len(4, self.type_url.len())
             + str_len(5, 20 - at)
     }
@@ -200,11 +222,7 @@ impl prost::Message for DeltaOut {
             str_field(1, &version_hex(v), buf);
         }
         for r in &self.resources {
-            encoding::encode_key(2, WireType::LengthDelimited, buf);
-            encoding::encode_varint(delta_resource_len(r) as u64, buf);
-            str_field(1, r.version.as_bytes(), buf);
-            r.body.encode_field(2, buf);
-            str_field(3, r.name.as_bytes(), buf);
+            delta_entry(r, buf);
         }
         str_field(4, self.type_url.as_bytes(), buf);
         let (digits, at) = nonce_digits(self.nonce);
@@ -231,7 +249,7 @@ impl prost::Message for DeltaOut {
             + self
                 .resources
                 .iter()
-                .map(|r| repeated_str_len(2, delta_resource_len(r)))
+                .map(|r| delta_entry_len(r))
                 .sum::<usize>()
             + str_len(4, self.type_url.len())
             + str_len(5, 20 - at)
@@ -315,21 +333,23 @@ struct Parts<'a, I> {
     removed: &'a [String],
     protocol: Protocol,
     resources: I,
-    resources_len: usize,
+    /// Writes one resource of the section, and its length.
+    entry: fn(&Resource, &mut Vec<u8>),
+    entry_len: fn(&Resource) -> usize,
 }
 
 /// Writes `message` in one chunk when its resources section is small, else as its own fields
-/// and the shared section (`encode` writes one resource of it).
+/// and the shared section.
 fn frame<'a, I>(
     message: &impl prost::Message,
     parts: Parts<'a, I>,
     shared: &SharedEncodings,
-    encode: impl Fn(&Resource, &mut Vec<u8>),
     out: &mut VecDeque<Bytes>,
 ) where
     I: Iterator<Item = &'a Arc<Resource>> + Clone,
 {
-    if parts.resources_len < SHARE_MIN_BYTES {
+    let resources_len = parts.resources.clone().map(|r| (parts.entry_len)(r)).sum();
+    if resources_len < SHARE_MIN_BYTES {
         single_chunk(message, out);
         return;
     }
@@ -338,13 +358,13 @@ fn frame<'a, I>(
         parts.type_url,
         parts.nonce,
         parts.removed,
-        parts.resources_len,
+        resources_len,
     ));
     out.push_back(shared.get_or_encode(
         parts.protocol,
         parts.resources,
-        parts.resources_len,
-        encode,
+        resources_len,
+        parts.entry,
     ));
 }
 
@@ -357,15 +377,10 @@ impl Framed for SotwOut {
             removed: &[],
             protocol: Protocol::Sotw,
             resources: self.bodies(),
-            resources_len: self.bodies().map(|r| r.body.field_len(2)).sum(),
+            entry: |r, buf| sotw_entry(r, buf),
+            entry_len: sotw_entry_len,
         };
-        frame(
-            self,
-            parts,
-            shared,
-            |r, buf| r.body.encode_field(2, buf),
-            out,
-        );
+        frame(self, parts, shared, out);
     }
 }
 
@@ -378,20 +393,10 @@ impl Framed for DeltaOut {
             removed: &self.removed,
             protocol: Protocol::Delta,
             resources: self.resources.iter(),
-            resources_len: self
-                .resources
-                .iter()
-                .map(|r| repeated_str_len(2, delta_resource_len(r)))
-                .sum(),
+            entry: |r, buf| delta_entry(r, buf),
+            entry_len: delta_entry_len,
         };
-        let encode = |r: &Resource, buf: &mut Vec<u8>| {
-            encoding::encode_key(2, WireType::LengthDelimited, buf);
-            encoding::encode_varint(delta_resource_len(r) as u64, buf);
-            str_field(1, r.version.as_bytes(), buf);
-            r.body.encode_field(2, buf);
-            str_field(3, r.name.as_bytes(), buf);
-        };
-        frame(self, parts, shared, encode, out);
+        frame(self, parts, shared, out);
     }
 }
 
