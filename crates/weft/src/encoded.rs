@@ -30,19 +30,11 @@ use weft_xds::{cluster_eds_name, listener_rds_names, PackedAny, Resource, Snapsh
 /// Listeners and route configurations are pooled too: classes with the same
 /// listener ports receive byte-identical listeners, and a heap profile at
 /// 1,000 classes found a class's own encodings to be half of what it costs.
+#[derive(Default)]
 struct Interned {
     /// Keyed by a hash of name and bytes; a hit is confirmed on both.
     by_content: HashMap<u64, Vec<Arc<Resource>>>,
     hasher: RandomState,
-}
-
-impl Default for Interned {
-    fn default() -> Self {
-        Self {
-            by_content: HashMap::new(),
-            hasher: RandomState::new(),
-        }
-    }
 }
 
 impl Interned {
@@ -74,15 +66,20 @@ impl Interned {
 
     /// Forgets the resources no snapshot holds any more.
     fn sweep(&mut self) {
-        self.by_content.retain(|_, variants| {
-            variants.retain(|r| Arc::strong_count(r) > 1);
-            !variants.is_empty()
-        });
+        sweep_unheld(&mut self.by_content);
     }
 
     fn len(&self) -> usize {
         self.by_content.values().map(Vec::len).sum()
     }
+}
+
+/// Drops the entries only the pool itself holds.
+fn sweep_unheld<T: ?Sized>(by_content: &mut HashMap<u64, Vec<Arc<T>>>) {
+    by_content.retain(|_, variants| {
+        variants.retain(|v| Arc::strong_count(v) > 1);
+        !variants.is_empty()
+    });
 }
 
 /// Encoded virtual hosts (each with its field key and length, as it appears in
@@ -114,10 +111,7 @@ impl VirtualHosts {
 
     /// Forgets the hosts no pooled route configuration holds any more.
     fn sweep(&mut self) {
-        self.by_content.retain(|_, variants| {
-            variants.retain(|v| Arc::strong_count(v) > 1);
-            !variants.is_empty()
-        });
+        sweep_unheld(&mut self.by_content);
     }
 }
 
