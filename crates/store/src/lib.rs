@@ -20,7 +20,7 @@ use futures::stream::BoxStream;
 pub mod conformance;
 pub mod embedded;
 
-pub use embedded::{EmbeddedOptions, EmbeddedStore, DEFAULT_SEGMENT_SIZE};
+pub use embedded::{EmbeddedOptions, EmbeddedStore, DEFAULT_HISTORY_BYTES, DEFAULT_SEGMENT_SIZE};
 
 /// A store revision: the global counter bumped by every successful write
 /// transaction. 0 means "before any write".
@@ -45,6 +45,20 @@ pub enum StoreError {
     /// further work, because its memory may no longer match its disk.
     #[error("store is unavailable: {0}")]
     Unavailable(String),
+}
+
+/// The health of a store, as `/healthz` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreHealth {
+    /// Reads and writes are served.
+    Ok,
+    /// The last write could not be made durable for a reason that can pass
+    /// (too many open files, a full disk): it failed, and nothing it changed
+    /// is served; reads are served and writes are tried again.
+    Degraded(String),
+    /// The disk failed in a way that leaves its contents unknown: nothing is
+    /// served until a restart.
+    Failed(String),
 }
 
 /// A stored key with its value and revisions, as in etcd.
@@ -197,6 +211,10 @@ pub trait Store: Send + Sync + 'static {
     }
     /// The latest durable revision.
     async fn revision(&self) -> Result<Revision, StoreError>;
+    /// Whether the store serves reads and writes, and if not, why.
+    fn health(&self) -> StoreHealth {
+        StoreHealth::Ok
+    }
     /// Every change to keys starting with `prefix` with revision `> after`,
     /// in revision order, then live changes as they become durable.
     /// Fails with [`StoreError::Compacted`] when `after` is older than the

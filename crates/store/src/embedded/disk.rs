@@ -400,7 +400,7 @@ pub(super) fn recover(dir: &Path, segment_size: u64) -> Result<Recovered, StoreE
                             )));
                         }
                         for op in record.ops {
-                            apply_op(&mut kvs, &mut live_bytes, record.revision, op, false);
+                            apply_op(&mut kvs, &mut live_bytes, record.revision, op, false, None);
                         }
                         head = record.revision;
                     }
@@ -463,7 +463,11 @@ pub(super) fn recover(dir: &Path, segment_size: u64) -> Result<Recovered, StoreE
             let (file, len) = newest.clear_torn_tail()?;
             (file, newest.start, newest.end, len)
         }
-        None => (create_log(dir, head + 1)?, head + 1, 0, 0),
+        None => {
+            let file = create_log(dir, head + 1)?;
+            sync_dir(dir)?;
+            (file, head + 1, 0, 0)
+        }
     };
     let wal = Wal {
         dir: dir.to_path_buf(),
@@ -476,6 +480,7 @@ pub(super) fn recover(dir: &Path, segment_size: u64) -> Result<Recovered, StoreE
         segment_size,
         next: Next::None,
         prepare_backoff: 0,
+        dir_synced: true,
         _lock: lock,
     };
     for path in obsolete {
@@ -516,15 +521,38 @@ fn is_zero(data: &[u8]) -> bool {
     data.iter().all(|b| *b == 0)
 }
 
-/// Creates an empty log for revisions from `start` and makes its directory
-/// entry durable before any record in it can be acknowledged.
+/// Creates an empty log for revisions from `start`. Its directory entry
+/// must be made durable ([`sync_dir`]) before any record in it can be
+/// acknowledged.
 fn create_log(dir: &Path, start: Revision) -> io::Result<File> {
-    let file = OpenOptions::new()
+    OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(dir.join(log_file_name(start)))?;
-    sync_dir(dir)?;
-    Ok(file)
+        .open(dir.join(log_file_name(start)))
+}
+
+/// Whether a failed log write or sync can succeed later without a restart:
+/// the process ran out of descriptors or memory, the disk or quota is full,
+/// or a call was interrupted. The log can then be cut back to its last
+/// durable record and writing goes on. Anything else (an I/O error above
+/// all) leaves the disk's contents unknown.
+pub(super) fn is_transient(error: &io::Error) -> bool {
+    use rustix::io::Errno;
+    if error.kind() == io::ErrorKind::Interrupted {
+        return true;
+    }
+    let transient = [
+        Errno::MFILE,
+        Errno::NFILE,
+        Errno::NOSPC,
+        Errno::DQUOT,
+        Errno::NOMEM,
+        Errno::AGAIN,
+        Errno::INTR,
+    ];
+    error
+        .raw_os_error()
+        .is_some_and(|code| transient.iter().any(|e| e.raw_os_error() == code))
 }
 
 /// Zero-fills `size` bytes of [`PREPARED_TMP`] and makes them durable.
@@ -624,6 +652,9 @@ pub(super) struct Wal {
     /// After a failed preparation, none is tried again until
     /// `since_snapshot` passes this.
     prepare_backoff: u64,
+    /// Whether the current log's directory entry is known durable; until
+    /// it is, no record in it may be acknowledged.
+    dir_synced: bool,
     _lock: File,
 }
 
@@ -639,6 +670,10 @@ impl Wal {
         let batch_len = batch.len() as u64;
         if self.size + batch_len > self.len && self.next_ready() {
             self.switch(self.last + 1)?;
+        }
+        if !self.dir_synced {
+            sync_dir(&self.dir)?;
+            self.dir_synced = true;
         }
         self.file.write_all_at(batch, self.size)?;
         // fdatasync also persists a grown file size, which is all the
@@ -663,8 +698,28 @@ impl Wal {
             self.start = start;
             self.size = 0;
             self.len = 0;
+            self.dir_synced = false;
+            sync_dir(&self.dir)?;
+            self.dir_synced = true;
         }
         self.since_snapshot = 0;
+        Ok(())
+    }
+
+    /// After a failed [`Wal::append`]: cuts the current log back to its last
+    /// durable record, so that whatever part of the batch reached the file
+    /// can never be replayed, and makes that durable. Needs no new
+    /// descriptor and no new block, so it works on a full disk and with no
+    /// descriptor left. The prepared rest of the log goes with it; appends
+    /// grow the file until the next prepared log.
+    pub fn repair(&mut self) -> io::Result<()> {
+        self.file.set_len(self.size)?;
+        self.file.sync_all()?;
+        self.len = self.size;
+        if !self.dir_synced {
+            sync_dir(&self.dir)?;
+            self.dir_synced = true;
+        }
         Ok(())
     }
 
@@ -693,15 +748,24 @@ impl Wal {
     /// Renames the prepared log into place as the log for revisions from
     /// `start` (replacing the current log if that is empty and has the same
     /// name) and makes the switch durable.
+    ///
+    /// Opened before it is renamed: with no descriptor left this fails with
+    /// nothing changed. Once renamed it is the log, even if making the
+    /// rename durable fails: appends retry that first (see `dir_synced`).
     fn switch(&mut self, start: Revision) -> io::Result<()> {
         let path = self.dir.join(log_file_name(start));
-        fs::rename(self.dir.join(PREPARED_TMP), &path)?;
+        let tmp = self.dir.join(PREPARED_TMP);
+        let file = OpenOptions::new().write(true).open(&tmp)?;
+        let len = file.metadata()?.len();
+        fs::rename(&tmp, &path)?;
         self.next = Next::None;
-        sync_dir(&self.dir)?;
-        self.file = OpenOptions::new().write(true).open(&path)?;
+        self.file = file;
         self.start = start;
         self.size = 0;
-        self.len = self.file.metadata()?.len();
+        self.len = len;
+        self.dir_synced = false;
+        sync_dir(&self.dir)?;
+        self.dir_synced = true;
         Ok(())
     }
 

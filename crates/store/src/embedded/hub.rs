@@ -28,6 +28,9 @@ const NOT_LAGGED: Revision = -1;
 pub(super) struct Hub {
     history: VecDeque<WatchEvent>,
     history_len: usize,
+    /// The bytes of keys and values in `history`, and the most it may hold.
+    history_bytes: usize,
+    max_history_bytes: usize,
     /// Every event with a revision above this is in `history`.
     compacted_through: Revision,
     /// The durable revision published last.
@@ -60,10 +63,17 @@ pub(super) fn lock(hub: &Mutex<Hub>) -> MutexGuard<'_, Hub> {
 impl Hub {
     /// A hub for a store recovered at `head`. History before `head` is not
     /// known after a restart, so watching from below it reports `Compacted`.
-    pub fn new(head: Revision, history_len: usize, watch_buffer: usize) -> Self {
+    pub fn new(
+        head: Revision,
+        history_len: usize,
+        max_history_bytes: usize,
+        watch_buffer: usize,
+    ) -> Self {
         Hub {
             history: VecDeque::new(),
             history_len,
+            history_bytes: 0,
+            max_history_bytes,
             compacted_through: head,
             published: head,
             subscribers: Vec::new(),
@@ -99,18 +109,21 @@ impl Hub {
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             }
         });
+        self.history_bytes += events.iter().map(event_size).sum::<usize>();
         self.history.extend(events);
-        while self.history.len() > self.history_len {
+        while self.history.len() > self.history_len || self.history_bytes > self.max_history_bytes {
             let Some(oldest) = self.history.pop_front() else {
                 break;
             };
+            self.history_bytes = self.history_bytes.saturating_sub(event_size(&oldest));
             // Drop whole revisions, so a watcher never gets half a txn.
             self.compacted_through = oldest.revision;
-            while self
+            while let Some(next) = self
                 .history
                 .front()
-                .is_some_and(|e| e.revision == oldest.revision)
+                .filter(|e| e.revision == oldest.revision)
             {
+                self.history_bytes = self.history_bytes.saturating_sub(event_size(next));
                 self.history.pop_front();
             }
         }
@@ -159,6 +172,12 @@ impl Hub {
             resume_after,
         })
     }
+}
+
+/// What an event costs the history: its key and value, and a rough
+/// allowance for the entry itself.
+fn event_size(event: &WatchEvent) -> usize {
+    event.key.len() + event.value.as_ref().map_or(0, |v| v.len()) + 48
 }
 
 /// A watch stream's state between items.

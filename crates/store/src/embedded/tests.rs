@@ -519,6 +519,155 @@ async fn write_failure_makes_the_store_unavailable() {
     assert_eq!(store.get("b").await.unwrap(), None);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_fails_for_want_of_descriptors_fails_alone_and_the_store_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let rev = put(&*store, "a", "1").await;
+    let mut feed = store.watch("", rev).await.unwrap();
+    store.inner.fail_transiently.store(1, Ordering::SeqCst);
+    let txn = Txn {
+        compares: vec![],
+        ops: vec![
+            Op::Put("a".into(), Bytes::from_static(b"changed")),
+            Op::Put("b".into(), Bytes::from_static(b"2")),
+            Op::Delete("a".into()),
+        ],
+    };
+    assert!(matches!(
+        store.txn(txn).await,
+        Err(StoreError::Unavailable(why)) if why.contains("Too many open files")
+    ));
+    // Nothing of the failed write is served, and the store says why.
+    assert!(
+        matches!(store.health(), crate::StoreHealth::Degraded(why) if why.contains("Too many open files"))
+    );
+    assert_eq!(store.get("a").await.unwrap().unwrap().value, "1");
+    assert_eq!(store.get("b").await.unwrap(), None);
+    assert_eq!(store.revision().await.unwrap(), rev);
+    // The next write is durable, with the next revision, and heals the store.
+    let next = put(&*store, "c", "3").await;
+    assert_eq!(next, rev + 1);
+    assert_eq!(store.health(), crate::StoreHealth::Ok);
+    // Watchers saw only what is durable.
+    let event = next_event(&mut feed).await;
+    assert_eq!((event.revision, event.key.as_str()), (next, "c"));
+    drop(store);
+    let store = open(dir.path()).await;
+    assert_eq!(store.revision().await.unwrap(), next);
+    assert_eq!(store.get("a").await.unwrap().unwrap().value, "1");
+    assert_eq!(store.get("b").await.unwrap(), None);
+    assert_eq!(store.get("c").await.unwrap().unwrap().value, "3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_failed_batches_the_store_holds_exactly_the_acknowledged_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    // Writers race while batches fail now and then: those decided on top of
+    // a failed batch are taken back with it.
+    let writers: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                for i in 0..60 {
+                    if i % 20 == 10 {
+                        store.inner.fail_transiently.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let key = format!("w{t}/{i}");
+                    let txn = Txn {
+                        compares: vec![],
+                        ops: vec![
+                            Op::Put(key.clone(), Bytes::from(format!("v{i}"))),
+                            Op::Put(format!("last/{t}"), Bytes::from(key.clone())),
+                        ],
+                    };
+                    match store.txn(txn).await {
+                        Ok(TxnOutcome::Committed(_)) => acknowledged.push(key),
+                        Ok(other) => panic!("no compare, yet {other:?}"),
+                        Err(StoreError::Unavailable(_)) => {}
+                        Err(e) => panic!("unexpected error {e}"),
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    let mut acknowledged = Vec::new();
+    let mut last = Vec::new();
+    for w in writers {
+        let keys = w.await.unwrap();
+        last.extend(keys.last().cloned());
+        acknowledged.extend(keys);
+    }
+    acknowledged.sort();
+    last.sort();
+    assert!(
+        acknowledged.len() > 8 * 30,
+        "most writes succeed: {}",
+        acknowledged.len()
+    );
+    assert!(acknowledged.len() < 8 * 60, "some batches failed");
+    let check = |result: RangeResult, what: &str| {
+        let written: Vec<String> = result
+            .kvs
+            .iter()
+            .filter(|kv| kv.key.starts_with('w'))
+            .map(|kv| kv.key.clone())
+            .collect();
+        assert_eq!(
+            written, acknowledged,
+            "{what}: the writes present are the acknowledged ones"
+        );
+        let mut lasts: Vec<String> = result
+            .kvs
+            .iter()
+            .filter(|kv| kv.key.starts_with("last/"))
+            .map(|kv| String::from_utf8(kv.value.to_vec()).unwrap())
+            .collect();
+        lasts.sort();
+        assert_eq!(
+            lasts, last,
+            "{what}: each writer's last pointer is its last acknowledged write"
+        );
+    };
+    check(everything(&*store).await, "in memory");
+    let head = store.revision().await.unwrap();
+    drop(store);
+    let store = open(dir.path()).await;
+    assert_eq!(store.revision().await.unwrap(), head);
+    check(everything(&*store).await, "after a restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_history_is_bounded_by_bytes_as_well_as_by_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(EmbeddedOptions {
+        history_bytes: 1 << 20,
+        ..EmbeddedOptions::new(dir.path())
+    })
+    .await
+    .unwrap();
+    let big = Bytes::from(vec![b'x'; 100 << 10]);
+    let first = put(&*store, "k/0", "small").await;
+    for i in 0..30 {
+        let txn = Txn {
+            compares: vec![],
+            ops: vec![Op::Put(format!("k/{i}"), big.clone())],
+        };
+        store.txn(txn).await.unwrap();
+    }
+    // 30 events of 100 KiB do not fit in 1 MiB: the oldest are gone.
+    assert!(matches!(
+        store.watch("", first).await,
+        Err(StoreError::Compacted { .. })
+    ));
+    let head = store.revision().await.unwrap();
+    let mut feed = store.watch("", head - 5).await.unwrap();
+    assert_eq!(next_event(&mut feed).await.revision, head - 4);
+}
+
 /// Readers never see a write before it is durable, even while a group
 /// commit is in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
