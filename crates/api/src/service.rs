@@ -724,10 +724,24 @@ impl Service {
         }
     }
 
-    /// Whether the store can serve: `Err` once a write could not be made
-    /// durable (the store then refuses everything until a restart), so that
-    /// `GET /healthz` tells a supervisor to restart the server.
+    /// Whether the store can serve: `Err` while writes fail for a reason
+    /// that can pass (degraded: reads are served, writes tried again) and
+    /// once the disk failed for good (the store then refuses everything
+    /// until a restart), so that `GET /healthz` tells a supervisor which.
     pub async fn health(&self) -> Result<(), ApiError> {
+        match self.store.health() {
+            weft_store::StoreHealth::Ok => {}
+            weft_store::StoreHealth::Degraded(why) => {
+                return Err(ApiError::ServiceUnavailable(format!(
+                    "store degraded: {why}; reads are served and writes are tried again"
+                )))
+            }
+            weft_store::StoreHealth::Failed(why) => {
+                return Err(ApiError::ServiceUnavailable(format!(
+                    "store failed: {why}; restart the server once the disk is sound"
+                )))
+            }
+        }
         self.store.revision().await?;
         Ok(())
     }
