@@ -1,4 +1,5 @@
-//! Settings of the API: identity used in ARNs and App Mesh's quotas.
+//! Settings of the API: identity used in ARNs, App Mesh's quotas, and the
+//! limits that keep one client or one request from taking the server.
 
 /// Region, account and quotas the API answers with.
 #[derive(Debug, Clone)]
@@ -11,16 +12,51 @@ pub struct ApiConfig {
     pub account: String,
     /// Per-account and per-mesh limits.
     pub quotas: Quotas,
-    /// How long a `clientToken` is remembered. SDKs retry within seconds;
-    /// an hour leaves ample room while keeping the records bounded.
+    /// How long a `clientToken` is remembered: within it, a create or update
+    /// retried with the same token and the same request answers what the
+    /// first one did, and the token reused for a different request is a
+    /// `ConflictException`; after it the token is forgotten and the request
+    /// runs as a new one. SDKs retry within seconds; an hour leaves ample room.
+    ///
+    /// A token's record holds the request's SHA-256 and the answer's
+    /// metadata (a few hundred bytes: the spec is not copied, a retry
+    /// carries it). The records are also capped by
+    /// [`ApiConfig::client_token_max_records`] and
+    /// [`ApiConfig::client_token_max_bytes`]: past either, the oldest are
+    /// forgotten first, even within the hour.
     pub client_token_ttl: std::time::Duration,
-    /// The account's request rate, as App Mesh throttles it: past it the API
-    /// answers `TooManyRequestsException` (the SDKs back off and retry).
+    /// Most `clientToken` records kept at once (default 10,000).
+    pub client_token_max_records: usize,
+    /// Most bytes of `clientToken` records kept at once, keys included
+    /// (default 8 MiB).
+    pub client_token_max_bytes: usize,
+    /// Each client's request rate, as App Mesh throttles it: past it the API
+    /// answers `TooManyRequestsException` (the SDKs back off and retry). A
+    /// client is the access key id requests are signed with (see
+    /// [`crate::throttle`]), so one client's burst does not throttle another.
     /// `None`: no limit, the default of a self-hosted control plane.
     pub rate_limit: Option<RateLimit>,
+    /// Requests one client may have in flight at once (default 64); past it
+    /// the request is answered at once with `TooManyRequestsException`
+    /// (HTTP 429), so a client flooding the API waits on itself instead of
+    /// pushing everyone's latency up. 0: no limit.
+    pub max_in_flight_per_client: usize,
+    /// Largest request body accepted, in bytes (default 256 KiB; the largest
+    /// real App Mesh specs are a few KB). A larger one is answered
+    /// `BadRequestException`.
+    pub max_body_bytes: usize,
 }
 
-/// A token bucket over every App Mesh request of the account.
+/// Default of [`ApiConfig::max_body_bytes`]: 256 KiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+/// Default of [`ApiConfig::max_in_flight_per_client`].
+pub const DEFAULT_MAX_IN_FLIGHT_PER_CLIENT: usize = 64;
+/// Default of [`ApiConfig::client_token_max_records`].
+pub const DEFAULT_CLIENT_TOKEN_MAX_RECORDS: usize = 10_000;
+/// Default of [`ApiConfig::client_token_max_bytes`]: 8 MiB.
+pub const DEFAULT_CLIENT_TOKEN_MAX_BYTES: usize = 8 * 1024 * 1024;
+
+/// A token bucket over the App Mesh requests of one client.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimit {
     /// Sustained requests per second.
@@ -37,7 +73,11 @@ impl Default for ApiConfig {
             account: "000000000000".into(),
             quotas: Quotas::default(),
             client_token_ttl: std::time::Duration::from_secs(3600),
+            client_token_max_records: DEFAULT_CLIENT_TOKEN_MAX_RECORDS,
+            client_token_max_bytes: DEFAULT_CLIENT_TOKEN_MAX_BYTES,
             rate_limit: None,
+            max_in_flight_per_client: DEFAULT_MAX_IN_FLIGHT_PER_CLIENT,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
     }
 }

@@ -3,12 +3,19 @@
 //! path labels and query parameters are merged with the JSON body into the
 //! operation's input shape, the input is checked against the model, and the
 //! output's `payload` member (if any) becomes the response body.
+//!
+//! Before any of that, the request's client is admitted under its own limits
+//! (see [`crate::throttle`]), and the body is read under
+//! [`crate::ApiConfig::max_body_bytes`]; every refusal, whatever stage gives
+//! it, is an App Mesh error (`x-amzn-ErrorType` and a JSON `message`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -18,8 +25,10 @@ use serde_json::{Map, Value};
 use weft_model::schema::{Location, ShapeKind};
 use weft_model::{schema, validate_input};
 
+use crate::body::read_limited;
 use crate::error::ApiError;
 use crate::service::{Output, Service};
+use crate::throttle::ClientId;
 
 /// Builds the input shape of `operation` from the request's parts.
 fn build_input(
@@ -139,15 +148,41 @@ fn render_output(operation: &str, output: Output) -> Result<Response, ApiError> 
 async fn handle(
     service: Service,
     operation: &'static str,
-    labels: HashMap<String, String>,
-    query: HashMap<String, String>,
-    body: Bytes,
+    labels: Result<Path<HashMap<String, String>>, PathRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    service.admit()?;
+    let (parts, body) = request.into_parts();
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr);
+    let client = ClientId::of(&parts.headers, peer);
+    // Held until the answer is built: the request is in flight until then.
+    let _permit = service.admit(&client)?;
+    let labels = match labels {
+        Ok(Path(labels)) => labels,
+        // Operations without path labels have none to extract.
+        Err(PathRejection::MissingPathParams(_)) => HashMap::new(),
+        Err(e) => return Err(ApiError::BadRequest(e.body_text())),
+    };
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let body = read_body(&service, &parts.headers, body).await?;
     let input = build_input(operation, &labels, &query, &body)?;
     validate_input(operation, &input)?;
     let output = service.respond(operation, input).await?;
     render_output(operation, output)
+}
+
+/// The request body, read under the configured limit.
+async fn read_body(
+    service: &Service,
+    headers: &axum::http::HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
+    read_limited(headers, body, service.config().max_body_bytes)
+        .await
+        .map_err(|refusal| ApiError::BadRequest(refusal.message()))
 }
 
 fn method_filter(method: &str) -> MethodFilter {
@@ -193,11 +228,10 @@ pub fn router(service: Service) -> Router {
     for op in model.operations.values() {
         let name: &'static str = Box::leak(op.name.clone().into_boxed_str());
         let handler = move |State(service): State<Service>,
-                            labels: Option<Path<HashMap<String, String>>>,
-                            Query(query): Query<HashMap<String, String>>,
-                            body: Bytes| async move {
-            let labels = labels.map(|Path(l)| l).unwrap_or_default();
-            handle(service, name, labels, query, body).await
+                            labels: Result<Path<HashMap<String, String>>, PathRejection>,
+                            query: Result<Query<HashMap<String, String>>, QueryRejection>,
+                            request: Request| async move {
+            handle(service, name, labels, query, request).await
         };
         let entry = paths.remove(&op.uri).unwrap_or_default();
         paths.insert(op.uri.clone(), entry.on(method_filter(&op.method), handler));

@@ -4,9 +4,11 @@
 //! Requests are SigV4-signed by the SDKs; Weft does not check signatures yet,
 //! so any credentials are accepted.
 
+pub mod body;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod ledger;
 pub mod service;
 pub mod throttle;
 

@@ -29,7 +29,8 @@ use weft_store::{Compare, KeyValue, Op, Range, Revision, SharedStore, Txn, TxnOu
 
 use crate::config::ApiConfig;
 use crate::error::ApiError;
-use crate::throttle::Throttle;
+use crate::ledger::{Caps, Ledger};
+use crate::throttle::{Admission, ClientId, Limits, Permit};
 use weft_model::keys;
 use weft_model::kind::{Action, Kind, ResourceId};
 use weft_model::StoredRecord as Record;
@@ -146,18 +147,31 @@ impl<'a> ListedData<'a> {
 }
 
 /// What a `clientToken` remembers: the request it came with (see
-/// [`Fingerprint`]) and the answer given, as stored JSON
-/// `{"request": "sha256:…", "output": …, "at": …}`; read borrowing the
-/// stored bytes.
+/// [`Fingerprint`]) and what the answer needs beyond the request, as stored
+/// JSON `{"request": "sha256:…", "metadata": {…}, "at": …}`, with `"spec"`
+/// only when the answer's spec is not the request's (an UpdateMesh without
+/// one keeps the mesh's); read borrowing the stored bytes. A replay rebuilds
+/// the answer from the resource's names, this metadata and the retried
+/// request's spec (the same request: its digest matched), so a record is a
+/// few hundred bytes whatever the spec's size.
+///
+/// Records written before held the whole answer in `output`; they still
+/// replay from it.
 #[derive(Deserialize)]
 struct TokenRecord<'a> {
     /// The request's digest (records written before held the fingerprint
     /// itself: see [`TokenRecord::same_request`]).
     #[serde(borrow)]
     request: &'a RawValue,
-    /// The output shape answered.
-    #[serde(borrow)]
-    output: &'a RawValue,
+    /// The answer's `metadata`.
+    #[serde(borrow, default)]
+    metadata: Option<&'a RawValue>,
+    /// The answer's spec, when the request had none.
+    #[serde(borrow, default)]
+    spec: Option<&'a RawValue>,
+    /// The whole output shape answered (older records).
+    #[serde(borrow, default)]
+    output: Option<&'a RawValue>,
     /// When the token was first used (epoch seconds).
     #[serde(default)]
     at: f64,
@@ -414,8 +428,10 @@ pub struct Service {
     refs: Arc<RefCache>,
     /// Writers of one mesh take turns here (see [`Service::lock_mesh`]).
     write_locks: Arc<[tokio::sync::Mutex<()>]>,
-    /// The account's request rate limit, if one is set.
-    throttle: Option<Arc<Throttle>>,
+    /// Per-client rate and in-flight limits.
+    admission: Arc<Admission>,
+    /// The cap on `clientToken` records.
+    tokens: Arc<Ledger>,
 }
 
 /// How many locks the meshes' writers are spread over.
@@ -657,9 +673,17 @@ impl Service {
     pub fn new(store: SharedStore, config: ApiConfig) -> Self {
         Service {
             store,
-            throttle: config
-                .rate_limit
-                .map(|limit| Arc::new(Throttle::new(limit))),
+            admission: Admission::new(Limits {
+                rate: config.rate_limit,
+                max_in_flight: config.max_in_flight_per_client,
+            }),
+            tokens: Arc::new(Ledger::new(
+                keys::TOKEN_PREFIX,
+                Caps {
+                    max_records: config.client_token_max_records,
+                    max_bytes: config.client_token_max_bytes,
+                },
+            )),
             config: Arc::new(config),
             refs: Arc::new(RefCache::default()),
             write_locks: (0..WRITE_LOCKS)
@@ -673,13 +697,13 @@ impl Service {
         &self.config
     }
 
-    /// Admits one App Mesh request under the account's rate limit, or
-    /// answers `TooManyRequestsException` as App Mesh's throttling does.
-    pub fn admit(&self) -> Result<(), ApiError> {
-        match &self.throttle {
-            Some(t) if !t.admit() => Err(ApiError::TooManyRequests("Rate exceeded".into())),
-            _ => Ok(()),
-        }
+    /// Admits one App Mesh request of `client` under its rate and in-flight
+    /// limits, or answers `TooManyRequestsException` as App Mesh's
+    /// throttling does. The request counts as in flight while the permit lives.
+    pub fn admit(&self, client: &ClientId) -> Result<Permit, ApiError> {
+        self.admission
+            .admit(client)
+            .map_err(|refusal| ApiError::TooManyRequests(refusal.message()))
     }
 
     /// Runs one operation on its merged, model-validated input and returns
@@ -857,8 +881,10 @@ impl Service {
         operation: &str,
         token: Option<&str>,
         request: &Fingerprint,
-        member: &'static str,
+        id: &ResourceId,
+        spec: Option<&[u8]>,
     ) -> Result<Option<Output>, ApiError> {
+        let member = id.kind.payload_member();
         let Some(token) = token else { return Ok(None) };
         let Some(kv) = self
             .store
@@ -879,41 +905,70 @@ impl Service {
                 "clientToken {token} was already used with a different {operation} request"
             )));
         }
-        let output: RawMembers = serde_json::from_str(record.output.get()).map_err(unreadable)?;
-        Ok(Some(match output.get(member) {
-            Some(payload) if output.0.len() == 1 => Output::Payload {
-                member,
-                body: kv.value.slice_ref(payload.get().as_bytes()),
-            },
-            _ => Output::Json(kv.value.slice_ref(record.output.get().as_bytes())),
+        if let Some(output) = record.output {
+            let members: RawMembers = serde_json::from_str(output.get()).map_err(unreadable)?;
+            return Ok(Some(match members.get(member) {
+                Some(payload) if members.0.len() == 1 => Output::Payload {
+                    member,
+                    body: kv.value.slice_ref(payload.get().as_bytes()),
+                },
+                _ => Output::Json(kv.value.slice_ref(output.get().as_bytes())),
+            }));
+        }
+        let metadata = record.metadata.map_or("{}", RawValue::get).as_bytes();
+        let spec = match (record.spec, spec) {
+            (Some(kept), _) => kept.get().as_bytes(),
+            (None, Some(spec)) => spec,
+            (None, None) => b"{}",
+        };
+        Ok(Some(Output::Payload {
+            member,
+            body: Bytes::from(Self::data_bytes(id, metadata, spec)?),
         }))
     }
 
-    /// The op that remembers a `clientToken`'s request and the answer given:
-    /// the output shape whose payload member `member` is `payload` (JSON).
+    /// The op that remembers a `clientToken`'s request and what its answer
+    /// needs besides the request (see [`TokenRecord`]): the answer's
+    /// `metadata`, and its spec when the request carried none (`kept_spec`).
     fn token_op(
         &self,
         operation: &str,
         token: Option<&str>,
         request: &Fingerprint,
-        member: &str,
-        payload: &[u8],
+        metadata: &[u8],
+        kept_spec: Option<&[u8]>,
     ) -> Result<Option<Op>, ApiError> {
         let Some(token) = token else { return Ok(None) };
-        let mut out = Vec::with_capacity(member.len() + payload.len() + 128);
+        let extra = kept_spec.map_or(0, <[u8]>::len);
+        let mut out = Vec::with_capacity(metadata.len() + extra + 128);
         out.extend_from_slice(b"{\"request\":\"sha256:");
         out.extend_from_slice(request.digest.as_bytes());
-        out.extend_from_slice(b"\",\"output\":{");
-        write_json(&mut out, member)?;
-        out.push(b':');
-        out.extend_from_slice(payload);
-        out.extend_from_slice(b"},\"at\":");
+        out.extend_from_slice(b"\",\"metadata\":");
+        out.extend_from_slice(metadata);
+        if let Some(spec) = kept_spec {
+            out.extend_from_slice(b",\"spec\":");
+            out.extend_from_slice(spec);
+        }
+        out.extend_from_slice(b",\"at\":");
         write_json(&mut out, &now())?;
         out.push(b'}');
         Ok(Some(Op::Put(
             keys::token(operation, token),
             Bytes::from(out),
         )))
+    }
+
+    /// Notes a token record just committed at `revision`, so that the
+    /// records stay within their caps (see [`ApiConfig::client_token_max_records`]).
+    async fn note_token(&self, op: Option<&Op>, revision: Revision) {
+        let Some(Op::Put(key, value)) = op else {
+            return;
+        };
+        let size = key.len() + value.len();
+        if let Err(e) = self.tokens.note(&self.store, key, revision, size).await {
+            // The write stands; the cap is applied at the next one.
+            tracing::warn!(error = %e, "capping client token records failed");
+        }
     }
 
     /// Takes the turn of writers in `mesh`: held from the read of the mesh's
@@ -930,22 +985,23 @@ impl Service {
 
     /// Commits a write decided under `turn` (see [`Service::lock_mesh`]):
     /// releases the turn as soon as the transaction is decided, then waits
-    /// until it is durable. `false` if a compare failed (nothing written).
+    /// until it is durable. The revision written at; `None` if a compare
+    /// failed (nothing written).
     async fn commit_turn(
         &self,
         turn: tokio::sync::MutexGuard<'_, ()>,
         compares: Vec<Compare>,
         ops: Vec<Op>,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<Option<Revision>, ApiError> {
         let (outcome, durable) = self.store.txn_deferred(Txn { compares, ops }).await?;
         drop(turn);
         match outcome {
-            TxnOutcome::Committed(_) => {
+            TxnOutcome::Committed(revision) => {
                 durable.await?;
-                Ok(true)
+                Ok(Some(revision))
             }
             // Retried at once: the retry's own commit waits for durability.
-            TxnOutcome::Conflict(_) => Ok(false),
+            TxnOutcome::Conflict(_) => Ok(None),
         }
     }
 
@@ -1141,13 +1197,17 @@ impl Service {
         // answer, the idempotency record) is built before taking the turn:
         // writers of a mesh wait for each other only while they read and
         // decide.
-        let data = Bytes::from(self.new_data(id, &spec_json)?);
+        let (data, metadata) = self.new_data(id, &spec_json)?;
+        let data = Bytes::from(data);
         let record = record_bytes(&data, &tags);
-        let token_op = self.token_op(op, token, &request, member, &data)?;
+        let token_op = self.token_op(op, token, &request, &metadata, None)?;
         for _ in 0..MAX_ATTEMPTS {
             let turn = self.lock_mesh(&id.mesh).await;
             let guard = self.guard(&id.mesh).await?;
-            if let Some(out) = self.replay(op, token, &request, member).await? {
+            if let Some(out) = self
+                .replay(op, token, &request, id, Some(&spec_json))
+                .await?
+            {
                 drop(turn);
                 self.store.sync().await?;
                 return Ok(out);
@@ -1206,15 +1266,17 @@ impl Service {
                 compares.push(compare);
                 ops.push(Op::Put(keys::MESHES_GUARD.to_string(), Bytes::new()));
             }
-            if self.commit_turn(turn, compares, ops).await? {
+            if let Some(revision) = self.commit_turn(turn, compares, ops).await? {
+                self.note_token(token_op.as_ref(), revision).await;
                 return Ok(Output::Payload { member, body: data });
             }
         }
         Err(Self::contention(id))
     }
 
-    /// The `…Data` shape of a resource created now with spec `spec_json`.
-    fn new_data(&self, id: &ResourceId, spec_json: &[u8]) -> Result<Vec<u8>, ApiError> {
+    /// The `…Data` shape of a resource created now with spec `spec_json`,
+    /// and its `metadata` member.
+    fn new_data(&self, id: &ResourceId, spec_json: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ApiError> {
         let t = json_bytes(&now())?;
         let account = json_bytes(&self.config.account)?;
         let arn = json_bytes(&self.arn(id))?;
@@ -1232,6 +1294,12 @@ impl Service {
                 ("version", b"1"),
             ],
         )?;
+        let data = Self::data_bytes(id, &metadata, spec_json)?;
+        Ok((data, metadata))
+    }
+
+    /// The `…Data` shape of an active resource from its parts, as JSON.
+    fn data_bytes(id: &ResourceId, metadata: &[u8], spec_json: &[u8]) -> Result<Vec<u8>, ApiError> {
         let mesh = json_bytes(&id.mesh)?;
         let name = json_bytes(&id.name)?;
         let parent = match &id.parent {
@@ -1243,7 +1311,7 @@ impl Service {
             members.push((p.name_member(), parent));
         }
         members.push((id.kind.name_member(), &name));
-        members.push(("metadata", &metadata));
+        members.push(("metadata", metadata));
         members.push(("spec", spec_json));
         members.push(("status", br#"{"status":"ACTIVE"}"#));
         let mut data = Vec::with_capacity(spec_json.len() + metadata.len() + 128);
@@ -1277,7 +1345,10 @@ impl Service {
         for _ in 0..MAX_ATTEMPTS {
             let turn = self.lock_mesh(&id.mesh).await;
             let guard = self.guard(&id.mesh).await?;
-            if let Some(out) = self.replay(op, token, &request, member).await? {
+            if let Some(out) = self
+                .replay(op, token, &request, id, new_spec_json.as_deref())
+                .await?
+            {
                 drop(turn);
                 self.store.sync().await?;
                 return Ok(out);
@@ -1347,12 +1418,17 @@ impl Service {
                 Op::Put(key.clone(), record_bytes(&data, tags)),
                 guard.bump(guard.counts)?,
             ];
-            ops.extend(self.token_op(op, token, &request, member, &data)?);
+            let stored_metadata = stored.data.get("metadata").map(|m| m.get().as_bytes());
+            let answered_metadata = metadata.as_deref().or(stored_metadata).unwrap_or(b"{}");
+            let kept = kept_spec.is_some().then_some(spec_json);
+            let token_op = self.token_op(op, token, &request, answered_metadata, kept)?;
+            ops.extend(token_op.clone());
             let compares = vec![
                 guard.compare,
                 Compare::ModRevision(key.clone(), kv.mod_revision),
             ];
-            if self.commit_turn(turn, compares, ops).await? {
+            if let Some(revision) = self.commit_turn(turn, compares, ops).await? {
+                self.note_token(token_op.as_ref(), revision).await;
                 return Ok(Output::Payload { member, body: data });
             }
         }
@@ -1496,7 +1572,7 @@ impl Service {
                 guard.compare,
                 Compare::ModRevision(key.clone(), kv.mod_revision),
             ];
-            if self.commit_turn(turn, compares, ops).await? {
+            if self.commit_turn(turn, compares, ops).await?.is_some() {
                 self.refs.remove(&key);
                 if let Some(data) = record.data.as_object_mut() {
                     data.insert("status".into(), json!({ "status": "DELETED" }));
@@ -1512,7 +1588,7 @@ impl Service {
     /// so that the tokens SDKs attach to every write do not pile up.
     pub async fn sweep_expired_tokens(&self, at: f64) -> Result<usize, ApiError> {
         let ttl = self.config.client_token_ttl.as_secs_f64();
-        let result = self.store.range(Range::prefix("token/")).await?;
+        let result = self.store.range(Range::prefix(keys::TOKEN_PREFIX)).await?;
         let mut expired = Vec::new();
         for kv in &result.kvs {
             let stale = match serde_json::from_slice::<TokenAge>(&kv.value) {
@@ -1523,7 +1599,17 @@ impl Service {
                 expired.push(kv);
             }
         }
-        Ok(weft_store::delete_unchanged(&*self.store, &expired).await?)
+        let removed = weft_store::delete_unchanged(&*self.store, &expired).await?;
+        if removed > 0 {
+            self.tokens.reset().await;
+        }
+        Ok(removed)
+    }
+
+    /// How many `clientToken` records the cap knows of, and their bytes
+    /// (keys included); `(0, 0)` until the first write with a token.
+    pub async fn token_usage(&self) -> (usize, usize) {
+        self.tokens.usage().await
     }
 
     fn limit(input: &Value, default: usize) -> usize {
@@ -1640,6 +1726,10 @@ impl Service {
             .into_iter()
             .chain(kind.parent().map(Kind::name_member))
         {
+            // A mesh's own name member is `meshName`: written once.
+            if members.iter().any(|(name, _)| *name == member) {
+                continue;
+            }
             if let Some(v) = data.name(member) {
                 members.push((member, v));
             }
@@ -1704,7 +1794,7 @@ impl Service {
                 guard.compare,
                 Compare::ModRevision(key.clone(), kv.mod_revision),
             ];
-            if self.commit_turn(turn, compares, ops).await? {
+            if self.commit_turn(turn, compares, ops).await?.is_some() {
                 return Ok(json!({}));
             }
         }

@@ -73,9 +73,12 @@ pub fn guard(mesh: &str) -> String {
 /// the account's mesh count exact when they race.
 pub const MESHES_GUARD: &str = "account/meshes";
 
+/// The prefix of every idempotency record.
+pub const TOKEN_PREFIX: &str = "token/";
+
 /// An idempotency record.
 pub fn token(operation: &str, token: &str) -> String {
-    format!("token/{operation}/{}", escape(token))
+    format!("{TOKEN_PREFIX}{operation}/{}", escape(token))
 }
 
 #[cfg(test)]
