@@ -1059,8 +1059,10 @@ impl Runtime {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, "loading the meshes failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    continue;
+                    tokio::select! {
+                        _ = &mut shutdown => return,
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                    }
                 }
             };
             // After a (re)load every proxy is recomputed.

@@ -135,7 +135,7 @@ fn main() -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async {
+    let outcome = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(args, shutdown_signal()).await,
             Command::Demo(args) => demo::run(args, shutdown_signal()).await,
@@ -146,5 +146,9 @@ fn main() -> Result<()> {
                 Ok(())
             }
         }
-    })
+    });
+    // Dropping a runtime waits for its blocking tasks without bound: a
+    // shutdown must end even if one is stuck (on a hung disk, say).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    outcome
 }

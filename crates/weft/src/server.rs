@@ -52,6 +52,19 @@ pub struct ServerArgs {
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` also works.
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log: String,
+    /// Connections the App Mesh / Cloud Map API listener holds at once. At
+    /// the cap, the connection idle the longest is closed to make room; if
+    /// every one is busy, a new one is answered 503. Lowered to fit the
+    /// process's open-file limit.
+    #[arg(long, env = "WEFT_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Connections (Envoys) the xDS listener holds at once; past it new
+    /// ones are closed and Envoy retries. Lowered to fit the open-file limit.
+    #[arg(long, env = "WEFT_XDS_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub xds_max_connections: usize,
+    /// Seconds an API connection may stay open with no request in flight.
+    #[arg(long, env = "WEFT_IDLE_TIMEOUT", default_value_t = 60.0)]
+    pub idle_timeout: f64,
     /// Bytes the store's log segments are zero-filled ahead of use (0: logs
     /// grow by appending). A tuning knob for benchmarks, not for users.
     #[arg(long, env = "WEFT_STORE_SEGMENT_SIZE", default_value_t = weft_store::DEFAULT_SEGMENT_SIZE, hide = true)]
@@ -84,6 +97,9 @@ impl ServerArgs {
             api_burst: None,
             log: "info".into(),
             proxy_idle_ttl: control_plane::DEFAULT_IDLE_CLASS_TTL.as_secs_f64(),
+            max_connections: 1024,
+            xds_max_connections: 20_000,
+            idle_timeout: 60.0,
             store_segment_size: weft_store::DEFAULT_SEGMENT_SIZE,
         }
     }
@@ -110,9 +126,51 @@ fn config(args: &ServerArgs) -> Result<ApiConfig> {
     })
 }
 
+/// The limits of the API and xDS listeners under the process's open-file
+/// limit (raised to its hard limit first).
+fn listener_limits(args: &ServerArgs) -> Result<(weft_listen::Limits, weft_listen::Limits)> {
+    let idle_timeout = Duration::try_from_secs_f64(args.idle_timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--idle-timeout must be a positive number of seconds, got {}",
+                args.idle_timeout
+            )
+        })?;
+    if args.max_connections == 0 || args.xds_max_connections == 0 {
+        bail!("--max-connections and --xds-max-connections must be at least 1");
+    }
+    let limit = weft_listen::descriptors::raise_descriptor_limit();
+    let (api, xds) = weft_listen::descriptors::connection_caps(
+        limit,
+        args.max_connections,
+        args.xds_max_connections,
+    );
+    if (api, xds) != (args.max_connections, args.xds_max_connections) {
+        tracing::warn!(
+            open_file_limit = limit,
+            api_connections = api,
+            xds_connections = xds,
+            "the open-file limit is too low for the connection caps asked for; lowered them"
+        );
+    }
+    let api = weft_listen::Limits {
+        max_connections: api,
+        idle_timeout,
+        ..weft_listen::Limits::default()
+    };
+    let xds = weft_listen::Limits {
+        max_connections: xds,
+        ..weft_listen::Limits::default()
+    };
+    Ok((api, xds))
+}
+
 /// Opens the store, binds both listeners and starts serving.
 pub async fn start(args: &ServerArgs) -> Result<ControlPlane> {
     let config = config(args)?;
+    let (api_limits, xds_limits) = listener_limits(args)?;
     let store = EmbeddedStore::open(EmbeddedOptions {
         segment_size: args.store_segment_size,
         ..EmbeddedOptions::new(&args.data_dir)
@@ -149,7 +207,8 @@ pub async fn start(args: &ServerArgs) -> Result<ControlPlane> {
         let ads = ads.clone();
         let stop = stopped(stop_rx.clone());
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = ads.serve(xds_listener, stop).await {
+            let incoming = weft_listen::grpc::incoming(xds_listener, xds_limits);
+            if let Err(e) = ads.serve_incoming(incoming, stop).await {
                 tracing::warn!(error = %e, "xDS server ended with an error");
             }
         }));
@@ -196,21 +255,9 @@ pub async fn start(args: &ServerArgs) -> Result<ControlPlane> {
         .merge(proxy_status::router(ads));
     {
         let stop = stopped(stop_rx);
-        tasks.push(tokio::spawn(async move {
-            // TCP_NODELAY: an answer is written whole, and must not wait
-            // for the ACK of a previous segment (Nagle) when it spans several.
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
-                }
-            });
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::warn!(error = %e, "API server ended with an error");
-            }
-        }));
+        tasks.push(tokio::spawn(weft_listen::http::serve(
+            listener, app, api_limits, stop,
+        )));
     }
     tracing::info!(%api_addr, %xds_addr, data_dir = %args.data_dir.display(), "control plane listening");
     Ok(ControlPlane {
@@ -222,12 +269,27 @@ pub async fn start(args: &ServerArgs) -> Result<ControlPlane> {
     })
 }
 
+/// How long a stopping control plane waits for its tasks: past this, what
+/// is still running (a request stuck on a hung disk, say) is abandoned, so
+/// that SIGTERM always ends the process.
+pub const STOP_BOUND: Duration = Duration::from_secs(10);
+
 impl ControlPlane {
-    /// Stops serving and waits for every task to end.
+    /// Stops serving and waits for every task to end, for at most
+    /// [`STOP_BOUND`].
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
+        let tasks = self.tasks;
+        let all = async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(STOP_BOUND, all).await.is_err() {
+            tracing::warn!(
+                bound_secs = STOP_BOUND.as_secs(),
+                "some tasks did not stop in time; exiting without them"
+            );
         }
     }
 }

@@ -1,8 +1,9 @@
 //! A full disk under a real `weft server`, driven through the AWS SDK: a write
 //! that cannot be made durable answers `ServiceUnavailableException` (so the
-//! SDKs' retry logic treats it as transient), the server refuses to serve a
-//! state it could not persist and `GET /healthz` fails, and after a restart
-//! with room again every acknowledged write is there and writes work.
+//! SDKs' retry logic treats it as transient), the server serves only what is
+//! durable and `GET /healthz` says it is degraded; once the disk has room
+//! again writes work without a restart, and after a `kill -9` every
+//! acknowledged write is there.
 //!
 //! The disk is a small tmpfs mounted for the test (the tests run as root, as
 //! the README says).
@@ -66,8 +67,14 @@ async fn healthz(addr: &str) -> u16 {
         .as_u16()
 }
 
+async fn healthz_body(addr: &str) -> (u16, String) {
+    let response = reqwest::get(format!("{addr}/healthz")).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
 #[tokio::test]
-async fn a_full_disk_answers_service_unavailable_and_loses_no_acknowledged_write() {
+async fn a_full_disk_fails_writes_until_there_is_room_and_loses_no_acknowledged_write() {
     let disk = SmallDisk::mount("256k");
     let data = disk.path().join("data");
     let mut server = WeftServer::start_in(&data, &["--quota", "virtual-nodes-per-mesh=100000"]);
@@ -107,22 +114,49 @@ async fn a_full_disk_answers_service_unavailable_and_loses_no_acknowledged_write
         "the write that did not fit after {} nodes",
         acknowledged.len()
     );
-    // The server does not serve a state it could not make durable: reads are
-    // refused too until it is restarted.
+    // The refused write is not served; what is durable still is.
+    let refused = client
+        .describe_virtual_node()
+        .mesh_name("full")
+        .virtual_node_name(format!("node-{:05}", acknowledged.len()))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&refused), "NotFoundException");
     let read = client
         .describe_virtual_node()
         .mesh_name("full")
         .virtual_node_name(&acknowledged[0])
         .send()
         .await
-        .unwrap_err();
-    assert_eq!(error_code(&read), "ServiceUnavailableException");
-    // …and says so to a supervisor.
-    assert_eq!(healthz(&server.addr).await, 503);
+        .unwrap();
+    assert_eq!(
+        read.virtual_node().unwrap().virtual_node_name(),
+        acknowledged[0]
+    );
+    // A supervisor is told the store is degraded, and why.
+    let (status, body) = healthz_body(&server.addr).await;
+    assert_eq!(status, 503);
+    assert!(
+        body.contains("degraded") && body.contains("No space left"),
+        "{body}"
+    );
 
-    // Room again, and a restart: every acknowledged node is there, writes work.
-    server.kill9();
+    // Room again: writes work without a restart, and the server is healthy.
     disk.resize("16m");
+    client
+        .create_virtual_node()
+        .mesh_name("full")
+        .virtual_node_name("after-room")
+        .spec(dns_node_spec("after.example", 8080))
+        .send()
+        .await
+        .unwrap();
+    acknowledged.push("after-room".into());
+    assert_eq!(healthz(&server.addr).await, 200);
+
+    // And after a kill -9, every acknowledged node is there.
+    server.kill9();
     let server = WeftServer::start_in(&data, &["--quota", "virtual-nodes-per-mesh=100000"]);
     let client = server.client();
     assert_eq!(healthz(&server.addr).await, 200);
@@ -136,13 +170,5 @@ async fn a_full_disk_answers_service_unavailable_and_loses_no_acknowledged_write
             .unwrap_or_else(|e| panic!("acknowledged {name} lost: {e:?}"));
         assert_eq!(node.virtual_node().unwrap().virtual_node_name(), name);
     }
-    client
-        .create_virtual_node()
-        .mesh_name("full")
-        .virtual_node_name("after-restart")
-        .spec(dns_node_spec("after.example", 8080))
-        .send()
-        .await
-        .unwrap();
     drop(server);
 }

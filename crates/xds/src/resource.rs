@@ -14,6 +14,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener as XdsListener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration as XdsRouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier as XdsRouteSpecifier;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager as XdsHttpConnectionManager;
+#[cfg(any(test, feature = "testing"))]
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
 use prost::{Message, Name};

@@ -220,6 +220,29 @@ impl AdsServer {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), XdsError> {
+        self.serve_incoming(TcpListenerStream::new(listener), shutdown)
+            .await
+    }
+
+    /// Serves ADS on the connections `incoming` yields (a listener with
+    /// limits of its own) until `shutdown` completes; then ends all streams
+    /// and returns.
+    pub async fn serve_incoming<I, IO, IE>(
+        &self,
+        incoming: I,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), XdsError>
+    where
+        I: futures::Stream<Item = Result<IO, IE>> + Send,
+        IO: tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + tonic::transport::server::Connected
+            + Unpin
+            + Send
+            + 'static,
+        IO::ConnectInfo: Clone + Send + Sync + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let this = self.clone();
         let shutdown = async move {
             shutdown.await;
@@ -227,10 +250,12 @@ impl AdsServer {
             this.close_streams();
         };
         tonic::transport::Server::builder()
-            // Detect dead peers on long-lived streams.
+            // Detect dead peers on long-lived streams: a ping every 30 s,
+            // and the connection closed if one goes unanswered for 20 s.
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
             .add_service(self.service())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;
         Ok(())
     }

@@ -1,0 +1,93 @@
+//! Connection hygiene for Weft's listeners, so that a client holding or
+//! flooding connections costs itself and not the others:
+//!
+//! - [`descriptors`]: the process's descriptor limit is raised to its hard
+//!   limit at start, and a share of it is kept back for the store and the
+//!   process itself; listeners get the rest as connection caps.
+//! - [`http`]: the App Mesh and Cloud Map API listener (HTTP/1.1): a
+//!   request head must arrive within a deadline, idle keep-alive
+//!   connections are closed, a request (body included) has a deadline, and
+//!   at the cap the longest-idle connection makes room for a new one, or
+//!   the new one is refused with `503 ServiceUnavailableException`.
+//! - [`grpc`]: the xDS listener (HTTP/2): a connection must send its first
+//!   request bytes within a deadline, and past the cap new connections are
+//!   closed at once (Envoy reconnects with backoff).
+
+pub mod descriptors;
+pub mod grpc;
+pub mod http;
+
+use std::time::Duration;
+
+/// Limits of one listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections held open at once.
+    pub max_connections: usize,
+    /// HTTP/1.1: time to send a whole request head. HTTP/2: time to send the
+    /// connection preface and the first frame header.
+    pub header_read_timeout: Duration,
+    /// HTTP/1.1: a connection with no request in flight for this long is
+    /// closed. (HTTP/2 streams of xDS are long-lived; dead peers there are
+    /// found by keepalive pings instead.)
+    pub idle_timeout: Duration,
+    /// HTTP/1.1: time to read a request's body and answer it.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    /// 1,024 connections, 10 s for a request head, 60 s idle (what AWS's
+    /// load balancers allow by default), 30 s per request.
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Logs at most one warning per period for a recurring condition (a full
+/// listener, a failing `accept`), so that a flood cannot flood the log too.
+#[derive(Debug)]
+pub(crate) struct Throttled {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+    suppressed: std::sync::atomic::AtomicU64,
+    period: Duration,
+}
+
+impl Throttled {
+    pub(crate) fn new(period: Duration) -> Self {
+        Throttled {
+            last: std::sync::Mutex::new(None),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+            period,
+        }
+    }
+
+    /// Returns how many were suppressed since the last one if it is time to
+    /// log again, else `None`.
+    pub(crate) fn due(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let now = std::time::Instant::now();
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match *last {
+            Some(at) if now.duration_since(at) < self.period => {
+                self.suppressed.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            _ => {
+                *last = Some(now);
+                Some(self.suppressed.swap(0, Ordering::Relaxed))
+            }
+        }
+    }
+}
+
+/// Pause after a failed `accept` (out of descriptors, most likely) before
+/// the next: the listener stays readable, so retrying at once would spin.
+pub(crate) const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
