@@ -16,9 +16,17 @@
 //!
 //! The router sets no fallback and no `/healthz`, so it merges into the App
 //! Mesh API's router (whose paths all start with `/v20190125`).
+//!
+//! Each request is first admitted under its client's own limits (see
+//! [`weft_api::throttle`]; past them, `RequestLimitExceeded`, HTTP 429), and
+//! its body is read under [`crate::RegistryConfig::max_body_bytes`] (past it,
+//! `InvalidInput`): both answered in the request's protocol like any error.
+
+use std::net::SocketAddr;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -29,6 +37,27 @@ use serde_json::{Map, Number, Value};
 use crate::error::RegistryError;
 use crate::model::{schema, validate_input, ShapeKind, OPERATIONS};
 use crate::service::RegistryService;
+use weft_api::body::read_limited;
+use weft_api::throttle::{ClientId, Permit};
+
+/// Admits `request`'s client and reads its body under the limit: the
+/// headers, the body, and the permit that keeps the request counted as in
+/// flight until it is dropped.
+async fn admit_and_read(
+    service: &RegistryService,
+    request: Request,
+) -> Result<(HeaderMap, Bytes, Permit), RegistryError> {
+    let (parts, body) = request.into_parts();
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr);
+    let permit = service.admit(&ClientId::of(&parts.headers, peer))?;
+    let body = read_limited(&parts.headers, body, service.config().max_body_bytes)
+        .await
+        .map_err(|refusal| RegistryError::InvalidInput(refusal.message()))?;
+    Ok((parts.headers, body, permit))
+}
 
 /// `Content-Type` of awsJson 1.1 requests and responses.
 pub const JSON_CONTENT_TYPE: &str = "application/x-amz-json-1.1";
@@ -76,11 +105,11 @@ async fn run(
 
 // ----- awsJson 1.1 -----
 
-async fn json_rpc(
-    State(service): State<RegistryService>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn json_rpc(State(service): State<RegistryService>, request: Request) -> Response {
+    let (headers, body, _permit) = match admit_and_read(&service, request).await {
+        Ok(read) => read,
+        Err(e) => return json_error(&e),
+    };
     match json_call(&service, &headers, &body).await {
         Ok(out) => {
             let body = out.unwrap_or_else(|| Value::Object(Map::new())).to_string();
@@ -164,10 +193,17 @@ fn json_error(e: &RegistryError) -> Response {
 
 async fn cbor_rpc(
     State(service): State<RegistryService>,
-    Path((service_name, operation)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    path: Result<Path<(String, String)>, PathRejection>,
+    request: Request,
 ) -> Response {
+    let (headers, body, _permit) = match admit_and_read(&service, request).await {
+        Ok(read) => read,
+        Err(e) => return cbor_error(&e),
+    };
+    let (service_name, operation) = match path {
+        Ok(Path(names)) => names,
+        Err(e) => return cbor_error(&RegistryError::UnknownOperation(e.body_text())),
+    };
     match cbor_call(&service, &service_name, &operation, &headers, &body).await {
         Ok((operation, Some(out))) => match encode_output(operation, &out) {
             Ok(bytes) => cbor_response(StatusCode::OK, Some(bytes)),

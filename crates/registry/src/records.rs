@@ -115,6 +115,8 @@ impl Instance {
 /// An idempotency record: the request a `CreatorRequestId` came with and the answer given.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct RequestRecord {
+    /// `sha256:` and the hex digest of the request without its
+    /// `CreatorRequestId` (records written before held the request itself).
     pub request: String,
     pub output: serde_json::Value,
     /// The operation id the answer carries, for DuplicateRequest.

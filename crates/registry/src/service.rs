@@ -15,6 +15,7 @@
 //! unchanged, so it can never slip past a concurrent create beneath it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -22,6 +23,9 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
+use weft_api::ledger::{Caps, Ledger};
+use weft_api::throttle::{Admission, ClientId, Limits, Permit};
+use weft_api::RateLimit;
 use weft_store::{Compare, KeyValue, Op, Range, SharedStore, Txn, TxnOutcome};
 
 use crate::error::RegistryError;
@@ -56,7 +60,30 @@ pub struct RegistryConfig {
     pub max_instances_per_service: usize,
     /// How long `CreatorRequestId`s and operation records are kept. SDKs retry
     /// within seconds and scripts poll GetOperation within minutes; a day is ample.
+    /// Within it, the records are also capped by [`RegistryConfig::max_records`]
+    /// and [`RegistryConfig::max_record_bytes`], the oldest forgotten first.
     pub record_ttl: Duration,
+    /// Most `CreatorRequestId` records kept at once, and likewise most
+    /// operation records (default 10,000 each). An SDK attaches a fresh
+    /// `CreatorRequestId` to every create and registration, and every
+    /// registration writes an operation record.
+    pub max_records: usize,
+    /// Most bytes of `CreatorRequestId` records, and likewise of operation
+    /// records, keys included (default 8 MiB each).
+    pub max_record_bytes: usize,
+    /// Each client's request rate; past it the registry answers
+    /// `RequestLimitExceeded` (HTTP 429, which the SDKs back off from and
+    /// retry). A client is the access key id requests are signed with (see
+    /// [`weft_api::throttle`]). `None`: no limit.
+    pub rate_limit: Option<RateLimit>,
+    /// Requests one client may have in flight at once (default 64); past it,
+    /// `RequestLimitExceeded` at once. 0: no limit.
+    pub max_in_flight_per_client: usize,
+    /// Largest request body accepted, in bytes (default 256 KiB). The
+    /// largest Cloud Map request is a service or namespace with 200 tags
+    /// (about 80 KB of JSON); an instance's attributes hold at most 5,000
+    /// characters. A larger body is answered `InvalidInput`.
+    pub max_body_bytes: usize,
 }
 
 impl Default for RegistryConfig {
@@ -68,6 +95,11 @@ impl Default for RegistryConfig {
             max_namespaces: 50,
             max_instances_per_service: 1000,
             record_ttl: Duration::from_secs(24 * 3600),
+            max_records: 10_000,
+            max_record_bytes: 8 * 1024 * 1024,
+            rate_limit: None,
+            max_in_flight_per_client: weft_api::config::DEFAULT_MAX_IN_FLIGHT_PER_CLIENT,
+            max_body_bytes: weft_api::config::DEFAULT_MAX_BODY_BYTES,
         }
     }
 }
@@ -77,6 +109,11 @@ impl Default for RegistryConfig {
 pub struct RegistryService {
     store: SharedStore,
     config: RegistryConfig,
+    /// Per-client rate and in-flight limits.
+    admission: Arc<Admission>,
+    /// The caps on `CreatorRequestId` records and on operation records.
+    requests: Arc<Ledger>,
+    operations: Arc<Ledger>,
 }
 
 /// The current time in epoch seconds, with Cloud Map's millisecond precision.
@@ -133,13 +170,40 @@ fn id_of(value: &str) -> &str {
     }
 }
 
-/// The request without its CreatorRequestId, to tell a retry from a reuse.
-fn fingerprint(input: &Value) -> String {
-    let mut copy = input.clone();
-    if let Some(obj) = copy.as_object_mut() {
-        obj.remove("CreatorRequestId");
+/// The request without its CreatorRequestId, to tell a retry from a reuse:
+/// its JSON, and the `sha256:…` digest of that JSON that records keep.
+struct Fingerprint {
+    json: String,
+    digest: String,
+}
+
+impl Fingerprint {
+    /// Whether a record's `request` was written for this request: its
+    /// digest, or (records written before) the request itself.
+    fn matches(&self, recorded: &str) -> bool {
+        recorded == self.digest || recorded == self.json
     }
-    copy.to_string()
+}
+
+fn fingerprint(input: &Value) -> Fingerprint {
+    use sha2::Digest;
+    use std::fmt::Write;
+    let json = match input.as_object() {
+        Some(obj) => {
+            let mut copy = obj.clone();
+            copy.remove("CreatorRequestId");
+            Value::Object(copy).to_string()
+        }
+        None => input.to_string(),
+    };
+    let hash = sha2::Sha256::digest(json.as_bytes());
+    let mut digest = String::with_capacity(71);
+    digest.push_str("sha256:");
+    for b in hash.iter() {
+        // Writing to a String cannot fail.
+        let _ = write!(digest, "{b:02x}");
+    }
+    Fingerprint { json, digest }
 }
 
 fn tags_of(input: &Value) -> Result<Vec<Tag>, RegistryError> {
@@ -281,7 +345,29 @@ impl Filter {
 impl RegistryService {
     /// A registry over `store`.
     pub fn new(store: SharedStore, config: RegistryConfig) -> Self {
-        RegistryService { store, config }
+        let caps = Caps {
+            max_records: config.max_records,
+            max_bytes: config.max_record_bytes,
+        };
+        RegistryService {
+            store,
+            admission: Admission::new(Limits {
+                rate: config.rate_limit,
+                max_in_flight: config.max_in_flight_per_client,
+            }),
+            requests: Arc::new(Ledger::new(keys::REQUESTS, caps)),
+            operations: Arc::new(Ledger::new(keys::OPERATIONS, caps)),
+            config,
+        }
+    }
+
+    /// Admits one Cloud Map request of `client` under its rate and
+    /// in-flight limits, or answers `RequestLimitExceeded`. The request
+    /// counts as in flight while the permit lives.
+    pub fn admit(&self, client: &ClientId) -> Result<Permit, RegistryError> {
+        self.admission
+            .admit(client)
+            .map_err(|refusal| RegistryError::RequestLimitExceeded(refusal.message()))
     }
 
     /// The settings in force.
@@ -398,8 +484,33 @@ impl RegistryService {
     }
 
     async fn commit(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<bool, RegistryError> {
+        // Idempotency and operation records the write adds, for their caps.
+        let records: Vec<(String, usize)> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Put(key, value)
+                    if key.starts_with(keys::REQUESTS) || key.starts_with(keys::OPERATIONS) =>
+                {
+                    Some((key.clone(), key.len() + value.len()))
+                }
+                _ => None,
+            })
+            .collect();
         match self.store.txn(Txn { compares, ops }).await? {
-            TxnOutcome::Committed(_) => Ok(true),
+            TxnOutcome::Committed(revision) => {
+                for (key, size) in records {
+                    let ledger = if key.starts_with(keys::REQUESTS) {
+                        &self.requests
+                    } else {
+                        &self.operations
+                    };
+                    if let Err(e) = ledger.note(&self.store, &key, revision, size).await {
+                        // The write stands; the cap is applied at the next one.
+                        tracing::warn!(error = %e, "capping registry records failed");
+                    }
+                }
+                Ok(true)
+            }
             TxnOutcome::Conflict(_) => Ok(false),
         }
     }
@@ -439,7 +550,7 @@ impl RegistryService {
         &self,
         operation: &str,
         creator_request_id: Option<&str>,
-        request: &str,
+        request: &Fingerprint,
     ) -> Result<Option<Value>, RegistryError> {
         let Some(cri) = creator_request_id else {
             return Ok(None);
@@ -454,7 +565,7 @@ impl RegistryService {
             // Forgotten: the request runs as a new one.
             return Ok(None);
         }
-        if record.request == request {
+        if request.matches(&record.request) {
             return Ok(Some(record.output));
         }
         Err(RegistryError::DuplicateRequest {
@@ -470,7 +581,7 @@ impl RegistryService {
         &self,
         operation: &str,
         creator_request_id: Option<&str>,
-        request: &str,
+        request: &Fingerprint,
         output: &Value,
         operation_id: Option<&str>,
     ) -> Result<Option<Op>, RegistryError> {
@@ -478,7 +589,7 @@ impl RegistryService {
             return Ok(None);
         };
         let record = RequestRecord {
-            request: request.to_string(),
+            request: request.digest.clone(),
             output: output.clone(),
             operation_id: operation_id.map(String::from),
             at: now(),
@@ -541,7 +652,12 @@ impl RegistryService {
                 expired.push(kv);
             }
         }
-        Ok(weft_store::delete_unchanged(&*self.store, &expired).await?)
+        let removed = weft_store::delete_unchanged(&*self.store, &expired).await?;
+        if removed > 0 {
+            self.requests.reset().await;
+            self.operations.reset().await;
+        }
+        Ok(removed)
     }
 
     async fn get_operation(&self, input: &Value) -> Result<Value, RegistryError> {
@@ -1199,5 +1315,24 @@ impl RegistryService {
             })
             .collect();
         Ok(json!({ "Instances": list, "InstancesRevision": revision }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_record_matches_its_request_by_digest_or_in_the_older_whole_form() {
+        let input = json!({"ServiceId": "srv-1", "InstanceId": "i", "CreatorRequestId": "c1"});
+        let request = fingerprint(&input);
+        assert_eq!(request.digest.len(), "sha256:".len() + 64);
+        assert!(request.matches(&request.digest));
+        assert!(request.matches(r#"{"InstanceId":"i","ServiceId":"srv-1"}"#));
+        // The CreatorRequestId is not part of the request.
+        let retried = json!({"ServiceId": "srv-1", "InstanceId": "i", "CreatorRequestId": "c2"});
+        assert!(fingerprint(&retried).matches(&request.digest));
+        let other = fingerprint(&json!({"ServiceId": "srv-1", "InstanceId": "j"}));
+        assert!(!other.matches(&request.digest));
     }
 }
