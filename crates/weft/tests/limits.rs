@@ -1,0 +1,384 @@
+//! A real `weft server` held to its limits through the official AWS SDK for
+//! Rust, as careless scripts and hostile clients would try it: names that
+//! break ARNs, List answers read by a parser that refuses repeated keys,
+//! bodies and fields far past what any real spec needs, and one client
+//! flooding the API while another keeps working.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use aws_sdk_appmesh::config::retry::RetryConfig;
+use aws_sdk_appmesh::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_appmesh::types::{
+    Backend, DnsServiceDiscovery, ServiceDiscovery, VirtualNodeSpec, VirtualServiceBackend,
+};
+use aws_sdk_appmesh::Client;
+use common::{dns_node_spec, error_code, router_spec, service_by_router, WeftServer};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{json, Map, Value};
+use tokio::io::AsyncWriteExt;
+
+/// An SDK client signing with access key `key` that never retries, so that
+/// each throttled answer is seen as it is.
+fn client_of(server: &WeftServer, key: &str) -> Client {
+    let config = aws_sdk_appmesh::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new(key, "secret", None, None, "limits"))
+        .endpoint_url(&server.addr)
+        .retry_config(RetryConfig::disabled())
+        .build();
+    Client::from_conf(config)
+}
+
+/// JSON parsed by a parser that refuses a key repeated in one object.
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Strict;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Strict, E> {
+                Ok(Strict(json!(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Strict, E> {
+                Ok(Strict(json!(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Strict, E> {
+                Ok(Strict(json!(v)))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Strict, E> {
+                Ok(Strict(json!(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Strict, E> {
+                Ok(Strict(json!(v)))
+            }
+            fn visit_unit<E>(self) -> Result<Strict, E> {
+                Ok(Strict(Value::Null))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+                let mut items = Vec::new();
+                while let Some(Strict(v)) = seq.next_element()? {
+                    items.push(v);
+                }
+                Ok(Strict(Value::Array(items)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+                let mut out = Map::new();
+                let mut seen = HashSet::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if !seen.insert(key.clone()) {
+                        return Err(de::Error::custom(format!("repeated key \"{key}\"")));
+                    }
+                    let Strict(v) = map.next_value()?;
+                    out.insert(key, v);
+                }
+                Ok(Strict(Value::Object(out)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[tokio::test]
+async fn names_with_a_slash_or_nul_are_refused_and_nothing_is_stored() {
+    let server = WeftServer::start();
+    let c = server.client();
+    // Mesh `x/virtualNode/y` would share its ARN with node `y` of mesh `x`.
+    let e = c
+        .create_mesh()
+        .mesh_name("x/virtualNode/y")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&e), "BadRequestException");
+    let message = e.as_service_error().and_then(|s| s.meta().message());
+    assert_eq!(
+        message,
+        Some("Value at 'meshName' failed to satisfy constraint: Member must not contain '/'")
+    );
+    let e = c.create_mesh().mesh_name("a\0b").send().await.unwrap_err();
+    assert_eq!(error_code(&e), "BadRequestException");
+    c.create_mesh().mesh_name("x").send().await.unwrap();
+    for name in ["a/b", "nul\0", "tab\there", "del\u{7f}"] {
+        let e = c
+            .create_virtual_node()
+            .mesh_name("x")
+            .virtual_node_name(name)
+            .spec(dns_node_spec("a.x.local", 8080))
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(error_code(&e), "BadRequestException", "{name:?}");
+    }
+    // In a path label too (the SDK percent-encodes it).
+    let e = c
+        .describe_virtual_node()
+        .mesh_name("x")
+        .virtual_node_name("a/b")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&e), "BadRequestException");
+    let meshes = c.list_meshes().send().await.unwrap().meshes;
+    assert_eq!(meshes.len(), 1);
+    let nodes = c
+        .list_virtual_nodes()
+        .mesh_name("x")
+        .send()
+        .await
+        .unwrap()
+        .virtual_nodes;
+    assert!(nodes.is_empty(), "{nodes:?}");
+}
+
+#[tokio::test]
+async fn list_answers_are_json_without_a_repeated_key() {
+    let server = WeftServer::start();
+    let c = server.client();
+    c.create_mesh().mesh_name("m1").send().await.unwrap();
+    c.create_virtual_node()
+        .mesh_name("m1")
+        .virtual_node_name("vn")
+        .spec(dns_node_spec("vn.m1.local", 8080))
+        .send()
+        .await
+        .unwrap();
+    c.create_virtual_router()
+        .mesh_name("m1")
+        .virtual_router_name("vr")
+        .spec(router_spec(
+            8080,
+            aws_sdk_appmesh::types::PortProtocol::Http,
+        ))
+        .send()
+        .await
+        .unwrap();
+    c.create_virtual_service()
+        .mesh_name("m1")
+        .virtual_service_name("vs.m1.local")
+        .spec(service_by_router("vr"))
+        .send()
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    for (path, member) in [
+        ("/v20190125/meshes", "meshes"),
+        ("/v20190125/meshes/m1/virtualNodes", "virtualNodes"),
+        ("/v20190125/meshes/m1/virtualRouters", "virtualRouters"),
+        ("/v20190125/meshes/m1/virtualServices", "virtualServices"),
+    ] {
+        // Twice: the second answer comes from the cache of references.
+        for _ in 0..2 {
+            let body = http
+                .get(format!("{}{path}", server.addr))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let Strict(page) = serde_json::from_slice(&body)
+                .unwrap_or_else(|e| panic!("GET {path}: {e}: {}", String::from_utf8_lossy(&body)));
+            assert_eq!(page[member].as_array().map(Vec::len), Some(1), "{path}");
+        }
+    }
+    // And the SDK reads the same page.
+    let meshes = c.list_meshes().send().await.unwrap().meshes;
+    assert_eq!(meshes[0].mesh_name(), "m1");
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_a_bad_request_through_the_sdk() {
+    let server = WeftServer::start();
+    let c = server.client();
+    c.create_mesh().mesh_name("apps").send().await.unwrap();
+    // 6,000 backends, each well-formed: some 400 KB, past the 256 KiB limit.
+    let mut spec = VirtualNodeSpec::builder();
+    for i in 0..6000 {
+        spec = spec.backends(Backend::VirtualService(
+            VirtualServiceBackend::builder()
+                .virtual_service_name(format!("backend-{i:05}.apps.svc.cluster.local"))
+                .build()
+                .unwrap(),
+        ));
+    }
+    let e = c
+        .create_virtual_node()
+        .mesh_name("apps")
+        .virtual_node_name("big")
+        .spec(spec.build())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&e), "BadRequestException");
+    // The server is unharmed: a real-sized request is served at once.
+    c.create_virtual_node()
+        .mesh_name("apps")
+        .virtual_node_name("small")
+        .spec(dns_node_spec("small.apps.local", 8080))
+        .send()
+        .await
+        .unwrap();
+}
+
+fn dns_spec(hostname: String) -> VirtualNodeSpec {
+    VirtualNodeSpec::builder()
+        .service_discovery(ServiceDiscovery::Dns(
+            DnsServiceDiscovery::builder()
+                .hostname(hostname)
+                .build()
+                .unwrap(),
+        ))
+        .build()
+}
+
+#[tokio::test]
+async fn a_1_5_mb_hostname_is_refused_and_a_5_000_character_one_is_refused_naming_the_field() {
+    let server = WeftServer::start();
+    let c = server.client();
+    c.create_mesh().mesh_name("apps").send().await.unwrap();
+    c.create_virtual_node()
+        .mesh_name("apps")
+        .virtual_node_name("n")
+        .spec(dns_node_spec("n.apps.local", 8080))
+        .send()
+        .await
+        .unwrap();
+    let huge = "h".repeat(1_500_000);
+    let e = c
+        .update_virtual_node()
+        .mesh_name("apps")
+        .virtual_node_name("n")
+        .spec(dns_spec(huge))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&e), "BadRequestException");
+    // Small enough for the body limit, still far past any DNS name.
+    let e = c
+        .update_virtual_node()
+        .mesh_name("apps")
+        .virtual_node_name("n")
+        .spec(dns_spec("h".repeat(5000)))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&e), "BadRequestException");
+    let message = e
+        .as_service_error()
+        .and_then(|s| s.meta().message())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.starts_with("Value at 'spec.serviceDiscovery.dns.hostname'")
+            && message.contains("4096"),
+        "{message}"
+    );
+    let node = c
+        .describe_virtual_node()
+        .mesh_name("apps")
+        .virtual_node_name("n")
+        .send()
+        .await
+        .unwrap()
+        .virtual_node
+        .unwrap();
+    assert_eq!(node.metadata.unwrap().version, 1, "no update was stored");
+}
+
+/// Opens a request of client `key` that sends its head and half its body,
+/// then stalls: it stays in flight until the connection is dropped.
+async fn stalled_request(addr: &str, key: &str) -> tokio::net::TcpStream {
+    let host = addr.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    let head = format!(
+        "PUT /v20190125/meshes HTTP/1.1\r\nhost: weft\r\ncontent-type: application/json\r\n\
+         content-length: 20\r\nauthorization: AWS4-HMAC-SHA256 \
+         Credential={key}/20250101/us-east-1/appmesh/aws4_request, SignedHeaders=host, \
+         Signature=0\r\n\r\n{{\"meshName\""
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s
+}
+
+#[tokio::test]
+async fn one_client_over_its_concurrency_limit_is_throttled_while_another_is_answered() {
+    let server = WeftServer::start();
+    let setup = server.client();
+    setup.create_mesh().mesh_name("apps").send().await.unwrap();
+    // The greedy client holds 64 requests in flight (the default limit).
+    let mut stalled = Vec::new();
+    for _ in 0..64 {
+        stalled.push(stalled_request(&server.addr, "AKIDGREEDY").await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let greedy = client_of(&server, "AKIDGREEDY");
+    let polite = client_of(&server, "AKIDPOLITE");
+    let attempts = 50;
+    let (greedy_answers, polite_answers) = tokio::join!(
+        futures::future::join_all((0..attempts).map(|_| greedy.list_meshes().send())),
+        futures::future::join_all((0..attempts).map(|i| {
+            polite
+                .create_virtual_node()
+                .mesh_name("apps")
+                .virtual_node_name(format!("polite-{i}"))
+                .spec(dns_node_spec("polite.apps.local", 8080))
+                .send()
+        })),
+    );
+    let throttled = greedy_answers
+        .iter()
+        .filter(|r| {
+            r.as_ref()
+                .err()
+                .is_some_and(|e| error_code(e) == "TooManyRequestsException")
+        })
+        .count();
+    assert_eq!(
+        throttled, attempts,
+        "every request past the greedy client's limit"
+    );
+    let failed: Vec<String> = polite_answers
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(error_code))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "the polite client was refused: {failed:?}"
+    );
+    // Its stalled requests gone, the greedy client is served again.
+    drop(stalled);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    greedy.list_meshes().send().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_rate_limit_holds_each_client_to_its_own_bucket() {
+    let server = WeftServer::start_with(&["--api-rate-limit", "0.5", "--api-burst", "3"]);
+    let greedy = client_of(&server, "AKIDGREEDY");
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        answers.push(match greedy.list_meshes().send().await {
+            Ok(_) => "ok".to_string(),
+            Err(e) => error_code(&e),
+        });
+    }
+    assert_eq!(&answers[..3], ["ok", "ok", "ok"], "the burst is admitted");
+    assert!(
+        answers[3..].iter().all(|a| a == "TooManyRequestsException"),
+        "{answers:?}"
+    );
+    // Another client has its own bucket.
+    let polite = client_of(&server, "AKIDPOLITE");
+    for _ in 0..3 {
+        polite.list_meshes().send().await.unwrap();
+    }
+}
