@@ -174,6 +174,9 @@ struct State {
     pending_undo: Vec<Undo>,
     /// The current [`Durable::epoch`].
     epoch: u64,
+    /// Why writes are refused while the log is being cut back to its
+    /// durable end after a failed batch (see [`repair`]).
+    repairing: Option<String>,
     /// Set once a write or sync failed: memory may then be ahead of a disk
     /// that will never catch up, so nothing may be served any more.
     failed: Option<String>,
@@ -358,6 +361,7 @@ impl Inner {
         }
         state.pending.clear();
         state.pending_events.clear();
+        state.repairing = Some(why.to_string());
         let durable = self.durable.borrow().revision;
         state.head = durable;
         let ended = state.epoch;
@@ -455,6 +459,7 @@ impl EmbeddedStore {
                 pending_events: Vec::new(),
                 pending_undo: Vec::new(),
                 epoch: 0,
+                repairing: None,
                 failed: None,
                 shutdown: false,
                 committer_idle: false,
@@ -500,6 +505,11 @@ impl EmbeddedStore {
             false => Some(disk::encode_ops(&txn.ops)?),
         };
         let mut st = self.inner.lock_state()?;
+        if let Some(why) = &st.repairing {
+            return Err(StoreError::Unavailable(format!(
+                "writes are paused until the write-ahead log is repaired: {why}"
+            )));
+        }
         let seen = Mark {
             revision: st.head,
             epoch: st.epoch,
@@ -710,11 +720,17 @@ fn append(inner: &Inner, wal: &mut disk::Wal, batch: &[u8], head: Revision) -> s
 /// then clears the torn tail as after a crash.
 fn repair(inner: &Inner, wal: &mut disk::Wal) -> std::io::Result<()> {
     let mut pause = std::time::Duration::from_millis(10);
-    loop {
+    for attempt in 0u64.. {
         match wal.repair() {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                lock_poisoned(&inner.state).repairing = None;
+                return Ok(());
+            }
             Err(e) if disk::is_transient(&e) => {
-                tracing::warn!("could not repair the write-ahead log yet: {e}");
+                // Once, then about once a minute at the longest pause.
+                if attempt % 60 == 0 {
+                    tracing::warn!(attempt, "could not repair the write-ahead log yet: {e}");
+                }
                 let st = lock_poisoned(&inner.state);
                 if st.shutdown {
                     return Ok(());
@@ -731,6 +747,7 @@ fn repair(inner: &Inner, wal: &mut disk::Wal) -> std::io::Result<()> {
             Err(e) => return Err(e),
         }
     }
+    Ok(())
 }
 
 #[async_trait::async_trait]

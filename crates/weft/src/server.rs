@@ -65,6 +65,10 @@ pub struct ServerArgs {
     /// Seconds an API connection may stay open with no request in flight.
     #[arg(long, env = "WEFT_IDLE_TIMEOUT", default_value_t = 60.0)]
     pub idle_timeout: f64,
+    /// Seconds a client has to send a whole request head (API) or its first
+    /// HTTP/2 frames (xDS) before its connection is closed.
+    #[arg(long, env = "WEFT_HEADER_READ_TIMEOUT", default_value_t = 10.0)]
+    pub header_read_timeout: f64,
     /// Bytes the store's log segments are zero-filled ahead of use (0: logs
     /// grow by appending). A tuning knob for benchmarks, not for users.
     #[arg(long, env = "WEFT_STORE_SEGMENT_SIZE", default_value_t = weft_store::DEFAULT_SEGMENT_SIZE, hide = true)]
@@ -100,6 +104,7 @@ impl ServerArgs {
             max_connections: 1024,
             xds_max_connections: 20_000,
             idle_timeout: 60.0,
+            header_read_timeout: 10.0,
             store_segment_size: weft_store::DEFAULT_SEGMENT_SIZE,
         }
     }
@@ -129,15 +134,16 @@ fn config(args: &ServerArgs) -> Result<ApiConfig> {
 /// The limits of the API and xDS listeners under the process's open-file
 /// limit (raised to its hard limit first).
 fn listener_limits(args: &ServerArgs) -> Result<(weft_listen::Limits, weft_listen::Limits)> {
-    let idle_timeout = Duration::try_from_secs_f64(args.idle_timeout)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "--idle-timeout must be a positive number of seconds, got {}",
-                args.idle_timeout
-            )
-        })?;
+    let seconds = |flag: &str, value: f64| {
+        Duration::try_from_secs_f64(value)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                anyhow::anyhow!("--{flag} must be a positive number of seconds, got {value}")
+            })
+    };
+    let idle_timeout = seconds("idle-timeout", args.idle_timeout)?;
+    let header_read_timeout = seconds("header-read-timeout", args.header_read_timeout)?;
     if args.max_connections == 0 || args.xds_max_connections == 0 {
         bail!("--max-connections and --xds-max-connections must be at least 1");
     }
@@ -147,21 +153,28 @@ fn listener_limits(args: &ServerArgs) -> Result<(weft_listen::Limits, weft_liste
         args.max_connections,
         args.xds_max_connections,
     );
-    if (api, xds) != (args.max_connections, args.xds_max_connections) {
+    if api < args.max_connections {
         tracing::warn!(
             open_file_limit = limit,
             api_connections = api,
-            xds_connections = xds,
-            "the open-file limit is too low for the connection caps asked for; lowered them"
+            "the open-file limit is too low for --max-connections; lowered it"
         );
     }
+    tracing::info!(
+        open_file_limit = limit,
+        api_connections = api,
+        xds_connections = xds,
+        "connection caps"
+    );
     let api = weft_listen::Limits {
         max_connections: api,
         idle_timeout,
+        header_read_timeout,
         ..weft_listen::Limits::default()
     };
     let xds = weft_listen::Limits {
         max_connections: xds,
+        header_read_timeout,
         ..weft_listen::Limits::default()
     };
     Ok((api, xds))

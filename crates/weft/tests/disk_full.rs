@@ -11,67 +11,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
+use common::disks::SmallDisk;
 use common::{dns_node_spec, error_code, WeftServer};
-
-/// A tmpfs of a fixed size, unmounted when dropped.
-struct SmallDisk {
-    path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> SmallDisk {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("disk");
-        std::fs::create_dir(&path).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .status()
-            .expect("run mount");
-        assert!(
-            status.success(),
-            "mounting a tmpfs failed: this test needs root"
-        );
-        SmallDisk { path, _dir: dir }
-    }
-
-    fn resize(&self, size: &str) {
-        let status = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.path)
-            .status()
-            .unwrap();
-        assert!(status.success(), "remounting the tmpfs failed");
-    }
-
-    fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
-
-async fn healthz(addr: &str) -> u16 {
-    reqwest::get(format!("{addr}/healthz"))
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
-async fn healthz_body(addr: &str) -> (u16, String) {
-    let response = reqwest::get(format!("{addr}/healthz")).await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap())
-}
 
 #[tokio::test]
 async fn a_full_disk_fails_writes_until_there_is_room_and_loses_no_acknowledged_write() {
@@ -135,7 +76,7 @@ async fn a_full_disk_fails_writes_until_there_is_room_and_loses_no_acknowledged_
         acknowledged[0]
     );
     // A supervisor is told the store is degraded, and why.
-    let (status, body) = healthz_body(&server.addr).await;
+    let (status, body) = server.health().await;
     assert_eq!(status, 503);
     assert!(
         body.contains("degraded") && body.contains("No space left"),
@@ -153,13 +94,13 @@ async fn a_full_disk_fails_writes_until_there_is_room_and_loses_no_acknowledged_
         .await
         .unwrap();
     acknowledged.push("after-room".into());
-    assert_eq!(healthz(&server.addr).await, 200);
+    assert_eq!(server.health().await.0, 200);
 
     // And after a kill -9, every acknowledged node is there.
     server.kill9();
     let server = WeftServer::start_in(&data, &["--quota", "virtual-nodes-per-mesh=100000"]);
     let client = server.client();
-    assert_eq!(healthz(&server.addr).await, 200);
+    assert_eq!(server.health().await.0, 200);
     for name in &acknowledged {
         let node = client
             .describe_virtual_node()

@@ -2,6 +2,7 @@
 //! SDK client pointed at it.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod disks;
 pub mod mesh;
 
 use std::io::{BufRead, BufReader};
@@ -37,7 +38,44 @@ impl WeftServer {
 
     /// Starts a server on an existing data dir (for restart tests).
     pub fn start_in(dir: &Path, extra: &[&str]) -> WeftServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        Self::start_from(Command::new(env!("CARGO_BIN_EXE_weft")), dir, extra)
+    }
+
+    /// Starts a server on a fresh data dir whose process may open at most
+    /// `open_files` descriptors (soft and hard limit, set with util-linux's
+    /// `prlimit`, which then becomes the server process).
+    pub fn start_with_open_file_limit(open_files: u64, extra: &[&str]) -> WeftServer {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--nofile={open_files}:{open_files}"))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_weft"));
+        let mut s = Self::start_from(command, &dir, extra);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits at most `bound` for the process to exit; whether it did.
+    pub fn exits_within(&mut self, bound: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + bound;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        false
+    }
+
+    fn start_from(mut command: Command, dir: &Path, extra: &[&str]) -> WeftServer {
+        let mut child = command
             .arg("server")
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -130,6 +168,21 @@ impl WeftServer {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// `GET /healthz`: its status and body.
+    pub async fn health(&self) -> (u16, String) {
+        let response = reqwest::get(format!("{}/healthz", self.addr))
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn send_sigterm(&self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").arg("-TERM").arg(&pid).status();
     }
 
     /// Sends SIGTERM and waits for a graceful exit; returns whether it exited 0.
