@@ -43,6 +43,11 @@ pub struct ServerArgs {
     /// second's worth).
     #[arg(long, env = "WEFT_API_BURST")]
     pub api_burst: Option<u32>,
+    /// Requests one client (an access key, else a peer address) may have in
+    /// flight at once on the App Mesh and Cloud Map APIs; past it, the
+    /// API's throttling error at once (0: no limit).
+    #[arg(long, env = "WEFT_MAX_REQUESTS_PER_CLIENT", default_value_t = weft_api::config::DEFAULT_MAX_IN_FLIGHT_PER_CLIENT)]
+    pub max_requests_per_client: usize,
     /// Seconds a proxy class (a virtual node or gateway with the options its
     /// Envoys announce) keeps its computed config after its last Envoy
     /// disconnects; then it is forgotten, and an Envoy of it that connects
@@ -99,6 +104,7 @@ impl ServerArgs {
             quotas: Vec::new(),
             api_rate_limit: 0.0,
             api_burst: None,
+            max_requests_per_client: weft_api::config::DEFAULT_MAX_IN_FLIGHT_PER_CLIENT,
             log: "info".into(),
             proxy_idle_ttl: control_plane::DEFAULT_IDLE_CLASS_TTL.as_secs_f64(),
             max_connections: 1024,
@@ -127,6 +133,7 @@ fn config(args: &ServerArgs) -> Result<ApiConfig> {
         account: args.account_id.clone(),
         quotas: parse_quotas(&args.quotas)?,
         rate_limit,
+        max_in_flight_per_client: args.max_requests_per_client,
         ..ApiConfig::default()
     })
 }
@@ -231,6 +238,8 @@ pub async fn start(args: &ServerArgs) -> Result<ControlPlane> {
         weft_registry::RegistryConfig {
             region: config.region.clone(),
             account: config.account.clone(),
+            rate_limit: config.rate_limit,
+            max_in_flight_per_client: config.max_in_flight_per_client,
             ..Default::default()
         },
     );
