@@ -270,3 +270,132 @@ async fn sigterm_ends_a_server_whose_disk_has_failed() {
         "SIGTERM did not end the server promptly"
     );
 }
+
+/// The server's resident memory, in MiB, from `/proc/PID/status`.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib / 1024
+}
+
+/// Bytes of every file under `dir`.
+fn disk_usage(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A virtual node spec of about `size` bytes of JSON, as large as the API
+/// allows a single spec to be: a client policy whose SAN list holds many
+/// names of nearly the longest allowed length (254).
+fn large_node_spec(variant: usize, size: usize) -> serde_json::Value {
+    let names: Vec<String> = (0..size / 250)
+        .map(|i| format!("{variant}-{i}-{}", "s".repeat(235)))
+        .collect();
+    serde_json::json!({
+        "listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}],
+        "serviceDiscovery": {"dns": {"hostname": format!("big-{variant}.example")}},
+        "backendDefaults": {"clientPolicy": {"tls": {"validation": {
+            "trust": {"file": {"certificateChain": "/certs/ca.pem"}},
+            "subjectAlternativeNames": {"match": {"exact": names}}
+        }}}}
+    })
+}
+
+#[tokio::test]
+async fn large_updates_and_token_floods_keep_memory_and_disk_bounded() {
+    let server = WeftServer::start();
+    let http = reqwest::Client::new();
+    let node = format!("{}/v20190125/meshes/big/virtualNodes/node", server.addr);
+    server
+        .client()
+        .create_mesh()
+        .mesh_name("big")
+        .send()
+        .await
+        .unwrap();
+    let send = |method: reqwest::Method, url: String, body: serde_json::Value| {
+        let request = http.request(method, url).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            assert!(
+                status.is_success(),
+                "{status}: {}",
+                response.text().await.unwrap()
+            );
+        }
+    };
+    let create = format!("{}/v20190125/meshes/big/virtualNodes", server.addr);
+    send(
+        reqwest::Method::PUT,
+        create,
+        serde_json::json!({"virtualNodeName": "node", "spec": large_node_spec(0, 1_000)}),
+    )
+    .await;
+    // Warm up, then 800 updates of ~240 KB each: 190 MB of writes.
+    for v in 1..=20 {
+        send(
+            reqwest::Method::PUT,
+            node.clone(),
+            serde_json::json!({"spec": large_node_spec(v, 240_000)}),
+        )
+        .await;
+    }
+    let before = rss_mib(server.pid());
+    for v in 21..=820 {
+        send(
+            reqwest::Method::PUT,
+            node.clone(),
+            serde_json::json!({"spec": large_node_spec(v, 240_000)}),
+        )
+        .await;
+    }
+    let after = rss_mib(server.pid());
+    eprintln!("800 large updates: RSS {before} -> {after} MiB");
+    // The change history is capped at 64 MiB; the rest is the allocator's.
+    assert!(
+        after.saturating_sub(before) <= 128,
+        "800 large updates grew the server from {before} to {after} MiB"
+    );
+
+    // 12,000 updates, each with a fresh clientToken, 16 at a time.
+    let small = server.client();
+    let before = rss_mib(server.pid());
+    let tasks: Vec<_> = (0..16)
+        .map(|t| {
+            let client = small.clone();
+            tokio::spawn(async move {
+                for i in 0..750 {
+                    client
+                        .update_virtual_node()
+                        .mesh_name("big")
+                        .virtual_node_name("node")
+                        .spec(dns_node_spec(&format!("t{t}-{i}.example"), 8080))
+                        .client_token(format!("token-{t}-{i}"))
+                        .send()
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let after = rss_mib(server.pid());
+    eprintln!("12,000 client tokens: RSS {before} -> {after} MiB");
+    assert!(
+        after.saturating_sub(before) <= 64,
+        "12,000 client tokens grew the server from {before} to {after} MiB"
+    );
+    let disk = disk_usage(&server.data_dir) >> 20;
+    assert!(disk <= 200, "the data folder holds {disk} MiB");
+}
