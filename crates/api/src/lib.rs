@@ -10,6 +10,8 @@ pub mod error;
 pub mod http;
 pub mod ledger;
 pub mod service;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod throttle;
 
 pub use config::{ApiConfig, Quotas, RateLimit};

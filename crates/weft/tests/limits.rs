@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use aws_sdk_appmesh::config::retry::RetryConfig;
@@ -17,8 +16,6 @@ use aws_sdk_appmesh::types::{
 };
 use aws_sdk_appmesh::Client;
 use common::{dns_node_spec, error_code, router_spec, service_by_router, WeftServer};
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::{json, Map, Value};
 use tokio::io::AsyncWriteExt;
 
 /// An SDK client signing with access key `key` that never retries, so that
@@ -32,59 +29,6 @@ fn client_of(server: &WeftServer, key: &str) -> Client {
         .retry_config(RetryConfig::disabled())
         .build();
     Client::from_conf(config)
-}
-
-/// JSON parsed by a parser that refuses a key repeated in one object.
-struct Strict(Value);
-
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Strict;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("JSON")
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Strict, E> {
-                Ok(Strict(json!(v)))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Strict, E> {
-                Ok(Strict(json!(v)))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Strict, E> {
-                Ok(Strict(json!(v)))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Strict, E> {
-                Ok(Strict(json!(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Strict, E> {
-                Ok(Strict(json!(v)))
-            }
-            fn visit_unit<E>(self) -> Result<Strict, E> {
-                Ok(Strict(Value::Null))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
-                let mut items = Vec::new();
-                while let Some(Strict(v)) = seq.next_element()? {
-                    items.push(v);
-                }
-                Ok(Strict(Value::Array(items)))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
-                let mut out = Map::new();
-                let mut seen = HashSet::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    if !seen.insert(key.clone()) {
-                        return Err(de::Error::custom(format!("repeated key \"{key}\"")));
-                    }
-                    let Strict(v) = map.next_value()?;
-                    out.insert(key, v);
-                }
-                Ok(Strict(Value::Object(out)))
-            }
-        }
-        d.deserialize_any(V)
-    }
 }
 
 #[tokio::test]
@@ -185,8 +129,8 @@ async fn list_answers_are_json_without_a_repeated_key() {
                 .bytes()
                 .await
                 .unwrap();
-            let Strict(page) = serde_json::from_slice(&body)
-                .unwrap_or_else(|e| panic!("GET {path}: {e}: {}", String::from_utf8_lossy(&body)));
+            let page =
+                weft_api::testing::strict_json(&body).unwrap_or_else(|e| panic!("GET {path}: {e}"));
             assert_eq!(page[member].as_array().map(Vec::len), Some(1), "{path}");
         }
     }
