@@ -165,8 +165,29 @@ impl Children {
     }
 }
 
+/// Fails at once, naming the port and the flag that changes it, when one of
+/// the demo's fixed ports is taken: Envoy would otherwise fail to bind it
+/// in the background and the demo would only time out.
+fn check_ports(args: &DemoArgs) -> Result<()> {
+    let egress = SocketAddr::from(([127, 0, 0, 1], args.egress_port));
+    for (addr, flag) in [
+        (args.listen, "--listen"),
+        (args.xds_listen, "--xds-listen"),
+        (egress, "--egress-port"),
+    ] {
+        if addr.port() == 0 {
+            continue;
+        }
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            bail!("{addr} is not free ({e}); pick another with {flag}");
+        }
+    }
+    Ok(())
+}
+
 /// Runs the demo until `shutdown` resolves (or once, with `--check`).
 pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    check_ports(&args)?;
     let envoy = ensure_envoy(args.envoy_bin.as_ref()).await?;
     let exe = std::env::current_exe().context("locating the weft binary")?;
     let data = tempfile::tempdir().context("creating the demo's data folder")?;

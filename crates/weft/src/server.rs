@@ -200,11 +200,16 @@ pub async fn start(args: &ServerArgs) -> Result<ControlPlane> {
     let store: SharedStore = store;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("binding {}", args.listen))?;
+        .with_context(|| format!("binding {} (the API address, --listen)", args.listen))?;
     let api_addr = listener.local_addr()?;
     let xds_listener = tokio::net::TcpListener::bind(args.xds_listen)
         .await
-        .with_context(|| format!("binding {}", args.xds_listen))?;
+        .with_context(|| {
+            format!(
+                "binding {} (the xDS address, --xds-listen)",
+                args.xds_listen
+            )
+        })?;
     let xds_addr = xds_listener.local_addr()?;
 
     let cache = weft_xds::SnapshotCache::new();
