@@ -155,50 +155,33 @@ impl<'a> ListedData<'a> {
 /// request's spec (the same request: its digest matched), so a record is a
 /// few hundred bytes whatever the spec's size.
 ///
-/// Records written before held the whole answer in `output`; they still
-/// replay from it.
 #[derive(Deserialize)]
 struct TokenRecord<'a> {
-    /// The request's digest (records written before held the fingerprint
-    /// itself: see [`TokenRecord::same_request`]).
+    /// `sha256:` and the request's digest.
     #[serde(borrow)]
-    request: &'a RawValue,
+    request: &'a str,
     /// The answer's `metadata`.
     #[serde(borrow, default)]
     metadata: Option<&'a RawValue>,
     /// The answer's spec, when the request had none.
     #[serde(borrow, default)]
     spec: Option<&'a RawValue>,
-    /// The whole output shape answered (older records).
-    #[serde(borrow, default)]
-    output: Option<&'a RawValue>,
     /// When the token was first used (epoch seconds).
-    #[serde(default)]
     at: f64,
 }
 
 impl TokenRecord<'_> {
     /// Whether the record was written for the request `fingerprint`.
     fn same_request(&self, fingerprint: &Fingerprint) -> bool {
-        let raw = self.request.get();
-        if let Some(digest) = raw.strip_prefix("\"sha256:") {
-            digest.strip_suffix('"') == Some(fingerprint.digest.as_str())
-        } else if raw.starts_with('"') {
-            // The oldest form: the fingerprint escaped as a JSON string.
-            serde_json::from_str::<Cow<'_, str>>(raw).is_ok_and(|old| old == fingerprint.json)
-        } else {
-            // Then the fingerprint as a JSON object.
-            raw == fingerprint.json
-        }
+        self.request.strip_prefix("sha256:") == Some(fingerprint.digest.as_str())
     }
 }
 
-/// A request as a `clientToken` remembers it: the input's JSON without its
-/// `clientToken`, and that JSON's SHA-256. Records store only the digest: a
-/// token record is written with every create and update, and the request
-/// itself was a third of its bytes, all of it logged, synced and compacted.
+/// A request as a `clientToken` remembers it: the SHA-256 of the input's
+/// JSON without its `clientToken`. Records store only the digest: a token
+/// record is written with every create and update, and the request itself
+/// would be a third of its bytes, all of it logged, synced and compacted.
 struct Fingerprint {
-    json: String,
     /// Lowercase hex.
     digest: String,
 }
@@ -213,7 +196,7 @@ impl Fingerprint {
             // Writing to a String cannot fail.
             let _ = write!(digest, "{b:02x}");
         }
-        Fingerprint { json, digest }
+        Fingerprint { digest }
     }
 }
 
@@ -893,9 +876,8 @@ impl Service {
         else {
             return Ok(None);
         };
-        let unreadable =
-            |e: serde_json::Error| ApiError::Internal(format!("token record unreadable: {e}"));
-        let record: TokenRecord = serde_json::from_slice(&kv.value).map_err(unreadable)?;
+        let record: TokenRecord = serde_json::from_slice(&kv.value)
+            .map_err(|e| ApiError::Internal(format!("token record unreadable: {e}")))?;
         if now() - record.at > self.config.client_token_ttl.as_secs_f64() {
             // An expired token is forgotten: the request runs as a new one.
             return Ok(None);
@@ -904,16 +886,6 @@ impl Service {
             return Err(ApiError::Conflict(format!(
                 "clientToken {token} was already used with a different {operation} request"
             )));
-        }
-        if let Some(output) = record.output {
-            let members: RawMembers = serde_json::from_str(output.get()).map_err(unreadable)?;
-            return Ok(Some(match members.get(member) {
-                Some(payload) if members.0.len() == 1 => Output::Payload {
-                    member,
-                    body: kv.value.slice_ref(payload.get().as_bytes()),
-                },
-                _ => Output::Json(kv.value.slice_ref(output.get().as_bytes())),
-            }));
         }
         let metadata = record.metadata.map_or("{}", RawValue::get).as_bytes();
         let spec = match (record.spec, spec) {
@@ -1860,24 +1832,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_token_record_matches_its_request_in_the_new_and_both_older_forms() {
+    fn a_token_record_matches_its_request_by_digest() {
         let json = r#"{"meshName":"m","spec":{"a":"x\"y"}}"#;
         let fingerprint = Fingerprint::new(json.to_string());
         let other = Fingerprint::new(r#"{"meshName":"other"}"#.to_string());
-        let new = format!(
-            r#"{{"request":"sha256:{}","output":{{}},"at":1}}"#,
+        let stored = format!(
+            r#"{{"request":"sha256:{}","metadata":{{}},"at":1}}"#,
             fingerprint.digest
         );
-        let object = format!(r#"{{"request":{json},"output":{{}},"at":1}}"#);
-        let string = format!(
-            r#"{{"request":{},"output":{{}},"at":1}}"#,
-            serde_json::to_string(json).unwrap()
-        );
-        for stored in [&new, &object, &string] {
-            let record: TokenRecord = serde_json::from_str(stored).unwrap();
-            assert!(record.same_request(&fingerprint), "{stored}");
-            assert!(!record.same_request(&other), "{stored}");
-        }
+        let record: TokenRecord = serde_json::from_str(&stored).unwrap();
+        assert!(record.same_request(&fingerprint), "{stored}");
+        assert!(!record.same_request(&other), "{stored}");
         // The digest is SHA-256 in lowercase hex.
         assert_eq!(
             Fingerprint::new(String::new()).digest,

@@ -115,28 +115,3 @@ async fn an_update_mesh_without_a_spec_replays_the_spec_the_mesh_kept() {
         .unwrap();
     assert_eq!(service.call("UpdateMesh", update).await.unwrap(), first);
 }
-
-#[tokio::test]
-async fn a_token_record_holding_the_whole_answer_still_replays_it() {
-    use weft_store::{Op, Txn};
-    let dir = tempfile::tempdir().unwrap();
-    let (store, service) = service_on_a_store(dir.path()).await;
-    let input = json!({"meshName": "apps", "clientToken": "old"});
-    let first = service.call("CreateMesh", input.clone()).await.unwrap();
-    // Rewrite the record in the form written before: the answer in `output`.
-    let key = weft_api::keys::token("CreateMesh", "old");
-    let kv = store.get(&key).await.unwrap().unwrap();
-    let mut record: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
-    let mut answer = first.clone();
-    answer["mesh"]["spec"] = json!({"marker": true});
-    record["output"] = answer.clone();
-    record.as_object_mut().unwrap().remove("metadata");
-    store
-        .txn(Txn {
-            compares: vec![],
-            ops: vec![Op::Put(key, record.to_string().into())],
-        })
-        .await
-        .unwrap();
-    assert_eq!(service.call("CreateMesh", input).await.unwrap(), answer);
-}
