@@ -46,6 +46,19 @@ pub enum RegistryError {
     CustomHealthNotFound(String),
     #[error("{0}")]
     OperationNotFound(String),
+    /// TagResource, UntagResource or ListTagsForResource named an ARN of no
+    /// namespace or service.
+    #[error("{0}")]
+    ResourceNotFound(String),
+    /// A resource would carry more tags than allowed; carries its ARN.
+    #[error("{message}")]
+    TooManyTags {
+        message: String,
+        resource_name: String,
+    },
+    /// A service would carry more attributes than allowed.
+    #[error("{0}")]
+    ServiceAttributesLimitExceeded(String),
     /// Too many concurrent writers on one resource; the client retries.
     #[error("{0}")]
     RequestLimitExceeded(String),
@@ -77,6 +90,11 @@ impl RegistryError {
             RegistryError::DuplicateRequest { .. } => "DuplicateRequest",
             RegistryError::CustomHealthNotFound(_) => "CustomHealthNotFound",
             RegistryError::OperationNotFound(_) => "OperationNotFound",
+            RegistryError::ResourceNotFound(_) => "ResourceNotFoundException",
+            RegistryError::TooManyTags { .. } => "TooManyTagsException",
+            RegistryError::ServiceAttributesLimitExceeded(_) => {
+                "ServiceAttributesLimitExceededException"
+            }
             RegistryError::RequestLimitExceeded(_) => "RequestLimitExceeded",
             // The names AWS services answer for requests they cannot route or parse.
             RegistryError::UnknownOperation(_) => "UnknownOperationException",
@@ -130,6 +148,9 @@ impl RegistryError {
             } => {
                 m.insert("DuplicateOperationId".into(), json!(id));
             }
+            RegistryError::TooManyTags { resource_name, .. } => {
+                m.insert("ResourceName".into(), json!(resource_name));
+            }
             _ => {}
         }
         m
@@ -182,6 +203,13 @@ mod tests {
             duplicate_operation_id: Some("op".into()),
         };
         assert_eq!(dup.status(), 409);
+        assert_eq!(RegistryError::ResourceNotFound(String::new()).status(), 404);
+        let tags = RegistryError::TooManyTags {
+            message: "m".into(),
+            resource_name: "arn".into(),
+        };
+        assert_eq!(tags.status(), 400);
+        assert_eq!(tags.members()["ResourceName"], "arn");
         assert_eq!(dup.members()["DuplicateOperationId"], "op");
     }
 }

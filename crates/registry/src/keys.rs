@@ -11,12 +11,40 @@
 //! | `cloudmap/svcname/{nsId}/{name}` | the id of the service of that name in the namespace |
 //! | `cloudmap/inst/{srvId}/{instanceId}` | an instance with its attributes and health ([`crate::Instance`], JSON) |
 //! | `cloudmap/guard/{nsId or srvId}` | empty; rewritten whenever a child is added or removed |
-//! | `cloudmap/op/{operationId}` | what GetOperation answers |
-//! | `cloudmap/req/{Operation}/{CreatorRequestId}` | an idempotency record |
+//! | `cloudmap/op/{operationId}` | what GetOperation and ListOperations answer |
+//! | `cloudmap/req/{Operation}/{CreatorRequestId}` | an idempotency record (also for `UpdaterRequestId`) |
 //!
 //! The control plane watches [`INSTANCES`] (every registration,
 //! deregistration and health change of every service is one put or delete
 //! there) and [`SERVICES`] (services appearing and going).
+//!
+//! ## What a DNS server reads
+//!
+//! Records are JSON documents with snake_case members; members added later
+//! are optional, so older records still decode.
+//!
+//! - **Zones**: the namespaces under [`NAMESPACES`] whose `kind` is
+//!   `"DNS_PRIVATE"` or `"DNS_PUBLIC"` (absent or `"HTTP"`: no zone). `name`
+//!   is the zone (`apps.local`); `dns.hosted_zone_id` and `dns.soa_ttl`
+//!   (seconds, the SOA negative-caching TTL) describe it, `dns.vpc` is the
+//!   VPC a private one was created for.
+//!   `{"id":"ns-…","name":"apps.local","kind":"DNS_PRIVATE","dns":{"hosted_zone_id":"Z…","soa_ttl":15,"vpc":"vpc-1"},…}`
+//! - **Services**: the records under [`SERVICES`] with that `namespace_id`;
+//!   `name` is the first label (`colors` → `colors.apps.local`) and
+//!   `dns_config` the records each instance gives (absent: an API-only
+//!   service, no records):
+//!   `"dns_config":{"routing_policy":"MULTIVALUE","records":[{"type":"A","ttl":60},{"type":"AAAA","ttl":60}]}`.
+//!   Record types are `A`, `AAAA`, `SRV`, `CNAME`; policies `MULTIVALUE`, `WEIGHTED`.
+//! - **Instances**: the records under [`instances`]`(srvId)`: `id`,
+//!   `attributes` (`AWS_INSTANCE_IPV4`, `AWS_INSTANCE_IPV6`,
+//!   `AWS_INSTANCE_CNAME`, `AWS_INSTANCE_PORT`, custom ones) and `health`
+//!   (`"HEALTHY"`, `"UNHEALTHY"`, or `"UNKNOWN"` for services without a
+//!   custom health check, which count as healthy).
+//!
+//! [`crate::dns::service_records`] turns one service and its instances into
+//! the records to serve, and [`crate::dns::ServiceRecords::answer`] picks one
+//! query's answer. Watching [`PREFIX`] from a revision gives every change
+//! to zones, services, instances and health in order.
 
 /// Names are escaped exactly as App Mesh names are (`%` and `/`), so the
 /// control plane reads both key spaces with one pair of functions.

@@ -1,12 +1,22 @@
-//! Weft's instance registry: the subset of the AWS Cloud Map
-//! (`servicediscovery`, 2017-03-14) API that App Mesh users relied on, over a
-//! Weft store, so that the AWS CLI and SDKs work against it unchanged.
+//! Weft's instance registry: the AWS Cloud Map (`servicediscovery`,
+//! 2017-03-14) API over a Weft store, so that the AWS CLI and SDKs work
+//! against it unchanged. Every operation of the model is served:
 //!
-//! - Namespaces: CreateHttpNamespace, ListNamespaces, GetNamespace, DeleteNamespace.
-//! - Services: CreateService, ListServices, GetService, DeleteService.
+//! - Namespaces: CreateHttpNamespace, CreatePrivateDnsNamespace,
+//!   CreatePublicDnsNamespace, UpdateHttpNamespace, UpdatePrivateDnsNamespace,
+//!   UpdatePublicDnsNamespace, ListNamespaces, GetNamespace, DeleteNamespace.
+//! - Services: CreateService, UpdateService, ListServices, GetService,
+//!   DeleteService, GetServiceAttributes, UpdateServiceAttributes,
+//!   DeleteServiceAttributes.
 //! - Instances: RegisterInstance, DeregisterInstance, ListInstances,
-//!   GetInstance, DiscoverInstances, UpdateInstanceCustomHealthStatus.
-//! - GetOperation.
+//!   GetInstance, GetInstancesHealthStatus, DiscoverInstances,
+//!   DiscoverInstancesRevision, UpdateInstanceCustomHealthStatus.
+//! - GetOperation, ListOperations; TagResource, UntagResource,
+//!   ListTagsForResource.
+//!
+//! DNS namespaces are stored with what a DNS server needs to answer for them
+//! (see [`keys`] for the layout and [`dns`] for the records a service's
+//! instances give); Weft's registry itself answers no DNS queries.
 //!
 //! Both wire protocols of the model are served ([`http`]): awsJson 1.1 on
 //! `POST /` and Smithy RPC v2 CBOR on `POST /service/…/operation/…`. Neither
@@ -25,6 +35,7 @@
 //! Requests are SigV4-signed by the SDKs; like the App Mesh API, the
 //! registry does not check signatures, so any credentials are accepted.
 
+pub mod dns;
 pub mod error;
 pub mod http;
 pub mod keys;
@@ -32,6 +43,7 @@ pub mod model;
 pub mod records;
 pub mod service;
 
+pub use dns::{service_records, DnsConfig, NamespaceType, Record, RecordData, RecordType};
 pub use error::RegistryError;
 pub use http::router;
 pub use records::{HealthStatus, Instance, NamespaceRecord, ServiceRecord, Tag};

@@ -16,23 +16,38 @@ use serde_json::Value;
 /// The model file, compiled in.
 pub const MODEL_JSON: &str = include_str!("../servicediscovery-2017-03-14.service.json");
 
-/// The operations Weft serves: the subset App Mesh users relied on.
+/// The operations Weft serves: every operation of the model.
 pub const OPERATIONS: &[&str] = &[
     "CreateHttpNamespace",
+    "CreatePrivateDnsNamespace",
+    "CreatePublicDnsNamespace",
+    "UpdateHttpNamespace",
+    "UpdatePrivateDnsNamespace",
+    "UpdatePublicDnsNamespace",
     "ListNamespaces",
     "GetNamespace",
     "DeleteNamespace",
     "CreateService",
+    "UpdateService",
     "ListServices",
     "GetService",
     "DeleteService",
+    "GetServiceAttributes",
+    "UpdateServiceAttributes",
+    "DeleteServiceAttributes",
     "RegisterInstance",
     "DeregisterInstance",
     "ListInstances",
     "GetInstance",
+    "GetInstancesHealthStatus",
     "DiscoverInstances",
+    "DiscoverInstancesRevision",
     "UpdateInstanceCustomHealthStatus",
     "GetOperation",
+    "ListOperations",
+    "TagResource",
+    "UntagResource",
+    "ListTagsForResource",
 ];
 
 /// What kind of value a shape describes, with its constraints.
@@ -383,6 +398,15 @@ mod tests {
                 assert!(s.shapes.contains_key(out), "{op}");
             }
         }
+    }
+
+    #[test]
+    fn every_operation_of_the_model_is_served() {
+        let mut model: Vec<&str> = schema().operations.keys().map(String::as_str).collect();
+        let mut served = OPERATIONS.to_vec();
+        model.sort_unstable();
+        served.sort_unstable();
+        assert_eq!(model, served);
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::dns::{DnsConfig, DnsProperties, NamespaceType};
+
 /// A tag as the model defines it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -14,13 +16,14 @@ pub struct Tag {
     pub value: String,
 }
 
-/// An HTTP namespace.
+/// A namespace: HTTP, private DNS or public DNS.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NamespaceRecord {
     /// `ns-` followed by 16 lowercase hexadecimal digits.
     pub id: String,
     pub arn: String,
-    /// The name, which is also its `HttpName` (what DiscoverInstances takes).
+    /// The name, which is also its `HttpName` (what DiscoverInstances
+    /// takes) and, for a DNS namespace, its zone.
     pub name: String,
     pub description: Option<String>,
     /// Epoch seconds.
@@ -28,6 +31,12 @@ pub struct NamespaceRecord {
     pub creator_request_id: Option<String>,
     #[serde(default)]
     pub tags: Vec<Tag>,
+    /// `HTTP`, `DNS_PRIVATE` or `DNS_PUBLIC` (`HTTP` when absent).
+    #[serde(default)]
+    pub kind: NamespaceType,
+    /// The zone of a DNS namespace; `None` for an HTTP one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsProperties>,
 }
 
 /// A service in a namespace.
@@ -47,6 +56,13 @@ pub struct ServiceRecord {
     pub creator_request_id: Option<String>,
     #[serde(default)]
     pub tags: Vec<Tag>,
+    /// The records each instance gives, for a service in a DNS namespace
+    /// created with `DnsConfig` (its `Type` is then `DNS_HTTP`, else `HTTP`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_config: Option<DnsConfig>,
+    /// Service-level attributes (UpdateServiceAttributes).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// The health of an instance.
@@ -58,6 +74,32 @@ pub enum HealthStatus {
     /// The service has no custom health check: the instance is taken as
     /// healthy, and DiscoverInstances reports `UNKNOWN` as Cloud Map does.
     Unknown,
+}
+
+impl ServiceRecord {
+    /// `DNS_HTTP` for a service with DNS records, else `HTTP`.
+    pub fn service_type(&self) -> &'static str {
+        if self.dns_config.is_some() {
+            "DNS_HTTP"
+        } else {
+            "HTTP"
+        }
+    }
+
+    /// Decodes a service record as read from the store.
+    pub fn decode(bytes: &[u8]) -> Result<ServiceRecord, crate::RegistryError> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| crate::RegistryError::Internal(format!("service record unreadable: {e}")))
+    }
+}
+
+impl NamespaceRecord {
+    /// Decodes a namespace record as read from the store.
+    pub fn decode(bytes: &[u8]) -> Result<NamespaceRecord, crate::RegistryError> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            crate::RegistryError::Internal(format!("namespace record unreadable: {e}"))
+        })
+    }
 }
 
 impl HealthStatus {
@@ -77,7 +119,8 @@ pub struct Instance {
     /// The caller-chosen instance id.
     pub id: String,
     pub service_id: String,
-    /// `AWS_INSTANCE_IPV4`, `AWS_INSTANCE_PORT` and custom attributes.
+    /// `AWS_INSTANCE_IPV4`, `AWS_INSTANCE_IPV6`, `AWS_INSTANCE_CNAME`,
+    /// `AWS_INSTANCE_PORT` and custom attributes.
     pub attributes: BTreeMap<String, String>,
     pub health: HealthStatus,
     pub creator_request_id: Option<String>,
@@ -129,7 +172,8 @@ pub(crate) struct RequestRecord {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct OperationRecord {
     pub id: String,
-    /// `CREATE_NAMESPACE`, `DELETE_NAMESPACE`, `REGISTER_INSTANCE`, `DEREGISTER_INSTANCE`.
+    /// `CREATE_NAMESPACE`, `DELETE_NAMESPACE`, `UPDATE_NAMESPACE`,
+    /// `UPDATE_SERVICE`, `REGISTER_INSTANCE`, `DEREGISTER_INSTANCE`.
     pub kind: String,
     /// `NAMESPACE`, `SERVICE`, `INSTANCE` to ids.
     pub targets: BTreeMap<String, String>,

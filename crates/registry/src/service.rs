@@ -6,8 +6,9 @@
 //!
 //! Every operation completes before it answers and is durable once the store
 //! transaction commits, so the operations Cloud Map runs asynchronously
-//! (namespace create/delete, instance register/deregister) are recorded as
-//! already `SUCCESS` for GetOperation.
+//! (namespace create/update/delete, service update, instance
+//! register/deregister) are recorded as already `SUCCESS` for GetOperation
+//! and ListOperations.
 //!
 //! Concurrency: writes are compare-and-swap transactions. Adding or removing a
 //! service rewrites its namespace's guard key, adding or removing an instance
@@ -28,6 +29,7 @@ use weft_api::throttle::{Admission, ClientId, Limits, Permit};
 use weft_api::RateLimit;
 use weft_store::{Compare, KeyValue, Op, Range, SharedStore, Txn, TxnOutcome};
 
+use crate::dns::{self, DnsConfig, DnsProperties, NamespaceType};
 use crate::error::RegistryError;
 use crate::keys;
 use crate::records::{
@@ -44,6 +46,12 @@ const DEFAULT_DISCOVER: usize = 100;
 const MAX_CUSTOM_ATTRIBUTES: usize = 30;
 /// Total characters of an instance's attribute keys and values.
 const MAX_ATTRIBUTE_CHARS: usize = 5000;
+/// Tags a namespace or service may carry (Cloud Map's quota).
+const MAX_TAGS: usize = 50;
+
+mod attributes;
+mod operations;
+mod tags;
 
 /// Region, account and limits the registry answers with.
 #[derive(Debug, Clone)]
@@ -170,7 +178,7 @@ fn id_of(value: &str) -> &str {
     }
 }
 
-/// The request without its CreatorRequestId, to tell a retry from a reuse:
+/// The request without its CreatorRequestId (or UpdaterRequestId), to tell a retry from a reuse:
 /// its JSON, and the `sha256:…` digest of that JSON that records keep.
 struct Fingerprint {
     json: String,
@@ -192,6 +200,7 @@ fn fingerprint(input: &Value) -> Fingerprint {
         Some(obj) => {
             let mut copy = obj.clone();
             copy.remove("CreatorRequestId");
+            copy.remove("UpdaterRequestId");
             Value::Object(copy).to_string()
         }
         None => input.to_string(),
@@ -214,6 +223,12 @@ fn tags_of(input: &Value) -> Result<Vec<Tag>, RegistryError> {
     };
     let mut seen = std::collections::HashSet::new();
     for t in &tags {
+        if t.key.starts_with("aws:") {
+            return Err(RegistryError::InvalidInput(format!(
+                "Tag keys starting with \"aws:\" are reserved: \"{}\"",
+                t.key
+            )));
+        }
         if !seen.insert(t.key.as_str()) {
             return Err(RegistryError::InvalidInput(format!(
                 "Duplicate tag key \"{}\"",
@@ -276,10 +291,14 @@ fn check_attributes(attributes: &BTreeMap<String, String>) -> Result<(), Registr
                     "AWS_INIT_HEALTH_STATUS must be HEALTHY or UNHEALTHY, got \"{value}\""
                 ));
             }
-            // DNS records and EC2 lookups do not exist in HTTP namespaces,
-            // the only kind Weft serves.
-            "AWS_ALIAS_DNS_NAME" | "AWS_INSTANCE_CNAME" | "AWS_EC2_INSTANCE_ID" => {
-                return bad(format!("{key} is not supported in HTTP namespaces"));
+            "AWS_INSTANCE_CNAME" if !dns::is_domain_name(value) => {
+                return bad(format!(
+                    "AWS_INSTANCE_CNAME \"{value}\" is not a domain name"
+                ));
+            }
+            // Weft looks up no EC2 instances.
+            "AWS_EC2_INSTANCE_ID" => {
+                return bad(format!("{key} is not supported"));
             }
             _ => {}
         }
@@ -287,7 +306,30 @@ fn check_attributes(attributes: &BTreeMap<String, String>) -> Result<(), Registr
     Ok(())
 }
 
-/// One filter of ListNamespaces or ListServices.
+/// What an instance of `service` must (or may not) carry beyond
+/// [`check_attributes`]: the attributes its DNS records need.
+fn check_instance_for(
+    service: &ServiceRecord,
+    attributes: &BTreeMap<String, String>,
+) -> Result<(), RegistryError> {
+    match &service.dns_config {
+        Some(config) => config
+            .check_instance(attributes)
+            .map_err(RegistryError::InvalidInput),
+        None => match ["AWS_INSTANCE_CNAME", "AWS_ALIAS_DNS_NAME"]
+            .into_iter()
+            .find(|k| attributes.contains_key(*k))
+        {
+            Some(key) => Err(RegistryError::InvalidInput(format!(
+                "{key} is only for services with DNS records; service {} has none",
+                service.id
+            ))),
+            None => Ok(()),
+        },
+    }
+}
+
+/// One filter of ListNamespaces, ListServices or ListOperations.
 struct Filter {
     name: String,
     values: Vec<String>,
@@ -295,6 +337,11 @@ struct Filter {
 }
 
 fn filters_of(input: &Value) -> Result<Vec<Filter>, RegistryError> {
+    filters_allowing(input, &["EQ", "IN", "BEGINS_WITH"])
+}
+
+/// The filters of a List request, each with a condition among `conditions`.
+fn filters_allowing(input: &Value, conditions: &[&str]) -> Result<Vec<Filter>, RegistryError> {
     let mut out = Vec::new();
     for f in input
         .get("Filters")
@@ -316,9 +363,14 @@ fn filters_of(input: &Value) -> Result<Vec<Filter>, RegistryError> {
                     "Filter {name} with condition {condition} takes exactly one value"
                 )))
             }
-            "BETWEEN" => {
+            "BETWEEN" if values.len() != 2 => {
                 return Err(RegistryError::InvalidInput(format!(
-                    "Condition BETWEEN is not supported for filter {name}"
+                    "Filter {name} with condition BETWEEN takes a start and an end"
+                )))
+            }
+            c if !conditions.contains(&c) => {
+                return Err(RegistryError::InvalidInput(format!(
+                    "Condition {c} is not supported for filter {name}"
                 )))
             }
             _ => {}
@@ -378,13 +430,41 @@ impl RegistryService {
     /// Runs one operation on its model-validated input (a JSON object keyed
     /// by member name) and returns its output shape as JSON (`None` for the
     /// operation without output, UpdateInstanceCustomHealthStatus).
+    /// Operations with an empty output shape answer `{}`.
     pub async fn call(
         &self,
         operation: &str,
         input: Value,
     ) -> Result<Option<Value>, RegistryError> {
         let out = match operation {
-            "CreateHttpNamespace" => self.create_namespace(&input).await?,
+            "CreateHttpNamespace" => self.create_namespace(&input, NamespaceType::Http).await?,
+            "CreatePrivateDnsNamespace" => {
+                self.create_namespace(&input, NamespaceType::DnsPrivate)
+                    .await?
+            }
+            "CreatePublicDnsNamespace" => {
+                self.create_namespace(&input, NamespaceType::DnsPublic)
+                    .await?
+            }
+            "UpdateHttpNamespace" => self.update_namespace(&input, NamespaceType::Http).await?,
+            "UpdatePrivateDnsNamespace" => {
+                self.update_namespace(&input, NamespaceType::DnsPrivate)
+                    .await?
+            }
+            "UpdatePublicDnsNamespace" => {
+                self.update_namespace(&input, NamespaceType::DnsPublic)
+                    .await?
+            }
+            "UpdateService" => self.update_service(&input).await?,
+            "GetServiceAttributes" => self.get_service_attributes(&input).await?,
+            "UpdateServiceAttributes" => self.update_service_attributes(&input).await?,
+            "DeleteServiceAttributes" => self.delete_service_attributes(&input).await?,
+            "GetInstancesHealthStatus" => self.instances_health(&input).await?,
+            "DiscoverInstancesRevision" => self.discover_revision(&input).await?,
+            "ListOperations" => self.list_operations(&input).await?,
+            "TagResource" => self.tag_resource(&input).await?,
+            "UntagResource" => self.untag_resource(&input).await?,
+            "ListTagsForResource" => self.list_tags(&input).await?,
             "ListNamespaces" => self.list_namespaces(&input).await?,
             "GetNamespace" => self.get_namespace(&input).await?,
             "DeleteNamespace" => self.delete_namespace(&input).await?,
@@ -443,6 +523,37 @@ impl RegistryService {
             Some(s) => self.instances_of(&s.id).await,
             None => Ok(Vec::new()),
         }
+    }
+
+    /// Every DNS namespace (private and public): the zones a DNS server answers for.
+    pub async fn dns_namespaces(&self) -> Result<Vec<NamespaceRecord>, RegistryError> {
+        let result = self
+            .store
+            .range(Range::prefix(keys::NAMESPACES.to_string()))
+            .await?;
+        let mut zones = Vec::new();
+        for kv in &result.kvs {
+            let ns: NamespaceRecord = decode(kv)?;
+            if ns.kind.is_dns() {
+                zones.push(ns);
+            }
+        }
+        Ok(zones)
+    }
+
+    /// The DNS records the service named `service` in the namespace named
+    /// `namespace` gives now (see [`dns::service_records`]); `None` when
+    /// either does not exist.
+    pub async fn dns_records(
+        &self,
+        namespace: &str,
+        service: &str,
+    ) -> Result<Option<dns::ServiceRecords>, RegistryError> {
+        let Some(s) = self.find_service(namespace, service).await? else {
+            return Ok(None);
+        };
+        let instances = self.instances_of(&s.id).await?;
+        Ok(Some(dns::service_records(namespace, &s, &instances)))
     }
 
     /// Every instance of the service with this id.
@@ -756,11 +867,17 @@ impl RegistryService {
             "Arn": ns.arn,
             "ResourceOwner": self.config.account,
             "Name": ns.name,
-            "Type": "HTTP",
+            "Type": ns.kind.as_str(),
             "ServiceCount": services,
             "Properties": { "HttpProperties": { "HttpName": ns.name } },
             "CreateDate": ns.create_date,
         });
+        if let Some(zone) = &ns.dns {
+            out["Properties"]["DnsProperties"] = json!({
+                "HostedZoneId": zone.hosted_zone_id,
+                "SOA": { "TTL": zone.soa_ttl },
+            });
+        }
         if let Some(d) = &ns.description {
             out["Description"] = json!(d);
         }
@@ -772,18 +889,50 @@ impl RegistryService {
         Ok(out)
     }
 
-    async fn create_namespace(&self, input: &Value) -> Result<Value, RegistryError> {
-        const OP: &str = "CreateHttpNamespace";
+    async fn create_namespace(
+        &self,
+        input: &Value,
+        kind: NamespaceType,
+    ) -> Result<Value, RegistryError> {
+        let op = match kind {
+            NamespaceType::Http => "CreateHttpNamespace",
+            NamespaceType::DnsPrivate => "CreatePrivateDnsNamespace",
+            NamespaceType::DnsPublic => "CreatePublicDnsNamespace",
+        };
         let name = text(input, "Name")?.to_string();
         let cri = opt_text(input, "CreatorRequestId");
         let request = fingerprint(input);
         let tags = tags_of(input)?;
+        if tags.len() > MAX_TAGS {
+            return Err(RegistryError::TooManyTags {
+                message: format!(
+                    "A namespace may carry at most {MAX_TAGS} tags, got {}",
+                    tags.len()
+                ),
+                resource_name: name,
+            });
+        }
+        let vpc = opt_text(input, "Vpc");
+        if kind == NamespaceType::DnsPrivate && vpc.as_deref().is_none_or(str::is_empty) {
+            return Err(RegistryError::InvalidInput(
+                "A private DNS namespace needs the Vpc it is visible in".into(),
+            ));
+        }
+        if kind.is_dns() && !dns::is_domain_name(&name) {
+            return Err(RegistryError::InvalidInput(format!(
+                "Namespace name \"{name}\" is not a domain name"
+            )));
+        }
+        let soa_ttl = input
+            .pointer("/Properties/DnsProperties/SOA/TTL")
+            .and_then(Value::as_i64)
+            .unwrap_or(dns::DEFAULT_SOA_TTL);
         let name_key = keys::namespace_name(&name);
         for _ in 0..MAX_ATTEMPTS {
             // Read before the replay check, so that a twin request committing
             // in between makes this attempt conflict and replay its answer.
-            let req_guard = self.request_unchanged(OP, cri.as_deref()).await?;
-            if let Some(out) = self.replay(OP, cri.as_deref(), &request).await? {
+            let req_guard = self.request_unchanged(op, cri.as_deref()).await?;
+            if let Some(out) = self.replay(op, cri.as_deref(), &request).await? {
                 return Ok(out);
             }
             if let Some(id) = self.index(&name_key).await? {
@@ -809,10 +958,16 @@ impl RegistryService {
                 create_date: now(),
                 creator_request_id: cri.clone(),
                 tags: tags.clone(),
+                kind,
+                dns: kind.is_dns().then(|| DnsProperties {
+                    hosted_zone_id: dns::hosted_zone_id(&id),
+                    soa_ttl,
+                    vpc: vpc.clone(),
+                }),
             };
             let op_id = new_operation_id();
             let output = json!({ "OperationId": op_id });
-            let remember = self.remember(OP, cri.as_deref(), &request, &output, Some(&op_id))?;
+            let remember = self.remember(op, cri.as_deref(), &request, &output, Some(&op_id))?;
             let mut compares = vec![Compare::Absent(name_key.clone())];
             compares.extend(req_guard);
             let mut ops = vec![
@@ -833,15 +988,80 @@ impl RegistryService {
         Ok(json!({ "Namespace": self.namespace_output(&ns, true).await? }))
     }
 
+    /// UpdateHttpNamespace, UpdatePrivateDnsNamespace, UpdatePublicDnsNamespace:
+    /// the description, and a DNS namespace's SOA TTL.
+    async fn update_namespace(
+        &self,
+        input: &Value,
+        kind: NamespaceType,
+    ) -> Result<Value, RegistryError> {
+        let op = match kind {
+            NamespaceType::Http => "UpdateHttpNamespace",
+            NamespaceType::DnsPrivate => "UpdatePrivateDnsNamespace",
+            NamespaceType::DnsPublic => "UpdatePublicDnsNamespace",
+        };
+        let id = text(input, "Id")?;
+        let uri = opt_text(input, "UpdaterRequestId");
+        let request = fingerprint(input);
+        let change = input.get("Namespace").cloned().unwrap_or(Value::Null);
+        let description = change.get("Description").and_then(Value::as_str);
+        let soa_ttl = change
+            .pointer("/Properties/DnsProperties/SOA/TTL")
+            .and_then(Value::as_i64);
+        for _ in 0..MAX_ATTEMPTS {
+            let req_guard = self.request_unchanged(op, uri.as_deref()).await?;
+            if let Some(out) = self.replay(op, uri.as_deref(), &request).await? {
+                return Ok(out);
+            }
+            let (mut ns, kv) = self.namespace(id).await?;
+            if ns.kind != kind {
+                return Err(RegistryError::InvalidInput(format!(
+                    "Namespace {} is of type {}; {op} updates {} namespaces",
+                    ns.id,
+                    ns.kind.as_str(),
+                    kind.as_str()
+                )));
+            }
+            if let Some(d) = description {
+                ns.description = Some(d.to_string());
+            }
+            if let (Some(ttl), Some(zone)) = (soa_ttl, ns.dns.as_mut()) {
+                zone.soa_ttl = ttl;
+            }
+            let op_id = new_operation_id();
+            let output = json!({ "OperationId": op_id });
+            let remember = self.remember(op, uri.as_deref(), &request, &output, Some(&op_id))?;
+            let mut compares = vec![Compare::ModRevision(kv.key.clone(), kv.mod_revision)];
+            compares.extend(req_guard);
+            let mut ops = vec![
+                Op::Put(kv.key.clone(), encode(&ns)?),
+                self.operation_op(&op_id, "UPDATE_NAMESPACE", &[("NAMESPACE", &ns.id)])?,
+            ];
+            ops.extend(remember);
+            if self.commit(compares, ops).await? {
+                return Ok(output);
+            }
+        }
+        Err(Self::contention())
+    }
+
     async fn list_namespaces(&self, input: &Value) -> Result<Value, RegistryError> {
         let filters = filters_of(input)?;
+        for f in &filters {
+            if f.name == "RESOURCE_OWNER" && f.condition == "BEGINS_WITH" {
+                return Err(RegistryError::InvalidInput(
+                    "Condition BEGINS_WITH is not supported for filter RESOURCE_OWNER".into(),
+                ));
+            }
+        }
         let account = self.config.account.clone();
         let (page, next) = self
             .page::<NamespaceRecord>(input, keys::NAMESPACES, |ns| {
                 filters.iter().all(|f| match f.name.as_str() {
-                    "TYPE" => f.matches("HTTP"),
+                    "TYPE" => f.matches(ns.kind.as_str()),
                     "NAME" | "HTTP_NAME" => f.matches(&ns.name),
-                    "RESOURCE_OWNER" => f.matches(&account),
+                    // Every namespace is the account's own: none is shared.
+                    "RESOURCE_OWNER" => f.matches("SELF") || f.matches(&account),
                     _ => false,
                 })
             })
@@ -894,7 +1114,7 @@ impl RegistryService {
             "Arn": s.arn,
             "ResourceOwner": self.config.account,
             "Name": s.name,
-            "Type": "HTTP",
+            "Type": s.service_type(),
             "InstanceCount": instances,
             "CreateDate": s.create_date,
             "CreatedByAccount": self.config.account,
@@ -907,6 +1127,18 @@ impl RegistryService {
         }
         if let Some(d) = &s.description {
             out["Description"] = json!(d);
+        }
+        if let Some(config) = &s.dns_config {
+            let records: Vec<Value> = config
+                .records
+                .iter()
+                .map(|r| json!({ "Type": r.kind.as_str(), "TTL": r.ttl }))
+                .collect();
+            out["DnsConfig"] = json!({
+                "NamespaceId": s.namespace_id,
+                "RoutingPolicy": config.routing_policy.as_str(),
+                "DnsRecords": records,
+            });
         }
         if s.custom_health {
             // FailureThreshold is deprecated and always 1 in Cloud Map.
@@ -921,21 +1153,50 @@ impl RegistryService {
         let cri = opt_text(input, "CreatorRequestId");
         let request = fingerprint(input);
         let tags = tags_of(input)?;
-        if input.get("DnsConfig").is_some_and(|v| !v.is_null()) {
-            return Err(RegistryError::InvalidInput(
-                "DnsConfig is not supported for services in HTTP namespaces".into(),
-            ));
+        if tags.len() > MAX_TAGS {
+            return Err(RegistryError::TooManyTags {
+                message: format!(
+                    "A service may carry at most {MAX_TAGS} tags, got {}",
+                    tags.len()
+                ),
+                resource_name: name,
+            });
         }
+        let dns_input = input.get("DnsConfig").filter(|v| !v.is_null());
         if input.get("HealthCheckConfig").is_some_and(|v| !v.is_null()) {
             return Err(RegistryError::InvalidInput(
-                "HealthCheckConfig (Route 53 health checks) is not supported for services in \
-                 HTTP namespaces; use HealthCheckCustomConfig"
+                "HealthCheckConfig (Route 53 health checks) is not supported; use \
+                 HealthCheckCustomConfig"
                     .into(),
             ));
         }
-        let ns_id = opt_text(input, "NamespaceId").ok_or_else(|| {
-            RegistryError::InvalidInput("Value at 'NamespaceId' must not be null".into())
-        })?;
+        // DnsConfig.NamespaceId is the deprecated place of the namespace.
+        let dns_ns = dns_input.and_then(|d| opt_text(d, "NamespaceId"));
+        let ns_id = match (opt_text(input, "NamespaceId"), dns_ns) {
+            (Some(a), Some(b)) if id_of(&a) != id_of(&b) => {
+                return Err(RegistryError::InvalidInput(format!(
+                    "NamespaceId {a} and DnsConfig.NamespaceId {b} differ"
+                )))
+            }
+            (Some(a), _) | (None, Some(a)) => a,
+            (None, None) => {
+                return Err(RegistryError::InvalidInput(
+                    "Value at 'NamespaceId' must not be null".into(),
+                ))
+            }
+        };
+        let api_only = input.get("Type").and_then(Value::as_str) == Some("HTTP");
+        let dns_config = match dns_input {
+            Some(_) if api_only => {
+                return Err(RegistryError::InvalidInput(
+                    "A service of Type HTTP is discovered through the API only and takes no \
+                     DnsConfig"
+                        .into(),
+                ))
+            }
+            Some(d) => Some(DnsConfig::from_input(d).map_err(RegistryError::InvalidInput)?),
+            None => None,
+        };
         let custom_health = input
             .get("HealthCheckCustomConfig")
             .is_some_and(|v| !v.is_null());
@@ -947,8 +1208,20 @@ impl RegistryService {
                 return Ok(out);
             }
             let (ns, ns_kv) = self.namespace(&ns_id).await?;
+            if dns_config.is_some() && !ns.kind.is_dns() {
+                return Err(RegistryError::InvalidInput(
+                    "DnsConfig is not supported for services in HTTP namespaces".into(),
+                ));
+            }
+            // Read before the names: a service created after this read changes it.
+            let ns_guard = self.unchanged(&keys::guard(&ns.id)).await?;
             let name_key = keys::service_name(&ns.id, &name);
-            if let Some(id) = self.index(&name_key).await? {
+            let mut taken = self.index(&name_key).await?;
+            if taken.is_none() && ns.kind.is_dns() {
+                // Names that differ only by case are one DNS name.
+                taken = self.same_name_ignoring_case(&ns.id, &name).await?;
+            }
+            if let Some(id) = taken {
                 let existing = self.load::<ServiceRecord>(&keys::service(&id)).await?;
                 let (arn, creator) = existing
                     .map(|(s, _)| (s.arn, s.creator_request_id))
@@ -974,12 +1247,15 @@ impl RegistryService {
                 create_date: now(),
                 creator_request_id: cri.clone(),
                 tags: tags.clone(),
+                dns_config: dns_config.clone(),
+                attributes: BTreeMap::new(),
             };
             let output = json!({ "Service": self.service_output(&record, true).await? });
             let remember = self.remember(OP, cri.as_deref(), &request, &output, None)?;
             let mut compares = vec![
                 Compare::ModRevision(ns_kv.key.clone(), ns_kv.mod_revision),
                 Compare::Absent(name_key.clone()),
+                ns_guard,
             ];
             compares.extend(req_guard);
             let mut ops = vec![
@@ -990,6 +1266,82 @@ impl RegistryService {
             ops.extend(remember);
             if self.commit(compares, ops).await? {
                 return Ok(output);
+            }
+        }
+        Err(Self::contention())
+    }
+
+    /// The id of a service of the namespace whose name equals `name` but for case.
+    async fn same_name_ignoring_case(
+        &self,
+        namespace_id: &str,
+        name: &str,
+    ) -> Result<Option<String>, RegistryError> {
+        let prefix = keys::service_names(namespace_id);
+        let wanted = name.to_lowercase();
+        let result = self.store.range(Range::prefix(prefix.clone())).await?;
+        Ok(result.kvs.iter().find_map(|kv| {
+            let existing = keys::unescape(kv.key.strip_prefix(&prefix)?);
+            (existing.to_lowercase() == wanted)
+                .then(|| String::from_utf8_lossy(&kv.value).into_owned())
+        }))
+    }
+
+    /// UpdateService: the description and the TTLs of the DNS records of a
+    /// service in a DNS namespace.
+    async fn update_service(&self, input: &Value) -> Result<Value, RegistryError> {
+        let id = text(input, "Id")?;
+        let change = input.get("Service").cloned().unwrap_or(Value::Null);
+        if change
+            .get("HealthCheckConfig")
+            .is_some_and(|v| !v.is_null())
+        {
+            return Err(RegistryError::InvalidInput(
+                "HealthCheckConfig (Route 53 health checks) is not supported".into(),
+            ));
+        }
+        let new_dns = change.get("DnsConfig").filter(|v| !v.is_null());
+        for _ in 0..MAX_ATTEMPTS {
+            let (mut s, kv) = self.service(id).await?;
+            let (ns, _) = self.namespace(&s.namespace_id).await?;
+            if !ns.kind.is_dns() {
+                return Err(RegistryError::InvalidInput(format!(
+                    "Service {} is in HTTP namespace {}; UpdateService changes services in \
+                     DNS namespaces",
+                    s.id, ns.id
+                )));
+            }
+            if let Some(d) = change.get("Description").and_then(Value::as_str) {
+                s.description = Some(d.to_string());
+            }
+            if let Some(new) = new_dns {
+                let Some(current) = &mut s.dns_config else {
+                    return Err(RegistryError::InvalidInput(format!(
+                        "Service {} has no DnsConfig to update; DNS records cannot be added \
+                         to a service",
+                        s.id
+                    )));
+                };
+                // The change carries no routing policy: the service keeps its own.
+                let new = DnsConfig::change_from_input(new, current.routing_policy)
+                    .map_err(RegistryError::InvalidInput)?;
+                if new.types() != current.types() {
+                    return Err(RegistryError::InvalidInput(
+                        "The record types of a service cannot change; only their TTLs can. \
+                         Delete the service and create it with the new DnsConfig"
+                            .into(),
+                    ));
+                }
+                current.records = new.records;
+            }
+            let op_id = new_operation_id();
+            let compares = vec![Compare::ModRevision(kv.key.clone(), kv.mod_revision)];
+            let ops = vec![
+                Op::Put(kv.key.clone(), encode(&s)?),
+                self.operation_op(&op_id, "UPDATE_SERVICE", &[("SERVICE", &s.id)])?,
+            ];
+            if self.commit(compares, ops).await? {
+                return Ok(json!({ "OperationId": op_id }));
             }
         }
         Err(Self::contention())
@@ -1016,7 +1368,7 @@ impl RegistryService {
                 filters.iter().all(|f| match f.name.as_str() {
                     // Filters may name the namespace by id or ARN.
                     "NAMESPACE_ID" => f.values.iter().any(|v| id_of(v) == s.namespace_id),
-                    "RESOURCE_OWNER" => f.matches(&account),
+                    "RESOURCE_OWNER" => f.matches("SELF") || f.matches(&account),
                     _ => false,
                 })
             })
@@ -1076,6 +1428,7 @@ impl RegistryService {
                 return Ok(out);
             }
             let (s, svc_kv) = self.service(&service_id).await?;
+            check_instance_for(&s, &attributes)?;
             let key = keys::instance(&s.id, &instance_id);
             let existing = self.load::<Instance>(&key).await?;
             if existing.is_none() {
@@ -1247,7 +1600,14 @@ impl RegistryService {
         Err(Self::contention())
     }
 
-    async fn discover_instances(&self, input: &Value) -> Result<Value, RegistryError> {
+    /// The service DiscoverInstances and DiscoverInstancesRevision name (by
+    /// namespace name and service name), and its instances' revision: the
+    /// store revision of the last registration or deregistration. Health
+    /// changes leave it alone, as the model documents for `InstancesRevision`.
+    async fn discovered(
+        &self,
+        input: &Value,
+    ) -> Result<(ServiceRecord, weft_store::Revision), RegistryError> {
         let ns_name = text(input, "NamespaceName")?;
         let svc_name = text(input, "ServiceName")?;
         let ns_missing =
@@ -1270,6 +1630,17 @@ impl RegistryService {
         let (s, svc_kv) = self.service(&svc_id).await?;
         let guard = self.store.get(&keys::guard(&s.id)).await?;
         let revision = guard.map_or(svc_kv.create_revision, |g| g.mod_revision);
+        Ok((s, revision))
+    }
+
+    async fn discover_revision(&self, input: &Value) -> Result<Value, RegistryError> {
+        let (_, revision) = self.discovered(input).await?;
+        Ok(json!({ "InstancesRevision": revision }))
+    }
+
+    async fn discover_instances(&self, input: &Value) -> Result<Value, RegistryError> {
+        let ns_name = text(input, "NamespaceName")?;
+        let (s, revision) = self.discovered(input).await?;
         let query = attributes_of(input, "QueryParameters");
         let optional = attributes_of(input, "OptionalParameters");
         let matches = |i: &Instance, wanted: &BTreeMap<String, String>| {

@@ -189,7 +189,7 @@ async fn json_1_1_errors_carry_type_message_and_status() {
     assert_eq!(invalid.status, 400);
     assert_eq!(invalid.json()["__type"], "InvalidInput");
 
-    let unknown = json_call(&r.addr, "CreatePublicDnsNamespace", json!({"Name": "x"})).await;
+    let unknown = json_call(&r.addr, "CreateAnything", json!({"Name": "x"})).await;
     assert_eq!(unknown.status, 400);
     assert_eq!(unknown.json()["__type"], "UnknownOperationException");
 
