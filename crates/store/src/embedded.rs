@@ -352,7 +352,10 @@ impl Inner {
     /// batch's, and every record accepted since is taken back too (they were
     /// decided on top of it). Memory then matches the disk again, the
     /// writers of those records fail, and the store is marked degraded.
-    fn roll_back(&self, batch_undo: Vec<Undo>, why: &str) {
+    ///
+    /// With `pause_writes`, new writes are refused until the log is repaired
+    /// (see [`repair`]).
+    fn roll_back(&self, batch_undo: Vec<Undo>, why: &str, pause_writes: bool) {
         let mut st = lock_poisoned(&self.state);
         let state = &mut *st;
         let undo = std::mem::take(&mut state.pending_undo);
@@ -361,7 +364,9 @@ impl Inner {
         }
         state.pending.clear();
         state.pending_events.clear();
-        state.repairing = Some(why.to_string());
+        if pause_writes {
+            state.repairing = Some(why.to_string());
+        }
         let durable = self.durable.borrow().revision;
         state.head = durable;
         let ended = state.epoch;
@@ -633,7 +638,7 @@ fn commit_loop(inner: &Inner, mut wal: disk::Wal) {
                 dir = %inner.dir.display(),
                 "{why}; the writes in flight fail, and the store goes on with what is durable"
             );
-            inner.roll_back(undo, &why);
+            inner.roll_back(undo, &why, false);
             degraded = true;
             // Put the log back to its durable end before anything else is
             // written; retried while the cause lasts.
@@ -730,6 +735,13 @@ fn repair(inner: &Inner, wal: &mut disk::Wal) -> std::io::Result<()> {
                 // Once, then about once a minute at the longest pause.
                 if attempt % 60 == 0 {
                     tracing::warn!(attempt, "could not repair the write-ahead log yet: {e}");
+                }
+                if attempt == 0 {
+                    // Writes accepted since the failure would land after a
+                    // torn tail: take them back too, and refuse new ones
+                    // until the log is repaired.
+                    let why = format!("write-ahead log failure: {e}");
+                    inner.roll_back(Vec::new(), &why, true);
                 }
                 let st = lock_poisoned(&inner.state);
                 if st.shutdown {
