@@ -1,14 +1,13 @@
-//! A tiny HTTP/1.1 client for Envoy's admin interface on 127.0.0.1 — enough for drain and
-//! readiness, without pulling an HTTP client stack into the agent.
+//! Envoy's admin interface on 127.0.0.1, for drain and readiness.
 //!
 //! Admin reference: <https://www.envoyproxy.io/docs/envoy/latest/operations/admin>.
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use bytes::Bytes;
 
 use crate::error::AgentError;
+use crate::http_client;
 
 /// An admin response: status code and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,8 +18,8 @@ pub struct AdminResponse {
     pub body: String,
 }
 
-/// Sends `method path` to the admin interface on `127.0.0.1:port` and reads the whole response
-/// (`Connection: close`), all within `timeout`.
+/// Sends `method path` to the admin interface on `127.0.0.1:port` and reads the whole response,
+/// all within `timeout`.
 pub async fn admin_request(
     port: u16,
     method: &str,
@@ -28,62 +27,16 @@ pub async fn admin_request(
     timeout: Duration,
 ) -> Result<AdminResponse, AgentError> {
     let fail = |message: String| AgentError::Admin { port, message };
-    let exchange = async {
-        let mut stream = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .map_err(|e| fail(format!("connect: {e}")))?;
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| fail(format!("{method} {path}: {e}")))?;
-        let mut raw = Vec::new();
-        stream
-            .read_to_end(&mut raw)
-            .await
-            .map_err(|e| fail(format!("{method} {path}: {e}")))?;
-        parse_response(&raw).ok_or_else(|| fail(format!("{method} {path}: malformed response")))
-    };
-    tokio::time::timeout(timeout, exchange)
+    let authority = format!("127.0.0.1:{port}");
+    let exchange = http_client::exchange(&authority, method, path, &[], Bytes::new());
+    let answer = tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| fail(format!("{method} {path}: no answer within {timeout:?}")))?
-}
-
-fn parse_response(raw: &[u8]) -> Option<AdminResponse> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head
-        .lines()
-        .next()?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_string()
-    };
-    Some(AdminResponse { status, body })
-}
-
-fn dechunk(mut rest: &str) -> Option<String> {
-    let mut out = String::new();
-    loop {
-        let (size, after) = rest.split_once("\r\n")?;
-        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
-        if size == 0 {
-            return Some(out);
-        }
-        out.push_str(after.get(..size)?);
-        rest = after.get(size..)?.strip_prefix("\r\n")?;
-    }
+        .map_err(fail)?;
+    Ok(AdminResponse {
+        status: answer.status,
+        body: String::from_utf8_lossy(&answer.body).into_owned(),
+    })
 }
 
 /// Waits until the admin interface answers `GET /server_info` with 200 (Envoy is up; it may
@@ -134,32 +87,5 @@ pub async fn drain_listeners(port: u16) -> Result<(), AgentError> {
             port,
             message: format!("/drain_listeners answered {}: {}", r.status, r.body.trim()),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plain_and_chunked_responses_parse() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nOK\n");
-        assert_eq!(
-            r,
-            Some(AdminResponse {
-                status: 200,
-                body: "OK\n".into()
-            })
-        );
-        let r = parse_response(
-            b"HTTP/1.1 503 Service Unavailable\r\ntransfer-encoding: chunked\r\n\r\n4\r\nPRE_\r\n5\r\nINIT\n\r\n0\r\n\r\n",
-        );
-        assert_eq!(
-            r,
-            Some(AdminResponse {
-                status: 503,
-                body: "PRE_INIT\n".into()
-            })
-        );
     }
 }

@@ -20,6 +20,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod envoy;
 pub mod error;
+pub mod http_client;
 pub mod registration;
 pub mod sample_app;
 pub mod supervisor;

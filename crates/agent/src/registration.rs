@@ -12,11 +12,13 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
+use bytes::Bytes;
+
 use crate::error::AgentError;
+use crate::http_client;
 
 /// Flags and variables of self-registration (all optional: without a
 /// namespace and service the agent does not register).
@@ -134,42 +136,27 @@ pub async fn call(endpoint: &str, operation: &str, body: Value) -> Result<Value,
         operation: operation.into(),
         message,
     };
-    let exchange = async {
-        let mut conn = TcpStream::connect(endpoint)
-            .await
-            .map_err(|e| fail(format!("connect {endpoint}: {e}")))?;
-        let payload = body.to_string();
-        let request = format!(
-            "POST / HTTP/1.1\r\nHost: {endpoint}\r\nX-Amz-Target: Route53AutoNaming_v20170314.{operation}\r\n\
-             Content-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
-            payload.len()
-        );
-        conn.write_all(request.as_bytes())
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let mut raw = Vec::new();
-        conn.read_to_end(&mut raw)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let text = String::from_utf8_lossy(&raw);
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| fail("malformed answer".into()))?;
-        let answer: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-        if head.starts_with("HTTP/1.1 200") {
-            Ok(answer)
-        } else {
-            let kind = answer["__type"].as_str().unwrap_or("error");
-            let message = answer["Message"]
-                .as_str()
-                .or(answer["message"].as_str())
-                .unwrap_or("");
-            Err(fail(format!("{kind}: {message}")))
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
+    let target = format!("Route53AutoNaming_v20170314.{operation}");
+    let headers = [
+        ("x-amz-target", target.as_str()),
+        ("content-type", "application/x-amz-json-1.1"),
+    ];
+    let exchange = http_client::exchange(endpoint, "POST", "/", &headers, body.to_string().into());
+    let answer = tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
         .map_err(|_| fail("timed out".into()))?
+        .map_err(fail)?;
+    let value: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+    if answer.status == 200 {
+        Ok(value)
+    } else {
+        let kind = value["__type"].as_str().unwrap_or("error");
+        let message = value["Message"]
+            .as_str()
+            .or(value["message"].as_str())
+            .unwrap_or("");
+        Err(fail(format!("{kind}: {message}")))
+    }
 }
 
 /// Finds the service id of `namespace`/`service` by name.
@@ -221,24 +208,17 @@ async fn service_id(reg: &Registration) -> Result<String, AgentError> {
 /// Whether the instance answers: an HTTP GET of the health path answering
 /// 2xx, or else a TCP connect.
 async fn probe(reg: &Registration) -> bool {
+    let authority = std::net::SocketAddr::new(reg.address, reg.port).to_string();
     let attempt = async {
-        let mut conn = TcpStream::connect((reg.address, reg.port)).await.ok()?;
         let Some(path) = &reg.health_path else {
-            return Some(true);
+            return TcpStream::connect(&authority).await.is_ok();
         };
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            reg.address
-        );
-        conn.write_all(request.as_bytes()).await.ok()?;
-        let mut head = [0u8; 12];
-        conn.read_exact(&mut head).await.ok()?;
-        Some(head.starts_with(b"HTTP/1.1 2") || head.starts_with(b"HTTP/1.0 2"))
+        http_client::exchange(&authority, "GET", path, &[], Bytes::new())
+            .await
+            .is_ok_and(|answer| (200..300).contains(&answer.status))
     };
     tokio::time::timeout(Duration::from_secs(2), attempt)
         .await
-        .ok()
-        .flatten()
         .unwrap_or(false)
 }
 

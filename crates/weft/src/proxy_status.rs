@@ -12,7 +12,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weft_xds::{AdsServer, Protocol, ProxyStatus};
 
 /// Path of the endpoint on the API listener.
@@ -158,24 +157,19 @@ pub struct ProxyStatusArgs {
 
 async fn fetch(endpoint: &str) -> Result<Value> {
     let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    let mut conn = tokio::net::TcpStream::connect(addr)
+    let exchange = weft_agent::http_client::exchange(addr, "GET", PATH, &[], Default::default());
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
         .await
-        .with_context(|| format!("connecting to the control plane at {addr}"))?;
-    let request = format!("GET {PATH} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    conn.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    conn.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        bail!("malformed answer from {addr}");
-    };
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        .map_err(|_| anyhow::anyhow!("the control plane at {addr} did not answer in 10 s"))?
+        .map_err(|e| anyhow::anyhow!("asking the control plane at {addr}: {e}"))?;
+    if answer.status != 200 {
         bail!(
-            "{addr} answered: {}",
-            head.lines().next().unwrap_or_default()
+            "{addr} answered {}: {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
         );
     }
-    serde_json::from_str(body).context("the answer is not JSON")
+    serde_json::from_slice(&answer.body).context("the answer is not JSON")
 }
 
 fn short(v: &Value) -> String {
