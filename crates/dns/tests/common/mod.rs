@@ -129,6 +129,13 @@ pub async fn exchange_udp(server: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {
     receive_udp(&socket, ANSWER_WAIT).await
 }
 
+/// Whether a datagram sent from a new socket goes unanswered.
+pub async fn unanswered_udp(server: SocketAddr, bytes: &[u8]) -> bool {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.send_to(bytes, server).await.unwrap();
+    receive_udp(&socket, SILENCE_WAIT).await.is_none()
+}
+
 /// One datagram, if one comes within `wait`.
 pub async fn receive_udp(socket: &UdpSocket, wait: Duration) -> Option<Vec<u8>> {
     let mut buffer = vec![0_u8; 65_535];
