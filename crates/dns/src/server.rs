@@ -111,6 +111,9 @@ impl RequestHandler for ZonesHandler {
         } else if request.queries.len() != 1 {
             // One question per message (RFC 9619).
             Some(ResponseCode::FormErr)
+        } else if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            // This server speaks EDNS version 0 (RFC 6891 §6.1.3).
+            Some(ResponseCode::BADVERS)
         } else {
             None
         };

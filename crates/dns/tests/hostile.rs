@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
-use weft_dns::proto::op::{Message, MessageType, OpCode, ResponseCode};
+use weft_dns::proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use weft_dns::proto::rr::{DNSClass, RecordType};
 use weft_dns::{Limits, RoutingPolicy};
 
@@ -112,7 +112,8 @@ async fn responses_are_never_answered_so_two_servers_cannot_bounce_packets() {
 }
 
 #[tokio::test]
-async fn two_questions_other_opcodes_and_other_classes_get_errors_not_answers() {
+async fn two_questions_other_opcodes_other_edns_versions_and_other_classes_get_errors_not_answers()
+{
     let server = start().await;
     let mut two = query("backend.example.local.", RecordType::A);
     two.add_query(two.queries[0].clone());
@@ -133,6 +134,20 @@ async fn two_questions_other_opcodes_and_other_classes_get_errors_not_answers() 
     )
     .unwrap();
     assert_eq!(reply.metadata.response_code, ResponseCode::NotImp);
+
+    let mut future_edns = query("backend.example.local.", RecordType::A);
+    let mut edns = Edns::new();
+    edns.set_version(1);
+    future_edns.set_edns(edns);
+    let reply = Message::from_vec(
+        &exchange_udp(server.udp, &future_edns.to_vec().unwrap())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    // BADVERS is 16, a value it shares with BADSIG (RFC 6891 §9).
+    assert_eq!(u16::from(reply.metadata.response_code), 16);
+    assert!(reply.answers.is_empty());
 
     let mut chaos = query("version.bind.", RecordType::TXT);
     chaos.queries[0].set_query_class(DNSClass::CH);
