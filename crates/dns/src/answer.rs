@@ -533,6 +533,29 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_record_set_leaves_the_zone_as_it_was() {
+        let mut zone = Zone::new("example.local", Soa::new(1, 15)).unwrap();
+        let multi = RoutingPolicy::Multivalue;
+        let mixed = set(
+            "svc.example.local",
+            RoutingPolicy::Weighted,
+            vec![v4(1), Rdata::Cname("other.example.local".into())],
+        );
+        assert!(matches!(
+            zone.insert(mixed),
+            Err(DnsError::CnameConflict(_))
+        ));
+        zone.insert(set("empty.example.local", multi, vec![]))
+            .unwrap();
+        let mut zones = Zones::new();
+        zones.insert(zone).unwrap();
+        let answer = ask(&zones, "svc.example.local.", RecordType::A);
+        assert_eq!(answer.response_code, ResponseCode::NXDomain);
+        let empty = ask(&zones, "empty.example.local.", RecordType::A);
+        assert_eq!(empty.response_code, ResponseCode::NXDomain);
+    }
+
+    #[test]
     fn records_given_twice_are_served_once() {
         let mut zone = Zone::new("example.local", Soa::new(1, 15)).unwrap();
         let multi = RoutingPolicy::Multivalue;

@@ -224,7 +224,9 @@ impl Zone {
     }
 
     /// Adds a record set. Records of a type the name already has join
-    /// that set, which must have the same TTL and routing policy.
+    /// that set, which must have the same TTL and routing policy. A set
+    /// with no records adds nothing (a service with no healthy instance
+    /// has no name). On error the zone is left as it was.
     pub fn insert(&mut self, set: RecordSet) -> Result<(), DnsError> {
         let owner = parse_name(&set.name)?;
         let lower = LowerName::new(&owner);
@@ -239,7 +241,11 @@ impl Zone {
         for rdata in &set.records {
             records.push(Record::from_rdata(owner.clone(), set.ttl, to_rdata(rdata)?));
         }
-        let node = self.nodes.entry(lower.clone()).or_default();
+        if records.is_empty() {
+            return Ok(());
+        }
+        // Changed on a copy, kept only when every record fits.
+        let mut node = self.nodes.get(&lower).cloned().unwrap_or_default();
         for record in records {
             let record_type = record.record_type();
             if record_type == RecordType::CNAME && lower == self.origin {
@@ -274,6 +280,7 @@ impl Zone {
                 rrset.records.push(record);
             }
         }
+        self.nodes.insert(lower.clone(), node);
         // The owner and every name between it and the origin now exist.
         let mut name = lower;
         while name != self.origin && self.names.insert(name.clone()) {
