@@ -52,7 +52,8 @@ const HEADER_LEN: usize = 12;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// TCP connections held open at once; past it new ones are closed at
-    /// once (a resolver falls back to retrying, RFC 7766 §6.2.2).
+    /// once (RFC 7766 §6.2.2 lets servers limit concurrent connections).
+    /// Each holds at most one message of up to 64 KiB.
     pub max_tcp_connections: usize,
     /// A TCP connection that sends no complete message for this long is
     /// closed; it also bounds reading one message and writing its answer.

@@ -103,7 +103,7 @@ pub struct Soa {
     /// Changes whenever the zone changes, so secondaries and caches can tell.
     pub serial: u32,
     /// The SOA record's own TTL. Negative answers are cached for the lesser
-    /// of this and `minimum` (RFC 2308 §5), which is how Cloud Map's SOA TTL
+    /// of this and `minimum` (RFC 2308 §3), which is how Cloud Map's SOA TTL
     /// bounds how long a missing instance stays missing.
     pub ttl: u32,
     /// Seconds between a secondary's refreshes.
