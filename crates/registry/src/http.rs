@@ -290,7 +290,7 @@ fn cbor_error(e: &RegistryError) -> Response {
 
 /// Converts a decoded CBOR request into the JSON the service reads: tag-1
 /// timestamps become epoch seconds, byte strings base64 (no input of this
-/// subset has a blob), other tags are looked through.
+/// model has a blob), other tags are looked through.
 pub fn cbor_to_json(value: Cbor) -> Result<Value, RegistryError> {
     let bad = |what: &str| RegistryError::Serialization(format!("Unsupported CBOR value: {what}"));
     Ok(match value {

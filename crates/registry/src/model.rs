@@ -82,7 +82,7 @@ pub enum ShapeKind {
     },
     Boolean,
     Timestamp,
-    /// A type this subset never receives (`blob`, `double`, …): accepted as is.
+    /// A type no Cloud Map input uses (`blob`, `double`, …): accepted as is.
     Other,
 }
 
