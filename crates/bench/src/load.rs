@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::CONTENT_TYPE;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -23,6 +23,9 @@ pub const PREFIX: &str = "/v20190125";
 pub struct Api {
     client: Client<HttpConnector, Full<Bytes>>,
     base: String,
+    /// Sent with every request: a SigV4-style `Authorization` header whose
+    /// access key id names the client (the server's per-client limits).
+    authorization: Option<HeaderValue>,
 }
 
 impl Api {
@@ -38,7 +41,25 @@ impl Api {
         Api {
             client,
             base: base.trim_end_matches('/').to_string(),
+            authorization: None,
         }
+    }
+
+    /// Like [`Api::new`], with every request carrying an `Authorization`
+    /// header in the SigV4 form (`Credential=KEY/...`) for `access_key`:
+    /// the server tells clients apart by it. The signature is not real;
+    /// the server does not verify signatures.
+    pub fn signed(base: &str, connections: usize, access_key: &str) -> Result<Api> {
+        let value = format!(
+            "AWS4-HMAC-SHA256 Credential={access_key}/20261207/us-east-1/appmesh/aws4_request, \
+             SignedHeaders=content-type;host;x-amz-date, Signature=0000000000000000"
+        );
+        Ok(Api {
+            authorization: Some(
+                HeaderValue::from_str(&value).context("an access key fit for a header")?,
+            ),
+            ..Api::new(base, connections)
+        })
     }
 
     /// Sends one request and reads the whole response body.
@@ -53,6 +74,9 @@ impl Api {
             .uri(format!("{}{path}", self.base));
         if body.is_some() {
             req = req.header(CONTENT_TYPE, "application/json");
+        }
+        if let Some(value) = &self.authorization {
+            req = req.header(AUTHORIZATION, value.clone());
         }
         let req = req.body(Full::new(body.unwrap_or_default()))?;
         let resp = self.client.request(req).await?;
@@ -113,14 +137,19 @@ pub fn node_spec(mesh: &str, name: &str, variant: u64) -> String {
 
 /// A fresh idempotency token, as the AWS SDKs send with every create and
 /// update: unique per request (a random per-process prefix and a counter),
-/// without a getrandom call each time.
+/// without a getrandom call each time. At most 33 characters, within the 36
+/// the API allows (16 hex digits, `-`, the counter in hex).
 pub fn client_token() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
     static PREFIX: OnceLock<String> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string());
-    format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+    let prefix = PREFIX.get_or_init(|| {
+        let mut random = uuid::Uuid::new_v4().simple().to_string();
+        random.truncate(16);
+        random
+    });
+    format!("{prefix}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// The body of a CreateVirtualNode request, with a fresh `clientToken`.
@@ -682,7 +711,14 @@ mod tests {
         assert_eq!(update["spec"]["listeners"][0]["portMapping"]["port"], 8084);
         // Every request carries its own token.
         assert_ne!(body["clientToken"], update["clientToken"]);
-        assert!(body["clientToken"].as_str().unwrap().len() > 32);
+        assert!(body["clientToken"].as_str().unwrap().len() > 16);
+        // Within the API's 36 characters however many were sent.
+        for _ in 0..5000 {
+            client_token();
+        }
+        let token = client_token();
+        assert!(token.len() <= 36, "{token}");
+        assert!(token.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
     }
 
     #[test]

@@ -12,8 +12,9 @@
 //! Envoys), `scoping` (config bytes per proxy as the mesh grows), `dataplane`
 //! (open-loop latency added by the Envoy pair) and `no-drops` (failed
 //! requests while routes change); `compaction` measures the embedded store's
-//! writes while it compacts a large state. Each is bounded in time, binds loopback
-//! only and prints a table.
+//! writes while it compacts a large state; `abuse` measures a well-behaved
+//! client while others abuse the server (issue 16). Each is bounded in time,
+//! binds loopback only and prints a table.
 
 /// The load generators allocate per request and per ADS message on every
 /// thread; mimalloc keeps that cost (which competes with the server for the
@@ -21,6 +22,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod abuse;
 mod ads;
 mod appmesh;
 mod bare;
@@ -75,6 +77,10 @@ enum Command {
     NoDrops(dataplane::NoDropsArgs),
     /// Write latency of the embedded store while it compacts a large state.
     Compaction(compaction::CompactionArgs),
+    /// A well-behaved client's latency, and the server's memory and
+    /// descriptors, while hostile and careless clients abuse the API and xDS
+    /// listeners (slow headers, idle floods, large bodies, token and request floods).
+    Abuse(abuse::AbuseArgs),
 }
 
 #[derive(clap::Args)]
@@ -460,6 +466,7 @@ fn main() -> Result<()> {
         Command::XdsScale(args) => runtime()?.block_on(xds_scale::run(args)),
         Command::Envoys(args) => runtime()?.block_on(envoys::run(args)),
         Command::Compaction(args) => runtime()?.block_on(compaction::run(args)),
+        Command::Abuse(args) => runtime()?.block_on(abuse::run(args)),
         Command::Scoping(args) => runtime()?.block_on(scoping::run(args)),
         Command::Dataplane(args) => runtime()?.block_on(dataplane::run(args)),
         Command::NoDrops(args) => runtime()?.block_on(dataplane::run_no_drops(args)),

@@ -226,3 +226,52 @@ fn api_runs_closed_loop_and_open_loop_at_a_scheduled_rate() {
         assert_eq!(cells[5], "0", "errors of {}:\n{out}", cells[0]);
     }
 }
+
+#[test]
+fn abuse_runs_every_phase() {
+    let out = bench(&[
+        "abuse",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0.3",
+        "--rate",
+        "50",
+        "--nodes",
+        "5",
+        "--slow-connections",
+        "10",
+        "--slow-byte-ms",
+        "100",
+        "--idle-api",
+        "20",
+        "--idle-xds",
+        "20",
+        "--reconnect-ms",
+        "100",
+        "--large-workers",
+        "2",
+        "--token-workers",
+        "4",
+        "--flood-requests",
+        "40",
+    ]);
+    for phase in [
+        "baseline",
+        "slow-headers",
+        "idle-flood",
+        "large-bodies",
+        "token-flood",
+        "request-flood",
+    ] {
+        // A row in the table, one after the abuse, one saying what the abusers got.
+        let rows = out.lines().filter(|l| l.starts_with(phase)).count();
+        assert_eq!(rows, 3, "{phase}:\n{out}");
+    }
+    // Over the body limit: BadRequestException (400); just under it: stored.
+    assert!(out.contains("over 256 KiB: 400×"), "{out}");
+    assert!(out.contains("valid, near 256 KiB: 200×"), "{out}");
+    assert!(out.contains("fresh tokens: 200×"), "{out}");
+    assert!(out.contains("trickling heads: opened 10"), "{out}");
+    assert!(!out.contains("first failure"), "{out}");
+}
