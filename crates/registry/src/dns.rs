@@ -5,9 +5,10 @@
 //! namespace's [`NamespaceRecord::kind`](crate::NamespaceRecord) and
 //! [`DnsProperties`], each service's [`DnsConfig`], each instance's
 //! attributes and health. [`service_records`] turns one service and its
-//! instances into the records Route 53 would hold for them, and
+//! instances into the records Route 53 would hold for them,
+//! [`ServiceRecords::groups`] into record sets (one per name and type), and
 //! [`ServiceRecords::answer`] picks what one query gets under the service's
-//! routing policy; both are the DNS server's source of truth.
+//! routing policy; they are the DNS server's source of truth.
 //!
 //! The rules are those of the Cloud Map API reference (`DnsRecord`,
 //! `DnsConfig.RoutingPolicy`, `RegisterInstance.Attributes`):
@@ -372,7 +373,41 @@ pub struct ServiceRecords {
     pub records: Vec<Record>,
 }
 
+/// The records of one owner name and type: what a DNS server holds as one
+/// record set (Route 53 picks among an instance's records per name and type).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordGroup {
+    /// Lower case, without a trailing dot.
+    pub name: String,
+    pub kind: RecordType,
+    /// Seconds; one service's records of one type share their TTL.
+    pub ttl: u32,
+    /// In instance order.
+    pub data: Vec<RecordData>,
+}
+
 impl ServiceRecords {
+    /// The records grouped by owner name and type, in first-seen order.
+    pub fn groups(&self) -> Vec<RecordGroup> {
+        let mut groups: Vec<RecordGroup> = Vec::new();
+        for r in &self.records {
+            let kind = r.data.kind();
+            match groups
+                .iter_mut()
+                .find(|g| g.name == r.name && g.kind == kind)
+            {
+                Some(g) => g.data.push(r.data.clone()),
+                None => groups.push(RecordGroup {
+                    name: r.name.clone(),
+                    kind,
+                    ttl: r.ttl,
+                    data: vec![r.data.clone()],
+                }),
+            }
+        }
+        groups
+    }
+
     /// The records one query for `name` and `kind` gets. `random` is a fresh
     /// random number per query (it picks the instance under `WEIGHTED` and
     /// rotates the eight instances under `MULTIVALUE`). `name` is compared
@@ -651,6 +686,43 @@ mod tests {
         let a = got.answer("red-1.colors.apps.local", RecordType::A, 0);
         assert_eq!(a[0].data, RecordData::A(Ipv4Addr::new(10, 0, 0, 1)));
         assert!(got.answer("colors.apps.local", RecordType::A, 0).is_empty());
+    }
+
+    #[test]
+    fn records_group_into_one_set_per_name_and_type() {
+        let svc = service(Some(config("MULTIVALUE", &[("SRV", 10)]).unwrap()));
+        let instances = [
+            instance(
+                "a",
+                HealthStatus::Healthy,
+                &[
+                    ("AWS_INSTANCE_IPV4", "10.0.0.1"),
+                    ("AWS_INSTANCE_PORT", "80"),
+                ],
+            ),
+            instance(
+                "b",
+                HealthStatus::Healthy,
+                &[
+                    ("AWS_INSTANCE_IPV6", "fd00::2"),
+                    ("AWS_INSTANCE_PORT", "81"),
+                ],
+            ),
+        ];
+        let groups = service_records("apps.local", &svc, &instances).groups();
+        let shown: Vec<(String, &str, usize)> = groups
+            .iter()
+            .map(|g| (g.name.clone(), g.kind.as_str(), g.data.len()))
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                ("colors.apps.local".into(), "SRV", 2),
+                ("a.colors.apps.local".into(), "A", 1),
+                ("b.colors.apps.local".into(), "AAAA", 1),
+            ]
+        );
+        assert!(groups.iter().all(|g| g.ttl == 10));
     }
 
     #[test]
