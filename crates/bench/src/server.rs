@@ -48,6 +48,8 @@ impl Server {
             // Never collide with another server on the fixed default port.
             .arg("--xds-listen")
             .arg("127.0.0.1:0")
+            .arg("--dns-listen")
+            .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--log")

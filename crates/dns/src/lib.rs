@@ -12,6 +12,7 @@
 //!   connections and no queues.
 
 mod answer;
+pub mod cloud_map;
 mod error;
 mod server;
 mod zones;

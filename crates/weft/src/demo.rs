@@ -31,6 +31,9 @@ pub struct DemoArgs {
     /// Address of the xDS server.
     #[arg(long, default_value = "127.0.0.1:15010")]
     xds_listen: SocketAddr,
+    /// Address (UDP and TCP) of the DNS server for Cloud Map DNS namespaces.
+    #[arg(long, default_value = server::DEFAULT_DNS_LISTEN)]
+    dns_listen: SocketAddr,
     /// Egress port of the `front` client's Envoy: where you send requests.
     #[arg(long, default_value_t = 15001)]
     egress_port: u16,
@@ -173,6 +176,7 @@ fn check_ports(args: &DemoArgs) -> Result<()> {
     for (addr, flag) in [
         (args.listen, "--listen"),
         (args.xds_listen, "--xds-listen"),
+        (args.dns_listen, "--dns-listen"),
         (egress, "--egress-port"),
     ] {
         if addr.port() == 0 {
@@ -195,6 +199,7 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
         data.path().join("data"),
         args.listen,
         args.xds_listen,
+        args.dns_listen,
     ))
     .await?;
     let service = cp.service.clone();

@@ -23,6 +23,10 @@ pub struct ServerArgs {
     /// Address of the xDS (ADS over gRPC) server Envoys connect to.
     #[arg(long, env = "WEFT_XDS_LISTEN", default_value = "127.0.0.1:15010")]
     pub xds_listen: SocketAddr,
+    /// Address (UDP and TCP) of the DNS server answering Cloud Map's DNS
+    /// namespaces (port 0 picks a free port, printed on stdout).
+    #[arg(long, env = "WEFT_DNS_LISTEN", default_value = DEFAULT_DNS_LISTEN)]
+    pub dns_listen: SocketAddr,
     /// Folder of the embedded store (created if missing).
     #[arg(long, env = "WEFT_DATA_DIR", default_value = "./weft-data")]
     pub data_dir: PathBuf,
@@ -80,6 +84,11 @@ pub struct ServerArgs {
     pub store_segment_size: u64,
 }
 
+/// Where the DNS server listens unless told otherwise: loopback, on the
+/// port Consul's DNS interface made familiar (a port under 1024 needs
+/// privileges).
+pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:8600";
+
 /// A running control plane.
 pub struct ControlPlane {
     /// The App Mesh API's behaviour, for in-process callers such as `weft demo`.
@@ -88,16 +97,24 @@ pub struct ControlPlane {
     pub api_addr: SocketAddr,
     /// Where the ADS server listens.
     pub xds_addr: SocketAddr,
+    /// Where the DNS server listens (UDP and TCP).
+    pub dns_addr: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl ServerArgs {
     /// The defaults of `weft server` with another data folder and addresses.
-    pub fn with(data_dir: PathBuf, listen: SocketAddr, xds_listen: SocketAddr) -> Self {
+    pub fn with(
+        data_dir: PathBuf,
+        listen: SocketAddr,
+        xds_listen: SocketAddr,
+        dns_listen: SocketAddr,
+    ) -> Self {
         ServerArgs {
             listen,
             xds_listen,
+            dns_listen,
             data_dir,
             region: "us-east-1".into(),
             account_id: "000000000000".into(),
@@ -211,6 +228,8 @@ pub async fn start(args: &ServerArgs) -> Result<ControlPlane> {
             )
         })?;
     let xds_addr = xds_listener.local_addr()?;
+    let (dns_udp, dns_tcp) = bind_dns(args.dns_listen).await?;
+    let dns_addr = dns_udp.local_addr()?;
 
     let cache = weft_xds::SnapshotCache::new();
     let (resolver, runtime) = control_plane::new(store.clone(), cache.clone());
@@ -235,6 +254,18 @@ pub async fn start(args: &ServerArgs) -> Result<ControlPlane> {
             let incoming = weft_listen::grpc::incoming(xds_listener, xds_limits);
             if let Err(e) = ads.serve_incoming(incoming, stop).await {
                 tracing::warn!(error = %e, "xDS server ended with an error");
+            }
+        }));
+    }
+    {
+        let (zones_tx, zones_rx) = watch::channel(Arc::new(weft_dns::Zones::new()));
+        let follow = weft_dns::cloud_map::follow(store.clone(), zones_tx, stopped(stop_rx.clone()));
+        tasks.push(tokio::spawn(follow));
+        let stop = stopped(stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            let limits = weft_dns::Limits::default();
+            if let Err(e) = weft_dns::serve(dns_udp, dns_tcp, zones_rx, limits, stop).await {
+                tracing::warn!(error = %e, "DNS server ended with an error");
             }
         }));
     }
@@ -286,11 +317,12 @@ pub async fn start(args: &ServerArgs) -> Result<ControlPlane> {
             listener, app, api_limits, stop,
         )));
     }
-    tracing::info!(%api_addr, %xds_addr, data_dir = %args.data_dir.display(), "control plane listening");
+    tracing::info!(%api_addr, %xds_addr, %dns_addr, data_dir = %args.data_dir.display(), "control plane listening");
     Ok(ControlPlane {
         service,
         api_addr,
         xds_addr,
+        dns_addr,
         stop,
         tasks,
     })
@@ -327,9 +359,29 @@ pub async fn run(args: ServerArgs, shutdown: impl std::future::Future<Output = (
     // Plain lines on stdout so scripts and tests can find ports chosen with :0.
     println!("weft api listening on http://{}", cp.api_addr);
     println!("weft xds listening on {}", cp.xds_addr);
+    println!("weft dns listening on {}", cp.dns_addr);
     shutdown.await;
     cp.stop().await;
     Ok(())
+}
+
+/// Binds the DNS server's UDP socket and TCP listener on one address; with
+/// port 0, on one free port for both (a few tries: the port UDP got may be
+/// taken for TCP).
+async fn bind_dns(addr: SocketAddr) -> Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
+    let context = || format!("binding {addr} (the DNS address, --dns-listen)");
+    let mut tries = if addr.port() == 0 { 8 } else { 1 };
+    loop {
+        let udp = tokio::net::UdpSocket::bind(addr)
+            .await
+            .with_context(context)?;
+        let bound = udp.local_addr()?;
+        match tokio::net::TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(_) if tries > 1 => tries -= 1,
+            Err(e) => return Err(e).with_context(context),
+        }
+    }
 }
 
 fn parse_quotas(items: &[String]) -> Result<Quotas> {

@@ -682,6 +682,8 @@ fn weft_demo_brings_up_a_whole_mesh_and_routes_as_configured() {
             "127.0.0.1:0",
             "--xds-listen",
             "127.0.0.1:0",
+            "--dns-listen",
+            "127.0.0.1:0",
         ])
         .args(["--egress-port", &free_port().to_string()])
         .env("WEFT_LOG", "warn")

@@ -17,6 +17,8 @@ pub struct WeftServer {
     pub addr: String,
     /// The xDS (ADS) address Envoys connect to, `127.0.0.1:PORT`.
     pub xds_addr: String,
+    /// The DNS server's address (UDP and TCP), `127.0.0.1:PORT`.
+    pub dns_addr: String,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -84,6 +86,11 @@ impl WeftServer {
             } else {
                 vec!["--xds-listen", "127.0.0.1:0"]
             })
+            .args(if extra.contains(&"--dns-listen") {
+                vec![]
+            } else {
+                vec!["--dns-listen", "127.0.0.1:0"]
+            })
             .arg("--data-dir")
             .arg(dir)
             .args(extra)
@@ -96,7 +103,8 @@ impl WeftServer {
         let mut lines = BufReader::new(stdout).lines();
         let mut addr = None;
         let mut xds_addr = None;
-        while addr.is_none() || xds_addr.is_none() {
+        let mut dns_addr = None;
+        while addr.is_none() || xds_addr.is_none() || dns_addr.is_none() {
             let line = lines
                 .next()
                 .expect("weft server exited before listening")
@@ -107,14 +115,18 @@ impl WeftServer {
             if let Some(a) = line.strip_prefix("weft xds listening on ") {
                 xds_addr = Some(a.to_string());
             }
+            if let Some(a) = line.strip_prefix("weft dns listening on ") {
+                dns_addr = Some(a.to_string());
+            }
         }
-        let (addr, xds_addr) = (addr.unwrap(), xds_addr.unwrap());
+        let (addr, xds_addr, dns_addr) = (addr.unwrap(), xds_addr.unwrap(), dns_addr.unwrap());
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         WeftServer {
             child,
             addr,
             xds_addr,
+            dns_addr,
             data_dir: dir.to_path_buf(),
             _tmp: None,
         }
