@@ -30,7 +30,6 @@ pub const MAX_CLIENTS: usize = 10_000;
 
 /// Longest access key id kept (AWS's are 16 to 128 characters): a longer
 /// one is cut, so an entry's size stays bounded.
-const MAX_KEY_ID_CHARS: usize = 128;
 
 /// The key of the entry shared by the clients that do not fit the table.
 const OVERFLOW: &str = "(overflow)";
@@ -48,7 +47,7 @@ impl ClientId {
         if let Some(key) = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(access_key_id)
+            .and_then(weft_listen::access_key_id)
         {
             return ClientId(format!("key:{key}"));
         }
@@ -70,22 +69,6 @@ fn canonical(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     }
-}
-
-/// The access key id of a SigV4 `Authorization` header:
-/// `AWS4-HMAC-SHA256 Credential=AKID/20150830/us-east-1/appmesh/aws4_request, …`.
-fn access_key_id(authorization: &str) -> Option<&str> {
-    let (_, rest) = authorization.split_once("Credential=")?;
-    let end = rest.find(['/', ',', ' ']).unwrap_or(rest.len());
-    let key = rest.get(..end)?;
-    if key.is_empty() {
-        return None;
-    }
-    let cut = key
-        .char_indices()
-        .nth(MAX_KEY_ID_CHARS)
-        .map_or(key.len(), |(i, _)| i);
-    key.get(..cut)
 }
 
 /// Why a request was not admitted.

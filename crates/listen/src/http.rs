@@ -35,6 +35,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// One open connection as the listener sees it.
 struct Conn {
+    /// Who it belongs to: the access key id of its first signed request,
+    /// else its peer's address.
+    client: Arc<str>,
     /// Requests in flight.
     busy: usize,
     /// When the last request ended (or the connection opened).
@@ -43,10 +46,12 @@ struct Conn {
     close: Arc<Notify>,
 }
 
-/// Every open connection that counts toward the cap.
+/// Every open connection that counts toward the cap, and those told to
+/// close that have not yet.
 #[derive(Default)]
 struct Table {
     conns: HashMap<u64, Conn>,
+    closing: usize,
     next_id: u64,
 }
 
@@ -57,19 +62,35 @@ fn lock(table: &Mutex<Table>) -> MutexGuard<'_, Table> {
 }
 
 impl Table {
-    /// Admits a new connection if there is room, making room by closing the
-    /// connection idle the longest if need be: at the cap, a client that
-    /// keeps connections open without using them loses them to one that
-    /// has a request to make.
-    fn admit(&mut self, max: usize) -> Option<(u64, Arc<Notify>)> {
+    /// Admits a new connection from `peer` if there is room. At the cap it
+    /// makes room by closing a connection of the client holding the most
+    /// (its longest-idle one, else its oldest busy one, which finishes its
+    /// request first): a client that floods the listener loses its own
+    /// connections, not another client's. A new connection is refused only
+    /// while a quarter of the cap is still closing.
+    fn admit(&mut self, max: usize, peer: SocketAddr) -> Option<(u64, Arc<Notify>)> {
         if self.conns.len() >= max {
+            if self.closing >= (max / 4).max(1) {
+                return None;
+            }
+            let mut held: HashMap<&str, usize> = HashMap::new();
+            for conn in self.conns.values() {
+                *held.entry(&conn.client).or_default() += 1;
+            }
+            let heaviest: Arc<str> = held
+                .into_iter()
+                .max_by_key(|(_, n)| *n)
+                .map(|(client, _)| Arc::from(client))?;
             let (&victim, _) = self
                 .conns
                 .iter()
-                .filter(|(_, c)| c.busy == 0)
-                .min_by_key(|(_, c)| c.idle_since)?;
+                .filter(|(_, c)| c.client == heaviest)
+                .min_by_key(|(id, c)| {
+                    (c.busy > 0, if c.busy > 0 { **id } else { 0 }, c.idle_since)
+                })?;
             if let Some(conn) = self.conns.remove(&victim) {
                 conn.close.notify_one();
+                self.closing += 1;
             }
         }
         let id = self.next_id;
@@ -78,12 +99,21 @@ impl Table {
         self.conns.insert(
             id,
             Conn {
+                client: Arc::from(peer.ip().to_string()),
                 busy: 0,
                 idle_since: Instant::now(),
                 close: close.clone(),
             },
         );
         Some((id, close))
+    }
+
+    /// Forgets a connection that ended.
+    fn remove(&mut self, id: u64) {
+        if self.conns.remove(&id).is_none() {
+            // It had been told to close.
+            self.closing = self.closing.saturating_sub(1);
+        }
     }
 
     /// When the connection becomes idle-expired, or `None` if it is now.
@@ -107,9 +137,14 @@ struct Busy {
 }
 
 impl Busy {
-    fn start(table: SharedTable, id: u64) -> Self {
+    /// `client`: the access key id the request is signed with, if any; the
+    /// connection belongs to it from then on.
+    fn start(table: SharedTable, id: u64, client: Option<&str>) -> Self {
         if let Some(c) = lock(&table).conns.get_mut(&id) {
             c.busy += 1;
+            if let Some(key) = client.filter(|key| *key != &*c.client) {
+                c.client = Arc::from(key);
+            }
         }
         Busy { table, id }
     }
@@ -177,7 +212,7 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
-        let admitted = lock(&table).admit(limits.max_connections);
+        let admitted = lock(&table).admit(limits.max_connections, peer);
         match admitted {
             Some((id, close)) => {
                 let connection = Connection {
@@ -195,7 +230,7 @@ pub async fn serve(
                     tracing::warn!(
                         max_connections = limits.max_connections,
                         suppressed,
-                        "API listener full with every connection busy: refusing connections"
+                        "API listener full and still closing connections: refusing new ones"
                     );
                 }
                 if let Ok(permit) = refusals.clone().try_acquire_owned() {
@@ -244,7 +279,12 @@ impl Connection {
         let (table, id, peer, limits) = (self.table.clone(), self.id, self.peer, self.limits);
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
-            let busy = Busy::start(table.clone(), id);
+            let client = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(crate::access_key_id);
+            let busy = Busy::start(table.clone(), id, client);
             let router = router.clone();
             async move {
                 let answer = tokio::time::timeout(limits.request_timeout, router.oneshot(request));
@@ -301,7 +341,7 @@ impl Connection {
                 hard_stop.as_mut().reset((Instant::now() + bound).into());
             }
         }
-        lock(&self.table).conns.remove(&self.id);
+        lock(&self.table).remove(self.id);
     }
 }
 
@@ -309,32 +349,69 @@ impl Connection {
 mod tests {
     use super::*;
 
-    #[test]
-    fn at_the_cap_the_longest_idle_connection_makes_room() {
-        let mut table = Table::default();
-        let (first, first_close) = table.admit(2).unwrap_or_else(|| unreachable!());
-        std::thread::sleep(Duration::from_millis(2));
-        let (second, _) = table.admit(2).unwrap_or_else(|| unreachable!());
-        let (_third, _) = table.admit(2).unwrap_or_else(|| unreachable!());
-        assert!(
-            !table.conns.contains_key(&first),
-            "the oldest idle one went"
-        );
-        assert!(table.conns.contains_key(&second));
-        assert_eq!(table.conns.len(), 2);
-        // It was told to close.
-        let notified = first_close.notified();
-        futures::pin_mut!(notified);
-        assert!(futures::FutureExt::now_or_never(notified).is_some());
+    fn peer(n: u8) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, n], 40000))
     }
 
     #[test]
-    fn at_the_cap_with_every_connection_busy_a_new_one_is_refused() {
+    fn at_the_cap_the_longest_idle_connection_of_the_client_holding_most_makes_room() {
+        let mut table = Table::default();
+        let (quiet, _) = table.admit(3, peer(1)).unwrap_or_else(|| unreachable!());
+        std::thread::sleep(Duration::from_millis(2));
+        let (first, first_close) = table.admit(3, peer(2)).unwrap_or_else(|| unreachable!());
+        let (second, _) = table.admit(3, peer(2)).unwrap_or_else(|| unreachable!());
+        let (_third, _) = table.admit(3, peer(3)).unwrap_or_else(|| unreachable!());
+        // The quiet client's connection is the oldest idle one, but peer 2
+        // held two of the three.
+        assert!(table.conns.contains_key(&quiet));
+        assert!(
+            !table.conns.contains_key(&first),
+            "the flooder's oldest idle one went"
+        );
+        assert!(table.conns.contains_key(&second));
+        assert_eq!((table.conns.len(), table.closing), (3, 1));
+        let notified = first_close.notified();
+        futures::pin_mut!(notified);
+        assert!(
+            futures::FutureExt::now_or_never(notified).is_some(),
+            "it was told to close"
+        );
+        table.remove(first);
+        assert_eq!(table.closing, 0);
+    }
+
+    #[test]
+    fn a_busy_connection_of_the_heaviest_client_is_closed_before_anyone_elses_idle_one() {
         let table: SharedTable = Arc::default();
-        let (a, _) = lock(&table).admit(1).unwrap_or_else(|| unreachable!());
-        let busy = Busy::start(table.clone(), a);
-        assert!(lock(&table).admit(1).is_none());
-        drop(busy);
-        assert!(lock(&table).admit(1).is_some());
+        let (quiet, _) = lock(&table)
+            .admit(3, peer(1))
+            .unwrap_or_else(|| unreachable!());
+        let (a, _) = lock(&table)
+            .admit(3, peer(9))
+            .unwrap_or_else(|| unreachable!());
+        let (b, _) = lock(&table)
+            .admit(3, peer(8))
+            .unwrap_or_else(|| unreachable!());
+        // Both flood connections are signed with one key, and busy.
+        let _busy_a = Busy::start(table.clone(), a, Some("FLOOD"));
+        let _busy_b = Busy::start(table.clone(), b, Some("FLOOD"));
+        assert!(lock(&table).admit(3, peer(1)).is_some());
+        let t = lock(&table);
+        assert!(t.conns.contains_key(&quiet));
+        assert_eq!(
+            t.conns.values().filter(|c| &*c.client == "FLOOD").count(),
+            1
+        );
+    }
+
+    #[test]
+    fn while_a_quarter_of_the_cap_is_closing_new_connections_are_refused() {
+        let mut table = Table::default();
+        for n in 0..4 {
+            table.admit(4, peer(n)).unwrap_or_else(|| unreachable!());
+        }
+        // Each admission past the cap closes one; the first makes closing 1 = 4 / 4.
+        assert!(table.admit(4, peer(9)).is_some());
+        assert!(table.admit(4, peer(9)).is_none());
     }
 }

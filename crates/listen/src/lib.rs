@@ -48,6 +48,44 @@ impl Default for Limits {
     }
 }
 
+/// The longest access key id kept: a longer one is cut, so that a client
+/// cannot make the tables keyed by it hold long strings.
+const MAX_KEY_ID_CHARS: usize = 128;
+
+/// The access key id of a SigV4 `Authorization` header:
+/// `AWS4-HMAC-SHA256 Credential=AKID/20150830/us-east-1/appmesh/aws4_request, …`.
+pub fn access_key_id(authorization: &str) -> Option<&str> {
+    let (_, rest) = authorization.split_once("Credential=")?;
+    let end = rest.find(['/', ',', ' ']).unwrap_or(rest.len());
+    let key = rest.get(..end)?;
+    if key.is_empty() {
+        return None;
+    }
+    let cut = key
+        .char_indices()
+        .nth(MAX_KEY_ID_CHARS)
+        .map_or(key.len(), |(i, _)| i);
+    key.get(..cut)
+}
+
+/// The listen backlog: connections the kernel queues before they are
+/// accepted (capped by `net.core.somaxconn`, 4,096 by default). Tokio's
+/// default of 128 overflows in a burst of connections, and a dropped SYN
+/// is only resent after a second or three.
+pub const BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener on `addr` with [`BACKLOG`].
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As std's and tokio's own bind do: a restarted server can bind at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Logs at most one warning per period for a recurring condition (a full
 /// listener, a failing `accept`), so that a flood cannot flood the log too.
 #[derive(Debug)]

@@ -215,18 +215,15 @@ pub async fn start(args: &ServerArgs) -> Result<ControlPlane> {
     .await
     .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
     let store: SharedStore = store;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = weft_listen::bind(args.listen)
         .with_context(|| format!("binding {} (the API address, --listen)", args.listen))?;
     let api_addr = listener.local_addr()?;
-    let xds_listener = tokio::net::TcpListener::bind(args.xds_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "binding {} (the xDS address, --xds-listen)",
-                args.xds_listen
-            )
-        })?;
+    let xds_listener = weft_listen::bind(args.xds_listen).with_context(|| {
+        format!(
+            "binding {} (the xDS address, --xds-listen)",
+            args.xds_listen
+        )
+    })?;
     let xds_addr = xds_listener.local_addr()?;
     let (dns_udp, dns_tcp) = bind_dns(args.dns_listen).await?;
     let dns_addr = dns_udp.local_addr()?;
@@ -376,7 +373,7 @@ async fn bind_dns(addr: SocketAddr) -> Result<(tokio::net::UdpSocket, tokio::net
             .await
             .with_context(context)?;
         let bound = udp.local_addr()?;
-        match tokio::net::TcpListener::bind(bound).await {
+        match weft_listen::bind(bound) {
             Ok(tcp) => return Ok((udp, tcp)),
             Err(_) if tries > 1 => tries -= 1,
             Err(e) => return Err(e).with_context(context),

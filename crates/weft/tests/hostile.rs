@@ -399,3 +399,28 @@ async fn large_updates_and_token_floods_keep_memory_and_disk_bounded() {
     let disk = disk_usage(&server.data_dir) >> 20;
     assert!(disk <= 200, "the data folder holds {disk} MiB");
 }
+
+#[tokio::test]
+async fn a_client_flooding_the_connection_cap_loses_its_own_connections_not_another_clients() {
+    let server = WeftServer::start_with(&["--max-connections", "16"]);
+    // The quiet client has a keep-alive connection in its pool, idle.
+    let quiet = server.client_without_retries();
+    quiet.create_mesh().mesh_name("quiet").send().await.unwrap();
+    // Another client fills the cap twice over with requests in flight.
+    let mut flood = Vec::new();
+    for _ in 0..40 {
+        flood.push(common::stalled_request(&server.addr, "FLOOD").await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The quiet client's pooled connection was not the one closed: its
+    // requests go through without a retry.
+    for i in 0..5 {
+        quiet
+            .describe_mesh()
+            .mesh_name("quiet")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request {i} of the quiet client: {e:?}"));
+    }
+    drop(flood);
+}

@@ -15,8 +15,9 @@ use aws_sdk_appmesh::types::{
     Backend, DnsServiceDiscovery, ServiceDiscovery, VirtualNodeSpec, VirtualServiceBackend,
 };
 use aws_sdk_appmesh::Client;
-use common::{dns_node_spec, error_code, router_spec, service_by_router, WeftServer};
-use tokio::io::AsyncWriteExt;
+use common::{
+    dns_node_spec, error_code, router_spec, service_by_router, stalled_request, WeftServer,
+};
 
 /// An SDK client signing with access key `key` that never retries, so that
 /// each throttled answer is seen as it is.
@@ -236,21 +237,6 @@ async fn a_1_5_mb_hostname_is_refused_and_a_5_000_character_one_is_refused_namin
         .virtual_node
         .unwrap();
     assert_eq!(node.metadata.unwrap().version, 1, "no update was stored");
-}
-
-/// Opens a request of client `key` that sends its head and half its body,
-/// then stalls: it stays in flight until the connection is dropped.
-async fn stalled_request(addr: &str, key: &str) -> tokio::net::TcpStream {
-    let host = addr.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-    let head = format!(
-        "PUT /v20190125/meshes HTTP/1.1\r\nhost: weft\r\ncontent-type: application/json\r\n\
-         content-length: 20\r\nauthorization: AWS4-HMAC-SHA256 \
-         Credential={key}/20250101/us-east-1/appmesh/aws4_request, SignedHeaders=host, \
-         Signature=0\r\n\r\n{{\"meshName\""
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    s
 }
 
 #[tokio::test]

@@ -327,3 +327,20 @@ pub fn router_spec(
         )
         .build()
 }
+
+/// Opens a request of client `key` that sends its head and half its body,
+/// then stalls: it stays in flight until the connection is dropped.
+pub async fn stalled_request(addr: &str, key: &str) -> tokio::net::TcpStream {
+    let host = addr.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    let head = format!(
+        "PUT /v20190125/meshes HTTP/1.1\r\nhost: weft\r\ncontent-type: application/json\r\n\
+         content-length: 20\r\nauthorization: AWS4-HMAC-SHA256 \
+         Credential={key}/20250101/us-east-1/appmesh/aws4_request, SignedHeaders=host, \
+         Signature=0\r\n\r\n{{\"meshName\""
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut s, head.as_bytes())
+        .await
+        .unwrap();
+    s
+}
