@@ -28,9 +28,6 @@ use crate::config::RateLimit;
 /// Clients tracked at once; past it, new clients share one entry.
 pub const MAX_CLIENTS: usize = 10_000;
 
-/// Longest access key id kept (AWS's are 16 to 128 characters): a longer
-/// one is cut, so an entry's size stays bounded.
-
 /// The key of the entry shared by the clients that do not fit the table.
 const OVERFLOW: &str = "(overflow)";
 

@@ -48,8 +48,8 @@ impl Default for Limits {
     }
 }
 
-/// The longest access key id kept: a longer one is cut, so that a client
-/// cannot make the tables keyed by it hold long strings.
+/// The longest access key id kept (AWS's are 16 to 128 characters): a
+/// longer one is cut, so that tables keyed by it hold short strings.
 const MAX_KEY_ID_CHARS: usize = 128;
 
 /// The access key id of a SigV4 `Authorization` header:
