@@ -134,7 +134,7 @@ impl DeltaStream {
             }
         }
         // Envoy forgets what it unsubscribed from. Only a request that can have dropped a
-        // name filters (not every ACK: that was a name lookup per held resource per ACK).
+        // name filters: filtering on every ACK would cost a name lookup per held resource.
         let narrowed = first || was_wildcard || !request.resource_names_unsubscribe.is_empty();
         if !state.wildcard && narrowed {
             let names = &state.names;
