@@ -23,6 +23,7 @@ pub mod error;
 pub mod http_client;
 pub mod registration;
 pub mod sample_app;
+pub mod signal;
 pub mod supervisor;
 
 pub use bootstrap::{bootstrap, bootstrap_json};

@@ -212,7 +212,7 @@ async fn stop(
         Err(e) => warn!(error = %e, "could not drain Envoy; stopping it"),
     }
     if let Some(pid) = pid {
-        signal(pid, "TERM").await;
+        signal(pid, crate::signal::Signal::TERM);
     }
     match tokio::time::timeout(config.stop_grace, child.wait()).await {
         Ok(status) => {
@@ -233,19 +233,11 @@ async fn stop(
     }
 }
 
-/// Sends a signal with `kill(1)`, since the workspace forbids `unsafe` (and so `libc::kill`).
-/// The PID cannot have been reused: Envoy is our child and not yet reaped.
-async fn signal(pid: u32, name: &str) {
-    let result = tokio::process::Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .stdin(std::process::Stdio::null())
-        .status()
-        .await;
-    match result {
-        Ok(s) if s.success() => {}
-        Ok(s) => warn!(pid, signal = name, status = %s, "kill failed"),
-        Err(e) => warn!(pid, signal = name, error = %e, "could not run kill"),
+/// Sends a signal to Envoy. The PID cannot have been reused: Envoy is our
+/// child and not yet reaped.
+fn signal(pid: u32, signal: crate::signal::Signal) {
+    if let Err(e) = crate::signal::send(pid, signal) {
+        warn!(pid, signal = ?signal, error = %e, "could not signal Envoy");
     }
 }
 

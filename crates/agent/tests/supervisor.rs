@@ -38,12 +38,14 @@ async fn wait_for_pid(state: &mut watch::Receiver<EnvoyState>, not: Option<u32>)
 }
 
 fn kill(signal: &str, pid: u32) {
-    let ok = std::process::Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "kill {signal} {pid} failed");
+    use weft_agent::signal::Signal;
+    let sig = match signal {
+        "-KILL" | "-9" => Signal::KILL,
+        "-TERM" => Signal::TERM,
+        "-INT" => Signal::INT,
+        other => panic!("no signal {other} in these tests"),
+    };
+    weft_agent::signal::send(pid, sig).unwrap_or_else(|e| panic!("kill {signal} {pid}: {e}"));
 }
 
 #[tokio::test]

@@ -40,12 +40,7 @@ pub fn agent_config(resource: &str, dir: &std::path::Path) -> AgentConfig {
     c
 }
 
-/// Whether a process with this PID exists (`kill -0`).
+/// Whether a process with this PID exists.
 pub fn process_exists(pid: u32) -> bool {
-    std::process::Command::new("kill")
-        .args(["-0", &pid.to_string()])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    weft_agent::signal::process_exists(pid)
 }
