@@ -87,8 +87,9 @@ fn sweep_unheld<T: ?Sized>(by_content: &mut HashMap<u64, Vec<Arc<T>>>) {
 ///
 /// The egress route configuration of a node has a virtual host per backend,
 /// and the virtual host of a service is the same in every node that calls it:
-/// in a mesh where each service has ten clients, each was encoded and held ten
-/// times (~2.6 KB of route configuration per node in the scale benchmark).
+/// in a mesh where each service has ten clients, each would otherwise be
+/// encoded and held ten times (~2.6 KB of route configuration per node in the
+/// scale benchmark).
 #[derive(Default)]
 struct VirtualHosts {
     by_content: HashMap<u64, Vec<Arc<[u8]>>>,
@@ -164,8 +165,8 @@ impl RouteConfigurations {
 /// class that reaches a route target the same cluster allocation, which is
 /// encoded once. The messages are let go at the end of the round: a typed
 /// `Cluster` takes several times the memory of its encoding, and keeping one
-/// per cluster for comparison cost ~8 KiB per proxy class (a heap profile at
-/// 1,000 classes).
+/// per cluster for comparison would cost ~8 KiB per proxy class (a heap
+/// profile at 1,000 classes).
 struct Pool<M> {
     interned: Interned,
     /// This round's messages by address, each held so that its address
@@ -207,7 +208,7 @@ impl<M: Message + Name> Pool<M> {
 
 /// The encoding cache of the control plane.
 #[derive(Default)]
-pub struct EncodedPool {
+pub(crate) struct EncodedPool {
     listeners: Interned,
     route_configurations: RouteConfigurations,
     clusters: Pool<XdsCluster>,
@@ -219,7 +220,7 @@ impl EncodedPool {
     /// taken from the pool when one with its name and bytes is there (so an
     /// unchanged resource keeps its `Arc` from the class's previous snapshot,
     /// and classes share what they have in common).
-    pub fn snapshot(&mut self, resources: SharedResources) -> Result<Snapshot, XdsError> {
+    pub(crate) fn snapshot(&mut self, resources: SharedResources) -> Result<Snapshot, XdsError> {
         let mut eds_names = BTreeSet::new();
         let mut rds_names = BTreeSet::new();
         let mut all = Vec::with_capacity(
@@ -249,7 +250,7 @@ impl EncodedPool {
 
     /// Forgets what no snapshot uses any more; call after a round of
     /// [`EncodedPool::snapshot`] calls has replaced the older snapshots.
-    pub fn sweep(&mut self) {
+    pub(crate) fn sweep(&mut self) {
         self.listeners.sweep();
         self.route_configurations.sweep();
         self.clusters.sweep();
@@ -258,13 +259,13 @@ impl EncodedPool {
 
     /// Ends a round of [`EncodedPool::snapshot`] calls without a sweep: the
     /// translated messages are let go.
-    pub fn end_round(&mut self) {
+    pub(crate) fn end_round(&mut self) {
         self.clusters.end_round();
         self.assignments.end_round();
     }
 
     /// How many encoded resources the pool holds.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.listeners.len()
             + self.route_configurations.interned.len()
             + self.clusters.interned.len()

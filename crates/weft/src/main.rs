@@ -10,9 +10,7 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-mod control_plane;
 mod demo;
-mod encoded;
 mod proxy_status;
 mod server;
 

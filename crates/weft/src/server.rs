@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use weft_api::{ApiConfig, Quotas, RateLimit, Service};
 use weft_store::{EmbeddedOptions, EmbeddedStore, SharedStore};
 
-use crate::{control_plane, proxy_status};
+use crate::proxy_status;
 
 /// Flags of `weft server`.
 #[derive(clap::Args)]
@@ -56,7 +56,7 @@ pub struct ServerArgs {
     /// Envoys announce) keeps its computed config after its last Envoy
     /// disconnects; then it is forgotten, and an Envoy of it that connects
     /// later waits for its config to be computed again (at least 1).
-    #[arg(long, env = "WEFT_PROXY_IDLE_TTL", default_value_t = control_plane::DEFAULT_IDLE_CLASS_TTL.as_secs_f64())]
+    #[arg(long, env = "WEFT_PROXY_IDLE_TTL", default_value_t = weft_control::DEFAULT_IDLE_CLASS_TTL.as_secs_f64())]
     pub proxy_idle_ttl: f64,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` also works.
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
@@ -123,7 +123,7 @@ impl ServerArgs {
             api_burst: None,
             max_requests_per_client: weft_api::config::DEFAULT_MAX_IN_FLIGHT_PER_CLIENT,
             log: "info".into(),
-            proxy_idle_ttl: control_plane::DEFAULT_IDLE_CLASS_TTL.as_secs_f64(),
+            proxy_idle_ttl: weft_control::DEFAULT_IDLE_CLASS_TTL.as_secs_f64(),
             max_connections: 1024,
             xds_max_connections: 20_000,
             idle_timeout: 60.0,
@@ -229,7 +229,7 @@ pub async fn start(args: &ServerArgs) -> Result<ControlPlane> {
     let dns_addr = dns_udp.local_addr()?;
 
     let cache = weft_xds::SnapshotCache::new();
-    let (resolver, runtime) = control_plane::new(store.clone(), cache.clone());
+    let (resolver, runtime) = weft_control::new(store.clone(), cache.clone());
     let idle_ttl = Duration::try_from_secs_f64(args.proxy_idle_ttl).map_err(|_| {
         anyhow::anyhow!(
             "--proxy-idle-ttl must be a number of seconds, got {}",
