@@ -159,7 +159,7 @@ impl Instance {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct RequestRecord {
     /// `sha256:` and the hex digest of the request without its
-    /// `CreatorRequestId` (records written before held the request itself).
+    /// `CreatorRequestId`.
     pub request: String,
     pub output: serde_json::Value,
     /// The operation id the answer carries, for DuplicateRequest.

@@ -179,17 +179,16 @@ fn id_of(value: &str) -> &str {
 }
 
 /// The request without its CreatorRequestId (or UpdaterRequestId), to tell a retry from a reuse:
-/// its JSON, and the `sha256:…` digest of that JSON that records keep.
+/// the `sha256:…` digest of its JSON, which records keep.
 struct Fingerprint {
-    json: String,
+    /// `sha256:` and the lowercase hex digest.
     digest: String,
 }
 
 impl Fingerprint {
-    /// Whether a record's `request` was written for this request: its
-    /// digest, or (records written before) the request itself.
+    /// Whether a record's `request` was written for this request.
     fn matches(&self, recorded: &str) -> bool {
-        recorded == self.digest || recorded == self.json
+        recorded == self.digest
     }
 }
 
@@ -212,7 +211,7 @@ fn fingerprint(input: &Value) -> Fingerprint {
         // Writing to a String cannot fail.
         let _ = write!(digest, "{b:02x}");
     }
-    Fingerprint { json, digest }
+    Fingerprint { digest }
 }
 
 fn tags_of(input: &Value) -> Result<Vec<Tag>, RegistryError> {
@@ -1694,12 +1693,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_request_record_matches_its_request_by_digest_or_in_the_older_whole_form() {
+    fn a_request_record_matches_its_request_by_digest() {
         let input = json!({"ServiceId": "srv-1", "InstanceId": "i", "CreatorRequestId": "c1"});
         let request = fingerprint(&input);
         assert_eq!(request.digest.len(), "sha256:".len() + 64);
         assert!(request.matches(&request.digest));
-        assert!(request.matches(r#"{"InstanceId":"i","ServiceId":"srv-1"}"#));
+        assert!(!request.matches(r#"{"InstanceId":"i","ServiceId":"srv-1"}"#));
         // The CreatorRequestId is not part of the request.
         let retried = json!({"ServiceId": "srv-1", "InstanceId": "i", "CreatorRequestId": "c2"});
         assert!(fingerprint(&retried).matches(&request.digest));
