@@ -150,11 +150,7 @@ impl Children {
     async fn stop(mut self) {
         for c in &self.0 {
             if let Some(pid) = c.id() {
-                let _ = Command::new("kill")
-                    .arg("-TERM")
-                    .arg(pid.to_string())
-                    .status()
-                    .await;
+                let _ = weft_agent::signal::send(pid, weft_agent::signal::Signal::TERM);
             }
         }
         for c in &mut self.0 {

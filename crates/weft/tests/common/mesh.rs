@@ -15,10 +15,7 @@ pub struct Proc(pub Child);
 impl Drop for Proc {
     fn drop(&mut self) {
         // SIGTERM first so an agent stops its Envoy, then make sure.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
+        let _ = weft_agent::signal::send(self.0.id(), weft_agent::signal::Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {

@@ -193,14 +193,12 @@ impl WeftServer {
 
     /// Sends SIGTERM without waiting.
     pub fn send_sigterm(&self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").arg("-TERM").arg(&pid).status();
+        let _ = weft_agent::signal::send(self.child.id(), weft_agent::signal::Signal::TERM);
     }
 
     /// Sends SIGTERM and waits for a graceful exit; returns whether it exited 0.
     pub fn terminate(&mut self) -> bool {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").arg("-TERM").arg(&pid).status();
+        let _ = weft_agent::signal::send(self.child.id(), weft_agent::signal::Signal::TERM);
         self.child.wait().map(|s| s.success()).unwrap_or(false)
     }
 
