@@ -51,6 +51,8 @@ struct Conn {
 #[derive(Default)]
 struct Table {
     conns: HashMap<u64, Conn>,
+    /// How many of `conns` each client holds.
+    held: HashMap<Arc<str>, usize>,
     closing: usize,
     next_id: u64,
 }
@@ -73,14 +75,11 @@ impl Table {
             if self.closing >= (max / 4).max(1) {
                 return None;
             }
-            let mut held: HashMap<&str, usize> = HashMap::new();
-            for conn in self.conns.values() {
-                *held.entry(&conn.client).or_default() += 1;
-            }
-            let heaviest: Arc<str> = held
-                .into_iter()
-                .max_by_key(|(_, n)| *n)
-                .map(|(client, _)| Arc::from(client))?;
+            let heaviest: Arc<str> = self
+                .held
+                .iter()
+                .max_by_key(|(_, n)| **n)
+                .map(|(client, _)| client.clone())?;
             let (&victim, _) = self
                 .conns
                 .iter()
@@ -88,18 +87,17 @@ impl Table {
                 .min_by_key(|(id, c)| {
                     (c.busy > 0, if c.busy > 0 { **id } else { 0 }, c.idle_since)
                 })?;
-            if let Some(conn) = self.conns.remove(&victim) {
-                conn.close.notify_one();
-                self.closing += 1;
-            }
+            self.close(victim);
         }
         let id = self.next_id;
         self.next_id += 1;
         let close = Arc::new(Notify::new());
+        let client: Arc<str> = Arc::from(peer.ip().to_string());
+        *self.held.entry(client.clone()).or_default() += 1;
         self.conns.insert(
             id,
             Conn {
-                client: Arc::from(peer.ip().to_string()),
+                client,
                 busy: 0,
                 idle_since: Instant::now(),
                 close: close.clone(),
@@ -108,11 +106,55 @@ impl Table {
         Some((id, close))
     }
 
+    /// Tells a connection to close once what is in flight is answered; it
+    /// no longer counts toward the cap, but toward those closing.
+    fn close(&mut self, id: u64) {
+        if let Some(conn) = self.conns.remove(&id) {
+            self.release(&conn.client);
+            conn.close.notify_one();
+            self.closing += 1;
+        }
+    }
+
+    fn release(&mut self, client: &Arc<str>) {
+        if let Some(n) = self.held.get_mut(client) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(client);
+            }
+        }
+    }
+
     /// Forgets a connection that ended.
     fn remove(&mut self, id: u64) {
-        if self.conns.remove(&id).is_none() {
+        match self.conns.remove(&id) {
+            Some(conn) => self.release(&conn.client),
             // It had been told to close.
-            self.closing = self.closing.saturating_sub(1);
+            None => self.closing = self.closing.saturating_sub(1),
+        }
+    }
+
+    /// A request of `client` (its access key id, if signed) arrives on
+    /// connection `id`: the connection belongs to that client from now on.
+    /// If the client then holds more than `per_client` connections, this
+    /// one closes once the request is answered: one client may not take
+    /// the listener's whole cap, and what it opens beyond its share costs
+    /// it a connection set-up per request.
+    fn request(&mut self, id: u64, client: Option<&str>, per_client: usize) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.busy += 1;
+        let Some(key) = client.filter(|key| *key != &*conn.client) else {
+            return;
+        };
+        let previous = std::mem::replace(&mut conn.client, Arc::from(key));
+        let current = conn.client.clone();
+        self.release(&previous);
+        let held = self.held.entry(current).or_default();
+        *held += 1;
+        if *held > per_client {
+            self.close(id);
         }
     }
 
@@ -139,13 +181,8 @@ struct Busy {
 impl Busy {
     /// `client`: the access key id the request is signed with, if any; the
     /// connection belongs to it from then on.
-    fn start(table: SharedTable, id: u64, client: Option<&str>) -> Self {
-        if let Some(c) = lock(&table).conns.get_mut(&id) {
-            c.busy += 1;
-            if let Some(key) = client.filter(|key| *key != &*c.client) {
-                c.client = Arc::from(key);
-            }
-        }
+    fn start(table: SharedTable, id: u64, client: Option<&str>, per_client: usize) -> Self {
+        lock(&table).request(id, client, per_client);
         Busy { table, id }
     }
 }
@@ -284,7 +321,7 @@ impl Connection {
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(crate::access_key_id);
-            let busy = Busy::start(table.clone(), id, client);
+            let busy = Busy::start(table.clone(), id, client, limits.max_connections_per_client);
             let router = router.clone();
             async move {
                 let answer = tokio::time::timeout(limits.request_timeout, router.oneshot(request));
@@ -393,8 +430,8 @@ mod tests {
             .admit(3, peer(8))
             .unwrap_or_else(|| unreachable!());
         // Both flood connections are signed with one key, and busy.
-        let _busy_a = Busy::start(table.clone(), a, Some("FLOOD"));
-        let _busy_b = Busy::start(table.clone(), b, Some("FLOOD"));
+        let _busy_a = Busy::start(table.clone(), a, Some("FLOOD"), 3);
+        let _busy_b = Busy::start(table.clone(), b, Some("FLOOD"), 3);
         assert!(lock(&table).admit(3, peer(1)).is_some());
         let t = lock(&table);
         assert!(t.conns.contains_key(&quiet));
@@ -413,5 +450,27 @@ mod tests {
         // Each admission past the cap closes one; the first makes closing 1 = 4 / 4.
         assert!(table.admit(4, peer(9)).is_some());
         assert!(table.admit(4, peer(9)).is_none());
+    }
+
+    #[test]
+    fn a_client_past_its_share_of_connections_loses_the_one_it_just_used() {
+        let mut table = Table::default();
+        let mut closes = Vec::new();
+        for n in 0..3 {
+            let (id, close) = table.admit(8, peer(n)).unwrap_or_else(|| unreachable!());
+            table.request(id, Some("FLOOD"), 2);
+            closes.push((id, close));
+        }
+        // The third connection of FLOOD is past its share of 2.
+        assert_eq!(table.held.get("FLOOD").copied(), Some(2));
+        assert_eq!(table.closing, 1);
+        assert!(!table.conns.contains_key(&closes[2].0));
+        let notified = closes[2].1.notified();
+        futures::pin_mut!(notified);
+        assert!(futures::FutureExt::now_or_never(notified).is_some());
+        // Another client still gets in.
+        let (quiet, _) = table.admit(8, peer(9)).unwrap_or_else(|| unreachable!());
+        table.request(quiet, Some("QUIET"), 2);
+        assert!(table.conns.contains_key(&quiet));
     }
 }

@@ -24,6 +24,10 @@ use std::time::Duration;
 pub struct Limits {
     /// Connections held open at once.
     pub max_connections: usize,
+    /// HTTP/1.1: connections one client (an access key, else an address)
+    /// may hold; a request on one more is answered and its connection
+    /// closed.
+    pub max_connections_per_client: usize,
     /// HTTP/1.1: time to send a whole request head. HTTP/2: time to send the
     /// connection preface and the first frame header.
     pub header_read_timeout: Duration,
@@ -36,11 +40,13 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// 1,024 connections, 10 s for a request head, 60 s idle (what AWS's
-    /// load balancers allow by default), 30 s per request.
+    /// 1,024 connections, a quarter of them per client, 10 s for a request
+    /// head, 60 s idle (what AWS's load balancers allow by default), 30 s
+    /// per request.
     fn default() -> Self {
         Limits {
             max_connections: 1024,
+            max_connections_per_client: 256,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),

@@ -192,6 +192,7 @@ fn listener_limits(args: &ServerArgs) -> Result<(weft_listen::Limits, weft_liste
     );
     let api = weft_listen::Limits {
         max_connections: api,
+        max_connections_per_client: (api / 4).max(1),
         idle_timeout,
         header_read_timeout,
         ..weft_listen::Limits::default()
