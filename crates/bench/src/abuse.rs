@@ -350,7 +350,6 @@ struct Ctx {
     api_addr: SocketAddr,
     xds_addr: SocketAddr,
     data_dir: PathBuf,
-    good: Arc<Api>,
 }
 
 pub async fn run(args: AbuseArgs) -> Result<()> {
@@ -451,7 +450,6 @@ pub async fn run(args: AbuseArgs) -> Result<()> {
     println!();
 
     let ctx = Ctx {
-        good: Arc::new(Api::signed(&server.url, 16, GOOD_KEY)?),
         pid: server.pid(),
         base: server.url.clone(),
         api_addr,
@@ -541,8 +539,32 @@ async fn run_phase(ctx: &Ctx, phase: AbusePhase) -> Result<Row> {
             .flatten();
         (cpu_percent(&before, &after), rss, fds, data)
     };
-    let (good, (cpu, rss_end_kib, fds_end, data_bytes)) =
-        tokio::join!(well_behaved(ctx, start, measure_from, measure_end), window);
+    // The well-behaved client runs on a thread and runtime of its own, so
+    // that its latency is the server's and not this process's backlog of
+    // abuser tasks.
+    let good = {
+        let (base, rate, nodes, update_every) =
+            (ctx.base.clone(), args.rate, args.nodes, args.update_every);
+        tokio::task::spawn_blocking(move || -> Result<GoodResult> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let api = Arc::new(Api::signed(&base, 16, GOOD_KEY)?);
+                let schedule = Schedule {
+                    rate,
+                    nodes,
+                    update_every,
+                    start,
+                    measure_from,
+                    measure_end,
+                };
+                Ok(well_behaved(api, schedule).await)
+            })
+        })
+    };
+    let (good, (cpu, rss_end_kib, fds_end, data_bytes)) = tokio::join!(good, window);
+    let good = good.context("the well-behaved client's thread")??;
     let (rss_peak_kib, fds_peak) = sampler.await.unwrap_or((None, None));
 
     // The abusers stop at `stop`; give them a grace, then abort the rest.
@@ -878,24 +900,37 @@ fn received(bytes: &[u8], tally: &SharedTally) {
     }
 }
 
-/// The well-behaved client: an open loop at `--rate` from `start` to
-/// `measure_end`; the requests scheduled from `measure_from` count.
-async fn well_behaved(
-    ctx: &Ctx,
+/// When and what the well-behaved client sends.
+struct Schedule {
+    /// Requests per second.
+    rate: f64,
+    /// Virtual nodes read and updated.
+    nodes: usize,
+    /// One request in this many is an update.
+    update_every: u64,
     start: Instant,
     measure_from: Instant,
     measure_end: Instant,
-) -> GoodResult {
-    let args = &ctx.args;
-    let mut ticks = crate::openloop::schedule(args.rate, start, measure_end);
+}
+
+/// The well-behaved client: an open loop at `rate` from `start` to
+/// `measure_end`; the requests scheduled from `measure_from` count.
+async fn well_behaved(good: Arc<Api>, schedule: Schedule) -> GoodResult {
+    let Schedule {
+        rate,
+        nodes,
+        update_every,
+        start,
+        measure_from,
+        measure_end,
+    } = schedule;
+    let mut ticks = crate::openloop::schedule(rate, start, measure_end);
     let mut inflight = JoinSet::new();
     let mut i: u64 = 0;
-    let nodes = args.nodes;
-    let update_every = args.update_every;
     let mut result = GoodResult::default();
     let mut answered = 0u64;
     while let Some(intended) = ticks.recv().await {
-        let api = ctx.good.clone();
+        let api = good.clone();
         let n = i;
         i += 1;
         inflight.spawn(async move {
@@ -930,7 +965,7 @@ async fn well_behaved(
         inflight.abort_all();
     }
     // Requests scheduled in the window: those past the drain never answered.
-    let interval = Duration::from_secs_f64(1.0 / args.rate);
+    let interval = Duration::from_secs_f64(1.0 / rate);
     let scheduled = (0..)
         .map(|k| start + interval * k)
         .take_while(|at| *at < measure_end)
