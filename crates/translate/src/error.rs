@@ -5,6 +5,9 @@
 /// Missing references inside a mesh (a backend naming a service that does not exist, a route
 /// target whose node was deleted) are *not* errors: translation skips them so that the proxy
 /// still gets valid config for everything else.
+///
+/// A variant about an App Mesh resource carries what names it (mesh and name), and
+/// [`TranslateError::resource`] names it as App Mesh does, e.g. `virtualNode/front`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TranslateError {
     /// The Envoy `node.id` is neither `mesh/<mesh>/virtualNode|virtualGateway/<name>` nor an
@@ -53,4 +56,48 @@ pub enum TranslateError {
     /// A feature that this version of Weft does not translate yet.
     #[error("not supported yet: {0}")]
     Unsupported(String),
+}
+
+impl TranslateError {
+    /// The App Mesh resource the error is about, in App Mesh's `<kind>/<name>` form
+    /// (`virtualNode/front`, `virtualGateway/ingress`), if it names one. The other variants are
+    /// about the proxy's own identity or options, or the control plane's use of the
+    /// translator (a mesh mismatch), not about a resource of the mesh.
+    pub fn resource(&self) -> Option<String> {
+        match self {
+            Self::VirtualNodeNotFound { name, .. } => Some(format!("virtualNode/{name}")),
+            Self::VirtualGatewayNotFound { name, .. } => Some(format!("virtualGateway/{name}")),
+            Self::InvalidNodeId { .. }
+            | Self::InvalidMetadata { .. }
+            | Self::MeshMismatch { .. }
+            | Self::Unsupported(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_about_a_missing_node_or_gateway_names_it_as_app_mesh_does() {
+        let node = TranslateError::VirtualNodeNotFound {
+            mesh: "apps".into(),
+            name: "front".into(),
+        };
+        assert_eq!(node.resource().as_deref(), Some("virtualNode/front"));
+        let gateway = TranslateError::VirtualGatewayNotFound {
+            mesh: "apps".into(),
+            name: "ingress".into(),
+        };
+        assert_eq!(
+            gateway.resource().as_deref(),
+            Some("virtualGateway/ingress")
+        );
+        let metadata = TranslateError::InvalidMetadata {
+            key: "weft.egress_port".into(),
+            reason: "expected a port number".into(),
+        };
+        assert_eq!(metadata.resource(), None);
+    }
 }
