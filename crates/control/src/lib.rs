@@ -33,15 +33,19 @@
 //!   Envoys connect, and the sweep that forgets idle ones;
 //! - `encoded`: the pool that encodes a resource shared by many classes once;
 //! - `publish`: translation and publication of class snapshots to the cache;
+//! - `failures`: why a class's config was last not updated (a failed
+//!   translation or invalid snapshot), until it is, for `weft proxy-status`;
 //! - `runtime`: the loop that follows the store and drives the rest.
 //!
 //! The public surface is what the binary wires: [`new`], [`Runtime`] and
-//! [`AppMeshResolver`], and the idle-class TTLs.
+//! [`AppMeshResolver`], the idle-class TTLs, and the [`ClassFailures`] the
+//! runtime records for the status endpoint.
 
 mod classes;
 mod cloud_map;
 mod deps;
 mod encoded;
+mod failures;
 mod index;
 mod publish;
 mod runtime;
@@ -49,4 +53,5 @@ mod runtime;
 mod test_support;
 
 pub use classes::{AppMeshResolver, DEFAULT_IDLE_CLASS_TTL, MIN_IDLE_CLASS_TTL};
+pub use failures::{ClassFailure, ClassFailures};
 pub use runtime::{new, Runtime};

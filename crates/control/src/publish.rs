@@ -1,17 +1,19 @@
 //! Publication: translates a proxy class's mesh for it, encodes the result
 //! through the shared pool, sets it in the ADS server's snapshot cache, and
-//! records what it was computed from.
+//! records what it was computed from — or, when that fails, why.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use weft_model::keys;
-use weft_translate::{MeshSnapshot, TranslateError, Translator};
+use weft_translate::{MeshSnapshot, SharedResources, TranslateError, Translator};
 use weft_xds::SnapshotCache;
 
 use crate::classes::{Classes, ProxyClass};
 use crate::deps::{dependencies, Dependencies, DepsMemo, MeshChanges};
 use crate::encoded::EncodedPool;
+use crate::failures::{own_resource, ClassFailure, ClassFailures};
 use crate::index::MeshIndex;
 
 /// What is published for each class, and what it was computed from.
@@ -22,6 +24,8 @@ pub(crate) struct Publisher {
     pub(crate) deps: Dependencies,
     /// Encoded resources shared between classes and kept between changes.
     pub(crate) encoded: EncodedPool,
+    /// Why the config of a class was last not updated, until it is.
+    pub(crate) failures: ClassFailures,
 }
 
 impl Publisher {
@@ -30,6 +34,7 @@ impl Publisher {
             cache,
             deps: Dependencies::default(),
             encoded: EncodedPool::default(),
+            failures: ClassFailures::default(),
         }
     }
 
@@ -61,21 +66,62 @@ impl Publisher {
         let mesh = translator.snapshot();
         self.deps
             .set(key, dependencies(mesh, &class.identity, memo));
-        match translator.translate_shared(&class.identity, &class.options) {
+        let translated = translator.translate_shared(&class.identity, &class.options);
+        self.settle(key, class, translated);
+    }
+
+    /// Publishes the translation of one class, or records why its config is
+    /// not updated (see [`ClassFailures`]); a published one clears that.
+    pub(crate) fn settle(
+        &mut self,
+        key: &str,
+        class: &ProxyClass,
+        translated: Result<SharedResources, TranslateError>,
+    ) {
+        let (resource, reason) = match translated {
             Ok(resources) => match self.encoded.snapshot(resources) {
-                Ok(snapshot) => self.cache.set_snapshot(key, Arc::new(snapshot)),
+                Ok(snapshot) => {
+                    self.cache.set_snapshot(key, Arc::new(snapshot));
+                    self.failures.clear(key);
+                    return;
+                }
                 Err(e) => {
-                    tracing::warn!(%key, error = %e, "translated resources are not a valid snapshot")
+                    tracing::warn!(%key, error = %e, "translated resources are not a valid snapshot");
+                    (
+                        None,
+                        format!("the translated resources are not a valid snapshot: {e}"),
+                    )
                 }
             },
-            // The proxy's node or gateway does not exist (yet): it waits with
-            // no config.
             Err(
-                TranslateError::VirtualNodeNotFound { .. }
-                | TranslateError::VirtualGatewayNotFound { .. },
-            ) => {}
-            Err(e) => tracing::warn!(%key, error = %e, "translation failed"),
-        }
+                e @ (TranslateError::VirtualNodeNotFound { .. }
+                | TranslateError::VirtualGatewayNotFound { .. }),
+            ) => {
+                // The proxy's node or gateway does not exist (yet): it waits
+                // with no config. One deleted while its proxies are served
+                // leaves them on their last config: that is a failure to say.
+                if self.cache.snapshot(key).is_none() {
+                    self.failures.clear(key);
+                    return;
+                }
+                (e.resource(), e.to_string())
+            }
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "translation failed");
+                (e.resource(), e.to_string())
+            }
+        };
+        self.failures.record(
+            key,
+            ClassFailure {
+                proxy: class.identity.to_string(),
+                options: format!("{:?}", class.options),
+                resource: resource.unwrap_or_else(|| own_resource(&class.identity)),
+                reason,
+                at: SystemTime::now(),
+                serving_version: self.cache.snapshot(key).map(|s| s.version().to_string()),
+            },
+        );
     }
 
     /// The classes a burst of changes affects (see [`Publisher::refresh`]).
@@ -162,6 +208,7 @@ impl Publisher {
     pub(crate) fn forget(&mut self, gone: &[String]) {
         for key in gone {
             self.deps.remove(key);
+            self.failures.clear(key);
         }
         // Also when no class went: the sweep after a refresh cannot free the
         // resources of the snapshots it replaced while streams still send

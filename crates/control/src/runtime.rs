@@ -18,6 +18,7 @@ use crate::classes::{
 };
 use crate::cloud_map::{CloudMap, Touched};
 use crate::deps::MeshChanges;
+use crate::failures::ClassFailures;
 use crate::index::MeshIndex;
 use crate::publish::Publisher;
 
@@ -63,6 +64,13 @@ impl Runtime {
     pub fn with_idle_class_ttl(mut self, ttl: Duration) -> Self {
         self.idle_class_ttl = ttl.max(MIN_IDLE_CLASS_TTL);
         self
+    }
+
+    /// Why each failing proxy class's config was last not updated (see
+    /// [`ClassFailures`]), shared: the runtime keeps it current, a status
+    /// endpoint reads it.
+    pub fn failures(&self) -> ClassFailures {
+        self.publisher.failures.clone()
     }
 
     /// Forgets the proxy classes that no stream has watched for the TTL
@@ -294,12 +302,7 @@ mod tests {
                 "mesh/apps",
                 json!({"meshName": "apps", "metadata": meta(), "spec": {}, "status": {}}),
             ),
-            event(
-                "res/apps/vn/front",
-                json!({"meshName": "apps", "virtualNodeName": "front", "metadata": meta(),
-                "spec": {"backends": [{"virtualService": {"virtualServiceName": "colors"}}]},
-                "status": {"status": "ACTIVE"}}),
-            ),
+            front_node(),
             event("res/apps/vn/red", served("red")),
             event("res/apps/vn/blue", served("blue")),
             event(
@@ -469,5 +472,135 @@ mod tests {
             .affected(&rt.classes, &changes, &BTreeSet::new());
         assert_eq!(affected.len(), 1);
         assert_eq!(affected[0].0, key);
+    }
+
+    /// front's node as `colors_mesh` creates it.
+    fn front_node() -> WatchEvent {
+        event(
+            "res/apps/vn/front",
+            json!({"meshName": "apps", "virtualNodeName": "front", "metadata": meta(),
+            "spec": {"backends": [{"virtualService": {"virtualServiceName": "colors"}}]},
+            "status": {"status": "ACTIVE"}}),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_node_deleted_under_its_proxies_is_a_failure_naming_it_and_the_version_still_served_until_it_is_back(
+    ) {
+        let (_dir, mut rt) = runtime().await;
+        colors_mesh(&mut rt, "red");
+        let key = connect_front(&mut rt);
+        let failures = rt.failures();
+        let served = rt.publisher.cache.snapshot(&key).unwrap();
+        assert_eq!(failures.get(&key), None);
+
+        // front's node is deleted while its Envoys are served: they keep
+        // their config, and the class says why it is not updated.
+        change(
+            &mut rt,
+            WatchEvent {
+                revision: 0,
+                key: "res/apps/vn/front".to_string(),
+                value: None,
+            },
+        );
+        assert!(Arc::ptr_eq(
+            &served,
+            &rt.publisher.cache.snapshot(&key).unwrap()
+        ));
+        let failure = failures.get(&key).unwrap();
+        assert_eq!(failure.proxy, "mesh/apps/virtualNode/front");
+        assert_eq!(failure.resource, "virtualNode/front");
+        assert_eq!(
+            failure.reason,
+            "virtual node \"front\" does not exist in mesh \"apps\""
+        );
+        assert_eq!(failure.serving_version.as_deref(), Some(served.version()));
+        assert_eq!(failures.all().len(), 1);
+
+        // A later change of the mesh fails the same way: the failure keeps
+        // the time it was first seen.
+        change(&mut rt, event("res/apps/rt/r/split", route_to("blue")));
+        assert_eq!(failures.get(&key).unwrap().at, failure.at);
+
+        // The node is created again: the class is translated, the failure gone.
+        change(&mut rt, front_node());
+        assert!(!Arc::ptr_eq(
+            &served,
+            &rt.publisher.cache.snapshot(&key).unwrap()
+        ));
+        assert_eq!(failures.get(&key), None);
+        assert!(failures.all().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_proxy_waiting_for_its_node_to_be_created_is_not_a_failure() {
+        let (_dir, mut rt) = runtime().await;
+        colors_mesh(&mut rt, "red");
+        let class = ProxyClass {
+            identity: ProxyIdentity::virtual_node("apps", "late"),
+            options: ProxyOptions::default(),
+            last_active: Instant::now(),
+        };
+        rt.classes.insert("late-key", class.clone());
+        rt.publish("late-key", &class);
+        assert!(rt.publisher.cache.snapshot("late-key").is_none());
+        assert!(rt.failures().all().is_empty());
+    }
+
+    /// No App Mesh input makes a class's translation fail otherwise, or its
+    /// resources an invalid snapshot: the translator skips what it cannot
+    /// use. So the publication step is fed what a translator bug would hand
+    /// it, two listeners of one name, which the snapshot refuses.
+    #[tokio::test]
+    async fn translated_resources_that_are_no_valid_snapshot_are_a_failure_until_a_translation_is_published(
+    ) {
+        let (_dir, mut rt) = runtime().await;
+        colors_mesh(&mut rt, "red");
+        let key = connect_front(&mut rt);
+        let class = rt.classes.get(&key).unwrap();
+        let served = rt.publisher.cache.snapshot(&key).unwrap();
+        let listener = weft_translate::XdsListener {
+            name: "lds_egress_0.0.0.0_15001".to_string(),
+            ..Default::default()
+        };
+        let twice = weft_translate::SharedResources {
+            listeners: vec![listener.clone(), listener],
+            ..Default::default()
+        };
+        rt.publisher.settle(&key, &class, Ok(twice));
+        let failure = rt.failures().get(&key).unwrap();
+        assert_eq!(failure.resource, "virtualNode/front");
+        assert!(
+            failure
+                .reason
+                .starts_with("the translated resources are not a valid snapshot: duplicate"),
+            "{}",
+            failure.reason
+        );
+        assert_eq!(failure.serving_version.as_deref(), Some(served.version()));
+
+        // The next change of front's config is translated and published.
+        change(&mut rt, event("res/apps/rt/r/split", route_to("blue")));
+        assert_eq!(rt.failures().get(&key), None);
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_class_takes_its_failure_with_it() {
+        let (_dir, mut rt) = runtime().await;
+        colors_mesh(&mut rt, "red");
+        let key = connect_front(&mut rt);
+        change(
+            &mut rt,
+            WatchEvent {
+                revision: 0,
+                key: "res/apps/vn/front".to_string(),
+                value: None,
+            },
+        );
+        assert!(rt.failures().get(&key).is_some());
+        let later = Instant::now() + rt.idle_class_ttl + Duration::from_secs(1);
+        assert_eq!(rt.forget_idle_classes(later), 1);
+        assert!(rt.failures().all().is_empty());
     }
 }
