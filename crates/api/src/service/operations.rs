@@ -1,0 +1,630 @@
+//! The create, describe, update, delete and list operations of every kind
+//! of resource, and the store reads they share.
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use weft_model::keys;
+use weft_model::kind::{Kind, ResourceId};
+use weft_model::shapes::{GatewayRouteSpec, RouteSpec, VirtualServiceProvider, VirtualServiceSpec};
+use weft_model::Arn;
+use weft_model::StoredRecord as Record;
+use weft_store::{Compare, KeyValue, Op, Range};
+
+use super::guard::MeshCounts;
+use super::records::{
+    data_bytes, decode_record, json_bytes, record_bytes, stored_data, updated_metadata,
+    with_members, write_json, write_object, write_reference, Listed, RawMembers, StoredParts,
+};
+use super::tokens::Fingerprint;
+use super::validate::{
+    gateway_route_targets, parse_spec, route_targets, str_member, tags_from_input,
+};
+use super::{now, Output, Service};
+use crate::error::ApiError;
+
+/// How often a write re-reads and retries after losing a race in its mesh.
+pub(super) const MAX_ATTEMPTS: usize = 64;
+/// Default and maximum page size of List operations.
+const DEFAULT_LIMIT: usize = 100;
+
+/// The page size an input asks for, else `default`.
+pub(super) fn page_limit(input: &Value, default: usize) -> usize {
+    input
+        .get("limit")
+        .and_then(Value::as_u64)
+        .map_or(default, |l| l as usize)
+}
+
+/// Decodes a `nextToken`: the last key of the previous page, which must lie
+/// in the listed range.
+fn after_key(input: &Value, prefix: &str) -> Result<Option<String>, ApiError> {
+    let Some(token) = input.get("nextToken").and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    let bad = || ApiError::BadRequest("Value at 'nextToken' is not a valid token".into());
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let key = String::from_utf8(bytes).map_err(|_| bad())?;
+    if key.starts_with(prefix) {
+        Ok(Some(key))
+    } else {
+        Err(bad())
+    }
+}
+
+/// The `nextToken` of a page whose last key is `key`.
+fn next_token(key: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
+}
+
+impl Service {
+    /// The ARN of resource `id` in this partition, region and account.
+    fn arn(&self, id: &ResourceId) -> String {
+        Arn {
+            partition: self.config.partition.clone(),
+            region: self.config.region.clone(),
+            account: self.config.account.clone(),
+            resource: id.path(),
+        }
+        .to_string()
+    }
+
+    /// Reads a resource for a write: the latest accepted state (see
+    /// [`weft_store::Store::get_latest`]); the write's commit makes it durable.
+    pub(super) async fn load(
+        &self,
+        id: &ResourceId,
+    ) -> Result<Option<(Record, KeyValue)>, ApiError> {
+        match self.store.get_latest(&keys::resource(id)).await? {
+            Some(kv) => Ok(Some((decode_record(&kv)?, kv))),
+            None => Ok(None),
+        }
+    }
+
+    async fn exists(&self, id: &ResourceId) -> Result<bool, ApiError> {
+        Ok(self.store.get_latest(&keys::resource(id)).await?.is_some())
+    }
+
+    /// Reads a resource for an answer: only durable state.
+    pub(super) async fn load_durable(&self, id: &ResourceId) -> Result<Option<Record>, ApiError> {
+        match self.store.get(&keys::resource(id)).await? {
+            Some(kv) => Ok(Some(decode_record(&kv)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// `NotFoundException` unless `id` exists.
+    pub(super) async fn require(&self, id: &ResourceId) -> Result<(), ApiError> {
+        if self.exists(id).await? {
+            Ok(())
+        } else {
+            Err(ApiError::NotFound(format!("{} not found", id.describe())))
+        }
+    }
+
+    /// How many keys lie under `prefix`, in the latest state.
+    pub(super) async fn count(&self, prefix: String) -> Result<usize, ApiError> {
+        Ok(self.store.count_latest(Range::prefix(prefix)).await?)
+    }
+
+    /// Scans the records under a prefix.
+    async fn scan(&self, prefix: String) -> Result<Vec<Record>, ApiError> {
+        let result = self.store.range_latest(Range::prefix(prefix)).await?;
+        result.kvs.iter().map(decode_record).collect()
+    }
+
+    fn output(&self, kind: Kind, data: Value) -> Value {
+        json!({ kind.payload_member(): data })
+    }
+
+    /// Creates a resource. The record, the answer and the idempotency record
+    /// are written as JSON text straight from the input's spec: no copy of
+    /// the spec as a tree, one serialization.
+    pub(super) async fn create(
+        &self,
+        op: &str,
+        id: &ResourceId,
+        input: &Value,
+    ) -> Result<Output, ApiError> {
+        let token = input.get("clientToken").and_then(Value::as_str);
+        let request = Fingerprint::of(input)?;
+        let tags = json_bytes(&tags_from_input(input)?)?;
+        let empty = json!({});
+        let spec = input.get("spec").filter(|s| !s.is_null()).unwrap_or(&empty);
+        let spec_json = json_bytes(spec)?;
+        let member = id.kind.payload_member();
+        let key = keys::resource(id);
+        // What does not depend on the mesh's state (the new record, its
+        // answer, the idempotency record) is built before taking the turn:
+        // writers of a mesh wait for each other only while they read and
+        // decide.
+        let (data, metadata) = self.new_data(id, &spec_json)?;
+        let data = Bytes::from(data);
+        let record = record_bytes(&data, &tags);
+        let token_op = self.token_op(op, token, &request, &metadata, None)?;
+        for _ in 0..MAX_ATTEMPTS {
+            let turn = self.lock_mesh(&id.mesh).await;
+            let guard = self.guard(&id.mesh).await?;
+            if let Some(out) = self
+                .replay(op, token, &request, id, Some(&spec_json))
+                .await?
+            {
+                drop(turn);
+                self.store.sync().await?;
+                return Ok(out);
+            }
+            if id.kind != Kind::Mesh {
+                self.require(&ResourceId::mesh(&id.mesh)).await?;
+            }
+            if let Some(parent) = id.parent_id() {
+                self.require(&parent).await?;
+            }
+            if self.exists(id).await? {
+                return Err(ApiError::Conflict(format!(
+                    "{} already exists",
+                    id.describe()
+                )));
+            }
+            // Read before the count, so that a create counted in between
+            // fails this write's compare.
+            let meshes_guard = match id.kind {
+                Kind::Mesh => Some(self.meshes_guard().await?),
+                _ => None,
+            };
+            let quota = self.quota(id.kind);
+            let used = match id.kind {
+                // Meshes, and routes of one router or gateway, are counted
+                // in their (small) scope; the rest come from the guard.
+                Kind::Mesh | Kind::Route | Kind::GatewayRoute => {
+                    let scope = keys::scope_prefix(id.kind, &id.mesh, id.parent.as_deref());
+                    self.count(scope).await?
+                }
+                kind => usize::try_from(guard.counts.of(kind)).unwrap_or(usize::MAX),
+            };
+            if used >= quota {
+                return Err(ApiError::LimitExceeded(format!(
+                    "{} quota of {quota} reached for {}",
+                    id.kind.plural(),
+                    match id.parent_id() {
+                        Some(p) => p.describe(),
+                        None if id.kind == Kind::Mesh => "this account".into(),
+                        None => format!("mesh \"{}\"", id.mesh),
+                    }
+                )));
+            }
+            self.check_spec(id, spec).await?;
+            let mut counts = guard.counts;
+            if id.kind != Kind::Mesh {
+                *counts.of_mut(id.kind) += 1;
+            }
+            let mut ops = vec![Op::Put(key.clone(), record.clone()), guard.bump(counts)?];
+            ops.extend(token_op.clone());
+            let mut compares = vec![guard.compare, Compare::Absent(key.clone())];
+            if let Some(compare) = meshes_guard {
+                compares.push(compare);
+                ops.push(Op::Put(keys::MESHES_GUARD.to_string(), Bytes::new()));
+            }
+            if let Some(revision) = self.commit_turn(turn, compares, ops).await? {
+                self.note_token(token_op.as_ref(), revision).await;
+                return Ok(Output::Payload { member, body: data });
+            }
+        }
+        Err(Self::contention(id))
+    }
+
+    /// The `…Data` shape of a resource created now with spec `spec_json`,
+    /// and its `metadata` member.
+    fn new_data(&self, id: &ResourceId, spec_json: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ApiError> {
+        let t = json_bytes(&now())?;
+        let account = json_bytes(&self.config.account)?;
+        let arn = json_bytes(&self.arn(id))?;
+        let uid = json_bytes(&uuid::Uuid::new_v4().to_string())?;
+        let mut metadata = Vec::with_capacity(256);
+        write_object(
+            &mut metadata,
+            vec![
+                ("arn", &arn),
+                ("createdAt", &t),
+                ("lastUpdatedAt", &t),
+                ("meshOwner", &account),
+                ("resourceOwner", &account),
+                ("uid", &uid),
+                ("version", b"1"),
+            ],
+        )?;
+        let data = data_bytes(id, &metadata, spec_json)?;
+        Ok((data, metadata))
+    }
+
+    /// Answers with the stored `data` member as it is on disk: no parse
+    /// into a JSON tree, no re-serialization.
+    pub(super) async fn describe(&self, id: &ResourceId) -> Result<Output, ApiError> {
+        let Some(kv) = self.store.get(&keys::resource(id)).await? else {
+            return Err(ApiError::NotFound(format!("{} not found", id.describe())));
+        };
+        Ok(Output::Payload {
+            member: id.kind.payload_member(),
+            body: stored_data(&kv)?,
+        })
+    }
+
+    /// Updates a resource's spec. The stored record is rewritten from its
+    /// raw members: only `spec`, `metadata.version` and
+    /// `metadata.lastUpdatedAt` change, everything else is copied as is.
+    pub(super) async fn update(
+        &self,
+        op: &str,
+        id: &ResourceId,
+        input: &Value,
+    ) -> Result<Output, ApiError> {
+        let token = input.get("clientToken").and_then(Value::as_str);
+        let request = Fingerprint::of(input)?;
+        let new_spec = input.get("spec").filter(|s| !s.is_null());
+        let new_spec_json = new_spec.map(json_bytes).transpose()?;
+        let empty = json!({});
+        let member = id.kind.payload_member();
+        let key = keys::resource(id);
+        for _ in 0..MAX_ATTEMPTS {
+            let turn = self.lock_mesh(&id.mesh).await;
+            let guard = self.guard(&id.mesh).await?;
+            if let Some(out) = self
+                .replay(op, token, &request, id, new_spec_json.as_deref())
+                .await?
+            {
+                drop(turn);
+                self.store.sync().await?;
+                return Ok(out);
+            }
+            let Some(kv) = self.store.get_latest(&key).await? else {
+                return Err(ApiError::NotFound(format!("{} not found", id.describe())));
+            };
+            let malformed = |e: serde_json::Error| {
+                ApiError::Internal(format!("stored {} is malformed: {e}", id.describe()))
+            };
+            let stored: StoredParts = serde_json::from_slice(&kv.value).map_err(malformed)?;
+            // UpdateMesh may leave out the spec: the mesh keeps the one it has.
+            let (spec_json, kept_spec): (&[u8], Option<Value>) = match (&new_spec_json, new_spec) {
+                (Some(json), Some(_)) => (json, None),
+                _ => match stored.data.get("spec") {
+                    Some(raw) => (
+                        raw.get().as_bytes(),
+                        Some(serde_json::from_str(raw.get()).map_err(malformed)?),
+                    ),
+                    None => (b"{}", Some(json!({}))),
+                },
+            };
+            let spec = match (&kept_spec, new_spec) {
+                (Some(kept), _) => kept,
+                (None, Some(new)) => new,
+                (None, None) => &empty,
+            };
+            self.check_spec(id, spec).await?;
+            let metadata = match stored.data.get("metadata") {
+                Some(raw) if raw.get().starts_with('{') => {
+                    let meta: RawMembers = serde_json::from_str(raw.get()).map_err(malformed)?;
+                    Some(updated_metadata(&meta, raw.get().len(), now())?)
+                }
+                _ => None,
+            };
+            let mut changes: Vec<(&str, &[u8])> = vec![("spec", spec_json)];
+            if let Some(metadata) = &metadata {
+                changes.push(("metadata", metadata));
+            }
+            let capacity = kv.value.len() + spec_json.len();
+            let data = Bytes::from(with_members(&stored.data, &changes, capacity)?);
+            let tags = stored.tags.map_or(&b"[]"[..], |t| t.get().as_bytes());
+            let mut ops = vec![
+                Op::Put(key.clone(), record_bytes(&data, tags)),
+                guard.bump(guard.counts)?,
+            ];
+            let stored_metadata = stored.data.get("metadata").map(|m| m.get().as_bytes());
+            let answered_metadata = metadata.as_deref().or(stored_metadata).unwrap_or(b"{}");
+            let kept = kept_spec.is_some().then_some(spec_json);
+            let token_op = self.token_op(op, token, &request, answered_metadata, kept)?;
+            ops.extend(token_op.clone());
+            let compares = vec![
+                guard.compare,
+                Compare::ModRevision(key.clone(), kv.mod_revision),
+            ];
+            if let Some(revision) = self.commit_turn(turn, compares, ops).await? {
+                self.note_token(token_op.as_ref(), revision).await;
+                return Ok(Output::Payload { member, body: data });
+            }
+        }
+        Err(Self::contention(id))
+    }
+
+    /// Why `id` cannot be deleted yet, if something still uses it.
+    async fn in_use(
+        &self,
+        id: &ResourceId,
+        counts: &MeshCounts,
+    ) -> Result<Option<String>, ApiError> {
+        let mesh = &id.mesh;
+        let named = |r: &Record, member: &str| {
+            r.data
+                .get(member)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        match id.kind {
+            Kind::Mesh => {
+                let n = counts.total();
+                Ok((n > 0).then(|| {
+                    format!("Mesh \"{mesh}\" still contains {n} resources; delete them first")
+                }))
+            }
+            Kind::VirtualNode => {
+                for r in self
+                    .scan(keys::scope_prefix(Kind::Route, mesh, None))
+                    .await?
+                {
+                    let spec: RouteSpec = parse_spec(&r.data["spec"])?;
+                    if route_targets(&spec).contains(&id.name.as_str()) {
+                        return Ok(Some(format!(
+                            "{} is a target of route \"{}\" of virtual router \"{}\"",
+                            id.describe(),
+                            named(&r, "routeName"),
+                            named(&r, "virtualRouterName")
+                        )));
+                    }
+                }
+                self.provider_of(id).await
+            }
+            Kind::VirtualRouter => {
+                let prefix = keys::scope_prefix(Kind::Route, mesh, Some(&id.name));
+                let n = self.count(prefix).await?;
+                if n > 0 {
+                    return Ok(Some(format!(
+                        "{} still has {n} routes; delete them first",
+                        id.describe()
+                    )));
+                }
+                self.provider_of(id).await
+            }
+            Kind::VirtualService => {
+                for r in self
+                    .scan(keys::scope_prefix(Kind::GatewayRoute, mesh, None))
+                    .await?
+                {
+                    let spec: GatewayRouteSpec = parse_spec(&r.data["spec"])?;
+                    if gateway_route_targets(&spec).contains(&id.name.as_str()) {
+                        return Ok(Some(format!(
+                            "{} is the target of gateway route \"{}\" of virtual gateway \"{}\"",
+                            id.describe(),
+                            named(&r, "gatewayRouteName"),
+                            named(&r, "virtualGatewayName")
+                        )));
+                    }
+                }
+                Ok(None)
+            }
+            Kind::VirtualGateway => {
+                let prefix = keys::scope_prefix(Kind::GatewayRoute, mesh, Some(&id.name));
+                let n = self.count(prefix).await?;
+                Ok((n > 0).then(|| {
+                    format!(
+                        "{} still has {n} gateway routes; delete them first",
+                        id.describe()
+                    )
+                }))
+            }
+            Kind::Route | Kind::GatewayRoute => Ok(None),
+        }
+    }
+
+    /// A virtual service whose provider is the node or router `id`.
+    async fn provider_of(&self, id: &ResourceId) -> Result<Option<String>, ApiError> {
+        for r in self
+            .scan(keys::scope_prefix(Kind::VirtualService, &id.mesh, None))
+            .await?
+        {
+            let spec: VirtualServiceSpec = parse_spec(&r.data["spec"])?;
+            let provider = match (&spec.provider, id.kind) {
+                (Some(VirtualServiceProvider::VirtualNode(p)), Kind::VirtualNode) => {
+                    p.virtual_node_name == id.name
+                }
+                (Some(VirtualServiceProvider::VirtualRouter(p)), Kind::VirtualRouter) => {
+                    p.virtual_router_name == id.name
+                }
+                _ => false,
+            };
+            if provider {
+                let name = r.data.get("virtualServiceName").and_then(Value::as_str);
+                return Ok(Some(format!(
+                    "{} is the provider of virtual service \"{}\"",
+                    id.describe(),
+                    name.unwrap_or_default()
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    pub(super) async fn delete(&self, id: &ResourceId) -> Result<Value, ApiError> {
+        let key = keys::resource(id);
+        for _ in 0..MAX_ATTEMPTS {
+            let turn = self.lock_mesh(&id.mesh).await;
+            let guard = self.guard(&id.mesh).await?;
+            let Some((mut record, kv)) = self.load(id).await? else {
+                return Err(ApiError::NotFound(format!("{} not found", id.describe())));
+            };
+            if let Some(why) = self.in_use(id, &guard.counts).await? {
+                return Err(ApiError::ResourceInUse(why));
+            }
+            let ops = if id.kind == Kind::Mesh {
+                vec![Op::Delete(key.clone()), Op::Delete(guard.key.clone())]
+            } else {
+                let mut counts = guard.counts;
+                let n = counts.of_mut(id.kind);
+                *n = n.saturating_sub(1);
+                vec![Op::Delete(key.clone()), guard.bump(counts)?]
+            };
+            let compares = vec![
+                guard.compare,
+                Compare::ModRevision(key.clone(), kv.mod_revision),
+            ];
+            if self.commit_turn(turn, compares, ops).await?.is_some() {
+                self.refs.remove(&key);
+                if let Some(data) = record.data.as_object_mut() {
+                    data.insert("status".into(), json!({ "status": "DELETED" }));
+                }
+                return Ok(self.output(id.kind, record.data));
+            }
+        }
+        Err(Self::contention(id))
+    }
+
+    pub(super) async fn list(&self, kind: Kind, input: &Value) -> Result<Output, ApiError> {
+        let (mesh, parent) = if kind == Kind::Mesh {
+            (String::new(), None)
+        } else {
+            let mesh = str_member(input, "meshName")?.to_string();
+            self.require(&ResourceId::mesh(&mesh)).await?;
+            let parent = match kind.parent() {
+                Some(p) => {
+                    let name = str_member(input, p.name_member())?.to_string();
+                    self.require(&ResourceId::in_mesh(p, &mesh, &name)).await?;
+                    Some(name)
+                }
+                None => None,
+            };
+            (mesh, parent)
+        };
+        let prefix = keys::scope_prefix(kind, &mesh, parent.as_deref());
+        let limit = page_limit(input, DEFAULT_LIMIT);
+        let mut range = Range::prefix(prefix.clone());
+        if let Some(after) = after_key(input, &prefix)? {
+            // The smallest key after `after`: continuing from there neither
+            // repeats nor skips a key that existed on both pages.
+            range.start = format!("{after}\0");
+        }
+        range.limit = limit;
+        let result = self.store.range(range).await?;
+        // The page is written straight from the stored bytes: names and
+        // metadata are copied as raw JSON, the spec is skipped unparsed.
+        let mut body = Vec::with_capacity(64 + 320 * result.kvs.len());
+        body.push(b'{');
+        if result.more {
+            if let Some(last) = result.kvs.last() {
+                body.extend_from_slice(b"\"nextToken\":");
+                write_json(&mut body, &next_token(&last.key))?;
+                body.push(b',');
+            }
+        }
+        body.push(b'"');
+        body.extend_from_slice(kind.list_member().as_bytes());
+        body.extend_from_slice(b"\":[");
+        // Usually every reference is cached and current: copied under one
+        // lock, without touching the records.
+        if self.refs.write_all(&result.kvs, &mut body) {
+            body.extend_from_slice(b"]}");
+            return Ok(Output::Json(Bytes::from(body)));
+        }
+        let mut refs = self.refs.get(&result.kvs);
+        let mut fresh = Vec::new();
+        for (kv, cached) in result.kvs.iter().zip(&mut refs) {
+            if cached.is_none() {
+                let listed: Listed = serde_json::from_slice(&kv.value).map_err(|e| {
+                    ApiError::Internal(format!("stored record {} is unreadable: {e}", kv.key))
+                })?;
+                let mut bytes = Vec::with_capacity(320);
+                write_reference(&mut bytes, kind, &listed.data)?;
+                let bytes = Bytes::from(bytes);
+                fresh.push((kv.key.clone(), kv.mod_revision, bytes.clone()));
+                *cached = Some(bytes);
+            }
+        }
+        if !fresh.is_empty() {
+            self.refs.insert(fresh);
+        }
+        for (i, reference) in refs.iter().flatten().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(reference);
+        }
+        body.extend_from_slice(b"]}");
+        Ok(Output::Json(Bytes::from(body)))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_is_as_long_as_asked_else_the_default() {
+        assert_eq!(page_limit(&json!({"limit": 7}), 100), 7);
+        assert_eq!(page_limit(&json!({}), 100), 100);
+        assert_eq!(page_limit(&json!({"limit": "7"}), 100), 100);
+    }
+
+    #[test]
+    fn a_next_token_continues_after_the_key_it_was_made_from() {
+        let key = "vn/m/\u{e9}/node";
+        let input = json!({ "nextToken": next_token(key) });
+        assert_eq!(after_key(&input, "vn/m/").unwrap().as_deref(), Some(key));
+        assert_eq!(after_key(&json!({}), "vn/m/").unwrap(), None);
+    }
+
+    #[test]
+    fn a_next_token_from_another_list_or_not_a_token_is_refused() {
+        let elsewhere = json!({ "nextToken": next_token("vn/other/node") });
+        let not_base64 = json!({ "nextToken": "!!" });
+        let not_utf8 = json!({
+            "nextToken": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0xff, 0xfe])
+        });
+        for input in [elsewhere, not_base64, not_utf8] {
+            match after_key(&input, "vn/m/") {
+                Err(ApiError::BadRequest(why)) => {
+                    assert_eq!(why, "Value at 'nextToken' is not a valid token");
+                }
+                other => panic!("{input}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_update_copies_the_stored_record_and_changes_only_spec_and_metadata() {
+        let (_dir, service) = super::super::tests::service().await;
+        let id = ResourceId::mesh("m");
+        // A member this version does not write is kept as stored, byte for byte.
+        let stored = r#"{"data":{"meshName":"m","extra":{"b":1, "a":2},"spec":{},
+            "metadata":{"version":4,"uid":"u","lastUpdatedAt":1.0},
+            "status":{"status":"ACTIVE"}},"tags":[{"key":"k","value":"v"}]}"#;
+        service
+            .store
+            .txn(weft_store::Txn {
+                compares: vec![],
+                ops: vec![Op::Put(
+                    keys::resource(&id),
+                    Bytes::from_static(stored.as_bytes()),
+                )],
+            })
+            .await
+            .unwrap();
+        let spec = json!({"egressFilter": {"type": "ALLOW_ALL"}});
+        let input = json!({"meshName": "m", "spec": spec});
+        let Output::Payload { member, body } =
+            service.update("UpdateMesh", &id, &input).await.unwrap()
+        else {
+            panic!("an update answers its payload member");
+        };
+        assert_eq!(member, "mesh");
+        let text = std::str::from_utf8(&body).unwrap();
+        assert!(text.contains(r#""extra":{"b":1, "a":2}"#), "{text}");
+        let data: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(data["spec"], spec);
+        assert_eq!(data["metadata"]["version"], 5);
+        assert_eq!(data["metadata"]["uid"], "u");
+        assert!(data["metadata"]["lastUpdatedAt"].as_f64().unwrap() > 1.0);
+        let record = service.load_durable(&id).await.unwrap().unwrap();
+        assert_eq!(record.data, data);
+        assert_eq!(record.tags.len(), 1);
+    }
+}
