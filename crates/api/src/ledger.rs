@@ -2,7 +2,8 @@
 //! the oldest forgotten first: what bounds idempotency records (App Mesh's
 //! `clientToken`s, Cloud Map's `CreatorRequestId`s and operations) between
 //! the periodic sweeps of their time window. Without it, a client sending a
-//! fresh token with each of 10,000 updates grew the server by hundreds of MB.
+//! fresh token with each of 10,000 updates would grow the server by hundreds
+//! of MB.
 //!
 //! The ledger learns the records from the store once (lazily, at the first
 //! write), then from each write that adds one. Age is commit order (the

@@ -149,8 +149,8 @@ pub(crate) struct TypeResources {
 
 /// The resources of one type in a snapshot, sorted by name, found by binary search.
 ///
-/// A slice of the shared resources rather than a map: a map keyed by name copied every name
-/// and allocated nodes of eleven entries for a type that often has two, ~2.5 KiB per proxy
+/// A slice of the shared resources rather than a map: a map keyed by name would copy every
+/// name and allocate nodes of eleven entries for a type that often has two, ~2.5 KiB per proxy
 /// class in all.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TypeItems(Box<[Arc<Resource>]>);
@@ -191,7 +191,7 @@ impl TypeItems {
 /// resource, per type, and for the whole snapshot.
 ///
 /// Held once per proxy class, so kept small: its types in a boxed slice sorted by type URL
-/// (a map allocated a node of eleven entries for four), and the names its clusters and
+/// (a map would allocate a node of eleven entries for four), and the names its clusters and
 /// listeners read as sorted boxed slices.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {

@@ -15,7 +15,7 @@
 //! no route ever references a cluster Envoy does not have. A NACK stops the rollout where it is
 //! (the NACKed content is not resent) until a newer snapshot arrives: moving on would point routes
 //! at clusters Envoy refused, or remove clusters that the routes Envoy kept still use.
-//! Evidence for the ordering: `shared/reference/envoy-notes.md`; protocol:
+//! The ordering follows the xDS protocol's eventual consistency considerations:
 //! <https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#eventual-consistency-considerations>.
 
 use std::borrow::Cow;
@@ -295,7 +295,7 @@ pub(crate) fn parse_nonce(nonce: &str) -> Option<u64> {
 /// The resources one type should hold on Envoy now.
 ///
 /// Borrowed from the snapshot: working out what to send clones no `Arc` (every stream of a
-/// class touching the same shared resources' reference counts on every message made the two
+/// class touching the same shared resources' reference counts on every message would make the
 /// cores contend for them); only what is sent is cloned.
 pub(crate) struct Desired<'a> {
     /// The snapshot's resources of the type that Envoy subscribes to, sorted by name.
