@@ -56,9 +56,9 @@ fn cloud_map_node(port: u16, discovery: Value) -> Value {
 /// `red` of namespace `apps.local` (with the given discovery settings).
 fn colors(discovery: Value) -> Mesh {
     Mesh::new("colors")
-        .node("web", client_node(&["color.local"]))
+        .node("web", NodeSpec::client(&["color.local"]))
         .node("red", cloud_map_node(8080, discovery))
-        .service("color.local", node_provider("red"))
+        .service("color.local", ServiceSpec::by_node("red"))
 }
 
 fn with_instances(mut mesh: Mesh, instances: Vec<CloudMapInstance>) -> Mesh {
@@ -244,9 +244,9 @@ fn ip_preference_picks_the_address_family_and_the_node_overrides_the_mesh() {
             discovery["ipPreference"] = json!(p);
         }
         let mesh = Mesh::with_spec("colors", mesh_spec)
-            .node("web", client_node(&["color.local"]))
+            .node("web", NodeSpec::client(&["color.local"]))
             .node("red", cloud_map_node(8080, discovery))
-            .service("color.local", node_provider("red"));
+            .service("color.local", ServiceSpec::by_node("red"));
         endpoints(&with_instances(mesh, instances.clone()).explicit("web"))
     };
     // Default: IPv4 if available, else IPv6; an address that does not parse is never sent.
@@ -282,11 +282,11 @@ fn ip_preference_picks_the_address_family_and_the_node_overrides_the_mesh() {
 fn a_route_splits_between_a_dns_target_and_a_cloud_map_target() {
     let mesh = with_instances(
         Mesh::new("colors")
-            .node("web", client_node(&["color.local"]))
-            .node("blue", http_node("blue.local", 8080))
+            .node("web", NodeSpec::client(&["color.local"]))
+            .node("blue", NodeSpec::http("blue.local", 8080))
             .node("red", cloud_map_node(8080, red()))
-            .service("color.local", router_provider("color"))
-            .router("color", http_router(8080))
+            .service("color.local", ServiceSpec::by_router("color"))
+            .router("color", RouterSpec::http(8080))
             .route(
                 "color",
                 "split",
@@ -310,11 +310,11 @@ fn a_route_splits_between_a_dns_target_and_a_cloud_map_target() {
 fn two_nodes_naming_the_same_service_and_filters_share_one_assignment() {
     let mesh = with_instances(
         Mesh::new("colors")
-            .node("web", client_node(&["color.local", "crimson.local"]))
+            .node("web", NodeSpec::client(&["color.local", "crimson.local"]))
             .node("red", cloud_map_node(8080, red()))
             .node("crimson", cloud_map_node(8080, red()))
-            .service("color.local", node_provider("red"))
-            .service("crimson.local", node_provider("crimson")),
+            .service("color.local", ServiceSpec::by_node("red"))
+            .service("crimson.local", ServiceSpec::by_node("crimson")),
         vec![instance("red-1", "10.0.0.1", Some(80), &[])],
     );
     let res = mesh.explicit("web");

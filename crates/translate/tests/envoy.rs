@@ -260,8 +260,8 @@ fn color_mesh(allow_all: bool) -> Mesh {
             "serviceDiscovery": {"dns": {"hostname": "echo.local", "responseType": "ENDPOINTS"}},
             "logging": {"accessLog": {"file": {"path": "/dev/null", "format": {"text": "%DOWNSTREAM_REMOTE_ADDRESS% %BYTES_SENT%"}}}}
         }))
-        .service("tcp.local", router_provider("tcp"))
-        .service("echo.local", node_provider("echo"))
+        .service("tcp.local", ServiceSpec::by_router("tcp"))
+        .service("echo.local", ServiceSpec::by_node("echo"))
         .router("tcp", json!({"listeners": [{"portMapping": {"port": 7000, "protocol": "tcp"}},
                                             {"portMapping": {"port": 7001, "protocol": "tcp"}},
                                             {"portMapping": {"port": 8080, "protocol": "http"}}]}))
@@ -272,9 +272,9 @@ fn color_mesh(allow_all: bool) -> Mesh {
             "action": {"weightedTargets": [{"virtualNode": "echo", "weight": 1}]}}}))
         .route("tcp", "web", json!({"httpRoute": {"match": {"prefix": "/"},
             "action": {"weightedTargets": [{"virtualNode": "rpc", "port": 8080, "weight": 1}]}}}))
-        .service("color.local", router_provider("color"))
-        .service("grpc.local", router_provider("rpc"))
-        .service("direct.local", node_provider("blue"))
+        .service("color.local", ServiceSpec::by_router("color"))
+        .service("grpc.local", ServiceSpec::by_router("rpc"))
+        .service("direct.local", ServiceSpec::by_node("blue"))
         .router("color", json!({"listeners": [{"portMapping": {"port": 8080, "protocol": "http"}},
                                               {"portMapping": {"port": 9090, "protocol": "http2"}}]}))
         .router("rpc", json!({"listeners": [{"portMapping": {"port": 50051, "protocol": "grpc"}}]}))
@@ -362,7 +362,7 @@ fn cloud_map_mesh() -> Mesh {
             "serviceDiscovery": {"awsCloudMap": {"namespaceName": "apps.local", "serviceName": "red",
                 "attributes": [{"key": "version", "value": "v2"}], "ipPreference": "IPv6_PREFERRED"}}
         }))
-        .node("blue", http_node("blue.local", 8080))
+        .node("blue", NodeSpec::http("blue.local", 8080))
         .node("rpc", json!({
             "listeners": [{"portMapping": {"port": 50051, "protocol": "grpc"}}],
             "serviceDiscovery": {"awsCloudMap": {"namespaceName": "apps.local", "serviceName": "rpc", "ipPreference": "IPv6_ONLY"}}
@@ -375,10 +375,10 @@ fn cloud_map_mesh() -> Mesh {
             "listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}],
             "serviceDiscovery": {"awsCloudMap": {"namespaceName": "apps.local", "serviceName": "nobody"}}
         }))
-        .service("color.local", router_provider("color"))
-        .service("rpc.local", node_provider("rpc"))
-        .service("tcp.local", node_provider("echo"))
-        .service("nobody.local", node_provider("nobody"))
+        .service("color.local", ServiceSpec::by_router("color"))
+        .service("rpc.local", ServiceSpec::by_node("rpc"))
+        .service("tcp.local", ServiceSpec::by_node("echo"))
+        .service("nobody.local", ServiceSpec::by_node("nobody"))
         .router("color", json!({"listeners": [{"portMapping": {"port": 8080, "protocol": "http"}},
                                               {"portMapping": {"port": 9090, "protocol": "http2"}}]}))
         .route("color", "split", json!({"httpRoute": {"match": {"prefix": "/", "port": 8080},
@@ -731,9 +731,9 @@ fn gen_mesh(seed: u64) -> Mesh {
     }
     for s in 0..services {
         let provider = match rng.below(5) {
-            0 => json!({}),
-            1 | 2 => node_provider(&format!("n{}", rng.below(nodes + 1))),
-            _ => router_provider(&format!("r{}", rng.below(routers + 1))),
+            0 => ServiceSpec::Unprovided,
+            1 | 2 => ServiceSpec::by_node(format!("n{}", rng.below(nodes + 1))),
+            _ => ServiceSpec::by_router(format!("r{}", rng.below(routers + 1))),
         };
         mesh = mesh.service(&format!("s{s}.local"), provider);
     }
@@ -905,11 +905,11 @@ fn requests_flow_through_real_envoys() {
     let web_egress = free_port();
     let red_egress = free_port();
     let mesh = Mesh::new("colors")
-        .node("web", client_node(&["color.local"]))
-        .node("red", http_node("127.0.0.1", red_listener))
-        .node("blue", http_node("127.0.0.1", blue_app))
-        .service("color.local", router_provider("color"))
-        .router("color", http_router(8080))
+        .node("web", NodeSpec::client(&["color.local"]))
+        .node("red", NodeSpec::http("127.0.0.1", red_listener))
+        .node("blue", NodeSpec::http("127.0.0.1", blue_app))
+        .service("color.local", ServiceSpec::by_router("color"))
+        .router("color", RouterSpec::http(8080))
         .route(
             "color",
             "blue-by-header",

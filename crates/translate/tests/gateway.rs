@@ -30,22 +30,22 @@ use weft_translate::*;
 /// `rpc`, and gateway `edge` with one http listener on 9080.
 fn apps() -> Mesh {
     Mesh::new("apps")
-        .node("blue", http_node("blue.apps.local", 8080))
-        .node("green", http_node("green.apps.local", 8080))
+        .node("blue", NodeSpec::http("blue.apps.local", 8080))
+        .node("green", NodeSpec::http("green.apps.local", 8080))
         .node(
             "rpc",
             json!({"listeners": [{"portMapping": {"port": 50051, "protocol": "grpc"}}],
                    "serviceDiscovery": {"dns": {"hostname": "rpc.apps.local"}}}),
         )
-        .router("color", http_router(8080))
+        .router("color", RouterSpec::http(8080))
         .route(
             "color",
             "split",
             json!({"httpRoute": {"match": {"prefix": "/"}, "action": {"weightedTargets": [
                 {"virtualNode": "blue", "weight": 100}, {"virtualNode": "green", "weight": 0}]}}}),
         )
-        .service("color.apps.local", router_provider("color"))
-        .service("rpc.apps.local", node_provider("rpc"))
+        .service("color.apps.local", ServiceSpec::by_router("color"))
+        .service("rpc.apps.local", ServiceSpec::by_node("rpc"))
         .gateway(
             "edge",
             json!({"listeners": [{"portMapping": {"port": 9080, "protocol": "http"}}]}),
@@ -509,9 +509,9 @@ fn a_shared_translator_gives_what_translate_gives_and_shares_target_clusters() {
     let mesh = apps()
         .node(
             "front",
-            client_node(&["color.apps.local", "rpc.apps.local"]),
+            NodeSpec::client(&["color.apps.local", "rpc.apps.local"]),
         )
-        .node("back", client_node(&["color.apps.local"]))
+        .node("back", NodeSpec::client(&["color.apps.local"]))
         .gateway_route("edge", "all", to_color(json!({"prefix": "/"})));
     let gateway: ProxyIdentity = "mesh/apps/virtualGateway/edge".parse().unwrap();
     let front = ProxyIdentity::virtual_node("apps", "front");

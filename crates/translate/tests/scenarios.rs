@@ -21,6 +21,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::google::protobuf::Duration;
 use prost::Message;
 use serde_json::json;
+use weft_test_support::spec::{HttpMatch, RouteSpec};
 use weft_translate::*;
 
 fn secs(seconds: i64) -> Option<Duration> {
@@ -31,11 +32,11 @@ fn secs(seconds: i64) -> Option<Duration> {
 /// `cart-v1` and `cart-v2`.
 fn shop() -> Mesh {
     Mesh::new("shop")
-        .node("web", client_node(&["cart.shop.local"]))
-        .node("cart-v1", http_node("cart-v1.shop.local", 8080))
-        .node("cart-v2", http_node("cart-v2.shop.local", 8080))
-        .service("cart.shop.local", router_provider("cart"))
-        .router("cart", http_router(8080))
+        .node("web", NodeSpec::client(&["cart.shop.local"]))
+        .node("cart-v1", NodeSpec::http("cart-v1.shop.local", 8080))
+        .node("cart-v2", NodeSpec::http("cart-v2.shop.local", 8080))
+        .service("cart.shop.local", ServiceSpec::by_router("cart"))
+        .router("cart", RouterSpec::http(8080))
 }
 
 fn weighted(targets: &[(&str, u32)]) -> serde_json::Value {
@@ -58,7 +59,7 @@ fn a_route_with_a_75_25_split_gives_weighted_clusters_75_and_25() {
     let mesh = shop().route(
         "cart",
         "split",
-        json!({"httpRoute": {"match": {"prefix": "/"}, "action": weighted(&[("cart-v1", 75), ("cart-v2", 25)])}}),
+        RouteSpec::split(&[("cart-v1", 75), ("cart-v2", 25)]),
     );
     let res = mesh.explicit("web");
     let route = &vhost(egress_routes(&res), "cart.shop.local").routes[0];
@@ -84,11 +85,11 @@ fn a_route_with_a_75_25_split_gives_weighted_clusters_75_and_25() {
 #[test]
 fn a_routers_routes_are_ordered_by_priority_then_unprioritized_by_name() {
     let route = |prefix: &str, priority: Option<i32>| {
-        let mut spec = json!({"httpRoute": {"match": {"prefix": prefix}, "action": weighted(&[("cart-v1", 1)])}});
-        if let Some(p) = priority {
-            spec["priority"] = json!(p);
+        let route = RouteSpec::http(HttpMatch::prefix(prefix)).to("cart-v1", 1);
+        match priority {
+            Some(p) => route.priority(p),
+            None => route,
         }
-        spec
     };
     let mesh = shop()
         .route("cart", "a-catch-all", route("/", None))
@@ -117,15 +118,11 @@ fn a_routers_routes_are_ordered_by_priority_then_unprioritized_by_name() {
 #[test]
 fn a_node_only_gets_clusters_for_its_backends_targets() {
     let mesh = shop()
-        .route(
-            "cart",
-            "r",
-            json!({"httpRoute": {"match": {"prefix": "/"}, "action": weighted(&[("cart-v1", 1)])}}),
-        )
+        .route("cart", "r", RouteSpec::split(&[("cart-v1", 1)]))
         // Elsewhere in the mesh: not this proxy's business.
-        .node("billing", http_node("billing.shop.local", 9000))
-        .service("billing.shop.local", node_provider("billing"))
-        .node("admin", client_node(&["billing.shop.local"]));
+        .node("billing", NodeSpec::http("billing.shop.local", 9000))
+        .service("billing.shop.local", ServiceSpec::by_node("billing"))
+        .node("admin", NodeSpec::client(&["billing.shop.local"]));
     let res = mesh.explicit("web");
     assert_eq!(cluster_names(&res), ["cds_egress_shop_cart-v1_http_8080"]);
     let hosts: Vec<&str> = egress_routes(&res)
@@ -145,11 +142,7 @@ fn a_node_only_gets_clusters_for_its_backends_targets() {
 
 #[test]
 fn a_virtual_host_answers_to_the_service_name_and_name_port() {
-    let mesh = shop().route(
-        "cart",
-        "r",
-        json!({"httpRoute": {"match": {"prefix": "/"}, "action": weighted(&[("cart-v1", 1)])}}),
-    );
+    let mesh = shop().route("cart", "r", RouteSpec::split(&[("cart-v1", 1)]));
     let res = mesh.explicit("web");
     assert_eq!(
         vhost(egress_routes(&res), "cart.shop.local").domains,
@@ -160,7 +153,7 @@ fn a_virtual_host_answers_to_the_service_name_and_name_port() {
 #[test]
 fn a_router_with_two_listeners_gets_a_virtual_host_per_port_and_routes_by_port_match() {
     let mesh = Mesh::new("shop")
-        .node("web", client_node(&["cart.shop.local"]))
+        .node("web", NodeSpec::client(&["cart.shop.local"]))
         .node(
             "cart-v1",
             json!({
@@ -169,7 +162,7 @@ fn a_router_with_two_listeners_gets_a_virtual_host_per_port_and_routes_by_port_m
                 "serviceDiscovery": {"dns": {"hostname": "cart-v1.shop.local"}}
             }),
         )
-        .service("cart.shop.local", router_provider("cart"))
+        .service("cart.shop.local", ServiceSpec::by_router("cart"))
         .router(
             "cart",
             json!({"listeners": [{"portMapping": {"port": 8080, "protocol": "http"}},
@@ -206,11 +199,7 @@ fn a_router_with_two_listeners_gets_a_virtual_host_per_port_and_routes_by_port_m
 
 #[test]
 fn an_unset_timeout_gives_15s_per_request_and_300s_idle() {
-    let mesh = shop().route(
-        "cart",
-        "r",
-        json!({"httpRoute": {"match": {"prefix": "/"}, "action": weighted(&[("cart-v1", 1)])}}),
-    );
+    let mesh = shop().route("cart", "r", RouteSpec::split(&[("cart-v1", 1)]));
     let res = mesh.explicit("web");
     let action = route_action(&vhost(egress_routes(&res), "cart.shop.local").routes[0]).clone();
     assert_eq!(action.timeout, secs(15));
@@ -239,11 +228,7 @@ fn a_route_timeout_of_0_disables_it_and_milliseconds_are_exact() {
 
 #[test]
 fn no_retry_policy_gives_app_mesh_default_retry_policy() {
-    let mesh = shop().route(
-        "cart",
-        "r",
-        json!({"httpRoute": {"match": {"prefix": "/"}, "action": weighted(&[("cart-v1", 1)])}}),
-    );
+    let mesh = shop().route("cart", "r", RouteSpec::split(&[("cart-v1", 1)]));
     let res = mesh.explicit("web");
     let retry = route_action(&vhost(egress_routes(&res), "cart.shop.local").routes[0])
         .retry_policy
@@ -269,9 +254,9 @@ fn no_retry_policy_gives_app_mesh_default_retry_policy() {
 #[test]
 fn a_virtual_node_provider_gets_one_route_with_the_default_retry_policy() {
     let mesh = Mesh::new("shop")
-        .node("web", client_node(&["cart.shop.local"]))
-        .node("cart-v1", http_node("cart-v1.shop.local", 8080))
-        .service("cart.shop.local", node_provider("cart-v1"));
+        .node("web", NodeSpec::client(&["cart.shop.local"]))
+        .node("cart-v1", NodeSpec::http("cart-v1.shop.local", 8080))
+        .service("cart.shop.local", ServiceSpec::by_node("cart-v1"));
     let res = mesh.explicit("web");
     let host = vhost(egress_routes(&res), "cart.shop.local");
     assert_eq!(host.domains, ["cart.shop.local", "cart.shop.local:8080"]);
@@ -315,15 +300,15 @@ fn retry_events_map_to_envoy_retry_conditions() {
 }
 
 #[test]
-fn grpc_retry_events_and_service_method_matching() {
+fn a_grpc_route_matches_service_method_and_metadata_and_retries_grpc_events() {
     let mesh = Mesh::new("shop")
-        .node("web", client_node(&["cart.shop.local"]))
+        .node("web", NodeSpec::client(&["cart.shop.local"]))
         .node(
             "cart-v1",
             json!({"listeners": [{"portMapping": {"port": 50051, "protocol": "grpc"}}],
                    "serviceDiscovery": {"dns": {"hostname": "cart-v1.shop.local"}}}),
         )
-        .service("cart.shop.local", router_provider("cart"))
+        .service("cart.shop.local", ServiceSpec::by_router("cart"))
         .router("cart", json!({"listeners": [{"portMapping": {"port": 50051, "protocol": "grpc"}}]}))
         .route(
             "cart",
@@ -475,15 +460,15 @@ fn exact_and_regex_paths_match_the_whole_path() {
 #[test]
 fn dns_response_type_chooses_logical_or_strict_dns_and_ip_preference_the_lookup_family() {
     let mesh = Mesh::with_spec("shop", json!({"serviceDiscovery": {"ipPreference": "IPv4_ONLY"}}))
-        .node("web", client_node(&["lb.local", "all.local", "v6.local"]))
-        .node("lb", http_node("lb.internal", 8080))
+        .node("web", NodeSpec::client(&["lb.local", "all.local", "v6.local"]))
+        .node("lb", NodeSpec::http("lb.internal", 8080))
         .node("all", json!({"listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}],
             "serviceDiscovery": {"dns": {"hostname": "all.internal", "responseType": "ENDPOINTS"}}}))
         .node("v6", json!({"listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}],
             "serviceDiscovery": {"dns": {"hostname": "v6.internal", "responseType": "LOADBALANCER", "ipPreference": "IPv6_PREFERRED"}}}))
-        .service("lb.local", node_provider("lb"))
-        .service("all.local", node_provider("all"))
-        .service("v6.local", node_provider("v6"));
+        .service("lb.local", ServiceSpec::by_node("lb"))
+        .service("all.local", ServiceSpec::by_node("all"))
+        .service("v6.local", ServiceSpec::by_node("v6"));
     let res = mesh.explicit("web");
     let kind = |c: &XdsCluster| c.cluster_discovery_type.clone();
     let lb = cluster(&res, "cds_egress_shop_lb_http_8080");
@@ -527,11 +512,7 @@ fn dns_response_type_chooses_logical_or_strict_dns_and_ip_preference_the_lookup_
 
 #[test]
 fn every_cluster_carries_app_mesh_circuit_breaker_defaults() {
-    let mesh = shop().route(
-        "cart",
-        "r",
-        json!({"httpRoute": {"match": {"prefix": "/"}, "action": weighted(&[("cart-v1", 1)])}}),
-    );
+    let mesh = shop().route("cart", "r", RouteSpec::split(&[("cart-v1", 1)]));
     for res in [mesh.explicit("web"), mesh.explicit("cart-v1")] {
         for c in &res.clusters {
             let t = &c.circuit_breakers.as_ref().unwrap().thresholds[0];
@@ -607,11 +588,7 @@ fn explicit_mode_binds_each_node_port_and_forwards_to_the_app_port() {
 
 #[test]
 fn transparent_mode_uses_15000_and_15001_with_original_destination() {
-    let mesh = shop().route(
-        "cart",
-        "r",
-        json!({"httpRoute": {"match": {"prefix": "/"}, "action": weighted(&[("cart-v1", 1)])}}),
-    );
+    let mesh = shop().route("cart", "r", RouteSpec::split(&[("cart-v1", 1)]));
     let web = mesh.proxy("web", &ProxyOptions::default());
     let names: Vec<&str> = web.listeners.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(
@@ -736,7 +713,7 @@ fn egress_hcm(res: &ProxyResources) -> envoy_types::pb::envoy::extensions::filte
 /// echo: `web` reaches `echo.shop.local` (router `echo`, tcp 7000) whose tcp route splits 75/25.
 fn echo() -> Mesh {
     Mesh::new("shop")
-        .node("web", client_node(&["echo.shop.local"]))
+        .node("web", NodeSpec::client(&["echo.shop.local"]))
         .node(
             "one",
             json!({"listeners": [{"portMapping": {"port": 7000, "protocol": "tcp"}}],
@@ -747,7 +724,7 @@ fn echo() -> Mesh {
             json!({"listeners": [{"portMapping": {"port": 7000, "protocol": "tcp"}}],
             "serviceDiscovery": {"dns": {"hostname": "two.shop.local"}}}),
         )
-        .service("echo.shop.local", router_provider("echo"))
+        .service("echo.shop.local", ServiceSpec::by_router("echo"))
         .router(
             "echo",
             json!({"listeners": [{"portMapping": {"port": 7000, "protocol": "tcp"}}]}),
@@ -913,9 +890,9 @@ fn access_logs_go_on_every_ingress_and_egress_filter_in_the_configured_format() 
 #[test]
 fn missing_references_are_skipped_not_sent() {
     let mesh = shop()
-        .node("web", client_node(&["cart.shop.local", "ghost.shop.local", "nobody.shop.local", "lost.shop.local"]))
+        .node("web", NodeSpec::client(&["cart.shop.local", "ghost.shop.local", "nobody.shop.local", "lost.shop.local"]))
         // A provider router that does not exist, and a service with no provider.
-        .service("lost.shop.local", router_provider("deleted-router"))
+        .service("lost.shop.local", ServiceSpec::by_router("deleted-router"))
         .service("nobody.shop.local", json!({}))
         .route("cart", "half-gone", json!({"priority": 1, "httpRoute": {"match": {"prefix": "/half"},
             "action": weighted(&[("cart-v1", 75), ("deleted-node", 25)])}}))
@@ -952,11 +929,11 @@ fn missing_references_are_skipped_not_sent() {
 fn the_same_mesh_gives_byte_identical_resources_whatever_the_backend_order() {
     let build = |backends: &[&str]| {
         Mesh::new("shop")
-            .node("web", client_node(backends))
-            .node("a", http_node("a.local", 8080))
-            .node("b", http_node("b.local", 8081))
-            .service("a.local", node_provider("a"))
-            .service("b.local", node_provider("b"))
+            .node("web", NodeSpec::client(backends))
+            .node("a", NodeSpec::http("a.local", 8080))
+            .node("b", NodeSpec::http("b.local", 8081))
+            .service("a.local", ServiceSpec::by_node("a"))
+            .service("b.local", ServiceSpec::by_node("b"))
     };
     let encode = |res: &ProxyResources| {
         let mut bytes = Vec::new();
@@ -1004,7 +981,7 @@ fn the_proxy_must_name_an_existing_node_of_this_mesh() {
 
 #[test]
 fn a_node_listener_on_the_egress_port_is_not_bound_twice_in_explicit_mode() {
-    let mesh = Mesh::new("shop").node("odd", http_node("odd.local", 15001));
+    let mesh = Mesh::new("shop").node("odd", NodeSpec::http("odd.local", 15001));
     let res = mesh.explicit("odd");
     let names: Vec<&str> = res.listeners.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(names, ["lds_egress_127.0.0.1_15001"]);
