@@ -13,6 +13,7 @@ use std::time::Duration;
 use weft_model::{Arn, ResourcePath};
 
 use crate::error::AgentError;
+use crate::launch::EnvoyIdentity;
 
 /// How the application's traffic reaches Envoy (`weft.listener_mode`, `docs/proxy-contract.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -211,6 +212,13 @@ pub struct AgentArgs {
         default_value_t = 10
     )]
     pub stop_grace_s: u64,
+    /// Run Envoy as this user id (App Mesh's `APPMESH_IGNORE_UID`, whose traffic the
+    /// redirection lets through); the agent's own when unset.
+    #[arg(long, env = "APPMESH_IGNORE_UID", value_name = "UID")]
+    pub ignore_uid: Option<String>,
+    /// Run Envoy as this group id (`APPMESH_IGNORE_GID`).
+    #[arg(long, env = "APPMESH_IGNORE_GID", value_name = "GID")]
+    pub ignore_gid: Option<String>,
     /// Print the Envoy bootstrap (JSON) and exit.
     #[arg(long)]
     pub print_bootstrap: bool,
@@ -242,6 +250,8 @@ const APP_PORTS: &str = "WEFT_APP_PORTS (--app-ports)";
 const DRAIN: &str = "LISTENER_DRAIN_WAIT_TIME_S (--drain-wait-s)";
 const RESTARTS: &str = "APPNET_ENVOY_RESTART_COUNT (--envoy-restart-count)";
 const CLUSTER: &str = "APPMESH_RESOURCE_CLUSTER (--resource-cluster)";
+pub(crate) const IGNORE_UID: &str = "APPMESH_IGNORE_UID (--ignore-uid)";
+pub(crate) const IGNORE_GID: &str = "APPMESH_IGNORE_GID (--ignore-gid)";
 
 /// The longest drain App Mesh allows (`LISTENER_DRAIN_WAIT_TIME_S` maximum).
 pub const MAX_DRAIN_WAIT: Duration = Duration::from_secs(110);
@@ -296,6 +306,12 @@ pub struct AgentConfig {
     pub restart_limit: Option<u32>,
     /// Time between SIGTERM and SIGKILL when stopping Envoy.
     pub stop_grace: Duration,
+    /// The identity Envoy runs as (`APPMESH_IGNORE_UID` / `APPMESH_IGNORE_GID`).
+    pub envoy_identity: EnvoyIdentity,
+    /// The `weft` binary that starts Envoy through `weft exec-envoy` (identity and parent-death
+    /// signal, see [`crate::launch`]); `None` starts Envoy directly, which keeps the agent's
+    /// identity and leaves Envoy running if the agent is killed.
+    pub launcher: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -328,6 +344,8 @@ impl AgentConfig {
             drain_wait: Duration::from_secs(20),
             restart_limit: None,
             stop_grace: Duration::from_secs(10),
+            envoy_identity: EnvoyIdentity::default(),
+            launcher: None,
         })
     }
 
@@ -379,6 +397,10 @@ impl AgentConfig {
         config.drain_wait = Duration::from_secs(args.drain_wait_s);
         config.restart_limit = parse_restart_count(&args.envoy_restart_count)?;
         config.stop_grace = Duration::from_secs(args.stop_grace_s);
+        config.envoy_identity = EnvoyIdentity {
+            uid: parse_id(IGNORE_UID, args.ignore_uid.as_deref())?,
+            gid: parse_id(IGNORE_GID, args.ignore_gid.as_deref())?,
+        };
         config.validate()?;
         Ok(config)
     }
@@ -519,6 +541,20 @@ fn parse_resource(text: &str) -> Result<ResourcePath, AgentError> {
 }
 
 /// Seconds as App Mesh's variables give them (`15`), also `15s` or `500ms`.
+/// A numeric user or group id; empty is unset (App Mesh's scripts test `[ -z "$VAR" ]`).
+fn parse_id(setting: &'static str, text: Option<&str>) -> Result<Option<u32>, AgentError> {
+    match text.map(str::trim).filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(t) => match t.parse::<u32>() {
+            Ok(id) if id != u32::MAX => Ok(Some(id)),
+            _ => Err(AgentError::config(
+                setting,
+                format!("{t:?} is not a numeric id"),
+            )),
+        },
+    }
+}
+
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let bad = || format!("{t:?} is not a duration in seconds (e.g. 0, 15, 15s, 500ms)");

@@ -83,15 +83,33 @@ pub fn envoy_args(config: &AgentConfig, bootstrap_path: &Path) -> Vec<OsString> 
     args
 }
 
-/// A ready-to-spawn Envoy command (stdout/stderr inherited, killed if the handle is dropped).
+/// A ready-to-spawn Envoy command (stdout/stderr inherited, killed if the handle is dropped):
+/// through `weft exec-envoy` when the config names a launcher ([`crate::launch`]), else Envoy
+/// itself.
 pub fn envoy_command(
     envoy_bin: &Path,
     config: &AgentConfig,
     bootstrap_path: &Path,
 ) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(envoy_bin);
-    cmd.args(envoy_args(config, bootstrap_path))
-        .stdin(std::process::Stdio::null())
+    let args = envoy_args(config, bootstrap_path);
+    let mut cmd = match &config.launcher {
+        Some(weft) => {
+            let mut cmd = tokio::process::Command::new(weft);
+            cmd.args(crate::launch::exec_args(
+                std::process::id(),
+                config.envoy_identity,
+                envoy_bin,
+                args,
+            ));
+            cmd
+        }
+        None => {
+            let mut cmd = tokio::process::Command::new(envoy_bin);
+            cmd.args(args);
+            cmd
+        }
+    };
+    cmd.stdin(std::process::Stdio::null())
         // If the agent itself dies without stopping Envoy, do not leave it running.
         .kill_on_drop(true);
     cmd

@@ -46,6 +46,15 @@ pub enum AgentError {
         /// What failed (transport error or the registry's exception and message).
         message: String,
     },
+    /// Starting Envoy as its own identity failed (`weft exec-envoy`).
+    #[error("starting Envoy: {detail}")]
+    Launch {
+        /// What failed.
+        detail: String,
+    },
+    /// Setting up or removing the traffic redirection failed.
+    #[error(transparent)]
+    Intercept(#[from] weft_intercept::InterceptError),
     /// An I/O operation failed.
     #[error("{context}: {source}")]
     Io {

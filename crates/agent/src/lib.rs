@@ -10,6 +10,8 @@
 //! - [`config`]: [`AgentConfig`] from environment variables and flags ([`AgentArgs`]).
 //! - [`bootstrap`]: the Envoy bootstrap (JSON).
 //! - [`envoy`]: finding Envoy and building its command line.
+//! - [`launch`]: starting Envoy as its own identity, tied to the agent's life.
+//! - [`redirect`]: `weft agent init` / `cleanup`: the traffic redirection of transparent mode.
 //! - [`admin`]: a tiny client for Envoy's admin interface (drain, readiness).
 //! - [`supervisor`]: running Envoy beside the workload.
 //! - [`registration`]: registering the workload in Weft's instance registry.
@@ -21,6 +23,8 @@ pub mod config;
 pub mod envoy;
 pub mod error;
 pub mod http_client;
+pub mod launch;
+pub mod redirect;
 pub mod registration;
 pub mod sample_app;
 pub mod signal;

@@ -114,6 +114,7 @@ impl Supervisor {
         tokio::fs::write(&bootstrap_path, bootstrap_json(config))
             .await
             .map_err(|e| AgentError::io(format!("writing {}", bootstrap_path.display()), e))?;
+        hand_over(config, &envoy_bin, &dir, &bootstrap_path)?;
         self.state
             .send_modify(|s| s.bootstrap_path = Some(bootstrap_path.clone()));
         info!(node = %config.node_id, xds = %config.xds_endpoint, envoy = %envoy_bin.display(),
@@ -189,6 +190,61 @@ fn run_dir(config: &AgentConfig) -> Result<(PathBuf, Option<tempfile::TempDir>),
             Ok((temp.path().to_path_buf(), Some(temp)))
         }
     }
+}
+
+/// When Envoy runs as another identity, gives it what it must read and write: the run folder
+/// and bootstrap (created by the agent, private to it) and the admin access log; and checks
+/// that identity can execute Envoy at all.
+fn hand_over(
+    config: &AgentConfig,
+    envoy_bin: &Path,
+    dir: &Path,
+    bootstrap_path: &Path,
+) -> Result<(), AgentError> {
+    let identity = config.envoy_identity;
+    if identity.is_unchanged() {
+        return Ok(());
+    }
+    if config.launcher.is_none() {
+        return Err(AgentError::config(
+            crate::config::IGNORE_UID,
+            "running Envoy as another identity needs the `weft` binary to start it \
+             (AgentConfig::launcher)",
+        ));
+    }
+    crate::launch::check_executable_by(envoy_bin, identity).map_err(|detail| {
+        AgentError::EnvoyNotFound {
+            detail: format!(
+                "{detail}; Envoy runs as APPMESH_IGNORE_UID, so put it where that user can                  execute it (`scripts/demo` and `scripts/test` install a copy in                  /usr/local/lib/weft/envoy) and point ENVOY_BIN there"
+            ),
+        }
+    })?;
+    let chown = |path: &Path| {
+        std::os::unix::fs::chown(path, identity.uid, identity.gid).map_err(|e| {
+            AgentError::io(format!("giving {} to Envoy's identity", path.display()), e)
+        })
+    };
+    if config.run_dir.is_none() {
+        chown(dir)?;
+    }
+    chown(bootstrap_path)?;
+    // Envoy opens its admin access log itself; in a sticky folder such as /tmp it may only open
+    // a file it owns (fs.protected_regular).
+    // Only a regular file: a device such as /dev/null or /dev/stdout is left as it is.
+    let log = &config.admin_access_log;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| AgentError::io(format!("opening {}", log.display()), e))?;
+    let regular = file
+        .metadata()
+        .map_err(|e| AgentError::io(format!("reading {}", log.display()), e))?
+        .is_file();
+    if regular {
+        chown(log)?;
+    }
+    Ok(())
 }
 
 /// Drain, then SIGTERM, then SIGKILL after the grace period.

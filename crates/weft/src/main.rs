@@ -40,6 +40,10 @@ enum Command {
     Agent(Box<AgentCmd>),
     /// A tiny HTTP app answering with its name, for demos and tests.
     SampleApp(weft_agent::SampleAppArgs),
+    /// The step between an agent and its Envoy: takes Envoy's identity, ties its life to the
+    /// agent's, and executes Envoy. Started by `weft agent`, not by hand.
+    #[command(hide = true)]
+    ExecEnvoy(weft_agent::launch::ExecArgs),
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -67,15 +71,43 @@ pub async fn shutdown_signal() {
 
 /// `weft agent`: the Envoy supervisor plus optional self-registration.
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct AgentCmd {
+    #[command(subcommand)]
+    action: Option<AgentAction>,
     #[command(flatten)]
     agent: weft_agent::AgentArgs,
     #[command(flatten)]
     registration: weft_agent::RegistrationArgs,
+    #[command(flatten)]
+    redirect: weft_agent::redirect::RedirectArgs,
+}
+
+#[derive(Subcommand)]
+enum AgentAction {
+    /// Redirect the workload's traffic through Envoy (transparent mode) from App Mesh's
+    /// variables (APPMESH_APP_PORTS, APPMESH_IGNORE_UID, ...), then exit: the role of an
+    /// init container or ECS proxyConfiguration. Idempotent.
+    Init(weft_agent::redirect::RedirectArgs),
+    /// Remove exactly the redirection rules `init` added, and nothing else. Idempotent.
+    Cleanup,
 }
 
 async fn agent(cmd: AgentCmd) -> Result<()> {
-    let config = weft_agent::AgentConfig::from_args(&cmd.agent)?;
+    match cmd.action {
+        Some(AgentAction::Init(args)) => {
+            let config = weft_intercept_config()?;
+            weft_agent::redirect::init(&config, args.netfilter)?;
+            return Ok(());
+        }
+        Some(AgentAction::Cleanup) => {
+            weft_agent::redirect::cleanup()?;
+            return Ok(());
+        }
+        None => {}
+    }
+    let mut config = weft_agent::AgentConfig::from_args(&cmd.agent)?;
+    config.launcher = Some(std::env::current_exe().context("finding the weft binary")?);
     if cmd.agent.print_bootstrap {
         println!("{}", weft_agent::bootstrap_json(&config));
         return Ok(());
@@ -103,10 +135,30 @@ async fn agent(cmd: AgentCmd) -> Result<()> {
             let _ = deregistered_tx.send(());
         })
     };
+    // APPMESH_START_ENABLED=1: apply the redirection now and remove it on the way out, as App
+    // Mesh's proxy route manager did.
+    let redirected = match weft_agent::redirect::start_enabled()? {
+        Some(intercept) => {
+            anyhow::ensure!(
+                config.listener_mode == weft_agent::ListenerMode::Transparent,
+                "APPMESH_START_ENABLED=1 redirects traffic to Envoy's ingress and egress ports, \
+                 which only transparent mode (WEFT_LISTENER_MODE=transparent) listens on"
+            );
+            weft_agent::redirect::init(&intercept, cmd.redirect.netfilter)?;
+            true
+        }
+        None => false,
+    };
     let outcome = weft_agent::run(config, async move {
         let _ = deregistered_rx.await;
     })
-    .await?;
+    .await;
+    if redirected {
+        if let Err(e) = weft_agent::redirect::cleanup() {
+            tracing::error!(error = %e, "removing the traffic redirection failed");
+        }
+    }
+    let outcome = outcome?;
     registering.abort();
     let code = outcome.exit_code();
     if code != 0 {
@@ -115,8 +167,18 @@ async fn agent(cmd: AgentCmd) -> Result<()> {
     Ok(())
 }
 
+/// App Mesh's redirection variables, read and checked.
+fn weft_intercept_config() -> Result<weft_agent::redirect::InterceptConfig> {
+    Ok(weft_agent::redirect::InterceptConfig::from_env()?)
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Command::ExecEnvoy(args) = &cli.command {
+        // Before any thread exists: the identity change applies to the calling thread.
+        weft_agent::launch::exec(args)?;
+        return Ok(());
+    }
     let filter = match &cli.command {
         Command::Server(a) => a.log.clone(),
         Command::Demo(_) => std::env::var("WEFT_LOG").unwrap_or_else(|_| "warn".into()),
@@ -143,6 +205,7 @@ fn main() -> Result<()> {
                 weft_agent::run_sample_app(&args, shutdown_signal()).await?;
                 Ok(())
             }
+            Command::ExecEnvoy(_) => Ok(()),
         }
     });
     // Dropping a runtime waits for its blocking tasks without bound: a
