@@ -49,7 +49,12 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::google::protobuf::Duration as XdsDuration;
 use envoy_types::util::pack_any;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -222,7 +227,8 @@ pub fn load_assignment(cluster: &str, port: u16) -> XdsClusterLoadAssignment {
 // ---------------------------------------------------------------------------------------------
 // Upstream HTTP server
 
-/// A tiny HTTP/1.1 server (keep-alive) answering every request `200` with its name as body.
+/// A tiny HTTP/1.1 server (keep-alive, hyper's) answering every request `200` with its name as
+/// body.
 pub struct Upstream {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -238,13 +244,30 @@ impl Upstream {
         let addr = listener.local_addr()?;
         let requests = Arc::new(AtomicU64::new(0));
         let counter = requests.clone();
-        let body = name.to_string();
+        let body = Bytes::from(name.to_string());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let body = body.clone();
                 let counter = counter.clone();
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let body = body.clone();
+                    let counter = counter.clone();
+                    async move {
+                        // The request's body is read whole before the answer.
+                        request.into_body().collect().await?;
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        let mut response = Response::new(Full::new(body));
+                        response.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static("text/plain"),
+                        );
+                        Ok::<_, hyper::Error>(response)
+                    }
+                });
                 tokio::spawn(async move {
-                    let _ = serve_connection(stream, &body, &counter).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
@@ -267,121 +290,49 @@ impl Drop for Upstream {
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    body: &str,
-    counter: &AtomicU64,
-) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream);
-    loop {
-        let mut content_length = 0usize;
-        let mut line = String::new();
-        if reader.read_line(&mut line).await? == 0 {
-            return Ok(());
-        }
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).await? == 0 {
-                return Ok(());
-            }
-            let trimmed = line.trim_end();
-            if trimmed.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = trimmed.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    content_length = v.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut discard = vec![0u8; content_length];
-        reader.read_exact(&mut discard).await?;
-        counter.fetch_add(1, Ordering::Relaxed);
-        let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{}",
-            body.len(),
-            body
-        );
-        reader.get_mut().write_all(response.as_bytes()).await?;
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // HTTP client
 
-/// Reads one HTTP/1.1 response (content-length bodies only): status and body.
-async fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<(u16, String)> {
-    let mut line = String::new();
-    if reader.read_line(&mut line).await? == 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "connection closed before a response",
-        ));
-    }
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-    let mut content_length = 0usize;
-    let mut chunked = false;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).await? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "connection closed in headers",
-            ));
-        }
-        let trimmed = line.trim_end();
-        if trimmed.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = trimmed.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                content_length = v.trim().parse().unwrap_or(0);
-            }
-            if k.eq_ignore_ascii_case("transfer-encoding")
-                && v.trim().eq_ignore_ascii_case("chunked")
-            {
-                chunked = true;
-            }
-        }
-    }
-    let mut body = Vec::new();
-    if chunked {
-        loop {
-            line.clear();
-            reader.read_line(&mut line).await?;
-            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-                .map_err(|_| std::io::Error::other(format!("bad chunk size {line:?}")))?;
-            let mut chunk = vec![0u8; size + 2];
-            reader.read_exact(&mut chunk).await?;
-            if size == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..size]);
-        }
-    } else {
-        body.resize(content_length, 0);
-        reader.read_exact(&mut body).await?;
-    }
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+/// One keep-alive HTTP/1.1 connection of hyper's client; its driver runs beside it and ends
+/// when it is dropped.
+type Connection = SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> std::io::Result<Connection> {
+    let stream = TcpStream::connect(addr).await?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(connection);
+    Ok(sender)
 }
 
-async fn send_get(reader: &mut BufReader<TcpStream>, path: &str) -> std::io::Result<(u16, String)> {
-    let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n");
-    reader.get_mut().write_all(request.as_bytes()).await?;
-    read_response(reader).await
+/// `GET path` on `conn`: status and body.
+async fn send_get(conn: &mut Connection, path: &str) -> std::io::Result<(u16, String)> {
+    conn.ready().await.map_err(std::io::Error::other)?;
+    let request = Request::get(path)
+        .header(hyper::header::HOST, "test")
+        .body(Full::new(Bytes::new()))
+        .map_err(std::io::Error::other)?;
+    let response = conn
+        .send_request(request)
+        .await
+        .map_err(std::io::Error::other)?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// One `GET` on a fresh connection: status and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), XdsError> {
-    let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+    let mut conn = tokio::time::timeout(Duration::from_secs(5), connect(addr))
         .await
         .map_err(|_| peer(format!("connect to {addr} timed out")))??;
-    let mut reader = BufReader::new(stream);
-    let response = tokio::time::timeout(Duration::from_secs(10), send_get(&mut reader, path))
+    let response = tokio::time::timeout(Duration::from_secs(10), send_get(&mut conn, path))
         .await
         .map_err(|_| peer(format!("GET {path} on {addr} timed out")))??;
     Ok(response)
@@ -417,11 +368,11 @@ impl LoadClient {
                 let stop = stop.clone();
                 let report = report.clone();
                 tokio::spawn(async move {
-                    let mut conn: Option<BufReader<TcpStream>> = None;
+                    let mut conn: Option<Connection> = None;
                     while !stop.load(Ordering::Relaxed) {
                         let result = async {
                             if conn.is_none() {
-                                conn = Some(BufReader::new(TcpStream::connect(addr).await?));
+                                conn = Some(connect(addr).await?);
                             }
                             match conn.as_mut() {
                                 Some(c) => send_get(c, "/").await,
