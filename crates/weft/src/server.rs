@@ -238,6 +238,7 @@ pub async fn start(args: &ServerArgs) -> Result<ControlPlane> {
         )
     })?;
     let runtime = runtime.with_idle_class_ttl(idle_ttl);
+    let failures = runtime.failures();
     let ads = weft_xds::AdsServer::new(cache, Arc::new(resolver));
     let (stop, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -308,7 +309,7 @@ pub async fn start(args: &ServerArgs) -> Result<ControlPlane> {
     // /service/…) and Weft's own endpoints.
     let app = weft_api::router(service.clone())
         .merge(weft_registry::router(registry))
-        .merge(proxy_status::router(ads));
+        .merge(proxy_status::router(ads, failures));
     {
         let stop = stopped(stop_rx);
         tasks.push(tokio::spawn(weft_listen::http::serve(
