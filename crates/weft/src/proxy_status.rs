@@ -1,6 +1,7 @@
 //! `weft proxy-status` and the API endpoint behind it
 //! (`GET /weft/v1/proxy-status`): every connected proxy, its node, the
-//! version it ACKed per resource type, and its last NACK.
+//! version it ACKed per resource type, its last NACK, and why its config is
+//! not updated when the control plane could not translate it.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,6 +13,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::Value;
+use weft_control::{ClassFailure, ClassFailures};
 use weft_xds::{AdsServer, Protocol, ProxyStatus};
 
 /// Path of the endpoint on the API listener.
@@ -70,9 +72,42 @@ struct ProxyJson<'a> {
     types: BTreeMap<&'a str, TypeJson<'a>>,
     nack_count: u64,
     last_nack: Option<NackJson<'a>>,
+    /// Why the proxy's class's config is not updated, if it is not.
+    config_failure: Option<FailureJson>,
 }
 
-fn to_json(p: &ProxyStatus) -> ProxyJson<'_> {
+/// Why a proxy class's config is not updated: the App Mesh resource and the
+/// reason, like the rejected resources of a NACK, and what its proxies are
+/// still served.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FailureJson {
+    snapshot_key: String,
+    /// The class's node or gateway, `mesh/<mesh>/virtualNode/<name>`.
+    proxy: String,
+    /// The options its proxies announce.
+    options: String,
+    /// The resource the failure names, `virtualNode/<name>`.
+    resource: String,
+    reason: String,
+    at: f64,
+    /// The version the class's proxies keep being served, if any.
+    serving_version: Option<String>,
+}
+
+fn failure_json(snapshot_key: &str, f: ClassFailure) -> FailureJson {
+    FailureJson {
+        snapshot_key: snapshot_key.to_string(),
+        proxy: f.proxy,
+        options: f.options,
+        resource: f.resource,
+        reason: f.reason,
+        at: epoch(f.at),
+        serving_version: f.serving_version,
+    }
+}
+
+fn to_json<'a>(p: &'a ProxyStatus, failures: &ClassFailures) -> ProxyJson<'a> {
     ProxyJson {
         stream_id: p.stream_id,
         node_id: &p.node_id,
@@ -111,6 +146,9 @@ fn to_json(p: &ProxyStatus) -> ProxyJson<'_> {
             message: &n.message,
             at: epoch(n.at),
         }),
+        config_failure: failures
+            .get(&p.snapshot_key)
+            .map(|f| failure_json(&p.snapshot_key, f)),
     }
 }
 
@@ -123,20 +161,30 @@ struct StatusJson<'a> {
     /// for: those with a connected proxy, and those whose last proxy left
     /// less than `--proxy-idle-ttl` ago.
     snapshot_keys: Vec<String>,
+    /// Every proxy class whose config is not updated, connected proxy or
+    /// not, by snapshot key.
+    config_failures: Vec<FailureJson>,
 }
 
-/// The endpoint, served on the API listener.
-pub fn router(ads: AdsServer) -> Router {
+/// The endpoint, served on the API listener; `failures` are the control
+/// plane's, shown beside the proxies of each failing class.
+pub fn router(ads: AdsServer, failures: ClassFailures) -> Router {
     Router::new().route(
         PATH,
         get(move || {
             let ads = ads.clone();
+            let failures = failures.clone();
             async move {
                 let statuses = ads.proxy_status();
                 let body = StatusJson {
-                    proxies: statuses.iter().map(to_json).collect(),
+                    proxies: statuses.iter().map(|p| to_json(p, &failures)).collect(),
                     nack_count: ads.nack_count(),
                     snapshot_keys: ads.cache().keys(),
+                    config_failures: failures
+                        .all()
+                        .into_iter()
+                        .map(|(key, f)| failure_json(&key, f))
+                        .collect(),
                 };
                 Json(body).into_response()
             }
@@ -178,6 +226,20 @@ fn short(v: &Value) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// A class failure of the endpoint as one line: `config not updated:
+/// translation of virtualNode/x failed: <reason>; serving version V`.
+fn failure_line(f: &Value) -> String {
+    let serving = match f["servingVersion"].as_str() {
+        Some(_) => format!("serving version {}", short(&f["servingVersion"])),
+        None => "no config served yet".to_string(),
+    };
+    format!(
+        "config not updated: translation of {} failed: {}; {serving}",
+        f["resource"].as_str().unwrap_or("?"),
+        f["reason"].as_str().unwrap_or_default(),
+    )
+}
+
 /// Runs `weft proxy-status`.
 pub async fn run(args: ProxyStatusArgs) -> Result<()> {
     let status = fetch(&args.endpoint).await?;
@@ -213,9 +275,56 @@ pub async fn run(args: ProxyStatusArgs) -> Result<()> {
             acked("RouteConfiguration"),
             nack
         );
+        if !p["configFailure"].is_null() {
+            println!("    {}", failure_line(&p["configFailure"]));
+        }
     }
     if proxies.is_empty() {
         println!("(no proxies connected)");
     }
+    // The failing classes no connected proxy belongs to (whose last proxy
+    // left less than `--proxy-idle-ttl` ago).
+    let unconnected: Vec<&Value> = status["configFailures"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .filter(|f| !proxies.iter().any(|p| p["snapshotKey"] == f["snapshotKey"]))
+        .collect();
+    if !unconnected.is_empty() {
+        println!("\nWith no proxy connected:");
+        for f in unconnected {
+            println!(
+                "{}\n    {}",
+                f["snapshotKey"].as_str().unwrap_or_default(),
+                failure_line(f)
+            );
+        }
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_failure_line_names_the_resource_the_reason_and_the_version_still_served() {
+        let failure = json!({
+            "resource": "virtualNode/front",
+            "reason": "virtual node \"front\" does not exist in mesh \"apps\"",
+            "servingVersion": "0123456789abcdef0123",
+        });
+        assert_eq!(
+            failure_line(&failure),
+            "config not updated: translation of virtualNode/front failed: \
+             virtual node \"front\" does not exist in mesh \"apps\"; serving version 0123456789ab"
+        );
+        let never_served =
+            json!({"resource": "virtualGateway/in", "reason": "r", "servingVersion": null});
+        assert_eq!(
+            failure_line(&never_served),
+            "config not updated: translation of virtualGateway/in failed: r; no config served yet"
+        );
+    }
 }

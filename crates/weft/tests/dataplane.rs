@@ -672,6 +672,98 @@ async fn proxy_status_lists_every_proxy_with_its_acked_versions() {
     );
 }
 
+/// `weft proxy-status --json`, parsed.
+fn proxy_status_json(server: &WeftServer) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["proxy-status", "--json", "--endpoint", &server.addr])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_status_names_the_deleted_node_a_proxy_is_not_updated_for_and_the_version_it_keeps() {
+    let server = WeftServer::start();
+    let c = server.client();
+    c.create_mesh().mesh_name("apps").send().await.unwrap();
+    let (_app, app_port) = sample_app("red");
+    let port = free_port();
+    c.create_virtual_node()
+        .mesh_name("apps")
+        .virtual_node_name("red")
+        .spec(node_spec(port, &[]))
+        .send()
+        .await
+        .unwrap();
+    let _envoy = agent(
+        &server.xds_addr,
+        "apps",
+        "red",
+        &[(port, app_port)],
+        "delta",
+    );
+    let red_is_served = || matches!(common::mesh::http_get(port, "x", "/"), Ok((200, body)) if body.contains("red"));
+    wait_until(StdDuration::from_secs(10), red_is_served);
+    let status = proxy_status_json(&server);
+    let proxy = &status["proxies"][0];
+    assert!(proxy["configFailure"].is_null(), "{proxy}");
+    assert_eq!(status["configFailures"], serde_json::json!([]));
+    let version = proxy["snapshotVersion"].as_str().unwrap().to_string();
+
+    // The node is deleted under its Envoy: Envoy keeps its config, and
+    // proxy-status says why it is not updated and what it is still served.
+    c.delete_virtual_node()
+        .mesh_name("apps")
+        .virtual_node_name("red")
+        .send()
+        .await
+        .unwrap();
+    wait_until(StdDuration::from_secs(10), || {
+        !proxy_status_json(&server)["proxies"][0]["configFailure"].is_null()
+    });
+    let status = proxy_status_json(&server);
+    let failure = &status["proxies"][0]["configFailure"];
+    assert_eq!(failure["resource"], "virtualNode/red", "{failure}");
+    assert_eq!(failure["proxy"], "mesh/apps/virtualNode/red");
+    assert_eq!(
+        failure["reason"],
+        "virtual node \"red\" does not exist in mesh \"apps\""
+    );
+    assert_eq!(failure["servingVersion"].as_str(), Some(version.as_str()));
+    assert_eq!(status["configFailures"].as_array().unwrap().len(), 1);
+    assert!(red_is_served());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["proxy-status", "--endpoint", &server.addr])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let line = format!(
+        "config not updated: translation of virtualNode/red failed: \
+         virtual node \"red\" does not exist in mesh \"apps\"; serving version {}",
+        &version[..12]
+    );
+    assert!(table.contains(&line), "{table}");
+
+    // The node is created again: the proxy is updated, the failure gone.
+    c.create_virtual_node()
+        .mesh_name("apps")
+        .virtual_node_name("red")
+        .spec(node_spec(port, &[]))
+        .send()
+        .await
+        .unwrap();
+    wait_until(StdDuration::from_secs(10), || {
+        let status = proxy_status_json(&server);
+        status["proxies"][0]["configFailure"].is_null()
+            && status["configFailures"] == serde_json::json!([])
+    });
+}
+
 #[test]
 fn weft_demo_brings_up_a_whole_mesh_and_routes_as_configured() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
