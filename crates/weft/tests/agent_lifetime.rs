@@ -75,7 +75,7 @@ fn killing_the_agent_with_sigkill_takes_its_envoy_down_and_frees_its_ports() {
 #[test]
 fn an_agent_started_with_envoy_as_another_user_runs_it_as_that_user() {
     let server = common::WeftServer::start();
-    let envoy_bin = common::mesh::envoy_for_others();
+    let envoy_bin = common::netns::envoy_for_others();
     let agent = common::mesh::agent_with_env(
         &server.xds_addr,
         "mesh/m/virtualNode/front",

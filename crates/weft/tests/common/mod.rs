@@ -4,6 +4,7 @@
 
 pub mod disks;
 pub mod mesh;
+pub mod netns;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -79,8 +80,11 @@ impl WeftServer {
     fn start_from(mut command: Command, dir: &Path, extra: &[&str]) -> WeftServer {
         let mut child = command
             .arg("server")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
+            .args(if extra.contains(&"--listen") {
+                vec![]
+            } else {
+                vec!["--listen", "127.0.0.1:0"]
+            })
             .args(if extra.contains(&"--xds-listen") {
                 vec![]
             } else {
@@ -134,19 +138,7 @@ impl WeftServer {
 
     /// An App Mesh client with static test credentials and the endpoint overridden.
     pub fn client(&self) -> aws_sdk_appmesh::Client {
-        let config = aws_sdk_appmesh::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new(
-                "AKIDTEST",
-                "secret",
-                None,
-                None,
-                "weft-tests",
-            ))
-            .endpoint_url(&self.addr)
-            .build();
-        aws_sdk_appmesh::Client::from_conf(config)
+        client_for(&self.addr)
     }
 
     /// Like [`WeftServer::client`], but a failed request is never retried
@@ -341,4 +333,21 @@ pub async fn stalled_request(addr: &str, key: &str) -> tokio::net::TcpStream {
         .await
         .unwrap();
     s
+}
+
+/// An App Mesh client for the API at `addr`, with static test credentials.
+pub fn client_for(addr: &str) -> aws_sdk_appmesh::Client {
+    let config = aws_sdk_appmesh::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new(
+            "AKIDTEST",
+            "secret",
+            None,
+            None,
+            "weft-tests",
+        ))
+        .endpoint_url(addr)
+        .build();
+    aws_sdk_appmesh::Client::from_conf(config)
 }

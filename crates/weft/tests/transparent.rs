@@ -1,0 +1,503 @@
+//! Transparent mode, as App Mesh users ran it on ECS, EC2 and EKS: unmodified programs on
+//! separate hosts (network namespaces on one segment) call each other by name, and the
+//! redirection rules `weft agent` applies (`APPMESH_START_ENABLED=1`) carry their traffic
+//! through both Envoys. Needs root (CI runs as root), real nftables and Envoy 1.40.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use aws_sdk_appmesh::types::{
+    EgressFilter, EgressFilterType, HeaderMatchMethod, HttpRetryPolicy, HttpRoute, HttpRouteAction,
+    HttpRouteHeader, HttpRouteMatch, MeshSpec, RouteSpec, WeightedTarget,
+};
+use common::mesh::{wait_until, Proc};
+use common::netns::envoy_for_others;
+use common::netns::{Lan, Netns};
+
+const MESH: &str = "tp";
+const SERVICE: &str = "colors.demo.local";
+/// Not any host's address: the name resolves here and the rules redirect it before it leaves.
+const SERVICE_ADDRESS: &str = "10.99.0.200";
+
+/// `weft agent` for `node` in `ns`, redirection applied at start, Envoy as `identity`.
+fn transparent_agent(ns: &Netns, xds: &str, node: &str, extra: &[(&str, &str)]) -> Proc {
+    let envoy = envoy_for_others();
+    let mut cmd = ns.command(env!("CARGO_BIN_EXE_weft"));
+    cmd.arg("agent")
+        .env(
+            "APPMESH_RESOURCE_ARN",
+            format!("mesh/{MESH}/virtualNode/{node}"),
+        )
+        .env("APPMESH_XDS_ENDPOINT", xds)
+        .env("APPMESH_START_ENABLED", "1")
+        .env("ENVOY_BIN", &envoy)
+        .env("ENVOY_ADMIN_ACCESS_LOG_FILE", "/dev/null")
+        .env("ENVOY_CONCURRENCY", "1")
+        .env("ENVOY_LOG_LEVEL", "warning")
+        .env("LISTENER_DRAIN_WAIT_TIME_S", "0")
+        .env("WEFT_ENVOY_STOP_GRACE_S", "2")
+        .env("WEFT_NETFILTER", "nftables")
+        .env("WEFT_LOG", "warn")
+        .envs(extra.iter().copied())
+        .stdout(Stdio::null());
+    let proc = Proc(
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("weft agent in {}: {e}", ns.name())),
+    );
+    wait_until(Duration::from_secs(30), || {
+        admin(ns, "/ready").is_some_and(|r| r.trim() == "LIVE")
+    });
+    proc
+}
+
+/// GET on the Envoy admin of `ns` (127.0.0.1:9901 there: a local destination, never
+/// redirected).
+fn admin(ns: &Netns, path: &str) -> Option<String> {
+    let out = ns
+        .command("curl")
+        .args(["-sf", "-m", "2", &format!("http://127.0.0.1:9901{path}")])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The sum of the counters of `ns`'s Envoy whose name contains every one of `parts`.
+fn stat(ns: &Netns, parts: &[&str]) -> u64 {
+    admin(ns, "/stats")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| parts.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit(": ").next()?.trim().parse::<u64>().ok())
+        .sum()
+}
+
+fn sample_app(ns: &Netns, name: &str) -> Proc {
+    let child = ns
+        .command(env!("CARGO_BIN_EXE_weft"))
+        .args(["sample-app", "--name", name, "--listen", "0.0.0.0:8080"])
+        .env("WEFT_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("sample app: {e}"));
+    Proc(child)
+}
+
+/// `curl` in `ns` fetching `url` `count` times on one command line; the `x-weft-app` of each
+/// answer ("-" for none) and the HTTP codes.
+fn curl(ns: &Netns, url: &str, count: usize, headers: &[&str]) -> Vec<(String, String)> {
+    let mut cmd = ns.command("curl");
+    cmd.args([
+        "-s",
+        "-m",
+        "5",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %header{x-weft-app}\\n",
+    ]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    for _ in 0..count {
+        cmd.args(["-o", "/dev/null", url]);
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("curl: {e}"));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (code, app) = l.split_once(' ').unwrap_or((l, ""));
+            (
+                code.to_string(),
+                if app.is_empty() {
+                    "-".into()
+                } else {
+                    app.to_string()
+                },
+            )
+        })
+        .collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The colors mesh: `red` and `blue` behind router `colors` (an even split, `x-color: blue`
+/// to blue, retries on server errors), virtual service `colors.demo.local`, and `front` calling it.
+async fn colors_mesh(client: &aws_sdk_appmesh::Client, egress: EgressFilterType) {
+    use aws_sdk_appmesh::types::PortProtocol;
+    client
+        .create_mesh()
+        .mesh_name(MESH)
+        .spec(
+            MeshSpec::builder()
+                .egress_filter(
+                    EgressFilter::builder()
+                        .r#type(egress)
+                        .build()
+                        .unwrap_or_else(|e| panic!("{e}")),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    for (i, node) in [(1usize, "red"), (2, "blue")] {
+        client
+            .create_virtual_node()
+            .mesh_name(MESH)
+            .virtual_node_name(node)
+            .spec(common::dns_node_spec(&Lan::v4(i), 8080))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"));
+    }
+    client
+        .create_virtual_node()
+        .mesh_name(MESH)
+        .virtual_node_name("front")
+        .spec(common::with_backends(
+            common::dns_node_spec(&Lan::v4(0), 8080),
+            &[SERVICE],
+        ))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    client
+        .create_virtual_router()
+        .mesh_name(MESH)
+        .virtual_router_name("colors")
+        .spec(common::router_spec(8080, PortProtocol::Http))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let target = |node: &str, weight: i32| {
+        WeightedTarget::builder()
+            .virtual_node(node)
+            .weight(weight)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let route = |priority: i32, matcher: HttpRouteMatch, targets: Vec<WeightedTarget>| {
+        RouteSpec::builder()
+            .priority(priority)
+            .http_route(
+                HttpRoute::builder()
+                    .r#match(matcher)
+                    .action(
+                        HttpRouteAction::builder()
+                            .set_weighted_targets(Some(targets))
+                            .build()
+                            .unwrap_or_else(|e| panic!("{e}")),
+                    )
+                    .retry_policy(
+                        HttpRetryPolicy::builder()
+                            .max_retries(2)
+                            .per_retry_timeout(
+                                aws_sdk_appmesh::types::Duration::builder()
+                                    .unit(aws_sdk_appmesh::types::DurationUnit::S)
+                                    .value(2)
+                                    .build(),
+                            )
+                            .http_retry_events("server-error")
+                            .build()
+                            .unwrap_or_else(|e| panic!("{e}")),
+                    )
+                    .build(),
+            )
+            .build()
+    };
+    let by_header = HttpRouteMatch::builder()
+        .prefix("/")
+        .headers(
+            HttpRouteHeader::builder()
+                .name("x-color")
+                .r#match(HeaderMatchMethod::Exact("blue".into()))
+                .build()
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .build();
+    client
+        .create_route()
+        .mesh_name(MESH)
+        .virtual_router_name("colors")
+        .route_name("blue-by-header")
+        .spec(route(0, by_header, vec![target("blue", 1)]))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    client
+        .create_route()
+        .mesh_name(MESH)
+        .virtual_router_name("colors")
+        .route_name("split")
+        .spec(route(
+            10,
+            HttpRouteMatch::builder().prefix("/").build(),
+            vec![target("red", 1), target("blue", 1)],
+        ))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    client
+        .create_virtual_service()
+        .mesh_name(MESH)
+        .virtual_service_name(SERVICE)
+        .spec(common::service_by_router("colors"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+}
+
+#[test]
+fn unmodified_clients_reach_a_service_by_its_mesh_name_through_both_envoys() {
+    let lan = Lan::new(&["front", "red", "blue"]);
+    let [front, red, blue] = [&lan.hosts[0], &lan.hosts[1], &lan.hosts[2]];
+    front.hosts(&format!(
+        "127.0.0.1 localhost\n{SERVICE_ADDRESS} {SERVICE}\n"
+    ));
+    let hub_ns = lan.hub.name().to_string();
+    let (server, _) = within_hub(&hub_ns, || {
+        let server = common::WeftServer::start_with(&["--xds-listen", &format!("{}:0", Lan::HUB)]);
+        runtime().block_on(colors_mesh(&server.client(), EgressFilterType::DropAll));
+        (server, ())
+    });
+    let _apps = [sample_app(red, "red"), sample_app(blue, "blue")];
+    let identity = [
+        ("APPMESH_IGNORE_UID", "65534"),
+        ("APPMESH_APP_PORTS", "8080"),
+    ];
+    let _agents = [
+        transparent_agent(red, &server.xds_addr, "red", &identity),
+        transparent_agent(blue, &server.xds_addr, "blue", &identity),
+        transparent_agent(front, &server.xds_addr, "front", &identity[..1]),
+    ];
+    let url = format!("http://{SERVICE}:8080/");
+
+    // An even split: both colours answer, and every request succeeds.
+    let answers = curl(front, &url, 40, &[]);
+    assert_eq!(answers.len(), 40, "{answers:?}");
+    assert!(answers.iter().all(|(code, _)| code == "200"), "{answers:?}");
+    let reds = answers.iter().filter(|(_, app)| app == "red").count();
+    let blues = answers.iter().filter(|(_, app)| app == "blue").count();
+    assert_eq!(reds + blues, 40, "{answers:?}");
+    assert!(
+        reds >= 5 && blues >= 5,
+        "an even split, got red {reds}, blue {blues}"
+    );
+
+    // The header match sends every request to blue.
+    let answers = curl(front, &url, 10, &["x-color: blue"]);
+    assert!(
+        answers.iter().all(|(c, a)| c == "200" && a == "blue"),
+        "{answers:?}"
+    );
+
+    // Retries: every second request to each app fails with 503, and the client never sees it.
+    let answers = curl(front, &format!("{url}fail-every/2"), 10, &[]);
+    assert!(answers.iter().all(|(c, _)| c == "200"), "{answers:?}");
+    assert!(
+        stat(front, &["upstream_rq_retry:"]) >= 1,
+        "the front Envoy retried"
+    );
+
+    // Python's urllib, knowing nothing of the mesh.
+    let py = front
+        .command("python3")
+        .args([
+            "-c",
+            &format!(
+                "import urllib.request as u; r = u.urlopen('{url}', timeout=5); \
+                 print(r.status, r.headers['x-weft-app'])"
+            ),
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("python3: {e}"));
+    let printed = String::from_utf8_lossy(&py.stdout);
+    assert!(
+        printed.starts_with("200 red") || printed.starts_with("200 blue"),
+        "{printed}{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+
+    // Both sides' Envoys carried them: the front's egress to the colours, and each colour's
+    // ingress.
+    assert!(
+        stat(front, &["cds_egress_", "upstream_rq_2xx:"]) >= 50,
+        "front egress"
+    );
+    for ns in [red, blue] {
+        assert!(
+            stat(ns, &["ingress", "downstream_rq_2xx:"]) >= 5,
+            "{} ingress: {}",
+            ns.name(),
+            admin(ns, "/stats?filter=downstream_rq_2xx").unwrap_or_default()
+        );
+    }
+    drop(server);
+}
+
+/// Runs `f` on a thread inside the hub (where the control plane lives) and returns its result.
+fn within_hub<R: Send + 'static>(hub: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let path = format!("/run/netns/{hub}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&file),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// Listens on `addr` inside `ns`; each connection is answered with the peer address the
+/// listener saw, then closed. Runs until the namespace goes.
+fn peer_echo(ns: &Netns, addr: &'static str) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = format!("/run/netns/{}", ns.name());
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&file),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+        let _ = tx.send(());
+        for conn in listener.incoming().flatten() {
+            let mut conn = conn;
+            if let Ok(peer) = conn.peer_addr() {
+                let _ = conn.write_all(peer.to_string().as_bytes());
+            }
+        }
+    });
+    let _ = rx.recv_timeout(Duration::from_secs(5));
+}
+
+/// Connects from `ns` to `to`: this side's address, and what the other side saw (`None` when
+/// the connection was refused or closed without a word).
+fn dial(ns: &Netns, to: &'static str) -> (Option<SocketAddr>, Option<String>) {
+    let path = format!("/run/netns/{}", ns.name());
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&file),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let to: SocketAddr = to.parse().unwrap_or_else(|e| panic!("{to}: {e}"));
+        let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_secs(3)) else {
+            return (None, None);
+        };
+        let local = s.local_addr().ok();
+        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+        let mut seen = String::new();
+        let _ = s.read_to_string(&mut seen);
+        (local, (!seen.is_empty()).then_some(seen))
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+#[test]
+fn ssh_ignored_addresses_and_ports_bypass_envoy_and_the_egress_filter_decides_the_rest() {
+    let lan = Lan::new(&["front", "red", "blue"]);
+    let [front, red] = [&lan.hosts[0], &lan.hosts[1]];
+    // A second address on red, in APPMESH_EGRESS_IGNORED_IP.
+    red.ip(&["addr", "add", "10.99.0.9/24", "dev", "eth0"]);
+    let hub_ns = lan.hub.name().to_string();
+    let server = within_hub(&hub_ns, || {
+        let server = common::WeftServer::start_with(&["--xds-listen", &format!("{}:0", Lan::HUB)]);
+        runtime().block_on(colors_mesh(&server.client(), EgressFilterType::AllowAll));
+        server
+    });
+    for addr in ["0.0.0.0:22", "0.0.0.0:7000", "0.0.0.0:7777", "[::]:7778"] {
+        peer_echo(red, addr);
+    }
+    // Envoy's own traffic is let through by its group here (the other test: by its user).
+    let _agent = transparent_agent(
+        front,
+        &server.xds_addr,
+        "front",
+        &[
+            ("APPMESH_IGNORE_GID", "65534"),
+            ("APPMESH_EGRESS_IGNORED_IP", "10.99.0.9,169.254.169.254"),
+            ("APPMESH_EGRESS_IGNORED_PORTS", "7000"),
+        ],
+    );
+
+    for (to, why) in [
+        ("10.99.0.3:22", "ssh is never redirected"),
+        ("10.99.0.3:7000", "an ignored port"),
+        ("10.99.0.9:7777", "an ignored address"),
+        ("[fd99::3]:7778", "IPv6 with APPMESH_ENABLE_IPV6 unset"),
+    ] {
+        let (local, seen) = dial(front, to);
+        let local = local.unwrap_or_else(|| panic!("{to} ({why}): no connection"));
+        assert_eq!(
+            seen.as_deref(),
+            Some(local.to_string().as_str()),
+            "{to} ({why}): the upstream sees the app's own address and port"
+        );
+    }
+
+    // ALLOW_ALL: a TCP connection to an address outside the mesh goes through Envoy.
+    let (local, seen) = dial(front, "10.99.0.3:7777");
+    let local = local.unwrap_or_else(|| panic!("no connection"));
+    let seen = seen.unwrap_or_else(|| panic!("ALLOW_ALL let nothing through"));
+    assert_ne!(
+        seen,
+        local.to_string(),
+        "the upstream sees Envoy's connection, not the app's"
+    );
+    assert!(
+        stat(front, &["passthrough", "upstream_cx_total:"]) >= 1,
+        "through Envoy's passthrough"
+    );
+
+    // DROP_ALL: the same connection is refused.
+    let hub_ns2 = hub_ns.clone();
+    let api = server.addr.clone();
+    within_hub(&hub_ns2, move || {
+        runtime().block_on(async move {
+            let client = common::client_for(&api);
+            client
+                .update_mesh()
+                .mesh_name(MESH)
+                .spec(
+                    MeshSpec::builder()
+                        .egress_filter(
+                            EgressFilter::builder()
+                                .r#type(EgressFilterType::DropAll)
+                                .build()
+                                .unwrap_or_else(|e| panic!("{e}")),
+                        )
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{e:?}"));
+        })
+    });
+    wait_until(Duration::from_secs(10), || {
+        dial(front, "10.99.0.3:7777").1.is_none()
+    });
+    assert_eq!(dial(front, "10.99.0.3:7777").1, None, "DROP_ALL refuses it");
+    // The bypasses hold under DROP_ALL too.
+    let (local, seen) = dial(front, "10.99.0.3:22");
+    assert_eq!(seen, local.map(|l| l.to_string()));
+    drop(server);
+    let _ = Command::new("true").status();
+}
