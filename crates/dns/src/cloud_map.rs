@@ -1,5 +1,5 @@
 //! Cloud Map's DNS namespaces as zones: what `weft server` serves on its DNS
-//! listener, kept current from the store.
+//! listener, kept current from the store by [`crate::follow`].
 //!
 //! Every private or public DNS namespace is a zone; every service in it with
 //! a `DnsConfig` gives the records of its instances as Route 53 held them
@@ -9,15 +9,10 @@
 //! routing policy.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
 
-use futures::StreamExt;
-use tokio::sync::watch;
 use weft_registry::dns::{RecordData, RoutingPolicy as CloudMapRouting};
 use weft_registry::{keys, Instance, NamespaceRecord, NamespaceType, ServiceRecord};
-use weft_store::{Range, SharedStore, StoreError};
+use weft_store::{Range, StoreError};
 
 use crate::{Rdata, RecordSet, RoutingPolicy, Soa, Zone, Zones};
 
@@ -133,70 +128,4 @@ pub async fn read(store: &dyn weft_store::Store) -> Result<(Registry, i64), Stor
             .push(instance);
     }
     Ok((registry, namespaces.revision))
-}
-
-/// How long changes are gathered before the zones are rebuilt: a burst of
-/// registrations makes one rebuild.
-const GATHER: Duration = Duration::from_millis(20);
-
-/// Keeps `zones` current with the store until `shutdown` resolves: rebuilds
-/// every zone after each burst of changes to namespaces, services,
-/// instances or health (each rebuild reads the registry whole, which at
-/// Cloud Map's quotas is thousands of records, not millions).
-pub async fn follow(
-    store: SharedStore,
-    zones: watch::Sender<Arc<Zones>>,
-    shutdown: impl Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    let relevant = |key: &str| {
-        key.starts_with(keys::NAMESPACES)
-            || key.starts_with(keys::SERVICES)
-            || key.starts_with(keys::INSTANCES)
-    };
-    'reload: loop {
-        let (registry, revision) = match read(&*store).await {
-            Ok(read) => read,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the registry for DNS failed; retrying");
-                tokio::select! {
-                    _ = &mut shutdown => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        zones.send_replace(Arc::new(self::zones(&registry, revision as u32)));
-        let mut feed = match store.watch(keys::PREFIX, revision).await {
-            Ok(feed) => feed,
-            Err(e) => {
-                tracing::warn!(error = %e, "watching the registry for DNS failed; reloading");
-                continue 'reload;
-            }
-        };
-        loop {
-            let event = tokio::select! {
-                _ = &mut shutdown => return,
-                event = feed.next() => event,
-            };
-            match event {
-                Some(Ok(event)) if relevant(&event.key) => {
-                    // Gather the rest of the burst, then rebuild once.
-                    let until = tokio::time::Instant::now() + GATHER;
-                    while let Ok(Some(Ok(_))) = tokio::time::timeout_at(until, feed.next()).await {}
-                    continue 'reload;
-                }
-                Some(Ok(_)) => {}
-                ended => {
-                    if let Some(Err(e)) = ended {
-                        tracing::debug!(error = %e, "registry watch ended; reloading");
-                    }
-                    // A store that ends every watch at once must not spin.
-                    tokio::select! {
-                        _ = &mut shutdown => return,
-                        _ = tokio::time::sleep(Duration::from_millis(200)) => continue 'reload,
-                    }
-                }
-            }
-        }
-    }
 }

@@ -158,6 +158,10 @@ pub(crate) enum Selection {
 #[derive(Debug, Clone)]
 pub struct Zone {
     pub(crate) origin: LowerName,
+    /// Whether every name under the origin is this zone's to answer
+    /// (NXDOMAIN when it has no such name), as a namespace's zone is; a
+    /// [`Zone::host`] claims only the names it holds.
+    pub(crate) claims_subtree: bool,
     /// The SOA as carried in the authority section of negative answers:
     /// its TTL is the lesser of the SOA's TTL and minimum (RFC 2308 §3).
     pub(crate) negative_soa: Record,
@@ -212,10 +216,29 @@ impl Zone {
         names.insert(origin.clone());
         Ok(Zone {
             origin,
+            claims_subtree: true,
             negative_soa,
             nodes,
             names,
         })
+    }
+
+    /// A zone for one host name (a mesh's virtual service name) that claims
+    /// only the names it holds: a name under it that it does not hold is
+    /// answered by the next enclosing zone, or refused when there is none,
+    /// so that a resolver in front of this server asks its upstream, which
+    /// may know it. Names it holds answer as in any zone (NODATA with the
+    /// SOA for a missing type).
+    pub fn host(name: &str, soa: Soa) -> Result<Self, DnsError> {
+        let mut zone = Zone::new(name, soa)?;
+        zone.claims_subtree = false;
+        Ok(zone)
+    }
+
+    /// Whether this zone answers for `name`: it is at or under the origin
+    /// and, for a [`Zone::host`], one of the names the zone holds.
+    pub(crate) fn answers_for(&self, name: &LowerName) -> bool {
+        self.origin.zone_of(name) && (self.claims_subtree || self.names.contains(name))
     }
 
     /// The zone's origin, lower-cased.
@@ -336,9 +359,22 @@ impl Zones {
         self.zones.is_empty()
     }
 
-    /// The closest zone enclosing `name`.
+    /// The closest zone answering for `name` (see [`Zone::host`]).
     pub(crate) fn zone_of(&self, name: &LowerName) -> Option<&Zone> {
-        self.zones.iter().find(|z| z.origin.zone_of(name))
+        self.zones.iter().find(|z| z.answers_for(name))
+    }
+
+    /// The closest zone that claims every name under its origin (a
+    /// namespace's, not a [`Zone::host`]) and encloses `name`.
+    pub(crate) fn enclosing_mut(&mut self, name: &LowerName) -> Option<&mut Zone> {
+        self.zones
+            .iter_mut()
+            .find(|z| z.claims_subtree && z.origin.zone_of(name))
+    }
+
+    /// Whether a zone with this origin is served.
+    pub(crate) fn has_origin(&self, origin: &LowerName) -> bool {
+        self.zones.iter().any(|z| z.origin == *origin)
     }
 }
 

@@ -258,7 +258,7 @@ pub async fn start(args: &ServerArgs) -> Result<ControlPlane> {
     }
     {
         let (zones_tx, zones_rx) = watch::channel(Arc::new(weft_dns::Zones::new()));
-        let follow = weft_dns::cloud_map::follow(store.clone(), zones_tx, stopped(stop_rx.clone()));
+        let follow = weft_dns::follow(store.clone(), zones_tx, stopped(stop_rx.clone()));
         tasks.push(tokio::spawn(follow));
         let stop = stopped(stop_rx.clone());
         tasks.push(tokio::spawn(async move {
