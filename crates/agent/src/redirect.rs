@@ -27,14 +27,14 @@ pub fn init(config: &InterceptConfig, preference: Preference) -> Result<Backend,
     let backend = Backend::choose(preference)?;
     weft_intercept::apply(config, backend)?;
     info!(
-        netfilter = backend.name(),
         egress_port = config.egress_port,
         ingress_port = config.ingress_port,
         app_ports = ?config.app_ports,
         ignore_uid = ?config.ignore_uid,
         ignore_gid = ?config.ignore_gid,
         ipv6 = config.ipv6,
-        "traffic redirection applied"
+        "traffic redirection applied with {}",
+        backend.name()
     );
     Ok(backend)
 }
@@ -47,7 +47,7 @@ pub fn cleanup() -> Result<Vec<Backend>, AgentError> {
         info!("no traffic redirection to remove");
     } else {
         let names: Vec<&str> = removed.iter().map(|b| b.name()).collect();
-        info!(netfilter = ?names, "traffic redirection removed");
+        info!("traffic redirection removed from {}", names.join(", "));
     }
     Ok(removed)
 }

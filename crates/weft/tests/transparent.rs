@@ -501,3 +501,124 @@ fn ssh_ignored_addresses_and_ports_bypass_envoy_and_the_egress_filter_decides_th
     drop(server);
     let _ = Command::new("true").status();
 }
+
+/// Every rule any front end holds in `ns` (comment lines carry a timestamp).
+fn ruleset(ns: &Netns) -> String {
+    let mut all = String::new();
+    for tool in [
+        "iptables-nft-save",
+        "ip6tables-nft-save",
+        "iptables-legacy-save",
+    ] {
+        all.push_str(&ns.run(tool, &[]));
+    }
+    all.push_str(&ns.run("nft", &["list", "ruleset"]));
+    all.lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `weft agent init` in `ns` behind `wrapper` (e.g. `setpriv ...`), with App Mesh's variables
+/// `vars`: its exit status and error output.
+fn init(ns: &Netns, wrapper: &[&str], vars: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = ns.command("env");
+    cmd.args(wrapper)
+        .arg(env!("CARGO_BIN_EXE_weft"))
+        .args(["agent", "init"])
+        .env("WEFT_LOG", "info")
+        .envs(vars.iter().copied());
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("weft agent init: {e}"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn init_refuses_bad_settings_naming_the_variable_and_leaves_no_rule_behind() {
+    let ns = Netns::new("badinit");
+    let before = ruleset(&ns);
+    let uid = ("APPMESH_IGNORE_UID", "65534");
+    for (vars, wrapper, expected) in [
+        (
+            vec![uid, ("APPMESH_APP_PORTS", "8080,http")],
+            vec![],
+            "APPMESH_APP_PORTS",
+        ),
+        (
+            vec![uid, ("APPMESH_APP_PORTS", "99999")],
+            vec![],
+            "APPMESH_APP_PORTS",
+        ),
+        (
+            vec![
+                uid,
+                ("APPMESH_EGRESS_IGNORED_IP", "169.254.169.254;10.0.0.1"),
+            ],
+            vec![],
+            "APPMESH_EGRESS_IGNORED_IP",
+        ),
+        (
+            vec![("APPMESH_IGNORE_UID", "3999999917")],
+            vec![],
+            "APPMESH_IGNORE_UID",
+        ),
+        (
+            vec![("APPMESH_APP_PORTS", "8080")],
+            vec![],
+            "APPMESH_IGNORE_UID",
+        ),
+        // A host without netfilter tools.
+        (
+            vec![uid],
+            vec!["PATH=/nonexistent"],
+            "no netfilter front end",
+        ),
+        // A process without CAP_NET_ADMIN (root, with the capability taken away).
+        (
+            vec![uid],
+            vec![
+                "setpriv",
+                "--bounding-set",
+                "-net_admin",
+                "--inh-caps",
+                "-all",
+            ],
+            "CAP_NET_ADMIN",
+        ),
+    ] {
+        let (ok, output) = init(&ns, &wrapper, &vars);
+        assert!(!ok, "{vars:?} {wrapper:?}: init must fail\n{output}");
+        assert!(
+            output.contains(expected),
+            "{vars:?} {wrapper:?}: names {expected}:\n{output}"
+        );
+        assert_eq!(
+            ruleset(&ns),
+            before,
+            "{vars:?} {wrapper:?}: no rule left behind"
+        );
+    }
+    // And with good settings it applies them, says with which front end, and cleanup undoes it.
+    let (ok, output) = init(&ns, &[], &[uid, ("APPMESH_APP_PORTS", "8080")]);
+    assert!(ok && output.contains("traffic redirection applied with nftables"), "{output}");
+    assert_ne!(ruleset(&ns), before);
+    let out = ns
+        .command(env!("CARGO_BIN_EXE_weft"))
+        .args(["agent", "cleanup"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ruleset(&ns), before);
+}
