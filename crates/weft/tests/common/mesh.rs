@@ -2,7 +2,6 @@
 //! (each starting a real Envoy 1.40) in explicit mode on free loopback ports.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -163,7 +162,8 @@ pub fn http_get(port: u16, host: &str, path: &str) -> std::io::Result<(u16, Stri
     request(port, "GET", host, path, &[])
 }
 
-/// One HTTP/1.1 request on a fresh connection (`Connection: close`).
+/// One HTTP/1.1 request to 127.0.0.1:`port` on a fresh connection (`Connection: close`),
+/// through hyper's client; returns status and body. Blocks the calling thread (any thread).
 pub fn request(
     port: u16,
     method: &str,
@@ -171,29 +171,8 @@ pub fn request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<(u16, String)> {
-    let mut conn = TcpStream::connect(("127.0.0.1", port))?;
-    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    conn.write_all(req.as_bytes())?;
-    let mut reader = BufReader::new(conn);
-    let mut status_line = String::new();
-    reader.read_line(&mut status_line)?;
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
-    let mut rest = String::new();
-    reader.read_to_string(&mut rest)?;
-    let body = rest
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    let response = weft_test_support::http::exchange_blocking(port, method, host, path, headers)?;
+    Ok((response.status, response.body))
 }
 
 /// Where the set-up (`scripts/test`, `scripts/demo`) installs a copy of Envoy that any user may

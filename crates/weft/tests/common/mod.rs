@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use aws_sdk_appmesh::config::{BehaviorVersion, Credentials, Region};
+use weft_test_support::spec::{NodeSpec, RouterSpec, ServiceSpec};
 
 /// A `weft server` child process on a free loopback port with its own data dir.
 pub struct WeftServer {
@@ -222,30 +223,9 @@ where
 }
 
 /// A virtual node spec as most tests need one: one HTTP listener on `port`,
-/// DNS discovery at `host`.
+/// DNS discovery at `host` (weft-test-support's `NodeSpec::http`).
 pub fn dns_node_spec(host: &str, port: i32) -> aws_sdk_appmesh::types::VirtualNodeSpec {
-    use aws_sdk_appmesh::types::{
-        DnsServiceDiscovery, Listener, PortMapping, PortProtocol, ServiceDiscovery, VirtualNodeSpec,
-    };
-    VirtualNodeSpec::builder()
-        .listeners(
-            Listener::builder()
-                .port_mapping(
-                    PortMapping::builder()
-                        .port(port)
-                        .protocol(PortProtocol::Http)
-                        .build()
-                        .unwrap(),
-                )
-                .build(),
-        )
-        .service_discovery(ServiceDiscovery::Dns(
-            DnsServiceDiscovery::builder()
-                .hostname(host)
-                .build()
-                .unwrap(),
-        ))
-        .build()
+    NodeSpec::http(host, port).sdk()
 }
 
 /// `spec` with the virtual services `backends` added as its backends.
@@ -253,48 +233,20 @@ pub fn with_backends(
     mut spec: aws_sdk_appmesh::types::VirtualNodeSpec,
     backends: &[&str],
 ) -> aws_sdk_appmesh::types::VirtualNodeSpec {
-    use aws_sdk_appmesh::types::{Backend, VirtualServiceBackend};
-    for b in backends {
-        spec.backends
-            .get_or_insert_with(Vec::new)
-            .push(Backend::VirtualService(
-                VirtualServiceBackend::builder()
-                    .virtual_service_name(*b)
-                    .build()
-                    .unwrap(),
-            ));
+    if let Some(more) = NodeSpec::client(backends).sdk().backends {
+        spec.backends.get_or_insert_with(Vec::new).extend(more);
     }
     spec
 }
 
 /// A virtual service provided by the virtual node `node`.
 pub fn service_by_node(node: &str) -> aws_sdk_appmesh::types::VirtualServiceSpec {
-    use aws_sdk_appmesh::types::{
-        VirtualNodeServiceProvider, VirtualServiceProvider, VirtualServiceSpec,
-    };
-    VirtualServiceSpec::builder()
-        .provider(VirtualServiceProvider::VirtualNode(
-            VirtualNodeServiceProvider::builder()
-                .virtual_node_name(node)
-                .build()
-                .unwrap(),
-        ))
-        .build()
+    ServiceSpec::by_node(node).sdk()
 }
 
 /// A virtual service provided by the virtual router `router`.
 pub fn service_by_router(router: &str) -> aws_sdk_appmesh::types::VirtualServiceSpec {
-    use aws_sdk_appmesh::types::{
-        VirtualRouterServiceProvider, VirtualServiceProvider, VirtualServiceSpec,
-    };
-    VirtualServiceSpec::builder()
-        .provider(VirtualServiceProvider::VirtualRouter(
-            VirtualRouterServiceProvider::builder()
-                .virtual_router_name(router)
-                .build()
-                .unwrap(),
-        ))
-        .build()
+    ServiceSpec::by_router(router).sdk()
 }
 
 /// A virtual router with one listener on `port`.
@@ -302,20 +254,7 @@ pub fn router_spec(
     port: i32,
     protocol: aws_sdk_appmesh::types::PortProtocol,
 ) -> aws_sdk_appmesh::types::VirtualRouterSpec {
-    use aws_sdk_appmesh::types::{PortMapping, VirtualRouterListener, VirtualRouterSpec};
-    VirtualRouterSpec::builder()
-        .listeners(
-            VirtualRouterListener::builder()
-                .port_mapping(
-                    PortMapping::builder()
-                        .port(port)
-                        .protocol(protocol)
-                        .build()
-                        .unwrap(),
-                )
-                .build(),
-        )
-        .build()
+    RouterSpec::new().listener(port, protocol.as_str()).sdk()
 }
 
 /// Opens a request of client `key` that sends its head and half its body,
