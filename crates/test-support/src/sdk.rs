@@ -766,14 +766,16 @@ where
 }
 
 impl MeshApi {
-    /// Creates the mesh `mesh` with `spec` through `client`.
+    /// Creates the mesh `mesh` with `spec` through `client` (an empty spec is not sent: the
+    /// mesh gets App Mesh's defaults, as when `aws appmesh create-mesh` has no `--spec`).
     pub async fn create(client: &Client, mesh: &str, spec: MeshSpec) -> Self {
+        let spec = (spec != MeshSpec::default()).then(|| spec.sdk());
         sent(
             &format!("create mesh {mesh}"),
             client
                 .create_mesh()
                 .mesh_name(mesh)
-                .spec(spec.sdk())
+                .set_spec(spec)
                 .send()
                 .await,
         );

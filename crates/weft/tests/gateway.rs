@@ -12,33 +12,17 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::convert::Infallible;
-use std::future::Future;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::pin::Pin;
 use std::time::Duration as StdDuration;
 
-use aws_sdk_appmesh::types::{
-    DefaultGatewayRouteRewrite, DnsServiceDiscovery, GatewayRouteHostnameMatch,
-    GatewayRouteHostnameRewrite, GatewayRouteSpec, GatewayRouteTarget, GatewayRouteVirtualService,
-    GrpcGatewayRoute, GrpcGatewayRouteAction, GrpcGatewayRouteMatch, GrpcGatewayRouteMetadata,
-    GrpcMetadataMatchMethod, HeaderMatchMethod, HttpGatewayRoute, HttpGatewayRouteAction,
-    HttpGatewayRouteHeader, HttpGatewayRouteMatch, HttpGatewayRoutePathRewrite,
-    HttpGatewayRoutePrefixRewrite, HttpGatewayRouteRewrite, HttpMethod, HttpPathMatch,
-    HttpQueryParameter, HttpRoute, HttpRouteAction, HttpRouteMatch, Listener, PortMapping,
-    PortProtocol, QueryParameterMatch, RouteSpec, ServiceDiscovery, VirtualGatewayAccessLog,
-    VirtualGatewayConnectionPool, VirtualGatewayFileAccessLog, VirtualGatewayHealthCheckPolicy,
-    VirtualGatewayHttpConnectionPool, VirtualGatewayListener, VirtualGatewayLogging,
-    VirtualGatewayPortMapping, VirtualGatewayPortProtocol, VirtualGatewaySpec,
-    VirtualNodeServiceProvider, VirtualNodeSpec, VirtualRouterServiceProvider,
-    VirtualServiceProvider, VirtualServiceSpec, WeightedTarget,
-};
-use aws_sdk_appmesh::Client;
 use common::mesh::{agent, agent_with_id, free_port, request, sample_app, wait_until, Agent, Proc};
-use common::{router_spec, WeftServer};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use common::WeftServer;
+use weft_test_support::grpc::{self, grpc_app};
+use weft_test_support::http::exchange_blocking;
+use weft_test_support::sdk::MeshApi;
+use weft_test_support::spec::{
+    AccessLog, ConnectionPool, GatewayRouteSpec, GatewaySpec, GrpcMatch, HealthCheck, HttpMatch,
+    Listener, MeshSpec, NodeSpec, Rewrite, RouteSpec, RouterSpec, ServiceSpec, ValueMatch,
+};
 
 const MESH: &str = "apps";
 const COLORS: &str = "colors.apps.local";
@@ -46,47 +30,6 @@ const GREEN: &str = "green.apps.local";
 const RPC: &str = "rpc.apps.local";
 
 // ---- what the upstream saw ----
-
-/// One HTTP/1.1 exchange on a fresh connection: status, lower-cased response headers, body.
-fn exchange(
-    port: u16,
-    method: &str,
-    host: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> std::io::Result<(u16, HashMap<String, String>, String)> {
-    let mut conn = TcpStream::connect(("127.0.0.1", port))?;
-    conn.set_read_timeout(Some(StdDuration::from_secs(30)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("content-length: 0\r\n\r\n");
-    conn.write_all(req.as_bytes())?;
-    let mut reader = BufReader::new(conn);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-    let mut headers = HashMap::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line)?;
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-    }
-    let mut body = String::new();
-    reader.read_to_string(&mut body)?;
-    Ok((status, headers, body))
-}
 
 /// What one request through the gateway came to: the status, and which app answered with the
 /// path and `Host` it received.
@@ -108,11 +51,11 @@ fn seen(status: u16, app: &str, path: &str, host: &str) -> Seen {
 }
 
 fn through(port: u16, method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> Seen {
-    match exchange(port, method, host, path, headers) {
-        Ok((status, h, _)) => {
-            let get = |k: &str| h.get(k).cloned().unwrap_or_default();
+    match exchange_blocking(port, method, host, path, headers) {
+        Ok(response) => {
+            let get = |k: &str| response.header(k).unwrap_or_default().to_string();
             Seen {
-                status,
+                status: response.status,
                 app: get("x-weft-app"),
                 path: get("x-weft-path"),
                 host: get("x-weft-host"),
@@ -122,248 +65,25 @@ fn through(port: u16, method: &str, host: &str, path: &str, headers: &[(&str, &s
     }
 }
 
-// ---- gRPC: a tonic server and client with hand-written prost messages (no protoc) ----
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct Ask {
-    #[prost(string, tag = "1")]
-    text: String,
-}
-
-/// Which app answered, and the method path and `:authority` it saw.
-#[derive(Clone, PartialEq, prost::Message)]
-struct Answer {
-    #[prost(string, tag = "1")]
-    app: String,
-    #[prost(string, tag = "2")]
-    path: String,
-    #[prost(string, tag = "3")]
-    authority: String,
-}
-
-struct Unary(Answer);
-
-impl tonic::server::UnaryService<Ask> for Unary {
-    type Response = Answer;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<tonic::Response<Answer>, tonic::Status>> + Send>>;
-
-    fn call(&mut self, _request: tonic::Request<Ask>) -> Self::Future {
-        let answer = self.0.clone();
-        Box::pin(async move { Ok(tonic::Response::new(answer)) })
-    }
-}
-
-/// A gRPC server (h2c) answering every method with `name`; returns its port.
-async fn grpc_app(name: &'static str) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async {
-                        let answer = Answer {
-                            app: name.to_string(),
-                            path: req.uri().path().to_string(),
-                            authority: req
-                                .uri()
-                                .authority()
-                                .map(|a| a.to_string())
-                                .unwrap_or_default(),
-                        };
-                        let codec = tonic_prost::ProstCodec::<Answer, Ask>::default();
-                        let mut grpc = tonic::server::Grpc::new(codec);
-                        Ok::<_, Infallible>(grpc.unary(Unary(answer), req).await)
-                    });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .http2_only()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    port
-}
-
-/// One unary call to `path` through the gateway's gRPC listener, with `:authority` `authority`.
-async fn grpc_call(
-    port: u16,
-    authority: &str,
-    path: &'static str,
-    metadata: &[(&'static str, &str)],
-) -> Result<Answer, tonic::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-        .unwrap()
-        .origin(format!("http://{authority}").parse().unwrap())
-        .connect_lazy();
-    let mut client = tonic::client::Grpc::new(channel);
-    client
-        .ready()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let mut req = tonic::Request::new(Ask {
-        text: "hello".to_string(),
-    });
-    for (k, v) in metadata {
-        req.metadata_mut().insert(*k, v.parse().unwrap());
-    }
-    client
-        .unary(
-            req,
-            http::uri::PathAndQuery::from_static(path),
-            tonic_prost::ProstCodec::<Ask, Answer>::default(),
-        )
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 // ---- the mesh, through the AWS SDK ----
 
-fn node_spec(port: u16, protocol: PortProtocol) -> VirtualNodeSpec {
-    VirtualNodeSpec::builder()
-        .listeners(
-            Listener::builder()
-                .port_mapping(
-                    PortMapping::builder()
-                        .port(i32::from(port))
-                        .protocol(protocol)
-                        .build()
-                        .unwrap(),
-                )
-                .build(),
-        )
-        .service_discovery(ServiceDiscovery::Dns(
-            DnsServiceDiscovery::builder()
-                .hostname("127.0.0.1")
-                .build()
-                .unwrap(),
-        ))
-        .build()
-}
-
-fn router_route(node: &str) -> RouteSpec {
-    RouteSpec::builder()
-        .http_route(
-            HttpRoute::builder()
-                .r#match(HttpRouteMatch::builder().prefix("/").build())
-                .action(
-                    HttpRouteAction::builder()
-                        .weighted_targets(
-                            WeightedTarget::builder()
-                                .virtual_node(node)
-                                .weight(100)
-                                .build()
-                                .unwrap(),
-                        )
-                        .build()
-                        .unwrap(),
-                )
-                .build(),
-        )
-        .build()
-}
-
-fn target(service: &str) -> GatewayRouteTarget {
-    GatewayRouteTarget::builder()
-        .virtual_service(
-            GatewayRouteVirtualService::builder()
-                .virtual_service_name(service)
-                .build()
-                .unwrap(),
-        )
-        .build()
-}
-
-/// An HTTP gateway route to `service`.
-fn http(
-    priority: Option<i32>,
-    m: HttpGatewayRouteMatch,
-    service: &str,
-    rewrite: Option<HttpGatewayRouteRewrite>,
-) -> GatewayRouteSpec {
-    let mut action = HttpGatewayRouteAction::builder().target(target(service));
-    if let Some(rewrite) = rewrite {
-        action = action.rewrite(rewrite);
-    }
-    GatewayRouteSpec::builder()
-        .set_priority(priority)
-        .http_route(
-            HttpGatewayRoute::builder()
-                .r#match(m)
-                .action(action.build())
-                .build(),
-        )
-        .build()
-}
-
-fn prefix(p: &str) -> aws_sdk_appmesh::types::builders::HttpGatewayRouteMatchBuilder {
-    HttpGatewayRouteMatch::builder().prefix(p)
-}
-
-fn gateway_spec(http_port: u16, grpc_port: u16, pool: bool) -> VirtualGatewaySpec {
-    let mut http_listener = VirtualGatewayListener::builder()
-        .port_mapping(
-            VirtualGatewayPortMapping::builder()
-                .port(i32::from(http_port))
-                .protocol(VirtualGatewayPortProtocol::Http)
-                .build()
-                .unwrap(),
-        )
-        .health_check(
-            VirtualGatewayHealthCheckPolicy::builder()
-                .protocol(VirtualGatewayPortProtocol::Http)
-                .path("/healthz")
-                .port(i32::from(http_port))
-                .healthy_threshold(2)
-                .unhealthy_threshold(2)
-                .interval_millis(5000)
-                .timeout_millis(2000)
-                .build()
-                .unwrap(),
-        );
+/// The gateway: an HTTP listener with a health check of `/healthz` (with `pool`, a connection
+/// pool of one connection and one pending request) and a gRPC listener, logging to /dev/null.
+fn gateway_spec(http_port: u16, grpc_port: u16, pool: bool) -> GatewaySpec {
+    let mut http =
+        Listener::http(http_port).health_check(HealthCheck::http("/healthz").port(http_port));
     if pool {
-        http_listener = http_listener.connection_pool(VirtualGatewayConnectionPool::Http(
-            VirtualGatewayHttpConnectionPool::builder()
-                .max_connections(1)
-                .max_pending_requests(1)
-                .build()
-                .unwrap(),
-        ));
+        http = http.connection_pool(ConnectionPool::http(1, 1));
     }
-    VirtualGatewaySpec::builder()
-        .listeners(http_listener.build())
-        .listeners(
-            VirtualGatewayListener::builder()
-                .port_mapping(
-                    VirtualGatewayPortMapping::builder()
-                        .port(i32::from(grpc_port))
-                        .protocol(VirtualGatewayPortProtocol::Grpc)
-                        .build()
-                        .unwrap(),
-                )
-                .build(),
-        )
-        .logging(
-            VirtualGatewayLogging::builder()
-                .access_log(VirtualGatewayAccessLog::File(
-                    VirtualGatewayFileAccessLog::builder()
-                        .path("/dev/null")
-                        .build()
-                        .unwrap(),
-                ))
-                .build(),
-        )
-        .build()
-        .unwrap()
+    GatewaySpec::new()
+        .listener(http)
+        .listener(Listener::grpc(grpc_port))
+        .access_log(AccessLog::file("/dev/null"))
 }
 
 struct Fixture {
     _server: WeftServer,
-    c: Client,
+    api: MeshApi,
     gateway: Agent,
     nodes: Vec<Agent>,
     _apps: Vec<Proc>,
@@ -374,20 +94,13 @@ struct Fixture {
 impl Fixture {
     async fn new() -> Fixture {
         let server = WeftServer::start();
-        let c = server.client();
-        c.create_mesh().mesh_name(MESH).send().await.unwrap();
+        let api = MeshApi::create(&server.client(), MESH, MeshSpec::new()).await;
         let mut nodes = Vec::new();
         let mut apps = Vec::new();
         for name in ["blue", "green"] {
             let (app, app_port) = sample_app(name);
             let port = free_port();
-            c.create_virtual_node()
-                .mesh_name(MESH)
-                .virtual_node_name(name)
-                .spec(node_spec(port, PortProtocol::Http))
-                .send()
-                .await
-                .unwrap();
+            api.node(name, NodeSpec::http("127.0.0.1", port)).await;
             nodes.push(agent(
                 &server.xds_addr,
                 MESH,
@@ -399,81 +112,29 @@ impl Fixture {
         }
         let rpc_app = grpc_app("rpc").await;
         let rpc_port = free_port();
-        c.create_virtual_node()
-            .mesh_name(MESH)
-            .virtual_node_name("rpc")
-            .spec(node_spec(rpc_port, PortProtocol::Grpc))
-            .send()
-            .await
-            .unwrap();
+        api.node(
+            "rpc",
+            NodeSpec::new()
+                .listener(Listener::grpc(rpc_port))
+                .dns("127.0.0.1"),
+        )
+        .await;
         nodes.push(agent(
             &server.xds_addr,
             MESH,
             "rpc",
-            &[(rpc_port, rpc_app)],
+            &[(rpc_port, rpc_app.port)],
             "delta",
         ));
-        c.create_virtual_router()
-            .mesh_name(MESH)
-            .virtual_router_name("colors")
-            .spec(router_spec(8080, PortProtocol::Http))
-            .send()
-            .await
-            .unwrap();
-        c.create_route()
-            .mesh_name(MESH)
-            .virtual_router_name("colors")
-            .route_name("main")
-            .spec(router_route("blue"))
-            .send()
-            .await
-            .unwrap();
-        let services = [
-            (
-                COLORS,
-                VirtualServiceProvider::VirtualRouter(
-                    VirtualRouterServiceProvider::builder()
-                        .virtual_router_name("colors")
-                        .build()
-                        .unwrap(),
-                ),
-            ),
-            (
-                GREEN,
-                VirtualServiceProvider::VirtualNode(
-                    VirtualNodeServiceProvider::builder()
-                        .virtual_node_name("green")
-                        .build()
-                        .unwrap(),
-                ),
-            ),
-            (
-                RPC,
-                VirtualServiceProvider::VirtualNode(
-                    VirtualNodeServiceProvider::builder()
-                        .virtual_node_name("rpc")
-                        .build()
-                        .unwrap(),
-                ),
-            ),
-        ];
-        for (name, provider) in services {
-            c.create_virtual_service()
-                .mesh_name(MESH)
-                .virtual_service_name(name)
-                .spec(VirtualServiceSpec::builder().provider(provider).build())
-                .send()
-                .await
-                .unwrap();
-        }
+        api.router("colors", RouterSpec::http(8080)).await;
+        api.route("colors", "main", RouteSpec::split(&[("blue", 100)]))
+            .await;
+        api.service(COLORS, ServiceSpec::by_router("colors")).await;
+        api.service(GREEN, ServiceSpec::by_node("green")).await;
+        api.service(RPC, ServiceSpec::by_node("rpc")).await;
         let (http_port, grpc_port) = (free_port(), free_port());
-        c.create_virtual_gateway()
-            .mesh_name(MESH)
-            .virtual_gateway_name("edge")
-            .spec(gateway_spec(http_port, grpc_port, false))
-            .send()
-            .await
-            .unwrap();
+        api.gateway("edge", gateway_spec(http_port, grpc_port, false))
+            .await;
         let gateway = agent_with_id(
             &server.xds_addr,
             &format!("mesh/{MESH}/virtualGateway/edge"),
@@ -482,7 +143,7 @@ impl Fixture {
         );
         Fixture {
             _server: server,
-            c,
+            api,
             gateway,
             nodes,
             _apps: apps,
@@ -492,15 +153,7 @@ impl Fixture {
     }
 
     async fn gateway_route(&self, name: &str, spec: GatewayRouteSpec) {
-        self.c
-            .create_gateway_route()
-            .mesh_name(MESH)
-            .virtual_gateway_name("edge")
-            .gateway_route_name(name)
-            .spec(spec)
-            .send()
-            .await
-            .unwrap();
+        self.api.gateway_route("edge", name, spec).await;
     }
 
     fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> Seen {
@@ -518,228 +171,86 @@ impl Fixture {
     }
 }
 
-fn rewrite_prefix(p: HttpGatewayRoutePrefixRewrite) -> Option<HttpGatewayRouteRewrite> {
-    Some(HttpGatewayRouteRewrite::builder().prefix(p).build())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_routes_by_every_match_and_applies_every_rewrite_as_the_upstream_sees_it() {
     let f = Fixture::new().await;
-    let keep_host = GatewayRouteHostnameRewrite::builder()
-        .default_target_hostname(DefaultGatewayRouteRewrite::Disabled)
-        .build();
+    let http = GatewayRouteSpec::http;
     let routes = [
-        ("root", http(None, prefix("/").build(), COLORS, None)),
-        (
-            "chapter",
-            http(None, prefix("/chapter").build(), COLORS, None),
-        ),
+        ("root", http(HttpMatch::prefix("/"), COLORS)),
+        ("chapter", http(HttpMatch::prefix("/chapter"), COLORS)),
         (
             "keep",
-            http(
-                Some(10),
-                prefix("/keep").build(),
-                COLORS,
-                Some(
-                    HttpGatewayRouteRewrite::builder()
-                        .prefix(
-                            HttpGatewayRoutePrefixRewrite::builder()
-                                .default_prefix(DefaultGatewayRouteRewrite::Disabled)
-                                .build(),
-                        )
-                        .hostname(keep_host.clone())
-                        .build(),
-                ),
-            ),
+            http(HttpMatch::prefix("/keep"), COLORS)
+                .priority(10)
+                .rewrite(Rewrite::new().keep_prefix().keep_hostname()),
         ),
         (
             "value",
-            http(
-                None,
-                prefix("/old").build(),
-                COLORS,
-                rewrite_prefix(
-                    HttpGatewayRoutePrefixRewrite::builder()
-                        .value("/new")
-                        .build(),
-                ),
-            ),
+            http(HttpMatch::prefix("/old"), COLORS).rewrite(Rewrite::new().prefix("/new")),
         ),
         (
             "exact",
-            http(
-                None,
-                HttpGatewayRouteMatch::builder()
-                    .path(HttpPathMatch::builder().exact("/exact").build())
-                    .build(),
-                COLORS,
-                Some(
-                    HttpGatewayRouteRewrite::builder()
-                        .path(
-                            HttpGatewayRoutePathRewrite::builder()
-                                .exact("/rewritten")
-                                .build(),
-                        )
-                        .build(),
-                ),
-            ),
+            http(HttpMatch::exact_path("/exact"), COLORS)
+                .rewrite(Rewrite::new().path("/rewritten")),
         ),
-        (
-            "regex",
-            http(
-                None,
-                HttpGatewayRouteMatch::builder()
-                    .path(HttpPathMatch::builder().regex("/re/[0-9]+").build())
-                    .build(),
-                GREEN,
-                None,
-            ),
-        ),
+        ("regex", http(HttpMatch::regex_path("/re/[0-9]+"), GREEN)),
         (
             "host-exact",
             http(
-                Some(1),
-                prefix("/")
-                    .hostname(
-                        GatewayRouteHostnameMatch::builder()
-                            .exact("green.example.com")
-                            .build(),
-                    )
-                    .build(),
+                HttpMatch::prefix("/").hostname_exact("green.example.com"),
                 GREEN,
-                None,
-            ),
+            )
+            .priority(1),
         ),
         (
             "host-suffix",
             http(
-                Some(1),
-                prefix("/")
-                    .hostname(
-                        GatewayRouteHostnameMatch::builder()
-                            .suffix(".green.example.org")
-                            .build(),
-                    )
-                    .build(),
+                HttpMatch::prefix("/").hostname_suffix(".green.example.org"),
                 GREEN,
-                Some(
-                    HttpGatewayRouteRewrite::builder()
-                        .hostname(keep_host)
-                        .build(),
-                ),
-            ),
+            )
+            .priority(1)
+            .rewrite(Rewrite::new().keep_hostname()),
         ),
         (
             "header",
             http(
-                Some(2),
-                prefix("/")
-                    .headers(
-                        HttpGatewayRouteHeader::builder()
-                            .name("x-canary")
-                            .r#match(HeaderMatchMethod::Exact("yes".into()))
-                            .build()
-                            .unwrap(),
-                    )
-                    .build(),
+                HttpMatch::prefix("/").header("x-canary", ValueMatch::exact("yes")),
                 GREEN,
-                None,
-            ),
+            )
+            .priority(2),
         ),
         (
             "method",
-            http(
-                Some(3),
-                prefix("/m").method(HttpMethod::Post).build(),
-                GREEN,
-                None,
-            ),
+            http(HttpMatch::prefix("/m").method("POST"), GREEN).priority(3),
         ),
         (
             "query",
-            http(
-                Some(3),
-                prefix("/q")
-                    .query_parameters(
-                        HttpQueryParameter::builder()
-                            .name("v")
-                            .r#match(QueryParameterMatch::builder().exact("2").build())
-                            .build()
-                            .unwrap(),
-                    )
-                    .build(),
-                GREEN,
-                None,
-            ),
+            http(HttpMatch::prefix("/q").query("v", "2"), GREEN).priority(3),
         ),
         (
             "port",
-            http(
-                Some(4),
-                prefix("/port").port(i32::from(f.http_port)).build(),
-                GREEN,
-                None,
-            ),
+            http(HttpMatch::prefix("/port").port(f.http_port), GREEN).priority(4),
         ),
         // Same match twice: priority decides, not the name order.
         (
             "a-prio-low",
-            http(
-                Some(9),
-                HttpGatewayRouteMatch::builder()
-                    .path(HttpPathMatch::builder().exact("/prio").build())
-                    .build(),
-                COLORS,
-                None,
-            ),
+            http(HttpMatch::exact_path("/prio"), COLORS).priority(9),
         ),
         (
             "z-prio-high",
-            http(
-                Some(0),
-                HttpGatewayRouteMatch::builder()
-                    .path(HttpPathMatch::builder().exact("/prio").build())
-                    .build(),
-                GREEN,
-                None,
+            http(HttpMatch::exact_path("/prio"), GREEN).priority(0),
+        ),
+        (
+            "rpc",
+            GatewayRouteSpec::grpc(
+                GrpcMatch::service("weft.Colors").metadata("x-tier", ValueMatch::exact("gold")),
+                RPC,
             ),
         ),
     ];
     for (name, spec) in routes {
         f.gateway_route(name, spec).await;
     }
-    f.c.create_gateway_route()
-        .mesh_name(MESH)
-        .virtual_gateway_name("edge")
-        .gateway_route_name("rpc")
-        .spec(
-            GatewayRouteSpec::builder()
-                .grpc_route(
-                    GrpcGatewayRoute::builder()
-                        .r#match(
-                            GrpcGatewayRouteMatch::builder()
-                                .service_name("weft.Colors")
-                                .metadata(
-                                    GrpcGatewayRouteMetadata::builder()
-                                        .name("x-tier")
-                                        .r#match(GrpcMetadataMatchMethod::Exact("gold".into()))
-                                        .build()
-                                        .unwrap(),
-                                )
-                                .build(),
-                        )
-                        .action(
-                            GrpcGatewayRouteAction::builder()
-                                .target(target(RPC))
-                                .build(),
-                        )
-                        .build(),
-                )
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
 
     // The last route created is in force once a request for it arrives.
     wait_until(StdDuration::from_secs(20), || {
@@ -846,7 +357,7 @@ async fn a_gateway_routes_by_every_match_and_applies_every_rewrite_as_the_upstre
     assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
 
     // The internal target header never reaches the upstream, and a client cannot steer with it.
-    let (_, headers, _) = exchange(
+    let response = exchange_blocking(
         f.http_port,
         "GET",
         www,
@@ -854,18 +365,14 @@ async fn a_gateway_routes_by_every_match_and_applies_every_rewrite_as_the_upstre
         &[("x-weft-gateway-target", GREEN)],
     )
     .unwrap();
-    assert_eq!(headers.get("x-weft-app").map(String::as_str), Some("blue"));
+    assert_eq!(response.header("x-weft-app"), Some("blue"));
 
     // gRPC: service name and metadata match; the app sees the method and the service as
     // `:authority`.
-    let answer = grpc_call(
-        f.grpc_port,
-        "api.example.com",
-        "/weft.Colors/Get",
-        &[("x-tier", "gold")],
-    )
-    .await
-    .unwrap();
+    let channel = grpc::channel(f.grpc_port, "api.example.com");
+    let answer = grpc::call(&channel, "/weft.Colors/Get", &[("x-tier", "gold")], None)
+        .await
+        .unwrap();
     assert_eq!(
         (
             answer.app.as_str(),
@@ -874,21 +381,16 @@ async fn a_gateway_routes_by_every_match_and_applies_every_rewrite_as_the_upstre
         ),
         ("rpc", "/weft.Colors/Get", RPC)
     );
-    let missing = grpc_call(f.grpc_port, "api.example.com", "/weft.Colors/Get", &[])
+    let missing = grpc::call(&channel, "/weft.Colors/Get", &[], None)
         .await
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::Unimplemented, "{missing:?}");
 
     // The target service's router decides where the gateway's traffic goes: 100% blue, then
     // 100% green.
-    f.c.update_route()
-        .mesh_name(MESH)
-        .virtual_router_name("colors")
-        .route_name("main")
-        .spec(router_route("green"))
-        .send()
-        .await
-        .unwrap();
+    f.api
+        .update_route("colors", "main", RouteSpec::split(&[("green", 100)]))
+        .await;
     wait_until(StdDuration::from_secs(20), || {
         f.get(www, "/chapter/2", &[]) == seen(200, "green", "/2", COLORS)
     });
@@ -899,8 +401,11 @@ async fn a_gateway_routes_by_every_match_and_applies_every_rewrite_as_the_upstre
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_health_check_fails_while_envoy_drains_and_a_pool_limit_overflows_with_503() {
     let f = Fixture::new().await;
-    f.gateway_route("root", http(None, prefix("/").build(), COLORS, None))
-        .await;
+    f.gateway_route(
+        "root",
+        GatewayRouteSpec::http(HttpMatch::prefix("/"), COLORS),
+    )
+    .await;
     let www = "www.example.com";
     wait_until(StdDuration::from_secs(20), || {
         f.get(www, "/healthz", &[]).status == 200
@@ -926,13 +431,9 @@ async fn the_gateway_health_check_fails_while_envoy_drains_and_a_pool_limit_over
     assert_eq!(f.get(www, "/healthz", &[]).status, 200);
 
     // Connection pool: one connection, one pending request into the mesh; the rest overflow.
-    f.c.update_virtual_gateway()
-        .mesh_name(MESH)
-        .virtual_gateway_name("edge")
-        .spec(gateway_spec(f.http_port, f.grpc_port, true))
-        .send()
-        .await
-        .unwrap();
+    f.api
+        .update_gateway("edge", gateway_spec(f.http_port, f.grpc_port, true))
+        .await;
     wait_until(StdDuration::from_secs(20), || {
         f.gateway
             .admin("/config_dump?resource=dynamic_active_clusters")
