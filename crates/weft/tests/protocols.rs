@@ -3,16 +3,15 @@
 //! clients and servers on loopback — gRPC (tonic), HTTP/2 (hyper, prior knowledge), raw TCP
 //! through `CONNECT` tunnels.
 //!
-//! Meshes are written as App Mesh JSON and sent to Weft's App Mesh REST API, exactly what
-//! `aws appmesh create-* --spec '<json>'` sends.
+//! Meshes are built with weft-test-support's spec builders and created through the official
+//! AWS SDK, as in the other end-to-end tests; requests are raw only where the wire is the point
+//! (HTTP/2 with prior knowledge, `CONNECT` tunnels).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,146 +21,60 @@ use common::mesh::{agent, free_port, request, sample_app, Agent, Proc};
 use common::WeftServer;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use weft_test_support::grpc::{self, grpc_app};
+use weft_test_support::sdk::MeshApi;
+use weft_test_support::spec::{
+    ms, secs, AccessLog, ConnectionPool, GrpcMatch, HealthCheck, HttpMatch, Listener, MeshSpec,
+    NodeSpec, Retry, RouteSpec, RouterSpec, ServiceSpec, ValueMatch,
+};
 
 const MESH: &str = "apps";
 
-// ---- the mesh, through the App Mesh REST API ----
+// ---- the mesh, through the AWS SDK ----
 
 /// A control plane, its App Mesh API, and the Envoys and apps of one test.
 struct Fixture {
     server: WeftServer,
-    http: reqwest::Client,
+    api: MeshApi,
     agents: Vec<Agent>,
     procs: Vec<Proc>,
 }
 
 impl Fixture {
-    async fn new(mesh_spec: Value) -> Fixture {
+    async fn new(mesh: MeshSpec) -> Fixture {
         let server = WeftServer::start();
-        let f = Fixture {
+        let api = MeshApi::create(&server.client(), MESH, mesh).await;
+        Fixture {
             server,
-            http: reqwest::Client::new(),
+            api,
             agents: Vec::new(),
             procs: Vec::new(),
-        };
-        f.put(
-            "/v20190125/meshes",
-            json!({"meshName": MESH, "spec": mesh_spec}),
-        )
-        .await;
-        f
+        }
     }
 
-    async fn put(&self, path: &str, body: Value) {
-        let response = self
-            .http
-            .put(format!("{}{path}", self.server.addr))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        assert!(status.is_success(), "PUT {path}: {status} {text}");
-    }
-
-    async fn update_mesh(&self, spec: Value) {
-        self.put(&format!("/v20190125/meshes/{MESH}"), json!({"spec": spec}))
-            .await;
-    }
-
-    async fn node(&self, name: &str, spec: Value) {
-        self.put(
-            &format!("/v20190125/meshes/{MESH}/virtualNodes"),
-            json!({"virtualNodeName": name, "spec": spec}),
-        )
-        .await;
-    }
-
-    async fn router(&self, name: &str, listeners: &[(u16, &str)]) {
-        let listeners: Vec<Value> = listeners
-            .iter()
-            .map(|(port, protocol)| json!({"portMapping": {"port": port, "protocol": protocol}}))
-            .collect();
-        self.put(
-            &format!("/v20190125/meshes/{MESH}/virtualRouters"),
-            json!({"virtualRouterName": name, "spec": {"listeners": listeners}}),
-        )
-        .await;
-    }
-
-    async fn route(&self, router: &str, name: &str, spec: Value) {
-        self.put(
-            &format!("/v20190125/meshes/{MESH}/virtualRouter/{router}/routes"),
-            json!({"routeName": name, "spec": spec}),
-        )
-        .await;
-    }
-
-    async fn service_by_router(&self, name: &str, router: &str) {
-        self.put(
-            &format!("/v20190125/meshes/{MESH}/virtualServices"),
-            json!({"virtualServiceName": name,
-                   "spec": {"provider": {"virtualRouter": {"virtualRouterName": router}}}}),
-        )
-        .await;
-    }
-
-    async fn service_by_node(&self, name: &str, node: &str) {
-        self.put(
-            &format!("/v20190125/meshes/{MESH}/virtualServices"),
-            json!({"virtualServiceName": name,
-                   "spec": {"provider": {"virtualNode": {"virtualNodeName": node}}}}),
-        )
-        .await;
-    }
-
-    /// A virtual node whose listeners are `listeners` (App Mesh JSON, each with a free port
-    /// for `portMapping.port`), discovered by DNS at 127.0.0.1, with its own Envoy forwarding
-    /// listener i to `app_ports[i]`. Returns the index of its agent.
-    async fn upstream(&mut self, name: &str, listeners: Vec<Value>, app_ports: &[u16]) -> usize {
-        self.upstream_with(name, listeners, app_ports, json!({}))
-            .await
-    }
-
-    /// [`Fixture::upstream`] with extra spec members (e.g. `logging`).
-    async fn upstream_with(
-        &mut self,
-        name: &str,
-        listeners: Vec<Value>,
-        app_ports: &[u16],
-        extra: Value,
-    ) -> usize {
-        let ports: Vec<(u16, u16)> = listeners
+    /// The virtual node `name` as `spec` (its listeners each on a free port), discovered by DNS
+    /// at 127.0.0.1, with its own Envoy forwarding listener i to `app_ports[i]`. Returns the
+    /// index of its agent.
+    async fn upstream(&mut self, name: &str, spec: NodeSpec, app_ports: &[u16]) -> usize {
+        let ports: Vec<(u16, u16)> = spec
+            .listeners
             .iter()
             .zip(app_ports)
-            .map(|(l, app)| (l["portMapping"]["port"].as_u64().unwrap() as u16, *app))
+            .map(|(l, app)| (u16::try_from(l.port).unwrap(), *app))
             .collect();
-        let mut spec = json!({"listeners": listeners,
-                              "serviceDiscovery": {"dns": {"hostname": "127.0.0.1"}}});
-        for (k, v) in extra.as_object().unwrap() {
-            spec[k] = v.clone();
-        }
-        self.node(name, spec).await;
+        self.api.node(name, spec.dns("127.0.0.1")).await;
         let a = agent(&self.server.xds_addr, MESH, name, &ports, "delta");
         self.agents.push(a);
         self.agents.len() - 1
     }
 
-    /// The client node `front` with `backends`, and its Envoy; returns its agent index.
-    async fn front(&mut self, backends: &[&str], extra: Value) -> usize {
-        let backends: Vec<Value> = backends
-            .iter()
-            .map(|b| json!({"virtualService": {"virtualServiceName": b}}))
-            .collect();
-        let mut spec = json!({"backends": backends});
-        for (k, v) in extra.as_object().unwrap() {
-            spec[k] = v.clone();
-        }
-        self.node("front", spec).await;
+    /// The client node `front` as `spec` (its backends, …), and its Envoy; returns its agent
+    /// index.
+    async fn front(&mut self, spec: NodeSpec) -> usize {
+        self.api.node("front", spec).await;
         let a = agent(&self.server.xds_addr, MESH, "front", &[], "delta");
         self.agents.push(a);
         self.agents.len() - 1
@@ -180,18 +93,6 @@ impl Fixture {
             assert_eq!(a.stat_sum("update_rejected"), 0, "an Envoy NACKed config");
         }
     }
-}
-
-fn listener(port: u16, protocol: &str) -> Value {
-    json!({"portMapping": {"port": port, "protocol": protocol}})
-}
-
-fn targets(ts: &[(&str, u32)]) -> Value {
-    let ts: Vec<Value> = ts
-        .iter()
-        .map(|(n, w)| json!({"virtualNode": n, "weight": w}))
-        .collect();
-    json!({"weightedTargets": ts})
 }
 
 /// Polls the async `f` until it is true; panics after `timeout`.
@@ -220,146 +121,11 @@ async fn http1(port: u16, host: &str, path: &str) -> (u16, String) {
     .unwrap()
 }
 
-// ---- gRPC: a tonic server and client with hand-written prost messages (no protoc) ----
-
-/// The request of every test method.
-#[derive(Clone, PartialEq, prost::Message)]
-struct Ask {
-    #[prost(string, tag = "1")]
-    text: String,
-}
-
-/// The answer: which app answered, and the method path it saw.
-#[derive(Clone, PartialEq, prost::Message)]
-struct Answer {
-    #[prost(string, tag = "1")]
-    app: String,
-    #[prost(string, tag = "2")]
-    path: String,
-}
-
-/// One unary call served by tonic's server machinery. Metadata `x-fail-every: n` makes every
-/// n-th call to this app fail `UNAVAILABLE`; `x-delay-ms: ms` delays the answer.
-struct Unary {
-    name: &'static str,
-    path: String,
-    calls: Arc<AtomicU64>,
-}
-
-impl tonic::server::UnaryService<Ask> for Unary {
-    type Response = Answer;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<tonic::Response<Answer>, tonic::Status>> + Send>>;
-
-    fn call(&mut self, request: tonic::Request<Ask>) -> Self::Future {
-        let number = |key: &str| {
-            request
-                .metadata()
-                .get(key)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-        };
-        let fail_every = number("x-fail-every");
-        let delay = number("x-delay-ms");
-        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        let answer = Answer {
-            app: self.name.to_string(),
-            path: self.path.clone(),
-        };
-        Box::pin(async move {
-            if let Some(ms) = delay {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-            }
-            if fail_every.is_some_and(|k| n.is_multiple_of(k)) {
-                return Err(tonic::Status::unavailable("flaky by request"));
-            }
-            Ok(tonic::Response::new(answer))
-        })
-    }
-}
-
-/// A gRPC server (h2c) answering every method of every service with `name`; returns its port
-/// and its call counter.
-async fn grpc_app(name: &'static str) -> (u16, Arc<AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let calls = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&calls);
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let calls = Arc::clone(&calls);
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let calls = Arc::clone(&calls);
-                        async move {
-                            let path = req.uri().path().to_string();
-                            let codec = tonic_prost::ProstCodec::<Answer, Ask>::default();
-                            let mut grpc = tonic::server::Grpc::new(codec);
-                            let unary = Unary { name, path, calls };
-                            Ok::<_, Infallible>(grpc.unary(unary, req).await)
-                        }
-                    });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .http2_only()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (port, counter)
-}
-
-/// A gRPC channel to `authority` (`:authority` `<service>:<port>`) through an Envoy's egress
-/// port: the explicit-mode way for a gRPC client to reach a backend. Lazy: it connects (and
-/// reconnects) on use, so it may be made before the Envoy listens.
-async fn grpc_channel(egress: u16, authority: &str) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{egress}"))
-        .unwrap()
-        .origin(format!("http://{authority}").parse().unwrap())
-        .connect_lazy()
-}
-
-async fn grpc_call(
-    channel: &tonic::transport::Channel,
-    path: &'static str,
-    metadata: &[(&'static str, &str)],
-    deadline: Option<Duration>,
-) -> Result<Answer, tonic::Status> {
-    let mut client = tonic::client::Grpc::new(channel.clone());
-    client
-        .ready()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let mut req = tonic::Request::new(Ask {
-        text: "hello".to_string(),
-    });
-    for (k, v) in metadata {
-        req.metadata_mut().insert(*k, v.parse().unwrap());
-    }
-    if let Some(d) = deadline {
-        req.set_timeout(d);
-    }
-    client
-        .unary(
-            req,
-            http::uri::PathAndQuery::from_static(path),
-            tonic_prost::ProstCodec::<Ask, Answer>::default(),
-        )
-        .await
-        .map(tonic::Response::into_inner)
-}
+// ---- gRPC: weft-test-support's tonic app and client ----
 
 /// Which app answers `path` with `metadata`, or the gRPC error code.
-async fn who(
-    channel: &tonic::transport::Channel,
-    path: &'static str,
-    metadata: &[(&'static str, &str)],
-) -> String {
-    match grpc_call(channel, path, metadata, None).await {
+async fn who(channel: &tonic::transport::Channel, path: &str, metadata: &[(&str, &str)]) -> String {
+    match grpc::call(channel, path, metadata, None).await {
         Ok(answer) => {
             assert_eq!(answer.path, path, "the app saw another method");
             answer.app
@@ -370,42 +136,41 @@ async fn who(
 
 const RPC: &str = "rpc.apps.local";
 
+/// A node with one gRPC listener on a free port.
+fn grpc_node() -> NodeSpec {
+    NodeSpec::new().listener(Listener::grpc(free_port()))
+}
+
 /// Two gRPC nodes `alpha` and `beta` behind router `rpc` (grpc listener 50051) and the client
-/// `front`; returns the fixture, front's agent index, and the apps' call counters.
-async fn grpc_mesh(routes: Vec<(&str, Value)>) -> (Fixture, usize, Arc<AtomicU64>) {
-    let mut f = Fixture::new(json!({})).await;
-    let (alpha_app, alpha_calls) = grpc_app("alpha").await;
-    let (beta_app, _) = grpc_app("beta").await;
-    f.upstream("alpha", vec![listener(free_port(), "grpc")], &[alpha_app])
+/// `front`; returns the fixture, front's agent index, and alpha's call counter.
+async fn grpc_mesh(routes: Vec<(&str, RouteSpec)>) -> (Fixture, usize, Arc<AtomicU64>) {
+    let mut f = Fixture::new(MeshSpec::new()).await;
+    let (alpha, beta) = (grpc_app("alpha").await, grpc_app("beta").await);
+    f.upstream("alpha", grpc_node(), &[alpha.port]).await;
+    f.upstream("beta", grpc_node(), &[beta.port]).await;
+    f.api
+        .router("rpc", RouterSpec::new().listener(50051, "grpc"))
         .await;
-    f.upstream("beta", vec![listener(free_port(), "grpc")], &[beta_app])
-        .await;
-    f.router("rpc", &[(50051, "grpc")]).await;
     for (name, spec) in routes {
-        f.route("rpc", name, spec).await;
+        f.api.route("rpc", name, spec).await;
     }
-    f.service_by_router(RPC, "rpc").await;
-    let front = f.front(&[RPC], json!({})).await;
-    (f, front, alpha_calls)
+    f.api.service(RPC, ServiceSpec::by_router("rpc")).await;
+    let front = f.front(NodeSpec::client(&[RPC])).await;
+    (f, front, alpha.calls)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_calls_are_routed_by_service_method_and_metadata_through_the_egress_port() {
-    let grpc = |priority: u32, m: Value, to: &str| json!({"priority": priority, "grpcRoute": {"match": m, "action": targets(&[(to, 1)])}});
+    let grpc =
+        |priority: i32, m: GrpcMatch, to: &str| RouteSpec::grpc(m).priority(priority).to(to, 1);
+    let colors = || GrpcMatch::service("weft.Colors");
     let (f, front, _) = grpc_mesh(vec![
-        (
-            "by-method",
-            grpc(
-                1,
-                json!({"serviceName": "weft.Colors", "methodName": "Beta"}),
-                "beta",
-            ),
-        ),
+        ("by-method", grpc(1, colors().method("Beta"), "beta")),
         (
             "by-exact-metadata",
             grpc(
                 2,
-                json!({"serviceName": "weft.Colors", "metadata": [{"name": "x-tier", "match": {"exact": "gold"}}]}),
+                colors().metadata("x-tier", ValueMatch::exact("gold")),
                 "beta",
             ),
         ),
@@ -413,7 +178,7 @@ async fn grpc_calls_are_routed_by_service_method_and_metadata_through_the_egress
             "by-range",
             grpc(
                 3,
-                json!({"serviceName": "weft.Colors", "metadata": [{"name": "x-n", "match": {"range": {"start": 100, "end": 200}}}]}),
+                colors().metadata("x-n", ValueMatch::range(100, 200)),
                 "beta",
             ),
         ),
@@ -421,10 +186,10 @@ async fn grpc_calls_are_routed_by_service_method_and_metadata_through_the_egress
             "by-prefix-suffix-regex",
             grpc(
                 4,
-                json!({"serviceName": "weft.Colors", "metadata": [
-                    {"name": "x-region", "match": {"prefix": "eu-"}},
-                    {"name": "x-zone", "match": {"suffix": "-b"}},
-                    {"name": "x-id", "match": {"regex": "^[0-9a-f]{4}$"}}]}),
+                colors()
+                    .metadata("x-region", ValueMatch::prefix("eu-"))
+                    .metadata("x-zone", ValueMatch::suffix("-b"))
+                    .metadata("x-id", ValueMatch::regex("^[0-9a-f]{4}$")),
                 "beta",
             ),
         ),
@@ -432,15 +197,19 @@ async fn grpc_calls_are_routed_by_service_method_and_metadata_through_the_egress
             "inverted",
             grpc(
                 5,
-                json!({"serviceName": "weft.Inverted", "metadata": [{"name": "x-env", "invert": true, "match": {"exact": "prod"}}]}),
+                GrpcMatch::service("weft.Inverted")
+                    .metadata_not("x-env", ValueMatch::exact("prod")),
                 "beta",
             ),
         ),
-        ("service-default", grpc(10, json!({"serviceName": "weft.Colors"}), "alpha")),
-        ("inverted-default", grpc(11, json!({"serviceName": "weft.Inverted"}), "alpha")),
+        ("service-default", grpc(10, colors(), "alpha")),
+        (
+            "inverted-default",
+            grpc(11, GrpcMatch::service("weft.Inverted"), "alpha"),
+        ),
     ])
     .await;
-    let channel = grpc_channel(f.agents[front].egress_port, &format!("{RPC}:50051")).await;
+    let channel = grpc::channel(f.agents[front].egress_port, &format!("{RPC}:50051"));
     eventually(Duration::from_secs(20), "gRPC reaches alpha", || async {
         who(&channel, "/weft.Colors/Alpha", &[]).await == "alpha"
     })
@@ -496,30 +265,28 @@ async fn grpc_calls_are_routed_by_service_method_and_metadata_through_the_egress
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unavailable_is_retried_by_policy_and_a_route_timeout_cuts_a_slow_call() {
+    let to_alpha = |service: &str, priority: i32| {
+        RouteSpec::grpc(GrpcMatch::service(service))
+            .priority(priority)
+            .to("alpha", 1)
+    };
     let (f, front, alpha_calls) = grpc_mesh(vec![
         (
             "retried",
-            json!({"priority": 1, "grpcRoute": {"match": {"serviceName": "weft.Flaky"},
-                "action": targets(&[("alpha", 1)]),
-                "retryPolicy": {"maxRetries": 3, "perRetryTimeout": {"unit": "s", "value": 5},
-                                "grpcRetryEvents": ["unavailable"]}}}),
+            to_alpha("weft.Flaky", 1).retry(Retry::new(3, secs(5)).grpc_events(&["unavailable"])),
         ),
         (
             "not-retried",
-            json!({"priority": 2, "grpcRoute": {"match": {"serviceName": "weft.Fragile"},
-                "action": targets(&[("alpha", 1)]),
-                "retryPolicy": {"maxRetries": 3, "perRetryTimeout": {"unit": "s", "value": 5},
-                                "grpcRetryEvents": ["resource-exhausted"]}}}),
+            to_alpha("weft.Fragile", 2)
+                .retry(Retry::new(3, secs(5)).grpc_events(&["resource-exhausted"])),
         ),
         (
             "deadline",
-            json!({"priority": 3, "grpcRoute": {"match": {"serviceName": "weft.Slow"},
-                "action": targets(&[("alpha", 1)]),
-                "timeout": {"perRequest": {"unit": "ms", "value": 500}}}}),
+            to_alpha("weft.Slow", 3).per_request_timeout(ms(500)),
         ),
     ])
     .await;
-    let channel = grpc_channel(f.agents[front].egress_port, &format!("{RPC}:50051")).await;
+    let channel = grpc::channel(f.agents[front].egress_port, &format!("{RPC}:50051"));
     eventually(Duration::from_secs(20), "all routes served", || async {
         who(&channel, "/weft.Slow/Call", &[]).await == "alpha"
             && who(&channel, "/weft.Fragile/Call", &[]).await == "alpha"
@@ -529,7 +296,7 @@ async fn grpc_unavailable_is_retried_by_policy_and_a_route_timeout_cuts_a_slow_c
     // Every 2nd call fails UNAVAILABLE at the app; the route retries it: all 20 succeed.
     let before = alpha_calls.load(Ordering::SeqCst);
     for _ in 0..20 {
-        let r = grpc_call(&channel, "/weft.Flaky/Call", &[("x-fail-every", "2")], None).await;
+        let r = grpc::call(&channel, "/weft.Flaky/Call", &[("x-fail-every", "2")], None).await;
         assert_eq!(
             r.map(|a| a.app).map_err(|s| s.code()),
             Ok("alpha".to_string())
@@ -540,7 +307,7 @@ async fn grpc_unavailable_is_retried_by_policy_and_a_route_timeout_cuts_a_slow_c
     // The same app behind a route that does not retry UNAVAILABLE: half the calls fail.
     let mut failed = 0;
     for _ in 0..20 {
-        match grpc_call(
+        match grpc::call(
             &channel,
             "/weft.Fragile/Call",
             &[("x-fail-every", "2")],
@@ -559,17 +326,17 @@ async fn grpc_unavailable_is_retried_by_policy_and_a_route_timeout_cuts_a_slow_c
 
     // The route's 500 ms per-request timeout cuts a 5 s call; a fast call still succeeds.
     let started = Instant::now();
-    let slow = grpc_call(&channel, "/weft.Slow/Call", &[("x-delay-ms", "5000")], None).await;
+    let slow = grpc::call(&channel, "/weft.Slow/Call", &[("x-delay-ms", "5000")], None).await;
     let took = started.elapsed();
     assert!(slow.is_err(), "{slow:?}");
     assert!(took < Duration::from_secs(3), "cut after {took:?}");
     assert!(took >= Duration::from_millis(400), "cut after {took:?}");
-    assert!(grpc_call(&channel, "/weft.Slow/Call", &[], None)
+    assert!(grpc::call(&channel, "/weft.Slow/Call", &[], None)
         .await
         .is_ok());
     // The client's own deadline (sent as `grpc-timeout`) ends the call early as well.
     let started = Instant::now();
-    let short = grpc_call(
+    let short = grpc::call(
         &channel,
         "/weft.Flaky/Call",
         &[("x-delay-ms", "3000")],
@@ -627,29 +394,36 @@ async fn h2_get(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_client_with_prior_knowledge_is_routed_by_authority_and_headers() {
-    let mut f = Fixture::new(json!({})).await;
+    let mut f = Fixture::new(MeshSpec::new()).await;
     let (red, blue) = (f.app("red"), f.app("blue"));
-    f.upstream("red", vec![listener(free_port(), "http2")], &[red])
+    let h2_node = || NodeSpec::new().listener(Listener::http2(free_port()));
+    f.upstream("red", h2_node(), &[red]).await;
+    f.upstream("blue", h2_node(), &[blue]).await;
+    f.api
+        .router("colors", RouterSpec::new().listener(9090, "http2"))
         .await;
-    f.upstream("blue", vec![listener(free_port(), "http2")], &[blue])
+    f.api
+        .route(
+            "colors",
+            "blue-by-header",
+            RouteSpec::http2(HttpMatch::prefix("/").header("x-color", ValueMatch::exact("blue")))
+                .priority(1)
+                .to("blue", 1),
+        )
         .await;
-    f.router("colors", &[(9090, "http2")]).await;
-    f.route(
-        "colors",
-        "blue-by-header",
-        json!({"priority": 1, "http2Route": {
-            "match": {"prefix": "/", "headers": [{"name": "x-color", "match": {"exact": "blue"}}]},
-            "action": targets(&[("blue", 1)])}}),
-    )
-    .await;
-    f.route(
-        "colors",
-        "default",
-        json!({"priority": 2, "http2Route": {"match": {"prefix": "/"}, "action": targets(&[("red", 1)])}}),
-    )
-    .await;
-    f.service_by_router("h2.apps.local", "colors").await;
-    let front = f.front(&["h2.apps.local"], json!({})).await;
+    f.api
+        .route(
+            "colors",
+            "default",
+            RouteSpec::http2(HttpMatch::prefix("/"))
+                .priority(2)
+                .to("red", 1),
+        )
+        .await;
+    f.api
+        .service("h2.apps.local", ServiceSpec::by_router("colors"))
+        .await;
+    let front = f.front(NodeSpec::client(&["h2.apps.local"])).await;
     let egress = f.agents[front].egress_port;
     eventually(Duration::from_secs(20), "HTTP/2 reaches red", || async {
         h2_get(egress, "h2.apps.local:9090", "/", &[])
@@ -758,22 +532,28 @@ async fn echo_once(port: u16, authority: &str) -> Result<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_echo_service_is_split_75_25_through_connect_tunnels_and_idle_tunnels_close() {
-    let mut f = Fixture::new(json!({})).await;
+    let mut f = Fixture::new(MeshSpec::new()).await;
     let (one, two) = (tcp_echo("one").await, tcp_echo("two").await);
-    f.upstream("one", vec![listener(free_port(), "tcp")], &[one])
+    let tcp_node = || NodeSpec::new().listener(Listener::tcp(free_port()));
+    f.upstream("one", tcp_node(), &[one]).await;
+    f.upstream("two", tcp_node(), &[two]).await;
+    f.api
+        .router("echo", RouterSpec::new().listener(7000, "tcp"))
         .await;
-    f.upstream("two", vec![listener(free_port(), "tcp")], &[two])
+    f.api
+        .route(
+            "echo",
+            "split",
+            RouteSpec::tcp()
+                .to("one", 75)
+                .to("two", 25)
+                .idle_timeout(secs(1)),
+        )
         .await;
-    f.router("echo", &[(7000, "tcp")]).await;
-    f.route(
-        "echo",
-        "split",
-        json!({"tcpRoute": {"action": targets(&[("one", 75), ("two", 25)]),
-                            "timeout": {"idle": {"unit": "s", "value": 1}}}}),
-    )
-    .await;
-    f.service_by_router("echo.apps.local", "echo").await;
-    let front = f.front(&["echo.apps.local"], json!({})).await;
+    f.api
+        .service("echo.apps.local", ServiceSpec::by_router("echo"))
+        .await;
+    let front = f.front(NodeSpec::client(&["echo.apps.local"])).await;
     let egress = f.agents[front].egress_port;
     eventually(
         Duration::from_secs(20),
@@ -816,24 +596,34 @@ async fn a_tcp_echo_service_is_split_75_25_through_connect_tunnels_and_idle_tunn
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_two_listeners_is_reached_by_port_through_routes_matched_by_port() {
-    let mut f = Fixture::new(json!({})).await;
+    let mut f = Fixture::new(MeshSpec::new()).await;
     let (web_app, admin_app) = (f.app("web"), f.app("admin"));
     let (p_web, p_admin) = (free_port(), free_port());
     f.upstream(
         "multi",
-        vec![listener(p_web, "http"), listener(p_admin, "http")],
+        NodeSpec::new()
+            .listener(Listener::http(p_web))
+            .listener(Listener::http(p_admin)),
         &[web_app, admin_app],
     )
     .await;
-    f.router("multi", &[(8080, "http"), (8081, "http")]).await;
+    f.api
+        .router(
+            "multi",
+            RouterSpec::new()
+                .listener(8080, "http")
+                .listener(8081, "http"),
+        )
+        .await;
     let to_port = |port: u16, node_port: u16| {
-        json!({"httpRoute": {"match": {"prefix": "/", "port": port},
-            "action": {"weightedTargets": [{"virtualNode": "multi", "port": node_port, "weight": 1}]}}})
+        RouteSpec::http(HttpMatch::prefix("/").port(port)).to_port("multi", node_port, 1)
     };
-    f.route("multi", "web", to_port(8080, p_web)).await;
-    f.route("multi", "admin", to_port(8081, p_admin)).await;
-    f.service_by_router("multi.apps.local", "multi").await;
-    let front = f.front(&["multi.apps.local"], json!({})).await;
+    f.api.route("multi", "web", to_port(8080, p_web)).await;
+    f.api.route("multi", "admin", to_port(8081, p_admin)).await;
+    f.api
+        .service("multi.apps.local", ServiceSpec::by_router("multi"))
+        .await;
+    let front = f.front(NodeSpec::client(&["multi.apps.local"])).await;
     let egress = f.agents[front].egress_port;
     eventually(Duration::from_secs(20), "both ports routed", || async {
         http1(egress, "multi.apps.local:8081", "/").await == (200, "admin\n".to_string())
@@ -856,13 +646,16 @@ async fn a_node_with_two_listeners_is_reached_by_port_through_routes_matched_by_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_pool_of_one_turns_concurrent_requests_beyond_it_into_503() {
-    let mut f = Fixture::new(json!({})).await;
+    let mut f = Fixture::new(MeshSpec::new()).await;
     let app = f.app("pooled");
-    let mut l = listener(free_port(), "http");
-    l["connectionPool"] = json!({"http": {"maxConnections": 1, "maxPendingRequests": 1}});
-    let pooled = f.upstream("pooled", vec![l], &[app]).await;
-    f.service_by_node("pooled.apps.local", "pooled").await;
-    let front = f.front(&["pooled.apps.local"], json!({})).await;
+    let listener = Listener::http(free_port()).connection_pool(ConnectionPool::http(1, 1));
+    let pooled = f
+        .upstream("pooled", NodeSpec::new().listener(listener), &[app])
+        .await;
+    f.api
+        .service("pooled.apps.local", ServiceSpec::by_node("pooled"))
+        .await;
+    let front = f.front(NodeSpec::client(&["pooled.apps.local"])).await;
     let egress = f.agents[front].egress_port;
     eventually(Duration::from_secs(20), "pooled reachable", || async {
         http1(egress, "pooled.apps.local", "/").await.0 == 200
@@ -888,15 +681,17 @@ async fn a_connection_pool_of_one_turns_concurrent_requests_beyond_it_into_503()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_failing_its_health_check_stops_receiving_traffic_until_it_recovers() {
-    let mut f = Fixture::new(json!({})).await;
+    let mut f = Fixture::new(MeshSpec::new()).await;
     let app = f.app("checked");
-    let mut l = listener(free_port(), "http");
     // App Mesh's minimums: 5 s interval, 2 s timeout, thresholds of 2.
-    l["healthCheck"] = json!({"protocol": "http", "path": "/health", "intervalMillis": 5000,
-        "timeoutMillis": 2000, "healthyThreshold": 2, "unhealthyThreshold": 2});
-    let checked = f.upstream("checked", vec![l], &[app]).await;
-    f.service_by_node("checked.apps.local", "checked").await;
-    let front = f.front(&["checked.apps.local"], json!({})).await;
+    let listener = Listener::http(free_port()).health_check(HealthCheck::http("/health"));
+    let checked = f
+        .upstream("checked", NodeSpec::new().listener(listener), &[app])
+        .await;
+    f.api
+        .service("checked.apps.local", ServiceSpec::by_node("checked"))
+        .await;
+    let front = f.front(NodeSpec::client(&["checked.apps.local"])).await;
     let egress = f.agents[front].egress_port;
     eventually(Duration::from_secs(30), "healthy app reachable", || async {
         http1(egress, "checked.apps.local", "/").await == (200, "checked\n".to_string())
@@ -944,13 +739,19 @@ async fn an_endpoint_failing_its_health_check_stops_receiving_traffic_until_it_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_all_refuses_a_destination_outside_the_mesh_and_allow_all_reaches_it() {
-    let mut f = Fixture::new(json!({"egressFilter": {"type": "DROP_ALL"}})).await;
+    let mut f = Fixture::new(MeshSpec::drop_all()).await;
     let inside = f.app("inside");
     let outside = f.app("outside");
-    f.upstream("inside", vec![listener(free_port(), "http")], &[inside])
+    f.upstream(
+        "inside",
+        NodeSpec::new().listener(Listener::http(free_port())),
+        &[inside],
+    )
+    .await;
+    f.api
+        .service("inside.apps.local", ServiceSpec::by_node("inside"))
         .await;
-    f.service_by_node("inside.apps.local", "inside").await;
-    let front = f.front(&["inside.apps.local"], json!({})).await;
+    let front = f.front(NodeSpec::client(&["inside.apps.local"])).await;
     let egress = f.agents[front].egress_port;
     let outside_host = format!("127.0.0.1:{outside}");
     eventually(Duration::from_secs(20), "backend reachable", || async {
@@ -959,8 +760,7 @@ async fn drop_all_refuses_a_destination_outside_the_mesh_and_allow_all_reaches_i
     .await;
     assert_eq!(http1(egress, &outside_host, "/").await.0, 404, "DROP_ALL");
 
-    f.update_mesh(json!({"egressFilter": {"type": "ALLOW_ALL"}}))
-        .await;
+    f.api.update_mesh(MeshSpec::allow_all()).await;
     eventually(
         Duration::from_secs(20),
         "ALLOW_ALL reaches outside",
@@ -973,8 +773,7 @@ async fn drop_all_refuses_a_destination_outside_the_mesh_and_allow_all_reaches_i
     // The mesh's own backends still go through the mesh.
     assert_eq!(http1(egress, "inside.apps.local", "/").await.1, "inside\n");
 
-    f.update_mesh(json!({"egressFilter": {"type": "DROP_ALL"}}))
-        .await;
+    f.api.update_mesh(MeshSpec::drop_all()).await;
     eventually(Duration::from_secs(20), "DROP_ALL again", || async {
         http1(egress, &outside_host, "/").await.0 == 404
     })
@@ -986,7 +785,7 @@ async fn drop_all_refuses_a_destination_outside_the_mesh_and_allow_all_reaches_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_logs_are_written_per_request_in_text_json_and_default_formats() {
-    let mut f = Fixture::new(json!({})).await;
+    let mut f = Fixture::new(MeshSpec::new()).await;
     let dir = tempfile::tempdir().unwrap();
     let (text_log, json_log, default_log) = (
         dir.path().join("front.log"),
@@ -995,30 +794,35 @@ async fn access_logs_are_written_per_request_in_text_json_and_default_formats() 
     );
     let app = f.app("logged");
     let plain_app = f.app("plain");
-    f.upstream_with(
+    let http_node = || NodeSpec::new().listener(Listener::http(free_port()));
+    f.upstream(
         "logged",
-        vec![listener(free_port(), "http")],
+        http_node().access_log(AccessLog::file(&json_log).json_fields(&[
+            ("status", "%RESPONSE_CODE%"),
+            ("path", "%REQ(:PATH)%"),
+            ("mesh", "weft"),
+        ])),
         &[app],
-        json!({"logging": {"accessLog": {"file": {"path": json_log, "format": {"json": [
-            {"key": "status", "value": "%RESPONSE_CODE%"},
-            {"key": "path", "value": "%REQ(:PATH)%"},
-            {"key": "mesh", "value": "weft"}]}}}}}),
     )
     .await;
-    f.upstream_with(
+    f.upstream(
         "plain",
-        vec![listener(free_port(), "http")],
+        http_node().access_log(AccessLog::file(&default_log)),
         &[plain_app],
-        json!({"logging": {"accessLog": {"file": {"path": default_log}}}}),
     )
     .await;
-    f.service_by_node("logged.apps.local", "logged").await;
-    f.service_by_node("plain.apps.local", "plain").await;
+    f.api
+        .service("logged.apps.local", ServiceSpec::by_node("logged"))
+        .await;
+    f.api
+        .service("plain.apps.local", ServiceSpec::by_node("plain"))
+        .await;
     let front = f
         .front(
-            &["logged.apps.local", "plain.apps.local"],
-            json!({"logging": {"accessLog": {"file": {"path": text_log,
-                "format": {"text": "front %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE%\n"}}}}}),
+            NodeSpec::client(&["logged.apps.local", "plain.apps.local"]).access_log(
+                AccessLog::file(&text_log)
+                    .text("front %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE%\n"),
+            ),
         )
         .await;
     let egress = f.agents[front].egress_port;
