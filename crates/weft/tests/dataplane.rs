@@ -14,66 +14,37 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
-use aws_sdk_appmesh::types::{
-    Duration, DurationUnit, HeaderMatchMethod, HttpMethod, HttpPathMatch, HttpQueryParameter,
-    HttpRetryPolicy, HttpRoute, HttpRouteAction, HttpRouteHeader, HttpRouteMatch, HttpTimeout,
-    PortProtocol, QueryParameterMatch, RouteSpec, VirtualNodeSpec, WeightedTarget,
-};
-use aws_sdk_appmesh::Client;
 use common::mesh::{agent, free_port, sample_app, wait_until, Agent, Proc};
-use common::{dns_node_spec, router_spec, service_by_router, with_backends, WeftServer};
+use common::WeftServer;
+use weft_test_support::sdk::MeshApi;
+use weft_test_support::spec::{
+    ms, HttpMatch, MeshSpec, NodeSpec, Retry, RouteSpec, RouterSpec, ServiceSpec, ValueMatch,
+};
 
 const SERVICE: &str = "colors.apps.local";
 
 struct Mesh {
     server: WeftServer,
-    c: Client,
+    api: MeshApi,
     front: Agent,
     upstreams: HashMap<String, (Agent, Proc)>,
 }
 
-fn node_spec(port: u16, backends: &[&str]) -> VirtualNodeSpec {
-    with_backends(dns_node_spec("127.0.0.1", i32::from(port)), backends)
-}
-
-fn targets(ts: &[(&str, i32)]) -> HttpRouteAction {
-    let mut a = HttpRouteAction::builder();
-    for (n, w) in ts {
-        a = a.weighted_targets(
-            WeightedTarget::builder()
-                .virtual_node(*n)
-                .weight(*w)
-                .build()
-                .unwrap(),
-        );
-    }
-    a.build().unwrap()
-}
-
-fn prefix_route(ts: &[(&str, i32)]) -> HttpRoute {
-    HttpRoute::builder()
-        .r#match(HttpRouteMatch::builder().prefix("/").build())
-        .action(targets(ts))
-        .build()
+/// A node with one HTTP listener on `port`, discovered by DNS at 127.0.0.1.
+fn node_spec(port: u16) -> NodeSpec {
+    NodeSpec::http("127.0.0.1", port)
 }
 
 impl Mesh {
     /// Builds the mesh with upstream nodes `names` and a 100% route to the first.
     async fn new(names: &[&str], protocol: &str) -> Mesh {
         let server = WeftServer::start();
-        let c = server.client();
-        c.create_mesh().mesh_name("apps").send().await.unwrap();
+        let api = MeshApi::create(&server.client(), "apps", MeshSpec::new()).await;
         let mut upstreams = HashMap::new();
         for name in names {
             let (app, app_port) = sample_app(name);
             let port = free_port();
-            c.create_virtual_node()
-                .mesh_name("apps")
-                .virtual_node_name(*name)
-                .spec(node_spec(port, &[]))
-                .send()
-                .await
-                .unwrap();
+            api.node(name, node_spec(port)).await;
             let a = agent(
                 &server.xds_addr,
                 "apps",
@@ -83,43 +54,16 @@ impl Mesh {
             );
             upstreams.insert(name.to_string(), (a, app));
         }
-        c.create_virtual_router()
-            .mesh_name("apps")
-            .virtual_router_name("colors")
-            .spec(router_spec(8080, PortProtocol::Http))
-            .send()
-            .await
-            .unwrap();
-        c.create_route()
-            .mesh_name("apps")
-            .virtual_router_name("colors")
-            .route_name("main")
-            .spec(
-                RouteSpec::builder()
-                    .http_route(prefix_route(&[(names[0], 1)]))
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
-        c.create_virtual_service()
-            .mesh_name("apps")
-            .virtual_service_name(SERVICE)
-            .spec(service_by_router("colors"))
-            .send()
-            .await
-            .unwrap();
-        c.create_virtual_node()
-            .mesh_name("apps")
-            .virtual_node_name("front")
-            .spec(node_spec(free_port(), &[SERVICE]))
-            .send()
-            .await
-            .unwrap();
+        api.router("colors", RouterSpec::http(8080)).await;
+        api.route("colors", "main", RouteSpec::split(&[(names[0], 1)]))
+            .await;
+        api.service(SERVICE, ServiceSpec::by_router("colors")).await;
+        api.node("front", node_spec(free_port()).backend(SERVICE))
+            .await;
         let front = agent(&server.xds_addr, "apps", "front", &[], protocol);
         let mesh = Mesh {
             server,
-            c,
+            api,
             front,
             upstreams,
         };
@@ -142,16 +86,8 @@ impl Mesh {
         });
     }
 
-    async fn set_route(&self, route: HttpRoute) {
-        self.c
-            .update_route()
-            .mesh_name("apps")
-            .virtual_router_name("colors")
-            .route_name("main")
-            .spec(RouteSpec::builder().http_route(route).build())
-            .send()
-            .await
-            .unwrap();
+    async fn set_route(&self, route: RouteSpec) {
+        self.api.update_route("colors", "main", route).await;
     }
 
     /// Counts which upstream answered `n` requests.
@@ -177,7 +113,7 @@ impl Mesh {
 
 async fn weighted_split_and_live_weight_change(protocol: &str) {
     let mesh = Mesh::new(&["red", "blue"], protocol).await;
-    mesh.set_route(prefix_route(&[("red", 75), ("blue", 25)]))
+    mesh.set_route(RouteSpec::split(&[("red", 75), ("blue", 25)]))
         .await;
     mesh.wait_for(|b| b.contains("blue"));
     let counts = mesh.split(1000);
@@ -188,7 +124,7 @@ async fn weighted_split_and_live_weight_change(protocol: &str) {
     assert!((red - 750.0).abs() <= 60.0, "75/25 gave {counts:?}");
 
     // Shift everything to blue through the SDK; Envoy follows.
-    mesh.set_route(prefix_route(&[("red", 0), ("blue", 100)]))
+    mesh.set_route(RouteSpec::split(&[("red", 0), ("blue", 100)]))
         .await;
     mesh.wait_for(|b| b.contains("blue"));
     wait_until(StdDuration::from_secs(10), || {
@@ -208,127 +144,45 @@ async fn a_75_25_route_splits_traffic_and_a_weight_change_shows_in_traffic_sotw(
     weighted_split_and_live_weight_change("sotw").await;
 }
 
-fn create_route_req(
-    mesh: &Mesh,
-    name: &str,
-    priority: i32,
-    route: HttpRoute,
-) -> aws_sdk_appmesh::operation::create_route::builders::CreateRouteFluentBuilder {
-    mesh.c
-        .create_route()
-        .mesh_name("apps")
-        .virtual_router_name("colors")
-        .route_name(name)
-        .spec(
-            RouteSpec::builder()
-                .priority(priority)
-                .http_route(route)
-                .build(),
-        )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_path_method_and_query_matches_route_as_written_in_priority_order() {
     let mesh = Mesh::new(&["red", "blue", "green"], "delta").await;
     // The catch-all goes to red at the lowest priority.
-    mesh.c
-        .update_route()
-        .mesh_name("apps")
-        .virtual_router_name("colors")
-        .route_name("main")
-        .spec(
-            RouteSpec::builder()
-                .priority(1000)
-                .http_route(prefix_route(&[("red", 1)]))
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let to = |n: &str| targets(&[(n, 1)]);
-    // Header `x-color: blue` → blue.
-    create_route_req(
-        &mesh,
-        "by-header",
-        10,
-        HttpRoute::builder()
-            .r#match(
-                HttpRouteMatch::builder()
-                    .prefix("/")
-                    .headers(
-                        HttpRouteHeader::builder()
-                            .name("x-color")
-                            .r#match(HeaderMatchMethod::Exact("blue".into()))
-                            .build()
-                            .unwrap(),
-                    )
-                    .build(),
-            )
-            .action(to("blue"))
-            .build(),
-    )
-    .send()
-    .await
-    .unwrap();
-    // Exact path /green → green.
-    create_route_req(
-        &mesh,
-        "by-path",
-        20,
-        HttpRoute::builder()
-            .r#match(
-                HttpRouteMatch::builder()
-                    .path(HttpPathMatch::builder().exact("/green").build())
-                    .build(),
-            )
-            .action(to("green"))
-            .build(),
-    )
-    .send()
-    .await
-    .unwrap();
-    // POST → green.
-    create_route_req(
-        &mesh,
-        "by-method",
-        30,
-        HttpRoute::builder()
-            .r#match(
-                HttpRouteMatch::builder()
-                    .prefix("/")
-                    .method(HttpMethod::Post)
-                    .build(),
-            )
-            .action(to("green"))
-            .build(),
-    )
-    .send()
-    .await
-    .unwrap();
-    // ?color=blue → blue.
-    create_route_req(
-        &mesh,
-        "by-query",
-        40,
-        HttpRoute::builder()
-            .r#match(
-                HttpRouteMatch::builder()
-                    .prefix("/")
-                    .query_parameters(
-                        HttpQueryParameter::builder()
-                            .name("color")
-                            .r#match(QueryParameterMatch::builder().exact("blue").build())
-                            .build()
-                            .unwrap(),
-                    )
-                    .build(),
-            )
-            .action(to("blue"))
-            .build(),
-    )
-    .send()
-    .await
-    .unwrap();
+    mesh.set_route(RouteSpec::split(&[("red", 1)]).priority(1000))
+        .await;
+    let routes = [
+        // Header `x-color: blue` → blue.
+        (
+            "by-header",
+            RouteSpec::http(HttpMatch::prefix("/").header("x-color", ValueMatch::exact("blue")))
+                .priority(10)
+                .to("blue", 1),
+        ),
+        // Exact path /green → green.
+        (
+            "by-path",
+            RouteSpec::http(HttpMatch::exact_path("/green"))
+                .priority(20)
+                .to("green", 1),
+        ),
+        // POST → green.
+        (
+            "by-method",
+            RouteSpec::http(HttpMatch::prefix("/").method("POST"))
+                .priority(30)
+                .to("green", 1),
+        ),
+        // ?color=blue → blue.
+        (
+            "by-query",
+            RouteSpec::http(HttpMatch::prefix("/").query("color", "blue"))
+                .priority(40)
+                .to("blue", 1),
+        ),
+    ];
+    for (name, route) in routes {
+        mesh.api.route("colors", name, route).await;
+    }
     // A lower priority number wins: header blue beats path /green.
     let answer =
         |path: &str, headers: &[(&str, &str)]| mesh.get(path, headers).1.trim().to_string();
@@ -369,33 +223,9 @@ async fn a_retry_policy_turns_a_flaky_upstream_into_full_success_and_a_timeout_c
     let mesh = Mesh::new(&["red"], "delta").await;
     // Without a retry policy of its own, App Mesh's default policy applies.
     // With one: 3 retries on server errors make every-other-request failures invisible.
-    let retrying = HttpRoute::builder()
-        .r#match(HttpRouteMatch::builder().prefix("/").build())
-        .action(targets(&[("red", 1)]))
-        .retry_policy(
-            HttpRetryPolicy::builder()
-                .max_retries(3)
-                .per_retry_timeout(
-                    Duration::builder()
-                        .unit(DurationUnit::Ms)
-                        .value(2000)
-                        .build(),
-                )
-                .http_retry_events("server-error")
-                .build()
-                .unwrap(),
-        )
-        .timeout(
-            HttpTimeout::builder()
-                .per_request(
-                    Duration::builder()
-                        .unit(DurationUnit::Ms)
-                        .value(500)
-                        .build(),
-                )
-                .build(),
-        )
-        .build();
+    let retrying = RouteSpec::split(&[("red", 1)])
+        .retry(Retry::new(3, ms(2000)).http_events(&["server-error"]))
+        .per_request_timeout(ms(500));
     mesh.set_route(retrying).await;
     // Wait until the new route (with its 500 ms timeout) is in force.
     wait_until(StdDuration::from_secs(10), || {
@@ -477,7 +307,7 @@ async fn no_drops_while_routes_change(protocol: &str) {
     ];
     for round in 0..3 {
         for plan in plans {
-            mesh.set_route(prefix_route(plan)).await;
+            mesh.set_route(RouteSpec::split(plan)).await;
             tokio::time::sleep(StdDuration::from_millis(150 + 50 * round)).await;
         }
     }
@@ -515,9 +345,9 @@ async fn envoys_keep_serving_through_a_control_plane_restart_and_reconnect() {
     }
     // A new control plane on the same data and the same xDS port.
     let restarted = WeftServer::start_in(&dir.path().join("data"), &["--xds-listen", &xds]);
-    mesh.c = restarted.client();
+    mesh.api = MeshApi::existing(&restarted.client(), "apps");
     mesh.server = restarted;
-    mesh.set_route(prefix_route(&[("blue", 1)])).await;
+    mesh.set_route(RouteSpec::split(&[("blue", 1)])).await;
     mesh.wait_for(|b| b.contains("blue"));
     mesh.assert_no_rejections();
 }
@@ -525,8 +355,7 @@ async fn envoys_keep_serving_through_a_control_plane_restart_and_reconnect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_whose_node_does_not_exist_yet_waits_and_gets_config_when_it_is_created() {
     let server = WeftServer::start();
-    let c = server.client();
-    c.create_mesh().mesh_name("apps").send().await.unwrap();
+    let api = MeshApi::create(&server.client(), "apps", MeshSpec::new()).await;
     let (_app, app_port) = sample_app("late");
     let port = free_port();
     // App Mesh's Envoy image sends the full ARN as its node id.
@@ -537,13 +366,7 @@ async fn a_proxy_whose_node_does_not_exist_yet_waits_and_gets_config_when_it_is_
         common::mesh::http_get(port, "x", "/").is_err(),
         "no listener before the node exists"
     );
-    c.create_virtual_node()
-        .mesh_name("apps")
-        .virtual_node_name("late")
-        .spec(node_spec(port, &[]))
-        .send()
-        .await
-        .unwrap();
+    api.node("late", node_spec(port)).await;
     // Without a restart, Envoy now serves the node's listener and hands requests to the app.
     wait_until(
         StdDuration::from_secs(10),
@@ -571,17 +394,10 @@ fn snapshot_keys(server: &WeftServer) -> Vec<String> {
 async fn a_node_whose_envoys_left_is_forgotten_after_the_idle_ttl_and_served_again_when_one_returns(
 ) {
     let server = WeftServer::start_with(&["--proxy-idle-ttl", "1"]);
-    let c = server.client();
-    c.create_mesh().mesh_name("apps").send().await.unwrap();
+    let api = MeshApi::create(&server.client(), "apps", MeshSpec::new()).await;
     let (_app, app_port) = sample_app("red");
     let port = free_port();
-    c.create_virtual_node()
-        .mesh_name("apps")
-        .virtual_node_name("red")
-        .spec(node_spec(port, &[]))
-        .send()
-        .await
-        .unwrap();
+    api.node("red", node_spec(port)).await;
     let red_is_served_on = |port: u16| matches!(common::mesh::http_get(port, "x", "/"), Ok((200, body)) if body.contains("red"));
     let envoy = agent(
         &server.xds_addr,
@@ -607,13 +423,7 @@ async fn a_node_whose_envoys_left_is_forgotten_after_the_idle_ttl_and_served_aga
     // The node changes while no Envoy of it is connected; the next one to
     // connect is configured from scratch with the node as it is now.
     let moved = free_port();
-    c.update_virtual_node()
-        .mesh_name("apps")
-        .virtual_node_name("red")
-        .spec(node_spec(moved, &[]))
-        .send()
-        .await
-        .unwrap();
+    api.update_node("red", node_spec(moved)).await;
     let envoy = agent(
         &server.xds_addr,
         "apps",
@@ -689,17 +499,10 @@ fn proxy_status_json(server: &WeftServer) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_status_names_the_deleted_node_a_proxy_is_not_updated_for_and_the_version_it_keeps() {
     let server = WeftServer::start();
-    let c = server.client();
-    c.create_mesh().mesh_name("apps").send().await.unwrap();
+    let api = MeshApi::create(&server.client(), "apps", MeshSpec::new()).await;
     let (_app, app_port) = sample_app("red");
     let port = free_port();
-    c.create_virtual_node()
-        .mesh_name("apps")
-        .virtual_node_name("red")
-        .spec(node_spec(port, &[]))
-        .send()
-        .await
-        .unwrap();
+    api.node("red", node_spec(port)).await;
     let _envoy = agent(
         &server.xds_addr,
         "apps",
@@ -717,7 +520,8 @@ async fn proxy_status_names_the_deleted_node_a_proxy_is_not_updated_for_and_the_
 
     // The node is deleted under its Envoy: Envoy keeps its config, and
     // proxy-status says why it is not updated and what it is still served.
-    c.delete_virtual_node()
+    api.client()
+        .delete_virtual_node()
         .mesh_name("apps")
         .virtual_node_name("red")
         .send()
@@ -750,13 +554,7 @@ async fn proxy_status_names_the_deleted_node_a_proxy_is_not_updated_for_and_the_
     assert!(table.contains(&line), "{table}");
 
     // The node is created again: the proxy is updated, the failure gone.
-    c.create_virtual_node()
-        .mesh_name("apps")
-        .virtual_node_name("red")
-        .spec(node_spec(port, &[]))
-        .send()
-        .await
-        .unwrap();
+    api.node("red", node_spec(port)).await;
     wait_until(StdDuration::from_secs(10), || {
         let status = proxy_status_json(&server);
         status["proxies"][0]["configFailure"].is_null()
