@@ -8,73 +8,75 @@ mod common;
 use std::collections::HashSet;
 
 use aws_sdk_appmesh::types::{
-    EgressFilter, EgressFilterType, GatewayRouteSpec, GatewayRouteTarget,
-    GatewayRouteVirtualService, HttpGatewayRoute, HttpGatewayRouteAction, HttpGatewayRouteMatch,
-    HttpRoute, HttpRouteAction, HttpRouteMatch, Listener, MeshSpec, MeshStatusCode, PortMapping,
-    PortProtocol, RouteSpec, TagRef, VirtualGatewayListener, VirtualGatewayPortMapping,
-    VirtualGatewayPortProtocol, VirtualGatewaySpec, VirtualNodeSpec, VirtualNodeStatusCode,
-    VirtualServiceProvider, WeightedTarget,
+    EgressFilterType, MeshStatusCode, PortProtocol, TagRef, VirtualNodeStatusCode,
+    VirtualServiceProvider,
 };
 use aws_sdk_appmesh::Client;
-use common::{
-    dns_node_spec, error_code, router_spec, service_by_node, service_by_router, with_backends,
-    WeftServer,
+use common::{error_code, WeftServer};
+use weft_test_support::sdk::MeshApi;
+use weft_test_support::spec::{
+    ms, GatewayRouteSpec, GatewaySpec, HttpMatch, Listener, MeshSpec, NodeSpec, Retry, RouteSpec,
+    RouterSpec, ServiceSpec,
 };
-
-fn node_spec(host: &str, backends: &[&str]) -> VirtualNodeSpec {
-    with_backends(dns_node_spec(host, 8080), backends)
-}
-
-fn route_spec(targets: &[(&str, i32)]) -> RouteSpec {
-    let mut action = HttpRouteAction::builder();
-    for (node, weight) in targets {
-        action = action.weighted_targets(
-            WeightedTarget::builder()
-                .virtual_node(*node)
-                .weight(*weight)
-                .build()
-                .unwrap(),
-        );
-    }
-    RouteSpec::builder()
-        .http_route(
-            HttpRoute::builder()
-                .r#match(HttpRouteMatch::builder().prefix("/").build())
-                .action(action.build().unwrap())
-                .build(),
-        )
-        .build()
-}
 
 fn tag(k: &str, v: &str) -> TagRef {
     TagRef::builder().key(k).value(v).build().unwrap()
 }
 
+/// The node of most tests: an HTTP listener on 8080, found by DNS at `host`.
+fn node_at(host: &str) -> NodeSpec {
+    NodeSpec::http(host, 8080)
+}
+
 async fn mesh(client: &Client, name: &str) {
-    client.create_mesh().mesh_name(name).send().await.unwrap();
+    MeshApi::create(client, name, MeshSpec::new()).await;
 }
 
 async fn node(client: &Client, mesh: &str, name: &str) {
-    client
-        .create_virtual_node()
-        .mesh_name(mesh)
-        .virtual_node_name(name)
-        .spec(node_spec(&format!("{name}.local"), &[]))
-        .send()
-        .await
-        .unwrap();
+    MeshApi::existing(client, mesh)
+        .node(name, node_at(&format!("{name}.local")))
+        .await;
 }
 
 async fn router(client: &Client, mesh: &str, name: &str) {
-    let spec = router_spec(8080, PortProtocol::Http);
-    client
-        .create_virtual_router()
-        .mesh_name(mesh)
-        .virtual_router_name(name)
-        .spec(spec)
-        .send()
-        .await
-        .unwrap();
+    MeshApi::existing(client, mesh)
+        .router(name, RouterSpec::http(8080))
+        .await;
+}
+
+const COLORS: &str = "colors.apps.local";
+
+/// Mesh `apps`: nodes `red` and `blue` and router `colors` (HTTP on 8080).
+async fn apps(client: &Client) -> MeshApi {
+    let api = MeshApi::create(client, "apps", MeshSpec::new()).await;
+    for name in ["red", "blue"] {
+        api.node(name, node_at(&format!("{name}.local"))).await;
+    }
+    api.router("colors", RouterSpec::http(8080)).await;
+    api
+}
+
+/// [`apps`] with one resource of every other kind: route `split` (75/25 red/blue), service
+/// `colors.apps.local` provided by the router, gateway `edge` (HTTP on 8443) and its gateway
+/// route `to-colors` to the service.
+async fn apps_with_every_kind(client: &Client) -> MeshApi {
+    let api = apps(client).await;
+    api.route(
+        "colors",
+        "split",
+        RouteSpec::split(&[("red", 75), ("blue", 25)]),
+    )
+    .await;
+    api.service(COLORS, ServiceSpec::by_router("colors")).await;
+    api.gateway("edge", GatewaySpec::new().listener(Listener::http(8443)))
+        .await;
+    api.gateway_route(
+        "edge",
+        "to-colors",
+        GatewayRouteSpec::http(HttpMatch::prefix("/"), COLORS),
+    )
+    .await;
+    api
 }
 
 #[tokio::test]
@@ -84,16 +86,7 @@ async fn a_mesh_goes_through_its_whole_life() {
     let created = c
         .create_mesh()
         .mesh_name("apps")
-        .spec(
-            MeshSpec::builder()
-                .egress_filter(
-                    EgressFilter::builder()
-                        .r#type(EgressFilterType::AllowAll)
-                        .build()
-                        .unwrap(),
-                )
-                .build(),
-        )
+        .spec(MeshSpec::allow_all().sdk())
         .send()
         .await
         .unwrap();
@@ -123,16 +116,7 @@ async fn a_mesh_goes_through_its_whole_life() {
     let updated = c
         .update_mesh()
         .mesh_name("apps")
-        .spec(
-            MeshSpec::builder()
-                .egress_filter(
-                    EgressFilter::builder()
-                        .r#type(EgressFilterType::DropAll)
-                        .build()
-                        .unwrap(),
-                )
-                .build(),
-        )
+        .spec(MeshSpec::drop_all().sdk())
         .send()
         .await
         .unwrap()
@@ -171,21 +155,16 @@ async fn a_mesh_goes_through_its_whole_life() {
 }
 
 #[tokio::test]
-async fn every_resource_kind_can_be_created_described_updated_listed_and_deleted() {
+async fn a_route_update_replaces_its_weights_and_bumps_its_version() {
     let server = WeftServer::start();
     let c = server.client();
-    mesh(&c, "apps").await;
-    node(&c, "apps", "red").await;
-    node(&c, "apps", "blue").await;
-    router(&c, "apps", "colors").await;
-
-    // Route: 75/25 between red and blue, then updated to 50/50.
+    apps(&c).await;
     let route = c
         .create_route()
         .mesh_name("apps")
         .virtual_router_name("colors")
         .route_name("split")
-        .spec(route_spec(&[("red", 75), ("blue", 25)]))
+        .spec(RouteSpec::split(&[("red", 75), ("blue", 25)]).sdk())
         .send()
         .await
         .unwrap()
@@ -201,7 +180,7 @@ async fn every_resource_kind_can_be_created_described_updated_listed_and_deleted
         .mesh_name("apps")
         .virtual_router_name("colors")
         .route_name("split")
-        .spec(route_spec(&[("red", 50), ("blue", 50)]))
+        .spec(RouteSpec::split(&[("red", 50), ("blue", 50)]).sdk())
         .send()
         .await
         .unwrap()
@@ -239,24 +218,29 @@ async fn every_resource_kind_can_be_created_described_updated_listed_and_deleted
         .routes;
     assert_eq!(routes.len(), 1);
     assert_eq!(routes[0].route_name, "split");
+}
 
-    // Virtual services provided by a router and by a node.
+#[tokio::test]
+async fn a_virtual_service_provided_by_a_router_can_be_provided_by_a_node_instead() {
+    let server = WeftServer::start();
+    let c = server.client();
+    apps(&c).await;
     let svc = c
         .create_virtual_service()
         .mesh_name("apps")
-        .virtual_service_name("colors.apps.local")
-        .spec(service_by_router("colors"))
+        .virtual_service_name(COLORS)
+        .spec(ServiceSpec::by_router("colors").sdk())
         .send()
         .await
         .unwrap()
         .virtual_service
         .unwrap();
-    assert_eq!(svc.virtual_service_name, "colors.apps.local");
+    assert_eq!(svc.virtual_service_name, COLORS);
     let svc = c
         .update_virtual_service()
         .mesh_name("apps")
-        .virtual_service_name("colors.apps.local")
-        .spec(service_by_node("red"))
+        .virtual_service_name(COLORS)
+        .spec(ServiceSpec::by_node("red").sdk())
         .send()
         .await
         .unwrap()
@@ -266,13 +250,19 @@ async fn every_resource_kind_can_be_created_described_updated_listed_and_deleted
         svc.spec.unwrap().provider,
         Some(VirtualServiceProvider::VirtualNode(_))
     ));
+}
 
-    // A node with that service as a backend.
+#[tokio::test]
+async fn a_node_updated_with_a_service_as_backend_keeps_it_and_stays_active() {
+    let server = WeftServer::start();
+    let c = server.client();
+    let api = apps(&c).await;
+    api.service(COLORS, ServiceSpec::by_router("colors")).await;
     let n = c
         .update_virtual_node()
         .mesh_name("apps")
         .virtual_node_name("blue")
-        .spec(node_spec("blue.local", &["colors.apps.local"]))
+        .spec(node_at("blue.local").backend(COLORS).sdk())
         .send()
         .await
         .unwrap()
@@ -280,56 +270,29 @@ async fn every_resource_kind_can_be_created_described_updated_listed_and_deleted
         .unwrap();
     assert_eq!(n.spec.unwrap().backends.unwrap().len(), 1);
     assert_eq!(n.status.unwrap().status, VirtualNodeStatusCode::Active);
+}
 
-    // A gateway and a gateway route to the service.
-    let gw_spec = VirtualGatewaySpec::builder()
-        .listeners(
-            VirtualGatewayListener::builder()
-                .port_mapping(
-                    VirtualGatewayPortMapping::builder()
-                        .port(8443)
-                        .protocol(VirtualGatewayPortProtocol::Http)
-                        .build()
-                        .unwrap(),
-                )
-                .build(),
-        )
-        .build()
-        .unwrap();
+#[tokio::test]
+async fn a_gateway_route_gets_its_arn_and_each_update_bumps_its_version() {
+    let server = WeftServer::start();
+    let c = server.client();
+    let api = apps(&c).await;
+    api.service(COLORS, ServiceSpec::by_router("colors")).await;
+    let gateway = GatewaySpec::new().listener(Listener::http(8443));
     c.create_virtual_gateway()
         .mesh_name("apps")
         .virtual_gateway_name("edge")
-        .spec(gw_spec.clone())
+        .spec(gateway.sdk())
         .send()
         .await
         .unwrap();
-    let gr_spec = GatewayRouteSpec::builder()
-        .http_route(
-            HttpGatewayRoute::builder()
-                .r#match(HttpGatewayRouteMatch::builder().prefix("/").build())
-                .action(
-                    HttpGatewayRouteAction::builder()
-                        .target(
-                            GatewayRouteTarget::builder()
-                                .virtual_service(
-                                    GatewayRouteVirtualService::builder()
-                                        .virtual_service_name("colors.apps.local")
-                                        .build()
-                                        .unwrap(),
-                                )
-                                .build(),
-                        )
-                        .build(),
-                )
-                .build(),
-        )
-        .build();
+    let route = GatewayRouteSpec::http(HttpMatch::prefix("/"), COLORS);
     let gr = c
         .create_gateway_route()
         .mesh_name("apps")
         .virtual_gateway_name("edge")
         .gateway_route_name("to-colors")
-        .spec(gr_spec.clone())
+        .spec(route.sdk())
         .send()
         .await
         .unwrap()
@@ -343,26 +306,70 @@ async fn every_resource_kind_can_be_created_described_updated_listed_and_deleted
         .mesh_name("apps")
         .virtual_gateway_name("edge")
         .gateway_route_name("to-colors")
-        .spec(gr_spec)
+        .spec(route.sdk())
         .send()
         .await
         .unwrap();
-    c.update_virtual_gateway()
+    let updated = c
+        .update_virtual_gateway()
         .mesh_name("apps")
         .virtual_gateway_name("edge")
-        .spec(gw_spec)
+        .spec(gateway.sdk())
         .send()
         .await
+        .unwrap()
+        .virtual_gateway
         .unwrap();
+    assert_eq!(updated.metadata.unwrap().version, 2);
+    let grs = c
+        .list_gateway_routes()
+        .mesh_name("apps")
+        .virtual_gateway_name("edge")
+        .send()
+        .await
+        .unwrap()
+        .gateway_routes;
+    assert_eq!(grs.len(), 1);
+    assert_eq!(grs[0].gateway_route_name, "to-colors");
+    assert_eq!(grs[0].version, 2);
+}
+
+#[tokio::test]
+async fn a_router_update_replaces_its_listener() {
+    let server = WeftServer::start();
+    let c = server.client();
+    apps(&c).await;
     c.update_virtual_router()
         .mesh_name("apps")
         .virtual_router_name("colors")
-        .spec(router_spec(9090, PortProtocol::Http2))
+        .spec(RouterSpec::new().listener(9090, "http2").sdk())
         .send()
         .await
         .unwrap();
+    let router = c
+        .describe_virtual_router()
+        .mesh_name("apps")
+        .virtual_router_name("colors")
+        .send()
+        .await
+        .unwrap()
+        .virtual_router
+        .unwrap();
+    assert_eq!(router.metadata.unwrap().version, 2);
+    let listeners = router.spec.unwrap().listeners.unwrap();
+    let mapping = listeners[0].port_mapping.as_ref().unwrap();
+    assert_eq!(listeners.len(), 1);
+    assert_eq!(
+        (mapping.port, &mapping.protocol),
+        (9090, &PortProtocol::Http2)
+    );
+}
 
-    // Lists of every kind.
+#[tokio::test]
+async fn every_resource_kind_is_listed_and_described_by_name() {
+    let server = WeftServer::start();
+    let c = server.client();
+    apps_with_every_kind(&c).await;
     assert_eq!(
         c.list_virtual_nodes()
             .mesh_name("apps")
@@ -403,51 +410,72 @@ async fn every_resource_kind_can_be_created_described_updated_listed_and_deleted
             .len(),
         1
     );
-    let grs = c
-        .list_gateway_routes()
-        .mesh_name("apps")
-        .virtual_gateway_name("edge")
-        .send()
-        .await
-        .unwrap()
-        .gateway_routes;
-    assert_eq!(grs[0].gateway_route_name, "to-colors");
-    assert_eq!(grs[0].version, 2);
+    assert_eq!(
+        c.list_gateway_routes()
+            .mesh_name("apps")
+            .virtual_gateway_name("edge")
+            .send()
+            .await
+            .unwrap()
+            .gateway_routes
+            .len(),
+        1
+    );
 
-    // Describe of every kind.
-    c.describe_virtual_node()
+    let node = c
+        .describe_virtual_node()
         .mesh_name("apps")
         .virtual_node_name("red")
         .send()
         .await
         .unwrap();
-    c.describe_virtual_router()
+    assert_eq!(node.virtual_node.unwrap().virtual_node_name, "red");
+    let router = c
+        .describe_virtual_router()
         .mesh_name("apps")
         .virtual_router_name("colors")
         .send()
         .await
         .unwrap();
-    c.describe_virtual_service()
+    assert_eq!(router.virtual_router.unwrap().virtual_router_name, "colors");
+    let service = c
+        .describe_virtual_service()
         .mesh_name("apps")
-        .virtual_service_name("colors.apps.local")
+        .virtual_service_name(COLORS)
         .send()
         .await
         .unwrap();
-    c.describe_virtual_gateway()
+    assert_eq!(
+        service.virtual_service.unwrap().virtual_service_name,
+        COLORS
+    );
+    let gateway = c
+        .describe_virtual_gateway()
         .mesh_name("apps")
         .virtual_gateway_name("edge")
         .send()
         .await
         .unwrap();
-    c.describe_gateway_route()
+    assert_eq!(
+        gateway.virtual_gateway.unwrap().virtual_gateway_name,
+        "edge"
+    );
+    let route = c
+        .describe_gateway_route()
         .mesh_name("apps")
         .virtual_gateway_name("edge")
         .gateway_route_name("to-colors")
         .send()
         .await
         .unwrap();
+    assert_eq!(route.gateway_route.unwrap().gateway_route_name, "to-colors");
+}
 
-    // Delete everything in dependency order; each answers DELETED.
+#[tokio::test]
+async fn deleting_every_kind_in_dependency_order_answers_deleted_and_leaves_no_mesh() {
+    let server = WeftServer::start();
+    let c = server.client();
+    apps_with_every_kind(&c).await;
     let d = c
         .delete_gateway_route()
         .mesh_name("apps")
@@ -468,7 +496,7 @@ async fn every_resource_kind_can_be_created_described_updated_listed_and_deleted
         .unwrap();
     c.delete_virtual_service()
         .mesh_name("apps")
-        .virtual_service_name("colors.apps.local")
+        .virtual_service_name(COLORS)
         .send()
         .await
         .unwrap();
@@ -520,7 +548,7 @@ async fn references_must_exist_and_resources_in_use_cannot_be_deleted() {
         .mesh_name("apps")
         .virtual_router_name("colors")
         .route_name("r")
-        .spec(route_spec(&[("ghost", 100)]))
+        .spec(RouteSpec::split(&[("ghost", 100)]).sdk())
         .send()
         .await
         .unwrap_err();
@@ -531,7 +559,7 @@ async fn references_must_exist_and_resources_in_use_cannot_be_deleted() {
         .mesh_name("apps")
         .virtual_router_name("nope")
         .route_name("r")
-        .spec(route_spec(&[("red", 100)]))
+        .spec(RouteSpec::split(&[("red", 100)]).sdk())
         .send()
         .await
         .unwrap_err();
@@ -541,7 +569,7 @@ async fn references_must_exist_and_resources_in_use_cannot_be_deleted() {
         .create_virtual_node()
         .mesh_name("nomesh")
         .virtual_node_name("x")
-        .spec(node_spec("x", &[]))
+        .spec(node_at("x").sdk())
         .send()
         .await
         .unwrap_err();
@@ -551,7 +579,7 @@ async fn references_must_exist_and_resources_in_use_cannot_be_deleted() {
         .create_virtual_service()
         .mesh_name("apps")
         .virtual_service_name("s")
-        .spec(service_by_node("ghost"))
+        .spec(ServiceSpec::by_node("ghost").sdk())
         .send()
         .await
         .unwrap_err();
@@ -561,14 +589,14 @@ async fn references_must_exist_and_resources_in_use_cannot_be_deleted() {
         .mesh_name("apps")
         .virtual_router_name("colors")
         .route_name("r")
-        .spec(route_spec(&[("red", 100)]))
+        .spec(RouteSpec::split(&[("red", 100)]).sdk())
         .send()
         .await
         .unwrap();
     c.create_virtual_service()
         .mesh_name("apps")
         .virtual_service_name("s")
-        .spec(service_by_router("colors"))
+        .spec(ServiceSpec::by_router("colors").sdk())
         .send()
         .await
         .unwrap();
@@ -643,7 +671,7 @@ async fn names_are_unique_per_scope_and_missing_things_are_not_found() {
         .create_virtual_node()
         .mesh_name("apps")
         .virtual_node_name("red")
-        .spec(node_spec("red", &[]))
+        .spec(node_at("red").sdk())
         .send()
         .await
         .unwrap_err();
@@ -707,7 +735,7 @@ async fn names_are_unique_per_scope_and_missing_things_are_not_found() {
             &c.update_virtual_node()
                 .mesh_name("apps")
                 .virtual_node_name("x")
-                .spec(node_spec("x", &[]))
+                .spec(node_at("x").sdk())
                 .send()
                 .await
                 .unwrap_err(),
@@ -760,19 +788,7 @@ async fn invalid_input_is_a_bad_request_that_names_the_field() {
     let server = WeftServer::start();
     let c = server.client();
     mesh(&c, "apps").await;
-    let bad_port = VirtualNodeSpec::builder()
-        .listeners(
-            Listener::builder()
-                .port_mapping(
-                    PortMapping::builder()
-                        .port(70000)
-                        .protocol(PortProtocol::Http)
-                        .build()
-                        .unwrap(),
-                )
-                .build(),
-        )
-        .build();
+    let bad_port = NodeSpec::new().listener(Listener::http(70000)).sdk();
     let e = c
         .create_virtual_node()
         .mesh_name("apps")
@@ -795,9 +811,10 @@ async fn invalid_input_is_a_bad_request_that_names_the_field() {
     assert_eq!(error_code(&e), "BadRequestException");
 
     // A route that sets two route types.
-    let two = RouteSpec::builder()
-        .http_route(route_spec(&[("red", 1)]).http_route.unwrap())
-        .http2_route(route_spec(&[("red", 1)]).http_route.unwrap())
+    let http_route = RouteSpec::split(&[("red", 1)]).sdk().http_route;
+    let two = aws_sdk_appmesh::types::RouteSpec::builder()
+        .set_http_route(http_route.clone())
+        .set_http2_route(http_route)
         .build();
     node(&c, "apps", "red").await;
     router(&c, "apps", "r").await;
@@ -818,33 +835,21 @@ async fn invalid_input_is_a_bad_request_that_names_the_field() {
         .mesh_name("apps")
         .virtual_router_name("r")
         .route_name("zero")
-        .spec(route_spec(&[("red", 0)]))
+        .spec(RouteSpec::split(&[("red", 0)]).sdk())
         .send()
         .await
         .unwrap_err();
     assert_eq!(error_code(&e), "BadRequestException");
 
     // An HTTP retry event App Mesh does not know.
-    let mut retrying = route_spec(&[("red", 1)]).http_route.unwrap();
-    retrying.retry_policy = Some(
-        aws_sdk_appmesh::types::HttpRetryPolicy::builder()
-            .max_retries(2)
-            .per_retry_timeout(
-                aws_sdk_appmesh::types::Duration::builder()
-                    .unit(aws_sdk_appmesh::types::DurationUnit::Ms)
-                    .value(100)
-                    .build(),
-            )
-            .http_retry_events("sometimes")
-            .build()
-            .unwrap(),
-    );
+    let retrying =
+        RouteSpec::split(&[("red", 1)]).retry(Retry::new(2, ms(100)).http_events(&["sometimes"]));
     let e = c
         .create_route()
         .mesh_name("apps")
         .virtual_router_name("r")
         .route_name("retry")
-        .spec(RouteSpec::builder().http_route(retrying).build())
+        .spec(retrying.sdk())
         .send()
         .await
         .unwrap_err();
@@ -856,21 +861,7 @@ async fn invalid_input_is_a_bad_request_that_names_the_field() {
         .create_virtual_node()
         .mesh_name("apps")
         .virtual_node_name("v")
-        .spec(
-            VirtualNodeSpec::builder()
-                .listeners(
-                    Listener::builder()
-                        .port_mapping(
-                            PortMapping::builder()
-                                .port(80)
-                                .protocol(PortProtocol::from("quic"))
-                                .build()
-                                .unwrap(),
-                        )
-                        .build(),
-                )
-                .build(),
-        )
+        .spec(NodeSpec::new().listener(Listener::new(80, "quic")).sdk())
         .send()
         .await
         .unwrap_err();
@@ -899,7 +890,7 @@ async fn the_same_client_token_returns_the_same_result_without_a_second_write() 
         c.create_virtual_node()
             .mesh_name("apps")
             .virtual_node_name("red")
-            .spec(node_spec("red.local", &[]))
+            .spec(node_at("red.local").sdk())
             .client_token("token-1")
     };
     let first = create().send().await.unwrap().virtual_node.unwrap();
@@ -911,7 +902,7 @@ async fn the_same_client_token_returns_the_same_result_without_a_second_write() 
         .create_virtual_node()
         .mesh_name("apps")
         .virtual_node_name("blue")
-        .spec(node_spec("blue.local", &[]))
+        .spec(node_at("blue.local").sdk())
         .client_token("token-1")
         .send()
         .await
@@ -924,7 +915,7 @@ async fn the_same_client_token_returns_the_same_result_without_a_second_write() 
             .update_virtual_node()
             .mesh_name("apps")
             .virtual_node_name("red")
-            .spec(node_spec("red2.local", &[]))
+            .spec(node_at("red2.local").sdk())
             .client_token("update-1")
             .send()
             .await
@@ -945,7 +936,7 @@ async fn the_same_client_token_returns_the_same_result_without_a_second_write() 
     c.update_virtual_node()
         .mesh_name("apps")
         .virtual_node_name("red")
-        .spec(node_spec("red3.local", &[]))
+        .spec(node_at("red3.local").sdk())
         .send()
         .await
         .unwrap();
@@ -972,7 +963,7 @@ async fn concurrent_updates_of_one_node_never_lose_a_version() {
             c.update_virtual_node()
                 .mesh_name("apps")
                 .virtual_node_name("red")
-                .spec(node_spec(&format!("red{i}.local"), &[]))
+                .spec(node_at(&format!("red{i}.local")).sdk())
                 .send()
                 .await
                 .unwrap()
@@ -1078,7 +1069,7 @@ async fn quotas_answer_limit_exceeded() {
         .create_virtual_node()
         .mesh_name("apps")
         .virtual_node_name("b")
-        .spec(node_spec("b", &["s1", "s2"]))
+        .spec(node_at("b").backends(&["s1", "s2"]).sdk())
         .send()
         .await
         .unwrap_err();
@@ -1088,7 +1079,7 @@ async fn quotas_answer_limit_exceeded() {
         .create_virtual_node()
         .mesh_name("apps")
         .virtual_node_name("c")
-        .spec(node_spec("c", &[]))
+        .spec(node_at("c").sdk())
         .send()
         .await
         .unwrap_err();
@@ -1266,7 +1257,7 @@ async fn a_restart_keeps_every_resource() {
         .update_virtual_node()
         .mesh_name("apps")
         .virtual_node_name("red")
-        .spec(node_spec("red2.local", &[]))
+        .spec(node_at("red2.local").sdk())
         .send()
         .await
         .unwrap()
@@ -1291,7 +1282,7 @@ async fn a_restart_keeps_every_resource() {
         .update_virtual_node()
         .mesh_name("apps")
         .virtual_node_name("red")
-        .spec(node_spec("red3.local", &[]))
+        .spec(node_at("red3.local").sdk())
         .send()
         .await
         .unwrap();
