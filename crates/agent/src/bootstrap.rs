@@ -58,6 +58,9 @@ fn node(config: &AgentConfig) -> Value {
         "weft.listen_address".into(),
         config.listen_address.to_string().into(),
     );
+    if let Some(v6) = config.listen_address_v6 {
+        metadata.insert("weft.listen_address_v6".into(), v6.to_string().into());
+    }
     metadata.insert(
         "weft.app_address".into(),
         config.app_address.to_string().into(),

@@ -186,6 +186,13 @@ pub struct AgentArgs {
     /// Address Envoy's listeners bind (default 127.0.0.1 in explicit mode, 0.0.0.0 in transparent).
     #[arg(long, env = "WEFT_LISTEN_ADDRESS")]
     pub listen_address: Option<IpAddr>,
+    /// IPv6 address the transparent listeners also listen on; `::` when APPMESH_ENABLE_IPV6=1
+    /// (the redirection then sends IPv6 to Envoy too), none otherwise.
+    #[arg(long, env = "WEFT_LISTEN_ADDRESS_V6")]
+    pub listen_address_v6: Option<IpAddr>,
+    /// Whether IPv6 is redirected as well (App Mesh's APPMESH_ENABLE_IPV6, `1` or `0`).
+    #[arg(long, env = "APPMESH_ENABLE_IPV6", value_parser = parse_switch, default_value = "0")]
+    pub enable_ipv6: bool,
     /// Address of the local app (default 127.0.0.1).
     #[arg(long, env = "WEFT_APP_ADDRESS")]
     pub app_address: Option<IpAddr>,
@@ -292,6 +299,8 @@ pub struct AgentConfig {
     pub listener_mode: ListenerMode,
     /// Address Envoy's listeners bind.
     pub listen_address: IpAddr,
+    /// IPv6 address the transparent ingress and egress listeners also bind, if any.
+    pub listen_address_v6: Option<IpAddr>,
     /// Address of the local application.
     pub app_address: IpAddr,
     /// Explicit mode: node listener port → app port.
@@ -346,6 +355,7 @@ impl AgentConfig {
             stop_grace: Duration::from_secs(10),
             envoy_identity: EnvoyIdentity::default(),
             launcher: None,
+            listen_address_v6: None,
         })
     }
 
@@ -389,6 +399,19 @@ impl AgentConfig {
         if let Some(addr) = args.app_address {
             config.app_address = addr;
         }
+        config.listen_address_v6 = match args.listen_address_v6 {
+            Some(addr) if addr.is_ipv4() => {
+                return Err(AgentError::config(
+                    "WEFT_LISTEN_ADDRESS_V6 (--listen-address-v6)",
+                    format!("{addr} is not an IPv6 address"),
+                ))
+            }
+            Some(addr) => Some(addr),
+            None if args.enable_ipv6 && args.listener_mode == ListenerMode::Transparent => {
+                Some(IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED))
+            }
+            None => None,
+        };
         if let Some(ports) = &args.app_ports {
             config.app_ports = parse_app_ports(ports)?;
         }

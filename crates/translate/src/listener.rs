@@ -22,7 +22,7 @@ use envoy_types::pb::envoy::extensions::filters::http::dynamic_forward_proxy::v3
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as XdsFilterConfigType;
 use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as XdsListenerFilterConfigType;
 use envoy_types::pb::envoy::config::listener::v3::{
-    Filter as XdsFilter, FilterChain as XdsFilterChain, FilterChainMatch as XdsFilterChainMatch,
+    AdditionalAddress as XdsAdditionalAddress, Filter as XdsFilter, FilterChain as XdsFilterChain, FilterChainMatch as XdsFilterChainMatch,
     Listener as XdsListener, ListenerFilter as XdsListenerFilter,
 };
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration as XdsRouteConfiguration;
@@ -314,6 +314,20 @@ pub(crate) fn listener(
     }
 }
 
+/// `listener` also listening on `v6` (same port), a socket of its own: an IPv6 wildcard socket
+/// is IPv6-only in Envoy unless `ipv4_compat` is set, and each family's redirected connections
+/// then carry their own original destination
+/// (<https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/listener/v3/listener.proto#envoy-v3-api-field-config-listener-v3-listener-additional-addresses>).
+pub(crate) fn also_on(mut listener: XdsListener, v6: Option<&str>, port: u16) -> XdsListener {
+    if let Some(v6) = v6 {
+        listener.additional_addresses.push(XdsAdditionalAddress {
+            address: Some(socket_address(v6, port)),
+            ..Default::default()
+        });
+    }
+    listener
+}
+
 /// `listeners` with every RDS reference replaced by the named route configuration inline, for a
 /// static bootstrap (no ADS). Fails if a listener names a route configuration not given.
 pub(crate) fn inline_routes(
@@ -361,4 +375,29 @@ pub(crate) fn inline_routes(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transparent_listener_also_listens_on_its_ipv6_address_at_the_same_port() {
+        let egress = listener(
+            "lds_egress_0.0.0.0_15001".into(),
+            "0.0.0.0",
+            15001,
+            Direction::Egress,
+            true,
+            Vec::new(),
+            None,
+        );
+        let both = also_on(egress.clone(), Some("::"), 15001);
+        assert_eq!(both.additional_addresses.len(), 1);
+        assert_eq!(
+            both.additional_addresses[0].address,
+            Some(socket_address("::", 15001))
+        );
+        assert_eq!(also_on(egress, None, 15001).additional_addresses.len(), 0);
+    }
 }

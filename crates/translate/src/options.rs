@@ -34,6 +34,9 @@ pub struct ProxyOptions {
     pub app_ports: BTreeMap<u16, u16>,
     /// `weft.app_address`: the local app's IP address, default `127.0.0.1`.
     pub app_address: String,
+    /// `weft.listen_address_v6`: an IPv6 address the transparent ingress and egress listeners
+    /// also listen on (`APPMESH_ENABLE_IPV6=1`), so that redirected IPv6 connections reach them.
+    pub listen_address_v6: Option<String>,
 }
 
 /// App Mesh's ingress port (envoy-metrics.md: `lds_ingress_0.0.0.0_15000`).
@@ -51,6 +54,7 @@ impl Default for ProxyOptions {
             listen_address: "0.0.0.0".to_string(),
             app_ports: BTreeMap::new(),
             app_address: "127.0.0.1".to_string(),
+            listen_address_v6: None,
         }
     }
 }
@@ -104,6 +108,19 @@ impl ProxyOptions {
         if let Some(addr) = string_field(fields.get("weft.listen_address"), "weft.listen_address")?
         {
             options.listen_address = ip_address(addr, "weft.listen_address")?;
+        }
+        if let Some(addr) = string_field(
+            fields.get("weft.listen_address_v6"),
+            "weft.listen_address_v6",
+        )? {
+            let addr = ip_address(addr, "weft.listen_address_v6")?;
+            if !addr.contains(':') {
+                return Err(invalid(
+                    "weft.listen_address_v6",
+                    format!("{addr:?} is not an IPv6 address"),
+                ));
+            }
+            options.listen_address_v6 = Some(addr);
         }
         if let Some(addr) = string_field(fields.get("weft.app_address"), "weft.app_address")? {
             options.app_address = ip_address(addr, "weft.app_address")?;
@@ -252,5 +269,25 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn an_ipv6_listen_address_is_read_and_an_ipv4_one_refused_there() {
+        let options = ProxyOptions::from_metadata(&metadata(&[(
+            "weft.listen_address_v6",
+            Kind::StringValue("::".into()),
+        )]))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(options.listen_address_v6.as_deref(), Some("::"));
+        let e = ProxyOptions::from_metadata(&metadata(&[(
+            "weft.listen_address_v6",
+            Kind::StringValue("10.0.0.1".into()),
+        )]))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("weft.listen_address_v6"), "{e}");
+        let plain = ProxyOptions::from_metadata(&metadata(&[])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(plain.listen_address_v6, None);
     }
 }

@@ -244,14 +244,18 @@ fn ingress(
         }
     }
     if !chains.is_empty() {
-        out.listeners.push(listener::listener(
-            names::ingress_listener(&options.listen_address, options.ingress_port),
-            &options.listen_address,
+        out.listeners.push(listener::also_on(
+            listener::listener(
+                names::ingress_listener(&options.listen_address, options.ingress_port),
+                &options.listen_address,
+                options.ingress_port,
+                Direction::Ingress,
+                true,
+                chains,
+                None,
+            ),
+            options.listen_address_v6.as_deref(),
             options.ingress_port,
-            Direction::Ingress,
-            true,
-            chains,
-            None,
         ));
     }
 }
@@ -375,7 +379,7 @@ fn egress(
         plan.route_configuration.name.clone(),
         plan.route_configuration,
     );
-    out.listeners.push(listener::listener(
+    let egress = listener::listener(
         names::egress_listener(&options.listen_address, options.egress_port),
         &options.listen_address,
         options.egress_port,
@@ -383,5 +387,10 @@ fn egress(
         transparent,
         chains,
         default_chain,
-    ));
+    );
+    let v6 = transparent
+        .then_some(options.listen_address_v6.as_deref())
+        .flatten();
+    out.listeners
+        .push(listener::also_on(egress, v6, options.egress_port));
 }

@@ -88,19 +88,18 @@ fn sample_app(ns: &Netns, name: &str) -> Proc {
     Proc(child)
 }
 
-/// `curl` in `ns` fetching `url` `count` times on one command line; the `x-weft-app` of each
-/// answer ("-" for none) and the HTTP codes.
-fn curl(ns: &Netns, url: &str, count: usize, headers: &[&str]) -> Vec<(String, String)> {
+/// `curl` in `ns` fetching `url` `count` times on one command line (with `options`); the HTTP
+/// code and `x-weft-app` ("-" for none) of each answer.
+fn curl(
+    ns: &Netns,
+    url: &str,
+    count: usize,
+    headers: &[&str],
+    options: &[&str],
+) -> Vec<(String, String)> {
     let mut cmd = ns.command("curl");
-    cmd.args([
-        "-s",
-        "-m",
-        "5",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code} %header{x-weft-app}\\n",
-    ]);
+    cmd.args(["-s", "-m", "5", "-w", "%{http_code} %header{x-weft-app}\\n"]);
+    cmd.args(options);
     for h in headers {
         cmd.args(["-H", h]);
     }
@@ -112,14 +111,8 @@ fn curl(ns: &Netns, url: &str, count: usize, headers: &[&str]) -> Vec<(String, S
         .lines()
         .map(|l| {
             let (code, app) = l.split_once(' ').unwrap_or((l, ""));
-            (
-                code.to_string(),
-                if app.is_empty() {
-                    "-".into()
-                } else {
-                    app.to_string()
-                },
-            )
+            let app = if app.is_empty() { "-" } else { app };
+            (code.to_string(), app.to_string())
         })
         .collect()
 }
@@ -274,17 +267,18 @@ fn unmodified_clients_reach_a_service_by_its_mesh_name_through_both_envoys() {
     let _apps = [sample_app(red, "red"), sample_app(blue, "blue")];
     let identity = [
         ("APPMESH_IGNORE_UID", "65534"),
+        ("APPMESH_ENABLE_IPV6", "1"),
         ("APPMESH_APP_PORTS", "8080"),
     ];
     let _agents = [
         transparent_agent(red, &server.xds_addr, "red", &identity),
         transparent_agent(blue, &server.xds_addr, "blue", &identity),
-        transparent_agent(front, &server.xds_addr, "front", &identity[..1]),
+        transparent_agent(front, &server.xds_addr, "front", &identity[..2]),
     ];
     let url = format!("http://{SERVICE}:8080/");
 
     // An even split: both colours answer, and every request succeeds.
-    let answers = curl(front, &url, 40, &[]);
+    let answers = curl(front, &url, 40, &[], &[]);
     assert_eq!(answers.len(), 40, "{answers:?}");
     assert!(answers.iter().all(|(code, _)| code == "200"), "{answers:?}");
     let reds = answers.iter().filter(|(_, app)| app == "red").count();
@@ -296,19 +290,32 @@ fn unmodified_clients_reach_a_service_by_its_mesh_name_through_both_envoys() {
     );
 
     // The header match sends every request to blue.
-    let answers = curl(front, &url, 10, &["x-color: blue"]);
+    let answers = curl(front, &url, 10, &["x-color: blue"], &[]);
     assert!(
         answers.iter().all(|(c, a)| c == "200" && a == "blue"),
         "{answers:?}"
     );
 
     // Retries: every second request to each app fails with 503, and the client never sees it.
-    let answers = curl(front, &format!("{url}fail-every/2"), 10, &[]);
+    let answers = curl(front, &format!("{url}fail-every/2"), 10, &[], &[]);
     assert!(answers.iter().all(|(c, _)| c == "200"), "{answers:?}");
     assert!(
         stat(front, &["upstream_rq_retry:"]) >= 1,
         "the front Envoy retried"
     );
+
+    // IPv6 (APPMESH_ENABLE_IPV6=1): the app's IPv6 connection is redirected to Envoy as well.
+    let resolve = format!("{SERVICE}:8080:[fd99::200]");
+    let answers = curl(front, &url, 5, &[], &["--resolve", &resolve]);
+    assert!(
+        answers
+            .iter()
+            .all(|(c, a)| c == "200" && (a == "red" || a == "blue")),
+        "over IPv6: {answers:?}"
+    );
+    assert!(front
+        .run("nft", &["list", "tables"])
+        .contains("table ip6 weft"));
 
     // Python's urllib, knowing nothing of the mesh.
     let py = front
@@ -608,7 +615,10 @@ fn init_refuses_bad_settings_naming_the_variable_and_leaves_no_rule_behind() {
     }
     // And with good settings it applies them, says with which front end, and cleanup undoes it.
     let (ok, output) = init(&ns, &[], &[uid, ("APPMESH_APP_PORTS", "8080")]);
-    assert!(ok && output.contains("traffic redirection applied with nftables"), "{output}");
+    assert!(
+        ok && output.contains("traffic redirection applied with nftables"),
+        "{output}"
+    );
     assert_ne!(ruleset(&ns), before);
     let out = ns
         .command(env!("CARGO_BIN_EXE_weft"))
