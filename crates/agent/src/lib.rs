@@ -15,11 +15,13 @@
 //! - [`admin`]: a tiny client for Envoy's admin interface (drain, readiness).
 //! - [`supervisor`]: running Envoy beside the workload.
 //! - [`registration`]: registering the workload in Weft's instance registry.
+//! - [`dns`]: the workload's DNS resolver: mesh names from Weft, the rest upstream.
 //! - [`sample_app`]: the demo/test HTTP server (`weft sample-app`).
 
 pub mod admin;
 pub mod bootstrap;
 pub mod config;
+pub mod dns;
 pub mod envoy;
 pub mod error;
 pub mod http_client;

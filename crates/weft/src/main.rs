@@ -69,7 +69,8 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// `weft agent`: the Envoy supervisor plus optional self-registration.
+/// `weft agent`: the Envoy supervisor plus optional self-registration and
+/// the workload's DNS resolver.
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
 struct AgentCmd {
@@ -81,6 +82,8 @@ struct AgentCmd {
     registration: weft_agent::RegistrationArgs,
     #[command(flatten)]
     redirect: weft_agent::redirect::RedirectArgs,
+    #[command(flatten)]
+    dns: weft_agent::dns::DnsArgs,
 }
 
 #[derive(Subcommand)]
@@ -113,6 +116,17 @@ async fn agent(cmd: AgentCmd) -> Result<()> {
         return Ok(());
     }
     let registration = cmd.registration.registration()?;
+    // The workload's resolver answers from before Envoy starts until it has
+    // stopped: the app may resolve names while Envoy drains.
+    let resolver = match cmd.dns.resolver(&config.xds_endpoint)? {
+        Some(resolver) => {
+            let running = weft_agent::dns::start(resolver).await?;
+            // A plain line on stdout, so scripts and tests find a port chosen with :0.
+            println!("weft agent dns listening on {}", running.addr);
+            Some(running)
+        }
+        None => None,
+    };
     // On SIGTERM the instance leaves the registry first (clients stop picking
     // it), then Envoy drains: the order ECS followed for App Mesh tasks.
     let (deregistered_tx, deregistered_rx) = tokio::sync::oneshot::channel::<()>();
@@ -157,6 +171,9 @@ async fn agent(cmd: AgentCmd) -> Result<()> {
         if let Err(e) = weft_agent::redirect::cleanup() {
             tracing::error!(error = %e, "removing the traffic redirection failed");
         }
+    }
+    if let Some(resolver) = resolver {
+        resolver.stop().await;
     }
     let outcome = outcome?;
     registering.abort();
