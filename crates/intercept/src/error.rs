@@ -23,6 +23,14 @@ pub enum InterceptError {
         /// What was tried and how each failed.
         detail: String,
     },
+    /// Setting up a network namespace ([`crate::lab`]) failed.
+    #[error("`{command}` failed: {detail}")]
+    Lab {
+        /// The command or step.
+        command: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// A netfilter command failed; nothing of the failed transaction was applied.
     #[error("{backend}: `{command}` failed: {detail}")]
     Command {
@@ -36,6 +44,7 @@ pub enum InterceptError {
 }
 
 impl InterceptError {
+
     pub(crate) fn invalid(variable: &'static str, reason: impl Into<String>) -> Self {
         InterceptError::InvalidSetting {
             variable,

@@ -6,9 +6,12 @@
 //! - [`InterceptConfig`]: the `APPMESH_*` variables, parsed and validated (pure).
 //! - [`rules`]: the rules as `nft` and `iptables-restore` input (pure).
 //! - [`netfilter`]: choosing a front end, applying and removing the rules.
+//! - [`lab`]: hosts on one machine (network namespaces on one segment) for the demo, the
+//!   benchmarks and the tests.
 
 pub mod config;
 mod error;
+pub mod lab;
 pub mod netfilter;
 pub mod rules;
 

@@ -258,8 +258,7 @@ fn unmodified_clients_reach_a_service_by_its_mesh_name_through_both_envoys() {
     front.hosts(&format!(
         "127.0.0.1 localhost\n{SERVICE_ADDRESS} {SERVICE}\n"
     ));
-    let hub_ns = lan.hub.name().to_string();
-    let (server, _) = within_hub(&hub_ns, || {
+    let (server, _) = lan.hub.within(|| {
         let server = common::WeftServer::start_with(&["--xds-listen", &format!("{}:0", Lan::HUB)]);
         runtime().block_on(colors_mesh(&server.client(), EgressFilterType::DropAll));
         (server, ())
@@ -353,57 +352,25 @@ fn unmodified_clients_reach_a_service_by_its_mesh_name_through_both_envoys() {
     drop(server);
 }
 
-/// Runs `f` on a thread inside the hub (where the control plane lives) and returns its result.
-fn within_hub<R: Send + 'static>(hub: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let path = format!("/run/netns/{hub}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        rustix::thread::move_into_link_name_space(
-            std::os::fd::AsFd::as_fd(&file),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        f()
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e))
-}
-
 /// Listens on `addr` inside `ns`; each connection is answered with the peer address the
 /// listener saw, then closed. Runs until the namespace goes.
 fn peer_echo(ns: &Netns, addr: &'static str) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let path = format!("/run/netns/{}", ns.name());
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        rustix::thread::move_into_link_name_space(
-            std::os::fd::AsFd::as_fd(&file),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+    ns.within(move || {
         let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
-        let _ = tx.send(());
-        for conn in listener.incoming().flatten() {
-            let mut conn = conn;
-            if let Ok(peer) = conn.peer_addr() {
-                let _ = conn.write_all(peer.to_string().as_bytes());
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                if let Ok(peer) = conn.peer_addr() {
+                    let _ = conn.write_all(peer.to_string().as_bytes());
+                }
             }
-        }
+        });
     });
-    let _ = rx.recv_timeout(Duration::from_secs(5));
 }
 
 /// Connects from `ns` to `to`: this side's address, and what the other side saw (`None` when
 /// the connection was refused or closed without a word).
 fn dial(ns: &Netns, to: &'static str) -> (Option<SocketAddr>, Option<String>) {
-    let path = format!("/run/netns/{}", ns.name());
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        rustix::thread::move_into_link_name_space(
-            std::os::fd::AsFd::as_fd(&file),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+    ns.within(move || {
         let to: SocketAddr = to.parse().unwrap_or_else(|e| panic!("{to}: {e}"));
         let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_secs(3)) else {
             return (None, None);
@@ -414,8 +381,6 @@ fn dial(ns: &Netns, to: &'static str) -> (Option<SocketAddr>, Option<String>) {
         let _ = s.read_to_string(&mut seen);
         (local, (!seen.is_empty()).then_some(seen))
     })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
 #[test]
@@ -424,8 +389,7 @@ fn ssh_ignored_addresses_and_ports_bypass_envoy_and_the_egress_filter_decides_th
     let [front, red] = [&lan.hosts[0], &lan.hosts[1]];
     // A second address on red, in APPMESH_EGRESS_IGNORED_IP.
     red.ip(&["addr", "add", "10.99.0.9/24", "dev", "eth0"]);
-    let hub_ns = lan.hub.name().to_string();
-    let server = within_hub(&hub_ns, || {
+    let server = lan.hub.within(|| {
         let server = common::WeftServer::start_with(&["--xds-listen", &format!("{}:0", Lan::HUB)]);
         runtime().block_on(colors_mesh(&server.client(), EgressFilterType::AllowAll));
         server
@@ -475,9 +439,8 @@ fn ssh_ignored_addresses_and_ports_bypass_envoy_and_the_egress_filter_decides_th
     );
 
     // DROP_ALL: the same connection is refused.
-    let hub_ns2 = hub_ns.clone();
     let api = server.addr.clone();
-    within_hub(&hub_ns2, move || {
+    lan.hub.within(move || {
         runtime().block_on(async move {
             let client = common::client_for(&api);
             client
