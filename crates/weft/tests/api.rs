@@ -23,18 +23,13 @@ fn tag(k: &str, v: &str) -> TagRef {
     TagRef::builder().key(k).value(v).build().unwrap()
 }
 
-/// The node of most tests: an HTTP listener on 8080, found by DNS at `host`.
-fn node_at(host: &str) -> NodeSpec {
-    NodeSpec::http(host, 8080)
-}
-
 async fn mesh(client: &Client, name: &str) {
     MeshApi::create(client, name, MeshSpec::new()).await;
 }
 
 async fn node(client: &Client, mesh: &str, name: &str) {
     MeshApi::existing(client, mesh)
-        .node(name, node_at(&format!("{name}.local")))
+        .node(name, NodeSpec::http(format!("{name}.local"), 8080))
         .await;
 }
 
@@ -50,7 +45,8 @@ const COLORS: &str = "colors.apps.local";
 async fn apps(client: &Client) -> MeshApi {
     let api = MeshApi::create(client, "apps", MeshSpec::new()).await;
     for name in ["red", "blue"] {
-        api.node(name, node_at(&format!("{name}.local"))).await;
+        api.node(name, NodeSpec::http(format!("{name}.local"), 8080))
+            .await;
     }
     api.router("colors", RouterSpec::http(8080)).await;
     api
@@ -262,7 +258,7 @@ async fn a_node_updated_with_a_service_as_backend_keeps_it_and_stays_active() {
         .update_virtual_node()
         .mesh_name("apps")
         .virtual_node_name("blue")
-        .spec(node_at("blue.local").backend(COLORS).sdk())
+        .spec(NodeSpec::http("blue.local", 8080).backend(COLORS).sdk())
         .send()
         .await
         .unwrap()
@@ -569,7 +565,7 @@ async fn references_must_exist_and_resources_in_use_cannot_be_deleted() {
         .create_virtual_node()
         .mesh_name("nomesh")
         .virtual_node_name("x")
-        .spec(node_at("x").sdk())
+        .spec(NodeSpec::http("x", 8080).sdk())
         .send()
         .await
         .unwrap_err();
@@ -671,7 +667,7 @@ async fn names_are_unique_per_scope_and_missing_things_are_not_found() {
         .create_virtual_node()
         .mesh_name("apps")
         .virtual_node_name("red")
-        .spec(node_at("red").sdk())
+        .spec(NodeSpec::http("red", 8080).sdk())
         .send()
         .await
         .unwrap_err();
@@ -735,7 +731,7 @@ async fn names_are_unique_per_scope_and_missing_things_are_not_found() {
             &c.update_virtual_node()
                 .mesh_name("apps")
                 .virtual_node_name("x")
-                .spec(node_at("x").sdk())
+                .spec(NodeSpec::http("x", 8080).sdk())
                 .send()
                 .await
                 .unwrap_err(),
@@ -890,7 +886,7 @@ async fn the_same_client_token_returns_the_same_result_without_a_second_write() 
         c.create_virtual_node()
             .mesh_name("apps")
             .virtual_node_name("red")
-            .spec(node_at("red.local").sdk())
+            .spec(NodeSpec::http("red.local", 8080).sdk())
             .client_token("token-1")
     };
     let first = create().send().await.unwrap().virtual_node.unwrap();
@@ -902,7 +898,7 @@ async fn the_same_client_token_returns_the_same_result_without_a_second_write() 
         .create_virtual_node()
         .mesh_name("apps")
         .virtual_node_name("blue")
-        .spec(node_at("blue.local").sdk())
+        .spec(NodeSpec::http("blue.local", 8080).sdk())
         .client_token("token-1")
         .send()
         .await
@@ -915,7 +911,7 @@ async fn the_same_client_token_returns_the_same_result_without_a_second_write() 
             .update_virtual_node()
             .mesh_name("apps")
             .virtual_node_name("red")
-            .spec(node_at("red2.local").sdk())
+            .spec(NodeSpec::http("red2.local", 8080).sdk())
             .client_token("update-1")
             .send()
             .await
@@ -936,7 +932,7 @@ async fn the_same_client_token_returns_the_same_result_without_a_second_write() 
     c.update_virtual_node()
         .mesh_name("apps")
         .virtual_node_name("red")
-        .spec(node_at("red3.local").sdk())
+        .spec(NodeSpec::http("red3.local", 8080).sdk())
         .send()
         .await
         .unwrap();
@@ -963,7 +959,7 @@ async fn concurrent_updates_of_one_node_never_lose_a_version() {
             c.update_virtual_node()
                 .mesh_name("apps")
                 .virtual_node_name("red")
-                .spec(node_at(&format!("red{i}.local")).sdk())
+                .spec(NodeSpec::http(format!("red{i}.local"), 8080).sdk())
                 .send()
                 .await
                 .unwrap()
@@ -1069,7 +1065,7 @@ async fn quotas_answer_limit_exceeded() {
         .create_virtual_node()
         .mesh_name("apps")
         .virtual_node_name("b")
-        .spec(node_at("b").backends(&["s1", "s2"]).sdk())
+        .spec(NodeSpec::http("b", 8080).backends(&["s1", "s2"]).sdk())
         .send()
         .await
         .unwrap_err();
@@ -1079,7 +1075,7 @@ async fn quotas_answer_limit_exceeded() {
         .create_virtual_node()
         .mesh_name("apps")
         .virtual_node_name("c")
-        .spec(node_at("c").sdk())
+        .spec(NodeSpec::http("c", 8080).sdk())
         .send()
         .await
         .unwrap_err();
@@ -1257,7 +1253,7 @@ async fn a_restart_keeps_every_resource() {
         .update_virtual_node()
         .mesh_name("apps")
         .virtual_node_name("red")
-        .spec(node_at("red2.local").sdk())
+        .spec(NodeSpec::http("red2.local", 8080).sdk())
         .send()
         .await
         .unwrap()
@@ -1282,7 +1278,7 @@ async fn a_restart_keeps_every_resource() {
         .update_virtual_node()
         .mesh_name("apps")
         .virtual_node_name("red")
-        .spec(node_at("red3.local").sdk())
+        .spec(NodeSpec::http("red3.local", 8080).sdk())
         .send()
         .await
         .unwrap();

@@ -30,11 +30,6 @@ struct Mesh {
     upstreams: HashMap<String, (Agent, Proc)>,
 }
 
-/// A node with one HTTP listener on `port`, discovered by DNS at 127.0.0.1.
-fn node_spec(port: u16) -> NodeSpec {
-    NodeSpec::http("127.0.0.1", port)
-}
-
 impl Mesh {
     /// Builds the mesh with upstream nodes `names` and a 100% route to the first.
     async fn new(names: &[&str], protocol: &str) -> Mesh {
@@ -44,7 +39,7 @@ impl Mesh {
         for name in names {
             let (app, app_port) = sample_app(name);
             let port = free_port();
-            api.node(name, node_spec(port)).await;
+            api.node(name, NodeSpec::http("127.0.0.1", port)).await;
             let a = agent(
                 &server.xds_addr,
                 "apps",
@@ -58,8 +53,11 @@ impl Mesh {
         api.route("colors", "main", RouteSpec::split(&[(names[0], 1)]))
             .await;
         api.service(SERVICE, ServiceSpec::by_router("colors")).await;
-        api.node("front", node_spec(free_port()).backend(SERVICE))
-            .await;
+        api.node(
+            "front",
+            NodeSpec::http("127.0.0.1", free_port()).backend(SERVICE),
+        )
+        .await;
         let front = agent(&server.xds_addr, "apps", "front", &[], protocol);
         let mesh = Mesh {
             server,
@@ -366,7 +364,7 @@ async fn a_proxy_whose_node_does_not_exist_yet_waits_and_gets_config_when_it_is_
         common::mesh::http_get(port, "x", "/").is_err(),
         "no listener before the node exists"
     );
-    api.node("late", node_spec(port)).await;
+    api.node("late", NodeSpec::http("127.0.0.1", port)).await;
     // Without a restart, Envoy now serves the node's listener and hands requests to the app.
     wait_until(
         StdDuration::from_secs(10),
@@ -397,7 +395,7 @@ async fn a_node_whose_envoys_left_is_forgotten_after_the_idle_ttl_and_served_aga
     let api = MeshApi::create(&server.client(), "apps", MeshSpec::new()).await;
     let (_app, app_port) = sample_app("red");
     let port = free_port();
-    api.node("red", node_spec(port)).await;
+    api.node("red", NodeSpec::http("127.0.0.1", port)).await;
     let red_is_served_on = |port: u16| matches!(common::mesh::http_get(port, "x", "/"), Ok((200, body)) if body.contains("red"));
     let envoy = agent(
         &server.xds_addr,
@@ -423,7 +421,8 @@ async fn a_node_whose_envoys_left_is_forgotten_after_the_idle_ttl_and_served_aga
     // The node changes while no Envoy of it is connected; the next one to
     // connect is configured from scratch with the node as it is now.
     let moved = free_port();
-    api.update_node("red", node_spec(moved)).await;
+    api.update_node("red", NodeSpec::http("127.0.0.1", moved))
+        .await;
     let envoy = agent(
         &server.xds_addr,
         "apps",
@@ -502,7 +501,7 @@ async fn proxy_status_names_the_deleted_node_a_proxy_is_not_updated_for_and_the_
     let api = MeshApi::create(&server.client(), "apps", MeshSpec::new()).await;
     let (_app, app_port) = sample_app("red");
     let port = free_port();
-    api.node("red", node_spec(port)).await;
+    api.node("red", NodeSpec::http("127.0.0.1", port)).await;
     let _envoy = agent(
         &server.xds_addr,
         "apps",
@@ -554,7 +553,7 @@ async fn proxy_status_names_the_deleted_node_a_proxy_is_not_updated_for_and_the_
     assert!(table.contains(&line), "{table}");
 
     // The node is created again: the proxy is updated, the failure gone.
-    api.node("red", node_spec(port)).await;
+    api.node("red", NodeSpec::http("127.0.0.1", port)).await;
     wait_until(StdDuration::from_secs(10), || {
         let status = proxy_status_json(&server);
         status["proxies"][0]["configFailure"].is_null()
