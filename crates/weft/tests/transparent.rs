@@ -595,3 +595,163 @@ fn init_refuses_bad_settings_naming_the_variable_and_leaves_no_rule_behind() {
     );
     assert_eq!(ruleset(&ns), before);
 }
+
+/// Keeps `f`'s future running on a thread inside `ns` until the namespace goes (the thread
+/// then fails its accepts and the process ends with the test).
+fn serve_in<F, Fut, T>(ns: &Netns, f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    ns.within(move || {
+        std::thread::spawn(move || {
+            let rt = runtime();
+            rt.block_on(async move {
+                let _ = tx.send(f().await);
+                std::future::pending::<()>().await;
+            });
+        });
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("starting a server in a namespace: {e}"))
+}
+
+#[test]
+fn grpc_and_tcp_clients_reach_their_services_by_name_through_both_envoys() {
+    use weft_test_support::grpc::{call, grpc_app};
+    use weft_test_support::sdk::MeshApi;
+    use weft_test_support::spec::{Listener, MeshSpec as Mesh, NodeSpec, ServiceSpec};
+
+    let lan = Lan::new(&["front", "rpc", "echo"]);
+    let [front, rpc, echo] = [&lan.hosts[0], &lan.hosts[1], &lan.hosts[2]];
+    // The apps listen on loopback of their hosts, as App Mesh apps behind their Envoy do.
+    let grpc_port = serve_in(rpc, || async { grpc_app("rpc").await.port });
+    let tcp_port = serve_in(echo, || async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+        tokio::spawn(async move {
+            while let Ok((mut conn, peer)) = listener.accept().await {
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = [0u8; 64];
+                    if let Ok(n) = conn.read(&mut buf).await {
+                        let reply = format!("{} from {peer}", String::from_utf8_lossy(&buf[..n]));
+                        let _ = conn.write_all(reply.as_bytes()).await;
+                    }
+                });
+            }
+        });
+        port
+    });
+    let server = lan.hub.within(move || {
+        let server = common::WeftServer::start_with(&["--xds-listen", &format!("{}:0", Lan::HUB)]);
+        runtime().block_on(async {
+            let mesh = MeshApi::create(&server.client(), MESH, Mesh::default()).await;
+            mesh.node(
+                "rpc",
+                NodeSpec::new()
+                    .listener(Listener::grpc(grpc_port))
+                    .dns(Lan::v4(1)),
+            )
+            .await;
+            mesh.node(
+                "echo",
+                NodeSpec::new()
+                    .listener(Listener::tcp(tcp_port))
+                    .dns(Lan::v4(2)),
+            )
+            .await;
+            mesh.node(
+                "front",
+                NodeSpec::client(&["rpc.demo.local", "echo.demo.local"]),
+            )
+            .await;
+            mesh.service("rpc.demo.local", ServiceSpec::by_node("rpc"))
+                .await;
+            mesh.service("echo.demo.local", ServiceSpec::by_node("echo"))
+                .await;
+        });
+        server
+    });
+    let uid = ("APPMESH_IGNORE_UID", "65534");
+    let grpc_ports = grpc_port.to_string();
+    let tcp_ports = tcp_port.to_string();
+    let _agents = [
+        transparent_agent(
+            rpc,
+            &server.xds_addr,
+            "rpc",
+            &[uid, ("APPMESH_APP_PORTS", &grpc_ports)],
+        ),
+        transparent_agent(
+            echo,
+            &server.xds_addr,
+            "echo",
+            &[uid, ("APPMESH_APP_PORTS", &tcp_ports)],
+        ),
+        transparent_agent(front, &server.xds_addr, "front", &[uid]),
+    ];
+
+    // A gRPC client (HTTP/2) dialling the service's address and name, nothing else.
+    let answer = front.within(move || {
+        runtime().block_on(async move {
+            let channel = tonic::transport::Endpoint::from_shared(format!(
+                "http://{SERVICE_ADDRESS}:{grpc_port}"
+            ))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .origin(
+                format!("http://rpc.demo.local:{grpc_port}")
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{e}")),
+            )
+            .connect_lazy();
+            call(
+                &channel,
+                "/weft.Colors/Get",
+                &[],
+                Some(Duration::from_secs(5)),
+            )
+            .await
+        })
+    });
+    let answer = answer.unwrap_or_else(|status| panic!("gRPC through the mesh: {status}"));
+    assert_eq!(answer.app, "rpc");
+    assert_eq!(answer.path, "/weft.Colors/Get");
+
+    // A TCP client: the app sees its own host's Envoy as the peer, so both Envoys carried it.
+    let reply = front.within(move || {
+        let to: SocketAddr = format!("{SERVICE_ADDRESS}:{tcp_port}")
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("tcp through the mesh: {e}"));
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        s.write_all(b"ping").unwrap_or_else(|e| panic!("{e}"));
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        reply
+    });
+    assert!(reply.starts_with("ping from 127.0.0.1:"), "{reply:?}");
+
+    assert!(
+        stat(front, &["rpc", "upstream_rq_2xx:"]) >= 1,
+        "front egress gRPC"
+    );
+    assert!(
+        stat(front, &["echo", "upstream_cx_total:"]) >= 1,
+        "front egress TCP"
+    );
+    assert!(
+        stat(rpc, &["ingress", "downstream_rq_2xx:"]) >= 1,
+        "rpc ingress"
+    );
+    assert!(
+        stat(echo, &["ingress", "downstream_cx_total:"]) >= 1,
+        "echo ingress"
+    );
+    drop(server);
+}
