@@ -174,36 +174,3 @@ pub fn request(
     let response = weft_test_support::http::exchange_blocking(port, method, host, path, headers)?;
     Ok((response.status, response.body))
 }
-
-/// Where the set-up (`scripts/test`, `scripts/demo`) installs a copy of Envoy that any user may
-/// execute: `pip install` as root puts Envoy under /root, out of reach of the user Envoy runs as
-/// in transparent mode.
-pub const SHARED_ENVOY: &str = "/usr/local/lib/weft/envoy";
-
-/// The shared copy of Envoy, installed from the `envoy` on PATH when missing.
-pub fn envoy_for_others() -> std::path::PathBuf {
-    let shared = std::path::PathBuf::from(SHARED_ENVOY);
-    if !shared.exists() {
-        let which = Command::new("sh")
-            .args(["-c", "command -v envoy"])
-            .output()
-            .expect("sh");
-        let found = String::from_utf8_lossy(&which.stdout).trim().to_string();
-        assert!(
-            !found.is_empty(),
-            "no envoy on PATH (scripts/test installs it)"
-        );
-        let status = Command::new("sh")
-            .args([
-                "-c",
-                &format!(
-                    "real=$(python3 -c 'import envoy._bin,os;print(os.path.join(os.path.dirname(envoy._bin.__file__),\"envoy\"))' 2>/dev/null || echo {found}); \
-                     install -D -m 0755 \"$real\" {SHARED_ENVOY}.tmp.$$ && mv {SHARED_ENVOY}.tmp.$$ {SHARED_ENVOY}"
-                ),
-            ])
-            .status()
-            .expect("install");
-        assert!(status.success(), "installing {SHARED_ENVOY}");
-    }
-    shared
-}
