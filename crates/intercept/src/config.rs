@@ -151,39 +151,25 @@ impl InterceptConfig {
     /// Checks that the ignored user and group exist on this host (through NSS, as `id` does):
     /// rules for an identity nothing runs as would redirect Envoy's own traffic into itself.
     pub fn check_identities(&self) -> Result<(), InterceptError> {
+        let lookup =
+            |variable: &'static str, id: u32, found: nix::Result<bool>, db: &str| match found {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(InterceptError::invalid(
+                    variable,
+                    format!("no {db} entry has id {id} on this host (see `getent {db} {id}`)"),
+                )),
+                Err(e) => Err(InterceptError::invalid(
+                    variable,
+                    format!("looking up id {id} failed: {e}"),
+                )),
+            };
         if let Some(uid) = self.ignore_uid {
-            match nix::unistd::User::from_uid(uid.into()) {
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    return Err(InterceptError::invalid(
-                        IGNORE_UID,
-                        format!("no user has uid {uid} on this host (see `getent passwd {uid}`)"),
-                    ))
-                }
-                Err(e) => {
-                    return Err(InterceptError::invalid(
-                        IGNORE_UID,
-                        format!("looking up uid {uid} failed: {e}"),
-                    ))
-                }
-            }
+            let found = nix::unistd::User::from_uid(uid.into()).map(|u| u.is_some());
+            lookup(IGNORE_UID, uid, found, "passwd")?;
         }
         if let Some(gid) = self.ignore_gid {
-            match nix::unistd::Group::from_gid(gid.into()) {
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    return Err(InterceptError::invalid(
-                        IGNORE_GID,
-                        format!("no group has gid {gid} on this host (see `getent group {gid}`)"),
-                    ))
-                }
-                Err(e) => {
-                    return Err(InterceptError::invalid(
-                        IGNORE_GID,
-                        format!("looking up gid {gid} failed: {e}"),
-                    ))
-                }
-            }
+            let found = nix::unistd::Group::from_gid(gid.into()).map(|g| g.is_some());
+            lookup(IGNORE_GID, gid, found, "group")?;
         }
         Ok(())
     }

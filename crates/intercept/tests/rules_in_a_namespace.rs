@@ -54,11 +54,13 @@ fn in_ns<R: Send + 'static>(ns: &Netns, f: impl FnOnce() -> R + Send + 'static) 
     ns.within(f)
 }
 
-fn init_twice_then_cleanup_restores_the_rule_set(backend: Backend, seed: &[&[&str]]) {
+/// `seed`: the host's own rules, as command lines run in the namespace first.
+fn init_twice_then_cleanup_restores_the_rule_set(backend: Backend, seed: &[String]) {
     let ns = Netns::new("rules");
     // A host's own rules, which Weft must leave exactly as they are.
-    for cmd in seed {
-        ns.run(cmd[0], &cmd[1..]);
+    for line in seed {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        ns.run(words[0], &words[1..]);
     }
     let before = ruleset(&ns, backend);
     let c = app_mesh_ecs_settings();
@@ -98,48 +100,26 @@ fn nftables_cleanup_keeps_the_hosts_own_tables() {
     init_twice_then_cleanup_restores_the_rule_set(
         Backend::Nftables,
         &[
-            &["nft", "add table inet host"],
-            &[
-                "nft",
-                "add chain inet host out { type filter hook output priority 0; policy accept; }",
-            ],
-            &["nft", "add rule inet host out tcp dport 9999 counter"],
+            "nft add table inet host".into(),
+            "nft add chain inet host out { type filter hook output priority 0 ; policy accept ; }"
+                .into(),
+            "nft add rule inet host out tcp dport 9999 counter".into(),
         ],
     );
+}
+
+/// A host's own NAT rule in each family, written with the `variant` (`nft` or `legacy`) tools.
+fn hosts_own_nat_rules(variant: &str) -> Vec<String> {
+    ["iptables", "ip6tables"]
+        .map(|family| format!("{family}-{variant} -t nat -A OUTPUT -p udp --dport 5353 -j RETURN"))
+        .to_vec()
 }
 
 #[test]
 fn iptables_nft_init_twice_then_cleanup_keeps_the_hosts_own_nat_rules() {
     init_twice_then_cleanup_restores_the_rule_set(
         Backend::IptablesNft,
-        &[
-            &[
-                "iptables-nft",
-                "-t",
-                "nat",
-                "-A",
-                "OUTPUT",
-                "-p",
-                "udp",
-                "--dport",
-                "5353",
-                "-j",
-                "RETURN",
-            ],
-            &[
-                "ip6tables-nft",
-                "-t",
-                "nat",
-                "-A",
-                "OUTPUT",
-                "-p",
-                "udp",
-                "--dport",
-                "5353",
-                "-j",
-                "RETURN",
-            ],
-        ],
+        &hosts_own_nat_rules("nft"),
     );
 }
 
@@ -147,34 +127,7 @@ fn iptables_nft_init_twice_then_cleanup_keeps_the_hosts_own_nat_rules() {
 fn iptables_legacy_init_twice_then_cleanup_keeps_the_hosts_own_nat_rules() {
     init_twice_then_cleanup_restores_the_rule_set(
         Backend::IptablesLegacy,
-        &[
-            &[
-                "iptables-legacy",
-                "-t",
-                "nat",
-                "-A",
-                "OUTPUT",
-                "-p",
-                "udp",
-                "--dport",
-                "5353",
-                "-j",
-                "RETURN",
-            ],
-            &[
-                "ip6tables-legacy",
-                "-t",
-                "nat",
-                "-A",
-                "OUTPUT",
-                "-p",
-                "udp",
-                "--dport",
-                "5353",
-                "-j",
-                "RETURN",
-            ],
-        ],
+        &hosts_own_nat_rules("legacy"),
     );
 }
 
