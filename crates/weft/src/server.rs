@@ -24,7 +24,8 @@ pub struct ServerArgs {
     #[arg(long, env = "WEFT_XDS_LISTEN", default_value = "127.0.0.1:15010")]
     pub xds_listen: SocketAddr,
     /// Address (UDP and TCP) of the DNS server answering Cloud Map's DNS
-    /// namespaces (port 0 picks a free port, printed on stdout).
+    /// namespaces and the meshes' virtual service names (port 0 picks a free
+    /// port, printed on stdout).
     #[arg(long, env = "WEFT_DNS_LISTEN", default_value = DEFAULT_DNS_LISTEN)]
     pub dns_listen: SocketAddr,
     /// Folder of the embedded store (created if missing).
