@@ -66,8 +66,8 @@ const CLASSIC_UDP_PAYLOAD: u16 = 512;
 const OWN_UDP_PAYLOAD: u16 = 1232;
 
 const LISTEN: &str = "WEFT_DNS_LISTEN (--dns-listen)";
-const SERVER: &str = "WEFT_DNS_SERVER (--dns-server)";
-const UPSTREAM: &str = "WEFT_DNS_UPSTREAM (--dns-upstream)";
+const SERVER: &str = "WEFT_AGENT_DNS_SERVER (--dns-server)";
+const UPSTREAM: &str = "WEFT_AGENT_DNS_UPSTREAM (--dns-upstream)";
 
 /// Flags and variables of the workload's resolver (off unless
 /// `--dns-listen` is given).
@@ -77,17 +77,25 @@ pub struct DnsArgs {
     /// 127.0.0.1:53 in the workload's network namespace, with `nameserver
     /// 127.0.0.1` in its resolv.conf; port 0 picks a free port, printed on
     /// stdout). Off when unset.
-    #[arg(long = "dns-listen", env = "WEFT_DNS_LISTEN", value_name = "ADDR")]
+    #[arg(
+        long = "dns-listen",
+        env = "WEFT_AGENT_DNS_LISTEN",
+        value_name = "ADDR"
+    )]
     pub dns_listen: Option<SocketAddr>,
     /// Weft's DNS server, host:port (default: the xDS endpoint's host, port 8600).
-    #[arg(long = "dns-server", env = "WEFT_DNS_SERVER", value_name = "HOST:PORT")]
+    #[arg(
+        long = "dns-server",
+        env = "WEFT_AGENT_DNS_SERVER",
+        value_name = "HOST:PORT"
+    )]
     pub dns_server: Option<String>,
     /// Where names Weft does not answer go: addresses, comma-separated, each
     /// `IP` (port 53) or `IP:PORT` (default: the nameservers of
     /// /etc/resolv.conf other than this resolver).
     #[arg(
         long = "dns-upstream",
-        env = "WEFT_DNS_UPSTREAM",
+        env = "WEFT_AGENT_DNS_UPSTREAM",
         value_name = "ADDR,..."
     )]
     pub dns_upstream: Option<String>,
@@ -1141,16 +1149,19 @@ mod tests {
             .resolver(&xds("10.0.0.5"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("WEFT_DNS_UPSTREAM") && e.contains("loop"), "{e}");
+        assert!(
+            e.contains("WEFT_AGENT_DNS_UPSTREAM") && e.contains("loop"),
+            "{e}"
+        );
         let e = args("127.0.0.1:8600", None, Some("10.0.0.2"))
             .resolver(&xds("127.0.0.1"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("WEFT_DNS_SERVER"), "{e}");
+        assert!(e.contains("WEFT_AGENT_DNS_SERVER"), "{e}");
         let e = args("127.0.0.1:53", Some("nope"), Some("10.0.0.2"))
             .resolver(&xds("127.0.0.1"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("WEFT_DNS_SERVER"), "{e}");
+        assert!(e.contains("WEFT_AGENT_DNS_SERVER"), "{e}");
     }
 }
