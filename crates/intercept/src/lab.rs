@@ -37,6 +37,39 @@ pub fn sh(program: &str, args: &[&str]) -> Result<String, InterceptError> {
     }
 }
 
+/// Whether this process can make namespaces: it runs as root and `ip` (iproute2) is installed.
+pub fn check() -> Result<(), InterceptError> {
+    require_root()?;
+    sh("ip", &["-V"]).map(|_| ())
+}
+
+fn require_root() -> Result<(), InterceptError> {
+    if rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    Err(InterceptError::Lab {
+        command: "ip netns add".into(),
+        detail: "network namespaces need root".into(),
+    })
+}
+
+/// Removes namespace `name`, killing every process still in it, if it exists: what dropping its
+/// [`Netns`] does, for a namespace whose owner was killed before it could.
+pub fn remove(name: &str) {
+    let _ = std::fs::remove_dir_all(format!("/etc/netns/{name}"));
+    if let Ok(pids) = sh("ip", &["netns", "pids", name]) {
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+    let _ = sh("ip", &["netns", "del", name]);
+}
+
 /// One network namespace with its loopback up.
 #[derive(Debug)]
 pub struct Netns {
@@ -46,17 +79,19 @@ pub struct Netns {
 impl Netns {
     /// A fresh namespace named `<prefix>-<role>-<pid>-<n>` (so that several runs coexist).
     pub fn create(prefix: &str, role: &str) -> Result<Netns, InterceptError> {
-        if !rustix::process::geteuid().is_root() {
-            return Err(InterceptError::Lab {
-                command: "ip netns add".into(),
-                detail: "network namespaces need root".into(),
-            });
-        }
         let name = format!(
             "{prefix}-{role}-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
+        Netns::create_exact(&name)
+    }
+
+    /// A fresh namespace named exactly `name`, for names people type (`weft demo`'s); fails if
+    /// one by that name exists.
+    pub fn create_exact(name: &str) -> Result<Netns, InterceptError> {
+        require_root()?;
+        let name = name.to_string();
         sh("ip", &["netns", "add", &name])?;
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"])?;
@@ -150,18 +185,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
-        if let Ok(pids) = sh("ip", &["netns", "pids", &self.name]) {
-            for pid in pids
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-            {
-                if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                }
-            }
-        }
-        let _ = sh("ip", &["netns", "del", &self.name]);
+        remove(&self.name);
     }
 }
 
@@ -183,14 +207,29 @@ impl Lan {
 
     /// A segment with one host per role; namespace names start with `prefix`.
     pub fn create(prefix: &str, roles: &[&str]) -> Result<Lan, InterceptError> {
-        let hub = Netns::create(prefix, "hub")?;
+        Lan::build(roles, |role| Netns::create(prefix, role))
+    }
+
+    /// A segment whose namespaces are named exactly `<prefix>-hub` and `<prefix>-<role>`, for
+    /// names people type; fails if one of them exists.
+    pub fn create_exact(prefix: &str, roles: &[&str]) -> Result<Lan, InterceptError> {
+        Lan::build(roles, |role| {
+            Netns::create_exact(&format!("{prefix}-{role}"))
+        })
+    }
+
+    fn build(
+        roles: &[&str],
+        create: impl Fn(&str) -> Result<Netns, InterceptError>,
+    ) -> Result<Lan, InterceptError> {
+        let hub = create("hub")?;
         hub.ip(&["link", "add", "br0", "type", "bridge"])?;
         hub.ip(&["addr", "add", "10.99.0.1/24", "dev", "br0"])?;
         hub.ip(&["addr", "add", "fd99::1/64", "dev", "br0", "nodad"])?;
         hub.ip(&["link", "set", "br0", "up"])?;
         let mut hosts = Vec::new();
         for (i, role) in roles.iter().enumerate() {
-            let host = Netns::create(prefix, role)?;
+            let host = create(role)?;
             let port = format!("p{i}");
             sh(
                 "ip",
