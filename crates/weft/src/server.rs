@@ -206,8 +206,38 @@ fn listener_limits(args: &ServerArgs) -> Result<(weft_listen::Limits, weft_liste
     Ok((api, xds))
 }
 
-/// Opens the store, binds both listeners and starts serving.
+/// The sockets Envoys and workloads reach: the xDS listener and the DNS server's UDP socket and
+/// TCP listener. Bound apart from the API's so that `weft demo` can open them inside another
+/// network namespace: a socket stays in the namespace it was created in, whichever thread then
+/// serves it.
+pub struct PeerSockets {
+    xds: tokio::net::TcpListener,
+    dns_udp: tokio::net::UdpSocket,
+    dns_tcp: tokio::net::TcpListener,
+}
+
+impl PeerSockets {
+    /// Binds the xDS listener on `xds` and the DNS server on `dns` (UDP and TCP).
+    pub async fn bind(xds: SocketAddr, dns: SocketAddr) -> Result<PeerSockets> {
+        let xds = weft_listen::bind(xds)
+            .with_context(|| format!("binding {xds} (the xDS address, --xds-listen)"))?;
+        let (dns_udp, dns_tcp) = bind_dns(dns).await?;
+        Ok(PeerSockets {
+            xds,
+            dns_udp,
+            dns_tcp,
+        })
+    }
+}
+
+/// Opens the store, binds the listeners and starts serving.
 pub async fn start(args: &ServerArgs) -> Result<ControlPlane> {
+    start_with(args, None).await
+}
+
+/// Like [`start`], serving xDS and DNS on `peers` when given instead of binding
+/// `args.xds_listen` and `args.dns_listen`.
+pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result<ControlPlane> {
     let config = config(args)?;
     let (api_limits, xds_limits) = listener_limits(args)?;
     let store = EmbeddedStore::open(EmbeddedOptions {
@@ -220,14 +250,16 @@ pub async fn start(args: &ServerArgs) -> Result<ControlPlane> {
     let listener = weft_listen::bind(args.listen)
         .with_context(|| format!("binding {} (the API address, --listen)", args.listen))?;
     let api_addr = listener.local_addr()?;
-    let xds_listener = weft_listen::bind(args.xds_listen).with_context(|| {
-        format!(
-            "binding {} (the xDS address, --xds-listen)",
-            args.xds_listen
-        )
-    })?;
+    let peers = match peers {
+        Some(peers) => peers,
+        None => PeerSockets::bind(args.xds_listen, args.dns_listen).await?,
+    };
+    let PeerSockets {
+        xds: xds_listener,
+        dns_udp,
+        dns_tcp,
+    } = peers;
     let xds_addr = xds_listener.local_addr()?;
-    let (dns_udp, dns_tcp) = bind_dns(args.dns_listen).await?;
     let dns_addr = dns_udp.local_addr()?;
 
     let cache = weft_xds::SnapshotCache::new();
