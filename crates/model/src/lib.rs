@@ -2,10 +2,15 @@
 //!
 //! - [`shapes`]: Rust types for every shape of the model, generated at build
 //!   time from `appmesh-2019-01-25.service.json` (see `build.rs`).
-//! - [`schema`]: the same model, loaded at run time, for the HTTP bindings of
+//! - [`mod@schema`]: the same model, loaded at run time, for the HTTP bindings of
 //!   each operation and the constraints of each shape.
 //! - [`validate`]: checks a request against every constraint of the model
-//!   (required members, lengths, ranges, enums, patterns, unions).
+//!   (required members, lengths, ranges, enums, patterns, list and map sizes,
+//!   unions).
+//!
+//! `schema` and `validate` are one engine for any botocore model: the Cloud
+//! Map registry (`weft-registry`) loads its model with [`Schema::parse`] and
+//! validates with the same code, under its own [`Rules`].
 //! - [`arn`]: App Mesh ARNs.
 //! - [`kind`], [`keys`], [`stored`]: the seven resource kinds, where each
 //!   lives in the store and how it is stored — shared by the API (which writes)
@@ -28,9 +33,9 @@ pub mod shapes {
 
 pub use arn::{Arn, ResourcePath};
 pub use kind::{Action, Kind, ResourceId};
-pub use schema::{schema, Location, Operation, Schema, Shape, ShapeKind};
+pub use schema::{schema, Location, ModelError, Operation, Schema, Shape, ShapeKind};
 pub use stored::StoredRecord;
-pub use validate::{validate_input, ValidationError};
+pub use validate::{validate_input, Rules, ValidationError};
 
 /// The App Mesh API model this crate is built from (botocore JSON).
 pub const MODEL_JSON: &str = include_str!("../appmesh-2019-01-25.service.json");

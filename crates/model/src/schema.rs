@@ -1,15 +1,23 @@
-//! The App Mesh API model loaded at run time: operations with their HTTP
+//! A botocore service model loaded at run time: operations with their HTTP
 //! bindings and shapes with their constraints.
+//!
+//! One engine for every API Weft serves: [`Schema::parse`] reads any botocore
+//! JSON model, once, and [`crate::validate`] checks requests against it. The
+//! App Mesh model is [`schema()`]; `weft-registry` loads the Cloud Map one the
+//! same way. What differs between the two APIs beyond their models is a
+//! [`Rules`] value, not code.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use serde_json::Value;
 
+use crate::validate::Rules;
+
 /// Where an input member travels in the HTTP request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
-    /// In the JSON body.
+    /// In the JSON body (every member of an RPC protocol such as Cloud Map's).
     Body,
     /// A `{label}` in the request path.
     Uri(String),
@@ -51,11 +59,22 @@ pub enum ShapeKind {
         min: Option<i64>,
         max: Option<i64>,
     },
+    /// A JSON object with keys of one string shape and values of another.
+    Map {
+        key: String,
+        /// The key shape's place in [`Schema::shape_at`].
+        key_target: usize,
+        value: String,
+        /// The value shape's place in [`Schema::shape_at`].
+        value_target: usize,
+        min: Option<i64>,
+        max: Option<i64>,
+    },
     String {
         min: Option<i64>,
         max: Option<i64>,
         enum_values: Option<Vec<String>>,
-        pattern: Option<regex::Regex>,
+        pattern: Option<Pattern>,
     },
     Integer {
         min: Option<i64>,
@@ -65,6 +84,35 @@ pub enum ShapeKind {
     },
     Boolean,
     Timestamp,
+}
+
+/// A string shape's `pattern`, compiled.
+///
+/// Some models need look-around (Cloud Map's `^(?!arn:)…`, `(?=^.{1,127}$)…`),
+/// which the `regex` crate refuses, hence `fancy-regex`; it hands patterns
+/// without look-around to the same automata `regex` uses, so the plain ones
+/// cost no more than before.
+#[derive(Debug, Clone)]
+pub struct Pattern(fancy_regex::Regex);
+
+impl Pattern {
+    /// Compiles a model's pattern.
+    pub fn new(pattern: &str) -> Result<Self, ModelError> {
+        fancy_regex::Regex::new(pattern)
+            .map(Pattern)
+            .map_err(|e| ModelError(format!("pattern {pattern}: {e}")))
+    }
+
+    /// Whether `text` matches. A match that backtracks past fancy-regex's
+    /// limit counts as a mismatch: the input is refused, not crashed on.
+    pub fn is_match(&self, text: &str) -> bool {
+        self.0.is_match(text).unwrap_or(false)
+    }
+
+    /// The pattern as the model spells it.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
 }
 
 /// One shape of the model.
@@ -78,23 +126,35 @@ pub struct Shape {
 #[derive(Debug, Clone)]
 pub struct Operation {
     pub name: String,
-    /// `GET`, `PUT` or `DELETE`.
+    /// `GET`, `PUT`, `POST` or `DELETE`.
     pub method: String,
     /// The request path with `{label}` placeholders, as in the model.
     pub uri: String,
     pub input: String,
+    /// Empty for an operation that answers nothing.
     pub output: String,
     /// Names of the exception shapes the operation may answer.
     pub errors: Vec<String>,
 }
 
-/// The whole model.
+/// A model that cannot be loaded: not JSON, a shape type the engine does
+/// not know, a pattern that does not compile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid service model: {0}")]
+pub struct ModelError(String);
+
+/// The whole model, with the [`Rules`] requests to it are held to.
 #[derive(Debug)]
 pub struct Schema {
     /// Every shape, in name order; a shape's place here is its index
     /// ([`Member::target`], a list's `target`).
     pub shapes: Vec<Shape>,
     pub operations: BTreeMap<String, Operation>,
+    /// `metadata.targetPrefix` of a JSON-RPC model (the `X-Amz-Target`
+    /// prefix), if it has one.
+    pub target_prefix: Option<String>,
+    /// Weft's own rules for this API, on top of the model's constraints.
+    pub rules: Rules,
     /// Each shape's index by name.
     by_name: BTreeMap<String, usize>,
 }
@@ -109,9 +169,22 @@ impl Schema {
     pub fn shape_at(&self, index: usize) -> Option<&Shape> {
         self.shapes.get(index)
     }
+
+    /// Loads a botocore JSON model. Parse it once (a `LazyLock`) and keep
+    /// it: validation then only follows indices.
+    pub fn parse(text: &str, rules: Rules) -> Result<Schema, ModelError> {
+        let model: Value =
+            serde_json::from_str(text).map_err(|e| ModelError(format!("not JSON: {e}")))?;
+        parse(&model, rules)
+    }
 }
 
-static SCHEMA: LazyLock<Schema> = LazyLock::new(|| parse(crate::MODEL_JSON));
+static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
+    // The model is compiled into the binary and parsed by a unit test, so a
+    // failure here is a build defect, not a runtime condition.
+    #[allow(clippy::expect_used)]
+    Schema::parse(crate::MODEL_JSON, crate::validate::APP_MESH).expect("the App Mesh model loads")
+});
 
 /// The App Mesh API model, parsed once.
 pub fn schema() -> &'static Schema {
@@ -132,18 +205,14 @@ fn strings(v: Option<&Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn parse(text: &str) -> Schema {
-    // The model is compiled into the binary and parsed by a unit test, so a
-    // failure here is a build defect, not a runtime condition.
-    #[allow(clippy::expect_used)]
-    let model: Value = serde_json::from_str(text).expect("embedded App Mesh model is valid JSON");
+fn parse(model: &Value, rules: Rules) -> Result<Schema, ModelError> {
+    let Some(raw_shapes) = model["shapes"].as_object() else {
+        return Err(ModelError("no shapes".into()));
+    };
     // A shape's index is its place in name order; a reference to a shape
     // the model lacks gets an index past the end, which `shape_at` answers
     // with `None`.
-    let mut names: Vec<&String> = model["shapes"]
-        .as_object()
-        .map(|o| o.keys().collect())
-        .unwrap_or_default();
+    let mut names: Vec<&String> = raw_shapes.keys().collect();
     names.sort();
     let by_name: BTreeMap<String, usize> = names
         .iter()
@@ -151,55 +220,66 @@ fn parse(text: &str) -> Schema {
         .map(|(i, name)| ((*name).clone(), i))
         .collect();
     let target = |name: &str| by_name.get(name).copied().unwrap_or(usize::MAX);
+    let shape_of = |v: &Value| v["shape"].as_str().unwrap_or("").to_string();
     let mut shapes = Vec::with_capacity(names.len());
     for name in &names {
-        let s = &model["shapes"][name.as_str()];
+        let s = &raw_shapes[name.as_str()];
         let kind = match s["type"].as_str().unwrap_or("") {
             "structure" => {
                 let mut members = BTreeMap::new();
-                if let Some(ms) = s["members"].as_object() {
-                    for (mname, m) in ms {
-                        let loc_name = m["locationName"].as_str().unwrap_or(mname).to_string();
-                        let location = match m["location"].as_str() {
-                            Some("uri") => Location::Uri(loc_name),
-                            Some("querystring") => Location::Query(loc_name),
-                            _ => Location::Body,
-                        };
-                        let shape = m["shape"].as_str().unwrap_or("");
-                        members.insert(
-                            mname.clone(),
-                            Member {
-                                shape: shape.to_string(),
-                                target: target(shape),
-                                location,
-                                idempotency_token: m["idempotencyToken"].as_bool().unwrap_or(false),
-                            },
-                        );
-                    }
+                for (mname, m) in s["members"].as_object().into_iter().flatten() {
+                    let loc_name = m["locationName"].as_str().unwrap_or(mname).to_string();
+                    let location = match m["location"].as_str() {
+                        Some("uri") => Location::Uri(loc_name),
+                        Some("querystring") => Location::Query(loc_name),
+                        _ => Location::Body,
+                    };
+                    let shape = shape_of(m);
+                    members.insert(
+                        mname.clone(),
+                        Member {
+                            target: target(&shape),
+                            shape,
+                            location,
+                            idempotency_token: m["idempotencyToken"].as_bool().unwrap_or(false),
+                        },
+                    );
                 }
                 ShapeKind::Structure {
                     members,
                     required: strings(s.get("required")),
                     union: s["union"].as_bool().unwrap_or(false),
                     payload: s["payload"].as_str().map(String::from),
-                    error_status: s["error"]["httpStatusCode"].as_u64().map(|c| c as u16),
+                    error_status: s["error"]["httpStatusCode"]
+                        .as_u64()
+                        .and_then(|c| u16::try_from(c).ok()),
                 }
             }
-            "list" => ShapeKind::List {
-                member: s["member"]["shape"].as_str().unwrap_or("").to_string(),
-                target: target(s["member"]["shape"].as_str().unwrap_or("")),
-                min: as_i64(s, "min"),
-                max: as_i64(s, "max"),
-            },
+            "list" => {
+                let member = shape_of(&s["member"]);
+                ShapeKind::List {
+                    target: target(&member),
+                    member,
+                    min: as_i64(s, "min"),
+                    max: as_i64(s, "max"),
+                }
+            }
+            "map" => {
+                let (key, value) = (shape_of(&s["key"]), shape_of(&s["value"]));
+                ShapeKind::Map {
+                    key_target: target(&key),
+                    key,
+                    value_target: target(&value),
+                    value,
+                    min: as_i64(s, "min"),
+                    max: as_i64(s, "max"),
+                }
+            }
             "string" => ShapeKind::String {
                 min: as_i64(s, "min"),
                 max: as_i64(s, "max"),
                 enum_values: s.get("enum").map(|e| strings(Some(e))),
-                // Both patterns in the model are plain ASCII classes the
-                // regex crate accepts; a test compiles every one.
-                pattern: s["pattern"]
-                    .as_str()
-                    .and_then(|p| regex::Regex::new(p).ok()),
+                pattern: s["pattern"].as_str().map(Pattern::new).transpose()?,
             },
             "integer" | "long" => ShapeKind::Integer {
                 min: as_i64(s, "min"),
@@ -208,10 +288,11 @@ fn parse(text: &str) -> Schema {
             },
             "boolean" => ShapeKind::Boolean,
             "timestamp" => ShapeKind::Timestamp,
-            // The model is compiled in and parsed by the unit tests, so an
-            // unknown type is a build defect caught before release.
-            #[allow(clippy::panic)]
-            other => panic!("shape {name} has unsupported type {other}"),
+            other => {
+                return Err(ModelError(format!(
+                    "shape {name} has unsupported type {other}"
+                )))
+            }
         };
         shapes.push(Shape {
             name: (*name).clone(),
@@ -219,33 +300,31 @@ fn parse(text: &str) -> Schema {
         });
     }
     let mut operations = BTreeMap::new();
-    if let Some(obj) = model["operations"].as_object() {
-        for (name, o) in obj {
-            operations.insert(
-                name.clone(),
-                Operation {
-                    name: name.clone(),
-                    method: o["http"]["method"].as_str().unwrap_or("GET").to_string(),
-                    uri: o["http"]["requestUri"].as_str().unwrap_or("/").to_string(),
-                    input: o["input"]["shape"].as_str().unwrap_or("").to_string(),
-                    output: o["output"]["shape"].as_str().unwrap_or("").to_string(),
-                    errors: o["errors"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|e| e["shape"].as_str().map(String::from))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                },
-            );
-        }
+    for (name, o) in model["operations"].as_object().into_iter().flatten() {
+        operations.insert(
+            name.clone(),
+            Operation {
+                name: name.clone(),
+                method: o["http"]["method"].as_str().unwrap_or("GET").to_string(),
+                uri: o["http"]["requestUri"].as_str().unwrap_or("/").to_string(),
+                input: shape_of(&o["input"]),
+                output: shape_of(&o["output"]),
+                errors: o["errors"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(shape_of)
+                    .collect(),
+            },
+        );
     }
-    Schema {
+    Ok(Schema {
         shapes,
         operations,
+        target_prefix: model["metadata"]["targetPrefix"].as_str().map(String::from),
+        rules,
         by_name,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -257,6 +336,7 @@ mod tests {
         let s = schema();
         assert_eq!(s.operations.len(), 38);
         assert_eq!(s.shapes.len(), 333);
+        assert_eq!(s.target_prefix, None);
     }
 
     #[test]
@@ -298,5 +378,19 @@ mod tests {
         for op in s.operations.values() {
             assert!(s.shape(&op.input).is_some() && s.shape(&op.output).is_some());
         }
+    }
+
+    #[test]
+    fn a_model_that_is_not_json_or_has_an_unknown_type_or_a_bad_pattern_is_refused() {
+        let rules = Rules::MODEL_ONLY;
+        assert!(Schema::parse("{", rules).is_err());
+        let blob = r#"{"shapes": {"B": {"type": "blob"}}}"#;
+        let e = Schema::parse(blob, rules).err().map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some("invalid service model: shape B has unsupported type blob")
+        );
+        let bad = r#"{"shapes": {"S": {"type": "string", "pattern": "(["}}}"#;
+        assert!(Schema::parse(bad, rules).is_err());
     }
 }
