@@ -158,12 +158,10 @@ impl RegistryError {
 }
 
 fn status_from_model(shape: &str) -> Option<u16> {
-    static MODEL: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
-        serde_json::from_str(crate::model::MODEL_JSON).unwrap_or_default()
-    });
-    MODEL["shapes"][shape]["error"]["httpStatusCode"]
-        .as_u64()
-        .and_then(|c| u16::try_from(c).ok())
+    match crate::model::schema().shape(shape).map(|s| &s.kind) {
+        Some(weft_model::ShapeKind::Structure { error_status, .. }) => *error_status,
+        _ => None,
+    }
 }
 
 impl From<weft_store::StoreError> for RegistryError {
@@ -175,9 +173,12 @@ impl From<weft_store::StoreError> for RegistryError {
     }
 }
 
-impl From<crate::model::Violation> for RegistryError {
-    fn from(v: crate::model::Violation) -> Self {
-        RegistryError::InvalidInput(v.to_string())
+/// A request the model refuses: Cloud Map's `InvalidInput`, its message in
+/// AWS's form for one constraint ("1 validation error detected: Value at
+/// 'Attributes.k' failed to satisfy constraint: …").
+impl From<weft_model::ValidationError> for RegistryError {
+    fn from(e: weft_model::ValidationError) -> Self {
+        RegistryError::InvalidInput(format!("1 validation error detected: {e}"))
     }
 }
 
@@ -211,5 +212,19 @@ mod tests {
         assert_eq!(tags.status(), 400);
         assert_eq!(tags.members()["ResourceName"], "arn");
         assert_eq!(dup.members()["DuplicateOperationId"], "op");
+    }
+
+    #[test]
+    fn a_request_the_model_refuses_is_invalid_input_in_cloud_maps_words() {
+        let input = json!({"MaxResults": 0});
+        let refused = crate::model::validate_input("ListNamespaces", &input).unwrap_err();
+        let e = RegistryError::from(refused);
+        assert_eq!(e.error_type(), "InvalidInput");
+        assert_eq!(e.status(), 400);
+        assert_eq!(
+            e.to_string(),
+            "1 validation error detected: Value at 'MaxResults' failed to satisfy constraint: \
+             Member must have value greater than or equal to 1"
+        );
     }
 }

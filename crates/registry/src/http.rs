@@ -35,10 +35,11 @@ use ciborium::value::Value as Cbor;
 use serde_json::{Map, Number, Value};
 
 use crate::error::RegistryError;
-use crate::model::{schema, validate_input, ShapeKind, OPERATIONS};
+use crate::model::{schema, validate_input, OPERATIONS};
 use crate::service::RegistryService;
 use weft_api::body::read_limited;
 use weft_api::throttle::{ClientId, Permit};
+use weft_model::ShapeKind;
 
 /// Admits `request`'s client and reads its body under the limit: the
 /// headers, the body, and the permit that keeps the request counted as in
@@ -129,7 +130,7 @@ async fn json_call(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let operation = match target.split_once('.') {
-        Some((prefix, op)) if prefix == schema().target_prefix => served(op)?,
+        Some((prefix, op)) if Some(prefix) == schema().target_prefix.as_deref() => served(op)?,
         _ => {
             return Err(RegistryError::UnknownOperation(format!(
                 "X-Amz-Target \"{target}\" names no Cloud Map operation"
@@ -224,7 +225,7 @@ async fn cbor_call(
 ) -> Result<(&'static str, Option<Value>), RegistryError> {
     // Clients send the service's shape name; accept it fully qualified too.
     let short = service_name.rsplit('#').next().unwrap_or(service_name);
-    if short != schema().target_prefix {
+    if Some(short) != schema().target_prefix.as_deref() {
         return Err(RegistryError::UnknownOperation(format!(
             "Service {service_name} is not served here"
         )));
@@ -338,10 +339,10 @@ fn encode_output(operation: &str, output: &Value) -> Result<Vec<u8>, RegistryErr
     let shape = schema()
         .operations
         .get(operation)
-        .and_then(|o| o.output.clone())
+        .map(|o| o.output.as_str())
         .unwrap_or_default();
     let mut bytes = Vec::new();
-    ciborium::ser::into_writer(&json_to_cbor(output, &shape), &mut bytes)
+    ciborium::ser::into_writer(&json_to_cbor(output, shape), &mut bytes)
         .map_err(|e| RegistryError::Internal(format!("cannot encode CBOR: {e}")))?;
     Ok(bytes)
 }
@@ -349,7 +350,7 @@ fn encode_output(operation: &str, output: &Value) -> Result<Vec<u8>, RegistryErr
 /// Converts JSON to CBOR as the shape `shape` types it: timestamps become
 /// tag 1, integers stay integers; null members are left out.
 pub fn json_to_cbor(value: &Value, shape: &str) -> Cbor {
-    let kind = schema().shape(shape);
+    let kind = schema().shape(shape).map(|s| &s.kind);
     match (value, kind) {
         (Value::Number(n), Some(ShapeKind::Timestamp)) => {
             let secs = n.as_f64().unwrap_or_default();
@@ -364,7 +365,7 @@ pub fn json_to_cbor(value: &Value, shape: &str) -> Cbor {
             m.iter()
                 .filter(|(_, v)| !v.is_null())
                 .map(|(k, v)| {
-                    let target = members.get(k).map(String::as_str).unwrap_or("");
+                    let target = members.get(k).map(|m| m.shape.as_str()).unwrap_or("");
                     (Cbor::Text(k.clone()), json_to_cbor(v, target))
                 })
                 .collect(),
