@@ -1,0 +1,227 @@
+//! What the CA keeps in the store, under a prefix of its own, `ca/`:
+//!
+//! - [`ROOT_KEY`] (`ca/root`): the root Weft generated, certificate and private key (JSON,
+//!   [`RootRecord`]). Written once, with a compare-and-swap on its absence, so that two servers
+//!   starting on one store agree on one root. An operator's CA (`--ca-cert`) is never stored.
+//! - [`TOKENS`] (`ca/join-tokens/<id>`): one [`TokenRecord`] per join token — the resource, the
+//!   times, and the SHA-256 of the secret, never the secret.
+//!
+//! No workload key is ever stored: the server only sees public keys.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use weft_store::{Compare, Op, Range, Revision, Store, Txn, TxnOutcome};
+
+use crate::authority::{Authority, RootRecord};
+use crate::identity::TrustDomain;
+use crate::token::{epoch_secs, TokenRecord};
+use crate::CaError;
+
+/// Every key of the CA starts with this.
+pub const PREFIX: &str = "ca/";
+/// The generated root.
+pub const ROOT_KEY: &str = "ca/root";
+/// Join tokens, by id.
+pub const TOKENS: &str = "ca/join-tokens/";
+/// How long an expired or revoked token's record stays listed before a sweep removes it.
+pub const KEEP_ENDED_TOKENS: Duration = Duration::from_secs(86_400);
+
+fn token_key(id: &str) -> String {
+    format!("{TOKENS}{id}")
+}
+
+fn corrupt(what: &str, e: serde_json::Error) -> CaError {
+    CaError::Store(weft_store::StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<Bytes, CaError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| CaError::Crypto(format!("encoding a record: {e}")))
+}
+
+/// The root kept in the store, created (ECDSA P-256) and stored if there is none yet.
+pub async fn load_or_create_root(
+    store: &dyn Store,
+    trust_domain: &TrustDomain,
+    now: SystemTime,
+) -> Result<Authority, CaError> {
+    loop {
+        if let Some(kv) = store.get(ROOT_KEY).await? {
+            let record: RootRecord =
+                serde_json::from_slice(&kv.value).map_err(|e| corrupt(ROOT_KEY, e))?;
+            return Authority::from_record(trust_domain, &record, now);
+        }
+        let (authority, record) = Authority::generate_root(trust_domain, now)?;
+        let txn = Txn {
+            compares: vec![Compare::Absent(ROOT_KEY.to_string())],
+            ops: vec![Op::Put(ROOT_KEY.to_string(), json(&record)?)],
+        };
+        match store.txn(txn).await? {
+            TxnOutcome::Committed(_) => {
+                tracing::info!(trust_domain = %trust_domain, "generated the CA root and stored it");
+                return Ok(authority);
+            }
+            // Another server stored one first: use it.
+            TxnOutcome::Conflict(_) => continue,
+        }
+    }
+}
+
+/// Stores a new token record.
+pub async fn put_token(store: &dyn Store, record: &TokenRecord) -> Result<(), CaError> {
+    let key = token_key(&record.id);
+    let txn = Txn {
+        compares: vec![Compare::Absent(key.clone())],
+        ops: vec![Op::Put(key, json(record)?)],
+    };
+    match store.txn(txn).await? {
+        TxnOutcome::Committed(_) => Ok(()),
+        TxnOutcome::Conflict(_) => Err(CaError::Crypto("join token id collision".into())),
+    }
+}
+
+async fn get_token_rev(
+    store: &dyn Store,
+    id: &str,
+) -> Result<Option<(TokenRecord, Revision)>, CaError> {
+    let Some(kv) = store.get(&token_key(id)).await? else {
+        return Ok(None);
+    };
+    let record = serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
+    Ok(Some((record, kv.mod_revision)))
+}
+
+/// One token's record.
+pub async fn get_token(store: &dyn Store, id: &str) -> Result<Option<TokenRecord>, CaError> {
+    Ok(get_token_rev(store, id).await?.map(|(r, _)| r))
+}
+
+/// Every token's record, by id.
+pub async fn list_tokens(store: &dyn Store) -> Result<Vec<TokenRecord>, CaError> {
+    let found = store.range(Range::prefix(TOKENS)).await?;
+    found
+        .kvs
+        .iter()
+        .map(|kv| serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e)))
+        .collect()
+}
+
+/// Revokes a token (idempotent: a revoked token keeps its first revocation time). `None` if
+/// there is no such token.
+pub async fn revoke_token(
+    store: &dyn Store,
+    id: &str,
+    now: SystemTime,
+) -> Result<Option<TokenRecord>, CaError> {
+    loop {
+        let Some((mut record, revision)) = get_token_rev(store, id).await? else {
+            return Ok(None);
+        };
+        if record.revoked_at.is_some() {
+            return Ok(Some(record));
+        }
+        record.revoked_at = Some(epoch_secs(now));
+        let key = token_key(id);
+        let txn = Txn {
+            compares: vec![Compare::ModRevision(key.clone(), revision)],
+            ops: vec![Op::Put(key, json(&record)?)],
+        };
+        if let TxnOutcome::Committed(_) = store.txn(txn).await? {
+            return Ok(Some(record));
+        }
+    }
+}
+
+/// Removes the records of tokens that expired or were revoked more than `keep` ago. Returns how
+/// many were removed.
+pub async fn sweep_tokens(
+    store: &dyn Store,
+    now: SystemTime,
+    keep: Duration,
+) -> Result<usize, CaError> {
+    let cutoff = epoch_secs(now).saturating_sub(keep.as_secs());
+    let found = store.range(Range::prefix(TOKENS)).await?;
+    let ended: Vec<_> = found
+        .kvs
+        .into_iter()
+        .filter(|kv| {
+            serde_json::from_slice::<TokenRecord>(&kv.value)
+                .map(|r| r.expires_at.min(r.revoked_at.unwrap_or(u64::MAX)) < cutoff)
+                .unwrap_or(false)
+        })
+        .collect();
+    Ok(weft_store::delete_unchanged(store, &ended).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::identity::Resource;
+    use crate::token;
+    use weft_store::{EmbeddedOptions, EmbeddedStore};
+
+    #[tokio::test]
+    async fn the_root_is_created_once_and_kept_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let td: TrustDomain = "weft.local".parse().unwrap();
+        let now = SystemTime::now();
+        let first = {
+            let store = EmbeddedStore::open(EmbeddedOptions::new(dir.path()))
+                .await
+                .unwrap();
+            let a = load_or_create_root(&*store, &td, now).await.unwrap();
+            let b = load_or_create_root(&*store, &td, now).await.unwrap();
+            assert_eq!(a.trust_bundle_pem(), b.trust_bundle_pem());
+            a.trust_bundle_pem().to_string()
+        };
+        let store = EmbeddedStore::open(EmbeddedOptions::new(dir.path()))
+            .await
+            .unwrap();
+        let again = load_or_create_root(&*store, &td, now).await.unwrap();
+        assert_eq!(again.trust_bundle_pem(), first);
+    }
+
+    #[tokio::test]
+    async fn tokens_are_stored_without_their_secret_revoked_and_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(EmbeddedOptions::new(dir.path()))
+            .await
+            .unwrap();
+        let now = SystemTime::now();
+        let resource = Resource::parse("mesh/apps/virtualNode/red").unwrap();
+        let minted = token::mint(&resource, now, Duration::from_secs(60)).unwrap();
+        put_token(&*store, &minted.record).await.unwrap();
+        let secret = minted.token.rsplit('.').next().unwrap();
+        let stored = store
+            .get(&token_key(&minted.record.id))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&stored.value).contains(secret));
+        let revoked = revoke_token(&*store, &minted.record.id, now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(revoked.revoked_at.is_some());
+        assert_eq!(list_tokens(&*store).await.unwrap(), vec![revoked]);
+        assert!(revoke_token(&*store, "0000000000000000", now)
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            sweep_tokens(&*store, now, KEEP_ENDED_TOKENS).await.unwrap(),
+            0
+        );
+        let much_later = now + KEEP_ENDED_TOKENS + Duration::from_secs(120);
+        assert_eq!(
+            sweep_tokens(&*store, much_later, KEEP_ENDED_TOKENS)
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(list_tokens(&*store).await.unwrap().is_empty());
+    }
+}
