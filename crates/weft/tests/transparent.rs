@@ -255,13 +255,17 @@ async fn colors_mesh(client: &aws_sdk_appmesh::Client, egress: EgressFilterType)
 fn unmodified_clients_reach_a_service_by_its_mesh_name_through_both_envoys() {
     let lan = Lan::new(&["front", "red", "blue"]);
     let [front, red, blue] = [&lan.hosts[0], &lan.hosts[1], &lan.hosts[2]];
-    front.hosts(&format!(
-        "127.0.0.1 localhost\n{SERVICE_ADDRESS} {SERVICE}\n"
-    ));
-    let (server, _) = lan.hub.within(|| {
-        let server = common::WeftServer::start_with(&["--xds-listen", &format!("{}:0", Lan::HUB)]);
+    // Names resolve through the front agent's resolver: no DNS record, no hosts entry.
+    front.resolv_conf("nameserver 127.0.0.1\n");
+    let server = lan.hub.within(|| {
+        let server = common::WeftServer::start_with(&[
+            "--xds-listen",
+            &format!("{}:0", Lan::HUB),
+            "--dns-listen",
+            &format!("{}:0", Lan::HUB),
+        ]);
         runtime().block_on(colors_mesh(&server.client(), EgressFilterType::DropAll));
-        (server, ())
+        server
     });
     let _apps = [sample_app(red, "red"), sample_app(blue, "blue")];
     let identity = [
@@ -272,8 +276,25 @@ fn unmodified_clients_reach_a_service_by_its_mesh_name_through_both_envoys() {
     let _agents = [
         transparent_agent(red, &server.xds_addr, "red", &identity),
         transparent_agent(blue, &server.xds_addr, "blue", &identity),
-        transparent_agent(front, &server.xds_addr, "front", &identity[..2]),
+        transparent_agent(
+            front,
+            &server.xds_addr,
+            "front",
+            &[
+                identity[0],
+                identity[1],
+                ("WEFT_AGENT_DNS_LISTEN", "127.0.0.1:53"),
+                ("WEFT_AGENT_DNS_SERVER", &server.dns_addr),
+                // The segment has no resolver of its own; other names are not asked here.
+                ("WEFT_AGENT_DNS_UPSTREAM", "10.99.0.1:53"),
+            ],
+        ),
     ];
+    let resolved = front.run("getent", &["ahostsv4", SERVICE]);
+    assert!(
+        resolved.starts_with("240.240."),
+        "{SERVICE} resolves to its virtual IP: {resolved}"
+    );
     let url = format!("http://{SERVICE}:8080/");
 
     // An even split: both colours answer, and every request succeeds.

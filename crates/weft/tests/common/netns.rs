@@ -46,6 +46,13 @@ impl Netns {
         self.0.hosts(content).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Gives the namespace a `resolv.conf`.
+    pub fn resolv_conf(&self, content: &str) {
+        self.0
+            .resolv_conf(content)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Runs `f` on a thread inside the namespace.
     pub fn within<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
         self.0.within(f).unwrap_or_else(|e| panic!("{e}"))
