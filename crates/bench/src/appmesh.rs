@@ -61,6 +61,21 @@ pub fn node_body(
     hostname: &str,
     backends: &[String],
 ) -> Value {
+    node_body_listeners(name, &[(port, protocol)], hostname, backends)
+}
+
+/// A virtual node with several listeners (`(port, protocol)`), DNS
+/// discovery of `hostname`, and virtual-service backends.
+pub fn node_body_listeners(
+    name: &str,
+    listeners: &[(u16, &str)],
+    hostname: &str,
+    backends: &[String],
+) -> Value {
+    let listeners: Vec<Value> = listeners
+        .iter()
+        .map(|(port, protocol)| json!({ "portMapping": { "port": port, "protocol": protocol } }))
+        .collect();
     let backends: Vec<Value> = backends
         .iter()
         .map(|b| json!({ "virtualService": { "virtualServiceName": b } }))
@@ -68,7 +83,7 @@ pub fn node_body(
     json!({
         "virtualNodeName": name,
         "spec": {
-            "listeners": [{ "portMapping": { "port": port, "protocol": protocol } }],
+            "listeners": listeners,
             "serviceDiscovery": { "dns": { "hostname": hostname } },
             "backends": backends,
         }
@@ -124,6 +139,18 @@ pub fn route_spec(protocol: &str, targets: &[(String, u32)]) -> Value {
         "httpRoute"
     };
     json!({ key: { "match": { "prefix": "/" }, "action": { "weightedTargets": targets } } })
+}
+
+/// A route spec sending every request (prefix `/`) to `node`'s listener on
+/// `port` (App Mesh asks for the port when the node has several listeners).
+pub fn route_to_port(protocol: &str, node: &str, port: u16) -> Value {
+    let key = if protocol == "http2" {
+        "http2Route"
+    } else {
+        "httpRoute"
+    };
+    let target = json!({ "virtualNode": node, "weight": 1, "port": port });
+    json!({ key: { "match": { "prefix": "/" }, "action": { "weightedTargets": [target] } } })
 }
 
 /// CreateRoute.

@@ -1,7 +1,10 @@
 //! `weft-bench dataplane` (latency the client and server Envoys add, open
-//! loop, HTTP/1.1 and HTTP/2) and `weft-bench no-drops` (failed requests
-//! while routes change under load), on real Envoys configured by a real
-//! `weft server` in explicit mode, like crates/weft/tests/dataplane.rs.
+//! loop, HTTP/1.1 and HTTP/2, in explicit and in transparent mode) and
+//! `weft-bench no-drops` (failed requests while routes change under load),
+//! on real Envoys configured by a real `weft server`. Explicit mode on
+//! loopback like crates/weft/tests/dataplane.rs; with the transparent row
+//! (root), every path across two network namespaces ([`crate::lan`]) like
+//! crates/weft/tests/transparent.rs.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,13 +14,14 @@ use anyhow::{bail, Context, Result};
 
 use crate::appmesh;
 use crate::bare;
+use crate::lan;
 use crate::load::Api;
 use crate::machine::{self, quantile, CpuMark};
-use crate::openloop::{self, Target, TargetResult};
-use crate::procs::{self, Agent, Proc};
+use crate::openloop::{self, Order, Target, TargetResult};
+use crate::procs::{self, Agent, Place, Proc};
 use crate::server::{self, Server};
 
-const MESH: &str = "dp";
+pub(crate) const MESH: &str = "dp";
 
 /// Flags of `weft-bench dataplane`.
 #[derive(clap::Args)]
@@ -43,10 +47,15 @@ pub struct DataplaneArgs {
     /// halted (virtual) CPU. It applies to every path alike.
     #[arg(long)]
     pub poll_idle: bool,
-    /// Leave out the minimal Envoy pair ("bare"): only the two paths the
-    /// goal compares share the machine, a third less load on its cores.
+    /// Leave out the minimal Envoy pair ("bare"): only the paths the goals
+    /// compare share the machine, less load on its cores.
     #[arg(long)]
     pub no_bare: bool,
+    /// Leave out the transparent row and run every path on loopback in this
+    /// network namespace, as before it (the transparent row needs root: two
+    /// network namespaces, the redirection rules, Envoys as another user).
+    #[arg(long)]
+    pub no_transparent: bool,
 }
 
 /// Flags of `weft-bench no-drops`.
@@ -203,17 +212,50 @@ fn signed_ms(a: Duration, b: Duration) -> String {
 
 const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
 
-/// Runs `weft-bench dataplane` and prints its table.
-pub async fn run(args: DataplaneArgs) -> Result<()> {
-    if !(args.rate > 0.0 && args.duration > 0.0 && args.warmup >= 0.0) {
-        bail!("--rate and --duration must be positive, --warmup not negative");
-    }
-    let binary = match &args.weft_bin {
-        Some(b) => b.clone(),
-        None => server::default_weft_binary()?,
-    };
+/// The paths of one protocol, measured together in one open-loop run.
+pub(crate) struct Paths {
+    /// "HTTP/1.1" or "HTTP/2".
+    pub proto: &'static str,
+    /// Client -> app.
+    pub direct: Target,
+    /// Client -> client Envoy's egress port (explicit mode) -> server Envoy -> app.
+    pub explicit: Target,
+    /// Client -> the app's address, redirected through both Envoys (transparent mode).
+    pub transparent: Option<Target>,
+    /// Client -> two minimally configured Envoys -> app.
+    pub bare: Option<Target>,
+}
+
+/// Everything one `weft-bench dataplane` run measures, kept alive while it
+/// runs (fields drop in order: agents first, the server last).
+pub(crate) struct Setup {
+    /// Every `weft agent` (Envoy NACKs are summed over them).
+    pub agents: Vec<Agent>,
+    /// The minimal Envoy pairs (kept running).
+    pub _bare: Vec<bare::BarePair>,
+    /// The sample apps (kept running).
+    pub _apps: Vec<Proc>,
+    /// The control plane.
+    pub server: Server,
+    /// Where the load generator runs.
+    pub load: Place,
+    /// One per protocol.
+    pub phases: Vec<Paths>,
+    /// Where everything runs (the `hosts:` line).
+    pub hosts: String,
+    /// What each path goes through (the `paths:` line).
+    pub paths: String,
+    /// The transparent path's virtual nodes, client side then server side,
+    /// to show that their Envoys carried its requests.
+    pub transparent_envoys: Option<(&'static str, &'static str)>,
+    pub _data: tempfile::TempDir,
+}
+
+/// The topology before the transparent row: every path on loopback in this
+/// network namespace.
+async fn loopback_setup(binary: &Path, args: &DataplaneArgs) -> Result<Setup> {
     let t = topology(
-        &binary,
+        binary,
         &args.protocol,
         &["upstream"],
         &[
@@ -244,15 +286,147 @@ pub async fn run(args: DataplaneArgs) -> Result<()> {
     .await?;
     t.wait_route("h1.dp.local").await?;
     t.wait_route("h2.dp.local").await?;
-    let app = format!("127.0.0.1:{}", t.apps[0].1);
-    let bare = match args.no_bare {
-        true => None,
-        false => Some((
-            bare::pair(t.apps[0].1, false).await?,
-            bare::pair(t.apps[0].1, true).await?,
-        )),
+    let Topology {
+        server,
+        api: _,
+        client,
+        apps,
+        mut upstreams,
+        _data,
+    } = t;
+    let app_port = apps[0].1;
+    let mut bare = Vec::new();
+    if !args.no_bare {
+        for http2 in [false, true] {
+            bare.push(bare::pair(&bare::Layout::loopback(app_port)?, http2).await?);
+        }
+    }
+    let app = format!("127.0.0.1:{app_port}");
+    let egress = format!("127.0.0.1:{}", client.egress_port);
+    let phases = [
+        ("HTTP/1.1", "h1.dp.local", false),
+        ("HTTP/2", "h2.dp.local", true),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (proto, host, http2))| {
+        let target = |label: &str, addr: &str| Target {
+            label: label.into(),
+            addr: addr.into(),
+            host: host.into(),
+            http2,
+        };
+        Paths {
+            proto,
+            direct: target("direct", &app),
+            explicit: target("explicit", &egress),
+            transparent: None,
+            bare: bare
+                .get(i)
+                .map(|b| target("bare", &format!("127.0.0.1:{}", b.port))),
+        }
+    })
+    .collect();
+    upstreams.push(client);
+    Ok(Setup {
+        agents: upstreams,
+        _bare: bare,
+        _apps: apps.into_iter().map(|(p, _)| p).collect(),
+        server,
+        load: Place::here(),
+        phases,
+        transparent_envoys: None,
+        hosts: "this network namespace, loopback only".into(),
+        paths: "direct = client -> sample app; explicit = client -> client Envoy (egress, \
+                explicit mode) -> server Envoy (ingress) -> the same sample app; Envoys \
+                --concurrency 1"
+            .into(),
+        _data,
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting an async runtime")
+}
+
+/// Runs `weft-bench dataplane` and prints its table.
+pub async fn run(args: DataplaneArgs) -> Result<()> {
+    if !(args.rate > 0.0 && args.duration > 0.0 && args.warmup >= 0.0) {
+        bail!("--rate and --duration must be positive, --warmup not negative");
+    }
+    let binary = match &args.weft_bin {
+        Some(b) => b.clone(),
+        None => server::default_weft_binary()?,
     };
-    let egress = format!("127.0.0.1:{}", t.client.egress_port);
+    let hosts = match args.no_transparent {
+        true => Err("--no-transparent".to_string()),
+        false => lan::Hosts::create(),
+    };
+    let hosts = match hosts {
+        Ok(hosts) => hosts,
+        Err(why) => {
+            let setup = loopback_setup(&binary, &args).await?;
+            return measure(&args, &binary, setup, Some(why)).await;
+        }
+    };
+    // The server runs in the bridge's namespace and the benchmark talks to
+    // its API on loopback there: everything runs on a runtime inside it.
+    let inside = hosts.share();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let hub = inside.hub.clone();
+        hub.within(move || -> Result<()> {
+            runtime()?.block_on(async move {
+                let setup = lan::setup(&binary, &args.protocol, &inside, !args.no_bare).await?;
+                measure(&args, &binary, setup, None).await
+            })
+        })
+    })
+    .await
+    .context("the benchmark's thread in the bridge's namespace")?;
+    // The namespaces go (with anything left in them) only after the run.
+    drop(hosts);
+    outcome.map_err(anyhow::Error::from)?
+}
+
+/// Sends the open-loop load of one protocol from `place`.
+async fn load(
+    place: &Place,
+    targets: Vec<Target>,
+    rate: f64,
+    warmup: Duration,
+    duration: Duration,
+) -> Result<Vec<TargetResult>> {
+    if place.name().is_none() {
+        return openloop::run_in_order(&targets, rate, warmup, duration, Order::Shuffled).await;
+    }
+    // Sockets live in the namespace of the thread that opens them: a
+    // runtime of its own inside the client namespace, like this one.
+    let place = place.clone();
+    tokio::task::spawn_blocking(move || {
+        place.run(move || {
+            runtime()?.block_on(openloop::run_in_order(
+                &targets,
+                rate,
+                warmup,
+                duration,
+                Order::Shuffled,
+            ))
+        })
+    })
+    .await
+    .context("the load generator's thread")??
+}
+
+/// Measures every protocol of `setup` and prints the table.
+async fn measure(
+    args: &DataplaneArgs,
+    binary: &Path,
+    setup: Setup,
+    skipped: Option<String>,
+) -> Result<()> {
     let warmup = Duration::from_secs_f64(args.warmup);
     let duration = Duration::from_secs_f64(args.duration);
     let _poll_idle = match args.poll_idle {
@@ -272,23 +446,29 @@ pub async fn run(args: DataplaneArgs) -> Result<()> {
     );
     println!("server:     {}", binary.display());
     println!(
-        "load:       {} req/s on each path, interleaved in one run per protocol, {:.0} s warm-up + {:.0} s measured; \
-         latency from the intended send time",
+        "load:       {} req/s on each path, interleaved in one run per protocol (the paths in a \
+         fresh random order every round), {} s warm-up + {} s measured; latency from the \
+         intended send time",
         args.rate, args.warmup, args.duration
     );
+    println!("hosts:      {}", setup.hosts);
     println!(
-        "paths:      direct = client -> sample app; mesh = client -> client Envoy (egress, explicit mode) -> \
-         server Envoy (ingress) -> the same sample app; Envoys --concurrency 1, configured by Weft (ADS {}){}",
+        "paths:      {}; configured by Weft (ADS {}){}",
+        setup.paths,
         args.protocol,
         match args.no_bare {
             true => " (no bare pair: --no-bare)",
-            false => "; bare = the same through two Envoys with a minimal static config (HTTP connection \
-                      manager, router, one static cluster)",
+            false =>
+                "; bare = the same through two Envoys with a minimal static config (HTTP \
+                      connection manager, router, one static cluster)",
         }
     );
+    if let Some(why) = &skipped {
+        println!("transparent: skipped ({why})");
+    }
     println!();
     println!(
-        "{:<8} {:<7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>5} {:>6}  verdict",
+        "{:<8} {:<11} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>5} {:>6}  verdict",
         "proto",
         "path",
         "sent",
@@ -300,66 +480,43 @@ pub async fn run(args: DataplaneArgs) -> Result<()> {
         "oth%",
         "steal%"
     );
-    let mut verdicts = Vec::new();
-    for (proto, host, http2, bare_port) in [
-        (
-            "HTTP/1.1",
-            "h1.dp.local",
-            false,
-            bare.as_ref().map(|b| b.0.port),
-        ),
-        (
-            "HTTP/2",
-            "h2.dp.local",
-            true,
-            bare.as_ref().map(|b| b.1.port),
-        ),
-    ] {
-        let mut targets = vec![
-            Target {
-                label: "direct".into(),
-                addr: app.clone(),
-                host: host.into(),
-                http2,
-            },
-            Target {
-                label: "mesh".into(),
-                addr: egress.clone(),
-                host: host.into(),
-                http2,
-            },
-        ];
-        if let Some(bare_port) = bare_port {
-            targets.push(Target {
-                label: "bare".into(),
-                addr: format!("127.0.0.1:{bare_port}"),
-                host: host.into(),
-                http2,
-            });
-        }
-        let cpu0 = CpuMark::now(t.server.pid());
-        let results = openloop::run(&targets, args.rate, warmup, duration).await?;
-        let cpu1 = CpuMark::now(t.server.pid());
+    let mut transparent_sent = 0;
+    for paths in &setup.phases {
+        let proto = paths.proto;
+        let mut targets = vec![paths.direct.clone(), paths.explicit.clone()];
+        targets.extend(paths.transparent.clone());
+        targets.extend(paths.bare.clone());
+        let cpu0 = CpuMark::now(setup.server.pid());
+        let results = load(&setup.load, targets.clone(), args.rate, warmup, duration).await?;
+        let cpu1 = CpuMark::now(setup.server.pid());
         let (oth, steal) = (cpu0.other_percent(&cpu1), cpu0.steal_percent(&cpu1));
         for (target, r) in targets.iter().zip(&results) {
             print_row(proto, &target.label, r, oth, steal);
         }
-        let (d, m, b) = (&results[0], &results[1], results.get(2));
+        let by_label = |label: &str| {
+            targets
+                .iter()
+                .position(|t| t.label == label)
+                .map(|i| &results[i])
+        };
+        let (Some(d), Some(m)) = (by_label("direct"), by_label("explicit")) else {
+            bail!("no direct or explicit result");
+        };
+        let (t, b) = (by_label("transparent"), by_label("bare"));
         let q = |r: &TargetResult, x: f64| quantile(&r.latencies, x);
+        let added_ms = |over: &TargetResult, base: &TargetResult, x: f64| {
+            q(over, x).as_secs_f64() * 1000.0 - q(base, x).as_secs_f64() * 1000.0
+        };
         let diff = |over: &TargetResult, base: &TargetResult| -> Vec<String> {
             QUANTILES
                 .iter()
                 .map(|&x| signed_ms(q(over, x), q(base, x)))
                 .collect()
         };
-        let added = diff(m, d);
         // What any Envoy pair adds here, and what Weft's config adds on top.
         if let Some(b) = b {
             for (label, row) in [("bare+", diff(b, d)), ("weft+", diff(m, b))] {
-                println!(
-                    "{:<8} {:<7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8}",
-                    proto, label, "", "", row[0], row[1], row[2], row[3]
-                );
+                print_cells(proto, label, &row, "");
             }
         }
         let p90 = q(m, 0.9).saturating_sub(q(d, 0.9));
@@ -374,32 +531,105 @@ pub async fn run(args: DataplaneArgs) -> Result<()> {
         if m.failed + d.failed > 0 {
             missed.push("errors");
         }
-        let verdict = if missed.is_empty() {
-            "met".to_string()
-        } else {
-            format!("MISSED ({})", missed.join(", "))
-        };
-        println!(
-            "{:<8} {:<7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>5} {:>6}  {}",
-            proto, "added", "", "", added[0], added[1], added[2], added[3], "", "", verdict
-        );
-        verdicts.push((proto, verdict));
+        print_cells(proto, "added", &diff(m, d), &verdict(&missed));
+        if let Some(t) = t {
+            print_cells(proto, "transp+", &diff(t, d), "");
+            // Transparent over explicit, each as added over direct at the same quantile.
+            let mut missed = Vec::new();
+            let ratios: Vec<String> = QUANTILES
+                .iter()
+                .map(|&x| {
+                    let (te, ee) = (added_ms(t, d, x), added_ms(m, d, x));
+                    let within = if ee > 0.0 {
+                        te <= RATIO_GOAL * ee
+                    } else {
+                        te <= ee
+                    };
+                    if !within && (x == 0.5 || x == 0.99) {
+                        missed.push(if x == 0.5 { "p50" } else { "p99" });
+                    }
+                    match ee > 0.0 {
+                        true => format!("{:.2}x", te / ee),
+                        false => "n/a".into(),
+                    }
+                })
+                .collect();
+            if t.failed > 0 {
+                missed.push("errors");
+            }
+            print_cells(proto, "ratio", &ratios, &verdict(&missed));
+            transparent_sent += t.sent;
+        }
         for r in &results {
             for f in &r.failures {
                 println!("  failure: {f}");
             }
         }
     }
+    if let Some((client, server)) = setup.transparent_envoys {
+        // Through both Envoys, not around them: each answered at least
+        // every measured request of the path (and the warm-up's).
+        let stat = |node: &str, name: &str| {
+            setup
+                .agents
+                .iter()
+                .filter(|a| a.node == node)
+                .map(|a| a.stat_sum(name))
+                .sum::<u64>()
+        };
+        let egress = stat(client, "http.egress.downstream_rq_2xx");
+        let ingress = stat(server, "http.ingress.downstream_rq_2xx");
+        println!();
+        println!(
+            "transparent: {transparent_sent} measured requests; answered 2xx by the client \
+             Envoy's egress listener {egress}, by the server Envoy's ingress listener {ingress} \
+             (warm-up included){}",
+            match egress.min(ingress) >= transparent_sent {
+                true => "",
+                false => ": NOT every request went through both Envoys",
+            }
+        );
+    }
     println!();
     println!(
-        "goal: the pair adds <= 0.23 ms at p90 and <= 0.30 ms at p99 (added = mesh - direct at \
-         the same quantile; bare+ = bare - direct, what two minimally configured Envoys add on this \
-         machine; weft+ = mesh - bare, what Weft's config adds to that). oth% = CPU of everything but the server and this benchmark (the \
-         Envoys, the sample app, other work) in % of one core; steal% = of that, what the hypervisor \
-         took from this virtual machine. Envoy NACKs: {}.",
-        t.rejected()
+        "goal: the pair adds <= 0.23 ms at p90 and <= 0.30 ms at p99 (added = explicit - direct \
+         at the same quantile; bare+ = bare - direct, what two minimally configured Envoys add on \
+         this machine; weft+ = explicit - bare, what Weft's config adds to that){}. oth% = CPU of \
+         everything but the server and this benchmark (the Envoys, the sample apps, other work) \
+         in % of one core; steal% = of that, what the hypervisor took from this virtual machine. \
+         Envoy NACKs: {}.",
+        match skipped {
+            None => format!(
+                "; transparent mode adds no more than explicit mode: ratio = transp+ / added \
+                 <= {RATIO_GOAL:.2} at p50 and p99 (transp+ = transparent - direct)"
+            ),
+            Some(_) => String::new(),
+        },
+        setup
+            .agents
+            .iter()
+            .map(|a| a.stat_sum("update_rejected"))
+            .sum::<u64>()
     );
     Ok(())
+}
+
+/// Transparent mode's added latency over explicit mode's, at most.
+const RATIO_GOAL: f64 = 1.05;
+
+fn verdict(missed: &[&str]) -> String {
+    if missed.is_empty() {
+        "met".to_string()
+    } else {
+        format!("MISSED ({})", missed.join(", "))
+    }
+}
+
+fn print_cells(proto: &str, label: &str, cells: &[String], verdict: &str) {
+    println!(
+        "{:<8} {:<11} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>5} {:>6}  {}",
+        proto, label, "", "", cells[0], cells[1], cells[2], cells[3], "", "", verdict
+    );
 }
 
 fn print_row(proto: &str, label: &str, r: &TargetResult, oth: f64, steal: f64) {
@@ -408,7 +638,7 @@ fn print_row(proto: &str, label: &str, r: &TargetResult, oth: f64, steal: f64) {
         .map(|&x| us(quantile(&r.latencies, x)))
         .collect();
     println!(
-        "{:<8} {:<7} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>4.0}% {:>5.0}%",
+        "{:<8} {:<11} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>4.0}% {:>5.0}%",
         proto, label, r.sent, r.failed, q[0], q[1], q[2], q[3], oth, steal
     );
 }

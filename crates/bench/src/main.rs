@@ -10,11 +10,12 @@
 //! The other subcommands measure the control plane and the data plane
 //! (issue 4): `xds-scale` (simulated proxies over real ADS), `envoys` (real
 //! Envoys), `scoping` (config bytes per proxy as the mesh grows), `dataplane`
-//! (open-loop latency added by the Envoy pair) and `no-drops` (failed
+//! (open-loop latency added by the Envoy pair, explicit and transparent mode) and `no-drops` (failed
 //! requests while routes change); `compaction` measures the embedded store's
 //! writes while it compacts a large state; `abuse` measures a well-behaved
 //! client while others abuse the server (issue 16). Each is bounded in time,
-//! binds loopback only and prints a table.
+//! binds loopback only (`dataplane` as root: two network namespaces of its own,
+//! for its transparent row) and prints a table.
 
 /// The load generators allocate per request and per ADS message on every
 /// thread; mimalloc keeps that cost (which competes with the server for the
@@ -29,6 +30,7 @@ mod bare;
 mod compaction;
 mod dataplane;
 mod envoys;
+mod lan;
 mod load;
 mod machine;
 mod openloop;

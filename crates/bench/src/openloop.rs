@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 pub struct Target {
     /// Label in the report.
     pub label: String,
-    /// `127.0.0.1:port` to connect to.
+    /// `address:port` to connect to.
     pub addr: String,
     /// `Host` / `:authority` to send.
     pub host: String,
@@ -113,6 +113,18 @@ pub fn schedule(rate: f64, start: Instant, end: Instant) -> mpsc::UnboundedRecei
     rx
 }
 
+/// In which order the targets take the ticks of one round (one tick each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// Always the targets' order: target `k`'s schedule is offset by `k /
+    /// (rate × targets)`.
+    Fixed,
+    /// A fresh random order every round, so that no target always follows
+    /// the same other one (with three or more targets a fixed order would
+    /// give each its own neighbour's load just before it).
+    Shuffled,
+}
+
 /// Sends `rate` requests per second to each target for `warmup + duration`
 /// (the warm-up is not counted); target `k`'s schedule is offset by `k /
 /// (rate × targets)` so the streams interleave evenly. Waits up to 15 s
@@ -122,6 +134,17 @@ pub async fn run(
     rate: f64,
     warmup: Duration,
     duration: Duration,
+) -> Result<Vec<TargetResult>> {
+    run_in_order(targets, rate, warmup, duration, Order::Fixed).await
+}
+
+/// [`run`], the targets taking the ticks of each round in `order`.
+pub async fn run_in_order(
+    targets: &[Target],
+    rate: f64,
+    warmup: Duration,
+    duration: Duration,
+    order: Order,
 ) -> Result<Vec<TargetResult>> {
     let mut clients = Vec::new();
     for t in targets {
@@ -137,8 +160,13 @@ pub async fn run(
     let mut ticks = schedule(rate * n as f64, start, start + warmup + duration);
     let mut inflight = tokio::task::JoinSet::new();
     let mut i = 0;
+    let mut round: Vec<usize> = (0..n).collect();
+    let mut rng = Rng::seeded();
     while let Some(intended) = ticks.recv().await {
-        let k = i % n;
+        if i % n == 0 && order == Order::Shuffled {
+            rng.shuffle(&mut round);
+        }
+        let k = round[i % n];
         i += 1;
         let measured = intended.duration_since(start) >= warmup;
         let client = clients[k].clone();
@@ -183,6 +211,33 @@ pub async fn run(
         r.latencies.sort();
     }
     Ok(results)
+}
+
+/// xorshift64*: enough to shuffle a handful of targets, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> Rng {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Rng(nanos | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Fisher–Yates.
+    fn shuffle(&mut self, items: &mut [usize]) {
+        for i in (1..items.len()).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            items.swap(i, j);
+        }
+    }
 }
 
 async fn send(sender: &Sender, target: &Target) -> Result<()> {

@@ -1,14 +1,57 @@
 //! Real data-plane peers: `weft sample-app`s and `weft agent`s (each
 //! supervising a real Envoy with `--concurrency 1`) in explicit mode, on free
-//! loopback ports, like the dataplane tests start them.
+//! loopback ports, like the dataplane tests start them; or, for `weft-bench
+//! dataplane`'s transparent row, in network namespaces ([`Place`]).
 
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use weft_intercept::lab::Netns;
+
+/// Where a process runs and a socket is opened: this process's network
+/// namespace, or one of a lab's ([`weft_intercept::lab`]).
+#[derive(Clone, Debug, Default)]
+pub struct Place(Option<Arc<Netns>>);
+
+impl Place {
+    /// This process's own network namespace.
+    pub fn here() -> Place {
+        Place(None)
+    }
+
+    /// Inside `ns`.
+    pub fn inside(ns: Arc<Netns>) -> Place {
+        Place(Some(ns))
+    }
+
+    /// The namespace's name, or `None` for this process's own.
+    pub fn name(&self) -> Option<&str> {
+        self.0.as_deref().map(Netns::name)
+    }
+
+    /// Runs `f` here, or on a thread inside the namespace (sockets it
+    /// opens and processes it starts live there).
+    pub fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Result<R> {
+        match &self.0 {
+            None => Ok(f()),
+            Some(ns) => ns.within(f).map_err(anyhow::Error::from),
+        }
+    }
+
+    /// A command that runs `program` here (`ip netns exec NAME program`
+    /// inside a namespace).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match &self.0 {
+            None => Command::new(program),
+            Some(ns) => ns.command(program),
+        }
+    }
+}
 
 /// First and last port handed out by [`free_port`]: below Linux's default
 /// ephemeral range (32768–60999), so a port checked free here is not taken
@@ -90,34 +133,73 @@ pub async fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bo
 /// `weft sample-app --name NAME` on a free port; returns it and its port.
 pub async fn sample_app(weft: &Path, name: &str) -> Result<(Proc, u16)> {
     let port = free_port()?;
-    let child = Command::new(weft)
+    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+    let app = sample_app_at(&Place::here(), weft, name, listen).await?;
+    Ok((app, port))
+}
+
+/// `weft sample-app --name NAME --listen LISTEN` in `place`, once it accepts connections.
+pub async fn sample_app_at(
+    place: &Place,
+    weft: &Path,
+    name: &str,
+    listen: SocketAddr,
+) -> Result<Proc> {
+    let child = place
+        .command(weft)
         .args([
             "sample-app",
             "--name",
             name,
             "--listen",
-            &format!("127.0.0.1:{port}"),
+            &listen.to_string(),
         ])
         .env("WEFT_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {} sample-app", weft.display()))?;
     let app = Proc(child);
+    let local: SocketAddr = ([127, 0, 0, 1], listen.port()).into();
     wait_until(Duration::from_secs(10), "sample app listening", || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
+        connects(place, local)
     })
     .await?;
-    Ok((app, port))
+    Ok(app)
+}
+
+/// Whether a TCP connection to `addr` from `place` succeeds.
+pub fn connects(place: &Place, addr: SocketAddr) -> bool {
+    place
+        .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok())
+        .unwrap_or(false)
 }
 
 /// One `weft agent` and its Envoy.
 pub struct Agent {
     /// The agent process (its Envoy is its child).
     pub proc: Proc,
-    /// Envoy's admin port.
+    /// Envoy's admin port (on 127.0.0.1 of [`Agent::place`]).
     pub admin_port: u16,
     /// Envoy's egress listener port (explicit mode).
     pub egress_port: u16,
+    /// Where the agent and its Envoy run.
+    pub place: Place,
+    /// Its virtual node's name.
+    pub node: String,
+}
+
+/// Ports and settings of one `weft agent` beyond its virtual node.
+pub struct AgentSpec<'a> {
+    /// Where it runs.
+    pub place: Place,
+    /// Envoy's admin port.
+    pub admin_port: u16,
+    /// Envoy's egress listener port.
+    pub egress_port: u16,
+    /// Envoy's ingress listener port (transparent mode).
+    pub ingress_port: u16,
+    /// More variables: the listener mode and what goes with it.
+    pub env: Vec<(&'a str, String)>,
 }
 
 /// Starts `weft agent` for `mesh/<mesh>/virtualNode/<node>` in explicit
@@ -131,45 +213,69 @@ pub fn agent(
     app_ports: &[(u16, u16)],
     protocol: &str,
 ) -> Result<Agent> {
-    let admin_port = free_port()?;
-    let egress_port = free_port()?;
     let ports: Vec<String> = app_ports.iter().map(|(l, a)| format!("{l}={a}")).collect();
-    let mut cmd = Command::new(weft);
+    let mut env = vec![("WEFT_LISTENER_MODE", "explicit".to_string())];
+    if !ports.is_empty() {
+        env.push(("WEFT_APP_PORTS", ports.join(",")));
+    }
+    let spec = AgentSpec {
+        place: Place::here(),
+        admin_port: free_port()?,
+        egress_port: free_port()?,
+        ingress_port: free_port()?,
+        env,
+    };
+    agent_with(weft, xds, mesh, node, protocol, spec)
+}
+
+/// Starts `weft agent` for `mesh/<mesh>/virtualNode/<node>` as `spec` says.
+/// Does not wait for Envoy (see [`Agent::wait_ready`]).
+pub fn agent_with(
+    weft: &Path,
+    xds: &str,
+    mesh: &str,
+    node: &str,
+    protocol: &str,
+    spec: AgentSpec<'_>,
+) -> Result<Agent> {
+    let mut cmd = spec.place.command(weft);
     cmd.arg("agent")
         .env(
             "APPMESH_RESOURCE_ARN",
             format!("mesh/{mesh}/virtualNode/{node}"),
         )
         .env("APPMESH_XDS_ENDPOINT", xds)
-        .env("ENVOY_ADMIN_ACCESS_PORT", admin_port.to_string())
+        .env("ENVOY_ADMIN_ACCESS_PORT", spec.admin_port.to_string())
         .env("ENVOY_ADMIN_ACCESS_LOG_FILE", "/dev/null")
-        .env("APPMESH_ENVOY_EGRESS_PORT", egress_port.to_string())
-        .env("APPMESH_ENVOY_INGRESS_PORT", free_port()?.to_string())
+        .env("APPMESH_ENVOY_EGRESS_PORT", spec.egress_port.to_string())
+        .env("APPMESH_ENVOY_INGRESS_PORT", spec.ingress_port.to_string())
         .env("ENVOY_CONCURRENCY", "1")
         .env("ENVOY_LOG_LEVEL", "error")
-        .env("WEFT_LISTENER_MODE", "explicit")
         .env("WEFT_XDS_PROTOCOL", protocol)
         .env("LISTENER_DRAIN_WAIT_TIME_S", "0")
         .env("WEFT_ENVOY_STOP_GRACE_S", "2")
         .env("WEFT_LOG", "warn")
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null());
-    if !ports.is_empty() {
-        cmd.env("WEFT_APP_PORTS", ports.join(","));
-    }
     let child = cmd
         .spawn()
-        .with_context(|| format!("starting {} agent", weft.display()))?;
+        .with_context(|| format!("starting {} agent for {node}", weft.display()))?;
     Ok(Agent {
         proc: Proc(child),
-        admin_port,
-        egress_port,
+        admin_port: spec.admin_port,
+        egress_port: spec.egress_port,
+        place: spec.place,
+        node: node.to_string(),
     })
 }
 
 impl Agent {
     /// Whether Envoy's admin interface answers.
     pub fn admin_up(&self) -> bool {
-        http_status(self.admin_port, "/ready").is_some()
+        let port = self.admin_port;
+        self.place
+            .run(move || http_status(port, "/ready").is_some())
+            .unwrap_or(false)
     }
 
     /// Waits until Envoy's admin interface answers.
@@ -179,8 +285,13 @@ impl Agent {
 
     /// The sum of Envoy's stats whose name contains `needle`.
     pub fn stat_sum(&self, needle: &str) -> u64 {
-        let body =
-            http_body(self.admin_port, &format!("/stats?filter={needle}")).unwrap_or_default();
+        let (port, path) = (self.admin_port, format!("/stats?filter={needle}"));
+        let body = self
+            .place
+            .run(move || http_body(port, &path))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         body.lines()
             .filter_map(|l| l.rsplit_once(": "))
             .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
@@ -199,10 +310,15 @@ fn http_body(port: u16, path: &str) -> Option<String> {
     Some(text.split_once("\r\n\r\n")?.1.to_string())
 }
 
-/// A blocking `GET` with `Host: host`, whole response as text.
+/// A blocking `GET` to 127.0.0.1:`port` with `Host: host`, whole response as text.
 pub fn http_raw(port: u16, path: &str, host: &str) -> Option<String> {
+    http_raw_to(([127, 0, 0, 1], port).into(), path, host)
+}
+
+/// A blocking `GET` to `addr` with `Host: host`, whole response as text.
+pub fn http_raw_to(addr: SocketAddr, path: &str, host: &str) -> Option<String> {
     use std::io::{Read, Write};
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     conn.write_all(req.as_bytes()).ok()?;
@@ -214,6 +330,14 @@ pub fn http_raw(port: u16, path: &str, host: &str) -> Option<String> {
 /// Whether a request with `Host: host` through 127.0.0.1:`port` answers 200.
 pub fn answers_200(port: u16, host: &str) -> bool {
     http_raw(port, "/", host).is_some_and(|t| t.starts_with("HTTP/1.1 200"))
+}
+
+/// Whether a request with `Host: host` sent from `place` to `addr` answers 200.
+pub fn answers_200_from(place: &Place, addr: SocketAddr, host: &str) -> bool {
+    let host = host.to_string();
+    place
+        .run(move || http_raw_to(addr, "/", &host).is_some_and(|t| t.starts_with("HTTP/1.1 200")))
+        .unwrap_or(false)
 }
 
 /// `MemAvailable` of `/proc/meminfo` in MiB.

@@ -34,6 +34,18 @@ impl Server {
     /// Starts `binary server` on free loopback ports over `data_dir`, with
     /// `extra` flags, and waits until it listens.
     pub fn start(binary: &Path, data_dir: &Path, extra: &[String]) -> Result<Server> {
+        Server::start_xds_on(binary, data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// [`Server::start`] with the xDS listener on `xds_listen` (`ADDRESS:0`
+    /// for a free port), for proxies in other network namespaces. Started
+    /// from a thread inside a namespace, the server runs there.
+    pub fn start_xds_on(
+        binary: &Path,
+        data_dir: &Path,
+        xds_listen: &str,
+        extra: &[String],
+    ) -> Result<Server> {
         if !binary.exists() {
             bail!(
                 "no weft binary at {}: build it first with `cargo build --release -p weft` \
@@ -47,7 +59,7 @@ impl Server {
             .arg("127.0.0.1:0")
             // Never collide with another server on the fixed default port.
             .arg("--xds-listen")
-            .arg("127.0.0.1:0")
+            .arg(xds_listen)
             .arg("--dns-listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")

@@ -98,6 +98,7 @@ fn envoys_runs() {
 
 #[test]
 fn dataplane_runs() {
+    // On loopback, as before the transparent row (and the only way without root).
     let out = bench(&[
         "dataplane",
         "--rate",
@@ -106,9 +107,14 @@ fn dataplane_runs() {
         "1",
         "--warmup",
         "0.5",
+        "--no-transparent",
     ]);
     assert!(out.contains("HTTP/2"), "{out}");
     assert!(out.contains("added"), "{out}");
+    assert!(
+        out.contains("transparent: skipped (--no-transparent)"),
+        "{out}"
+    );
     // The minimal static Envoy pair ran next to Weft's.
     assert!(out.contains("bare+") && out.contains("weft+"), "{out}");
     let out = bench(&[
@@ -120,6 +126,7 @@ fn dataplane_runs() {
         "--warmup",
         "0.2",
         "--no-bare",
+        "--no-transparent",
     ]);
     assert!(out.contains("added"), "{out}");
     assert!(
@@ -127,6 +134,59 @@ fn dataplane_runs() {
             .any(|l| l.starts_with("HTTP") && l.contains(" bare")),
         "{out}"
     );
+}
+
+/// Every path across two network namespaces, transparent mode among them:
+/// needs root (CI runs as root); without it the run says why it skipped the row.
+#[test]
+fn dataplane_transparent_runs() {
+    let out = bench(&[
+        "dataplane",
+        "--rate",
+        "50",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.5",
+    ]);
+    if !is_root() {
+        assert!(out.contains("transparent: skipped ("), "{out}");
+        return;
+    }
+    let rows = |label: &str| {
+        out.lines()
+            .filter(|l| l.starts_with("HTTP") && l.split_whitespace().nth(1) == Some(label))
+            .count()
+    };
+    for label in [
+        "direct",
+        "explicit",
+        "transparent",
+        "bare",
+        "added",
+        "transp+",
+        "ratio",
+    ] {
+        assert_eq!(rows(label), 2, "{label}, once per protocol:\n{out}");
+    }
+    // Every request of every path answered, through both transparent Envoys.
+    for line in out.lines().filter(|l| l.starts_with("HTTP")) {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        if ["direct", "explicit", "transparent", "bare"].contains(&cells[1]) {
+            assert_eq!(cells[2], "50", "{line}\n{out}");
+            assert_eq!(cells[3], "0", "{line}\n{out}");
+        }
+    }
+    assert!(out.contains("transparent: 100 measured requests"), "{out}");
+    assert!(!out.contains("NOT every request"), "{out}");
+}
+
+/// Whether this test runs as root (`id -u`).
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 #[test]
