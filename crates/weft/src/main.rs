@@ -28,13 +28,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the control plane: the App Mesh API and the xDS server for Envoy.
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// A whole mesh on this machine: control plane, sample services, their
     /// agents and Envoys, a router with a weighted, header-matched route.
     Demo(demo::DemoArgs),
     /// Show every proxy connected to a control plane: its node, the version
     /// it ACKed per resource type, and its last NACK.
     ProxyStatus(proxy_status::ProxyStatusArgs),
+    /// Create, list and revoke the join tokens proxies prove who they are with the first
+    /// time they ask the control plane's CA for a certificate.
+    JoinToken(weft_ca::cli::JoinTokenArgs),
     /// Run beside a workload: write the Envoy bootstrap from App Mesh's
     /// environment variables, start Envoy and keep it running.
     Agent(Box<AgentCmd>),
@@ -214,10 +217,11 @@ fn main() -> Result<()> {
         .context("starting the async runtime")?;
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Server(args) => server::run(args, shutdown_signal()).await,
+            Command::Server(args) => server::run(*args, shutdown_signal()).await,
             Command::Demo(args) => demo::run(args, shutdown_signal()).await,
             Command::Agent(args) => agent(*args).await,
             Command::ProxyStatus(args) => proxy_status::run(args).await,
+            Command::JoinToken(args) => Ok(weft_ca::cli::run(args).await?),
             Command::SampleApp(args) => {
                 weft_agent::run_sample_app(&args, shutdown_signal()).await?;
                 Ok(())

@@ -83,6 +83,9 @@ pub struct ServerArgs {
     /// grow by appending). A tuning knob for benchmarks, not for users.
     #[arg(long, env = "WEFT_STORE_SEGMENT_SIZE", default_value_t = weft_store::DEFAULT_SEGMENT_SIZE, hide = true)]
     pub store_segment_size: u64,
+    /// The certificate authority: trust domain, root, certificate and token lifetimes.
+    #[command(flatten)]
+    pub ca: weft_ca::CaArgs,
 }
 
 /// Where the DNS server listens unless told otherwise: loopback, on the
@@ -130,6 +133,7 @@ impl ServerArgs {
             idle_timeout: 60.0,
             header_read_timeout: 10.0,
             store_segment_size: weft_store::DEFAULT_SEGMENT_SIZE,
+            ca: weft_ca::CaArgs::default(),
         }
     }
 }
@@ -239,6 +243,7 @@ pub async fn start(args: &ServerArgs) -> Result<ControlPlane> {
 /// `args.xds_listen` and `args.dns_listen`.
 pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result<ControlPlane> {
     let config = config(args)?;
+    let ca_config = args.ca.config()?;
     let (api_limits, xds_limits) = listener_limits(args)?;
     let store = EmbeddedStore::open(EmbeddedOptions {
         segment_size: args.store_segment_size,
@@ -247,6 +252,9 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
     .await
     .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
     let store: SharedStore = store;
+    let ca = weft_ca::CaService::start(store.clone(), ca_config)
+        .await
+        .context("starting the certificate authority")?;
     let listener = weft_listen::bind(args.listen)
         .with_context(|| format!("binding {} (the API address, --listen)", args.listen))?;
     let api_addr = listener.local_addr()?;
@@ -339,10 +347,12 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
         }));
     }
     // One listener serves App Mesh (under /v20190125), Cloud Map (POST / and
-    // /service/…) and Weft's own endpoints.
+    // /service/…) and Weft's own endpoints (proxy status; the CA's join tokens,
+    // certificates and trust bundle).
     let app = weft_api::router(service.clone())
         .merge(weft_registry::router(registry))
-        .merge(proxy_status::router(ads, failures));
+        .merge(proxy_status::router(ads, failures))
+        .merge(weft_ca::http::router(ca));
     {
         let stop = stopped(stop_rx);
         tasks.push(tokio::spawn(weft_listen::http::serve(
