@@ -551,6 +551,29 @@ mod tests {
     }
 
     #[test]
+    fn an_operator_root_with_a_sec1_key_as_openssl_writes_it_is_accepted() {
+        use aws_lc_rs::encoding::{AsDer, EcPrivateKeyRfc5915Der};
+        use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+        let now = SystemTime::now();
+        let ec = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).unwrap();
+        let sec1 = pem::encode(&pem::Pem::new(
+            "EC PRIVATE KEY",
+            AsDer::<EcPrivateKeyRfc5915Der>::as_der(&ec.private_key())
+                .unwrap()
+                .as_ref()
+                .to_vec(),
+        ));
+        let pkcs8 = ec.to_pkcs8v1().unwrap();
+        let key = KeyPair::try_from(pkcs8.as_ref()).unwrap();
+        let mut root = CertificateParams::new(Vec::<String>::new()).unwrap();
+        root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = root.self_signed(&key).unwrap();
+        let ca = Authority::from_pem(&td(), &cert.pem(), &sec1, Source::Operator, now).unwrap();
+        assert_eq!(ca.trust_bundle_pem(), cert.pem());
+        assert_eq!(ca.chain_pem(), "");
+    }
+
+    #[test]
     fn an_operator_intermediate_signs_and_its_root_is_the_bundle() {
         let now = SystemTime::now();
         let root_key = KeyPair::generate().unwrap();
