@@ -4,21 +4,19 @@
 
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest as XdsDeltaDiscoveryRequest,
-    DeltaDiscoveryResponse as XdsDeltaDiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest as XdsDeltaDiscoveryRequest;
 
 use crate::rollout::{parse_nonce, Core, Desired, Held, HeldSet};
 use crate::status::{Protocol, ProxyStatus};
-use crate::wire::DeltaOut;
+use crate::wire::DeltaResponse;
 use crate::{is_wildcard_type, Resource, Snapshot, XdsNode};
 
 /// One delta ADS stream: a synchronous state machine without I/O.
 ///
 /// It tracks, per type, the version of every resource Envoy holds (seeded from
 /// `initial_resource_versions` when Envoy reconnects) and sends only differences:
-/// changed or new resources, and `removed_resources`.
+/// changed or new resources, and `removed_resources`. Responses hold the snapshot's resources
+/// (`DeltaDiscoveryResponse::from` makes an owned message of one).
 #[derive(Debug)]
 pub struct DeltaStream {
     core: Core,
@@ -51,18 +49,7 @@ impl DeltaStream {
     /// A request carrying a nonce that is not the latest sent for its type is stale as an
     /// ACK/NACK and ignored as such; unlike SotW its subscription changes still apply, because
     /// delta subscriptions are incremental and Envoy never repeats them.
-    pub fn handle_request(
-        &mut self,
-        request: XdsDeltaDiscoveryRequest,
-    ) -> Vec<XdsDeltaDiscoveryResponse> {
-        self.on_request(request)
-            .into_iter()
-            .map(DeltaOut::into_response)
-            .collect()
-    }
-
-    /// [`DeltaStream::handle_request`], with responses that share the snapshot's resources.
-    pub(crate) fn on_request(&mut self, request: XdsDeltaDiscoveryRequest) -> Vec<DeltaOut> {
+    pub fn handle_request(&mut self, request: XdsDeltaDiscoveryRequest) -> Vec<DeltaResponse> {
         let type_url = request.type_url.as_str();
         if type_url.is_empty() {
             tracing::debug!(node = %self.core.node_id, "request without type_url ignored");
@@ -146,26 +133,14 @@ impl DeltaStream {
     }
 
     /// Takes a new snapshot for the stream's key and returns what to send now.
-    pub fn handle_snapshot_update(
-        &mut self,
-        snapshot: Arc<Snapshot>,
-    ) -> Vec<XdsDeltaDiscoveryResponse> {
-        self.on_snapshot(snapshot)
-            .into_iter()
-            .map(DeltaOut::into_response)
-            .collect()
-    }
-
-    /// [`DeltaStream::handle_snapshot_update`], with responses that share the snapshot's
-    /// resources.
-    pub(crate) fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Vec<DeltaOut> {
+    pub fn handle_snapshot_update(&mut self, snapshot: Arc<Snapshot>) -> Vec<DeltaResponse> {
         self.core.set_snapshot(snapshot);
         self.reconcile()
     }
 
     /// Sends, per type with no response in flight, the differences between what Envoy holds
     /// and what it should hold.
-    fn reconcile(&mut self) -> Vec<DeltaOut> {
+    fn reconcile(&mut self) -> Vec<DeltaResponse> {
         self.core.advance();
         let mut out = Vec::new();
         for index in 0..self.core.types.len() {
@@ -245,7 +220,7 @@ impl DeltaStream {
             state.pending = Some(nonce);
             state.sent = contents;
             state.sent_version = Some(version);
-            out.push(DeltaOut {
+            out.push(DeltaResponse {
                 version: Some(version),
                 resources,
                 type_url: state.type_url.clone(),

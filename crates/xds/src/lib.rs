@@ -7,7 +7,8 @@
 //! - [`SnapshotCache`]: snapshots keyed by a *snapshot key* (proxies of one virtual node share a key
 //!   and one `Arc<Snapshot>`); setting a snapshot wakes every stream of that key, bursts coalesce.
 //! - [`SotwStream`] / [`DeltaStream`]: the per-stream state machines, synchronous and free of I/O,
-//!   tracking nonces, ACKs and NACKs per type and rolling changes out make-before-break.
+//!   tracking nonces, ACKs and NACKs per type and rolling changes out make-before-break. Their
+//!   [`SotwResponse`]s / [`DeltaResponse`]s hold the snapshot's resources, not copies.
 //! - [`AdsServer`]: the tonic service that drives one state machine per gRPC stream with a single
 //!   `tokio::select!` loop, and reports [`ProxyStatus`] for every connected proxy.
 //!
@@ -37,6 +38,7 @@ pub use rollout::RolloutPhase;
 pub use server::{AdsServer, AdsService, NodeIdResolver, NodeResolver};
 pub use sotw::SotwStream;
 pub use status::{NackRecord, Protocol, ProxyStatus, TypeStatus};
+pub use wire::{DeltaResponse, SotwResponse};
 
 /// Envoy's node identity, as sent in the first request of a stream.
 pub use envoy_types::pb::envoy::config::core::v3::Node as XdsNode;

@@ -22,7 +22,7 @@ use tonic::server::NamedService;
 use tonic::{Status, Streaming};
 
 use crate::body::{AdsBody, ResponseStream};
-use crate::wire::{DeltaOut, Framed, SharedEncodings, SotwOut};
+use crate::wire::{DeltaResponse, Framed, SharedEncodings, SotwResponse};
 use crate::{DeltaStream, ProxyStatus, Snapshot, SnapshotCache, SotwStream, XdsError, XdsNode};
 
 /// Maps a connecting proxy to the snapshot key whose snapshots it receives.
@@ -109,7 +109,7 @@ trait StreamMachine: Send + 'static {
 
 impl StreamMachine for SotwStream {
     type Request = XdsDiscoveryRequest;
-    type Response = SotwOut;
+    type Response = SotwResponse;
     fn node(request: &Self::Request) -> Option<&XdsNode> {
         request.node.as_ref()
     }
@@ -119,10 +119,10 @@ impl StreamMachine for SotwStream {
         s
     }
     fn on_request(&mut self, request: Self::Request) -> Vec<Self::Response> {
-        SotwStream::on_request(self, request)
+        self.handle_request(request)
     }
     fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Vec<Self::Response> {
-        SotwStream::on_snapshot(self, snapshot)
+        self.handle_snapshot_update(snapshot)
     }
     fn status(&self) -> ProxyStatus {
         SotwStream::status(self)
@@ -134,7 +134,7 @@ impl StreamMachine for SotwStream {
 
 impl StreamMachine for DeltaStream {
     type Request = XdsDeltaDiscoveryRequest;
-    type Response = DeltaOut;
+    type Response = DeltaResponse;
     fn node(request: &Self::Request) -> Option<&XdsNode> {
         request.node.as_ref()
     }
@@ -144,10 +144,10 @@ impl StreamMachine for DeltaStream {
         s
     }
     fn on_request(&mut self, request: Self::Request) -> Vec<Self::Response> {
-        DeltaStream::on_request(self, request)
+        self.handle_request(request)
     }
     fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Vec<Self::Response> {
-        DeltaStream::on_snapshot(self, snapshot)
+        self.handle_snapshot_update(snapshot)
     }
     fn status(&self) -> ProxyStatus {
         DeltaStream::status(self)

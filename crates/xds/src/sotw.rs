@@ -5,19 +5,18 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DiscoveryRequest as XdsDiscoveryRequest, DiscoveryResponse as XdsDiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest as XdsDiscoveryRequest;
 
 use crate::resource::content_version;
 use crate::rollout::{parse_nonce, Core, Desired, Held, HeldSet};
 use crate::status::{Protocol, ProxyStatus};
-use crate::wire::SotwOut;
+use crate::wire::SotwResponse;
 use crate::{is_wildcard_type, Resource, Snapshot, XdsNode};
 
 /// One SotW ADS stream: a synchronous state machine without I/O.
 ///
-/// Feed it Envoy's requests and snapshot changes; send what it returns, in order.
+/// Feed it Envoy's requests and snapshot changes; send what it returns, in order. Responses hold
+/// the snapshot's resources (`DiscoveryResponse::from` makes an owned message of one).
 #[derive(Debug)]
 pub struct SotwStream {
     core: Core,
@@ -50,15 +49,7 @@ impl SotwStream {
     /// stale and ignored entirely, its `resource_names` included: Envoy follows it with a
     /// current one (after a CDS change it sends EDS requests with an older nonce; see
     /// `envoy-notes.md`).
-    pub fn handle_request(&mut self, request: XdsDiscoveryRequest) -> Vec<XdsDiscoveryResponse> {
-        self.on_request(request)
-            .into_iter()
-            .map(SotwOut::into_response)
-            .collect()
-    }
-
-    /// [`SotwStream::handle_request`], with responses that share the snapshot's resources.
-    pub(crate) fn on_request(&mut self, request: XdsDiscoveryRequest) -> Vec<SotwOut> {
+    pub fn handle_request(&mut self, request: XdsDiscoveryRequest) -> Vec<SotwResponse> {
         let type_url = request.type_url.as_str();
         if type_url.is_empty() {
             tracing::debug!(node = %self.core.node_id, "request without type_url ignored");
@@ -107,22 +98,13 @@ impl SotwStream {
     }
 
     /// Takes a new snapshot for the stream's key and returns what to send now.
-    pub fn handle_snapshot_update(&mut self, snapshot: Arc<Snapshot>) -> Vec<XdsDiscoveryResponse> {
-        self.on_snapshot(snapshot)
-            .into_iter()
-            .map(SotwOut::into_response)
-            .collect()
-    }
-
-    /// [`SotwStream::handle_snapshot_update`], with responses that share the snapshot's
-    /// resources.
-    pub(crate) fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Vec<SotwOut> {
+    pub fn handle_snapshot_update(&mut self, snapshot: Arc<Snapshot>) -> Vec<SotwResponse> {
         self.core.set_snapshot(snapshot);
         self.reconcile()
     }
 
     /// Sends, per type with no response in flight, what Envoy should hold and does not.
-    fn reconcile(&mut self) -> Vec<SotwOut> {
+    fn reconcile(&mut self) -> Vec<SotwResponse> {
         self.core.advance();
         let mut out = Vec::new();
         for index in 0..self.core.types.len() {
@@ -202,7 +184,7 @@ impl SotwStream {
             state.pending = Some(nonce);
             state.sent_version = Some(version);
             state.sent = sent.clone();
-            out.push(SotwOut {
+            out.push(SotwResponse {
                 version: Some(version),
                 resources: sent,
                 type_url: state.type_url.clone(),

@@ -728,9 +728,18 @@ impl FakeSotwEnvoy {
 
     /// Opens the stream: the initial CDS and LDS requests; processes everything to quiescence.
     pub fn connect(&mut self, stream: &mut SotwStream) {
-        let mut queue = stream.handle_request(self.request(CLUSTER_TYPE_URL));
-        queue.extend(stream.handle_request(self.request(LISTENER_TYPE_URL)));
+        let mut queue = Self::send(stream, self.request(CLUSTER_TYPE_URL));
+        queue.extend(Self::send(stream, self.request(LISTENER_TYPE_URL)));
         self.process(stream, queue);
+    }
+
+    /// Sends `request` on `stream`: the messages it answers.
+    fn send(stream: &mut SotwStream, request: XdsDiscoveryRequest) -> Vec<XdsDiscoveryResponse> {
+        let responses = stream.handle_request(request);
+        responses
+            .into_iter()
+            .map(XdsDiscoveryResponse::from)
+            .collect()
     }
 
     /// Handles `responses` and whatever they lead to, until the stream has nothing more to send.
@@ -768,7 +777,7 @@ impl FakeSotwEnvoy {
                 message,
                 details: Vec::new(),
             });
-            return stream.handle_request(nack);
+            return Self::send(stream, nack);
         }
         let entry = self.accepted.entry(type_url.clone()).or_default();
         if type_url == CLUSTER_TYPE_URL || type_url == LISTENER_TYPE_URL {
@@ -798,10 +807,10 @@ impl FakeSotwEnvoy {
             deps.dedup();
             if self.names.get(dep_type) != Some(&deps) {
                 self.names.insert(dep_type.to_string(), deps);
-                out.extend(stream.handle_request(self.request(dep_type)));
+                out.extend(Self::send(stream, self.request(dep_type)));
             }
         }
-        out.extend(stream.handle_request(self.request(&type_url)));
+        out.extend(Self::send(stream, self.request(&type_url)));
         out
     }
 }

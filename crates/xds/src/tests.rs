@@ -5,9 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest as XdsDeltaDiscoveryRequest, DiscoveryResponse as XdsDiscoveryResponse,
+    DeltaDiscoveryRequest as XdsDeltaDiscoveryRequest,
+    DeltaDiscoveryResponse as XdsDeltaDiscoveryResponse, DiscoveryResponse as XdsDiscoveryResponse,
 };
 use envoy_types::pb::google::rpc::Status as XdsRpcStatus;
+use prost::Message;
 
 use crate::test_helpers::*;
 use crate::*;
@@ -36,6 +38,18 @@ fn snap(to: &str, extra: &[&str], endpoint_port: u16) -> Arc<Snapshot> {
     )
 }
 
+/// What Envoy decodes of SotW `responses`.
+fn sotw(responses: Vec<SotwResponse>) -> Vec<XdsDiscoveryResponse> {
+    let decode = |r: SotwResponse| XdsDiscoveryResponse::decode(&*r.encode_to_vec()).unwrap();
+    responses.into_iter().map(decode).collect()
+}
+
+/// What Envoy decodes of delta `responses`.
+fn delta(responses: Vec<DeltaResponse>) -> Vec<XdsDeltaDiscoveryResponse> {
+    let decode = |r: DeltaResponse| XdsDeltaDiscoveryResponse::decode(&*r.encode_to_vec()).unwrap();
+    responses.into_iter().map(decode).collect()
+}
+
 fn names(r: &XdsDiscoveryResponse) -> Vec<String> {
     r.resources.iter().map(resource_name).collect()
 }
@@ -54,11 +68,11 @@ fn synced(stream: &SotwStream, snapshot: &Snapshot) -> bool {
 #[test]
 fn test_wait_for_snapshot() {
     let mut s = SotwStream::new(&node("n"), "k");
-    assert!(s.handle_request(sotw_request(C, &[], "", "")).is_empty());
-    assert!(s.handle_request(sotw_request(L, &[], "", "")).is_empty());
+    assert!(sotw(s.handle_request(sotw_request(C, &[], "", ""))).is_empty());
+    assert!(sotw(s.handle_request(sotw_request(L, &[], "", ""))).is_empty());
     assert_eq!(s.status().rollout, RolloutPhase::Waiting);
     let a = snap("blue", &[], 1);
-    let out = s.handle_snapshot_update(a.clone());
+    let out = sotw(s.handle_snapshot_update(a.clone()));
     // Clusters first; listeners wait for the clusters' ACK.
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].type_url, C);
@@ -69,7 +83,7 @@ fn test_wait_for_snapshot() {
 fn test_sotw_ack() {
     let mut s = SotwStream::new(&node("n"), "k");
     let a = snap("blue", &[], 1);
-    assert!(s.handle_snapshot_update(a.clone()).is_empty());
+    assert!(sotw(s.handle_snapshot_update(a.clone())).is_empty());
     let mut envoy = FakeSotwEnvoy::default();
     envoy.connect(&mut s);
     assert!(synced(&s, &a));
@@ -85,21 +99,19 @@ fn test_sotw_ack() {
     let order: Vec<&str> = envoy.log.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(order, vec![C, E, L, R]);
     // An equal snapshot (new Arc, same content) sends nothing.
-    assert!(s.handle_snapshot_update(snap("blue", &[], 1)).is_empty());
+    assert!(sotw(s.handle_snapshot_update(snap("blue", &[], 1))).is_empty());
 }
 
 #[test]
 fn test_stale_nonce_ignored() {
     let mut s = SotwStream::new(&node("n"), "k");
     s.handle_snapshot_update(snap("blue", &["green"], 1));
-    let cds = s.handle_request(sotw_request(C, &[], "", "")).remove(0);
+    let cds = sotw(s.handle_request(sotw_request(C, &[], "", ""))).remove(0);
     // An EDS request with a nonce we never sent for EDS: stale, names not recorded.
-    assert!(s
-        .handle_request(sotw_request(E, &["blue"], "", "99"))
-        .is_empty());
+    assert!(sotw(s.handle_request(sotw_request(E, &["blue"], "", "99"))).is_empty());
     assert!(s.status().types[E].subscribed.is_empty());
     // A CDS request carrying an older nonce (not the latest) is ignored too.
-    assert!(s.handle_request(sotw_request(C, &[], "", "0")).is_empty());
+    assert!(sotw(s.handle_request(sotw_request(C, &[], "", "0"))).is_empty());
     assert!(s.status().types[C].acked_version.is_none());
     // The current nonce counts.
     s.handle_request(ack(&cds, &[]));
@@ -107,7 +119,7 @@ fn test_stale_nonce_ignored() {
         s.status().types[C].acked_version.as_deref(),
         Some(cds.version_info.as_str())
     );
-    let eds = s.handle_request(sotw_request(E, &["blue", "green"], "", ""));
+    let eds = sotw(s.handle_request(sotw_request(E, &["blue", "green"], "", "")));
     assert_eq!(names(&eds[0]), vec!["blue", "green"]);
 }
 
@@ -131,7 +143,7 @@ fn test_lds_nack_not_resent() {
         )
         .unwrap(),
     );
-    let out = s.handle_snapshot_update(b.clone());
+    let out = sotw(s.handle_snapshot_update(b.clone()));
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].type_url, L);
     let lds = &out[0];
@@ -141,7 +153,10 @@ fn test_lds_nack_not_resent() {
         message: "bad listener".into(),
         details: vec![],
     });
-    assert!(s.handle_request(nack).is_empty(), "NACKed version resent");
+    assert!(
+        sotw(s.handle_request(nack)).is_empty(),
+        "NACKed version resent"
+    );
     let st = s.status();
     assert_eq!(st.nack_count, 1);
     let last = st.last_nack.unwrap();
@@ -152,9 +167,9 @@ fn test_lds_nack_not_resent() {
     // The rollout holds: no cleanup after a NACK.
     assert_eq!(st.rollout, RolloutPhase::Routes);
     // Same content again: still not resent; a newer snapshot is.
-    assert!(s.handle_snapshot_update(b.clone()).is_empty());
+    assert!(sotw(s.handle_snapshot_update(b.clone())).is_empty());
     let c = snap("blue", &[], 2);
-    let out = s.handle_snapshot_update(c.clone());
+    let out = sotw(s.handle_snapshot_update(c.clone()));
     envoy.process(&mut s, out);
     assert!(synced(&s, &c));
 }
@@ -163,18 +178,16 @@ fn test_lds_nack_not_resent() {
 fn test_eds_snapshot_update_during_ack() {
     let mut s = SotwStream::new(&node("n"), "k");
     s.handle_snapshot_update(snap("blue", &[], 1));
-    let cds = s.handle_request(sotw_request(C, &[], "", "")).remove(0);
-    let eds1 = s
-        .handle_request(sotw_request(E, &["blue"], "", ""))
-        .remove(0);
+    let cds = sotw(s.handle_request(sotw_request(C, &[], "", ""))).remove(0);
+    let eds1 = sotw(s.handle_request(sotw_request(E, &["blue"], "", ""))).remove(0);
     // Endpoints change while EDS response 1 is in flight: nothing more for EDS yet.
-    let out = s.handle_snapshot_update(snap("blue", &[], 2));
+    let out = sotw(s.handle_snapshot_update(snap("blue", &[], 2)));
     assert!(
         out.iter().all(|r| r.type_url != E),
         "second EDS while one in flight"
     );
     // The ACK of response 1 brings the newer endpoints at once.
-    let out = s.handle_request(ack(&eds1, &["blue"]));
+    let out = sotw(s.handle_request(ack(&eds1, &["blue"])));
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].type_url, E);
     assert_ne!(out[0].version_info, eds1.version_info);
@@ -198,7 +211,7 @@ fn test_make_before_break_order() {
 
     // A → B: route moves from blue to green.
     let b = snap("green", &[], 1);
-    let out = s.handle_snapshot_update(b.clone());
+    let out = sotw(s.handle_snapshot_update(b.clone()));
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].type_url, C);
     assert_eq!(names(&out[0]), vec!["blue", "green"], "phase 1: union");
@@ -225,11 +238,11 @@ fn test_make_before_break_order() {
     // B → C mid-way: C arrives while B's clusters are in flight; rollout continues to C and
     // never removes a cluster before routes stop using it.
     envoy.log.clear();
-    let out_b2 = s.handle_snapshot_update(snap("blue", &[], 1));
+    let out_b2 = sotw(s.handle_snapshot_update(snap("blue", &[], 1)));
     assert_eq!(names(&out_b2[0]), vec!["blue", "green"]);
     let c = snap("red", &[], 1);
     assert!(
-        s.handle_snapshot_update(c.clone()).is_empty(),
+        sotw(s.handle_snapshot_update(c.clone())).is_empty(),
         "CDS in flight"
     );
     envoy.process(&mut s, out_b2);
@@ -261,7 +274,7 @@ fn test_cds_nack_holds_routes() {
     envoy.connect(&mut s);
     envoy.reject = Box::new(|r| (r.type_url == C).then(|| "bad cluster".to_string()));
     envoy.log.clear();
-    let out = s.handle_snapshot_update(snap("green", &[], 1));
+    let out = sotw(s.handle_snapshot_update(snap("green", &[], 1)));
     envoy.process(&mut s, out);
     let st = s.status();
     assert_eq!(st.nack_count, 1);
@@ -302,26 +315,22 @@ fn test_delta_initial_resource_versions() {
     initial.insert("gone".to_string(), "v0".to_string());
     let mut req = delta_request(C, &[], &[], "");
     req.initial_resource_versions = initial;
-    let out = s.handle_request(req);
+    let out = delta(s.handle_request(req));
     assert_eq!(out.len(), 1);
     // Only the difference: green; "gone" is kept during make-before-break...
     let sent: Vec<&str> = out[0].resources.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(sent, vec!["green"]);
     assert!(out[0].removed_resources.is_empty());
-    let out = s.handle_request(delta_request(C, &[], &[], &out[0].nonce));
+    let out = delta(s.handle_request(delta_request(C, &[], &[], &out[0].nonce)));
     assert!(out.is_empty());
     // ...and removed once routes are switched.
-    let eds = s
-        .handle_request(delta_request(E, &["blue", "green"], &[], ""))
-        .remove(0);
+    let eds = delta(s.handle_request(delta_request(E, &["blue", "green"], &[], ""))).remove(0);
     assert_eq!(eds.resources.len(), 2);
     s.handle_request(delta_request(E, &[], &[], &eds.nonce));
-    let lds = s.handle_request(delta_request(L, &[], &[], "")).remove(0);
+    let lds = delta(s.handle_request(delta_request(L, &[], &[], ""))).remove(0);
     s.handle_request(delta_request(L, &[], &[], &lds.nonce));
-    let rds = s
-        .handle_request(delta_request(R, &["local"], &[], ""))
-        .remove(0);
-    let out = s.handle_request(delta_request(R, &[], &[], &rds.nonce));
+    let rds = delta(s.handle_request(delta_request(R, &["local"], &[], ""))).remove(0);
+    let out = delta(s.handle_request(delta_request(R, &[], &[], &rds.nonce)));
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].type_url, C);
     assert!(out[0].resources.is_empty());
@@ -335,19 +344,15 @@ fn test_delta_subscribe_unsubscribe() {
     let a = snap("blue", &["green"], 1);
     let mut s = DeltaStream::new(&node("n"), "k");
     s.handle_snapshot_update(a.clone());
-    let out = s.handle_request(delta_request(E, &["blue"], &[], ""));
+    let out = delta(s.handle_request(delta_request(E, &["blue"], &[], "")));
     assert_eq!(out[0].resources.len(), 1);
     assert_eq!(out[0].resources[0].name, "blue");
-    assert!(s
-        .handle_request(delta_request(E, &[], &[], &out[0].nonce))
-        .is_empty());
-    let out = s.handle_request(delta_request(E, &["green"], &[], ""));
+    assert!(delta(s.handle_request(delta_request(E, &[], &[], &out[0].nonce))).is_empty());
+    let out = delta(s.handle_request(delta_request(E, &["green"], &[], "")));
     let sent: Vec<&str> = out[0].resources.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(sent, vec!["green"], "only the newly subscribed resource");
     s.handle_request(delta_request(E, &[], &[], &out[0].nonce));
-    assert!(s
-        .handle_request(delta_request(E, &[], &["blue"], ""))
-        .is_empty());
+    assert!(delta(s.handle_request(delta_request(E, &[], &["blue"], ""))).is_empty());
     assert_eq!(s.status().types[E].subscribed, vec!["green".to_string()]);
     // blue's endpoints change: not subscribed any more, nothing sent.
     let b = snap("blue", &["green"], 1);
@@ -361,10 +366,11 @@ fn test_delta_subscribe_unsubscribe() {
             }
         }
     }
-    let out = s.handle_snapshot_update(Arc::new(Snapshot::from_typed(with_new_blue).unwrap()));
+    let out =
+        delta(s.handle_snapshot_update(Arc::new(Snapshot::from_typed(with_new_blue).unwrap())));
     assert!(out.iter().all(|r| r.type_url != E));
     // Wildcard CDS: a first request with no names gets everything.
-    let out = s.handle_request(delta_request(C, &[], &[], ""));
+    let out = delta(s.handle_request(delta_request(C, &[], &[], "")));
     assert_eq!(out[0].resources.len(), 2);
 }
 
@@ -450,11 +456,9 @@ fn test_only_canonical_nonces_match() {
     // A SotW ACK carrying "01" for nonce "1" is not the latest nonce: stale, ignored.
     let mut s = SotwStream::new(&node("n"), "k");
     s.handle_snapshot_update(snap("blue", &[], 1));
-    let cds = s.handle_request(sotw_request(C, &[], "", "")).remove(0);
+    let cds = sotw(s.handle_request(sotw_request(C, &[], "", ""))).remove(0);
     assert_eq!(cds.nonce, "1");
-    assert!(s
-        .handle_request(sotw_request(C, &[], &cds.version_info, "01"))
-        .is_empty());
+    assert!(sotw(s.handle_request(sotw_request(C, &[], &cds.version_info, "01"))).is_empty());
     assert!(s.status().types[C].acked_version.is_none());
     s.handle_request(ack(&cds, &[]));
     assert_eq!(
@@ -468,7 +472,7 @@ fn test_delta_nack_restores_acked_versions() {
     let mut s = DeltaStream::new(&node("n"), "k");
     let a = snap("blue", &["green"], 1);
     s.handle_snapshot_update(a.clone());
-    let out = s.handle_request(delta_request(C, &[], &[], ""));
+    let out = delta(s.handle_request(delta_request(C, &[], &[], "")));
     let st = s.status();
     assert_eq!(
         st.types[C].pending_nonce.as_deref(),
@@ -485,7 +489,7 @@ fn test_delta_nack_restores_acked_versions() {
     // A new cluster is NACKed: sent falls back to what Envoy ACKed, the NACKed version is
     // recorded with its nonce and not resent for the same content.
     let b = snap("blue", &["green", "red"], 1);
-    let out = s.handle_snapshot_update(b.clone());
+    let out = delta(s.handle_snapshot_update(b.clone()));
     assert_eq!(out.len(), 1);
     let sent: Vec<&str> = out[0].resources.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(sent, vec!["red"]);
@@ -495,7 +499,7 @@ fn test_delta_nack_restores_acked_versions() {
         message: "no".into(),
         details: vec![],
     });
-    assert!(s.handle_request(nack).is_empty());
+    assert!(delta(s.handle_request(nack)).is_empty());
     let st = s.status();
     let nack = st.last_nack.clone().unwrap();
     assert_eq!(nack.nonce, out[0].nonce);
@@ -505,9 +509,7 @@ fn test_delta_nack_restores_acked_versions() {
         st.types[C].nacked_version.as_deref(),
         Some(out[0].system_version_info.as_str())
     );
-    assert!(s
-        .handle_snapshot_update(snap("blue", &["green", "red"], 1))
-        .is_empty());
+    assert!(delta(s.handle_snapshot_update(snap("blue", &["green", "red"], 1))).is_empty());
 }
 
 #[test]
@@ -544,14 +546,14 @@ fn test_whole_type_versions_equal_the_hash_of_what_is_sent() {
     let b = snap("green", &[], 1);
     let mut d = DeltaStream::new(&node("n"), "k");
     d.handle_snapshot_update(a.clone());
-    let cds = d.handle_request(delta_request(C, &[], &[], "")).remove(0);
+    let cds = delta(d.handle_request(delta_request(C, &[], &[], ""))).remove(0);
     assert_eq!(
         Some(cds.system_version_info.as_str()),
         a.type_version(C).as_deref()
     );
     d.handle_request(delta_request(C, &[], &[], &cds.nonce));
     // Phase 1 towards `b`: Envoy holds blue and gets green, so it holds both.
-    let add = d.handle_snapshot_update(b.clone()).remove(0);
+    let add = delta(d.handle_snapshot_update(b.clone())).remove(0);
     assert_eq!(add.type_url, C);
     let both = Snapshot::from_resources(
         vec![],
@@ -567,13 +569,13 @@ fn test_whole_type_versions_equal_the_hash_of_what_is_sent() {
 
     let mut s = SotwStream::new(&node("n"), "k");
     s.handle_snapshot_update(a.clone());
-    let cds = s.handle_request(sotw_request(C, &[], "", "")).remove(0);
+    let cds = sotw(s.handle_request(sotw_request(C, &[], "", ""))).remove(0);
     assert_eq!(
         Some(cds.version_info.as_str()),
         a.type_version(C).as_deref()
     );
     s.handle_request(ack(&cds, &[]));
-    let add = s.handle_snapshot_update(b.clone()).remove(0);
+    let add = sotw(s.handle_snapshot_update(b.clone())).remove(0);
     assert_eq!(names(&add), vec!["blue".to_string(), "green".to_string()]);
     assert_eq!(
         Some(add.version_info.as_str()),

@@ -33,9 +33,10 @@ use crate::rollout::{Held, HeldSet};
 use crate::status::Protocol;
 use crate::Resource;
 
-/// A state-of-the-world response (`DiscoveryResponse`) about to be sent.
+/// A state-of-the-world response (`DiscoveryResponse`) about to be sent, holding the
+/// snapshot's resources rather than copies. `DiscoveryResponse::from` makes the owned message.
 #[derive(Debug, Default)]
-pub(crate) struct SotwOut {
+pub struct SotwResponse {
     pub(crate) version: Option<Version>,
     /// The stream's new `sent` set itself (a SotW response carries all of it): one shared
     /// allocation rather than another `Arc` per resource.
@@ -44,9 +45,10 @@ pub(crate) struct SotwOut {
     pub(crate) nonce: u64,
 }
 
-/// A delta response (`DeltaDiscoveryResponse`) about to be sent.
+/// A delta response (`DeltaDiscoveryResponse`) about to be sent, holding the snapshot's
+/// resources rather than copies. `DeltaDiscoveryResponse::from` makes the owned message.
 #[derive(Debug, Default)]
-pub(crate) struct DeltaOut {
+pub struct DeltaResponse {
     pub(crate) version: Option<Version>,
     pub(crate) resources: Vec<Arc<Resource>>,
     pub(crate) type_url: Cow<'static, str>,
@@ -54,20 +56,19 @@ pub(crate) struct DeltaOut {
     pub(crate) nonce: u64,
 }
 
-impl SotwOut {
-    /// The owned prost message (what the public, I/O-free API returns).
-    pub(crate) fn into_response(self) -> XdsDiscoveryResponse {
+impl From<SotwResponse> for XdsDiscoveryResponse {
+    fn from(response: SotwResponse) -> Self {
         XdsDiscoveryResponse {
-            version_info: self.version.map(|v| v.hex()).unwrap_or_default(),
-            resources: self.bodies().map(|r| r.body.to_any()).collect(),
-            type_url: self.type_url.into_owned(),
-            nonce: self.nonce.to_string(),
+            version_info: response.version.map(|v| v.hex()).unwrap_or_default(),
+            resources: response.bodies().map(|r| r.body.to_any()).collect(),
+            type_url: response.type_url.into_owned(),
+            nonce: response.nonce.to_string(),
             ..XdsDiscoveryResponse::default()
         }
     }
 }
 
-impl SotwOut {
+impl SotwResponse {
     /// The resources sent (a SotW stream only ever holds resources it sent).
     fn bodies(&self) -> impl Iterator<Item = &Arc<Resource>> + Clone {
         self.resources.iter().filter_map(|h| match h {
@@ -77,12 +78,11 @@ impl SotwOut {
     }
 }
 
-impl DeltaOut {
-    /// The owned prost message (what the public, I/O-free API returns).
-    pub(crate) fn into_response(self) -> XdsDeltaDiscoveryResponse {
+impl From<DeltaResponse> for XdsDeltaDiscoveryResponse {
+    fn from(response: DeltaResponse) -> Self {
         XdsDeltaDiscoveryResponse {
-            system_version_info: self.version.map(|v| v.hex()).unwrap_or_default(),
-            resources: self
+            system_version_info: response.version.map(|v| v.hex()).unwrap_or_default(),
+            resources: response
                 .resources
                 .iter()
                 .map(|r| XdsDeltaResource {
@@ -92,9 +92,9 @@ impl DeltaOut {
                     ..XdsDeltaResource::default()
                 })
                 .collect(),
-            type_url: self.type_url.into_owned(),
-            removed_resources: self.removed,
-            nonce: self.nonce.to_string(),
+            type_url: response.type_url.into_owned(),
+            removed_resources: response.removed,
+            nonce: response.nonce.to_string(),
             ..XdsDeltaDiscoveryResponse::default()
         }
     }
@@ -179,7 +179,7 @@ fn delta_entry_len(r: &Resource) -> usize {
     repeated_str_len(2, delta_resource_len(r))
 }
 
-impl prost::Message for SotwOut {
+impl prost::Message for SotwResponse {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         if let Some(v) = &self.version {
             str_field(1, &version_hex(v), buf);
@@ -212,11 +212,11 @@ impl prost::Message for SotwOut {
     }
 
     fn clear(&mut self) {
-        *self = SotwOut::default();
+        *self = SotwResponse::default();
     }
 }
 
-impl prost::Message for DeltaOut {
+impl prost::Message for DeltaResponse {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         if let Some(v) = &self.version {
             str_field(1, &version_hex(v), buf);
@@ -261,7 +261,7 @@ impl prost::Message for DeltaOut {
     }
 
     fn clear(&mut self) {
-        *self = DeltaOut::default();
+        *self = DeltaResponse::default();
     }
 }
 
@@ -368,7 +368,7 @@ fn frame<'a, I>(
     ));
 }
 
-impl Framed for SotwOut {
+impl Framed for SotwResponse {
     fn frames(&self, shared: &SharedEncodings, out: &mut VecDeque<Bytes>) {
         let parts = Parts {
             version: self.version.as_ref(),
@@ -384,7 +384,7 @@ impl Framed for SotwOut {
     }
 }
 
-impl Framed for DeltaOut {
+impl Framed for DeltaResponse {
     fn frames(&self, shared: &SharedEncodings, out: &mut VecDeque<Bytes>) {
         let parts = Parts {
             version: self.version.as_ref(),
@@ -555,7 +555,7 @@ mod tests {
     fn a_sotw_response_encodes_exactly_as_prost_encodes_the_owned_message() {
         for nonce in [1, 9, 10, 12_345, u64::MAX] {
             for (version, resources) in [(Some(version()), resources()), (None, Vec::new())] {
-                let out = SotwOut {
+                let out = SotwResponse {
                     version,
                     resources: HeldSet::from_unsorted(
                         resources.into_iter().map(Held::Sent).collect(),
@@ -565,7 +565,7 @@ mod tests {
                 };
                 let bytes = out.encode_to_vec();
                 assert_eq!(bytes.len(), out.encoded_len());
-                let owned = out.into_response();
+                let owned = XdsDiscoveryResponse::from(out);
                 assert_eq!(bytes, owned.encode_to_vec());
                 assert_eq!(
                     XdsDiscoveryResponse::decode(bytes.as_slice()).unwrap(),
@@ -582,7 +582,7 @@ mod tests {
                 (vec!["old".to_string(), String::new()], resources()),
                 (Vec::new(), Vec::new()),
             ] {
-                let out = DeltaOut {
+                let out = DeltaResponse {
                     version: Some(version()),
                     resources,
                     type_url: Cow::Owned("type.example/Other".to_string()),
@@ -591,7 +591,7 @@ mod tests {
                 };
                 let bytes = out.encode_to_vec();
                 assert_eq!(bytes.len(), out.encoded_len());
-                let owned = out.into_response();
+                let owned = XdsDeltaDiscoveryResponse::from(out);
                 assert_eq!(bytes, owned.encode_to_vec());
                 assert_eq!(
                     XdsDeltaDiscoveryResponse::decode(bytes.as_slice()).unwrap(),
@@ -611,8 +611,8 @@ mod tests {
             .collect()
     }
 
-    fn sotw_out(resources: &[Arc<Resource>], nonce: u64) -> SotwOut {
-        SotwOut {
+    fn sotw_response(resources: &[Arc<Resource>], nonce: u64) -> SotwResponse {
+        SotwResponse {
             version: Some(version()),
             resources: HeldSet::from_unsorted(resources.iter().cloned().map(Held::Sent).collect()),
             type_url: Cow::Borrowed(crate::CLUSTER_TYPE_URL),
@@ -634,8 +634,8 @@ mod tests {
         let shared = SharedEncodings::default();
         // A small set goes out in one chunk, a large one in two.
         for (resources, chunks_expected) in [(resources(), 1), (many_clusters("c"), 2)] {
-            let sotw = sotw_out(&resources, 77);
-            let delta = DeltaOut {
+            let sotw = sotw_response(&resources, 77);
+            let delta = DeltaResponse {
                 version: Some(version()),
                 resources,
                 type_url: Cow::Borrowed(crate::CLUSTER_TYPE_URL),
@@ -648,10 +648,10 @@ mod tests {
             assert_eq!(sotw_chunks.len(), chunks_expected);
             assert_eq!(delta_chunks.len(), chunks_expected);
             let decoded = XdsDiscoveryResponse::decode(message(&sotw_chunks).as_slice()).unwrap();
-            assert_eq!(decoded, sotw.into_response());
+            assert_eq!(decoded, XdsDiscoveryResponse::from(sotw));
             let decoded =
                 XdsDeltaDiscoveryResponse::decode(message(&delta_chunks).as_slice()).unwrap();
-            assert_eq!(decoded, delta.into_response());
+            assert_eq!(decoded, XdsDeltaDiscoveryResponse::from(delta));
         }
     }
 
@@ -660,8 +660,8 @@ mod tests {
         let shared = SharedEncodings::default();
         let clusters = many_clusters("c");
         let (mut first, mut second) = (VecDeque::new(), VecDeque::new());
-        sotw_out(&clusters, 1).frames(&shared, &mut first);
-        sotw_out(&clusters, 2).frames(&shared, &mut second);
+        sotw_response(&clusters, 1).frames(&shared, &mut first);
+        sotw_response(&clusters, 2).frames(&shared, &mut second);
         // Own fields (the nonce differs) apart, the resources are the same bytes in memory.
         assert_ne!(first[0], second[0]);
         assert_eq!(first[1].as_ptr(), second[1].as_ptr());
@@ -669,11 +669,11 @@ mod tests {
 
         // A delta response of the same resources is encoded differently: not shared.
         let mut delta = VecDeque::new();
-        DeltaOut {
+        DeltaResponse {
             resources: clusters.clone(),
             type_url: Cow::Borrowed(crate::CLUSTER_TYPE_URL),
             nonce: 3,
-            ..DeltaOut::default()
+            ..DeltaResponse::default()
         }
         .frames(&shared, &mut delta);
         assert_ne!(delta[1].as_ptr(), first[1].as_ptr());
@@ -682,14 +682,14 @@ mod tests {
         // Equal content in other allocations (another snapshot) is encoded again, not looked
         // up by content.
         let mut other = VecDeque::new();
-        sotw_out(&many_clusters("c"), 4).frames(&shared, &mut other);
+        sotw_response(&many_clusters("c"), 4).frames(&shared, &mut other);
         assert_ne!(other[1].as_ptr(), first[1].as_ptr());
         assert_eq!(other[1], first[1]);
 
         drop((first, second, delta, other));
         assert_eq!(shared.live(), 0, "written sections are freed");
         let mut again = VecDeque::new();
-        sotw_out(&clusters, 5).frames(&shared, &mut again);
+        sotw_response(&clusters, 5).frames(&shared, &mut again);
         assert_eq!(shared.live(), 1);
     }
 }
