@@ -9,21 +9,25 @@
 //! - [`SotwStream`] / [`DeltaStream`]: the per-stream state machines, synchronous and free of I/O,
 //!   tracking nonces, ACKs and NACKs per type and rolling changes out make-before-break. Their
 //!   [`SotwResponse`]s / [`DeltaResponse`]s hold the snapshot's resources, not copies.
-//! - [`AdsServer`]: the tonic service that drives one state machine per gRPC stream with a single
-//!   `tokio::select!` loop, and reports [`ProxyStatus`] for every connected proxy.
+//! - [`AdsServer`]: drives one state machine per gRPC stream with a single `tokio::select!` loop,
+//!   and reports [`ProxyStatus`] for every connected proxy.
+//! - [`AdsService`]: the gRPC service. tonic-build generates it (routing, request decoding);
+//!   the crate's transport writes its responses, each resources section encoded once and shared
+//!   by the streams that send it.
 //!
 //! Protocol reference: <https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol>.
 
-mod body;
 mod cache;
 mod delta;
 mod error;
+mod grpc;
 mod packed;
 mod resource;
 mod rollout;
 mod server;
 mod sotw;
 mod status;
+mod transport;
 mod wire;
 
 #[cfg(any(test, feature = "testing"))]
@@ -35,9 +39,10 @@ pub use error::XdsError;
 pub use packed::PackedAny;
 pub use resource::{cluster_eds_name, listener_rds_names, Resource, Snapshot, TypeItems};
 pub use rollout::RolloutPhase;
-pub use server::{AdsServer, AdsService, NodeIdResolver, NodeResolver};
+pub use server::{AdsServer, NodeIdResolver, NodeResolver};
 pub use sotw::SotwStream;
 pub use status::{NackRecord, Protocol, ProxyStatus, TypeStatus};
+pub use transport::AdsService;
 pub use wire::{DeltaResponse, SotwResponse};
 
 /// Envoy's node identity, as sent in the first request of a stream.

@@ -1,12 +1,10 @@
-//! The ADS gRPC service: one state machine per stream, driven by one `select!` loop.
+//! The ADS server: one state machine per gRPC stream, driven by one `select!` loop, behind the
+//! two methods of the generated service ([`crate::grpc`]).
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
-use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest as XdsDeltaDiscoveryRequest, DiscoveryRequest as XdsDiscoveryRequest,
@@ -16,13 +14,11 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::codec::{BufferSettings, DecodeBuf, Decoder};
-use tonic::codegen::{http, Body, BoxFuture, StdError};
-use tonic::server::NamedService;
 use tonic::{Status, Streaming};
 
-use crate::body::{AdsBody, ResponseStream};
-use crate::wire::{DeltaResponse, Framed, SharedEncodings, SotwResponse};
+use crate::grpc::AggregatedDiscoveryService;
+use crate::transport::{AdsService, Responses};
+use crate::wire::{DeltaResponse, Encode, SharedEncodings, SotwResponse};
 use crate::{DeltaStream, ProxyStatus, Snapshot, SnapshotCache, SotwStream, XdsError, XdsNode};
 
 /// Maps a connecting proxy to the snapshot key whose snapshots it receives.
@@ -98,7 +94,7 @@ impl Drop for StreamGuard {
 /// What the driver needs from a stream machine, SotW or delta.
 trait StreamMachine: Send + 'static {
     type Request: Message + Default + Send + 'static;
-    type Response: Framed + Send + 'static;
+    type Response: Encode + Send + 'static;
     fn node(request: &Self::Request) -> Option<&XdsNode>;
     fn create(node: &XdsNode, key: String, id: u64) -> Self;
     fn on_request(&mut self, request: Self::Request) -> Vec<Self::Response>;
@@ -209,9 +205,7 @@ impl AdsServer {
     /// The gRPC service (`envoy.service.discovery.v3.AggregatedDiscoveryService`), to add to a
     /// `tonic::transport::Server`.
     pub fn service(&self) -> AdsService {
-        AdsService {
-            server: self.clone(),
-        }
+        AdsService::new(self.clone())
     }
 
     /// Serves ADS on `listener` until `shutdown` completes; then ends all streams and returns.
@@ -260,13 +254,13 @@ impl AdsServer {
         Ok(())
     }
 
-    /// The response stream of one ADS stream. No task and no channel of its own: the stream
-    /// machine runs inside the response body's `poll_next` (in the HTTP/2 stream's task), so
-    /// each response is computed when the connection can take it.
+    /// The responses of one ADS call. No task and no channel of its own: the stream machine
+    /// runs inside the response body's `poll_next` (in the HTTP/2 stream's task), so each
+    /// response is computed when the connection can take it.
     fn open<M: StreamMachine>(
         &self,
         requests: Streaming<M::Request>,
-    ) -> ResponseStream<M::Response> {
+    ) -> tonic::Response<Responses<M::Response>> {
         let driver = Driver::<M> {
             inner: self.inner.clone(),
             requests,
@@ -274,10 +268,32 @@ impl AdsServer {
             queue: Vec::new().into_iter(),
             done: false,
         };
-        Box::pin(futures::stream::unfold(driver, |mut driver| async move {
+        let responses = futures::stream::unfold(driver, |mut driver| async move {
             let item = driver.next().await?;
             Some((item, driver))
-        }))
+        });
+        crate::transport::offer(Box::pin(responses), self.inner.shared.clone())
+    }
+}
+
+/// The two ADS methods, called by the generated service with requests decoded.
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = Responses<SotwResponse>;
+    type DeltaAggregatedResourcesStream = Responses<DeltaResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: tonic::Request<Streaming<XdsDiscoveryRequest>>,
+    ) -> Result<tonic::Response<Responses<SotwResponse>>, Status> {
+        Ok(self.open::<SotwStream>(request.into_inner()))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: tonic::Request<Streaming<XdsDeltaDiscoveryRequest>>,
+    ) -> Result<tonic::Response<Responses<DeltaResponse>>, Status> {
+        Ok(self.open::<DeltaStream>(request.into_inner()))
     }
 }
 
@@ -412,117 +428,6 @@ impl<M: StreamMachine> Opened<M> {
     }
 }
 
-/// Initial capacity of a stream's decode buffer. tonic's default is 8 KiB, held for the life of
-/// the stream; ADS streams are long-lived and, after the first requests, carry small messages
-/// (the buffer grows as a message needs).
-const CODEC_BUFFER_SIZE: usize = 512;
-/// tonic's default for the yield threshold (unused when decoding).
-const CODEC_YIELD_THRESHOLD: usize = 32 * 1024;
-/// The largest request accepted (tonic's default limit).
-const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
-
-/// The protobuf decoder of the ADS requests, with a small buffer.
-struct AdsDecoder<D>(PhantomData<fn() -> D>);
-
-impl<D> Default for AdsDecoder<D> {
-    fn default() -> Self {
-        AdsDecoder(PhantomData)
-    }
-}
-
-impl<D: Message + Default> Decoder for AdsDecoder<D> {
-    type Item = D;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
-        D::decode(src)
-            .map(Some)
-            .map_err(|e| Status::invalid_argument(format!("decoding a request: {e}")))
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::new(CODEC_BUFFER_SIZE, CODEC_YIELD_THRESHOLD)
-    }
-}
-
-impl AdsServer {
-    /// The response to one ADS call: requests decoded by tonic, responses written by
-    /// [`AdsBody`] (no compression either way; Envoy asks for none).
-    fn respond<M, B>(&self, request: http::Request<B>) -> http::Response<tonic::body::Body>
-    where
-        M: StreamMachine,
-        B: Body + Send + 'static,
-        B::Error: Into<StdError> + Send + 'static,
-    {
-        let requests = Streaming::new_request(
-            AdsDecoder::<M::Request>::default(),
-            request.into_body(),
-            None,
-            Some(MAX_REQUEST_BYTES),
-        );
-        let body = AdsBody::new(self.open::<M>(requests), self.inner.shared.clone());
-        let mut response = http::Response::new(tonic::body::Body::new(body));
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            tonic::metadata::GRPC_CONTENT_TYPE,
-        );
-        response
-    }
-}
-
-/// gRPC service name of ADS.
-const SERVICE_NAME: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
-const SOTW_PATH: &str =
-    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
-const DELTA_PATH: &str =
-    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
-
-/// The ADS gRPC service of an [`AdsServer`] (what `tonic-build` would generate, with a decoder
-/// whose per-stream buffer starts small and a response body that shares encoded resources).
-#[derive(Clone)]
-pub struct AdsService {
-    server: AdsServer,
-}
-
-impl NamedService for AdsService {
-    const NAME: &'static str = SERVICE_NAME;
-}
-
-impl<B> tonic::codegen::Service<http::Request<B>> for AdsService
-where
-    B: Body + Send + 'static,
-    B::Error: Into<StdError> + Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Infallible>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let response = match request.uri().path() {
-            SOTW_PATH => self.server.respond::<SotwStream, B>(request),
-            DELTA_PATH => self.server.respond::<DeltaStream, B>(request),
-            _ => {
-                let mut response = http::Response::new(tonic::body::Body::default());
-                let headers = response.headers_mut();
-                headers.insert(
-                    Status::GRPC_STATUS,
-                    (tonic::Code::Unimplemented as i32).into(),
-                );
-                headers.insert(
-                    http::header::CONTENT_TYPE,
-                    tonic::metadata::GRPC_CONTENT_TYPE,
-                );
-                response
-            }
-        };
-        Box::pin(async move { Ok(response) })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -532,10 +437,14 @@ mod tests {
     use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse as XdsDiscoveryResponse;
     use tokio::sync::mpsc;
     use tokio_stream::wrappers::ReceiverStream;
+    use tonic::codegen::http;
 
     use super::*;
     use crate::test_helpers::{eds_cluster, node, sotw_request};
     use crate::{Resource, CLUSTER_TYPE_URL};
+
+    const SOTW_PATH: &str =
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 
     /// A server on a free loopback port, serving `cache`.
     async fn start(cache: SnapshotCache) -> (AdsServer, tonic::transport::Channel) {

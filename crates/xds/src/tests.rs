@@ -12,6 +12,7 @@ use envoy_types::pb::google::rpc::Status as XdsRpcStatus;
 use prost::Message;
 
 use crate::test_helpers::*;
+use crate::wire::Encode;
 use crate::*;
 
 const L: &str = LISTENER_TYPE_URL;

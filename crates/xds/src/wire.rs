@@ -1,21 +1,21 @@
-//! The responses the stream machines hand to gRPC, encoded straight from the snapshot's shared
-//! resources.
+//! ADS responses, encoded straight from the snapshot's shared resources.
 //!
 //! A response built as prost's `DiscoveryResponse` / `DeltaDiscoveryResponse` owns a copy of
 //! every resource it carries (the `Any` body, name and version Strings): one allocation and copy
 //! per resource per stream, freed again once encoded. The ten or so streams of a proxy class all
-//! send the same resources, so these types keep only the `Arc<Resource>`s and write the protobuf
-//! fields from them, byte for byte what prost would encode for the owned message (tested below).
+//! send the same resources, so [`SotwResponse`] and [`DeltaResponse`] keep only the
+//! `Arc<Resource>`s and write the protobuf fields from them, byte for byte what prost would
+//! encode for the owned message (tested below).
 //!
-//! On the wire ([`Framed::frames`]) a response is one gRPC message in two chunks: the stream's
-//! own fields (version, type, nonce) and the resources. The resources' bytes are encoded once
-//! and shared by every stream that sends the same resources at the same time
-//! ([`SharedEncodings`]): a change that reaches 10,000 proxies of 1,000 classes encodes about
-//! 1,000 resource sections, not 10,000, and holds that many while they wait in the HTTP/2 send
-//! queues for slow readers.
+//! [`Encode::encode_shared`] writes a response in at most two chunks: the stream's own fields
+//! (version, type, nonce) and the resources. The resources' bytes are encoded once and shared by
+//! every stream that sends the same resources at the same time ([`SharedEncodings`]): a change
+//! that reaches 10,000 proxies of 1,000 classes encodes about 1,000 resource sections, not
+//! 10,000, and holds that many while they wait in the HTTP/2 send queues for slow readers.
+//! Framing the chunks as gRPC messages is [`crate::transport`]'s.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
@@ -24,9 +24,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryResponse as XdsDeltaDiscoveryResponse, DiscoveryResponse as XdsDiscoveryResponse,
     Resource as XdsDeltaResource,
 };
-use prost::bytes::{Buf, BufMut};
-use prost::encoding::{self, DecodeContext, WireType};
-use prost::DecodeError;
+use prost::bytes::BufMut;
+use prost::encoding::{self, WireType};
 
 use crate::resource::Version;
 use crate::rollout::{Held, HeldSet};
@@ -157,100 +156,70 @@ fn delta_resource_len(r: &Resource) -> usize {
     str_len(1, r.version.len()) + r.body.field_len(2) + str_len(3, r.name.len())
 }
 
-/// One resource of a SotW response: its `Any` as field 2.
-fn sotw_entry(r: &Resource, buf: &mut impl BufMut) {
-    r.body.encode_field(2, buf);
+/// One resource of a response: in SotW its `Any` as field 2, in delta a `Resource` message as
+/// field 2.
+fn entry(protocol: Protocol, r: &Resource, buf: &mut impl BufMut) {
+    match protocol {
+        Protocol::Sotw => r.body.encode_field(2, buf),
+        Protocol::Delta => {
+            encoding::encode_key(2, WireType::LengthDelimited, buf);
+            encoding::encode_varint(delta_resource_len(r) as u64, buf);
+            str_field(1, r.version.as_bytes(), buf);
+            r.body.encode_field(2, buf);
+            str_field(3, r.name.as_bytes(), buf);
+        }
+    }
 }
 
-fn sotw_entry_len(r: &Resource) -> usize {
-    r.body.field_len(2)
+fn entry_len(protocol: Protocol, r: &Resource) -> usize {
+    match protocol {
+        Protocol::Sotw => r.body.field_len(2),
+        Protocol::Delta => repeated_str_len(2, delta_resource_len(r)),
+    }
 }
 
-/// One resource of a delta response: a `Resource` message as field 2.
-fn delta_entry(r: &Resource, buf: &mut impl BufMut) {
-    encoding::encode_key(2, WireType::LengthDelimited, buf);
-    encoding::encode_varint(delta_resource_len(r) as u64, buf);
-    str_field(1, r.version.as_bytes(), buf);
-    r.body.encode_field(2, buf);
-    str_field(3, r.name.as_bytes(), buf);
+/// A response's fields. The field numbers are the same in `DiscoveryResponse` and
+/// `DeltaDiscoveryResponse`: version 1, resources 2, type URL 4, nonce 5, and removed names 6 in
+/// delta only.
+pub(crate) struct Parts<'a, I> {
+    version: Option<&'a Version>,
+    type_url: &'a str,
+    nonce: u64,
+    removed: &'a [String],
+    protocol: Protocol,
+    resources: I,
 }
 
-fn delta_entry_len(r: &Resource) -> usize {
-    repeated_str_len(2, delta_resource_len(r))
-}
+impl<'a, I> Parts<'a, I>
+where
+    I: Iterator<Item = &'a Arc<Resource>> + Clone,
+{
+    fn resources_len(&self) -> usize {
+        let protocol = self.protocol;
+        self.resources.clone().map(|r| entry_len(protocol, r)).sum()
+    }
 
-impl prost::Message for SotwResponse {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        if let Some(v) = &self.version {
+    /// The version field, which comes before the resources.
+    fn version_field(&self, buf: &mut impl BufMut) {
+        if let Some(v) = self.version {
             str_field(1, &version_hex(v), buf);
         }
-        for r in self.bodies() {
-            sotw_entry(r, buf);
-        }
+    }
+
+    /// The fields that come after the resources.
+    fn later_fields(&self, buf: &mut impl BufMut) {
         str_field(4, self.type_url.as_bytes(), buf);
         let (digits, at) = nonce_digits(self.nonce);
         str_field(5, &digits[at..], buf);
-    }
-
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        // Only ever encoded (responses go out, never in).
-        encoding::skip_field(wire_type, tag, buf, ctx)
-    }
-
-    fn encoded_len(&self) -> usize {
-        let (_, at) = nonce_digits(self.nonce);
-        self.version.map_or(0, |_| str_len(1, 32))
-            + self.bodies().map(|r| sotw_entry_len(r)).sum::<usize>()
-            + str_len(4, self.type_url.len())
-            + str_len(5, 20 - at)
-    }
-
-    fn clear(&mut self) {
-        *self = SotwResponse::default();
-    }
-}
-
-impl prost::Message for DeltaResponse {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        if let Some(v) = &self.version {
-            str_field(1, &version_hex(v), buf);
-        }
-        for r in &self.resources {
-            delta_entry(r, buf);
-        }
-        str_field(4, self.type_url.as_bytes(), buf);
-        let (digits, at) = nonce_digits(self.nonce);
-        str_field(5, &digits[at..], buf);
-        for name in &self.removed {
+        for name in self.removed {
             repeated_str_field(6, name.as_bytes(), buf);
         }
     }
 
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        // Only ever encoded (responses go out, never in).
-        encoding::skip_field(wire_type, tag, buf, ctx)
-    }
-
-    fn encoded_len(&self) -> usize {
+    /// The length of the stream's own fields (all but the resources).
+    fn own_fields_len(&self) -> usize {
         let (_, at) = nonce_digits(self.nonce);
         self.version.map_or(0, |_| str_len(1, 32))
-            + self
-                .resources
-                .iter()
-                .map(|r| delta_entry_len(r))
-                .sum::<usize>()
             + str_len(4, self.type_url.len())
             + str_len(5, 20 - at)
             + self
@@ -259,144 +228,91 @@ impl prost::Message for DeltaResponse {
                 .map(|n| repeated_str_len(6, n.len()))
                 .sum::<usize>()
     }
-
-    fn clear(&mut self) {
-        *self = DeltaResponse::default();
-    }
 }
 
 /// A resources section shorter than this goes out in one chunk with the stream's own fields:
 /// sharing it would save little, and a second HTTP/2 DATA frame costs more than the copy.
 const SHARE_MIN_BYTES: usize = 1024;
 
-/// A response that can be written as the chunks of one gRPC message.
-pub(crate) trait Framed {
-    /// Appends the gRPC message (5-byte prefix and protobuf) as one or two chunks to `out`.
-    fn frames(&self, shared: &SharedEncodings, out: &mut VecDeque<Bytes>);
-}
+/// A response as protobuf, written from its [`Parts`].
+pub(crate) trait Encode {
+    /// The response's fields.
+    fn parts(&self) -> Parts<'_, impl Iterator<Item = &Arc<Resource>> + Clone>;
 
-/// The 5-byte gRPC message prefix: not compressed, then the length (big-endian u32).
-/// <https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md#requests>
-fn grpc_prefix(len: usize, buf: &mut BytesMut) {
-    buf.put_u8(0);
-    // A response over 4 GiB cannot be framed; Envoy refuses far smaller ones anyway.
-    buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
-}
-
-/// A whole message in one chunk.
-fn single_chunk(message: &impl prost::Message, out: &mut VecDeque<Bytes>) {
-    let len = message.encoded_len();
-    let mut buf = BytesMut::with_capacity(5 + len);
-    grpc_prefix(len, &mut buf);
-    message.encode_raw(&mut buf);
-    out.push_back(buf.freeze());
-}
-
-/// The first chunk of a response whose resources go out in a second: the gRPC prefix (which
-/// counts both) and the stream's own fields. The field numbers are the same in
-/// `DiscoveryResponse` and `DeltaDiscoveryResponse` (version 1, type URL 4, nonce 5; removed
-/// names 6 in delta only). Protobuf fields may come in any order (a repeated field's elements
-/// keep theirs), so these come before the resources (field 2).
-fn own_fields(
-    version: Option<&Version>,
-    type_url: &str,
-    nonce: u64,
-    removed: &[String],
-    resources_len: usize,
-) -> Bytes {
-    let (digits, at) = nonce_digits(nonce);
-    let own_len = version.map_or(0, |_| str_len(1, 32))
-        + str_len(4, type_url.len())
-        + str_len(5, 20 - at)
-        + removed
-            .iter()
-            .map(|n| repeated_str_len(6, n.len()))
-            .sum::<usize>();
-    let mut head = BytesMut::with_capacity(5 + own_len);
-    grpc_prefix(own_len + resources_len, &mut head);
-    if let Some(v) = version {
-        str_field(1, &version_hex(v), &mut head);
+    /// The length of its encoding.
+    fn encoded_len(&self) -> usize {
+        let parts = self.parts();
+        parts.own_fields_len() + parts.resources_len()
     }
-    str_field(4, type_url.as_bytes(), &mut head);
-    str_field(5, &digits[at..], &mut head);
-    for name in removed {
-        repeated_str_field(6, name.as_bytes(), &mut head);
+
+    /// Writes its encoding, fields in field-number order (as prost writes them).
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        let parts = self.parts();
+        parts.version_field(buf);
+        for r in parts.resources.clone() {
+            entry(parts.protocol, r, buf);
+        }
+        parts.later_fields(buf);
     }
-    head.freeze()
-}
 
-/// A response's fields for [`frame`]: its own, and its resources.
-struct Parts<'a, I> {
-    version: Option<&'a Version>,
-    type_url: &'a str,
-    nonce: u64,
-    removed: &'a [String],
-    protocol: Protocol,
-    resources: I,
-    /// Writes one resource of the section, and its length.
-    entry: fn(&Resource, &mut Vec<u8>),
-    entry_len: fn(&Resource) -> usize,
-}
-
-/// Writes `message` in one chunk when its resources section is small, else as its own fields
-/// and the shared section.
-fn frame<'a, I>(
-    message: &impl prost::Message,
-    parts: Parts<'a, I>,
-    shared: &SharedEncodings,
-    out: &mut VecDeque<Bytes>,
-) where
-    I: Iterator<Item = &'a Arc<Resource>> + Clone,
-{
-    let resources_len = parts.resources.clone().map(|r| (parts.entry_len)(r)).sum();
-    if resources_len < SHARE_MIN_BYTES {
-        single_chunk(message, out);
-        return;
+    /// Its encoding after `headroom` zero bytes (room for the caller's framing): in one chunk
+    /// when its resources section is small, else in two, the stream's own fields and then the
+    /// resources section, shared with the other streams that send the very same resources.
+    /// Protobuf fields may come in any order (a repeated field's elements keep theirs), so the
+    /// own fields may all come first.
+    fn encode_shared(
+        &self,
+        shared: &SharedEncodings,
+        headroom: usize,
+    ) -> (BytesMut, Option<Bytes>) {
+        let parts = self.parts();
+        let resources_len = parts.resources_len();
+        if resources_len < SHARE_MIN_BYTES {
+            let mut whole = BytesMut::with_capacity(headroom + self.encoded_len());
+            whole.put_bytes(0, headroom);
+            self.encode_raw(&mut whole);
+            return (whole, None);
+        }
+        let mut head = BytesMut::with_capacity(headroom + parts.own_fields_len());
+        head.put_bytes(0, headroom);
+        parts.version_field(&mut head);
+        parts.later_fields(&mut head);
+        let section = shared.get_or_encode(parts.protocol, parts.resources, resources_len);
+        (head, Some(section))
     }
-    out.push_back(own_fields(
-        parts.version,
-        parts.type_url,
-        parts.nonce,
-        parts.removed,
-        resources_len,
-    ));
-    out.push_back(shared.get_or_encode(
-        parts.protocol,
-        parts.resources,
-        resources_len,
-        parts.entry,
-    ));
+
+    /// Its encoding in one buffer.
+    #[cfg(test)]
+    fn encode_to_vec(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(self.encoded_len());
+        self.encode_raw(&mut buf);
+        buf
+    }
 }
 
-impl Framed for SotwResponse {
-    fn frames(&self, shared: &SharedEncodings, out: &mut VecDeque<Bytes>) {
-        let parts = Parts {
+impl Encode for SotwResponse {
+    fn parts(&self) -> Parts<'_, impl Iterator<Item = &Arc<Resource>> + Clone> {
+        Parts {
             version: self.version.as_ref(),
             type_url: &self.type_url,
             nonce: self.nonce,
             removed: &[],
             protocol: Protocol::Sotw,
             resources: self.bodies(),
-            entry: |r, buf| sotw_entry(r, buf),
-            entry_len: sotw_entry_len,
-        };
-        frame(self, parts, shared, out);
+        }
     }
 }
 
-impl Framed for DeltaResponse {
-    fn frames(&self, shared: &SharedEncodings, out: &mut VecDeque<Bytes>) {
-        let parts = Parts {
+impl Encode for DeltaResponse {
+    fn parts(&self) -> Parts<'_, impl Iterator<Item = &Arc<Resource>> + Clone> {
+        Parts {
             version: self.version.as_ref(),
             type_url: &self.type_url,
             nonce: self.nonce,
             removed: &self.removed,
             protocol: Protocol::Delta,
             resources: self.resources.iter(),
-            entry: |r, buf| delta_entry(r, buf),
-            entry_len: delta_entry_len,
-        };
-        frame(self, parts, shared, out);
+        }
     }
 }
 
@@ -440,15 +356,9 @@ impl AsRef<[u8]> for SectionBytes {
 const MIN_SWEEP: usize = 256;
 
 impl SharedEncodings {
-    /// The section of `resources` encoded by `encode` for `protocol` (`len` bytes in all):
-    /// shared with another stream sending the very same resources, or encoded now.
-    fn get_or_encode<'a, I>(
-        &self,
-        protocol: Protocol,
-        resources: I,
-        len: usize,
-        encode: impl Fn(&Resource, &mut Vec<u8>),
-    ) -> Bytes
+    /// The section of `resources` encoded for `protocol` (`len` bytes in all): shared with
+    /// another stream sending the very same resources, or encoded now.
+    fn get_or_encode<'a, I>(&self, protocol: Protocol, resources: I, len: usize) -> Bytes
     where
         I: Iterator<Item = &'a Arc<Resource>> + Clone,
     {
@@ -473,7 +383,7 @@ impl SharedEncodings {
         let mut bytes = Vec::with_capacity(len);
         let mut held = Vec::new();
         for r in resources {
-            encode(r, &mut bytes);
+            entry(protocol, r, &mut bytes);
             held.push(r.clone());
         }
         let section = Arc::new(Section {
@@ -620,17 +530,19 @@ mod tests {
         }
     }
 
-    /// The gRPC message of `chunks`: checks the prefix and returns the protobuf bytes.
-    fn message(chunks: &VecDeque<Bytes>) -> Vec<u8> {
-        let all: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-        assert_eq!(all[0], 0, "not compressed");
-        let len = u32::from_be_bytes([all[1], all[2], all[3], all[4]]) as usize;
-        assert_eq!(len, all.len() - 5);
-        all[5..].to_vec()
+    /// The chunks of `response`, shared with the other responses encoded with `shared`.
+    fn chunks(response: &impl Encode, shared: &SharedEncodings) -> Vec<Bytes> {
+        let (head, section) = response.encode_shared(shared, 0);
+        std::iter::once(head.freeze()).chain(section).collect()
+    }
+
+    /// The message of `chunks`.
+    fn message(chunks: &[Bytes]) -> Vec<u8> {
+        chunks.iter().flat_map(|c| c.iter().copied()).collect()
     }
 
     #[test]
-    fn a_framed_response_sotw_or_delta_is_one_grpc_message_that_decodes_to_the_owned_one() {
+    fn a_response_in_chunks_sotw_or_delta_decodes_to_the_owned_one() {
         let shared = SharedEncodings::default();
         // A small set goes out in one chunk, a large one in two.
         for (resources, chunks_expected) in [(resources(), 1), (many_clusters("c"), 2)] {
@@ -642,11 +554,12 @@ mod tests {
                 removed: vec!["gone".to_string()],
                 nonce: 5,
             };
-            let (mut sotw_chunks, mut delta_chunks) = (VecDeque::new(), VecDeque::new());
-            sotw.frames(&shared, &mut sotw_chunks);
-            delta.frames(&shared, &mut delta_chunks);
+            let (sotw_chunks, delta_chunks) = (chunks(&sotw, &shared), chunks(&delta, &shared));
             assert_eq!(sotw_chunks.len(), chunks_expected);
             assert_eq!(delta_chunks.len(), chunks_expected);
+            let total = |c: &[Bytes]| c.iter().map(Bytes::len).sum::<usize>();
+            assert_eq!(total(&sotw_chunks), sotw.encoded_len());
+            assert_eq!(total(&delta_chunks), delta.encoded_len());
             let decoded = XdsDiscoveryResponse::decode(message(&sotw_chunks).as_slice()).unwrap();
             assert_eq!(decoded, XdsDiscoveryResponse::from(sotw));
             let decoded =
@@ -656,40 +569,48 @@ mod tests {
     }
 
     #[test]
+    fn room_is_left_before_a_response_for_the_caller() {
+        let shared = SharedEncodings::default();
+        for resources in [resources(), many_clusters("c")] {
+            let sotw = sotw_response(&resources, 1);
+            let (head, _) = sotw.encode_shared(&shared, 5);
+            let (bare, _) = sotw.encode_shared(&shared, 0);
+            assert_eq!(&head[..5], &[0; 5]);
+            assert_eq!(&head[5..], &bare[..]);
+        }
+    }
+
+    #[test]
     fn streams_sending_the_same_resources_share_one_encoding_until_the_last_is_written() {
         let shared = SharedEncodings::default();
         let clusters = many_clusters("c");
-        let (mut first, mut second) = (VecDeque::new(), VecDeque::new());
-        sotw_response(&clusters, 1).frames(&shared, &mut first);
-        sotw_response(&clusters, 2).frames(&shared, &mut second);
+        let first = chunks(&sotw_response(&clusters, 1), &shared);
+        let second = chunks(&sotw_response(&clusters, 2), &shared);
         // Own fields (the nonce differs) apart, the resources are the same bytes in memory.
         assert_ne!(first[0], second[0]);
         assert_eq!(first[1].as_ptr(), second[1].as_ptr());
         assert_eq!(shared.live(), 1);
 
         // A delta response of the same resources is encoded differently: not shared.
-        let mut delta = VecDeque::new();
-        DeltaResponse {
+        let delta = DeltaResponse {
             resources: clusters.clone(),
             type_url: Cow::Borrowed(crate::CLUSTER_TYPE_URL),
             nonce: 3,
             ..DeltaResponse::default()
-        }
-        .frames(&shared, &mut delta);
+        };
+        let delta = chunks(&delta, &shared);
         assert_ne!(delta[1].as_ptr(), first[1].as_ptr());
         assert_eq!(shared.live(), 2);
 
         // Equal content in other allocations (another snapshot) is encoded again, not looked
         // up by content.
-        let mut other = VecDeque::new();
-        sotw_response(&many_clusters("c"), 4).frames(&shared, &mut other);
+        let other = chunks(&sotw_response(&many_clusters("c"), 4), &shared);
         assert_ne!(other[1].as_ptr(), first[1].as_ptr());
         assert_eq!(other[1], first[1]);
 
         drop((first, second, delta, other));
         assert_eq!(shared.live(), 0, "written sections are freed");
-        let mut again = VecDeque::new();
-        sotw_response(&clusters, 5).frames(&shared, &mut again);
+        let _again = chunks(&sotw_response(&clusters, 5), &shared);
         assert_eq!(shared.live(), 1);
     }
 }
