@@ -53,6 +53,16 @@ pub enum TranslateError {
         /// Virtual gateway name.
         name: String,
     },
+    /// A TLS setting of the proxy's own virtual node or gateway that Envoy would refuse (an
+    /// empty secret name or path, a NUL character). Nothing is sent: the proxy keeps its
+    /// previous config rather than get a listener without the TLS its spec asks for.
+    #[error("{resource}: TLS cannot be translated: {reason}")]
+    InvalidTls {
+        /// The resource, as App Mesh names it (`virtualNode/front`).
+        resource: String,
+        /// What is wrong, naming the field.
+        reason: String,
+    },
     /// A feature that this version of Weft does not translate yet.
     #[error("not supported yet: {0}")]
     Unsupported(String),
@@ -67,6 +77,7 @@ impl TranslateError {
         match self {
             Self::VirtualNodeNotFound { name, .. } => Some(format!("virtualNode/{name}")),
             Self::VirtualGatewayNotFound { name, .. } => Some(format!("virtualGateway/{name}")),
+            Self::InvalidTls { resource, .. } => Some(resource.clone()),
             Self::InvalidNodeId { .. }
             | Self::InvalidMetadata { .. }
             | Self::MeshMismatch { .. }

@@ -79,6 +79,7 @@ use weft_model::shapes::{
 use crate::defaults;
 use crate::listener::{self, Direction, HcmExtras};
 use crate::route::{self, TargetClusters};
+use crate::tls;
 use crate::{
     cluster, names, MeshSnapshot, ProxyIdentity, ProxyOptions, SharedResources, TranslateError,
     XdsCluster,
@@ -136,6 +137,7 @@ pub(crate) fn translate(
             name: proxy.name.clone(),
         }
     })?;
+    tls::check_gateway(gateway)?;
     let mesh = snapshot.mesh_name();
     let loopback = loopback(&options.listen_address);
     let routes = ordered_gateway_routes(snapshot, &gateway.virtual_gateway_name);
@@ -182,22 +184,29 @@ pub(crate) fn translate(
         if let Some(policy) = &gateway_listener.health_check {
             filter = with_health_check(filter, policy);
         }
-        listeners.push(listener::listener(
+        let chain = listener::filter_chain(
+            format!(
+                "ingress_{}_{port}",
+                names::protocol_name(port_protocol(*protocol))
+            ),
+            None,
+            filter,
+        );
+        let server_tls = gateway_listener.tls.as_ref().map(tls::ServerTls::from);
+        let (chains, inspect) = tls::chains(chain, server_tls.as_ref(), port_protocol(*protocol));
+        let mut gateway_listener = listener::listener(
             names::ingress_listener(&options.listen_address, *port),
             &options.listen_address,
             *port,
             Direction::Ingress,
             false,
-            vec![listener::filter_chain(
-                format!(
-                    "ingress_{}_{port}",
-                    names::protocol_name(port_protocol(*protocol))
-                ),
-                None,
-                filter,
-            )],
+            chains,
             None,
-        ));
+        );
+        if inspect {
+            tls::add_inspector(&mut gateway_listener, &[]);
+        }
+        listeners.push(gateway_listener);
         route_configurations.insert(rc.name.clone(), rc);
         clusters.insert(cluster.name.clone(), Arc::new(cluster));
     }
@@ -297,6 +306,12 @@ fn as_client_node(gateway: &VirtualGatewayData, targets: &BTreeSet<&str>) -> Vir
             version: gateway.metadata.version,
         },
         spec: VirtualNodeSpec {
+            // The gateway's client policy: App Mesh gives gateways backend defaults only.
+            backend_defaults: gateway
+                .spec
+                .backend_defaults
+                .as_ref()
+                .map(tls::gateway_backend_defaults),
             backends: Some(
                 targets
                     .iter()

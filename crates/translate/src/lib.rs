@@ -25,6 +25,7 @@ mod names;
 mod options;
 mod route;
 mod snapshot;
+mod tls;
 mod translate;
 
 pub use cloud_map::CloudMapInstance;
@@ -45,6 +46,10 @@ pub use names::{
 };
 pub use options::{ListenerMode, ProxyOptions, DEFAULT_EGRESS_PORT, DEFAULT_INGRESS_PORT};
 pub use snapshot::MeshSnapshot;
+pub use tls::{
+    IDENTITY_SECRET as TLS_IDENTITY_SECRET, SDS_CLUSTER as TLS_SDS_CLUSTER,
+    TRUST_BUNDLE_SECRET as TLS_TRUST_BUNDLE_SECRET,
+};
 pub use translate::{translate, ProxyResources, SharedResources, Translator};
 
 /// Envoy's cluster type (kept apart from App Mesh names by the `Xds` prefix).

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;
+use envoy_types::pb::envoy::config::core::v3::TransportSocket as XdsTransportSocket;
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier as XdsHeaderMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier as XdsQueryParameterMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::route::Action as XdsAction;
@@ -37,9 +38,11 @@ use weft_model::shapes::{
     VirtualServiceProvider, WeightedTarget,
 };
 
+use prost::Message;
+
 use crate::defaults::{self, IDLE_TIMEOUT_SECS, PER_REQUEST_TIMEOUT_SECS};
 use crate::listener::TcpTarget;
-use crate::{cluster, names, MeshSnapshot};
+use crate::{cluster, names, tls, MeshSnapshot};
 
 /// Whether a listener protocol is served by an HTTP connection manager.
 pub(crate) fn is_http_family(protocol: PortProtocol) -> bool {
@@ -142,6 +145,8 @@ pub(crate) fn egress(
     let mut builder = EgressBuilder {
         snapshot,
         targets,
+        client: node,
+        service: String::new(),
         clusters: BTreeMap::new(),
         ports: BTreeSet::new(),
         tcp_ports: BTreeMap::new(),
@@ -197,6 +202,9 @@ pub(crate) fn egress(
 #[derive(Debug, Default)]
 pub(crate) struct TargetClusters {
     by_node: HashMap<String, Vec<PortCluster>>,
+    /// The same clusters originating TLS, by name and encoded transport socket: clients with
+    /// the same policy for a target share its TLS cluster too.
+    with_tls: HashMap<(String, Vec<u8>), Arc<XdsCluster>>,
 }
 
 /// A weighted target's port and its cluster (`None`: the target is unreachable).
@@ -227,11 +235,26 @@ impl TargetClusters {
             .1
             .as_ref()
     }
+
+    /// `cluster` originating TLS through `socket`, built on first use.
+    fn with_tls(&mut self, cluster: &XdsCluster, socket: XdsTransportSocket) -> Arc<XdsCluster> {
+        let key = (cluster.name.clone(), socket.encode_to_vec());
+        Arc::clone(self.with_tls.entry(key).or_insert_with(|| {
+            Arc::new(XdsCluster {
+                transport_socket: Some(socket),
+                ..cluster.clone()
+            })
+        }))
+    }
 }
 
 struct EgressBuilder<'a> {
     snapshot: &'a MeshSnapshot,
     targets: &'a mut TargetClusters,
+    /// The client: its client policies decide how its clusters originate TLS.
+    client: &'a VirtualNodeData,
+    /// The backend virtual service being built (the client policy's backend, and the SNI).
+    service: String,
     clusters: BTreeMap<String, Arc<XdsCluster>>,
     ports: BTreeSet<u16>,
     tcp_ports: BTreeMap<u16, TcpPlan>,
@@ -247,6 +270,7 @@ impl EgressBuilder<'_> {
         let Some(service) = snapshot.virtual_services.get(service_name) else {
             return;
         };
+        self.service = service_name.to_string();
         // A service without a provider gets no virtual host: its name is then unknown to the
         // proxy, so requests get 404 (or leave the mesh under ALLOW_ALL).
         let ports_and_routes: Vec<(u16, PortProtocol, Vec<XdsRoute>)> = match &service.spec.provider
@@ -459,6 +483,55 @@ impl EgressBuilder<'_> {
         })
     }
 
+    /// `cluster` (of `target`) as this client reaches it for the current backend: over TLS
+    /// when the client's policy or the target listener says so (see `tls.rs`).
+    fn with_tls(&mut self, cluster: Arc<XdsCluster>, target: &WeightedTarget) -> Arc<XdsCluster> {
+        let Some((node, listener, port)) = target_listener(self.snapshot, target) else {
+            return cluster;
+        };
+        let socket = tls::upstream(&tls::Origination {
+            client: tls::client_policy(self.client, &self.service),
+            server: listener.tls.as_ref(),
+            port,
+            protocol: listener.port_mapping.protocol,
+            sni: &self.service,
+            discovery_names: tls::discovery_names(node),
+        });
+        match socket {
+            None => cluster,
+            Some(socket) => self.targets.with_tls(&cluster, socket),
+        }
+    }
+
+    /// Adds `cluster` to the proxy's clusters; returns the name its routes use. A target
+    /// reached through two backends whose TLS differs (their client policies, or just the SNI
+    /// — each backend's own name) cannot be one cluster: the first backend (in name order)
+    /// keeps App Mesh's name, each other one gets its own `<cluster>_<virtual service>`.
+    fn claim(&mut self, cluster: Arc<XdsCluster>) -> String {
+        match self.clusters.get(&cluster.name) {
+            None => {
+                let name = cluster.name.clone();
+                self.clusters.insert(name.clone(), cluster);
+                name
+            }
+            Some(known) if Arc::ptr_eq(known, &cluster) || **known == *cluster => {
+                cluster.name.clone()
+            }
+            Some(_) => {
+                let name = format!("{}_{}", cluster.name, self.service);
+                let mut variant = XdsCluster::clone(&cluster);
+                variant.name.clone_from(&name);
+                if let Some(assignment) = &mut variant.load_assignment {
+                    assignment.cluster_name.clone_from(&name);
+                }
+                self.clusters
+                    .entry(name.clone())
+                    .or_insert_with(|| Arc::new(variant));
+                name
+            }
+        }
+    }
+
     /// The action for a route's weighted targets. Targets that cannot be reached (deleted node,
     /// no such listener, no service discovery) are left out and the others keep their relative
     /// weights; if none is left, or all weights are 0, the route answers 503 itself, so that
@@ -466,13 +539,11 @@ impl EgressBuilder<'_> {
     fn action(&mut self, targets: &[WeightedTarget]) -> XdsAction {
         let mut weights: BTreeMap<String, u32> = BTreeMap::new();
         for target in targets {
-            if let Some(cluster) = self.targets.get(self.snapshot, target) {
+            if let Some(cluster) = self.targets.get(self.snapshot, target).cloned() {
+                let cluster = self.with_tls(cluster, target);
+                let name = self.claim(cluster);
                 let weight = u32::try_from(target.weight.clamp(0, 100)).unwrap_or(0);
-                *weights.entry(cluster.name.clone()).or_default() += weight;
-                if !self.clusters.contains_key(&cluster.name) {
-                    self.clusters
-                        .insert(cluster.name.clone(), Arc::clone(cluster));
-                }
+                *weights.entry(name).or_default() += weight;
             }
         }
         weights.retain(|_, w| *w > 0);
@@ -503,13 +574,7 @@ impl EgressBuilder<'_> {
 /// we take the first listener rather than fail). DNS discovery gives a DNS cluster, Cloud
 /// Map discovery an EDS cluster; a node without service discovery is unreachable.
 fn target_cluster(snapshot: &MeshSnapshot, target: &WeightedTarget) -> Option<XdsCluster> {
-    let node = snapshot.virtual_nodes.get(&target.virtual_node)?;
-    let listeners = node.spec.listeners.as_deref().unwrap_or_default();
-    let listener = match target.port {
-        Some(p) => listeners.iter().find(|l| l.port_mapping.port == p)?,
-        None => listeners.first()?,
-    };
-    let listener_port = port(listener.port_mapping.port)?;
+    let (node, listener, listener_port) = target_listener(snapshot, target)?;
     match node.spec.service_discovery.as_ref()? {
         ServiceDiscovery::Dns(dns) => Some(cluster::egress_dns(
             snapshot.mesh_name(),
@@ -534,6 +599,21 @@ fn target_cluster(snapshot: &MeshSnapshot, target: &WeightedTarget) -> Option<Xd
             crate::cloud_map::eds_service_name(snapshot, discovery, listener_port),
         )),
     }
+}
+
+/// The target node of a weighted target, its listener on `target.port` (or its first) and that
+/// listener's port.
+fn target_listener<'a>(
+    snapshot: &'a MeshSnapshot,
+    target: &WeightedTarget,
+) -> Option<(&'a VirtualNodeData, &'a Listener, u16)> {
+    let node = snapshot.virtual_nodes.get(&target.virtual_node)?;
+    let listeners = node.spec.listeners.as_deref().unwrap_or_default();
+    let listener = match target.port {
+        Some(p) => listeners.iter().find(|l| l.port_mapping.port == p)?,
+        None => listeners.first()?,
+    };
+    Some((node, listener, port(listener.port_mapping.port)?))
 }
 
 /// The ports of a set of port mappings with their protocol, sorted; should a port appear twice

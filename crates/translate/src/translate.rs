@@ -8,6 +8,7 @@ use weft_model::shapes::{EgressFilterType, VirtualNodeData};
 use crate::defaults::{self, IDLE_TIMEOUT_SECS};
 use crate::listener::{self, Direction, HcmExtras, TcpTarget};
 use crate::route::{self, is_http_family};
+use crate::tls;
 use crate::{
     cluster, names, ListenerMode, MeshSnapshot, ProxyIdentity, ProxyKind, ProxyOptions,
     TranslateError, XdsCluster, XdsClusterLoadAssignment, XdsListener, XdsRouteConfiguration,
@@ -156,6 +157,7 @@ fn translate_node(
             name: proxy.name.clone(),
         }
     })?;
+    tls::check_node(node)?;
     let mut out = Output::default();
     ingress(snapshot, node, options, &mut out);
     egress(snapshot, targets, node, options, &mut out);
@@ -189,6 +191,8 @@ fn ingress(
     let mesh = snapshot.mesh_name();
     let mut seen = BTreeSet::new();
     let mut chains = Vec::new();
+    // The `PERMISSIVE` ports, for which the shared listener needs the TLS inspector.
+    let mut permissive = Vec::new();
     let access_log = listener::access_logs(node.spec.logging.as_ref());
     for node_listener in node.spec.listeners.iter().flatten() {
         let Some(port) = route::port(node_listener.port_mapping.port) else {
@@ -229,31 +233,45 @@ fn ingress(
         };
         let chain_name = format!("ingress_{}_{port}", names::protocol_name(protocol));
         out.clusters.insert(cluster.name.clone(), Arc::new(cluster));
+        let server_tls = node_listener.tls.as_ref().map(tls::ServerTls::from);
+        let chain = listener::filter_chain(chain_name, (!explicit).then_some(port), filter);
+        let (port_chains, inspect) = tls::chains(chain, server_tls.as_ref(), protocol);
         if explicit {
-            out.listeners.push(listener::listener(
+            let mut l = listener::listener(
                 names::ingress_listener(&options.listen_address, port),
                 &options.listen_address,
                 port,
                 Direction::Ingress,
                 false,
-                vec![listener::filter_chain(chain_name, None, filter)],
+                port_chains,
                 None,
-            ));
+            );
+            if inspect {
+                tls::add_inspector(&mut l, &[]);
+            }
+            out.listeners.push(l);
         } else {
-            chains.push(listener::filter_chain(chain_name, Some(port), filter));
+            if inspect {
+                permissive.push(port);
+            }
+            chains.extend(port_chains);
         }
     }
     if !chains.is_empty() {
+        let mut l = listener::listener(
+            names::ingress_listener(&options.listen_address, options.ingress_port),
+            &options.listen_address,
+            options.ingress_port,
+            Direction::Ingress,
+            true,
+            chains,
+            None,
+        );
+        if !permissive.is_empty() {
+            tls::add_inspector(&mut l, &permissive);
+        }
         out.listeners.push(listener::also_on(
-            listener::listener(
-                names::ingress_listener(&options.listen_address, options.ingress_port),
-                &options.listen_address,
-                options.ingress_port,
-                Direction::Ingress,
-                true,
-                chains,
-                None,
-            ),
+            l,
             options.listen_address_v6.as_deref(),
             options.ingress_port,
         ));
