@@ -562,11 +562,12 @@ async fn proxy_status_names_the_deleted_node_a_proxy_is_not_updated_for_and_the_
 }
 
 #[test]
-fn weft_demo_brings_up_a_whole_mesh_and_routes_as_configured() {
+fn weft_demo_in_explicit_mode_brings_up_a_whole_mesh_and_routes_as_configured() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
         .args([
             "demo",
             "--check",
+            "--explicit",
             "--listen",
             "127.0.0.1:0",
             "--xds-listen",
