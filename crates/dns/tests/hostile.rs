@@ -204,6 +204,7 @@ async fn idle_tcp_connections_are_closed_and_connections_past_the_cap_are_refuse
     let limits = Limits {
         max_tcp_connections: 2,
         tcp_idle_timeout: Duration::from_millis(500),
+        ..Limits::default()
     };
     let server =
         Server::start_with(namespace(RoutingPolicy::Multivalue, &[instance(1)]), limits).await;
