@@ -24,7 +24,8 @@
 //! SERVFAIL), TCP connections are capped and time out when idle, and there
 //! is no queue but the sockets' own buffers. A message that does not parse
 //! gets FORMERR, or nothing when it is too short to have an id; either way
-//! the resolver goes on answering.
+//! the resolver goes on answering. The UDP and TCP serving is weft-dns's
+//! [`transport`], the same as Weft's DNS server's, under these bounds.
 
 use std::future::Future;
 use std::io;
@@ -37,10 +38,11 @@ use hickory_proto::rr::{Name, RData, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::time::{timeout_at, Instant};
 use tracing::{debug, info, warn};
+use weft_dns::transport::{self, frame, InFlight, Protocol, Respond, HEADER_LEN};
 
 use crate::config::XdsEndpoint;
 use crate::error::AgentError;
@@ -54,9 +56,6 @@ pub const DNS_PORT: u16 = 53;
 
 /// The file the host's resolvers are read from when none is given.
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
-
-/// The smallest DNS message: its header (RFC 1035 §4.1.1).
-const HEADER_LEN: usize = 12;
 
 /// The UDP payload a query without EDNS may receive (RFC 1035 §4.2.1).
 const CLASSIC_UDP_PAYLOAD: u16 = 512;
@@ -399,17 +398,6 @@ fn set_id(message: &mut [u8], id: u16) {
     }
 }
 
-/// How a query came in, and so how it may be answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// A datagram: a truncated answer is passed on truncated, and the
-    /// client asks again over TCP (RFC 7766 §5).
-    Udp,
-    /// A TCP connection: a truncated answer from UDP is fetched again over
-    /// TCP.
-    Tcp,
-}
-
 /// A query on its way out: the client's bytes under a fresh id.
 struct Outgoing {
     id: u16,
@@ -488,11 +476,8 @@ async fn exchange_tcp(
 ) -> io::Result<(Vec<u8>, Message)> {
     let exchange = async {
         let mut stream = TcpStream::connect(server).await?;
-        let len = u16::try_from(query.bytes.len())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "query too long"))?;
-        let mut framed = Vec::with_capacity(query.bytes.len() + 2);
-        framed.extend_from_slice(&len.to_be_bytes());
-        framed.extend_from_slice(&query.bytes);
+        let framed = frame(&query.bytes)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "query too long"))?;
         stream.write_all(&framed).await?;
         let len = stream.read_u16().await?;
         let mut answer = vec![0_u8; usize::from(len)];
@@ -508,15 +493,17 @@ async fn exchange_tcp(
     timeout_at(until, exchange).await.map_err(|_| timed_out())?
 }
 
-/// UDP, then TCP when the answer is truncated and the client came over TCP.
+/// UDP, then TCP when the answer is truncated and the client came over TCP
+/// (over UDP, a truncated answer is passed on truncated, and the client asks
+/// again over TCP: RFC 7766 §5).
 async fn exchange(
     server: SocketAddr,
     query: &Outgoing,
-    transport: Transport,
+    protocol: Protocol,
     until: Instant,
 ) -> io::Result<(Vec<u8>, Message)> {
     let answer = exchange_udp(server, query, until).await?;
-    if answer.1.metadata.truncation && transport == Transport::Tcp {
+    if answer.1.metadata.truncation && protocol == Protocol::Tcp {
         return exchange_tcp(server, query, until).await;
     }
     Ok(answer)
@@ -550,7 +537,7 @@ impl Resolver {
     }
 
     /// The answer to one received message, or `None` when it gets none.
-    pub async fn answer(&self, message: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    pub async fn answer(&self, message: &[u8], protocol: Protocol) -> Option<Vec<u8>> {
         let query = match inspect(message) {
             Inspected::Drop => return None,
             Inspected::Reply(bytes) => return Some(bytes),
@@ -559,9 +546,9 @@ impl Resolver {
         let until = Instant::now() + self.limits.query_deadline;
         let outgoing = Outgoing::new(message, &query);
         let resolved = async {
-            match self.ask_weft(&outgoing, transport, until).await {
+            match self.ask_weft(&outgoing, protocol, until).await {
                 Some(answer) => Some(answer),
-                None => self.ask_upstreams(&outgoing, transport, until).await,
+                None => self.ask_upstreams(&outgoing, protocol, until).await,
             }
         };
         match timeout_at(until, resolved).await {
@@ -599,7 +586,7 @@ impl Resolver {
     async fn ask_weft(
         &self,
         query: &Outgoing,
-        transport: Transport,
+        protocol: Protocol,
         until: Instant,
     ) -> Option<Vec<u8>> {
         let server = (*self.weft.borrow())?;
@@ -607,7 +594,7 @@ impl Resolver {
             return None;
         }
         let weft_until = until.min(Instant::now() + self.limits.weft_timeout);
-        match exchange(server, query, transport, weft_until).await {
+        match exchange(server, query, protocol, weft_until).await {
             Ok((bytes, answer)) => weft_answers(&answer).then_some(bytes),
             Err(error) => {
                 debug!(%server, %error, "Weft's DNS server did not answer; asking upstream");
@@ -623,7 +610,7 @@ impl Resolver {
     async fn ask_upstreams(
         &self,
         query: &Outgoing,
-        transport: Transport,
+        protocol: Protocol,
         until: Instant,
     ) -> Option<Vec<u8>> {
         let mut fallback = None;
@@ -638,7 +625,7 @@ impl Resolver {
             } else {
                 until.min(now + self.limits.upstream_timeout)
             };
-            match exchange(upstream, query, transport, attempt_until).await {
+            match exchange(upstream, query, protocol, attempt_until).await {
                 Ok((bytes, answer)) => match answer.metadata.response_code {
                     ResponseCode::ServFail | ResponseCode::Refused | ResponseCode::NotImp => {
                         fallback = Some(bytes);
@@ -665,7 +652,7 @@ impl Resolver {
             };
             let outgoing = Outgoing::new(&bytes, &query);
             let until = Instant::now() + self.limits.query_deadline;
-            let Some(answer) = self.ask_upstreams(&outgoing, Transport::Tcp, until).await else {
+            let Some(answer) = self.ask_upstreams(&outgoing, Protocol::Tcp, until).await else {
                 continue;
             };
             let Ok(answer) = Message::from_vec(&answer) else {
@@ -681,6 +668,21 @@ impl Resolver {
             }
         }
         None
+    }
+}
+
+impl Respond for Resolver {
+    async fn respond(
+        &self,
+        message: &[u8],
+        _src: SocketAddr,
+        protocol: Protocol,
+    ) -> Option<Vec<u8>> {
+        self.answer(message, protocol).await
+    }
+
+    fn busy(&self, message: &[u8]) -> Option<Vec<u8>> {
+        Resolver::answer_busy(message)
     }
 }
 
@@ -775,9 +777,10 @@ pub async fn start(config: ResolverConfig) -> Result<RunningResolver, AgentError
     })
 }
 
-/// Serves `resolver` on `udp` and `tcp` until `shutdown` completes.
-/// Errors only when a socket fails for good; a bad packet or a broken
-/// connection costs only itself.
+/// Serves `resolver` on `udp` and `tcp` until `shutdown` completes, with
+/// weft-dns's transport under the resolver's [`Limits`]. Errors only when
+/// a socket fails for good; a bad packet or a broken connection costs only
+/// itself.
 pub async fn serve(
     udp: UdpSocket,
     tcp: TcpListener,
@@ -785,140 +788,14 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
-    tokio::select! {
-        result = serve_udp(Arc::new(udp), &resolver, &in_flight) => result,
-        () = serve_tcp(&tcp, &resolver, &in_flight, limits) => Ok(()),
-        () = shutdown => Ok(()),
-    }
-}
-
-/// Receives datagrams and resolves each in a task of its own, up to the
-/// in-flight cap; past it a datagram is dropped.
-async fn serve_udp(
-    socket: Arc<UdpSocket>,
-    resolver: &Arc<Resolver>,
-    in_flight: &Arc<Semaphore>,
-) -> Result<(), AgentError> {
-    // Dropped with this future, which aborts every query in flight.
-    let mut queries = JoinSet::new();
-    let mut buffer = vec![0_u8; 65_535];
-    loop {
-        let (len, src) = match socket.recv_from(&mut buffer).await {
-            Ok(received) => received,
-            Err(error) if is_transient(&error) => {
-                debug!(%error, "DNS UDP receive");
-                continue;
-            }
-            Err(error) => return Err(AgentError::io("receiving DNS queries", error)),
-        };
-        while queries.try_join_next().is_some() {}
-        // Port 0 cannot be answered (and is a spoofing tell).
-        if src.port() == 0 {
-            continue;
-        }
-        let Ok(permit) = Arc::clone(in_flight).try_acquire_owned() else {
-            debug!(%src, "DNS query dropped: at the in-flight cap");
-            continue;
-        };
-        let Some(message) = buffer.get(..len).map(<[u8]>::to_vec) else {
-            continue;
-        };
-        let resolver = Arc::clone(resolver);
-        let socket = Arc::clone(&socket);
-        queries.spawn(async move {
-            let _permit = permit;
-            if let Some(answer) = resolver.answer(&message, Transport::Udp).await {
-                if let Err(error) = socket.send_to(&answer, src).await {
-                    debug!(%error, %src, "DNS UDP send");
-                }
-            }
-        });
-    }
-}
-
-/// Errors a UDP socket reports for one peer, not for itself.
-fn is_transient(error: &io::Error) -> bool {
-    matches!(
-        error.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-            | io::ErrorKind::HostUnreachable
-            | io::ErrorKind::NetworkUnreachable
-    )
-}
-
-async fn serve_tcp(
-    listener: &TcpListener,
-    resolver: &Arc<Resolver>,
-    in_flight: &Arc<Semaphore>,
-    limits: Limits,
-) {
-    // Dropped with this future, which closes every connection.
-    let mut connections = JoinSet::new();
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                warn!(%error, "DNS TCP accept");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        while connections.try_join_next().is_some() {}
-        if connections.len() >= limits.max_tcp_connections {
-            debug!(%peer, "DNS TCP connection refused: at the cap");
-            continue;
-        }
-        connections.spawn(serve_connection(
-            stream,
-            Arc::clone(resolver),
-            Arc::clone(in_flight),
-            limits.tcp_idle_timeout,
-        ));
-    }
-}
-
-/// Answers the messages of one TCP connection in order, each framed by a
-/// two-octet length (RFC 1035 §4.2.2, RFC 7766 §8).
-async fn serve_connection(
-    mut stream: TcpStream,
-    resolver: Arc<Resolver>,
-    in_flight: Arc<Semaphore>,
-    idle: Duration,
-) {
-    let mut message = Vec::new();
-    loop {
-        let Ok(Ok(len)) = timeout(idle, stream.read_u16()).await else {
-            return;
-        };
-        let len = usize::from(len);
-        if len < HEADER_LEN {
-            return;
-        }
-        message.resize(len, 0);
-        let Ok(Ok(_)) = timeout(idle, stream.read_exact(&mut message)).await else {
-            return;
-        };
-        let answer = match Arc::clone(&in_flight).try_acquire_owned() {
-            Ok(_permit) => resolver.answer(&message, Transport::Tcp).await,
-            Err(_) => Resolver::answer_busy(&message),
-        };
-        let Some(answer) = answer else {
-            continue;
-        };
-        let Ok(answer_len) = u16::try_from(answer.len()) else {
-            return;
-        };
-        let mut framed = Vec::with_capacity(answer.len() + 2);
-        framed.extend_from_slice(&answer_len.to_be_bytes());
-        framed.extend_from_slice(&answer);
-        let Ok(Ok(())) = timeout(idle, stream.write_all(&framed)).await else {
-            return;
-        };
-    }
+    let bounds = transport::Limits {
+        in_flight: InFlight::AtMost(limits.max_in_flight),
+        max_tcp_connections: limits.max_tcp_connections,
+        tcp_idle_timeout: limits.tcp_idle_timeout,
+    };
+    transport::serve(udp, tcp, resolver, bounds, shutdown)
+        .await
+        .map_err(|e| AgentError::io("receiving DNS queries", e))
 }
 
 #[cfg(test)]
