@@ -7,7 +7,10 @@
 //! - `dynamic_resources`: ADS (SotW or delta) for CDS and LDS, everything else follows over the
 //!   same stream because translation points RDS/EDS at `{ads: {}}`;
 //! - optional App Mesh stats tags, a runtime with an admin layer, and a cap on downstream
-//!   connections.
+//!   connections;
+//! - with workload identity on, a second static cluster, [`SDS_CLUSTER`] (`weft_sds`), to the
+//!   agent's SDS server on its Unix socket ([`crate::sds`]): the translation's TLS contexts name
+//!   it for the secrets `weft-identity` and `weft-trust-bundle`.
 //!
 //! Envoy docs: <https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/bootstrap/v3/bootstrap.proto>.
 
@@ -18,6 +21,14 @@ use crate::config::{AgentConfig, ListenerMode};
 /// The name of the bootstrap's static cluster to Weft's ADS server.
 pub const XDS_CLUSTER: &str = "xds_cluster";
 
+/// The bootstrap's static cluster to the agent's SDS server (what `weft_translate`'s TLS
+/// contexts name).
+pub const SDS_CLUSTER: &str = "weft_sds";
+
+/// The SDS socket named in the bootstrap when the agent will pick it at start (no
+/// `APPMESH_SDS_SOCKET_PATH`, no run folder): only `--print-bootstrap` shows it.
+pub const SDS_SOCKET_PLACEHOLDER: &str = "<temporary run folder>/sds.sock";
+
 /// The cap on Envoy's active downstream connections (all listeners together).
 pub const MAX_DOWNSTREAM_CONNECTIONS: u64 = 50_000;
 
@@ -26,7 +37,7 @@ pub fn bootstrap(config: &AgentConfig) -> Value {
     let mut root = json!({
         "node": node(config),
         "admin": admin(config),
-        "static_resources": { "clusters": [xds_cluster(config)] },
+        "static_resources": { "clusters": clusters(config) },
         "dynamic_resources": dynamic_resources(config),
         "layered_runtime": layered_runtime(),
         "overload_manager": overload_manager(),
@@ -92,6 +103,42 @@ fn admin(config: &AgentConfig) -> Value {
                 "path": config.admin_access_log.to_string_lossy(),
             }
         }],
+    })
+}
+
+fn clusters(config: &AgentConfig) -> Vec<Value> {
+    let mut clusters = vec![xds_cluster(config)];
+    if let Some(identity) = &config.identity {
+        let socket = identity
+            .sds_socket
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| SDS_SOCKET_PLACEHOLDER.to_string());
+        clusters.push(sds_cluster(&socket));
+    }
+    clusters
+}
+
+/// The agent's SDS server: gRPC (so HTTP/2) over its Unix socket.
+fn sds_cluster(socket: &str) -> Value {
+    json!({
+        "name": SDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": SDS_CLUSTER,
+            "endpoints": [{
+                "lb_endpoints": [{
+                    "endpoint": { "address": { "pipe": { "path": socket } } }
+                }]
+            }]
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": { "http2_protocol_options": {} }
+            }
+        },
     })
 }
 
@@ -316,6 +363,36 @@ mod tests {
             bootstrap(&c)["static_resources"]["clusters"][0]["type"],
             "LOGICAL_DNS"
         );
+    }
+
+    #[test]
+    fn identity_adds_the_sds_cluster_on_the_socket_and_nothing_else() {
+        let mut c = config();
+        assert_eq!(
+            bootstrap(&c)["static_resources"]["clusters"]
+                .as_array()
+                .map(Vec::len),
+            Some(1)
+        );
+        c.identity = Some(crate::identity::IdentityConfig {
+            token: crate::identity::TokenSource::File("/run/token".into()),
+            ca_server: crate::identity::CaServer::beside(&c.xds_endpoint),
+            sds_socket: Some("/run/weft/sds.sock".into()),
+        });
+        let b = bootstrap(&c);
+        let sds = &b["static_resources"]["clusters"][1];
+        assert_eq!(sds["name"], "weft_sds");
+        assert_eq!(
+            sds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                ["pipe"]["path"],
+            "/run/weft/sds.sock"
+        );
+        assert!(sds["typed_extension_protocol_options"]
+            ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
+            ["http2_protocol_options"]
+            .is_object());
+        // Neither the token nor its file's path is in the bootstrap Envoy reads.
+        assert!(!bootstrap_json(&c).contains("/run/token"));
     }
 
     #[test]

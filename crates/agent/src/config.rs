@@ -13,6 +13,7 @@ use std::time::Duration;
 use weft_model::{Arn, ResourcePath};
 
 use crate::error::AgentError;
+use crate::identity::{CaServer, IdentityConfig, JoinToken, TokenSource};
 use crate::launch::EnvoyIdentity;
 
 /// How the application's traffic reaches Envoy (`weft.listener_mode`, `docs/proxy-contract.md`).
@@ -229,6 +230,38 @@ pub struct AgentArgs {
     /// Print the Envoy bootstrap (JSON) and exit.
     #[arg(long)]
     pub print_bootstrap: bool,
+    /// Workload identity: the join token the operator created for this virtual node or gateway
+    /// (`weft join-token create`). With it, the agent gets the proxy's certificate from Weft's
+    /// CA and serves it to Envoy over SDS; without it (and without --join-token-file), no
+    /// identity. Prefer the variable or the file: a flag shows in the process list.
+    #[arg(long, env = "WEFT_JOIN_TOKEN", value_name = "TOKEN", hide_env_values = true,
+          conflicts_with = "join_token_file", value_parser = secret_arg)]
+    pub join_token: Option<SecretArg>,
+    /// A file holding the join token (read again whenever the agent joins, so it can be replaced).
+    #[arg(long, env = "WEFT_JOIN_TOKEN_FILE", value_name = "PATH")]
+    pub join_token_file: Option<PathBuf>,
+    /// Weft's CA: the server's API address (plain HTTP); `http://<xDS host>:9080` when unset.
+    #[arg(long, env = "WEFT_CA_SERVER", value_name = "URL")]
+    pub ca_server: Option<String>,
+    /// The Unix socket the agent serves the proxy's certificate and trust bundle on (SDS), for
+    /// Envoy; `sds.sock` in the run folder when unset.
+    #[arg(long, env = "APPMESH_SDS_SOCKET_PATH", value_name = "PATH")]
+    pub sds_socket_path: Option<PathBuf>,
+}
+
+/// A flag value that is a secret: its `Debug` hides it, and clap never repeats it in an error
+/// (it accepts any text; [`AgentConfig::from_args`] checks it without quoting it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretArg(String);
+
+impl std::fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<hidden>")
+    }
+}
+
+fn secret_arg(s: &str) -> Result<SecretArg, std::convert::Infallible> {
+    Ok(SecretArg(s.to_string()))
 }
 
 /// `1`/`0` (App Mesh's convention for switches), also `true`/`false`.
@@ -259,6 +292,9 @@ const RESTARTS: &str = "APPNET_ENVOY_RESTART_COUNT (--envoy-restart-count)";
 const CLUSTER: &str = "APPMESH_RESOURCE_CLUSTER (--resource-cluster)";
 pub(crate) const IGNORE_UID: &str = "APPMESH_IGNORE_UID (--ignore-uid)";
 pub(crate) const IGNORE_GID: &str = "APPMESH_IGNORE_GID (--ignore-gid)";
+const JOIN_TOKEN: &str = "WEFT_JOIN_TOKEN (--join-token)";
+const JOIN_TOKEN_FILE: &str = "WEFT_JOIN_TOKEN_FILE (--join-token-file)";
+const CA_SERVER: &str = "WEFT_CA_SERVER (--ca-server)";
 
 /// The longest drain App Mesh allows (`LISTENER_DRAIN_WAIT_TIME_S` maximum).
 pub const MAX_DRAIN_WAIT: Duration = Duration::from_secs(110);
@@ -321,6 +357,9 @@ pub struct AgentConfig {
     /// signal, see [`crate::launch`]); `None` starts Envoy directly, which keeps the agent's
     /// identity and leaves Envoy running if the agent is killed.
     pub launcher: Option<PathBuf>,
+    /// Workload identity (a certificate from Weft's CA, served to Envoy over SDS); `None`
+    /// without a join token.
+    pub identity: Option<IdentityConfig>,
 }
 
 impl AgentConfig {
@@ -356,6 +395,7 @@ impl AgentConfig {
             envoy_identity: EnvoyIdentity::default(),
             launcher: None,
             listen_address_v6: None,
+            identity: None,
         })
     }
 
@@ -424,6 +464,7 @@ impl AgentConfig {
             uid: parse_id(IGNORE_UID, args.ignore_uid.as_deref())?,
             gid: parse_id(IGNORE_GID, args.ignore_gid.as_deref())?,
         };
+        config.identity = identity_config(args, &config)?;
         config.validate()?;
         Ok(config)
     }
@@ -531,6 +572,48 @@ impl AgentConfig {
     pub fn is_gateway(&self) -> bool {
         matches!(self.resource, ResourcePath::VirtualGateway { .. })
     }
+}
+
+/// Workload identity from the flags: on with a join token (or its file), off otherwise.
+fn identity_config(
+    args: &AgentArgs,
+    config: &AgentConfig,
+) -> Result<Option<IdentityConfig>, AgentError> {
+    let token = match (&args.join_token, &args.join_token_file) {
+        (Some(SecretArg(text)), _) => TokenSource::Value(
+            JoinToken::parse(text).map_err(|m| AgentError::config(JOIN_TOKEN, m))?,
+        ),
+        (None, Some(path)) => {
+            let source = TokenSource::File(path.clone());
+            // Read now, so that a wrong path fails at start rather than at the first join.
+            source
+                .read()
+                .map_err(|m| AgentError::config(JOIN_TOKEN_FILE, m))?;
+            source
+        }
+        (None, None) => return Ok(None),
+    };
+    let ca_server = match args.ca_server.as_deref().map(str::trim) {
+        Some(url) if !url.is_empty() => {
+            CaServer::parse(url).map_err(|m| AgentError::config(CA_SERVER, m))?
+        }
+        _ => CaServer::beside(&config.xds_endpoint),
+    };
+    let sds_socket = args
+        .sds_socket_path
+        .clone()
+        .filter(|p| !p.as_os_str().is_empty())
+        .or_else(|| {
+            config
+                .run_dir
+                .as_ref()
+                .map(|d| d.join(crate::identity::SDS_SOCKET_FILE))
+        });
+    Ok(Some(IdentityConfig {
+        token,
+        ca_server,
+        sds_socket,
+    }))
 }
 
 fn default_listen_address(mode: ListenerMode) -> IpAddr {
@@ -775,6 +858,103 @@ mod tests {
         assert!("weft.local:0".parse::<XdsEndpoint>().is_err());
         assert_eq!(parse_restart_count("3").ok(), Some(Some(3)));
         assert_eq!(parse_restart_count("unlimited").ok(), Some(None));
+    }
+
+    const TOKEN: &str = "weft-jt.0123456789abcdef.c2VjcmV0LXNlY3JldC1zZWNyZXQ";
+
+    #[test]
+    fn identity_is_off_without_a_join_token_and_on_with_one() {
+        let base = ["--resource-arn", "mesh/m/virtualNode/n"];
+        assert_eq!(
+            parse(&base).unwrap_or_else(|e| panic!("{e}")).identity,
+            None
+        );
+        let mut argv = base.to_vec();
+        argv.extend([
+            "--join-token",
+            TOKEN,
+            "--xds-endpoint",
+            "weft.internal:15010",
+        ]);
+        let c = parse(&argv).unwrap_or_else(|e| panic!("{e}"));
+        let identity = c.identity.unwrap_or_else(|| panic!("identity is on"));
+        assert_eq!(identity.ca_server.to_string(), "http://weft.internal:9080");
+        assert_eq!(
+            identity.sds_socket, None,
+            "resolved in the temporary run folder"
+        );
+        let TokenSource::Value(token) = &identity.token else {
+            panic!("{:?}", identity.token)
+        };
+        assert_eq!(token.id(), "0123456789abcdef");
+
+        let mut argv = base.to_vec();
+        argv.extend([
+            "--join-token",
+            TOKEN,
+            "--ca-server",
+            "http://127.0.0.1:7000/",
+            "--run-dir",
+            "/run/weft",
+        ]);
+        let identity = parse(&argv)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .identity
+            .unwrap_or_else(|| panic!("identity is on"));
+        assert_eq!(identity.ca_server.authority(), "127.0.0.1:7000");
+        assert_eq!(
+            identity.sds_socket,
+            Some(PathBuf::from("/run/weft/sds.sock"))
+        );
+        let mut argv = base.to_vec();
+        argv.extend([
+            "--join-token",
+            TOKEN,
+            "--sds-socket-path",
+            "/run/spire/sds.sock",
+        ]);
+        let identity = parse(&argv)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .identity
+            .unwrap_or_else(|| panic!("identity is on"));
+        assert_eq!(
+            identity.sds_socket,
+            Some(PathBuf::from("/run/spire/sds.sock"))
+        );
+    }
+
+    #[test]
+    fn a_bad_join_token_or_token_file_is_refused_without_showing_the_token() {
+        let e = err(&[
+            "--resource-arn",
+            "mesh/m/virtualNode/n",
+            "--join-token",
+            "my-secret-value",
+        ]);
+        assert!(
+            e.contains("WEFT_JOIN_TOKEN") && !e.contains("my-secret-value"),
+            "{e}"
+        );
+        let e = err(&[
+            "--resource-arn",
+            "mesh/m/virtualNode/n",
+            "--join-token-file",
+            "/nonexistent/token",
+        ]);
+        assert!(e.contains("WEFT_JOIN_TOKEN_FILE"), "{e}");
+        let e = err(&[
+            "--resource-arn",
+            "mesh/m/virtualNode/n",
+            "--join-token",
+            TOKEN,
+            "--ca-server",
+            "https://weft:9080",
+        ]);
+        assert!(e.contains("WEFT_CA_SERVER"), "{e}");
+        // The parsed flags do not show the token either.
+        let cli = Cli::try_parse_from(["weft-agent", "--join-token", TOKEN])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!format!("{:?}", cli.args).contains("c2VjcmV0"));
     }
 
     #[test]

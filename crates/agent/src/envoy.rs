@@ -110,6 +110,9 @@ pub fn envoy_command(
         }
     };
     cmd.stdin(std::process::Stdio::null())
+        // The join token is the agent's: Envoy (another user, its /proc/PID/environ) never
+        // sees it.
+        .env_remove("WEFT_JOIN_TOKEN")
         // If the agent itself dies without stopping Envoy, do not leave it running.
         .kill_on_drop(true);
     cmd

@@ -52,6 +52,13 @@ pub enum AgentError {
         /// What failed.
         detail: String,
     },
+    /// The proxy's workload identity cannot be had: Weft's CA refused the join token, or
+    /// issued a certificate for another resource.
+    #[error("workload identity: {message}")]
+    Identity {
+        /// What the CA said (naming the token by its id, never its secret).
+        message: String,
+    },
     /// Setting up or removing the traffic redirection failed.
     #[error(transparent)]
     Intercept(#[from] weft_intercept::InterceptError),

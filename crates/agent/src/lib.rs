@@ -16,19 +16,24 @@
 //! - [`supervisor`]: running Envoy beside the workload.
 //! - [`registration`]: registering the workload in Weft's instance registry.
 //! - [`dns`]: the workload's DNS resolver: mesh names from Weft, the rest upstream.
+//! - [`identity`]: the proxy's key and its certificate from Weft's CA (join token, renewal);
+//!   [`ca_client`] calls the CA; [`sds`] serves them to Envoy over SDS on a Unix socket.
 //! - [`sample_app`]: the demo/test HTTP server (`weft sample-app`).
 
 pub mod admin;
 pub mod bootstrap;
+pub mod ca_client;
 pub mod config;
 pub mod dns;
 pub mod envoy;
 pub mod error;
 pub mod http_client;
+pub mod identity;
 pub mod launch;
 pub mod redirect;
 pub mod registration;
 pub mod sample_app;
+pub mod sds;
 pub mod signal;
 pub mod supervisor;
 

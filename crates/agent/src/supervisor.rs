@@ -15,13 +15,14 @@ use std::time::Duration;
 use tokio::process::Child;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::admin;
 use crate::bootstrap::bootstrap_json;
 use crate::config::AgentConfig;
 use crate::envoy::{envoy_command, find_envoy};
 use crate::error::AgentError;
+use crate::identity::RunningIdentity;
 
 /// First delay before restarting Envoy; doubles per consecutive quick exit.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
@@ -43,6 +44,8 @@ pub struct EnvoyState {
     pub bootstrap_path: Option<PathBuf>,
     /// Shutdown has begun (draining or stopping).
     pub stopping: bool,
+    /// The SDS socket the agent serves the proxy's identity on (workload identity on).
+    pub sds_socket: Option<PathBuf>,
 }
 
 /// How a supervisor run ended.
@@ -106,17 +109,39 @@ impl Supervisor {
 
     /// See [`run`].
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<Outcome, AgentError> {
-        let config = &self.config;
-        let envoy_bin = find_envoy(config.envoy_bin.as_deref())?;
+        let envoy_bin = find_envoy(self.config.envoy_bin.as_deref())?;
         // Kept alive until the run ends: dropping it removes the temporary folder.
-        let (dir, _temp_dir) = run_dir(config)?;
+        let (dir, _temp_dir) = run_dir(&self.config)?;
+        let config = &with_sds_socket(&self.config, &dir);
         let bootstrap_path = bootstrap_file_name(config, &dir);
         tokio::fs::write(&bootstrap_path, bootstrap_json(config))
             .await
             .map_err(|e| AgentError::io(format!("writing {}", bootstrap_path.display()), e))?;
         hand_over(config, &envoy_bin, &dir, &bootstrap_path)?;
-        self.state
-            .send_modify(|s| s.bootstrap_path = Some(bootstrap_path.clone()));
+        // The SDS socket is made after `hand_over` gave the folder to Envoy's identity, and is
+        // served before Envoy starts. Dropped (socket removed) when the run ends.
+        let mut identity = match &config.identity {
+            Some(identity) => Some(RunningIdentity::start(
+                identity,
+                identity.sds_socket.as_deref().unwrap_or(&dir),
+                config.resource.to_string(),
+                config.envoy_identity,
+            )?),
+            None => None,
+        };
+        let sds_socket = identity.as_ref().map(|i| i.socket().to_path_buf());
+        self.state.send_modify(|s| {
+            s.bootstrap_path = Some(bootstrap_path.clone());
+            s.sds_socket = sds_socket;
+        });
+        // Completes if the proxy cannot have an identity (the CA refused the join token).
+        let failed = async {
+            match &mut identity {
+                Some(identity) => identity.failed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(failed);
         info!(node = %config.node_id, xds = %config.xds_endpoint, envoy = %envoy_bin.display(),
               bootstrap = %bootstrap_path.display(), "starting Envoy");
 
@@ -155,6 +180,7 @@ impl Supervisor {
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = &mut shutdown => return Ok(Outcome::Stopped { restarts }),
+                        e = &mut failed => return Err(e),
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     restarts += 1;
@@ -168,9 +194,31 @@ impl Supervisor {
                     });
                     return Ok(Outcome::Stopped { restarts });
                 }
+                e = &mut failed => {
+                    // Nothing to drain: without its identity the proxy never served TLS.
+                    error!(error = %e, "stopping Envoy: the proxy cannot get its certificate");
+                    self.state.send_modify(|s| s.stopping = true);
+                    let status = terminate(config, &mut child, pid).await?;
+                    self.state.send_modify(|s| {
+                        s.pid = None;
+                        s.last_exit = Some(status);
+                    });
+                    return Err(e);
+                }
             }
         }
     }
+}
+
+/// `config` with its SDS socket placed in `dir` when identity is on and no path was given.
+fn with_sds_socket(config: &AgentConfig, dir: &Path) -> AgentConfig {
+    let mut config = config.clone();
+    if let Some(identity) = &mut config.identity {
+        if identity.sds_socket.is_none() {
+            identity.sds_socket = Some(dir.join(crate::identity::SDS_SOCKET_FILE));
+        }
+    }
+    config
 }
 
 /// The folder for the bootstrap: the configured one (kept), or a fresh temporary one (removed
@@ -267,6 +315,15 @@ async fn stop(
         // No admin (Envoy still starting, or wedged): nothing to drain, stop it now.
         Err(e) => warn!(error = %e, "could not drain Envoy; stopping it"),
     }
+    terminate(config, child, pid).await
+}
+
+/// SIGTERM, then SIGKILL after the grace period.
+async fn terminate(
+    config: &AgentConfig,
+    child: &mut Child,
+    pid: Option<u32>,
+) -> Result<ExitStatus, AgentError> {
     if let Some(pid) = pid {
         signal(pid, crate::signal::Signal::TERM);
     }

@@ -65,6 +65,25 @@ async fn a_gateway_with_a_dns_named_control_plane_passes_envoy_validate() {
 }
 
 #[tokio::test]
+async fn bootstraps_with_workload_identity_pass_envoy_validate_with_the_weft_sds_cluster() {
+    use weft_agent::identity::{CaServer, IdentityConfig, TokenSource};
+    for resource in ["mesh/apps/virtualNode/red", "mesh/apps/virtualGateway/edge"] {
+        let mut base = AgentConfig::for_resource(resource).unwrap_or_else(|e| panic!("{e}"));
+        base.identity = Some(IdentityConfig {
+            token: TokenSource::File("/run/weft/token".into()),
+            ca_server: CaServer::beside(&base.xds_endpoint),
+            sds_socket: Some("/run/weft/sds.sock".into()),
+        });
+        let clusters = weft_agent::bootstrap(&base)["static_resources"]["clusters"].clone();
+        assert_eq!(clusters[1]["name"], weft_agent::bootstrap::SDS_CLUSTER);
+        assert_eq!(weft_agent::bootstrap::SDS_CLUSTER, "weft_sds");
+        for (label, config) in variants(base) {
+            assert_envoy_accepts(&config, &format!("{resource} with identity, {label}")).await;
+        }
+    }
+}
+
+#[tokio::test]
 async fn envoy_validate_really_rejects_a_broken_bootstrap() {
     // Guards the tests above: validation must be able to fail.
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
