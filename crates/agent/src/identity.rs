@@ -186,7 +186,7 @@ pub struct IdentityConfig {
 
 /// What the CA issued, with the key it was issued for.
 pub struct Credentials {
-    /// 1 for the first certificate, one more per renewal: the SDS version.
+    /// 1 for the first certificate, one more per renewal.
     pub generation: u64,
     /// The SPIFFE id in the certificate.
     pub spiffe_id: String,
@@ -215,6 +215,13 @@ impl Credentials {
             chain.push('\n');
         }
         chain
+    }
+
+    /// The SDS version of the secrets made of these credentials: `<generation>-<serial>`,
+    /// unique to this certificate even across restarts of the agent (an Envoy reconnecting
+    /// with the versions it holds never keeps an old certificate for a new one).
+    pub fn version(&self) -> String {
+        format!("{}-{}", self.generation, self.serial)
     }
 
     /// The private key (PKCS#8 PEM), for Envoy over SDS only.

@@ -11,12 +11,12 @@
 //!
 //! Both the state-of-the-world `StreamSecrets` (what Envoy uses for an `api_config_source` of
 //! type `GRPC`) and the incremental `DeltaSecrets` are served, and `FetchSecrets` answers once.
-//! Each renewal pushes the new secrets to every open stream (version = the certificate's
-//! generation); Envoy swaps them for new connections and lets open ones finish, so no request
-//! is dropped. Until the first certificate arrives nothing is sent and Envoy waits (its
-//! listeners and clusters that need the secret stay warming). A secret nobody serves is
-//! logged by name and left unanswered: Envoy waits for it, as it would for a SPIRE agent that
-//! has no such entry.
+//! Each renewal pushes the new secrets to every open stream (version: the certificate's
+//! generation and serial, unique to it); Envoy swaps them for new connections and lets open
+//! ones finish, so no request is dropped. Until the first certificate arrives nothing is sent
+//! and Envoy waits (its listeners and clusters that need the secret stay warming). A secret
+//! nobody serves is logged by name and left unanswered: Envoy waits for it, as it would for a
+//! SPIRE agent that has no such entry.
 //!
 //! The socket is the key's only way out of the agent: it is `0600`, owned by Envoy's user
 //! (`APPMESH_IGNORE_UID`/`GID`) when Envoy runs as another, and a connection from any user but
@@ -153,7 +153,7 @@ impl SecretDiscoveryService for SdsService {
         };
         note_unknown(&request.resource_names, &mut BTreeSet::new());
         Ok(Response::new(DiscoveryResponse {
-            version_info: current.generation.to_string(),
+            version_info: current.version(),
             resources: wanted(&request.resource_names)
                 .iter()
                 .filter_map(|n| secret(n, &current))
@@ -244,7 +244,7 @@ async fn sotw(
         }
         nonce += 1;
         let response = DiscoveryResponse {
-            version_info: current.generation.to_string(),
+            version_info: current.version(),
             resources: wanted
                 .iter()
                 .filter_map(|n| secret(n, &current))
@@ -254,7 +254,7 @@ async fn sotw(
             nonce: nonce.to_string(),
             ..Default::default()
         };
-        debug!(secrets = ?wanted, version = current.generation, "sending secrets to Envoy");
+        debug!(secrets = ?wanted, version = %current.version(), "sending secrets to Envoy");
         if tx.send(Ok(response)).await.is_err() {
             return;
         }
@@ -324,7 +324,7 @@ async fn delta(
         }
         let current = credentials.borrow_and_update().clone();
         let Some(current) = current else { continue };
-        let version = current.generation.to_string();
+        let version = current.version();
         let resources: Vec<DeltaResource> = SERVED
             .iter()
             .filter(|n| wildcard || subscribed.contains(**n))
@@ -573,7 +573,7 @@ mod tests {
         let first = Arc::new(test_credentials(1));
         publish.send_replace(Some(first.clone()));
         let response = responses.message().await.unwrap().unwrap();
-        assert_eq!(response.version_info, "1");
+        assert_eq!(response.version_info, "1-01");
         let got = secrets(&response.resources);
         assert_eq!(got.len(), 2, "the unknown name is not answered");
         assert_eq!(got[0].name, IDENTITY_SECRET);
@@ -604,7 +604,7 @@ mod tests {
         let second = Arc::new(test_credentials(2));
         publish.send_replace(Some(second.clone()));
         let response = responses.message().await.unwrap().unwrap();
-        assert_eq!(response.version_info, "2");
+        assert_eq!(response.version_info, "2-02");
         let got = secrets(&response.resources);
         let Some(SecretType::TlsCertificate(tls)) = &got[0].r#type else {
             panic!("{:?}", got[0])
@@ -637,7 +637,7 @@ mod tests {
         let response = responses.message().await.unwrap().unwrap();
         let names: Vec<_> = response.resources.iter().map(|r| r.name.clone()).collect();
         assert_eq!(names, [IDENTITY_SECRET]);
-        assert_eq!(response.resources[0].version, "1");
+        assert_eq!(response.resources[0].version, "1-01");
         tx.send(subscribe(&[TRUST_BUNDLE_SECRET], &response.nonce))
             .await
             .unwrap();
@@ -648,7 +648,7 @@ mod tests {
         let response = responses.message().await.unwrap().unwrap();
         let names: Vec<_> = response.resources.iter().map(|r| r.name.clone()).collect();
         assert_eq!(names, [IDENTITY_SECRET, TRUST_BUNDLE_SECRET]);
-        assert_eq!(response.system_version_info, "2");
+        assert_eq!(response.system_version_info, "2-02");
     }
 
     #[tokio::test]
@@ -667,7 +667,7 @@ mod tests {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(response.version_info, "3");
+        assert_eq!(response.version_info, "3-03");
         assert_eq!(secrets(&response.resources)[0].name, TRUST_BUNDLE_SECRET);
     }
 
