@@ -126,9 +126,10 @@ pub enum Order {
 }
 
 /// Sends `rate` requests per second to each target for `warmup + duration`
-/// (the warm-up is not counted); target `k`'s schedule is offset by `k /
-/// (rate × targets)` so the streams interleave evenly. Waits up to 15 s
-/// for requests still in flight at the end.
+/// (the warm-up, rounded to whole rounds of one request per target, is not
+/// counted); target `k`'s schedule is offset by `k / (rate × targets)` so
+/// the streams interleave evenly. Waits up to 15 s for requests still in
+/// flight at the end.
 pub async fn run(
     targets: &[Target],
     rate: f64,
@@ -156,19 +157,29 @@ pub async fn run_in_order(
     // One schedule at n × rate, dealt to the targets in turn: each gets
     // `rate`, offset from the previous one by 1 / (rate × n).
     let n = targets.len().max(1);
+    // Whole rounds, counted in ticks rather than compared as times (a tick
+    // interval is rounded to the nanosecond): each target gets exactly as
+    // many measured requests as the others.
+    let per_second = rate * n as f64;
+    let first_measured = ((warmup.as_secs_f64() * per_second).round() as usize).div_ceil(n) * n;
+    let total = first_measured + (duration.as_secs_f64() * rate).round() as usize * n;
     let start = Instant::now() + Duration::from_millis(50);
-    let mut ticks = schedule(rate * n as f64, start, start + warmup + duration);
+    let end = start + warmup + duration + Duration::from_secs(1);
+    let mut ticks = schedule(per_second, start, end);
     let mut inflight = tokio::task::JoinSet::new();
     let mut i = 0;
     let mut round: Vec<usize> = (0..n).collect();
     let mut rng = Rng::seeded();
     while let Some(intended) = ticks.recv().await {
+        if i >= total {
+            break;
+        }
         if i % n == 0 && order == Order::Shuffled {
             rng.shuffle(&mut round);
         }
         let k = round[i % n];
+        let measured = i >= first_measured;
         i += 1;
-        let measured = intended.duration_since(start) >= warmup;
         let client = clients[k].clone();
         let target = targets[k].clone();
         let shared = shared.clone();
@@ -194,6 +205,8 @@ pub async fn run_in_order(
         // Reap finished tasks so the set stays small.
         while inflight.try_join_next().is_some() {}
     }
+    // The schedule's thread stops at its next tick.
+    drop(ticks);
     let drain = tokio::time::timeout(Duration::from_secs(15), async {
         while inflight.join_next().await.is_some() {}
     })
