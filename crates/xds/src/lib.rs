@@ -39,7 +39,7 @@ pub use error::XdsError;
 pub use packed::PackedAny;
 pub use resource::{cluster_eds_name, listener_rds_names, Resource, Snapshot, TypeItems};
 pub use rollout::RolloutPhase;
-pub use server::{AdsServer, NodeIdResolver, NodeResolver};
+pub use server::{node_resource, AdsServer, NodeIdResolver, NodeResolver, PeerIdentity};
 pub use sotw::SotwStream;
 pub use status::{NackRecord, Protocol, ProxyStatus, TypeStatus};
 pub use transport::AdsService;

@@ -259,9 +259,12 @@ impl AdsServer {
     /// response is computed when the connection can take it.
     fn open<M: StreamMachine>(
         &self,
-        requests: Streaming<M::Request>,
+        request: tonic::Request<Streaming<M::Request>>,
     ) -> tonic::Response<Responses<M::Response>> {
+        let peer = request.extensions().get::<PeerIdentity>().cloned();
+        let requests = request.into_inner();
         let driver = Driver::<M> {
+            peer,
             inner: self.inner.clone(),
             requests,
             stream: None,
@@ -286,14 +289,35 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: tonic::Request<Streaming<XdsDiscoveryRequest>>,
     ) -> Result<tonic::Response<Responses<SotwResponse>>, Status> {
-        Ok(self.open::<SotwStream>(request.into_inner()))
+        Ok(self.open::<SotwStream>(request))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: tonic::Request<Streaming<XdsDeltaDiscoveryRequest>>,
     ) -> Result<tonic::Response<Responses<DeltaResponse>>, Status> {
-        Ok(self.open::<DeltaStream>(request.into_inner()))
+        Ok(self.open::<DeltaStream>(request))
+    }
+}
+
+/// Who is at the other end of an xDS connection, as the listener authenticated it: put in
+/// each request's extensions (as a listener's `ConnectInfo`). When present, a stream whose
+/// node names another resource than `resource` is refused with PERMISSION_DENIED.
+#[derive(Clone, Debug)]
+pub struct PeerIdentity {
+    /// The peer's address.
+    pub remote: Option<std::net::SocketAddr>,
+    /// The resource its certificate names (`mesh/<m>/virtualNode/<n>` or
+    /// `mesh/<m>/virtualGateway/<n>`).
+    pub resource: String,
+}
+
+/// The resource path in a node id: the id itself, or what follows the last `:` of an ARN.
+pub fn node_resource(node_id: &str) -> &str {
+    if node_id.starts_with("arn:") {
+        node_id.rsplit(':').next().unwrap_or(node_id)
+    } else {
+        node_id
     }
 }
 
@@ -316,6 +340,8 @@ struct Driver<M: StreamMachine> {
     /// Responses computed and not yet handed to the encoder, in order.
     queue: std::vec::IntoIter<M::Response>,
     done: bool,
+    /// The authenticated peer, when the listener authenticates.
+    peer: Option<PeerIdentity>,
 }
 
 impl<M: StreamMachine> Driver<M> {
@@ -353,6 +379,20 @@ impl<M: StreamMachine> Driver<M> {
             let node = M::node(&first).cloned().ok_or_else(|| {
                 Status::invalid_argument("the first request of a stream must carry node")
             })?;
+            if let Some(peer) = &self.peer {
+                if node_resource(&node.id) != peer.resource {
+                    tracing::warn!(
+                        node = %node.id,
+                        certificate = %peer.resource,
+                        remote = ?peer.remote,
+                        "ADS stream refused: the node is not the resource its certificate names"
+                    );
+                    return Err(Status::permission_denied(format!(
+                        "node {} is not {}, the resource this connection's certificate names",
+                        node.id, peer.resource
+                    )));
+                }
+            }
             let key = self.inner.resolver.snapshot_key(&node)?;
             // Watched at once, with no await in between: a resolver may forget
             // keys nobody watches, but not one it resolved a moment ago.
@@ -558,5 +598,97 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unavailable);
+    }
+
+    /// A TCP connection the listener says is `mesh/m/virtualNode/a`'s.
+    struct AsNodeA(tokio::net::TcpStream);
+
+    impl tokio::io::AsyncRead for AsNodeA {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        }
+    }
+
+    impl tokio::io::AsyncWrite for AsNodeA {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::pin::Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        }
+    }
+
+    impl tonic::transport::server::Connected for AsNodeA {
+        type ConnectInfo = PeerIdentity;
+        fn connect_info(&self) -> PeerIdentity {
+            PeerIdentity {
+                remote: self.0.peer_addr().ok(),
+                resource: "mesh/m/virtualNode/a".into(),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_whose_certificate_names_node_a_gets_node_a_and_is_refused_node_b() {
+        let cache = SnapshotCache::new();
+        let a = "arn:aws:appmesh:us-east-1:000000000000:mesh/m/virtualNode/a";
+        let b = "mesh/m/virtualNode/b";
+        for key in [a, b] {
+            let cluster = Resource::from_message("backend", eds_cluster("backend"));
+            cache.set_snapshot(key, Arc::new(Snapshot::from_typed(vec![cluster]).unwrap()));
+        }
+        let server = AdsServer::new(cache, Arc::new(NodeIdResolver));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = futures::stream::unfold(listener, |l| async move {
+            let accepted = l.accept().await.map(|(io, _)| AsNodeA(io));
+            Some((accepted, l))
+        });
+        let serving = server.clone();
+        tokio::spawn(async move {
+            serving
+                .serve_incoming(Box::pin(incoming), std::future::pending())
+                .await
+        });
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+
+        let (tx, mut responses) = open_sotw(channel.clone()).await;
+        let mut request = sotw_request(CLUSTER_TYPE_URL, &[], "", "");
+        request.node = Some(node(a));
+        tx.send(request).await.unwrap();
+        assert_eq!(next(&mut responses).await.resources.len(), 1);
+
+        let (tx, mut responses) = open_sotw(channel).await;
+        let mut request = sotw_request(CLUSTER_TYPE_URL, &[], "", "");
+        request.node = Some(node(b));
+        tx.send(request).await.unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(10), responses.message())
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        assert!(status.message().contains("virtualNode/b"), "{status:?}");
+        assert_eq!(server.proxy_status().len(), 1);
     }
 }
