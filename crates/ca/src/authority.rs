@@ -396,6 +396,55 @@ impl Authority {
         })
     }
 
+    /// A certificate for Weft's own xDS endpoint, with a fresh P-256 key: its SAN holds
+    /// `names` (IP addresses as IP SANs, the rest as DNS names) and the SPIFFE id
+    /// [`TrustDomain::server_id`] names; valid for `lifetime` from `now` (never past the
+    /// signer's expiry). Returns the certificate followed by its chain, and the key (PEM).
+    pub fn issue_server(
+        &self,
+        names: &[String],
+        now: SystemTime,
+        lifetime: Duration,
+    ) -> Result<(String, String), CaError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Weft");
+        dn.push(DnType::CommonName, "weft xDS server");
+        params.distinguished_name = dn;
+        let spiffe_id = self.trust_domain.server_id();
+        let mut sans =
+            vec![SanType::URI(spiffe_id.try_into().map_err(|_| {
+                CaError::Crypto("SPIFFE id is not ASCII".into())
+            })?)];
+        for name in names {
+            if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+                sans.push(SanType::IpAddress(ip));
+            } else if let Ok(ia5) = name.clone().try_into() {
+                sans.push(SanType::DnsName(ia5));
+            }
+        }
+        params.subject_alt_names = sans;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(serial()?);
+        let not_after = (now + lifetime).min(self.signer_not_after);
+        if not_after <= now {
+            return Err(CaError::Config(
+                "the CA certificate has expired: no certificate can be issued".into(),
+            ));
+        }
+        params.not_before = offset(now - BACKDATE);
+        params.not_after = offset(not_after);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((
+            format!("{}{}", cert.pem(), self.chain_pem),
+            key.serialize_pem(),
+        ))
+    }
+
     /// Checks a workload certificate presented for renewal (PEM; the first certificate counts):
     /// this CA's signing key signed it, it is valid at `now`, it is not a CA, and its SAN has
     /// exactly one URI, a SPIFFE id of this trust domain naming a proxy's resource.

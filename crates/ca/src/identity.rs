@@ -28,6 +28,11 @@ impl TrustDomain {
     pub fn id(&self) -> String {
         format!("spiffe://{}", self.0)
     }
+
+    /// The SPIFFE id of Weft's own server (its xDS endpoint): `spiffe://<domain>/weft/server`.
+    pub fn server_id(&self) -> String {
+        format!("{}/weft/server", self.id())
+    }
 }
 
 /// The default trust domain.
