@@ -13,6 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod demo;
 mod proxy_status;
 mod server;
+mod xds_tls;
 
 #[derive(Parser)]
 #[command(

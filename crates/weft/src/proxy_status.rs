@@ -164,11 +164,13 @@ struct StatusJson<'a> {
     /// Every proxy class whose config is not updated, connected proxy or
     /// not, by snapshot key.
     config_failures: Vec<FailureJson>,
+    /// How the xDS listener is secured: `mTLS`, or `plaintext (unauthenticated)`.
+    xds_security: &'static str,
 }
 
 /// The endpoint, served on the API listener; `failures` are the control
 /// plane's, shown beside the proxies of each failing class.
-pub fn router(ads: AdsServer, failures: ClassFailures) -> Router {
+pub fn router(ads: AdsServer, failures: ClassFailures, xds_security: &'static str) -> Router {
     Router::new().route(
         PATH,
         get(move || {
@@ -185,6 +187,7 @@ pub fn router(ads: AdsServer, failures: ClassFailures) -> Router {
                         .into_iter()
                         .map(|(key, f)| failure_json(&key, f))
                         .collect(),
+                    xds_security,
                 };
                 Json(body).into_response()
             }
@@ -246,6 +249,16 @@ pub async fn run(args: ProxyStatusArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
+    }
+    if let Some(security) = status["xdsSecurity"].as_str() {
+        if security == "mTLS" {
+            println!("xDS: mTLS (each proxy gets only its own certificate's config)");
+        } else {
+            println!(
+                "WARNING: xDS is {security}: any client reaching the xDS port gets any \
+                 proxy's config (weft server --xds-tls for mutual TLS)"
+            );
+        }
     }
     let empty = Vec::new();
     let proxies = status["proxies"].as_array().unwrap_or(&empty);

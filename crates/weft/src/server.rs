@@ -86,6 +86,19 @@ pub struct ServerArgs {
     /// The certificate authority: trust domain, root, certificate and token lifetimes.
     #[command(flatten)]
     pub ca: weft_ca::CaArgs,
+    /// Mutual TLS on the xDS listener: the server presents a certificate from Weft's CA
+    /// (naming the --xds-listen IP and every --xds-server-name), each proxy must present its
+    /// workload certificate, and gets only the config of the resource that certificate names.
+    #[arg(long, env = "WEFT_XDS_TLS", conflicts_with = "insecure_plaintext_xds")]
+    pub xds_tls: bool,
+    /// Plaintext, unauthenticated xDS (any client gets any node's config): for local
+    /// experiments. Today's default; says so in the log and in proxy-status.
+    #[arg(long, env = "WEFT_INSECURE_PLAINTEXT_XDS")]
+    pub insecure_plaintext_xds: bool,
+    /// A DNS name or IP address the xDS server's certificate holds beside the --xds-listen IP
+    /// (the name proxies reach it by). Repeatable.
+    #[arg(long = "xds-server-name", value_name = "NAME")]
+    pub xds_server_names: Vec<String>,
 }
 
 /// Where the DNS server listens unless told otherwise: loopback, on the
@@ -134,6 +147,9 @@ impl ServerArgs {
             header_read_timeout: 10.0,
             store_segment_size: weft_store::DEFAULT_SEGMENT_SIZE,
             ca: weft_ca::CaArgs::default(),
+            xds_tls: false,
+            insecure_plaintext_xds: false,
+            xds_server_names: Vec::new(),
         }
     }
 }
@@ -281,6 +297,37 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
     let runtime = runtime.with_idle_class_ttl(idle_ttl);
     let failures = runtime.failures();
     let ads = weft_xds::AdsServer::new(cache, Arc::new(resolver));
+    let xds_tls = if args.xds_tls {
+        let mut names = args.xds_server_names.clone();
+        if !xds_addr.ip().is_unspecified() {
+            names.push(xds_addr.ip().to_string());
+        }
+        let config = crate::xds_tls::server_config(ca.authority(), &names)?;
+        tracing::info!(
+            ?names,
+            "xDS over mutual TLS: proxies present their workload certificates"
+        );
+        Some((config, ca.clone()))
+    } else {
+        if !args.insecure_plaintext_xds {
+            tracing::warn!(
+                "xDS is plaintext and unauthenticated: any client reaching {xds_addr} gets any \
+                 proxy's config; pass --xds-tls for mutual TLS, or --insecure-plaintext-xds to \
+                 say plaintext is meant"
+            );
+        } else {
+            tracing::warn!(
+                "xDS is plaintext and unauthenticated (--insecure-plaintext-xds): for local \
+                 experiments only"
+            );
+        }
+        None
+    };
+    let xds_security = if xds_tls.is_some() {
+        "mTLS"
+    } else {
+        "plaintext (unauthenticated)"
+    };
     let (stop, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -292,7 +339,14 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
         let stop = stopped(stop_rx.clone());
         tasks.push(tokio::spawn(async move {
             let incoming = weft_listen::grpc::incoming(xds_listener, xds_limits);
-            if let Err(e) = ads.serve_incoming(incoming, stop).await {
+            let served = match xds_tls {
+                Some((config, ca)) => {
+                    let incoming = crate::xds_tls::incoming(incoming, config, ca);
+                    ads.serve_incoming(Box::pin(incoming), stop).await
+                }
+                None => ads.serve_incoming(incoming, stop).await,
+            };
+            if let Err(e) = served {
                 tracing::warn!(error = %e, "xDS server ended with an error");
             }
         }));
@@ -351,7 +405,7 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
     // certificates and trust bundle).
     let app = weft_api::router(service.clone())
         .merge(weft_registry::router(registry))
-        .merge(proxy_status::router(ads, failures))
+        .merge(proxy_status::router(ads, failures, xds_security))
         .merge(weft_ca::http::router(ca));
     {
         let stop = stopped(stop_rx);
