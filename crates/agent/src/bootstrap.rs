@@ -144,7 +144,7 @@ fn sds_cluster(socket: &str) -> Value {
 
 fn xds_cluster(config: &AgentConfig) -> Value {
     let endpoint = &config.xds_endpoint;
-    json!({
+    let mut cluster = json!({
         "name": XDS_CLUSTER,
         // An IP needs no resolution; a name (a control plane behind DNS or a load balancer) is
         // LOGICAL_DNS: one connection target at a time, re-resolved on reconnect.
@@ -173,7 +173,57 @@ fn xds_cluster(config: &AgentConfig) -> Value {
         "upstream_connection_options": {
             "tcp_keepalive": { "keepalive_time": 300 }
         },
+    });
+    if config.xds_tls && config.identity.is_some() {
+        cluster["transport_socket"] = xds_tls(endpoint);
+    }
+    cluster
+}
+
+/// An SDS secret Envoy gets from the agent (the `weft_sds` cluster).
+fn sds_secret(name: &str) -> Value {
+    json!({
+        "name": name,
+        "sds_config": {
+            "resource_api_version": "V3",
+            "api_config_source": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{ "envoy_grpc": { "cluster_name": SDS_CLUSTER } }]
+            }
+        }
     })
+}
+
+/// Mutual TLS to `weft server --xds-tls`: the proxy's certificate, Weft's trust bundle, and
+/// the server's certificate must name the xDS host (an IP SAN for an IP, a DNS SAN for a name;
+/// the server's certificate holds its --xds-listen IP and each --xds-server-name).
+fn xds_tls(endpoint: &crate::config::XdsEndpoint) -> Value {
+    let (san_type, sni) = if endpoint.is_ip() {
+        ("IP_ADDRESS", None)
+    } else {
+        ("DNS", Some(endpoint.host.clone()))
+    };
+    let mut context = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {
+            "alpn_protocols": ["h2"],
+            "tls_certificate_sds_secret_configs": [sds_secret(crate::identity::IDENTITY_SECRET)],
+            "combined_validation_context": {
+                "default_validation_context": {
+                    "match_typed_subject_alt_names": [{
+                        "san_type": san_type,
+                        "matcher": { "exact": endpoint.host },
+                    }]
+                },
+                "validation_context_sds_secret_config": sds_secret(crate::identity::TRUST_BUNDLE_SECRET),
+            }
+        }
+    });
+    if let Some(sni) = sni {
+        context["sni"] = sni.into();
+    }
+    json!({ "name": "envoy.transport_sockets.tls", "typed_config": context })
 }
 
 fn dynamic_resources(config: &AgentConfig) -> Value {

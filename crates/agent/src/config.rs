@@ -247,6 +247,11 @@ pub struct AgentArgs {
     /// Envoy; `sds.sock` in the run folder when unset.
     #[arg(long, env = "APPMESH_SDS_SOCKET_PATH", value_name = "PATH")]
     pub sds_socket_path: Option<PathBuf>,
+    /// Mutual TLS to the xDS server (`weft server --xds-tls`): Envoy presents the proxy's
+    /// certificate (`weft-identity`), trusts Weft's CA (`weft-trust-bundle`) and expects the
+    /// server's certificate to name the xDS host. Needs a join token.
+    #[arg(long, env = "WEFT_XDS_TLS")]
+    pub xds_tls: bool,
 }
 
 /// A flag value that is a secret: its `Debug` hides it, and clap never repeats it in an error
@@ -360,6 +365,8 @@ pub struct AgentConfig {
     /// Workload identity (a certificate from Weft's CA, served to Envoy over SDS); `None`
     /// without a join token.
     pub identity: Option<IdentityConfig>,
+    /// Mutual TLS to the xDS server with the proxy's certificate (needs `identity`).
+    pub xds_tls: bool,
 }
 
 impl AgentConfig {
@@ -396,6 +403,7 @@ impl AgentConfig {
             launcher: None,
             listen_address_v6: None,
             identity: None,
+            xds_tls: false,
         })
     }
 
@@ -465,6 +473,15 @@ impl AgentConfig {
             gid: parse_id(IGNORE_GID, args.ignore_gid.as_deref())?,
         };
         config.identity = identity_config(args, &config)?;
+        if args.xds_tls && config.identity.is_none() {
+            return Err(AgentError::config(
+                "WEFT_XDS_TLS",
+                "mutual TLS to the xDS server needs the proxy's certificate: give a join token \
+                 (WEFT_JOIN_TOKEN or WEFT_JOIN_TOKEN_FILE)"
+                    .to_string(),
+            ));
+        }
+        config.xds_tls = args.xds_tls;
         config.validate()?;
         Ok(config)
     }
@@ -861,6 +878,19 @@ mod tests {
     }
 
     const TOKEN: &str = "weft-jt.0123456789abcdef.c2VjcmV0LXNlY3JldC1zZWNyZXQ";
+
+    #[test]
+    fn mutual_tls_to_the_xds_server_needs_a_join_token() {
+        let base = ["--resource-arn", "mesh/m/virtualNode/n", "--xds-tls"];
+        let err = parse(&base)
+            .err()
+            .unwrap_or_else(|| panic!("accepted without a token"));
+        assert!(err.to_string().contains("join token"), "{err}");
+        let mut argv = base.to_vec();
+        argv.extend(["--join-token", TOKEN]);
+        assert!(parse(&argv).unwrap_or_else(|e| panic!("{e}")).xds_tls);
+        assert!(!parse(&base[..2]).unwrap_or_else(|e| panic!("{e}")).xds_tls);
+    }
 
     #[test]
     fn identity_is_off_without_a_join_token_and_on_with_one() {

@@ -84,6 +84,43 @@ async fn bootstraps_with_workload_identity_pass_envoy_validate_with_the_weft_sds
 }
 
 #[tokio::test]
+async fn bootstraps_with_mutual_tls_to_the_xds_server_pass_envoy_validate() {
+    use weft_agent::identity::{CaServer, IdentityConfig, TokenSource};
+    for xds in ["127.0.0.1:15010", "weft.internal:15010"] {
+        let mut base = AgentConfig::for_resource("mesh/apps/virtualNode/red")
+            .unwrap_or_else(|e| panic!("{e}"));
+        base.xds_endpoint = xds.parse().unwrap_or_else(|e| panic!("{e}"));
+        base.identity = Some(IdentityConfig {
+            token: TokenSource::File("/run/weft/token".into()),
+            ca_server: CaServer::beside(&base.xds_endpoint),
+            sds_socket: Some("/run/weft/sds.sock".into()),
+        });
+        base.xds_tls = true;
+        let bootstrap = weft_agent::bootstrap(&base);
+        let tls = &bootstrap["static_resources"]["clusters"][0]["transport_socket"];
+        assert_eq!(tls["name"], "envoy.transport_sockets.tls", "{bootstrap}");
+        let context = &tls["typed_config"]["common_tls_context"];
+        assert_eq!(
+            context["tls_certificate_sds_secret_configs"][0]["name"],
+            "weft-identity"
+        );
+        assert_eq!(
+            context["combined_validation_context"]["validation_context_sds_secret_config"]["name"],
+            "weft-trust-bundle"
+        );
+        let host = xds.split(':').next().unwrap_or_default();
+        assert_eq!(
+            context["combined_validation_context"]["default_validation_context"]
+                ["match_typed_subject_alt_names"][0]["matcher"]["exact"],
+            host
+        );
+        for (label, config) in variants(base) {
+            assert_envoy_accepts(&config, &format!("mutual TLS to {xds}, {label}")).await;
+        }
+    }
+}
+
+#[tokio::test]
 async fn envoy_validate_really_rejects_a_broken_bootstrap() {
     // Guards the tests above: validation must be able to fail.
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
