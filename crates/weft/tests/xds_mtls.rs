@@ -2,7 +2,8 @@
 //! raw ADS client over rustls with a workload certificate from the server's CA (join token
 //! from the real CLI, CSR made with rcgen as an agent makes it) gets its own node's config and
 //! is refused another node's, which the server logs; a client without a certificate cannot
-//! finish the handshake; plaintext gets nothing; proxy-status says how xDS is secured.
+//! finish the handshake; plaintext gets nothing; proxy-status says how xDS is secured; real
+//! `weft agent --xds-tls`s with join tokens converge over mutual TLS and carry traffic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -12,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::mesh::{free_port, sample_app, Agent, Proc};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use hyper_util::rt::TokioIo;
 use rcgen::{CertificateParams, DnType, KeyPair};
@@ -21,7 +23,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use weft_test_support::sdk::MeshApi;
-use weft_test_support::spec::{MeshSpec, NodeSpec};
+use weft_test_support::spec::{MeshSpec, NodeSpec, ServiceSpec};
 
 const SOTW_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
@@ -387,4 +389,114 @@ async fn plaintext_xds_says_it_is_unauthenticated_in_the_log_and_in_proxy_status
             "{table}"
         );
     }
+}
+
+/// Starts `weft agent --xds-tls` for `mesh/apps/virtualNode/<node>` with a join token; its log
+/// (stderr, at info) in `dir`.
+fn tls_agent(
+    server: &Server,
+    node: &str,
+    app_ports: &[(u16, u16)],
+    dir: &std::path::Path,
+) -> (Agent, std::path::PathBuf) {
+    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["join-token", "create", "--resource"])
+        .arg(format!("mesh/apps/virtualNode/{node}"))
+        .args(["--ttl", "10m", "--server", &server.addr])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let (admin_port, egress_port) = (free_port(), free_port());
+    let log = dir.join(format!("agent-{node}.log"));
+    let ports: Vec<String> = app_ports.iter().map(|(l, a)| format!("{l}={a}")).collect();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
+    cmd.arg("agent")
+        .env(
+            "APPMESH_RESOURCE_ARN",
+            format!("mesh/apps/virtualNode/{node}"),
+        )
+        .env("APPMESH_XDS_ENDPOINT", &server.xds_addr)
+        .env("WEFT_CA_SERVER", &server.addr)
+        .env("WEFT_JOIN_TOKEN", token)
+        .env("WEFT_XDS_TLS", "true")
+        .env("WEFT_RUN_DIR", dir.join(format!("run-{node}")))
+        .env("ENVOY_ADMIN_ACCESS_PORT", admin_port.to_string())
+        .env("ENVOY_ADMIN_ACCESS_LOG_FILE", "/dev/null")
+        .env("APPMESH_ENVOY_EGRESS_PORT", egress_port.to_string())
+        .env("APPMESH_ENVOY_INGRESS_PORT", free_port().to_string())
+        .env("ENVOY_CONCURRENCY", "1")
+        .env("ENVOY_LOG_LEVEL", "warning")
+        .env("WEFT_LISTENER_MODE", "explicit")
+        .env("LISTENER_DRAIN_WAIT_TIME_S", "0")
+        .env("WEFT_ENVOY_STOP_GRACE_S", "2")
+        .env("WEFT_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    if !ports.is_empty() {
+        cmd.env("WEFT_APP_PORTS", ports.join(","));
+    }
+    let agent = Agent {
+        proc: Proc(cmd.spawn().unwrap()),
+        admin_port,
+        egress_port,
+    };
+    (agent, log)
+}
+
+#[tokio::test]
+async fn agents_with_join_tokens_and_xds_tls_converge_over_mutual_tls_and_carry_traffic() {
+    let server = Server::start(&["--xds-tls"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let red_port = free_port();
+    let api = MeshApi::create(&server.client(), "apps", MeshSpec::new()).await;
+    api.node("red", NodeSpec::http("127.0.0.1", red_port)).await;
+    api.service("red.apps.local", ServiceSpec::by_node("red"))
+        .await;
+    api.node("front", NodeSpec::client(&["red.apps.local"]))
+        .await;
+    let (_red_app, red_app_port) = sample_app("red");
+    let (red, red_log) = tls_agent(&server, "red", &[(red_port, red_app_port)], tmp.path());
+    let (front, front_log) = tls_agent(&server, "front", &[], tmp.path());
+    let through = || {
+        front
+            .get("red.apps.local", "/", &[])
+            .map(|(s, b)| s == 200 && b.contains("red"))
+            .unwrap_or(false)
+    };
+    let converged = std::time::Instant::now() + Duration::from_secs(60);
+    while !through() {
+        assert!(
+            std::time::Instant::now() < converged,
+            "front never reached red over xDS with mutual TLS\nserver:\n{}\nfront:\n{}\nred:\n{}",
+            server.log(),
+            std::fs::read_to_string(&front_log).unwrap_or_default(),
+            std::fs::read_to_string(&red_log).unwrap_or_default(),
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for _ in 0..5 {
+        assert!(through());
+    }
+    // Both Envoys hold ADS streams over TLS (the xDS cluster's TLS handshakes), and the server
+    // serves both proxies, refusing none.
+    for agent in [&red, &front] {
+        assert!(
+            agent.stat_sum("cluster.xds_cluster.ssl.handshake") >= 1,
+            "{}",
+            agent
+                .admin("/stats?filter=xds_cluster.ssl")
+                .unwrap_or_default()
+        );
+    }
+    let status = server.proxy_status().await;
+    assert_eq!(status["xdsSecurity"], "mTLS");
+    assert_eq!(status["proxies"].as_array().unwrap().len(), 2, "{status}");
+    assert!(!server.log().contains("ADS stream refused"));
+    drop(red);
+    drop(front);
 }
