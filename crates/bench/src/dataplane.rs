@@ -56,6 +56,12 @@ pub struct DataplaneArgs {
     /// network namespaces, the redirection rules, Envoys as another user).
     #[arg(long)]
     pub no_transparent: bool,
+    /// An A/A run: measure a second explicit-mode pair (its own client and
+    /// server Envoys and app) in place of the transparent path, whose Envoys
+    /// and rules stay up unloaded; the ratio row then shows what this
+    /// machine's noise alone gives. Needs the transparent row's topology (root).
+    #[arg(long, conflicts_with = "no_transparent")]
+    pub control: bool,
 }
 
 /// Flags of `weft-bench no-drops`.
@@ -222,6 +228,8 @@ pub(crate) struct Paths {
     pub explicit: Target,
     /// Client -> the app's address, redirected through both Envoys (transparent mode).
     pub transparent: Option<Target>,
+    /// Client -> a second explicit-mode pair with its own app (`--control`).
+    pub control: Option<Target>,
     /// Client -> two minimally configured Envoys -> app.
     pub bare: Option<Target>,
 }
@@ -321,6 +329,7 @@ async fn loopback_setup(binary: &Path, args: &DataplaneArgs) -> Result<Setup> {
             direct: target("direct", &app),
             explicit: target("explicit", &egress),
             transparent: None,
+            control: None,
             bare: bare
                 .get(i)
                 .map(|b| target("bare", &format!("127.0.0.1:{}", b.port))),
@@ -367,6 +376,7 @@ pub async fn run(args: DataplaneArgs) -> Result<()> {
     };
     let hosts = match hosts {
         Ok(hosts) => hosts,
+        Err(why) if args.control => bail!("--control needs the transparent row's topology: {why}"),
         Err(why) => {
             let setup = loopback_setup(&binary, &args).await?;
             return measure(&args, &binary, setup, Some(why)).await;
@@ -379,7 +389,14 @@ pub async fn run(args: DataplaneArgs) -> Result<()> {
         let hub = inside.hub.clone();
         hub.within(move || -> Result<()> {
             runtime()?.block_on(async move {
-                let setup = lan::setup(&binary, &args.protocol, &inside, !args.no_bare).await?;
+                let setup = lan::setup(
+                    &binary,
+                    &args.protocol,
+                    &inside,
+                    !args.no_bare,
+                    args.control,
+                )
+                .await?;
                 measure(&args, &binary, setup, None).await
             })
         })
@@ -485,6 +502,7 @@ async fn measure(
         let proto = paths.proto;
         let mut targets = vec![paths.direct.clone(), paths.explicit.clone()];
         targets.extend(paths.transparent.clone());
+        targets.extend(paths.control.clone());
         targets.extend(paths.bare.clone());
         let cpu0 = CpuMark::now(setup.server.pid());
         let results = load(&setup.load, targets.clone(), args.rate, warmup, duration).await?;
@@ -502,7 +520,12 @@ async fn measure(
         let (Some(d), Some(m)) = (by_label("direct"), by_label("explicit")) else {
             bail!("no direct or explicit result");
         };
-        let (t, b) = (by_label("transparent"), by_label("bare"));
+        let b = by_label("bare");
+        // The path compared with explicit mode: transparent, or the control pair.
+        let (t, third) = match (by_label("transparent"), by_label("control")) {
+            (Some(t), _) => (Some(t), "transp+"),
+            (None, c) => (c, "control+"),
+        };
         let q = |r: &TargetResult, x: f64| quantile(&r.latencies, x);
         let added_ms = |over: &TargetResult, base: &TargetResult, x: f64| {
             q(over, x).as_secs_f64() * 1000.0 - q(base, x).as_secs_f64() * 1000.0
@@ -533,7 +556,7 @@ async fn measure(
         }
         print_cells(proto, "added", &diff(m, d), &verdict(&missed));
         if let Some(t) = t {
-            print_cells(proto, "transp+", &diff(t, d), "");
+            print_cells(proto, third, &diff(t, d), "");
             // Transparent over explicit, each as added over direct at the same quantile.
             let mut missed = Vec::new();
             let ratios: Vec<String> = QUANTILES
@@ -558,7 +581,9 @@ async fn measure(
                 missed.push("errors");
             }
             print_cells(proto, "ratio", &ratios, &verdict(&missed));
-            transparent_sent += t.sent;
+            if third == "transp+" {
+                transparent_sent += t.sent;
+            }
         }
         for r in &results {
             for f in &r.failures {
@@ -566,7 +591,7 @@ async fn measure(
             }
         }
     }
-    if let Some((client, server)) = setup.transparent_envoys {
+    if let Some((client, server)) = setup.transparent_envoys.filter(|_| transparent_sent > 0) {
         // Through both Envoys, not around them: each answered at least
         // every measured request of the path (and the warm-up's).
         let stat = |node: &str, name: &str| {
@@ -598,12 +623,17 @@ async fn measure(
          everything but the server and this benchmark (the Envoys, the sample apps, other work) \
          in % of one core; steal% = of that, what the hypervisor took from this virtual machine. \
          Envoy NACKs: {}.",
-        match skipped {
-            None => format!(
+        match (&skipped, args.control) {
+            (None, false) => format!(
                 "; transparent mode adds no more than explicit mode: ratio = transp+ / added \
                  <= {RATIO_GOAL:.2} at p50 and p99 (transp+ = transparent - direct)"
             ),
-            Some(_) => String::new(),
+            (None, true) => format!(
+                "; A/A (--control): ratio = control+ / added, two identical explicit-mode pairs \
+                 (control+ = control - direct), the verdict against {RATIO_GOAL:.2} shows what \
+                 noise alone does to the transparent goal's ratio"
+            ),
+            (Some(_), _) => String::new(),
         },
         setup
             .agents

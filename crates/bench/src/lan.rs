@@ -11,7 +11,9 @@
 //! - transparent: to the app's address, the rules `weft agent` applies
 //!   (`APPMESH_START_ENABLED=1`) redirecting it to the client Envoy's egress
 //!   listener, and on the server host to the server Envoy's ingress listener;
-//! - bare (optional): two Envoys with a minimal static config.
+//! - bare (optional): two Envoys with a minimal static config;
+//! - control (`--control`, in place of transparent): a second explicit-mode
+//!   pair with its own Envoys and app, for an A/A run.
 //!
 //! Every Envoy runs as the ignored user (`APPMESH_IGNORE_UID`) from a copy
 //! any user may run, so the redirection lets all of them through; the load
@@ -49,15 +51,20 @@ const DIRECT_APP: u16 = 8070;
 const TRANSPARENT_H1_APP: u16 = 8080;
 const TRANSPARENT_H2_APP: u16 = 8081;
 const EXPLICIT_APP: u16 = 8090;
+const CONTROL_APP: u16 = 8091;
 const BARE_APP: u16 = 8092;
 /// The explicit server Envoys' listeners (the virtual nodes' ports), per protocol.
 const EXPLICIT_H1_LISTENER: u16 = 8180;
 const EXPLICIT_H2_LISTENER: u16 = 8181;
+/// The control pair's server Envoys' listeners, per protocol.
+const CONTROL_H1_LISTENER: u16 = 8182;
+const CONTROL_H2_LISTENER: u16 = 8183;
 /// The server-side bare Envoys, per protocol.
 const BARE_H1_SERVER: u16 = 8280;
 const BARE_H2_SERVER: u16 = 8281;
 /// The client Envoys' egress ports and the client-side bare Envoys, in the client namespace.
 const EXPLICIT_EGRESS: u16 = 15101;
+const CONTROL_EGRESS: u16 = 15102;
 const BARE_H1_CLIENT: u16 = 15201;
 const BARE_H2_CLIENT: u16 = 15202;
 /// The client virtual nodes' own listener (nothing calls them).
@@ -158,8 +165,16 @@ fn transparent_env<'a>(extra: &[(&'a str, String)]) -> Vec<(&'a str, String)> {
 }
 
 /// Starts everything on `hosts` (call it from a thread inside `hosts.hub`,
-/// where the server must run) and waits until every path answers.
-pub async fn setup(binary: &Path, protocol: &str, hosts: &Hosts, with_bare: bool) -> Result<Setup> {
+/// where the server must run) and waits until every path answers. With
+/// `control`, a second explicit-mode pair is measured in place of the
+/// transparent path (whose Envoys and rules stay up, unloaded).
+pub async fn setup(
+    binary: &Path,
+    protocol: &str,
+    hosts: &Hosts,
+    with_bare: bool,
+    control: bool,
+) -> Result<Setup> {
     let (client, server_host) = (
         Place::inside(hosts.client.clone()),
         Place::inside(hosts.server.clone()),
@@ -196,6 +211,10 @@ pub async fn setup(binary: &Path, protocol: &str, hosts: &Hosts, with_bare: bool
     if with_bare {
         apps.push(procs::sample_app_at(&server_host, binary, "bare", loopback(BARE_APP)).await?);
     }
+    if control {
+        let listen = loopback(CONTROL_APP);
+        apps.push(procs::sample_app_at(&server_host, binary, "control", listen).await?);
+    }
 
     // The mesh: h1/h2 reach the explicit server nodes, th1/th2 the transparent one.
     let host = sip.to_string();
@@ -227,7 +246,21 @@ pub async fn setup(binary: &Path, protocol: &str, hosts: &Hosts, with_bare: bool
     ] {
         appmesh::create_node(&api, MESH, body).await?;
     }
-    for (service, router, port, proto, target, target_port) in [
+    if control {
+        for body in [
+            node("server2-h1", &[(CONTROL_H1_LISTENER, "http")], &host, &[]),
+            node("server2-h2", &[(CONTROL_H2_LISTENER, "http2")], &host, &[]),
+            node(
+                "client2",
+                &[(CLIENT_NODE_PORT, "http")],
+                &cip.to_string(),
+                &["c1.dp.local", "c2.dp.local"],
+            ),
+        ] {
+            appmesh::create_node(&api, MESH, body).await?;
+        }
+    }
+    let mut services = vec![
         (
             "h1.dp.local",
             "h1-router",
@@ -260,7 +293,28 @@ pub async fn setup(binary: &Path, protocol: &str, hosts: &Hosts, with_bare: bool
             "tserver",
             TRANSPARENT_H2_APP,
         ),
-    ] {
+    ];
+    if control {
+        services.extend([
+            (
+                "c1.dp.local",
+                "c1-router",
+                8080,
+                "http",
+                "server2-h1",
+                CONTROL_H1_LISTENER,
+            ),
+            (
+                "c2.dp.local",
+                "c2-router",
+                8080,
+                "http2",
+                "server2-h2",
+                CONTROL_H2_LISTENER,
+            ),
+        ]);
+    }
+    for (service, router, port, proto, target, target_port) in services {
         appmesh::create_router(&api, MESH, router, port, proto).await?;
         let spec = appmesh::route_to_port(proto, target, target_port);
         appmesh::create_route(&api, MESH, router, "main", spec).await?;
@@ -278,7 +332,7 @@ pub async fn setup(binary: &Path, protocol: &str, hosts: &Hosts, with_bare: bool
         };
         procs::agent_with(binary, &xds, MESH, node, protocol, spec)
     };
-    let agents = vec![
+    let mut agents = vec![
         agent(
             &server_host,
             "tserver",
@@ -314,6 +368,28 @@ pub async fn setup(binary: &Path, protocol: &str, hosts: &Hosts, with_bare: bool
             explicit_env(None),
         )?,
     ];
+    if control {
+        agents.extend([
+            agent(
+                &server_host,
+                "server2-h1",
+                (9904, 15121, 15120),
+                explicit_env(Some(format!("{CONTROL_H1_LISTENER}={CONTROL_APP}"))),
+            )?,
+            agent(
+                &server_host,
+                "server2-h2",
+                (9905, 15131, 15130),
+                explicit_env(Some(format!("{CONTROL_H2_LISTENER}={CONTROL_APP}"))),
+            )?,
+            agent(
+                &client,
+                "client2",
+                (9903, CONTROL_EGRESS, 15110),
+                explicit_env(None),
+            )?,
+        ]);
+    }
     for a in &agents {
         a.wait_ready(Duration::from_secs(30)).await?;
     }
@@ -345,33 +421,27 @@ pub async fn setup(binary: &Path, protocol: &str, hosts: &Hosts, with_bare: bool
         http2,
     };
     let phases: Vec<Paths> = [
-        (
-            "HTTP/1.1",
-            false,
-            "h1.dp.local",
-            "th1.dp.local",
-            TRANSPARENT_H1_APP,
-            BARE_H1_CLIENT,
-        ),
-        (
-            "HTTP/2",
-            true,
-            "h2.dp.local",
-            "th2.dp.local",
-            TRANSPARENT_H2_APP,
-            BARE_H2_CLIENT,
-        ),
+        ("HTTP/1.1", false, "1", TRANSPARENT_H1_APP, BARE_H1_CLIENT),
+        ("HTTP/2", true, "2", TRANSPARENT_H2_APP, BARE_H2_CLIENT),
     ]
     .into_iter()
-    .map(
-        |(proto, http2, service, tservice, tport, bare_port)| Paths {
+    .map(|(proto, http2, n, tport, bare_port)| {
+        let service = format!("h{n}.dp.local");
+        Paths {
             proto,
-            direct: target("direct", at(sip, DIRECT_APP), service, http2),
-            explicit: target("explicit", loopback(EXPLICIT_EGRESS), service, http2),
-            transparent: Some(target("transparent", at(sip, tport), tservice, http2)),
-            bare: with_bare.then(|| target("bare", loopback(bare_port), service, http2)),
-        },
-    )
+            direct: target("direct", at(sip, DIRECT_APP), &service, http2),
+            explicit: target("explicit", loopback(EXPLICIT_EGRESS), &service, http2),
+            transparent: (!control).then(|| {
+                let tservice = format!("th{n}.dp.local");
+                target("transparent", at(sip, tport), &tservice, http2)
+            }),
+            control: control.then(|| {
+                let cservice = format!("c{n}.dp.local");
+                target("control", loopback(CONTROL_EGRESS), &cservice, http2)
+            }),
+            bare: with_bare.then(|| target("bare", loopback(bare_port), &service, http2)),
+        }
+    })
     .collect();
     // Every path answers from the client host (over HTTP/1.1: each Envoy's
     // listener takes either protocol downstream).
@@ -380,6 +450,7 @@ pub async fn setup(binary: &Path, protocol: &str, hosts: &Hosts, with_bare: bool
             Some(&p.direct),
             Some(&p.explicit),
             p.transparent.as_ref(),
+            p.control.as_ref(),
             p.bare.as_ref(),
         ]
         .into_iter()
@@ -415,8 +486,18 @@ pub async fn setup(binary: &Path, protocol: &str, hosts: &Hosts, with_bare: bool
              transparent = client -> app {sip}:{TRANSPARENT_H1_APP}/{TRANSPARENT_H2_APP}, \
              redirected by the rules `weft agent` applies (APPMESH_START_ENABLED=1) to the client \
              Envoy's egress listener, and on the server host to the server Envoy's ingress \
-             listener -> app 127.0.0.1:{TRANSPARENT_H1_APP}/{TRANSPARENT_H2_APP}; every Envoy \
-             --concurrency 1, running as uid {IGNORED_UID} from {SHARED_ENVOY}"
+             listener -> app 127.0.0.1:{TRANSPARENT_H1_APP}/{TRANSPARENT_H2_APP}{}; every \
+             Envoy --concurrency 1, running as uid {IGNORED_UID} from {SHARED_ENVOY}",
+            match control {
+                true => format!(
+                    "; control (--control, measured in place of transparent, whose Envoys and \
+                     rules stay up unloaded) = client -> a second client Envoy \
+                     127.0.0.1:{CONTROL_EGRESS} (explicit mode) -> a second server Envoy \
+                     {sip}:{CONTROL_H1_LISTENER}/{CONTROL_H2_LISTENER} -> app \
+                     127.0.0.1:{CONTROL_APP}, an A/A run"
+                ),
+                false => String::new(),
+            }
         ),
         transparent_envoys: Some(("tclient", "tserver")),
         _data: data,

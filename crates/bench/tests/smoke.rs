@@ -179,6 +179,28 @@ fn dataplane_transparent_runs() {
     }
     assert!(out.contains("transparent: 100 measured requests"), "{out}");
     assert!(!out.contains("NOT every request"), "{out}");
+    // The A/A run: a second explicit-mode pair in place of the transparent path.
+    let out = bench(&[
+        "dataplane",
+        "--rate",
+        "50",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0.2",
+        "--no-bare",
+        "--control",
+    ]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("HTTP/2") && l.contains(" control+ ")),
+        "{out}"
+    );
+    assert!(
+        !out.lines()
+            .any(|l| l.starts_with("HTTP") && l.contains(" transparent ")),
+        "{out}"
+    );
 }
 
 /// Whether this test runs as root (`id -u`).
