@@ -44,7 +44,6 @@ pub enum InterceptError {
 }
 
 impl InterceptError {
-
     pub(crate) fn invalid(variable: &'static str, reason: impl Into<String>) -> Self {
         InterceptError::InvalidSetting {
             variable,
