@@ -28,42 +28,9 @@ use weft_test_support::spec::{MeshSpec, NodeSpec, ServiceSpec};
 const RED_ID: &str = "spiffe://weft.local/mesh/apps/virtualNode/red";
 const FRONT_ID: &str = "spiffe://weft.local/mesh/apps/virtualNode/front";
 
-/// `weft join-token create` for `resource`: the token.
-fn token(server: &WeftServer, resource: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args([
-            "join-token",
-            "create",
-            "--resource",
-            resource,
-            "--ttl",
-            "1h",
-        ])
-        .args(["--server", &server.addr])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// The id of a token, `weft-jt.<id>.<secret>`.
 fn token_id(token: &str) -> &str {
     token.split('.').nth(1).unwrap()
-}
-
-fn sans(names: &[&str]) -> t::SubjectAlternativeNames {
-    t::SubjectAlternativeNames::builder()
-        .r#match(
-            t::SubjectAlternativeNameMatchers::builder()
-                .set_exact(Some(names.iter().map(|s| s.to_string()).collect()))
-                .build()
-                .unwrap(),
-        )
-        .build()
 }
 
 /// Mesh `apps`: `red` on `red_port` (STRICT TLS with Weft's certificate, mutual TLS for
@@ -89,7 +56,7 @@ async fn mesh(server: &WeftServer, red_port: u16) {
                             .build()
                             .unwrap(),
                     ))
-                    .subject_alternative_names(sans(&[FRONT_ID]))
+                    .subject_alternative_names(common::exact_sans(&[FRONT_ID]))
                     .build(),
             )
             .build()
@@ -121,7 +88,7 @@ async fn mesh(server: &WeftServer, red_port: u16) {
                                             .build()
                                             .unwrap(),
                                     ))
-                                    .subject_alternative_names(sans(&[RED_ID]))
+                                    .subject_alternative_names(common::exact_sans(&[RED_ID]))
                                     .build(),
                             )
                             .build(),
@@ -339,8 +306,8 @@ async fn agents_with_join_tokens_get_certificates_from_weft_s_ca_and_their_envoy
     mesh(&server, red_port).await;
     let (_red_app, red_app_port) = sample_app("red");
     let (red_token, front_token) = (
-        token(&server, "mesh/apps/virtualNode/red"),
-        token(&server, "mesh/apps/virtualNode/front"),
+        common::join_token(&server.addr, "mesh/apps/virtualNode/red", "1h"),
+        common::join_token(&server.addr, "mesh/apps/virtualNode/front", "1h"),
     );
 
     // red's Envoy runs as nobody (as root; App Mesh's APPMESH_IGNORE_UID), with its socket where
@@ -506,8 +473,8 @@ async fn certificates_are_renewed_at_half_life_and_envoy_takes_each_without_drop
     mesh(&server, red_port).await;
     let (_red_app, red_app_port) = sample_app("red");
     let tmp = tempfile::tempdir().unwrap();
-    let red_token = token(&server, "mesh/apps/virtualNode/red");
-    let front_token = token(&server, "mesh/apps/virtualNode/front");
+    let red_token = common::join_token(&server.addr, "mesh/apps/virtualNode/red", "1h");
+    let front_token = common::join_token(&server.addr, "mesh/apps/virtualNode/front", "1h");
     let red = spawn_agent(
         &server,
         "red",
@@ -589,7 +556,7 @@ async fn a_wrong_revoked_or_foreign_join_token_ends_the_agent_with_an_error_nami
     let server = WeftServer::start();
     mesh(&server, free_port()).await;
     let tmp = tempfile::tempdir().unwrap();
-    let good = token(&server, "mesh/apps/virtualNode/red");
+    let good = common::join_token(&server.addr, "mesh/apps/virtualNode/red", "1h");
     let id = token_id(&good).to_string();
 
     // The right id with the wrong secret.

@@ -75,17 +75,6 @@ impl Ca {
     }
 }
 
-fn sans(names: &[&str]) -> t::SubjectAlternativeNames {
-    t::SubjectAlternativeNames::builder()
-        .r#match(
-            t::SubjectAlternativeNameMatchers::builder()
-                .set_exact(Some(names.iter().map(|s| s.to_string()).collect()))
-                .build()
-                .unwrap(),
-        )
-        .build()
-}
-
 fn file_cert(leaf: &Leaf) -> t::ListenerTlsFileCertificate {
     t::ListenerTlsFileCertificate::builder()
         .certificate_chain(&leaf.cert)
@@ -116,7 +105,7 @@ fn listener_tls(
         tls = tls.validation(
             t::ListenerTlsValidationContext::builder()
                 .trust(t::ListenerTlsValidationContextTrust::File(file_trust(ca)))
-                .subject_alternative_names(sans(clients))
+                .subject_alternative_names(common::exact_sans(clients))
                 .build(),
         );
     }
@@ -129,7 +118,7 @@ fn client_policy(cert: &Leaf, ca: &Ca, names: Option<&[&str]>) -> t::ClientPolic
     let mut validation = t::TlsValidationContext::builder()
         .trust(t::TlsValidationContextTrust::File(file_trust(ca)));
     if let Some(names) = names {
-        validation = validation.subject_alternative_names(sans(names));
+        validation = validation.subject_alternative_names(common::exact_sans(names));
     }
     t::ClientPolicy::builder()
         .tls(
@@ -252,7 +241,9 @@ async fn mutual_tls_through_a_node_and_a_gateway_over_ads_and_live_mode_changes(
                                             .build()
                                             .unwrap(),
                                     ))
-                                    .subject_alternative_names(sans(&["red.apps.local"]))
+                                    .subject_alternative_names(common::exact_sans(&[
+                                        "red.apps.local",
+                                    ]))
                                     .build(),
                             )
                             .build(),

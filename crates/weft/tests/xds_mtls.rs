@@ -107,24 +107,7 @@ impl Drop for Server {
 
 /// A workload certificate for `resource` (join token from the CLI): chain and key, PEM.
 async fn workload_certificate(server: &Server, resource: &str) -> (String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args([
-            "join-token",
-            "create",
-            "--resource",
-            resource,
-            "--ttl",
-            "10m",
-        ])
-        .args(["--server", &server.addr])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let token = common::join_token(&server.addr, resource, "10m");
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut params = CertificateParams::default();
     params

@@ -290,3 +290,31 @@ pub fn client_for(addr: &str) -> aws_sdk_appmesh::Client {
         .build();
     aws_sdk_appmesh::Client::from_conf(config)
 }
+
+/// `weft join-token create` for `resource` against the API at `addr`: the token.
+pub fn join_token(addr: &str, resource: &str, ttl: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["join-token", "create", "--resource", resource, "--ttl", ttl])
+        .args(["--server", addr])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Subject alternative names matched exactly, as a TLS spec's `subjectAlternativeNames`.
+pub fn exact_sans(names: &[&str]) -> aws_sdk_appmesh::types::SubjectAlternativeNames {
+    use aws_sdk_appmesh::types::{SubjectAlternativeNameMatchers, SubjectAlternativeNames};
+    SubjectAlternativeNames::builder()
+        .r#match(
+            SubjectAlternativeNameMatchers::builder()
+                .set_exact(Some(names.iter().map(|s| s.to_string()).collect()))
+                .build()
+                .unwrap(),
+        )
+        .build()
+}
