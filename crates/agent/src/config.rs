@@ -247,11 +247,17 @@ pub struct AgentArgs {
     /// Envoy; `sds.sock` in the run folder when unset.
     #[arg(long, env = "APPMESH_SDS_SOCKET_PATH", value_name = "PATH")]
     pub sds_socket_path: Option<PathBuf>,
-    /// Mutual TLS to the xDS server (`weft server --xds-tls`): Envoy presents the proxy's
-    /// certificate (`weft-identity`), trusts Weft's CA (`weft-trust-bundle`) and expects the
-    /// server's certificate to name the xDS host. Needs a join token.
-    #[arg(long, env = "WEFT_XDS_TLS")]
+    /// Mutual TLS to the xDS server, the default when the agent has a join token: Envoy
+    /// presents the proxy's certificate (`weft-identity`), trusts Weft's CA
+    /// (`weft-trust-bundle`) and expects the server's certificate to name the xDS host. Set,
+    /// it makes a missing join token an error at start.
+    #[arg(long, env = "WEFT_XDS_TLS", conflicts_with = "insecure_plaintext_xds")]
     pub xds_tls: bool,
+    /// Plaintext xDS even with a join token, for a `weft server --insecure-plaintext-xds`
+    /// (local experiments); the certificate is still served to Envoy over SDS for the mesh's
+    /// TLS.
+    #[arg(long, env = "WEFT_INSECURE_PLAINTEXT_XDS")]
+    pub insecure_plaintext_xds: bool,
 }
 
 /// A flag value that is a secret: its `Debug` hides it, and clap never repeats it in an error
@@ -481,7 +487,10 @@ impl AgentConfig {
                     .to_string(),
             ));
         }
-        config.xds_tls = args.xds_tls;
+        // With an identity, the secure way is the default (`weft server` demands mutual TLS on
+        // xDS unless started with --insecure-plaintext-xds); without one the agent can only
+        // speak plaintext, which a secure server refuses: start() says so in the log.
+        config.xds_tls = config.identity.is_some() && !args.insecure_plaintext_xds;
         config.validate()?;
         Ok(config)
     }
@@ -880,7 +889,7 @@ mod tests {
     const TOKEN: &str = "weft-jt.0123456789abcdef.c2VjcmV0LXNlY3JldC1zZWNyZXQ";
 
     #[test]
-    fn mutual_tls_to_the_xds_server_needs_a_join_token() {
+    fn with_a_join_token_xds_is_mutual_tls_unless_plaintext_is_asked_for() {
         let base = ["--resource-arn", "mesh/m/virtualNode/n", "--xds-tls"];
         let err = parse(&base)
             .err()
@@ -889,7 +898,17 @@ mod tests {
         let mut argv = base.to_vec();
         argv.extend(["--join-token", TOKEN]);
         assert!(parse(&argv).unwrap_or_else(|e| panic!("{e}")).xds_tls);
+        // No token: plaintext, the only thing it can speak.
         assert!(!parse(&base[..2]).unwrap_or_else(|e| panic!("{e}")).xds_tls);
+        // A token alone: mutual TLS.
+        let with_token = [base[0], base[1], "--join-token", TOKEN];
+        assert!(parse(&with_token).unwrap_or_else(|e| panic!("{e}")).xds_tls);
+        let mut plaintext = with_token.to_vec();
+        plaintext.push("--insecure-plaintext-xds");
+        let config = parse(&plaintext).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!config.xds_tls && config.identity.is_some());
+        argv.push("--insecure-plaintext-xds");
+        assert!(parse(&argv).is_err(), "both --xds-tls and plaintext");
     }
 
     #[test]

@@ -110,6 +110,17 @@ impl Supervisor {
     /// See [`run`].
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<Outcome, AgentError> {
         let envoy_bin = find_envoy(self.config.envoy_bin.as_deref())?;
+        if self.config.identity.is_none() {
+            tracing::warn!(
+                "no join token (WEFT_JOIN_TOKEN or WEFT_JOIN_TOKEN_FILE): Envoy speaks \
+                 plaintext xDS, which `weft server` refuses unless started with \
+                 --insecure-plaintext-xds; create a token with `weft join-token create`"
+            );
+        } else if !self.config.xds_tls {
+            tracing::warn!(
+                "plaintext xDS (WEFT_INSECURE_PLAINTEXT_XDS): for local experiments only"
+            );
+        }
         // Kept alive until the run ends: dropping it removes the temporary folder.
         let (dir, _temp_dir) = run_dir(&self.config)?;
         let config = &with_sds_socket(&self.config, &dir);

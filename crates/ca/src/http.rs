@@ -335,6 +335,15 @@ pub fn router(ca: CaService) -> Router {
     Router::new()
         .route(JOIN_TOKENS, post(create_token).get(list_tokens))
         .route(&format!("{JOIN_TOKENS}/{{id}}"), delete(revoke_token))
+        .with_state(ca.clone())
+        .merge(workload_router(ca))
+}
+
+/// Only what agents call (certificates and the trust bundle, both authenticated by a join token
+/// or a certificate, or public): for a listener on the workloads' network, where creating or
+/// listing join tokens must not be offered.
+pub fn workload_router(ca: CaService) -> Router {
+    Router::new()
         .route(CERTIFICATES, post(certificates))
         .route(TRUST_BUNDLE, get(trust_bundle))
         .with_state(ca)

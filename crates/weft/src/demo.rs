@@ -351,14 +351,23 @@ async fn explicit(args: DemoArgs, shutdown: impl std::future::Future<Output = ()
                 &exe,
                 &envoy,
                 &xds,
+                cp.api_addr,
+                &join_token(&cp.ca, name).await?,
                 name,
                 &format!("{node_port}={app_port}"),
                 free_port()?,
             )?);
         }
-        children
-            .0
-            .push(agent(&exe, &envoy, &xds, "front", "", args.egress_port)?);
+        children.0.push(agent(
+            &exe,
+            &envoy,
+            &xds,
+            cp.api_addr,
+            &join_token(&cp.ca, "front").await?,
+            "front",
+            "",
+            args.egress_port,
+        )?);
 
         // Wait until the whole path answers, through both upstreams.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -420,10 +429,28 @@ async fn explicit(args: DemoArgs, shutdown: impl std::future::Future<Output = ()
     result
 }
 
+/// A join token for node `name`, made in-process as `weft join-token create` makes it: the
+/// demo's agents get their certificates with it and speak mutual TLS to xDS, the secure way.
+async fn join_token(ca: &weft_ca::CaService, name: &str) -> Result<String> {
+    let minted = ca
+        .create_token(
+            &format!("mesh/{MESH}/virtualNode/{name}"),
+            Some(Duration::from_secs(24 * 3600)),
+            std::time::SystemTime::now(),
+        )
+        .await
+        .with_context(|| format!("creating the join token of {name}"))?;
+    Ok(minted.token)
+}
+
+/// `weft agent` for node `name` on this host, joining with `token` at the CA on `api`.
+#[allow(clippy::too_many_arguments)]
 fn agent(
     exe: &PathBuf,
     envoy: &Option<PathBuf>,
     xds: &str,
+    api: SocketAddr,
+    token: &str,
     name: &str,
     app_ports: &str,
     egress: u16,
@@ -435,6 +462,8 @@ fn agent(
             format!("mesh/{MESH}/virtualNode/{name}"),
         )
         .env("APPMESH_XDS_ENDPOINT", xds)
+        .env("WEFT_CA_SERVER", format!("http://{api}"))
+        .env("WEFT_JOIN_TOKEN", token)
         .env("ENVOY_ADMIN_ACCESS_PORT", free_port()?.to_string())
         .env("ENVOY_ADMIN_ACCESS_LOG_FILE", "/dev/null")
         .env("APPMESH_ENVOY_EGRESS_PORT", egress.to_string())

@@ -86,13 +86,15 @@ pub struct ServerArgs {
     /// The certificate authority: trust domain, root, certificate and token lifetimes.
     #[command(flatten)]
     pub ca: weft_ca::CaArgs,
-    /// Mutual TLS on the xDS listener: the server presents a certificate from Weft's CA
-    /// (naming the --xds-listen IP and every --xds-server-name), each proxy must present its
-    /// workload certificate, and gets only the config of the resource that certificate names.
+    /// Mutual TLS on the xDS listener, the default: the server presents a certificate from
+    /// Weft's CA (naming the --xds-listen IP and every --xds-server-name), each proxy must
+    /// present its workload certificate (its agent joins with a join token), and gets only the
+    /// config of the resource that certificate names. Accepted so that scripts can say so.
     #[arg(long, env = "WEFT_XDS_TLS", conflicts_with = "insecure_plaintext_xds")]
     pub xds_tls: bool,
-    /// Plaintext, unauthenticated xDS (any client gets any node's config): for local
-    /// experiments. Today's default; says so in the log and in proxy-status.
+    /// Plaintext, unauthenticated xDS (any client reaching the port gets any node's config,
+    /// and agents need no join token): for local experiments only. Said loudly in the log and
+    /// in proxy-status.
     #[arg(long, env = "WEFT_INSECURE_PLAINTEXT_XDS")]
     pub insecure_plaintext_xds: bool,
     /// A DNS name or IP address the xDS server's certificate holds beside the --xds-listen IP
@@ -110,6 +112,8 @@ pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:8600";
 pub struct ControlPlane {
     /// The App Mesh API's behaviour, for in-process callers such as `weft demo`.
     pub service: Service,
+    /// Weft's CA, for in-process callers (`weft demo` makes its agents' join tokens).
+    pub ca: weft_ca::CaService,
     /// Where the App Mesh REST API listens.
     pub api_addr: SocketAddr,
     /// Where the ADS server listens.
@@ -234,6 +238,7 @@ pub struct PeerSockets {
     xds: tokio::net::TcpListener,
     dns_udp: tokio::net::UdpSocket,
     dns_tcp: tokio::net::TcpListener,
+    ca: Option<tokio::net::TcpListener>,
 }
 
 impl PeerSockets {
@@ -246,7 +251,18 @@ impl PeerSockets {
             xds,
             dns_udp,
             dns_tcp,
+            ca: None,
         })
+    }
+
+    /// Also binds `ca`, where agents reach the CA (certificates and the trust bundle only) when
+    /// the API listener is out of their reach.
+    pub fn with_ca(mut self, ca: SocketAddr) -> Result<PeerSockets> {
+        self.ca = Some(
+            weft_listen::bind(ca)
+                .with_context(|| format!("binding {ca} (the CA's address for agents)"))?,
+        );
+        Ok(self)
     }
 }
 
@@ -282,6 +298,7 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
         xds: xds_listener,
         dns_udp,
         dns_tcp,
+        ca: ca_listener,
     } = peers;
     let xds_addr = xds_listener.local_addr()?;
     let dns_addr = dns_udp.local_addr()?;
@@ -297,7 +314,14 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
     let runtime = runtime.with_idle_class_ttl(idle_ttl);
     let failures = runtime.failures();
     let ads = weft_xds::AdsServer::new(cache, Arc::new(resolver));
-    let xds_tls = if args.xds_tls {
+    let xds_tls = if args.insecure_plaintext_xds {
+        tracing::warn!(
+            "xDS is plaintext and unauthenticated (--insecure-plaintext-xds): any client \
+             reaching {xds_addr} gets any proxy's config. For local experiments only; without \
+             the flag proxies present the workload certificates their agents get with join tokens"
+        );
+        None
+    } else {
         let mut names = args.xds_server_names.clone();
         if !xds_addr.ip().is_unspecified() {
             names.push(xds_addr.ip().to_string());
@@ -308,20 +332,6 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
             "xDS over mutual TLS: proxies present their workload certificates"
         );
         Some((config, ca.clone()))
-    } else {
-        if !args.insecure_plaintext_xds {
-            tracing::warn!(
-                "xDS is plaintext and unauthenticated: any client reaching {xds_addr} gets any \
-                 proxy's config; pass --xds-tls for mutual TLS, or --insecure-plaintext-xds to \
-                 say plaintext is meant"
-            );
-        } else {
-            tracing::warn!(
-                "xDS is plaintext and unauthenticated (--insecure-plaintext-xds): for local \
-                 experiments only"
-            );
-        }
-        None
     };
     let xds_security = if xds_tls.is_some() {
         "mTLS"
@@ -406,7 +416,14 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
     let app = weft_api::router(service.clone())
         .merge(weft_registry::router(registry))
         .merge(proxy_status::router(ads, failures, xds_security))
-        .merge(weft_ca::http::router(ca));
+        .merge(weft_ca::http::router(ca.clone()));
+    if let Some(listener) = ca_listener {
+        let stop = stopped(stop_rx.clone());
+        let app = weft_ca::http::workload_router(ca.clone());
+        tasks.push(tokio::spawn(weft_listen::http::serve(
+            listener, app, api_limits, stop,
+        )));
+    }
     {
         let stop = stopped(stop_rx);
         tasks.push(tokio::spawn(weft_listen::http::serve(
@@ -416,6 +433,7 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
     tracing::info!(%api_addr, %xds_addr, %dns_addr, data_dir = %args.data_dir.display(), "control plane listening");
     Ok(ControlPlane {
         service,
+        ca,
         api_addr,
         xds_addr,
         dns_addr,

@@ -113,6 +113,31 @@ fn the_printed_curl_command_works_and_sigterm_removes_everything() {
     }
     assert!(seen.iter().all(|s| s == "red" || s == "blue"), "{seen:?}");
 
+    // The secure way: every proxy joined with a join token and holds its xDS stream over mutual
+    // TLS, as the printed proxy-status command shows.
+    let status = guide
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("weft proxy-status --endpoint "))
+        .unwrap_or_else(|| panic!("no proxy-status command in the guide:\n{guide}"));
+    let endpoint = status
+        .trim_start_matches("weft proxy-status --endpoint ")
+        .trim();
+    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["proxy-status", "--endpoint", endpoint])
+        .output()
+        .unwrap_or_else(|e| panic!("weft proxy-status: {e}"));
+    let table = text(&out);
+    assert!(out.status.success(), "{table}");
+    assert!(table.contains("xDS: mTLS"), "{table}");
+    assert!(!table.contains("WARNING"), "{table}");
+    for node in ["front", "red", "blue"] {
+        assert!(
+            table.contains(&format!("virtualNode/{node}")),
+            "{node} is connected: {table}"
+        );
+    }
+
     let _ = weft_agent::signal::send(child.id(), weft_agent::signal::Signal::TERM);
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {

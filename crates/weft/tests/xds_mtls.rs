@@ -1,9 +1,9 @@
-//! Mutual TLS on the xDS listener (`weft server --xds-tls`) against a real `weft server`: a
+//! Mutual TLS on the xDS listener (`weft server`'s default) against a real `weft server`: a
 //! raw ADS client over rustls with a workload certificate from the server's CA (join token
 //! from the real CLI, CSR made with rcgen as an agent makes it) gets its own node's config and
 //! is refused another node's, which the server logs; a client without a certificate cannot
 //! finish the handshake; plaintext gets nothing; proxy-status says how xDS is secured; real
-//! `weft agent --xds-tls`s with join tokens converge over mutual TLS and carry traffic.
+//! `weft agent`s with join tokens converge over mutual TLS and carry traffic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -313,8 +313,8 @@ async fn a_certificate_for_node_a_gets_node_a_s_config_and_is_refused_node_b_s_w
 }
 
 #[tokio::test]
-async fn without_a_certificate_or_in_plaintext_a_client_gets_nothing_when_mtls_is_on() {
-    let server = Server::start(&["--xds-tls"]);
+async fn by_default_a_client_without_a_certificate_or_in_plaintext_gets_nothing() {
+    let server = Server::start(&[]);
     apps(&server).await;
     let bundle = trust_bundle(&server).await;
 
@@ -354,27 +354,25 @@ async fn without_a_certificate_or_in_plaintext_a_client_gets_nothing_when_mtls_i
 
 #[tokio::test]
 async fn plaintext_xds_says_it_is_unauthenticated_in_the_log_and_in_proxy_status() {
-    for flags in [&[][..], &["--insecure-plaintext-xds"][..]] {
-        let server = Server::start(flags);
-        let status = server.proxy_status().await;
-        assert_eq!(
-            status["xdsSecurity"], "plaintext (unauthenticated)",
-            "{status}"
-        );
-        wait_for_log(&server, "xDS is plaintext and unauthenticated");
-        let out = Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args(["proxy-status", "--endpoint", &server.addr])
-            .output()
-            .unwrap();
-        let table = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            table.contains("WARNING: xDS is plaintext (unauthenticated)"),
-            "{table}"
-        );
-    }
+    let server = Server::start(&["--insecure-plaintext-xds"]);
+    let status = server.proxy_status().await;
+    assert_eq!(
+        status["xdsSecurity"], "plaintext (unauthenticated)",
+        "{status}"
+    );
+    wait_for_log(&server, "xDS is plaintext and unauthenticated");
+    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["proxy-status", "--endpoint", &server.addr])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("WARNING: xDS is plaintext (unauthenticated)"),
+        "{table}"
+    );
 }
 
-/// Starts `weft agent --xds-tls` for `mesh/apps/virtualNode/<node>` with a join token; its log
+/// Starts `weft agent` for `mesh/apps/virtualNode/<node>` with a join token; its log
 /// (stderr, at info) in `dir`.
 fn tls_agent(
     server: &Server,
@@ -406,7 +404,6 @@ fn tls_agent(
         .env("APPMESH_XDS_ENDPOINT", &server.xds_addr)
         .env("WEFT_CA_SERVER", &server.addr)
         .env("WEFT_JOIN_TOKEN", token)
-        .env("WEFT_XDS_TLS", "true")
         .env("WEFT_RUN_DIR", dir.join(format!("run-{node}")))
         .env("ENVOY_ADMIN_ACCESS_PORT", admin_port.to_string())
         .env("ENVOY_ADMIN_ACCESS_LOG_FILE", "/dev/null")
@@ -432,8 +429,8 @@ fn tls_agent(
 }
 
 #[tokio::test]
-async fn agents_with_join_tokens_and_xds_tls_converge_over_mutual_tls_and_carry_traffic() {
-    let server = Server::start(&["--xds-tls"]);
+async fn agents_with_join_tokens_converge_over_mutual_tls_by_default_and_carry_traffic() {
+    let server = Server::start(&[]);
     let tmp = tempfile::tempdir().unwrap();
     let red_port = free_port();
     let api = MeshApi::create(&server.client(), "apps", MeshSpec::new()).await;

@@ -175,9 +175,13 @@ async fn up(
     let xds = SocketAddr::new(IpAddr::V4(HUB), 15010);
     let dns = SocketAddr::new(IpAddr::V4(HUB), weft_agent::dns::WEFT_DNS_PORT);
     let runtime = tokio::runtime::Handle::current();
+    // Agents reach the CA where they reach xDS, on the port they look for it by default
+    // (`http://<xDS host>:9080`): the API itself stays on the host's loopback.
+    let ca = SocketAddr::new(IpAddr::V4(HUB), 9080);
     let peers = tokio::task::block_in_place(|| {
-        lan.hub
-            .within(move || runtime.block_on(PeerSockets::bind(xds, dns)))
+        lan.hub.within(move || {
+            runtime.block_on(async { PeerSockets::bind(xds, dns).await?.with_ca(ca) })
+        })
     })
     .context("entering the hub's namespace")??;
     let cp = server::start_with(
@@ -186,6 +190,7 @@ async fn up(
     )
     .await?;
     let service = cp.service.clone();
+    let authority = cp.ca.clone();
     let api = cp.api_addr;
     *control_plane = Some(cp);
 
@@ -218,9 +223,10 @@ async fn up(
     }
     for (ns, name) in [(red, "red"), (blue, "blue"), (front, "front")] {
         let resolver = name == "front" && !args.no_workload_dns;
+        let token = super::join_token(&authority, name).await?;
         children
             .0
-            .push(agent(ns, &exe, envoy, xds, name, resolver)?);
+            .push(agent(ns, &exe, envoy, xds, &token, name, resolver)?);
     }
 
     // Up when front reaches both colours, each through both Envoys.
@@ -319,6 +325,7 @@ fn agent(
     exe: &Path,
     envoy: &Path,
     xds: SocketAddr,
+    token: &str,
     name: &str,
     resolver: bool,
 ) -> Result<Child> {
@@ -330,6 +337,7 @@ fn agent(
             format!("mesh/{MESH}/virtualNode/{name}"),
         )
         .env("APPMESH_XDS_ENDPOINT", xds.to_string())
+        .env("WEFT_JOIN_TOKEN", token)
         .env("APPMESH_START_ENABLED", "1")
         .env("APPMESH_IGNORE_UID", &id)
         .env("APPMESH_IGNORE_GID", &id)

@@ -98,6 +98,16 @@ impl WeftServer {
             })
             .arg("--data-dir")
             .arg(dir)
+            // Tests of routing, protocols and the API run agents without join tokens, which
+            // only a plaintext xDS port serves; tests of identities say `--xds-tls`, the
+            // server's default, and get the secure port.
+            .args(
+                if extra.contains(&"--xds-tls") || extra.contains(&"--insecure-plaintext-xds") {
+                    vec![]
+                } else {
+                    vec!["--insecure-plaintext-xds"]
+                },
+            )
             .args(extra)
             .env("WEFT_LOG", "warn")
             .stdout(Stdio::piped())
