@@ -46,6 +46,27 @@ impl Server {
         xds_listen: &str,
         extra: &[String],
     ) -> Result<Server> {
+        Server::start_on(binary, data_dir, "127.0.0.1:0", xds_listen, extra)
+    }
+
+    /// [`Server::start`] with the API listener on `listen` and the xDS
+    /// listener on `xds_listen` (`ADDRESS:0` for free ports): agents in
+    /// other network namespaces reach Weft's CA on the API listener.
+    ///
+    /// Unless `extra` says how xDS is secured (`--xds-tls` or
+    /// `--insecure-plaintext-xds`), the server gets
+    /// `--insecure-plaintext-xds`: the benchmarks' simulated proxies and
+    /// most of their agents hold no join token, and `weft server` requires
+    /// mutual TLS on the xDS port by default (issue 19), which they could
+    /// not speak. Agents that do hold a token still get their certificates
+    /// and SDS from such a server.
+    pub fn start_on(
+        binary: &Path,
+        data_dir: &Path,
+        listen: &str,
+        xds_listen: &str,
+        extra: &[String],
+    ) -> Result<Server> {
         if !binary.exists() {
             bail!(
                 "no weft binary at {}: build it first with `cargo build --release -p weft` \
@@ -56,7 +77,7 @@ impl Server {
         let mut child = Command::new(binary)
             .arg("server")
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             // Never collide with another server on the fixed default port.
             .arg("--xds-listen")
             .arg(xds_listen)
@@ -67,6 +88,7 @@ impl Server {
             .arg("--log")
             .arg("warn")
             .args(extra)
+            .args(xds_security(extra))
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -134,6 +156,15 @@ impl Server {
             Err(e) => bail!("cannot check the weft server process: {e}"),
         }
     }
+}
+
+/// The flag that keeps the xDS port plaintext, unless `extra` already says
+/// how it is secured (see [`Server::start_on`]).
+fn xds_security(extra: &[String]) -> Option<&'static str> {
+    let said = extra
+        .iter()
+        .any(|a| a == "--xds-tls" || a == "--insecure-plaintext-xds");
+    (!said).then_some("--insecure-plaintext-xds")
 }
 
 impl Drop for Server {
