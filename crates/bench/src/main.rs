@@ -13,7 +13,9 @@
 //! (open-loop latency added by the Envoy pair, explicit and transparent mode) and `no-drops` (failed
 //! requests while routes change); `compaction` measures the embedded store's
 //! writes while it compacts a large state; `abuse` measures a well-behaved
-//! client while others abuse the server (issue 16). Each is bounded in time,
+//! client while others abuse the server (issue 16); `ca` measures Weft's
+//! certificate authority: CSRs signed per second and the cost of a rotation
+//! wave (issue 19). Each is bounded in time,
 //! binds loopback only (`dataplane` as root: two network namespaces of its own,
 //! for its transparent row) and prints a table.
 
@@ -27,6 +29,7 @@ mod abuse;
 mod ads;
 mod appmesh;
 mod bare;
+mod ca;
 mod compaction;
 mod dataplane;
 mod envoys;
@@ -83,6 +86,10 @@ enum Command {
     /// descriptors, while hostile and careless clients abuse the API and xDS
     /// listeners (slow headers, idle floods, large bodies, token and request floods).
     Abuse(abuse::AbuseArgs),
+    /// Weft's certificate authority: CSRs signed per second (in process and
+    /// through the server's HTTP API, as agents use it) and the cost of a
+    /// rotation wave of simulated agents to the server and to other clients.
+    Ca(ca::CaArgs),
 }
 
 #[derive(clap::Args)]
@@ -469,6 +476,7 @@ fn main() -> Result<()> {
         Command::Envoys(args) => runtime()?.block_on(envoys::run(args)),
         Command::Compaction(args) => runtime()?.block_on(compaction::run(args)),
         Command::Abuse(args) => runtime()?.block_on(abuse::run(args)),
+        Command::Ca(args) => runtime()?.block_on(ca::run(args)),
         Command::Scoping(args) => runtime()?.block_on(scoping::run(args)),
         Command::Dataplane(args) => runtime()?.block_on(dataplane::run(args)),
         Command::NoDrops(args) => runtime()?.block_on(dataplane::run_no_drops(args)),
