@@ -15,12 +15,14 @@
 //! - [`kind`], [`keys`], [`stored`]: the seven resource kinds, where each
 //!   lives in the store and how it is stored — shared by the API (which writes)
 //!   and the xDS control plane (which reads).
+//! - [`mtls`]: Weft's mesh-wide mutual TLS tag (`weft:mtls`), a Weft extension.
 //!
 //! Pure: no I/O.
 
 pub mod arn;
 pub mod keys;
 pub mod kind;
+pub mod mtls;
 pub mod schema;
 pub mod stored;
 pub mod validate;
@@ -33,6 +35,7 @@ pub mod shapes {
 
 pub use arn::{Arn, ResourcePath};
 pub use kind::{Action, Kind, ResourceId};
+pub use mtls::{MeshMtls, MTLS_TAG};
 pub use schema::{schema, Location, ModelError, Operation, Schema, Shape, ShapeKind};
 pub use stored::StoredRecord;
 pub use validate::{validate_input, Rules, ValidationError};

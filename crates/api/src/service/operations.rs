@@ -18,7 +18,7 @@ use super::records::{
 };
 use super::tokens::Fingerprint;
 use super::validate::{
-    gateway_route_targets, parse_spec, route_targets, str_member, tags_from_input,
+    check_weft_tags, gateway_route_targets, parse_spec, route_targets, str_member, tags_from_input,
 };
 use super::{now, Output, Service};
 use crate::error::ApiError;
@@ -130,7 +130,9 @@ impl Service {
     ) -> Result<Output, ApiError> {
         let token = input.get("clientToken").and_then(Value::as_str);
         let request = Fingerprint::of(input)?;
-        let tags = json_bytes(&tags_from_input(input)?)?;
+        let tags = tags_from_input(input)?;
+        check_weft_tags(id.kind, &tags)?;
+        let tags = json_bytes(&tags)?;
         let empty = json!({});
         let spec = input.get("spec").filter(|s| !s.is_null()).unwrap_or(&empty);
         let spec_json = json_bytes(spec)?;

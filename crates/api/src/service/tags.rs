@@ -8,7 +8,7 @@ use weft_store::{Compare, Op};
 
 use super::operations::{page_limit, MAX_ATTEMPTS};
 use super::records::encode;
-use super::validate::tags_from_input;
+use super::validate::{check_weft_tags, tags_from_input};
 use super::Service;
 use crate::error::ApiError;
 
@@ -86,6 +86,7 @@ impl Service {
 
     pub(super) async fn tag_resource(&self, input: &Value) -> Result<Value, ApiError> {
         let new = tags_from_input(input)?;
+        check_weft_tags(self.resource_from_arn(input)?.kind, &new)?;
         self.change_tags(input, |tags| merge_tags(tags, &new)).await
     }
 

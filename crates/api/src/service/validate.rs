@@ -247,6 +247,16 @@ pub(super) fn tags_from_input(input: &Value) -> Result<Vec<TagRef>, ApiError> {
     Ok(tags)
 }
 
+/// Refuses Weft's own tags with a value Weft does not know: on a mesh, `weft:mtls` must be
+/// `STRICT`, `PERMISSIVE` or `DISABLED` (mesh-wide mutual TLS, a Weft extension carried in a tag
+/// so that App Mesh's clients can set it). Tags of other resources mean nothing to Weft.
+pub(super) fn check_weft_tags(kind: Kind, tags: &[TagRef]) -> Result<(), ApiError> {
+    if kind == Kind::Mesh {
+        weft_model::MeshMtls::from_tags(tags).map_err(ApiError::BadRequest)?;
+    }
+    Ok(())
+}
+
 impl Service {
     /// Refuses a `meshOwner` other than the account Weft serves.
     pub(super) fn check_owner(&self, input: &Value) -> Result<(), ApiError> {
