@@ -63,6 +63,18 @@ pub enum TranslateError {
         /// What is wrong, naming the field.
         reason: String,
     },
+    /// The proxy's own spec names a certificate or trust served over SDS (`sds`, `acm`), but
+    /// the proxy has no Weft identity (`weft.identity` is not true in its node metadata), so
+    /// its Envoy has no SDS cluster to fetch it through and would reject the update. Nothing
+    /// is sent: the proxy keeps its previous config rather than serve plaintext where its spec
+    /// asks for TLS.
+    #[error("{resource}: {reason}")]
+    NoIdentity {
+        /// The resource, as App Mesh names it (`virtualNode/front`).
+        resource: String,
+        /// Which setting, and what to do.
+        reason: String,
+    },
     /// A feature that this version of Weft does not translate yet.
     #[error("not supported yet: {0}")]
     Unsupported(String),
@@ -77,7 +89,9 @@ impl TranslateError {
         match self {
             Self::VirtualNodeNotFound { name, .. } => Some(format!("virtualNode/{name}")),
             Self::VirtualGatewayNotFound { name, .. } => Some(format!("virtualGateway/{name}")),
-            Self::InvalidTls { resource, .. } => Some(resource.clone()),
+            Self::InvalidTls { resource, .. } | Self::NoIdentity { resource, .. } => {
+                Some(resource.clone())
+            }
             Self::InvalidNodeId { .. }
             | Self::InvalidMetadata { .. }
             | Self::MeshMismatch { .. }

@@ -137,7 +137,7 @@ pub(crate) fn translate(
             name: proxy.name.clone(),
         }
     })?;
-    tls::check_gateway(gateway)?;
+    tls::check_gateway(gateway, options.identity)?;
     let mesh = snapshot.mesh_name();
     let loopback = loopback(&options.listen_address);
     let routes = ordered_gateway_routes(snapshot, &gateway.virtual_gateway_name);
@@ -154,6 +154,7 @@ pub(crate) fn translate(
         &as_client_node(gateway, &targets),
         options.egress_port,
         None,
+        options.identity,
     );
     let (egress_routes, reachable) = gateway_egress_routes(egress.route_configuration);
     let mut clusters: BTreeMap<String, Arc<XdsCluster>> = egress.clusters;

@@ -45,12 +45,13 @@ pub use names::{
     passthrough_cluster as passthrough_cluster_name,
 };
 pub use options::{ListenerMode, ProxyOptions, DEFAULT_EGRESS_PORT, DEFAULT_INGRESS_PORT};
-pub use snapshot::MeshSnapshot;
+pub use snapshot::{MeshSnapshot, DEFAULT_TRUST_DOMAIN};
 pub use tls::{
-    IDENTITY_SECRET as TLS_IDENTITY_SECRET, SDS_CLUSTER as TLS_SDS_CLUSTER,
+    identity_notice, IDENTITY_SECRET as TLS_IDENTITY_SECRET, SDS_CLUSTER as TLS_SDS_CLUSTER,
     TRUST_BUNDLE_SECRET as TLS_TRUST_BUNDLE_SECRET,
 };
 pub use translate::{translate, ProxyResources, SharedResources, Translator};
+pub use weft_model::MeshMtls;
 
 /// Envoy's cluster type (kept apart from App Mesh names by the `Xds` prefix).
 pub use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;

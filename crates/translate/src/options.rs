@@ -37,6 +37,12 @@ pub struct ProxyOptions {
     /// `weft.listen_address_v6`: an IPv6 address the transparent ingress and egress listeners
     /// also listen on (`APPMESH_ENABLE_IPV6=1`), so that redirected IPv6 connections reach them.
     pub listen_address_v6: Option<String>,
+    /// `weft.identity`: the proxy has a Weft workload identity, so its bootstrap has the
+    /// `weft_sds` cluster through which its agent serves `weft-identity` and
+    /// `weft-trust-bundle` (the agent says so only when it got a certificate with a join
+    /// token). Without it, no TLS context may name that cluster: Envoy would reject the whole
+    /// update.
+    pub identity: bool,
 }
 
 /// App Mesh's ingress port (envoy-metrics.md: `lds_ingress_0.0.0.0_15000`).
@@ -55,6 +61,7 @@ impl Default for ProxyOptions {
             app_ports: BTreeMap::new(),
             app_address: "127.0.0.1".to_string(),
             listen_address_v6: None,
+            identity: false,
         }
     }
 }
@@ -125,6 +132,7 @@ impl ProxyOptions {
         if let Some(addr) = string_field(fields.get("weft.app_address"), "weft.app_address")? {
             options.app_address = ip_address(addr, "weft.app_address")?;
         }
+        options.identity = bool_field(fields.get("weft.identity"), "weft.identity")?;
         if let Some(value) = fields.get("weft.app_ports") {
             let Some(Kind::StructValue(ports)) = &value.kind else {
                 return Err(invalid(
@@ -169,6 +177,15 @@ fn string_field(value: Option<&Value>, key: &str) -> Result<Option<String>, Tran
         None | Some(Kind::NullValue(_)) => Ok(None),
         Some(Kind::StringValue(s)) => Ok(Some(s.clone())),
         Some(_) => Err(invalid(key, "expected a string")),
+    }
+}
+
+/// A boolean (absent or null: false).
+fn bool_field(value: Option<&Value>, key: &str) -> Result<bool, TranslateError> {
+    match value.and_then(|v| v.kind.as_ref()) {
+        None | Some(Kind::NullValue(_)) => Ok(false),
+        Some(Kind::BoolValue(b)) => Ok(*b),
+        Some(_) => Err(invalid(key, "expected true or false")),
     }
 }
 
@@ -262,6 +279,7 @@ mod tests {
             metadata(&[("weft.egress_port", Kind::NumberValue(15000.0))]),
             metadata(&[("weft.listen_address", Kind::StringValue("localhost".into()))]),
             metadata(&[("weft.app_ports", Kind::StringValue("8080".into()))]),
+            metadata(&[("weft.identity", Kind::StringValue("yes".into()))]),
         ] {
             let err = ProxyOptions::from_metadata(&bad).unwrap_err();
             assert!(
@@ -269,6 +287,17 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn a_proxy_has_a_weft_identity_only_when_its_metadata_says_so() {
+        assert!(
+            !ProxyOptions::from_metadata(&metadata(&[]))
+                .unwrap()
+                .identity
+        );
+        let with = metadata(&[("weft.identity", Kind::BoolValue(true))]);
+        assert!(ProxyOptions::from_metadata(&with).unwrap().identity);
     }
 
     #[test]

@@ -134,18 +134,21 @@ pub(crate) struct TcpPlan {
 
 /// Builds the egress route table of `node`: one virtual host per backend virtual service (per
 /// provider port when the provider has several), with `passthrough` (a cluster name) as a
-/// catch-all `*` host when the mesh lets unknown traffic out.
+/// catch-all `*` host when the mesh lets unknown traffic out. `identity`: whether the client
+/// proxy has a Weft identity (see `tls.rs`).
 pub(crate) fn egress(
     snapshot: &MeshSnapshot,
     targets: &mut TargetClusters,
     node: &VirtualNodeData,
     egress_port: u16,
     passthrough: Option<&str>,
+    identity: bool,
 ) -> Egress {
     let mut builder = EgressBuilder {
         snapshot,
         targets,
         client: node,
+        identity,
         service: String::new(),
         clusters: BTreeMap::new(),
         ports: BTreeSet::new(),
@@ -253,6 +256,8 @@ struct EgressBuilder<'a> {
     targets: &'a mut TargetClusters,
     /// The client: its client policies decide how its clusters originate TLS.
     client: &'a VirtualNodeData,
+    /// Whether the client proxy has a Weft identity to present (mesh-wide mutual TLS).
+    identity: bool,
     /// The backend virtual service being built (the client policy's backend, and the SNI).
     service: String,
     clusters: BTreeMap<String, Arc<XdsCluster>>,
@@ -496,6 +501,12 @@ impl EgressBuilder<'_> {
             protocol: listener.port_mapping.protocol,
             sni: &self.service,
             discovery_names: tls::discovery_names(node),
+            identity: self.identity,
+            mesh_peer: self
+                .snapshot
+                .mtls
+                .is_on()
+                .then(|| tls::node_spiffe_id(self.snapshot, &node.virtual_node_name)),
         });
         match socket {
             None => cluster,

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::CloudMapInstance;
+use weft_model::MeshMtls;
 
 use weft_model::shapes::{
     GatewayRouteData, MeshData, RouteData, VirtualGatewayData, VirtualNodeData, VirtualRouterData,
@@ -35,7 +36,17 @@ pub struct MeshSnapshot {
     /// input, for virtual nodes discovered through Cloud Map. A service that is absent (or
     /// has no instance) gives its clusters no endpoints.
     pub cloud_map: BTreeMap<(String, String), Vec<CloudMapInstance>>,
+    /// Mesh-wide mutual TLS, from the mesh's `weft:mtls` tag (a Weft extension; `Disabled`,
+    /// App Mesh's behaviour, without the tag).
+    pub mtls: MeshMtls,
+    /// The trust domain of Weft's CA, whose SPIFFE ids
+    /// (`spiffe://<trust domain>/mesh/<mesh>/virtualNode/<name>`) mesh-wide mutual TLS checks.
+    pub trust_domain: String,
 }
+
+/// The trust domain of Weft's CA unless `weft server --trust-domain` says otherwise (the
+/// control plane sets [`MeshSnapshot::trust_domain`] from the CA it runs).
+pub const DEFAULT_TRUST_DOMAIN: &str = "weft.local";
 
 impl MeshSnapshot {
     /// A snapshot of `mesh` with no other resources.
@@ -49,6 +60,8 @@ impl MeshSnapshot {
             virtual_gateways: BTreeMap::new(),
             gateway_routes: BTreeMap::new(),
             cloud_map: BTreeMap::new(),
+            mtls: MeshMtls::Disabled,
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
         }
     }
 

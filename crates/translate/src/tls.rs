@@ -45,6 +45,36 @@
 //!   Weft's CA: the SDS secret [`TRUST_BUNDLE_SECRET`]. So App Mesh specs written for ACM work
 //!   unchanged, with Weft's CA in the role of the private CA.
 //!
+//! # Mesh-wide mutual TLS (a Weft extension)
+//!
+//! A mesh tagged `weft:mtls` = `STRICT` or `PERMISSIVE` ([`weft_model::MeshMtls`]) gets mutual
+//! TLS with Weft identities between its proxies without any TLS spec:
+//! - a virtual node listener without its own `tls` serves TLS with the proxy's identity
+//!   ([`IDENTITY_SECRET`]) and asks for a client certificate from Weft's CA
+//!   ([`TRUST_BUNDLE_SECRET`]) naming a SPIFFE id of the same mesh
+//!   (`spiffe://<trust domain>/mesh/<mesh>/…`): required under `STRICT`; under `PERMISSIVE`
+//!   the TLS inspector sends plaintext clients to a plaintext chain, as a `PERMISSIVE` listener
+//!   does (Istio's PeerAuthentication `PERMISSIVE` works the same way);
+//! - a cluster to such a listener, when no client policy is in force for it, presents the
+//!   client's identity and validates the target against the trust bundle and its SPIFFE id
+//!   (`spiffe://<trust domain>/mesh/<mesh>/virtualNode/<target>`), from nodes and gateways alike.
+//!
+//! Explicit specs win: a listener with its own `tls` serves what it says, a client policy in
+//! force originates what it says, and virtual gateway listeners (traffic from outside the
+//! mesh) are as their spec says.
+//!
+//! # Proxies without an identity
+//!
+//! Every SDS secret is fetched through the bootstrap's [`SDS_CLUSTER`], which only an agent
+//! with a workload identity (a join token) puts there, and which it announces with the node
+//! metadata `weft.identity: true` ([`crate::ProxyOptions::identity`]). Envoy rejects a whole
+//! update naming a cluster it does not have, so a proxy without an identity is never sent an
+//! SDS reference: in an mTLS mesh it gets its config without the mesh-wide mutual TLS (and
+//! [`identity_notice`] says why, for `weft proxy-status`); a spec of its own naming an `sds` or
+//! `acm` certificate or trust fails its translation ([`TranslateError::NoIdentity`]) rather
+//! than serve plaintext where the spec asks for TLS; and a target listener with an ACM
+//! certificate is reached over TLS without validation, as a `file` one is.
+//!
 //! A TLS setting of the proxy's own spec that Envoy would refuse (an empty secret name or path,
 //! a NUL character) fails the proxy's translation with [`TranslateError::InvalidTls`] naming
 //! the resource; nothing is sent, so no plaintext listener ever stands in for a TLS one.
@@ -101,7 +131,8 @@ use weft_model::shapes::{
 };
 
 use crate::route::is_http_family;
-use crate::TranslateError;
+use crate::{MeshSnapshot, ProxyIdentity, ProxyKind, ProxyOptions, TranslateError};
+use weft_model::MeshMtls;
 
 /// The bootstrap's static cluster through which Envoy reaches the local agent's SDS server
 /// (a Unix socket at `APPMESH_SDS_SOCKET_PATH`, gRPC over HTTP/2).
@@ -152,6 +183,9 @@ pub(crate) struct Validation {
     pub trust: Trust,
     /// `subjectAlternativeNames.match.exact`: the peer must name one (empty: any).
     pub sans: Vec<String>,
+    /// Mesh-wide mutual TLS: the peer's SPIFFE id must start with this
+    /// (`spiffe://<trust domain>/mesh/<mesh>/`), i.e. be a proxy of the same mesh.
+    pub mesh_peers: Option<String>,
 }
 
 /// A listener's `tls` (virtual node or virtual gateway).
@@ -210,6 +244,7 @@ impl From<&ListenerTls> for ServerTls {
                     ListenerTlsValidationContextTrust::Sds(s) => Trust::Sds(s.secret_name.clone()),
                 },
                 sans: sans(v.subject_alternative_names.as_ref()),
+                mesh_peers: None,
             }),
         }
     }
@@ -243,6 +278,7 @@ impl From<&VirtualGatewayListenerTls> for ServerTls {
                     }
                 },
                 sans: sans(v.subject_alternative_names.as_ref()),
+                mesh_peers: None,
             }),
         }
     }
@@ -264,6 +300,7 @@ impl From<&ClientPolicyTls> for ClientTls {
                     TlsValidationContextTrust::Sds(s) => Trust::Sds(s.secret_name.clone()),
                 },
                 sans: sans(tls.validation.subject_alternative_names.as_ref()),
+                mesh_peers: None,
             },
         }
     }
@@ -358,7 +395,46 @@ fn check_validation(at: &str, validation: &Validation) -> Result<(), String> {
     problem.map_or(Ok(()), |p| Err(format!("{at}: {p}")))
 }
 
+/// Whether a certificate is fetched over SDS (through [`SDS_CLUSTER`]).
+fn certificate_over_sds(certificate: &Certificate) -> bool {
+    matches!(certificate, Certificate::Sds(_) | Certificate::Acm)
+}
+
+/// Whether a trust is fetched over SDS (through [`SDS_CLUSTER`]).
+fn trust_over_sds(trust: &Trust) -> bool {
+    matches!(trust, Trust::Sds(_) | Trust::Acm)
+}
+
+/// Why a proxy without a Weft identity cannot be given a TLS setting of its spec: `what` says
+/// which secret source it names.
+fn no_identity(at: &str, what: &str) -> String {
+    format!(
+        "{at} names {what}, an SDS secret served only to a proxy with a Weft identity; this \
+         proxy has none (its agent was started without a join token, so its Envoy has no \
+         {SDS_CLUSTER} cluster): give its agent a join token (weft join-token create)"
+    )
+}
+
 impl ServerTls {
+    /// Whether a proxy without an identity can be given this listener TLS (see the module
+    /// documentation): nothing served over SDS while the listener speaks TLS.
+    fn check_without_identity(&self, at: &str) -> Result<(), String> {
+        if self.mode == Mode::Disabled {
+            return Ok(());
+        }
+        if certificate_over_sds(&self.certificate) {
+            return Err(no_identity(at, "an sds or acm certificate"));
+        }
+        if self
+            .validation
+            .as_ref()
+            .is_some_and(|v| trust_over_sds(&v.trust))
+        {
+            return Err(no_identity(at, "an sds validation trust"));
+        }
+        Ok(())
+    }
+
     /// Whether Envoy can be given this listener TLS; `at` names the listener in the error.
     pub(crate) fn check(&self, at: &str) -> Result<(), String> {
         check_certificate(at, &self.certificate)?;
@@ -378,6 +454,21 @@ impl ClientTls {
         check_validation(at, &self.validation)
     }
 
+    /// Whether a proxy without an identity can be given this client policy: nothing served
+    /// over SDS when it is enforced.
+    fn check_without_identity(&self, at: &str) -> Result<(), String> {
+        if !self.enforce {
+            return Ok(());
+        }
+        if self.certificate.as_ref().is_some_and(certificate_over_sds) {
+            return Err(no_identity(at, "an sds client certificate"));
+        }
+        if trust_over_sds(&self.validation.trust) {
+            return Err(no_identity(at, "an sds or acm validation trust"));
+        }
+        Ok(())
+    }
+
     /// Whether the policy is in force for a target listener on `port`.
     fn applies_to(&self, port: u16) -> bool {
         self.enforce && (self.ports.is_empty() || self.ports.contains(&i32::from(port)))
@@ -385,16 +476,26 @@ impl ClientTls {
 }
 
 /// Checks every TLS setting of a virtual node's spec (listeners, backend defaults, backends):
-/// the error names the node as App Mesh does.
-pub(crate) fn check_node(node: &VirtualNodeData) -> Result<(), TranslateError> {
+/// the error names the node as App Mesh does. A proxy without an identity (`identity` false)
+/// may not have settings served over SDS ([`TranslateError::NoIdentity`]).
+pub(crate) fn check_node(node: &VirtualNodeData, identity: bool) -> Result<(), TranslateError> {
+    let resource = format!("virtualNode/{}", node.virtual_node_name);
     let fail = |reason: String| TranslateError::InvalidTls {
-        resource: format!("virtualNode/{}", node.virtual_node_name),
+        resource: resource.clone(),
+        reason,
+    };
+    let no_identity = |reason: String| TranslateError::NoIdentity {
+        resource: resource.clone(),
         reason,
     };
     for listener in node.spec.listeners.iter().flatten() {
         if let Some(tls) = &listener.tls {
             let at = format!("listener {} tls", listener.port_mapping.port);
-            ServerTls::from(tls).check(&at).map_err(fail)?;
+            let tls = ServerTls::from(tls);
+            tls.check(&at).map_err(fail)?;
+            if !identity {
+                tls.check_without_identity(&at).map_err(no_identity)?;
+            }
         }
     }
     let defaults = node
@@ -404,30 +505,50 @@ pub(crate) fn check_node(node: &VirtualNodeData) -> Result<(), TranslateError> {
         .and_then(|d| d.client_policy.as_ref())
         .and_then(|p| p.tls.as_ref());
     if let Some(tls) = defaults {
-        ClientTls::from(tls)
-            .check("backendDefaults.clientPolicy.tls")
-            .map_err(fail)?;
+        let at = "backendDefaults.clientPolicy.tls";
+        let tls = ClientTls::from(tls);
+        tls.check(at).map_err(fail)?;
+        if !identity {
+            tls.check_without_identity(at).map_err(no_identity)?;
+        }
     }
     for backend in node.spec.backends.iter().flatten() {
         let weft_model::shapes::Backend::VirtualService(vs) = backend;
         if let Some(tls) = vs.client_policy.as_ref().and_then(|p| p.tls.as_ref()) {
             let at = format!("backend {} clientPolicy.tls", vs.virtual_service_name);
-            ClientTls::from(tls).check(&at).map_err(fail)?;
+            let tls = ClientTls::from(tls);
+            tls.check(&at).map_err(fail)?;
+            if !identity {
+                tls.check_without_identity(&at).map_err(no_identity)?;
+            }
         }
     }
     Ok(())
 }
 
-/// Checks every TLS setting of a virtual gateway's spec (listeners, backend defaults).
-pub(crate) fn check_gateway(gateway: &VirtualGatewayData) -> Result<(), TranslateError> {
+/// Checks every TLS setting of a virtual gateway's spec (listeners, backend defaults); as
+/// [`check_node`] for a proxy without an identity.
+pub(crate) fn check_gateway(
+    gateway: &VirtualGatewayData,
+    identity: bool,
+) -> Result<(), TranslateError> {
+    let resource = format!("virtualGateway/{}", gateway.virtual_gateway_name);
     let fail = |reason: String| TranslateError::InvalidTls {
-        resource: format!("virtualGateway/{}", gateway.virtual_gateway_name),
+        resource: resource.clone(),
+        reason,
+    };
+    let no_identity = |reason: String| TranslateError::NoIdentity {
+        resource: resource.clone(),
         reason,
     };
     for listener in &gateway.spec.listeners {
         if let Some(tls) = &listener.tls {
             let at = format!("listener {} tls", listener.port_mapping.port);
-            ServerTls::from(tls).check(&at).map_err(fail)?;
+            let tls = ServerTls::from(tls);
+            tls.check(&at).map_err(fail)?;
+            if !identity {
+                tls.check_without_identity(&at).map_err(no_identity)?;
+            }
         }
     }
     let defaults = gateway
@@ -438,11 +559,78 @@ pub(crate) fn check_gateway(gateway: &VirtualGatewayData) -> Result<(), Translat
         .and_then(|d| d.client_policy)
         .and_then(|p| p.tls);
     if let Some(tls) = defaults {
-        ClientTls::from(&tls)
-            .check("backendDefaults.clientPolicy.tls")
-            .map_err(fail)?;
+        let at = "backendDefaults.clientPolicy.tls";
+        let tls = ClientTls::from(&tls);
+        tls.check(at).map_err(fail)?;
+        if !identity {
+            tls.check_without_identity(at).map_err(no_identity)?;
+        }
     }
     Ok(())
+}
+
+// ---- mesh-wide mutual TLS ----
+
+/// `spiffe://<trust domain>/mesh/<mesh>/`: the start of every SPIFFE id of the snapshot's mesh
+/// (the form Weft's CA issues: `…/virtualNode/<name>`, `…/virtualGateway/<name>`).
+fn mesh_spiffe_prefix(snapshot: &MeshSnapshot) -> String {
+    format!(
+        "spiffe://{}/mesh/{}/",
+        snapshot.trust_domain,
+        snapshot.mesh_name()
+    )
+}
+
+/// The SPIFFE id Weft's CA issues to the proxies of virtual node `node` of the snapshot's mesh.
+pub(crate) fn node_spiffe_id(snapshot: &MeshSnapshot, node: &str) -> String {
+    format!("{}virtualNode/{node}", mesh_spiffe_prefix(snapshot))
+}
+
+/// The TLS a virtual node listener without its own `tls` serves: mutual TLS with the proxy's
+/// Weft identity when the mesh's `weft:mtls` tag turns it on and the proxy has an identity,
+/// else none (plaintext, App Mesh's behaviour).
+pub(crate) fn mesh_server(snapshot: &MeshSnapshot, options: &ProxyOptions) -> Option<ServerTls> {
+    let mode = match snapshot.mtls {
+        MeshMtls::Strict => Mode::Strict,
+        MeshMtls::Permissive => Mode::Permissive,
+        MeshMtls::Disabled => return None,
+    };
+    options.identity.then(|| ServerTls {
+        mode,
+        certificate: Certificate::Acm,
+        validation: Some(Validation {
+            trust: Trust::Acm,
+            sans: Vec::new(),
+            mesh_peers: Some(mesh_spiffe_prefix(snapshot)),
+        }),
+    })
+}
+
+/// Why `proxy`'s config lacks the mutual TLS its mesh asks for: the mesh's `weft:mtls` tag
+/// turns it on, but the proxy has no Weft identity, so it is served its config without it (its
+/// listeners take plaintext, its clusters speak plaintext, which `STRICT` peers refuse). For
+/// `weft proxy-status`; `None` when nothing is missing.
+pub fn identity_notice(
+    snapshot: &MeshSnapshot,
+    proxy: &ProxyIdentity,
+    options: &ProxyOptions,
+) -> Option<String> {
+    if !snapshot.mtls.is_on() || options.identity {
+        return None;
+    }
+    let peers = match proxy.kind {
+        ProxyKind::VirtualNode => "its listeners accept plaintext and its clusters speak plaintext",
+        ProxyKind::VirtualGateway => "its clusters speak plaintext",
+    };
+    Some(format!(
+        "mesh {:?} is tagged {}={} but this proxy has no Weft identity (its agent was started \
+         without a join token, so its Envoy has no {SDS_CLUSTER} cluster): it is served without \
+         mesh-wide mutual TLS ({peers}; STRICT peers refuse them). Give its agent a join token \
+         (weft join-token create)",
+        snapshot.mesh_name(),
+        weft_model::MTLS_TAG,
+        snapshot.mtls.as_str(),
+    ))
 }
 
 /// The client policy of `node` for its backend `service`: the backend's own, else the node's
@@ -542,8 +730,20 @@ fn san_matcher(san: &str) -> XdsSubjectAltNameMatcher {
 }
 
 fn validation_context(validation: &Validation) -> XdsValidationContextType {
-    let sans: Vec<XdsSubjectAltNameMatcher> =
+    let mut sans: Vec<XdsSubjectAltNameMatcher> =
         validation.sans.iter().map(|s| san_matcher(s)).collect();
+    if let Some(prefix) = &validation.mesh_peers {
+        // Envoy accepts a certificate when any matcher matches one of its SANs
+        // (CertificateValidationContext.match_typed_subject_alt_names).
+        sans.push(XdsSubjectAltNameMatcher {
+            san_type: XdsSanType::Uri as i32,
+            matcher: Some(XdsStringMatcher {
+                match_pattern: Some(XdsMatchPattern::Prefix(prefix.clone())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     let sds = |name: &str| {
         if sans.is_empty() {
             XdsValidationContextType::ValidationContextSdsSecretConfig(sds_secret(name))
@@ -641,6 +841,11 @@ pub(crate) struct Origination<'a> {
     pub sni: &'a str,
     /// The target's service discovery names (the SANs required when the client names none).
     pub discovery_names: Vec<String>,
+    /// Whether the client proxy has a Weft identity (may use SDS).
+    pub identity: bool,
+    /// The target's SPIFFE id when the mesh's `weft:mtls` tag is on: a target listener
+    /// without its own `tls` then serves mesh-wide mutual TLS.
+    pub mesh_peer: Option<String>,
 }
 
 /// The transport socket originating TLS to a target listener, or `None` for plaintext (see the
@@ -650,20 +855,42 @@ pub(crate) fn upstream(origination: &Origination<'_>) -> Option<XdsTransportSock
         .client
         .map(ClientTls::from)
         .filter(|c| c.applies_to(origination.port));
-    let (validation, certificate) = match client {
-        Some(client) => (Some(client.validation), client.certificate),
-        None => {
-            let server = ServerTls::from(origination.server?);
-            if server.mode == Mode::Disabled {
-                return None;
+    let (validation, certificate) =
+        match (client, origination.server) {
+            (Some(client), _) => (Some(client.validation), client.certificate),
+            (None, Some(server)) => {
+                let server = ServerTls::from(server);
+                if server.mode == Mode::Disabled {
+                    return None;
+                }
+                // Weft's trust bundle comes over SDS: a client without an identity reaches an ACM
+                // server without validating it, as App Mesh reaches a `file` one.
+                let validation = (server.certificate == Certificate::Acm && origination.identity)
+                    .then(|| Validation {
+                        trust: Trust::Acm,
+                        sans: Vec::new(),
+                        mesh_peers: None,
+                    });
+                (validation, None)
             }
-            let validation = (server.certificate == Certificate::Acm).then(|| Validation {
-                trust: Trust::Acm,
-                sans: Vec::new(),
-            });
-            (validation, None)
-        }
-    };
+            // The target serves the mesh-wide default: mutual TLS, Weft identities, its SPIFFE id.
+            // A client without an identity has nothing to present: plaintext (a PERMISSIVE mesh
+            // serves it; identity_notice says why a STRICT one does not).
+            (None, None) => {
+                let peer = origination
+                    .mesh_peer
+                    .as_ref()
+                    .filter(|_| origination.identity)?;
+                (
+                    Some(Validation {
+                        trust: Trust::Acm,
+                        sans: vec![peer.clone()],
+                        mesh_peers: None,
+                    }),
+                    Some(Certificate::Acm),
+                )
+            }
+        };
     let validation = validation.map(|mut v| {
         if v.sans.is_empty() {
             v.sans.clone_from(&origination.discovery_names);
@@ -987,6 +1214,8 @@ mod tests {
             protocol: PortProtocol::Http2,
             sni: "red.apps.local",
             discovery_names: vec!["red.apps.local".into()],
+            identity: true,
+            mesh_peer: None,
         })
         .unwrap();
         let ctx = upstream_context(&socket);
@@ -1046,6 +1275,8 @@ mod tests {
             protocol: PortProtocol::Http,
             sni: "colors.apps.local",
             discovery_names: vec!["red.local".into()],
+            identity: true,
+            mesh_peer: None,
         }
     }
 
@@ -1114,6 +1345,218 @@ mod tests {
             TRUST_BUNDLE_SECRET
         );
         assert_eq!(upstream(&origination(None, None, 8080)), None);
+    }
+
+    fn mesh(mtls: MeshMtls) -> MeshSnapshot {
+        let mut snapshot = MeshSnapshot::new(
+            serde_json::from_value(serde_json::json!({
+                "meshName": "apps", "spec": {}, "status": {"status": "ACTIVE"},
+                "metadata": {"arn": "", "createdAt": 0.0, "lastUpdatedAt": 0.0, "meshOwner": "",
+                    "resourceOwner": "", "uid": "", "version": 1}
+            }))
+            .unwrap(),
+        );
+        snapshot.mtls = mtls;
+        snapshot.trust_domain = "example.org".into();
+        snapshot
+    }
+
+    fn with_identity(identity: bool) -> ProxyOptions {
+        ProxyOptions {
+            identity,
+            ..ProxyOptions::explicit()
+        }
+    }
+
+    #[test]
+    fn a_strict_mesh_serves_node_listeners_mutual_tls_with_weft_identities_of_the_mesh() {
+        let tls = mesh_server(&mesh(MeshMtls::Strict), &with_identity(true)).unwrap();
+        let (chains, inspector) = chains(chain(Some(8080)), Some(&tls), PortProtocol::Http);
+        assert!(!inspector);
+        assert_eq!(chains.len(), 1, "no plaintext chain");
+        let ctx = downstream_context(chains[0].transport_socket.as_ref().unwrap());
+        assert_eq!(
+            ctx.require_client_certificate,
+            Some(BoolValue { value: true })
+        );
+        let common = ctx.common_tls_context.unwrap();
+        assert_eq!(
+            common.tls_certificate_sds_secret_configs[0].name,
+            IDENTITY_SECRET
+        );
+        let Some(XdsValidationContextType::CombinedValidationContext(combined)) =
+            common.validation_context_type
+        else {
+            panic!("the trust bundle over SDS with the mesh's SPIFFE ids")
+        };
+        assert_eq!(
+            combined.validation_context_sds_secret_config.unwrap().name,
+            TRUST_BUNDLE_SECRET
+        );
+        let peers = &combined
+            .default_validation_context
+            .unwrap()
+            .match_typed_subject_alt_names;
+        assert_eq!(peers.len(), 1);
+        assert_eq!(peers[0].san_type, XdsSanType::Uri as i32);
+        assert_eq!(
+            peers[0].matcher.as_ref().unwrap().match_pattern,
+            Some(XdsMatchPattern::Prefix(
+                "spiffe://example.org/mesh/apps/".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn a_permissive_mesh_adds_a_plaintext_chain_told_apart_by_the_inspector() {
+        let tls = mesh_server(&mesh(MeshMtls::Permissive), &with_identity(true)).unwrap();
+        let (chains, inspector) = chains(chain(None), Some(&tls), PortProtocol::Http);
+        assert!(inspector);
+        assert_eq!(chains.len(), 2);
+        assert!(chains[0].transport_socket.is_some());
+        assert!(chains[1].transport_socket.is_none());
+    }
+
+    #[test]
+    fn no_mesh_tls_without_the_tag_or_without_an_identity() {
+        assert_eq!(
+            mesh_server(&mesh(MeshMtls::Disabled), &with_identity(true)),
+            None
+        );
+        assert_eq!(
+            mesh_server(&mesh(MeshMtls::Strict), &with_identity(false)),
+            None
+        );
+    }
+
+    fn mesh_origination(identity: bool, server: Option<&ListenerTls>) -> Origination<'_> {
+        Origination {
+            client: None,
+            server,
+            port: 8080,
+            protocol: PortProtocol::Http,
+            sni: "red.apps.local",
+            discovery_names: vec!["red.local".into()],
+            identity,
+            mesh_peer: Some("spiffe://example.org/mesh/apps/virtualNode/red".into()),
+        }
+    }
+
+    #[test]
+    fn in_an_mtls_mesh_a_client_presents_its_identity_and_checks_the_target_spiffe_id() {
+        let ctx = upstream_context(&upstream(&mesh_origination(true, None)).unwrap());
+        assert_eq!(ctx.sni, "red.apps.local");
+        let common = ctx.common_tls_context.unwrap();
+        assert_eq!(
+            common.tls_certificate_sds_secret_configs[0].name,
+            IDENTITY_SECRET
+        );
+        let Some(XdsValidationContextType::CombinedValidationContext(combined)) =
+            common.validation_context_type
+        else {
+            panic!()
+        };
+        assert_eq!(
+            combined.validation_context_sds_secret_config.unwrap().name,
+            TRUST_BUNDLE_SECRET
+        );
+        assert_eq!(
+            combined
+                .default_validation_context
+                .unwrap()
+                .match_typed_subject_alt_names,
+            vec![san_matcher(
+                "spiffe://example.org/mesh/apps/virtualNode/red"
+            )],
+            "exactly the target's SPIFFE id, not its discovery name"
+        );
+    }
+
+    #[test]
+    fn explicit_tls_wins_over_the_mesh_default() {
+        // The target's own DISABLED listener: plaintext.
+        let disabled = server(ListenerTlsMode::Disabled, file_cert());
+        assert_eq!(upstream(&mesh_origination(true, Some(&disabled))), None);
+        // The target's own STRICT file certificate: TLS as App Mesh does it, no identity.
+        let strict = server(ListenerTlsMode::Strict, file_cert());
+        let ctx = upstream_context(&upstream(&mesh_origination(true, Some(&strict))).unwrap());
+        let common = ctx.common_tls_context.unwrap();
+        assert!(common.tls_certificate_sds_secret_configs.is_empty());
+        assert!(common.validation_context_type.is_none());
+        // A client policy in force: its own certificate and trust.
+        let policy = file_policy(None, None);
+        let mut origination = mesh_origination(true, None);
+        origination.client = Some(&policy);
+        let common = upstream_context(&upstream(&origination).unwrap())
+            .common_tls_context
+            .unwrap();
+        assert_eq!(
+            common.tls_certificates[0].certificate_chain,
+            file("/certs/web.pem")
+        );
+    }
+
+    #[test]
+    fn a_client_without_an_identity_is_never_given_an_sds_secret() {
+        // The mesh default: nothing to present, plaintext.
+        assert_eq!(upstream(&mesh_origination(false, None)), None);
+        // An ACM target: TLS, unvalidated (the trust bundle comes over SDS).
+        let acm = server(
+            ListenerTlsMode::Strict,
+            ListenerTlsCertificate::Acm(ListenerTlsAcmCertificate {
+                certificate_arn: "arn:aws:acm:eu-west-1:1:certificate/x".into(),
+            }),
+        );
+        let ctx = upstream_context(&upstream(&mesh_origination(false, Some(&acm))).unwrap());
+        let common = ctx.common_tls_context.unwrap();
+        assert!(common.validation_context_type.is_none());
+        assert!(common.tls_certificate_sds_secret_configs.is_empty());
+    }
+
+    #[test]
+    fn an_own_sds_or_acm_setting_needs_an_identity_unless_it_is_off() {
+        let acm = ServerTls::from(&server(
+            ListenerTlsMode::Permissive,
+            ListenerTlsCertificate::Acm(ListenerTlsAcmCertificate {
+                certificate_arn: "arn:aws:acm:eu-west-1:1:certificate/x".into(),
+            }),
+        ));
+        let why = acm.check_without_identity("listener 8080 tls").unwrap_err();
+        assert!(
+            why.contains("listener 8080 tls names an sds or acm certificate"),
+            "{why}"
+        );
+        assert!(why.contains("join token"), "{why}");
+        let off = ServerTls {
+            mode: Mode::Disabled,
+            ..acm
+        };
+        assert_eq!(off.check_without_identity("l"), Ok(()));
+        let file_only = ServerTls::from(&server(ListenerTlsMode::Strict, file_cert()));
+        assert_eq!(file_only.check_without_identity("l"), Ok(()));
+        let mut policy = ClientTls::from(&file_policy(None, None));
+        assert_eq!(policy.check_without_identity("c"), Ok(()));
+        policy.validation.trust = Trust::Acm;
+        assert!(policy.check_without_identity("c").is_err());
+        policy.enforce = false;
+        assert_eq!(policy.check_without_identity("c"), Ok(()));
+    }
+
+    #[test]
+    fn a_proxy_without_an_identity_in_an_mtls_mesh_is_told_why_it_has_no_mtls() {
+        let node = ProxyIdentity::virtual_node("apps", "red");
+        let notice =
+            identity_notice(&mesh(MeshMtls::Strict), &node, &with_identity(false)).unwrap();
+        assert!(notice.contains("weft:mtls=STRICT"), "{notice}");
+        assert!(notice.contains("no Weft identity"), "{notice}");
+        assert_eq!(
+            identity_notice(&mesh(MeshMtls::Strict), &node, &with_identity(true)),
+            None
+        );
+        assert_eq!(
+            identity_notice(&mesh(MeshMtls::Disabled), &node, &with_identity(false)),
+            None
+        );
     }
 
     #[test]

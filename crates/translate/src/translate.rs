@@ -157,7 +157,7 @@ fn translate_node(
             name: proxy.name.clone(),
         }
     })?;
-    tls::check_node(node)?;
+    tls::check_node(node, options.identity)?;
     let mut out = Output::default();
     ingress(snapshot, node, options, &mut out);
     egress(snapshot, targets, node, options, &mut out);
@@ -233,7 +233,11 @@ fn ingress(
         };
         let chain_name = format!("ingress_{}_{port}", names::protocol_name(protocol));
         out.clusters.insert(cluster.name.clone(), Arc::new(cluster));
-        let server_tls = node_listener.tls.as_ref().map(tls::ServerTls::from);
+        // The listener's own `tls` wins over the mesh-wide default (`weft:mtls`).
+        let server_tls = match &node_listener.tls {
+            Some(own) => Some(tls::ServerTls::from(own)),
+            None => tls::mesh_server(snapshot, options),
+        };
         let chain = listener::filter_chain(chain_name, (!explicit).then_some(port), filter);
         let (port_chains, inspect) = tls::chains(chain, server_tls.as_ref(), protocol);
         if explicit {
@@ -340,6 +344,7 @@ fn egress(
         node,
         options.egress_port,
         catch_all.as_deref(),
+        options.identity,
     );
     let hcm = listener::http_connection_manager(
         EGRESS_STAT_PREFIX,

@@ -397,9 +397,12 @@ fn backend(service: &str, policy: Option<Value>) -> Value {
     }
 }
 
+/// Explicit mode on `egress` with a Weft identity (the bootstraps here have the `weft_sds`
+/// cluster, as an agent with a join token writes it).
 fn explicit(egress: u16, app_ports: &[(u16, u16)]) -> ProxyOptions {
     let mut options = ProxyOptions {
         egress_port: egress,
+        identity: true,
         ..ProxyOptions::explicit()
     };
     options.app_ports.extend(app_ports.iter().copied());
@@ -853,10 +856,12 @@ fn envoy_accepts_every_tls_shape() {
     let dir = tempfile::tempdir().unwrap();
     let transparent = ProxyOptions {
         listen_address_v6: Some("::".into()),
+        identity: true,
         ..ProxyOptions::default()
     };
     let explicit_mode = ProxyOptions {
         egress_port: 15999,
+        identity: true,
         ..ProxyOptions::explicit()
     };
     assert_eq!(explicit_mode.listener_mode, ListenerMode::Explicit);
@@ -1201,4 +1206,160 @@ fn clients_with_the_same_policy_for_a_target_share_its_tls_cluster() {
     );
     assert!(a.transport_socket.is_some() && c.transport_socket.is_some());
     assert_ne!(a.transport_socket, c.transport_socket);
+}
+
+// ---- mesh-wide mutual TLS (`weft:mtls`, a Weft extension) ----
+
+/// `red` (HTTP on 8080) behind `red.apps.local`, its client `web`, and the gateway `edge`
+/// (HTTP on 9080) routing to it; the mesh tagged `weft:mtls` = `mtls`, no TLS spec anywhere.
+fn mtls_mesh(mtls: weft_translate::MeshMtls) -> Mesh {
+    use weft_test_support::spec::{GatewayRouteSpec, GatewaySpec, HttpMatch, Listener, NodeSpec};
+    let mut mesh = Mesh::new("tls")
+        .node("red", NodeSpec::http("red.apps.local", 8080))
+        .service("red.apps.local", ServiceSpec::by_node("red"))
+        .node("web", NodeSpec::client(&["red.apps.local"]))
+        .gateway("edge", GatewaySpec::new().listener(Listener::http(9080)))
+        .gateway_route(
+            "edge",
+            "all",
+            GatewayRouteSpec::http(HttpMatch::prefix("/"), "red.apps.local"),
+        );
+    mesh.0.mtls = mtls;
+    mesh
+}
+
+fn has_tls(socket: Option<&envoy_types::pb::envoy::config::core::v3::TransportSocket>) -> bool {
+    socket.is_some_and(|s| s.name == "envoy.transport_sockets.tls")
+}
+
+/// Whether any of the resources names the `weft_sds` cluster (in their encoded bytes, where
+/// TLS contexts are packed).
+fn names_sds_cluster(res: &ProxyResources) -> bool {
+    let needle = TLS_SDS_CLUSTER.as_bytes();
+    let encoded: Vec<Vec<u8>> = res
+        .listeners
+        .iter()
+        .map(Message::encode_to_vec)
+        .chain(res.clusters.iter().map(Message::encode_to_vec))
+        .collect();
+    encoded
+        .iter()
+        .any(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+}
+
+#[test]
+fn a_strict_mesh_gives_node_listeners_and_their_clients_mutual_tls_and_leaves_gateway_listeners_alone(
+) {
+    let mesh = mtls_mesh(weft_translate::MeshMtls::Strict);
+    let options = ProxyOptions {
+        identity: true,
+        ..ProxyOptions::explicit()
+    };
+    let dir = tempfile::tempdir().unwrap();
+
+    let red = mesh.proxy("red", &options);
+    let ingress = red
+        .listeners
+        .iter()
+        .find(|l| l.name.ends_with("_8080"))
+        .unwrap();
+    assert_eq!(ingress.filter_chains.len(), 1, "STRICT: no plaintext chain");
+    assert!(has_tls(ingress.filter_chains[0].transport_socket.as_ref()));
+
+    let web = mesh.proxy("web", &options);
+    let to_red = web
+        .clusters
+        .iter()
+        .find(|c| c.name.contains("red"))
+        .unwrap();
+    assert!(has_tls(to_red.transport_socket.as_ref()));
+    let spiffe = b"spiffe://weft.local/mesh/tls/virtualNode/red";
+    let encoded = to_red.encode_to_vec();
+    assert!(
+        encoded.windows(spiffe.len()).any(|w| w == spiffe),
+        "the cluster checks red's SPIFFE id"
+    );
+
+    let edge = mesh.gateway_proxy("edge", &options);
+    let gateway_listener = edge
+        .listeners
+        .iter()
+        .find(|l| l.name.ends_with("_9080"))
+        .unwrap();
+    assert!(
+        gateway_listener
+            .filter_chains
+            .iter()
+            .all(|c| c.transport_socket.is_none()),
+        "traffic from outside the mesh is as the gateway's spec says"
+    );
+    let edge_to_red = edge
+        .clusters
+        .iter()
+        .find(|c| c.name.contains("red"))
+        .unwrap();
+    assert!(has_tls(edge_to_red.transport_socket.as_ref()));
+
+    for (label, res) in [("red", &red), ("web", &web), ("edge", &edge)] {
+        validate(dir.path(), label, res).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[test]
+fn a_permissive_mesh_serves_tls_and_plaintext_chains_and_a_disabled_one_is_plaintext() {
+    let options = ProxyOptions {
+        identity: true,
+        ..ProxyOptions::explicit()
+    };
+    let permissive = mtls_mesh(weft_translate::MeshMtls::Permissive).proxy("red", &options);
+    let ingress = permissive
+        .listeners
+        .iter()
+        .find(|l| l.name.ends_with("_8080"))
+        .unwrap();
+    assert_eq!(ingress.filter_chains.len(), 2);
+    assert!(ingress
+        .listener_filters
+        .iter()
+        .any(|f| f.name.contains("tls_inspector")));
+    let disabled = mtls_mesh(weft_translate::MeshMtls::Disabled);
+    assert!(!names_sds_cluster(&disabled.proxy("red", &options)));
+    assert!(!names_sds_cluster(&disabled.proxy("web", &options)));
+}
+
+#[test]
+fn a_proxy_without_an_identity_is_never_sent_the_sds_cluster_and_is_told_why() {
+    let mesh = mtls_mesh(weft_translate::MeshMtls::Strict);
+    let options = ProxyOptions::explicit();
+    assert!(!options.identity);
+    for node in ["red", "web"] {
+        assert!(!names_sds_cluster(&mesh.proxy(node, &options)), "{node}");
+        let notice = weft_translate::identity_notice(
+            &mesh.0,
+            &ProxyIdentity::virtual_node("tls", node),
+            &options,
+        )
+        .unwrap();
+        assert!(notice.contains("join token"), "{notice}");
+    }
+    assert!(!names_sds_cluster(&mesh.gateway_proxy("edge", &options)));
+
+    // Its own spec naming an ACM certificate fails its translation, naming the node, rather
+    // than serve plaintext where the spec asks for TLS.
+    let acm = Mesh::new("tls").node(
+        "red",
+        tls_node(
+            8080,
+            listener_tls(
+                "STRICT",
+                json!({"acm": {"certificateArn": "arn:aws:acm:us-west-2:111122223333:certificate/x"}}),
+            ),
+        ),
+    );
+    let e = translate(&acm.0, &ProxyIdentity::virtual_node("tls", "red"), &options)
+        .err()
+        .unwrap();
+    assert!(matches!(e, TranslateError::NoIdentity { .. }), "{e}");
+    assert_eq!(e.resource().as_deref(), Some("virtualNode/red"));
+    assert!(e.to_string().contains("listener 8080 tls"), "{e}");
 }
