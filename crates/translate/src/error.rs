@@ -65,8 +65,8 @@ pub enum TranslateError {
     },
     /// The proxy's own spec names a certificate or trust served over SDS (`sds`, `acm`), but
     /// the proxy has no Weft identity (`weft.identity` is not true in its node metadata), so
-    /// its Envoy has no SDS cluster to fetch it through and would reject the update. Nothing
-    /// is sent: the proxy keeps its previous config rather than serve plaintext where its spec
+    /// its Envoy has no SDS cluster to fetch it through: the secret would never come and
+    /// every handshake would fail. Nothing is sent: the proxy keeps its previous config rather than serve plaintext where its spec
     /// asks for TLS.
     #[error("{resource}: {reason}")]
     NoIdentity {

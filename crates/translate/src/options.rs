@@ -40,8 +40,8 @@ pub struct ProxyOptions {
     /// `weft.identity`: the proxy has a Weft workload identity, so its bootstrap has the
     /// `weft_sds` cluster through which its agent serves `weft-identity` and
     /// `weft-trust-bundle` (the agent says so only when it got a certificate with a join
-    /// token). Without it, no TLS context may name that cluster: Envoy would reject the whole
-    /// update.
+    /// token). Without it, no TLS context may name that cluster: the secret would never come
+    /// and every TLS handshake through it would fail (see the `tls` module).
     pub identity: bool,
 }
 

@@ -67,9 +67,11 @@
 //!
 //! Every SDS secret is fetched through the bootstrap's [`SDS_CLUSTER`], which only an agent
 //! with a workload identity (a join token) puts there, and which it announces with the node
-//! metadata `weft.identity: true` ([`crate::ProxyOptions::identity`]). Envoy rejects a whole
-//! update naming a cluster it does not have, so a proxy without an identity is never sent an
-//! SDS reference: in an mTLS mesh it gets its config without the mesh-wide mutual TLS (and
+//! metadata `weft.identity: true` ([`crate::ProxyOptions::identity`]). Envoy 1.40 takes a TLS
+//! context whose SDS cluster it does not have, but the secret never comes (the SDS stream
+//! fails with "Cluster not available"): the listener or cluster warms for the secret's
+//! `initial_fetch_timeout` (15 s), then fails every handshake. So a proxy without an identity
+//! is never sent an SDS reference: in an mTLS mesh it gets its config without the mesh-wide mutual TLS (and
 //! [`identity_notice`] says why, for `weft proxy-status`); a spec of its own naming an `sds` or
 //! `acm` certificate or trust fails its translation ([`TranslateError::NoIdentity`]) rather
 //! than serve plaintext where the spec asks for TLS; and a target listener with an ACM
