@@ -85,6 +85,11 @@ fn node(config: &AgentConfig) -> Value {
             .collect();
         metadata.insert("weft.app_ports".into(), Value::Object(ports));
     }
+    if config.identity.is_some() {
+        // The bootstrap has the `weft_sds` cluster: translation may name it (mesh-wide mutual
+        // TLS, `sds` and `acm` certificates); without this key it never does.
+        metadata.insert("weft.identity".into(), true.into());
+    }
     json!({
         "id": config.node_id,
         "cluster": config.node_cluster,

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use weft_model::shapes::{
-    GatewayRouteData, MeshData, ResourceMetadata, RouteData, VirtualGatewayData, VirtualNodeData,
-    VirtualRouterData, VirtualServiceData,
+    GatewayRouteData, MeshData, ResourceMetadata, RouteData, TagRef, VirtualGatewayData,
+    VirtualNodeData, VirtualRouterData, VirtualServiceData,
 };
-use weft_model::{keys, Kind};
+use weft_model::{keys, Kind, MeshMtls};
 use weft_translate::MeshSnapshot;
 
 use crate::cloud_map::{cloud_map_names, uses_cloud_map, CloudMap, Touched};
@@ -30,6 +30,31 @@ pub(crate) struct MeshIndex {
     /// The records of every other mesh, not decoded: the latest value of each
     /// key (`None`: deleted), applied by [`MeshIndex::want`].
     dormant: HashMap<String, BTreeMap<String, Option<Bytes>>>,
+    /// The trust domain of the server's CA, set on every typed mesh (its SPIFFE ids are what
+    /// mesh-wide mutual TLS checks); empty until [`MeshIndex::set_trust_domain`]: the
+    /// translation's default.
+    trust_domain: String,
+}
+
+/// The mesh-wide mutual TLS mode a stored mesh record's tags ask for (`weft:mtls`). The API
+/// refuses other values; one stored before it did (or written around it) is taken as
+/// `DISABLED`, App Mesh's behaviour, and logged.
+fn mesh_mtls(key: &str, value: &[u8]) -> MeshMtls {
+    #[derive(serde::Deserialize)]
+    struct Tags {
+        #[serde(default)]
+        tags: Vec<TagRef>,
+    }
+    match serde_json::from_slice::<Tags>(value) {
+        Ok(t) => MeshMtls::from_tags(&t.tags).unwrap_or_else(|why| {
+            tracing::warn!(%key, %why, "mesh-wide mutual TLS left off");
+            MeshMtls::Disabled
+        }),
+        Err(e) => {
+            tracing::warn!(%key, error = %e, "stored mesh tags do not decode; mesh-wide mutual TLS left off");
+            MeshMtls::Disabled
+        }
+    }
 }
 
 /// The `data` member of a stored record (`StoredRecord`), decoded straight
@@ -147,6 +172,11 @@ fn set_virtual_node(
 }
 
 impl MeshIndex {
+    /// Sets the trust domain given to every typed mesh (before the first load).
+    pub(crate) fn set_trust_domain(&mut self, trust_domain: &str) {
+        self.trust_domain = trust_domain.to_string();
+    }
+
     /// Forgets every mesh (before a reload); which meshes are wanted is kept.
     pub(crate) fn clear(&mut self) {
         self.meshes.clear();
@@ -231,14 +261,26 @@ impl MeshIndex {
     /// Applies a `mesh/{m}` record: the mesh's own settings, or its deletion
     /// with everything it held.
     fn upsert_mesh(&mut self, escaped: String, key: &str, value: Option<&[u8]>) {
-        match value.and_then(|v| typed(key, v)) {
-            Some(mesh) => match self.meshes.get_mut(&escaped) {
-                Some(snap) => Arc::make_mut(snap).mesh = mesh,
-                None => {
-                    self.meshes
-                        .insert(escaped, Arc::new(MeshSnapshot::new(mesh)));
+        let decoded = value.and_then(|v| Some((typed::<MeshData>(key, v)?, mesh_mtls(key, v))));
+        match decoded {
+            Some((mesh, mtls)) => {
+                let snap = match self.meshes.get_mut(&escaped) {
+                    Some(snap) => {
+                        let snap = Arc::make_mut(snap);
+                        snap.mesh = mesh;
+                        snap
+                    }
+                    None => Arc::make_mut(
+                        self.meshes
+                            .entry(escaped)
+                            .or_insert_with(|| Arc::new(MeshSnapshot::new(mesh))),
+                    ),
+                };
+                snap.mtls = mtls;
+                if !self.trust_domain.is_empty() {
+                    snap.trust_domain.clone_from(&self.trust_domain);
                 }
-            },
+            }
             None => {
                 self.meshes.remove(&escaped);
             }

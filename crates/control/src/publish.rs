@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use weft_model::keys;
-use weft_translate::{MeshSnapshot, SharedResources, TranslateError, Translator};
+use weft_translate::{identity_notice, MeshSnapshot, SharedResources, TranslateError, Translator};
 use weft_xds::SnapshotCache;
 
 use crate::classes::{Classes, ProxyClass};
@@ -68,6 +68,26 @@ impl Publisher {
             .set(key, dependencies(mesh, &class.identity, memo));
         let translated = translator.translate_shared(&class.identity, &class.options);
         self.settle(key, class, translated);
+        // Served, but without what the mesh asks for (mesh-wide mutual TLS for a proxy with no
+        // Weft identity): said beside the proxy in `weft proxy-status`, as a failure is.
+        // Only when it was published: a failure to publish says more.
+        let published = self.failures.get(key).is_none();
+        if let Some(reason) = identity_notice(mesh, &class.identity, &class.options) {
+            if let Some(snapshot) = self.cache.snapshot(key).filter(|_| published) {
+                tracing::warn!(%key, %reason, "proxy served without mesh-wide mutual TLS");
+                self.failures.record(
+                    key,
+                    ClassFailure {
+                        proxy: class.identity.to_string(),
+                        options: format!("{:?}", class.options),
+                        resource: own_resource(&class.identity),
+                        reason,
+                        at: SystemTime::now(),
+                        serving_version: Some(snapshot.version().to_string()),
+                    },
+                );
+            }
+        }
     }
 
     /// Publishes the translation of one class, or records why its config is

@@ -66,6 +66,14 @@ impl Runtime {
         self
     }
 
+    /// Sets the trust domain of the server's CA: mesh-wide mutual TLS (a mesh's `weft:mtls`
+    /// tag) validates each upstream against its SPIFFE id in this domain. Without it, the
+    /// CA's default (`weft.local`).
+    pub fn with_trust_domain(mut self, trust_domain: &str) -> Self {
+        self.index.set_trust_domain(trust_domain);
+        self
+    }
+
     /// Why each failing proxy class's config was last not updated (see
     /// [`ClassFailures`]), shared: the runtime keeps it current, a status
     /// endpoint reads it.

@@ -311,7 +311,9 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
             args.proxy_idle_ttl
         )
     })?;
-    let runtime = runtime.with_idle_class_ttl(idle_ttl);
+    let runtime = runtime
+        .with_idle_class_ttl(idle_ttl)
+        .with_trust_domain(ca.authority().trust_domain().as_str());
     let failures = runtime.failures();
     let ads = weft_xds::AdsServer::new(cache, Arc::new(resolver));
     let xds_tls = if args.insecure_plaintext_xds {
