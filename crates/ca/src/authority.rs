@@ -351,8 +351,13 @@ impl Authority {
             )?)];
         let mut granted = Vec::new();
         for name in dns_names {
+            // A discovery "hostname" may be an address: it goes in as an IP SAN, which is what
+            // a client validating that name matches (RFC 6125 §1.7.2: no IPs in DNS names).
             // Names the mesh holds but a certificate cannot (not IA5) are left out.
-            if let Ok(ia5) = name.clone().try_into() {
+            if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+                sans.push(SanType::IpAddress(ip));
+                granted.push(name.clone());
+            } else if let Ok(ia5) = name.clone().try_into() {
                 sans.push(SanType::DnsName(ia5));
                 granted.push(name.clone());
             }
@@ -534,7 +539,7 @@ mod tests {
             .issue(
                 &csr,
                 &resource,
-                &["red.apps.local".to_string()],
+                &["red.apps.local".to_string(), "10.0.0.7".to_string()],
                 now,
                 Duration::from_secs(3600),
             )
@@ -554,7 +559,9 @@ mod tests {
             names,
             vec![
                 "URI(spiffe://weft.local/mesh/apps/virtualNode/red)",
-                "DNSName(red.apps.local)"
+                "DNSName(red.apps.local)",
+                // A discovery hostname that is an address is an IP SAN, as clients match it.
+                "IPAddress(0a:00:00:07)"
             ]
         );
         assert!(!cert.is_ca());

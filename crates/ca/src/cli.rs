@@ -57,7 +57,7 @@ impl CaArgs {
             .map_err(|e| CaError::Config(format!("--workload-cert-ttl: {e}")))?;
         if !(MIN_WORKLOAD_CERT_TTL..=MAX_WORKLOAD_CERT_TTL).contains(&workload_cert_ttl) {
             return Err(CaError::Config(format!(
-                "--workload-cert-ttl must be between 1m and 365d, got {}",
+                "--workload-cert-ttl must be between 10s and 365d, got {}",
                 self.workload_cert_ttl
             )));
         }
@@ -270,7 +270,7 @@ mod tests {
         assert!(config.operator_ca.is_none());
         for bad in [
             CaArgs {
-                workload_cert_ttl: "10s".into(),
+                workload_cert_ttl: "9s".into(),
                 ..CaArgs::default()
             },
             CaArgs {
