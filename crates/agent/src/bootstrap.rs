@@ -186,6 +186,9 @@ fn xds_cluster(config: &AgentConfig) -> Value {
 }
 
 /// An SDS secret Envoy gets from the agent (the `weft_sds` cluster).
+/// The same config source, field for field, as translation's SDS secrets: Envoy shares one
+/// subscription per secret name only between identical sources, so the xDS cluster and the
+/// mesh's listeners then hold one copy of `weft-identity`, not two.
 fn sds_secret(name: &str) -> Value {
     json!({
         "name": name,
@@ -194,7 +197,8 @@ fn sds_secret(name: &str) -> Value {
             "api_config_source": {
                 "api_type": "GRPC",
                 "transport_api_version": "V3",
-                "grpc_services": [{ "envoy_grpc": { "cluster_name": SDS_CLUSTER } }]
+                "grpc_services": [{ "envoy_grpc": { "cluster_name": SDS_CLUSTER } }],
+                "set_node_on_first_message_only": true
             }
         }
     })

@@ -251,12 +251,12 @@ pub struct AgentArgs {
     /// presents the proxy's certificate (`weft-identity`), trusts Weft's CA
     /// (`weft-trust-bundle`) and expects the server's certificate to name the xDS host. Set,
     /// it makes a missing join token an error at start.
-    #[arg(long, env = "WEFT_XDS_TLS", conflicts_with = "insecure_plaintext_xds")]
+    #[arg(long, env = "WEFT_XDS_TLS", value_parser = clap::builder::BoolishValueParser::new())]
     pub xds_tls: bool,
     /// Plaintext xDS even with a join token, for a `weft server --insecure-plaintext-xds`
     /// (local experiments); the certificate is still served to Envoy over SDS for the mesh's
     /// TLS.
-    #[arg(long, env = "WEFT_INSECURE_PLAINTEXT_XDS")]
+    #[arg(long, env = "WEFT_INSECURE_PLAINTEXT_XDS", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure_plaintext_xds: bool,
 }
 
@@ -479,6 +479,14 @@ impl AgentConfig {
             gid: parse_id(IGNORE_GID, args.ignore_gid.as_deref())?,
         };
         config.identity = identity_config(args, &config)?;
+        if args.xds_tls && args.insecure_plaintext_xds {
+            return Err(AgentError::config(
+                "WEFT_XDS_TLS",
+                "mutual TLS and WEFT_INSECURE_PLAINTEXT_XDS (--insecure-plaintext-xds) exclude \
+                 each other: set one"
+                    .to_string(),
+            ));
+        }
         if args.xds_tls && config.identity.is_none() {
             return Err(AgentError::config(
                 "WEFT_XDS_TLS",
@@ -908,7 +916,10 @@ mod tests {
         let config = parse(&plaintext).unwrap_or_else(|e| panic!("{e}"));
         assert!(!config.xds_tls && config.identity.is_some());
         argv.push("--insecure-plaintext-xds");
-        assert!(parse(&argv).is_err(), "both --xds-tls and plaintext");
+        let err = parse(&argv)
+            .err()
+            .unwrap_or_else(|| panic!("accepted both --xds-tls and plaintext"));
+        assert!(err.to_string().contains("exclude each other"), "{err}");
     }
 
     #[test]

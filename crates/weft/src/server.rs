@@ -90,12 +90,12 @@ pub struct ServerArgs {
     /// Weft's CA (naming the --xds-listen IP and every --xds-server-name), each proxy must
     /// present its workload certificate (its agent joins with a join token), and gets only the
     /// config of the resource that certificate names. Accepted so that scripts can say so.
-    #[arg(long, env = "WEFT_XDS_TLS", conflicts_with = "insecure_plaintext_xds")]
+    #[arg(long, env = "WEFT_XDS_TLS", value_parser = clap::builder::BoolishValueParser::new())]
     pub xds_tls: bool,
     /// Plaintext, unauthenticated xDS (any client reaching the port gets any node's config,
     /// and agents need no join token): for local experiments only. Said loudly in the log and
     /// in proxy-status.
-    #[arg(long, env = "WEFT_INSECURE_PLAINTEXT_XDS")]
+    #[arg(long, env = "WEFT_INSECURE_PLAINTEXT_XDS", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure_plaintext_xds: bool,
     /// A DNS name or IP address the xDS server's certificate holds beside the --xds-listen IP
     /// (the name proxies reach it by). Repeatable.
@@ -316,6 +316,9 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
         .with_trust_domain(ca.authority().trust_domain().as_str());
     let failures = runtime.failures();
     let ads = weft_xds::AdsServer::new(cache, Arc::new(resolver));
+    if args.xds_tls && args.insecure_plaintext_xds {
+        bail!("--xds-tls (WEFT_XDS_TLS) and --insecure-plaintext-xds (WEFT_INSECURE_PLAINTEXT_XDS) exclude each other: set one");
+    }
     let xds_tls = if args.insecure_plaintext_xds {
         tracing::warn!(
             "xDS is plaintext and unauthenticated (--insecure-plaintext-xds): any client \
