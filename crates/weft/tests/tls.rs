@@ -15,65 +15,13 @@ mod common;
 use std::time::Duration;
 
 use aws_sdk_appmesh::types as t;
+use common::certs::{Ca, Leaf};
 use common::mesh::{agent, agent_with_id, free_port, http_get, sample_app, wait_until, Agent};
 use common::WeftServer;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
 use weft_test_support::sdk::MeshApi;
 use weft_test_support::spec::{
     GatewayRouteSpec, GatewaySpec, HttpMatch, Listener, MeshSpec, NodeSpec, ServiceSpec,
 };
-
-/// A leaf certificate's chain and key paths.
-struct Leaf {
-    cert: String,
-    key: String,
-}
-
-/// A test CA writing PEM files into `dir`.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-    cert: String,
-    dir: std::path::PathBuf,
-}
-
-impl Ca {
-    fn new(dir: &std::path::Path) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Weft test CA");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let cert = dir.join("ca.pem");
-        std::fs::write(&cert, issuer.pem()).unwrap();
-        Ca {
-            issuer,
-            cert: cert.display().to_string(),
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn leaf(&self, name: &str, sans: &[&str]) -> Leaf {
-        let mut params =
-            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let (cert_path, key_path) = (
-            self.dir.join(format!("{name}.pem")),
-            self.dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        Leaf {
-            cert: cert_path.display().to_string(),
-            key: key_path.display().to_string(),
-        }
-    }
-}
 
 fn file_cert(leaf: &Leaf) -> t::ListenerTlsFileCertificate {
     t::ListenerTlsFileCertificate::builder()
@@ -344,8 +292,9 @@ async fn mutual_tls_through_a_node_and_a_gateway_over_ads_and_live_mode_changes(
         answers("red.apps.local") && red_ssl("handshake") > before
     });
 
-    // An ACM certificate is Weft's identity over SDS: Envoy takes the config (it waits for the
-    // agent's SDS server to serve `weft-identity`), it is never NACKed.
+    // An ACM certificate is Weft's identity over SDS, which only a proxy whose agent joined
+    // with a join token has: red's has none, so its update is refused with a reason in
+    // proxy-status, and red keeps serving the config it has (never NACKed).
     let acm = t::ListenerTlsCertificate::Acm(
         t::ListenerTlsAcmCertificate::builder()
             .certificate_arn("arn:aws:acm:us-west-2:111122223333:certificate/red")
@@ -361,11 +310,25 @@ async fn mutual_tls_through_a_node_and_a_gateway_over_ads_and_live_mode_changes(
         ),
     )
     .await;
-    wait_until(Duration::from_secs(20), || {
-        red.admin("/stats")
-            .unwrap_or_default()
-            .contains("sds.weft-identity.")
-    });
+    let status_url = format!("{}/weft/v1/proxy-status", server.addr);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = reqwest::get(&status_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if status.contains("join token") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reason in proxy-status: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(answers("red.apps.local"), "red kept its last config");
 
     for envoy in [&red, &edge, &web] {
         assert_eq!(

@@ -2,6 +2,7 @@
 //! SDK client pointed at it.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod certs;
 pub mod disks;
 pub mod mesh;
 pub mod netns;
@@ -327,4 +328,31 @@ pub fn exact_sans(names: &[&str]) -> aws_sdk_appmesh::types::SubjectAlternativeN
                 .unwrap(),
         )
         .build()
+}
+
+/// Runs `aws appmesh <args>` (the AWS CLI, installed by scripts/test) against the server at
+/// `endpoint` with throwaway credentials and no user configuration; its JSON output, or its
+/// error text.
+pub fn aws_appmesh(endpoint: &str, args: &[&str]) -> Result<serde_json::Value, String> {
+    let out = Command::new("aws")
+        .arg("appmesh")
+        .args(args)
+        .args(["--endpoint-url", endpoint, "--output", "json"])
+        .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .map_err(|e| format!("running the AWS CLI (`aws`; scripts/test installs it): {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))
 }
