@@ -17,8 +17,9 @@ use crate::bare;
 use crate::lan;
 use crate::load::Api;
 use crate::machine::{self, quantile, CpuMark};
+use crate::mtls;
 use crate::openloop::{self, Order, Target, TargetResult};
-use crate::procs::{self, Agent, Place, Proc};
+use crate::procs::{self, Agent, AgentSpec, Place, Proc};
 use crate::server::{self, Server};
 
 pub(crate) const MESH: &str = "dp";
@@ -62,6 +63,16 @@ pub struct DataplaneArgs {
     /// machine's noise alone gives. Needs the transparent row's topology (root).
     #[arg(long, conflicts_with = "no_transparent")]
     pub control: bool,
+    /// Measure a mutual-TLS pair beside the plaintext one: a second
+    /// explicit-mode pair whose hop between the Envoys is mutual TLS, set
+    /// through App Mesh TLS specs (server listener STRICT with validation,
+    /// client policy with a certificate and validation), the certificates
+    /// from Weft's CA through join tokens and SDS. With the transparent
+    /// row's topology (root) it is measured in place of the transparent
+    /// path, whose Envoys and rules stay up unloaded; on loopback
+    /// (--no-transparent), as one more path.
+    #[arg(long, conflicts_with = "control")]
+    pub mtls: bool,
 }
 
 /// Flags of `weft-bench no-drops`.
@@ -230,6 +241,9 @@ pub(crate) struct Paths {
     pub transparent: Option<Target>,
     /// Client -> a second explicit-mode pair with its own app (`--control`).
     pub control: Option<Target>,
+    /// Client -> an explicit-mode pair speaking mutual TLS between its
+    /// Envoys (`--mtls`).
+    pub mtls: Option<Target>,
     /// Client -> two minimally configured Envoys -> app.
     pub bare: Option<Target>,
 }
@@ -256,7 +270,102 @@ pub(crate) struct Setup {
     /// The transparent path's virtual nodes, client side then server side,
     /// to show that their Envoys carried its requests.
     pub transparent_envoys: Option<(&'static str, &'static str)>,
+    /// The mTLS pair's virtual nodes, to show their Envoys' TLS handshakes.
+    pub mtls_envoys: Option<MtlsEnvoys>,
     pub _data: tempfile::TempDir,
+}
+
+/// The mTLS pair's virtual nodes: the client node, and the server nodes
+/// (HTTP/1.1 and HTTP/2 listeners).
+#[derive(Clone, Copy)]
+pub(crate) struct MtlsEnvoys {
+    pub client: &'static str,
+    pub servers: [&'static str; 2],
+}
+
+/// Virtual nodes of the mTLS pair.
+pub(crate) const MTLS_ENVOYS: MtlsEnvoys = MtlsEnvoys {
+    client: "mclient",
+    servers: ["mserver-h1", "mserver-h2"],
+};
+
+/// The virtual services of the mTLS pair, per protocol.
+pub(crate) const MTLS_SERVICES: [&str; 2] = ["m1.dp.local", "m2.dp.local"];
+
+/// The mTLS pair on loopback: server nodes on `ports` (HTTP/1.1, HTTP/2)
+/// in front of the app on `app_port`, a client node; their agents with
+/// join tokens. Returns the agents (client last) once Envoy answers.
+async fn loopback_mtls(
+    binary: &Path,
+    protocol: &str,
+    server: &Server,
+    api: &Api,
+    app_port: u16,
+) -> Result<Vec<Agent>> {
+    let ports = [procs::free_port()?, procs::free_port()?];
+    let clients = [mtls::spiffe_id(MESH, MTLS_ENVOYS.client)];
+    let servers: Vec<String> = MTLS_ENVOYS
+        .servers
+        .iter()
+        .map(|n| mtls::spiffe_id(MESH, n))
+        .collect();
+    let mut agents = Vec::new();
+    for ((node, port), (service, proto)) in MTLS_ENVOYS
+        .servers
+        .iter()
+        .zip(ports)
+        .zip(MTLS_SERVICES.iter().zip(["http", "http2"]))
+    {
+        let body = appmesh::node_body(node, port, proto, "127.0.0.1", &[]);
+        appmesh::create_node(api, MESH, mtls::with_listener_tls(body, node, &clients)).await?;
+        let router = format!("{}-router", service.split('.').next().unwrap_or("m"));
+        appmesh::create_router(api, MESH, &router, 8080, proto).await?;
+        let spec = appmesh::route_spec(proto, &[(node.to_string(), 1)]);
+        appmesh::create_route(api, MESH, &router, "main", spec).await?;
+        appmesh::create_service(api, MESH, service, &router).await?;
+    }
+    let backends: Vec<String> = MTLS_SERVICES.iter().map(|s| s.to_string()).collect();
+    let body = appmesh::node_body(
+        MTLS_ENVOYS.client,
+        procs::free_port()?,
+        "http",
+        "127.0.0.1",
+        &backends,
+    );
+    appmesh::create_node(api, MESH, mtls::with_client_policy(body, &servers)).await?;
+    for (node, app_ports) in MTLS_ENVOYS
+        .servers
+        .iter()
+        .zip(ports)
+        .map(|(n, p)| (*n, Some(format!("{p}={app_port}"))))
+        .chain(std::iter::once((MTLS_ENVOYS.client, None)))
+    {
+        let mut env = vec![("WEFT_LISTENER_MODE", "explicit".to_string())];
+        env.extend(app_ports.map(|p| ("WEFT_APP_PORTS", p)));
+        env.extend(mtls::agent_env(
+            mtls::join_token(api, MESH, node).await?,
+            &server.url,
+        ));
+        let spec = AgentSpec {
+            place: Place::here(),
+            admin_port: procs::free_port()?,
+            egress_port: procs::free_port()?,
+            ingress_port: procs::free_port()?,
+            env,
+        };
+        agents.push(procs::agent_with(
+            binary,
+            &server.xds_addr,
+            MESH,
+            node,
+            protocol,
+            spec,
+        )?);
+    }
+    for a in &agents {
+        a.wait_ready(Duration::from_secs(30)).await?;
+    }
+    Ok(agents)
 }
 
 /// The topology before the transparent row: every path on loopback in this
@@ -296,13 +405,32 @@ async fn loopback_setup(binary: &Path, args: &DataplaneArgs) -> Result<Setup> {
     t.wait_route("h2.dp.local").await?;
     let Topology {
         server,
-        api: _,
+        api,
         client,
         apps,
         mut upstreams,
         _data,
     } = t;
     let app_port = apps[0].1;
+    let mtls_agents = match args.mtls {
+        true => loopback_mtls(binary, &args.protocol, &server, &api, app_port).await?,
+        false => Vec::new(),
+    };
+    let mtls_egress = match mtls_agents.last() {
+        Some(client) => {
+            for host in MTLS_SERVICES {
+                let port = client.egress_port;
+                procs::wait_until(
+                    Duration::from_secs(30),
+                    &format!("a route to {host} over mutual TLS"),
+                    || procs::answers_200(port, host),
+                )
+                .await?;
+            }
+            Some(format!("127.0.0.1:{}", client.egress_port))
+        }
+        None => None,
+    };
     let mut bare = Vec::new();
     if !args.no_bare {
         for http2 in [false, true] {
@@ -330,6 +458,12 @@ async fn loopback_setup(binary: &Path, args: &DataplaneArgs) -> Result<Setup> {
             explicit: target("explicit", &egress),
             transparent: None,
             control: None,
+            mtls: mtls_egress.as_deref().map(|addr| Target {
+                label: "mtls".into(),
+                addr: addr.into(),
+                host: MTLS_SERVICES[i].into(),
+                http2,
+            }),
             bare: bare
                 .get(i)
                 .map(|b| target("bare", &format!("127.0.0.1:{}", b.port))),
@@ -337,6 +471,7 @@ async fn loopback_setup(binary: &Path, args: &DataplaneArgs) -> Result<Setup> {
     })
     .collect();
     upstreams.push(client);
+    upstreams.extend(mtls_agents);
     Ok(Setup {
         agents: upstreams,
         _bare: bare,
@@ -345,11 +480,21 @@ async fn loopback_setup(binary: &Path, args: &DataplaneArgs) -> Result<Setup> {
         load: Place::here(),
         phases,
         transparent_envoys: None,
+        mtls_envoys: args.mtls.then_some(MTLS_ENVOYS),
         hosts: "this network namespace, loopback only".into(),
-        paths: "direct = client -> sample app; explicit = client -> client Envoy (egress, \
-                explicit mode) -> server Envoy (ingress) -> the same sample app; Envoys \
-                --concurrency 1"
-            .into(),
+        paths: format!(
+            "direct = client -> sample app; explicit = client -> client Envoy (egress, \
+             explicit mode) -> server Envoy (ingress) -> the same sample app{}; Envoys \
+             --concurrency 1",
+            match args.mtls {
+                true =>
+                    "; mtls = the same through a second pair whose Envoys speak mutual TLS \
+                         (App Mesh TLS specs: server listener STRICT with validation, client \
+                         policy with certificate and validation; certificates from Weft's CA \
+                         through join tokens and SDS)",
+                false => "",
+            }
+        ),
         _data,
     })
 }
@@ -395,6 +540,7 @@ pub async fn run(args: DataplaneArgs) -> Result<()> {
                     &inside,
                     !args.no_bare,
                     args.control,
+                    args.mtls,
                 )
                 .await?;
                 measure(&args, &binary, setup, None).await
@@ -498,11 +644,13 @@ async fn measure(
         "steal%"
     );
     let mut transparent_sent = 0;
+    let mut mtls_sent = 0;
     for paths in &setup.phases {
         let proto = paths.proto;
         let mut targets = vec![paths.direct.clone(), paths.explicit.clone()];
         targets.extend(paths.transparent.clone());
         targets.extend(paths.control.clone());
+        targets.extend(paths.mtls.clone());
         targets.extend(paths.bare.clone());
         let cpu0 = CpuMark::now(setup.server.pid());
         let results = load(&setup.load, targets.clone(), args.rate, warmup, duration).await?;
@@ -585,11 +733,73 @@ async fn measure(
                 transparent_sent += t.sent;
             }
         }
+        if let Some(t) = by_label("mtls") {
+            print_cells(proto, "mtls+", &diff(t, d), "");
+            // The mTLS pair's added latency over the plaintext pair's, each over direct.
+            let mut missed = Vec::new();
+            let ratios: Vec<String> = QUANTILES
+                .iter()
+                .map(|&x| {
+                    let (te, ee) = (added_ms(t, d, x), added_ms(m, d, x));
+                    let within = match ee > 0.0 {
+                        true => te <= MTLS_RATIO_GOAL * ee,
+                        false => te <= ee,
+                    };
+                    if !within && x == 0.99 {
+                        missed.push("p99");
+                    }
+                    match ee > 0.0 {
+                        true => format!("{:.2}x", te / ee),
+                        false => "n/a".into(),
+                    }
+                })
+                .collect();
+            if t.failed > 0 {
+                missed.push("errors");
+            }
+            print_cells(proto, "mtls-ratio", &ratios, &verdict(&missed));
+            mtls_sent += t.sent;
+        }
         for r in &results {
             for f in &r.failures {
                 println!("  failure: {f}");
             }
         }
+    }
+    if let Some(envoys) = setup.mtls_envoys.filter(|_| mtls_sent > 0) {
+        // Encrypted and mutual, not around the TLS: the server Envoys'
+        // listeners (STRICT, a client certificate required) completed
+        // handshakes, and the client Envoy's did too.
+        let stat = |node: &str, name: &str| {
+            setup
+                .agents
+                .iter()
+                .filter(|a| a.node == node)
+                .map(|a| a.stat_sum(name))
+                .sum::<u64>()
+        };
+        let client = stat(envoys.client, "ssl.handshake");
+        let server: u64 = envoys
+            .servers
+            .iter()
+            .map(|n| stat(n, "ssl.handshake"))
+            .sum();
+        let no_cert: u64 = envoys
+            .servers
+            .iter()
+            .map(|n| stat(n, "ssl.no_certificate"))
+            .sum();
+        let answered = stat(envoys.client, "http.egress.downstream_rq_2xx");
+        println!();
+        println!(
+            "mtls: {mtls_sent} measured requests; answered 2xx by the mTLS client Envoy's egress \
+             listener {answered} (warm-up included); TLS handshakes: client Envoy {client}, server \
+             Envoys {server} (connections without a client certificate: {no_cert}){}",
+            match server > 0 && client > 0 && answered >= mtls_sent {
+                true => "",
+                false => ": NOT every request went over mutual TLS",
+            }
+        );
     }
     if let Some((client, server)) = setup.transparent_envoys.filter(|_| transparent_sent > 0) {
         // Through both Envoys, not around them: each answered at least
@@ -622,8 +832,10 @@ async fn measure(
          this machine; weft+ = explicit - bare, what Weft's config adds to that){}. oth% = CPU of \
          everything but the server and this benchmark (the Envoys, the sample apps, other work) \
          in % of one core; steal% = of that, what the hypervisor took from this virtual machine. \
-         Envoy NACKs: {}.",
+         Envoy NACKs: {}.{}",
         match (&skipped, args.control) {
+            // The mTLS pair in place of the transparent path: no transparent goal this run.
+            (None, false) if args.mtls => String::new(),
             (None, false) => format!(
                 "; transparent mode adds no more than explicit mode: ratio = transp+ / added \
                  <= {RATIO_GOAL:.2} at p50 and p99 (transp+ = transparent - direct)"
@@ -639,13 +851,23 @@ async fn measure(
             .agents
             .iter()
             .map(|a| a.stat_sum("update_rejected"))
-            .sum::<u64>()
+            .sum::<u64>(),
+        match args.mtls {
+            true => format!(
+                " mTLS (--mtls): the mutual-TLS pair adds at most {MTLS_RATIO_GOAL:.2}x what the \
+                 plaintext pair adds at p99: mtls-ratio = mtls+ / added (mtls+ = mtls - direct)"
+            ),
+            false => String::new(),
+        }
     );
     Ok(())
 }
 
 /// Transparent mode's added latency over explicit mode's, at most.
 const RATIO_GOAL: f64 = 1.05;
+
+/// The mTLS pair's added p99 over the plaintext pair's, at most (issue 19).
+const MTLS_RATIO_GOAL: f64 = 1.25;
 
 fn verdict(missed: &[&str]) -> String {
     if missed.is_empty() {

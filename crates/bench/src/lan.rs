@@ -13,7 +13,11 @@
 //!   listener, and on the server host to the server Envoy's ingress listener;
 //! - bare (optional): two Envoys with a minimal static config;
 //! - control (`--control`, in place of transparent): a second explicit-mode
-//!   pair with its own Envoys and app, for an A/A run.
+//!   pair with its own Envoys and app, for an A/A run;
+//! - mtls (`--mtls`, in place of transparent): a second explicit-mode pair
+//!   with its own Envoys and app whose Envoys speak mutual TLS
+//!   ([`crate::mtls`]); its agents reach Weft's CA on the API listener,
+//!   which then listens on the bridge's address too.
 //!
 //! Every Envoy runs as the ignored user (`APPMESH_IGNORE_UID`) from a copy
 //! any user may run, so the redirection lets all of them through; the load
@@ -29,8 +33,9 @@ use weft_intercept::lab::{Lan, Netns};
 
 use crate::appmesh;
 use crate::bare::{self, Layout};
-use crate::dataplane::{Paths, Setup, MESH};
+use crate::dataplane::{Paths, Setup, MESH, MTLS_ENVOYS, MTLS_SERVICES};
 use crate::load::Api;
+use crate::mtls;
 use crate::openloop::Target;
 use crate::procs::{self, AgentSpec, Place};
 use crate::server::Server;
@@ -53,18 +58,23 @@ const TRANSPARENT_H2_APP: u16 = 8081;
 const EXPLICIT_APP: u16 = 8090;
 const CONTROL_APP: u16 = 8091;
 const BARE_APP: u16 = 8092;
+const MTLS_APP: u16 = 8093;
 /// The explicit server Envoys' listeners (the virtual nodes' ports), per protocol.
 const EXPLICIT_H1_LISTENER: u16 = 8180;
 const EXPLICIT_H2_LISTENER: u16 = 8181;
 /// The control pair's server Envoys' listeners, per protocol.
 const CONTROL_H1_LISTENER: u16 = 8182;
 const CONTROL_H2_LISTENER: u16 = 8183;
+/// The mTLS pair's server Envoys' listeners, per protocol.
+const MTLS_H1_LISTENER: u16 = 8184;
+const MTLS_H2_LISTENER: u16 = 8185;
 /// The server-side bare Envoys, per protocol.
 const BARE_H1_SERVER: u16 = 8280;
 const BARE_H2_SERVER: u16 = 8281;
 /// The client Envoys' egress ports and the client-side bare Envoys, in the client namespace.
 const EXPLICIT_EGRESS: u16 = 15101;
 const CONTROL_EGRESS: u16 = 15102;
+const MTLS_EGRESS: u16 = 15103;
 const BARE_H1_CLIENT: u16 = 15201;
 const BARE_H2_CLIENT: u16 = 15202;
 /// The client virtual nodes' own listener (nothing calls them).
@@ -167,13 +177,15 @@ fn transparent_env<'a>(extra: &[(&'a str, String)]) -> Vec<(&'a str, String)> {
 /// Starts everything on `hosts` (call it from a thread inside `hosts.hub`,
 /// where the server must run) and waits until every path answers. With
 /// `control`, a second explicit-mode pair is measured in place of the
-/// transparent path (whose Envoys and rules stay up, unloaded).
+/// transparent path (whose Envoys and rules stay up, unloaded); with
+/// `mtls`, the mutual-TLS pair is.
 pub async fn setup(
     binary: &Path,
     protocol: &str,
     hosts: &Hosts,
     with_bare: bool,
     control: bool,
+    mtls: bool,
 ) -> Result<Setup> {
     let (client, server_host) = (
         Place::inside(hosts.client.clone()),
@@ -184,9 +196,16 @@ pub async fn setup(
         .prefix("weft-bench-dp-")
         .tempdir()
         .context("creating a temporary data folder")?;
-    let server = Server::start_xds_on(
+    // The mTLS pair's agents join through the API listener: on the bridge's
+    // address then, which the hosts reach (loopback otherwise, as before).
+    let api_listen = match mtls {
+        true => format!("{}:0", Lan::HUB),
+        false => "127.0.0.1:0".to_string(),
+    };
+    let server = Server::start_on(
         binary,
         &data.path().join("data"),
+        &api_listen,
         &format!("{}:0", Lan::HUB),
         &[],
     )?;
@@ -214,6 +233,10 @@ pub async fn setup(
     if control {
         let listen = loopback(CONTROL_APP);
         apps.push(procs::sample_app_at(&server_host, binary, "control", listen).await?);
+    }
+    if mtls {
+        let listen = loopback(MTLS_APP);
+        apps.push(procs::sample_app_at(&server_host, binary, "mtls", listen).await?);
     }
 
     // The mesh: h1/h2 reach the explicit server nodes, th1/th2 the transparent one.
@@ -259,6 +282,30 @@ pub async fn setup(
         ] {
             appmesh::create_node(&api, MESH, body).await?;
         }
+    }
+    if mtls {
+        let envoys = MTLS_ENVOYS;
+        let clients = [mtls::spiffe_id(MESH, envoys.client)];
+        let servers: Vec<String> = envoys
+            .servers
+            .iter()
+            .map(|n| mtls::spiffe_id(MESH, n))
+            .collect();
+        let [h1, h2] = envoys.servers;
+        for (name, port, proto) in [
+            (h1, MTLS_H1_LISTENER, "http"),
+            (h2, MTLS_H2_LISTENER, "http2"),
+        ] {
+            let body = node(name, &[(port, proto)], &host, &[]);
+            appmesh::create_node(&api, MESH, mtls::with_listener_tls(body, name, &clients)).await?;
+        }
+        let body = node(
+            envoys.client,
+            &[(CLIENT_NODE_PORT, "http")],
+            &cip.to_string(),
+            &MTLS_SERVICES,
+        );
+        appmesh::create_node(&api, MESH, mtls::with_client_policy(body, &servers)).await?;
     }
     let mut services = vec![
         (
@@ -314,6 +361,14 @@ pub async fn setup(
             ),
         ]);
     }
+    if mtls {
+        let [m1, m2] = MTLS_SERVICES;
+        let [h1, h2] = MTLS_ENVOYS.servers;
+        services.extend([
+            (m1, "m1-router", 8080, "http", h1, MTLS_H1_LISTENER),
+            (m2, "m2-router", 8080, "http2", h2, MTLS_H2_LISTENER),
+        ]);
+    }
     for (service, router, port, proto, target, target_port) in services {
         appmesh::create_router(&api, MESH, router, port, proto).await?;
         let spec = appmesh::route_to_port(proto, target, target_port);
@@ -322,6 +377,19 @@ pub async fn setup(
     }
 
     let xds = server.xds_addr.clone();
+    // With the mTLS pair, the transparent Envoys' rules leave the bridge's
+    // address alone (beside App Mesh's default ignored addresses): the mTLS
+    // agents on the same hosts reach Weft's CA there, and the redirection
+    // would hand their requests to the transparent Envoys.
+    let ignore_hub = |mut env: Vec<(&'static str, String)>| {
+        if mtls {
+            env.push((
+                "APPMESH_EGRESS_IGNORED_IP",
+                format!("169.254.169.254,169.254.170.2,{}", Lan::HUB),
+            ));
+        }
+        env
+    };
     let agent = |place: &Place, node: &str, ports: (u16, u16, u16), env| {
         let spec = AgentSpec {
             place: place.clone(),
@@ -337,10 +405,10 @@ pub async fn setup(
             &server_host,
             "tserver",
             (9901, 15001, 15000),
-            transparent_env(&[(
+            ignore_hub(transparent_env(&[(
                 "APPMESH_APP_PORTS",
                 format!("{TRANSPARENT_H1_APP},{TRANSPARENT_H2_APP}"),
-            )]),
+            )])),
         )?,
         agent(
             &server_host,
@@ -359,7 +427,10 @@ pub async fn setup(
             &client,
             "tclient",
             (9901, 15001, 15000),
-            transparent_env(&[("APPMESH_EGRESS_IGNORED_PORTS", DIRECT_APP.to_string())]),
+            ignore_hub(transparent_env(&[(
+                "APPMESH_EGRESS_IGNORED_PORTS",
+                DIRECT_APP.to_string(),
+            )])),
         )?,
         agent(
             &client,
@@ -389,6 +460,36 @@ pub async fn setup(
                 explicit_env(None),
             )?,
         ]);
+    }
+    if mtls {
+        let [h1, h2] = MTLS_ENVOYS.servers;
+        for (place, node, ports, app_ports) in [
+            (
+                &server_host,
+                h1,
+                (9906, 15141, 15140),
+                Some(format!("{MTLS_H1_LISTENER}={MTLS_APP}")),
+            ),
+            (
+                &server_host,
+                h2,
+                (9907, 15151, 15150),
+                Some(format!("{MTLS_H2_LISTENER}={MTLS_APP}")),
+            ),
+            (
+                &client,
+                MTLS_ENVOYS.client,
+                (9904, MTLS_EGRESS, 15120),
+                None,
+            ),
+        ] {
+            let mut env = explicit_env(app_ports);
+            env.extend(mtls::agent_env(
+                mtls::join_token(&api, MESH, node).await?,
+                &server.url,
+            ));
+            agents.push(agent(place, node, ports, env)?);
+        }
     }
     for a in &agents {
         a.wait_ready(Duration::from_secs(30)).await?;
@@ -431,13 +532,17 @@ pub async fn setup(
             proto,
             direct: target("direct", at(sip, DIRECT_APP), &service, http2),
             explicit: target("explicit", loopback(EXPLICIT_EGRESS), &service, http2),
-            transparent: (!control).then(|| {
+            transparent: (!control && !mtls).then(|| {
                 let tservice = format!("th{n}.dp.local");
                 target("transparent", at(sip, tport), &tservice, http2)
             }),
             control: control.then(|| {
                 let cservice = format!("c{n}.dp.local");
                 target("control", loopback(CONTROL_EGRESS), &cservice, http2)
+            }),
+            mtls: mtls.then(|| {
+                let mservice = format!("m{n}.dp.local");
+                target("mtls", loopback(MTLS_EGRESS), &mservice, http2)
             }),
             bare: with_bare.then(|| target("bare", loopback(bare_port), &service, http2)),
         }
@@ -451,6 +556,7 @@ pub async fn setup(
             Some(&p.explicit),
             p.transparent.as_ref(),
             p.control.as_ref(),
+            p.mtls.as_ref(),
             p.bare.as_ref(),
         ]
         .into_iter()
@@ -497,9 +603,21 @@ pub async fn setup(
                      127.0.0.1:{CONTROL_APP}, an A/A run"
                 ),
                 false => String::new(),
-            }
-        ),
-        transparent_envoys: Some(("tclient", "tserver")),
+            },
+        ) + &match mtls {
+            true => format!(
+                "; mtls (--mtls, measured in place of transparent, whose Envoys and rules stay up \
+                 unloaded) = client -> a second client Envoy 127.0.0.1:{MTLS_EGRESS} (explicit \
+                 mode) -> mutual TLS -> a second server Envoy {sip}:{MTLS_H1_LISTENER}/\
+                 {MTLS_H2_LISTENER} (listener STRICT, client certificate validated) -> app \
+                 127.0.0.1:{MTLS_APP}; certificates from Weft's CA (join tokens, SDS), App Mesh \
+                 TLS specs: acm certificate and sds trust on the listener, sds certificate and \
+                 acm trust in the client policy, exact SPIFFE SANs both ways"
+            ),
+            false => String::new(),
+        },
+        transparent_envoys: (!control && !mtls).then_some(("tclient", "tserver")),
+        mtls_envoys: mtls.then_some(MTLS_ENVOYS),
         _data: data,
     })
 }

@@ -36,6 +36,7 @@ mod envoys;
 mod lan;
 mod load;
 mod machine;
+mod mtls;
 mod openloop;
 mod procs;
 mod scoping;
