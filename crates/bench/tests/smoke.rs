@@ -357,3 +357,78 @@ fn abuse_runs_every_phase() {
     assert!(out.contains("trickling heads: opened 10"), "{out}");
     assert!(!out.contains("first failure"), "{out}");
 }
+
+#[test]
+fn ca_runs_in_process_over_http_and_a_rotation_wave() {
+    let out = bench(&[
+        "ca",
+        "--inprocess",
+        "200",
+        "--identities",
+        "20",
+        "--requests",
+        "40",
+        "--concurrency",
+        "4",
+        "--wave",
+        "20",
+        "--wave-window",
+        "0.2",
+        "--baseline",
+        "1",
+        "--client-rate",
+        "50",
+    ]);
+    for row in [
+        "sign (parse + issue)",
+        "renew checks + sign",
+        "join (token + CSR)",
+        "renew (cert + proof)",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(row)),
+            "{row} missing:\n{out}"
+        );
+    }
+    // Every CSR of the HTTP phases and of the wave signed, none failed.
+    assert!(
+        out.lines()
+            .filter(|l| l.starts_with("join (") || l.starts_with("renew ("))
+            // The name is four words; then CSRs, CSRs/s, p50, p99, failed.
+            .all(|l| l.split_whitespace().nth(4) == Some("40")
+                && l.split_whitespace().nth(8) == Some("0")),
+        "{out}"
+    );
+    assert!(
+        out.contains("wave:       20 renewed (20 identities), 0 failed"),
+        "{out}"
+    );
+    assert!(out.contains("client:     DescribeMesh p50"), "{out}");
+}
+
+/// The mutual-TLS pair beside the plaintext one, on loopback (no root needed).
+#[test]
+fn dataplane_mtls_runs() {
+    let out = bench(&[
+        "dataplane",
+        "--rate",
+        "50",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0.2",
+        "--no-bare",
+        "--no-transparent",
+        "--mtls",
+    ]);
+    let rows = |label: &str| {
+        out.lines()
+            .filter(|l| l.starts_with("HTTP") && l.split_whitespace().nth(1) == Some(label))
+            .count()
+    };
+    for label in ["direct", "explicit", "mtls", "added", "mtls+", "mtls-ratio"] {
+        assert_eq!(rows(label), 2, "{label}, once per protocol:\n{out}");
+    }
+    assert!(out.contains("mtls: 50 measured requests"), "{out}");
+    assert!(!out.contains("NOT every request"), "{out}");
+}
