@@ -8,9 +8,9 @@
 //!   same stream because translation points RDS/EDS at `{ads: {}}`;
 //! - optional App Mesh stats tags, a runtime with an admin layer, and a cap on downstream
 //!   connections;
-//! - with workload identity on, a second static cluster, [`SDS_CLUSTER`] (`weft_sds`), to the
-//!   agent's SDS server on its Unix socket ([`crate::sds`]): the translation's TLS contexts name
-//!   it for the secrets `weft-identity` and `weft-trust-bundle`.
+//! - a second static cluster, [`SDS_CLUSTER`] (`weft_sds`), to the agent's SDS server on its
+//!   Unix socket ([`crate::sds`]): the translation's TLS contexts name it for the secrets
+//!   `weft-identity` and `weft-trust-bundle` (with a join token) and for certificates in files.
 //!
 //! Envoy docs: <https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/bootstrap/v3/bootstrap.proto>.
 
@@ -86,10 +86,14 @@ fn node(config: &AgentConfig) -> Value {
         metadata.insert("weft.app_ports".into(), Value::Object(ports));
     }
     if config.identity.is_some() {
-        // The bootstrap has the `weft_sds` cluster: translation may name it (mesh-wide mutual
-        // TLS, `sds` and `acm` certificates); without this key it never does.
+        // The agent serves the workload identity over SDS: translation may name it (mesh-wide
+        // mutual TLS, `sds` and `acm` certificates); without this key it never does.
         metadata.insert("weft.identity".into(), true.into());
     }
+    // The agent serves `file` TLS sources' certificates over SDS (`file_secrets`): translation
+    // names them as secrets rather than files, which Envoy would refuse the config over if they
+    // were missing.
+    metadata.insert("weft.file_secrets".into(), true.into());
     json!({
         "id": config.node_id,
         "cluster": config.node_cluster,
@@ -112,16 +116,14 @@ fn admin(config: &AgentConfig) -> Value {
 }
 
 fn clusters(config: &AgentConfig) -> Vec<Value> {
-    let mut clusters = vec![xds_cluster(config)];
-    if let Some(identity) = &config.identity {
-        let socket = identity
-            .sds_socket
-            .as_ref()
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_else(|| SDS_SOCKET_PLACEHOLDER.to_string());
-        clusters.push(sds_cluster(&socket));
-    }
-    clusters
+    // The agent always serves SDS: the workload identity with a join token, and the
+    // certificates `file` TLS sources name (see `file_secrets`).
+    let socket = config
+        .sds_socket
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| SDS_SOCKET_PLACEHOLDER.to_string());
+    vec![xds_cluster(config), sds_cluster(&socket)]
 }
 
 /// The agent's SDS server: gRPC (so HTTP/2) over its Unix socket.
@@ -425,18 +427,17 @@ mod tests {
     }
 
     #[test]
-    fn identity_adds_the_sds_cluster_on_the_socket_and_nothing_else() {
+    fn the_sds_cluster_is_on_the_agent_s_socket_with_or_without_identity() {
         let mut c = config();
+        c.sds_socket = Some("/run/weft/sds.sock".into());
         assert_eq!(
-            bootstrap(&c)["static_resources"]["clusters"]
-                .as_array()
-                .map(Vec::len),
-            Some(1)
+            bootstrap(&c)["static_resources"]["clusters"][1]["name"],
+            "weft_sds"
         );
+        assert_eq!(bootstrap(&c)["node"]["metadata"]["weft.file_secrets"], true);
         c.identity = Some(crate::identity::IdentityConfig {
             token: crate::identity::TokenSource::File("/run/token".into()),
             ca_server: crate::identity::CaServer::beside(&c.xds_endpoint),
-            sds_socket: Some("/run/weft/sds.sock".into()),
         });
         let b = bootstrap(&c);
         let sds = &b["static_resources"]["clusters"][1];

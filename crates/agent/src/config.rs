@@ -371,6 +371,10 @@ pub struct AgentConfig {
     /// Workload identity (a certificate from Weft's CA, served to Envoy over SDS); `None`
     /// without a join token.
     pub identity: Option<IdentityConfig>,
+    /// The Unix socket of the agent's SDS server (`APPMESH_SDS_SOCKET_PATH`), which serves the
+    /// workload identity and the certificates `file` TLS sources name; `None`:
+    /// [`crate::identity::SDS_SOCKET_FILE`] in the run folder.
+    pub sds_socket: Option<PathBuf>,
     /// Mutual TLS to the xDS server with the proxy's certificate (needs `identity`).
     pub xds_tls: bool,
 }
@@ -409,6 +413,7 @@ impl AgentConfig {
             launcher: None,
             listen_address_v6: None,
             identity: None,
+            sds_socket: None,
             xds_tls: false,
         })
     }
@@ -478,6 +483,16 @@ impl AgentConfig {
             uid: parse_id(IGNORE_UID, args.ignore_uid.as_deref())?,
             gid: parse_id(IGNORE_GID, args.ignore_gid.as_deref())?,
         };
+        config.sds_socket = args
+            .sds_socket_path
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+            .or_else(|| {
+                config
+                    .run_dir
+                    .as_ref()
+                    .map(|d| d.join(crate::identity::SDS_SOCKET_FILE))
+            });
         config.identity = identity_config(args, &config)?;
         if args.xds_tls && args.insecure_plaintext_xds {
             return Err(AgentError::config(
@@ -633,21 +648,7 @@ fn identity_config(
         }
         _ => CaServer::beside(&config.xds_endpoint),
     };
-    let sds_socket = args
-        .sds_socket_path
-        .clone()
-        .filter(|p| !p.as_os_str().is_empty())
-        .or_else(|| {
-            config
-                .run_dir
-                .as_ref()
-                .map(|d| d.join(crate::identity::SDS_SOCKET_FILE))
-        });
-    Ok(Some(IdentityConfig {
-        token,
-        ca_server,
-        sds_socket,
-    }))
+    Ok(Some(IdentityConfig { token, ca_server }))
 }
 
 fn default_listen_address(mode: ListenerMode) -> IpAddr {
@@ -937,12 +938,9 @@ mod tests {
             "weft.internal:15010",
         ]);
         let c = parse(&argv).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.sds_socket, None, "resolved in the temporary run folder");
         let identity = c.identity.unwrap_or_else(|| panic!("identity is on"));
         assert_eq!(identity.ca_server.to_string(), "http://weft.internal:9080");
-        assert_eq!(
-            identity.sds_socket, None,
-            "resolved in the temporary run folder"
-        );
         let TokenSource::Value(token) = &identity.token else {
             panic!("{:?}", identity.token)
         };
@@ -957,15 +955,10 @@ mod tests {
             "--run-dir",
             "/run/weft",
         ]);
-        let identity = parse(&argv)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .identity
-            .unwrap_or_else(|| panic!("identity is on"));
+        let c = parse(&argv).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.sds_socket, Some(PathBuf::from("/run/weft/sds.sock")));
+        let identity = c.identity.unwrap_or_else(|| panic!("identity is on"));
         assert_eq!(identity.ca_server.authority(), "127.0.0.1:7000");
-        assert_eq!(
-            identity.sds_socket,
-            Some(PathBuf::from("/run/weft/sds.sock"))
-        );
         let mut argv = base.to_vec();
         argv.extend([
             "--join-token",
@@ -973,14 +966,9 @@ mod tests {
             "--sds-socket-path",
             "/run/spire/sds.sock",
         ]);
-        let identity = parse(&argv)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .identity
-            .unwrap_or_else(|| panic!("identity is on"));
-        assert_eq!(
-            identity.sds_socket,
-            Some(PathBuf::from("/run/spire/sds.sock"))
-        );
+        let c = parse(&argv).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.identity.is_some());
+        assert_eq!(c.sds_socket, Some(PathBuf::from("/run/spire/sds.sock")));
     }
 
     #[test]

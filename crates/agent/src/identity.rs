@@ -180,8 +180,6 @@ pub struct IdentityConfig {
     pub token: TokenSource,
     /// Weft's CA.
     pub ca_server: CaServer,
-    /// The SDS socket (`APPMESH_SDS_SOCKET_PATH`); `None`: [`SDS_SOCKET_FILE`] in the run folder.
-    pub sds_socket: Option<PathBuf>,
 }
 
 /// What the CA issued, with the key it was issued for.
@@ -488,7 +486,8 @@ impl IdentityAgent {
 }
 
 /// The identity of a running proxy: the agent getting and renewing its certificate, and the
-/// SDS server handing it to Envoy. Dropping it stops both and removes the socket.
+/// SDS server handing it (and any certificates in files) to Envoy. Dropping it stops both and
+/// removes the socket.
 pub struct RunningIdentity {
     sds: SdsServer,
     agent: tokio::task::JoinHandle<AgentError>,
@@ -502,9 +501,14 @@ impl RunningIdentity {
         socket: &Path,
         resource: String,
         envoy: EnvoyIdentity,
+        files: crate::file_secrets::FileSecrets,
     ) -> Result<RunningIdentity, AgentError> {
         let agent = IdentityAgent::new(config.clone(), resource);
-        let sds = crate::sds::serve(socket, envoy, agent.credentials())?;
+        let sources = crate::sds::Sources {
+            credentials: agent.credentials(),
+            files,
+        };
+        let sds = crate::sds::serve(socket, envoy, sources)?;
         Ok(RunningIdentity {
             sds,
             agent: tokio::spawn(agent.run()),

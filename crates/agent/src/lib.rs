@@ -27,6 +27,7 @@ pub mod config;
 pub mod dns;
 pub mod envoy;
 pub mod error;
+pub mod file_secrets;
 pub mod http_client;
 pub mod identity;
 pub mod launch;

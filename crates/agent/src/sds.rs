@@ -3,11 +3,14 @@
 //! (`APPMESH_SDS_SOCKET_PATH`, as App Mesh's SPIRE integration used), reached through the
 //! bootstrap's static cluster [`crate::bootstrap::SDS_CLUSTER`].
 //!
-//! It serves two secrets ([`SERVED`]):
+//! It serves, with a workload identity (a join token), two secrets ([`SERVED`]):
 //! - [`IDENTITY_SECRET`] (`weft-identity`): a `tls_certificate`, the certificate chain and the
 //!   private key, inline;
 //! - [`TRUST_BUNDLE_SECRET`] (`weft-trust-bundle`): a `validation_context`, the CA
-//!   certificates to trust, inline.
+//!   certificates to trust, inline;
+//!
+//! and, with or without one, the certificates of App Mesh's `file` TLS sources read from the
+//! proxy's host ([`crate::file_secrets`]: `file-certificate:…`, `file-trust:…`).
 //!
 //! Both the state-of-the-world `StreamSecrets` (what Envoy uses for an `api_config_source` of
 //! type `GRPC`) and the incremental `DeltaSecrets` are served, and `FetchSecrets` answers once.
@@ -50,6 +53,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, error, info, warn};
 
 use crate::error::AgentError;
+use crate::file_secrets::FileSecrets;
 use crate::identity::{Credentials, CredentialsWatch, IDENTITY_SECRET, TRUST_BUNDLE_SECRET};
 use crate::launch::EnvoyIdentity;
 
@@ -92,26 +96,73 @@ fn pack(secret: Secret) -> Any {
     envoy_types::util::pack_any(secret)
 }
 
+/// Whether this server has (or will have) a secret of that name.
+fn serves(name: &str) -> bool {
+    SERVED.contains(&name) || FileSecrets::serves(name)
+}
+
 /// Logs, once per stream, each requested secret this server does not have.
 fn note_unknown<'a>(names: impl IntoIterator<Item = &'a String>, warned: &mut BTreeSet<String>) {
     for name in names {
-        if !SERVED.contains(&name.as_str()) && warned.insert(name.clone()) {
+        if !serves(name) && warned.insert(name.clone()) {
             warn!(secret = %name,
                   "Envoy asked for the SDS secret {name:?}, which this agent does not serve (it serves {IDENTITY_SECRET} and {TRUST_BUNDLE_SECRET}); Envoy waits for it, and whatever needs it stays unready");
         }
     }
 }
 
-/// The gRPC service over the credentials the identity agent publishes.
+/// Where the served secrets come from: the identity agent's credentials (never published
+/// without a join token) and the files `file` TLS sources name.
+#[derive(Clone)]
+pub struct Sources {
+    /// The workload identity, as the identity agent publishes it.
+    pub credentials: CredentialsWatch,
+    /// Certificates read from files.
+    pub files: FileSecrets,
+}
+
+impl Sources {
+    /// The secret `name` with its version, if it is there now.
+    fn lookup(&self, name: &str, credentials: Option<&Credentials>) -> Option<(String, Secret)> {
+        if SERVED.contains(&name) {
+            let credentials = credentials?;
+            return Some((credentials.version(), secret(name, credentials)?));
+        }
+        self.files.get(name)
+    }
+
+    /// Each of `names` that is there now, with its version, in order.
+    fn available(&self, names: &[String]) -> Vec<(String, Secret)> {
+        let credentials = self.credentials.borrow().clone();
+        names
+            .iter()
+            .filter_map(|n| self.lookup(n, credentials.as_deref()))
+            .collect()
+    }
+}
+
+/// One response's version: its secrets' distinct versions together (the identity's two
+/// secrets share theirs).
+fn version_of<'a>(versions: impl IntoIterator<Item = &'a str>) -> String {
+    let mut distinct: Vec<&str> = Vec::new();
+    for v in versions {
+        if !distinct.contains(&v) {
+            distinct.push(v);
+        }
+    }
+    distinct.join("/")
+}
+
+/// The gRPC service over [`Sources`].
 #[derive(Clone)]
 pub struct SdsService {
-    credentials: CredentialsWatch,
+    sources: Sources,
 }
 
 impl SdsService {
-    /// A service serving `credentials` as they change.
-    pub fn new(credentials: CredentialsWatch) -> Self {
-        SdsService { credentials }
+    /// A service serving `sources` as they change.
+    pub fn new(sources: Sources) -> Self {
+        SdsService { sources }
     }
 }
 
@@ -127,7 +178,7 @@ impl SecretDiscoveryService for SdsService {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(sotw(request.into_inner(), self.credentials.clone(), tx));
+        tokio::spawn(sotw(request.into_inner(), self.sources.clone(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -136,7 +187,7 @@ impl SecretDiscoveryService for SdsService {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(delta(request.into_inner(), self.credentials.clone(), tx));
+        tokio::spawn(delta(request.into_inner(), self.sources.clone(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -145,20 +196,17 @@ impl SecretDiscoveryService for SdsService {
         request: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
         let request = request.into_inner();
-        let current = self.credentials.borrow().clone();
-        let Some(current) = current else {
-            return Err(Status::unavailable(
-                "the proxy has no certificate yet: the agent is still getting it from Weft's CA",
-            ));
-        };
         note_unknown(&request.resource_names, &mut BTreeSet::new());
+        let available = self.sources.available(&wanted(&request.resource_names));
+        if available.is_empty() {
+            return Err(Status::unavailable(
+                "none of these secrets is there yet: the agent is still getting the proxy's \
+                 certificate from Weft's CA, or cannot read the files named",
+            ));
+        }
         Ok(Response::new(DiscoveryResponse {
-            version_info: current.version(),
-            resources: wanted(&request.resource_names)
-                .iter()
-                .filter_map(|n| secret(n, &current))
-                .map(pack)
-                .collect(),
+            version_info: version_of(available.iter().map(|(v, _)| v.as_str())),
+            resources: available.into_iter().map(|(_, s)| pack(s)).collect(),
             type_url: SECRET_TYPE_URL.into(),
             nonce: "fetch".into(),
             ..Default::default()
@@ -173,7 +221,7 @@ fn wanted(names: &[String]) -> Vec<String> {
     }
     let mut out: Vec<String> = Vec::new();
     for name in names {
-        if SERVED.contains(&name.as_str()) && !out.contains(name) {
+        if serves(name) && !out.contains(name) {
             out.push(name.clone());
         }
     }
@@ -193,14 +241,16 @@ fn wrong_type(type_url: &str) -> Option<Status> {
 }
 
 /// One `StreamSecrets` call: answers each change of the requested names, and each new
-/// certificate, with every requested secret it has.
+/// certificate (a renewal, a file changed on disk), with every requested secret it has.
 async fn sotw(
     mut requests: Streaming<DiscoveryRequest>,
-    mut credentials: CredentialsWatch,
+    sources: Sources,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
 ) {
+    let mut credentials = sources.credentials.clone();
+    let mut files = sources.files.subscribe();
     let mut names: Option<Vec<String>> = None;
-    let mut sent: Option<(u64, Vec<String>)> = None;
+    let mut sent: Option<Vec<(String, String)>> = None;
     let mut nonce = 0u64;
     let mut warned = BTreeSet::new();
     loop {
@@ -234,40 +284,49 @@ async fn sotw(
                     return;
                 }
             }
+            changed = files.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
             _ = tx.closed() => return,
         }
         let Some(wanted) = &names else { continue };
-        let current = credentials.borrow_and_update().clone();
-        let Some(current) = current else { continue };
-        if wanted.is_empty() || sent.as_ref() == Some(&(current.generation, wanted.clone())) {
+        credentials.borrow_and_update();
+        files.borrow_and_update();
+        let available = sources.available(wanted);
+        let key: Vec<(String, String)> = available
+            .iter()
+            .map(|(v, s)| (s.name.clone(), v.clone()))
+            .collect();
+        if available.is_empty() || sent.as_ref() == Some(&key) {
             continue;
         }
         nonce += 1;
+        let version = version_of(available.iter().map(|(v, _)| v.as_str()));
+        debug!(secrets = ?wanted, %version, "sending secrets to Envoy");
         let response = DiscoveryResponse {
-            version_info: current.version(),
-            resources: wanted
-                .iter()
-                .filter_map(|n| secret(n, &current))
-                .map(pack)
-                .collect(),
+            version_info: version,
+            resources: available.into_iter().map(|(_, s)| pack(s)).collect(),
             type_url: SECRET_TYPE_URL.into(),
             nonce: nonce.to_string(),
             ..Default::default()
         };
-        debug!(secrets = ?wanted, version = %current.version(), "sending secrets to Envoy");
         if tx.send(Ok(response)).await.is_err() {
             return;
         }
-        sent = Some((current.generation, wanted.clone()));
+        sent = Some(key);
     }
 }
 
 /// One `DeltaSecrets` call: sends each subscribed secret whose version Envoy does not have.
 async fn delta(
     mut requests: Streaming<DeltaDiscoveryRequest>,
-    mut credentials: CredentialsWatch,
+    sources: Sources,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
 ) {
+    let mut credentials = sources.credentials.clone();
+    let mut files = sources.files.subscribe();
     let mut subscribed: BTreeSet<String> = BTreeSet::new();
     let mut wildcard = false;
     let mut first = true;
@@ -320,19 +379,34 @@ async fn delta(
                     return;
                 }
             }
+            changed = files.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
             _ = tx.closed() => return,
         }
-        let current = credentials.borrow_and_update().clone();
-        let Some(current) = current else { continue };
-        let version = current.version();
-        let resources: Vec<DeltaResource> = SERVED
-            .iter()
-            .filter(|n| wildcard || subscribed.contains(**n))
-            .filter(|n| held.get(**n) != Some(&version))
-            .filter_map(|n| secret(n, &current))
-            .map(|s| DeltaResource {
+        credentials.borrow_and_update();
+        files.borrow_and_update();
+        let names: Vec<String> = if wildcard {
+            SERVED
+                .iter()
+                .map(|n| n.to_string())
+                .chain(subscribed.iter().cloned())
+                .collect()
+        } else {
+            subscribed.iter().cloned().collect()
+        };
+        if names.is_empty() {
+            continue;
+        }
+        let resources: Vec<DeltaResource> = sources
+            .available(&wanted(&names))
+            .into_iter()
+            .filter(|(version, s)| held.get(&s.name) != Some(version))
+            .map(|(version, s)| DeltaResource {
                 name: s.name.clone(),
-                version: version.clone(),
+                version,
                 resource: Some(pack(s)),
                 ..Default::default()
             })
@@ -342,10 +416,10 @@ async fn delta(
         }
         nonce += 1;
         for r in &resources {
-            held.insert(r.name.clone(), version.clone());
+            held.insert(r.name.clone(), r.version.clone());
         }
         let response = DeltaDiscoveryResponse {
-            system_version_info: version,
+            system_version_info: version_of(resources.iter().map(|r| r.version.as_str())),
             resources,
             type_url: SECRET_TYPE_URL.into(),
             nonce: nonce.to_string(),
@@ -361,7 +435,11 @@ async fn delta(
 pub struct SdsServer {
     path: PathBuf,
     task: tokio::task::JoinHandle<()>,
+    refresh: tokio::task::JoinHandle<()>,
     _stop: oneshot::Sender<()>,
+    /// Without a workload identity, the credentials' sender: kept, never used, so that the
+    /// streams watching it stay open.
+    _no_identity: Option<tokio::sync::watch::Sender<Option<Arc<Credentials>>>>,
 }
 
 impl SdsServer {
@@ -374,6 +452,7 @@ impl SdsServer {
 impl Drop for SdsServer {
     fn drop(&mut self) {
         self.task.abort();
+        self.refresh.abort();
         if is_socket(&self.path) {
             let _ = std::fs::remove_file(&self.path);
         }
@@ -388,11 +467,7 @@ fn is_socket(path: &Path) -> bool {
 
 /// Binds the socket at `path` for Envoy running as `envoy` (see the module's doc for who may
 /// connect) and serves `credentials` on it.
-pub fn serve(
-    path: &Path,
-    envoy: EnvoyIdentity,
-    credentials: CredentialsWatch,
-) -> Result<SdsServer, AgentError> {
+pub fn serve(path: &Path, envoy: EnvoyIdentity, sources: Sources) -> Result<SdsServer, AgentError> {
     const SETTING: &str = "APPMESH_SDS_SOCKET_PATH (--sds-socket-path)";
     if path.as_os_str().len() > MAX_SOCKET_PATH {
         return Err(AgentError::config(
@@ -458,7 +533,8 @@ pub fn serve(
         }
     });
     let (stop, stopped) = oneshot::channel::<()>();
-    let service = SecretDiscoveryServiceServer::new(SdsService::new(credentials));
+    let files = sources.files.clone();
+    let service = SecretDiscoveryServiceServer::new(SdsService::new(sources));
     let shown = path.display().to_string();
     let task = tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
@@ -475,8 +551,22 @@ pub fn serve(
     Ok(SdsServer {
         path: path.to_path_buf(),
         task,
+        refresh: files.spawn_refresh(crate::file_secrets::POLL_INTERVAL),
         _stop: stop,
+        _no_identity: None,
     })
+}
+
+/// [`serve`] for a proxy without a workload identity: only the certificates in files.
+pub fn serve_without_identity(
+    path: &Path,
+    envoy: EnvoyIdentity,
+    files: FileSecrets,
+) -> Result<SdsServer, AgentError> {
+    let (sender, credentials) = tokio::sync::watch::channel(None);
+    let mut server = serve(path, envoy, Sources { credentials, files })?;
+    server._no_identity = Some(sender);
+    Ok(server)
 }
 
 #[cfg(test)]
@@ -496,7 +586,11 @@ mod tests {
 
     fn server(dir: &Path) -> (SdsServer, Publish) {
         let (publish, credentials) = watch::channel(None);
-        let server = serve(&dir.join("sds.sock"), EnvoyIdentity::default(), credentials).unwrap();
+        let sources = Sources {
+            credentials,
+            files: FileSecrets::default(),
+        };
+        let server = serve(&dir.join("sds.sock"), EnvoyIdentity::default(), sources).unwrap();
         (server, publish)
     }
 
@@ -689,7 +783,11 @@ mod tests {
         // A file that is not a socket is never removed.
         std::fs::write(&path, "data").unwrap();
         let (_, credentials) = watch::channel(None);
-        let err = serve(&path, EnvoyIdentity::default(), credentials)
+        let sources = Sources {
+            credentials,
+            files: FileSecrets::default(),
+        };
+        let err = serve(&path, EnvoyIdentity::default(), sources)
             .err()
             .expect("refused");
         assert!(err.to_string().contains("not a socket"), "{err}");

@@ -131,16 +131,32 @@ impl Supervisor {
         hand_over(config, &envoy_bin, &dir, &bootstrap_path)?;
         // The SDS socket is made after `hand_over` gave the folder to Envoy's identity, and is
         // served before Envoy starts. Dropped (socket removed) when the run ends.
-        let mut identity = match &config.identity {
-            Some(identity) => Some(RunningIdentity::start(
-                identity,
-                identity.sds_socket.as_deref().unwrap_or(&dir),
-                config.resource.to_string(),
-                config.envoy_identity,
-            )?),
-            None => None,
+        let socket = config
+            .sds_socket
+            .clone()
+            .unwrap_or_else(|| dir.join(crate::identity::SDS_SOCKET_FILE));
+        let files = crate::file_secrets::FileSecrets::default();
+        let (mut identity, _files_only) = match &config.identity {
+            Some(identity) => (
+                Some(RunningIdentity::start(
+                    identity,
+                    &socket,
+                    config.resource.to_string(),
+                    config.envoy_identity,
+                    files,
+                )?),
+                None,
+            ),
+            None => (
+                None,
+                Some(crate::sds::serve_without_identity(
+                    &socket,
+                    config.envoy_identity,
+                    files,
+                )?),
+            ),
         };
-        let sds_socket = identity.as_ref().map(|i| i.socket().to_path_buf());
+        let sds_socket = Some(socket.clone());
         self.state.send_modify(|s| {
             s.bootstrap_path = Some(bootstrap_path.clone());
             s.sds_socket = sds_socket;
@@ -221,13 +237,11 @@ impl Supervisor {
     }
 }
 
-/// `config` with its SDS socket placed in `dir` when identity is on and no path was given.
+/// `config` with its SDS socket placed in `dir` when no path was given.
 fn with_sds_socket(config: &AgentConfig, dir: &Path) -> AgentConfig {
     let mut config = config.clone();
-    if let Some(identity) = &mut config.identity {
-        if identity.sds_socket.is_none() {
-            identity.sds_socket = Some(dir.join(crate::identity::SDS_SOCKET_FILE));
-        }
+    if config.sds_socket.is_none() {
+        config.sds_socket = Some(dir.join(crate::identity::SDS_SOCKET_FILE));
     }
     config
 }

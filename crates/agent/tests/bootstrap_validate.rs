@@ -72,8 +72,8 @@ async fn bootstraps_with_workload_identity_pass_envoy_validate_with_the_weft_sds
         base.identity = Some(IdentityConfig {
             token: TokenSource::File("/run/weft/token".into()),
             ca_server: CaServer::beside(&base.xds_endpoint),
-            sds_socket: Some("/run/weft/sds.sock".into()),
         });
+        base.sds_socket = Some("/run/weft/sds.sock".into());
         let clusters = weft_agent::bootstrap(&base)["static_resources"]["clusters"].clone();
         assert_eq!(clusters[1]["name"], weft_agent::bootstrap::SDS_CLUSTER);
         assert_eq!(weft_agent::bootstrap::SDS_CLUSTER, "weft_sds");
@@ -93,8 +93,8 @@ async fn bootstraps_with_mutual_tls_to_the_xds_server_pass_envoy_validate() {
         base.identity = Some(IdentityConfig {
             token: TokenSource::File("/run/weft/token".into()),
             ca_server: CaServer::beside(&base.xds_endpoint),
-            sds_socket: Some("/run/weft/sds.sock".into()),
         });
+        base.sds_socket = Some("/run/weft/sds.sock".into());
         base.xds_tls = true;
         let bootstrap = weft_agent::bootstrap(&base);
         let tls = &bootstrap["static_resources"]["clusters"][0]["transport_socket"];
