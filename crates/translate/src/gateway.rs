@@ -155,6 +155,7 @@ pub(crate) fn translate(
         options.egress_port,
         None,
         options.identity,
+        options.file_secrets,
     );
     let (egress_routes, reachable) = gateway_egress_routes(egress.route_configuration);
     let mut clusters: BTreeMap<String, Arc<XdsCluster>> = egress.clusters;
@@ -193,7 +194,10 @@ pub(crate) fn translate(
             None,
             filter,
         );
-        let server_tls = gateway_listener.tls.as_ref().map(tls::ServerTls::from);
+        let server_tls = gateway_listener
+            .tls
+            .as_ref()
+            .map(|t| tls::ServerTls::from(t).with_file_secrets(options.file_secrets));
         let (chains, inspect) = tls::chains(chain, server_tls.as_ref(), port_protocol(*protocol));
         let mut gateway_listener = listener::listener(
             names::ingress_listener(&options.listen_address, *port),

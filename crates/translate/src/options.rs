@@ -43,6 +43,12 @@ pub struct ProxyOptions {
     /// token). Without it, no TLS context may name that cluster: the secret would never come
     /// and every TLS handshake through it would fail (see the `tls` module).
     pub identity: bool,
+    /// `weft.file_secrets`: the proxy's agent serves the certificates `file` TLS sources name
+    /// over SDS (secrets `file-certificate:<chain>|<key>` and `file-trust:<chain>`), reading
+    /// and watching the files itself. With it, translation names those secrets instead of the
+    /// files, so that a missing or unreadable file leaves only that TLS unready (the agent
+    /// logs the path) instead of making Envoy refuse the whole config.
+    pub file_secrets: bool,
 }
 
 /// App Mesh's ingress port (envoy-metrics.md: `lds_ingress_0.0.0.0_15000`).
@@ -62,6 +68,7 @@ impl Default for ProxyOptions {
             app_address: "127.0.0.1".to_string(),
             listen_address_v6: None,
             identity: false,
+            file_secrets: false,
         }
     }
 }
@@ -133,6 +140,7 @@ impl ProxyOptions {
             options.app_address = ip_address(addr, "weft.app_address")?;
         }
         options.identity = bool_field(fields.get("weft.identity"), "weft.identity")?;
+        options.file_secrets = bool_field(fields.get("weft.file_secrets"), "weft.file_secrets")?;
         if let Some(value) = fields.get("weft.app_ports") {
             let Some(Kind::StructValue(ports)) = &value.kind else {
                 return Err(invalid(
@@ -298,6 +306,15 @@ mod tests {
         );
         let with = metadata(&[("weft.identity", Kind::BoolValue(true))]);
         assert!(ProxyOptions::from_metadata(&with).unwrap().identity);
+    }
+
+    #[test]
+    fn file_secrets_is_read_from_the_metadata_and_off_without_it() {
+        assert!(!ProxyOptions::default().file_secrets);
+        let with = metadata(&[("weft.file_secrets", Kind::BoolValue(true))]);
+        assert!(ProxyOptions::from_metadata(&with).unwrap().file_secrets);
+        let bad = metadata(&[("weft.file_secrets", Kind::StringValue("yes".into()))]);
+        assert!(ProxyOptions::from_metadata(&bad).is_err());
     }
 
     #[test]

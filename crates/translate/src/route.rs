@@ -143,12 +143,14 @@ pub(crate) fn egress(
     egress_port: u16,
     passthrough: Option<&str>,
     identity: bool,
+    file_secrets: bool,
 ) -> Egress {
     let mut builder = EgressBuilder {
         snapshot,
         targets,
         client: node,
         identity,
+        file_secrets,
         service: String::new(),
         clusters: BTreeMap::new(),
         ports: BTreeSet::new(),
@@ -258,6 +260,8 @@ struct EgressBuilder<'a> {
     client: &'a VirtualNodeData,
     /// Whether the client proxy has a Weft identity to present (mesh-wide mutual TLS).
     identity: bool,
+    /// Whether the client proxy's agent serves `file` certificates over SDS.
+    file_secrets: bool,
     /// The backend virtual service being built (the client policy's backend, and the SNI).
     service: String,
     clusters: BTreeMap<String, Arc<XdsCluster>>,
@@ -502,6 +506,7 @@ impl EgressBuilder<'_> {
             sni: &self.service,
             discovery_names: tls::discovery_names(node),
             identity: self.identity,
+            file_secrets: self.file_secrets,
             mesh_peer: self
                 .snapshot
                 .mtls

@@ -357,6 +357,59 @@ pub(crate) fn gateway_backend_defaults(
     }
 }
 
+// ---- files over SDS ----
+
+/// The prefix of the SDS secret under which an agent serves a `file` certificate and key (the
+/// proxy contract, `docs/proxy-contract.md`).
+pub const FILE_CERTIFICATE_SECRET_PREFIX: &str = "file-certificate:";
+/// The prefix of the SDS secret under which an agent serves a `file` validation trust.
+pub const FILE_TRUST_SECRET_PREFIX: &str = "file-trust:";
+
+/// A path in a secret name: `%` and `|` (the separator) percent-encoded.
+fn encode_path(path: &str) -> String {
+    path.replace('%', "%25").replace('|', "%7C")
+}
+
+impl Certificate {
+    /// With `on` (the agent serves files over SDS), a `file` certificate becomes the SDS secret
+    /// the agent serves it as.
+    fn files_over_sds(self, on: bool) -> Certificate {
+        match self {
+            Certificate::File { chain, key } if on => Certificate::Sds(format!(
+                "{FILE_CERTIFICATE_SECRET_PREFIX}{}|{}",
+                encode_path(&chain),
+                encode_path(&key)
+            )),
+            other => other,
+        }
+    }
+}
+
+impl Trust {
+    /// Like [`Certificate::files_over_sds`], for a `file` trust.
+    fn files_over_sds(self, on: bool) -> Trust {
+        match self {
+            Trust::File(chain) if on => {
+                Trust::Sds(format!("{FILE_TRUST_SECRET_PREFIX}{}", encode_path(&chain)))
+            }
+            other => other,
+        }
+    }
+}
+
+impl ServerTls {
+    /// This listener TLS with its `file` sources over SDS when the proxy's agent serves them
+    /// ([`crate::ProxyOptions::file_secrets`]). Applied after the spec's checks, which
+    /// judge the spec as written.
+    pub(crate) fn with_file_secrets(mut self, on: bool) -> ServerTls {
+        self.certificate = self.certificate.files_over_sds(on);
+        if let Some(v) = &mut self.validation {
+            v.trust = std::mem::replace(&mut v.trust, Trust::Acm).files_over_sds(on);
+        }
+        self
+    }
+}
+
 // ---- checks ----
 
 /// Why Envoy would refuse `value` as a path or secret name: empty, or with a NUL (which no
@@ -845,6 +898,9 @@ pub(crate) struct Origination<'a> {
     pub discovery_names: Vec<String>,
     /// Whether the client proxy has a Weft identity (may use SDS).
     pub identity: bool,
+    /// Whether the client proxy's agent serves `file` certificates over SDS
+    /// ([`crate::ProxyOptions::file_secrets`]).
+    pub file_secrets: bool,
     /// The target's SPIFFE id when the mesh's `weft:mtls` tag is on: a target listener
     /// without its own `tls` then serves mesh-wide mutual TLS.
     pub mesh_peer: Option<String>,
@@ -897,8 +953,10 @@ pub(crate) fn upstream(origination: &Origination<'_>) -> Option<XdsTransportSock
         if v.sans.is_empty() {
             v.sans.clone_from(&origination.discovery_names);
         }
+        v.trust = v.trust.files_over_sds(origination.file_secrets);
         v
     });
+    let certificate = certificate.map(|c| c.files_over_sds(origination.file_secrets));
     let mut context = XdsCommonTlsContext {
         alpn_protocols: upstream_alpn(origination.protocol),
         validation_context_type: validation.as_ref().map(validation_context),
@@ -1042,6 +1100,46 @@ mod tests {
             panic!("no typed config")
         };
         XdsUpstreamTlsContext::decode(any.value.as_slice()).unwrap()
+    }
+
+    #[test]
+    fn file_sources_become_the_agent_s_sds_secrets_when_it_serves_them() {
+        let mut spec = server(ListenerTlsMode::Strict, file_cert());
+        spec.validation = Some(ListenerTlsValidationContext {
+            trust: ListenerTlsValidationContextTrust::File(TlsValidationContextFileTrust {
+                certificate_chain: "/certs/100%|ca.pem".into(),
+            }),
+            subject_alternative_names: None,
+        });
+        // An older agent, or Envoy without Weft's agent: Envoy reads the files itself.
+        let ctx = downstream_context(&downstream(
+            &ServerTls::from(&spec).with_file_secrets(false),
+            PortProtocol::Http,
+        ));
+        let common = ctx.common_tls_context.unwrap();
+        assert_eq!(common.tls_certificates.len(), 1);
+        assert!(common.tls_certificate_sds_secret_configs.is_empty());
+        // Weft's agent: secrets it reads, checks and watches, so a missing file never makes
+        // Envoy refuse the config.
+        let ctx = downstream_context(&downstream(
+            &ServerTls::from(&spec).with_file_secrets(true),
+            PortProtocol::Http,
+        ));
+        let common = ctx.common_tls_context.unwrap();
+        assert!(common.tls_certificates.is_empty());
+        let secret = &common.tls_certificate_sds_secret_configs[0];
+        assert_eq!(
+            secret.name,
+            "file-certificate:/certs/red.pem|/certs/red.key"
+        );
+        let Some(XdsValidationContextType::ValidationContextSdsSecretConfig(trust)) =
+            common.validation_context_type
+        else {
+            panic!("trust over SDS")
+        };
+        assert_eq!(trust.name, "file-trust:/certs/100%25%7Cca.pem");
+        let source = format!("{:?}", secret.sds_config);
+        assert!(source.contains(SDS_CLUSTER), "{source}");
     }
 
     #[test]
@@ -1217,6 +1315,7 @@ mod tests {
             sni: "red.apps.local",
             discovery_names: vec!["red.apps.local".into()],
             identity: true,
+            file_secrets: false,
             mesh_peer: None,
         })
         .unwrap();
@@ -1278,6 +1377,7 @@ mod tests {
             sni: "colors.apps.local",
             discovery_names: vec!["red.local".into()],
             identity: true,
+            file_secrets: false,
             mesh_peer: None,
         }
     }
@@ -1440,6 +1540,7 @@ mod tests {
             sni: "red.apps.local",
             discovery_names: vec!["red.local".into()],
             identity,
+            file_secrets: false,
             mesh_peer: Some("spiffe://example.org/mesh/apps/virtualNode/red".into()),
         }
     }

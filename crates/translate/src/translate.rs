@@ -235,7 +235,7 @@ fn ingress(
         out.clusters.insert(cluster.name.clone(), Arc::new(cluster));
         // The listener's own `tls` wins over the mesh-wide default (`weft:mtls`).
         let server_tls = match &node_listener.tls {
-            Some(own) => Some(tls::ServerTls::from(own)),
+            Some(own) => Some(tls::ServerTls::from(own).with_file_secrets(options.file_secrets)),
             None => tls::mesh_server(snapshot, options),
         };
         let chain = listener::filter_chain(chain_name, (!explicit).then_some(port), filter);
@@ -345,6 +345,7 @@ fn egress(
         options.egress_port,
         catch_all.as_deref(),
         options.identity,
+        options.file_secrets,
     );
     let hcm = listener::http_connection_manager(
         EGRESS_STAT_PREFIX,
