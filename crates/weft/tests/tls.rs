@@ -338,3 +338,113 @@ async fn mutual_tls_through_a_node_and_a_gateway_over_ads_and_live_mode_changes(
         );
     }
 }
+
+/// The serial numbers of the certificates Envoy holds for `dns_name` (admin `/certs`).
+fn serials_for(envoy: &Agent, dns_name: &str) -> Vec<String> {
+    let certs: serde_json::Value =
+        serde_json::from_str(&envoy.admin("/certs").unwrap_or_default()).unwrap_or_default();
+    let mut serials = Vec::new();
+    for cert in certs["certificates"].as_array().into_iter().flatten() {
+        for c in cert["cert_chain"].as_array().into_iter().flatten() {
+            let named = c["subject_alt_names"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|san| san["dns"] == dns_name);
+            if named {
+                serials.push(c["serial_number"].as_str().unwrap_or_default().to_string());
+            }
+        }
+    }
+    serials
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_certificate_file_never_makes_envoy_refuse_config_and_files_are_picked_up_and_rotated_on_disk(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path());
+    let server = WeftServer::start();
+    let api = MeshApi::create(&server.client(), "apps", MeshSpec::new()).await;
+    let (red_port, blue_port) = (free_port(), free_port());
+    let (_red_app, red_app_port) = sample_app("red");
+    let (_blue_app, blue_app_port) = sample_app("blue");
+
+    // red's certificate files are named before they exist (a secret not mounted yet).
+    let (chain, key) = (dir.path().join("red.pem"), dir.path().join("red.key"));
+    let tls = t::ListenerTls::builder()
+        .mode(t::ListenerTlsMode::Strict)
+        .certificate(t::ListenerTlsCertificate::File(
+            t::ListenerTlsFileCertificate::builder()
+                .certificate_chain(chain.to_str().unwrap())
+                .private_key(key.to_str().unwrap())
+                .build()
+                .unwrap(),
+        ));
+    create_node(&api, "red", tls_node(red_port, tls.build().unwrap())).await;
+    api.service("red.apps.local", ServiceSpec::by_node("red"))
+        .await;
+    api.node("blue", NodeSpec::http("127.0.0.1", blue_port))
+        .await;
+    api.service("blue.apps.local", ServiceSpec::by_node("blue"))
+        .await;
+    api.node(
+        "web",
+        NodeSpec::client(&["red.apps.local", "blue.apps.local"]),
+    )
+    .await;
+    let red = agent(
+        &server.xds_addr,
+        "apps",
+        "red",
+        &[(red_port, red_app_port)],
+        "sotw",
+    );
+    let blue = agent(
+        &server.xds_addr,
+        "apps",
+        "blue",
+        &[(blue_port, blue_app_port)],
+        "sotw",
+    );
+    let web = agent(&server.xds_addr, "apps", "web", &[], "sotw");
+
+    // blue is served; red's listener waits for its certificate, and nothing is refused.
+    wait_until(Duration::from_secs(30), || {
+        web.get("blue.apps.local", "/", &[])
+            .is_ok_and(|(s, b)| s == 200 && b.contains("blue"))
+    });
+    assert_ne!(
+        web.get("red.apps.local", "/", &[]).map(|(s, _)| s).ok(),
+        Some(200)
+    );
+    for envoy in [&red, &blue, &web] {
+        assert_eq!(envoy.stat_sum("update_rejected"), 0, "an Envoy NACKed");
+    }
+
+    // The files appear: red serves TLS with them within the agent's next read.
+    ca.leaf("red", &["red.apps.local", "127.0.0.1"]);
+    wait_until(Duration::from_secs(20), || {
+        web.get("red.apps.local", "/", &[])
+            .is_ok_and(|(s, b)| s == 200 && b.contains("red"))
+    });
+    let first = serials_for(&red, "red.apps.local");
+    assert_eq!(first.len(), 1, "{first:?}");
+
+    // Rotated on disk: Envoy holds the new certificate without a restart or a config change,
+    // and requests keep succeeding.
+    ca.leaf("red", &["red.apps.local", "127.0.0.1"]);
+    wait_until(Duration::from_secs(20), || {
+        let now = serials_for(&red, "red.apps.local");
+        !now.is_empty() && now != first
+    });
+    for _ in 0..5 {
+        assert_eq!(
+            web.get("red.apps.local", "/", &[]).map(|(s, _)| s).ok(),
+            Some(200)
+        );
+    }
+    for envoy in [&red, &blue, &web] {
+        assert_eq!(envoy.stat_sum("update_rejected"), 0, "an Envoy NACKed");
+    }
+}
