@@ -95,14 +95,15 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListen
 /// Logs at most one warning per period for a recurring condition (a full
 /// listener, a failing `accept`), so that a flood cannot flood the log too.
 #[derive(Debug)]
-pub(crate) struct Throttled {
+pub struct Throttled {
     last: std::sync::Mutex<Option<std::time::Instant>>,
     suppressed: std::sync::atomic::AtomicU64,
     period: Duration,
 }
 
 impl Throttled {
-    pub(crate) fn new(period: Duration) -> Self {
+    /// At most one line per `period`.
+    pub fn new(period: Duration) -> Self {
         Throttled {
             last: std::sync::Mutex::new(None),
             suppressed: std::sync::atomic::AtomicU64::new(0),
@@ -112,7 +113,7 @@ impl Throttled {
 
     /// Returns how many were suppressed since the last one if it is time to
     /// log again, else `None`.
-    pub(crate) fn due(&self) -> Option<u64> {
+    pub fn due(&self) -> Option<u64> {
         use std::sync::atomic::Ordering;
         let now = std::time::Instant::now();
         let mut last = self

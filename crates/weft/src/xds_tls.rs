@@ -154,16 +154,24 @@ pub fn incoming(
     ca: CaService,
 ) -> impl Stream<Item = io::Result<TlsConn>> + Send + 'static {
     let acceptor = TlsAcceptor::from(config);
+    // A client retrying (or flooding) the port with bad handshakes costs it, not the log: at
+    // most one line a second, with how many were left out.
+    let refusals = Arc::new(weft_listen::Throttled::new(Duration::from_secs(1)));
     incoming
         .filter_map(|conn| async move { conn.ok() })
         .map(move |conn| accept(acceptor.clone(), ca.clone(), conn))
         .buffer_unordered(CONCURRENT_HANDSHAKES)
-        .filter_map(|accepted| async move {
-            match accepted {
-                Ok(conn) => Some(Ok(conn)),
-                Err(why) => {
-                    tracing::info!("xDS connection refused: {why}");
-                    None
+        .filter_map(move |accepted| {
+            let refusals = refusals.clone();
+            async move {
+                match accepted {
+                    Ok(conn) => Some(Ok(conn)),
+                    Err(why) => {
+                        if let Some(suppressed) = refusals.due() {
+                            tracing::info!(suppressed, "xDS connection refused: {why}");
+                        }
+                        None
+                    }
                 }
             }
         })
