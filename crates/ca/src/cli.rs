@@ -1,14 +1,13 @@
 //! The command line: `weft server`'s CA flags ([`CaArgs`]) and `weft join-token`
-//! ([`JoinTokenArgs`]), which calls a running server's API.
+//! ([`JoinTokenArgs`]), which calls a running server's API, signed with an administrator's
+//! access key.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use weft_auth::client::Answer;
 
 use crate::duration;
-use crate::http::{CreateTokenJson, ErrorJson, TokenJson, TokenListJson, JOIN_TOKENS};
+use crate::http::{CreateTokenJson, TokenJson, TokenListJson, JOIN_TOKENS};
 use crate::identity::{TrustDomain, DEFAULT_TRUST_DOMAIN};
 use crate::service::{CaConfig, MAX_WORKLOAD_CERT_TTL, MIN_WORKLOAD_CERT_TTL};
 use crate::CaError;
@@ -120,77 +119,24 @@ enum JoinTokenCommand {
     },
 }
 
-/// An answer from the server.
-struct Answer {
-    status: u16,
-    body: Bytes,
-}
-
-/// One HTTP/1.1 exchange with the server at `base` (`http://host:port` or `host:port`).
+/// One exchange with the server's admin endpoints, signed with SigV4 (service `weft`) with the
+/// credentials of the environment, as the AWS CLI finds them (see [`weft_auth::client`]).
 async fn exchange(
     base: &str,
     method: &str,
     path: &str,
     body: Option<Vec<u8>>,
 ) -> Result<Answer, CaError> {
-    let authority = base
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
-    if authority.starts_with("https://") {
-        return Err(CaError::Client(
-            "--server must be an http:// address (the API listener speaks plain HTTP)".into(),
-        ));
-    }
-    let unreachable = |e: &dyn std::fmt::Display| {
-        CaError::Client(format!("cannot reach the server at {authority}: {e}"))
-    };
-    let work = async {
-        let stream = tokio::net::TcpStream::connect(&authority)
-            .await
-            .map_err(|e| unreachable(&e))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| unreachable(&e))?;
-        tokio::spawn(connection);
-        let mut request = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(http::header::HOST, &authority);
-        if body.is_some() {
-            request = request.header(http::header::CONTENT_TYPE, "application/json");
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| CaError::Client(format!("building the request: {e}")))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| unreachable(&e))?;
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| unreachable(&e))?
-            .to_bytes();
-        Ok(Answer { status, body })
-    };
-    tokio::time::timeout(Duration::from_secs(10), work)
+    let creds =
+        weft_auth::client::from_environment().map_err(|e| CaError::Client(e.to_string()))?;
+    weft_auth::client::exchange(base, method, path, body, creds.as_ref())
         .await
-        .map_err(|_| CaError::Client(format!("the server at {authority} did not answer in 10 s")))?
+        .map_err(|e| CaError::Client(e.to_string()))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(answer: &Answer) -> Result<T, CaError> {
     if !(200..300).contains(&answer.status) {
-        let message = serde_json::from_slice::<ErrorJson>(&answer.body)
-            .map(|e| format!("{}: {}", e.code, e.message))
-            .unwrap_or_else(|_| String::from_utf8_lossy(&answer.body).into_owned());
-        return Err(CaError::Client(format!(
-            "the server answered {}: {message}",
-            answer.status
-        )));
+        return Err(CaError::Client(weft_auth::client::error_message(answer)));
     }
     serde_json::from_slice(&answer.body)
         .map_err(|e| CaError::Client(format!("the server's answer is not the expected JSON: {e}")))
@@ -260,6 +206,7 @@ pub async fn run(args: JoinTokenArgs) -> Result<(), CaError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn the_default_flags_make_a_valid_config_and_bad_ones_are_refused() {

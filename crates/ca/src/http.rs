@@ -14,9 +14,11 @@
 //! resource deleted), 404 (`NotFound`), 413 (`PayloadTooLarge`: bodies are limited to
 //! [`MAX_BODY`]), 500 and 503 (the store).
 //!
-//! The join-token calls are administrative and not authenticated yet, like the App Mesh API
-//! itself today: anyone who reaches the API listener can create tokens. Keep the listener on
-//! loopback or a trusted network until request signing (SigV4) lands.
+//! The join-token calls are administrative: `weft server` puts them behind weft-auth's layer,
+//! which requires a SigV4 signature (service `weft`) by a key whose policy allows
+//! `weft:CreateJoinToken`, `weft:ListJoinTokens` or `weft:RevokeJoinToken` (an administrator's).
+//! The certificate and trust-bundle calls stay open there: a join token or the current
+//! certificate authenticates them.
 
 use std::time::{Duration, SystemTime};
 

@@ -39,6 +39,9 @@ enum Command {
     /// Create, list and revoke the join tokens proxies prove who they are with the first
     /// time they ask the control plane's CA for a certificate.
     JoinToken(weft_ca::cli::JoinTokenArgs),
+    /// Create, list and revoke the access keys the API accepts (signed with an administrator's
+    /// key from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_SHARED_CREDENTIALS_FILE).
+    AccessKey(weft_auth::cli::AccessKeyArgs),
     /// Run beside a workload: write the Envoy bootstrap from App Mesh's
     /// environment variables, start Envoy and keep it running.
     Agent(Box<AgentCmd>),
@@ -223,6 +226,7 @@ fn main() -> Result<()> {
             Command::Agent(args) => agent(*args).await,
             Command::ProxyStatus(args) => proxy_status::run(args).await,
             Command::JoinToken(args) => Ok(weft_ca::cli::run(args).await?),
+            Command::AccessKey(args) => Ok(weft_auth::cli::run(args).await?),
             Command::SampleApp(args) => {
                 weft_agent::run_sample_app(&args, shutdown_signal()).await?;
                 Ok(())

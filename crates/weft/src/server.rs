@@ -101,7 +101,19 @@ pub struct ServerArgs {
     /// (the name proxies reach it by). Repeatable.
     #[arg(long = "xds-server-name", value_name = "NAME")]
     pub xds_server_names: Vec<String>,
+    /// Accept every App Mesh, Cloud Map and admin request whatever its signature, or none: for
+    /// local experiments only. Said loudly in the log. Without it, requests must be signed
+    /// (SigV4) with an access key the server holds.
+    #[arg(long, env = "WEFT_INSECURE_NO_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure_no_auth: bool,
+    /// The key-encryption key access keys' secrets are sealed under (created, mode 0600, if
+    /// missing). Default: `<data-dir>/auth-kek`. Replicas sharing a store share this file.
+    #[arg(long, env = "WEFT_AUTH_KEK_FILE", value_name = "FILE")]
+    pub auth_kek_file: Option<PathBuf>,
 }
+
+/// The file the administrator's access key is written to on first start, in the data folder.
+pub const ADMIN_CREDENTIALS: &str = "admin-credentials";
 
 /// Where the DNS server listens unless told otherwise: loopback, on the
 /// port Consul's DNS interface made familiar (a port under 1024 needs
@@ -120,6 +132,9 @@ pub struct ControlPlane {
     pub xds_addr: SocketAddr,
     /// Where the DNS server listens (UDP and TCP).
     pub dns_addr: SocketAddr,
+    /// The AWS credentials file holding the administrator's key, if the server wrote one (on
+    /// the first start of its store).
+    pub admin_credentials: Option<PathBuf>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -154,6 +169,8 @@ impl ServerArgs {
             xds_tls: false,
             insecure_plaintext_xds: false,
             xds_server_names: Vec::new(),
+            insecure_no_auth: false,
+            auth_kek_file: None,
         }
     }
 }
@@ -284,6 +301,7 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
     .await
     .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
     let store: SharedStore = store;
+    let (auth, admin_credentials) = authenticator(args, &config, &store).await?;
     let ca = weft_ca::CaService::start(store.clone(), ca_config)
         .await
         .context("starting the certificate authority")?;
@@ -421,7 +439,9 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
     let app = weft_api::router(service.clone())
         .merge(weft_registry::router(registry))
         .merge(proxy_status::router(ads, failures, xds_security))
-        .merge(weft_ca::http::router(ca.clone()));
+        .merge(weft_ca::http::router(ca.clone()))
+        .merge(weft_auth::admin::router(auth.clone()));
+    let app = auth.wrap(app);
     if let Some(listener) = ca_listener {
         let stop = stopped(stop_rx.clone());
         let app = weft_ca::http::workload_router(ca.clone());
@@ -442,9 +462,54 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
         api_addr,
         xds_addr,
         dns_addr,
+        admin_credentials,
         stop,
         tasks,
     })
+}
+
+/// The API's authentication: the key-encryption key (created on first start), the
+/// administrator's key and its credentials file on a store without keys, and whether requests
+/// are verified.
+async fn authenticator(
+    args: &ServerArgs,
+    config: &ApiConfig,
+    store: &SharedStore,
+) -> Result<(weft_auth::Authenticator, Option<PathBuf>)> {
+    let kek_path = args
+        .auth_kek_file
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("auth-kek"));
+    let kek = weft_auth::Kek::load_or_create(&kek_path)?;
+    let credentials = args.data_dir.join(ADMIN_CREDENTIALS);
+    let created =
+        weft_auth::keys::bootstrap(&**store, &kek, &credentials, std::time::SystemTime::now())
+            .await
+            .context("creating the administrator's access key")?;
+    if let Some(id) = &created {
+        tracing::info!(key_id = %id, path = %credentials.display(), "created the administrator's access key; its credentials file is at the path");
+    }
+    let mode = if args.insecure_no_auth {
+        tracing::warn!(
+            "the API accepts every request unauthenticated (--insecure-no-auth): anyone who \
+             reaches {} can read, change and delete every mesh, and create join tokens. For \
+             local experiments only; without the flag requests must be signed (SigV4) with an \
+             access key the server holds",
+            args.listen
+        );
+        weft_auth::Mode::Insecure
+    } else {
+        weft_auth::Mode::Verify
+    };
+    let auth = weft_auth::Authenticator::new(
+        mode,
+        store.clone(),
+        std::sync::Arc::new(kek),
+        &config.region,
+        &config.account,
+        config.max_body_bytes,
+    );
+    Ok((auth, created.map(|_| credentials)))
 }
 
 /// How long a stopping control plane waits for its tasks: past this, what
@@ -479,6 +544,17 @@ pub async fn run(args: ServerArgs, shutdown: impl std::future::Future<Output = (
     println!("weft api listening on http://{}", cp.api_addr);
     println!("weft xds listening on {}", cp.xds_addr);
     println!("weft dns listening on {}", cp.dns_addr);
+    if let Some(path) = &cp.admin_credentials {
+        // The path only: the secret stays in the file.
+        println!(
+            "weft admin credentials written to {} (AWS_SHARED_CREDENTIALS_FILE={} aws appmesh …)",
+            path.display(),
+            path.display()
+        );
+    }
+    if args.insecure_no_auth {
+        println!("weft api UNAUTHENTICATED (--insecure-no-auth): any request is accepted");
+    }
     shutdown.await;
     cp.stop().await;
     Ok(())

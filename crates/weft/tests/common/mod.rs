@@ -136,6 +136,7 @@ impl WeftServer {
             }
         }
         let (addr, xds_addr, dns_addr) = (addr.unwrap(), xds_addr.unwrap(), dns_addr.unwrap());
+        remember_admin_credentials(&addr, dir);
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         WeftServer {
@@ -148,7 +149,7 @@ impl WeftServer {
         }
     }
 
-    /// An App Mesh client with static test credentials and the endpoint overridden.
+    /// An App Mesh client signing with the server's administrator key, the endpoint overridden.
     pub fn client(&self) -> aws_sdk_appmesh::Client {
         client_for(&self.addr)
     }
@@ -162,13 +163,7 @@ impl WeftServer {
         let config = aws_sdk_appmesh::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new(
-                "AKIDTEST",
-                "secret",
-                None,
-                None,
-                "weft-tests",
-            ))
+            .credentials_provider(credentials_for(&self.addr))
             .endpoint_url(&self.addr)
             .retry_config(RetryConfig::disabled())
             .timeout_config(
@@ -285,18 +280,67 @@ pub async fn stalled_request(addr: &str, key: &str) -> tokio::net::TcpStream {
     s
 }
 
-/// An App Mesh client for the API at `addr`, with static test credentials.
+/// The administrator keys of the servers started by this test process, by API address: each
+/// server writes its own to `<data-dir>/admin-credentials` on first start.
+static ADMIN_KEYS: std::sync::Mutex<Vec<(String, String, String)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Reads the administrator's key a server wrote into `dir` (if it did: a restarted server keeps
+/// its first key) and remembers it for clients of `addr`.
+fn remember_admin_credentials(addr: &str, dir: &Path) {
+    let Ok(text) = std::fs::read_to_string(dir.join("admin-credentials")) else {
+        return;
+    };
+    let value = |name: &str| {
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .find(|(k, _)| k.trim() == name)
+            .map(|(_, v)| v.trim().to_string())
+    };
+    if let (Some(id), Some(secret)) = (value("aws_access_key_id"), value("aws_secret_access_key")) {
+        let mut keys = ADMIN_KEYS.lock().unwrap();
+        keys.retain(|(a, _, _)| a != addr);
+        keys.push((addr.to_string(), id, secret));
+    }
+}
+
+/// The administrator's access key id and secret of the server at `addr` (throwaway ones for an
+/// address no server of this process wrote a key for).
+pub fn admin_key(addr: &str) -> (String, String) {
+    ADMIN_KEYS
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(a, _, _)| a == addr)
+        .map(|(_, id, secret)| (id.clone(), secret.clone()))
+        .unwrap_or_else(|| ("AKIDTEST".into(), "secret".into()))
+}
+
+/// SDK credentials of the administrator of the server at `addr`.
+pub fn credentials_for(addr: &str) -> Credentials {
+    let (id, secret) = admin_key(addr);
+    Credentials::new(id, secret, None, None, "weft-tests")
+}
+
+/// The environment that makes AWS tools (and `weft` commands) sign as the administrator of the
+/// server at `addr`, with no user configuration read.
+pub fn aws_env(addr: &str) -> Vec<(&'static str, String)> {
+    let (id, secret) = admin_key(addr);
+    vec![
+        ("AWS_ACCESS_KEY_ID", id),
+        ("AWS_SECRET_ACCESS_KEY", secret),
+        ("AWS_DEFAULT_REGION", "us-east-1".into()),
+        ("AWS_CONFIG_FILE", "/dev/null".into()),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()),
+    ]
+}
+
+/// An App Mesh client for the API at `addr`, signing as its administrator.
 pub fn client_for(addr: &str) -> aws_sdk_appmesh::Client {
     let config = aws_sdk_appmesh::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(
-            "AKIDTEST",
-            "secret",
-            None,
-            None,
-            "weft-tests",
-        ))
+        .credentials_provider(credentials_for(addr))
         .endpoint_url(addr)
         .build();
     aws_sdk_appmesh::Client::from_conf(config)
@@ -307,6 +351,7 @@ pub fn join_token(addr: &str, resource: &str, ttl: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_weft"))
         .args(["join-token", "create", "--resource", resource, "--ttl", ttl])
         .args(["--server", addr])
+        .envs(aws_env(addr))
         .output()
         .unwrap();
     assert!(
@@ -331,18 +376,14 @@ pub fn exact_sans(names: &[&str]) -> aws_sdk_appmesh::types::SubjectAlternativeN
 }
 
 /// Runs `aws appmesh <args>` (the AWS CLI, installed by scripts/test) against the server at
-/// `endpoint` with throwaway credentials and no user configuration; its JSON output, or its
-/// error text.
+/// `endpoint` as its administrator, with no user configuration; its JSON output, or its error
+/// text.
 pub fn aws_appmesh(endpoint: &str, args: &[&str]) -> Result<serde_json::Value, String> {
     let out = Command::new("aws")
         .arg("appmesh")
         .args(args)
         .args(["--endpoint-url", endpoint, "--output", "json"])
-        .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
-        .env("AWS_SECRET_ACCESS_KEY", "secret")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .envs(aws_env(endpoint))
         .env("AWS_MAX_ATTEMPTS", "1")
         .env_remove("AWS_PROFILE")
         .output()
