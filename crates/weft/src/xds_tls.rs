@@ -3,6 +3,7 @@
 //! verifies, and the resource its SPIFFE id names goes with each request (as
 //! [`weft_xds::PeerIdentity`]) so that a proxy only ever gets its own config.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -67,22 +68,30 @@ pub fn server_config(authority: &Authority, names: &[String]) -> Result<Arc<Serv
     Ok(Arc::new(config))
 }
 
-/// The resource a workload certificate's SPIFFE id names, if it has one of `authority`'s
-/// trust domain.
-pub fn certificate_resource(authority: &Authority, der: &[u8]) -> Option<Resource> {
+/// The resource a workload certificate's SPIFFE id names (if it has one of `authority`'s trust
+/// domain) and the end of its validity.
+fn certificate_holder(authority: &Authority, der: &[u8]) -> Option<(Resource, SystemTime)> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let not_after = u64::try_from(cert.validity().not_after.timestamp())
+        .ok()
+        .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))?;
     let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|name| match name {
+    let resource = san.value.general_names.iter().find_map(|name| match name {
         GeneralName::URI(uri) => Resource::from_spiffe_id(uri, authority.trust_domain()),
         _ => None,
-    })
+    })?;
+    Some((resource, not_after))
 }
 
 /// An authenticated xDS connection: TLS over a guarded TCP connection, and who is at the
-/// other end.
+/// other end. It ends when the client's certificate expires: a proxy's identity is checked
+/// again at least once per certificate lifetime (its Envoy reconnects with the certificate it
+/// renewed at half life, keeping its config meanwhile), and a proxy whose resource was
+/// deleted, which the CA no longer renews, is shut out once its last certificate ends.
 pub struct TlsConn {
     io: TlsStream<Guarded>,
     peer: PeerIdentity,
+    expiry: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl AsyncRead for TlsConn {
@@ -91,7 +100,16 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let this = self.get_mut();
+        if this.expiry.as_mut().poll(cx).is_ready() {
+            tracing::info!(resource = %this.peer.resource, remote = ?this.peer.remote,
+                "closing an xDS connection: the client's certificate expired");
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the client's certificate expired",
+            )));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
     }
 }
 
@@ -128,21 +146,25 @@ async fn accept(acceptor: TlsAcceptor, ca: CaService, conn: Guarded) -> Result<T
         .await
         .map_err(|_| format!("{remote:?}: TLS handshake timed out"))?
         .map_err(|e| format!("{remote:?}: TLS handshake failed: {e}"))?;
-    let resource = io
+    let (resource, not_after) = io
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|certs| certs.first())
-        .and_then(|leaf| certificate_resource(ca.authority(), leaf.as_ref()))
+        .and_then(|leaf| certificate_holder(ca.authority(), leaf.as_ref()))
         .ok_or_else(|| {
             format!("{remote:?}: the client certificate names no proxy of this trust domain")
         })?;
+    let left = not_after
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
     Ok(TlsConn {
         io,
         peer: PeerIdentity {
             remote,
             resource: resource.path(),
         },
+        expiry: Box::pin(tokio::time::sleep(left)),
     })
 }
 
