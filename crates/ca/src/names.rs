@@ -65,8 +65,17 @@ pub async fn dns_names(
             let Some(node) = store.get(&key).await?.and_then(|kv| record(&kv.value)) else {
                 return Ok(None);
             };
-            if let Some(host) = node["spec"]["serviceDiscovery"]["dns"]["hostname"].as_str() {
+            let discovery = &node["spec"]["serviceDiscovery"];
+            if let Some(host) = discovery["dns"]["hostname"].as_str() {
                 names.push(host.to_string());
+            }
+            // A Cloud Map node's clients validate `<service>.<namespace>` when they name no
+            // SAN (tls.md, "Certificate requirements"), as for a DNS hostname.
+            if let (Some(service), Some(namespace)) = (
+                discovery["awsCloudMap"]["serviceName"].as_str(),
+                discovery["awsCloudMap"]["namespaceName"].as_str(),
+            ) {
+                names.push(format!("{service}.{namespace}"));
             }
             for service in
                 records(store, keys::scope_prefix(Kind::VirtualService, mesh, None)).await?
@@ -187,6 +196,17 @@ mod tests {
         assert_eq!(
             dns_names(store, &red).await.unwrap().unwrap(),
             vec!["colors.svc", "red.apps.local", "red.svc"]
+        );
+        put(
+            store,
+            id(Kind::VirtualNode, "teller"),
+            json!({"spec": {"serviceDiscovery": {"awsCloudMap": {"namespaceName": "apps.local", "serviceName": "colorteller"}}}}),
+        )
+        .await;
+        let teller = Resource::parse("mesh/apps/virtualNode/teller").unwrap();
+        assert_eq!(
+            dns_names(store, &teller).await.unwrap().unwrap(),
+            vec!["colorteller.apps.local"]
         );
         let ghost = Resource::parse("mesh/apps/virtualNode/ghost").unwrap();
         assert_eq!(dns_names(store, &ghost).await.unwrap(), None);
