@@ -93,7 +93,9 @@ fn node(config: &AgentConfig) -> Value {
     // The agent serves `file` TLS sources' certificates over SDS (`file_secrets`): translation
     // names them as secrets rather than files, which Envoy would refuse the config over if they
     // were missing.
-    metadata.insert("weft.file_secrets".into(), true.into());
+    if config.serve_sds {
+        metadata.insert("weft.file_secrets".into(), true.into());
+    }
     json!({
         "id": config.node_id,
         "cluster": config.node_cluster,
@@ -116,8 +118,11 @@ fn admin(config: &AgentConfig) -> Value {
 }
 
 fn clusters(config: &AgentConfig) -> Vec<Value> {
-    // The agent always serves SDS: the workload identity with a join token, and the
-    // certificates `file` TLS sources name (see `file_secrets`).
+    // The agent serves SDS: the workload identity with a join token, and the certificates
+    // `file` TLS sources name (see `file_secrets`).
+    if !config.serve_sds {
+        return vec![xds_cluster(config)];
+    }
     let socket = config
         .sds_socket
         .as_ref()

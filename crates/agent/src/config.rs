@@ -375,6 +375,11 @@ pub struct AgentConfig {
     /// workload identity and the certificates `file` TLS sources name; `None`:
     /// [`crate::identity::SDS_SOCKET_FILE`] in the run folder.
     pub sds_socket: Option<PathBuf>,
+    /// Whether the agent serves SDS (and so the certificates `file` TLS sources name): with a
+    /// join token, or when no `APPMESH_SDS_SOCKET_PATH` is given. A socket path without a join
+    /// token belongs to another SDS server (SPIRE's agent, as App Mesh used it), which the
+    /// agent leaves alone.
+    pub serve_sds: bool,
     /// Mutual TLS to the xDS server with the proxy's certificate (needs `identity`).
     pub xds_tls: bool,
 }
@@ -414,6 +419,7 @@ impl AgentConfig {
             listen_address_v6: None,
             identity: None,
             sds_socket: None,
+            serve_sds: true,
             xds_tls: false,
         })
     }
@@ -494,6 +500,11 @@ impl AgentConfig {
                     .map(|d| d.join(crate::identity::SDS_SOCKET_FILE))
             });
         config.identity = identity_config(args, &config)?;
+        let socket_given = args
+            .sds_socket_path
+            .as_ref()
+            .is_some_and(|p| !p.as_os_str().is_empty());
+        config.serve_sds = config.identity.is_some() || !socket_given;
         if args.xds_tls && args.insecure_plaintext_xds {
             return Err(AgentError::config(
                 "WEFT_XDS_TLS",
@@ -967,8 +978,29 @@ mod tests {
             "/run/spire/sds.sock",
         ]);
         let c = parse(&argv).unwrap_or_else(|e| panic!("{e}"));
-        assert!(c.identity.is_some());
+        assert!(c.identity.is_some() && c.serve_sds);
         assert_eq!(c.sds_socket, Some(PathBuf::from("/run/spire/sds.sock")));
+    }
+
+    #[test]
+    fn without_a_join_token_the_agent_serves_sds_unless_the_socket_is_another_server_s() {
+        let base = ["--resource-arn", "mesh/m/virtualNode/n"];
+        let c = parse(&base).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            c.identity.is_none() && c.serve_sds,
+            "its own socket, for file certificates"
+        );
+        // App Mesh's SPIRE set-up: the socket is SPIRE's agent's; this agent leaves it alone.
+        let mut argv = base.to_vec();
+        argv.extend(["--sds-socket-path", "/run/spire/sockets/agent.sock"]);
+        let c = parse(&argv).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!c.serve_sds);
+        let b = crate::bootstrap(&c);
+        assert_eq!(
+            b["static_resources"]["clusters"].as_array().map(Vec::len),
+            Some(1)
+        );
+        assert!(b["node"]["metadata"].get("weft.file_secrets").is_none());
     }
 
     #[test]

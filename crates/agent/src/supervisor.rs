@@ -147,7 +147,7 @@ impl Supervisor {
                 )?),
                 None,
             ),
-            None => (
+            None if config.serve_sds => (
                 None,
                 Some(crate::sds::serve_without_identity(
                     &socket,
@@ -155,8 +155,9 @@ impl Supervisor {
                     files,
                 )?),
             ),
+            None => (None, None),
         };
-        let sds_socket = Some(socket.clone());
+        let sds_socket = config.serve_sds.then_some(socket);
         self.state.send_modify(|s| {
             s.bootstrap_path = Some(bootstrap_path.clone());
             s.sds_socket = sds_socket;
