@@ -60,6 +60,12 @@ impl Server {
     /// mutual TLS on the xDS port by default (issue 19), which they could
     /// not speak. Agents that do hold a token still get their certificates
     /// and SDS from such a server.
+    ///
+    /// Likewise, unless `extra` has `--insecure-no-auth`, the server gets it:
+    /// `weft server` verifies a SigV4 signature on every API request by
+    /// default, and the benchmarks' API clients do not sign theirs (yet), so
+    /// their API figures are of the API without signature verification. A
+    /// `weft` older than these flags (`--weft-bin`) refuses them.
     pub fn start_on(
         binary: &Path,
         data_dir: &Path,
@@ -88,7 +94,7 @@ impl Server {
             .arg("--log")
             .arg("warn")
             .args(extra)
-            .args(xds_security(extra))
+            .args(default_flags(extra))
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -158,13 +164,18 @@ impl Server {
     }
 }
 
-/// The flag that keeps the xDS port plaintext, unless `extra` already says
-/// how it is secured (see [`Server::start_on`]).
-fn xds_security(extra: &[String]) -> Option<&'static str> {
-    let said = extra
-        .iter()
-        .any(|a| a == "--xds-tls" || a == "--insecure-plaintext-xds");
-    (!said).then_some("--insecure-plaintext-xds")
+/// The flags that keep the xDS port plaintext and the API unauthenticated,
+/// each unless `extra` already says otherwise (see [`Server::start_on`]).
+fn default_flags(extra: &[String]) -> Vec<&'static str> {
+    let has = |flags: &[&str]| extra.iter().any(|a| flags.contains(&a.as_str()));
+    let mut flags = Vec::new();
+    if !has(&["--xds-tls", "--insecure-plaintext-xds"]) {
+        flags.push("--insecure-plaintext-xds");
+    }
+    if !has(&["--insecure-no-auth"]) {
+        flags.push("--insecure-no-auth");
+    }
+    flags
 }
 
 impl Drop for Server {
