@@ -652,9 +652,12 @@ async fn measure(
         targets.extend(paths.control.clone());
         targets.extend(paths.mtls.clone());
         targets.extend(paths.bare.clone());
+        let pairs = pair_nodes(&setup);
+        let envoys0 = pair_cpu(&setup, &pairs);
         let cpu0 = CpuMark::now(setup.server.pid());
         let results = load(&setup.load, targets.clone(), args.rate, warmup, duration).await?;
         let cpu1 = CpuMark::now(setup.server.pid());
+        let envoys1 = pair_cpu(&setup, &pairs);
         let (oth, steal) = (cpu0.other_percent(&cpu1), cpu0.steal_percent(&cpu1));
         for (target, r) in targets.iter().zip(&results) {
             print_row(proto, &target.label, r, oth, steal);
@@ -759,6 +762,22 @@ async fn measure(
             }
             print_cells(proto, "mtls-ratio", &ratios, &verdict(&missed));
             mtls_sent += t.sent;
+            // What bounds the tail on a shared machine: the CPU each pair's
+            // Envoys spent per request (warm-up included) in this protocol's run.
+            let requests = args.rate * (args.warmup + args.duration);
+            let per_request = |i: usize| match (envoys0[i], envoys1[i]) {
+                (Some(a), Some(b)) if requests > 0.0 => format!(
+                    "{:.0} µs",
+                    b.saturating_sub(a).as_secs_f64() * 1e6 / requests
+                ),
+                _ => "?".into(),
+            };
+            println!(
+                "{proto:<8} Envoy CPU per request: plaintext pair {}, mTLS pair {} (client and \
+                 server Envoys together)",
+                per_request(0),
+                per_request(1)
+            );
         }
         for r in &results {
             for f in &r.failures {
@@ -861,6 +880,28 @@ async fn measure(
         }
     );
     Ok(())
+}
+
+/// The Envoys of the plaintext (explicit) pair and of the mTLS pair, by
+/// virtual node (none for the mTLS pair without --mtls).
+fn pair_nodes(setup: &Setup) -> [Vec<&'static str>; 2] {
+    let mtls = setup
+        .mtls_envoys
+        .map(|e| vec![e.client, e.servers[0], e.servers[1]])
+        .unwrap_or_default();
+    [vec!["client", "server-h1", "server-h2"], mtls]
+}
+
+/// The CPU time of each pair's Envoys (`None` if any is unreadable).
+fn pair_cpu(setup: &Setup, pairs: &[Vec<&'static str>; 2]) -> [Option<Duration>; 2] {
+    pairs.clone().map(|nodes| {
+        let mut total = Duration::ZERO;
+        for node in nodes {
+            let agent = setup.agents.iter().find(|a| a.node == node)?;
+            total += agent.envoy_cpu()?;
+        }
+        Some(total)
+    })
 }
 
 /// Transparent mode's added latency over explicit mode's, at most.

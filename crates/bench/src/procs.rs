@@ -283,6 +283,28 @@ impl Agent {
         wait_until(timeout, "Envoy admin interface", || self.admin_up()).await
     }
 
+    /// CPU time of the agent's children (its Envoy), read from
+    /// `/proc/<agent>/task/*/children` (the agent may start Envoy from any
+    /// of its threads); `None` if unreadable.
+    pub fn envoy_cpu(&self) -> Option<Duration> {
+        let pid = self.proc.pid();
+        let mut total = Duration::ZERO;
+        let mut found = false;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+            let Ok(task) = task else { continue };
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok())
+            {
+                total += crate::machine::cpu_time(child)?;
+                found = true;
+            }
+        }
+        found.then_some(total)
+    }
+
     /// The sum of Envoy's stats whose name contains `needle`.
     pub fn stat_sum(&self, needle: &str) -> u64 {
         let (port, path) = (self.admin_port, format!("/stats?filter={needle}"));
