@@ -137,11 +137,31 @@ pub async fn call(endpoint: &str, operation: &str, body: Value) -> Result<Value,
         message,
     };
     let target = format!("Route53AutoNaming_v20170314.{operation}");
-    let headers = [
+    let body = body.to_string();
+    let mut headers = vec![
         ("x-amz-target", target.as_str()),
         ("content-type", "application/x-amz-json-1.1"),
     ];
-    let exchange = http_client::exchange(endpoint, "POST", "/", &headers, body.to_string().into());
+    // Signed as any Cloud Map client signs (SigV4, service `servicediscovery`) with the
+    // credentials of the environment, as the AWS CLI finds them; unsigned without any, which
+    // only a server started with --insecure-no-auth accepts.
+    let credentials = weft_auth::client::from_environment().map_err(|e| fail(e.to_string()))?;
+    let signature = match &credentials {
+        Some(creds) => weft_auth::client::signature_headers(
+            "POST",
+            endpoint,
+            "/",
+            &headers,
+            body.as_bytes(),
+            creds,
+            "servicediscovery",
+            std::time::SystemTime::now(),
+        )
+        .map_err(|e| fail(e.to_string()))?,
+        None => Vec::new(),
+    };
+    headers.extend(signature.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    let exchange = http_client::exchange(endpoint, "POST", "/", &headers, body.into());
     let answer = tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
         .map_err(|_| fail("timed out".into()))?

@@ -147,6 +147,40 @@ pub fn sign_request(
     Ok(())
 }
 
+/// The headers (`x-amz-date`, `authorization`) that sign a request to `authority` for
+/// `service`: `method path` with `headers` (besides `host`) and `body`, for callers with an HTTP
+/// client of their own.
+#[allow(clippy::too_many_arguments)]
+pub fn signature_headers(
+    method: &str,
+    authority: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    creds: &ClientCredentials,
+    service: &str,
+    now: SystemTime,
+) -> Result<Vec<(String, String)>, AuthError> {
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{authority}{path}"))
+        .header(http::header::HOST, authority);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut request = request
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .map_err(|e| AuthError::Client(format!("building the request: {e}")))?;
+    sign_request(&mut request, body, creds, service, now)?;
+    Ok(["x-amz-date", "authorization"]
+        .iter()
+        .filter_map(|name| {
+            let value = request.headers().get(*name)?.to_str().ok()?;
+            Some((name.to_string(), value.to_string()))
+        })
+        .collect())
+}
+
 /// One HTTP/1.1 exchange with the server at `base` (`http://host:port` or `host:port`), signed
 /// for the service `weft` when `creds` are given.
 pub async fn exchange(
