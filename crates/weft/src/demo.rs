@@ -393,7 +393,11 @@ async fn explicit(args: DemoArgs, shutdown: impl std::future::Future<Output = ()
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        print_guide(&args, cp.api_addr);
+        print_guide(
+            &args,
+            cp.api_addr,
+            &credentials_hint(cp.admin_credentials.as_deref()),
+        );
         if args.check {
             let mut red = 0;
             let mut blue = 0;
@@ -484,7 +488,19 @@ fn agent(
     Ok(cmd.spawn()?)
 }
 
-fn print_guide(args: &DemoArgs, api: SocketAddr) {
+/// How the guide tells the AWS CLI to sign: with the administrator's key the demo's server wrote
+/// to its data folder on start.
+pub(crate) fn credentials_hint(file: Option<&std::path::Path>) -> String {
+    match file {
+        Some(path) => format!(
+            "export AWS_SHARED_CREDENTIALS_FILE={} AWS_DEFAULT_REGION=us-east-1",
+            path.display()
+        ),
+        None => "export AWS_DEFAULT_REGION=us-east-1   # and an access key of the server".into(),
+    }
+}
+
+fn print_guide(args: &DemoArgs, api: SocketAddr, credentials: &str) {
     let e = args.egress_port;
     println!(
         r#"
@@ -498,8 +514,8 @@ Try:
   curl -x http://127.0.0.1:{e} http://{SERVICE}/                      # Envoy as an HTTP proxy
   for i in $(seq 20); do curl -s -H 'Host: {SERVICE}' http://127.0.0.1:{e}/; done | sort | uniq -c
 
-Shift the weights live with the AWS CLI (any credentials are accepted):
-  export AWS_ACCESS_KEY_ID=weft AWS_SECRET_ACCESS_KEY=weft AWS_DEFAULT_REGION=us-east-1
+Shift the weights live with the AWS CLI, signing with the demo's administrator key:
+  {credentials}
   aws appmesh update-route --endpoint-url http://{api} --mesh-name {MESH} \
     --virtual-router-name colors --route-name split --spec \
     '{{"priority":10,"httpRoute":{{"match":{{"prefix":"/"}},"action":{{"weightedTargets":[{{"virtualNode":"red","weight":0}},{{"virtualNode":"blue","weight":100}}]}}}}}}'

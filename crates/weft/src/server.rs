@@ -301,13 +301,13 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
     .await
     .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
     let store: SharedStore = store;
-    let (auth, admin_credentials) = authenticator(args, &config, &store).await?;
     let ca = weft_ca::CaService::start(store.clone(), ca_config)
         .await
         .context("starting the certificate authority")?;
     let listener = weft_listen::bind(args.listen)
         .with_context(|| format!("binding {} (the API address, --listen)", args.listen))?;
     let api_addr = listener.local_addr()?;
+    let (auth, admin_credentials) = authenticator(args, api_addr, &config, &store).await?;
     let peers = match peers {
         Some(peers) => peers,
         None => PeerSockets::bind(args.xds_listen, args.dns_listen).await?,
@@ -473,6 +473,7 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
 /// are verified.
 async fn authenticator(
     args: &ServerArgs,
+    api_addr: SocketAddr,
     config: &ApiConfig,
     store: &SharedStore,
 ) -> Result<(weft_auth::Authenticator, Option<PathBuf>)> {
@@ -492,10 +493,9 @@ async fn authenticator(
     let mode = if args.insecure_no_auth {
         tracing::warn!(
             "the API accepts every request unauthenticated (--insecure-no-auth): anyone who \
-             reaches {} can read, change and delete every mesh, and create join tokens. For \
+             reaches {api_addr} can read, change and delete every mesh, and create join tokens. For \
              local experiments only; without the flag requests must be signed (SigV4) with an \
-             access key the server holds",
-            args.listen
+             access key the server holds"
         );
         weft_auth::Mode::Insecure
     } else {

@@ -621,46 +621,49 @@ async fn malformed_oversized_and_misdirected_requests_get_a_clear_json_error() {
     let answer: Value = response.json().await.unwrap();
     assert_eq!(answer["code"], "PayloadTooLarge");
 
-    // Tokens for what does not exist, or cannot, are refused at creation.
-    let tokens = format!("{}/weft/v1/join-tokens", server.addr);
+    // Tokens for what does not exist, or cannot, are refused at creation (the join-token
+    // calls are signed by the administrator, as `weft join-token` signs them).
+    let tokens = "/weft/v1/join-tokens";
+    let admin = |method: &'static str, path: String, body: Option<Value>| {
+        let addr = server.addr.clone();
+        async move { common::signed_request(&addr, method, &path, body, "weft").await }
+    };
     for (resource, code) in [
         ("mesh/apps/virtualNode/ghost", 404),
         ("mesh/apps/virtualService/red.svc", 400),
         ("mesh/nope/virtualGateway/in", 404),
     ] {
-        let response = http
-            .post(&tokens)
-            .json(&json!({ "resource": resource }))
-            .send()
-            .await
-            .unwrap();
+        let response = admin("POST", tokens.into(), Some(json!({ "resource": resource }))).await;
         assert_eq!(response.status().as_u16(), code, "{resource}");
         let answer: Value = response.json().await.unwrap();
         assert!(answer["message"].is_string());
     }
-    let response = http
-        .delete(format!("{tokens}/0123456789abcdef"))
-        .send()
-        .await
-        .unwrap();
+    let response = admin("DELETE", format!("{tokens}/0123456789abcdef"), None).await;
     assert_eq!(response.status().as_u16(), 404);
-    // The API answer to a create carries the token once; the list never does.
-    let created: Value = http
-        .post(&tokens)
-        .json(&json!({ "resource": "mesh/apps/virtualNode/blue", "ttlSeconds": 120 }))
+    // Unsigned, they are refused.
+    let response = http
+        .post(format!("{}{tokens}", server.addr))
+        .json(&json!({ "resource": "mesh/apps/virtualNode/blue" }))
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["code"], "MissingAuthenticationTokenException");
+    // The API answer to a create carries the token once; the list never does.
+    let created: Value = admin(
+        "POST",
+        tokens.into(),
+        Some(json!({ "resource": "mesh/apps/virtualNode/blue", "ttlSeconds": 120 })),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     assert!(created["token"].as_str().unwrap().starts_with("weft-jt."));
     assert_eq!(created["state"], "active");
-    let listed: Value = http
-        .get(&tokens)
-        .send()
+    let listed: Value = admin("GET", tokens.into(), None)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use aws_sdk_servicediscovery::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_servicediscovery::config::{BehaviorVersion, Region};
 use aws_sdk_servicediscovery::types::{
     CustomHealthStatus, DnsConfig, DnsRecord, HealthCheckCustomConfig, RecordType, RoutingPolicy,
 };
@@ -24,7 +24,7 @@ fn cloud_map(server: &WeftServer) -> Client {
     let config = aws_sdk_servicediscovery::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("AKIDDNS", "secret", None, None, "dns"))
+        .credentials_provider(common::credentials_for(&server.addr))
         .endpoint_url(&server.addr)
         .build();
     Client::from_conf(config)

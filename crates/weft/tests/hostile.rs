@@ -312,8 +312,7 @@ fn large_node_spec(variant: usize, size: usize) -> serde_json::Value {
 #[tokio::test]
 async fn large_updates_and_token_floods_keep_memory_and_disk_bounded() {
     let server = WeftServer::start();
-    let http = reqwest::Client::new();
-    let node = format!("{}/v20190125/meshes/big/virtualNodes/node", server.addr);
+    let node = "/v20190125/meshes/big/virtualNodes/node".to_string();
     server
         .client()
         .create_mesh()
@@ -321,10 +320,12 @@ async fn large_updates_and_token_floods_keep_memory_and_disk_bounded() {
         .send()
         .await
         .unwrap();
-    let send = |method: reqwest::Method, url: String, body: serde_json::Value| {
-        let request = http.request(method, url).json(&body);
+    let addr = server.addr.clone();
+    let send = |method: reqwest::Method, path: String, body: serde_json::Value| {
+        let addr = addr.clone();
         async move {
-            let response = request.send().await.unwrap();
+            let response =
+                common::signed_request(&addr, method.as_str(), &path, Some(body), "appmesh").await;
             let status = response.status();
             assert!(
                 status.is_success(),
@@ -333,7 +334,7 @@ async fn large_updates_and_token_floods_keep_memory_and_disk_bounded() {
             );
         }
     };
-    let create = format!("{}/v20190125/meshes/big/virtualNodes", server.addr);
+    let create = "/v20190125/meshes/big/virtualNodes".to_string();
     send(
         reqwest::Method::PUT,
         create,

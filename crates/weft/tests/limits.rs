@@ -22,14 +22,53 @@ use common::{
 /// An SDK client signing with access key `key` that never retries, so that
 /// each throttled answer is seen as it is.
 fn client_of(server: &WeftServer, key: &str) -> Client {
+    keyed_client(server, key, "secret")
+}
+
+/// Like [`client_of`], with the key's secret.
+fn keyed_client(server: &WeftServer, key: &str, secret: &str) -> Client {
     let config = aws_sdk_appmesh::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(key, "secret", None, None, "limits"))
+        .credentials_provider(Credentials::new(key, secret, None, None, "limits"))
         .endpoint_url(&server.addr)
         .retry_config(RetryConfig::disabled())
         .build();
     Client::from_conf(config)
+}
+
+/// A client of a second key the administrator creates with `weft access-key`.
+async fn other_key_client(server: &WeftServer) -> Client {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args([
+            "access-key",
+            "create",
+            "--name",
+            "polite",
+            "--server",
+            &server.addr,
+        ])
+        .envs(common::aws_env(&server.addr))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = String::from_utf8(out.stdout).unwrap();
+    let value = |k: &str| {
+        file.lines()
+            .filter_map(|l| l.split_once('='))
+            .find(|(n, _)| n.trim() == k)
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap()
+    };
+    keyed_client(
+        server,
+        &value("aws_access_key_id"),
+        &value("aws_secret_access_key"),
+    )
 }
 
 #[tokio::test]
@@ -113,7 +152,6 @@ async fn list_answers_are_json_without_a_repeated_key() {
         .send()
         .await
         .unwrap();
-    let http = reqwest::Client::new();
     for (path, member) in [
         ("/v20190125/meshes", "meshes"),
         ("/v20190125/meshes/m1/virtualNodes", "virtualNodes"),
@@ -122,11 +160,8 @@ async fn list_answers_are_json_without_a_repeated_key() {
     ] {
         // Twice: the second answer comes from the cache of references.
         for _ in 0..2 {
-            let body = http
-                .get(format!("{}{path}", server.addr))
-                .send()
+            let body = common::signed_request(&server.addr, "GET", path, None, "appmesh")
                 .await
-                .unwrap()
                 .bytes()
                 .await
                 .unwrap();
@@ -241,7 +276,9 @@ async fn a_1_5_mb_hostname_is_refused_and_a_5_000_character_one_is_refused_namin
 
 #[tokio::test]
 async fn one_client_over_its_concurrency_limit_is_throttled_while_another_is_answered() {
-    let server = WeftServer::start();
+    // Requests whose bodies never finish are never verified, so they never count as in flight
+    // with verification on: without it, as here, clients are the keys they claim.
+    let server = WeftServer::start_with(&["--insecure-no-auth"]);
     let setup = server.client();
     setup.create_mesh().mesh_name("apps").send().await.unwrap();
     // The greedy client holds 64 requests in flight (the default limit).
@@ -293,7 +330,9 @@ async fn one_client_over_its_concurrency_limit_is_throttled_while_another_is_ans
 #[tokio::test]
 async fn the_rate_limit_holds_each_client_to_its_own_bucket() {
     let server = WeftServer::start_with(&["--api-rate-limit", "0.5", "--api-burst", "3"]);
-    let greedy = client_of(&server, "AKIDGREEDY");
+    // Clients are verified keys: the administrator's, and a second one.
+    let (admin_id, admin_secret) = common::admin_key(&server.addr);
+    let greedy = keyed_client(&server, &admin_id, &admin_secret);
     let mut answers = Vec::new();
     for _ in 0..6 {
         answers.push(match greedy.list_meshes().send().await {
@@ -306,8 +345,12 @@ async fn the_rate_limit_holds_each_client_to_its_own_bucket() {
         answers[3..].iter().all(|a| a == "TooManyRequestsException"),
         "{answers:?}"
     );
-    // Another client has its own bucket.
-    let polite = client_of(&server, "AKIDPOLITE");
+    // Another client has its own bucket, and a request claiming the greedy key with a wrong
+    // secret is refused before it reaches, or drains, that key's bucket.
+    let forged = keyed_client(&server, &admin_id, "not-the-secret");
+    let e = forged.list_meshes().send().await.unwrap_err();
+    assert_eq!(error_code(&e), "InvalidSignatureException");
+    let polite = other_key_client(&server).await;
     for _ in 0..3 {
         polite.list_meshes().send().await.unwrap();
     }

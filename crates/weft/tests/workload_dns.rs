@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_appmesh::types::{MeshSpec, VirtualServiceSpec};
-use aws_sdk_servicediscovery::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_servicediscovery::config::{BehaviorVersion, Region};
 use aws_sdk_servicediscovery::types::{DnsConfig, DnsRecord, RecordType as CloudMapRecordType};
 use common::mesh::{free_port, Proc};
 use common::WeftServer;
@@ -228,7 +228,7 @@ fn cloud_map(server: &WeftServer) -> aws_sdk_servicediscovery::Client {
     let config = aws_sdk_servicediscovery::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("AKIDDNS", "secret", None, None, "dns"))
+        .credentials_provider(common::credentials_for(&server.addr))
         .endpoint_url(&server.addr)
         .build();
     aws_sdk_servicediscovery::Client::from_conf(config)

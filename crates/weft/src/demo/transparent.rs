@@ -192,6 +192,7 @@ async fn up(
     let service = cp.service.clone();
     let authority = cp.ca.clone();
     let api = cp.api_addr;
+    let credentials = super::credentials_hint(cp.admin_credentials.as_deref());
     *control_plane = Some(cp);
 
     let at = |i| (Lan::v4(i), APP_PORT);
@@ -244,7 +245,7 @@ async fn up(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    print_guide(args, front, api);
+    print_guide(args, front, api, &credentials);
     if args.check {
         return check(front).await;
     }
@@ -363,7 +364,7 @@ fn agent(
     spawn(cmd, &format!("the agent of {name}"))
 }
 
-fn print_guide(args: &DemoArgs, front: &Netns, api: SocketAddr) {
+fn print_guide(args: &DemoArgs, front: &Netns, api: SocketAddr, credentials: &str) {
     let f = front.name();
     let names = if args.no_workload_dns {
         "finds colors.demo.local in its hosts file"
@@ -389,8 +390,8 @@ Try:
   ip netns exec {f} sh -c 'for i in $(seq 20); do curl -s {URL}; done' | sort | uniq -c
   ip netns exec weft-red curl -s 127.0.0.1:9901/stats | grep 'ingress.*downstream_rq_2xx'  # red's Envoy
 
-Shift the weights live with the AWS CLI (any credentials are accepted):
-  export AWS_ACCESS_KEY_ID=weft AWS_SECRET_ACCESS_KEY=weft AWS_DEFAULT_REGION=us-east-1
+Shift the weights live with the AWS CLI, signing with the demo's administrator key:
+  {credentials}
   aws appmesh update-route --endpoint-url http://{api} --mesh-name {MESH} \
     --virtual-router-name colors --route-name split --spec \
     '{{"priority":10,"httpRoute":{{"match":{{"prefix":"/"}},"action":{{"weightedTargets":[{{"virtualNode":"red","weight":0}},{{"virtualNode":"blue","weight":100}}]}}}}}}'

@@ -298,6 +298,11 @@ fn remember_admin_credentials(addr: &str, dir: &Path) {
             .map(|(_, v)| v.trim().to_string())
     };
     if let (Some(id), Some(secret)) = (value("aws_access_key_id"), value("aws_secret_access_key")) {
+        // What the environment's AWS credentials sign (agents' self-registration, in this
+        // process and in the agents it starts) is the last started server's administrator.
+        std::env::set_var("AWS_ACCESS_KEY_ID", &id);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", &secret);
+        std::env::set_var("AWS_DEFAULT_REGION", "us-east-1");
         let mut keys = ADMIN_KEYS.lock().unwrap();
         keys.retain(|(a, _, _)| a != addr);
         keys.push((addr.to_string(), id, secret));
@@ -396,4 +401,42 @@ pub fn aws_appmesh(endpoint: &str, args: &[&str]) -> Result<serde_json::Value, S
         return Ok(serde_json::Value::Null);
     }
     serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))
+}
+
+/// `method path` with `body` to the server at `addr`, signed (SigV4, for `service`: `appmesh`,
+/// `servicediscovery` or `weft`) as its administrator, as the AWS SDKs sign; JSON bodies.
+pub async fn signed_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+    service: &str,
+) -> reqwest::Response {
+    let (id, secret) = admin_key(addr);
+    let creds = weft_auth::client::ClientCredentials {
+        key_id: id,
+        secret: weft_auth::Secret::new(secret),
+        region: "us-east-1".into(),
+    };
+    let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+    let headers = [("content-type", "application/json")];
+    let signature = weft_auth::client::signature_headers(
+        method,
+        addr.trim_start_matches("http://"),
+        path,
+        &headers,
+        &body,
+        &creds,
+        service,
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let mut request = reqwest::Client::new()
+        .request(method.parse().unwrap(), format!("{addr}{path}"))
+        .header("content-type", "application/json")
+        .body(body);
+    for (name, value) in signature {
+        request = request.header(name, value);
+    }
+    request.send().await.unwrap()
 }
