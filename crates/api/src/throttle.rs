@@ -9,9 +9,11 @@
 //! A client is the access key id of the request's SigV4 `Authorization`
 //! header; unsigned requests are told apart by the peer's IP address when
 //! the server records it (`ConnectInfo`), and are otherwise one anonymous
-//! client. Signatures are not verified, so the key id is the client's claim:
-//! this keeps careless clients from starving others, it does not stop one
-//! that invents a key per request. The table of clients is bounded: a
+//! client. Behind `weft server`'s authentication layer, a request only gets
+//! here once its signature is verified, so the key id is the verified key's;
+//! with `--insecure-no-auth` it is the client's claim, which keeps careless
+//! clients from starving others but does not stop one that invents a key per
+//! request. The table of clients is bounded: a
 //! client whose state is back to a fresh one (nothing in flight, a full
 //! bucket) is forgotten, and past [`MAX_CLIENTS`] the clients that do not fit
 //! share one entry.

@@ -32,8 +32,10 @@
 //! # }
 //! ```
 //!
-//! Requests are SigV4-signed by the SDKs; like the App Mesh API, the
-//! registry does not check signatures, so any credentials are accepted.
+//! Requests are SigV4-signed by the SDKs. The registry itself does not check
+//! signatures: `weft server` puts weft-auth's layer in front of it (and of the
+//! App Mesh API), which verifies them and the key's policy before a request
+//! gets here.
 
 pub mod dns;
 pub mod error;
