@@ -71,6 +71,7 @@ impl Server {
             }
         }
         std::thread::spawn(move || for _ in lines {});
+        common::remember_admin_credentials(addr.as_deref().unwrap(), &tmp.path().join("data"));
         Server {
             child,
             addr: addr.unwrap(),

@@ -287,7 +287,7 @@ static ADMIN_KEYS: std::sync::Mutex<Vec<(String, String, String)>> =
 
 /// Reads the administrator's key a server wrote into `dir` (if it did: a restarted server keeps
 /// its first key) and remembers it for clients of `addr`.
-fn remember_admin_credentials(addr: &str, dir: &Path) {
+pub fn remember_admin_credentials(addr: &str, dir: &Path) {
     let Ok(text) = std::fs::read_to_string(dir.join("admin-credentials")) else {
         return;
     };
