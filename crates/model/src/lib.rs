@@ -16,10 +16,13 @@
 //!   lives in the store and how it is stored — shared by the API (which writes)
 //!   and the xDS control plane (which reads).
 //! - [`mtls`]: Weft's mesh-wide mutual TLS tag (`weft:mtls`), a Weft extension.
+//! - [`authorization`]: Weft's service-to-service authorization tags (`weft:authorization` on a
+//!   mesh, `weft:callers` on a virtual node), a Weft extension.
 //!
 //! Pure: no I/O.
 
 pub mod arn;
+pub mod authorization;
 pub mod keys;
 pub mod kind;
 pub mod mtls;
@@ -34,6 +37,7 @@ pub mod shapes {
 }
 
 pub use arn::{Arn, ResourcePath};
+pub use authorization::{MeshAuthorization, AUTHORIZATION_TAG, CALLERS_TAG};
 pub use kind::{Action, Kind, ResourceId};
 pub use mtls::{MeshMtls, MTLS_TAG};
 pub use schema::{schema, Location, ModelError, Operation, Schema, Shape, ShapeKind};

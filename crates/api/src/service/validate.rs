@@ -248,11 +248,21 @@ pub(super) fn tags_from_input(input: &Value) -> Result<Vec<TagRef>, ApiError> {
 }
 
 /// Refuses Weft's own tags with a value Weft does not know: on a mesh, `weft:mtls` must be
-/// `STRICT`, `PERMISSIVE` or `DISABLED` (mesh-wide mutual TLS, a Weft extension carried in a tag
-/// so that App Mesh's clients can set it). Tags of other resources mean nothing to Weft.
+/// `STRICT`, `PERMISSIVE` or `DISABLED` (mesh-wide mutual TLS) and `weft:authorization`
+/// `ENFORCE`, `REPORT` or `DISABLED`; on a virtual node, `weft:callers` must name nodes or
+/// gateways (Weft extensions carried in tags so that App Mesh's clients can set them). Tags of
+/// other resources mean nothing to Weft.
 pub(super) fn check_weft_tags(kind: Kind, tags: &[TagRef]) -> Result<(), ApiError> {
-    if kind == Kind::Mesh {
-        weft_model::MeshMtls::from_tags(tags).map_err(ApiError::BadRequest)?;
+    match kind {
+        Kind::Mesh => {
+            weft_model::MeshMtls::from_tags(tags).map_err(ApiError::BadRequest)?;
+            weft_model::MeshAuthorization::from_tags(tags).map_err(ApiError::BadRequest)?;
+        }
+        // Service-to-service authorization's extra callers (`weft:callers`).
+        Kind::VirtualNode => {
+            weft_model::authorization::callers_from_tags(tags).map_err(ApiError::BadRequest)?;
+        }
+        _ => {}
     }
     Ok(())
 }
