@@ -65,11 +65,15 @@ fn dep_of_key(key: &str) -> Option<Dep> {
 pub(crate) struct ClassDeps {
     own: Dep,
     services: Vec<Arc<[Dep]>>,
+    /// A virtual node of a mesh with service-to-service authorization: who may call it is
+    /// decided by the other nodes' backends and the gateways' routes, so any change of the
+    /// mesh may change its config.
+    whole_mesh: bool,
 }
 
 impl ClassDeps {
     pub(crate) fn contains(&self, dep: &Dep) -> bool {
-        self.own == *dep || self.services.iter().any(|s| s.contains(dep))
+        self.whole_mesh || self.own == *dep || self.services.iter().any(|s| s.contains(dep))
     }
 }
 
@@ -182,6 +186,8 @@ pub(crate) fn dependencies(
         }
     };
     ClassDeps {
+        whole_mesh: identity.kind == ProxyKind::VirtualNode
+            && mesh.authorization != weft_model::MeshAuthorization::Disabled,
         own,
         services: services
             .into_iter()

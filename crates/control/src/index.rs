@@ -13,7 +13,7 @@ use weft_model::shapes::{
     GatewayRouteData, MeshData, ResourceMetadata, RouteData, TagRef, VirtualGatewayData,
     VirtualNodeData, VirtualRouterData, VirtualServiceData,
 };
-use weft_model::{keys, Kind, MeshMtls};
+use weft_model::{keys, Kind, MeshAuthorization, MeshMtls};
 use weft_translate::MeshSnapshot;
 
 use crate::cloud_map::{cloud_map_names, uses_cloud_map, CloudMap, Touched};
@@ -55,6 +55,46 @@ fn mesh_mtls(key: &str, value: &[u8]) -> MeshMtls {
             MeshMtls::Disabled
         }
     }
+}
+
+/// The service-to-service authorization a stored mesh record's tags ask for
+/// (`weft:authorization`); an unknown value (which the API refuses) is `DISABLED`, logged.
+fn mesh_authorization(key: &str, value: &[u8]) -> MeshAuthorization {
+    match record_tags(value) {
+        Ok(tags) => MeshAuthorization::from_tags(&tags).unwrap_or_else(|why| {
+            tracing::warn!(%key, %why, "service-to-service authorization left off");
+            MeshAuthorization::Disabled
+        }),
+        Err(e) => {
+            tracing::warn!(%key, error = %e, "stored mesh tags do not decode; authorization left off");
+            MeshAuthorization::Disabled
+        }
+    }
+}
+
+/// The extra callers a stored virtual node record's `weft:callers` tag names; none when it
+/// names something else (which the API refuses), logged.
+fn node_callers(key: &str, value: &[u8]) -> Vec<String> {
+    let tags = match record_tags(value) {
+        Ok(tags) => tags,
+        Err(e) => {
+            tracing::warn!(%key, error = %e, "stored node tags do not decode; no extra callers");
+            return Vec::new();
+        }
+    };
+    weft_model::authorization::callers_from_tags(&tags).unwrap_or_else(|why| {
+        tracing::warn!(%key, %why, "extra callers left out");
+        Vec::new()
+    })
+}
+
+fn record_tags(value: &[u8]) -> Result<Vec<TagRef>, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct Tags {
+        #[serde(default)]
+        tags: Vec<TagRef>,
+    }
+    serde_json::from_slice::<Tags>(value).map(|t| t.tags)
 }
 
 /// The `data` member of a stored record (`StoredRecord`), decoded straight
@@ -157,17 +197,26 @@ fn set_virtual_node(
     match value {
         Some(v) => match typed::<VirtualNodeData>(key, v) {
             Some(d) => {
+                let callers = node_callers(key, v);
+                if callers.is_empty() {
+                    snap.extra_callers.remove(&d.virtual_node_name);
+                } else {
+                    snap.extra_callers
+                        .insert(d.virtual_node_name.clone(), callers);
+                }
                 let named = uses_cloud_map(&d);
                 let old = snap.virtual_nodes.insert(d.virtual_node_name.clone(), d);
                 named || old.as_ref().is_some_and(uses_cloud_map)
             }
             None => false,
         },
-        None => snap
-            .virtual_nodes
-            .remove(&name)
-            .as_ref()
-            .is_some_and(uses_cloud_map),
+        None => {
+            snap.extra_callers.remove(&name);
+            snap.virtual_nodes
+                .remove(&name)
+                .as_ref()
+                .is_some_and(uses_cloud_map)
+        }
     }
 }
 
@@ -277,6 +326,9 @@ impl MeshIndex {
                     ),
                 };
                 snap.mtls = mtls;
+                if let Some(v) = value {
+                    snap.authorization = mesh_authorization(key, v);
+                }
                 if !self.trust_domain.is_empty() {
                     snap.trust_domain.clone_from(&self.trust_domain);
                 }

@@ -14,6 +14,7 @@
 //! - **Deterministic**: equal inputs give equal resources in equal order, so their protobuf
 //!   encodings are byte-identical (the ADS server derives versions from content).
 
+mod authorization;
 mod cloud_map;
 mod cluster;
 mod defaults;

@@ -80,6 +80,8 @@ pub(crate) struct HcmExtras {
     pub forward_proxy: Option<XdsDnsCacheConfig>,
     /// The node's access logs (`logging.accessLog`).
     pub access_log: Vec<XdsAccessLog>,
+    /// Service-to-service authorization (ingress only): the RBAC filter, before the router.
+    pub rbac: Option<XdsHttpFilter>,
 }
 
 /// An HTTP connection manager that takes its routes from RDS over the ADS stream
@@ -110,6 +112,9 @@ pub(crate) fn http_connection_manager(
             ))),
             ..Default::default()
         });
+    }
+    if let Some(rbac) = &extras.rbac {
+        http_filters.push(rbac.clone());
     }
     http_filters.push(XdsHttpFilter {
         name: ROUTER_FILTER.to_string(),

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::CloudMapInstance;
-use weft_model::MeshMtls;
+use weft_model::{MeshAuthorization, MeshMtls};
 
 use weft_model::shapes::{
     GatewayRouteData, MeshData, RouteData, VirtualGatewayData, VirtualNodeData, VirtualRouterData,
@@ -42,6 +42,12 @@ pub struct MeshSnapshot {
     /// The trust domain of Weft's CA, whose SPIFFE ids
     /// (`spiffe://<trust domain>/mesh/<mesh>/virtualNode/<name>`) mesh-wide mutual TLS checks.
     pub trust_domain: String,
+    /// Service-to-service authorization, from the mesh's `weft:authorization` tag (a Weft
+    /// extension; `Disabled`, App Mesh's behaviour, without the tag).
+    pub authorization: MeshAuthorization,
+    /// Each virtual node's extra callers, from its `weft:callers` tag (`virtualNode/<name>`,
+    /// `virtualGateway/<name>`); nodes without the tag are absent.
+    pub extra_callers: BTreeMap<String, Vec<String>>,
 }
 
 /// The trust domain of Weft's CA unless `weft server --trust-domain` says otherwise (the
@@ -62,6 +68,8 @@ impl MeshSnapshot {
             cloud_map: BTreeMap::new(),
             mtls: MeshMtls::Disabled,
             trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
+            authorization: MeshAuthorization::Disabled,
+            extra_callers: BTreeMap::new(),
         }
     }
 

@@ -210,26 +210,31 @@ fn ingress(
         }
         let protocol = node_listener.port_mapping.protocol;
         let cluster = cluster::ingress(mesh, &node.virtual_node_name, node_listener, port, options);
-        let filter = if is_http_family(protocol) {
+        let filters = if is_http_family(protocol) {
             let rc = route::ingress(protocol, port, cluster.name.clone(), node_listener);
             let filter = listener::http_connection_manager(
                 INGRESS_STAT_PREFIX,
                 &rc.name,
                 &HcmExtras {
                     access_log: access_log.clone(),
+                    rbac: crate::authorization::http_filter(snapshot, &node.virtual_node_name),
                     ..Default::default()
                 },
             );
             out.route_configurations.insert(rc.name.clone(), rc);
-            filter
+            vec![filter]
         } else {
             let (_, idle) = route::listener_timeouts(node_listener);
-            listener::tcp_proxy(
+            let proxy = listener::tcp_proxy(
                 INGRESS_STAT_PREFIX,
                 TcpTarget::Cluster(cluster.name.clone()),
                 defaults::timeout_or(idle, IDLE_TIMEOUT_SECS),
                 &access_log,
-            )
+            );
+            crate::authorization::network_filter(snapshot, &node.virtual_node_name)
+                .into_iter()
+                .chain(std::iter::once(proxy))
+                .collect()
         };
         let chain_name = format!("ingress_{}_{port}", names::protocol_name(protocol));
         out.clusters.insert(cluster.name.clone(), Arc::new(cluster));
@@ -238,7 +243,10 @@ fn ingress(
             Some(own) => Some(tls::ServerTls::from(own).with_file_secrets(options.file_secrets)),
             None => tls::mesh_server(snapshot, options),
         };
-        let chain = listener::filter_chain(chain_name, (!explicit).then_some(port), filter);
+        let mut chain =
+            listener::filter_chain(chain_name, (!explicit).then_some(port), Default::default());
+        // The network RBAC filter (authorization) goes before the TCP proxy.
+        chain.filters = filters;
         let (port_chains, inspect) = tls::chains(chain, server_tls.as_ref(), protocol);
         if explicit {
             let mut l = listener::listener(
@@ -314,6 +322,7 @@ fn egress(
         connect: true,
         forward_proxy: None,
         access_log: access_log.clone(),
+        rbac: None,
     };
     let catch_all = if !allow_all {
         None
