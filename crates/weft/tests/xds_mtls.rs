@@ -16,10 +16,9 @@ use std::time::Duration;
 use common::mesh::{free_port, sample_app, Agent, Proc};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use hyper_util::rt::TokioIo;
-use rcgen::{CertificateParams, DnType, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use weft_test_support::sdk::MeshApi;
@@ -104,43 +103,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A workload certificate for `resource` (join token from the CLI): chain and key, PEM.
-async fn workload_certificate(server: &Server, resource: &str) -> (String, String) {
-    let token = common::join_token(&server.addr, resource, "10m");
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "workload");
-    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
-    let response = reqwest::Client::new()
-        .post(format!("{}/weft/v1/certificates", server.addr))
-        .bearer_auth(token)
-        .json(&json!({ "csr": csr }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let answer: Value = response.json().await.unwrap();
-    let chain = format!(
-        "{}{}",
-        answer["certificate"].as_str().unwrap(),
-        answer["chain"].as_str().unwrap()
-    );
-    (chain, key.serialize_pem())
-}
-
-/// The server's trust bundle (PEM).
-async fn trust_bundle(server: &Server) -> String {
-    let answer: Value = reqwest::get(format!("{}/weft/v1/trust-bundle", server.addr))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    answer["trustBundle"].as_str().unwrap().to_string()
 }
 
 /// A rustls client trusting `bundle`, presenting `identity` (chain and key) when given.
@@ -270,8 +232,9 @@ async fn a_certificate_for_node_a_gets_node_a_s_config_and_is_refused_node_b_s_w
 ) {
     let server = Server::start(&["--xds-tls"]);
     apps(&server).await;
-    let bundle = trust_bundle(&server).await;
-    let identity = workload_certificate(&server, "mesh/apps/virtualNode/a").await;
+    let bundle = common::certs::trust_bundle(&server.addr).await;
+    let identity =
+        common::certs::workload_certificate(&server.addr, "mesh/apps/virtualNode/a").await;
     let channel = channel(&server.xds_addr, tls_client(&bundle, Some(identity))).await;
 
     let a = ask(channel.clone(), &arn("mesh/apps/virtualNode/a"))
@@ -317,7 +280,7 @@ async fn a_certificate_for_node_a_gets_node_a_s_config_and_is_refused_node_b_s_w
 async fn by_default_a_client_without_a_certificate_or_in_plaintext_gets_nothing() {
     let server = Server::start(&[]);
     apps(&server).await;
-    let bundle = trust_bundle(&server).await;
+    let bundle = common::certs::trust_bundle(&server.addr).await;
 
     // No client certificate: the handshake, or the first read after it, fails.
     let refused = match handshake(&server.xds_addr, tls_client(&bundle, None)).await {

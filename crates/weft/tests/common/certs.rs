@@ -58,3 +58,41 @@ impl Ca {
         }
     }
 }
+
+/// A workload certificate from the Weft server at `addr` for `resource`, joined with a join
+/// token from the CLI and a CSR made here as an agent makes it: chain and key, PEM.
+pub async fn workload_certificate(addr: &str, resource: &str) -> (String, String) {
+    let token = super::join_token(addr, resource, "10m");
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "workload");
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("{addr}/weft/v1/certificates"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "csr": csr }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    let chain = format!(
+        "{}{}",
+        answer["certificate"].as_str().unwrap(),
+        answer["chain"].as_str().unwrap()
+    );
+    (chain, key.serialize_pem())
+}
+
+/// The trust bundle of the Weft server at `addr` (PEM).
+pub async fn trust_bundle(addr: &str) -> String {
+    let answer: serde_json::Value = reqwest::get(format!("{addr}/weft/v1/trust-bundle"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["trustBundle"].as_str().unwrap().to_string()
+}
