@@ -166,11 +166,18 @@ struct StatusJson<'a> {
     config_failures: Vec<FailureJson>,
     /// How the xDS listener is secured: `mTLS`, or `plaintext (unauthenticated)`.
     xds_security: &'static str,
+    /// How the API checks its callers: `SigV4`, or `none (--insecure-no-auth)`.
+    api_authentication: &'static str,
 }
 
 /// The endpoint, served on the API listener; `failures` are the control
 /// plane's, shown beside the proxies of each failing class.
-pub fn router(ads: AdsServer, failures: ClassFailures, xds_security: &'static str) -> Router {
+pub fn router(
+    ads: AdsServer,
+    failures: ClassFailures,
+    xds_security: &'static str,
+    api_authentication: &'static str,
+) -> Router {
     Router::new().route(
         PATH,
         get(move || {
@@ -188,6 +195,7 @@ pub fn router(ads: AdsServer, failures: ClassFailures, xds_security: &'static st
                         .map(|(key, f)| failure_json(&key, f))
                         .collect(),
                     xds_security,
+                    api_authentication,
                 };
                 Json(body).into_response()
             }
@@ -257,6 +265,14 @@ pub async fn run(args: ProxyStatusArgs) -> Result<()> {
             println!(
                 "WARNING: xDS is {security}: any client reaching the xDS port gets any \
                  proxy's config (weft server --xds-tls for mutual TLS)"
+            );
+        }
+    }
+    if let Some(auth) = status["apiAuthentication"].as_str() {
+        if auth != "SigV4" {
+            println!(
+                "WARNING: the API authenticates {auth}: anyone reaching it can change every mesh \
+                 (weft server without --insecure-no-auth checks SigV4 signatures)"
             );
         }
     }

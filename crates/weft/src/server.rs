@@ -438,7 +438,15 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
     // certificates and trust bundle).
     let app = weft_api::router(service.clone())
         .merge(weft_registry::router(registry))
-        .merge(proxy_status::router(ads, failures, xds_security))
+        .merge(proxy_status::router(
+            ads,
+            failures,
+            xds_security,
+            match auth.mode() {
+                weft_auth::Mode::Verify => "SigV4",
+                weft_auth::Mode::Insecure => "none (--insecure-no-auth)",
+            },
+        ))
         .merge(weft_ca::http::router(ca.clone()))
         .merge(weft_auth::admin::router(auth.clone()));
     let app = auth.wrap(app);

@@ -558,6 +558,15 @@ async fn with_insecure_no_auth_unsigned_requests_are_served_and_the_server_says_
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
+    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["proxy-status", "--endpoint", &api])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("WARNING: the API authenticates none (--insecure-no-auth)"),
+        "{table}"
+    );
     // Any credentials at all, as before.
     let config = aws_sdk_appmesh::Config::builder()
         .behavior_version(BehaviorVersion::latest())
