@@ -34,6 +34,16 @@ fn client_with(server: &WeftServer, id: &str, secret: &str, clock: Option<System
 
 /// A Cloud Map client signing with `id` and `secret`.
 fn cloud_map_with(server: &WeftServer, id: &str, secret: &str) -> aws_sdk_servicediscovery::Client {
+    cloud_map_over(server, id, secret, false)
+}
+
+/// A Cloud Map client signing with `id` and `secret`, over RPC v2 CBOR if `cbor`.
+fn cloud_map_over(
+    server: &WeftServer,
+    id: &str,
+    secret: &str,
+    cbor: bool,
+) -> aws_sdk_servicediscovery::Client {
     let config = aws_sdk_servicediscovery::Config::builder()
         .behavior_version(aws_sdk_servicediscovery::config::BehaviorVersion::latest())
         .region(aws_sdk_servicediscovery::config::Region::new("us-east-1"))
@@ -45,9 +55,13 @@ fn cloud_map_with(server: &WeftServer, id: &str, secret: &str) -> aws_sdk_servic
             "auth-tests",
         ))
         .endpoint_url(&server.addr)
-        .retry_config(aws_sdk_servicediscovery::config::retry::RetryConfig::disabled())
-        .build();
-    aws_sdk_servicediscovery::Client::from_conf(config)
+        .retry_config(aws_sdk_servicediscovery::config::retry::RetryConfig::disabled());
+    let config = if cbor {
+        config.protocol(aws_smithy_cbor::protocol::RpcV2CborProtocol::new())
+    } else {
+        config
+    };
+    aws_sdk_servicediscovery::Client::from_conf(config.build())
 }
 
 fn message<E, R>(e: &aws_sdk_appmesh::error::SdkError<E, R>) -> String
@@ -584,4 +598,63 @@ async fn with_insecure_no_auth_unsigned_requests_are_served_and_the_server_says_
     let _ = child.wait();
     let line = warning.join().unwrap().expect("a warning in the log");
     assert!(line.contains("WARN"), "{line}");
+}
+
+#[tokio::test]
+async fn cloud_map_over_rpc_v2_cbor_is_verified_and_refused_in_its_own_shape() {
+    let server = WeftServer::start();
+    let (id, secret) = admin_key(&server.addr);
+    let admin = cloud_map_over(&server, &id, &secret, true);
+    admin
+        .create_http_namespace()
+        .name("apps.local")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        admin
+            .list_namespaces()
+            .send()
+            .await
+            .unwrap()
+            .namespaces()
+            .len(),
+        1
+    );
+    let code = |e: &aws_sdk_servicediscovery::error::SdkError<_, _>| {
+        use aws_sdk_servicediscovery::error::ProvideErrorMetadata;
+        e.as_service_error()
+            .and_then(
+                |s: &aws_sdk_servicediscovery::operation::list_namespaces::ListNamespacesError| {
+                    s.code()
+                },
+            )
+            .map(str::to_string)
+    };
+    let e = cloud_map_over(&server, "AKIAIOSFODNN7EXAMPLE", &secret, true)
+        .list_namespaces()
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e).as_deref(), Some("UnrecognizedClientException"));
+    let e = cloud_map_over(&server, &id, "wrong", true)
+        .list_namespaces()
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e).as_deref(), Some("InvalidSignatureException"));
+    // A key for Cloud Map reads lists, and is denied a write.
+    let (ro_id, ro_secret) = new_key(&server, "cm-reader", "AWSCloudMapReadOnlyAccess");
+    let reader = cloud_map_over(&server, &ro_id, &ro_secret, true);
+    reader.list_namespaces().send().await.unwrap();
+    let e = reader
+        .create_http_namespace()
+        .name("mine.local")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        aws_sdk_servicediscovery::error::ProvideErrorMetadata::code(&e),
+        Some("AccessDeniedException")
+    );
 }
