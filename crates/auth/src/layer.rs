@@ -175,9 +175,18 @@ impl Authenticator {
         body: &[u8],
         now: SystemTime,
     ) -> Result<Principal, AuthError> {
-        let claim = match sigv4::parse(&parts.headers)? {
-            Some(claim) => claim,
-            None => return Err(AuthError::MissingToken(MISSING_TOKEN.into())),
+        let received = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path(), |pq| pq.as_str());
+        // The Authorization header, else a presigned URL's query, whose signature parameters
+        // are left out of what is signed again.
+        let (claim, target) = match sigv4::parse(&parts.headers)? {
+            Some(claim) => (claim, received.to_string()),
+            None => match sigv4::parse_presigned(received)? {
+                Some(presigned) => presigned,
+                None => return Err(AuthError::MissingToken(MISSING_TOKEN.into())),
+            },
         };
         if parts.headers.contains_key("x-amz-security-token") {
             // Weft holds long-term keys only; a session token names nothing it issued.
@@ -189,13 +198,9 @@ impl Authenticator {
         };
         claim.check_scope(&self.inner.region, protocol.service())?;
         claim.check_time(now)?;
-        let target = parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| parts.uri.path(), |pq| pq.as_str());
         claim.verify_signature(
             parts.method.as_str(),
-            target,
+            &target,
             &parts.headers,
             body,
             &key.secret,

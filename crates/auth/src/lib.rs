@@ -6,10 +6,10 @@
 //!   ([`kek`]) that lives in a file beside the store, never in it. SigV4 needs the secret
 //!   itself (the signing key is derived from it per day, region and service), so a hash would
 //!   not do.
-//! - [`sigv4`]: the `Authorization` header parsed, the key looked up, and the request as
-//!   received signed again with the maintained `aws-sigv4` crate (the one the AWS SDK for Rust
-//!   signs with), over exactly the headers the client listed in `SignedHeaders` and at its
-//!   `x-amz-date`; the two signatures compared in constant time.
+//! - [`sigv4`]: the `Authorization` header (or a presigned URL's query) parsed, the key looked
+//!   up, and the request as received signed again with the maintained `aws-sigv4` crate (the
+//!   one the AWS SDK for Rust signs with), over exactly the headers the client listed in
+//!   `SignedHeaders` and at its `x-amz-date`; the two signatures compared in constant time.
 //! - [`policy`]: statements (`Effect`, `Action`, `Resource`) evaluated as IAM does: an explicit
 //!   deny wins, and what no statement allows is denied. App Mesh's managed policies are
 //!   available by name.

@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{
-    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
-    UriPathNormalizationMode,
+    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest,
+    SignatureLocation, SigningSettings, UriPathNormalizationMode,
 };
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
@@ -55,6 +55,8 @@ pub struct Claim {
     pub signature: String,
     /// The request's `x-amz-date`, `yyyymmddThhmmssZ`.
     pub amz_date: String,
+    /// For a presigned URL, how long it is valid from `amz_date` (`X-Amz-Expires`).
+    pub expires: Option<Duration>,
 }
 
 impl std::fmt::Debug for Claim {
@@ -84,6 +86,10 @@ fn quote(text: &str) -> String {
 /// Reads the `Authorization` header and `x-amz-date` of a request: `Ok(None)` if there is no
 /// `Authorization` header at all.
 pub fn parse(headers: &HeaderMap) -> Result<Option<Claim>, AuthError> {
+    parse_claim(headers, &["host", "x-amz-date"])
+}
+
+fn parse_claim(headers: &HeaderMap, required: &[&str]) -> Result<Option<Claim>, AuthError> {
     let Some(value) = headers.get(http::header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -164,7 +170,7 @@ pub fn parse(headers: &HeaderMap) -> Result<Option<Claim>, AuthError> {
         .filter(|h| !h.is_empty())
         .map(str::to_ascii_lowercase)
         .collect();
-    for required in ["host", "x-amz-date"] {
+    for required in required {
         if !signed_headers.iter().any(|h| h == required) {
             return Err(AuthError::InvalidSignature(format!(
                 "'{required}' must be a 'SignedHeader' in the AWS Authorization."
@@ -180,7 +186,122 @@ pub fn parse(headers: &HeaderMap) -> Result<Option<Claim>, AuthError> {
         signed_headers,
         signature: signature.to_ascii_lowercase(),
         amz_date: amz_date.to_string(),
+        expires: None,
     }))
+}
+
+/// The longest a presigned URL may be valid: a week, as SigV4 allows
+/// (<https://docs.aws.amazon.com/AmazonS3/latest/API/sigv4-query-string-auth.html>).
+pub const MAX_PRESIGNED: Duration = Duration::from_secs(604_800);
+
+/// The query parameters that carry a presigned URL's signature; the signer adds them back.
+const PRESIGNING_PARAMS: &[&str] = &[
+    "X-Amz-Algorithm",
+    "X-Amz-Credential",
+    "X-Amz-Date",
+    "X-Amz-Expires",
+    "X-Amz-SignedHeaders",
+    "X-Amz-Signature",
+    "X-Amz-Security-Token",
+];
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            if let Some(Ok(b)) = text.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16)) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads a presigned URL's query (`X-Amz-Signature` and its companions): the claim and the
+/// request target without those parameters, or `None` if the query carries no signature.
+pub fn parse_presigned(target: &str) -> Result<Option<(Claim, String)>, AuthError> {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut found = std::collections::HashMap::new();
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = percent_decode(k);
+        if PRESIGNING_PARAMS.contains(&name.as_str()) {
+            found.insert(name, percent_decode(v));
+        } else {
+            rest.push(pair);
+        }
+    }
+    if !found.contains_key("X-Amz-Signature") {
+        return Ok(None);
+    }
+    if found.contains_key("X-Amz-Security-Token") {
+        return Err(AuthError::UnrecognizedClient(UNKNOWN_KEY.into()));
+    }
+    let get = |name: &str| found.get(name).map(String::as_str);
+    let mut missing = String::new();
+    for name in [
+        "X-Amz-Algorithm",
+        "X-Amz-Credential",
+        "X-Amz-Date",
+        "X-Amz-Expires",
+        "X-Amz-SignedHeaders",
+    ] {
+        if get(name).is_none() {
+            missing.push_str(&format!(
+                "AWS query-string parameters must include '{name}'. "
+            ));
+        }
+    }
+    if !missing.is_empty() {
+        return Err(AuthError::IncompleteSignature(format!(
+            "{missing}Re-examine the query-string parameters."
+        )));
+    }
+    if get("X-Amz-Algorithm") != Some(ALGORITHM) {
+        return Err(AuthError::IncompleteSignature(format!(
+            "X-Amz-Algorithm only supports '{ALGORITHM}'"
+        )));
+    }
+    let expires = get("X-Amz-Expires")
+        .and_then(|e| e.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .filter(|e| *e <= MAX_PRESIGNED)
+        .ok_or_else(|| {
+            AuthError::IncompleteSignature(
+                "X-Amz-Expires must be a number of seconds, at most a week (604800)".into(),
+            )
+        })?;
+    // The header form's checks, on the same values.
+    let mut headers = HeaderMap::new();
+    let authorization = format!(
+        "{ALGORITHM} Credential={}, SignedHeaders={}, Signature={}",
+        get("X-Amz-Credential").unwrap_or_default(),
+        get("X-Amz-SignedHeaders").unwrap_or_default(),
+        get("X-Amz-Signature").unwrap_or_default(),
+    );
+    let value = |text: &str| {
+        http::HeaderValue::from_str(text)
+            .map_err(|_| AuthError::IncompleteSignature("Malformed query-string parameters".into()))
+    };
+    headers.insert(http::header::AUTHORIZATION, value(&authorization)?);
+    headers.insert("x-amz-date", value(get("X-Amz-Date").unwrap_or_default())?);
+    let Some(mut claim) = parse_claim(&headers, &["host"])? else {
+        return Ok(None);
+    };
+    claim.expires = Some(expires);
+    let target = if rest.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", rest.join("&"))
+    };
+    Ok(Some((claim, target)))
 }
 
 const AMZ_DATE: &[time::format_description::FormatItem<'static>] =
@@ -242,7 +363,16 @@ impl Claim {
             )));
         };
         let now_text = format_amz_date(now);
-        if at + MAX_SKEW < now {
+        if let Some(expires) = self.expires {
+            if at + expires < now {
+                return Err(AuthError::InvalidSignature(format!(
+                    "Signature expired: {} is now earlier than {} ({now_text} - {} sec.)",
+                    self.amz_date,
+                    format_amz_date(now - expires),
+                    expires.as_secs()
+                )));
+            }
+        } else if at + MAX_SKEW < now {
             return Err(AuthError::InvalidSignature(format!(
                 "Signature expired: {} is now earlier than {} ({now_text} - 5 min.)",
                 self.amz_date,
@@ -343,6 +473,10 @@ impl Claim {
         // Every header the client listed is signed, whatever its name (some clients sign
         // user-agent), and no other.
         settings.excluded_headers = Some(Vec::<Cow<'static, str>>::new());
+        if let Some(expires) = self.expires {
+            settings.signature_location = SignatureLocation::QueryParams;
+            settings.expires_in = Some(expires);
+        }
         settings.payload_checksum_kind = if signs_content_sha {
             PayloadChecksumKind::XAmzSha256
         } else {

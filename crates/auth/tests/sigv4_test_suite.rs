@@ -22,6 +22,15 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
+    cases_from("header-signed-request.txt")
+}
+
+/// The presigned form of each case.
+fn presigned_cases() -> Vec<Case> {
+    cases_from("query-signed-request.txt")
+}
+
+fn cases_from(file: &str) -> Vec<Case> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sigv4-test-suite");
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap()
@@ -30,13 +39,13 @@ fn cases() -> Vec<Case> {
         .collect();
     dirs.sort();
     assert!(dirs.len() >= 20, "the vectors are missing");
-    dirs.iter().map(|d| read_case(d)).collect()
+    dirs.iter().map(|d| read_case(d, file)).collect()
 }
 
-fn read_case(dir: &Path) -> Case {
+fn read_case(dir: &Path, file: &str) -> Case {
     let context: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("context.json")).unwrap()).unwrap();
-    let text = std::fs::read_to_string(dir.join("header-signed-request.txt")).unwrap();
+    let text = std::fs::read_to_string(dir.join(file)).unwrap();
     let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
     let request_line = lines.next().unwrap();
@@ -163,6 +172,61 @@ fn a_changed_byte_in_any_signed_part_is_an_invalid_signature() {
         assert!(
             matches!(e, AuthError::InvalidSignature(_)),
             "{} path: {e}",
+            case.name
+        );
+    }
+}
+
+fn verify_presigned(
+    case: &Case,
+    target: &str,
+    body: &[u8],
+    secret: &Secret,
+) -> Result<(), AuthError> {
+    let (claim, unsigned) = sigv4::parse_presigned(target)?.expect("a presigned query");
+    claim.check_scope("us-east-1", "service")?;
+    claim.check_time(case.time)?;
+    claim.verify_signature(&case.method, &unsigned, &case.headers, body, secret)
+}
+
+#[test]
+fn every_presigned_request_of_the_suite_is_accepted_until_it_expires() {
+    for case in presigned_cases() {
+        verify_presigned(&case, &case.target, &case.body, &case.secret)
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        // Valid for its X-Amz-Expires (3600 s), not after.
+        let late = Case {
+            time: case.time + std::time::Duration::from_secs(3601),
+            ..read_case(
+                &Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/sigv4-test-suite")
+                    .join(&case.name),
+                "query-signed-request.txt",
+            )
+        };
+        let e = verify_presigned(&late, &late.target, &late.body, &late.secret).unwrap_err();
+        assert!(
+            e.to_string().starts_with("Signature expired: "),
+            "{}: {e}",
+            case.name
+        );
+        let wrong = Secret::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEZ");
+        let e = verify_presigned(&case, &case.target, &case.body, &wrong).unwrap_err();
+        assert!(
+            matches!(e, AuthError::InvalidSignature(_)),
+            "{}: {e}",
+            case.name
+        );
+        let e = verify_presigned(
+            &case,
+            &format!("{}&extra=1", case.target),
+            &case.body,
+            &case.secret,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, AuthError::InvalidSignature(_)),
+            "{} query: {e}",
             case.name
         );
     }
