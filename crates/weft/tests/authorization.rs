@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_appmesh::types::TagRef;
 use common::certs::{trust_bundle, workload_certificate};
-use common::mesh::{agent_with_env, free_port, sample_app, wait_until, Agent};
+use common::mesh::{free_port, sample_app, wait_until};
 use common::WeftServer;
 use weft_test_support::sdk::MeshApi;
 use weft_test_support::spec::{Listener, MeshSpec, NodeSpec, ServiceSpec};
@@ -78,21 +78,6 @@ async fn tag_mesh(server: &WeftServer, key: &str, value: &str) {
         .unwrap();
 }
 
-fn joined(server: &WeftServer, node: &str, app_ports: &[(u16, u16)]) -> Agent {
-    let resource = format!("mesh/apps/virtualNode/{node}");
-    let token = common::join_token(&server.addr, &resource, "1h");
-    agent_with_env(
-        &server.xds_addr,
-        &resource,
-        app_ports,
-        "sotw",
-        &[
-            ("WEFT_JOIN_TOKEN", &token),
-            ("WEFT_CA_SERVER", &server.addr),
-        ],
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_declared_callers_reach_a_node_over_http_grpc_and_tcp_and_declaring_the_backend_opens_it_at_once(
 ) {
@@ -113,12 +98,12 @@ async fn only_declared_callers_reach_a_node_over_http_grpc_and_tcp_and_declaring
     api.node("front", NodeSpec::client(&["red.apps.local"]))
         .await;
     api.node("rogue", NodeSpec::client(&[])).await;
-    let red = joined(
+    let red = common::joined_agent(
         &server,
-        "red",
+        "mesh/apps/virtualNode/red",
         &[(red_port, red_app_port), (red_tcp_port, red_app_port)],
     );
-    let front = joined(&server, "front", &[]);
+    let front = common::joined_agent(&server, "mesh/apps/virtualNode/front", &[]);
 
     let bundle = tmp.path().join("bundle.pem");
     std::fs::write(&bundle, trust_bundle(&server.addr).await).unwrap();
@@ -222,7 +207,11 @@ async fn report_only_counts_the_calls_it_would_refuse_and_refuses_none() {
     api.service("red.apps.local", ServiceSpec::by_node("red"))
         .await;
     api.node("rogue", NodeSpec::client(&[])).await;
-    let red = joined(&server, "red", &[(red_port, red_app_port)]);
+    let red = common::joined_agent(
+        &server,
+        "mesh/apps/virtualNode/red",
+        &[(red_port, red_app_port)],
+    );
     let bundle = tmp.path().join("bundle.pem");
     std::fs::write(&bundle, trust_bundle(&server.addr).await).unwrap();
     let as_rogue = identity(&server, "rogue", tmp.path()).await;

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use aws_sdk_appmesh::error::ProvideErrorMetadata;
 use aws_sdk_appmesh::types as t;
-use common::mesh::{agent_with_env, free_port, http_get, sample_app, wait_until, Agent};
-use common::{error_code, join_token, WeftServer};
+use common::mesh::{agent_with_env, free_port, http_get, sample_app, wait_until};
+use common::{error_code, WeftServer};
 use weft_test_support::sdk::MeshApi;
 use weft_test_support::spec::{NodeSpec, ServiceSpec};
 
@@ -121,37 +121,11 @@ async fn the_mtls_tag_takes_only_strict_permissive_or_disabled() {
         .unwrap();
 }
 
-/// `weft agent` for `mesh/apps/virtualNode/<node>` with a join token: its Envoy gets a Weft
-/// identity over SDS and speaks mutual TLS to xDS.
-fn agent_with_identity(
-    server: &WeftServer,
-    node: &str,
-    app_ports: &[(u16, u16)],
-    run_dir: &std::path::Path,
-) -> Agent {
-    let resource = format!("mesh/apps/virtualNode/{node}");
-    let token = join_token(&server.addr, &resource, "10m");
-    let run = run_dir.join(format!("run-{node}"));
-    agent_with_env(
-        &server.xds_addr,
-        &resource,
-        app_ports,
-        "sotw",
-        &[
-            ("WEFT_CA_SERVER", &server.addr),
-            ("WEFT_JOIN_TOKEN", &token),
-            ("WEFT_XDS_TLS", "true"),
-            ("WEFT_RUN_DIR", &run.display().to_string()),
-        ],
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_strict_mesh_carries_traffic_over_mutual_tls_without_tls_specs_and_untagging_returns_to_plaintext(
 ) {
     let server = WeftServer::start_with(&["--xds-tls"]);
     let client = server.client();
-    let tmp = tempfile::tempdir().unwrap();
     client
         .create_mesh()
         .mesh_name("apps")
@@ -168,8 +142,12 @@ async fn a_strict_mesh_carries_traffic_over_mutual_tls_without_tls_specs_and_unt
     api.node("front", NodeSpec::client(&["red.apps.local"]))
         .await;
     let (_red_app, red_app_port) = sample_app("red");
-    let red = agent_with_identity(&server, "red", &[(red_port, red_app_port)], tmp.path());
-    let front = agent_with_identity(&server, "front", &[], tmp.path());
+    let red = common::joined_agent(
+        &server,
+        "mesh/apps/virtualNode/red",
+        &[(red_port, red_app_port)],
+    );
+    let front = common::joined_agent(&server, "mesh/apps/virtualNode/front", &[]);
 
     let through = || {
         front

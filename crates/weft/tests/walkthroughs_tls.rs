@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::certs::Ca;
-use common::mesh::{agent, agent_with_env, free_port, http_get, sample_app, wait_until, Agent};
+use common::mesh::{agent, free_port, http_get, sample_app, wait_until, Agent};
 use common::{aws_appmesh, WeftServer};
 
 /// Fills a walkthrough's template: each `$NAME` in `strings` becomes a JSON string (jq's
@@ -475,24 +475,16 @@ async fn howto_ingress_gateway_tls_with_acm_certificates_from_weft_s_ca_through_
     );
 
     // ACM stands for Weft's CA: each proxy joins with a join token and gets its certificate.
-    let joined = |resource: &str, app_ports: &[(u16, u16)]| {
-        let token = common::join_token(&server.addr, resource, "1h");
-        agent_with_env(
-            &server.xds_addr,
-            resource,
-            app_ports,
-            "sotw",
-            &[
-                ("WEFT_JOIN_TOKEN", &token),
-                ("WEFT_CA_SERVER", &server.addr),
-            ],
-        )
-    };
-    let white = joined(
+    let white = common::joined_agent(
+        &server,
         "mesh/howto-ingress/virtualNode/colorteller-white-vn",
         &[(port, app_port)],
     );
-    let gateway = joined("mesh/howto-ingress/virtualGateway/colorgateway-vg", &[]);
+    let gateway = common::joined_agent(
+        &server,
+        "mesh/howto-ingress/virtualGateway/colorgateway-vg",
+        &[],
+    );
 
     // A client outside the mesh trusts Weft's root (the trust bundle) and reaches the gateway
     // over HTTPS by the route's host name, which the gateway's certificate holds.

@@ -440,3 +440,20 @@ pub async fn signed_request(
     }
     request.send().await.unwrap()
 }
+
+/// `weft agent` for `resource` (`mesh/<mesh>/virtualNode/<name>` or a gateway) joined with a
+/// fresh join token: its Envoy gets the proxy's Weft identity over SDS and speaks mutual TLS
+/// to the server's xDS port (start the server with `--xds-tls`).
+pub fn joined_agent(server: &WeftServer, resource: &str, app_ports: &[(u16, u16)]) -> mesh::Agent {
+    let token = join_token(&server.addr, resource, "1h");
+    mesh::agent_with_env(
+        &server.xds_addr,
+        resource,
+        app_ports,
+        "sotw",
+        &[
+            ("WEFT_JOIN_TOKEN", &token),
+            ("WEFT_CA_SERVER", &server.addr),
+        ],
+    )
+}
