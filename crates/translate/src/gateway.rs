@@ -180,6 +180,7 @@ pub(crate) fn translate(
             &rc.name,
             &HcmExtras {
                 access_log: access_log.clone(),
+                tracing: options.tracing,
                 ..Default::default()
             },
         );
@@ -221,7 +222,10 @@ pub(crate) fn translate(
         let hcm = listener::http_connection_manager(
             EGRESS_STAT_PREFIX,
             &egress_routes.name,
-            &HcmExtras::default(),
+            &HcmExtras {
+                tracing: options.tracing,
+                ..Default::default()
+            },
         );
         listeners.push(listener::listener(
             names::egress_listener(&loopback, options.egress_port),

@@ -30,7 +30,7 @@ use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router as Xds
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst as XdsOriginalDst;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
     CodecType as XdsCodecType, RouteSpecifier as XdsRouteSpecifier,
-    UpgradeConfig as XdsUpgradeConfig,
+    Tracing as XdsHcmTracing, UpgradeConfig as XdsUpgradeConfig,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as XdsHttpFilterConfigType;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -82,6 +82,11 @@ pub(crate) struct HcmExtras {
     pub access_log: Vec<XdsAccessLog>,
     /// Service-to-service authorization (ingress only): the RBAC filter, before the router.
     pub rbac: Option<XdsHttpFilter>,
+    /// Trace requests (`weft.tracing`): an empty `tracing`, so Envoy uses the provider of the
+    /// proxy's bootstrap (the HCM's `provider` field, when unset, falls back to it:
+    /// <https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto#extensions-filters-network-http-connection-manager-v3-httpconnectionmanager-tracing>).
+    /// Sampling stays at Envoy's defaults (100%), the tracer's own sampling (X-Ray's) applies.
+    pub tracing: bool,
 }
 
 /// An HTTP connection manager that takes its routes from RDS over the ADS stream
@@ -151,6 +156,7 @@ pub(crate) fn http_connection_manager(
         merge_slashes: true,
         upgrade_configs,
         access_log: extras.access_log.clone(),
+        tracing: extras.tracing.then(XdsHcmTracing::default),
         ..Default::default()
     };
     XdsFilter {

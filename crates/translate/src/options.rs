@@ -49,6 +49,10 @@ pub struct ProxyOptions {
     /// files, so that a missing or unreadable file leaves only that TLS unready (the agent
     /// logs the path) instead of making Envoy refuse the whole config.
     pub file_secrets: bool,
+    /// `weft.tracing`: the proxy's bootstrap has a tracing provider (the agent's tracing
+    /// variables), so every HTTP connection manager sets `tracing` and Envoy traces there;
+    /// without it no connection manager traces (Envoy traces nowhere else).
+    pub tracing: bool,
 }
 
 /// App Mesh's ingress port (envoy-metrics.md: `lds_ingress_0.0.0.0_15000`).
@@ -69,6 +73,7 @@ impl Default for ProxyOptions {
             listen_address_v6: None,
             identity: false,
             file_secrets: false,
+            tracing: false,
         }
     }
 }
@@ -141,6 +146,7 @@ impl ProxyOptions {
         }
         options.identity = bool_field(fields.get("weft.identity"), "weft.identity")?;
         options.file_secrets = bool_field(fields.get("weft.file_secrets"), "weft.file_secrets")?;
+        options.tracing = bool_field(fields.get("weft.tracing"), "weft.tracing")?;
         if let Some(value) = fields.get("weft.app_ports") {
             let Some(Kind::StructValue(ports)) = &value.kind else {
                 return Err(invalid(
@@ -306,6 +312,15 @@ mod tests {
         );
         let with = metadata(&[("weft.identity", Kind::BoolValue(true))]);
         assert!(ProxyOptions::from_metadata(&with).unwrap().identity);
+    }
+
+    #[test]
+    fn tracing_is_on_only_when_the_metadata_says_so() {
+        assert!(!ProxyOptions::from_metadata(&metadata(&[])).unwrap().tracing);
+        let with = metadata(&[("weft.tracing", Kind::BoolValue(true))]);
+        assert!(ProxyOptions::from_metadata(&with).unwrap().tracing);
+        let bad = metadata(&[("weft.tracing", Kind::StringValue("zipkin".into()))]);
+        assert!(ProxyOptions::from_metadata(&bad).is_err());
     }
 
     #[test]

@@ -218,6 +218,7 @@ fn ingress(
                 &HcmExtras {
                     access_log: access_log.clone(),
                     rbac: crate::authorization::http_filter(snapshot, &node.virtual_node_name),
+                    tracing: options.tracing,
                     ..Default::default()
                 },
             );
@@ -323,6 +324,7 @@ fn egress(
         forward_proxy: None,
         access_log: access_log.clone(),
         rbac: None,
+        tracing: options.tracing,
     };
     let catch_all = if !allow_all {
         None
