@@ -45,6 +45,8 @@ pub fn bootstrap(config: &AgentConfig) -> Value {
     if config.stats_tags {
         root["stats_config"] = stats_config(config);
     }
+    // Stats sinks, flush interval, a stats config file (replacing the tags above) and tracing.
+    crate::telemetry::apply(config, &mut root);
     root
 }
 
@@ -95,6 +97,11 @@ fn node(config: &AgentConfig) -> Value {
     // were missing.
     if config.serve_sds {
         metadata.insert("weft.file_secrets".into(), true.into());
+    }
+    // Envoy traces only in connection managers with `tracing` set, and those come from Weft's
+    // server: the bootstrap's provider needs translation to turn tracing on there.
+    if config.telemetry.traces() {
+        metadata.insert(crate::telemetry::TRACING_METADATA_KEY.into(), true.into());
     }
     json!({
         "id": config.node_id,
@@ -317,7 +324,7 @@ fn socket_address(host: &str, port: u16) -> Value {
 }
 
 /// A protobuf JSON Duration (`"1.5s"`).
-fn duration(d: std::time::Duration) -> String {
+pub(crate) fn duration(d: std::time::Duration) -> String {
     if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())
     } else {

@@ -15,6 +15,7 @@ use weft_model::{Arn, ResourcePath};
 use crate::error::AgentError;
 use crate::identity::{CaServer, IdentityConfig, JoinToken, TokenSource};
 use crate::launch::EnvoyIdentity;
+use crate::telemetry::{Telemetry, TelemetryArgs};
 
 /// How the application's traffic reaches Envoy (`weft.listener_mode`, `docs/proxy-contract.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -258,6 +259,9 @@ pub struct AgentArgs {
     /// TLS.
     #[arg(long, env = "WEFT_INSECURE_PLAINTEXT_XDS", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure_plaintext_xds: bool,
+    /// Envoy's stats sinks and tracing (App Mesh's DogStatsD, stats and tracing variables).
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
 }
 
 /// A flag value that is a secret: its `Debug` hides it, and clap never repeats it in an error
@@ -340,7 +344,8 @@ pub struct AgentConfig {
     pub ingress_port: u16,
     /// Egress listener port.
     pub egress_port: u16,
-    /// Whether to add the `appmesh.mesh` / `appmesh.virtual_node` stats tags.
+    /// Whether to add App Mesh's stats tags: `appmesh.mesh` and `appmesh.virtual_node` (or
+    /// `appmesh.virtual_gateway`), unless a stats config file replaces them.
     pub stats_tags: bool,
     /// Transparent or explicit.
     pub listener_mode: ListenerMode,
@@ -382,6 +387,8 @@ pub struct AgentConfig {
     pub serve_sds: bool,
     /// Mutual TLS to the xDS server with the proxy's certificate (needs `identity`).
     pub xds_tls: bool,
+    /// Stats sinks, stats config and tracing, with the files they name already read.
+    pub telemetry: Telemetry,
 }
 
 impl AgentConfig {
@@ -421,6 +428,7 @@ impl AgentConfig {
             sds_socket: None,
             serve_sds: true,
             xds_tls: false,
+            telemetry: Telemetry::default(),
         })
     }
 
@@ -525,6 +533,7 @@ impl AgentConfig {
         // xDS unless started with --insecure-plaintext-xds); without one the agent can only
         // speak plaintext, which a secure server refuses: start() says so in the log.
         config.xds_tls = config.identity.is_some() && !args.insecure_plaintext_xds;
+        config.telemetry = Telemetry::from_args(&args.telemetry)?;
         config.validate()?;
         Ok(config)
     }

@@ -19,6 +19,7 @@
 //! - [`identity`]: the proxy's key and its certificate from Weft's CA (join token, renewal);
 //!   [`ca_client`] calls the CA; [`sds`] serves them to Envoy over SDS on a Unix socket.
 //! - [`sample_app`]: the demo/test HTTP server (`weft sample-app`).
+//! - [`telemetry`]: Envoy's stats sinks, stats config and tracing from App Mesh's variables.
 
 pub mod admin;
 pub mod bootstrap;
@@ -37,6 +38,7 @@ pub mod sample_app;
 pub mod sds;
 pub mod signal;
 pub mod supervisor;
+pub mod telemetry;
 
 pub use bootstrap::{bootstrap, bootstrap_json};
 pub use config::{AgentArgs, AgentConfig, ListenerMode, XdsEndpoint, XdsProtocol};
