@@ -292,3 +292,57 @@ fn a_non_numeric_port_or_a_missing_config_file_stops_the_agent_naming_the_variab
         assert!(stderr.contains(variable), "{env:?}: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_ray_segments_reach_the_daemon_port_in_x_ray_s_udp_format() {
+    let server = WeftServer::start();
+    let api = MeshApi::create(&server.client(), "apps", MeshSpec::new()).await;
+    let red_port = free_port();
+    let (_red_app, red_app_port) = sample_app("red");
+    api.node("red", NodeSpec::http("127.0.0.1", red_port)).await;
+
+    let daemon = UdpSocket::bind("127.0.0.1:0").unwrap();
+    daemon
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let daemon_port = daemon.local_addr().unwrap().port().to_string();
+    let _red = agent_with_env(
+        &server.xds_addr,
+        "mesh/apps/virtualNode/red",
+        &[(red_port, red_app_port)],
+        "delta",
+        &[
+            ("ENABLE_ENVOY_XRAY_TRACING", "1"),
+            ("XRAY_DAEMON_PORT", &daemon_port),
+            ("XRAY_SAMPLING_RATE", "1.00"),
+        ],
+    );
+    wait_until(Duration::from_secs(30), || {
+        common::mesh::http_get(red_port, "red", "/").is_ok_and(|(s, _)| s == 200)
+    });
+    // X-Ray's daemon protocol: a JSON header line, a newline, then the segment document.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = vec![0u8; 65536];
+    let segment = loop {
+        assert!(Instant::now() < deadline, "no X-Ray segment arrived");
+        let Ok(n) = daemon.recv(&mut buf) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let (header, body) = text.split_once('\n').unwrap_or_else(|| panic!("{text}"));
+        let header: Value = serde_json::from_str(header).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(header["format"], "json", "{text}");
+        assert_eq!(header["version"], 1, "{text}");
+        break serde_json::from_str::<Value>(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+    };
+    // App Mesh's segment: named <mesh>/<node>, an App Mesh proxy's origin, the mesh and node.
+    assert_eq!(segment["name"], "apps/red", "{segment:#}");
+    assert_eq!(segment["origin"], "AWS::AppMesh::Proxy", "{segment:#}");
+    assert_eq!(
+        segment["aws"]["app_mesh"]["mesh_name"], "apps",
+        "{segment:#}"
+    );
+    assert_eq!(segment["aws"]["app_mesh"]["virtual_node_name"], "red");
+    let trace_id = segment["trace_id"].as_str().unwrap_or_default();
+    assert!(trace_id.starts_with("1-"), "{segment:#}");
+}
