@@ -26,6 +26,8 @@ pub struct Api {
     /// Sent with every request: a SigV4-style `Authorization` header whose
     /// access key id names the client (the server's per-client limits).
     authorization: Option<HeaderValue>,
+    /// Signs every request with SigV4 for `appmesh`, as the AWS SDKs do, when set.
+    credentials: Option<weft_auth::client::ClientCredentials>,
 }
 
 impl Api {
@@ -42,6 +44,21 @@ impl Api {
             client,
             base: base.trim_end_matches('/').to_string(),
             authorization: None,
+            credentials: None,
+        }
+    }
+
+    /// Like [`Api::new`], signing every request with SigV4 (service `appmesh`) with `creds`,
+    /// for a server that verifies signatures: the signing is the client's own cost, as it is
+    /// an SDK's.
+    pub fn signing(
+        base: &str,
+        connections: usize,
+        creds: weft_auth::client::ClientCredentials,
+    ) -> Api {
+        Api {
+            credentials: Some(creds),
+            ..Api::new(base, connections)
         }
     }
 
@@ -78,7 +95,32 @@ impl Api {
         if let Some(value) = &self.authorization {
             req = req.header(AUTHORIZATION, value.clone());
         }
-        let req = req.body(Full::new(body.unwrap_or_default()))?;
+        let body = body.unwrap_or_default();
+        if let Some(creds) = &self.credentials {
+            let authority = self
+                .base
+                .strip_prefix("http://")
+                .unwrap_or(&self.base)
+                .to_string();
+            let headers: &[(&str, &str)] = if body.is_empty() {
+                &[]
+            } else {
+                &[("content-type", "application/json")]
+            };
+            for (name, value) in weft_auth::client::signature_headers(
+                req.method_ref().map_or("GET", |m| m.as_str()),
+                &authority,
+                path,
+                headers,
+                &body,
+                creds,
+                "appmesh",
+                std::time::SystemTime::now(),
+            )? {
+                req = req.header(name, value);
+            }
+        }
+        let req = req.body(Full::new(body))?;
         let resp = self.client.request(req).await?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();

@@ -43,7 +43,7 @@ mod scoping;
 mod server;
 mod xds_scale;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -143,7 +143,16 @@ struct ApiArgs {
     /// almost every request.
     #[arg(long)]
     poll_idle: bool,
+    /// Then run the same phases again against a second server that verifies SigV4 on every
+    /// request (`weft server`'s default), with a client signing each request as the AWS SDKs
+    /// do, and print signed throughput beside unsigned (goal: at least 85% for Describe and
+    /// Create).
+    #[arg(long)]
+    compare_signing: bool,
 }
+
+/// Signed throughput a phase must keep, as a share of unsigned (issue 20's goal).
+const SIGNED_SHARE_GOAL: f64 = 0.85;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Phase {
@@ -227,6 +236,13 @@ fn millis(d: Duration) -> String {
 }
 
 /// One row of the results table: names left-aligned, figures right-aligned.
+fn share_line(cells: [&str; 8]) -> String {
+    let [op, plain, signed, share, p99_plain, p99_signed, goal, verdict] = cells;
+    format!(
+        "{op:<20} {plain:>14} {signed:>12} {share:>6} {p99_plain:>15} {p99_signed:>13}  {goal:<8} {verdict}"
+    )
+}
+
 fn table_line(cells: [&str; 12]) -> String {
     let [op, requests, rate, p50, p99, errors, srv, cli, steal, oth, goal, verdict] = cells;
     format!(
@@ -271,8 +287,8 @@ async fn api_bench(args: ApiArgs) -> Result<()> {
     if !valid(args.duration) || args.duration == 0.0 || !valid(args.warmup) {
         bail!("--duration must be positive and --warmup not negative");
     }
-    let binary = match args.weft_bin {
-        Some(b) => b,
+    let binary = match &args.weft_bin {
+        Some(b) => b.clone(),
         None => server::default_weft_binary()?,
     };
     let data = match &args.data_parent {
@@ -359,42 +375,7 @@ async fn api_bench(args: ApiArgs) -> Result<()> {
     }
     println!();
 
-    let warmup = Duration::from_secs_f64(args.warmup);
-    let duration = Duration::from_secs_f64(args.duration);
-    let mut rows = Vec::new();
-    for &phase in &args.phases {
-        let workload = match phase {
-            Phase::Describe => Workload::Describe {
-                mesh: MESH.into(),
-                nodes: args.nodes,
-            },
-            Phase::List => Workload::List {
-                mesh: MESH.into(),
-                nodes: args.nodes,
-                limit: args.page_size,
-            },
-            Phase::Create => Workload::Create {
-                meshes: create_meshes.clone(),
-            },
-            Phase::Update => Workload::Update {
-                mesh: MESH.into(),
-                nodes: args.nodes,
-            },
-        };
-        let before = CpuMark::now(server.pid());
-        let result = load::run_phase(
-            api.clone(),
-            workload,
-            args.concurrency,
-            pace,
-            warmup,
-            duration,
-        )
-        .await?;
-        let cpu = usage(&before, &CpuMark::now(server.pid()));
-        server.check_alive()?;
-        rows.push((phase, result, cpu));
-    }
+    let rows = measure_phases(api, &mut server, &args, &create_meshes, pace).await?;
 
     println!(
         "{}",
@@ -413,26 +394,7 @@ async fn api_bench(args: ApiArgs) -> Result<()> {
             "verdict",
         ])
     );
-    for (phase, r, cpu) in &rows {
-        let goal = Goal::for_phase(*phase);
-        println!(
-            "{}",
-            table_line([
-                r.operation,
-                &r.requests.to_string(),
-                &format!("{:.0}", r.throughput()),
-                &millis(r.quantile(0.5)),
-                &millis(r.quantile(0.99)),
-                &r.errors.to_string(),
-                &cpu[0],
-                &cpu[1],
-                &cpu[2],
-                &cpu[3],
-                &goal.text(),
-                &goal.verdict(r, pace),
-            ])
-        );
-    }
+    print_rows(&rows, pace);
     println!();
     println!(
         "CPU columns: CPU time of the server, of this client, taken by the hypervisor from this virtual machine \
@@ -459,6 +421,160 @@ async fn api_bench(args: ApiArgs) -> Result<()> {
         if let Some(e) = &r.first_error {
             println!("{}: first error: {e}", r.operation);
         }
+    }
+    drop(server);
+    if args.compare_signing {
+        compare_signing(
+            &binary,
+            data.path(),
+            &quotas,
+            &args,
+            &create_meshes,
+            pace,
+            &rows,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+type PhaseRow = (Phase, load::PhaseResult, [String; 4]);
+
+/// Runs `args.phases` against `server` through `api`, each with the server's and the machine's
+/// CPU use.
+async fn measure_phases(
+    api: Arc<Api>,
+    server: &mut Server,
+    args: &ApiArgs,
+    create_meshes: &[String],
+    pace: Pace,
+) -> Result<Vec<PhaseRow>> {
+    let warmup = Duration::from_secs_f64(args.warmup);
+    let duration = Duration::from_secs_f64(args.duration);
+    let mut rows = Vec::new();
+    for &phase in &args.phases {
+        let workload = match phase {
+            Phase::Describe => Workload::Describe {
+                mesh: MESH.into(),
+                nodes: args.nodes,
+            },
+            Phase::List => Workload::List {
+                mesh: MESH.into(),
+                nodes: args.nodes,
+                limit: args.page_size,
+            },
+            Phase::Create => Workload::Create {
+                meshes: create_meshes.to_vec(),
+            },
+            Phase::Update => Workload::Update {
+                mesh: MESH.into(),
+                nodes: args.nodes,
+            },
+        };
+        let before = CpuMark::now(server.pid());
+        let result = load::run_phase(
+            api.clone(),
+            workload,
+            args.concurrency,
+            pace,
+            warmup,
+            duration,
+        )
+        .await?;
+        let cpu = usage(&before, &CpuMark::now(server.pid()));
+        server.check_alive()?;
+        rows.push((phase, result, cpu));
+    }
+    Ok(rows)
+}
+
+/// One table line per phase.
+fn print_rows(rows: &[PhaseRow], pace: Pace) {
+    for (phase, r, cpu) in rows {
+        let goal = Goal::for_phase(*phase);
+        println!(
+            "{}",
+            table_line([
+                r.operation,
+                &r.requests.to_string(),
+                &format!("{:.0}", r.throughput()),
+                &millis(r.quantile(0.5)),
+                &millis(r.quantile(0.99)),
+                &r.errors.to_string(),
+                &cpu[0],
+                &cpu[1],
+                &cpu[2],
+                &cpu[3],
+                &goal.text(),
+                &goal.verdict(r, pace),
+            ])
+        );
+    }
+}
+
+/// The same phases against a server that verifies SigV4, with a signing client; signed
+/// throughput beside `unsigned`'s, per phase.
+async fn compare_signing(
+    binary: &Path,
+    data_parent: &Path,
+    quotas: &[String],
+    args: &ApiArgs,
+    create_meshes: &[String],
+    pace: Pace,
+    unsigned: &[PhaseRow],
+) -> Result<()> {
+    let data_dir = data_parent.join("signed");
+    let mut server = Server::start_verifying(binary, &data_dir, quotas)?;
+    let creds = Server::admin_credentials(&data_dir)?;
+    let api = Arc::new(Api::signing(&server.url, args.concurrency, creds));
+    load::create_mesh(&api, MESH).await?;
+    for mesh in create_meshes {
+        load::create_mesh(&api, mesh).await?;
+    }
+    load::create_nodes(api.clone(), MESH, args.nodes, args.concurrency).await?;
+    println!();
+    println!(
+        "signed: the same phases against a second server verifying SigV4 on every request \
+         (weft server's default), each request signed by this client with the server's \
+         administrator key (aws-sigv4, as the AWS SDKs sign)"
+    );
+    let rows = measure_phases(api, &mut server, args, create_meshes, pace).await?;
+    print_rows(&rows, pace);
+    println!();
+    println!(
+        "{}",
+        share_line([
+            "operation",
+            "unsigned req/s",
+            "signed req/s",
+            "share",
+            "p99 unsigned ms",
+            "p99 signed ms",
+            "goal",
+            "verdict",
+        ])
+    );
+    for ((phase, signed, _), (_, plain, _)) in rows.iter().zip(unsigned) {
+        let share = signed.throughput() / plain.throughput().max(f64::MIN_POSITIVE);
+        let goal = matches!(phase, Phase::Describe | Phase::Create);
+        println!(
+            "{}",
+            share_line([
+                signed.operation,
+                &format!("{:.0}", plain.throughput()),
+                &format!("{:.0}", signed.throughput()),
+                &format!("{:.0}%", share * 100.0),
+                &millis(plain.quantile(0.99)),
+                &millis(signed.quantile(0.99)),
+                if goal { ">= 85%" } else { "-" },
+                match (goal, share >= SIGNED_SHARE_GOAL, signed.errors) {
+                    (_, _, e) if e > 0 => "errors",
+                    (false, ..) => "-",
+                    (true, true, _) => "met",
+                    (true, false, _) => "missed",
+                },
+            ])
+        );
     }
     drop(server);
     Ok(())

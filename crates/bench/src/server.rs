@@ -73,6 +73,38 @@ impl Server {
         xds_listen: &str,
         extra: &[String],
     ) -> Result<Server> {
+        Server::launch(binary, data_dir, listen, xds_listen, extra, false)
+    }
+
+    /// [`Server::start`] verifying SigV4 on every API request, as `weft server` does by default:
+    /// clients sign with the administrator's key it writes to `<data_dir>/admin-credentials`
+    /// ([`Server::admin_credentials`]).
+    pub fn start_verifying(binary: &Path, data_dir: &Path, extra: &[String]) -> Result<Server> {
+        Server::launch(binary, data_dir, "127.0.0.1:0", "127.0.0.1:0", extra, true)
+    }
+
+    /// The administrator's key the server at `data_dir` wrote on its first start.
+    pub fn admin_credentials(data_dir: &Path) -> Result<weft_auth::client::ClientCredentials> {
+        let path = data_dir.join("admin-credentials");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let (key_id, secret) = weft_auth::client::read_profile(&text, "default")
+            .with_context(|| format!("no [default] key in {}", path.display()))?;
+        Ok(weft_auth::client::ClientCredentials {
+            key_id,
+            secret,
+            region: "us-east-1".into(),
+        })
+    }
+
+    fn launch(
+        binary: &Path,
+        data_dir: &Path,
+        listen: &str,
+        xds_listen: &str,
+        extra: &[String],
+        verify_signatures: bool,
+    ) -> Result<Server> {
         if !binary.exists() {
             bail!(
                 "no weft binary at {}: build it first with `cargo build --release -p weft` \
@@ -94,7 +126,7 @@ impl Server {
             .arg("--log")
             .arg("warn")
             .args(extra)
-            .args(default_flags(extra))
+            .args(default_flags(extra, verify_signatures))
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -166,13 +198,13 @@ impl Server {
 
 /// The flags that keep the xDS port plaintext and the API unauthenticated,
 /// each unless `extra` already says otherwise (see [`Server::start_on`]).
-fn default_flags(extra: &[String]) -> Vec<&'static str> {
+fn default_flags(extra: &[String], verify_signatures: bool) -> Vec<&'static str> {
     let has = |flags: &[&str]| extra.iter().any(|a| flags.contains(&a.as_str()));
     let mut flags = Vec::new();
     if !has(&["--xds-tls", "--insecure-plaintext-xds"]) {
         flags.push("--insecure-plaintext-xds");
     }
-    if !has(&["--insecure-no-auth"]) {
+    if !verify_signatures && !has(&["--insecure-no-auth"]) {
         flags.push("--insecure-no-auth");
     }
     flags

@@ -310,6 +310,37 @@ fn api_runs_closed_loop_and_open_loop_at_a_scheduled_rate() {
 }
 
 #[test]
+fn api_compares_signed_requests_with_unsigned_against_a_verifying_server() {
+    let out = bench(&[
+        "api",
+        "--nodes",
+        "10",
+        "--concurrency",
+        "2",
+        "--warmup",
+        "0.1",
+        "--duration",
+        "0.3",
+        "--phases",
+        "describe,create",
+        "--compare-signing",
+    ]);
+    assert!(out.contains("verifying SigV4 on every request"), "{out}");
+    // The share table: one row per phase, both with signed requests answered without error.
+    for op in ["DescribeVirtualNode", "CreateVirtualNode"] {
+        let rows: Vec<&str> = out.lines().filter(|l| l.starts_with(op)).collect();
+        assert_eq!(
+            rows.len(),
+            3,
+            "unsigned, signed and share rows of {op}:\n{out}"
+        );
+        let signed: Vec<&str> = rows[1].split_whitespace().collect();
+        assert_eq!(signed[5], "0", "signed requests of {op} failed:\n{out}");
+        assert!(rows[2].contains('%'), "{out}");
+    }
+}
+
+#[test]
 fn abuse_runs_every_phase() {
     let out = bench(&[
         "abuse",
