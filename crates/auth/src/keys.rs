@@ -3,6 +3,8 @@
 //! once, when the key is created; revoking a key keeps its record (listed as revoked) so that
 //! its id is never handed out again.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -190,12 +192,68 @@ pub async fn lookup(
     let Some(record) = get(store, id).await? else {
         return Ok(None);
     };
+    open(record, kek)
+}
+
+/// Keys already opened, by id, each with the store revision of the record it was opened
+/// from: a request reads the record's revision from the store as before (so a revocation or a
+/// new policy counts at once), and decodes and opens it only when that revision changed.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    opened: std::sync::Mutex<HashMap<String, (Revision, Arc<AccessKey>)>>,
+}
+
+/// Keys held at most; past it the cache starts over (keys are few, ids are checked before a
+/// lookup, so this only bounds what a flood of made-up ids could cost).
+const KEY_CACHE_ENTRIES: usize = 4096;
+
+impl KeyCache {
+    /// [`lookup`], skipping the decoding and opening of a record already opened at the same
+    /// revision.
+    pub async fn lookup(
+        &self,
+        store: &dyn Store,
+        kek: &Kek,
+        id: &str,
+    ) -> Result<Option<Arc<AccessKey>>, AuthError> {
+        if !plausible_id(id) {
+            return Ok(None);
+        }
+        let path = key_path(id);
+        let Some(kv) = store.get(&path).await? else {
+            return Ok(None);
+        };
+        let cached = self.opened.lock().ok().and_then(|m| {
+            m.get(id)
+                .filter(|(rev, _)| *rev == kv.mod_revision)
+                .cloned()
+        });
+        if let Some((_, key)) = cached {
+            return Ok(Some(key));
+        }
+        let record: KeyRecord = serde_json::from_slice(&kv.value).map_err(|e| corrupt(&path, e))?;
+        let Some(key) = open(record, kek)? else {
+            return Ok(None);
+        };
+        let key = Arc::new(key);
+        if let Ok(mut m) = self.opened.lock() {
+            if m.len() >= KEY_CACHE_ENTRIES {
+                m.clear();
+            }
+            m.insert(id.to_string(), (kv.mod_revision, key.clone()));
+        }
+        Ok(Some(key))
+    }
+}
+
+/// A record's usable key: `None` once revoked.
+fn open(record: KeyRecord, kek: &Kek) -> Result<Option<AccessKey>, AuthError> {
     if record.revoked_at.is_some() {
         return Ok(None);
     }
     let secret = kek.open(&record.id, &record.sealed_secret)?;
     let secret = String::from_utf8(secret)
-        .map_err(|_| AuthError::Crypto(format!("the secret of {id} is not text")))?;
+        .map_err(|_| AuthError::Crypto(format!("the secret of {} is not text", record.id)))?;
     Ok(Some(AccessKey {
         id: record.id,
         secret: Secret(secret),

@@ -112,6 +112,7 @@ struct Inner {
     region: String,
     account: String,
     max_body_bytes: usize,
+    keys: keys::KeyCache,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -142,6 +143,7 @@ impl Authenticator {
                 region: region.to_string(),
                 account: account.to_string(),
                 max_body_bytes,
+                keys: keys::KeyCache::default(),
             }),
         }
     }
@@ -192,7 +194,11 @@ impl Authenticator {
             // Weft holds long-term keys only; a session token names nothing it issued.
             return Err(AuthError::UnrecognizedClient(UNKNOWN_KEY.into()));
         }
-        let Some(key) = keys::lookup(&*self.inner.store, &self.inner.kek, &claim.key_id).await?
+        let Some(key) = self
+            .inner
+            .keys
+            .lookup(&*self.inner.store, &self.inner.kek, &claim.key_id)
+            .await?
         else {
             return Err(AuthError::UnrecognizedClient(UNKNOWN_KEY.into()));
         };
@@ -207,7 +213,9 @@ impl Authenticator {
         )?;
         let (action, resource) = self.action(protocol, parts, body);
         match key.policy.evaluate(&action, &resource) {
-            Decision::Allow => Ok(Principal { key_id: key.id }),
+            Decision::Allow => Ok(Principal {
+                key_id: key.id.clone(),
+            }),
             decision => {
                 let why = if decision == Decision::ExplicitDeny {
                     "with an explicit deny in an identity-based policy"
