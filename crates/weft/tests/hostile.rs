@@ -101,7 +101,19 @@ async fn idle_connection_floods_beyond_the_open_file_limit_never_fail_a_write() 
             .unwrap_or_else(|e| panic!("write {i} during the floods: {e:?}"));
         acknowledged.push(name);
     }
-    assert_eq!(server.health().await.0, 200);
+    // A new connection while the floods are being shed may be told 503 "try again shortly"
+    // (the listener refuses while a quarter of its cap is still closing); a client retrying as
+    // the SDKs do is served.
+    let mut health = 0;
+    for _ in 0..50 {
+        health = server.health().await.0;
+        if health == 200 {
+            break;
+        }
+        assert_eq!(health, 503, "only the listener's try-again answer");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(health, 200, "healthy while flooded");
 
     // The floods end; writes go on, and after a kill -9 every acknowledged
     // one is there.
