@@ -48,6 +48,10 @@ pub enum Mode {
 pub struct Principal {
     /// The access key id.
     pub key_id: String,
+    /// The IAM action the request is, e.g. `appmesh:CreateVirtualNode`.
+    pub action: String,
+    /// The resource's ARN (`*` where the operation names none).
+    pub resource: String,
 }
 
 /// Where a request goes, and so how it is checked and how its refusals look.
@@ -113,6 +117,7 @@ struct Inner {
     account: String,
     max_body_bytes: usize,
     keys: keys::KeyCache,
+    audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -144,8 +149,19 @@ impl Authenticator {
                 account: account.to_string(),
                 max_body_bytes,
                 keys: keys::KeyCache::default(),
+                audit: None,
             }),
         }
+    }
+
+    /// This authenticator recording every write and every refused request in `log` (call it
+    /// before the authenticator is cloned).
+    pub fn with_audit(mut self, log: Arc<crate::audit::AuditLog>) -> Authenticator {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.audit = Some(log),
+            None => tracing::error!("the audit log was set after the authenticator was shared"),
+        }
+        self
     }
 
     /// Whether requests are verified.
@@ -215,6 +231,8 @@ impl Authenticator {
         match key.policy.evaluate(&action, &resource) {
             Decision::Allow => Ok(Principal {
                 key_id: key.id.clone(),
+                action,
+                resource,
             }),
             decision => {
                 let why = if decision == Decision::ExplicitDeny {
@@ -265,6 +283,8 @@ impl Authenticator {
             Protocol::WeftAdmin => {
                 let noun = if path.starts_with("/weft/v1/access-keys") {
                     "AccessKey"
+                } else if path.starts_with(crate::audit::AUDIT) {
+                    "AuditRecord"
                 } else if path.starts_with("/weft/v1/join-tokens") {
                     "JoinToken"
                 } else {
@@ -425,13 +445,67 @@ async fn authenticate(State(auth): State<Authenticator>, request: Request, next:
             Ok(body) => body,
             Err(refusal) => return refusal_response(protocol, &AuthError::Body(refusal.message())),
         };
+    let source = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default();
     match auth.check(protocol, &parts, &body, SystemTime::now()).await {
         Ok(principal) => {
+            let audited = auth
+                .inner
+                .audit
+                .clone()
+                .filter(|_| !crate::audit::is_read(&principal.action))
+                .map(|log| (log, principal.clone()));
             let mut request = Request::from_parts(parts, Body::from(body));
             request.extensions_mut().insert(principal);
-            next.run(request).await
+            let response = next.run(request).await;
+            if let Some((log, principal)) = audited {
+                let status = response.status();
+                let outcome = if status.is_success() {
+                    "Success".to_string()
+                } else {
+                    response
+                        .headers()
+                        .get("x-amzn-errortype")
+                        .and_then(|v| v.to_str().ok())
+                        .map(|t| t.split(':').next().unwrap_or(t).to_string())
+                        .unwrap_or_else(|| status.as_u16().to_string())
+                };
+                log.record(crate::audit::AuditRecord {
+                    time: crate::audit::timestamp(SystemTime::now()),
+                    key_id: Some(principal.key_id),
+                    operation: principal.action,
+                    resource: principal.resource,
+                    outcome,
+                    status: status.as_u16(),
+                    source,
+                    suppressed_refusals: 0,
+                })
+                .await;
+            }
+            response
         }
         Err(e) => {
+            if let Some(log) = auth.inner.audit.clone().filter(|l| l.admit_refusal()) {
+                let (operation, resource) = auth.action(protocol, &parts, &body);
+                let (outcome, status) = error_shape(protocol, &e);
+                log.record(crate::audit::AuditRecord {
+                    time: crate::audit::timestamp(SystemTime::now()),
+                    key_id: sigv4::parse(&parts.headers)
+                        .ok()
+                        .flatten()
+                        .map(|c| c.key_id),
+                    operation,
+                    resource,
+                    outcome: outcome.to_string(),
+                    status: status.as_u16(),
+                    source: source.clone(),
+                    suppressed_refusals: 0,
+                })
+                .await;
+            }
             match &e {
                 AuthError::Store(_) | AuthError::Crypto(_) => {
                     tracing::warn!(error = %e, path = %parts.uri.path(), "authenticating a request failed")

@@ -19,6 +19,7 @@
 //!   HTTP exchange Weft's own commands use, with credentials found as the AWS CLI finds them.
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod kek;

@@ -308,6 +308,8 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
         .with_context(|| format!("binding {} (the API address, --listen)", args.listen))?;
     let api_addr = listener.local_addr()?;
     let (auth, admin_credentials) = authenticator(args, api_addr, &config, &store).await?;
+    let audit = audit_log(args)?;
+    let auth = auth.with_audit(audit.clone());
     let peers = match peers {
         Some(peers) => peers,
         None => PeerSockets::bind(args.xds_listen, args.dns_listen).await?,
@@ -448,7 +450,8 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
             },
         ))
         .merge(weft_ca::http::router(ca.clone()))
-        .merge(weft_auth::admin::router(auth.clone()));
+        .merge(weft_auth::admin::router(auth.clone()))
+        .merge(weft_auth::audit::router(audit));
     let app = auth.wrap(app);
     if let Some(listener) = ca_listener {
         let stop = stopped(stop_rx.clone());
@@ -518,6 +521,13 @@ async fn authenticator(
         config.max_body_bytes,
     );
     Ok((auth, created.map(|_| credentials)))
+}
+
+/// The audit log in the data folder (every write and refused request; see `weft_auth::audit`).
+fn audit_log(args: &ServerArgs) -> Result<std::sync::Arc<weft_auth::audit::AuditLog>> {
+    let log = weft_auth::audit::AuditLog::open(&args.data_dir.join(weft_auth::audit::AUDIT_FILE))
+        .context("opening the audit log")?;
+    Ok(std::sync::Arc::new(log))
 }
 
 /// How long a stopping control plane waits for its tasks: past this, what

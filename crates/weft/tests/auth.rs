@@ -658,3 +658,103 @@ async fn cloud_map_over_rpc_v2_cbor_is_verified_and_refused_in_its_own_shape() {
         Some("AccessDeniedException")
     );
 }
+
+/// The audit log's records (as its administrator) for `key_id`, oldest first.
+async fn audit_of(server: &WeftServer, key_id: &str) -> Vec<serde_json::Value> {
+    let answer = common::signed_request(
+        &server.addr,
+        "GET",
+        &format!("/weft/v1/audit?keyId={key_id}&limit=1000"),
+        None,
+        "weft",
+    )
+    .await;
+    assert_eq!(answer.status().as_u16(), 200);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    body["auditRecords"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn every_write_and_every_refusal_is_audited_with_key_operation_arn_and_outcome_and_survives_kill_9(
+) {
+    let mut server = WeftServer::start();
+    let (admin_id, _) = admin_key(&server.addr);
+    let client = server.client();
+    client
+        .create_mesh()
+        .mesh_name("audited")
+        .send()
+        .await
+        .unwrap();
+    client
+        .describe_mesh()
+        .mesh_name("audited")
+        .send()
+        .await
+        .unwrap();
+    let (ro_id, ro_secret) = new_key(&server, "auditor", "AWSAppMeshReadOnly");
+    let reader = client_with(&server, &ro_id, &ro_secret, None);
+    let refused = reader
+        .create_mesh()
+        .mesh_name("not-allowed")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&refused), "ForbiddenException");
+    let stranger = client_with(&server, "AKIAWEFTUNKNOWN00000", "secret", None);
+    assert!(stranger.list_meshes().send().await.is_err());
+
+    // The write and the key's creation, not the read; the refusal with the reader's key; the
+    // unknown key's refusal under the id it claimed.
+    let admin = audit_of(&server, &admin_id).await;
+    let operations: Vec<&str> = admin
+        .iter()
+        .map(|r| r["operation"].as_str().unwrap())
+        .collect();
+    assert_eq!(operations, ["appmesh:CreateMesh", "weft:CreateAccessKey"]);
+    assert_eq!(
+        admin[0]["resource"],
+        "arn:aws:appmesh:us-east-1:000000000000:mesh/audited"
+    );
+    assert_eq!(admin[0]["outcome"], "Success");
+    assert_eq!(admin[0]["status"], 200);
+    let denied = audit_of(&server, &ro_id).await;
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0]["operation"], "appmesh:CreateMesh");
+    assert_eq!(denied[0]["outcome"], "ForbiddenException");
+    assert_eq!(
+        denied[0]["resource"],
+        "arn:aws:appmesh:us-east-1:000000000000:mesh/not-allowed"
+    );
+    let unknown = audit_of(&server, "AKIAWEFTUNKNOWN00000").await;
+    assert_eq!(unknown[0]["outcome"], "UnrecognizedClientException");
+    // A read-only key may not read the audit log.
+    let answer = reqwest::Client::new()
+        .get(format!("{}/weft/v1/audit", server.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 403, "unsigned");
+
+    // An acknowledged write's record is on disk before its answer: kill -9 right after it.
+    client
+        .create_mesh()
+        .mesh_name("last-word")
+        .send()
+        .await
+        .unwrap();
+    let dir = server.keep_dir().unwrap();
+    server.kill9();
+    let text = std::fs::read_to_string(dir.path().join("data/audit.jsonl")).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("mesh/last-word") && l.contains("\"Success\"")),
+        "{text}"
+    );
+    let restarted = WeftServer::start_in(&dir.path().join("data"), &[]);
+    let admin = audit_of(&restarted, &admin_id).await;
+    assert_eq!(
+        admin.last().unwrap()["resource"],
+        "arn:aws:appmesh:us-east-1:000000000000:mesh/last-word"
+    );
+}
