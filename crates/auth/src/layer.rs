@@ -54,6 +54,11 @@ pub struct Principal {
     pub resource: String,
 }
 
+/// The IAM action a request was (`appmesh:DescribeMesh`), put into its answer's extensions for
+/// the layers outside (metrics), whether it was served or refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation(pub String);
+
 /// Where a request goes, and so how it is checked and how its refusals look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -433,12 +438,16 @@ pub fn appmesh_action(
 }
 
 async fn authenticate(State(auth): State<Authenticator>, request: Request, next: Next) -> Response {
-    if auth.inner.mode == Mode::Insecure {
-        return next.run(request).await;
-    }
     let Some(protocol) = classify(request.method(), request.uri().path()) else {
         return next.run(request).await;
     };
+    if auth.inner.mode == Mode::Insecure {
+        let (parts, body) = request.into_parts();
+        let (action, _) = auth.action(protocol, &parts, &[]);
+        let mut response = next.run(Request::from_parts(parts, body)).await;
+        response.extensions_mut().insert(Operation(action));
+        return response;
+    }
     let (parts, body) = request.into_parts();
     let body =
         match weft_api::body::read_limited(&parts.headers, body, auth.inner.max_body_bytes).await {
@@ -458,9 +467,11 @@ async fn authenticate(State(auth): State<Authenticator>, request: Request, next:
                 .clone()
                 .filter(|_| !crate::audit::is_read(&principal.action))
                 .map(|log| (log, principal.clone()));
+            let operation = Operation(principal.action.clone());
             let mut request = Request::from_parts(parts, Body::from(body));
             request.extensions_mut().insert(principal);
-            let response = next.run(request).await;
+            let mut response = next.run(request).await;
+            response.extensions_mut().insert(operation);
             if let Some((log, principal)) = audited {
                 let status = response.status();
                 let outcome = if status.is_success() {
@@ -488,8 +499,8 @@ async fn authenticate(State(auth): State<Authenticator>, request: Request, next:
             response
         }
         Err(e) => {
+            let (operation, resource) = auth.action(protocol, &parts, &body);
             if let Some(log) = auth.inner.audit.clone().filter(|l| l.admit_refusal()) {
-                let (operation, resource) = auth.action(protocol, &parts, &body);
                 let (outcome, status) = error_shape(protocol, &e);
                 log.record(crate::audit::AuditRecord {
                     time: crate::audit::timestamp(SystemTime::now()),
@@ -497,7 +508,7 @@ async fn authenticate(State(auth): State<Authenticator>, request: Request, next:
                         .ok()
                         .flatten()
                         .map(|c| c.key_id),
-                    operation,
+                    operation: operation.clone(),
                     resource,
                     outcome: outcome.to_string(),
                     status: status.as_u16(),
@@ -517,7 +528,9 @@ async fn authenticate(State(auth): State<Authenticator>, request: Request, next:
                     "request refused"
                 ),
             }
-            refusal_response(protocol, &e)
+            let mut response = refusal_response(protocol, &e);
+            response.extensions_mut().insert(Operation(operation));
+            response
         }
     }
 }

@@ -438,6 +438,7 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
     // One listener serves App Mesh (under /v20190125), Cloud Map (POST / and
     // /service/…) and Weft's own endpoints (proxy status; the CA's join tokens,
     // certificates and trust bundle).
+    let metrics = weft_metrics::ServerMetrics::new(ads.clone());
     let app = weft_api::router(service.clone())
         .merge(weft_registry::router(registry))
         .merge(proxy_status::router(
@@ -452,7 +453,28 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
         .merge(weft_ca::http::router(ca.clone()))
         .merge(weft_auth::admin::router(auth.clone()))
         .merge(weft_auth::audit::router(audit));
-    let app = auth.wrap(app);
+    // Prometheus scrapes /metrics unsigned, as it scrapes any target; every request, served or
+    // refused, is counted by the operation the authenticator named.
+    let app = auth
+        .wrap(app)
+        .merge(weft_metrics::router(metrics.clone()))
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let metrics = metrics.clone();
+                async move {
+                    let started = std::time::Instant::now();
+                    let path = request.uri().path().to_string();
+                    let response = next.run(request).await;
+                    let operation = response
+                        .extensions()
+                        .get::<weft_auth::layer::Operation>()
+                        .map(|o| o.0.clone())
+                        .unwrap_or_else(|| open_operation(&path));
+                    metrics.observe_request(&operation, &outcome(&response), started.elapsed());
+                    response
+                }
+            },
+        ));
     if let Some(listener) = ca_listener {
         let stop = stopped(stop_rx.clone());
         let app = weft_ca::http::workload_router(ca.clone());
@@ -521,6 +543,34 @@ async fn authenticator(
         config.max_body_bytes,
     );
     Ok((auth, created.map(|_| credentials)))
+}
+
+/// The operation label of a request the authenticator did not name: one of Weft's open
+/// endpoints by path, anything else `other` (labels stay few whatever clients send).
+fn open_operation(path: &str) -> String {
+    match path {
+        "/healthz"
+        | "/metrics"
+        | "/weft/v1/proxy-status"
+        | "/weft/v1/certificates"
+        | "/weft/v1/trust-bundle" => format!("weft:{path}"),
+        _ => "other".into(),
+    }
+}
+
+/// `Success`, or the error's name as AWS's answer carries it (`x-amzn-ErrorType`), else the
+/// HTTP status.
+fn outcome(response: &axum::response::Response) -> String {
+    let status = response.status();
+    if status.is_success() {
+        return "Success".into();
+    }
+    response
+        .headers()
+        .get("x-amzn-errortype")
+        .and_then(|v| v.to_str().ok())
+        .map(|t| t.split(':').next().unwrap_or(t).to_string())
+        .unwrap_or_else(|| status.as_u16().to_string())
 }
 
 /// The audit log in the data folder (every write and refused request; see `weft_auth::audit`).
