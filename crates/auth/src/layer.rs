@@ -326,6 +326,25 @@ fn percent_decode(segment: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// App Mesh's operations as `(method, name, URI segments)`, split once from the model.
+fn operation_table() -> &'static [(String, String, Vec<String>)] {
+    static TABLE: std::sync::OnceLock<Vec<(String, String, Vec<String>)>> =
+        std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        weft_model::schema()
+            .operations
+            .values()
+            .map(|op| {
+                (
+                    op.method.clone(),
+                    op.name.clone(),
+                    op.uri.split('/').map(str::to_string).collect(),
+                )
+            })
+            .collect()
+    })
+}
+
 /// The App Mesh operation a request is for (matched against the model's paths) and the ARN of
 /// the resource it acts on, as App Mesh's IAM actions name them
 /// (<https://docs.aws.amazon.com/service-authorization/latest/reference/list_awsappmesh.html>).
@@ -338,13 +357,11 @@ pub fn appmesh_action(
     account: &str,
 ) -> (String, String) {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    let model = weft_model::schema();
     let mut found = None;
-    for op in model.operations.values() {
-        if op.method != method.as_str() {
+    for (op_method, op_name, pattern) in operation_table() {
+        if op_method != method.as_str() {
             continue;
         }
-        let pattern: Vec<&str> = op.uri.split('/').collect();
         if pattern.len() != segments.len() {
             continue;
         }
@@ -359,7 +376,7 @@ pub fn appmesh_action(
             }
         });
         if matches {
-            found = Some((op.name.clone(), labels));
+            found = Some((op_name.clone(), labels));
             break;
         }
     }
