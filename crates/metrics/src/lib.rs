@@ -9,7 +9,9 @@
 //! - `weft_xds_connected_proxies{protocol}`: ADS streams open now (SotW, delta);
 //! - `weft_xds_proxies_converging`: streams whose latest snapshot is not fully ACKed;
 //! - `weft_xds_responses_sent{type}`: responses sent on the open streams, per resource type;
-//! - `weft_xds_nacks_total`: NACKs since the server started.
+//! - `weft_xds_nacks_total`: NACKs since the server started;
+//! - `weft_store_commit_duration_seconds`: from a transaction's submission to its outcome being
+//!   durable (the group commit's fsync included), a histogram, for every part that writes.
 //!
 //! The xDS figures are read from the ADS server at each scrape, as `weft proxy-status` reads
 //! them, so they cost nothing between scrapes.
@@ -52,11 +54,13 @@ pub struct ServerMetrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     durations: Family<OperationLabel, Histogram>,
+    commits: Histogram,
 }
 
 impl ServerMetrics {
-    /// The metrics of a server whose ADS server is `ads`.
-    pub fn new(ads: AdsServer) -> Arc<ServerMetrics> {
+    /// The metrics before the ADS server exists (see [`ServerMetrics::with_xds`]): the store
+    /// can be metered from its opening.
+    pub fn new() -> ServerMetrics {
         let mut registry = Registry::with_prefix("weft");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -74,12 +78,33 @@ impl ServerMetrics {
             "Time from a request's arrival to its answer, by operation",
             durations.clone(),
         );
-        registry.register_collector(Box::new(XdsCollector { ads }));
-        Arc::new(ServerMetrics {
+        let commits = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "store_commit_duration_seconds",
+            "Time from a store transaction's submission to its outcome being durable",
+            commits.clone(),
+        );
+        ServerMetrics {
             registry,
             requests,
             durations,
+            commits,
+        }
+    }
+
+    /// `store`, timing every transaction into `weft_store_commit_duration_seconds`.
+    pub fn metered(&self, store: weft_store::SharedStore) -> weft_store::SharedStore {
+        Arc::new(MeteredStore {
+            inner: store,
+            commits: self.commits.clone(),
         })
+    }
+
+    /// These metrics with the ADS server's figures, read at each scrape.
+    pub fn with_xds(mut self, ads: AdsServer) -> Arc<ServerMetrics> {
+        self.registry
+            .register_collector(Box::new(XdsCollector { ads }));
+        Arc::new(self)
     }
 
     /// Records one answered request.
@@ -175,6 +200,94 @@ impl Collector for XdsCollector {
             nacks.metric_type(),
         )?)?;
         Ok(())
+    }
+}
+
+impl Default for ServerMetrics {
+    fn default() -> Self {
+        ServerMetrics::new()
+    }
+}
+
+/// A store whose transactions are timed.
+struct MeteredStore {
+    inner: weft_store::SharedStore,
+    commits: Histogram,
+}
+
+#[async_trait::async_trait]
+impl weft_store::Store for MeteredStore {
+    async fn get(&self, key: &str) -> Result<Option<weft_store::KeyValue>, weft_store::StoreError> {
+        self.inner.get(key).await
+    }
+    async fn range(
+        &self,
+        range: weft_store::Range,
+    ) -> Result<weft_store::RangeResult, weft_store::StoreError> {
+        self.inner.range(range).await
+    }
+    async fn count(&self, range: weft_store::Range) -> Result<usize, weft_store::StoreError> {
+        self.inner.count(range).await
+    }
+    async fn get_latest(
+        &self,
+        key: &str,
+    ) -> Result<Option<weft_store::KeyValue>, weft_store::StoreError> {
+        self.inner.get_latest(key).await
+    }
+    async fn range_latest(
+        &self,
+        range: weft_store::Range,
+    ) -> Result<weft_store::RangeResult, weft_store::StoreError> {
+        self.inner.range_latest(range).await
+    }
+    async fn count_latest(
+        &self,
+        range: weft_store::Range,
+    ) -> Result<usize, weft_store::StoreError> {
+        self.inner.count_latest(range).await
+    }
+    async fn sync(&self) -> Result<(), weft_store::StoreError> {
+        self.inner.sync().await
+    }
+    async fn txn(
+        &self,
+        txn: weft_store::Txn,
+    ) -> Result<weft_store::TxnOutcome, weft_store::StoreError> {
+        let started = std::time::Instant::now();
+        let outcome = self.inner.txn(txn).await;
+        self.commits.observe(started.elapsed().as_secs_f64());
+        outcome
+    }
+    async fn txn_deferred(
+        &self,
+        txn: weft_store::Txn,
+    ) -> Result<(weft_store::TxnOutcome, weft_store::Durability), weft_store::StoreError> {
+        let started = std::time::Instant::now();
+        let (outcome, durable) = self.inner.txn_deferred(txn).await?;
+        let commits = self.commits.clone();
+        let durable: weft_store::Durability = Box::pin(async move {
+            let done = durable.await;
+            commits.observe(started.elapsed().as_secs_f64());
+            done
+        });
+        Ok((outcome, durable))
+    }
+    async fn revision(&self) -> Result<weft_store::Revision, weft_store::StoreError> {
+        self.inner.revision().await
+    }
+    fn health(&self) -> weft_store::StoreHealth {
+        self.inner.health()
+    }
+    async fn watch(
+        &self,
+        prefix: &str,
+        after: weft_store::Revision,
+    ) -> Result<
+        futures::stream::BoxStream<'static, Result<weft_store::WatchEvent, weft_store::StoreError>>,
+        weft_store::StoreError,
+    > {
+        self.inner.watch(prefix, after).await
     }
 }
 

@@ -300,7 +300,8 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
     })
     .await
     .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
-    let store: SharedStore = store;
+    let metrics = weft_metrics::ServerMetrics::new();
+    let store: SharedStore = metrics.metered(store);
     let ca = weft_ca::CaService::start(store.clone(), ca_config)
         .await
         .context("starting the certificate authority")?;
@@ -438,7 +439,7 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
     // One listener serves App Mesh (under /v20190125), Cloud Map (POST / and
     // /service/…) and Weft's own endpoints (proxy status; the CA's join tokens,
     // certificates and trust bundle).
-    let metrics = weft_metrics::ServerMetrics::new(ads.clone());
+    let metrics = metrics.with_xds(ads.clone());
     let app = weft_api::router(service.clone())
         .merge(weft_registry::router(registry))
         .merge(proxy_status::router(

@@ -159,6 +159,10 @@ async fn api_requests_by_operation_and_outcome_and_connected_proxies_are_exposed
         Some(1.0)
     );
     assert_eq!(sample(&samples, "weft_xds_nacks_total", &[]), Some(0.0));
+    // The mesh, the node and the admin's key went through the store's commits.
+    assert!(
+        sample(&samples, "weft_store_commit_duration_seconds_count", &[]).unwrap_or(0.0) >= 2.0
+    );
     assert!(
         sample(&samples, "weft_xds_responses_sent", &[("type", "Cluster")]).unwrap_or(0.0) >= 1.0
     );
