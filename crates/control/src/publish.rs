@@ -26,6 +26,10 @@ pub(crate) struct Publisher {
     pub(crate) encoded: EncodedPool,
     /// Why the config of a class was last not updated, until it is.
     pub(crate) failures: ClassFailures,
+    /// When the store changes being published reached the control plane; the snapshots carry
+    /// it, so that the ADS server can time each proxy's convergence. `None` outside a refresh
+    /// driven by the change feed (a load, a proxy's first connection).
+    pub(crate) origin: Option<std::time::Instant>,
 }
 
 impl Publisher {
@@ -35,6 +39,7 @@ impl Publisher {
             deps: Dependencies::default(),
             encoded: EncodedPool::default(),
             failures: ClassFailures::default(),
+            origin: None,
         }
     }
 
@@ -101,6 +106,10 @@ impl Publisher {
         let (resource, reason) = match translated {
             Ok(resources) => match self.encoded.snapshot(resources) {
                 Ok(snapshot) => {
+                    let snapshot = match self.origin {
+                        Some(at) => snapshot.with_origin(at),
+                        None => snapshot,
+                    };
                     self.cache.set_snapshot(key, Arc::new(snapshot));
                     self.failures.clear(key);
                     return;

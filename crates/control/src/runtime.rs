@@ -223,6 +223,7 @@ impl Runtime {
                         }
                     }
                     event = feed.next() => {
+                        let arrived = Instant::now();
                         let mut changes = BTreeMap::new();
                         let mut touched = Touched::default();
                         let mut next = event;
@@ -244,7 +245,9 @@ impl Runtime {
                                 None => break,
                             }
                         }
+                        self.publisher.origin = Some(arrived);
                         self.refresh(&changes, &touched);
+                        self.publisher.origin = None;
                     }
                 }
             }

@@ -11,7 +11,9 @@
 //! - `weft_xds_responses_sent{type}`: responses sent on the open streams, per resource type;
 //! - `weft_xds_nacks_total`: NACKs since the server started;
 //! - `weft_store_commit_duration_seconds`: from a transaction's submission to its outcome being
-//!   durable (the group commit's fsync included), a histogram, for every part that writes.
+//!   durable (the group commit's fsync included), a histogram, for every part that writes;
+//! - `weft_proxy_convergence_time_seconds`: from a store change reaching the control plane to
+//!   each affected Envoy's ACK of it, a histogram (Istio's `pilot_proxy_convergence_time`).
 //!
 //! The xDS figures are read from the ADS server at each scrape, as `weft proxy-status` reads
 //! them, so they cost nothing between scrapes.
@@ -102,6 +104,17 @@ impl ServerMetrics {
 
     /// These metrics with the ADS server's figures, read at each scrape.
     pub fn with_xds(mut self, ads: AdsServer) -> Arc<ServerMetrics> {
+        // 1 ms to about 16 s: a change reaches a quiet mesh's Envoys in milliseconds.
+        let convergence = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        self.registry.register(
+            "proxy_convergence_time_seconds",
+            "From a store change reaching the control plane to each affected Envoy's ACK of the \
+             listeners and routes it changed (Istio's pilot_proxy_convergence_time)",
+            convergence.clone(),
+        );
+        ads.on_convergence(Box::new(move |took| {
+            convergence.observe(took.as_secs_f64())
+        }));
         self.registry
             .register_collector(Box::new(XdsCollector { ads }));
         Arc::new(self)

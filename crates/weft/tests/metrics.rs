@@ -121,7 +121,35 @@ async fn api_requests_by_operation_and_outcome_and_connected_proxies_are_exposed
         envoy.stat_sum("cluster_manager.cds.update_success") > 0
     });
 
+    // A change to red reaches its Envoy: one convergence observed.
+    api.client()
+        .update_virtual_node()
+        .mesh_name("apps")
+        .virtual_node_name("red")
+        .spec(NodeSpec::http("127.0.0.1", free_port()).sdk())
+        .send()
+        .await
+        .unwrap();
+    let converged = || async {
+        sample(
+            &scrape(&server).await,
+            "weft_proxy_convergence_time_seconds_count",
+            &[],
+        )
+        .unwrap_or(0.0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while converged().await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no convergence observed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     let samples = scrape(&server).await;
+    let sum = sample(&samples, "weft_proxy_convergence_time_seconds_sum", &[]).unwrap();
+    assert!(sum > 0.0 && sum < 30.0, "convergence took {sum} s");
     let requests = |operation: &str, outcome: &str| {
         sample(
             &samples,
@@ -142,6 +170,7 @@ async fn api_requests_by_operation_and_outcome_and_connected_proxies_are_exposed
         Some(1.0)
     );
     assert_eq!(requests("appmesh:CreateVirtualNode", "Success"), Some(1.0));
+    assert_eq!(requests("appmesh:UpdateVirtualNode", "Success"), Some(1.0));
     assert_eq!(
         sample(
             &samples,

@@ -39,7 +39,9 @@ pub use error::XdsError;
 pub use packed::PackedAny;
 pub use resource::{cluster_eds_name, listener_rds_names, Resource, Snapshot, TypeItems};
 pub use rollout::RolloutPhase;
-pub use server::{node_resource, AdsServer, NodeIdResolver, NodeResolver, PeerIdentity};
+pub use server::{
+    node_resource, AdsServer, ConvergenceObserver, NodeIdResolver, NodeResolver, PeerIdentity,
+};
 pub use sotw::SotwStream;
 pub use status::{NackRecord, Protocol, ProxyStatus, TypeStatus};
 pub use transport::AdsService;

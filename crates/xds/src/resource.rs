@@ -202,6 +202,19 @@ pub struct Snapshot {
     eds_names: Box<[String]>,
     /// RDS names that the snapshot's listeners read through an HTTP connection manager.
     rds_names: Box<[String]>,
+    /// When the change it carries reached the control plane (see [`Snapshot::with_origin`]).
+    origin: Origin,
+}
+
+/// When a snapshot's change arrived; not part of what a snapshot is (equal content is an equal
+/// snapshot whenever it was made).
+#[derive(Clone, Copy, Debug, Default)]
+struct Origin(Option<std::time::Instant>);
+
+impl PartialEq for Origin {
+    fn eq(&self, _: &Origin) -> bool {
+        true
+    }
 }
 
 impl Snapshot {
@@ -306,7 +319,21 @@ impl Snapshot {
             version,
             eds_names: eds_names.into_iter().collect(),
             rds_names: rds_names.into_iter().collect(),
+            origin: Origin::default(),
         })
+    }
+
+    /// This snapshot, marked with when the change it carries reached the control plane: a
+    /// stream that rolls it out to an Envoy already holding an older one reports the time from
+    /// then to that Envoy's last ACK ([`crate::AdsServer::on_convergence`]).
+    pub fn with_origin(mut self, at: std::time::Instant) -> Snapshot {
+        self.origin = Origin(Some(at));
+        self
+    }
+
+    /// When the change it carries reached the control plane, if marked.
+    pub fn origin(&self) -> Option<std::time::Instant> {
+        self.origin.0
     }
 
     /// Builds a snapshot from the four core types, named as Envoy names them.

@@ -366,6 +366,10 @@ pub(crate) struct Core {
     nonce_counter: u64,
     pub(crate) last_nack: Option<Box<NackRecord>>,
     pub(crate) nack_count: u64,
+    /// The target replaced one the Envoy already held: its convergence is worth reporting.
+    replacing: bool,
+    /// Time from the target's origin to its rollout, once reached and not yet taken.
+    pub(crate) converged: Option<std::time::Duration>,
 }
 
 impl Core {
@@ -384,6 +388,8 @@ impl Core {
             nonce_counter: 0,
             last_nack: None,
             nack_count: 0,
+            replacing: false,
+            converged: None,
         }
     }
 
@@ -406,6 +412,8 @@ impl Core {
         {
             return;
         }
+        // A first snapshot (a proxy connecting) is no change reaching the proxy.
+        self.replacing = self.target.is_some();
         self.target = Some(snapshot);
         self.phase = RolloutPhase::Clusters;
     }
@@ -424,6 +432,9 @@ impl Core {
                 }
                 RolloutPhase::Routes if self.routes_ready(&target) => {
                     self.phase = RolloutPhase::Steady;
+                    if std::mem::take(&mut self.replacing) {
+                        self.converged = target.origin().map(|at| at.elapsed());
+                    }
                 }
                 _ => break,
             }

@@ -40,6 +40,10 @@ impl NodeResolver for NodeIdResolver {
     }
 }
 
+/// Told, for each proxy a changed snapshot reached, the time from the snapshot's origin to the
+/// proxy's ACK of it.
+pub type ConvergenceObserver = Box<dyn Fn(std::time::Duration) + Send + Sync>;
+
 /// A stream's state machine, shared between its driver and `proxy_status` (which reads it only
 /// when asked: nothing is copied per message).
 type SharedMachine = Arc<dyn StatusSource>;
@@ -61,6 +65,8 @@ struct Inner {
     streams: Mutex<HashMap<u64, SharedMachine>>,
     next_stream_id: AtomicU64,
     nacks: AtomicU64,
+    /// Told each convergence (see [`AdsServer::on_convergence`]).
+    convergence: std::sync::OnceLock<ConvergenceObserver>,
     /// Resources sections being sent, shared by the streams that send the same resources.
     shared: Arc<SharedEncodings>,
     /// Flips to `true` to end every stream (server shutdown).
@@ -101,6 +107,8 @@ trait StreamMachine: Send + 'static {
     fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Vec<Self::Response>;
     fn status(&self) -> ProxyStatus;
     fn nack_count(&self) -> u64;
+    /// Time from a rolled-out snapshot's origin to its rollout, once, if one was just reached.
+    fn take_convergence(&mut self) -> Option<std::time::Duration>;
 }
 
 impl StreamMachine for SotwStream {
@@ -125,6 +133,9 @@ impl StreamMachine for SotwStream {
     }
     fn nack_count(&self) -> u64 {
         SotwStream::nack_count(self)
+    }
+    fn take_convergence(&mut self) -> Option<std::time::Duration> {
+        self.take_convergence()
     }
 }
 
@@ -151,6 +162,9 @@ impl StreamMachine for DeltaStream {
     fn nack_count(&self) -> u64 {
         DeltaStream::nack_count(self)
     }
+    fn take_convergence(&mut self) -> Option<std::time::Duration> {
+        self.take_convergence()
+    }
 }
 
 impl AdsServer {
@@ -163,6 +177,7 @@ impl AdsServer {
                 streams: Mutex::new(HashMap::new()),
                 next_stream_id: AtomicU64::new(1),
                 nacks: AtomicU64::new(0),
+                convergence: std::sync::OnceLock::new(),
                 shared: Arc::default(),
                 closing: watch::channel(false).0,
             }),
@@ -190,6 +205,13 @@ impl AdsServer {
         let mut all: Vec<ProxyStatus> = machines.iter().map(|m| m.status()).collect();
         all.sort_by_key(|s| s.stream_id);
         all
+    }
+
+    /// Calls `observe` for each proxy a changed snapshot reached, with the time from the
+    /// snapshot's origin ([`Snapshot::with_origin`]) to the proxy's ACK of its listeners and
+    /// routes; set once (later calls are ignored).
+    pub fn on_convergence(&self, observe: ConvergenceObserver) {
+        let _ = self.inner.convergence.set(observe);
     }
 
     /// NACKs received since the server started, all streams together.
@@ -460,6 +482,11 @@ impl<M: StreamMachine> Opened<M> {
         let mut machine = self.machine.lock().unwrap_or_else(PoisonError::into_inner);
         let nacks_before = machine.nack_count();
         let responses = f(&mut machine);
+        if let Some(took) = machine.take_convergence() {
+            if let Some(observe) = inner.convergence.get() {
+                observe(took);
+            }
+        }
         let nacks = machine.nack_count() - nacks_before;
         if nacks > 0 {
             inner.nacks.fetch_add(nacks, Ordering::Relaxed);

@@ -35,6 +35,12 @@ impl SotwStream {
     }
 
     /// The stream's state, for `proxy-status`.
+    /// Time from a rolled-out snapshot's origin to its rollout, once, if one was just reached
+    /// (a change reaching an Envoy that held an older snapshot).
+    pub fn take_convergence(&mut self) -> Option<std::time::Duration> {
+        self.core.converged.take()
+    }
+
     pub fn status(&self) -> ProxyStatus {
         self.core.status()
     }

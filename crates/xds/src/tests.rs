@@ -583,3 +583,27 @@ fn test_whole_type_versions_equal_the_hash_of_what_is_sent() {
         both.type_version(C).as_deref()
     );
 }
+
+#[test]
+fn a_changed_snapshot_reports_its_convergence_once_at_the_last_ack_and_a_first_one_none() {
+    let mut s = SotwStream::new(&node("n"), "k");
+    let first = snap("blue", &[], 1);
+    s.handle_snapshot_update(first.clone());
+    let mut envoy = FakeSotwEnvoy::default();
+    envoy.connect(&mut s);
+    assert!(synced(&s, &first));
+    // A proxy connecting gets its first snapshot: nothing changed for it.
+    assert_eq!(s.take_convergence(), None);
+
+    let changed = Arc::new(
+        Snapshot::clone(&snap("green", &[], 1))
+            .with_origin(std::time::Instant::now() - std::time::Duration::from_millis(50)),
+    );
+    let out = s.handle_snapshot_update(changed.clone());
+    assert_eq!(s.take_convergence(), None, "not before Envoy ACKs");
+    envoy.process(&mut s, sotw(out));
+    assert!(synced(&s, &changed));
+    let took = s.take_convergence().expect("reported at the rollout");
+    assert!(took >= std::time::Duration::from_millis(50), "{took:?}");
+    assert_eq!(s.take_convergence(), None, "once");
+}
