@@ -37,3 +37,13 @@ install_netfilter() {
             || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables iptables iproute2 >/dev/null; }
     fi
 }
+
+# Debian's Prometheus server, which the metrics tests start on loopback to scrape `weft server`.
+install_prometheus() {
+    [ "$(id -u)" = 0 ] || return 0
+    if ! command -v prometheus >/dev/null 2>&1; then
+        echo "Installing Prometheus (Debian package), for the metrics tests..."
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null \
+            || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+    fi
+}

@@ -197,3 +197,101 @@ async fn api_requests_by_operation_and_outcome_and_connected_proxies_are_exposed
     );
     drop(envoy);
 }
+
+/// A Prometheus server (Debian's, which scripts/test installs) on a free loopback port, scraping
+/// `target` (`host:port`) every second; killed when dropped.
+struct Prometheus {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn scraping(target: &str) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: weft\n    \
+                 static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian's package; scripts/test installs it)");
+        Prometheus {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+
+    /// The value of the instant `query`, if it has one sample.
+    async fn query(&self, query: &str) -> Option<f64> {
+        let answer: Value = reqwest::Client::new()
+            .get(format!("{}/api/v1/query", self.url))
+            .query(&[("query", query)])
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        answer["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prometheus_server_scrapes_weft_and_answers_queries_on_its_metrics() {
+    let server = WeftServer::start();
+    let client = server.client();
+    let api = MeshApi::create(&client, "apps", MeshSpec::new()).await;
+    api.node("red", NodeSpec::http("127.0.0.1", free_port()))
+        .await;
+    let target = server.addr.trim_start_matches("http://").to_string();
+    let prometheus = Prometheus::scraping(&target);
+
+    // The target is up, and the writes are there under their operations.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let up = prometheus.query("up{job=\"weft\"}").await;
+        let created = prometheus
+            .query("sum(weft_api_requests_total{operation=\"appmesh:CreateVirtualNode\",outcome=\"Success\"})")
+            .await;
+        if up == Some(1.0) && created == Some(1.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Prometheus never scraped weft: up {up:?}, creates {created:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A histogram Prometheus computes quantiles from.
+    let p99 = prometheus
+        .query(
+            "histogram_quantile(0.99, sum by (le) (weft_api_request_duration_seconds_bucket{operation=\"appmesh:CreateVirtualNode\"}))",
+        )
+        .await;
+    assert!(p99.is_some_and(|s| s > 0.0 && s < 10.0), "{p99:?}");
+}
