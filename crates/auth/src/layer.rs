@@ -7,8 +7,8 @@
 //! | `/v20190125/…` (and any unknown path) | App Mesh REST-JSON | `appmesh` | `appmesh:<Operation>` on the resource's ARN |
 //! | `POST /` | Cloud Map awsJson 1.1 | `servicediscovery` | `servicediscovery:<Operation>` (from `X-Amz-Target`) on `*` |
 //! | `POST /service/…/operation/<Operation>` | Cloud Map RPC v2 CBOR | `servicediscovery` | as above |
-//! | `/weft/v1/join-tokens…`, `/weft/v1/access-keys…` | Weft's admin JSON | `weft` | `weft:CreateJoinToken`, `weft:ListAccessKeys`, … on `*` |
-//! | `/healthz`, `/weft/v1/proxy-status`, `/weft/v1/certificates`, `/weft/v1/trust-bundle` | | open | |
+//! | `/weft/v1/join-tokens…`, `/weft/v1/access-keys…`, `/weft/v1/audit`, `/weft/v1/proxy-status` | Weft's admin JSON | `weft` | `weft:CreateJoinToken`, `weft:ListAccessKeys`, `weft:ListAuditRecords`, `weft:GetProxyStatus`, … on `*` |
+//! | `/healthz`, `/weft/v1/certificates`, `/weft/v1/trust-bundle` | | open | |
 //!
 //! The open ones carry no secrets and are authenticated otherwise where it matters: agents
 //! get certificates with a join token or their current certificate. Every other request must
@@ -84,12 +84,7 @@ impl Protocol {
 }
 
 /// The open paths: no signature needed.
-const OPEN: &[&str] = &[
-    "/healthz",
-    "/weft/v1/proxy-status",
-    "/weft/v1/certificates",
-    "/weft/v1/trust-bundle",
-];
+const OPEN: &[&str] = &["/healthz", "/weft/v1/certificates", "/weft/v1/trust-bundle"];
 
 /// The protocol of a request to `path`, or `None` if it is open.
 pub fn classify(method: &Method, path: &str) -> Option<Protocol> {
@@ -284,6 +279,9 @@ impl Authenticator {
             Protocol::Cbor => {
                 let op = path.rsplit('/').next().unwrap_or("Unknown");
                 (format!("servicediscovery:{op}"), "*".into())
+            }
+            Protocol::WeftAdmin if path == "/weft/v1/proxy-status" => {
+                ("weft:GetProxyStatus".into(), "*".into())
             }
             Protocol::WeftAdmin => {
                 let noun = if path.starts_with("/weft/v1/access-keys") {
@@ -712,15 +710,14 @@ mod tests {
     }
 
     #[test]
-    fn only_the_health_check_status_and_agent_ca_calls_are_open() {
-        for open in [
-            "/healthz",
-            "/weft/v1/certificates",
-            "/weft/v1/trust-bundle",
-            "/weft/v1/proxy-status",
-        ] {
+    fn only_the_health_check_and_agent_ca_calls_are_open() {
+        for open in ["/healthz", "/weft/v1/certificates", "/weft/v1/trust-bundle"] {
             assert_eq!(classify(&Method::GET, open), None);
         }
+        assert_eq!(
+            classify(&Method::GET, "/weft/v1/proxy-status"),
+            Some(Protocol::WeftAdmin)
+        );
         assert_eq!(
             classify(&Method::POST, "/weft/v1/join-tokens"),
             Some(Protocol::WeftAdmin)

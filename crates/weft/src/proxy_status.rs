@@ -216,7 +216,10 @@ pub struct ProxyStatusArgs {
 
 async fn fetch(endpoint: &str) -> Result<Value> {
     let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    let exchange = weft_agent::http_client::exchange(addr, "GET", PATH, &[], Default::default());
+    // An administrator's call (`weft:GetProxyStatus`), signed with the credentials the AWS CLI
+    // would use; unsigned without any, which only a server with --insecure-no-auth answers.
+    let creds = weft_auth::client::from_environment()?;
+    let exchange = weft_auth::client::exchange(addr, "GET", PATH, None, creds.as_ref());
     let answer = tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
         .await
         .map_err(|_| anyhow::anyhow!("the control plane at {addr} did not answer in 10 s"))?

@@ -123,8 +123,17 @@ fn the_printed_curl_command_works_and_sigterm_removes_everything() {
     let endpoint = status
         .trim_start_matches("weft proxy-status --endpoint ")
         .trim();
+    // Signed as the guide says: with the administrator's key the demo's server wrote.
+    let credentials = guide
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("AWS_SHARED_CREDENTIALS_FILE="))
+        .unwrap_or_else(|| panic!("no credentials file in the guide:\n{guide}"));
     let out = Command::new(env!("CARGO_BIN_EXE_weft"))
         .args(["proxy-status", "--endpoint", endpoint])
+        .env("AWS_SHARED_CREDENTIALS_FILE", credentials)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
         .output()
         .unwrap_or_else(|e| panic!("weft proxy-status: {e}"));
     let table = text(&out);

@@ -278,12 +278,12 @@ async fn a_proxy_without_an_identity_in_an_mtls_mesh_is_served_plaintext_and_pro
     );
     assert_eq!(red.stat_sum("update_rejected"), 0);
 
-    let status: serde_json::Value = reqwest::get(format!("{}/weft/v1/proxy-status", server.addr))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value =
+        common::signed_request(&server.addr, "GET", "/weft/v1/proxy-status", None, "weft")
+            .await
+            .json()
+            .await
+            .unwrap();
     let failure = &status["proxies"][0]["configFailure"];
     let reason = failure["reason"].as_str().unwrap_or_default();
     assert!(

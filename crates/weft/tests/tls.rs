@@ -310,15 +310,14 @@ async fn mutual_tls_through_a_node_and_a_gateway_over_ads_and_live_mode_changes(
         ),
     )
     .await;
-    let status_url = format!("{}/weft/v1/proxy-status", server.addr);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let status = reqwest::get(&status_url)
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let status =
+            common::signed_request(&server.addr, "GET", "/weft/v1/proxy-status", None, "weft")
+                .await
+                .text()
+                .await
+                .unwrap();
         if status.contains("join token") {
             break;
         }

@@ -522,9 +522,8 @@ async fn howto_ingress_gateway_tls_with_acm_certificates_from_weft_s_ca_through_
             String::from_utf8_lossy(&out.stdout),
             gateway.admin("/stats?filter=ssl").unwrap_or_default(),
             white.admin("/stats?filter=ssl").unwrap_or_default(),
-            reqwest::get(format!("{}/weft/v1/proxy-status", server.addr))
+            common::signed_request(&server.addr, "GET", "/weft/v1/proxy-status", None, "weft")
                 .await
-                .unwrap()
                 .text()
                 .await
                 .unwrap(),

@@ -89,9 +89,8 @@ impl Server {
     }
 
     async fn proxy_status(&self) -> Value {
-        reqwest::get(format!("{}/weft/v1/proxy-status", self.addr))
+        common::signed_request(&self.addr, "GET", "/weft/v1/proxy-status", None, "weft")
             .await
-            .unwrap()
             .json()
             .await
             .unwrap()
