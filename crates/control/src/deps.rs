@@ -91,18 +91,7 @@ fn service_deps(mesh: &MeshSnapshot, service: &str) -> Arc<[Dep]> {
             Some(VirtualServiceProvider::VirtualRouter(p)) => {
                 let router = p.virtual_router_name.clone();
                 for route in mesh.routes_of(&router) {
-                    let spec = &route.spec;
-                    let mut targets = Vec::new();
-                    for http in [&spec.http_route, &spec.http2_route].into_iter().flatten() {
-                        targets.extend(http.action.weighted_targets.iter());
-                    }
-                    if let Some(g) = &spec.grpc_route {
-                        targets.extend(g.action.weighted_targets.iter());
-                    }
-                    if let Some(t) = &spec.tcp_route {
-                        targets.extend(t.action.weighted_targets.iter());
-                    }
-                    for t in targets {
+                    for t in route.spec.weighted_targets() {
                         deps.push((Kind::VirtualNode, t.virtual_node.clone()));
                     }
                 }

@@ -46,3 +46,23 @@ pub use validate::{validate_input, Rules, ValidationError};
 
 /// The App Mesh API model this crate is built from (botocore JSON).
 pub const MODEL_JSON: &str = include_str!("../appmesh-2019-01-25.service.json");
+
+impl shapes::RouteSpec {
+    /// Every weighted target of the route, whichever of its protocols (`httpRoute`,
+    /// `http2Route`, `grpcRoute`, `tcpRoute`) holds them.
+    pub fn weighted_targets(&self) -> impl Iterator<Item = &shapes::WeightedTarget> {
+        let http = [&self.http_route, &self.http2_route]
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r.action.weighted_targets.iter());
+        let grpc = self
+            .grpc_route
+            .iter()
+            .flat_map(|r| r.action.weighted_targets.iter());
+        let tcp = self
+            .tcp_route
+            .iter()
+            .flat_map(|r| r.action.weighted_targets.iter());
+        http.chain(grpc).chain(tcp)
+    }
+}

@@ -57,18 +57,10 @@ fn services_of<'a>(snapshot: &'a MeshSnapshot, node: &str) -> BTreeSet<&'a str> 
             Some(VirtualServiceProvider::VirtualNode(p)) => p.virtual_node_name == node,
             Some(VirtualServiceProvider::VirtualRouter(p)) => {
                 snapshot.routes_of(&p.virtual_router_name).any(|route| {
-                    let spec = &route.spec;
-                    let mut targets = Vec::new();
-                    for http in [&spec.http_route, &spec.http2_route].into_iter().flatten() {
-                        targets.extend(http.action.weighted_targets.iter());
-                    }
-                    if let Some(g) = &spec.grpc_route {
-                        targets.extend(g.action.weighted_targets.iter());
-                    }
-                    if let Some(t) = &spec.tcp_route {
-                        targets.extend(t.action.weighted_targets.iter());
-                    }
-                    targets.iter().any(|t| t.virtual_node == node)
+                    route
+                        .spec
+                        .weighted_targets()
+                        .any(|t| t.virtual_node == node)
                 })
             }
             None => false,

@@ -29,32 +29,9 @@ pub(super) fn parse_spec<T: serde::de::DeserializeOwned>(spec: &Value) -> Result
 
 /// Every virtual node a route sends traffic to.
 pub(super) fn route_targets(spec: &RouteSpec) -> Vec<&str> {
-    let mut out = Vec::new();
-    for http in [&spec.http_route, &spec.http2_route].into_iter().flatten() {
-        out.extend(
-            http.action
-                .weighted_targets
-                .iter()
-                .map(|t| t.virtual_node.as_str()),
-        );
-    }
-    if let Some(g) = &spec.grpc_route {
-        out.extend(
-            g.action
-                .weighted_targets
-                .iter()
-                .map(|t| t.virtual_node.as_str()),
-        );
-    }
-    if let Some(t) = &spec.tcp_route {
-        out.extend(
-            t.action
-                .weighted_targets
-                .iter()
-                .map(|t| t.virtual_node.as_str()),
-        );
-    }
-    out
+    spec.weighted_targets()
+        .map(|t| t.virtual_node.as_str())
+        .collect()
 }
 
 /// The HTTP retry events App Mesh accepts (the model types them as free strings).
