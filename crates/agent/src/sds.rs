@@ -240,6 +240,18 @@ fn wrong_type(type_url: &str) -> Option<Status> {
     })
 }
 
+/// Waits for a new certificate or a changed certificate file; `false` once either source is
+/// gone.
+async fn sources_changed(
+    credentials: &mut CredentialsWatch,
+    files: &mut tokio::sync::watch::Receiver<u64>,
+) -> bool {
+    tokio::select! {
+        changed = credentials.changed() => changed.is_ok(),
+        changed = files.changed() => changed.is_ok(),
+    }
+}
+
 /// One `StreamSecrets` call: answers each change of the requested names, and each new
 /// certificate (a renewal, a file changed on disk), with every requested secret it has.
 async fn sotw(
@@ -278,14 +290,9 @@ async fn sotw(
                 note_unknown(&request.resource_names, &mut warned);
                 names = Some(wanted(&request.resource_names));
             }
-            changed = credentials.changed() => {
-                if changed.is_err() {
-                    // The identity agent stopped: the agent is going away.
-                    return;
-                }
-            }
-            changed = files.changed() => {
-                if changed.is_err() {
+            live = sources_changed(&mut credentials, &mut files) => {
+                if !live {
+                    // The identity agent or the file watcher stopped: the agent is going away.
                     return;
                 }
             }
@@ -374,13 +381,9 @@ async fn delta(
                 }
                 note_unknown(&request.resource_names_subscribe, &mut warned);
             }
-            changed = credentials.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-            }
-            changed = files.changed() => {
-                if changed.is_err() {
+            live = sources_changed(&mut credentials, &mut files) => {
+                if !live {
+                    // The identity agent or the file watcher stopped: the agent is going away.
                     return;
                 }
             }

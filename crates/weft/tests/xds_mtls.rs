@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::mesh::{free_port, sample_app, Agent, Proc};
+use common::mesh::{free_port, sample_app};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
@@ -335,66 +335,9 @@ async fn plaintext_xds_says_it_is_unauthenticated_in_the_log_and_in_proxy_status
     );
 }
 
-/// Starts `weft agent` for `mesh/apps/virtualNode/<node>` with a join token; its log
-/// (stderr, at info) in `dir`.
-fn tls_agent(
-    server: &Server,
-    node: &str,
-    app_ports: &[(u16, u16)],
-    dir: &std::path::Path,
-) -> (Agent, std::path::PathBuf) {
-    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["join-token", "create", "--resource"])
-        .arg(format!("mesh/apps/virtualNode/{node}"))
-        .args(["--ttl", "10m", "--server", &server.addr])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let (admin_port, egress_port) = (free_port(), free_port());
-    let log = dir.join(format!("agent-{node}.log"));
-    let ports: Vec<String> = app_ports.iter().map(|(l, a)| format!("{l}={a}")).collect();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
-    cmd.arg("agent")
-        .env(
-            "APPMESH_RESOURCE_ARN",
-            format!("mesh/apps/virtualNode/{node}"),
-        )
-        .env("APPMESH_XDS_ENDPOINT", &server.xds_addr)
-        .env("WEFT_CA_SERVER", &server.addr)
-        .env("WEFT_JOIN_TOKEN", token)
-        .env("WEFT_RUN_DIR", dir.join(format!("run-{node}")))
-        .env("ENVOY_ADMIN_ACCESS_PORT", admin_port.to_string())
-        .env("ENVOY_ADMIN_ACCESS_LOG_FILE", "/dev/null")
-        .env("APPMESH_ENVOY_EGRESS_PORT", egress_port.to_string())
-        .env("APPMESH_ENVOY_INGRESS_PORT", free_port().to_string())
-        .env("ENVOY_CONCURRENCY", "1")
-        .env("ENVOY_LOG_LEVEL", "warning")
-        .env("WEFT_LISTENER_MODE", "explicit")
-        .env("LISTENER_DRAIN_WAIT_TIME_S", "0")
-        .env("WEFT_ENVOY_STOP_GRACE_S", "2")
-        .env("WEFT_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    if !ports.is_empty() {
-        cmd.env("WEFT_APP_PORTS", ports.join(","));
-    }
-    let agent = Agent {
-        proc: Proc(cmd.spawn().unwrap()),
-        admin_port,
-        egress_port,
-    };
-    (agent, log)
-}
-
 #[tokio::test]
 async fn agents_with_join_tokens_converge_over_mutual_tls_by_default_and_carry_traffic() {
     let server = Server::start(&[]);
-    let tmp = tempfile::tempdir().unwrap();
     let red_port = free_port();
     let api = MeshApi::create(&server.client(), "apps", MeshSpec::new()).await;
     api.node("red", NodeSpec::http("127.0.0.1", red_port)).await;
@@ -403,8 +346,18 @@ async fn agents_with_join_tokens_converge_over_mutual_tls_by_default_and_carry_t
     api.node("front", NodeSpec::client(&["red.apps.local"]))
         .await;
     let (_red_app, red_app_port) = sample_app("red");
-    let (red, red_log) = tls_agent(&server, "red", &[(red_port, red_app_port)], tmp.path());
-    let (front, front_log) = tls_agent(&server, "front", &[], tmp.path());
+    let red = common::joined_agent_of(
+        &server.addr,
+        &server.xds_addr,
+        "mesh/apps/virtualNode/red",
+        &[(red_port, red_app_port)],
+    );
+    let front = common::joined_agent_of(
+        &server.addr,
+        &server.xds_addr,
+        "mesh/apps/virtualNode/front",
+        &[],
+    );
     let through = || {
         front
             .get("red.apps.local", "/", &[])
@@ -415,10 +368,8 @@ async fn agents_with_join_tokens_converge_over_mutual_tls_by_default_and_carry_t
     while !through() {
         assert!(
             std::time::Instant::now() < converged,
-            "front never reached red over xDS with mutual TLS\nserver:\n{}\nfront:\n{}\nred:\n{}",
+            "front never reached red over xDS with mutual TLS\nserver:\n{}",
             server.log(),
-            std::fs::read_to_string(&front_log).unwrap_or_default(),
-            std::fs::read_to_string(&red_log).unwrap_or_default(),
         );
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -445,15 +445,22 @@ pub async fn signed_request(
 /// fresh join token: its Envoy gets the proxy's Weft identity over SDS and speaks mutual TLS
 /// to the server's xDS port (start the server with `--xds-tls`).
 pub fn joined_agent(server: &WeftServer, resource: &str, app_ports: &[(u16, u16)]) -> mesh::Agent {
-    let token = join_token(&server.addr, resource, "1h");
+    joined_agent_of(&server.addr, &server.xds_addr, resource, app_ports)
+}
+
+/// [`joined_agent`] for a server known by its API address `addr` and its `xds_addr`.
+pub fn joined_agent_of(
+    addr: &str,
+    xds_addr: &str,
+    resource: &str,
+    app_ports: &[(u16, u16)],
+) -> mesh::Agent {
+    let token = join_token(addr, resource, "1h");
     mesh::agent_with_env(
-        &server.xds_addr,
+        xds_addr,
         resource,
         app_ports,
         "sotw",
-        &[
-            ("WEFT_JOIN_TOKEN", &token),
-            ("WEFT_CA_SERVER", &server.addr),
-        ],
+        &[("WEFT_JOIN_TOKEN", &token), ("WEFT_CA_SERVER", addr)],
     )
 }
