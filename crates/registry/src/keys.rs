@@ -105,6 +105,10 @@ pub fn parse_instance(key: &str) -> Option<(String, String)> {
     Some((service.to_string(), unescape(instance)))
 }
 
+/// The id whose guard every namespace create rewrites (not a namespace
+/// id: those start with `ns-`), so that the namespace quota holds.
+pub const NAMESPACES_GUARD: &str = "namespaces";
+
 /// The guard of a namespace or service.
 pub fn guard(id: &str) -> String {
     format!("cloudmap/guard/{id}")

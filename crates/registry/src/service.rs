@@ -942,6 +942,10 @@ impl RegistryService {
                     creator_request_id: existing.and_then(|(n, _)| n.creator_request_id),
                 });
             }
+            // Read before the count: a namespace created after this read
+            // (by this replica or another) changes it, so two creates racing
+            // for the last place under the quota never both commit.
+            let quota_guard = self.unchanged(&keys::guard(keys::NAMESPACES_GUARD)).await?;
             let quota = self.config.max_namespaces;
             if self.count(keys::NAMESPACES.to_string()).await? >= quota {
                 return Err(RegistryError::ResourceLimitExceeded(format!(
@@ -967,11 +971,12 @@ impl RegistryService {
             let op_id = new_operation_id();
             let output = json!({ "OperationId": op_id });
             let remember = self.remember(op, cri.as_deref(), &request, &output, Some(&op_id))?;
-            let mut compares = vec![Compare::Absent(name_key.clone())];
+            let mut compares = vec![Compare::Absent(name_key.clone()), quota_guard];
             compares.extend(req_guard);
             let mut ops = vec![
                 Op::Put(keys::namespace(&id), encode(&record)?),
                 Op::Put(name_key.clone(), Bytes::from(id.clone())),
+                Op::Put(keys::guard(keys::NAMESPACES_GUARD), Bytes::new()),
                 self.operation_op(&op_id, "CREATE_NAMESPACE", &[("NAMESPACE", &id)])?,
             ];
             ops.extend(remember);
@@ -1430,7 +1435,12 @@ impl RegistryService {
             check_instance_for(&s, &attributes)?;
             let key = keys::instance(&s.id, &instance_id);
             let existing = self.load::<Instance>(&key).await?;
+            // A new instance commits under the service's guard as read
+            // before the count: an instance registered after this read (by
+            // this replica or another) changes it, so the quota holds.
+            let mut quota_guard = None;
             if existing.is_none() {
+                quota_guard = Some(self.unchanged(&keys::guard(&s.id)).await?);
                 let quota = self.config.max_instances_per_service;
                 if self.count(keys::instances(&s.id)).await? >= quota {
                     return Err(RegistryError::ResourceLimitExceeded(format!(
@@ -1468,6 +1478,7 @@ impl RegistryService {
                     None => Compare::Absent(key.clone()),
                 },
             ];
+            compares.extend(quota_guard);
             compares.extend(req_guard);
             let mut ops = vec![
                 Op::Put(key, encode(&instance)?),

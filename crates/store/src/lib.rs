@@ -19,6 +19,8 @@ use futures::stream::BoxStream;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 pub mod embedded;
+#[cfg(any(test, feature = "testing"))]
+pub mod gated;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore, DEFAULT_HISTORY_BYTES, DEFAULT_SEGMENT_SIZE};
 

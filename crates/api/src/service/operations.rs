@@ -16,7 +16,7 @@ use super::records::{
     data_bytes, decode_record, json_bytes, record_bytes, stored_data, updated_metadata,
     with_members, write_json, write_object, write_reference, Listed, RawMembers, StoredParts,
 };
-use super::tokens::Fingerprint;
+use super::tokens::{Fingerprint, Replay};
 use super::validate::{
     check_weft_tags, gateway_route_targets, parse_spec, route_targets, str_member, tags_from_input,
 };
@@ -149,14 +149,17 @@ impl Service {
         for _ in 0..MAX_ATTEMPTS {
             let turn = self.lock_mesh(&id.mesh).await;
             let guard = self.guard(&id.mesh).await?;
-            if let Some(out) = self
+            let token_compare = match self
                 .replay(op, token, &request, id, Some(&spec_json))
                 .await?
             {
-                drop(turn);
-                self.store.sync().await?;
-                return Ok(out);
-            }
+                Replay::Answer(out) => {
+                    drop(turn);
+                    self.store.sync().await?;
+                    return Ok(out);
+                }
+                Replay::Fresh(compare) => compare,
+            };
             if id.kind != Kind::Mesh {
                 self.require(&ResourceId::mesh(&id.mesh)).await?;
             }
@@ -204,6 +207,7 @@ impl Service {
             let mut ops = vec![Op::Put(key.clone(), record.clone()), guard.bump(counts)?];
             ops.extend(token_op.clone());
             let mut compares = vec![guard.compare, Compare::Absent(key.clone())];
+            compares.extend(token_compare);
             if let Some(compare) = meshes_guard {
                 compares.push(compare);
                 ops.push(Op::Put(keys::MESHES_GUARD.to_string(), Bytes::new()));
@@ -271,14 +275,17 @@ impl Service {
         for _ in 0..MAX_ATTEMPTS {
             let turn = self.lock_mesh(&id.mesh).await;
             let guard = self.guard(&id.mesh).await?;
-            if let Some(out) = self
+            let token_compare = match self
                 .replay(op, token, &request, id, new_spec_json.as_deref())
                 .await?
             {
-                drop(turn);
-                self.store.sync().await?;
-                return Ok(out);
-            }
+                Replay::Answer(out) => {
+                    drop(turn);
+                    self.store.sync().await?;
+                    return Ok(out);
+                }
+                Replay::Fresh(compare) => compare,
+            };
             let Some(kv) = self.store.get_latest(&key).await? else {
                 return Err(ApiError::NotFound(format!("{} not found", id.describe())));
             };
@@ -326,10 +333,11 @@ impl Service {
             let kept = kept_spec.is_some().then_some(spec_json);
             let token_op = self.token_op(op, token, &request, answered_metadata, kept)?;
             ops.extend(token_op.clone());
-            let compares = vec![
+            let mut compares = vec![
                 guard.compare,
                 Compare::ModRevision(key.clone(), kv.mod_revision),
             ];
+            compares.extend(token_compare);
             if let Some(revision) = self.commit_turn(turn, compares, ops).await? {
                 self.note_token(token_op.as_ref(), revision).await;
                 return Ok(Output::Payload { member, body: data });

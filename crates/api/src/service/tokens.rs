@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use weft_model::keys;
 use weft_model::kind::ResourceId;
-use weft_store::{Op, Range, Revision};
+use weft_store::{Compare, Op, Range, Revision};
 
 use super::records::{data_bytes, write_json};
 use super::{now, Output, Service};
@@ -136,11 +136,26 @@ fn token_record(
     Ok(Bytes::from(out))
 }
 
+/// What [`Service::replay`] found for a request's `clientToken`.
+pub(super) enum Replay {
+    /// The token answered this request before: its answer again.
+    Answer(Output),
+    /// The request is new (no token, or a token not used yet or expired):
+    /// the write goes on, under this compare on the token's record.
+    Fresh(Option<Compare>),
+}
+
 impl Service {
     /// Replays an earlier answer for the same `clientToken`, or refuses a
     /// token reused for a different request. The first answer may still be
     /// on its way to disk: the caller syncs the store before sending a
     /// replay.
+    ///
+    /// Otherwise returns the compare that holds while the token's record
+    /// stays as read (absent, or expired): the write that then remembers the
+    /// token commits under it, so that two writers with one token (on two
+    /// replicas, or in two meshes, which take no common turn) never both
+    /// win, and the loser replays or refuses on its retry.
     pub(super) async fn replay(
         &self,
         operation: &str,
@@ -148,28 +163,28 @@ impl Service {
         request: &Fingerprint,
         id: &ResourceId,
         spec: Option<&[u8]>,
-    ) -> Result<Option<Output>, ApiError> {
+    ) -> Result<Replay, ApiError> {
         let member = id.kind.payload_member();
-        let Some(token) = token else { return Ok(None) };
-        let Some(kv) = self
-            .store
-            .get_latest(&keys::token(operation, token))
-            .await?
-        else {
-            return Ok(None);
+        let Some(token) = token else {
+            return Ok(Replay::Fresh(None));
+        };
+        let key = keys::token(operation, token);
+        let Some(kv) = self.store.get_latest(&key).await? else {
+            return Ok(Replay::Fresh(Some(Compare::Absent(key))));
         };
         let record: TokenRecord = serde_json::from_slice(&kv.value)
             .map_err(|e| ApiError::Internal(format!("token record unreadable: {e}")))?;
         if now() - record.at > self.config.client_token_ttl.as_secs_f64() {
             // An expired token is forgotten: the request runs as a new one.
-            return Ok(None);
+            let unchanged = Compare::ModRevision(key, kv.mod_revision);
+            return Ok(Replay::Fresh(Some(unchanged)));
         }
         if !record.same_request(request) {
             return Err(ApiError::Conflict(format!(
                 "clientToken {token} was already used with a different {operation} request"
             )));
         }
-        Ok(Some(Output::Payload {
+        Ok(Replay::Answer(Output::Payload {
             member,
             body: Bytes::from(record.answer(id, spec)?),
         }))
