@@ -1,0 +1,282 @@
+//! Pure reading of one flush of an Envoy's stats (`io.prometheus.client.MetricFamily` as the
+//! `metrics_service` sink sends them) into what the history needs: per target cluster, the
+//! requests, the failures and the latency histogram of the flush interval.
+//!
+//! The sink is configured (see `weft_agent`) with `report_counters_as_deltas` (counters are the
+//! interval's increments) and `histogram_emit_mode: HISTOGRAM` (the interval's buckets), as
+//! <https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/metrics/v3/metrics_service.proto>
+//! describes.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::io::prometheus::client::{Metric, MetricFamily, MetricType};
+
+/// The largest count one flush may carry for one series: beyond it the value is absurd (a
+/// billion requests a second for ten seconds would be 10^10) and dropped.
+pub const MAX_COUNT: f64 = 1e10;
+
+/// A latency histogram of one interval: upper bounds in milliseconds and the count of each
+/// bucket (not cumulative), the last entry counting what exceeded every bound.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Buckets {
+    /// Upper bounds, ascending, milliseconds.
+    pub bounds: Vec<f64>,
+    /// `bounds.len() + 1` counts.
+    pub counts: Vec<u64>,
+}
+
+impl Buckets {
+    /// How many samples the histogram holds.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// One target cluster's figures in one flush.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterFlush {
+    /// `upstream_rq_total`: requests sent.
+    pub requests: u64,
+    /// `upstream_rq_5xx` (which includes the 503 Envoy answers for a connection failure or a
+    /// reset before the response) plus gRPC failures when the gRPC stats filter counts them.
+    pub errors: u64,
+    /// `upstream_rq_time`.
+    pub latency: Option<Buckets>,
+}
+
+/// What one flush told.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Flush {
+    /// By cluster name.
+    pub clusters: BTreeMap<String, ClusterFlush>,
+    /// Series dropped: a known name with the wrong type, a negative, non-finite or absurd
+    /// value, a malformed histogram.
+    pub dropped: u64,
+    /// Series of names the history has no use for (most of Envoy's stats).
+    pub ignored: u64,
+}
+
+/// The stats of one flush, read.
+pub fn read(families: &[MetricFamily]) -> Flush {
+    let mut flush = Flush::default();
+    for family in families {
+        let name = family.name.as_deref().unwrap_or_default();
+        let Some((cluster, stat)) = cluster_stat(name) else {
+            flush.ignored += 1;
+            continue;
+        };
+        let kind = family.r#type.and_then(|t| MetricType::try_from(t).ok());
+        match stat {
+            "upstream_rq_total" | "upstream_rq_5xx" => {
+                let Some(value) = counter(kind, &family.metric) else {
+                    flush.dropped += 1;
+                    continue;
+                };
+                let entry = flush.clusters.entry(cluster.to_string()).or_default();
+                if stat == "upstream_rq_total" {
+                    entry.requests = entry.requests.saturating_add(value);
+                } else {
+                    entry.errors = entry.errors.saturating_add(value);
+                }
+            }
+            "upstream_rq_time" => {
+                let Some(buckets) = histogram(kind, &family.metric) else {
+                    flush.dropped += 1;
+                    continue;
+                };
+                flush
+                    .clusters
+                    .entry(cluster.to_string())
+                    .or_default()
+                    .latency = Some(buckets);
+            }
+            _ => flush.ignored += 1,
+        }
+    }
+    flush
+}
+
+/// `cluster.<name>.<stat>` with `<name>` one of Weft's egress clusters.
+fn cluster_stat(name: &str) -> Option<(&str, &str)> {
+    let rest = name.strip_prefix("cluster.")?;
+    let (cluster, stat) = rest.split_once('.')?;
+    cluster
+        .starts_with("cds_egress_")
+        .then_some((cluster, stat))
+}
+
+/// A counter's value (the sum of its series), if sane.
+fn counter(kind: Option<MetricType>, metrics: &[Metric]) -> Option<u64> {
+    if kind != Some(MetricType::Counter) {
+        return None;
+    }
+    let mut total = 0u64;
+    for metric in metrics {
+        let value = metric.counter.as_ref()?.value?;
+        total = total.saturating_add(count(value)?);
+    }
+    Some(total)
+}
+
+fn count(value: f64) -> Option<u64> {
+    (value.is_finite() && (0.0..=MAX_COUNT).contains(&value) && value.fract() == 0.0)
+        .then_some(value as u64)
+}
+
+/// The interval histogram of the first series: cumulative buckets made per-bucket counts.
+fn histogram(kind: Option<MetricType>, metrics: &[Metric]) -> Option<Buckets> {
+    if kind != Some(MetricType::Histogram) {
+        return None;
+    }
+    let h = metrics.first()?.histogram.as_ref()?;
+    let total = count(h.sample_count.map(|c| c as f64).or(h.sample_count_float)?)?;
+    let mut bounds = Vec::with_capacity(h.bucket.len());
+    let mut counts = Vec::with_capacity(h.bucket.len() + 1);
+    let mut below = 0u64;
+    for bucket in &h.bucket {
+        let bound = bucket.upper_bound?;
+        let cumulative = count(
+            bucket
+                .cumulative_count
+                .map(|c| c as f64)
+                .or(bucket.cumulative_count_float)?,
+        )?;
+        if bound.is_infinite() && bound > 0.0 {
+            break;
+        }
+        // Bounds ascend and counts accumulate, or the histogram is malformed.
+        if !bound.is_finite() || bounds.last().is_some_and(|b| *b >= bound) || cumulative < below {
+            return None;
+        }
+        bounds.push(bound);
+        counts.push(cumulative - below);
+        below = cumulative;
+    }
+    if total < below || bounds.len() > 256 {
+        return None;
+    }
+    counts.push(total - below);
+    Some(Buckets { bounds, counts })
+}
+
+/// The `q` quantile (0..1) of `buckets`, interpolated linearly inside the bucket it falls in as
+/// Prometheus's `histogram_quantile` does; `None` without samples. A quantile in the overflow
+/// bucket is the highest bound.
+pub fn quantile(bounds: &[f64], counts: &[u64], q: f64) -> Option<f64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut below = 0u64;
+    for (i, n) in counts.iter().enumerate() {
+        let upto = below + n;
+        if (upto as f64) >= rank && *n > 0 {
+            let Some(upper) = bounds.get(i) else {
+                return bounds.last().copied();
+            };
+            let lower = if i == 0 { 0.0 } else { bounds[i - 1] };
+            let within = (rank - below as f64) / *n as f64;
+            return Some(lower + (upper - lower) * within.clamp(0.0, 1.0));
+        }
+        below = upto;
+    }
+    bounds.last().copied()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use envoy_types::pb::io::prometheus::client::{Bucket, Counter, Histogram};
+
+    fn counter_family(name: &str, value: f64) -> MetricFamily {
+        MetricFamily {
+            name: Some(name.into()),
+            r#type: Some(MetricType::Counter as i32),
+            metric: vec![Metric {
+                counter: Some(Counter {
+                    value: Some(value),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn histogram_family(name: &str, buckets: &[(f64, u64)], total: u64) -> MetricFamily {
+        MetricFamily {
+            name: Some(name.into()),
+            r#type: Some(MetricType::Histogram as i32),
+            metric: vec![Metric {
+                histogram: Some(Histogram {
+                    sample_count: Some(total),
+                    bucket: buckets
+                        .iter()
+                        .map(|(b, c)| Bucket {
+                            upper_bound: Some(*b),
+                            cumulative_count: Some(*c),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_flush_gives_each_egress_cluster_its_requests_errors_and_latency() {
+        let c = "cluster.cds_egress_apps_back_http_9080";
+        let flush = read(&[
+            counter_family(&format!("{c}.upstream_rq_total"), 40.0),
+            counter_family(&format!("{c}.upstream_rq_5xx"), 4.0),
+            histogram_family(
+                &format!("{c}.upstream_rq_time"),
+                &[(1.0, 10), (5.0, 30), (10.0, 40)],
+                40,
+            ),
+            counter_family(
+                "cluster.cds_ingress_apps_front_http_8080.upstream_rq_total",
+                9.0,
+            ),
+            counter_family("server.uptime", 3.0),
+        ]);
+        let back = &flush.clusters["cds_egress_apps_back_http_9080"];
+        assert_eq!((back.requests, back.errors), (40, 4));
+        let latency = back.latency.as_ref().unwrap();
+        assert_eq!(latency.counts, vec![10, 20, 10, 0]);
+        assert_eq!(flush.clusters.len(), 1);
+        assert_eq!((flush.dropped, flush.ignored), (0, 2));
+    }
+
+    #[test]
+    fn absurd_values_and_wrong_types_are_dropped_not_taken() {
+        let c = "cluster.cds_egress_apps_back_http_9080";
+        let mut gauge = counter_family(&format!("{c}.upstream_rq_total"), 1.0);
+        gauge.r#type = Some(MetricType::Gauge as i32);
+        let flush = read(&[
+            counter_family(&format!("{c}.upstream_rq_total"), f64::NAN),
+            counter_family(&format!("{c}.upstream_rq_5xx"), -3.0),
+            counter_family(&format!("{c}.upstream_rq_5xx"), 1e300),
+            gauge,
+            histogram_family(&format!("{c}.upstream_rq_time"), &[(5.0, 10), (1.0, 30)], 5),
+        ]);
+        assert_eq!(flush.dropped, 5);
+        assert!(flush.clusters.is_empty());
+    }
+
+    #[test]
+    fn quantiles_interpolate_inside_their_bucket() {
+        let bounds = [1.0, 5.0, 10.0];
+        let counts = [10, 20, 10, 0];
+        assert_eq!(quantile(&bounds, &counts, 0.5), Some(3.0));
+        assert_eq!(quantile(&bounds, &counts, 0.25), Some(1.0));
+        assert_eq!(quantile(&bounds, &counts, 1.0), Some(10.0));
+        assert_eq!(quantile(&bounds, &[0, 0, 0, 5], 0.99), Some(10.0));
+        assert_eq!(quantile(&bounds, &[0, 0, 0, 0], 0.5), None);
+    }
+}
