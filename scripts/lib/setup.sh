@@ -47,3 +47,22 @@ install_prometheus() {
             || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
     fi
 }
+
+# Debian's etcd 3.4 (server and etcdctl), which the etcd store tests run as a 3-member cluster.
+install_etcd() {
+    [ "$(id -u)" = 0 ] || return 0
+    if [ ! -x /usr/bin/etcd ]; then
+        echo "Installing etcd (Debian packages etcd-server and etcd-client), for the etcd store tests..."
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 etcd-server etcd-client >/dev/null \
+            || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 etcd-server etcd-client >/dev/null; }
+    fi
+}
+
+# protoc, which the etcd client crate's build script needs to compile etcd's API (.proto files).
+install_protoc() {
+    command -v protoc >/dev/null 2>&1 && return 0
+    [ "$(id -u)" = 0 ] || { echo "Building Weft needs protoc: install Debian's protobuf-compiler package" >&2; return 1; }
+    echo "Installing protoc (Debian package protobuf-compiler), to build the etcd client..."
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 protobuf-compiler >/dev/null \
+        || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 protobuf-compiler >/dev/null; }
+}

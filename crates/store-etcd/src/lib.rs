@@ -1,0 +1,836 @@
+//! Weft's etcd backend: the [`Store`] trait over an etcd v3 cluster, so that
+//! several `weft server` replicas can share one store.
+//!
+//! The trait was modelled on etcd's data model, so the mapping is direct
+//! (<https://etcd.io/docs/v3.4/learning/data_model/>, <https://etcd.io/docs/v3.4/learning/api/>):
+//! - a [`Revision`] is etcd's cluster revision, and a key's create and mod
+//!   revisions and version are etcd's own;
+//! - [`Store::txn`] is one etcd `Txn` whose compares are the transaction's
+//!   compares and whose success branch is its ops: it is durable once etcd
+//!   answers, because etcd answers after the Raft commit;
+//! - reads are etcd's default (linearizable) reads;
+//! - [`Store::watch`] is an etcd watch from `after + 1`, resumed from the last
+//!   revision seen when its connection breaks; a compacted start revision is
+//!   [`StoreError::Compacted`].
+//!
+//! Every key lives under a prefix (`<prefix>kv/<key>`), so that several Weft
+//! installations share one cluster; `<prefix>layout` holds the key layout's
+//! version, written on first use: a backend finding another value refuses to
+//! start rather than misread (or overwrite) data laid out differently.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use etcd_client::{
+    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions,
+    Txn as EtcdTxn, TxnOp, WatchOptions, WatchStream,
+};
+use futures::stream::BoxStream;
+use weft_store::{
+    Compare, KeyValue, Op, Range, RangeResult, Revision, Store, StoreError, StoreHealth, Txn,
+    TxnOutcome, WatchEvent,
+};
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+/// The value of the layout marker this version of Weft writes and accepts.
+pub const LAYOUT: &str = "weft-store-v1";
+
+/// The default key prefix (`--etcd-prefix`).
+pub const DEFAULT_PREFIX: &str = "/weft/";
+
+/// Everything that can keep the etcd backend from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdStoreError {
+    /// The options do not make sense (no endpoint, an empty prefix…).
+    #[error("invalid etcd options: {0}")]
+    Options(String),
+    /// A TLS file could not be read.
+    #[error("reading {what} {path}: {source}")]
+    TlsFile {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// No endpoint answered before the start-up deadline.
+    #[error("etcd at {endpoints} is unreachable (tried for {waited:?}): {last}")]
+    Unreachable {
+        endpoints: String,
+        waited: Duration,
+        last: String,
+    },
+    /// etcd answered but refused (bad credentials, missing permissions…).
+    #[error("etcd at {endpoints} refused: {message}")]
+    Refused { endpoints: String, message: String },
+    /// The prefix holds data of another key layout.
+    #[error(
+        "the etcd prefix {prefix:?} holds a Weft store with key layout {found:?}, but this \
+         version of Weft reads layout {expected:?}: use another --etcd-prefix, or the Weft \
+         version that wrote it"
+    )]
+    Layout {
+        prefix: String,
+        found: String,
+        expected: &'static str,
+    },
+}
+
+/// Files for a TLS connection to etcd.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdTls {
+    /// PEM CA bundle that signed etcd's server certificates (else the system's trust).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for etcd's `--client-cert-auth`.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// How to reach etcd and where Weft's keys live in it.
+#[derive(Debug, Clone)]
+pub struct EtcdOptions {
+    /// `host:port` (or `http(s)://host:port`) of one or more cluster members.
+    pub endpoints: Vec<String>,
+    /// Every key Weft writes starts with this.
+    pub prefix: String,
+    /// TLS to etcd (`https://` endpoints); `None` for plaintext.
+    pub tls: Option<EtcdTls>,
+    /// User name and password, for etcd's authentication.
+    pub user: Option<(String, String)>,
+    /// How long one request (or one connection attempt) may take.
+    pub request_timeout: Duration,
+    /// How long [`EtcdStore::connect`] keeps retrying an unreachable cluster.
+    pub connect_for: Duration,
+}
+
+impl EtcdOptions {
+    /// Plaintext, no authentication, the default prefix, 5 s requests and 30 s of
+    /// retrying at start.
+    pub fn new(endpoints: Vec<String>) -> Self {
+        EtcdOptions {
+            endpoints,
+            prefix: DEFAULT_PREFIX.to_string(),
+            tls: None,
+            user: None,
+            request_timeout: Duration::from_secs(5),
+            connect_for: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The [`Store`] backend over etcd.
+pub struct EtcdStore {
+    client: Client,
+    /// `<prefix>kv/`: what every data key starts with.
+    data: Vec<u8>,
+    /// The endpoints as given, for error messages.
+    endpoints: Arc<str>,
+    request_timeout: Duration,
+    /// Why the last request failed, until one succeeds.
+    unhealthy: Arc<Mutex<Option<String>>>,
+}
+
+/// The smallest key greater than every key starting with `prefix`, as etcd
+/// computes a prefix's range end
+/// (<https://etcd.io/docs/v3.4/learning/api/#key-ranges>); `[0]` (to the end
+/// of the key space) when no such key exists.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// The endpoint as the client wants it: with a scheme.
+fn endpoint_url(endpoint: &str, tls: bool) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_string()
+    } else if tls {
+        format!("https://{endpoint}")
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+/// Which failed requests [`EtcdStore::call`] sends again.
+#[derive(Debug, Clone, Copy)]
+enum Resend {
+    /// A read: after any failure to reach a member.
+    Unreachable,
+    /// A write: only when it certainly never reached a member (its
+    /// connection could not be made), since a write that reached one may have
+    /// been applied.
+    NotSent,
+}
+
+/// Whether a request failed before it left: its connection could not be made
+/// (tonic's "tcp connect error" for a member that is down).
+fn not_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == tonic::Code::Unavailable && s.message().contains("connect")
+        }
+        _ => false,
+    }
+}
+
+/// Whether an etcd error means the cluster could not be reached (try again)
+/// rather than that it refused the request.
+fn unreachable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+        ),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
+}
+
+fn read_tls_file(what: &'static str, path: &PathBuf) -> Result<Vec<u8>, EtcdStoreError> {
+    std::fs::read(path).map_err(|source| EtcdStoreError::TlsFile {
+        what,
+        path: path.clone(),
+        source,
+    })
+}
+
+fn connect_options(options: &EtcdOptions) -> Result<ConnectOptions, EtcdStoreError> {
+    let mut connect = ConnectOptions::new()
+        .with_connect_timeout(options.request_timeout)
+        // A member cut off from the leader cancels our watches instead of
+        // leaving them silent (https://etcd.io/docs/v3.4/dev-guide/interacting_v3/).
+        .with_require_leader(true)
+        .with_keep_alive(Duration::from_secs(5), options.request_timeout);
+    if let Some((user, password)) = &options.user {
+        connect = connect.with_user(user.clone(), password.clone());
+    }
+    if let Some(tls) = &options.tls {
+        let mut config = etcd_client::TlsOptions::new();
+        if let Some(ca) = &tls.ca_file {
+            config = config.ca_certificate(etcd_client::Certificate::from_pem(read_tls_file(
+                "the etcd CA file",
+                ca,
+            )?));
+        } else {
+            config = config.with_enabled_roots();
+        }
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(cert), Some(key)) => {
+                config = config.identity(etcd_client::Identity::from_pem(
+                    read_tls_file("the etcd client certificate", cert)?,
+                    read_tls_file("the etcd client key", key)?,
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(EtcdStoreError::Options(
+                    "a client certificate needs both --etcd-cert-file and --etcd-key-file".into(),
+                ))
+            }
+        }
+        connect = connect.with_tls(config);
+    }
+    Ok(connect)
+}
+
+impl EtcdStore {
+    /// Connects to etcd, retrying with backoff for [`EtcdOptions::connect_for`]
+    /// while no endpoint answers, then checks (or, on first use, writes) the
+    /// prefix's layout marker.
+    pub async fn connect(options: EtcdOptions) -> Result<Arc<Self>, EtcdStoreError> {
+        if options.endpoints.is_empty() {
+            return Err(EtcdStoreError::Options("no etcd endpoint given".into()));
+        }
+        if options.prefix.is_empty() {
+            return Err(EtcdStoreError::Options(
+                "the etcd prefix must not be empty (several installations share a cluster by \
+                 their prefixes)"
+                    .into(),
+            ));
+        }
+        let endpoints: Arc<str> = options.endpoints.join(",").into();
+        let urls: Vec<String> = options
+            .endpoints
+            .iter()
+            .map(|e| endpoint_url(e, options.tls.is_some()))
+            .collect();
+        let connect = connect_options(&options)?;
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let attempt = async {
+                let client = Client::connect(&urls, Some(connect.clone())).await?;
+                let store = EtcdStore {
+                    client,
+                    data: format!("{}kv/", options.prefix).into_bytes(),
+                    endpoints: endpoints.clone(),
+                    request_timeout: options.request_timeout,
+                    unhealthy: Arc::new(Mutex::new(None)),
+                };
+                let found = store.claim_layout(&options.prefix).await?;
+                Ok::<_, etcd_client::Error>((store, found))
+            };
+            let last = match tokio::time::timeout(options.request_timeout, attempt).await {
+                Ok(Ok((store, found))) => {
+                    if found != LAYOUT.as_bytes() {
+                        return Err(EtcdStoreError::Layout {
+                            prefix: options.prefix.clone(),
+                            found: String::from_utf8_lossy(&found).into_owned(),
+                            expected: LAYOUT,
+                        });
+                    }
+                    return Ok(Arc::new(store));
+                }
+                Ok(Err(e)) if !unreachable(&e) => {
+                    return Err(EtcdStoreError::Refused {
+                        endpoints: endpoints.to_string(),
+                        message: e.to_string(),
+                    })
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {:?}", options.request_timeout),
+            };
+            let waited = started.elapsed();
+            if waited + backoff > options.connect_for {
+                return Err(EtcdStoreError::Unreachable {
+                    endpoints: endpoints.to_string(),
+                    waited,
+                    last,
+                });
+            }
+            tracing::warn!(endpoints = %endpoints, error = %last, retry_in = ?backoff, "etcd is unreachable; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Writes the layout marker if the prefix has none; returns the marker's value.
+    async fn claim_layout(&self, prefix: &str) -> Result<Vec<u8>, etcd_client::Error> {
+        let marker = format!("{prefix}layout");
+        let txn = EtcdTxn::new()
+            .when([EtcdCompare::create_revision(
+                marker.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(marker.clone(), LAYOUT, None)])
+            .or_else([TxnOp::get(marker, None)]);
+        let resp = self.client.kv_client().txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(LAYOUT.as_bytes().to_vec());
+        }
+        for op in resp.op_responses() {
+            if let etcd_client::TxnOpResponse::Get(get) = op {
+                if let Some(kv) = get.kvs().first() {
+                    return Ok(kv.value().to_vec());
+                }
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn key(&self, key: &str) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.data.len() + key.len());
+        k.extend_from_slice(&self.data);
+        k.extend_from_slice(key.as_bytes());
+        k
+    }
+
+    /// The trait's view of an etcd key-value, or `None` (logged) for a key
+    /// outside the prefix or not UTF-8, which Weft never writes.
+    fn decode(&self, kv: &etcd_client::KeyValue) -> Option<KeyValue> {
+        decode(&self.data, kv)
+    }
+
+    /// Runs one request within the request timeout, sending it again (to
+    /// another member, as the client balances) after the failures `resend`
+    /// allows; turns failures into [`StoreError::Unavailable`] and keeps
+    /// [`Store::health`] up to date.
+    async fn call<T, Fut>(
+        &self,
+        what: &str,
+        resend: Resend,
+        mut request: impl FnMut() -> Fut,
+    ) -> Result<T, StoreError>
+    where
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let mut backoff = Duration::from_millis(10);
+        let outcome = loop {
+            match tokio::time::timeout_at(deadline, request()).await {
+                Ok(Ok(v)) => {
+                    *self
+                        .unhealthy
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = None;
+                    return Ok(v);
+                }
+                Ok(Err(e)) => {
+                    let again = match resend {
+                        Resend::Unreachable => unreachable(&e),
+                        Resend::NotSent => not_sent(&e),
+                    };
+                    if again && tokio::time::Instant::now() + backoff < deadline {
+                        tracing::debug!(error = %e, "etcd request failed; sending it again");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(200));
+                        continue;
+                    }
+                    break e.to_string();
+                }
+                Err(_) => break format!("no answer within {:?}", self.request_timeout),
+            }
+        };
+        let message = format!("etcd at {}: {what} failed: {outcome}", self.endpoints);
+        *self
+            .unhealthy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(message.clone());
+        Err(StoreError::Unavailable(message))
+    }
+
+    /// The current revision, from the cheapest linearizable read.
+    async fn current_revision(&self) -> Result<Revision, StoreError> {
+        let resp = self
+            .call("reading the revision", Resend::Unreachable, || {
+                let mut kv = self.client.kv_client();
+                let key = self.data.clone();
+                async move { kv.get(key, Some(GetOptions::new().with_count_only())).await }
+            })
+            .await?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
+    /// The oldest revision a watch can start from, when `revision` was
+    /// compacted away: asks a watch from `revision`, which etcd cancels with
+    /// the compaction revision.
+    async fn compacted_from(&self, revision: Revision) -> Option<Revision> {
+        let mut watch = self.client.watch_client();
+        let key = self.data.clone();
+        let end = prefix_end(&key);
+        let ask = async move {
+            let mut stream = watch
+                .watch(
+                    key,
+                    Some(
+                        WatchOptions::new()
+                            .with_range(end)
+                            .with_start_revision(revision.max(1)),
+                    ),
+                )
+                .await
+                .ok()?;
+            loop {
+                let resp = stream.message().await.ok()??;
+                if resp.compact_revision() != 0 {
+                    return Some(resp.compact_revision());
+                }
+            }
+        };
+        tokio::time::timeout(self.request_timeout, ask)
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+/// See [`EtcdStore::decode`].
+fn decode(data: &[u8], kv: &etcd_client::KeyValue) -> Option<KeyValue> {
+    let Some(key) = kv.key().strip_prefix(data) else {
+        tracing::warn!(key = %String::from_utf8_lossy(kv.key()), "skipping an etcd key outside the store's prefix");
+        return None;
+    };
+    let Ok(key) = std::str::from_utf8(key) else {
+        tracing::warn!(key = %String::from_utf8_lossy(kv.key()), "skipping an etcd key that is not UTF-8");
+        return None;
+    };
+    Some(KeyValue {
+        key: key.to_string(),
+        value: Bytes::copy_from_slice(kv.value()),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+        version: kv.version(),
+    })
+}
+
+/// Whether an error answers a read at a revision that was compacted.
+fn is_compacted(e: &etcd_client::Error) -> bool {
+    // etcd's ErrCompacted: "etcdserver: mvcc: required revision has been compacted"
+    // (https://etcd.io/docs/v3.4/dev-guide/api_reference_v3/), OutOfRange in gRPC.
+    e.to_string()
+        .contains("required revision has been compacted")
+}
+
+#[async_trait::async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let resp = self
+            .call("reading a key", Resend::Unreachable, || {
+                let mut kv = self.client.kv_client();
+                let k = self.key(key);
+                async move { kv.get(k, None).await }
+            })
+            .await?;
+        Ok(resp.kvs().first().and_then(|kv| self.decode(kv)))
+    }
+
+    async fn range(&self, range: Range) -> Result<RangeResult, StoreError> {
+        let start = self.key(&range.start);
+        let end = match &range.end {
+            Some(end) => self.key(end),
+            None => prefix_end(&self.data),
+        };
+        let limit = i64::try_from(range.limit).unwrap_or(i64::MAX);
+        let resp = self
+            .call("reading a range", Resend::Unreachable, || {
+                let mut kv = self.client.kv_client();
+                let options = GetOptions::new().with_range(end.clone()).with_limit(limit);
+                let start = start.clone();
+                async move { kv.get(start, Some(options)).await }
+            })
+            .await?;
+        Ok(RangeResult {
+            kvs: resp.kvs().iter().filter_map(|kv| self.decode(kv)).collect(),
+            more: resp.more(),
+            revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+        })
+    }
+
+    async fn count(&self, range: Range) -> Result<usize, StoreError> {
+        let start = self.key(&range.start);
+        let end = match &range.end {
+            Some(end) => self.key(end),
+            None => prefix_end(&self.data),
+        };
+        let resp = self
+            .call("counting a range", Resend::Unreachable, || {
+                let mut kv = self.client.kv_client();
+                let options = GetOptions::new().with_range(end.clone()).with_count_only();
+                let start = start.clone();
+                async move { kv.get(start, Some(options)).await }
+            })
+            .await?;
+        let count = usize::try_from(resp.count()).unwrap_or(0);
+        Ok(if range.limit > 0 {
+            count.min(range.limit)
+        } else {
+            count
+        })
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        let mut compares = Vec::with_capacity(txn.compares.len());
+        for compare in &txn.compares {
+            match compare {
+                // A missing key compares as create revision 0
+                // (https://etcd.io/docs/v3.4/learning/api/#transaction).
+                Compare::Absent(key) => compares.push(EtcdCompare::create_revision(
+                    self.key(key),
+                    CompareOp::Equal,
+                    0,
+                )),
+                Compare::ModRevision(key, revision) => {
+                    compares.push(EtcdCompare::mod_revision(
+                        self.key(key),
+                        CompareOp::Equal,
+                        *revision,
+                    ));
+                    if *revision <= 0 {
+                        // "The key exists": a missing key's mod revision is 0 too.
+                        compares.push(EtcdCompare::version(self.key(key), CompareOp::Greater, 0));
+                    }
+                }
+            }
+        }
+        let mut ops: Vec<TxnOp> = txn
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Put(key, value) => TxnOp::put(self.key(key), value.to_vec(), None),
+                Op::Delete(key) => TxnOp::delete(self.key(key), None),
+            })
+            .collect();
+        if ops.is_empty() {
+            // etcd 3.4 serves a transaction without ops as a serializable read
+            // (its `isTxnSerializable` holds for no ops at all), which may
+            // answer from a member behind the leader; a linearizable read op
+            // makes it linearizable like every other read.
+            ops.push(TxnOp::get(
+                self.data.clone(),
+                Some(GetOptions::new().with_count_only()),
+            ));
+        }
+        let request = EtcdTxn::new().when(compares).and_then(ops);
+        let resp = self
+            .call("a transaction", Resend::NotSent, || {
+                let mut kv = self.client.kv_client();
+                let request = request.clone();
+                async move { kv.txn(request).await }
+            })
+            .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        Ok(if resp.succeeded() {
+            TxnOutcome::Committed(revision)
+        } else {
+            TxnOutcome::Conflict(revision)
+        })
+    }
+
+    async fn revision(&self) -> Result<Revision, StoreError> {
+        self.current_revision().await
+    }
+
+    fn health(&self) -> StoreHealth {
+        match &*self
+            .unhealthy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            None => StoreHealth::Ok,
+            Some(why) => StoreHealth::Degraded(why.clone()),
+        }
+    }
+
+    async fn watch(
+        &self,
+        prefix: &str,
+        after: Revision,
+    ) -> Result<BoxStream<'static, Result<WatchEvent, StoreError>>, StoreError> {
+        let after = after.max(0);
+        let key = self.key(prefix);
+        let end = prefix_end(&key);
+        let mut feed = Feed {
+            client: self.client.clone(),
+            data: self.data.clone(),
+            key,
+            end,
+            last: after,
+            stream: None,
+            pending: VecDeque::new(),
+            endpoints: self.endpoints.clone(),
+            request_timeout: self.request_timeout,
+            done: false,
+        };
+        let head = feed.open().await.map_err(|e| {
+            StoreError::Unavailable(format!("etcd at {}: watching failed: {e}", self.endpoints))
+        })?;
+        if after < head {
+            // A watch from a compacted revision is created, then cancelled with
+            // the compaction revision; a read at that revision fails at once,
+            // which tells the caller now rather than on its first event.
+            let mut kv = self.client.kv_client();
+            let probe = self.data.clone();
+            let read = tokio::time::timeout(
+                self.request_timeout,
+                kv.get(
+                    probe,
+                    Some(GetOptions::new().with_count_only().with_revision(after + 1)),
+                ),
+            )
+            .await;
+            match read {
+                Ok(Err(e)) if is_compacted(&e) => {
+                    let oldest = self.compacted_from(after + 1).await.unwrap_or(head);
+                    return Err(StoreError::Compacted {
+                        requested: after,
+                        oldest,
+                    });
+                }
+                Ok(Err(e)) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "etcd at {}: watching failed: {e}",
+                        self.endpoints
+                    )))
+                }
+                Err(_) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "etcd at {}: watching failed: no answer within {:?}",
+                        self.endpoints, self.request_timeout
+                    )))
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+        Ok(Box::pin(futures::stream::unfold(
+            feed,
+            |mut feed| async move {
+                let item = feed.next().await?;
+                Some((item, feed))
+            },
+        )))
+    }
+}
+
+/// One watch: the etcd watch stream, reopened from the last revision seen
+/// when it breaks.
+struct Feed {
+    client: Client,
+    data: Vec<u8>,
+    key: Vec<u8>,
+    end: Vec<u8>,
+    /// Every event up to this revision was received.
+    last: Revision,
+    stream: Option<WatchStream>,
+    pending: VecDeque<WatchEvent>,
+    endpoints: Arc<str>,
+    request_timeout: Duration,
+    /// The stream ended with an error; nothing more comes.
+    done: bool,
+}
+
+/// How long a broken watch keeps trying to reopen before it fails (the caller then reloads).
+const REOPEN_FOR: Duration = Duration::from_secs(10);
+
+impl Feed {
+    /// Opens the etcd watch from `last + 1` and waits for etcd to confirm it;
+    /// returns the cluster revision at that moment.
+    async fn open(&mut self) -> Result<Revision, String> {
+        let mut watch = self.client.watch_client();
+        let options = WatchOptions::new()
+            .with_range(self.end.clone())
+            .with_start_revision(self.last + 1);
+        let key = self.key.clone();
+        let opened = async move {
+            let mut stream = watch.watch(key, Some(options)).await?;
+            loop {
+                match stream.message().await? {
+                    Some(resp) if resp.created() => {
+                        let head = resp.header().map(|h| h.revision()).unwrap_or(0);
+                        return Ok((stream, head));
+                    }
+                    Some(_) => continue,
+                    None => {
+                        return Err(etcd_client::Error::WatchError(
+                            "the watch stream closed before it was created".into(),
+                        ))
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(self.request_timeout, opened).await {
+            Ok(Ok((stream, head))) => {
+                self.stream = Some(stream);
+                Ok(head)
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", self.request_timeout)),
+        }
+    }
+
+    async fn next(&mut self) -> Option<Result<WatchEvent, StoreError>> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(Ok(event));
+            }
+            if self.done {
+                return None;
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                if let Err(e) = self.reopen().await {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+                continue;
+            };
+            match stream.message().await {
+                Ok(Some(resp)) => {
+                    if resp.compact_revision() != 0 {
+                        self.done = true;
+                        return Some(Err(StoreError::Compacted {
+                            requested: self.last,
+                            oldest: resp.compact_revision(),
+                        }));
+                    }
+                    for event in resp.events() {
+                        let Some(kv) = event.kv() else { continue };
+                        let revision = kv.mod_revision();
+                        let Some(decoded) = decode(&self.data, kv) else {
+                            continue;
+                        };
+                        self.pending.push_back(WatchEvent {
+                            revision,
+                            key: decoded.key,
+                            value: match event.event_type() {
+                                EventType::Put => Some(decoded.value),
+                                EventType::Delete => None,
+                            },
+                        });
+                    }
+                    if let Some(last) = self.pending.back() {
+                        self.last = self.last.max(last.revision);
+                    }
+                    if resp.canceled() {
+                        tracing::debug!(
+                            reason = resp.cancel_reason(),
+                            "etcd cancelled a watch; reopening"
+                        );
+                        self.stream = None;
+                    }
+                }
+                Ok(None) => {
+                    tracing::debug!("etcd watch stream ended; reopening");
+                    self.stream = None;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "etcd watch stream broke; reopening");
+                    self.stream = None;
+                }
+            }
+        }
+    }
+
+    /// Reopens the watch from the last revision seen, with backoff, for up to
+    /// [`REOPEN_FOR`].
+    async fn reopen(&mut self) -> Result<(), StoreError> {
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.open().await {
+                Ok(_) => return Ok(()),
+                Err(e) if started.elapsed() + backoff > REOPEN_FOR => {
+                    return Err(StoreError::Unavailable(format!(
+                        "etcd at {}: the watch broke and could not be reopened: {e}",
+                        self.endpoints
+                    )))
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "reopening an etcd watch failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_ends_after_its_last_byte_that_can_grow() {
+        assert_eq!(prefix_end(b"/weft/kv/"), b"/weft/kv0".to_vec());
+        assert_eq!(prefix_end(b"a\xff\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+        assert_eq!(prefix_end(b""), vec![0]);
+    }
+
+    #[test]
+    fn endpoints_without_a_scheme_get_the_one_tls_asks_for() {
+        assert_eq!(
+            endpoint_url("127.0.0.1:2379", false),
+            "http://127.0.0.1:2379"
+        );
+        assert_eq!(endpoint_url("etcd:2379", true), "https://etcd:2379");
+        assert_eq!(endpoint_url("https://e:1", false), "https://e:1");
+    }
+}

@@ -1,0 +1,235 @@
+//! A real etcd cluster for tests: members on free loopback ports in a
+//! temporary folder, killed and removed on drop.
+//!
+//! It runs Debian's `etcd` 3.4 (`/usr/bin/etcd`, installed by `scripts/test`),
+//! with the static bootstrap of
+//! <https://etcd.io/docs/v3.4/op-guide/clustering/#static>.
+
+// Test code: a fixture that cannot start has nothing better to do than fail the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, CompactionOptions, GetOptions};
+
+use crate::{EtcdOptions, EtcdStore};
+
+/// Where Debian's `etcd-server` package puts the binary.
+pub const ETCD: &str = "/usr/bin/etcd";
+
+/// A running etcd cluster on loopback.
+pub struct EtcdCluster {
+    dir: tempfile::TempDir,
+    members: Vec<Member>,
+    initial_cluster: String,
+}
+
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+/// A port nobody listens on now (the kernel's pick for port 0).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+impl EtcdCluster {
+    /// Starts `size` members and waits until the cluster serves writes.
+    /// Panics (naming the log folder) if etcd is missing or does not come up.
+    pub async fn start(size: usize) -> EtcdCluster {
+        assert!(
+            std::path::Path::new(ETCD).exists(),
+            "{ETCD} is missing: scripts/test installs Debian's etcd-server (install_etcd in scripts/lib/setup.sh)"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("weft-etcd-")
+            .tempdir()
+            .unwrap();
+        let members: Vec<Member> = (0..size)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = EtcdCluster {
+            dir,
+            members,
+            initial_cluster,
+        };
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    fn log_path(&self, i: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("{}.log", self.members[i].name))
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .unwrap();
+        let m = &self.members[i];
+        let data = self.dir.path().join(&m.name);
+        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let child = Command::new(ETCD)
+            .arg("--name")
+            .arg(&m.name)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-token", "weft-test"])
+            .args(["--initial-cluster-state", "new"])
+            // Faster leader elections than the defaults (100 ms / 1 s), for the
+            // tests that kill a member.
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--logger", "zap", "--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {ETCD}: {e}"));
+        self.members[i].child = Some(child);
+    }
+
+    /// Waits until a write through each live member's own endpoint succeeds.
+    async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        for endpoint in self.live_endpoints() {
+            loop {
+                let ready = async {
+                    let mut client = Client::connect([&endpoint], None).await.ok()?;
+                    client.put("weft-test/ready", "1", None).await.ok()?;
+                    Some(())
+                };
+                if tokio::time::timeout(Duration::from_secs(2), ready)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+                {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "etcd member {endpoint} did not come up within 20 s; logs in {}",
+                    self.dir.path().display()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// `127.0.0.1:port` of every member, dead or alive.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .collect()
+    }
+
+    fn live_endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .collect()
+    }
+
+    /// The `--store` value of `weft server` for this cluster: `etcd://a,b,c`.
+    pub fn store_url(&self) -> String {
+        format!("etcd://{}", self.endpoints().join(","))
+    }
+
+    /// Options for a backend on this cluster under `prefix`, with short timeouts.
+    pub fn options(&self, prefix: &str) -> EtcdOptions {
+        EtcdOptions {
+            prefix: prefix.to_string(),
+            request_timeout: Duration::from_secs(3),
+            connect_for: Duration::from_secs(10),
+            ..EtcdOptions::new(self.endpoints())
+        }
+    }
+
+    /// A backend on this cluster under `prefix`.
+    pub async fn store(&self, prefix: &str) -> Arc<EtcdStore> {
+        EtcdStore::connect(self.options(prefix))
+            .await
+            .unwrap_or_else(|e| panic!("connecting to the test etcd cluster: {e}"))
+    }
+
+    /// A plain etcd client on the live members, for what Weft never does
+    /// itself (writing foreign keys, compacting).
+    pub async fn client(&self) -> Client {
+        Client::connect(self.live_endpoints(), None).await.unwrap()
+    }
+
+    /// Kills member `i` with SIGKILL, as a crash would.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data folder (it rejoins the cluster).
+    pub async fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+        self.wait_ready().await;
+    }
+
+    /// Compacts the whole history up to the current revision (physically, so
+    /// that reads and watches from before it fail at once); returns it.
+    pub async fn compact(&self) -> i64 {
+        let mut client = self.client().await;
+        let revision = client
+            .get("weft-test/ready", Some(GetOptions::new().with_count_only()))
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        client
+            .compact(revision, Some(CompactionOptions::new().with_physical()))
+            .await
+            .unwrap();
+        revision
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
