@@ -47,6 +47,7 @@ mod deps;
 mod encoded;
 mod failures;
 mod index;
+mod progress;
 mod publish;
 mod runtime;
 #[cfg(test)]
@@ -54,4 +55,5 @@ mod test_support;
 
 pub use classes::{AppMeshResolver, DEFAULT_IDLE_CLASS_TTL, MIN_IDLE_CLASS_TTL};
 pub use failures::{ClassFailure, ClassFailures};
+pub use progress::Progress;
 pub use runtime::{new, Runtime};

@@ -20,12 +20,14 @@ use crate::cloud_map::{CloudMap, Touched};
 use crate::deps::MeshChanges;
 use crate::failures::ClassFailures;
 use crate::index::MeshIndex;
+use crate::progress::{progress, Progress, ProgressWriter};
 use crate::publish::Publisher;
 
 /// Builds the resolver for the ADS server and the runtime that feeds its cache.
 pub fn new(store: SharedStore, cache: SnapshotCache) -> (AppMeshResolver, Runtime) {
     let classes = Arc::new(Classes::default());
     let (tx, rx) = mpsc::unbounded_channel();
+    let (progress_writer, progress) = progress();
     (
         AppMeshResolver::new(classes.clone(), tx),
         Runtime {
@@ -36,6 +38,8 @@ pub fn new(store: SharedStore, cache: SnapshotCache) -> (AppMeshResolver, Runtim
             index: MeshIndex::default(),
             publisher: Publisher::new(cache),
             idle_class_ttl: DEFAULT_IDLE_CLASS_TTL,
+            progress_writer,
+            progress,
         },
     )
 }
@@ -55,6 +59,9 @@ pub struct Runtime {
     publisher: Publisher,
     /// How long a class no proxy is connected to is kept.
     idle_class_ttl: Duration,
+    /// The revision applied so far, for readiness.
+    progress_writer: ProgressWriter,
+    progress: Progress,
 }
 
 impl Runtime {
@@ -72,6 +79,11 @@ impl Runtime {
     pub fn with_trust_domain(mut self, trust_domain: &str) -> Self {
         self.index.set_trust_domain(trust_domain);
         self
+    }
+
+    /// How far the runtime has followed the store (for `GET /readyz`).
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
     }
 
     /// Why each failing proxy class's config was last not updated (see
@@ -185,6 +197,7 @@ impl Runtime {
         let mut idle_sweep = tokio::time::interval(period);
         idle_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         'reload: loop {
+            self.progress_writer.reloading();
             let revision = match self.load().await {
                 Ok(r) => r,
                 Err(e) => {
@@ -203,6 +216,7 @@ impl Runtime {
                 .map(|m| (m.clone(), MeshChanges::mesh_wide()))
                 .collect();
             self.refresh(&all, &Touched::default());
+            self.progress_writer.applied(revision);
             let mut feed = match self.store.watch("", revision).await {
                 Ok(f) => f,
                 Err(e) => {
@@ -227,10 +241,14 @@ impl Runtime {
                         let mut changes = BTreeMap::new();
                         let mut touched = Touched::default();
                         let mut next = event;
+                        let mut reached = revision;
                         // Apply every change that is ready now, then recompute once.
                         loop {
                             match next {
-                                Some(Ok(ev)) => self.apply(ev, &mut changes, &mut touched),
+                                Some(Ok(ev)) => {
+                                    reached = reached.max(ev.revision);
+                                    self.apply(ev, &mut changes, &mut touched);
+                                }
                                 Some(Err(e)) => {
                                     tracing::warn!(error = %e, "change feed interrupted; reloading");
                                     continue 'reload;
@@ -248,6 +266,7 @@ impl Runtime {
                         self.publisher.origin = Some(arrived);
                         self.refresh(&changes, &touched);
                         self.publisher.origin = None;
+                        self.progress_writer.applied(reached);
                     }
                 }
             }

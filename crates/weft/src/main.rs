@@ -12,6 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod demo;
 mod proxy_status;
+mod readiness;
 mod server;
 mod xds_tls;
 

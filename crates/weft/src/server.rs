@@ -336,6 +336,7 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
         .with_idle_class_ttl(idle_ttl)
         .with_trust_domain(ca.authority().trust_domain().as_str());
     let failures = runtime.failures();
+    let readiness = crate::readiness::router(store.clone(), runtime.progress());
     let ads = weft_xds::AdsServer::new(cache, Arc::new(resolver));
     if args.xds_tls && args.insecure_plaintext_xds {
         bail!("--xds-tls (WEFT_XDS_TLS) and --insecure-plaintext-xds (WEFT_INSECURE_PLAINTEXT_XDS) exclude each other: set one");
@@ -459,6 +460,7 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
     let app = auth
         .wrap(app)
         .merge(weft_metrics::router(metrics.clone()))
+        .merge(readiness)
         .layer(axum::middleware::from_fn(
             move |request: axum::extract::Request, next: axum::middleware::Next| {
                 let metrics = metrics.clone();
@@ -551,6 +553,7 @@ async fn authenticator(
 fn open_operation(path: &str) -> String {
     match path {
         "/healthz"
+        | "/readyz"
         | "/metrics"
         | "/weft/v1/proxy-status"
         | "/weft/v1/certificates"
