@@ -290,6 +290,8 @@ impl Authenticator {
                     "AuditRecord"
                 } else if path.starts_with("/weft/v1/join-tokens") {
                     "JoinToken"
+                } else if path.starts_with("/weft/v1/ui/sessions") {
+                    "DashboardSession"
                 } else {
                     "Endpoint"
                 };
@@ -457,11 +459,7 @@ async fn authenticate(State(auth): State<Authenticator>, request: Request, next:
         return next.run(request).await;
     };
     if auth.inner.mode == Mode::Insecure {
-        let (parts, body) = request.into_parts();
-        let (action, _) = auth.action(protocol, &parts, &[]);
-        let mut response = next.run(Request::from_parts(parts, body)).await;
-        response.extensions_mut().insert(Operation(action));
-        return response;
+        return unauthenticated(auth, protocol, request, next).await;
     }
     let (parts, body) = request.into_parts();
     let body =
@@ -469,11 +467,7 @@ async fn authenticate(State(auth): State<Authenticator>, request: Request, next:
             Ok(body) => body,
             Err(refusal) => return refusal_response(protocol, &AuthError::Body(refusal.message())),
         };
-    let source = parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_default();
+    let source = source_of(&parts);
     match auth.check(protocol, &parts, &body, SystemTime::now()).await {
         Ok(principal) => {
             let audited = auth
@@ -488,27 +482,13 @@ async fn authenticate(State(auth): State<Authenticator>, request: Request, next:
             let mut response = next.run(request).await;
             response.extensions_mut().insert(operation);
             if let Some((log, principal)) = audited {
-                let status = response.status();
-                let outcome = if status.is_success() {
-                    "Success".to_string()
-                } else {
-                    response
-                        .headers()
-                        .get("x-amzn-errortype")
-                        .and_then(|v| v.to_str().ok())
-                        .map(|t| t.split(':').next().unwrap_or(t).to_string())
-                        .unwrap_or_else(|| status.as_u16().to_string())
-                };
-                log.record(crate::audit::AuditRecord {
-                    time: crate::audit::timestamp(SystemTime::now()),
-                    key_id: Some(principal.key_id),
-                    operation: principal.action,
-                    resource: principal.resource,
-                    outcome,
-                    status: status.as_u16(),
+                log.record(served_record(
+                    principal.key_id,
+                    principal.action,
+                    principal.resource,
+                    &response,
                     source,
-                    suppressed_refusals: 0,
-                })
+                ))
                 .await;
             }
             response
@@ -547,6 +527,101 @@ async fn authenticate(State(auth): State<Authenticator>, request: Request, next:
             response.extensions_mut().insert(Operation(operation));
             response
         }
+    }
+}
+
+/// The key id the audit log records for a request served without authentication
+/// (`--insecure-no-auth`): who sent it is not known, what it did still is.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// A request under `--insecure-no-auth`: served whatever its credentials, its operation named
+/// for the metrics, and, if it writes, recorded in the audit log as [`ANONYMOUS`]'s before its
+/// answer leaves. Only a write that names its resource in its body (a Create) has its body read
+/// here; reads go through untouched.
+async fn unauthenticated(
+    auth: Authenticator,
+    protocol: Protocol,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let (mut action, mut resource) = auth.action(protocol, &parts, &[]);
+    let Some(log) = auth
+        .inner
+        .audit
+        .clone()
+        .filter(|_| !crate::audit::is_read(&action))
+    else {
+        let mut response = next.run(Request::from_parts(parts, body)).await;
+        response.extensions_mut().insert(Operation(action));
+        return response;
+    };
+    let body = if protocol == Protocol::RestJson && action.starts_with("appmesh:Create") {
+        match weft_api::body::read_limited(&parts.headers, body, auth.inner.max_body_bytes).await {
+            Ok(bytes) => {
+                (action, resource) = auth.action(protocol, &parts, &bytes);
+                Body::from(bytes)
+            }
+            Err(refusal) => {
+                let mut response = refusal_response(protocol, &AuthError::Body(refusal.message()));
+                response.extensions_mut().insert(Operation(action));
+                return response;
+            }
+        }
+    } else {
+        body
+    };
+    let source = source_of(&parts);
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    log.record(served_record(
+        ANONYMOUS.to_string(),
+        action.clone(),
+        resource,
+        &response,
+        source,
+    ))
+    .await;
+    response.extensions_mut().insert(Operation(action));
+    response
+}
+
+/// The client's address, as the listener saw it.
+fn source_of(parts: &http::request::Parts) -> String {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default()
+}
+
+/// The audit record of a request that reached its handler, with the outcome of `response`.
+fn served_record(
+    key_id: String,
+    operation: String,
+    resource: String,
+    response: &Response,
+    source: String,
+) -> crate::audit::AuditRecord {
+    let status = response.status();
+    let outcome = if status.is_success() {
+        "Success".to_string()
+    } else {
+        response
+            .headers()
+            .get("x-amzn-errortype")
+            .and_then(|v| v.to_str().ok())
+            .map(|t| t.split(':').next().unwrap_or(t).to_string())
+            .unwrap_or_else(|| status.as_u16().to_string())
+    };
+    crate::audit::AuditRecord {
+        time: crate::audit::timestamp(SystemTime::now()),
+        key_id: Some(key_id),
+        operation,
+        resource,
+        outcome,
+        status: status.as_u16(),
+        source,
+        suppressed_refusals: 0,
     }
 }
 

@@ -758,3 +758,91 @@ async fn every_write_and_every_refusal_is_audited_with_key_operation_arn_and_out
         "arn:aws:appmesh:us-east-1:000000000000:mesh/last-word"
     );
 }
+
+#[tokio::test]
+async fn without_authentication_every_write_is_still_audited_as_anonymous_before_its_answer() {
+    let mut server = WeftServer::start_with(&["--insecure-no-auth"]);
+    // Any credentials are accepted, and so is no signature at all.
+    let client = client_with(&server, "AKIAWHOEVER000000000", "any secret", None);
+    client.create_mesh().mesh_name("open").send().await.unwrap();
+    client
+        .create_virtual_node()
+        .mesh_name("open")
+        .virtual_node_name("red")
+        .spec(common::dns_node_spec("red.local", 8080))
+        .send()
+        .await
+        .unwrap();
+    client
+        .describe_mesh()
+        .mesh_name("open")
+        .send()
+        .await
+        .unwrap();
+    let again = client
+        .create_mesh()
+        .mesh_name("open")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&again), "ConflictException");
+    let unsigned = reqwest::Client::new()
+        .delete(format!(
+            "{}/v20190125/meshes/open/virtualNodes/red",
+            server.addr
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status().as_u16(), 200);
+
+    // Writes only, served or failed, each with the resource it named and the anonymous key.
+    let answer = reqwest::Client::new()
+        .get(format!("{}/weft/v1/audit?keyId=anonymous", server.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    let records = body["auditRecords"].as_array().unwrap();
+    let seen: Vec<(&str, &str, &str)> = records
+        .iter()
+        .map(|r| {
+            assert_eq!(r["keyId"], "anonymous", "{r}");
+            assert_eq!(r["source"], "127.0.0.1", "{r}");
+            (
+                r["operation"].as_str().unwrap(),
+                r["resource"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let mesh = "arn:aws:appmesh:us-east-1:000000000000:mesh/open";
+    let node = "arn:aws:appmesh:us-east-1:000000000000:mesh/open/virtualNode/red";
+    assert_eq!(
+        seen,
+        [
+            ("appmesh:CreateMesh", mesh, "Success"),
+            ("appmesh:CreateVirtualNode", node, "Success"),
+            ("appmesh:CreateMesh", mesh, "ConflictException"),
+            ("appmesh:DeleteVirtualNode", node, "Success"),
+        ]
+    );
+
+    // Durable before the answer, as with authentication: kill -9 right after a write.
+    client
+        .create_mesh()
+        .mesh_name("last-word")
+        .send()
+        .await
+        .unwrap();
+    let dir = server.keep_dir().unwrap();
+    server.kill9();
+    let text = std::fs::read_to_string(dir.path().join("data/audit.jsonl")).unwrap();
+    assert!(
+        text.lines().any(|l| l.contains("mesh/last-word")
+            && l.contains("\"anonymous\"")
+            && l.contains("\"Success\"")),
+        "{text}"
+    );
+}
