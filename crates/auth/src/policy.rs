@@ -190,11 +190,8 @@ impl Policy {
     pub fn evaluate(&self, action: &str, resource: &str) -> Decision {
         let mut allowed = false;
         for s in &self.statement {
-            let action_matches = s
-                .action
-                .0
-                .iter()
-                .any(|p| wildcard(&p.to_ascii_lowercase(), &action.to_ascii_lowercase()));
+            // IAM compares actions without regard to case.
+            let action_matches = s.action.0.iter().any(|p| wildcard_ignore_case(p, action));
             let resource_matches = s.resource.0.iter().any(|p| wildcard(p, resource));
             if action_matches && resource_matches {
                 match s.effect {
@@ -218,16 +215,45 @@ impl Policy {
 
 /// IAM's wildcard match: `*` any run of characters (none included), `?` exactly one.
 pub fn wildcard(pattern: &str, text: &str) -> bool {
+    // Every request is matched against its key's statements: ASCII (every action and ARN
+    // Weft names) is matched byte by byte without copying; `?` is one character, so anything
+    // else is matched by characters.
+    if pattern.is_ascii() && text.is_ascii() {
+        return matches(pattern.as_bytes(), text.as_bytes(), b'*', b'?', |a, b| {
+            a == b
+        });
+    }
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    matches(&p, &t, '*', '?', |a, b| a == b)
+}
+
+/// [`wildcard`] ignoring case, as IAM matches actions.
+pub fn wildcard_ignore_case(pattern: &str, text: &str) -> bool {
+    if pattern.is_ascii() && text.is_ascii() {
+        return matches(pattern.as_bytes(), text.as_bytes(), b'*', b'?', |a, b| {
+            a.eq_ignore_ascii_case(&b)
+        });
+    }
+    wildcard(&pattern.to_lowercase(), &text.to_lowercase())
+}
+
+/// The wildcard match over any symbols: `star` any run, `one` exactly one, others by `eq`.
+fn matches<T: Copy + PartialEq>(
+    p: &[T],
+    t: &[T],
+    star_symbol: T,
+    one: T,
+    eq: impl Fn(T, T) -> bool,
+) -> bool {
     let (mut pi, mut ti) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
         match p.get(pi) {
-            Some('*') => {
+            Some(&c) if c == star_symbol => {
                 star = Some((pi, ti));
                 pi += 1;
             }
-            Some(c) if *c == '?' || *c == t[ti] => {
+            Some(&c) if c == one || eq(c, t[ti]) => {
                 pi += 1;
                 ti += 1;
             }
@@ -241,7 +267,7 @@ pub fn wildcard(pattern: &str, text: &str) -> bool {
             },
         }
     }
-    p[pi..].iter().all(|c| *c == '*')
+    p[pi..].iter().all(|c| *c == star_symbol)
 }
 
 #[cfg(test)]
@@ -266,6 +292,13 @@ mod tests {
             "arn:aws:appmesh:us-east-1:000000000000:mesh/dev"
         ));
         assert!(wildcard("a?c", "abc") && !wildcard("a?c", "ac"));
+        // `?` is one character, not one byte.
+        assert!(wildcard("mesh/?", "mesh/é") && !wildcard("mesh/??", "mesh/é"));
+        assert!(wildcard_ignore_case(
+            "AppMesh:Describe*",
+            "appmesh:DESCRIBEMesh"
+        ));
+        assert!(!wildcard("AppMesh:Describe*", "appmesh:DescribeMesh"));
     }
 
     #[test]

@@ -362,28 +362,32 @@ impl Claim {
                 quote(&self.amz_date)
             )));
         };
-        let now_text = format_amz_date(now);
+        // The server's time is formatted for a refusal's message only: every served request
+        // passes here.
         if let Some(expires) = self.expires {
             if at + expires < now {
                 return Err(AuthError::InvalidSignature(format!(
-                    "Signature expired: {} is now earlier than {} ({now_text} - {} sec.)",
+                    "Signature expired: {} is now earlier than {} ({} - {} sec.)",
                     self.amz_date,
                     format_amz_date(now - expires),
+                    format_amz_date(now),
                     expires.as_secs()
                 )));
             }
         } else if at + MAX_SKEW < now {
             return Err(AuthError::InvalidSignature(format!(
-                "Signature expired: {} is now earlier than {} ({now_text} - 5 min.)",
+                "Signature expired: {} is now earlier than {} ({} - 5 min.)",
                 self.amz_date,
-                format_amz_date(now - MAX_SKEW)
+                format_amz_date(now - MAX_SKEW),
+                format_amz_date(now)
             )));
         }
         if at > now + MAX_SKEW {
             return Err(AuthError::InvalidSignature(format!(
-                "Signature not yet current: {} is still later than {} ({now_text} + 5 min.)",
+                "Signature not yet current: {} is still later than {} ({} + 5 min.)",
                 self.amz_date,
-                format_amz_date(now + MAX_SKEW)
+                format_amz_date(now + MAX_SKEW),
+                format_amz_date(now)
             )));
         }
         Ok(at)
@@ -433,7 +437,8 @@ impl Claim {
         // hashes) itself: they are left out here so that the body's own hash is what counts,
         // not the one the client claims.
         let mut signs_content_sha = false;
-        let mut values: Vec<(String, String)> = Vec::new();
+        // Borrowed from the request: the signer copies what it needs.
+        let mut values: Vec<(&str, &str)> = Vec::with_capacity(self.signed_headers.len());
         for name in &self.signed_headers {
             match name.as_str() {
                 "x-amz-date" => continue,
@@ -459,7 +464,7 @@ impl Claim {
                 let Ok(text) = value.to_str() else {
                     return Err(AuthError::InvalidSignature(SIGNATURE_MISMATCH.into()));
                 };
-                values.push((name.clone(), text.to_string()));
+                values.push((name.as_str(), text));
                 found = true;
             }
             if !found {
@@ -496,7 +501,7 @@ impl Claim {
         let request = SignableRequest::new(
             method,
             target,
-            values.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+            values.iter().copied(),
             SignableBody::Bytes(body),
         )
         .map_err(|_| AuthError::InvalidSignature(SIGNATURE_MISMATCH.into()))?;

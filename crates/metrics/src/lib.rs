@@ -18,6 +18,7 @@
 //! The xDS figures are read from the ADS server at each scrape, as `weft proxy-status` reads
 //! them, so they cost nothing between scrapes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,6 +58,21 @@ pub struct ServerMetrics {
     requests: Family<RequestLabels, Counter>,
     durations: Family<OperationLabel, Histogram>,
     commits: Histogram,
+    handles: RequestHandles,
+}
+
+/// Each operation's latency histogram and its counters by outcome, as handles into the
+/// families: a request finds its own under a read lock by `&str`, where the families would
+/// take two freshly allocated label sets per request to look it up.
+#[derive(Debug, Default)]
+struct RequestHandles {
+    by_operation: std::sync::RwLock<HashMap<String, OperationHandles>>,
+}
+
+#[derive(Debug)]
+struct OperationHandles {
+    duration: Histogram,
+    outcomes: HashMap<String, Counter>,
 }
 
 impl ServerMetrics {
@@ -91,6 +107,7 @@ impl ServerMetrics {
             requests,
             durations,
             commits,
+            handles: RequestHandles::default(),
         }
     }
 
@@ -122,17 +139,43 @@ impl ServerMetrics {
 
     /// Records one answered request.
     pub fn observe_request(&self, operation: &str, outcome: &str, took: Duration) {
-        self.requests
+        let seconds = took.as_secs_f64();
+        if let Ok(known) = self.handles.by_operation.read() {
+            if let Some(op) = known.get(operation) {
+                if let Some(counter) = op.outcomes.get(outcome) {
+                    counter.inc();
+                    op.duration.observe(seconds);
+                    return;
+                }
+            }
+        }
+        // A pair not seen before: its handles from the families, kept for the next requests.
+        let counter = self
+            .requests
             .get_or_create(&RequestLabels {
                 operation: operation.to_string(),
                 outcome: outcome.to_string(),
             })
-            .inc();
-        self.durations
+            .clone();
+        let duration = self
+            .durations
             .get_or_create(&OperationLabel {
                 operation: operation.to_string(),
             })
-            .observe(took.as_secs_f64());
+            .clone();
+        counter.inc();
+        duration.observe(seconds);
+        if let Ok(mut known) = self.handles.by_operation.write() {
+            known
+                .entry(operation.to_string())
+                .or_insert_with(|| OperationHandles {
+                    duration,
+                    outcomes: HashMap::new(),
+                })
+                .outcomes
+                .entry(outcome.to_string())
+                .or_insert(counter);
+        }
     }
 
     /// The exposition, OpenMetrics text.

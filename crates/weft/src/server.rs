@@ -466,13 +466,15 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
                 let metrics = metrics.clone();
                 async move {
                     let started = std::time::Instant::now();
-                    let path = request.uri().path().to_string();
+                    // The URI's parts are shared, not copied; the path is read only for an
+                    // open endpoint's name.
+                    let uri = request.uri().clone();
                     let response = next.run(request).await;
-                    let operation = response
-                        .extensions()
-                        .get::<weft_auth::layer::Operation>()
-                        .map(|o| o.0.clone())
-                        .unwrap_or_else(|| open_operation(&path));
+                    let named = response.extensions().get::<weft_auth::layer::Operation>();
+                    let operation = match named {
+                        Some(o) => std::borrow::Cow::Borrowed(o.0.as_str()),
+                        None => std::borrow::Cow::Owned(open_operation(uri.path())),
+                    };
                     metrics.observe_request(&operation, &outcome(&response), started.elapsed());
                     response
                 }
