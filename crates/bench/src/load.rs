@@ -86,45 +86,75 @@ impl Api {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<(StatusCode, Bytes)> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
+        let prepared = self.prepare(method, path, body)?;
+        self.send(&prepared).await
+    }
+
+    /// One request ready to send, signed now if this client signs: a signature stays valid for
+    /// the five minutes a server allows either side of its clock, so it can be sent later, and
+    /// sent again.
+    pub fn prepare(&self, method: Method, path: &str, body: Option<Bytes>) -> Result<Prepared> {
+        let mut headers = Vec::with_capacity(4);
         if body.is_some() {
-            req = req.header(CONTENT_TYPE, "application/json");
+            headers.push((CONTENT_TYPE, HeaderValue::from_static("application/json")));
         }
         if let Some(value) = &self.authorization {
-            req = req.header(AUTHORIZATION, value.clone());
+            headers.push((AUTHORIZATION, value.clone()));
         }
         let body = body.unwrap_or_default();
         if let Some(creds) = &self.credentials {
-            let authority = self
-                .base
-                .strip_prefix("http://")
-                .unwrap_or(&self.base)
-                .to_string();
-            let headers: &[(&str, &str)] = if body.is_empty() {
+            let authority = self.base.strip_prefix("http://").unwrap_or(&self.base);
+            let signed: &[(&str, &str)] = if body.is_empty() {
                 &[]
             } else {
                 &[("content-type", "application/json")]
             };
             for (name, value) in weft_auth::client::signature_headers(
-                req.method_ref().map_or("GET", |m| m.as_str()),
-                &authority,
+                method.as_str(),
+                authority,
                 path,
-                headers,
+                signed,
                 &body,
                 creds,
                 "appmesh",
                 std::time::SystemTime::now(),
             )? {
-                req = req.header(name, value);
+                headers.push((
+                    hyper::header::HeaderName::from_bytes(name.as_bytes())?,
+                    HeaderValue::from_str(&value)?,
+                ));
             }
         }
-        let req = req.body(Full::new(body))?;
+        Ok(Prepared {
+            method,
+            uri: format!("{}{path}", self.base),
+            headers,
+            body,
+        })
+    }
+
+    /// Sends a prepared request as it is and reads the whole response body.
+    pub async fn send(&self, prepared: &Prepared) -> Result<(StatusCode, Bytes)> {
+        let mut req = Request::builder()
+            .method(prepared.method.clone())
+            .uri(prepared.uri.as_str());
+        for (name, value) in &prepared.headers {
+            req = req.header(name, value.clone());
+        }
+        let req = req.body(Full::new(prepared.body.clone()))?;
         let resp = self.client.request(req).await?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
         Ok((status, bytes))
+    }
+
+    /// Sends a prepared request and fails unless the answer is 200.
+    pub async fn send_ok(&self, prepared: &Prepared) -> Result<Bytes> {
+        let (status, bytes) = self.send(prepared).await?;
+        if status != StatusCode::OK {
+            bail!("HTTP {status}: {}", snippet(&bytes));
+        }
+        Ok(bytes)
     }
 
     /// Sends one request and fails unless the answer is 200.
@@ -135,6 +165,15 @@ impl Api {
         }
         Ok(bytes)
     }
+}
+
+/// A request built (and signed, by a signing client) ahead of its sending.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    method: Method,
+    uri: String,
+    headers: Vec<(hyper::header::HeaderName, HeaderValue)>,
+    body: Bytes,
 }
 
 /// The start of a response body, for error messages.
@@ -290,6 +329,71 @@ impl Workload {
         }
     }
 
+    /// The `i`-th request of task `task` of `tasks`, for the workloads whose requests do not
+    /// depend on earlier answers (all but List), and after how many requests a task's repeat
+    /// (Describe's: its nodes), if they do.
+    fn request(
+        &self,
+        task: usize,
+        tasks: usize,
+        i: u64,
+    ) -> Option<(Method, String, Option<Bytes>, Option<u64>)> {
+        let spread = |nodes: usize| (task + tasks * i as usize) % nodes.max(1);
+        match self {
+            Workload::Describe { mesh, nodes } => Some((
+                Method::GET,
+                format!("{}/{}", nodes_path(mesh), node_name(spread(*nodes))),
+                None,
+                Some(*nodes as u64),
+            )),
+            Workload::List { .. } => None,
+            Workload::Create { meshes } => {
+                let mesh = &meshes[task % meshes.len().max(1)];
+                let name = format!("c-{task:02}-{i:08}");
+                Some((
+                    Method::PUT,
+                    nodes_path(mesh),
+                    Some(create_body(mesh, &name, i)),
+                    None,
+                ))
+            }
+            Workload::Update { mesh, nodes } => {
+                let name = node_name(spread(*nodes));
+                let path = format!("{}/{name}", nodes_path(mesh));
+                Some((
+                    Method::PUT,
+                    path,
+                    Some(update_body(mesh, &name, i + 1)),
+                    None,
+                ))
+            }
+        }
+    }
+
+    /// Task `task`'s first `count` requests (one round of Describe's at most), prepared (and
+    /// signed) now, and after how many they repeat; empty for List.
+    pub fn prepare(
+        &self,
+        api: &Api,
+        task: usize,
+        tasks: usize,
+        count: usize,
+    ) -> Result<(Vec<Prepared>, Option<u64>)> {
+        let mut prepared = Vec::new();
+        let mut period = None;
+        for i in 0..count as u64 {
+            let Some((method, path, body, repeat)) = self.request(task, tasks, i) else {
+                break;
+            };
+            if repeat.is_some_and(|r| i >= r) {
+                break;
+            }
+            period = repeat;
+            prepared.push(api.prepare(method, &path, body)?);
+        }
+        Ok((prepared, period))
+    }
+
     /// Sends the `state.i`-th request of task `task` of `tasks`, and checks the answer.
     async fn step(
         &self,
@@ -300,6 +404,20 @@ impl Workload {
     ) -> Result<()> {
         let i = state.i;
         state.i += 1;
+        let at = match state.period {
+            Some(period) if period > 0 => i % period,
+            _ => i,
+        };
+        if let Some(prepared) = usize::try_from(at)
+            .ok()
+            .and_then(|at| state.prepared.get(at))
+        {
+            api.send_ok(prepared).await?;
+            return Ok(());
+        }
+        if !state.prepared.is_empty() {
+            state.prepared_out += 1;
+        }
         // Task t touches nodes t, t + tasks, t + 2·tasks, …: spread, and
         // rarely two tasks on one node at a time.
         let spread = |nodes: usize| (task + tasks * i as usize) % nodes.max(1);
@@ -559,6 +677,12 @@ struct TaskState {
     i: u64,
     next_token: Option<String>,
     listed: usize,
+    /// Requests prepared before the phase, sent instead of building and signing each.
+    prepared: Vec<Prepared>,
+    /// After how many requests the prepared ones are sent again (Describe's round).
+    period: Option<u64>,
+    /// Requests built and signed during the phase because the prepared ones ran out.
+    prepared_out: u64,
 }
 
 #[derive(Default)]
@@ -569,6 +693,7 @@ struct TaskStats {
     warmup_errors: u64,
     first_error: Option<String>,
     last_done: Option<Instant>,
+    prepared_out: u64,
 }
 
 /// The measurements of one phase.
@@ -590,6 +715,10 @@ pub struct PhaseResult {
     latencies: Vec<Duration>,
     /// The first error seen, as an example.
     pub first_error: Option<String>,
+    /// Requests prepared (and signed) before the phase, per task; 0 if none were.
+    pub prepared: usize,
+    /// Requests built and signed during the phase after the prepared ones ran out.
+    pub prepared_out: u64,
 }
 
 impl PhaseResult {
@@ -632,6 +761,11 @@ pub enum Pace {
 /// Runs `workload` from `concurrency` tasks: a `warmup` whose requests are
 /// not counted, then `duration` during which tasks keep starting requests,
 /// as `pace` says.
+///
+/// With `prepare` set, each task's first `prepare` requests (Describe's: one round of its
+/// nodes) are built and signed before the phase starts, and the phase sends them as they are:
+/// the client's per-request cost is then the same whether the server verifies signatures or
+/// not (see [`Api::prepare`]).
 pub async fn run_phase(
     api: Arc<Api>,
     workload: Workload,
@@ -639,8 +773,17 @@ pub async fn run_phase(
     pace: Pace,
     warmup: Duration,
     duration: Duration,
+    prepare: Option<usize>,
 ) -> Result<PhaseResult> {
     let workload = Arc::new(workload);
+    let mut prepared = Vec::with_capacity(concurrency);
+    for task in 0..concurrency {
+        prepared.push(match prepare {
+            Some(count) => workload.prepare(&api, task, concurrency, count)?,
+            None => (Vec::new(), None),
+        });
+    }
+    let prepared_count = prepared.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
     let started = Instant::now();
     let measure_from = started + warmup;
     let end = measure_from + duration;
@@ -652,12 +795,16 @@ pub async fn run_phase(
         )))),
     };
     let mut tasks = Vec::with_capacity(concurrency);
-    for task in 0..concurrency {
+    for (task, (prepared, period)) in prepared.into_iter().enumerate() {
         let api = api.clone();
         let workload = workload.clone();
         let schedule = schedule.clone();
         tasks.push(tokio::spawn(async move {
-            let mut state = TaskState::default();
+            let mut state = TaskState {
+                prepared,
+                period,
+                ..TaskState::default()
+            };
             let mut stats = TaskStats {
                 latencies: Vec::with_capacity(1 << 14),
                 ..TaskStats::default()
@@ -693,6 +840,7 @@ pub async fn run_phase(
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             }
+            stats.prepared_out = state.prepared_out;
             stats
         }));
     }
@@ -705,6 +853,8 @@ pub async fn run_phase(
         elapsed: Duration::ZERO,
         latencies: Vec::new(),
         first_error: None,
+        prepared: prepared_count,
+        prepared_out: 0,
     };
     let mut last_done = measure_from;
     for task in tasks {
@@ -713,6 +863,7 @@ pub async fn run_phase(
         result.errors += stats.errors;
         result.warmup_requests += stats.warmup_requests;
         result.warmup_errors += stats.warmup_errors;
+        result.prepared_out += stats.prepared_out;
         result.latencies.extend(stats.latencies);
         if result.first_error.is_none() {
             result.first_error = stats.first_error;
