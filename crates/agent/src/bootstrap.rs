@@ -162,20 +162,23 @@ fn sds_cluster(socket: &str) -> Value {
 }
 
 fn xds_cluster(config: &AgentConfig) -> Value {
-    let endpoint = &config.xds_endpoint;
+    let endpoints: Vec<&crate::config::XdsEndpoint> = config.xds_endpoints().collect();
+    let lb_endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|e| json!({ "endpoint": { "address": socket_address(&e.host, e.port) } }))
+        .collect();
     let mut cluster = json!({
         "name": XDS_CLUSTER,
-        // An IP needs no resolution; a name (a control plane behind DNS or a load balancer) is
-        // LOGICAL_DNS: one connection target at a time, re-resolved on reconnect.
-        "type": if endpoint.is_ip() { "STATIC" } else { "LOGICAL_DNS" },
+        // IPs need no resolution. A name (replicas behind DNS, or a load balancer) is
+        // STRICT_DNS: every address it resolves to is a host, re-resolved as it changes. Several
+        // replicas are several hosts: when the ADS stream to one fails, Envoy retries it
+        // (with backoff) on the next host of the round robin and keeps the config it has
+        // meanwhile (https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/service_discovery).
+        "type": if endpoints.iter().all(|e| e.is_ip()) { "STATIC" } else { "STRICT_DNS" },
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": XDS_CLUSTER,
-            "endpoints": [{
-                "lb_endpoints": [{
-                    "endpoint": { "address": socket_address(&endpoint.host, endpoint.port) }
-                }]
-            }]
+            "endpoints": [{ "lb_endpoints": lb_endpoints }]
         },
         // gRPC needs HTTP/2 to the control plane (envoy-notes: Envoy insists). HTTP/2 PINGs find
         // a dead control plane (or a half-open connection through a NAT) so Envoy reconnects.
@@ -194,7 +197,7 @@ fn xds_cluster(config: &AgentConfig) -> Value {
         },
     });
     if config.xds_tls && config.identity.is_some() {
-        cluster["transport_socket"] = xds_tls(endpoint);
+        cluster["transport_socket"] = xds_tls(&endpoints);
     }
     cluster
 }
@@ -221,12 +224,20 @@ fn sds_secret(name: &str) -> Value {
 /// Mutual TLS to `weft server --xds-tls`: the proxy's certificate, Weft's trust bundle, and
 /// the server's certificate must name the xDS host (an IP SAN for an IP, a DNS SAN for a name;
 /// the server's certificate holds its --xds-listen IP and each --xds-server-name).
-fn xds_tls(endpoint: &crate::config::XdsEndpoint) -> Value {
-    let (san_type, sni) = if endpoint.is_ip() {
-        ("IP_ADDRESS", None)
-    } else {
-        ("DNS", Some(endpoint.host.clone()))
-    };
+/// With several endpoints, a server certificate naming any one of them is accepted; the SNI is
+/// the first name (replicas behind one name share it).
+fn xds_tls(endpoints: &[&crate::config::XdsEndpoint]) -> Value {
+    let sans: Vec<Value> = endpoints
+        .iter()
+        .map(|e| {
+            let san_type = if e.is_ip() { "IP_ADDRESS" } else { "DNS" };
+            json!({ "san_type": san_type, "matcher": { "exact": e.host } })
+        })
+        .collect();
+    let sni = endpoints
+        .iter()
+        .find(|e| !e.is_ip())
+        .map(|e| e.host.clone());
     let mut context = json!({
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
         "common_tls_context": {
@@ -234,10 +245,7 @@ fn xds_tls(endpoint: &crate::config::XdsEndpoint) -> Value {
             "tls_certificate_sds_secret_configs": [sds_secret(crate::identity::IDENTITY_SECRET)],
             "combined_validation_context": {
                 "default_validation_context": {
-                    "match_typed_subject_alt_names": [{
-                        "san_type": san_type,
-                        "matcher": { "exact": endpoint.host },
-                    }]
+                    "match_typed_subject_alt_names": sans
                 },
                 "validation_context_sds_secret_config": sds_secret(crate::identity::TRUST_BUNDLE_SECRET),
             }
@@ -434,8 +442,68 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             bootstrap(&c)["static_resources"]["clusters"][0]["type"],
-            "LOGICAL_DNS"
+            "STRICT_DNS"
         );
+    }
+
+    #[test]
+    fn every_replica_in_the_xds_endpoint_list_is_a_host_of_the_xds_cluster() {
+        let mut c = config();
+        let (first, more) =
+            crate::config::parse_xds_endpoints("127.0.0.1:15010, 127.0.0.2:15011,[::1]:15012")
+                .unwrap_or_else(|e| panic!("{e}"));
+        c.xds_endpoint = first;
+        c.more_xds_endpoints = more;
+        let b = bootstrap(&c);
+        let cluster = &b["static_resources"]["clusters"][0];
+        assert_eq!(cluster["type"], "STATIC");
+        let hosts: Vec<(String, u64)> = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| {
+                        let s = &e["endpoint"]["address"]["socket_address"];
+                        (
+                            s["address"].as_str().unwrap_or_default().to_string(),
+                            s["port_value"].as_u64().unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            hosts,
+            [
+                ("127.0.0.1".to_string(), 15010),
+                ("127.0.0.2".to_string(), 15011),
+                ("::1".to_string(), 15012)
+            ]
+        );
+        // A name among them: resolved, every address a host.
+        c.more_xds_endpoints = vec!["weft-replicas.internal:15010"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"))];
+        let b = bootstrap(&c);
+        assert_eq!(b["static_resources"]["clusters"][0]["type"], "STRICT_DNS");
+    }
+
+    #[test]
+    fn over_mutual_tls_a_server_certificate_naming_any_replica_is_accepted() {
+        let endpoints: Vec<crate::config::XdsEndpoint> =
+            ["10.0.0.1:15010", "weft-b.internal:15010"]
+                .iter()
+                .map(|e| e.parse().unwrap_or_else(|e| panic!("{e}")))
+                .collect();
+        let refs: Vec<&crate::config::XdsEndpoint> = endpoints.iter().collect();
+        let tls = xds_tls(&refs);
+        let context = &tls["typed_config"];
+        let sans = &context["common_tls_context"]["combined_validation_context"]
+            ["default_validation_context"]["match_typed_subject_alt_names"];
+        assert_eq!(sans[0]["san_type"], "IP_ADDRESS");
+        assert_eq!(sans[0]["matcher"]["exact"], "10.0.0.1");
+        assert_eq!(sans[1]["san_type"], "DNS");
+        assert_eq!(sans[1]["matcher"]["exact"], "weft-b.internal");
+        assert_eq!(context["sni"], "weft-b.internal");
     }
 
     #[test]

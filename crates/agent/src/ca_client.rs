@@ -19,6 +19,7 @@ use crate::identity::{CaServer, JoinToken};
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Who the agent says it is in a certificate request.
+#[derive(Clone)]
 pub enum Credential<'a> {
     /// The first time: the operator's join token (`Authorization: Bearer`).
     Token(&'a JoinToken),
@@ -63,9 +64,29 @@ impl std::fmt::Display for CaCallError {
     }
 }
 
-/// Sends `csr_pem` with `credential` to the CA at `server`; the certificate it issued.
+/// Sends `csr_pem` with `credential` to the CA at `server`; the certificate it issued. With
+/// several replicas, one that cannot be reached (or answers that it is unavailable) passes the
+/// request to the next; a refusal is the answer.
 pub async fn request_certificate(
     server: &CaServer,
+    credential: Credential<'_>,
+    csr_pem: &str,
+) -> Result<CertificateJson, CaCallError> {
+    let mut last = None;
+    for authority in server.authorities() {
+        match request_from(authority, credential.clone(), csr_pem).await {
+            Err(CaCallError::Unavailable(why)) => {
+                tracing::debug!(ca = authority, error = %why, "CA replica unavailable; trying the next");
+                last = Some(CaCallError::Unavailable(why));
+            }
+            answer => return answer,
+        }
+    }
+    Err(last.unwrap_or_else(|| CaCallError::Unavailable("no CA address".into())))
+}
+
+async fn request_from(
+    server: &str,
     credential: Credential<'_>,
     csr_pem: &str,
 ) -> Result<CertificateJson, CaCallError> {
@@ -93,13 +114,7 @@ pub async fn request_certificate(
     if let Some(bearer) = &bearer {
         headers.push(("authorization", bearer.as_str()));
     }
-    let call = exchange(
-        server.authority(),
-        "POST",
-        CERTIFICATES,
-        &headers,
-        Bytes::from(body),
-    );
+    let call = exchange(server, "POST", CERTIFICATES, &headers, Bytes::from(body));
     let answer = match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(e)) => return Err(CaCallError::Unavailable(format!("{server}: {e}"))),

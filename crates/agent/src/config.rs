@@ -102,6 +102,22 @@ impl std::str::FromStr for XdsEndpoint {
     }
 }
 
+/// `APPMESH_XDS_ENDPOINT`: one `host:port`, or several replicas' as a comma-separated list
+/// (spaces allowed); the first, and the others in order.
+pub fn parse_xds_endpoints(text: &str) -> Result<(XdsEndpoint, Vec<XdsEndpoint>), String> {
+    let mut endpoints = text
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(str::parse::<XdsEndpoint>);
+    let first = match endpoints.next() {
+        Some(first) => first?,
+        None => return Err(format!("{text:?} names no host:port")),
+    };
+    let more = endpoints.collect::<Result<Vec<_>, _>>()?;
+    Ok((first, more))
+}
+
 impl std::fmt::Display for XdsEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.host.contains(':') {
@@ -144,7 +160,8 @@ pub struct AgentArgs {
     /// How long Envoy waits for its first config from Weft, in seconds (`0`: forever).
     #[arg(long, env = "ENVOY_INITIAL_FETCH_TIMEOUT", default_value = "0")]
     pub initial_fetch_timeout: String,
-    /// Weft's xDS (ADS) address, host:port.
+    /// Weft's xDS (ADS) address, host:port; several replicas' addresses as a comma-separated
+    /// list (Envoy fails over between them, and so do the agent's own calls).
     #[arg(long, env = "APPMESH_XDS_ENDPOINT", default_value = "127.0.0.1:15010")]
     pub xds_endpoint: String,
     /// ADS variant: delta (incremental) or sotw (state of the world).
@@ -336,8 +353,10 @@ pub struct AgentConfig {
     pub concurrency: Option<u32>,
     /// `initial_fetch_timeout` of CDS/LDS; zero waits forever (App Mesh's default).
     pub initial_fetch_timeout: Duration,
-    /// Weft's ADS address.
+    /// Weft's ADS address (the first of the list).
     pub xds_endpoint: XdsEndpoint,
+    /// The other replicas' ADS addresses, in the order given after the first.
+    pub more_xds_endpoints: Vec<XdsEndpoint>,
     /// SotW or delta ADS.
     pub xds_protocol: XdsProtocol,
     /// Ingress listener port.
@@ -392,6 +411,11 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
+    /// Every ADS address: [`AgentConfig::xds_endpoint`], then the others.
+    pub fn xds_endpoints(&self) -> impl Iterator<Item = &XdsEndpoint> + '_ {
+        std::iter::once(&self.xds_endpoint).chain(&self.more_xds_endpoints)
+    }
+
     /// The defaults App Mesh's Envoy image uses, for the given resource (ARN or path form).
     pub fn for_resource(resource_arn: &str) -> Result<Self, AgentError> {
         let resource = parse_resource(resource_arn)?;
@@ -408,6 +432,7 @@ impl AgentConfig {
                 host: "127.0.0.1".into(),
                 port: 15010,
             },
+            more_xds_endpoints: Vec::new(),
             xds_protocol: XdsProtocol::default(),
             ingress_port: 15000,
             egress_port: 15001,
@@ -456,11 +481,10 @@ impl AgentConfig {
         config.concurrency = args.concurrency;
         config.initial_fetch_timeout = parse_seconds(&args.initial_fetch_timeout)
             .map_err(|m| AgentError::config(FETCH_TIMEOUT, m))?;
-        config.xds_endpoint = args
-            .xds_endpoint
-            .trim()
-            .parse()
-            .map_err(|m| AgentError::config(XDS, m))?;
+        let (first, more) =
+            parse_xds_endpoints(&args.xds_endpoint).map_err(|m| AgentError::config(XDS, m))?;
+        config.xds_endpoint = first;
+        config.more_xds_endpoints = more;
         config.xds_protocol = args.xds_protocol;
         config.ingress_port = args.ingress_port;
         config.egress_port = args.egress_port;
@@ -666,7 +690,7 @@ fn identity_config(
         Some(url) if !url.is_empty() => {
             CaServer::parse(url).map_err(|m| AgentError::config(CA_SERVER, m))?
         }
-        _ => CaServer::beside(&config.xds_endpoint),
+        _ => CaServer::beside_each(config.xds_endpoints()),
     };
     Ok(Some(IdentityConfig { token, ca_server }))
 }
@@ -941,6 +965,48 @@ mod tests {
             .err()
             .unwrap_or_else(|| panic!("accepted both --xds-tls and plaintext"));
         assert!(err.to_string().contains("exclude each other"), "{err}");
+    }
+
+    #[test]
+    fn the_xds_endpoint_lists_every_replica_and_the_ca_is_asked_beside_each() {
+        let c = parse(&[
+            "--resource-arn",
+            "mesh/m/virtualNode/n",
+            "--xds-endpoint",
+            " 10.0.0.1:15010, 10.0.0.2:15010 ,weft-c.internal:15011",
+            "--join-token",
+            TOKEN,
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let all: Vec<String> = c.xds_endpoints().map(ToString::to_string).collect();
+        assert_eq!(
+            all,
+            ["10.0.0.1:15010", "10.0.0.2:15010", "weft-c.internal:15011"]
+        );
+        let identity = c.identity.unwrap_or_else(|| panic!("identity is on"));
+        let cas: Vec<&str> = identity.ca_server.authorities().collect();
+        assert_eq!(
+            cas,
+            ["10.0.0.1:9080", "10.0.0.2:9080", "weft-c.internal:9080"]
+        );
+        // One bad entry in the list is named, with the variable.
+        let e = err(&[
+            "--resource-arn",
+            "mesh/m/virtualNode/n",
+            "--xds-endpoint",
+            "10.0.0.1:15010,nohost",
+        ]);
+        assert!(
+            e.contains("APPMESH_XDS_ENDPOINT") && e.contains("nohost"),
+            "{e}"
+        );
+        let e = err(&[
+            "--resource-arn",
+            "mesh/m/virtualNode/n",
+            "--xds-endpoint",
+            " , ",
+        ]);
+        assert!(e.contains("APPMESH_XDS_ENDPOINT"), "{e}");
     }
 
     #[test]

@@ -126,14 +126,34 @@ fn read_token_file(path: &Path) -> Result<JoinToken, String> {
 }
 
 /// Weft's CA: the server's API address. It speaks plain HTTP (as `weft join-token` does).
+/// Several replicas' addresses may be given: a call that cannot reach one tries the next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaServer {
     authority: String,
+    /// The other replicas' `host:port`, tried in order after `authority`.
+    more: Vec<String>,
 }
 
 impl CaServer {
-    /// `http://host:port`, or `host:port`.
+    /// `http://host:port`, or `host:port`; several as a comma-separated list.
     pub fn parse(text: &str) -> Result<CaServer, String> {
+        let mut all = text
+            .split(',')
+            .filter(|part| !part.trim().is_empty())
+            .map(Self::parse_one);
+        let Some(first) = all.next() else {
+            return Err(format!(
+                "{text:?} names no CA (e.g. http://weft.local:9080)"
+            ));
+        };
+        let mut server = first?;
+        for next in all {
+            server.more.push(next?.authority);
+        }
+        Ok(server)
+    }
+
+    fn parse_one(text: &str) -> Result<CaServer, String> {
         let t = text.trim();
         if t.starts_with("https://") {
             return Err(format!(
@@ -147,6 +167,7 @@ impl CaServer {
             .map_err(|_| format!("{t:?} is not http://host:port (e.g. http://weft.local:9080)"))?;
         Ok(CaServer {
             authority: endpoint.to_string(),
+            more: Vec::new(),
         })
     }
 
@@ -158,18 +179,46 @@ impl CaServer {
         };
         CaServer {
             authority: endpoint.to_string(),
+            more: Vec::new(),
         }
     }
 
-    /// `host:port`.
+    /// The CA beside each xDS server (replica), in the order given: each host, `weft server`'s
+    /// API port, once each.
+    pub fn beside_each<'a>(
+        xds: impl IntoIterator<Item = &'a crate::config::XdsEndpoint>,
+    ) -> CaServer {
+        let mut all = xds.into_iter().map(|e| Self::beside(e).authority);
+        let authority = all
+            .next()
+            .unwrap_or_else(|| format!("127.0.0.1:{DEFAULT_CA_PORT}"));
+        let mut more: Vec<String> = Vec::new();
+        for a in all {
+            if a != authority && !more.contains(&a) {
+                more.push(a);
+            }
+        }
+        CaServer { authority, more }
+    }
+
+    /// `host:port` of the first.
     pub fn authority(&self) -> &str {
         &self.authority
+    }
+
+    /// Every `host:port`, the first first.
+    pub fn authorities(&self) -> impl Iterator<Item = &str> + '_ {
+        std::iter::once(self.authority.as_str()).chain(self.more.iter().map(String::as_str))
     }
 }
 
 impl std::fmt::Display for CaServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "http://{}", self.authority)
+        write!(f, "http://{}", self.authority)?;
+        for more in &self.more {
+            write!(f, ",http://{more}")?;
+        }
+        Ok(())
     }
 }
 
@@ -642,6 +691,28 @@ mod tests {
         assert!(CaServer::parse("weft.local").is_err());
         let xds = "10.0.0.7:15010".parse().unwrap();
         assert_eq!(CaServer::beside(&xds).to_string(), "http://10.0.0.7:9080");
+    }
+
+    #[test]
+    fn several_ca_servers_are_tried_in_the_order_given() {
+        let ca = CaServer::parse("http://10.0.0.1:9080, 10.0.0.2:9081/").unwrap();
+        assert_eq!(
+            ca.authorities().collect::<Vec<_>>(),
+            ["10.0.0.1:9080", "10.0.0.2:9081"]
+        );
+        assert_eq!(ca.to_string(), "http://10.0.0.1:9080,http://10.0.0.2:9081");
+        assert!(CaServer::parse("http://10.0.0.1:9080,https://x:1").is_err());
+        // Replicas on one host with different xDS ports share the CA's port: asked once.
+        let xds: Vec<crate::config::XdsEndpoint> = ["10.0.0.1:15010", "10.0.0.1:15011"]
+            .iter()
+            .map(|e| e.parse().unwrap())
+            .collect();
+        assert_eq!(
+            CaServer::beside_each(&xds)
+                .authorities()
+                .collect::<Vec<_>>(),
+            ["10.0.0.1:9080"]
+        );
     }
 
     #[test]

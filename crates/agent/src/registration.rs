@@ -48,7 +48,8 @@ pub struct RegistrationArgs {
     /// Milliseconds between health probes.
     #[arg(long, env = "WEFT_HEALTH_INTERVAL_MS", default_value_t = 1000)]
     pub health_interval_ms: u64,
-    /// The registry's address (Weft's API listener).
+    /// The registry's address (Weft's API listener); several replicas' as a comma-separated
+    /// list, each call going to the next when one cannot be reached.
     #[arg(long, env = "WEFT_REGISTRY_ENDPOINT", default_value = "127.0.0.1:9080")]
     pub registry_endpoint: String,
 }
@@ -124,14 +125,43 @@ impl RegistrationArgs {
             interval: Duration::from_millis(self.health_interval_ms.max(100)),
             endpoint: self
                 .registry_endpoint
-                .trim_start_matches("http://")
-                .to_string(),
+                .split(',')
+                .map(|e| e.trim().trim_start_matches("http://"))
+                .filter(|e| !e.is_empty())
+                .collect::<Vec<_>>()
+                .join(","),
         }))
     }
 }
 
 /// One awsJson 1.1 call to the registry (`Route53AutoNaming_v20170314.<operation>`).
+/// `endpoint` may list several replicas (comma-separated): one that cannot be reached passes
+/// the call to the next; an answer, error or not, is the answer.
 pub async fn call(endpoint: &str, operation: &str, body: Value) -> Result<Value, AgentError> {
+    let mut last = None;
+    for one in endpoint.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        match call_one(one, operation, &body).await {
+            Err(Unreached(e)) => {
+                tracing::debug!(registry = one, error = %e, "registry replica unreachable; trying the next");
+                last = Some(e);
+            }
+            Ok(answer) => return answer,
+        }
+    }
+    Err(last.unwrap_or_else(|| AgentError::Registry {
+        operation: operation.into(),
+        message: "no registry address".into(),
+    }))
+}
+
+/// A call that reached no server (so another replica may take it).
+struct Unreached(AgentError);
+
+async fn call_one(
+    endpoint: &str,
+    operation: &str,
+    body: &Value,
+) -> Result<Result<Value, AgentError>, Unreached> {
     let fail = |message: String| AgentError::Registry {
         operation: operation.into(),
         message,
@@ -145,9 +175,12 @@ pub async fn call(endpoint: &str, operation: &str, body: Value) -> Result<Value,
     // Signed as any Cloud Map client signs (SigV4, service `servicediscovery`) with the
     // credentials of the environment, as the AWS CLI finds them; unsigned without any, which
     // only a server started with --insecure-no-auth accepts.
-    let credentials = weft_auth::client::from_environment().map_err(|e| fail(e.to_string()))?;
+    let credentials = match weft_auth::client::from_environment() {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(fail(e.to_string()))),
+    };
     let signature = match &credentials {
-        Some(creds) => weft_auth::client::signature_headers(
+        Some(creds) => match weft_auth::client::signature_headers(
             "POST",
             endpoint,
             "/",
@@ -156,18 +189,20 @@ pub async fn call(endpoint: &str, operation: &str, body: Value) -> Result<Value,
             creds,
             "servicediscovery",
             std::time::SystemTime::now(),
-        )
-        .map_err(|e| fail(e.to_string()))?,
+        ) {
+            Ok(headers) => headers,
+            Err(e) => return Ok(Err(fail(e.to_string()))),
+        },
         None => Vec::new(),
     };
     headers.extend(signature.iter().map(|(n, v)| (n.as_str(), v.as_str())));
     let exchange = http_client::exchange(endpoint, "POST", "/", &headers, body.into());
     let answer = tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
-        .map_err(|_| fail("timed out".into()))?
-        .map_err(fail)?;
+        .map_err(|_| Unreached(fail(format!("{endpoint} timed out"))))?
+        .map_err(|e| Unreached(fail(format!("{endpoint}: {e}"))))?;
     let value: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
-    if answer.status == 200 {
+    Ok(if answer.status == 200 {
         Ok(value)
     } else {
         let kind = value["__type"].as_str().unwrap_or("error");
@@ -176,7 +211,7 @@ pub async fn call(endpoint: &str, operation: &str, body: Value) -> Result<Value,
             .or(value["message"].as_str())
             .unwrap_or("");
         Err(fail(format!("{kind}: {message}")))
-    }
+    })
 }
 
 /// Finds the service id of `namespace`/`service` by name.
