@@ -38,6 +38,16 @@ install_netfilter() {
     fi
 }
 
+# Debian's Chromium and ChromeDriver, which the dashboard tests drive headless.
+install_chromium() {
+    [ "$(id -u)" = 0 ] || return 0
+    if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+        echo "Installing Chromium and ChromeDriver (Debian packages), for the dashboard tests..."
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 chromium chromium-driver >/dev/null \
+            || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 chromium chromium-driver >/dev/null; }
+    fi
+}
+
 # Debian's Prometheus server, which the metrics tests start on loopback to scrape `weft server`.
 install_prometheus() {
     [ "$(id -u)" = 0 ] || return 0

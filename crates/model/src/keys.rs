@@ -7,6 +7,7 @@
 //! - `guard/{mesh}`: bumped by every write in a mesh, so that a transaction
 //!   that read the mesh commits only if nothing in it changed meanwhile
 //! - `token/{operation}/{clientToken}`: idempotency records
+//! - `hist/{resource key}/{version}`: the last versions of a resource, for the dashboard
 
 use crate::kind::{Kind, ResourceId};
 
@@ -79,6 +80,19 @@ pub const TOKEN_PREFIX: &str = "token/";
 /// An idempotency record.
 pub fn token(operation: &str, token: &str) -> String {
     format!("{TOKEN_PREFIX}{operation}/{}", escape(token))
+}
+
+/// The prefix of every kept past version of a resource.
+pub const HISTORY_PREFIX: &str = "hist/";
+
+/// Versions of a resource kept under [`history`] (the latest ones; older ones are deleted as
+/// new ones are written).
+pub const HISTORY_KEPT: i64 = 10;
+
+/// The key of version `version` of the resource stored under `resource_key`. Versions are
+/// zero-padded so that keys sort by version.
+pub fn history(resource_key: &str, version: i64) -> String {
+    format!("{HISTORY_PREFIX}{resource_key}/{version:012}")
 }
 
 #[cfg(test)]

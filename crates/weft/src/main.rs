@@ -10,6 +10,7 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod dashboard;
 mod demo;
 mod proxy_status;
 mod readiness;
@@ -37,6 +38,9 @@ enum Command {
     /// Show every proxy connected to a control plane: its node, the version
     /// it ACKed per resource type, and its last NACK.
     ProxyStatus(proxy_status::ProxyStatusArgs),
+    /// Print the URL of the live dashboard with a one-time login token (asked of the control
+    /// plane with the administrator's credentials, as `weft proxy-status` does).
+    Dashboard(dashboard::DashboardArgs),
     /// Create, list and revoke the join tokens proxies prove who they are with the first
     /// time they ask the control plane's CA for a certificate.
     JoinToken(weft_ca::cli::JoinTokenArgs),
@@ -226,6 +230,7 @@ fn main() -> Result<()> {
             Command::Demo(args) => demo::run(args, shutdown_signal()).await,
             Command::Agent(args) => agent(*args).await,
             Command::ProxyStatus(args) => proxy_status::run(args).await,
+            Command::Dashboard(args) => dashboard::run(args).await,
             Command::JoinToken(args) => Ok(weft_ca::cli::run(args).await?),
             Command::AccessKey(args) => Ok(weft_auth::cli::run(args).await?),
             Command::SampleApp(args) => {

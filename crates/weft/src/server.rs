@@ -410,6 +410,15 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
             ..Default::default()
         },
     );
+    // The dashboard at /ui (see crate::dashboard).
+    let dashboard = crate::dashboard::start(
+        store.clone(),
+        ads.clone(),
+        weft_ui::TrafficSource::empty(),
+        args.insecure_no_auth,
+        &mut tasks,
+        stopped(stop_rx.clone()),
+    );
     let service = Service::new(store, config);
     {
         let sweeper = service.clone();
@@ -455,6 +464,7 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
         .merge(weft_ca::http::router(ca.clone()))
         .merge(weft_auth::admin::router(auth.clone()))
         .merge(weft_auth::audit::router(audit));
+    let app = app.merge(dashboard.admin_router());
     // Prometheus scrapes /metrics unsigned, as it scrapes any target; every request, served or
     // refused, is counted by the operation the authenticator named.
     let app = auth
@@ -480,6 +490,8 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
                 }
             },
         ));
+    // Its page is public (no data in it); its data needs a session the signed endpoint opens.
+    let app = app.merge(dashboard.router());
     if let Some(listener) = ca_listener {
         let stop = stopped(stop_rx.clone());
         let app = weft_ca::http::workload_router(ca.clone());

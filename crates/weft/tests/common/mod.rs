@@ -2,6 +2,7 @@
 //! SDK client pointed at it.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod browser;
 pub mod certs;
 pub mod disks;
 pub mod mesh;

@@ -1,0 +1,325 @@
+//! Weft's live dashboard at `/ui` on the API port, for an operator who used the App Mesh and
+//! CloudWatch consoles: a mesh's topology with route weights and live traffic (failing edges in
+//! red), every resource with its references both ways and its history, and the connected
+//! proxies with what they ACKed and NACKed.
+//!
+//! The page and its scripts (`/ui/…`) are public: they hold no data. The data (`/ui/api/…`)
+//! needs a session, opened with a one-time login token that an administrator's signed call
+//! (`POST /weft/v1/ui/sessions`, what `weft dashboard` does) returns — unless the server runs
+//! with `--insecure-no-auth`. The page refreshes through server-sent events
+//! (<https://html.spec.whatwg.org/multipage/server-sent-events.html>) driven by the store's
+//! watch and the traffic store's change counter.
+
+mod assets;
+mod error;
+pub mod graph;
+mod proxies;
+mod resources;
+pub mod session;
+pub mod traffic;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio::sync::{watch, Semaphore};
+use weft_store::{Range, SharedStore};
+
+pub use error::UiError;
+pub use session::Sessions;
+pub use traffic::TrafficSource;
+
+/// The signed administrator's endpoint that issues login tokens.
+pub const SESSIONS_PATH: &str = "/weft/v1/ui/sessions";
+/// Live-refresh (SSE) connections open at once.
+pub const MAX_EVENT_STREAMS: usize = 32;
+/// The error rate over which an edge or node is drawn failing (5%).
+pub const FAILING_ERROR_RATE: f64 = 0.05;
+/// Changes closer together than this are sent to the page as one.
+const COALESCE: Duration = Duration::from_millis(150);
+
+/// The dashboard: its sources and its sessions.
+#[derive(Clone)]
+pub struct Dashboard {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: SharedStore,
+    ads: weft_xds::AdsServer,
+    traffic: TrafficSource,
+    sessions: Sessions,
+    open: bool,
+    revisions: watch::Sender<i64>,
+    streams: Arc<Semaphore>,
+}
+
+impl Dashboard {
+    /// A dashboard over `store` (the meshes), `ads` (the proxies) and `traffic`. With `open`
+    /// (`--insecure-no-auth`) its data needs no session.
+    pub fn new(
+        store: SharedStore,
+        ads: weft_xds::AdsServer,
+        traffic: TrafficSource,
+        open: bool,
+    ) -> Dashboard {
+        Dashboard {
+            inner: Arc::new(Inner {
+                store,
+                ads,
+                traffic,
+                sessions: Sessions::default(),
+                open,
+                revisions: watch::channel(0).0,
+                streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
+            }),
+        }
+    }
+
+    /// Follows the store's meshes and resources until `shutdown`, telling every open page of
+    /// each change (one watch for all of them).
+    pub async fn follow(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let store = &self.inner.store;
+            let watched = async {
+                let revision = store.revision().await?;
+                let meshes = store.watch("mesh/", revision).await?;
+                let resources = store.watch("res/", revision).await?;
+                Ok::<_, weft_store::StoreError>((revision, meshes, resources))
+            };
+            let (revision, meshes, resources) = tokio::select! {
+                _ = &mut shutdown => return,
+                w = watched => match w {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the dashboard could not watch the store; retrying");
+                        tokio::select! {
+                            _ = &mut shutdown => return,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        }
+                    }
+                }
+            };
+            self.inner.revisions.send_replace(revision);
+            let mut feed = futures::stream::select(meshes, resources);
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    event = feed.next() => match event {
+                        Some(Ok(event)) => {
+                            self.inner.revisions.send_replace(event.revision);
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            // The watch ended (compaction, a store restart): watch again from the latest.
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
+    /// The public page and the session-guarded data endpoints (`/ui/…`), to be served outside
+    /// the API's SigV4 layer.
+    pub fn router(&self) -> Router {
+        let data = Router::new()
+            .route("/ui/api/meshes", get(meshes))
+            .route("/ui/api/graph", get(graph))
+            .route("/ui/api/events", get(events))
+            .route("/ui/api/resources", get(resources::list))
+            .route("/ui/api/resource", get(resources::one))
+            .route("/ui/api/proxies", get(proxies::list))
+            .route("/ui/api/proxy-config", get(proxies::config))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                require_session,
+            ));
+        Router::new()
+            .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
+            .route("/ui/", get(|| async { assets::serve("") }))
+            .route(
+                "/ui/{*path}",
+                get(|Path(path): Path<String>| async move { assets::serve(&path) }),
+            )
+            .route("/ui/api/login", post(login))
+            .merge(data)
+            .with_state(self.clone())
+    }
+
+    /// The administrator's endpoint issuing login tokens, to be served behind the API's SigV4
+    /// layer (IAM action `weft:CreateDashboardSession`).
+    pub fn admin_router(&self) -> Router {
+        Router::new()
+            .route(SESSIONS_PATH, post(create_session))
+            .with_state(self.clone())
+    }
+
+    pub(crate) fn store(&self) -> &SharedStore {
+        &self.inner.store
+    }
+
+    pub(crate) fn ads(&self) -> &weft_xds::AdsServer {
+        &self.inner.ads
+    }
+
+    /// The graph of `mesh` with its live figures.
+    async fn graph_of(&self, mesh: &str) -> Result<(graph::Graph, graph::LiveFigures), UiError> {
+        let resources = resources::of_mesh(self.store(), mesh).await?;
+        let graph = graph::build(mesh, &resources);
+        let live = graph::live(&graph, &self.inner.traffic.view(), FAILING_ERROR_RATE);
+        Ok((graph, live))
+    }
+}
+
+async fn require_session(
+    State(ui): State<Dashboard>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if ui.inner.open
+        || Sessions::from_headers(request.headers())
+            .is_some_and(|s| ui.inner.sessions.is_open(&s, Instant::now()))
+    {
+        return next.run(request).await;
+    }
+    UiError::Unauthenticated.into_response()
+}
+
+async fn create_session(State(ui): State<Dashboard>) -> Result<Response, UiError> {
+    let token = ui.inner.sessions.issue_login(Instant::now())?;
+    Ok(Json(serde_json::json!({
+        "loginToken": token,
+        "expiresInSeconds": session::LOGIN_TTL.as_secs(),
+        "path": format!("/ui/?login={token}"),
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    token: String,
+}
+
+async fn login(
+    State(ui): State<Dashboard>,
+    Json(body): Json<LoginBody>,
+) -> Result<Response, UiError> {
+    let session = ui.inner.sessions.redeem(&body.token, Instant::now())?;
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(header::SET_COOKIE, Sessions::cookie(&session))],
+    )
+        .into_response())
+}
+
+async fn meshes(State(ui): State<Dashboard>) -> Result<Response, UiError> {
+    let found = ui.store().range(Range::prefix("mesh/")).await?;
+    let names: Vec<String> = found
+        .kvs
+        .iter()
+        .filter_map(|kv| kv.key.strip_prefix("mesh/"))
+        .map(weft_model::keys::unescape)
+        .collect();
+    Ok(Json(serde_json::json!({"meshes": names, "open": ui.inner.open})).into_response())
+}
+
+#[derive(Deserialize)]
+struct MeshQuery {
+    mesh: String,
+}
+
+async fn graph(
+    State(ui): State<Dashboard>,
+    Query(q): Query<MeshQuery>,
+) -> Result<Response, UiError> {
+    let (graph, live) = ui.graph_of(&q.mesh).await?;
+    Ok(Json(serde_json::json!({"graph": graph, "live": live})).into_response())
+}
+
+/// What one page's event stream remembers between events.
+struct StreamState {
+    ui: Dashboard,
+    mesh: String,
+    revisions: watch::Receiver<i64>,
+    traffic: watch::Receiver<u64>,
+    last: Option<graph::Graph>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+fn event(name: &str, body: &impl serde::Serialize) -> Event {
+    Event::default()
+        .event(name)
+        .json_data(body)
+        .unwrap_or_else(|_| Event::default().event(name).data("{}"))
+}
+
+impl StreamState {
+    /// The next event: the graph when the mesh's resources changed, else the live figures when
+    /// the traffic did; `None` when the server stops.
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if self.last.is_some() {
+                tokio::select! {
+                    r = self.revisions.changed() => r.ok()?,
+                    r = self.traffic.changed() => r.ok()?,
+                }
+                // A burst of writes (a script creating a mesh) makes one event.
+                tokio::time::sleep(COALESCE).await;
+                self.revisions.mark_unchanged();
+                self.traffic.mark_unchanged();
+            }
+            let (graph, live) = match self.ui.graph_of(&self.mesh).await {
+                Ok(built) => built,
+                Err(e) => {
+                    tracing::warn!(error = %e, "building the dashboard's graph failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if self.last.as_ref() != Some(&graph) {
+                let e = event("graph", &serde_json::json!({"graph": graph, "live": live}));
+                self.last = Some(graph);
+                return Some(e);
+            }
+            return Some(event("live", &live));
+        }
+    }
+}
+
+async fn events(
+    State(ui): State<Dashboard>,
+    Query(q): Query<MeshQuery>,
+) -> Result<Response, UiError> {
+    let permit = ui
+        .inner
+        .streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| UiError::TooManyConnections)?;
+    let state = StreamState {
+        revisions: ui.inner.revisions.subscribe(),
+        traffic: ui.inner.traffic.subscribe(),
+        ui,
+        mesh: q.mesh,
+        last: None,
+        _permit: permit,
+    };
+    let stream = futures::stream::unfold(state, |mut s| async move {
+        let e = s.next().await?;
+        Some((Ok::<_, Infallible>(e), s))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}

@@ -1,0 +1,291 @@
+//! The live dashboard at `/ui`, in headless Chromium against a real `weft server` that verifies
+//! SigV4: an operator runs `weft dashboard`, opens the URL it prints, and sees the mesh they
+//! built with the AWS SDK — its nodes, its 75/25 split — change as they change it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use aws_sdk_appmesh::Client;
+use common::browser::{artifacts, Browser};
+use common::WeftServer;
+use weft_test_support::sdk::MeshApi;
+use weft_test_support::spec::{
+    GatewayRouteSpec, GatewaySpec, HttpMatch, Listener, MeshSpec, NodeSpec, RouteSpec, RouterSpec,
+    ServiceSpec,
+};
+
+const COLORS: &str = "colors.apps.local";
+
+/// Mesh `apps` as an App Mesh walkthrough builds it: `front` calls `colors.apps.local`, a
+/// service provided by router `colors` whose route `split` sends 75% to `blue` and 25% to
+/// `red`; gateway `edge` sends everything to the service.
+async fn colors_mesh(client: &Client) -> MeshApi {
+    let api = MeshApi::create(client, "apps", MeshSpec::new()).await;
+    for name in ["blue", "red"] {
+        api.node(name, NodeSpec::http(format!("{name}.local"), 8080))
+            .await;
+    }
+    api.node("front", NodeSpec::http("front.local", 8080).backend(COLORS))
+        .await;
+    api.router("colors", RouterSpec::http(8080)).await;
+    api.route(
+        "colors",
+        "split",
+        RouteSpec::split(&[("blue", 75), ("red", 25)]),
+    )
+    .await;
+    api.service(COLORS, ServiceSpec::by_router("colors")).await;
+    api.gateway("edge", GatewaySpec::new().listener(Listener::http(8443)))
+        .await;
+    api.gateway_route(
+        "edge",
+        "to-colors",
+        GatewayRouteSpec::http(HttpMatch::prefix("/"), COLORS),
+    )
+    .await;
+    api
+}
+
+/// `weft dashboard` against `server`, signing as its administrator: the URL it prints.
+fn dashboard_url(server: &WeftServer) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["dashboard", "--endpoint", &server.addr])
+        .envs(common::aws_env(&server.addr))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "weft dashboard failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(url.contains("/ui/?login="), "{url}");
+    url
+}
+
+/// Every edge of the drawn graph as `id => label`.
+const EDGE_LABELS: &str = "return Object.fromEntries(window.weftDashboard.cy.edges().map(e => [e.id(), e.data('label')]));";
+
+#[tokio::test]
+async fn an_operator_sees_the_mesh_and_a_weight_change_without_reloading() {
+    let server = WeftServer::start();
+    let api = colors_mesh(&server.client()).await;
+
+    // The data needs a session: without one, the API says how to get one.
+    let refused = reqwest::get(format!("{}/ui/api/meshes", server.addr))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert!(refused.text().await.unwrap().contains("weft dashboard"));
+
+    let browser = Browser::start(1400, 900).await;
+    browser.client.goto(&dashboard_url(&server)).await.unwrap();
+    browser
+        .wait_for(
+            Duration::from_secs(15),
+            "return window.weftDashboard && window.weftDashboard.ready;",
+        )
+        .await;
+    // The one-time token left the address bar; the session cookie is out of scripts' reach.
+    let url = browser.client.current_url().await.unwrap();
+    assert!(!url.as_str().contains("login="), "{url}");
+    let cookies = browser.eval("return document.cookie;").await;
+    assert!(!cookies.as_str().unwrap().contains("weft_ui_session"));
+
+    let nodes = browser
+        .eval("return window.weftDashboard.cy.nodes().map(n => n.id()).sort();")
+        .await;
+    assert_eq!(
+        nodes,
+        serde_json::json!([
+            "vg:edge",
+            "vn:blue",
+            "vn:front",
+            "vn:red",
+            "vr:colors",
+            format!("vs:{COLORS}")
+        ])
+    );
+    let labels = browser.eval(EDGE_LABELS).await;
+    assert_eq!(labels["r:colors/split>blue"], "split 75%");
+    assert_eq!(labels["r:colors/split>red"], "split 25%");
+    assert_eq!(labels["g:edge/to-colors>colors.apps.local"], "to-colors");
+    assert!(labels.get("b:front>colors.apps.local").is_some());
+
+    // A weight change through the SDK is drawn within 2 s, in the same page (no reload: the
+    // marker set now is still there), without laying the graph out again.
+    browser.eval("window.__samePage = true; return null;").await;
+    let layouts = browser.eval("return window.weftDashboard.layouts;").await;
+    let changed = Instant::now();
+    api.update_route(
+        "colors",
+        "split",
+        RouteSpec::split(&[("blue", 50), ("red", 50)]),
+    )
+    .await;
+    let (_, took) = browser
+        .wait_for(
+            Duration::from_secs(5),
+            "const e = window.weftDashboard.cy.getElementById('r:colors/split>blue'); \
+             return e.nonempty() && e.data('label') === 'split 50%';",
+        )
+        .await;
+    let seen = changed.elapsed();
+    println!("a route weight change was drawn {seen:?} after the SDK call (polled {took:?})");
+    assert!(
+        seen < Duration::from_secs(2),
+        "the new weights took {seen:?}"
+    );
+    assert_eq!(browser.eval("return window.__samePage;").await, true);
+    assert_eq!(
+        browser.eval("return window.weftDashboard.layouts;").await,
+        layouts
+    );
+
+    // A new node appears too (and that one is laid out).
+    api.node("green", NodeSpec::http("green.local", 8080)).await;
+    browser
+        .wait_for(
+            Duration::from_secs(5),
+            "return window.weftDashboard.cy.getElementById('vn:green').nonempty();",
+        )
+        .await;
+
+    let shot = artifacts().join("colors-mesh.png");
+    browser.screenshot(&shot).await;
+    println!("screenshot: {}", shot.display());
+    assert_eq!(browser.page_errors().await, Vec::<String>::new());
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_used_login_token_opens_nothing() {
+    let server = WeftServer::start();
+    colors_mesh(&server.client()).await;
+    let url = dashboard_url(&server);
+    let token = url.split("login=").nth(1).unwrap().to_string();
+    let login = |token: String| {
+        let addr = server.addr.clone();
+        async move {
+            reqwest::Client::new()
+                .post(format!("{addr}/ui/api/login"))
+                .json(&serde_json::json!({ "token": token }))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let first = login(token.clone()).await;
+    assert_eq!(first.status(), 204);
+    let cookie = first
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    let session = cookie.split(';').next().unwrap().to_string();
+    let meshes = reqwest::Client::new()
+        .get(format!("{}/ui/api/meshes", server.addr))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(meshes.status(), 200);
+    let body: serde_json::Value = meshes.json().await.unwrap();
+    assert_eq!(body["meshes"], serde_json::json!(["apps"]));
+    assert_eq!(login(token).await.status(), 401);
+    // Without the administrator's signature there is no token to get.
+    let unsigned = reqwest::Client::new()
+        .post(format!("{}{}", server.addr, "/weft/v1/ui/sessions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 403);
+}
+
+#[tokio::test]
+async fn a_500_node_mesh_renders() {
+    let server = WeftServer::start_with(&["--quota", "virtual-nodes-per-mesh=600"]);
+    let client = server.client();
+    let api = MeshApi::create(&client, "big", MeshSpec::new()).await;
+    // 500 nodes in 50 groups: each group's router splits between its 10 nodes, and the
+    // group's first node calls the next group's service.
+    let created = Instant::now();
+    let mut calls = Vec::new();
+    for g in 0..50 {
+        for i in 0..10 {
+            let api = MeshApi::existing(&client, "big");
+            let mut spec = NodeSpec::http(format!("n{g}-{i}.local"), 8080);
+            if i == 0 && g < 49 {
+                spec = spec.backend(format!("s{}.big.local", g + 1));
+            }
+            calls.push(async move { api.node(&format!("n{g}-{i}"), spec).await });
+        }
+    }
+    // 16 at a time: under the API's in-flight cap per client.
+    futures::StreamExt::collect::<Vec<_>>(futures::StreamExt::buffer_unordered(
+        futures::stream::iter(calls),
+        16,
+    ))
+    .await;
+    for g in 0..50 {
+        api.router(&format!("r{g}"), RouterSpec::http(8080)).await;
+        let targets: Vec<(String, i32)> = (0..10).map(|i| (format!("n{g}-{i}"), 10)).collect();
+        let targets: Vec<(&str, i32)> = targets.iter().map(|(n, w)| (n.as_str(), *w)).collect();
+        api.route(&format!("r{g}"), "all", RouteSpec::split(&targets))
+            .await;
+        api.service(
+            &format!("s{g}.big.local"),
+            ServiceSpec::by_router(format!("r{g}")),
+        )
+        .await;
+    }
+    println!(
+        "created 500 nodes, 50 routers and services in {:?}",
+        created.elapsed()
+    );
+
+    let browser = Browser::start(1600, 1000).await;
+    let url = dashboard_url(&server);
+    let started = Instant::now();
+    browser.client.goto(&url).await.unwrap();
+    browser
+        .wait_for(
+            Duration::from_secs(60),
+            "return window.weftDashboard && window.weftDashboard.ready;",
+        )
+        .await;
+    let drawn = started.elapsed();
+    let counts = browser
+        .eval("const cy = window.weftDashboard.cy; return [cy.nodes('[kind = \"virtualNode\"]').length, cy.edges().length];")
+        .await;
+    println!("a 500-node mesh was drawn in {drawn:?} (nodes and edges: {counts})");
+    assert_eq!(counts[0], 500);
+    // 500 route targets, 49 backends, 50 providers.
+    assert_eq!(counts[1], 599);
+    // A weight change on the big mesh is still drawn without a reload.
+    let changed = Instant::now();
+    api.update_route("r7", "all", RouteSpec::split(&[("n7-0", 90), ("n7-1", 10)]))
+        .await;
+    browser
+        .wait_for(
+            Duration::from_secs(10),
+            "const e = window.weftDashboard.cy.getElementById('r:r7/all>n7-0'); \
+             return e.nonempty() && e.data('label') === 'all 90%';",
+        )
+        .await;
+    println!(
+        "a weight change on the 500-node mesh was drawn in {:?}",
+        changed.elapsed()
+    );
+    let shot = artifacts().join("500-nodes.png");
+    browser.screenshot(&shot).await;
+    println!("screenshot: {}", shot.display());
+    assert_eq!(browser.page_errors().await, Vec::<String>::new());
+    browser.close().await;
+}
