@@ -50,6 +50,15 @@ pub const OTEL_CLUSTER: &str = "opentelemetry_collector";
 const XRAY_DEFAULT_RATE: f64 = 0.05;
 
 const DOG_STATSD: &str = "ENABLE_ENVOY_DOG_STATSD (--enable-dog-statsd)";
+const STATS_INTAKE: &str = "WEFT_STATS_INTAKE (--stats-intake)";
+
+/// The node metadata key saying how often Envoy flushes its stats, in seconds (the server's
+/// stats intake reads a proxy's first report as covering that long).
+pub const FLUSH_INTERVAL_METADATA_KEY: &str = "weft.stats_flush_interval_seconds";
+
+/// How often Envoy flushes stats when Weft's stats intake is on and ENVOY_STATS_FLUSH_INTERVAL
+/// is unset: the resolution of the server's traffic history.
+pub const INTAKE_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 const STATSD_ADDRESS: &str = "STATSD_ADDRESS (--statsd-address)";
 const STATSD_PORT: &str = "STATSD_PORT (--statsd-port)";
 const FLUSH_INTERVAL: &str = "ENVOY_STATS_FLUSH_INTERVAL (--stats-flush-interval)";
@@ -84,6 +93,11 @@ pub struct TelemetryArgs {
     /// STATSD_ADDRESS, STATSD_PORT or STATSD_SOCKET_PATH say otherwise.
     #[arg(long, env = "ENABLE_ENVOY_DOG_STATSD", value_name = "0|1", num_args = 0..=1, default_missing_value = "1")]
     pub enable_dog_statsd: Option<String>,
+    /// Send Envoy's stats to Weft's server too (1, the default, or 0), over the xDS connection
+    /// (Envoy's `metrics_service` sink): the server's traffic history and dashboard read them.
+    /// Independent of the DogStatsD and sinks-file options.
+    #[arg(long, env = "WEFT_STATS_INTAKE", value_name = "0|1")]
+    pub stats_intake: Option<String>,
     /// The DogStatsD daemon's IP address (default 127.0.0.1).
     #[arg(long, env = "STATSD_ADDRESS", value_name = "IP")]
     pub statsd_address: Option<String>,
@@ -236,8 +250,10 @@ pub enum Tracer {
 pub struct Telemetry {
     /// The DogStatsD sink; `None` when off or when a sinks file replaces it.
     pub dog_statsd: Option<StatsdTarget>,
-    /// `stats_flush_interval`; `None` keeps Envoy's default (5 s).
+    /// `stats_flush_interval`; `None` keeps Envoy's default (5 s), or 10 s with the intake on.
     pub flush_interval: Option<Duration>,
+    /// Whether Envoy streams its stats to Weft's server (`metrics_service` sink).
+    pub intake: bool,
     /// A `StatsConfig` from a file, replacing the default one (App Mesh's tags included).
     pub stats_config: Option<Value>,
     /// The stats sinks of `ENVOY_STATS_SINKS_CFG_FILE`.
@@ -336,6 +352,8 @@ impl Telemetry {
 
         // Stats sinks: a sinks file "overrides all of the DogStatsD variables" (envoy-config.md);
         // they are still checked, so that a typo is not silently ignored.
+        telemetry.intake =
+            set(&args.stats_intake).is_none() || switch(STATS_INTAKE, &args.stats_intake)?;
         let dog_statsd = dog_statsd(args)?;
         telemetry.dog_statsd = if files.stats_sinks.is_some() {
             None
@@ -866,12 +884,27 @@ pub fn apply(config: &AgentConfig, root: &mut Value) {
     if let Some(stats_config) = &telemetry.stats_config {
         root["stats_config"] = stats_config.clone();
     }
-    if let Some(interval) = telemetry.flush_interval {
+    let interval = telemetry
+        .flush_interval
+        .or(telemetry.intake.then_some(INTAKE_FLUSH_INTERVAL));
+    if let Some(interval) = interval {
         root["stats_flush_interval"] = crate::bootstrap::duration(interval).into();
     }
     let mut sinks: Vec<Value> = telemetry.stats_sinks.clone().unwrap_or_default();
     if let Some(target) = &telemetry.dog_statsd {
         sinks.push(dog_statsd_sink(target));
+    }
+    if telemetry.intake {
+        sinks.push(intake_sink());
+        if let Some(metadata) = root["node"]["metadata"].as_object_mut() {
+            metadata.insert(
+                FLUSH_INTERVAL_METADATA_KEY.into(),
+                interval
+                    .unwrap_or(INTAKE_FLUSH_INTERVAL)
+                    .as_secs_f64()
+                    .into(),
+            );
+        }
     }
     if !sinks.is_empty() {
         root["stats_sinks"] = Value::Array(sinks);
@@ -915,6 +948,23 @@ fn dog_statsd_sink(target: &StatsdTarget) -> Value {
         "typed_config": {
             "@type": "type.googleapis.com/envoy.config.metrics.v3.DogStatsdSink",
             "address": address,
+        }
+    })
+}
+
+/// Envoy's `metrics_service` sink to Weft's server over the xDS cluster (same connection
+/// security, same identity): counters as the interval's increments and histograms as the
+/// interval's buckets, which the server adds up over its window
+/// (<https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/metrics/v3/metrics_service.proto>).
+fn intake_sink() -> Value {
+    json!({
+        "name": "envoy.stat_sinks.metrics_service",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig",
+            "transport_api_version": "V3",
+            "grpc_service": { "envoy_grpc": { "cluster_name": crate::bootstrap::XDS_CLUSTER } },
+            "report_counters_as_deltas": true,
+            "histogram_emit_mode": "HISTOGRAM",
         }
     })
 }

@@ -183,8 +183,54 @@ async fn dog_statsd_flush_interval_and_stats_tags_give_a_bootstrap_envoy_accepts
     );
     assert_envoy_accepts(&c, "DogStatsD over a Unix socket").await;
 
-    // Off by default: no sink.
-    assert!(bootstrap(&accepted(&[])).get("stats_sinks").is_none());
+    // DogStatsD is off by default: Weft's own sink is the only one.
+    let sinks = bootstrap(&accepted(&[]))["stats_sinks"].clone();
+    assert_eq!(sinks.as_array().map(Vec::len), Some(1), "{sinks}");
+    assert_eq!(sinks[0]["name"], "envoy.stat_sinks.metrics_service");
+}
+
+#[tokio::test]
+async fn envoy_streams_its_stats_to_weft_over_the_xds_cluster_unless_weft_stats_intake_is_0() {
+    let c = accepted(&["--enable-dog-statsd"]);
+    let b = bootstrap(&c);
+    let names: Vec<&str> = b["stats_sinks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no sinks"))
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    // App Mesh's DogStatsD sink keeps working beside Weft's.
+    assert_eq!(
+        names,
+        [
+            "envoy.stat_sinks.dog_statsd",
+            "envoy.stat_sinks.metrics_service"
+        ]
+    );
+    let intake = &b["stats_sinks"][1]["typed_config"];
+    assert_eq!(
+        intake["grpc_service"]["envoy_grpc"]["cluster_name"],
+        "xds_cluster"
+    );
+    assert_eq!(intake["report_counters_as_deltas"], true);
+    assert_eq!(intake["histogram_emit_mode"], "HISTOGRAM");
+    // Flushed every 10 s unless told otherwise, and the server is told how often.
+    assert_eq!(b["stats_flush_interval"], "10s");
+    assert_eq!(
+        b["node"]["metadata"]["weft.stats_flush_interval_seconds"],
+        10.0
+    );
+    assert_envoy_accepts(&c, "the metrics_service sink").await;
+    let b = bootstrap(&accepted(&["--stats-flush-interval", "2s"]));
+    assert_eq!(
+        b["node"]["metadata"]["weft.stats_flush_interval_seconds"],
+        2.0
+    );
+
+    let off = bootstrap(&accepted(&["--stats-intake", "0"]));
+    assert!(off.get("stats_sinks").is_none(), "{off}");
+    assert!(off.get("stats_flush_interval").is_none());
+    assert!(refused(&["--stats-intake", "maybe"]).contains("WEFT_STATS_INTAKE"));
 }
 
 #[tokio::test]
@@ -244,14 +290,20 @@ static_resources:
     let b = bootstrap(&c);
     // The stats config file replaces the default one, App Mesh's tags included.
     assert_eq!(b["stats_config"]["stats_tags"][0]["tag_name"], "team");
-    // The sinks file overrides the DogStatsD variables.
+    // The sinks file overrides the DogStatsD variables (Weft's own sink stays).
     let names: Vec<&str> = b["stats_sinks"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|s| s["name"].as_str())
         .collect();
-    assert_eq!(names, ["envoy.stat_sinks.statsd"]);
+    assert_eq!(
+        names,
+        [
+            "envoy.stat_sinks.statsd",
+            "envoy.stat_sinks.metrics_service"
+        ]
+    );
     assert_eq!(b["tracing"]["http"]["name"], "envoy.tracers.zipkin");
     assert!(cluster(&b, "zipkin").is_some(), "{b}");
     assert_eq!(b["node"]["metadata"]["weft.tracing"], true);

@@ -119,6 +119,12 @@ impl ServerMetrics {
         })
     }
 
+    /// These metrics with `collector`'s (another part's figures, read at each scrape).
+    pub fn with_collector(mut self, collector: Box<dyn Collector>) -> ServerMetrics {
+        self.registry.register_collector(collector);
+        self
+    }
+
     /// These metrics with the ADS server's figures, read at each scrape.
     pub fn with_xds(mut self, ads: AdsServer) -> Arc<ServerMetrics> {
         // 1 ms to about 16 s: a change reaches a quiet mesh's Envoys in milliseconds.

@@ -52,6 +52,11 @@ impl StatsIntake {
     pub fn service(self) -> MetricsServiceServer<StatsIntake> {
         MetricsServiceServer::new(self).max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
+
+    /// The service as routes, for `weft_xds::AdsServer::serve_incoming_with`.
+    pub fn routes(self) -> tonic::service::Routes {
+        tonic::service::Routes::new(self.service())
+    }
 }
 
 /// The source a node id names (`mesh/<m>/virtualNode/<n>`, `mesh/<m>/virtualGateway/<n>`, or

@@ -6,12 +6,14 @@
 //! - [`parse`]: one flush of stats read (pure);
 //! - [`history`]: the bounded history per edge (pure, time is an argument);
 //! - [`grpc`]: `envoy.service.metrics.v3.MetricsService`, served beside ADS on the xDS port;
+//! - [`http`]: `GET /weft/v1/traffic`, the snapshot as JSON;
 //! - [`collector`]: the history as Prometheus gauges, for crates/metrics's registry.
 
 pub mod collector;
 mod error;
 pub mod grpc;
 pub mod history;
+pub mod http;
 pub mod parse;
 mod snapshot;
 mod store;

@@ -338,6 +338,9 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
     let failures = runtime.failures();
     let readiness = crate::readiness::router(store.clone(), runtime.progress());
     let ads = weft_xds::AdsServer::new(cache, Arc::new(resolver));
+    // The mesh's traffic as the Envoys' stats sinks report it: /metrics, /weft/v1/traffic and
+    // the dashboard read it.
+    let traffic = weft_traffic::TrafficStore::new();
     if args.xds_tls && args.insecure_plaintext_xds {
         bail!("--xds-tls (WEFT_XDS_TLS) and --insecure-plaintext-xds (WEFT_INSECURE_PLAINTEXT_XDS) exclude each other: set one");
     }
@@ -374,14 +377,17 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
     {
         let ads = ads.clone();
         let stop = stopped(stop_rx.clone());
+        // Envoys' metrics_service stat sinks stream to the xDS port, with the same identity.
+        let intake = weft_traffic::grpc::StatsIntake::new(traffic.clone()).routes();
         tasks.push(tokio::spawn(async move {
             let incoming = weft_listen::grpc::incoming(xds_listener, xds_limits);
             let served = match xds_tls {
                 Some((config, ca)) => {
                     let incoming = crate::xds_tls::incoming(incoming, config, ca);
-                    ads.serve_incoming(Box::pin(incoming), stop).await
+                    ads.serve_incoming_with(Box::pin(incoming), intake, stop)
+                        .await
                 }
-                None => ads.serve_incoming(incoming, stop).await,
+                None => ads.serve_incoming_with(incoming, intake, stop).await,
             };
             if let Err(e) = served {
                 tracing::warn!(error = %e, "xDS server ended with an error");
@@ -449,7 +455,11 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
     // One listener serves App Mesh (under /v20190125), Cloud Map (POST / and
     // /service/…) and Weft's own endpoints (proxy status; the CA's join tokens,
     // certificates and trust bundle).
-    let metrics = metrics.with_xds(ads.clone());
+    let metrics = metrics
+        .with_collector(Box::new(weft_traffic::collector::TrafficCollector::new(
+            traffic.clone(),
+        )))
+        .with_xds(ads.clone());
     let app = weft_api::router(service.clone())
         .merge(weft_registry::router(registry))
         .merge(proxy_status::router(
@@ -463,7 +473,8 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
         ))
         .merge(weft_ca::http::router(ca.clone()))
         .merge(weft_auth::admin::router(auth.clone()))
-        .merge(weft_auth::audit::router(audit));
+        .merge(weft_auth::audit::router(audit))
+        .merge(weft_traffic::http::router(traffic.clone()));
     let app = app.merge(dashboard.admin_router());
     // Prometheus scrapes /metrics unsigned, as it scrapes any target; every request, served or
     // refused, is counted by the operation the authenticator named.

@@ -259,6 +259,29 @@ impl AdsServer {
         IO::ConnectInfo: Clone + Send + Sync + 'static,
         IE: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        self.serve_incoming_with(incoming, tonic::service::Routes::default(), shutdown)
+            .await
+    }
+
+    /// [`AdsServer::serve_incoming`] with more gRPC services on the same connections (the
+    /// stats intake): they see the same listener's identity in their requests' extensions.
+    pub async fn serve_incoming_with<I, IO, IE>(
+        &self,
+        incoming: I,
+        more: tonic::service::Routes,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), XdsError>
+    where
+        I: futures::Stream<Item = Result<IO, IE>> + Send,
+        IO: tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + tonic::transport::server::Connected
+            + Unpin
+            + Send
+            + 'static,
+        IO::ConnectInfo: Clone + Send + Sync + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let this = self.clone();
         let shutdown = async move {
             shutdown.await;
@@ -270,6 +293,7 @@ impl AdsServer {
             // and the connection closed if one goes unanswered for 20 s.
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+            .add_routes(more)
             .add_service(self.service())
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;
