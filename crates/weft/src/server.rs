@@ -420,7 +420,13 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
     let dashboard = crate::dashboard::start(
         store.clone(),
         ads.clone(),
-        weft_ui::TrafficSource::empty(),
+        weft_ui::TrafficSource::new(
+            {
+                let traffic = traffic.clone();
+                move || serde_json::to_value(traffic.snapshot()).unwrap_or_default()
+            },
+            traffic.subscribe(),
+        ),
         args.insecure_no_auth,
         &mut tasks,
         stopped(stop_rx.clone()),
