@@ -34,6 +34,7 @@ use weft_model::keys;
 use weft_model::kind::{Action, Kind};
 
 mod guard;
+mod history;
 mod list_cache;
 mod operations;
 mod records;

@@ -114,6 +114,15 @@ struct Reference {
     how: &'static str,
 }
 
+/// The kind code of the router or gateway holding a route or gateway route.
+fn parent_code(code: &str) -> Option<&'static str> {
+    match code {
+        "rt" => Some("vr"),
+        "gr" => Some("vg"),
+        _ => None,
+    }
+}
+
 /// The graph node id a resource stands for: a route or gateway route counts as its parent.
 fn node_of(code: &str, parent: Option<&str>, name: &str) -> String {
     match (code, parent) {
@@ -173,6 +182,15 @@ pub async fn one(
                 how: e.kind,
             });
         }
+    }
+    // A route or gateway route belongs to its router or gateway, which holds it.
+    if let (Some(parent), Some(code)) = (&found.parent, parent_code(&found.code)) {
+        referenced_by.push(Reference {
+            code: code.to_string(),
+            name: parent.clone(),
+            parent: None,
+            how: "contains",
+        });
     }
     // A router's or gateway's routes belong to it.
     if found.code == "vr" || found.code == "vg" {

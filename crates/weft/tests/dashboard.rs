@@ -145,6 +145,58 @@ async fn an_operator_sees_the_mesh_and_a_weight_change_without_reloading() {
         layouts
     );
 
+    // The resource browser: the route's spec, who it sends to, and its two versions with the
+    // weight change as a diff; the router lists who provides it.
+    browser
+        .eval("document.querySelector('nav button[data-tab=resources]').click(); return null;")
+        .await;
+    browser
+        .wait_for(
+            Duration::from_secs(5),
+            "return [...document.querySelectorAll('#resource-list tbody tr')]\
+             .find(tr => tr.dataset.key === 'rt|colors|split');",
+        )
+        .await;
+    browser
+        .eval(
+            "[...document.querySelectorAll('#resource-list tbody tr')]\
+             .find(tr => tr.dataset.key === 'rt|colors|split').click(); return null;",
+        )
+        .await;
+    let (detail, _) = browser
+        .wait_for(
+            Duration::from_secs(5),
+            "const d = document.querySelector('#resource-detail'); \
+             return d.querySelector('.diff') && d.innerText;",
+        )
+        .await;
+    let detail = detail.as_str().unwrap().to_string();
+    assert!(
+        detail.contains("route colors / split — version 2"),
+        "{detail}"
+    );
+    assert!(detail.contains("History (2 kept)"), "{detail}");
+    assert!(detail.contains("virtualNode blue (route)"), "{detail}");
+    assert!(
+        detail.contains("virtualRouter colors (contains)"),
+        "{detail}"
+    );
+    let diff = browser
+        .eval(
+            "return [...document.querySelectorAll('#resource-detail .diff div')]\
+             .filter(d => d.className).map(d => d.textContent.replace(/\\s+/g, ' '));",
+        )
+        .await;
+    let diff: Vec<String> = serde_json::from_value(diff).unwrap();
+    assert!(diff.contains(&"- \"weight\": 75".to_string()), "{diff:?}");
+    assert!(diff.contains(&"+ \"weight\": 50".to_string()), "{diff:?}");
+    let shot = artifacts().join("resource-history.png");
+    browser.screenshot(&shot).await;
+    println!("screenshot: {}", shot.display());
+    browser
+        .eval("document.querySelector('nav button[data-tab=topology]').click(); return null;")
+        .await;
+
     // A new node appears too (and that one is laid out).
     api.node("green", NodeSpec::http("green.local", 8080)).await;
     browser

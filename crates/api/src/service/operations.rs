@@ -333,6 +333,8 @@ impl Service {
             let kept = kept_spec.is_some().then_some(spec_json);
             let token_op = self.token_op(op, token, &request, answered_metadata, kept)?;
             ops.extend(token_op.clone());
+            let replaced = stored_metadata.and_then(super::history::version);
+            ops.extend(super::history::keep(&key, &kv.value, replaced));
             let mut compares = vec![
                 guard.compare,
                 Compare::ModRevision(key.clone(), kv.mod_revision),
@@ -465,7 +467,7 @@ impl Service {
             if let Some(why) = self.in_use(id, &guard.counts).await? {
                 return Err(ApiError::ResourceInUse(why));
             }
-            let ops = if id.kind == Kind::Mesh {
+            let mut ops = if id.kind == Kind::Mesh {
                 vec![Op::Delete(key.clone()), Op::Delete(guard.key.clone())]
             } else {
                 let mut counts = guard.counts;
@@ -473,6 +475,13 @@ impl Service {
                 *n = n.saturating_sub(1);
                 vec![Op::Delete(key.clone()), guard.bump(counts)?]
             };
+            ops.extend(super::history::forget(
+                &key,
+                record
+                    .data
+                    .pointer("/metadata/version")
+                    .and_then(Value::as_i64),
+            ));
             let compares = vec![
                 guard.compare,
                 Compare::ModRevision(key.clone(), kv.mod_revision),
