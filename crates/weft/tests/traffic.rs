@@ -1,0 +1,262 @@
+//! The mesh's traffic, gathered: real Envoys (each `weft agent`'s) stream their stats to
+//! `weft server` through Envoy's `metrics_service` sink on the xDS port, and the server keeps
+//! per edge (source node → target node) requests per second, error rate and latency, served at
+//! `GET /weft/v1/traffic` and in `/metrics` (read by Prometheus's own Python parser).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::mesh::{agent_with_env, free_port, sample_app, wait_until, Agent, Proc};
+use common::WeftServer;
+use serde_json::Value;
+use weft_test_support::sdk::MeshApi;
+use weft_test_support::spec::{MeshSpec, NodeSpec, RouteSpec, RouterSpec, ServiceSpec};
+
+const SERVICE: &str = "colors.apps.local";
+
+/// An agent whose Envoy flushes its stats every second (App Mesh's variable), so that a test
+/// sees its traffic within seconds.
+fn fast_agent(server: &WeftServer, node: &str, app_ports: &[(u16, u16)]) -> Agent {
+    agent_with_env(
+        &server.xds_addr,
+        &format!("mesh/apps/virtualNode/{node}"),
+        app_ports,
+        "sotw",
+        &[("ENVOY_STATS_FLUSH_INTERVAL", "1s")],
+    )
+}
+
+/// An HTTP/1.1 server on a free port answering every request `500`, keeping connections open
+/// as Envoy expects; it runs until the test process ends.
+fn failing_app() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    // GET requests without bodies: one answer per header block.
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer = b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 5\r\n\r\nfail\n";
+                        if conn.write_all(answer).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// `GET /weft/v1/traffic`, signed as the administrator.
+async fn traffic(server: &WeftServer) -> Value {
+    let answer =
+        common::signed_request(&server.addr, "GET", "/weft/v1/traffic", None, "weft").await;
+    assert_eq!(answer.status().as_u16(), 200);
+    answer.json().await.unwrap()
+}
+
+/// The edge from `source` to `target` in a traffic snapshot.
+fn edge<'a>(snapshot: &'a Value, source: &str, target: &str) -> Option<&'a Value> {
+    snapshot["edges"].as_array()?.iter().find(|e| {
+        e["source"]["name"] == source && e["target"]["name"] == target && e["mesh"] == "apps"
+    })
+}
+
+/// Requests an edge's history holds (each point is a 10 s slot's rate).
+fn requests_seen(edge: Option<&Value>) -> f64 {
+    edge.and_then(|e| e["history"].as_array())
+        .map(|h| {
+            h.iter()
+                .map(|p| p["rps"].as_f64().unwrap_or(0.0) * 10.0)
+                .sum()
+        })
+        .unwrap_or(0.0)
+}
+
+const PARSE: &str = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+samples = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        samples.append({"name": s.name, "labels": s.labels, "value": s.value})
+print(json.dumps(samples))
+"#;
+
+/// `/metrics`, parsed by Prometheus's official Python client: every sample.
+async fn scrape(server: &WeftServer) -> Vec<Value> {
+    let text = reqwest::get(format!("{}/metrics", server.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut parser = Command::new("python3")
+        .args(["-c", PARSE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (scripts/test installs prometheus_client)");
+    parser
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = parser.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn sample(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| {
+            s["name"] == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s["labels"][*k].as_str() == Some(*v))
+        })
+        .and_then(|s| s["value"].as_f64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_75_25_route_gives_two_edges_three_to_one_and_the_backend_answering_500s_its_error_rate()
+{
+    let server = WeftServer::start();
+    let api = MeshApi::create(&server.client(), "apps", MeshSpec::new()).await;
+    let (_v1_app, v1_app_port): (Proc, u16) = sample_app("v1");
+    let v2_app_port = failing_app();
+    let (v1_port, v2_port) = (free_port(), free_port());
+    api.node("v1", NodeSpec::http("127.0.0.1", v1_port)).await;
+    api.node("v2", NodeSpec::http("127.0.0.1", v2_port)).await;
+    api.router("colors", RouterSpec::http(8080)).await;
+    api.route(
+        "colors",
+        "main",
+        RouteSpec::split(&[("v1", 75), ("v2", 25)]),
+    )
+    .await;
+    api.service(SERVICE, ServiceSpec::by_router("colors")).await;
+    api.node("front", NodeSpec::client(&[SERVICE])).await;
+    let _v1 = fast_agent(&server, "v1", &[(v1_port, v1_app_port)]);
+    let _v2 = fast_agent(&server, "v2", &[(v2_port, v2_app_port)]);
+    let front = fast_agent(&server, "front", &[]);
+    wait_until(Duration::from_secs(30), || {
+        front
+            .get(SERVICE, "/", &[])
+            .is_ok_and(|(s, b)| s == 200 && b.contains("v1"))
+    });
+
+    let (mut ok, mut failed) = (0u32, 0u32);
+    for _ in 0..400 {
+        match front.get(SERVICE, "/", &[]) {
+            Ok((200, _)) => ok += 1,
+            Ok((500, _)) => failed += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    println!("front got {ok} answers 200 and {failed} answers 500");
+
+    // Every request reaches the server within a flush or two.
+    let mut snapshot = Value::Null;
+    for _ in 0..100 {
+        snapshot = traffic(&server).await;
+        let seen = requests_seen(edge(&snapshot, "front", "v1"))
+            + requests_seen(edge(&snapshot, "front", "v2"));
+        if seen >= 400.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let v1 =
+        edge(&snapshot, "front", "v1").unwrap_or_else(|| panic!("no front→v1 edge: {snapshot:#}"));
+    let v2 =
+        edge(&snapshot, "front", "v2").unwrap_or_else(|| panic!("no front→v2 edge: {snapshot:#}"));
+    let rps = |e: &Value| e["rps"].as_f64().unwrap();
+    let errors = |e: &Value| e["error_rate"].as_f64().unwrap();
+    let ratio = rps(v1) / rps(v2);
+    println!(
+        "front→v1 {:.1}/s, front→v2 {:.1}/s (ratio {ratio:.2}); error rates {:.3} and {:.3}; p99 {} and {} ms",
+        rps(v1),
+        rps(v2),
+        errors(v1),
+        errors(v2),
+        v1["p99_ms"],
+        v2["p99_ms"]
+    );
+    // The edges tell what front's Envoy did (its 75/25 draw over 400 requests) and that is
+    // about 3:1.
+    let observed = f64::from(ok) / f64::from(failed);
+    assert!(
+        (ratio - observed).abs() / observed < 0.1,
+        "edges {ratio:.2}, answers {observed:.2}"
+    );
+    assert!(
+        (2.0..=5.0).contains(&ratio),
+        "rps ratio {ratio}: {snapshot:#}"
+    );
+    assert_eq!(errors(v1), 0.0);
+    assert!(errors(v2) > 0.95, "{v2:#}");
+    // Of front's traffic, the failing backend's share fails.
+    let share = (rps(v1) * errors(v1) + rps(v2) * errors(v2)) / (rps(v1) + rps(v2));
+    assert!((0.15..=0.35).contains(&share), "error share {share}");
+    for e in [v1, v2] {
+        assert_eq!(e["source"]["kind"], "virtualNode");
+        assert_eq!(e["target"]["kind"], "virtualNode");
+        let p99 = e["p99_ms"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no p99: {e:#}"));
+        assert!(p99 > 0.0 && p99 < 5_000.0, "{e:#}");
+        assert!(!e["history"].as_array().unwrap().is_empty());
+    }
+    let reporters: Vec<&str> = snapshot["proxies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for node in ["front", "v1", "v2"] {
+        assert!(
+            reporters.contains(&node),
+            "{node} never reported: {reporters:?}"
+        );
+    }
+
+    let samples = scrape(&server).await;
+    let labels = |target| [("mesh", "apps"), ("node", "front"), ("target", target)];
+    let scraped_v1 = sample(&samples, "weft_edge_requests_per_second", &labels("v1")).unwrap();
+    let scraped_v2 = sample(&samples, "weft_edge_requests_per_second", &labels("v2")).unwrap();
+    assert!(
+        scraped_v1 > scraped_v2 * 2.0,
+        "{scraped_v1} vs {scraped_v2}"
+    );
+    assert!(sample(&samples, "weft_edge_error_ratio", &labels("v2")).unwrap() > 0.95);
+    assert_eq!(
+        sample(&samples, "weft_edge_error_ratio", &labels("v1")),
+        Some(0.0)
+    );
+    let mut p99 = labels("v1").to_vec();
+    p99.push(("quantile", "0.99"));
+    assert!(sample(&samples, "weft_edge_latency_seconds", &p99).is_some());
+}
