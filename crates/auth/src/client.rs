@@ -190,6 +190,22 @@ pub async fn exchange(
     body: Option<Vec<u8>>,
     creds: Option<&ClientCredentials>,
 ) -> Result<Answer, AuthError> {
+    let json = [(http::header::CONTENT_TYPE.as_str(), "application/json")];
+    let headers: &[(&str, &str)] = if body.is_some() { &json } else { &[] };
+    exchange_as("weft", base, method, path, headers, body, creds).await
+}
+
+/// Like [`exchange`], for any of the server's APIs: signed for `service` (`appmesh`,
+/// `servicediscovery`, `weft`) with `headers` (a body's content type included) sent and signed.
+pub async fn exchange_as(
+    service: &str,
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+    creds: Option<&ClientCredentials>,
+) -> Result<Answer, AuthError> {
     if base.starts_with("https://") {
         return Err(AuthError::Client(
             "--server must be an http:// address (the API listener speaks plain HTTP)".into(),
@@ -202,20 +218,19 @@ pub async fn exchange(
     let unreachable = |e: &dyn std::fmt::Display| {
         AuthError::Client(format!("cannot reach the server at {authority}: {e}"))
     };
-    let has_body = body.is_some();
     let body = body.unwrap_or_default();
     let mut request = http::Request::builder()
         .method(method)
         .uri(format!("http://{authority}{path}"))
         .header(http::header::HOST, &authority);
-    if has_body {
-        request = request.header(http::header::CONTENT_TYPE, "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
     }
     let mut request = request
         .body(Full::new(Bytes::from(body.clone())))
         .map_err(|e| AuthError::Client(format!("building the request: {e}")))?;
     if let Some(creds) = creds {
-        sign_request(&mut request, &body, creds, "weft", SystemTime::now())?;
+        sign_request(&mut request, &body, creds, service, SystemTime::now())?;
     }
     // HTTP/1.1 sends the path alone as the request target.
     let (mut parts, body) = request.into_parts();

@@ -10,6 +10,7 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod backup;
 mod dashboard;
 mod demo;
 mod proxy_status;
@@ -41,6 +42,12 @@ enum Command {
     /// Print the URL of the live dashboard with a one-time login token (asked of the control
     /// plane with the administrator's credentials, as `weft proxy-status` does).
     Dashboard(dashboard::DashboardArgs),
+    /// Write every App Mesh and Cloud Map resource of a control plane (specs, tags, instances)
+    /// as one JSON document, in the order a restore creates them.
+    Backup(backup::BackupArgs),
+    /// Create every resource of a backup that a control plane lacks; refuses, before writing
+    /// anything, if any exists with a different definition.
+    Restore(backup::RestoreArgs),
     /// Create, list and revoke the join tokens proxies prove who they are with the first
     /// time they ask the control plane's CA for a certificate.
     JoinToken(weft_ca::cli::JoinTokenArgs),
@@ -231,6 +238,8 @@ fn main() -> Result<()> {
             Command::Agent(args) => agent(*args).await,
             Command::ProxyStatus(args) => proxy_status::run(args).await,
             Command::Dashboard(args) => dashboard::run(args).await,
+            Command::Backup(args) => backup::backup(args).await,
+            Command::Restore(args) => backup::restore(args).await,
             Command::JoinToken(args) => Ok(weft_ca::cli::run(args).await?),
             Command::AccessKey(args) => Ok(weft_auth::cli::run(args).await?),
             Command::SampleApp(args) => {
