@@ -13,6 +13,11 @@ use std::time::Duration;
 
 use common::mesh::{agent_with_env, free_port, sample_app, wait_until, Agent, Proc};
 use common::WeftServer;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::metrics::v3::stream_metrics_message::Identifier;
+use envoy_types::pb::envoy::service::metrics::v3::StreamMetricsMessage;
+use envoy_types::pb::io::prometheus::client::{Counter, Metric, MetricFamily, MetricType};
+use prost::Message;
 use serde_json::Value;
 use weft_test_support::sdk::MeshApi;
 use weft_test_support::spec::{MeshSpec, NodeSpec, RouteSpec, RouterSpec, ServiceSpec};
@@ -259,4 +264,175 @@ async fn a_75_25_route_gives_two_edges_three_to_one_and_the_backend_answering_50
     let mut p99 = labels("v1").to_vec();
     p99.push(("quantile", "0.99"));
     assert!(sample(&samples, "weft_edge_latency_seconds", &p99).is_some());
+}
+
+/// A gRPC codec that sends bytes as they are, to put garbage on the wire.
+#[derive(Default, Clone, Copy)]
+struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
+}
+
+/// One StreamMetrics call to the xDS port carrying `messages` as they are: the server's answer.
+async fn stream_metrics(xds: &str, messages: Vec<Vec<u8>>) -> Result<(), tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{xds}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static(
+        "/envoy.service.metrics.v3.MetricsService/StreamMetrics",
+    );
+    grpc.client_streaming(
+        tonic::Request::new(futures::stream::iter(messages)),
+        path,
+        Raw,
+    )
+    .await
+    .map(|_| ())
+}
+
+fn counter(name: &str, value: f64) -> MetricFamily {
+    MetricFamily {
+        name: Some(name.into()),
+        r#type: Some(MetricType::Counter as i32),
+        metric: vec![Metric {
+            counter: Some(Counter {
+                value: Some(value),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn identified(node: &str, metrics: Vec<MetricFamily>) -> Vec<u8> {
+    StreamMetricsMessage {
+        identifier: Some(Identifier {
+            node: Some(Node {
+                id: node.into(),
+                ..Default::default()
+            }),
+        }),
+        envoy_metrics: metrics,
+    }
+    .encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_unknown_names_and_absurd_values_on_the_metrics_stream_are_counted_drops_and_real_stats_keep_flowing(
+) {
+    let server = WeftServer::start();
+    let api = MeshApi::create(&server.client(), "apps", MeshSpec::new()).await;
+    let (_app, app_port) = sample_app("back");
+    let back_port = free_port();
+    api.node("back", NodeSpec::http("127.0.0.1", back_port))
+        .await;
+    api.service("back.apps.local", ServiceSpec::by_node("back"))
+        .await;
+    api.node("front", NodeSpec::client(&["back.apps.local"]))
+        .await;
+
+    // Bytes that are no protobuf: the stream breaks, counted.
+    let garbage = stream_metrics(&server.xds_addr, vec![vec![0xff; 64]]).await;
+    assert!(garbage.is_err(), "{garbage:?}");
+    // A stream naming no proxy, or one that is no virtual node or gateway: refused.
+    let anonymous = StreamMetricsMessage::default().encode_to_vec();
+    let refused = stream_metrics(&server.xds_addr, vec![anonymous]).await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::InvalidArgument);
+    let stranger = identified("mesh/apps/route/nope", vec![]);
+    let refused = stream_metrics(&server.xds_addr, vec![stranger]).await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::InvalidArgument);
+    // An identified proxy with absurd values and names nobody knows: each bad series dropped,
+    // the stream carries on.
+    let c = "cluster.cds_egress_apps_back_http_80";
+    let absurd = identified(
+        "mesh/apps/virtualNode/front",
+        vec![
+            counter(&format!("{c}.upstream_rq_total"), f64::NAN),
+            counter(&format!("{c}.upstream_rq_total"), 1e300),
+            counter(&format!("{c}.upstream_rq_5xx"), -5.0),
+            counter(
+                "cluster.cds_egress_apps_ghost_smtp_x.upstream_rq_total",
+                3.0,
+            ),
+            counter("no.such.stat", 1.0),
+        ],
+    );
+    stream_metrics(&server.xds_addr, vec![absurd, vec![0x08, 0x96, 0x01]])
+        .await
+        .ok();
+
+    // Real Envoys still report, and the server serves.
+    let _back = fast_agent(&server, "back", &[(back_port, app_port)]);
+    let front = fast_agent(&server, "front", &[]);
+    wait_until(Duration::from_secs(30), || {
+        front
+            .get("back.apps.local", "/", &[])
+            .is_ok_and(|(s, b)| s == 200 && b.contains("back"))
+    });
+    for _ in 0..20 {
+        assert_eq!(front.get("back.apps.local", "/", &[]).unwrap().0, 200);
+    }
+    let mut seen = 0.0;
+    for _ in 0..100 {
+        seen = requests_seen(edge(&traffic(&server).await, "front", "back"));
+        if seen >= 20.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(seen >= 20.0, "front→back carried {seen} requests");
+    let samples = scrape(&server).await;
+    let dropped = |reason| {
+        sample(
+            &samples,
+            "weft_traffic_dropped_total",
+            &[("reason", reason)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(dropped("malformed") >= 1.0, "{samples:?}");
+    assert!(dropped("refused") >= 2.0);
+    assert!(dropped("bad_value") >= 3.0);
+    assert!(dropped("unknown_cluster") >= 1.0);
+    assert_eq!(server.health().await.0, 200);
 }
