@@ -9,7 +9,7 @@
 //! service, a virtual service to its provider (router or node), a router's route to each of its
 //! weighted targets (labelled with its share of the route's weight, e.g. 75/25).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -277,27 +277,57 @@ fn add(into: &mut Live, rps: f64, error_rate: f64, p99: Option<f64>) {
     };
 }
 
-/// Places the traffic snapshot's edges on the graph: a route's edge gets its route and target's
-/// traffic, a backend edge the traffic its node sent to that service, a provider edge the
-/// traffic the service carried, a gateway route's edge its gateway's traffic to the service; a
-/// virtual node gets what it received. Anything over `threshold` is failing.
+/// The graph edges a request from `source` to the virtual node `target` went through: the
+/// source's backend (or gateway route) to a virtual service, the service's provider, and the
+/// router's route to the target when a router provides it. Narrowed to the service and route
+/// when the traffic names them; Envoy's cluster stats name only the target, so when several
+/// services lead to it, each path gets the traffic (an upper bound for each).
+fn paths<'a>(
+    out: &HashMap<&'a str, Vec<&'a GraphEdge>>,
+    source: &str,
+    target: &str,
+    service: Option<&str>,
+    route: Option<(&str, &str)>,
+) -> BTreeSet<&'a str> {
+    let mut ids = BTreeSet::new();
+    let target_id = node_id("vn", target);
+    for first in out.get(source).into_iter().flatten() {
+        if !matches!(first.kind, "backend" | "gatewayRoute") {
+            continue;
+        }
+        if service.is_some_and(|vs| first.target != node_id("vs", vs)) {
+            continue;
+        }
+        for provider in out.get(first.target.as_str()).into_iter().flatten() {
+            if provider.target == target_id {
+                ids.extend([first.id.as_str(), provider.id.as_str()]);
+                continue;
+            }
+            for hop in out.get(provider.target.as_str()).into_iter().flatten() {
+                let named = route.is_none_or(|(router, name)| {
+                    provider.target == node_id("vr", router) && hop.route.as_deref() == Some(name)
+                });
+                if hop.kind == "route" && hop.target == target_id && named {
+                    ids.extend([first.id.as_str(), provider.id.as_str(), hop.id.as_str()]);
+                }
+            }
+        }
+    }
+    ids
+}
+
+/// Places the traffic snapshot's edges on the graph: each edge of the way a request took (see
+/// [`paths`]) gets its rps, error rate and p99, summed over the traffic crossing it; a virtual
+/// node gets what it received. Anything over `threshold` is failing.
 pub fn live(graph: &Graph, traffic: &TrafficView, threshold: f64) -> LiveFigures {
     let mut figures = LiveFigures {
         threshold,
         ..LiveFigures::default()
     };
-    let by_id: std::collections::HashSet<&str> =
-        graph.edges.iter().map(|e| e.id.as_str()).collect();
-    let mut put = |id: String, e: &crate::traffic::TrafficEdge| {
-        if by_id.contains(id.as_str()) {
-            add(
-                figures.edges.entry(id).or_default(),
-                e.rps,
-                e.error_rate,
-                e.p99_ms,
-            );
-        }
-    };
+    let mut out: HashMap<&str, Vec<&GraphEdge>> = HashMap::new();
+    for e in &graph.edges {
+        out.entry(e.source.as_str()).or_default().push(e);
+    }
     for e in traffic.edges_of(&graph.mesh) {
         let EdgeKey {
             source_code,
@@ -306,33 +336,23 @@ pub fn live(graph: &Graph, traffic: &TrafficView, threshold: f64) -> LiveFigures
             route,
             target,
         } = e.key();
-        if let (Some((router, route)), Some(target)) = (&route, &target) {
-            put(format!("r:{router}/{route}>{target}"), e);
-        }
-        if let Some(vs) = &service {
-            if source_code == "vg" {
-                if let Some((_, route)) = &route {
-                    put(format!("g:{source}/{route}>{vs}"), e);
-                }
-            } else {
-                put(format!("b:{source}>{vs}"), e);
-            }
-            for provider in graph
-                .edges
-                .iter()
-                .filter(|g| g.kind == "provider" && g.source == node_id("vs", vs))
-            {
-                put(provider.id.clone(), e);
-            }
-        }
-        if let Some(target) = &target {
+        let Some(target) = target else { continue };
+        let source = node_id(source_code, &source);
+        let route = route.as_ref().map(|(r, n)| (r.as_str(), n.as_str()));
+        for id in paths(&out, &source, &target, service.as_deref(), route) {
             add(
-                figures.nodes.entry(node_id("vn", target)).or_default(),
+                figures.edges.entry(id.to_string()).or_default(),
                 e.rps,
                 e.error_rate,
                 e.p99_ms,
             );
         }
+        add(
+            figures.nodes.entry(node_id("vn", &target)).or_default(),
+            e.rps,
+            e.error_rate,
+            e.p99_ms,
+        );
     }
     for l in figures.edges.values_mut().chain(figures.nodes.values_mut()) {
         l.failing = l.rps > 0.0 && l.error_rate > threshold;
@@ -407,6 +427,37 @@ mod tests {
             kinds,
             ["backend", "route", "route", "provider", "gatewayRoute"]
         );
+    }
+
+    #[test]
+    fn traffic_naming_only_its_target_is_placed_on_the_way_there() {
+        let graph = build("apps", &demo_mesh());
+        let traffic = TrafficView::from_json(&json!({"window_seconds": 60, "edges": [
+            {"mesh": "apps", "source": {"kind": "virtualNode", "name": "front"},
+             "virtual_service": null, "route": null,
+             "target": {"kind": "virtualNode", "name": "red"}, "rps": 2.0, "error_rate": 1.0,
+             "p50_ms": 1.0, "p90_ms": 2.0, "p99_ms": 3.0, "history": []},
+            {"mesh": "apps", "source": {"kind": "virtualGateway", "name": "ingress"},
+             "virtual_service": null, "route": null,
+             "target": {"kind": "virtualNode", "name": "blue"}, "rps": 6.0, "error_rate": 0.0,
+             "p50_ms": 1.0, "p90_ms": 2.0, "p99_ms": 4.0, "history": []}
+        ], "proxies": []}));
+        let live = live(&graph, &traffic, 0.05);
+        let ids: Vec<&str> = live.edges.keys().map(String::as_str).collect();
+        assert_eq!(
+            ids,
+            [
+                "b:front>color.apps.local",
+                "g:ingress/to-color>color.apps.local",
+                "p:color.apps.local>vr:color",
+                "r:color/split>blue",
+                "r:color/split>red"
+            ]
+        );
+        assert!(live.edges["r:color/split>red"].failing);
+        assert!(!live.edges["r:color/split>blue"].failing);
+        assert_eq!(live.edges["p:color.apps.local>vr:color"].rps, 8.0);
+        assert!((live.edges["p:color.apps.local>vr:color"].error_rate - 0.25).abs() < 1e-9);
     }
 
     #[test]

@@ -341,3 +341,145 @@ async fn a_500_node_mesh_renders() {
     assert_eq!(browser.page_errors().await, Vec::<String>::new());
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_traffic_shows_on_the_edges_and_a_backend_answering_500s_turns_its_edge_red() {
+    use common::mesh::{agent_with_env, failing_app, free_port, sample_app, wait_until};
+    let server = WeftServer::start();
+    let api = MeshApi::create(&server.client(), "apps", MeshSpec::new()).await;
+    let (_blue_app, blue_app_port) = sample_app("blue");
+    let red_app_port = failing_app();
+    let (blue_port, red_port) = (free_port(), free_port());
+    api.node("blue", NodeSpec::http("127.0.0.1", blue_port))
+        .await;
+    api.node("red", NodeSpec::http("127.0.0.1", red_port)).await;
+    api.router("colors", RouterSpec::http(8080)).await;
+    api.route(
+        "colors",
+        "split",
+        RouteSpec::split(&[("blue", 75), ("red", 25)]),
+    )
+    .await;
+    api.service(COLORS, ServiceSpec::by_router("colors")).await;
+    api.node("front", NodeSpec::client(&[COLORS])).await;
+    // Envoys flushing their stats every second (App Mesh's variable), so the page sees traffic
+    // within seconds.
+    let agent = |node: &str, ports: &[(u16, u16)]| {
+        agent_with_env(
+            &server.xds_addr,
+            &format!("mesh/apps/virtualNode/{node}"),
+            ports,
+            "sotw",
+            &[("ENVOY_STATS_FLUSH_INTERVAL", "1s")],
+        )
+    };
+    let _blue = agent("blue", &[(blue_port, blue_app_port)]);
+    let _red = agent("red", &[(red_port, red_app_port)]);
+    let front = agent("front", &[]);
+    wait_until(Duration::from_secs(30), || {
+        front
+            .get(COLORS, "/", &[])
+            .is_ok_and(|(s, b)| s == 200 && b.contains("blue"))
+    });
+    // A steady load through front's Envoy: 50 requests a second, for at most 60 s.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let port = front.egress_port;
+        std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(60);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+                let _ = common::mesh::http_get(port, COLORS, "/");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+
+    let browser = Browser::start(1400, 900).await;
+    browser.client.goto(&dashboard_url(&server)).await.unwrap();
+    let (_, took) = browser
+        .wait_for(
+            Duration::from_secs(40),
+            "const cy = window.weftDashboard && window.weftDashboard.cy; if (!cy) return false; \
+             const red = cy.getElementById('r:colors/split>red'), \
+                   blue = cy.getElementById('r:colors/split>blue'); \
+             return red.hasClass('failing') && !blue.hasClass('failing') \
+                 && (blue.data('live') || {}).rps > 0;",
+        )
+        .await;
+    println!("the failing backend's edge turned red {took:?} after the page opened");
+    let labels = browser.eval(EDGE_LABELS).await;
+    println!("edges: {labels:#}");
+    let blue = labels["r:colors/split>blue"].as_str().unwrap();
+    assert!(
+        blue.starts_with("split 75% · ") && blue.contains(" rps · 0.0% err · p99 "),
+        "{blue}"
+    );
+    assert!(
+        labels["r:colors/split>red"]
+            .as_str()
+            .unwrap()
+            .contains("100% err"),
+        "{labels}"
+    );
+    // front's call to the service carries both, a quarter failing: over the 5% threshold.
+    let backend = browser
+        .eval("return window.weftDashboard.cy.getElementById('b:front>colors.apps.local').hasClass('failing');")
+        .await;
+    assert_eq!(backend, true);
+    let shot = artifacts().join("live-traffic.png");
+    browser.screenshot(&shot).await;
+    println!("screenshot: {}", shot.display());
+
+    // The proxies: each Envoy with the versions it ACKed, and the config front holds.
+    browser
+        .eval("document.querySelector('nav button[data-tab=proxies]').click(); return null;")
+        .await;
+    let (rows, _) = browser
+        .wait_for(
+            Duration::from_secs(5),
+            "const rows = [...document.querySelectorAll('#proxy-list tbody tr')] \
+               .map(tr => [...tr.children].map(td => td.textContent)); \
+             return rows.length >= 3 && rows;",
+        )
+        .await;
+    let rows: Vec<Vec<String>> = serde_json::from_value(rows).unwrap();
+    for node in ["front", "blue", "red"] {
+        let row = rows
+            .iter()
+            .find(|r| r[0] == format!("mesh/apps/virtualNode/{node}"))
+            .unwrap_or_else(|| panic!("no row for {node}: {rows:?}"));
+        // CDS, LDS and RDS ACKed (EDS only where a cluster's endpoints come from Weft), no
+        // NACK.
+        assert!(
+            [&row[2], &row[4], &row[5]].iter().all(|v| *v != "-"),
+            "{row:?}"
+        );
+        assert_eq!(row[6], "0", "{row:?}");
+    }
+    browser
+        .eval(
+            "[...document.querySelectorAll('#proxy-list tbody tr')] \
+               .find(tr => tr.children[0].textContent === 'mesh/apps/virtualNode/front').click(); \
+             return null;",
+        )
+        .await;
+    let (config, _) = browser
+        .wait_for(
+            Duration::from_secs(5),
+            "const t = document.querySelector('#proxy-config').textContent; \
+             return t.includes('== Cluster') && t;",
+        )
+        .await;
+    let config = config.as_str().unwrap();
+    assert!(config.contains("== Listener"), "{config}");
+    assert!(config.contains("colors.apps.local"), "{config}");
+    assert!(!config.contains("== Secret"), "{config}");
+    let shot = artifacts().join("proxies.png");
+    browser.screenshot(&shot).await;
+    println!("screenshot: {}", shot.display());
+    assert_eq!(browser.page_errors().await, Vec::<String>::new());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join().unwrap();
+    browser.close().await;
+}

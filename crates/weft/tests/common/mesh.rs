@@ -174,3 +174,35 @@ pub fn request(
     let response = weft_test_support::http::exchange_blocking(port, method, host, path, headers)?;
     Ok((response.status, response.body))
 }
+
+/// A backend in trouble: an HTTP/1.1 server on a free port answering every request `500`,
+/// keeping connections open as Envoy expects; it runs until the test process ends.
+pub fn failing_app() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    // GET requests without bodies: one answer per header block.
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer = b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 5\r\n\r\nfail\n";
+                        if conn.write_all(answer).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
