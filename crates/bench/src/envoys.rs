@@ -1,7 +1,10 @@
 //! `weft-bench envoys`: real Envoys (each under a `weft agent`,
 //! `--concurrency 1`) connected to a real `weft server`; the time from an
 //! UpdateRoute write until the last Envoy ACKed the new route configuration,
-//! as the server's `GET /weft/v1/proxy-status` reports it.
+//! as the server's `GET /weft/v1/proxy-status` reports it; and the server's own
+//! convergence histogram (`weft_proxy_convergence_time_seconds` in `/metrics`,
+//! scraped before and after the changes) beside each Envoy's convergence seen
+//! from outside, p99 against p99.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,6 +19,7 @@ use crate::appmesh;
 use crate::load::Api;
 use crate::machine::{self, ms, quantile, CpuMark};
 use crate::procs::{self, Agent};
+use crate::promhist;
 use crate::server::{self, Server};
 
 const MESH: &str = "envoys";
@@ -56,6 +60,8 @@ struct Acked {
     settled: bool,
     /// When the server received its latest ACK of any type (epoch seconds).
     last_ack: f64,
+    /// When the server received its latest ACK of a RouteConfiguration (epoch seconds).
+    rds_acked_at: Option<f64>,
 }
 
 /// RDS ACKed version, "fully ACKed" and the latest ACK's time per connected
@@ -81,12 +87,14 @@ async fn rds_versions(api: &Api) -> Result<HashMap<String, Acked>> {
             .flat_map(|t| t.values())
             .filter_map(|v| v["ackedAt"].as_f64())
             .fold(0.0, f64::max);
+        let rds_acked_at = types["RouteConfiguration"]["ackedAt"].as_f64();
         out.insert(
             node,
             Acked {
                 rds,
                 settled,
                 last_ack,
+                rds_acked_at,
             },
         );
     }
@@ -184,6 +192,10 @@ pub async fn run(args: EnvoysArgs) -> Result<()> {
         .saturating_sub(idle_start.1)
         .as_secs_f64()
         / idle_start.0.elapsed().as_secs_f64();
+    let histogram0 = convergence_histogram(&api).await?;
+    // Each Envoy's own convergence, seen from outside: its RouteConfiguration ACK's stamp
+    // minus the write's start, for every change.
+    let mut per_envoy = Vec::new();
     let cpu0 = CpuMark::now(server.pid());
     let fleet0 = fleet_cpu(&agents);
     let loop_start = Instant::now();
@@ -218,6 +230,12 @@ pub async fn run(args: EnvoysArgs) -> Result<()> {
                 // The server stamped every ACK as it arrived (same clock):
                 // the last one ends the change, whenever this poll saw it.
                 samples.push(Duration::from_secs_f64((last_ack - t0_wall).max(0.0)));
+                for node in &nodes {
+                    let id = format!("mesh/{MESH}/virtualNode/{node}");
+                    if let Some(at) = now.get(&id).and_then(|a| a.rds_acked_at) {
+                        per_envoy.push(Duration::from_secs_f64((at - t0_wall).max(0.0)));
+                    }
+                }
                 break;
             }
             if t0.elapsed() > Duration::from_secs(30) {
@@ -232,6 +250,8 @@ pub async fn run(args: EnvoysArgs) -> Result<()> {
     }
     let cpu1 = CpuMark::now(server.pid());
     let fleet1 = fleet_cpu(&agents);
+    let histogram = promhist::delta(&histogram0, &convergence_histogram(&api).await?);
+    per_envoy.sort();
     let loop_secs = loop_start.elapsed().as_secs_f64();
     server.check_alive()?;
     let nacks: u64 = agents.iter().map(|a| a.stat_sum("update_rejected")).sum();
@@ -310,6 +330,40 @@ pub async fn run(args: EnvoysArgs) -> Result<()> {
         fleet_ms / cores
     );
     println!();
+    let observed = histogram.last().map_or(0.0, |(_, c)| *c);
+    let outside = quantile(&per_envoy, 0.99);
+    match promhist::quantile(0.99, &histogram) {
+        Some(inside) => {
+            let ratio = inside / outside.as_secs_f64().max(f64::MIN_POSITIVE);
+            let (low, high) = bucket_around(&histogram, inside);
+            println!(
+                "convergence histogram: weft_proxy_convergence_time_seconds in /metrics, scraped \
+                 before and after the changes: {observed:.0} observations ({} Envoys x {} changes = \
+                 {}), p99 {:.1} ms (histogram_quantile's interpolation, within its bucket \
+                 ({:.0}, {:.0}] ms); from outside, each Envoy's RouteConfiguration ACK stamp minus \
+                 the write's start: {} samples, p99 {} ms; histogram / outside = {ratio:.2} \
+                 (goal: within 10%: {})",
+                count,
+                samples.len(),
+                count * samples.len(),
+                inside * 1000.0,
+                low * 1000.0,
+                high * 1000.0,
+                per_envoy.len(),
+                ms(outside),
+                if (ratio - 1.0).abs() <= 0.10 {
+                    "met"
+                } else {
+                    "MISSED"
+                }
+            );
+        }
+        None => println!(
+            "convergence histogram: no weft_proxy_convergence_time_seconds observation between \
+             the scrapes (is the weft binary older than weft-bench?)"
+        ),
+    }
+    println!();
     println!(
         "Time: from sending UpdateRoute until the server received the last ACK of the change \
          (its `ackedAt` stamps in GET /weft/v1/proxy-status, polled every {} ms until every \
@@ -324,6 +378,28 @@ pub async fn run(args: EnvoysArgs) -> Result<()> {
     drop(agents);
     drop(server);
     Ok(())
+}
+
+/// The buckets of `weft_proxy_convergence_time_seconds` in the server's `/metrics` now.
+async fn convergence_histogram(api: &Api) -> Result<Vec<(f64, f64)>> {
+    let body = api.call_ok(Method::GET, "/metrics", None).await?;
+    let text = std::str::from_utf8(&body).context("/metrics is not UTF-8")?;
+    Ok(promhist::buckets(
+        text,
+        "weft_proxy_convergence_time_seconds",
+    ))
+}
+
+/// The bounds of the histogram's bucket holding `value`.
+fn bucket_around(buckets: &[(f64, f64)], value: f64) -> (f64, f64) {
+    let mut low = 0.0;
+    for (bound, _) in buckets {
+        if value <= *bound {
+            return (low, *bound);
+        }
+        low = *bound;
+    }
+    (low, f64::INFINITY)
 }
 
 /// Summed RSS (KiB) of the children of `pid` (the agent's Envoy).

@@ -39,8 +39,10 @@ mod machine;
 mod mtls;
 mod openloop;
 mod procs;
+mod promhist;
 mod scoping;
 mod server;
+mod telemetry;
 mod xds_scale;
 
 use std::path::{Path, PathBuf};
@@ -91,6 +93,9 @@ enum Command {
     /// through the server's HTTP API, as agents use it) and the cost of a
     /// rotation wave of simulated agents to the server and to other clients.
     Ca(ca::CaArgs),
+    /// Envoy's CPU with App Mesh's telemetry switches (stats tags, DogStatsD, X-Ray tracing)
+    /// on and off, two pairs under the same open-loop load in one run.
+    Telemetry(telemetry::TelemetryArgs),
 }
 
 #[derive(clap::Args)]
@@ -626,6 +631,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::XdsScale(args) => runtime()?.block_on(xds_scale::run(args)),
         Command::Envoys(args) => runtime()?.block_on(envoys::run(args)),
+        Command::Telemetry(args) => runtime()?.block_on(telemetry::run(args)),
         Command::Compaction(args) => runtime()?.block_on(compaction::run(args)),
         Command::Abuse(args) => runtime()?.block_on(abuse::run(args)),
         Command::Ca(args) => runtime()?.block_on(ca::run(args)),

@@ -94,6 +94,74 @@ fn envoys_runs() {
         "50",
     ]);
     assert!(out.contains("p99 <= 50 ms"), "{out}");
+    // The server's histogram beside the Envoys' convergence seen from outside.
+    assert!(
+        out.contains("convergence histogram: weft_proxy_convergence_time_seconds"),
+        "{out}"
+    );
+}
+
+#[test]
+fn telemetry_runs_both_pairs_and_the_telemetry_pair_sends_to_its_sinks() {
+    let out = bench(&[
+        "telemetry",
+        "--rate",
+        "50",
+        "--warmup",
+        "0.2",
+        "--duration",
+        "1",
+        "--flush-interval",
+        "0.2s",
+        "--xray-sampling-rate",
+        "1.00",
+    ]);
+    let pair = |label: &str| -> Vec<String> {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{label} ")))
+            .unwrap_or_else(|| panic!("no {label} row:\n{out}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    for label in ["off", "on"] {
+        assert_eq!(pair(label)[2], "0", "failed requests of {label}:\n{out}");
+    }
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("telemetry on / off"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(!summary.contains(" 0 DogStatsD"), "{out}");
+    assert!(!summary.contains(" 0 X-Ray"), "{out}");
+}
+
+#[test]
+fn api_replays_presigned_requests_without_an_error() {
+    let out = bench(&[
+        "api",
+        "--nodes",
+        "10",
+        "--concurrency",
+        "2",
+        "--warmup",
+        "0.1",
+        "--duration",
+        "0.3",
+        "--phases",
+        "describe,create",
+        "--compare-signing",
+        "--presigned",
+        "50",
+    ]);
+    assert!(out.contains("prepared:"), "{out}");
+    for op in ["DescribeVirtualNode", "CreateVirtualNode"] {
+        let rows: Vec<&str> = out.lines().filter(|l| l.starts_with(op)).collect();
+        assert_eq!(rows.len(), 3, "{op}:\n{out}");
+        for row in &rows[..2] {
+            let cells: Vec<&str> = row.split_whitespace().collect();
+            assert_eq!(cells[5], "0", "failed requests of {op}:\n{out}");
+        }
+    }
 }
 
 #[test]
