@@ -45,7 +45,7 @@ fn rebuilds(agent: &Agent) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_envoy_given_two_control_planes_fails_over_without_a_failed_request_or_a_rebuilt_listener(
 ) {
-    let mut servers = vec![Some(WeftServer::start()), Some(WeftServer::start())];
+    let mut servers = [Some(WeftServer::start()), Some(WeftServer::start())];
     let xds = format!(
         "{},{}",
         servers[0].as_ref().unwrap().xds_addr,
