@@ -31,11 +31,12 @@ function edgeLabel(e, live) {
   const parts = [];
   if (e.kind === "route" && e.percent != null) parts.push(`${e.route} ${e.percent}%`);
   if (e.kind === "gatewayRoute") parts.push(e.route);
-  if (live && live.rps > 0) {
-    parts.push(`${fmt(live.rps)} rps`, `${fmt(live.error_rate * 100)}% err`);
-    if (live.p99_ms != null) parts.push(`p99 ${fmt(live.p99_ms)} ms`);
-  }
-  return parts.join(" · ");
+  const head = parts.join(" ");
+  if (!live || !(live.rps > 0)) return head;
+  // "≤": Envoy's stats do not say which of several routes to this node a request matched.
+  const figures = [`${live.shared ? "≤" : ""}${fmt(live.rps)} rps`, `${fmt(live.error_rate * 100)}% err`];
+  if (live.p99_ms != null) figures.push(`p99 ${fmt(live.p99_ms)} ms`);
+  return head ? `${head}\n${figures.join(" · ")}` : figures.join(" · ");
 }
 
 function nodeLabel(n, live) {
@@ -55,7 +56,7 @@ function makeGraph() {
       { selector: "node[kind = 'virtualNode']", style: { shape: "ellipse", "background-color": "#1d8102" } },
       { selector: "node[kind = 'virtualGateway']", style: { shape: "hexagon", "background-color": "#ff9900" } },
       { selector: "node.failing", style: { "border-color": "#d13212", "border-width": 4 } },
-      { selector: "edge", style: { width: 2, "curve-style": "bezier", "target-arrow-shape": "triangle", "line-color": "#879596", "target-arrow-color": "#879596", label: "data(label)", "font-size": 10, "text-background-color": "#fff", "text-background-opacity": 0.85, "text-background-padding": 2, "text-rotation": "autorotate" } },
+      { selector: "edge", style: { width: 2, "curve-style": "bezier", "target-arrow-shape": "triangle", "line-color": "#879596", "target-arrow-color": "#879596", label: "data(label)", "font-size": 10, "text-background-color": "#fff", "text-background-opacity": 0.85, "text-background-padding": 2, "text-rotation": "autorotate", "text-wrap": "wrap", "control-point-step-size": 70 } },
       { selector: "edge[kind = 'route']", style: { "line-color": "#8c4fff", "target-arrow-color": "#8c4fff" } },
       { selector: "edge.busy", style: { width: 3 } },
       { selector: "edge.failing", style: { "line-color": "#d13212", "target-arrow-color": "#d13212", color: "#d13212", width: 4 } },
@@ -100,8 +101,10 @@ function applyGraph(graph, live) {
   });
   if (changed) {
     dashboard.layouts += 1;
-    cy.layout({ name: "dagre", rankDir: "LR", nodeSep: 18, rankSep: 140, animate: false }).run();
-    cy.fit(undefined, 30);
+    cy.layout({ name: "dagre", rankDir: "LR", nodeSep: 40, rankSep: 220, animate: false }).run();
+    cy.fit(undefined, 60);
+    // A small mesh is not blown up to the window's size.
+    if (cy.zoom() > 1.2) { cy.zoom(1.2); cy.center(); }
   }
   applyLive(live);
 }

@@ -75,6 +75,10 @@ pub struct Live {
     pub p99_ms: Option<f64>,
     /// Whether the error rate is over the dashboard's threshold.
     pub failing: bool,
+    /// Whether part of these figures may have gone another way: several routes lead to the same
+    /// node and Envoy's stats do not say which one a request matched (the figures are then an
+    /// upper bound).
+    pub shared: bool,
 }
 
 /// The whole graph of a mesh.
@@ -339,13 +343,12 @@ pub fn live(graph: &Graph, traffic: &TrafficView, threshold: f64) -> LiveFigures
         let Some(target) = target else { continue };
         let source = node_id(source_code, &source);
         let route = route.as_ref().map(|(r, n)| (r.as_str(), n.as_str()));
-        for id in paths(&out, &source, &target, service.as_deref(), route) {
-            add(
-                figures.edges.entry(id.to_string()).or_default(),
-                e.rps,
-                e.error_rate,
-                e.p99_ms,
-            );
+        let ids = paths(&out, &source, &target, service.as_deref(), route);
+        let routes = ids.iter().filter(|id| id.starts_with("r:")).count();
+        for id in ids {
+            let live = figures.edges.entry(id.to_string()).or_default();
+            add(live, e.rps, e.error_rate, e.p99_ms);
+            live.shared |= routes > 1 && id.starts_with("r:");
         }
         add(
             figures.nodes.entry(node_id("vn", &target)).or_default(),
@@ -456,8 +459,31 @@ mod tests {
         );
         assert!(live.edges["r:color/split>red"].failing);
         assert!(!live.edges["r:color/split>blue"].failing);
+        assert!(!live.edges["r:color/split>blue"].shared);
         assert_eq!(live.edges["p:color.apps.local>vr:color"].rps, 8.0);
         assert!((live.edges["p:color.apps.local>vr:color"].error_rate - 0.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn traffic_to_a_node_two_routes_lead_to_is_an_upper_bound_on_each() {
+        let mut mesh = demo_mesh();
+        mesh.push(res(
+            "rt",
+            Some("color"),
+            "canary",
+            json!({"httpRoute": {"action": {"weightedTargets": [
+            {"virtualNode": "blue", "weight": 1}]}}}),
+        ));
+        let graph = build("apps", &mesh);
+        let traffic = TrafficView::from_json(&json!({"edges": [
+            {"mesh": "apps", "source": {"kind": "virtualNode", "name": "front"},
+             "target": {"kind": "virtualNode", "name": "blue"}, "rps": 6.0, "error_rate": 0.0}
+        ]}));
+        let live = live(&graph, &traffic, 0.05);
+        assert!(live.edges["r:color/split>blue"].shared);
+        assert!(live.edges["r:color/canary>blue"].shared);
+        assert_eq!(live.edges["r:color/canary>blue"].rps, 6.0);
+        assert!(!live.edges["b:front>color.apps.local"].shared);
     }
 
     #[test]

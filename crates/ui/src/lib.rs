@@ -165,6 +165,13 @@ impl Dashboard {
             .with_state(self.clone())
     }
 
+    /// A new one-time login token, as the path that opens a session with it
+    /// (`/ui/?login=TOKEN`): for in-process callers such as `weft demo`.
+    pub fn login_path(&self) -> Result<String, UiError> {
+        let token = self.inner.sessions.issue_login(Instant::now())?;
+        Ok(format!("/ui/?login={token}"))
+    }
+
     pub(crate) fn store(&self) -> &SharedStore {
         &self.inner.store
     }
@@ -197,11 +204,12 @@ async fn require_session(
 }
 
 async fn create_session(State(ui): State<Dashboard>) -> Result<Response, UiError> {
-    let token = ui.inner.sessions.issue_login(Instant::now())?;
+    let path = ui.login_path()?;
+    let token = path.trim_start_matches("/ui/?login=");
     Ok(Json(serde_json::json!({
         "loginToken": token,
         "expiresInSeconds": session::LOGIN_TTL.as_secs(),
-        "path": format!("/ui/?login={token}"),
+        "path": path,
     }))
     .into_response())
 }

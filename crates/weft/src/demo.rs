@@ -15,6 +15,7 @@
 //!   netfilter front end): every process on this host's loopback, clients
 //!   sending to the front Envoy's egress port.
 
+mod load;
 mod transparent;
 
 use std::net::SocketAddr;
@@ -393,11 +394,9 @@ async fn explicit(args: DemoArgs, shutdown: impl std::future::Future<Output = ()
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        print_guide(
-            &args,
-            cp.api_addr,
-            &credentials_hint(cp.admin_credentials.as_deref()),
-        );
+        let credentials = credentials_hint(cp.admin_credentials.as_deref());
+        print_guide(&args, cp.api_addr, &credentials);
+        println!("\n{}", load::dashboard_lines(&cp, &credentials));
         if args.check {
             let mut red = 0;
             let mut blue = 0;
@@ -419,7 +418,7 @@ async fn explicit(args: DemoArgs, shutdown: impl std::future::Future<Output = ()
             }
             return Ok(());
         }
-        std::future::pending::<()>().await;
+        load::steady(|| http(args.egress_port, SERVICE, "/", &[])).await;
         Ok(())
     };
     // Ctrl-C or SIGTERM at any moment, setting up included, stops everything

@@ -135,6 +135,8 @@ pub struct ControlPlane {
     /// The AWS credentials file holding the administrator's key, if the server wrote one (on
     /// the first start of its store).
     pub admin_credentials: Option<PathBuf>,
+    /// The dashboard at /ui, for in-process callers (`weft demo` prints a login link).
+    pub dashboard: weft_ui::Dashboard,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -476,6 +478,7 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
                 weft_auth::Mode::Verify => "SigV4",
                 weft_auth::Mode::Insecure => "none (--insecure-no-auth)",
             },
+            traffic.clone(),
         ))
         .merge(weft_ca::http::router(ca.clone()))
         .merge(weft_auth::admin::router(auth.clone()))
@@ -530,6 +533,7 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
         xds_addr,
         dns_addr,
         admin_credentials,
+        dashboard,
         stop,
         tasks,
     })

@@ -193,6 +193,7 @@ async fn up(
     let authority = cp.ca.clone();
     let api = cp.api_addr;
     let credentials = super::credentials_hint(cp.admin_credentials.as_deref());
+    let dashboard = super::load::dashboard_lines(&cp, &credentials);
     *control_plane = Some(cp);
 
     let at = |i| (Lan::v4(i), APP_PORT);
@@ -246,10 +247,11 @@ async fn up(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     print_guide(args, front, api, &credentials);
+    println!("\n{dashboard}");
     if args.check {
         return check(front).await;
     }
-    std::future::pending::<()>().await;
+    super::load::steady(|| curl(front, 1, None)).await;
     Ok(())
 }
 
