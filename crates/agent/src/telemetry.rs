@@ -897,6 +897,9 @@ pub fn apply(config: &AgentConfig, root: &mut Value) {
     if telemetry.intake {
         sinks.push(intake_sink());
         if let Some(metadata) = root["node"]["metadata"].as_object_mut() {
+            // Translation adds the stats Weft reads (per-caller denials) only to proxies
+            // that stream them.
+            metadata.insert("weft.stats_intake".into(), true.into());
             metadata.insert(
                 FLUSH_INTERVAL_METADATA_KEY.into(),
                 interval

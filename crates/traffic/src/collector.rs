@@ -4,6 +4,8 @@
 //! - `weft_edge_requests_per_second{mesh, source_kind, node, virtual_service, router, route, target}`;
 //! - `weft_edge_error_ratio{…}`: 5xx and gRPC failures over requests, 0..1;
 //! - `weft_edge_latency_seconds{…, quantile}`: 0.5, 0.9 and 0.99 over the window;
+//! - `weft_authorization_denied_total{mesh, node, caller, mode}`: requests refused (ENFORCE)
+//!   or counted only (REPORT) by a node's RBAC filter, per caller;
 //! - `weft_traffic_dropped{reason}`: reports or series not taken, since the start;
 //! - `weft_traffic_edges`, `weft_traffic_history_bytes`: the history's size.
 
@@ -97,6 +99,28 @@ impl Collector for TrafficCollector {
                 with_q.push(("quantile", q));
                 ConstGauge::new(ms / 1000.0).encode(latency.encode_family(&with_q)?)?;
             }
+        }
+        let mut denied = encoder.encode_descriptor(
+            "authorization_denied",
+            "Requests a node's RBAC filter refused (mode ENFORCE) or would have (REPORT), by caller",
+            None,
+            MetricType::Counter,
+        )?;
+        let mut by_node: std::collections::BTreeMap<(String, String, String, &str), u64> =
+            Default::default();
+        for d in self.store.denials() {
+            *by_node
+                .entry((d.mesh, d.node.name, d.caller, d.mode))
+                .or_default() += d.count;
+        }
+        for ((mesh, node, caller, mode), n) in &by_node {
+            let labels = [
+                ("mesh", mesh.as_str()),
+                ("node", node.as_str()),
+                ("caller", caller.as_str()),
+                ("mode", *mode),
+            ];
+            ConstCounter::new(*n).encode(denied.encode_family(&labels)?)?;
         }
         let drops = self.store.drops();
         let mut dropped = encoder.encode_descriptor(

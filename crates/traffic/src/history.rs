@@ -2,7 +2,7 @@
 //! virtual node), one slot per `resolution` seconds holding the requests, the failures and the
 //! latency buckets the source's Envoys reported in it. Pure: time is an argument.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::parse::{quantile, Flush};
 use crate::snapshot::{
@@ -101,7 +101,30 @@ struct Edge {
 struct Proxy {
     source: Source,
     last_report: f64,
+    /// Authorization denials since the proxy first reported, by caller and whether enforced.
+    denials: BTreeMap<(String, bool), u64>,
 }
+
+/// The authorization denials one proxy counted, per caller.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DenialCount {
+    /// The proxy's mesh.
+    pub mesh: String,
+    /// The denying proxy's node or gateway.
+    pub node: ProxyRef,
+    /// The Envoy's node id.
+    pub proxy_id: String,
+    /// The caller: `virtualNode/<name>` or `virtualGateway/<name>` of the mesh, another
+    /// certificate's URI SAN, or `unauthenticated`.
+    pub caller: String,
+    /// `ENFORCE` (refused) or `REPORT` (would have been refused).
+    pub mode: &'static str,
+    /// Requests since the proxy first reported.
+    pub count: u64,
+}
+
+/// Callers counted at most per proxy.
+const MAX_CALLERS: usize = 1000;
 
 /// The history of every edge and proxy.
 #[derive(Debug, Default)]
@@ -165,11 +188,15 @@ impl History {
                     Proxy {
                         source: source.clone(),
                         last_report: now,
+                        denials: BTreeMap::new(),
                     },
                 );
                 interval
             }
         };
+        if !flush.denials.is_empty() {
+            self.count_denials(source, flush);
+        }
         let slot_t =
             now.max(0.0) as u64 / self.limits.resolution_seconds * self.limits.resolution_seconds;
         let window_start = now - self.limits.window_seconds as f64;
@@ -252,6 +279,62 @@ impl History {
         if now - self.last_sweep >= self.limits.resolution_seconds as f64 {
             self.sweep(now);
         }
+    }
+
+    fn count_denials(&mut self, source: &Source, flush: &Flush) {
+        let Some(proxy) = self.proxies.get_mut(&source.proxy_id) else {
+            return;
+        };
+        let mesh_part = format!("/mesh/{}/", source.mesh);
+        for denial in &flush.denials {
+            let caller = match denial.caller.as_str() {
+                "" | "-" => "unauthenticated".to_string(),
+                san => match san.split_once(mesh_part.as_str()) {
+                    Some((_, resource)) => resource.to_string(),
+                    None => san.to_string(),
+                },
+            };
+            let key = (caller, denial.enforced);
+            if !proxy.denials.contains_key(&key) && proxy.denials.len() >= MAX_CALLERS {
+                self.drops.over_limit += 1;
+                continue;
+            }
+            let n = proxy.denials.entry(key).or_default();
+            *n = n.saturating_add(denial.count);
+        }
+    }
+
+    /// Every proxy's authorization denials per caller, by mesh, node and proxy.
+    pub fn denials(&self) -> Vec<DenialCount> {
+        let mut out: Vec<DenialCount> = self
+            .proxies
+            .values()
+            .flat_map(|p| {
+                p.denials
+                    .iter()
+                    .map(|((caller, enforced), count)| DenialCount {
+                        mesh: p.source.mesh.clone(),
+                        node: ProxyRef {
+                            kind: p.source.kind,
+                            name: p.source.name.clone(),
+                        },
+                        proxy_id: p.source.proxy_id.clone(),
+                        caller: caller.clone(),
+                        mode: if *enforced { "ENFORCE" } else { "REPORT" },
+                        count: *count,
+                    })
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.mesh, &a.node, &a.proxy_id, &a.caller, a.mode).cmp(&(
+                &b.mesh,
+                &b.node,
+                &b.proxy_id,
+                &b.caller,
+                b.mode,
+            ))
+        });
+        out
     }
 
     /// Forgets idle edges and silent proxies.
@@ -470,6 +553,40 @@ mod tests {
         assert_eq!(v1.p50_ms, Some(3.0));
         assert_eq!(v1.history.len(), 6);
         assert_eq!(snap.proxies.len(), 1);
+    }
+
+    #[test]
+    fn denials_add_up_per_caller_named_by_its_mesh_resource() {
+        let mut h = History::new(Limits::default());
+        let red = Source {
+            name: "red".into(),
+            ..front("r-1")
+        };
+        let f = Flush {
+            denials: vec![
+                crate::parse::Denial {
+                    caller: "spiffe://weft.local/mesh/apps/virtualNode/rogue".into(),
+                    enforced: true,
+                    count: 2,
+                },
+                crate::parse::Denial {
+                    caller: "-".into(),
+                    enforced: true,
+                    count: 1,
+                },
+            ],
+            ..Flush::default()
+        };
+        h.ingest(&red, &f, 1_796_000_000.0, 10.0);
+        h.ingest(&red, &f, 1_796_000_010.0, 10.0);
+        let d = h.denials();
+        assert_eq!(d.len(), 2);
+        assert_eq!(
+            (d[0].caller.as_str(), d[0].count, d[0].mode),
+            ("unauthenticated", 2, "ENFORCE")
+        );
+        assert_eq!((d[1].caller.as_str(), d[1].count), ("virtualNode/rogue", 4));
+        assert_eq!(d[1].node.name, "red");
     }
 
     #[test]

@@ -19,7 +19,7 @@ mod snapshot;
 mod store;
 
 pub use error::TrafficError;
-pub use history::{Drops, Limits, Source};
+pub use history::{DenialCount, Drops, Limits, Source};
 pub use snapshot::{
     EdgeSnapshot, HistoryPoint, ProxyKind, ProxyRef, ProxySnapshot, RouteRef, TrafficSnapshot,
 };

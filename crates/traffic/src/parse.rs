@@ -44,11 +44,27 @@ pub struct ClusterFlush {
     pub latency: Option<Buckets>,
 }
 
+/// Requests the proxy's RBAC filter refused (or, report-only, would have) from one caller in
+/// one flush, as counted by the stats access logger translation adds
+/// (`weft_authz.denied.details.<details>.caller.<URI SAN>`,
+/// `weft_authz.shadow_denied.caller.<URI SAN>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The caller's certificate URI SAN (`-` when it presented none).
+    pub caller: String,
+    /// Refused (ENFORCE) rather than counted only (REPORT).
+    pub enforced: bool,
+    /// How many.
+    pub count: u64,
+}
+
 /// What one flush told.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Flush {
     /// By cluster name.
     pub clusters: BTreeMap<String, ClusterFlush>,
+    /// Authorization denials by caller.
+    pub denials: Vec<Denial>,
     /// Series dropped: a known name with the wrong type, a negative, non-finite or absurd
     /// value, a malformed histogram.
     pub dropped: u64,
@@ -61,6 +77,19 @@ pub fn read(families: &[MetricFamily]) -> Flush {
     let mut flush = Flush::default();
     for family in families {
         let name = family.name.as_deref().unwrap_or_default();
+        if let Some((caller, enforced)) = denial_stat(name) {
+            let kind = family.r#type.and_then(|t| MetricType::try_from(t).ok());
+            match counter(kind, &family.metric) {
+                Some(0) => {}
+                Some(count) => flush.denials.push(Denial {
+                    caller: caller.to_string(),
+                    enforced,
+                    count,
+                }),
+                None => flush.dropped += 1,
+            }
+            continue;
+        }
         let Some((cluster, stat)) = cluster_stat(name) else {
             flush.ignored += 1;
             continue;
@@ -94,6 +123,21 @@ pub fn read(families: &[MetricFamily]) -> Flush {
         }
     }
     flush
+}
+
+/// The caller of a denial counter, and whether it counts refusals; `None` for other names and
+/// for the 403s the application answered itself.
+fn denial_stat(name: &str) -> Option<(&str, bool)> {
+    let rest = name.strip_prefix("weft_authz.")?;
+    if let Some(caller) = rest.strip_prefix("shadow_denied.caller.") {
+        return Some((caller, false));
+    }
+    let rest = rest.strip_prefix("denied.details.")?;
+    let (details, caller) = rest.split_once(".caller.")?;
+    // The RBAC filter's own response code details (rbac_filter.cc's `RbacAccessDenied`).
+    details
+        .starts_with("rbac_access_denied")
+        .then_some((caller, true))
 }
 
 /// `cluster.<name>.<stat>` with `<name>` one of Weft's egress clusters.
@@ -267,6 +311,36 @@ mod tests {
         ]);
         assert_eq!(flush.dropped, 5);
         assert!(flush.clusters.is_empty());
+    }
+
+    #[test]
+    fn denials_are_read_per_caller_and_the_apps_own_403s_are_not() {
+        let flush = read(&[
+            counter_family(
+                "weft_authz.denied.details.rbac_access_denied_matched_policy[none].caller.spiffe://weft.local/mesh/apps/virtualNode/rogue",
+                3.0,
+            ),
+            counter_family(
+                "weft_authz.denied.details.via_upstream.caller.spiffe://weft.local/mesh/apps/virtualNode/front",
+                9.0,
+            ),
+            counter_family("weft_authz.shadow_denied.caller.-", 2.0),
+        ]);
+        assert_eq!(
+            flush.denials,
+            vec![
+                Denial {
+                    caller: "spiffe://weft.local/mesh/apps/virtualNode/rogue".into(),
+                    enforced: true,
+                    count: 3
+                },
+                Denial {
+                    caller: "-".into(),
+                    enforced: false,
+                    count: 2
+                },
+            ]
+        );
     }
 
     #[test]

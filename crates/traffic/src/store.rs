@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
-use crate::history::{Drops, History, Limits, Source};
+use crate::history::{DenialCount, Drops, History, Limits, Source};
 use crate::parse::Flush;
 use crate::snapshot::TrafficSnapshot;
 
@@ -84,6 +84,11 @@ impl TrafficStore {
     /// Counts a stream refused (`malformed`: it broke with undecodable data).
     pub fn count_refused(&self, malformed: bool) {
         self.history().count_refused(malformed);
+    }
+
+    /// Every reporting proxy's authorization denials per caller.
+    pub fn denials(&self) -> Vec<DenialCount> {
+        self.history().denials()
     }
 
     /// What was dropped since the start.

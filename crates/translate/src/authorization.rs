@@ -15,9 +15,30 @@
 //!
 //! `REPORT` puts the same policy in `shadow_rules`: nothing is refused, and Envoy counts what
 //! would have been (`http.ingress.rbac.shadow_denied`, `ingress_rbac.rbac.shadow_denied`).
+//!
+//! Denials per caller ([`denial_log`]): the RBAC filter only counts them in total, and naming
+//! every caller in its config (one DENY policy per identity not allowed, for per-policy stats)
+//! would make each node's config grow with the mesh and change whenever any node is added — on a
+//! 500-node mesh, 500 principals in each of 500 configs, all pushed again at every new node. So
+//! the HTTP connection manager logs each denied request to Envoy's stats access logger
+//! (<https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/access_loggers/stats/v3/stats.proto>),
+//! a counter tagged with the caller's certificate URI SAN: the config is the same few lines on
+//! every node, the counters exist only for callers that were denied, and they reach Weft's
+//! server through the stats sink with every other stat.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType as XdsAccessLogConfigType;
+use envoy_types::pb::envoy::config::accesslog::v3::access_log_filter::FilterSpecifier as XdsLogFilterSpecifier;
+use envoy_types::pb::envoy::config::accesslog::v3::comparison_filter::Op as XdsComparisonOp;
+use envoy_types::pb::envoy::config::accesslog::v3::{
+    AccessLog as XdsAccessLog, AccessLogFilter as XdsAccessLogFilter,
+    ComparisonFilter as XdsComparisonFilter, GrpcStatusFilter as XdsGrpcStatusFilter,
+    MetadataFilter as XdsMetadataFilter, OrFilter as XdsOrFilter,
+    StatusCodeFilter as XdsStatusCodeFilter,
+};
+use envoy_types::pb::envoy::config::accesslog::v3::grpc_status_filter::Status as XdsGrpcStatus;
+use envoy_types::pb::envoy::config::core::v3::RuntimeUInt32 as XdsRuntimeUInt32;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as XdsFilterConfigType;
 use envoy_types::pb::envoy::config::listener::v3::Filter as XdsFilter;
 use envoy_types::pb::envoy::config::rbac::v3::permission::Rule as XdsPermissionRule;
@@ -33,8 +54,19 @@ use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as XdsHttp
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as XdsHttpFilterConfigType;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter as XdsHttpFilter;
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as XdsNetworkRbac;
+use envoy_types::pb::envoy::extensions::access_loggers::stats::v3::config::{
+    Counter as XdsStatsCounter, Stat as XdsStat, Tag as XdsStatTag,
+};
+use envoy_types::pb::envoy::extensions::access_loggers::stats::v3::Config as XdsStatsLog;
+use envoy_types::pb::envoy::r#type::matcher::v3::metadata_matcher::path_segment::Segment as XdsPathSegmentKey;
+use envoy_types::pb::envoy::r#type::matcher::v3::metadata_matcher::PathSegment as XdsPathSegment;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern as XdsMatchPattern;
-use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher as XdsStringMatcher;
+use envoy_types::pb::envoy::r#type::matcher::v3::value_matcher::MatchPattern as XdsValuePattern;
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    MetadataMatcher as XdsMetadataMatcher, StringMatcher as XdsStringMatcher,
+    ValueMatcher as XdsValueMatcher,
+};
+use envoy_types::pb::envoy::r#type::v3::Scope as XdsStatsScope;
 use envoy_types::util::pack_any;
 use weft_model::shapes::{Backend, VirtualServiceProvider};
 use weft_model::MeshAuthorization;
@@ -48,6 +80,15 @@ const NETWORK_STAT_PREFIX: &str = "ingress_rbac";
 /// The policy's name, in Envoy's response details
 /// (`rbac_access_denied_matched_policy[none]` when no caller matched).
 const POLICY: &str = "weft-mesh-callers";
+
+/// The prefix of the per-caller denial counters: `weft_authz.denied.details.<response code
+/// details>.caller.<URI SAN>` (ENFORCE: every 403, the server keeps those whose details are
+/// the RBAC filter's `rbac_access_denied…`) and `weft_authz.shadow_denied.caller.<URI SAN>`
+/// (REPORT). The caller comes last: a URI SAN may hold dots.
+pub const DENIAL_STATS_PREFIX: &str = "weft_authz";
+/// Distinct callers counted at most per proxy (Envoy's scope limit), so that the stats stay
+/// bounded whatever presents itself.
+const MAX_DENIAL_COUNTERS: u32 = 1000;
 
 /// The virtual services `node` provides: directly, or through a router with a route to it.
 fn services_of<'a>(snapshot: &'a MeshSnapshot, node: &str) -> BTreeSet<&'a str> {
@@ -196,5 +237,101 @@ pub(crate) fn network_filter(snapshot: &MeshSnapshot, node: &str) -> Option<XdsF
     Some(XdsFilter {
         name: NETWORK_RBAC_FILTER.to_string(),
         config_type: Some(XdsFilterConfigType::TypedConfig(pack_any(config))),
+    })
+}
+
+/// The access log counting each denied request per caller on `node`'s HTTP listeners (see the
+/// module's comment), if the mesh asks for authorization and the proxy streams its stats to
+/// Weft (`weft.stats_intake`, which also says its bootstrap is the agent's).
+pub(crate) fn denial_log(snapshot: &MeshSnapshot, intake: bool) -> Option<XdsAccessLog> {
+    if !intake {
+        return None;
+    }
+    let tag = |name: &str, format: &str| XdsStatTag {
+        name: name.to_string(),
+        value_format: format.to_string(),
+        ..Default::default()
+    };
+    let caller = tag("caller", "%DOWNSTREAM_PEER_URI_SAN%");
+    let (name, tags, filter) = match snapshot.authorization {
+        MeshAuthorization::Disabled => return None,
+        // Enforced: the RBAC filter answers 403, or gRPC's PERMISSION_DENIED (in a 200) to a
+        // gRPC request; the details tell its refusals from the app's.
+        MeshAuthorization::Enforce => (
+            "denied",
+            vec![tag("details", "%RESPONSE_CODE_DETAILS%"), caller],
+            XdsLogFilterSpecifier::OrFilter(XdsOrFilter {
+                filters: vec![
+                    XdsAccessLogFilter {
+                        filter_specifier: Some(XdsLogFilterSpecifier::StatusCodeFilter(
+                            XdsStatusCodeFilter {
+                                comparison: Some(XdsComparisonFilter {
+                                    op: XdsComparisonOp::Eq as i32,
+                                    value: Some(XdsRuntimeUInt32 {
+                                        default_value: 403,
+                                        runtime_key: "weft.authorization.denied_status".to_string(),
+                                    }),
+                                }),
+                            },
+                        )),
+                    },
+                    XdsAccessLogFilter {
+                        filter_specifier: Some(XdsLogFilterSpecifier::GrpcStatusFilter(
+                            XdsGrpcStatusFilter {
+                                statuses: vec![XdsGrpcStatus::PermissionDenied as i32],
+                                ..Default::default()
+                            },
+                        )),
+                    },
+                ],
+            }),
+        ),
+        // Report-only: the shadow engine's verdict, in the filter's dynamic metadata
+        // (rbac_filter.rst, "Dynamic Metadata").
+        _ => (
+            "shadow_denied",
+            vec![caller],
+            XdsLogFilterSpecifier::MetadataFilter(XdsMetadataFilter {
+                matcher: Some(XdsMetadataMatcher {
+                    filter: HTTP_RBAC_FILTER.to_string(),
+                    path: vec![XdsPathSegment {
+                        segment: Some(XdsPathSegmentKey::Key("shadow_engine_result".to_string())),
+                    }],
+                    value: Some(XdsValueMatcher {
+                        match_pattern: Some(XdsValuePattern::StringMatch(XdsStringMatcher {
+                            match_pattern: Some(XdsMatchPattern::Exact("denied".to_string())),
+                            ..Default::default()
+                        })),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        ),
+    };
+    let config = XdsStatsLog {
+        stats_scope: Some(XdsStatsScope {
+            prefix: DENIAL_STATS_PREFIX.to_string(),
+            max_counters: Some(envoy_types::pb::google::protobuf::UInt32Value {
+                value: MAX_DENIAL_COUNTERS,
+            }),
+            ..Default::default()
+        }),
+        counters: vec![XdsStatsCounter {
+            stat: Some(XdsStat {
+                name: name.to_string(),
+                tags,
+            }),
+            value_fixed: Some(envoy_types::pb::google::protobuf::UInt64Value { value: 1 }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Some(XdsAccessLog {
+        name: "envoy.access_loggers.stats".to_string(),
+        filter: Some(XdsAccessLogFilter {
+            filter_specifier: Some(filter),
+        }),
+        config_type: Some(XdsAccessLogConfigType::TypedConfig(pack_any(config))),
     })
 }

@@ -53,6 +53,10 @@ pub struct ProxyOptions {
     /// variables), so every HTTP connection manager sets `tracing` and Envoy traces there;
     /// without it no connection manager traces (Envoy traces nowhere else).
     pub tracing: bool,
+    /// `weft.stats_intake`: the proxy streams its stats to Weft's server (the agent's
+    /// `metrics_service` sink), so translation may add stats Weft reads, such as the
+    /// per-caller authorization denials.
+    pub stats_intake: bool,
 }
 
 /// App Mesh's ingress port (envoy-metrics.md: `lds_ingress_0.0.0.0_15000`).
@@ -74,6 +78,7 @@ impl Default for ProxyOptions {
             identity: false,
             file_secrets: false,
             tracing: false,
+            stats_intake: false,
         }
     }
 }
@@ -147,6 +152,7 @@ impl ProxyOptions {
         options.identity = bool_field(fields.get("weft.identity"), "weft.identity")?;
         options.file_secrets = bool_field(fields.get("weft.file_secrets"), "weft.file_secrets")?;
         options.tracing = bool_field(fields.get("weft.tracing"), "weft.tracing")?;
+        options.stats_intake = bool_field(fields.get("weft.stats_intake"), "weft.stats_intake")?;
         if let Some(value) = fields.get("weft.app_ports") {
             let Some(Kind::StructValue(ports)) = &value.kind else {
                 return Err(invalid(

@@ -216,7 +216,14 @@ fn ingress(
                 INGRESS_STAT_PREFIX,
                 &rc.name,
                 &HcmExtras {
-                    access_log: access_log.clone(),
+                    access_log: access_log
+                        .iter()
+                        .cloned()
+                        .chain(crate::authorization::denial_log(
+                            snapshot,
+                            options.stats_intake,
+                        ))
+                        .collect(),
                     rbac: crate::authorization::http_filter(snapshot, &node.virtual_node_name),
                     tracing: options.tracing,
                     ..Default::default()

@@ -74,6 +74,20 @@ struct ProxyJson<'a> {
     last_nack: Option<NackJson<'a>>,
     /// Why the proxy's class's config is not updated, if it is not.
     config_failure: Option<FailureJson>,
+    /// Requests its RBAC filter refused (or, report-only, would have) per caller, as its stats
+    /// sink reported them.
+    authorization_denials: Vec<DenialJson>,
+}
+
+/// One caller's denied requests at one proxy.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DenialJson {
+    /// `virtualNode/<name>`, `virtualGateway/<name>`, another URI SAN, or `unauthenticated`.
+    caller: String,
+    /// `ENFORCE` (refused) or `REPORT` (would have been).
+    mode: &'static str,
+    count: u64,
 }
 
 /// Why a proxy class's config is not updated: the App Mesh resource and the
@@ -107,7 +121,11 @@ fn failure_json(snapshot_key: &str, f: ClassFailure) -> FailureJson {
     }
 }
 
-fn to_json<'a>(p: &'a ProxyStatus, failures: &ClassFailures) -> ProxyJson<'a> {
+fn to_json<'a>(
+    p: &'a ProxyStatus,
+    failures: &ClassFailures,
+    denials: &[weft_traffic::DenialCount],
+) -> ProxyJson<'a> {
     ProxyJson {
         stream_id: p.stream_id,
         node_id: &p.node_id,
@@ -149,6 +167,15 @@ fn to_json<'a>(p: &'a ProxyStatus, failures: &ClassFailures) -> ProxyJson<'a> {
         config_failure: failures
             .get(&p.snapshot_key)
             .map(|f| failure_json(&p.snapshot_key, f)),
+        authorization_denials: denials
+            .iter()
+            .filter(|d| d.proxy_id == p.node_id)
+            .map(|d| DenialJson {
+                caller: d.caller.clone(),
+                mode: d.mode,
+                count: d.count,
+            })
+            .collect(),
     }
 }
 
@@ -177,16 +204,22 @@ pub fn router(
     failures: ClassFailures,
     xds_security: &'static str,
     api_authentication: &'static str,
+    traffic: weft_traffic::TrafficStore,
 ) -> Router {
     Router::new().route(
         PATH,
         get(move || {
             let ads = ads.clone();
             let failures = failures.clone();
+            let traffic = traffic.clone();
             async move {
                 let statuses = ads.proxy_status();
+                let denials = traffic.denials();
                 let body = StatusJson {
-                    proxies: statuses.iter().map(|p| to_json(p, &failures)).collect(),
+                    proxies: statuses
+                        .iter()
+                        .map(|p| to_json(p, &failures, &denials))
+                        .collect(),
                     nack_count: ads.nack_count(),
                     snapshot_keys: ads.cache().keys(),
                     config_failures: failures
@@ -254,6 +287,16 @@ fn failure_line(f: &Value) -> String {
     )
 }
 
+/// A caller's denied requests at a proxy, as `weft proxy-status` prints them.
+fn denial_line(d: &Value) -> String {
+    let count = d["count"].as_u64().unwrap_or_default();
+    let caller = d["caller"].as_str().unwrap_or_default();
+    match d["mode"].as_str() {
+        Some("REPORT") => format!("would deny (REPORT): {caller} × {count}"),
+        _ => format!("denied: {caller} × {count}"),
+    }
+}
+
 /// Runs `weft proxy-status`.
 pub async fn run(args: ProxyStatusArgs) -> Result<()> {
     let status = fetch(&args.endpoint).await?;
@@ -309,6 +352,9 @@ pub async fn run(args: ProxyStatusArgs) -> Result<()> {
         );
         if !p["configFailure"].is_null() {
             println!("    {}", failure_line(&p["configFailure"]));
+        }
+        for d in p["authorizationDenials"].as_array().unwrap_or(&empty) {
+            println!("    {}", denial_line(d));
         }
     }
     if proxies.is_empty() {

@@ -478,6 +478,7 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
                 weft_auth::Mode::Verify => "SigV4",
                 weft_auth::Mode::Insecure => "none (--insecure-no-auth)",
             },
+            traffic.clone(),
         ))
         .merge(weft_ca::http::router(ca.clone()))
         .merge(weft_auth::admin::router(auth.clone()))

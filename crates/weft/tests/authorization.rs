@@ -67,6 +67,62 @@ fn status_of(answer: &(i32, String)) -> Option<u16> {
         .and_then(|s| s.parse().ok())
 }
 
+/// red's denials per caller as `weft proxy-status --json` shows them, once they add up to at
+/// least `at_least` (its Envoy's stats reach the server at its next flush).
+async fn wait_for_denials(
+    server: &WeftServer,
+    node: &str,
+    at_least: u64,
+) -> Vec<(String, String, u64)> {
+    let node_id = format!("mesh/apps/virtualNode/{node}");
+    let mut denials = Vec::new();
+    for _ in 0..100 {
+        let answer =
+            common::signed_request(&server.addr, "GET", "/weft/v1/proxy-status", None, "weft")
+                .await;
+        let status: serde_json::Value = answer.json().await.unwrap();
+        denials = status["proxies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["nodeId"] == node_id.as_str())
+            .flat_map(|p| {
+                p["authorizationDenials"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .map(|d| {
+                (
+                    d["caller"].as_str().unwrap().to_string(),
+                    d["mode"].as_str().unwrap().to_string(),
+                    d["count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        if denials.iter().map(|d| d.2).sum::<u64>() >= at_least {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    denials
+}
+
+/// What `weft proxy-status` prints (signed with the administrator's key).
+fn proxy_status_text(server: &WeftServer) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["proxy-status", "--endpoint", &server.addr])
+        .envs(common::aws_env(&server.addr))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 async fn tag_mesh(server: &WeftServer, key: &str, value: &str) {
     server
         .client()
@@ -98,10 +154,12 @@ async fn only_declared_callers_reach_a_node_over_http_grpc_and_tcp_and_declaring
     api.node("front", NodeSpec::client(&["red.apps.local"]))
         .await;
     api.node("rogue", NodeSpec::client(&[])).await;
-    let red = common::joined_agent(
+    // red's Envoy flushes its stats to the server every second.
+    let red = common::joined_agent_with_env(
         &server,
         "mesh/apps/virtualNode/red",
         &[(red_port, red_app_port), (red_tcp_port, red_app_port)],
+        &[("ENVOY_STATS_FLUSH_INTERVAL", "1s")],
     );
     let front = common::joined_agent(&server, "mesh/apps/virtualNode/front", &[]);
 
@@ -140,6 +198,34 @@ async fn only_declared_callers_reach_a_node_over_http_grpc_and_tcp_and_declaring
     assert_eq!(status_of(&ok), Some(200), "{ok:?}");
     assert!(red.stat_sum("http.ingress.rbac.denied") >= 2);
     assert!(red.stat_sum("ingress_rbac.rbac.denied") >= 1);
+    // rogue's two refused HTTP requests are counted under its name, for red, in weft
+    // proxy-status and /metrics; front's allowed ones nowhere.
+    let denials = wait_for_denials(&server, "red", 2).await;
+    assert_eq!(
+        denials,
+        vec![("virtualNode/rogue".to_string(), "ENFORCE".to_string(), 2)]
+    );
+    let printed = proxy_status_text(&server);
+    assert!(
+        printed.contains("denied: virtualNode/rogue × 2"),
+        "{printed}"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", server.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("weft_authorization_denied_total{")
+                && l.contains("node=\"red\"")
+                && l.contains("caller=\"virtualNode/rogue\"")
+                && l.contains("mode=\"ENFORCE\"")
+                && l.ends_with(" 2")),
+        "{metrics}"
+    );
 
     // rogue declares red's service: let through within a second or two, while front's requests
     // keep succeeding throughout.
@@ -207,10 +293,11 @@ async fn report_only_counts_the_calls_it_would_refuse_and_refuses_none() {
     api.service("red.apps.local", ServiceSpec::by_node("red"))
         .await;
     api.node("rogue", NodeSpec::client(&[])).await;
-    let red = common::joined_agent(
+    let red = common::joined_agent_with_env(
         &server,
         "mesh/apps/virtualNode/red",
         &[(red_port, red_app_port)],
+        &[("ENVOY_STATS_FLUSH_INTERVAL", "1s")],
     );
     let bundle = tmp.path().join("bundle.pem");
     std::fs::write(&bundle, trust_bundle(&server.addr).await).unwrap();
@@ -229,4 +316,22 @@ async fn report_only_counts_the_calls_it_would_refuse_and_refuses_none() {
     }
     assert_eq!(red.stat_sum("http.ingress.rbac.shadow_denied"), before + 3);
     assert_eq!(red.stat_sum("http.ingress.rbac.denied"), 0);
+    // The would-be denials are rogue's, in weft proxy-status.
+    let denials = wait_for_denials(&server, "red", before + 3).await;
+    assert_eq!(
+        denials,
+        vec![(
+            "virtualNode/rogue".to_string(),
+            "REPORT".to_string(),
+            before + 3
+        )]
+    );
+    let printed = proxy_status_text(&server);
+    assert!(
+        printed.contains(&format!(
+            "would deny (REPORT): virtualNode/rogue × {}",
+            before + 3
+        )),
+        "{printed}"
+    );
 }

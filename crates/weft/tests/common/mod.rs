@@ -449,6 +449,23 @@ pub fn joined_agent(server: &WeftServer, resource: &str, app_ports: &[(u16, u16)
     joined_agent_of(&server.addr, &server.xds_addr, resource, app_ports)
 }
 
+/// [`joined_agent`] with extra environment variables for the agent (e.g.
+/// `ENVOY_STATS_FLUSH_INTERVAL`).
+pub fn joined_agent_with_env(
+    server: &WeftServer,
+    resource: &str,
+    app_ports: &[(u16, u16)],
+    env: &[(&str, &str)],
+) -> mesh::Agent {
+    let token = join_token(&server.addr, resource, "1h");
+    let mut all = vec![
+        ("WEFT_JOIN_TOKEN", token.as_str()),
+        ("WEFT_CA_SERVER", server.addr.as_str()),
+    ];
+    all.extend_from_slice(env);
+    mesh::agent_with_env(&server.xds_addr, resource, app_ports, "sotw", &all)
+}
+
 /// [`joined_agent`] for a server known by its API address `addr` and its `xds_addr`.
 pub fn joined_agent_of(
     addr: &str,
