@@ -1,7 +1,8 @@
 //! Envoy's telemetry with App Mesh's switches, end to end: real `weft agent`s (each with a real
 //! Envoy 1.40) configured by App Mesh's variables, a real `weft server`, and real receivers in
-//! the test: a UDP socket for DogStatsD, Envoy's own `/stats/prometheus`, and a Zipkin HTTP
-//! collector (`POST /api/v2/spans`, JSON) for Jaeger-format traces through two Envoys.
+//! the test: a UDP socket for DogStatsD, Envoy's own `/stats/prometheus`, a Zipkin HTTP
+//! collector (`POST /api/v2/spans`, JSON) for Jaeger-format traces through two Envoys, and an
+//! OTLP/gRPC trace receiver (tonic, prost) for OpenTelemetry traces through two Envoys.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -345,4 +346,238 @@ async fn x_ray_segments_reach_the_daemon_port_in_x_ray_s_udp_format() {
     assert_eq!(segment["aws"]["app_mesh"]["virtual_node_name"], "red");
     let trace_id = segment["trace_id"].as_str().unwrap_or_default();
     assert!(trace_id.starts_with("1-"), "{segment:#}");
+}
+
+/// The parts of OTLP's trace export (opentelemetry-proto's `collector/trace/v1` and
+/// `trace/v1`, <https://github.com/open-telemetry/opentelemetry-proto>) this test reads, with
+/// their field numbers: prost skips every field not declared here.
+mod otlp {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ExportTraceServiceRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub resource_spans: Vec<ResourceSpans>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ExportTraceServiceResponse {}
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ResourceSpans {
+        #[prost(message, optional, tag = "1")]
+        pub resource: Option<Resource>,
+        #[prost(message, repeated, tag = "2")]
+        pub scope_spans: Vec<ScopeSpans>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Resource {
+        #[prost(message, repeated, tag = "1")]
+        pub attributes: Vec<KeyValue>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct KeyValue {
+        #[prost(string, tag = "1")]
+        pub key: String,
+        #[prost(message, optional, tag = "2")]
+        pub value: Option<AnyValue>,
+    }
+    /// `AnyValue`'s `string_value` member of its `value` oneof.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct AnyValue {
+        #[prost(string, tag = "1")]
+        pub string_value: String,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ScopeSpans {
+        #[prost(message, repeated, tag = "2")]
+        pub spans: Vec<Span>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Span {
+        #[prost(bytes = "vec", tag = "1")]
+        pub trace_id: Vec<u8>,
+        #[prost(bytes = "vec", tag = "2")]
+        pub span_id: Vec<u8>,
+        #[prost(bytes = "vec", tag = "4")]
+        pub parent_span_id: Vec<u8>,
+        #[prost(string, tag = "5")]
+        pub name: String,
+        /// `SPAN_KIND_SERVER` is 2, `SPAN_KIND_CLIENT` 3.
+        #[prost(int32, tag = "6")]
+        pub kind: i32,
+    }
+}
+
+/// A span as received, hex ids, with its resource's `service.name`.
+#[derive(Debug, Clone)]
+struct ReceivedSpan {
+    service: String,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+    kind: i32,
+}
+
+type Received = Arc<Mutex<Vec<ReceivedSpan>>>;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// OTLP/gRPC's `TraceService/Export`, answered through tonic's unary machinery with prost.
+#[derive(Clone)]
+struct TraceService(Received);
+
+impl tonic::server::NamedService for TraceService {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+struct Export(Received);
+
+impl tonic::server::UnaryService<otlp::ExportTraceServiceRequest> for Export {
+    type Response = otlp::ExportTraceServiceResponse;
+    type Future = std::future::Ready<Result<tonic::Response<Self::Response>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<otlp::ExportTraceServiceRequest>) -> Self::Future {
+        let mut received = self.0.lock().unwrap();
+        for resource in request.into_inner().resource_spans {
+            let service = resource
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref())
+                .map(|v| v.string_value.clone())
+                .unwrap_or_default();
+            for span in resource.scope_spans.iter().flat_map(|s| &s.spans) {
+                received.push(ReceivedSpan {
+                    service: service.clone(),
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent_span_id: hex(&span.parent_span_id),
+                    kind: span.kind,
+                });
+            }
+        }
+        std::future::ready(Ok(tonic::Response::new(
+            otlp::ExportTraceServiceResponse {},
+        )))
+    }
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for TraceService {
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        let received = self.0.clone();
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+            Ok(grpc.unary(Export(received), request).await)
+        })
+    }
+}
+
+/// An OTLP/gRPC trace receiver on loopback: its port and the spans it received.
+async fn otlp_collector() -> (u16, Received) {
+    let received: Received = Arc::new(Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let service = TraceService(received.clone());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+    (port, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_tracing_through_two_envoys_sends_a_client_and_a_server_span_joined_by_their_ids() {
+    let server = WeftServer::start();
+    let api = MeshApi::create(&server.client(), "apps", MeshSpec::new()).await;
+    let red_port = free_port();
+    let (_red_app, red_app_port) = sample_app("red");
+    api.node("red", NodeSpec::http("127.0.0.1", red_port)).await;
+    api.service("red.apps.local", ServiceSpec::by_node("red"))
+        .await;
+    api.node("front", NodeSpec::client(&["red.apps.local"]))
+        .await;
+
+    let (collector_port, received) = otlp_collector().await;
+    let endpoint = format!("127.0.0.1:{collector_port}");
+    let tracing_env = [
+        ("ENABLE_ENVOY_OTEL_TRACING", "1"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+    ];
+    let _red = agent_with_env(
+        &server.xds_addr,
+        "mesh/apps/virtualNode/red",
+        &[(red_port, red_app_port)],
+        "delta",
+        &tracing_env,
+    );
+    let front = agent_with_env(
+        &server.xds_addr,
+        "mesh/apps/virtualNode/front",
+        &[],
+        "delta",
+        &tracing_env,
+    );
+    wait_until(Duration::from_secs(40), || {
+        front
+            .get("red.apps.local", "/", &[])
+            .is_ok_and(|(s, b)| s == 200 && b.contains("red"))
+    });
+    // One request in a trace of the test's own (W3C trace context, as an OpenTelemetry-
+    // instrumented app sends it), to find its spans among those of the warm-up.
+    let (trace_id, root_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let traceparent = format!("00-{trace_id}-{root_span}-01");
+    let (status, _) = front
+        .get(
+            "red.apps.local",
+            "/",
+            &[("traceparent", traceparent.as_str())],
+        )
+        .unwrap();
+    assert_eq!(status, 200);
+
+    // Envoy's OpenTelemetry tracer exports every 5 s (or every 5 spans).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let found = loop {
+        let found: Vec<ReceivedSpan> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.trace_id == trace_id)
+            .cloned()
+            .collect();
+        if found.len() >= 2 || Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    const SERVER: i32 = 2;
+    const CLIENT: i32 = 3;
+    let client = found
+        .iter()
+        .find(|s| s.kind == CLIENT)
+        .unwrap_or_else(|| panic!("no client span: {found:#?}"));
+    let server_span = found
+        .iter()
+        .find(|s| s.kind == SERVER)
+        .unwrap_or_else(|| panic!("no server span: {found:#?}"));
+    // One trace: front's egress span is the child of the caller's, red's ingress span the
+    // child of front's; each comes from its own Envoy's node.
+    assert_eq!(client.parent_span_id, root_span, "{found:#?}");
+    assert_eq!(server_span.parent_span_id, client.span_id, "{found:#?}");
+    assert_ne!(server_span.span_id, client.span_id);
+    assert!(client.service.contains("front"), "{found:#?}");
+    assert!(server_span.service.contains("red"), "{found:#?}");
 }
