@@ -101,7 +101,7 @@ function applyGraph(graph, live) {
   });
   if (changed) {
     dashboard.layouts += 1;
-    cy.layout({ name: "dagre", rankDir: "LR", nodeSep: 40, rankSep: 220, animate: false }).run();
+    cy.layout({ name: "dagre", rankDir: "LR", nodeSep: 90, rankSep: 240, animate: false }).run();
     cy.fit(undefined, 60);
     // A small mesh is not blown up to the window's size.
     if (cy.zoom() > 1.2) { cy.zoom(1.2); cy.center(); }
