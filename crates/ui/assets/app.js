@@ -335,13 +335,20 @@ async function start() {
   document.querySelectorAll("nav button").forEach((b) => b.addEventListener("click", () => showTab(b.dataset.tab)));
   setInterval(() => { if (state.tab === "proxies") loadProxies().then(loadProxyConfig).catch(failed); }, 3000);
   await login();
-  const { meshes } = await api("/ui/api/meshes");
+  let meshes = [];
+  // Until a mesh exists, look again every 2 s.
+  for (;;) {
+    ({ meshes } = await api("/ui/api/meshes"));
+    if (meshes.length) break;
+    message("No mesh yet: create one with the AWS CLI or SDK.");
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+  }
+  message("");
   const select = $("#mesh");
   select.replaceChildren(...meshes.map((m) => new Option(m, m)));
   select.onchange = () => selectMesh(select.value).catch(failed);
   const wanted = new URLSearchParams(location.hash.slice(1)).get("mesh");
   const mesh = meshes.includes(wanted) ? wanted : meshes[0];
-  if (!mesh) { message("No mesh yet: create one with the AWS CLI or SDK."); return; }
   select.value = mesh;
   await selectMesh(mesh);
   dashboard.ready = true;

@@ -66,6 +66,22 @@ fn dashboard_url(server: &WeftServer) -> String {
     url
 }
 
+/// A dashboard session for a client other than the browser: `weft dashboard`'s token traded
+/// at `/ui/api/login`, as the page does; the `Cookie` header value.
+async fn session_cookie(server: &WeftServer) -> String {
+    let url = dashboard_url(server);
+    let token = url.split("login=").nth(1).unwrap();
+    let answer = reqwest::Client::new()
+        .post(format!("{}/ui/api/login", server.addr))
+        .json(&serde_json::json!({ "token": token }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 204);
+    let cookie = answer.headers()["set-cookie"].to_str().unwrap();
+    cookie.split(';').next().unwrap().to_string()
+}
+
 /// Every edge of the drawn graph as `id => label`.
 const EDGE_LABELS: &str = "return Object.fromEntries(window.weftDashboard.cy.edges().map(e => [e.id(), e.data('label')]));";
 
@@ -317,6 +333,25 @@ async fn a_500_node_mesh_renders() {
         .eval("const cy = window.weftDashboard.cy; return [cy.nodes('[kind = \"virtualNode\"]').length, cy.edges().length];")
         .await;
     println!("a 500-node mesh was drawn in {drawn:?} (nodes and edges: {counts})");
+    // The server's side of it: one range read and one pass building the graph's JSON.
+    let cookie = session_cookie(&server).await;
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut bytes = 0;
+    for _ in 0..20 {
+        let graph = client
+            .get(format!("{}/ui/api/graph?mesh=big", server.addr))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(graph.status(), 200);
+        bytes = graph.bytes().await.unwrap().len();
+    }
+    println!(
+        "GET /ui/api/graph of the 500-node mesh: {:?} each ({bytes} bytes)",
+        started.elapsed() / 20
+    );
     assert_eq!(counts[0], 500);
     // 500 route targets, 49 backends, 50 providers.
     assert_eq!(counts[1], 599);
@@ -563,4 +598,79 @@ async fn the_demo_prints_a_dashboard_link_and_its_steady_load_shows_on_the_split
     assert_eq!(browser.page_errors().await, Vec::<String>::new());
     browser.close().await;
     drop(demo);
+}
+
+#[tokio::test]
+async fn the_page_is_served_from_the_binary_and_an_open_server_needs_no_session() {
+    let server = WeftServer::start_with(&["--insecure-no-auth"]);
+    colors_mesh(&server.client()).await;
+    let get = |path: &str| reqwest::get(format!("{}{path}", server.addr));
+    let page = get("/ui/").await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(page.headers()["cache-control"], "no-cache");
+    let html = page.text().await.unwrap();
+    // Every asset the page loads is Weft's own: it works with no internet access.
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "{html}"
+    );
+    for script in [
+        "/ui/vendor/cytoscape-3.35.0.min.js",
+        "/ui/vendor/cytoscape-dagre-4.0.1.min.js",
+    ] {
+        assert!(html.contains(script));
+        let asset = get(script).await.unwrap();
+        assert_eq!(asset.status(), 200);
+        assert_eq!(
+            asset.headers()["content-type"],
+            "text/javascript; charset=utf-8"
+        );
+        assert_eq!(
+            asset.headers()["cache-control"],
+            "public, max-age=31536000, immutable"
+        );
+    }
+    assert_eq!(get("/ui/nothing.js").await.unwrap().status(), 404);
+    // --insecure-no-auth: the data is open, as the API is.
+    let meshes: serde_json::Value = get("/ui/api/meshes").await.unwrap().json().await.unwrap();
+    assert_eq!(meshes["meshes"], serde_json::json!(["apps"]));
+
+    // Live-refresh connections are bounded: past the cap, 503 until one closes.
+    let mut open = Vec::new();
+    for _ in 0..weft_ui::MAX_EVENT_STREAMS {
+        let stream = get("/ui/api/events?mesh=apps").await.unwrap();
+        assert_eq!(stream.status(), 200);
+        assert_eq!(stream.headers()["content-type"], "text/event-stream");
+        open.push(stream);
+    }
+    assert_eq!(get("/ui/api/events?mesh=apps").await.unwrap().status(), 503);
+    // The first event of a stream is the mesh's graph.
+    let mut first = open.pop().unwrap();
+    let chunk = first.chunk().await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&chunk);
+    assert!(text.starts_with("event: graph\ndata: {"), "{text}");
+    assert!(text.contains("\"percent\":75"), "{text}");
+}
+
+#[tokio::test]
+async fn a_dashboard_opened_before_any_mesh_shows_the_first_one_created() {
+    let server = WeftServer::start();
+    let browser = Browser::start(1000, 700).await;
+    browser.client.goto(&dashboard_url(&server)).await.unwrap();
+    browser
+        .wait_for(
+            Duration::from_secs(10),
+            "return document.querySelector('#message').textContent.includes('No mesh yet');",
+        )
+        .await;
+    colors_mesh(&server.client()).await;
+    browser
+        .wait_for(
+            Duration::from_secs(10),
+            "return window.weftDashboard.ready && window.weftDashboard.cy.nodes().length === 6;",
+        )
+        .await;
+    assert_eq!(browser.page_errors().await, Vec::<String>::new());
+    browser.close().await;
 }
