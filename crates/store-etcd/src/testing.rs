@@ -192,6 +192,32 @@ impl EtcdCluster {
         Client::connect(self.live_endpoints(), None).await.unwrap()
     }
 
+    /// The index of the member that leads the cluster now.
+    pub async fn leader(&self) -> usize {
+        for (i, m) in self.members.iter().enumerate() {
+            if m.child.is_none() {
+                continue;
+            }
+            let endpoint = format!("http://127.0.0.1:{}", m.client_port);
+            let Ok(mut client) = Client::connect([endpoint], None).await else {
+                continue;
+            };
+            let Ok(status) = client.status().await else {
+                continue;
+            };
+            if status.header().map(|h| h.member_id()) == Some(status.leader()) {
+                return i;
+            }
+        }
+        panic!("no live etcd member leads the cluster");
+    }
+
+    /// An endpoint list of only these members (a backend that knows only them).
+    pub fn endpoints_of(&self, members: &[usize]) -> Vec<String> {
+        let all = self.endpoints();
+        members.iter().map(|&i| all[i].clone()).collect()
+    }
+
     /// Kills member `i` with SIGKILL, as a crash would.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.members[i].child.take() {
@@ -200,10 +226,22 @@ impl EtcdCluster {
         }
     }
 
-    /// Starts member `i` again on its data folder (it rejoins the cluster).
+    /// Starts member `i` again on its data folder (it rejoins the cluster);
+    /// returns once every live member serves writes.
     pub async fn restart(&mut self, i: usize) {
         self.kill(i);
         self.spawn(i);
+        self.wait_ready().await;
+    }
+
+    /// Starts every killed member again (all at once, since a lone member of
+    /// a cluster that lost its quorum cannot serve); returns once they serve.
+    pub async fn restart_all(&mut self) {
+        for i in 0..self.members.len() {
+            if self.members[i].child.is_none() {
+                self.spawn(i);
+            }
+        }
         self.wait_ready().await;
     }
 

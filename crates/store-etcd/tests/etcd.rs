@@ -1,0 +1,406 @@
+//! The etcd backend on a real 3-member etcd cluster: what a Weft replica
+//! relies on when members die, history is compacted, the cluster goes away,
+//! or several installations share it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+use weft_store::conformance::next_event;
+use weft_store::{
+    Compare, Op, Range, Revision, Store, StoreError, StoreHealth, Txn, TxnOutcome, WatchEvent,
+};
+use weft_store_etcd::testing::EtcdCluster;
+use weft_store_etcd::{EtcdOptions, EtcdStore, EtcdStoreError};
+
+fn put(key: &str, value: &str) -> Op {
+    Op::Put(key.to_string(), Bytes::copy_from_slice(value.as_bytes()))
+}
+
+async fn commit(store: &dyn Store, ops: Vec<Op>) -> Revision {
+    match store
+        .txn(Txn {
+            compares: vec![],
+            ops,
+        })
+        .await
+        .unwrap()
+    {
+        TxnOutcome::Committed(rev) => rev,
+        other => panic!("unconditional txn did not commit: {other:?}"),
+    }
+}
+
+/// Writes `value` to `key` over its previous write at `prev` (0: none yet)
+/// exactly once, retrying while etcd has no leader: a write whose answer was
+/// lost is recognised by its value rather than written again.
+async fn write_once(store: &dyn Store, key: &str, value: &str, prev: Revision) -> Revision {
+    let guard = if prev == 0 {
+        Compare::Absent(key.to_string())
+    } else {
+        Compare::ModRevision(key.to_string(), prev)
+    };
+    let write = Txn {
+        compares: vec![guard],
+        ops: vec![put(key, value)],
+    };
+    for _ in 0..20 {
+        match store.txn(write.clone()).await {
+            Ok(TxnOutcome::Committed(rev)) => return rev,
+            Ok(TxnOutcome::Conflict(_)) => {
+                let kv = store.get(key).await.unwrap().unwrap();
+                assert_eq!(kv.value, value.as_bytes(), "someone else wrote {key}");
+                return kv.mod_revision;
+            }
+            Err(StoreError::Unavailable(_)) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("writing {key}: {e}"),
+        }
+    }
+    panic!("{key} could not be written in 20 attempts");
+}
+
+/// Every key under `prefix` and its value, and the revision read at.
+async fn state(store: &dyn Store, prefix: &str) -> (BTreeMap<String, String>, Revision) {
+    let read = store.range(Range::prefix(prefix)).await.unwrap();
+    let kvs = read
+        .kvs
+        .into_iter()
+        .map(|kv| (kv.key, String::from_utf8(kv.value.to_vec()).unwrap()))
+        .collect();
+    (kvs, read.revision)
+}
+
+/// Fails if the feed yields anything within 300 ms.
+async fn expect_silence(feed: &mut BoxStream<'static, Result<WatchEvent, StoreError>>) {
+    let extra = tokio::time::timeout(Duration::from_millis(300), feed.next()).await;
+    assert!(extra.is_err(), "unexpected event: {extra:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_continue_when_the_etcd_leader_is_killed_under_write_load() {
+    const WRITERS: usize = 4;
+    const CREATES: usize = 100;
+    let mut cluster = EtcdCluster::start(3).await;
+    let store = cluster.store("/load/").await;
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (store, acknowledged, failures) =
+                (store.clone(), acknowledged.clone(), failures.clone());
+            tokio::spawn(async move {
+                for i in 0..CREATES {
+                    // A create guarded as the API guards one: only if the name is free.
+                    let key = format!("meshes/m/vn/{w}-{i}");
+                    let create = Txn {
+                        compares: vec![Compare::Absent(key.clone())],
+                        ops: vec![put(&key, &i.to_string())],
+                    };
+                    let mut attempts = 0;
+                    loop {
+                        attempts += 1;
+                        match store.txn(create.clone()).await {
+                            Ok(TxnOutcome::Committed(_)) => break,
+                            // An earlier attempt whose answer was lost did commit.
+                            Ok(TxnOutcome::Conflict(_)) if attempts > 1 => break,
+                            Ok(TxnOutcome::Conflict(_)) => panic!("{key} existed before"),
+                            Err(StoreError::Unavailable(why)) if attempts < 20 => {
+                                failures.lock().unwrap().push(why);
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            Err(e) => panic!("creating {key}: {e}"),
+                        }
+                    }
+                    acknowledged.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    while acknowledged.load(Ordering::Relaxed) < 100 {
+        assert!(
+            !writers.iter().any(|w| w.is_finished()),
+            "a writer stopped early"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let leader = cluster.leader().await;
+    cluster.kill(leader);
+    let at_kill = acknowledged.load(Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    assert!(
+        at_kill < WRITERS * CREATES,
+        "the load ended before the kill"
+    );
+    // Every create is there, once, with its value.
+    let (kvs, _) = state(&*store, "meshes/m/vn/").await;
+    assert_eq!(kvs.len(), WRITERS * CREATES);
+    assert_eq!(kvs["meshes/m/vn/3-99"], "99");
+    let failures = failures.lock().unwrap();
+    eprintln!(
+        "killed the leader (member {leader}) after {at_kill} of {} creates; {} attempts failed \
+         and were retried, such as: {:?}",
+        WRITERS * CREATES,
+        failures.len(),
+        failures.first()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_delivers_every_change_once_and_in_order_while_the_members_it_reads_from_are_killed_in_turn(
+) {
+    let mut cluster = EtcdCluster::start(3).await;
+    let writer = cluster.store("/resume/").await;
+    // The watcher knows only members 0 and 1: killing each in turn breaks its
+    // watch stream at least once.
+    let watcher = EtcdStore::connect(EtcdOptions {
+        endpoints: cluster.endpoints_of(&[0, 1]),
+        ..cluster.options("/resume/")
+    })
+    .await
+    .unwrap();
+    let start = writer.revision().await.unwrap();
+    let mut feed = watcher.watch("routes/", start).await.unwrap();
+    let mut expected = Vec::new();
+    for phase in 0..3 {
+        if phase > 0 {
+            cluster.kill(phase - 1);
+        }
+        for i in 0..10 {
+            let n = phase * 10 + i;
+            let prev = expected.last().copied().unwrap_or(0);
+            expected.push(write_once(&*writer, "routes/r", &n.to_string(), prev).await);
+        }
+        if phase > 0 {
+            cluster.restart(phase - 1).await;
+        }
+    }
+    for (n, rev) in expected.iter().enumerate() {
+        let event = next_event(&mut feed).await;
+        assert_eq!(
+            (event.revision, event.value),
+            (*rev, Some(Bytes::from(n.to_string())))
+        );
+    }
+    expect_silence(&mut feed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_missed_a_compaction_gets_compacted_and_reloads_the_current_state() {
+    let cluster = EtcdCluster::start(3).await;
+    let store = cluster.store("/follow/").await;
+    let p = "res/m/vn/";
+    commit(
+        &*store,
+        vec![put("res/m/vn/a", "1"), put("res/m/vn/b", "1")],
+    )
+    .await;
+
+    // The follower loads, then watches.
+    let (loaded, rev) = state(&*store, p).await;
+    assert_eq!(loaded.len(), 2);
+    let mut feed = store.watch(p, rev).await.unwrap();
+    commit(&*store, vec![put("res/m/vn/a", "2")]).await;
+    let seen = next_event(&mut feed).await;
+    assert_eq!(seen.value, Some(Bytes::from("2")));
+    // Then it loses its stream; meanwhile the mesh changes and etcd compacts.
+    drop(feed);
+    commit(&*store, vec![put("res/m/vn/b", "2")]).await;
+    commit(
+        &*store,
+        vec![Op::Delete("res/m/vn/a".into()), put("res/m/vn/c", "1")],
+    )
+    .await;
+    let compacted = cluster.compact().await;
+
+    match store.watch(p, seen.revision).await {
+        Err(StoreError::Compacted { requested, oldest }) => {
+            assert_eq!(requested, seen.revision);
+            assert_eq!(oldest, compacted);
+        }
+        Err(e) => panic!("expected Compacted, got {e}"),
+        Ok(_) => panic!("expected Compacted, got a stream"),
+    }
+    // Reloading gives the current state, not a mix of old and new, and the
+    // follower continues from it.
+    let (reloaded, rev) = state(&*store, p).await;
+    let expected: BTreeMap<String, String> = [("res/m/vn/b", "2"), ("res/m/vn/c", "1")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(reloaded, expected);
+    let mut feed = store.watch(p, rev).await.unwrap();
+    let next = commit(&*store, vec![put("res/m/vn/d", "1")]).await;
+    let event = next_event(&mut feed).await;
+    assert_eq!((event.revision, event.key.as_str()), (next, "res/m/vn/d"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_installations_on_different_prefixes_of_one_cluster_do_not_see_each_other() {
+    let cluster = EtcdCluster::start(3).await;
+    let team_a = cluster.store("/team-a/").await;
+    let team_b = cluster.store("/team-b/").await;
+    commit(&*team_a, vec![put("res/shop/mesh", "a")]).await;
+    commit(&*team_b, vec![put("res/shop/mesh", "b")]).await;
+    commit(&*team_b, vec![put("res/shop/vn/only-b", "b")]).await;
+
+    let mut a_feed = team_a
+        .watch("", team_a.revision().await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        state(&*team_a, "").await.0.into_iter().collect::<Vec<_>>(),
+        [("res/shop/mesh".to_string(), "a".to_string())]
+    );
+    assert_eq!(team_b.count(Range::prefix("")).await.unwrap(), 2);
+    // The same name is free for one and taken for the other.
+    let create = Txn {
+        compares: vec![Compare::Absent("res/shop/vn/only-b".into())],
+        ops: vec![put("res/shop/vn/only-b", "a")],
+    };
+    assert!(matches!(
+        team_a.txn(create.clone()).await.unwrap(),
+        TxnOutcome::Committed(_)
+    ));
+    assert!(matches!(
+        team_b.txn(create).await.unwrap(),
+        TxnOutcome::Conflict(_)
+    ));
+    assert_eq!(next_event(&mut a_feed).await.value, Some(Bytes::from("a")));
+    // B's deletes and writes are not A's changes.
+    commit(
+        &*team_b,
+        vec![Op::Delete("res/shop/mesh".into()), put("res/x", "b")],
+    )
+    .await;
+    expect_silence(&mut a_feed).await;
+    assert!(team_a.get("res/shop/mesh").await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_holding_another_key_layout_is_refused_with_a_clear_error() {
+    let cluster = EtcdCluster::start(3).await;
+    // A first start claims its prefix.
+    cluster.store("/fresh/").await;
+    let mut client = cluster.client().await;
+    let marker = client.get("/fresh/layout", None).await.unwrap();
+    assert_eq!(marker.kvs()[0].value(), weft_store_etcd::LAYOUT.as_bytes());
+    // A prefix written by a Weft with another layout.
+    client
+        .put("/older/layout", "weft-store-v0", None)
+        .await
+        .unwrap();
+    client.put("/older/meshes/shop", "{}", None).await.unwrap();
+    let refused = EtcdStore::connect(cluster.options("/older/")).await;
+    let Err(e @ EtcdStoreError::Layout { .. }) = refused else {
+        panic!("expected a layout error, got {:?}", refused.err());
+    };
+    let message = e.to_string();
+    for part in [
+        "\"/older/\"",
+        "weft-store-v0",
+        "weft-store-v1",
+        "--etcd-prefix",
+    ] {
+        assert!(message.contains(part), "{message:?} lacks {part}");
+    }
+    // Nothing was overwritten.
+    let marker = client.get("/older/layout", None).await.unwrap();
+    assert_eq!(marker.kvs()[0].value(), b"weft-store-v0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_unreachable_at_start_is_a_clear_error_naming_every_endpoint() {
+    // Two loopback ports nobody listens on.
+    let ports: Vec<String> = (0..2)
+        .map(|_| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+        })
+        .collect();
+    let refused = EtcdStore::connect(EtcdOptions {
+        request_timeout: Duration::from_millis(500),
+        connect_for: Duration::from_secs(1),
+        ..EtcdOptions::new(ports.clone())
+    })
+    .await;
+    let Err(e @ EtcdStoreError::Unreachable { .. }) = refused else {
+        panic!("expected unreachable, got {:?}", refused.err());
+    };
+    let message = e.to_string();
+    assert!(
+        message.contains(&ports.join(",")) && message.contains("unreachable"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_whose_cluster_is_down_answers_unavailable_and_recovers_when_it_returns() {
+    let mut cluster = EtcdCluster::start(3).await;
+    let store = cluster.store("/outage/").await;
+    commit(&*store, vec![put("res/m/mesh", "1")]).await;
+    assert_eq!(store.health(), StoreHealth::Ok);
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    let endpoints = cluster.endpoints().join(",");
+    match store
+        .txn(Txn {
+            compares: vec![],
+            ops: vec![put("res/m/vn/a", "1")],
+        })
+        .await
+    {
+        Err(StoreError::Unavailable(why)) => assert!(why.contains(&endpoints), "{why}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(matches!(
+        store.get("res/m/mesh").await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(store.health(), StoreHealth::Degraded(why) if why.contains(&endpoints)));
+
+    cluster.restart_all().await;
+    let (kvs, _) = state(&*store, "res/").await;
+    assert_eq!(
+        kvs.len(),
+        1,
+        "the data survived and the failed write left nothing: {kvs:?}"
+    );
+    assert_eq!(store.health(), StoreHealth::Ok);
+    commit(&*store, vec![put("res/m/vn/a", "1")]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_weft_never_writes_are_skipped_and_binary_values_pass_through() {
+    let cluster = EtcdCluster::start(3).await;
+    let store = cluster.store("/odd/").await;
+    let start = store.revision().await.unwrap();
+    let mut feed = store.watch("", start).await.unwrap();
+    let mut client = cluster.client().await;
+    client
+        .put(b"/odd/kv/\xff\xfe".to_vec(), "x", None)
+        .await
+        .unwrap();
+    client
+        .put("/odd/kv/bin", vec![0u8, 0xff, 0x80], None)
+        .await
+        .unwrap();
+    let kvs = store.range(Range::prefix("")).await.unwrap().kvs;
+    assert_eq!(kvs.len(), 1);
+    assert_eq!(
+        (kvs[0].key.as_str(), kvs[0].value.as_ref()),
+        ("bin", &[0u8, 0xff, 0x80][..])
+    );
+    let event = next_event(&mut feed).await;
+    assert_eq!(event.key, "bin");
+    expect_silence(&mut feed).await;
+}
