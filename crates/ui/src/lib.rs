@@ -45,6 +45,8 @@ pub const MAX_EVENT_STREAMS: usize = 32;
 pub const FAILING_ERROR_RATE: f64 = 0.05;
 /// Changes closer together than this are sent to the page as one.
 const COALESCE: Duration = Duration::from_millis(150);
+/// Live figures go to a page at most this often.
+const LIVE_EVERY: Duration = Duration::from_secs(1);
 
 /// The dashboard: its sources and its sessions.
 #[derive(Clone)]
@@ -262,6 +264,7 @@ struct StreamState {
     revisions: watch::Receiver<i64>,
     traffic: watch::Receiver<u64>,
     last: Option<graph::Graph>,
+    last_live: tokio::time::Instant,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -273,33 +276,48 @@ fn event(name: &str, body: &impl serde::Serialize) -> Event {
 }
 
 impl StreamState {
-    /// The next event: the graph when the mesh's resources changed, else the live figures when
-    /// the traffic did; `None` when the server stops.
+    /// The next event: the graph when the mesh's resources changed (read again from the store),
+    /// else the live figures when the traffic did (from the graph already built, at most once
+    /// a [`LIVE_EVERY`]); `None` when the server stops.
     async fn next(&mut self) -> Option<Event> {
         loop {
-            if self.last.is_some() {
+            let mut structure = self.last.is_none();
+            if !structure {
                 tokio::select! {
-                    r = self.revisions.changed() => r.ok()?,
+                    r = self.revisions.changed() => { r.ok()?; structure = true; }
                     r = self.traffic.changed() => r.ok()?,
                 }
-                // A burst of writes (a script creating a mesh) makes one event.
-                tokio::time::sleep(COALESCE).await;
+                if structure {
+                    // A burst of writes (a script creating a mesh) makes one event.
+                    tokio::time::sleep(COALESCE).await;
+                } else {
+                    // Every proxy's flush bumps the traffic: the page needs a tick, not each.
+                    tokio::time::sleep_until(self.last_live + LIVE_EVERY).await;
+                    structure = self.revisions.has_changed().unwrap_or(false);
+                }
                 self.revisions.mark_unchanged();
                 self.traffic.mark_unchanged();
             }
-            let (graph, live) = match self.ui.graph_of(&self.mesh).await {
-                Ok(built) => built,
-                Err(e) => {
-                    tracing::warn!(error = %e, "building the dashboard's graph failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+            self.last_live = tokio::time::Instant::now();
+            if structure {
+                let (graph, live) = match self.ui.graph_of(&self.mesh).await {
+                    Ok(built) => built,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "building the dashboard's graph failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                if self.last.as_ref() != Some(&graph) {
+                    let e = event("graph", &serde_json::json!({"graph": graph, "live": live}));
+                    self.last = Some(graph);
+                    return Some(e);
                 }
-            };
-            if self.last.as_ref() != Some(&graph) {
-                let e = event("graph", &serde_json::json!({"graph": graph, "live": live}));
-                self.last = Some(graph);
-                return Some(e);
+                // Another mesh changed: nothing to tell this page.
+                continue;
             }
+            let graph = self.last.as_ref()?;
+            let live = graph::live(graph, &self.ui.inner.traffic.view(), FAILING_ERROR_RATE);
             return Some(event("live", &live));
         }
     }
@@ -321,6 +339,7 @@ async fn events(
         ui,
         mesh: q.mesh,
         last: None,
+        last_live: tokio::time::Instant::now(),
         _permit: permit,
     };
     let stream = futures::stream::unfold(state, |mut s| async move {
