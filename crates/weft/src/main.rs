@@ -16,6 +16,7 @@ mod demo;
 mod proxy_status;
 mod readiness;
 mod server;
+mod store_backend;
 mod xds_tls;
 
 #[derive(Parser)]

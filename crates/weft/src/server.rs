@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weft_api::{ApiConfig, Quotas, RateLimit, Service};
-use weft_store::{EmbeddedOptions, EmbeddedStore, SharedStore};
+use weft_store::SharedStore;
 
 use crate::proxy_status;
 
@@ -31,6 +31,9 @@ pub struct ServerArgs {
     /// Folder of the embedded store (created if missing).
     #[arg(long, env = "WEFT_DATA_DIR", default_value = "./weft-data")]
     pub data_dir: PathBuf,
+    /// The store: embedded in --data-dir, or an etcd cluster.
+    #[command(flatten)]
+    pub store: crate::store_backend::StoreArgs,
     /// Region written into ARNs.
     #[arg(long, env = "WEFT_REGION", default_value = "us-east-1")]
     pub region: String,
@@ -154,6 +157,7 @@ impl ServerArgs {
             xds_listen,
             dns_listen,
             data_dir,
+            store: Default::default(),
             region: "us-east-1".into(),
             account_id: "000000000000".into(),
             quotas: Vec::new(),
@@ -296,12 +300,8 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
     let config = config(args)?;
     let ca_config = args.ca.config()?;
     let (api_limits, xds_limits) = listener_limits(args)?;
-    let store = EmbeddedStore::open(EmbeddedOptions {
-        segment_size: args.store_segment_size,
-        ..EmbeddedOptions::new(&args.data_dir)
-    })
-    .await
-    .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
+    let store =
+        crate::store_backend::open(&args.store, &args.data_dir, args.store_segment_size).await?;
     let metrics = weft_metrics::ServerMetrics::new();
     let store: SharedStore = metrics.metered(store);
     let ca = weft_ca::CaService::start(store.clone(), ca_config)
