@@ -210,7 +210,12 @@ fn connect_options(options: &EtcdOptions) -> Result<ConnectOptions, EtcdStoreErr
         .with_require_leader(true)
         .with_keep_alive(Duration::from_secs(5), options.request_timeout);
     if let Some((user, password)) = &options.user {
-        connect = connect.with_user(user.clone(), password.clone());
+        // etcd's simple auth tokens expire (`--auth-token-ttl`, 300 s by default,
+        // https://etcd.io/docs/v3.4/op-guide/configuration/): a long-lived server
+        // must get a new one rather than fail every request once it lapses.
+        connect = connect
+            .with_user(user.clone(), password.clone())
+            .with_auto_token_refresh(true);
     }
     if let Some(tls) = &options.tls {
         let mut config = etcd_client::TlsOptions::new();

@@ -404,3 +404,49 @@ async fn keys_weft_never_writes_are_skipped_and_binary_values_pass_through() {
     assert_eq!(event.key, "bin");
     expect_silence(&mut feed).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_etcd_authentication_on_weft_serves_as_a_user_whose_role_holds_its_prefix() {
+    use etcd_client::Permission;
+    let cluster = EtcdCluster::start(3).await;
+    let mut admin = cluster.client().await;
+    // As an operator sets it up (https://etcd.io/docs/v3.4/op-guide/authentication/):
+    // root first, then a role for Weft's prefix and a user with it.
+    admin.user_add("root", "root-secret", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.role_add("weft").await.unwrap();
+    admin
+        .role_grant_permission("weft", Permission::read_write("/weft-auth/").with_prefix())
+        .await
+        .unwrap();
+    admin.user_add("weft", "weft-secret", None).await.unwrap();
+    admin.user_grant_role("weft", "weft").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    let as_user = |user: &str, password: &str, prefix: &str| EtcdOptions {
+        user: Some((user.to_string(), password.to_string())),
+        ..cluster.options(prefix)
+    };
+    let store = EtcdStore::connect(as_user("weft", "weft-secret", "/weft-auth/"))
+        .await
+        .unwrap();
+    let rev = commit(&*store, vec![put("res/m/mesh", "1")]).await;
+    let mut feed = store.watch("res/", rev - 1).await.unwrap();
+    assert_eq!(next_event(&mut feed).await.revision, rev);
+
+    for (options, why) in [
+        (as_user("weft", "wrong", "/weft-auth/"), "a wrong password"),
+        (
+            as_user("weft", "weft-secret", "/other-team/"),
+            "a prefix its role lacks",
+        ),
+        (cluster.options("/weft-auth/"), "no user"),
+    ] {
+        let refused = EtcdStore::connect(options).await;
+        assert!(
+            matches!(refused, Err(EtcdStoreError::Refused { .. })),
+            "{why}: {:?}",
+            refused.err()
+        );
+    }
+}
