@@ -63,14 +63,55 @@ function makeGraph() {
       { selector: ":selected", style: { "overlay-opacity": 0.15 } },
     ],
   });
-  dashboard.cy.on("tap", "node, edge", (ev) => {
+  dashboard.cy.on("tap", "node", (ev) => {
     const d = ev.target.data();
-    $("#selected").textContent = JSON.stringify(d.live || {}, null, 1) === "{}" ? d.id : `${d.id}\n${JSON.stringify(d.live, null, 1)}`;
-    if (ev.target.isNode()) {
-      const [code, name] = d.id.split(/:(.*)/s);
-      showResource({ code, name, parent: null });
-    }
+    $("#selected").textContent = `${d.kind} ${d.name}, version ${d.version}, ${d.status}`;
+    const [code, name] = d.id.split(/:(.*)/s);
+    showResource({ code, name, parent: null });
   });
+  dashboard.cy.on("tap", "edge", (ev) => showEdge(ev.target.id()).catch(failed));
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+// A sparkline of `values` (one per flush), as CloudWatch draws a metric over time.
+function sparkline(values, color, label) {
+  const w = 220, h = 40;
+  // One flush so far: a level line.
+  if (values.length === 1) values = [values[0], values[0]];
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("width", w); svg.setAttribute("height", h);
+  svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+  const max = Math.max(...values, 1e-9);
+  const step = values.length > 1 ? w / (values.length - 1) : w;
+  const line = document.createElementNS(SVG, "polyline");
+  line.setAttribute("points", values.map((v, i) => `${(i * step).toFixed(1)},${(h - 2 - (v / max) * (h - 4)).toFixed(1)}`).join(" "));
+  line.setAttribute("fill", "none"); line.setAttribute("stroke", color); line.setAttribute("stroke-width", "2");
+  svg.append(line);
+  const div = document.createElement("div");
+  div.className = "spark";
+  div.append(`${label} (max ${fmt(max)})`, document.createElement("br"), svg);
+  return div;
+}
+
+// The traffic that crossed an edge, per source and target, with its history.
+async function showEdge(id) {
+  const q = new URLSearchParams({ mesh: state.mesh, id });
+  const { traffic } = await api(`/ui/api/edge?${q}`);
+  const panel = $("#selected");
+  const title = document.createElement("b");
+  title.textContent = id;
+  panel.replaceChildren(title);
+  if (!traffic.length) panel.append(document.createElement("br"), "No traffic in the last minute.");
+  for (const t of traffic) {
+    const head = document.createElement("p");
+    const ms = (v) => (v == null ? "-" : fmt(v));
+    head.textContent = `${t.source.name} → ${t.target.name}: ${fmt(t.rps)} rps, ${fmt(t.error_rate * 100)}% errors, p50/p90/p99 ${ms(t.p50_ms)}/${ms(t.p90_ms)}/${ms(t.p99_ms)} ms`;
+    panel.append(head,
+      sparkline(t.history.map((p) => p.rps), "#0073bb", "requests/s"),
+      sparkline(t.history.map((p) => p.error_rate * 100), "#d13212", "errors %"),
+      sparkline(t.history.map((p) => p.p99_ms || 0), "#8c4fff", "p99 ms"));
+  }
 }
 
 // Applies a whole graph: adds and removes what changed, updates the rest in place, and lays

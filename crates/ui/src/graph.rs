@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::traffic::{EdgeKey, TrafficView};
+use crate::traffic::{EdgeKey, TrafficEdge, TrafficView};
 
 /// One stored resource of a mesh: its store key and its `…Data` JSON (`spec`, `metadata`,
 /// `status`), as the API's `Describe…` returns it.
@@ -320,6 +320,33 @@ fn paths<'a>(
     ids
 }
 
+/// The graph's edges by source node.
+fn outgoing(graph: &Graph) -> HashMap<&str, Vec<&GraphEdge>> {
+    let mut out: HashMap<&str, Vec<&GraphEdge>> = HashMap::new();
+    for e in &graph.edges {
+        out.entry(e.source.as_str()).or_default().push(e);
+    }
+    out
+}
+
+/// The traffic snapshot's edges whose requests crossed the graph edge `id` (see [`paths`]):
+/// what the dashboard shows, with their history, when an edge is selected.
+pub fn crossing<'t>(graph: &Graph, traffic: &'t TrafficView, id: &str) -> Vec<&'t TrafficEdge> {
+    let out = outgoing(graph);
+    traffic
+        .edges_of(&graph.mesh)
+        .filter(|e| {
+            let key = e.key();
+            let Some(target) = key.target else {
+                return false;
+            };
+            let source = node_id(key.source_code, &key.source);
+            let route = key.route.as_ref().map(|(r, n)| (r.as_str(), n.as_str()));
+            paths(&out, &source, &target, key.service.as_deref(), route).contains(id)
+        })
+        .collect()
+}
+
 /// Places the traffic snapshot's edges on the graph: each edge of the way a request took (see
 /// [`paths`]) gets its rps, error rate and p99, summed over the traffic crossing it; a virtual
 /// node gets what it received. Anything over `threshold` is failing.
@@ -328,10 +355,7 @@ pub fn live(graph: &Graph, traffic: &TrafficView, threshold: f64) -> LiveFigures
         threshold,
         ..LiveFigures::default()
     };
-    let mut out: HashMap<&str, Vec<&GraphEdge>> = HashMap::new();
-    for e in &graph.edges {
-        out.entry(e.source.as_str()).or_default().push(e);
-    }
+    let out = outgoing(graph);
     for e in traffic.edges_of(&graph.mesh) {
         let EdgeKey {
             source_code,
@@ -460,6 +484,11 @@ mod tests {
         assert!(live.edges["r:color/split>red"].failing);
         assert!(!live.edges["r:color/split>blue"].failing);
         assert!(!live.edges["r:color/split>blue"].shared);
+        let crossing_provider = crossing(&graph, &traffic, "p:color.apps.local>vr:color");
+        assert_eq!(crossing_provider.len(), 2);
+        let crossing_red = crossing(&graph, &traffic, "r:color/split>red");
+        assert_eq!(crossing_red.len(), 1);
+        assert_eq!(crossing_red[0].source.name, "front");
         assert_eq!(live.edges["p:color.apps.local>vr:color"].rps, 8.0);
         assert!((live.edges["p:color.apps.local>vr:color"].error_rate - 0.25).abs() < 1e-9);
     }

@@ -139,6 +139,7 @@ impl Dashboard {
             .route("/ui/api/meshes", get(meshes))
             .route("/ui/api/graph", get(graph))
             .route("/ui/api/events", get(events))
+            .route("/ui/api/edge", get(edge))
             .route("/ui/api/resources", get(resources::list))
             .route("/ui/api/resource", get(resources::one))
             .route("/ui/api/proxies", get(proxies::list))
@@ -255,6 +256,25 @@ async fn graph(
 ) -> Result<Response, UiError> {
     let (graph, live) = ui.graph_of(&q.mesh).await?;
     Ok(Json(serde_json::json!({"graph": graph, "live": live})).into_response())
+}
+
+#[derive(Deserialize)]
+struct EdgeQuery {
+    mesh: String,
+    id: String,
+}
+
+/// `GET /ui/api/edge?mesh=&id=`: the traffic that crossed one edge of the graph, each source
+/// and target with its figures and history (one point per flush).
+async fn edge(
+    State(ui): State<Dashboard>,
+    Query(q): Query<EdgeQuery>,
+) -> Result<Response, UiError> {
+    let resources = resources::of_mesh(ui.store(), &q.mesh).await?;
+    let graph = graph::build(&q.mesh, &resources);
+    let traffic = ui.inner.traffic.view();
+    let crossing = graph::crossing(&graph, &traffic, &q.id);
+    Ok(Json(serde_json::json!({"id": q.id, "traffic": crossing})).into_response())
 }
 
 /// What one page's event stream remembers between events.

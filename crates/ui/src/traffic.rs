@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -54,7 +54,7 @@ impl TrafficSource {
 }
 
 /// A proxy or target by kind and name.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ProxyRef {
     /// `virtualNode` or `virtualGateway`.
     pub kind: String,
@@ -63,7 +63,7 @@ pub struct ProxyRef {
 }
 
 /// A route by router (or gateway) and name.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RouteRef {
     /// The virtual router or virtual gateway.
     pub router: String,
@@ -72,7 +72,7 @@ pub struct RouteRef {
 }
 
 /// One edge of the traffic snapshot.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct TrafficEdge {
     /// The mesh of both ends.
     pub mesh: String,
@@ -92,7 +92,32 @@ pub struct TrafficEdge {
     /// Fraction of them that failed.
     #[serde(default)]
     pub error_rate: f64,
+    /// Median latency, milliseconds.
+    #[serde(default)]
+    pub p50_ms: Option<f64>,
+    /// 90th percentile latency, milliseconds.
+    #[serde(default)]
+    pub p90_ms: Option<f64>,
     /// 99th percentile latency, milliseconds.
+    #[serde(default)]
+    pub p99_ms: Option<f64>,
+    /// One point per flush, oldest first.
+    #[serde(default)]
+    pub history: Vec<HistoryPoint>,
+}
+
+/// One point of an edge's history.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct HistoryPoint {
+    /// Unix seconds.
+    pub t: u64,
+    /// Requests per second then.
+    #[serde(default)]
+    pub rps: f64,
+    /// Fraction of them that failed.
+    #[serde(default)]
+    pub error_rate: f64,
+    /// 99th percentile latency then, milliseconds.
     #[serde(default)]
     pub p99_ms: Option<f64>,
 }
@@ -160,7 +185,8 @@ impl TrafficView {
     }
 
     /// The edges of one mesh.
-    pub fn edges_of<'a>(&'a self, mesh: &'a str) -> impl Iterator<Item = &'a TrafficEdge> + 'a {
+    pub fn edges_of<'a>(&'a self, mesh: &str) -> impl Iterator<Item = &'a TrafficEdge> + 'a {
+        let mesh = mesh.to_string();
         self.edges.iter().filter(move |e| e.mesh == mesh)
     }
 }

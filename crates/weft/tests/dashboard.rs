@@ -462,6 +462,23 @@ async fn live_traffic_shows_on_the_edges_and_a_backend_answering_500s_turns_its_
         .eval("return window.weftDashboard.cy.getElementById('b:front>colors.apps.local').hasClass('failing');")
         .await;
     assert_eq!(backend, true);
+    // Selecting the failing edge shows who sends on it, the figures and their history.
+    browser
+        .eval("window.weftDashboard.cy.getElementById('r:colors/split>red').emit('tap'); return null;")
+        .await;
+    let (selected, _) = browser
+        .wait_for(
+            Duration::from_secs(5),
+            "const s = document.querySelector('#selected'); \
+             const lines = [...s.querySelectorAll('svg polyline')]; \
+             return lines.length === 3 \
+                 && lines.every(l => l.getAttribute('points').split(' ').length >= 2) \
+                 && s.innerText;",
+        )
+        .await;
+    let selected = selected.as_str().unwrap();
+    assert!(selected.contains("front → red: "), "{selected}");
+    assert!(selected.contains("100% errors, p50/p90/p99 "), "{selected}");
     let shot = artifacts().join("live-traffic.png");
     browser.screenshot(&shot).await;
     println!("screenshot: {}", shot.display());
