@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, CompactionOptions, GetOptions};
 
-use crate::{EtcdOptions, EtcdStore};
+use crate::{EtcdOptions, EtcdStore, EtcdTls};
 
 /// Where Debian's `etcd-server` package puts the binary.
 pub const ETCD: &str = "/usr/bin/etcd";
@@ -26,6 +26,22 @@ pub struct EtcdCluster {
     dir: tempfile::TempDir,
     members: Vec<Member>,
     initial_cluster: String,
+    tls: Option<ClusterTls>,
+}
+
+/// PEM files for a cluster that serves its clients over TLS and asks for
+/// their certificates (etcd's `--client-cert-auth`,
+/// <https://etcd.io/docs/v3.4/op-guide/security/>).
+#[derive(Debug, Clone)]
+pub struct ClusterTls {
+    /// The CA that signed both the members' and the client's certificates.
+    pub ca: PathBuf,
+    /// The members' certificate (for 127.0.0.1) and key.
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// A client certificate and key the members accept.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
 }
 
 struct Member {
@@ -47,6 +63,15 @@ impl EtcdCluster {
     /// Starts `size` members and waits until the cluster serves writes.
     /// Panics (naming the log folder) if etcd is missing or does not come up.
     pub async fn start(size: usize) -> EtcdCluster {
+        Self::start_with(size, None).await
+    }
+
+    /// [`EtcdCluster::start`] serving clients over TLS with client certificates.
+    pub async fn start_tls(size: usize, tls: ClusterTls) -> EtcdCluster {
+        Self::start_with(size, Some(tls)).await
+    }
+
+    async fn start_with(size: usize, tls: Option<ClusterTls>) -> EtcdCluster {
         assert!(
             std::path::Path::new(ETCD).exists(),
             "{ETCD} is missing: scripts/test installs Debian's etcd-server (install_etcd in scripts/lib/setup.sh)"
@@ -72,6 +97,7 @@ impl EtcdCluster {
             dir,
             members,
             initial_cluster,
+            tls,
         };
         for i in 0..size {
             cluster.spawn(i);
@@ -94,9 +120,20 @@ impl EtcdCluster {
             .unwrap();
         let m = &self.members[i];
         let data = self.dir.path().join(&m.name);
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let client = format!("{}://127.0.0.1:{}", self.scheme(), m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let child = Command::new(ETCD)
+        let mut command = Command::new(ETCD);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
@@ -126,7 +163,9 @@ impl EtcdCluster {
         for endpoint in self.live_endpoints() {
             loop {
                 let ready = async {
-                    let mut client = Client::connect([&endpoint], None).await.ok()?;
+                    let mut client = Client::connect([&endpoint], self.connect_options())
+                        .await
+                        .ok()?;
                     client.put("weft-test/ready", "1", None).await.ok()?;
                     Some(())
                 };
@@ -160,8 +199,33 @@ impl EtcdCluster {
         self.members
             .iter()
             .filter(|m| m.child.is_some())
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client_port))
             .collect()
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// How a plain client reaches the members: with the client certificate
+    /// when they serve TLS.
+    fn connect_options(&self) -> Option<etcd_client::ConnectOptions> {
+        let tls = self.tls.as_ref()?;
+        let read = |p: &PathBuf| std::fs::read(p).unwrap();
+        Some(
+            etcd_client::ConnectOptions::new().with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)))
+                    .identity(etcd_client::Identity::from_pem(
+                        read(&tls.client_cert),
+                        read(&tls.client_key),
+                    )),
+            ),
+        )
     }
 
     /// The `--store` value of `weft server` for this cluster: `etcd://a,b,c`.
@@ -175,6 +239,11 @@ impl EtcdCluster {
             prefix: prefix.to_string(),
             request_timeout: Duration::from_secs(3),
             connect_for: Duration::from_secs(10),
+            tls: self.tls.as_ref().map(|tls| EtcdTls {
+                ca_file: Some(tls.ca.clone()),
+                cert_file: Some(tls.client_cert.clone()),
+                key_file: Some(tls.client_key.clone()),
+            }),
             ..EtcdOptions::new(self.endpoints())
         }
     }
@@ -189,7 +258,9 @@ impl EtcdCluster {
     /// A plain etcd client on the live members, for what Weft never does
     /// itself (writing foreign keys, compacting).
     pub async fn client(&self) -> Client {
-        Client::connect(self.live_endpoints(), None).await.unwrap()
+        Client::connect(self.live_endpoints(), self.connect_options())
+            .await
+            .unwrap()
     }
 
     /// The index of the member that leads the cluster now.
@@ -198,8 +269,8 @@ impl EtcdCluster {
             if m.child.is_none() {
                 continue;
             }
-            let endpoint = format!("http://127.0.0.1:{}", m.client_port);
-            let Ok(mut client) = Client::connect([endpoint], None).await else {
+            let endpoint = format!("{}://127.0.0.1:{}", self.scheme(), m.client_port);
+            let Ok(mut client) = Client::connect([endpoint], self.connect_options()).await else {
                 continue;
             };
             let Ok(status) = client.status().await else {

@@ -450,3 +450,73 @@ async fn with_etcd_authentication_on_weft_serves_as_a_user_whose_role_holds_its_
         );
     }
 }
+
+/// A CA and, signed by it, a certificate for the members (127.0.0.1) and one for Weft, as PEM
+/// files in `dir`.
+fn tls_files(dir: &std::path::Path) -> weft_store_etcd::testing::ClusterTls {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "test etcd CA");
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    let leaf = |name: &str, sans: &[&str]| {
+        let mut params =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca).unwrap();
+        (
+            write(&format!("{name}.pem"), cert.pem()),
+            write(&format!("{name}.key"), key.serialize_pem()),
+        )
+    };
+    let (server_cert, server_key) = leaf("etcd", &["127.0.0.1", "localhost"]);
+    let (client_cert, client_key) = leaf("weft", &[]);
+    weft_store_etcd::testing::ClusterTls {
+        ca: write("ca.pem", ca.pem()),
+        server_cert,
+        server_key,
+        client_cert,
+        client_key,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_cluster_that_requires_tls_client_certificates_is_reached_with_the_tls_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = tls_files(dir.path());
+    let cluster = EtcdCluster::start_tls(3, tls.clone()).await;
+    let store = cluster.store("/secure/").await;
+    let rev = commit(&*store, vec![put("res/m/mesh", "1")]).await;
+    assert_eq!(
+        store.get("res/m/mesh").await.unwrap().unwrap().mod_revision,
+        rev
+    );
+    // Without a client certificate the members refuse the connection.
+    let mut options = cluster.options("/secure/");
+    options.tls = Some(weft_store_etcd::EtcdTls {
+        ca_file: Some(tls.ca.clone()),
+        cert_file: None,
+        key_file: None,
+    });
+    options.connect_for = Duration::from_secs(1);
+    assert!(EtcdStore::connect(options).await.is_err());
+    // A certificate without its key is a clear configuration error.
+    let mut options = cluster.options("/secure/");
+    options.tls = Some(weft_store_etcd::EtcdTls {
+        ca_file: Some(tls.ca),
+        cert_file: Some(tls.client_cert),
+        key_file: None,
+    });
+    let Err(EtcdStoreError::Options(why)) = EtcdStore::connect(options).await else {
+        panic!("a certificate without its key was accepted");
+    };
+    assert!(why.contains("--etcd-key-file"), "{why}");
+}
