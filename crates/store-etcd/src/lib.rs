@@ -304,15 +304,17 @@ impl EtcdStore {
                 Err(_) => format!("no answer within {:?}", options.request_timeout),
             };
             let waited = started.elapsed();
-            if waited + backoff > options.connect_for {
+            if waited >= options.connect_for {
                 return Err(EtcdStoreError::Unreachable {
                     endpoints: endpoints.to_string(),
                     waited,
                     last,
                 });
             }
-            tracing::warn!(endpoints = %endpoints, error = %last, retry_in = ?backoff, "etcd is unreachable; retrying");
-            tokio::time::sleep(backoff).await;
+            // The last wait ends at the deadline, for one last attempt there.
+            let pause = backoff.min(options.connect_for - waited);
+            tracing::warn!(endpoints = %endpoints, error = %last, retry_in = ?pause, "etcd is unreachable; retrying");
+            tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }

@@ -77,3 +77,45 @@ async fn a_mesh_created_on_etcd_survives_its_server_being_killed_and_a_new_serve
         .unwrap_err();
     assert_eq!(common::error_code(&again), "ConflictException");
 }
+
+#[test]
+fn a_server_whose_etcd_is_unreachable_exits_with_an_error_naming_the_endpoints() {
+    // Two loopback ports nobody listens on.
+    let ports: Vec<String> = (0..2)
+        .map(|_| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["server", "--store"])
+        .arg(format!("etcd://{}", ports.join(",")))
+        .args(["--etcd-connect-timeout", "1", "--data-dir"])
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--xds-listen", "127.0.0.1:0"])
+        .args(["--dns-listen", "127.0.0.1:0", "--insecure-plaintext-xds"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("weft server kept running without its etcd");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&ports.join(",")) && stderr.contains("unreachable"),
+        "{stderr}"
+    );
+}
