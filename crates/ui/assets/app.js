@@ -182,8 +182,9 @@ function follow(mesh) {
   events.addEventListener("graph", (m) => {
     const { graph, live } = JSON.parse(m.data);
     applyGraph(graph, live);
-    if (state.tab === "resources") loadResources();
+    if (state.tab === "resources") loadResources().catch(failed);
   });
+  events.addEventListener("meshes", (m) => showMeshes(JSON.parse(m.data).meshes));
   events.addEventListener("live", (m) => applyLive(JSON.parse(m.data)));
   events.onopen = () => { status.textContent = "live"; status.className = "status live"; };
   // EventSource reconnects by itself; say so meanwhile.
@@ -359,6 +360,15 @@ async function login() {
   history.replaceState(null, "", location.pathname + (params.size ? `?${params}` : "") + location.hash);
   await fetch("/ui/api/login", { method: "POST", credentials: "same-origin", headers: { "content-type": "application/json" }, body: JSON.stringify({ token }) })
     .then((r) => { if (!r.ok) message("The login token is unknown, used or expired: run `weft dashboard` again."); });
+}
+
+// The mesh selector follows meshes created or deleted since the page opened.
+function showMeshes(meshes) {
+  const select = $("#mesh");
+  const shown = [...select.options].map((o) => o.value);
+  if (shown.join("\n") === meshes.join("\n")) return;
+  select.replaceChildren(...meshes.map((m) => new Option(m, m)));
+  if (meshes.includes(state.mesh)) select.value = state.mesh;
 }
 
 async function selectMesh(mesh) {

@@ -61,6 +61,8 @@ struct Inner {
     sessions: Sessions,
     open: bool,
     revisions: watch::Sender<i64>,
+    /// Bumped when a mesh is created, updated or deleted.
+    meshes: watch::Sender<u64>,
     streams: Arc<Semaphore>,
 }
 
@@ -81,6 +83,7 @@ impl Dashboard {
                 sessions: Sessions::default(),
                 open,
                 revisions: watch::channel(0).0,
+                meshes: watch::channel(0).0,
                 streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
             }),
         }
@@ -118,6 +121,9 @@ impl Dashboard {
                     _ = &mut shutdown => return,
                     event = feed.next() => match event {
                         Some(Ok(event)) => {
+                            if event.key.starts_with("mesh/") {
+                                self.inner.meshes.send_modify(|n| *n += 1);
+                            }
                             self.inner.revisions.send_replace(event.revision);
                         }
                         _ => break,
@@ -234,14 +240,19 @@ async fn login(
         .into_response())
 }
 
-async fn meshes(State(ui): State<Dashboard>) -> Result<Response, UiError> {
-    let found = ui.store().range(Range::prefix("mesh/")).await?;
-    let names: Vec<String> = found
+/// The names of every mesh.
+async fn mesh_names(store: &SharedStore) -> Result<Vec<String>, UiError> {
+    let found = store.range(Range::prefix("mesh/")).await?;
+    Ok(found
         .kvs
         .iter()
         .filter_map(|kv| kv.key.strip_prefix("mesh/"))
         .map(weft_model::keys::unescape)
-        .collect();
+        .collect())
+}
+
+async fn meshes(State(ui): State<Dashboard>) -> Result<Response, UiError> {
+    let names = mesh_names(ui.store()).await?;
     Ok(Json(serde_json::json!({"meshes": names, "open": ui.inner.open})).into_response())
 }
 
@@ -282,6 +293,7 @@ struct StreamState {
     ui: Dashboard,
     mesh: String,
     revisions: watch::Receiver<i64>,
+    meshes: watch::Receiver<u64>,
     traffic: watch::Receiver<u64>,
     last: Option<graph::Graph>,
     last_live: tokio::time::Instant,
@@ -304,6 +316,18 @@ impl StreamState {
             let mut structure = self.last.is_none();
             if !structure {
                 tokio::select! {
+                    r = self.meshes.changed() => {
+                        r.ok()?;
+                        self.meshes.mark_unchanged();
+                        // The list of meshes first; this mesh's own change, if any, next.
+                        match mesh_names(self.ui.store()).await {
+                            Ok(names) => return Some(event("meshes", &serde_json::json!({"meshes": names}))),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "listing meshes for the dashboard failed");
+                                continue;
+                            }
+                        }
+                    }
                     r = self.revisions.changed() => { r.ok()?; structure = true; }
                     r = self.traffic.changed() => r.ok()?,
                 }
@@ -355,6 +379,7 @@ async fn events(
         .map_err(|_| UiError::TooManyConnections)?;
     let state = StreamState {
         revisions: ui.inner.revisions.subscribe(),
+        meshes: ui.inner.meshes.subscribe(),
         traffic: ui.inner.traffic.subscribe(),
         ui,
         mesh: q.mesh,

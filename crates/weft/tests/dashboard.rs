@@ -671,7 +671,7 @@ async fn the_page_is_served_from_the_binary_and_an_open_server_needs_no_session(
 }
 
 #[tokio::test]
-async fn a_dashboard_opened_before_any_mesh_shows_the_first_one_created() {
+async fn a_dashboard_opened_before_any_mesh_shows_the_first_one_created_and_lists_the_next() {
     let server = WeftServer::start();
     let browser = Browser::start(1000, 700).await;
     browser.client.goto(&dashboard_url(&server)).await.unwrap();
@@ -686,6 +686,14 @@ async fn a_dashboard_opened_before_any_mesh_shows_the_first_one_created() {
         .wait_for(
             Duration::from_secs(10),
             "return window.weftDashboard.ready && window.weftDashboard.cy.nodes().length === 6;",
+        )
+        .await;
+    // A second mesh joins the selector without a reload.
+    MeshApi::create(&server.client(), "more", MeshSpec::new()).await;
+    browser
+        .wait_for(
+            Duration::from_secs(10),
+            "return [...document.querySelectorAll('#mesh option')].map(o => o.value).join() === 'apps,more';",
         )
         .await;
     assert_eq!(browser.page_errors().await, Vec::<String>::new());
