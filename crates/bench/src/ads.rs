@@ -395,6 +395,65 @@ impl Fleet {
         Ok(())
     }
 
+    /// Starts one proxy that fails over between several control-plane replicas (`endpoints`,
+    /// `host:port`), as Envoy does with several hosts in its xDS cluster: when its stream ends
+    /// (its replica died), it waits a jittered backoff below Envoy's 500 ms base interval for
+    /// gRPC stream retries and opens a new stream to the next replica, forever. Proxies of one
+    /// group of `streams_per_connection` share one HTTP/2 connection per replica. Not mixed with
+    /// [`Fleet::add`] in one fleet.
+    pub fn add_failover(&mut self, endpoints: &[String], spec: ProxySpec) -> Result<()> {
+        let index = self.stats.len();
+        let group = index / self.streams_per_connection;
+        // Channels after the one `new` made: per group, one per endpoint.
+        while self.channels.len() < 1 + (group + 1) * endpoints.len() {
+            let e = (self.channels.len() - 1) % endpoints.len();
+            let endpoint = Endpoint::from_shared(format!("http://{}", endpoints[e]))
+                .context("an xDS address is not a valid URI")?
+                .tcp_nodelay(true);
+            self.channels.push(endpoint.connect_lazy());
+        }
+        let channels: Vec<Channel> = (0..endpoints.len())
+            .map(|e| self.channels[1 + group * endpoints.len() + e].clone())
+            .collect();
+        let stats = Arc::new(ProxyStats::default());
+        let ctx = ProxyCtx {
+            epoch: self.epoch,
+            stats: stats.clone(),
+            names: self.names.clone(),
+            track_held: self.track_held,
+        };
+        let node = Node {
+            id: spec.node_id.clone(),
+            cluster: spec.cluster.clone(),
+            ..Node::default()
+        };
+        let protocol = self.protocol;
+        // Envoy's first retry waits a random time below the base interval (500 ms); spread the
+        // fleet's the same way, deterministically.
+        let jitter = Duration::from_millis((index as u64 * 7919) % 500);
+        self.tasks.push(tokio::spawn(async move {
+            let mut next = 0;
+            loop {
+                let channel = channels[next % channels.len()].clone();
+                let ctx = ProxyCtx {
+                    epoch: ctx.epoch,
+                    stats: ctx.stats.clone(),
+                    names: ctx.names.clone(),
+                    track_held: ctx.track_held,
+                };
+                let _ = match protocol {
+                    AdsProtocol::Sotw => run_sotw(channel, node.clone(), ctx).await,
+                    AdsProtocol::Delta => run_delta(channel, node.clone(), ctx).await,
+                };
+                next += 1;
+                tokio::time::sleep(jitter).await;
+            }
+        }));
+        self.stats.push(stats);
+        self.specs.push(spec);
+        Ok(())
+    }
+
     /// Number of streams that ended (none should while the benchmark runs).
     pub fn ended(&self) -> usize {
         self.tasks.iter().filter(|t| t.is_finished()).count()

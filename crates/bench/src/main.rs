@@ -33,6 +33,7 @@ mod ca;
 mod compaction;
 mod dataplane;
 mod envoys;
+mod failover;
 mod lan;
 mod load;
 mod machine;
@@ -77,6 +78,9 @@ enum Command {
     XdsScale(xds_scale::XdsScaleArgs),
     /// Real Envoys connected to `weft server`: time from an API write to the last ACK.
     Envoys(envoys::EnvoysArgs),
+    /// Replicas on a real etcd cluster, simulated proxies over them: time from killing a
+    /// replica to every proxy it served having config from another.
+    Failover(failover::FailoverArgs),
     /// Bytes of config one proxy receives as the mesh grows around it.
     Scoping(scoping::ScopingArgs),
     /// Open-loop latency direct vs through the client and server Envoys.
@@ -631,6 +635,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::XdsScale(args) => runtime()?.block_on(xds_scale::run(args)),
         Command::Envoys(args) => runtime()?.block_on(envoys::run(args)),
+        Command::Failover(args) => runtime()?.block_on(failover::run(args)),
         Command::Telemetry(args) => runtime()?.block_on(telemetry::run(args)),
         Command::Compaction(args) => runtime()?.block_on(compaction::run(args)),
         Command::Abuse(args) => runtime()?.block_on(abuse::run(args)),
