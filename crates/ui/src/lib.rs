@@ -63,6 +63,8 @@ struct Inner {
     revisions: watch::Sender<i64>,
     /// Bumped when a mesh is created, updated or deleted.
     meshes: watch::Sender<u64>,
+    /// Set when the server stops: open event streams end, so that connections close.
+    stopped: watch::Sender<bool>,
     streams: Arc<Semaphore>,
 }
 
@@ -84,6 +86,7 @@ impl Dashboard {
                 open,
                 revisions: watch::channel(0).0,
                 meshes: watch::channel(0).0,
+                stopped: watch::channel(false).0,
                 streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
             }),
         }
@@ -92,6 +95,11 @@ impl Dashboard {
     /// Follows the store's meshes and resources until `shutdown`, telling every open page of
     /// each change (one watch for all of them).
     pub async fn follow(self, shutdown: impl std::future::Future<Output = ()>) {
+        self.follow_until(shutdown).await;
+        self.inner.stopped.send_replace(true);
+    }
+
+    async fn follow_until(&self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
             let store = &self.inner.store;
@@ -295,6 +303,7 @@ struct StreamState {
     revisions: watch::Receiver<i64>,
     meshes: watch::Receiver<u64>,
     traffic: watch::Receiver<u64>,
+    stopped: watch::Receiver<bool>,
     last: Option<graph::Graph>,
     last_live: tokio::time::Instant,
     _permit: tokio::sync::OwnedSemaphorePermit,
@@ -307,6 +316,11 @@ fn event(name: &str, body: &impl serde::Serialize) -> Event {
         .unwrap_or_else(|_| Event::default().event(name).data("{}"))
 }
 
+/// Resolves once the server stops (the guard `wait_for` returns is not kept: it is not `Send`).
+async fn stopping(stopped: &mut watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
 impl StreamState {
     /// The next event: the graph when the mesh's resources changed (read again from the store),
     /// else the live figures when the traffic did (from the graph already built, at most once
@@ -316,6 +330,7 @@ impl StreamState {
             let mut structure = self.last.is_none();
             if !structure {
                 tokio::select! {
+                    () = stopping(&mut self.stopped) => return None,
                     r = self.meshes.changed() => {
                         r.ok()?;
                         self.meshes.mark_unchanged();
@@ -380,6 +395,7 @@ async fn events(
     let state = StreamState {
         revisions: ui.inner.revisions.subscribe(),
         meshes: ui.inner.meshes.subscribe(),
+        stopped: ui.inner.stopped.subscribe(),
         traffic: ui.inner.traffic.subscribe(),
         ui,
         mesh: q.mesh,

@@ -619,7 +619,7 @@ async fn the_demo_prints_a_dashboard_link_and_its_steady_load_shows_on_the_split
 
 #[tokio::test]
 async fn the_page_is_served_from_the_binary_and_an_open_server_needs_no_session() {
-    let server = WeftServer::start_with(&["--insecure-no-auth"]);
+    let mut server = WeftServer::start_with(&["--insecure-no-auth"]);
     colors_mesh(&server.client()).await;
     let get = |path: &str| reqwest::get(format!("{}{path}", server.addr));
     let page = get("/ui/").await.unwrap();
@@ -668,6 +668,15 @@ async fn the_page_is_served_from_the_binary_and_an_open_server_needs_no_session(
     let text = String::from_utf8_lossy(&chunk);
     assert!(text.starts_with("event: graph\ndata: {"), "{text}");
     assert!(text.contains("\"percent\":75"), "{text}");
+    // Stopping the server ends the open streams: it exits at once, not at its stop bound.
+    let stopping = Instant::now();
+    server.send_sigterm();
+    assert!(server.exits_within(Duration::from_secs(5)));
+    println!(
+        "the server stopped in {:?} with 32 dashboard streams open",
+        stopping.elapsed()
+    );
+    drop(open);
 }
 
 #[tokio::test]
