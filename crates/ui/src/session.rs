@@ -32,8 +32,15 @@ pub struct Sessions {
 
 #[derive(Default)]
 struct Inner {
-    logins: HashMap<String, Instant>,
-    sessions: HashMap<String, Instant>,
+    logins: HashMap<[u8; 32], Instant>,
+    sessions: HashMap<[u8; 32], Instant>,
+}
+
+/// What a token is kept and looked up by: its SHA-256 digest, so that the maps hold no usable
+/// secret and a lookup's timing tells nothing about the secret's bytes.
+fn digest(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
 }
 
 fn token() -> Result<String, UiError> {
@@ -43,10 +50,10 @@ fn token() -> Result<String, UiError> {
 }
 
 /// Drops what expired, then the oldest entries past `cap - 1` (room for one more).
-fn prune(map: &mut HashMap<String, Instant>, now: Instant, cap: usize) {
+fn prune(map: &mut HashMap<[u8; 32], Instant>, now: Instant, cap: usize) {
     map.retain(|_, expiry| *expiry > now);
     while map.len() >= cap {
-        let Some(oldest) = map.iter().min_by_key(|(_, e)| **e).map(|(k, _)| k.clone()) else {
+        let Some(oldest) = map.iter().min_by_key(|(_, e)| **e).map(|(k, _)| *k) else {
             break;
         };
         map.remove(&oldest);
@@ -64,20 +71,20 @@ impl Sessions {
         let token = token()?;
         let mut inner = self.lock();
         prune(&mut inner.logins, now, MAX_LOGINS);
-        inner.logins.insert(token.clone(), now + LOGIN_TTL);
+        inner.logins.insert(digest(&token), now + LOGIN_TTL);
         Ok(token)
     }
 
     /// Uses up a login token: a new session id, valid for [`SESSION_TTL`].
     pub fn redeem(&self, login: &str, now: Instant) -> Result<String, UiError> {
         let mut inner = self.lock();
-        match inner.logins.remove(login) {
+        match inner.logins.remove(&digest(login)) {
             Some(expiry) if expiry > now => {}
             _ => return Err(UiError::BadLoginToken),
         }
         let session = token()?;
         prune(&mut inner.sessions, now, MAX_SESSIONS);
-        inner.sessions.insert(session.clone(), now + SESSION_TTL);
+        inner.sessions.insert(digest(&session), now + SESSION_TTL);
         Ok(session)
     }
 
@@ -85,7 +92,7 @@ impl Sessions {
     pub fn is_open(&self, session: &str, now: Instant) -> bool {
         self.lock()
             .sessions
-            .get(session)
+            .get(&digest(session))
             .is_some_and(|expiry| *expiry > now)
     }
 
