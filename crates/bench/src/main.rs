@@ -34,6 +34,7 @@ mod compaction;
 mod dataplane;
 mod envoys;
 mod failover;
+mod ingest;
 mod lan;
 mod load;
 mod machine;
@@ -81,6 +82,8 @@ enum Command {
     /// Replicas on a real etcd cluster, simulated proxies over them: time from killing a
     /// replica to every proxy it served having config from another.
     Failover(failover::FailoverArgs),
+    /// The stats intake: server CPU and history memory for simulated proxies' stats flushes.
+    Ingest(ingest::IngestArgs),
     /// Bytes of config one proxy receives as the mesh grows around it.
     Scoping(scoping::ScopingArgs),
     /// Open-loop latency direct vs through the client and server Envoys.
@@ -637,6 +640,7 @@ fn main() -> Result<()> {
         Command::Envoys(args) => runtime()?.block_on(envoys::run(args)),
         Command::Failover(args) => runtime()?.block_on(failover::run(args)),
         Command::Telemetry(args) => runtime()?.block_on(telemetry::run(args)),
+        Command::Ingest(args) => runtime()?.block_on(ingest::run(args)),
         Command::Compaction(args) => runtime()?.block_on(compaction::run(args)),
         Command::Abuse(args) => runtime()?.block_on(abuse::run(args)),
         Command::Ca(args) => runtime()?.block_on(ca::run(args)),
