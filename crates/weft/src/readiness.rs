@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use futures::StreamExt;
 use serde_json::{json, Value};
 use weft_control::Progress;
 use weft_store::{Revision, SharedStore, StoreError, StoreHealth};
@@ -49,12 +50,47 @@ async fn readiness(store: &SharedStore, progress: &Progress) -> Response {
         },
     };
     let caught_up = match revision {
-        Ok(r) => progress.caught_up(r, WAIT).await,
+        Ok(r) => caught_up(store, progress, r).await,
         Err(_) => false,
     };
     let (status, body) = verdict(revision, caught_up, progress.applied());
     (status, Json(body)).into_response()
 }
+
+/// Whether the control plane has applied every change of Weft's up to the store's revision
+/// `revision`. The store's revision may count writes that are not Weft's (on etcd, every key
+/// of the cluster moves it, other installations' prefixes included), which the control plane's
+/// feed never delivers: when the control plane is behind the number, the store is asked for
+/// the first change of Weft's after what was applied, and only such a change (not yet applied
+/// within [`WAIT`]) makes the replica not ready.
+async fn caught_up(store: &SharedStore, progress: &Progress, revision: Revision) -> bool {
+    let Some(applied) = progress.applied() else {
+        // Loading: wait a little for the load to finish.
+        return progress.caught_up(revision, WAIT).await;
+    };
+    if applied >= revision {
+        return true;
+    }
+    let first_pending = async {
+        let mut feed = store.watch("", applied).await.ok()?;
+        match feed.next().await {
+            Some(Ok(event)) => Some(Some(event.revision)),
+            // Compacted past what was applied: the control plane reloads.
+            Some(Err(_)) => Some(Some(revision)),
+            None => Some(None),
+        }
+    };
+    match tokio::time::timeout(PENDING_WAIT, first_pending).await {
+        // No change of Weft's since what was applied: the rest are others' writes.
+        Err(_) | Ok(Some(None)) => true,
+        Ok(Some(Some(pending))) if pending > revision => true,
+        Ok(Some(Some(pending))) => progress.caught_up(pending, WAIT).await,
+        Ok(None) => false,
+    }
+}
+
+/// How long the store's feed is given to deliver a pending change of Weft's.
+const PENDING_WAIT: Duration = Duration::from_millis(300);
 
 fn unreachable(e: &StoreError) -> String {
     format!("the store is unreachable: {e}")

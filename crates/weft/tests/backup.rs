@@ -343,3 +343,11 @@ async fn a_backup_of_one_control_plane_restores_into_another_with_identical_spec
     let target = WeftServer::start();
     backup_and_restore(&source, &target).await;
 }
+
+#[tokio::test]
+async fn a_backup_of_an_embedded_store_server_restores_into_an_etcd_store_server() {
+    let etcd = weft_store_etcd::testing::EtcdCluster::start(3).await;
+    let source = WeftServer::start();
+    let target = WeftServer::start_with(&["--store", &etcd.store_url()]);
+    backup_and_restore(&source, &target).await;
+}

@@ -1,0 +1,379 @@
+//! Several `weft server` replicas on one real 3-member etcd cluster: concurrent writers through
+//! both (the AWS SDK) never lose an update, never both win a name, never pass a quota, and
+//! every acknowledged write is read back from both; real Envoys (through `weft agent` given
+//! both replicas' xDS addresses) keep serving when the replica they are connected to is killed
+//! with SIGKILL, reconnect to the other, receive identical versions (no listener rebuilt), and
+//! get a route change made after the kill.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::mesh::{agent, free_port, sample_app, wait_until, Agent, Proc};
+use common::WeftServer;
+use weft_store_etcd::testing::EtcdCluster;
+use weft_test_support::sdk::MeshApi;
+use weft_test_support::spec::{MeshSpec, NodeSpec, RouteSpec, RouterSpec, ServiceSpec};
+
+/// Replicas of one Weft installation on one etcd cluster: the same store and prefix, the same
+/// key-encryption key file (access keys' secrets are sealed under it), the first replica's
+/// administrator credentials given to the others (as an operator copies them).
+struct Replicas {
+    etcd: EtcdCluster,
+    servers: Vec<Option<WeftServer>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Replicas {
+    async fn start(n: usize, extra: &[&str]) -> Replicas {
+        let etcd = EtcdCluster::start(3).await;
+        let dir = tempfile::tempdir().unwrap();
+        let kek = dir.path().join("auth-kek");
+        let store = etcd.store_url();
+        let mut servers = Vec::new();
+        for i in 0..n {
+            let data: PathBuf = dir.path().join(format!("replica-{i}"));
+            std::fs::create_dir_all(&data).unwrap();
+            if i > 0 {
+                std::fs::copy(
+                    dir.path().join("replica-0").join("admin-credentials"),
+                    data.join("admin-credentials"),
+                )
+                .unwrap();
+            }
+            let mut args = vec![
+                "--store",
+                store.as_str(),
+                "--etcd-prefix",
+                "/weft-test/",
+                "--auth-kek-file",
+                kek.to_str().unwrap(),
+            ];
+            args.extend_from_slice(extra);
+            servers.push(Some(WeftServer::start_in(&data, &args)));
+        }
+        Replicas {
+            etcd,
+            servers,
+            _dir: dir,
+        }
+    }
+
+    fn get(&self, i: usize) -> &WeftServer {
+        self.servers[i].as_ref().unwrap()
+    }
+
+    /// `A,B`: every live replica's xDS address, as `APPMESH_XDS_ENDPOINT` lists them.
+    fn xds_list(&self) -> String {
+        let all: Vec<&str> = self
+            .servers
+            .iter()
+            .flatten()
+            .map(|s| s.xds_addr.as_str())
+            .collect();
+        all.join(",")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_through_two_replicas_lose_nothing_and_never_both_win() {
+    let replicas = Replicas::start(2, &["--quota", "virtual-nodes-per-mesh=25"]).await;
+    let (a, b) = (replicas.get(0).client(), replicas.get(1).client());
+    MeshApi::create(&a, "apps", MeshSpec::new()).await;
+    MeshApi::create(&b, "full", MeshSpec::new()).await;
+
+    // Both replicas are asked for the same 20 names at once: one create wins each.
+    let mut writers = Vec::new();
+    for i in 0..20 {
+        for client in [a.clone(), b.clone()] {
+            writers.push(tokio::spawn(async move {
+                let r = client
+                    .create_virtual_node()
+                    .mesh_name("apps")
+                    .virtual_node_name(format!("node-{i}"))
+                    .spec(common::dns_node_spec(&format!("node-{i}.apps.local"), 8080))
+                    .send()
+                    .await;
+                (i, r.map_err(|e| common::error_code(&e)))
+            }));
+        }
+    }
+    let mut won = BTreeSet::new();
+    let mut conflicts = 0;
+    for w in writers {
+        match w.await.unwrap() {
+            (i, Ok(_)) => assert!(won.insert(i), "node-{i} created twice"),
+            (_, Err(code)) => {
+                assert_eq!(code, "ConflictException");
+                conflicts += 1;
+            }
+        }
+    }
+    assert_eq!((won.len(), conflicts), (20, 20));
+
+    // 40 different nodes for a mesh whose quota is 25: exactly 25 acknowledged.
+    let mut writers = Vec::new();
+    for i in 0..40 {
+        let client = if i % 2 == 0 { a.clone() } else { b.clone() };
+        writers.push(tokio::spawn(async move {
+            let r = client
+                .create_virtual_node()
+                .mesh_name("full")
+                .virtual_node_name(format!("n-{i}"))
+                .spec(common::dns_node_spec("n.full.local", 8080))
+                .send()
+                .await;
+            (i, r.map_err(|e| common::error_code(&e)))
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    for w in writers {
+        match w.await.unwrap() {
+            (i, Ok(_)) => acknowledged.push(format!("n-{i}")),
+            (_, Err(code)) => assert_eq!(code, "LimitExceededException"),
+        }
+    }
+    assert_eq!(acknowledged.len(), 25, "the quota holds across replicas");
+
+    // 30 updates of one node through both: every acknowledged update read the one before.
+    let mut writers = Vec::new();
+    for i in 0..30 {
+        let client = if i % 2 == 0 { a.clone() } else { b.clone() };
+        writers.push(tokio::spawn(async move {
+            client
+                .update_virtual_node()
+                .mesh_name("apps")
+                .virtual_node_name("node-0")
+                .spec(common::dns_node_spec(&format!("v{i}.apps.local"), 8080))
+                .send()
+                .await
+                .map(|o| o.virtual_node.unwrap().metadata.unwrap().version)
+                .map_err(|e| common::error_code(&e))
+        }));
+    }
+    let mut versions = Vec::new();
+    for w in writers {
+        versions.push(w.await.unwrap().expect("an update through either replica"));
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (2..=31).collect::<Vec<i64>>(), "no lost update");
+
+    // Every acknowledged write is read back from both replicas.
+    for client in [&a, &b] {
+        let listed = client
+            .list_virtual_nodes()
+            .mesh_name("full")
+            .send()
+            .await
+            .unwrap();
+        let mut names: Vec<String> = listed
+            .virtual_nodes
+            .iter()
+            .map(|r| r.virtual_node_name.clone())
+            .collect();
+        names.sort();
+        acknowledged.sort();
+        assert_eq!(names, acknowledged);
+        let node = client
+            .describe_virtual_node()
+            .mesh_name("apps")
+            .virtual_node_name("node-0")
+            .send()
+            .await
+            .unwrap()
+            .virtual_node
+            .unwrap();
+        assert_eq!(node.metadata.unwrap().version, 31);
+    }
+    drop(replicas.etcd);
+}
+
+/// The proxies connected to a replica, by node id, from its proxy status.
+async fn connected(server: &WeftServer) -> BTreeSet<String> {
+    let response =
+        common::signed_request(&server.addr, "GET", "/weft/v1/proxy-status", None, "weft").await;
+    let status: serde_json::Value = response.json().await.unwrap_or_default();
+    status["proxies"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["nodeId"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Envoy counters that move when a listener or cluster is rebuilt (a drain) rather than kept.
+fn rebuilds(agent: &Agent) -> u64 {
+    agent.stat_sum("listener_manager.listener_modified")
+        + agent.stat_sum("listener_manager.listener_added")
+        + agent.stat_sum("cluster_manager.cluster_modified")
+        + agent.stat_sum("cluster_manager.cluster_added")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn envoys_fail_over_to_the_other_replica_without_a_failed_request_or_a_rebuilt_listener() {
+    let mut replicas = Replicas::start(2, &[]).await;
+    let xds = replicas.xds_list();
+    let api = MeshApi::create(&replicas.get(0).client(), "apps", MeshSpec::new()).await;
+    let mut upstreams: Vec<(Agent, Proc)> = Vec::new();
+    for name in ["red", "blue"] {
+        let (app, app_port) = sample_app(name);
+        let port = free_port();
+        api.node(name, NodeSpec::http("127.0.0.1", port)).await;
+        upstreams.push((agent(&xds, "apps", name, &[(port, app_port)], "delta"), app));
+    }
+    api.router("colors", RouterSpec::http(8080)).await;
+    api.route("colors", "main", RouteSpec::split(&[("red", 1)]))
+        .await;
+    api.service("colors.apps.local", ServiceSpec::by_router("colors"))
+        .await;
+    api.node(
+        "front",
+        NodeSpec::http("127.0.0.1", free_port()).backend("colors.apps.local"),
+    )
+    .await;
+    let front = Arc::new(agent(&xds, "apps", "front", &[], "delta"));
+    wait_until(Duration::from_secs(20), || {
+        front
+            .get("colors.apps.local", "/", &[])
+            .is_ok_and(|(s, b)| s == 200 && b.contains("red"))
+    });
+
+    // The replica the most proxies are connected to is the one killed.
+    let mut per_replica = Vec::new();
+    for i in 0..2 {
+        per_replica.push(connected(replicas.get(i)).await);
+    }
+    assert_eq!(
+        per_replica[0].len() + per_replica[1].len(),
+        3,
+        "{per_replica:?}"
+    );
+    let victim = if per_replica[0].len() >= per_replica[1].len() {
+        0
+    } else {
+        1
+    };
+    let survivor = 1 - victim;
+    let moving = per_replica[victim].clone();
+    let mut all: Vec<&Agent> = upstreams.iter().map(|(a, _)| a).collect();
+    all.push(&front);
+    let before: Vec<u64> = all.iter().map(|a| rebuilds(a)).collect();
+
+    // Open-loop traffic: a request every 10 ms whatever the answers.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (front, stop, ok, failed) = (front.clone(), stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut next = Instant::now();
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match front.get("colors.apps.local", "/", &[]) {
+                    Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        eprintln!("failed request: {other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                next += Duration::from_millis(10);
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let killed_at = Instant::now();
+    replicas.servers[victim].as_mut().unwrap().kill9();
+    replicas.servers[victim] = None;
+    let survivor_server = replicas.get(survivor);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = connected(survivor_server).await;
+        if moving.iter().all(|p| now.contains(p)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "proxies {moving:?} did not reconnect to the other replica within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reconnected = killed_at.elapsed();
+    eprintln!(
+        "{} Envoy(s) reconnected to the other replica {:.0} ms after the kill",
+        moving.len(),
+        reconnected.as_secs_f64() * 1000.0
+    );
+    // Identical versions from the new replica: nothing rebuilt, nothing drained.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after: Vec<u64> = all.iter().map(|a| rebuilds(a)).collect();
+    assert_eq!(
+        before, after,
+        "a listener or cluster was rebuilt on reconnect"
+    );
+
+    // A route change made after the kill, through the survivor, reaches the Envoys.
+    let api = MeshApi::existing(&survivor_server.client(), "apps");
+    api.update_route("colors", "main", RouteSpec::split(&[("blue", 1)]))
+        .await;
+    wait_until(Duration::from_secs(20), || {
+        front
+            .get("colors.apps.local", "/", &[])
+            .is_ok_and(|(s, b)| s == 200 && b.contains("blue"))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("open-loop traffic through the failover: {ok} ok, {failed} failed");
+    assert!(ok > 50, "the traffic ran ({ok} requests)");
+    assert_eq!(failed, 0, "no failed data-plane request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_is_ready_while_etcd_answers_and_not_ready_with_a_reason_once_etcd_is_down() {
+    let mut replicas = Replicas::start(1, &[]).await;
+    let readiness = |addr: String| async move {
+        let response = reqwest::get(format!("{addr}/readyz")).await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<serde_json::Value>().await.unwrap())
+    };
+    let addr = replicas.get(0).addr.clone();
+    let (status, body) = readiness(addr.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    for member in 0..3 {
+        replicas.etcd.kill(member);
+    }
+    let (status, body) = readiness(addr.clone()).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["ready"], serde_json::json!(false));
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("store"),
+        "{body}"
+    );
+    // Back once etcd is: ready again, without a restart.
+    replicas.etcd.restart_all().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = readiness(addr.clone()).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not ready 30 s after etcd came back: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
