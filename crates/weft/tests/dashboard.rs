@@ -708,3 +708,97 @@ async fn a_dashboard_opened_before_any_mesh_shows_the_first_one_created_and_list
     assert_eq!(browser.page_errors().await, Vec::<String>::new());
     browser.close().await;
 }
+
+#[tokio::test]
+async fn a_proxy_that_rejected_its_config_shows_envoys_message_on_the_proxies_tab() {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+    const CLUSTERS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    const ADS: &str =
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+    let server = WeftServer::start();
+    colors_mesh(&server.client()).await;
+    // blue's proxy, as an ADS client that NACKs its clusters the way Envoy does (the request
+    // after a response carries its nonce, the last accepted version and an error detail).
+    let port: u16 = server.xds_addr.rsplit(':').next().unwrap().parse().unwrap();
+    let channel = weft_test_support::grpc::channel(port, &server.xds_addr);
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let node = Node {
+        id: "mesh/apps/virtualNode/blue".into(),
+        cluster: "blue".into(),
+        ..Node::default()
+    };
+    let (requests, rx) = tokio::sync::mpsc::channel(4);
+    requests
+        .send(DiscoveryRequest {
+            node: Some(node.clone()),
+            type_url: CLUSTERS.into(),
+            ..DiscoveryRequest::default()
+        })
+        .await
+        .unwrap();
+    let mut responses = grpc
+        .streaming(
+            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            ADS.parse().unwrap(),
+            tonic_prost::ProstCodec::<DiscoveryRequest, DiscoveryResponse>::default(),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), responses.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let rejection = "cds_ingress_apps_blue_http_8080: Proto constraint validation failed";
+    requests
+        .send(DiscoveryRequest {
+            node: Some(node),
+            type_url: CLUSTERS.into(),
+            response_nonce: first.nonce.clone(),
+            error_detail: Some(envoy_types::pb::google::rpc::Status {
+                code: 3,
+                message: rejection.into(),
+                details: Vec::new(),
+            }),
+            ..DiscoveryRequest::default()
+        })
+        .await
+        .unwrap();
+
+    let browser = Browser::start(1400, 700).await;
+    browser.client.goto(&dashboard_url(&server)).await.unwrap();
+    browser
+        .wait_for(
+            Duration::from_secs(15),
+            "return window.weftDashboard && window.weftDashboard.ready;",
+        )
+        .await;
+    browser
+        .eval("document.querySelector('nav button[data-tab=proxies]').click(); return null;")
+        .await;
+    let (row, _) = browser
+        .wait_for(
+            Duration::from_secs(10),
+            "const tr = [...document.querySelectorAll('#proxy-list tbody tr')] \
+               .find(tr => tr.children[0].textContent === 'mesh/apps/virtualNode/blue'); \
+             return tr && tr.children[6].textContent === '1' \
+                 && [...tr.children].map(td => [td.textContent, td.className]);",
+        )
+        .await;
+    let row: Vec<(String, String)> = serde_json::from_value(row).unwrap();
+    let (nack, class) = &row[7];
+    assert_eq!(
+        nack,
+        &format!("Cluster {}: {rejection}", &first.version_info[..12])
+    );
+    assert_eq!(class, "nack");
+    let shot = artifacts().join("nack.png");
+    browser.screenshot(&shot).await;
+    println!("screenshot: {}", shot.display());
+    assert_eq!(browser.page_errors().await, Vec::<String>::new());
+    browser.close().await;
+    drop(requests);
+}
