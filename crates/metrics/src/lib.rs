@@ -127,8 +127,11 @@ impl ServerMetrics {
 
     /// These metrics with the ADS server's figures, read at each scrape.
     pub fn with_xds(mut self, ads: AdsServer) -> Arc<ServerMetrics> {
-        // 1 ms to about 16 s: a change reaches a quiet mesh's Envoys in milliseconds.
-        let convergence = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        // 1 ms to about 18 s, each bucket 1.25 times the last: a change reaches a quiet mesh's
+        // Envoys in milliseconds, and histogram_quantile interpolates linearly within a
+        // bucket, so a p99 read from doubling buckets could be off by up to half its value
+        // (weft-bench envoys compares it with the Envoys' ACKs seen from outside).
+        let convergence = Histogram::new(exponential_buckets(0.001, 1.25, 45));
         self.registry.register(
             "proxy_convergence_time_seconds",
             "From a store change reaching the control plane to each affected Envoy's ACK of the \
