@@ -526,12 +526,8 @@ impl Store for EtcdStore {
                 async move { kv.get(start, Some(options)).await }
             })
             .await?;
-        let count = usize::try_from(resp.count()).unwrap_or(0);
-        Ok(if range.limit > 0 {
-            count.min(range.limit)
-        } else {
-            count
-        })
+        // Every key in the range, whatever `range.limit` says, as the embedded store counts.
+        Ok(usize::try_from(resp.count()).unwrap_or(0))
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
