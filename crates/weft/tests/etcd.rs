@@ -119,3 +119,31 @@ fn a_server_whose_etcd_is_unreachable_exits_with_an_error_naming_the_endpoints()
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_etcd_is_down_the_api_answers_service_unavailable_and_serves_again_once_it_is_back() {
+    let mut etcd = EtcdCluster::start(3).await;
+    let store = etcd.store_url();
+    let server = WeftServer::start_with(&["--store", store.as_str()]);
+    let client = server.client_without_retries();
+    MeshApi::create(&client, "before", MeshSpec::new()).await;
+
+    for member in 0..3 {
+        etcd.kill(member);
+    }
+    let refused = client
+        .create_mesh()
+        .mesh_name("during")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(common::error_code(&refused), "ServiceUnavailableException");
+
+    etcd.restart_all().await;
+    MeshApi::create(&client, "after", MeshSpec::new()).await;
+    let meshes = client.list_meshes().send().await.unwrap();
+    let mut names: Vec<&str> = meshes.meshes().iter().map(|m| m.mesh_name()).collect();
+    names.sort_unstable();
+    // Nothing of the refused create was written.
+    assert_eq!(names, ["after", "before"]);
+}
