@@ -315,6 +315,14 @@ async fn stream_metrics(xds: &str, messages: Vec<Vec<u8>>) -> Result<(), tonic::
         .connect()
         .await
         .unwrap();
+    stream_metrics_on(channel, messages).await
+}
+
+/// [`stream_metrics`] on a channel of the caller's (e.g. over mutual TLS).
+async fn stream_metrics_on(
+    channel: tonic::transport::Channel,
+    messages: Vec<Vec<u8>>,
+) -> Result<(), tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
     let path = http::uri::PathAndQuery::from_static(
@@ -435,4 +443,35 @@ async fn garbage_unknown_names_and_absurd_values_on_the_metrics_stream_are_count
     assert!(dropped("bad_value") >= 3.0);
     assert!(dropped("unknown_cluster") >= 1.0);
     assert_eq!(server.health().await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mutual_tls_a_proxy_reports_only_as_the_node_its_certificate_names() {
+    let server = WeftServer::start_with(&["--xds-tls"]);
+    let api = MeshApi::create(&server.client(), "apps", MeshSpec::new()).await;
+    api.node("front", NodeSpec::client(&[])).await;
+    let bundle = common::certs::trust_bundle(&server.addr).await;
+    let front =
+        common::certs::workload_certificate(&server.addr, "mesh/apps/virtualNode/front").await;
+    let c = "cluster.cds_egress_apps_back_http_80";
+    let report =
+        |node: &str| identified(node, vec![counter(&format!("{c}.upstream_rq_total"), 5.0)]);
+    // front's certificate, claiming to be back: refused as ADS refuses it, nothing recorded.
+    let channel = common::certs::xds_tls_channel(&server.xds_addr, &bundle, front.clone()).await;
+    let refused = stream_metrics_on(channel, vec![report("mesh/apps/virtualNode/back")]).await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::PermissionDenied);
+    // As itself: taken.
+    let channel = common::certs::xds_tls_channel(&server.xds_addr, &bundle, front).await;
+    stream_metrics_on(channel, vec![report("mesh/apps/virtualNode/front")])
+        .await
+        .unwrap();
+    let snapshot = traffic(&server).await;
+    let sources: Vec<&str> = snapshot["proxies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(sources, ["front"], "{snapshot:#}");
+    assert_eq!(requests_seen(edge(&snapshot, "front", "back")), 5.0);
 }

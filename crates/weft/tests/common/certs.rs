@@ -96,3 +96,49 @@ pub async fn trust_bundle(addr: &str) -> String {
         .unwrap();
     answer["trustBundle"].as_str().unwrap().to_string()
 }
+
+/// A gRPC channel to the xDS listener at `addr` over mutual TLS: the server verified against
+/// `bundle` (Weft's trust bundle), the client presenting `identity` (a workload certificate's
+/// chain and key, as [`workload_certificate`] gives them).
+pub async fn xds_tls_channel(
+    addr: &str,
+    bundle: &str,
+    identity: (String, String),
+) -> tonic::transport::Channel {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            CertificateDer::pem_slice_iter(identity.0.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap(),
+            PrivateKeyDer::from_pem_slice(identity.1.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let config = std::sync::Arc::new(config);
+    let target = addr.to_string();
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let (target, config) = (target.clone(), config.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&target).await?;
+                let ip: std::net::SocketAddr = target.parse().unwrap();
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(ServerName::IpAddress(ip.ip().into()), tcp)
+                    .await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await
+        .unwrap()
+}
