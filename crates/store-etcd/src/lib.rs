@@ -94,7 +94,8 @@ pub struct EtcdTls {
 pub struct EtcdOptions {
     /// `host:port` (or `http(s)://host:port`) of one or more cluster members.
     pub endpoints: Vec<String>,
-    /// Every key Weft writes starts with this.
+    /// Every key Weft writes starts with this (`/` is appended if missing).
+    /// Prefixes of different installations must not nest (`/a/` and `/a/kv/`).
     pub prefix: String,
     /// TLS to etcd (`https://` endpoints); `None` for plaintext.
     pub tls: Option<EtcdTls>,
@@ -250,7 +251,7 @@ impl EtcdStore {
     /// Connects to etcd, retrying with backoff for [`EtcdOptions::connect_for`]
     /// while no endpoint answers, then checks (or, on first use, writes) the
     /// prefix's layout marker.
-    pub async fn connect(options: EtcdOptions) -> Result<Arc<Self>, EtcdStoreError> {
+    pub async fn connect(mut options: EtcdOptions) -> Result<Arc<Self>, EtcdStoreError> {
         if options.endpoints.is_empty() {
             return Err(EtcdStoreError::Options("no etcd endpoint given".into()));
         }
@@ -260,6 +261,11 @@ impl EtcdStore {
                  their prefixes)"
                     .into(),
             ));
+        }
+        // `/weft` and `/weft/` are one prefix: a prefix that is not a whole path
+        // segment would share keys with its neighbours (`/weft` with `/weftkv/`).
+        if !options.prefix.ends_with('/') {
+            options.prefix.push('/');
         }
         let endpoints: Arc<str> = options.endpoints.join(",").into();
         let urls: Vec<String> = options

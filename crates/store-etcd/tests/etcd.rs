@@ -293,6 +293,17 @@ async fn a_prefix_holding_another_key_layout_is_refused_with_a_clear_error() {
     let mut client = cluster.client().await;
     let marker = client.get("/fresh/layout", None).await.unwrap();
     assert_eq!(marker.kvs()[0].value(), weft_store_etcd::LAYOUT.as_bytes());
+    // `/fresh` is the same prefix.
+    let same = cluster.store("/fresh").await;
+    commit(&*same, vec![put("res/m/mesh", "1")]).await;
+    assert!(
+        client
+            .get("/fresh/kv/res/m/mesh", None)
+            .await
+            .unwrap()
+            .count()
+            == 1
+    );
     // A prefix written by a Weft with another layout.
     client
         .put("/older/layout", "weft-store-v0", None)
