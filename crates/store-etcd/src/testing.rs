@@ -122,7 +122,12 @@ impl EtcdCluster {
         let data = self.dir.path().join(&m.name);
         let client = format!("{}://127.0.0.1:{}", self.scheme(), m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let mut command = Command::new(ETCD);
+        // util-linux's setpriv makes the kernel kill the member if the test
+        // process dies without dropping the cluster (a timeout's SIGKILL), so
+        // no member outlives its test (prctl PR_SET_PDEATHSIG,
+        // https://man7.org/linux/man-pages/man1/setpriv.1.html).
+        let mut command = Command::new("setpriv");
+        command.args(["--pdeathsig", "KILL", "--", ETCD]);
         if let Some(tls) = &self.tls {
             command
                 .arg("--cert-file")
