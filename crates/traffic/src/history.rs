@@ -32,7 +32,10 @@ impl Default for Limits {
             window_seconds: 60,
             resolution_seconds: 10,
             history_points: 60,
-            max_edges: 20_000,
+            // About 5.5 KB an edge at most (64 slots, the window's buckets, keys): 8,000 edges
+            // keep the history under the 50 MB issue 21 allows it (3,000 edges for 1,000
+            // proxies calling 3 nodes each measured 17 MB).
+            max_edges: 8_000,
             max_proxies: 20_000,
             idle_seconds: 600,
         }
