@@ -312,6 +312,11 @@ impl weft_store::Store for MeteredStore {
     ) -> Result<usize, weft_store::StoreError> {
         self.inner.count_latest(range).await
     }
+    async fn snapshot<'a>(
+        &'a self,
+    ) -> Result<Box<dyn weft_store::StoreSnapshot + 'a>, weft_store::StoreError> {
+        self.inner.snapshot().await
+    }
     async fn sync(&self) -> Result<(), weft_store::StoreError> {
         self.inner.sync().await
     }

@@ -30,8 +30,8 @@ use etcd_client::{
 };
 use futures::stream::BoxStream;
 use weft_store::{
-    Compare, KeyValue, Op, Range, RangeResult, Revision, Store, StoreError, StoreHealth, Txn,
-    TxnOutcome, WatchEvent,
+    Compare, KeyValue, Op, Range, RangeResult, Revision, Store, StoreError, StoreHealth,
+    StoreSnapshot, Txn, TxnOutcome, WatchEvent,
 };
 
 #[cfg(feature = "testing")]
@@ -423,6 +423,58 @@ impl EtcdStore {
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
 
+    /// Reads a range as of `revision`, or the latest state with `None`.
+    /// A read at a compacted revision fails with [`StoreError::Compacted`].
+    async fn range_at(
+        &self,
+        range: Range,
+        revision: Option<Revision>,
+    ) -> Result<RangeResult, StoreError> {
+        let start = self.key(&range.start);
+        let end = match &range.end {
+            Some(end) => self.key(end),
+            None => prefix_end(&self.data),
+        };
+        let limit = i64::try_from(range.limit).unwrap_or(i64::MAX);
+        let resp = self
+            .call("reading a range", Resend::Unreachable, || {
+                let mut kv = self.client.kv_client();
+                let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
+                if let Some(revision) = revision {
+                    options = options.with_revision(revision);
+                }
+                let start = start.clone();
+                // A compacted revision is an answer, not a failure to resend
+                // or to mark the store unhealthy for.
+                async move {
+                    match kv.get(start, Some(options)).await {
+                        Err(e) if is_compacted(&e) => Ok(Err(e)),
+                        other => other.map(Ok),
+                    }
+                }
+            })
+            .await?;
+        let resp = match (resp, revision) {
+            (Ok(resp), _) => resp,
+            (Err(_), requested) => {
+                let requested = requested.unwrap_or(0);
+                let oldest = self
+                    .compacted_from(requested)
+                    .await
+                    .unwrap_or(requested + 1);
+                return Err(StoreError::Compacted { requested, oldest });
+            }
+        };
+        Ok(RangeResult {
+            kvs: resp.kvs().iter().filter_map(|kv| self.decode(kv)).collect(),
+            more: resp.more(),
+            revision: match revision {
+                Some(revision) => revision,
+                None => resp.header().map(|h| h.revision()).unwrap_or(0),
+            },
+        })
+    }
+
     /// The oldest revision a watch can start from, when `revision` was
     /// compacted away: asks a watch from `revision`, which etcd cancels with
     /// the compaction revision.
@@ -453,6 +505,24 @@ impl EtcdStore {
             .await
             .ok()
             .flatten()
+    }
+}
+
+/// The store at one revision: etcd keeps every revision since the last
+/// compaction, so each range is read with that revision.
+struct EtcdSnapshot<'a> {
+    store: &'a EtcdStore,
+    revision: Revision,
+}
+
+#[async_trait::async_trait]
+impl StoreSnapshot for EtcdSnapshot<'_> {
+    fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    async fn range(&self, range: Range) -> Result<RangeResult, StoreError> {
+        self.store.range_at(range, Some(self.revision)).await
     }
 }
 
@@ -497,25 +567,7 @@ impl Store for EtcdStore {
     }
 
     async fn range(&self, range: Range) -> Result<RangeResult, StoreError> {
-        let start = self.key(&range.start);
-        let end = match &range.end {
-            Some(end) => self.key(end),
-            None => prefix_end(&self.data),
-        };
-        let limit = i64::try_from(range.limit).unwrap_or(i64::MAX);
-        let resp = self
-            .call("reading a range", Resend::Unreachable, || {
-                let mut kv = self.client.kv_client();
-                let options = GetOptions::new().with_range(end.clone()).with_limit(limit);
-                let start = start.clone();
-                async move { kv.get(start, Some(options)).await }
-            })
-            .await?;
-        Ok(RangeResult {
-            kvs: resp.kvs().iter().filter_map(|kv| self.decode(kv)).collect(),
-            more: resp.more(),
-            revision: resp.header().map(|h| h.revision()).unwrap_or(0),
-        })
+        self.range_at(range, None).await
     }
 
     async fn count(&self, range: Range) -> Result<usize, StoreError> {
@@ -596,6 +648,14 @@ impl Store for EtcdStore {
 
     async fn revision(&self) -> Result<Revision, StoreError> {
         self.current_revision().await
+    }
+
+    async fn snapshot<'a>(&'a self) -> Result<Box<dyn StoreSnapshot + 'a>, StoreError> {
+        let revision = self.current_revision().await?;
+        Ok(Box::new(EtcdSnapshot {
+            store: self,
+            revision,
+        }))
     }
 
     fn health(&self) -> StoreHealth {

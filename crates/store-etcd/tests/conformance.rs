@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use etcd_client::Client;
 use futures::stream::BoxStream;
 use weft_store::{
-    KeyValue, Range, RangeResult, Revision, SharedStore, Store, StoreError, Txn, TxnOutcome,
-    WatchEvent,
+    KeyValue, Range, RangeResult, Revision, SharedStore, Store, StoreError, StoreSnapshot, Txn,
+    TxnOutcome, WatchEvent,
 };
 use weft_store_etcd::testing::EtcdCluster;
 
@@ -60,6 +60,9 @@ impl Store for Retaining {
     }
     async fn revision(&self) -> Result<Revision, StoreError> {
         self.store.revision().await
+    }
+    async fn snapshot<'a>(&'a self) -> Result<Box<dyn StoreSnapshot + 'a>, StoreError> {
+        self.store.snapshot().await
     }
     async fn watch(
         &self,

@@ -19,8 +19,8 @@ use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 
 use crate::{
-    Compare, KeyValue, Op, Range, Revision, SharedStore, Store, StoreError, Txn, TxnOutcome,
-    WatchEvent,
+    read_ranges, Compare, KeyValue, Op, Range, RangeResult, Revision, SharedStore, Store,
+    StoreError, Txn, TxnOutcome, WatchEvent,
 };
 
 /// How long any single wait for a watch event may take before the check fails.
@@ -46,6 +46,7 @@ where
     watch_order_and_replay(&*make().await).await;
     watch_prefix_only(&*make().await).await;
     watch_from_future_revision(&*make().await).await;
+    snapshot_under_writes(make().await).await;
 }
 
 fn put(key: &str, value: &str) -> Op {
@@ -573,4 +574,85 @@ pub async fn watch_compacted(store: &dyn Store, retained: usize) {
     let mut feed = store.watch(k, head).await.unwrap();
     let r = commit(store, vec![put(k, "after")]).await;
     assert_eq!(next_event(&mut feed).await, event(r, k, Some("after")));
+}
+
+/// Snapshots taken while a writer keeps committing: every range read from
+/// one (with writes committed between the reads) shows the state of exactly
+/// the snapshot's revision, as does [`read_ranges`], and a watch from that
+/// revision starts with the first write after it.
+pub async fn snapshot_under_writes(store: SharedStore) {
+    const SNAPSHOTS: usize = 20;
+    let p = "conformance/snapshot/";
+    // Write n puts `a/n` and `b/n` and sets `last` to n, in one transaction.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (store, stop) = (store.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut log: Vec<Revision> = Vec::new();
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 3 {
+                n += 1;
+                let ops = vec![
+                    put(&format!("{p}a/{n:06}"), "x"),
+                    put(&format!("{p}b/{n:06}"), "x"),
+                    put(&format!("{p}last"), &n.to_string()),
+                ];
+                log.push(commit(&*store, ops).await);
+            }
+            log
+        })
+    };
+    let ranges = [
+        Range::prefix(format!("{p}a/")),
+        Range::prefix(format!("{p}b/")),
+        Range::prefix(format!("{p}last")),
+    ];
+    let mut seen: Vec<(Revision, Vec<RangeResult>)> = Vec::new();
+    let mut interleaved = 0;
+    for i in 0..SNAPSHOTS {
+        if i % 2 == 0 {
+            let snapshot = store.snapshot().await.unwrap();
+            let mut results = Vec::new();
+            for range in &ranges {
+                results.push(snapshot.range(range.clone()).await.unwrap());
+                // Let the writer commit between the reads.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            if store.revision().await.unwrap() > snapshot.revision() {
+                interleaved += 1;
+            }
+            seen.push((snapshot.revision(), results));
+        } else {
+            let (results, revision) = read_ranges(&*store, &ranges).await.unwrap();
+            seen.push((revision, results));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let log = writer.await.unwrap();
+    assert!(interleaved > 0, "no write landed while a snapshot was read");
+
+    for (revision, results) in &seen {
+        // The writes at or before the revision, and none after it.
+        let n = log.iter().filter(|r| **r <= *revision).count();
+        let keys =
+            |sub: &str| -> Vec<String> { (1..=n).map(|i| format!("{p}{sub}/{i:06}")).collect() };
+        let names = |r: &RangeResult| r.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&results[0]), keys("a"), "a/ at revision {revision}");
+        assert_eq!(names(&results[1]), keys("b"), "b/ at revision {revision}");
+        let last: Vec<Bytes> = results[2].kvs.iter().map(|kv| kv.value.clone()).collect();
+        let expected: Vec<Bytes> = (n > 0)
+            .then(|| Bytes::from(n.to_string()))
+            .into_iter()
+            .collect();
+        assert_eq!(last, expected, "last at revision {revision}");
+        for result in results {
+            assert_eq!(result.revision, *revision);
+        }
+        // The feed from the snapshot's revision goes on with write n + 1.
+        if let Some(next) = log.get(n) {
+            let mut feed = store.watch(p, *revision).await.unwrap();
+            let ev = next_event(&mut feed).await;
+            assert_eq!(ev.revision, *next, "first event after revision {revision}");
+        }
+    }
 }

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use crate::{
     Compare, Durability, KeyValue, Op, Range, RangeResult, Revision, Store, StoreError,
-    StoreHealth, Txn, TxnOutcome, WatchEvent,
+    StoreHealth, StoreSnapshot, Txn, TxnOutcome, WatchEvent,
 };
 
 mod disk;
@@ -294,18 +294,23 @@ impl State {
 
     /// The entries of `range` in key order.
     fn range<'a>(&'a self, range: &Range) -> impl Iterator<Item = &'a KeyValue> + 'a {
-        let end = match &range.end {
-            Some(end) => Bound::Excluded(end.clone()),
-            None => Bound::Unbounded,
-        };
-        // A map range panics on an inverted range; an empty one is fine.
-        let empty = matches!(&end, Bound::Excluded(e) if *e <= range.start);
-        let bounds = (Bound::Included(range.start.clone()), end);
-        (!empty)
-            .then(|| self.kvs.range(bounds).map(|(_, kv)| kv))
-            .into_iter()
-            .flatten()
+        kvs_range(&self.kvs, range)
     }
+}
+
+/// The entries of `range` in `kvs`, in key order.
+fn kvs_range<'a>(kvs: &'a Kvs, range: &Range) -> impl Iterator<Item = &'a KeyValue> + 'a {
+    let end = match &range.end {
+        Some(end) => Bound::Excluded(end.clone()),
+        None => Bound::Unbounded,
+    };
+    // A map range panics on an inverted range; an empty one is fine.
+    let empty = matches!(&end, Bound::Excluded(e) if *e <= range.start);
+    let bounds = (Bound::Included(range.start.clone()), end);
+    (!empty)
+        .then(|| kvs.range(bounds).map(|(_, kv)| kv))
+        .into_iter()
+        .flatten()
 }
 
 impl Inner {
@@ -564,17 +569,40 @@ impl EmbeddedStore {
 
     /// The entries of `range` as the latest accepted state has them.
     fn read_range(st: &State, range: &Range) -> RangeResult {
-        let mut iter = st.range(range);
-        let kvs: Vec<KeyValue> = match range.limit {
-            0 => iter.by_ref().cloned().collect(),
-            limit => iter.by_ref().take(limit).cloned().collect(),
-        };
-        let more = iter.next().is_some();
-        RangeResult {
-            kvs,
-            more,
-            revision: st.head,
-        }
+        read_kvs_range(&st.kvs, st.head, range)
+    }
+}
+
+/// The entries of `range` in `kvs` as of `revision`, at most `range.limit`.
+fn read_kvs_range(kvs: &Kvs, revision: Revision, range: &Range) -> RangeResult {
+    let mut iter = kvs_range(kvs, range);
+    let kvs: Vec<KeyValue> = match range.limit {
+        0 => iter.by_ref().cloned().collect(),
+        limit => iter.by_ref().take(limit).cloned().collect(),
+    };
+    let more = iter.next().is_some();
+    RangeResult {
+        kvs,
+        more,
+        revision,
+    }
+}
+
+/// A copy of the map at one revision: O(1) to take, as the map is persistent
+/// (see [`Kvs`]), and read without the state lock.
+struct EmbeddedSnapshot {
+    kvs: Kvs,
+    revision: Revision,
+}
+
+#[async_trait::async_trait]
+impl StoreSnapshot for EmbeddedSnapshot {
+    fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    async fn range(&self, range: Range) -> Result<RangeResult, StoreError> {
+        Ok(read_kvs_range(&self.kvs, self.revision, &range))
     }
 }
 
@@ -835,6 +863,20 @@ impl Store for EmbeddedStore {
         // The durable revision needs no wait; the lock check reports failure.
         drop(self.inner.lock_state()?);
         Ok(self.inner.durable.borrow().revision)
+    }
+
+    async fn snapshot<'a>(&'a self) -> Result<Box<dyn StoreSnapshot + 'a>, StoreError> {
+        let (snapshot, seen) = {
+            let st = self.inner.lock_state()?;
+            let snapshot = EmbeddedSnapshot {
+                kvs: st.kvs.clone(),
+                revision: st.head,
+            };
+            (snapshot, Self::seen(&st))
+        };
+        // The copy may hold accepted writes not yet on disk.
+        self.inner.wait_durable(seen).await?;
+        Ok(Box::new(snapshot))
     }
 
     fn health(&self) -> StoreHealth {

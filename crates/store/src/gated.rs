@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use futures::stream::BoxStream;
 
 use crate::{
-    KeyValue, Range, RangeResult, Revision, SharedStore, Store, StoreError, Txn, TxnOutcome,
-    WatchEvent,
+    KeyValue, Range, RangeResult, Revision, SharedStore, Store, StoreError, StoreSnapshot, Txn,
+    TxnOutcome, WatchEvent,
 };
 
 /// A store whose next transactions can be held together (see the module).
@@ -72,6 +72,9 @@ impl Store for GatedStore {
     }
     async fn revision(&self) -> Result<Revision, StoreError> {
         self.inner.revision().await
+    }
+    async fn snapshot<'a>(&'a self) -> Result<Box<dyn StoreSnapshot + 'a>, StoreError> {
+        self.inner.snapshot().await
     }
     async fn watch(
         &self,

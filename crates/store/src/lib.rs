@@ -213,6 +213,12 @@ pub trait Store: Send + Sync + 'static {
     }
     /// The latest durable revision.
     async fn revision(&self) -> Result<Revision, StoreError>;
+    /// A read-only view of the whole store at one durable revision: every
+    /// range read from it sees the same state, whatever is written
+    /// meanwhile. What a follower reloads from after losing its watch, so
+    /// that it never builds (and serves) a state mixing two revisions, and
+    /// then watches from exactly [`StoreSnapshot::revision`].
+    async fn snapshot<'a>(&'a self) -> Result<Box<dyn StoreSnapshot + 'a>, StoreError>;
     /// Whether the store serves reads and writes, and if not, why.
     fn health(&self) -> StoreHealth {
         StoreHealth::Ok
@@ -230,6 +236,57 @@ pub trait Store: Send + Sync + 'static {
 
 /// A shared handle to any store backend.
 pub type SharedStore = Arc<dyn Store>;
+
+/// The store as it was at one revision (see [`Store::snapshot`]).
+#[async_trait::async_trait]
+pub trait StoreSnapshot: Send + Sync {
+    /// The revision every read of this snapshot sees; a watch from it
+    /// continues exactly where the snapshot ends.
+    fn revision(&self) -> Revision;
+    /// Reads a key range in key order, as it was at [`Self::revision`];
+    /// the result carries that revision. Fails with
+    /// [`StoreError::Compacted`] when the backend has meanwhile discarded
+    /// that revision (etcd, compacted past it); the caller takes a new
+    /// snapshot.
+    async fn range(&self, range: Range) -> Result<RangeResult, StoreError>;
+}
+
+/// How many times [`read_ranges`] takes a new snapshot when the one it read
+/// from was compacted away under it.
+const SNAPSHOT_ATTEMPTS: usize = 5;
+
+/// Reads several ranges from one snapshot: the results, in the order of
+/// `ranges`, all as of the returned revision, which is the one to watch
+/// from. A snapshot compacted away before it was read whole is replaced
+/// by a newer one (a few times, then the [`StoreError::Compacted`] is
+/// returned), so a compaction never yields a mix of two revisions.
+pub async fn read_ranges(
+    store: &dyn Store,
+    ranges: &[Range],
+) -> Result<(Vec<RangeResult>, Revision), StoreError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let snapshot = store.snapshot().await?;
+        let mut results = Vec::with_capacity(ranges.len());
+        let mut compacted = None;
+        for range in ranges {
+            match snapshot.range(range.clone()).await {
+                Ok(result) => results.push(result),
+                Err(e @ StoreError::Compacted { .. }) => {
+                    compacted = Some(e);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match compacted {
+            None => return Ok((results, snapshot.revision())),
+            Some(e) if attempt >= SNAPSHOT_ATTEMPTS => return Err(e),
+            Some(e) => tracing::debug!(error = %e, "snapshot compacted while read; taking another"),
+        }
+    }
+}
 
 /// Deletes `kvs` (as read earlier) in transactions of 128 keys, each only if
 /// none of its keys changed since it was read: a key rewritten meanwhile makes
