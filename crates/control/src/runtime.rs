@@ -114,39 +114,40 @@ impl Runtime {
     /// Reads every mesh resource and registry record; returns the revision to
     /// follow the change feed from.
     ///
-    /// The prefixes are read one after another, at increasing revisions; the
-    /// feed is followed from the *first* one, so that nothing written between
-    /// the reads is missed. Replaying the changes up to the later reads is
-    /// harmless: every event carries the key's whole value, so applying them
-    /// in order ends in the current state.
+    /// Every prefix is read from one snapshot, and only then is the state in
+    /// memory replaced: what is published next is the store at exactly that
+    /// revision, never a mix of revisions (after a compaction, a follower
+    /// reloading while writes continue would otherwise serve resources newer
+    /// than their meshes, or the reverse, until the feed caught up). A failed
+    /// read leaves the state as it was.
     async fn load(&mut self) -> Result<i64, StoreError> {
-        self.index.clear();
-        self.cloud_map = CloudMap::default();
-        let mut revision = None;
-        // Meshes before their resources: a resource whose mesh is unknown is
-        // skipped, and comes back from the feed after its mesh's creation.
-        for prefix in ["mesh/", "res/"] {
-            let result = self.store.range(Range::prefix(prefix)).await?;
-            revision = Some(revision.unwrap_or(result.revision).min(result.revision));
-            for kv in result.kvs {
-                self.index.follow(&kv.key, Some(kv.value));
-            }
-        }
-        let mut ignored = Touched::default();
-        for prefix in [
+        let prefixes = [
+            "mesh/",
+            "res/",
             registry_keys::NAMESPACES,
             registry_keys::SERVICES,
             registry_keys::INSTANCES,
-        ] {
-            let result = self.store.range(Range::prefix(prefix)).await?;
-            revision = Some(revision.unwrap_or(result.revision).min(result.revision));
+        ];
+        let ranges: Vec<Range> = prefixes.iter().map(|p| Range::prefix(*p)).collect();
+        let (results, revision) = weft_store::read_ranges(&*self.store, &ranges).await?;
+        self.index.clear();
+        self.cloud_map = CloudMap::default();
+        let mut ignored = Touched::default();
+        // Meshes before their resources: a resource whose mesh is unknown is
+        // skipped.
+        for (prefix, result) in prefixes.iter().zip(results) {
+            let registry = prefix.starts_with(registry_keys::PREFIX);
             for kv in result.kvs {
-                self.cloud_map
-                    .apply(&kv.key, Some(kv.value.as_ref()), &mut ignored);
+                if registry {
+                    self.cloud_map
+                        .apply(&kv.key, Some(kv.value.as_ref()), &mut ignored);
+                } else {
+                    self.index.follow(&kv.key, Some(kv.value));
+                }
             }
         }
         self.index.settle(&self.cloud_map);
-        Ok(revision.unwrap_or(0))
+        Ok(revision)
     }
 
     /// Computes the snapshot of one proxy class on its own (its first proxy

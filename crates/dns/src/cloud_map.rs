@@ -103,10 +103,10 @@ fn rdata(data: RecordData) -> Rdata {
     }
 }
 
-/// Reads the registry from the store; returns it with the revision it was
-/// read at. Records that do not decode are skipped (and logged): one bad
-/// record must not take every zone down.
-pub async fn read(store: &dyn weft_store::Store) -> Result<(Registry, i64), StoreError> {
+/// Reads the registry from a snapshot of the store. Records that do not
+/// decode are skipped (and logged): one bad record must not take every zone
+/// down.
+pub async fn read(store: &dyn weft_store::StoreSnapshot) -> Result<Registry, StoreError> {
     fn decode<T: serde::de::DeserializeOwned>(kv: &weft_store::KeyValue) -> Option<T> {
         serde_json::from_slice(&kv.value)
             .inspect_err(|e| tracing::warn!(key = %kv.key, error = %e, "registry record skipped"))
@@ -127,5 +127,5 @@ pub async fn read(store: &dyn weft_store::Store) -> Result<(Registry, i64), Stor
             .or_default()
             .push(instance);
     }
-    Ok((registry, namespaces.revision))
+    Ok(registry)
 }

@@ -21,16 +21,18 @@ const GATHER: Duration = Duration::from_millis(20);
 const RESOURCES: &str = "res/";
 
 /// Every zone the store's contents make: Cloud Map's namespaces, then the
-/// virtual service names, which defer to the namespaces' own records.
+/// virtual service names, which defer to the namespaces' own records. Both
+/// are read from one snapshot, so the zones are the store at exactly the
+/// returned revision (the one to watch from), never a mix of two.
 async fn build(store: &dyn weft_store::Store) -> Result<(Zones, i64), StoreError> {
-    let (registry, registry_revision) = cloud_map::read(store).await?;
-    let (names, names_revision) = mesh::read(store).await?;
-    let serial = registry_revision.max(names_revision) as u32;
+    let snapshot = store.snapshot().await?;
+    let registry = cloud_map::read(&*snapshot).await?;
+    let names = mesh::read(&*snapshot).await?;
+    let revision = snapshot.revision();
+    let serial = revision as u32;
     let mut zones = cloud_map::zones(&registry, serial);
     mesh::add_virtual_services(&mut zones, names.iter().map(String::as_str), serial);
-    // Each read saw at least the earlier revision: a watch from it misses
-    // nothing (and may see a change twice, which costs one rebuild).
-    Ok((zones, registry_revision.min(names_revision)))
+    Ok((zones, revision))
 }
 
 /// Whether a changed key can change what DNS answers.

@@ -27,7 +27,7 @@ use hickory_proto::rr::{LowerName, RecordType};
 use sha2::{Digest, Sha256};
 use weft_model::keys;
 use weft_model::Kind;
-use weft_store::{Range, Store, StoreError};
+use weft_store::{Range, StoreError, StoreSnapshot};
 
 use crate::zones::parse_name;
 use crate::{Rdata, RecordSet, RoutingPolicy, Soa, Zone, Zones};
@@ -123,10 +123,9 @@ pub fn add_virtual_services<'a>(
     }
 }
 
-/// Reads every mesh's virtual service names from the store; returns them
-/// with the revision at which the first read (the list of meshes) was
-/// made, so that a watch from that revision misses no later change.
-pub async fn read(store: &dyn Store) -> Result<(BTreeSet<String>, i64), StoreError> {
+/// Reads every mesh's virtual service names from a snapshot of the store:
+/// the meshes and their services as of one revision.
+pub async fn read(store: &dyn StoreSnapshot) -> Result<BTreeSet<String>, StoreError> {
     let meshes = store
         .range(Range::prefix(keys::scope_prefix(Kind::Mesh, "", None)))
         .await?;
@@ -144,7 +143,7 @@ pub async fn read(store: &dyn Store) -> Result<(BTreeSet<String>, i64), StoreErr
             }
         }
     }
-    Ok((names, meshes.revision))
+    Ok(names)
 }
 
 /// Whether a changed key is a virtual service's (`res/{mesh}/vs/{name}`).
