@@ -27,6 +27,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod abuse;
 mod ads;
+mod api_stores;
 mod appmesh;
 mod bare;
 mod ca;
@@ -75,6 +76,9 @@ struct Cli {
 enum Command {
     /// Throughput and latency of the App Mesh API of `weft server` on the embedded store.
     Api(ApiArgs),
+    /// The API's throughput and p99 on the embedded store and on a 3-member etcd cluster, the
+    /// same phases against each in one run.
+    ApiStores(api_stores::ApiStoresArgs),
     /// Simulated proxies over real ADS: convergence, memory per proxy, CPU per push.
     XdsScale(xds_scale::XdsScaleArgs),
     /// Real Envoys connected to `weft server`: time from an API write to the last ACK.
@@ -639,6 +643,7 @@ fn main() -> Result<()> {
         Command::XdsScale(args) => runtime()?.block_on(xds_scale::run(args)),
         Command::Envoys(args) => runtime()?.block_on(envoys::run(args)),
         Command::Failover(args) => runtime()?.block_on(failover::run(args)),
+        Command::ApiStores(args) => runtime()?.block_on(api_stores::run(args)),
         Command::Telemetry(args) => runtime()?.block_on(telemetry::run(args)),
         Command::Ingest(args) => runtime()?.block_on(ingest::run(args)),
         Command::Compaction(args) => runtime()?.block_on(compaction::run(args)),
