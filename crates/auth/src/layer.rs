@@ -536,8 +536,9 @@ pub const ANONYMOUS: &str = "anonymous";
 
 /// A request under `--insecure-no-auth`: served whatever its credentials, its operation named
 /// for the metrics, and, if it writes, recorded in the audit log as [`ANONYMOUS`]'s before its
-/// answer leaves. Only a write that names its resource in its body (a Create) has its body read
-/// here; reads go through untouched.
+/// answer leaves. A Create names its resource in its body: the body is copied as the handler
+/// reads it, not read here first, so that the request reaches the per-client limits behind this
+/// layer as it arrives (a body that never ends counts against its client there).
 async fn unauthenticated(
     auth: Authenticator,
     protocol: Protocol,
@@ -545,7 +546,7 @@ async fn unauthenticated(
     next: Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let (mut action, mut resource) = auth.action(protocol, &parts, &[]);
+    let (action, resource) = auth.action(protocol, &parts, &[]);
     let Some(log) = auth
         .inner
         .audit
@@ -556,23 +557,39 @@ async fn unauthenticated(
         response.extensions_mut().insert(Operation(action));
         return response;
     };
-    let body = if protocol == Protocol::RestJson && action.starts_with("appmesh:Create") {
-        match weft_api::body::read_limited(&parts.headers, body, auth.inner.max_body_bytes).await {
-            Ok(bytes) => {
-                (action, resource) = auth.action(protocol, &parts, &bytes);
-                Body::from(bytes)
+    let names_in_body = protocol == Protocol::RestJson && action.starts_with("appmesh:Create");
+    let copied = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let body = if names_in_body {
+        let copy = copied.clone();
+        let limit = auth.inner.max_body_bytes;
+        Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+            if let (Some(data), Ok(mut copy)) = (frame.data_ref(), copy.lock()) {
+                if copy.len() + data.len() <= limit {
+                    copy.extend_from_slice(data);
+                }
             }
-            Err(refusal) => {
-                let mut response = refusal_response(protocol, &AuthError::Body(refusal.message()));
-                response.extensions_mut().insert(Operation(action));
-                return response;
-            }
-        }
+            frame
+        }))
     } else {
         body
     };
+    let (method, uri) = (parts.method.clone(), parts.uri.clone());
     let source = source_of(&parts);
     let mut response = next.run(Request::from_parts(parts, body)).await;
+    let (action, resource) = match names_in_body {
+        true => {
+            let bytes = copied.lock().map(|b| b.clone()).unwrap_or_default();
+            appmesh_action(
+                &method,
+                uri.path(),
+                uri.query().unwrap_or(""),
+                &bytes,
+                &auth.inner.region,
+                &auth.inner.account,
+            )
+        }
+        false => (action, resource),
+    };
     log.record(served_record(
         ANONYMOUS.to_string(),
         action.clone(),
