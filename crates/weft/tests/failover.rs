@@ -171,3 +171,32 @@ async fn an_envoy_given_two_control_planes_fails_over_without_a_failed_request_o
     assert!(ok > 50, "the traffic ran ({ok} requests)");
     assert_eq!(failed, 0, "no failed data-plane request");
 }
+
+#[tokio::test]
+async fn an_agent_s_registry_call_skips_a_dead_replica_and_is_answered_by_the_next() {
+    let server = WeftServer::start();
+    let dead = format!("127.0.0.1:{}", free_port());
+    let endpoints = format!("{dead},{}", server.addr.trim_start_matches("http://"));
+    let created = weft_agent::registration::call(
+        &endpoints,
+        "CreateHttpNamespace",
+        serde_json::json!({"Name": "apps.local"}),
+    )
+    .await
+    .unwrap();
+    assert!(created["OperationId"].is_string(), "{created}");
+    // An answer, even an error, is the answer: it is not sent again to another replica.
+    let err = weft_agent::registration::call(
+        &endpoints,
+        "CreateHttpNamespace",
+        serde_json::json!({"Name": "apps.local"}),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("NamespaceAlreadyExists"), "{err}");
+    // Only dead replicas: the error names the last one tried.
+    let err = weft_agent::registration::call(&dead, "ListNamespaces", serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(&dead), "{err}");
+}
