@@ -262,7 +262,8 @@ impl History {
                 continue;
             };
             slot.requests = slot.requests.saturating_add(stats.requests);
-            slot.errors = slot.errors.saturating_add(stats.errors.min(stats.requests));
+            let errors = failed_requests(stats);
+            slot.errors = slot.errors.saturating_add(errors);
             if let Some(latency) = &stats.latency {
                 if slot.counts.len() != latency.counts.len() {
                     slot.counts = vec![0; latency.counts.len()];
@@ -463,6 +464,21 @@ impl History {
     }
 }
 
+/// The requests of a flush that failed: the 5xx answers, or as many requests as the failed
+/// share of the gRPC calls when that is more. `upstream_rq_total` counts every attempt, the
+/// gRPC filter each call once however often the router retried it (App Mesh's default retry
+/// policy retries `UNAVAILABLE`), so the calls' failed share is carried over to the requests;
+/// and a call that failed with an HTTP 5xx is counted by both, so the larger counts it once.
+fn failed_requests(stats: &crate::parse::ClusterFlush) -> u64 {
+    let grpc = if stats.grpc_calls > 0 {
+        let share = (stats.grpc_failures.min(stats.grpc_calls)) as f64 / stats.grpc_calls as f64;
+        (share * stats.requests as f64).round() as u64
+    } else {
+        0
+    };
+    stats.errors.max(grpc).min(stats.requests)
+}
+
 fn ratio(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         0.0
@@ -507,6 +523,8 @@ mod tests {
             ClusterFlush {
                 requests,
                 errors,
+                grpc_failures: 0,
+                grpc_calls: 0,
                 latency: Some(Buckets {
                     bounds: vec![1.0, 5.0, 10.0],
                     counts: vec![0, requests, 0, 0],
@@ -514,6 +532,20 @@ mod tests {
             },
         );
         f
+    }
+
+    #[test]
+    fn grpc_failures_in_http_200s_count_as_errors_once_whatever_the_retries() {
+        let mut h = History::new(Limits::default());
+        let mut f = flush("cds_egress_apps_grpc-back_grpc_50051", 100, 10);
+        // 50 calls, 15 of them failed, in 100 attempts (retries).
+        if let Some(c) = f.clusters.values_mut().next() {
+            c.grpc_failures = 15;
+            c.grpc_calls = 50;
+        }
+        h.ingest(&front("f-1"), &f, 1_796_000_000.0, 10.0);
+        let snap = h.snapshot(1_796_000_000.0);
+        assert!((snap.edges[0].error_rate - 0.3).abs() < 1e-9);
     }
 
     #[test]

@@ -38,8 +38,13 @@ pub struct ClusterFlush {
     /// `upstream_rq_total`: requests sent.
     pub requests: u64,
     /// `upstream_rq_5xx` (which includes the 503 Envoy answers for a connection failure or a
-    /// reset before the response) plus gRPC failures when the gRPC stats filter counts them.
+    /// reset before the response).
     pub errors: u64,
+    /// `grpc.failure`: gRPC responses with a status other than OK, counted by the gRPC stats
+    /// filter translation adds to proxies that stream their stats (they come in HTTP 200s).
+    pub grpc_failures: u64,
+    /// `grpc.total`: gRPC calls, once each however often the router retried them.
+    pub grpc_calls: u64,
     /// `upstream_rq_time`.
     pub latency: Option<Buckets>,
 }
@@ -96,16 +101,17 @@ pub fn read(families: &[MetricFamily]) -> Flush {
         };
         let kind = family.r#type.and_then(|t| MetricType::try_from(t).ok());
         match stat {
-            "upstream_rq_total" | "upstream_rq_5xx" => {
+            "upstream_rq_total" | "upstream_rq_5xx" | "grpc.failure" | "grpc.total" => {
                 let Some(value) = counter(kind, &family.metric) else {
                     flush.dropped += 1;
                     continue;
                 };
                 let entry = flush.clusters.entry(cluster.to_string()).or_default();
-                if stat == "upstream_rq_total" {
-                    entry.requests = entry.requests.saturating_add(value);
-                } else {
-                    entry.errors = entry.errors.saturating_add(value);
+                match stat {
+                    "upstream_rq_total" => entry.requests = entry.requests.saturating_add(value),
+                    "upstream_rq_5xx" => entry.errors = entry.errors.saturating_add(value),
+                    "grpc.total" => entry.grpc_calls = entry.grpc_calls.saturating_add(value),
+                    _ => entry.grpc_failures = entry.grpc_failures.saturating_add(value),
                 }
             }
             "upstream_rq_time" => {
@@ -278,6 +284,7 @@ mod tests {
         let flush = read(&[
             counter_family(&format!("{c}.upstream_rq_total"), 40.0),
             counter_family(&format!("{c}.upstream_rq_5xx"), 4.0),
+            counter_family(&format!("{c}.grpc.failure"), 6.0),
             histogram_family(
                 &format!("{c}.upstream_rq_time"),
                 &[(1.0, 10), (5.0, 30), (10.0, 40)],
@@ -290,7 +297,7 @@ mod tests {
             counter_family("server.uptime", 3.0),
         ]);
         let back = &flush.clusters["cds_egress_apps_back_http_9080"];
-        assert_eq!((back.requests, back.errors), (40, 4));
+        assert_eq!((back.requests, back.errors, back.grpc_failures), (40, 4, 6));
         let latency = back.latency.as_ref().unwrap();
         assert_eq!(latency.counts, vec![10, 20, 10, 0]);
         assert_eq!(flush.clusters.len(), 1);

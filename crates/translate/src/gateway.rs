@@ -224,6 +224,7 @@ pub(crate) fn translate(
             &egress_routes.name,
             &HcmExtras {
                 tracing: options.tracing,
+                grpc_stats: options.stats_intake,
                 ..Default::default()
             },
         );

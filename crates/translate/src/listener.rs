@@ -14,19 +14,25 @@ use envoy_types::pb::envoy::config::core::v3::{
     SubstitutionFormatString as XdsSubstitutionFormatString,
     TrafficDirection as XdsTrafficDirection,
 };
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as XdsFilterConfigType;
+use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as XdsListenerFilterConfigType;
+use envoy_types::pb::envoy::config::listener::v3::{
+    AdditionalAddress as XdsAdditionalAddress, Filter as XdsFilter, FilterChain as XdsFilterChain,
+    FilterChainMatch as XdsFilterChainMatch, Listener as XdsListener,
+    ListenerFilter as XdsListenerFilter,
+};
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration as XdsRouteConfiguration;
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::file_access_log::AccessLogFormat as XdsAccessLogFormat;
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog as XdsFileAccessLog;
 use envoy_types::pb::envoy::extensions::common::dynamic_forward_proxy::v3::DnsCacheConfig as XdsDnsCacheConfig;
 use envoy_types::pb::envoy::extensions::filters::http::dynamic_forward_proxy::v3::filter_config::ImplementationSpecifier as XdsDfpImplementation;
 use envoy_types::pb::envoy::extensions::filters::http::dynamic_forward_proxy::v3::FilterConfig as XdsDfpFilterConfig;
-use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as XdsFilterConfigType;
-use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as XdsListenerFilterConfigType;
-use envoy_types::pb::envoy::config::listener::v3::{
-    AdditionalAddress as XdsAdditionalAddress, Filter as XdsFilter, FilterChain as XdsFilterChain, FilterChainMatch as XdsFilterChainMatch,
-    Listener as XdsListener, ListenerFilter as XdsListenerFilter,
-};
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration as XdsRouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::http::grpc_stats::v3::filter_config::PerMethodStatSpecifier as XdsGrpcStatsPerMethod;
+use envoy_types::pb::envoy::extensions::filters::http::grpc_stats::v3::FilterConfig as XdsGrpcStats;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router as XdsRouter;
+
+/// Envoy's gRPC statistics filter.
+const GRPC_STATS_FILTER: &str = "envoy.filters.http.grpc_stats";
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst as XdsOriginalDst;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
     CodecType as XdsCodecType, RouteSpecifier as XdsRouteSpecifier,
@@ -87,6 +93,12 @@ pub(crate) struct HcmExtras {
     /// <https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto#extensions-filters-network-http-connection-manager-v3-httpconnectionmanager-tracing>).
     /// Sampling stays at Envoy's defaults (100%), the tracer's own sampling (X-Ray's) applies.
     pub tracing: bool,
+    /// Count gRPC responses by status per upstream cluster (`cluster.<name>.grpc.failure`,
+    /// `.grpc.total`, `.grpc.<code>`) with Envoy's gRPC statistics filter: a gRPC error comes in
+    /// an HTTP 200, which the router's `upstream_rq_5xx` does not count. Egress only, for Weft's
+    /// stats intake (`weft.stats_intake`), which counts them as errors
+    /// (<https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/grpc_stats_filter>).
+    pub grpc_stats: bool,
 }
 
 /// An HTTP connection manager that takes its routes from RDS over the ADS stream
@@ -120,6 +132,22 @@ pub(crate) fn http_connection_manager(
     }
     if let Some(rbac) = &extras.rbac {
         http_filters.push(rbac.clone());
+    }
+    if extras.grpc_stats {
+        // Per cluster, not per method: the method names would multiply the stats by the
+        // services' APIs.
+        http_filters.push(XdsHttpFilter {
+            name: GRPC_STATS_FILTER.to_string(),
+            config_type: Some(XdsHttpFilterConfigType::TypedConfig(pack_any(
+                XdsGrpcStats {
+                    per_method_stat_specifier: Some(XdsGrpcStatsPerMethod::StatsForAllMethods(
+                        envoy_types::pb::google::protobuf::BoolValue { value: false },
+                    )),
+                    ..Default::default()
+                },
+            ))),
+            ..Default::default()
+        });
     }
     http_filters.push(XdsHttpFilter {
         name: ROUTER_FILTER.to_string(),

@@ -332,6 +332,7 @@ fn egress(
         access_log: access_log.clone(),
         rbac: None,
         tracing: options.tracing,
+        grpc_stats: options.stats_intake,
     };
     let catch_all = if !allow_all {
         None

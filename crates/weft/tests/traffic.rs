@@ -20,7 +20,7 @@ use envoy_types::pb::io::prometheus::client::{Counter, Metric, MetricFamily, Met
 use prost::Message;
 use serde_json::Value;
 use weft_test_support::sdk::MeshApi;
-use weft_test_support::spec::{MeshSpec, NodeSpec, RouteSpec, RouterSpec, ServiceSpec};
+use weft_test_support::spec::{Listener, MeshSpec, NodeSpec, RouteSpec, RouterSpec, ServiceSpec};
 
 const SERVICE: &str = "colors.apps.local";
 
@@ -474,4 +474,103 @@ async fn over_mutual_tls_a_proxy_reports_only_as_the_node_its_certificate_names(
         .collect();
     assert_eq!(sources, ["front"], "{snapshot:#}");
     assert_eq!(requests_seen(edge(&snapshot, "front", "back")), 5.0);
+}
+
+/// A gRPC server (HTTP/2, prior knowledge) on a free port answering every call with the
+/// trailers-only status UNAVAILABLE (14) in an HTTP 200, as a failing gRPC service does.
+async fn failing_grpc_app() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_request| async {
+                    let response = hyper::Response::builder()
+                        .status(200)
+                        .header("content-type", "application/grpc")
+                        .header("grpc-status", "14")
+                        .header("grpc-message", "unavailable")
+                        .body(http_body_util::Empty::<bytes::Bytes>::new())
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_errors_answered_in_http_200s_count_in_the_edge_s_error_rate() {
+    let server = WeftServer::start();
+    let api = MeshApi::create(&server.client(), "apps", MeshSpec::new()).await;
+    let app_port = failing_grpc_app().await;
+    let rpc_port = free_port();
+    api.node(
+        "rpc",
+        NodeSpec::new()
+            .listener(Listener::grpc(rpc_port))
+            .dns("127.0.0.1"),
+    )
+    .await;
+    api.service("rpc.apps.local", ServiceSpec::by_node("rpc"))
+        .await;
+    api.node("front", NodeSpec::client(&["rpc.apps.local"]))
+        .await;
+    let _rpc = fast_agent(&server, "rpc", &[(rpc_port, app_port)]);
+    let front = fast_agent(&server, "front", &[]);
+    let call = || {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-D",
+                "-",
+                "-o",
+                "/dev/null",
+                "-m",
+                "5",
+                "--http2-prior-knowledge",
+            ])
+            .args([
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/grpc",
+                "-H",
+                "te: trailers",
+            ])
+            .args(["-H", "host: rpc.apps.local"])
+            .arg(format!(
+                "http://127.0.0.1:{}/weft.Test/Call",
+                front.egress_port
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_until(Duration::from_secs(30), || {
+        call().contains("grpc-status: 14")
+    });
+    for _ in 0..20 {
+        assert!(call().contains("grpc-status: 14"));
+    }
+    let mut rpc = None;
+    for _ in 0..100 {
+        let snapshot = traffic(&server).await;
+        if requests_seen(edge(&snapshot, "front", "rpc")) >= 20.0 {
+            rpc = edge(&snapshot, "front", "rpc").cloned();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rpc = rpc.expect("front→rpc carried the calls");
+    // Every call failed, though every answer was an HTTP 200.
+    assert_eq!(rpc["error_rate"].as_f64(), Some(1.0), "{rpc:#}");
 }
