@@ -634,4 +634,235 @@ mod tests {
         assert_eq!(rt.forget_idle_classes(later), 1);
         assert!(rt.failures().all().is_empty());
     }
+
+    /// A store that commits a write between two range reads of a load, fails
+    /// a number of watches with `Compacted`, and logs each snapshot's
+    /// revision and each watch's starting revision.
+    struct Interleaving {
+        inner: weft_store::SharedStore,
+        between: std::sync::Mutex<Option<weft_store::Txn>>,
+        compacted: std::sync::atomic::AtomicUsize,
+        log: std::sync::Mutex<Vec<(&'static str, i64)>>,
+    }
+
+    impl Interleaving {
+        fn new(inner: weft_store::SharedStore) -> Self {
+            Interleaving {
+                inner,
+                between: std::sync::Mutex::new(None),
+                compacted: std::sync::atomic::AtomicUsize::new(0),
+                log: std::sync::Mutex::new(Vec::new()),
+            }
+        }
+
+        /// Commits the pending write, if any.
+        async fn interleave(&self) {
+            let txn = self.between.lock().unwrap().take();
+            if let Some(txn) = txn {
+                let outcome = self.inner.txn(txn).await.unwrap();
+                self.log
+                    .lock()
+                    .unwrap()
+                    .push(("write", outcome_revision(outcome)));
+            }
+        }
+    }
+
+    fn outcome_revision(outcome: weft_store::TxnOutcome) -> i64 {
+        match outcome {
+            weft_store::TxnOutcome::Committed(r) | weft_store::TxnOutcome::Conflict(r) => r,
+        }
+    }
+
+    struct InterleavingSnapshot<'a> {
+        inner: Box<dyn weft_store::StoreSnapshot + 'a>,
+        store: &'a Interleaving,
+    }
+
+    #[async_trait::async_trait]
+    impl weft_store::StoreSnapshot for InterleavingSnapshot<'_> {
+        fn revision(&self) -> i64 {
+            self.inner.revision()
+        }
+        async fn range(&self, range: Range) -> Result<weft_store::RangeResult, StoreError> {
+            let result = self.inner.range(range).await;
+            self.store.interleave().await;
+            result
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl weft_store::Store for Interleaving {
+        async fn get(&self, key: &str) -> Result<Option<weft_store::KeyValue>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn range(&self, range: Range) -> Result<weft_store::RangeResult, StoreError> {
+            let result = self.inner.range(range).await;
+            self.interleave().await;
+            result
+        }
+        async fn count(&self, range: Range) -> Result<usize, StoreError> {
+            self.inner.count(range).await
+        }
+        async fn txn(&self, txn: weft_store::Txn) -> Result<weft_store::TxnOutcome, StoreError> {
+            self.inner.txn(txn).await
+        }
+        async fn revision(&self) -> Result<i64, StoreError> {
+            self.inner.revision().await
+        }
+        async fn snapshot<'a>(
+            &'a self,
+        ) -> Result<Box<dyn weft_store::StoreSnapshot + 'a>, StoreError> {
+            let inner = self.inner.snapshot().await?;
+            self.log
+                .lock()
+                .unwrap()
+                .push(("snapshot", inner.revision()));
+            Ok(Box::new(InterleavingSnapshot { inner, store: self }))
+        }
+        async fn watch(
+            &self,
+            prefix: &str,
+            after: i64,
+        ) -> Result<futures::stream::BoxStream<'static, Result<WatchEvent, StoreError>>, StoreError>
+        {
+            self.log.lock().unwrap().push(("watch", after));
+            let fail = self
+                .compacted
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok();
+            if fail {
+                return Err(StoreError::Compacted {
+                    requested: after,
+                    oldest: after + 1,
+                });
+            }
+            self.inner.watch(prefix, after).await
+        }
+    }
+
+    /// Commits `records` (key, JSON data) in one transaction.
+    fn puts(records: Vec<(&str, serde_json::Value)>) -> weft_store::Txn {
+        weft_store::Txn {
+            compares: vec![],
+            ops: records
+                .into_iter()
+                .map(|(k, v)| weft_store::Op::Put(k.to_string(), Bytes::from(record(v))))
+                .collect(),
+        }
+    }
+
+    /// `colors_mesh`'s records, with the route to `target`.
+    fn colors_records(target: &str) -> Vec<(&'static str, serde_json::Value)> {
+        let front = front_node();
+        let front_value: serde_json::Value =
+            serde_json::from_slice::<serde_json::Value>(&front.value.unwrap()).unwrap()["data"]
+                .clone();
+        vec![
+            (
+                "mesh/apps",
+                json!({"meshName": "apps", "metadata": meta(), "spec": {}, "status": {}}),
+            ),
+            ("res/apps/vn/front", front_value),
+            ("res/apps/vn/red", served("red")),
+            ("res/apps/vn/blue", served("blue")),
+            (
+                "res/apps/vs/colors",
+                json!({"meshName": "apps", "virtualServiceName": "colors", "metadata": meta(),
+                "spec": {"provider": {"virtualRouter": {"virtualRouterName": "r"}}},
+                "status": {"status": "ACTIVE"}}),
+            ),
+            (
+                "res/apps/vr/r",
+                json!({"meshName": "apps", "virtualRouterName": "r", "metadata": meta(),
+                "spec": {"listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}]},
+                "status": {"status": "ACTIVE"}}),
+            ),
+            ("res/apps/rt/r/split", route_to(target)),
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_load_with_writes_between_its_reads_is_the_state_of_one_revision_and_the_feed_resumes_right_after_it(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = weft_store::EmbeddedStore::open(weft_store::EmbeddedOptions::new(dir.path()))
+            .await
+            .unwrap();
+        let store = Arc::new(Interleaving::new(inner));
+        store.inner.txn(puts(colors_records("red"))).await.unwrap();
+        // The route moves to blue once the load has read the meshes and
+        // before it reads their resources.
+        *store.between.lock().unwrap() =
+            Some(puts(vec![("res/apps/rt/r/split", route_to("blue"))]));
+        let (_resolver, mut rt) = new(store.clone(), SnapshotCache::new());
+
+        let revision = rt.load().await.unwrap();
+        let log = store.log.lock().unwrap().clone();
+        let Some(&(_, moved)) = log.iter().find(|(what, _)| *what == "write") else {
+            panic!("no write between the reads: {log:?}")
+        };
+        assert!(moved > revision);
+
+        // What is published is the state at `revision`: front depends on red.
+        let key = connect_front(&mut rt);
+        let deps = rt.publisher.deps.get(&key).unwrap();
+        assert!(deps.contains(&(Kind::VirtualNode, "red".to_string())));
+        assert!(!deps.contains(&(Kind::VirtualNode, "blue".to_string())));
+        assert_eq!(log[0], ("snapshot", revision));
+        // And the feed from it starts with the move to blue.
+        let mut feed = store.inner.watch("", revision).await.unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(10), feed.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (ev.revision, ev.key.as_str()),
+            (moved, "res/apps/rt/r/split")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_watch_failing_with_compacted_makes_the_runtime_reload_a_snapshot_and_watch_from_exactly_its_revision(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = weft_store::EmbeddedStore::open(weft_store::EmbeddedOptions::new(dir.path()))
+            .await
+            .unwrap();
+        let store = Arc::new(Interleaving::new(inner));
+        store.inner.txn(puts(colors_records("red"))).await.unwrap();
+        store
+            .compacted
+            .store(1, std::sync::atomic::Ordering::SeqCst);
+        let (_resolver, rt) = new(store.clone(), SnapshotCache::new());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(rt.run(async move {
+            let _ = stopped.await;
+        }));
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while store.log.lock().unwrap().len() < 4 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+        stop.send(()).unwrap();
+        task.await.unwrap();
+        let log = store.log.lock().unwrap().clone();
+        let first = log[0].1;
+        assert_eq!(
+            log,
+            vec![
+                ("snapshot", first),
+                ("watch", first),
+                ("snapshot", first),
+                ("watch", first),
+            ]
+        );
+    }
 }
