@@ -7,10 +7,9 @@
 //! made durable together (`fdatasync` per batch, as the store's own log), so an acknowledged
 //! write has its record after a `kill -9`. Refused requests are recorded up to
 //! [`REFUSALS_PER_SECOND`] a second, so that a flood of bad requests cannot fill the disk
-//! (the rest are counted in the next record's `suppressedRefusals`). The file is written ahead
-//! with zeros (up to a mebibyte past its last record), so that each batch's `fdatasync` writes
-//! no new file length: the records end at the first zero byte.
+//! (the rest are counted in the next record's `suppressedRefusals`).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex};
@@ -97,12 +96,9 @@ impl AuditLog {
         use std::os::unix::fs::OpenOptionsExt;
         let mut file = std::fs::OpenOptions::new()
             .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
+            .append(true)
             .mode(0o600)
             .open(path)
-            .and_then(Prepared::open)
             .map_err(|e| AuthError::Config(format!("opening {}: {e}", path.display())))?;
         let (tx, rx) = mpsc::channel::<Job>();
         let shown = path.display().to_string();
@@ -121,7 +117,7 @@ impl AuditLog {
                     for (line, _) in &batch {
                         bytes.extend_from_slice(line);
                     }
-                    let ok = file.append(&bytes);
+                    let ok = file.write_all(&bytes).and_then(|()| file.sync_data());
                     if let Err(e) = &ok {
                         tracing::error!(path = %shown, error = %e, "writing the audit log failed");
                     }
@@ -182,78 +178,6 @@ impl AuditLog {
     }
 }
 
-/// Zeros written ahead of the records, at most this many bytes at a time.
-const PREPARED_BYTES: u64 = 1 << 20;
-
-/// The log's file, written ahead with zeros as the store prepares its logs: a batch of records
-/// then overwrites bytes the file already holds, so that its `fdatasync` flushes data alone,
-/// without the journal commit a new file length costs (on ext4, the disk's cache flush plus a
-/// commit that waits behind every other file's metadata). Only the rare extension pays that.
-/// Readers stop at the first zero byte.
-struct Prepared {
-    file: std::fs::File,
-    /// Where the records end.
-    end: u64,
-    /// The file's length, zeros past `end`.
-    len: u64,
-    /// The last record before a crash was cut short: the next batch starts on a new line.
-    newline: bool,
-}
-
-impl Prepared {
-    fn open(file: std::fs::File) -> std::io::Result<Prepared> {
-        use std::os::unix::fs::FileExt;
-        let len = file.metadata()?.len();
-        let mut buf = vec![0u8; 64 << 10];
-        let mut end = len;
-        let mut newline = false;
-        while end > 0 {
-            let start = end.saturating_sub(buf.len() as u64);
-            let chunk = &mut buf[..usize::try_from(end - start).unwrap_or(0)];
-            file.read_exact_at(chunk, start)?;
-            if let Some(i) = chunk.iter().rposition(|b| *b != 0) {
-                newline = chunk[i] != b'\n';
-                end = start + i as u64 + 1;
-                break;
-            }
-            end = start;
-        }
-        Ok(Prepared {
-            file,
-            end,
-            len,
-            newline,
-        })
-    }
-
-    /// Writes `records` after the last ones and makes them durable.
-    fn append(&mut self, records: &[u8]) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        let bytes = match self.newline {
-            true => [b"\n".as_slice(), records].concat(),
-            false => records.to_vec(),
-        };
-        let needed = self.end + bytes.len() as u64;
-        if needed > self.len {
-            let target = needed + PREPARED_BYTES;
-            let zeros = vec![0u8; 64 << 10];
-            let mut at = self.len;
-            while at < target {
-                let n = (target - at).min(zeros.len() as u64);
-                self.file
-                    .write_all_at(&zeros[..usize::try_from(n).unwrap_or(0)], at)?;
-                at += n;
-            }
-            self.len = target;
-        }
-        self.file.write_all_at(&bytes, self.end)?;
-        self.file.sync_data()?;
-        self.end = needed;
-        self.newline = false;
-        Ok(())
-    }
-}
-
 /// `GET /weft/v1/audit`'s query: the last `limit` records (default 100, at most 1,000) matching
 /// every filter given.
 #[derive(Debug, Default, Deserialize)]
@@ -282,8 +206,6 @@ pub fn read(path: &Path, query: &AuditQuery) -> Result<Vec<AuditRecord>, AuthErr
         }
     };
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    // The zeros written ahead of the records are not records.
-    let text = text.split('\0').next().unwrap_or_default();
     let mut records: Vec<AuditRecord> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<AuditRecord>(l).ok())
@@ -395,43 +317,6 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-    }
-
-    #[tokio::test]
-    async fn a_reopened_log_writes_after_its_records_and_a_cut_record_does_not_swallow_the_next() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(AUDIT_FILE);
-        let log = AuditLog::open(&path).unwrap();
-        log.record(record(
-            "A",
-            "appmesh:CreateMesh",
-            "2026-12-07T10:00:00.000Z",
-        ))
-        .await;
-        drop(log);
-        // Written ahead with zeros, the records first.
-        let bytes = std::fs::read(&path).unwrap();
-        assert!(bytes.len() as u64 >= PREPARED_BYTES);
-        let end = bytes.iter().position(|b| *b == 0).unwrap();
-        assert!(bytes[end..].iter().all(|b| *b == 0));
-        assert_eq!(bytes[end - 1], b'\n');
-        // A crash cut the next record short.
-        {
-            use std::os::unix::fs::FileExt;
-            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-            file.write_all_at(b"{\"time\":\"2026-12", end as u64)
-                .unwrap();
-        }
-        let log = AuditLog::open(&path).unwrap();
-        log.record(record(
-            "B",
-            "appmesh:DeleteMesh",
-            "2026-12-07T11:00:00.000Z",
-        ))
-        .await;
-        let all = read(&path, &AuditQuery::default()).unwrap();
-        let keys: Vec<_> = all.iter().map(|r| r.key_id.as_deref().unwrap()).collect();
-        assert_eq!(keys, ["A", "B"]);
     }
 
     #[test]
