@@ -244,6 +244,42 @@ async fn a_follower_that_missed_a_compaction_gets_compacted_and_reloads_the_curr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_compacted_away_while_read_fails_with_compacted_and_read_ranges_gives_one_newer_state(
+) {
+    let cluster = EtcdCluster::start(3).await;
+    let store = cluster.store("/snapshot/").await;
+    commit(&*store, vec![put("a/1", "1"), put("b/1", "1")]).await;
+    let snapshot = store.snapshot().await.unwrap();
+    let before = snapshot.revision();
+    let a = snapshot.range(Range::prefix("a/")).await.unwrap();
+    assert_eq!(a.kvs.len(), 1);
+    // A write, then a compaction past the snapshot, before its second read.
+    let written = commit(&*store, vec![put("a/2", "2"), put("b/2", "2")]).await;
+    let compacted = cluster.compact().await;
+    match snapshot.range(Range::prefix("b/")).await {
+        Err(StoreError::Compacted { requested, oldest }) => {
+            assert_eq!(requested, before);
+            assert_eq!(oldest, compacted);
+        }
+        Err(e) => panic!("expected Compacted, got {e}"),
+        Ok(r) => panic!("expected Compacted, got {r:?}"),
+    }
+    assert_eq!(
+        store.health(),
+        StoreHealth::Ok,
+        "a compacted read is no outage"
+    );
+    // A fresh snapshot reads both ranges as of one revision, the write's.
+    let (results, revision) =
+        weft_store::read_ranges(&*store, &[Range::prefix("a/"), Range::prefix("b/")])
+            .await
+            .unwrap();
+    assert_eq!(revision, written.max(compacted));
+    assert_eq!(results[0].kvs.len(), 2);
+    assert_eq!(results[1].kvs.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_installations_on_different_prefixes_of_one_cluster_do_not_see_each_other() {
     let cluster = EtcdCluster::start(3).await;
     let team_a = cluster.store("/team-a/").await;
