@@ -226,7 +226,8 @@ pub trait Store: Send + Sync + 'static {
     /// Every change to keys starting with `prefix` with revision `> after`,
     /// in revision order, then live changes as they become durable.
     /// Fails with [`StoreError::Compacted`] when `after` is older than the
-    /// retained history; the caller then re-reads with [`Store::range`].
+    /// retained history; the caller then re-reads from one [`Store::snapshot`] (see
+    /// [`read_ranges`]) and watches again from its revision.
     async fn watch(
         &self,
         prefix: &str,
