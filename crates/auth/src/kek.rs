@@ -66,7 +66,7 @@ impl Kek {
                 let text = base64::engine::general_purpose::STANDARD.encode(bytes);
                 write_private(path, format!("{text}\n").as_bytes())
                     .map_err(|e| config("writing the key-encryption key to", &e))?;
-                tracing::info!(path = %path.display(), "created the key-encryption key for access keys");
+                tracing::info!(path = %path.display(), "created the key-encryption key for access keys and the CA root");
                 Ok(kek)
             }
             Err(e) => Err(config("reading the key-encryption key in", &e)),

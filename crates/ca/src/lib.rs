@@ -7,7 +7,8 @@
 //! virtual services it provides, its DNS service-discovery hostname, see [`names`]).
 //!
 //! - **The signer** ([`Authority`]): by default a root (ECDSA P-256) Weft generates once and keeps
-//!   in the store under `ca/` ([`store::ROOT_KEY`]), so that a restart keeps it; or an
+//!   in the store under `ca/` ([`store::ROOT_KEY`]), its private key sealed under the server's
+//!   key-encryption key (the access keys' one), so that a restart keeps it; or an
 //!   operator's root or intermediate given as PEM files (`--ca-cert`, `--ca-key`), which is
 //!   never copied into the store.
 //! - **Keys never leave the workload's host.** The server signs certificate signing requests

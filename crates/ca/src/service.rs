@@ -67,8 +67,13 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 impl CaService {
     /// Loads the signer — the operator's CA files, else the root in the store (generated on the
-    /// first start) — and serves from `store`.
-    pub async fn start(store: SharedStore, config: CaConfig) -> Result<CaService, CaError> {
+    /// first start, its private key sealed under `kek`, the server's key-encryption key) — and
+    /// serves from `store`.
+    pub async fn start(
+        store: SharedStore,
+        config: CaConfig,
+        kek: &weft_auth::Kek,
+    ) -> Result<CaService, CaError> {
         let now = SystemTime::now();
         let authority = match &config.operator_ca {
             Some((cert, key)) => {
@@ -91,7 +96,7 @@ impl CaService {
             }
             None => {
                 let authority =
-                    store::load_or_create_root(&*store, &config.trust_domain, now).await?;
+                    store::load_or_create_root(&*store, &config.trust_domain, kek, now).await?;
                 tracing::info!(trust_domain = %config.trust_domain, "CA: Weft's root from the store");
                 authority
             }

@@ -109,8 +109,9 @@ pub struct ServerArgs {
     /// (SigV4) with an access key the server holds.
     #[arg(long, env = "WEFT_INSECURE_NO_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure_no_auth: bool,
-    /// The key-encryption key access keys' secrets are sealed under (created, mode 0600, if
-    /// missing). Default: `<data-dir>/auth-kek`. Replicas sharing a store share this file.
+    /// The key-encryption key access keys' secrets and the generated CA root's private key are
+    /// sealed under (created, mode 0600, if missing). Default: `<data-dir>/auth-kek`. Replicas
+    /// sharing a store share this file.
     #[arg(long, env = "WEFT_AUTH_KEK_FILE", value_name = "FILE")]
     pub auth_kek_file: Option<PathBuf>,
 }
@@ -304,13 +305,22 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
         crate::store_backend::open(&args.store, &args.data_dir, args.store_segment_size).await?;
     let metrics = weft_metrics::ServerMetrics::new();
     let store: SharedStore = metrics.metered(store);
-    let ca = weft_ca::CaService::start(store.clone(), ca_config)
+    // One key-encryption key seals both the access keys' secrets and the CA root's private
+    // key, so that neither is in the store in clear.
+    let kek_path = kek_path(args);
+    let kek = std::sync::Arc::new(weft_auth::Kek::load_or_create(&kek_path)?);
+    let ca = weft_ca::CaService::start(store.clone(), ca_config, &kek)
         .await
-        .context("starting the certificate authority")?;
+        .with_context(|| {
+            format!(
+                "starting the certificate authority (key-encryption key {})",
+                kek_path.display()
+            )
+        })?;
     let listener = weft_listen::bind(args.listen)
         .with_context(|| format!("binding {} (the API address, --listen)", args.listen))?;
     let api_addr = listener.local_addr()?;
-    let (auth, admin_credentials) = authenticator(args, api_addr, &config, &store).await?;
+    let (auth, admin_credentials) = authenticator(args, api_addr, &config, &store, kek).await?;
     let audit = audit_log(args)?;
     let auth = auth.with_audit(audit.clone());
     let peers = match peers {
@@ -539,20 +549,23 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
     })
 }
 
-/// The API's authentication: the key-encryption key (created on first start), the
-/// administrator's key and its credentials file on a store without keys, and whether requests
-/// are verified.
+/// The key-encryption key's file: `--auth-kek-file`, else `<data-dir>/auth-kek` (created on
+/// first start).
+fn kek_path(args: &ServerArgs) -> PathBuf {
+    args.auth_kek_file
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("auth-kek"))
+}
+
+/// The API's authentication: the administrator's key and its credentials file on a store
+/// without keys, and whether requests are verified; secrets sealed under `kek`.
 async fn authenticator(
     args: &ServerArgs,
     api_addr: SocketAddr,
     config: &ApiConfig,
     store: &SharedStore,
+    kek: std::sync::Arc<weft_auth::Kek>,
 ) -> Result<(weft_auth::Authenticator, Option<PathBuf>)> {
-    let kek_path = args
-        .auth_kek_file
-        .clone()
-        .unwrap_or_else(|| args.data_dir.join("auth-kek"));
-    let kek = weft_auth::Kek::load_or_create(&kek_path)?;
     let credentials = args.data_dir.join(ADMIN_CREDENTIALS);
     let created =
         weft_auth::keys::bootstrap(&**store, &kek, &credentials, std::time::SystemTime::now())
@@ -575,7 +588,7 @@ async fn authenticator(
     let auth = weft_auth::Authenticator::new(
         mode,
         store.clone(),
-        std::sync::Arc::new(kek),
+        kek,
         &config.region,
         &config.account,
         config.max_body_bytes,

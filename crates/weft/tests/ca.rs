@@ -535,7 +535,7 @@ async fn an_operator_intermediate_signs_and_is_never_copied_into_the_store() {
 }
 
 #[tokio::test]
-async fn the_store_holds_no_private_key_but_the_cas_own() {
+async fn the_store_holds_no_private_key_not_even_the_cas_own() {
     let mut server = WeftServer::start();
     apps(&server).await;
     let token = token(&server, "mesh/apps/virtualNode/red", "1h");
@@ -570,17 +570,72 @@ async fn the_store_holds_no_private_key_but_the_cas_own() {
             "a join token's secret is in the store"
         );
     }
-    // The CA's key is there (perhaps in more than one log record), and it is the root's.
-    assert!(!found.is_empty(), "the CA key record was not found");
-    found.dedup();
-    assert_eq!(found.len(), 1, "more than one private key: {}", found.len());
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(&found[0])
+    // Not even the CA's own key: it is sealed under the key-encryption key.
+    assert!(found.is_empty(), "a private key is in the data dir");
+    assert!(bundle.contains("BEGIN CERTIFICATE"));
+}
+
+/// The raw value of the CA's root record in the embedded store of `data_dir` (the server
+/// stopped).
+async fn raw_root_record(data_dir: &Path) -> String {
+    use weft_store::Store;
+    let store = weft_store::EmbeddedStore::open(weft_store::EmbeddedOptions::new(data_dir))
+        .await
         .unwrap();
-    let ca_key = KeyPair::try_from(der.as_slice()).unwrap();
-    assert_eq!(
-        rcgen::PublicKeyData::subject_public_key_info(&ca_key),
-        public_key(&bundle)
+    let kv = store.get("ca/root").await.unwrap().unwrap();
+    String::from_utf8(kv.value.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn the_root_key_is_sealed_under_the_kek_and_opens_only_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kek = tmp.path().join("kek");
+    let kek_arg = kek.to_str().unwrap();
+    let data_dir = tmp.path().join("data");
+    let mut server = WeftServer::start_in(&data_dir, &["--auth-kek-file", kek_arg]);
+    apps(&server).await;
+    let bundle = trust_bundle(&server).await;
+    assert!(server.terminate());
+
+    // The store holds the root's certificate, and its key only sealed.
+    let raw = raw_root_record(&data_dir).await;
+    assert!(raw.contains("BEGIN CERTIFICATE"), "{raw}");
+    assert!(
+        !raw.contains("PRIVATE KEY"),
+        "the CA key is in the store in clear: {raw}"
+    );
+    assert!(raw.contains("sealedPrivateKey"), "{raw}");
+
+    // The same key-encryption key: the same root signs.
+    let mut server = WeftServer::start_in(&data_dir, &["--auth-kek-file", kek_arg]);
+    assert_eq!(trust_bundle(&server).await, bundle);
+    let token = token(&server, "mesh/apps/virtualNode/red", "1h");
+    let answer = join(&server, &token, &KeyPair::generate().unwrap()).await;
+    chains_to(&answer, &bundle);
+    assert!(server.terminate());
+
+    // Another one: the server refuses to start, naming the key.
+    let other = tmp.path().join("other-kek");
+    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--xds-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--dns-listen", "127.0.0.1:0", "--insecure-plaintext-xds"])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("--auth-kek-file")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("key-encryption key") && stderr.contains(other.to_str().unwrap()),
+        "{stderr}"
     );
 }
 
