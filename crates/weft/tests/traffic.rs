@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::mesh::{agent_with_env, free_port, sample_app, wait_until, Agent, Proc};
+use common::mesh::{agent_with_env, failing_app, free_port, sample_app, wait_until, Agent, Proc};
 use common::WeftServer;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::metrics::v3::stream_metrics_message::Identifier;
@@ -34,37 +33,6 @@ fn fast_agent(server: &WeftServer, node: &str, app_ports: &[(u16, u16)]) -> Agen
         "sotw",
         &[("ENVOY_STATS_FLUSH_INTERVAL", "1s")],
     )
-}
-
-/// An HTTP/1.1 server on a free port answering every request `500`, keeping connections open
-/// as Envoy expects; it runs until the test process ends.
-fn failing_app() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    match conn.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                    // GET requests without bodies: one answer per header block.
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        let answer = b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 5\r\n\r\nfail\n";
-                        if conn.write_all(answer).is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    port
 }
 
 /// `GET /weft/v1/traffic`, signed as the administrator.
