@@ -5,26 +5,16 @@
 
 mod common;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use aws_sdk_appmesh::config::{BehaviorVersion, Credentials, Region};
 use common::mesh::{agent, free_port, wait_until};
+use common::prometheus::{self, sample};
 use common::WeftServer;
 use serde_json::Value;
 use weft_test_support::sdk::MeshApi;
 use weft_test_support::spec::{MeshSpec, NodeSpec};
-
-const PARSE: &str = r#"
-import json, sys
-from prometheus_client.openmetrics.parser import text_string_to_metric_families
-samples = []
-for family in text_string_to_metric_families(sys.stdin.read()):
-    for s in family.samples:
-        samples.append({"name": s.name, "labels": s.labels, "value": s.value})
-print(json.dumps(samples))
-"#;
 
 /// The server's exposition, parsed by Prometheus's own client: every sample.
 async fn scrape(server: &WeftServer) -> Vec<Value> {
@@ -41,39 +31,7 @@ async fn scrape(server: &WeftServer) -> Vec<Value> {
         "{content_type}"
     );
     let text = answer.text().await.unwrap();
-    let mut parser = Command::new("python3")
-        .args(["-c", PARSE])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 (scripts/test installs prometheus_client)");
-    parser
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = parser.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the Prometheus parser refused the exposition: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
-}
-
-/// The value of the sample `name` whose labels include `labels`.
-fn sample(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    samples
-        .iter()
-        .find(|s| {
-            s["name"] == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s["labels"][*k].as_str() == Some(*v))
-        })
-        .and_then(|s| s["value"].as_f64())
+    prometheus::parse(&text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,11 +6,11 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::mesh::{agent_with_env, failing_app, free_port, sample_app, wait_until, Agent, Proc};
+use common::prometheus::{self, sample};
 use common::WeftServer;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::metrics::v3::stream_metrics_message::Identifier;
@@ -61,16 +61,6 @@ fn requests_seen(edge: Option<&Value>) -> f64 {
         .unwrap_or(0.0)
 }
 
-const PARSE: &str = r#"
-import json, sys
-from prometheus_client.openmetrics.parser import text_string_to_metric_families
-samples = []
-for family in text_string_to_metric_families(sys.stdin.read()):
-    for s in family.samples:
-        samples.append({"name": s.name, "labels": s.labels, "value": s.value})
-print(json.dumps(samples))
-"#;
-
 /// `/metrics`, parsed by Prometheus's official Python client: every sample.
 async fn scrape(server: &WeftServer) -> Vec<Value> {
     let text = reqwest::get(format!("{}/metrics", server.addr))
@@ -79,38 +69,7 @@ async fn scrape(server: &WeftServer) -> Vec<Value> {
         .text()
         .await
         .unwrap();
-    let mut parser = Command::new("python3")
-        .args(["-c", PARSE])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 (scripts/test installs prometheus_client)");
-    parser
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = parser.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the Prometheus parser refused the exposition: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn sample(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    samples
-        .iter()
-        .find(|s| {
-            s["name"] == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s["labels"][*k].as_str() == Some(*v))
-        })
-        .and_then(|s| s["value"].as_f64())
+    prometheus::parse(&text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

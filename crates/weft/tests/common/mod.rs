@@ -7,6 +7,7 @@ pub mod certs;
 pub mod disks;
 pub mod mesh;
 pub mod netns;
+pub mod prometheus;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
