@@ -10,15 +10,13 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::mesh::{agent, free_port, sample_app, wait_until, Agent, Proc};
+use common::failover::{busiest, ColorsMesh, OpenLoad};
 use common::WeftServer;
 use weft_store_etcd::testing::EtcdCluster;
 use weft_test_support::sdk::MeshApi;
-use weft_test_support::spec::{MeshSpec, NodeSpec, RouteSpec, RouterSpec, ServiceSpec};
+use weft_test_support::spec::{MeshSpec, RouteSpec};
 
 /// Replicas of one Weft installation on one etcd cluster: the same store and prefix, the same
 /// key-encryption key file (access keys' secrets are sealed under it), the first replica's
@@ -193,149 +191,39 @@ async fn concurrent_writers_through_two_replicas_lose_nothing_and_never_both_win
     drop(replicas.etcd);
 }
 
-/// The proxies connected to a replica, by node id, from its proxy status.
-async fn connected(server: &WeftServer) -> BTreeSet<String> {
-    let response =
-        common::signed_request(&server.addr, "GET", "/weft/v1/proxy-status", None, "weft").await;
-    let status: serde_json::Value = response.json().await.unwrap_or_default();
-    status["proxies"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p["nodeId"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Envoy counters that move when a listener or cluster is rebuilt (a drain) rather than kept.
-fn rebuilds(agent: &Agent) -> u64 {
-    agent.stat_sum("listener_manager.listener_modified")
-        + agent.stat_sum("listener_manager.listener_added")
-        + agent.stat_sum("cluster_manager.cluster_modified")
-        + agent.stat_sum("cluster_manager.cluster_added")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn envoys_fail_over_to_the_other_replica_without_a_failed_request_or_a_rebuilt_listener() {
     let mut replicas = Replicas::start(2, &[]).await;
     let xds = replicas.xds_list();
     let api = MeshApi::create(&replicas.get(0).client(), "apps", MeshSpec::new()).await;
-    let mut upstreams: Vec<(Agent, Proc)> = Vec::new();
-    for name in ["red", "blue"] {
-        let (app, app_port) = sample_app(name);
-        let port = free_port();
-        api.node(name, NodeSpec::http("127.0.0.1", port)).await;
-        upstreams.push((agent(&xds, "apps", name, &[(port, app_port)], "delta"), app));
-    }
-    api.router("colors", RouterSpec::http(8080)).await;
-    api.route("colors", "main", RouteSpec::split(&[("red", 1)]))
-        .await;
-    api.service("colors.apps.local", ServiceSpec::by_router("colors"))
-        .await;
-    api.node(
-        "front",
-        NodeSpec::http("127.0.0.1", free_port()).backend("colors.apps.local"),
-    )
-    .await;
-    let front = Arc::new(agent(&xds, "apps", "front", &[], "delta"));
-    wait_until(Duration::from_secs(20), || {
-        front
-            .get("colors.apps.local", "/", &[])
-            .is_ok_and(|(s, b)| s == 200 && b.contains("red"))
-    });
+    let mesh = ColorsMesh::start(&[api], &xds).await;
 
     // The replica the most proxies are connected to is the one killed.
-    let mut per_replica = Vec::new();
-    for i in 0..2 {
-        per_replica.push(connected(replicas.get(i)).await);
-    }
-    assert_eq!(
-        per_replica[0].len() + per_replica[1].len(),
-        3,
-        "{per_replica:?}"
-    );
-    let victim = if per_replica[0].len() >= per_replica[1].len() {
-        0
-    } else {
-        1
-    };
+    let (victim, moving) = busiest([replicas.get(0), replicas.get(1)]).await;
     let survivor = 1 - victim;
-    let moving = per_replica[victim].clone();
-    let mut all: Vec<&Agent> = upstreams.iter().map(|(a, _)| a).collect();
-    all.push(&front);
-    let before: Vec<u64> = all.iter().map(|a| rebuilds(a)).collect();
+    let before = mesh.rebuilds();
 
-    // Open-loop traffic: a request every 10 ms whatever the answers.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let load = {
-        let (front, stop, ok, failed) = (front.clone(), stop.clone(), ok.clone(), failed.clone());
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let mut next = Instant::now();
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match front.get("colors.apps.local", "/", &[]) {
-                    Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
-                    other => {
-                        eprintln!("failed request: {other:?}");
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-                next += Duration::from_millis(10);
-                if let Some(wait) = next.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-            }
-        })
-    };
+    let load = OpenLoad::start(mesh.front.clone());
     std::thread::sleep(Duration::from_millis(300));
     let killed_at = Instant::now();
     replicas.servers[victim].as_mut().unwrap().kill9();
     replicas.servers[victim] = None;
     let survivor_server = replicas.get(survivor);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let now = connected(survivor_server).await;
-        if moving.iter().all(|p| now.contains(p)) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "proxies {moving:?} did not reconnect to the other replica within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let reconnected = killed_at.elapsed();
-    eprintln!(
-        "{} Envoy(s) reconnected to the other replica {:.0} ms after the kill",
-        moving.len(),
-        reconnected.as_secs_f64() * 1000.0
-    );
-    // Identical versions from the new replica: nothing rebuilt, nothing drained.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after: Vec<u64> = all.iter().map(|a| rebuilds(a)).collect();
-    assert_eq!(
-        before, after,
-        "a listener or cluster was rebuilt on reconnect"
-    );
+    mesh.wait_moved(
+        survivor_server,
+        &moving,
+        killed_at,
+        "the other replica",
+        &before,
+    )
+    .await;
 
     // A route change made after the kill, through the survivor, reaches the Envoys.
     let api = MeshApi::existing(&survivor_server.client(), "apps");
     api.update_route("colors", "main", RouteSpec::split(&[("blue", 1)]))
         .await;
-    wait_until(Duration::from_secs(20), || {
-        front
-            .get("colors.apps.local", "/", &[])
-            .is_ok_and(|(s, b)| s == 200 && b.contains("blue"))
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    eprintln!("open-loop traffic through the failover: {ok} ok, {failed} failed");
-    assert!(ok > 50, "the traffic ran ({ok} requests)");
-    assert_eq!(failed, 0, "no failed data-plane request");
+    mesh.wait_answered_by("blue");
+    load.finish_without_a_failure();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod certs;
 pub mod disks;
+pub mod failover;
 pub mod mesh;
 pub mod netns;
 pub mod prometheus;
