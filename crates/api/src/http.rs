@@ -236,11 +236,14 @@ pub fn router(service: Service) -> Router {
         let entry = paths.remove(&op.uri).unwrap_or_default();
         paths.insert(op.uri.clone(), entry.on(method_filter(&op.method), handler));
     }
-    // 200 "ok" while the store serves; the API error (503
-    // ServiceUnavailableException) once it has failed.
+    // Liveness: 200 "ok" while the store serves, and while a remote store
+    // is merely unreachable (said in the body: restarting cannot fix it);
+    // the API error (503 ServiceUnavailableException) once the local store
+    // is degraded or has failed.
     let healthz = get(|State(service): State<Service>| async move {
         match service.health().await {
-            Ok(()) => "ok\n".into_response(),
+            Ok(None) => "ok\n".into_response(),
+            Ok(Some(why)) => format!("ok; the store is unreachable: {why}\n").into_response(),
             Err(e) => e.into_response(),
         }
     });

@@ -189,9 +189,14 @@ impl Service {
     /// that can pass (degraded: reads are served, writes tried again) and
     /// once the disk failed for good (the store then refuses everything
     /// until a restart), so that `GET /healthz` tells a supervisor which.
-    pub async fn health(&self) -> Result<(), ApiError> {
-        match self.store.health() {
-            weft_store::StoreHealth::Ok => {}
+    /// `Ok(Some(why))` while a remote store (etcd) is unreachable: the
+    /// process is alive, and restarting it (as a liveness probe would on an
+    /// error) cannot bring the store back, so it is not an error here;
+    /// `/readyz` takes the replica out of service meanwhile.
+    pub async fn health(&self) -> Result<Option<String>, ApiError> {
+        let unreachable = match self.store.health() {
+            weft_store::StoreHealth::Ok => None,
+            weft_store::StoreHealth::Unreachable(why) => Some(why),
             weft_store::StoreHealth::Degraded(why) => {
                 return Err(ApiError::ServiceUnavailable(format!(
                     "store degraded: {why}; reads are served and writes are tried again"
@@ -202,11 +207,29 @@ impl Service {
                     "store failed: {why}; restart the server once the disk is sound"
                 )))
             }
+        };
+        // The read refreshes the remote store's state (it is only cleared by
+        // a request that succeeds); while the store is known unreachable it
+        // is bounded, so that the probe answers within its own timeout.
+        let read = self.store.revision();
+        let answer = match &unreachable {
+            None => Some(read.await),
+            Some(_) => tokio::time::timeout(UNREACHABLE_PROBE, read).await.ok(),
+        };
+        match answer {
+            Some(Ok(_)) => Ok(None),
+            // The read itself may be what found the remote store unreachable.
+            Some(Err(e)) => match self.store.health() {
+                weft_store::StoreHealth::Unreachable(why) => Ok(Some(why)),
+                _ => Err(e.into()),
+            },
+            None => Ok(unreachable),
         }
-        self.store.revision().await?;
-        Ok(())
     }
 }
+
+/// How long `/healthz` waits for a store known to be unreachable.
+const UNREACHABLE_PROBE: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

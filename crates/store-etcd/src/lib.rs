@@ -665,7 +665,7 @@ impl Store for EtcdStore {
             .unwrap_or_else(PoisonError::into_inner)
         {
             None => StoreHealth::Ok,
-            Some(why) => StoreHealth::Degraded(why.clone()),
+            Some(why) => StoreHealth::Unreachable(why.clone()),
         }
     }
 

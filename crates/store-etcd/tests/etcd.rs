@@ -413,7 +413,7 @@ async fn a_store_whose_cluster_is_down_answers_unavailable_and_recovers_when_it_
         store.get("res/m/mesh").await,
         Err(StoreError::Unavailable(_))
     ));
-    assert!(matches!(store.health(), StoreHealth::Degraded(why) if why.contains(&endpoints)));
+    assert!(matches!(store.health(), StoreHealth::Unreachable(why) if why.contains(&endpoints)));
 
     cluster.restart_all().await;
     let (kvs, _) = state(&*store, "res/").await;

@@ -61,6 +61,10 @@ pub enum StoreHealth {
     /// The disk failed in a way that leaves its contents unknown: nothing is
     /// served until a restart.
     Failed(String),
+    /// A remote store (etcd) did not answer, or refused, the last request:
+    /// nothing is wrong with this process, and a restart would not help; it
+    /// serves again once the store answers.
+    Unreachable(String),
 }
 
 /// A stored key with its value and revisions, as in etcd.

@@ -265,3 +265,45 @@ async fn a_replica_is_ready_while_etcd_answers_and_not_ready_with_a_reason_once_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_stays_200_naming_the_unreachable_store_while_etcd_is_down() {
+    let mut replicas = Replicas::start(1, &[]).await;
+    let get = |addr: String, path: &'static str| async move {
+        let response = reqwest::get(format!("{addr}{path}")).await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    };
+    let addr = replicas.get(0).addr.clone();
+    assert_eq!(
+        get(addr.clone(), "/healthz").await,
+        (200, "ok\n".to_string())
+    );
+    for member in 0..3 {
+        replicas.etcd.kill(member);
+    }
+    // Liveness holds (a restart cannot bring etcd back) and says why the
+    // store does not serve; readiness takes the replica out.
+    for _ in 0..2 {
+        let (status, body) = get(addr.clone(), "/healthz").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains("unreachable") && body.contains("etcd"),
+            "{body}"
+        );
+    }
+    assert_eq!(get(addr.clone(), "/readyz").await.0, 503);
+    replicas.etcd.restart_all().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = get(addr.clone(), "/healthz").await;
+        if (status, body.as_str()) == (200, "ok\n") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "healthz still reports the outage 30 s after etcd came back: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
