@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::mesh::{agent_with_env, free_port, sample_app, wait_until};
+use common::mesh::{agent_with_env, free_port, sample_app, wait_until, Agent, Proc};
 use common::WeftServer;
 use serde_json::Value;
 use weft_test_support::sdk::MeshApi;
@@ -141,6 +141,62 @@ async fn dog_statsd_packets_and_prometheus_series_carry_app_mesh_s_tags() {
     assert!(exposition.contains("# TYPE envoy_http_downstream_rq_xx counter"));
 }
 
+/// Mesh `apps`: `red` (a sample app behind its agent) as the service `red.apps.local`, and a
+/// `front` agent calling it, both agents' Envoys given `tracing_env`; returns once `front` is
+/// answered by red, with what keeps red running and front's agent.
+async fn red_and_front(
+    server: &WeftServer,
+    tracing_env: &[(&str, &str)],
+) -> ((Proc, Agent), Agent) {
+    let api = MeshApi::create(&server.client(), "apps", MeshSpec::new()).await;
+    let red_port = free_port();
+    let (red_app, red_app_port) = sample_app("red");
+    api.node("red", NodeSpec::http("127.0.0.1", red_port)).await;
+    api.service("red.apps.local", ServiceSpec::by_node("red"))
+        .await;
+    api.node("front", NodeSpec::client(&["red.apps.local"]))
+        .await;
+    let red = agent_with_env(
+        &server.xds_addr,
+        "mesh/apps/virtualNode/red",
+        &[(red_port, red_app_port)],
+        "delta",
+        tracing_env,
+    );
+    let front = agent_with_env(
+        &server.xds_addr,
+        "mesh/apps/virtualNode/front",
+        &[],
+        "delta",
+        tracing_env,
+    );
+    wait_until(Duration::from_secs(40), || {
+        front
+            .get("red.apps.local", "/", &[])
+            .is_ok_and(|(s, b)| s == 200 && b.contains("red"))
+    });
+    ((red_app, red), front)
+}
+
+/// The spans received so far that are `mine`, once there are two of them or 30 s have passed
+/// (Envoy's tracers flush every 5 s, or every 5 spans).
+async fn two_spans<T: Clone>(received: &Mutex<Vec<T>>, mine: impl Fn(&T) -> bool) -> Vec<T> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found: Vec<T> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| mine(s))
+            .cloned()
+            .collect();
+        if found.len() >= 2 || Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A Zipkin v2 collector: `POST /api/v2/spans` with a JSON list of spans.
 async fn zipkin_collector() -> (u16, Arc<Mutex<Vec<Value>>>) {
     use axum::routing::post;
@@ -168,14 +224,6 @@ async fn zipkin_collector() -> (u16, Arc<Mutex<Vec<Value>>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jaeger_tracing_through_two_envoys_sends_a_client_and_a_server_span_joined_by_their_ids() {
     let server = WeftServer::start();
-    let api = MeshApi::create(&server.client(), "apps", MeshSpec::new()).await;
-    let red_port = free_port();
-    let (_red_app, red_app_port) = sample_app("red");
-    api.node("red", NodeSpec::http("127.0.0.1", red_port)).await;
-    api.service("red.apps.local", ServiceSpec::by_node("red"))
-        .await;
-    api.node("front", NodeSpec::client(&["red.apps.local"]))
-        .await;
 
     let (collector_port, spans) = zipkin_collector().await;
     let collector_port = collector_port.to_string();
@@ -184,25 +232,7 @@ async fn jaeger_tracing_through_two_envoys_sends_a_client_and_a_server_span_join
         ("JAEGER_TRACER_PORT", collector_port.as_str()),
         ("JAEGER_TRACER_VERSION", "JSON"),
     ];
-    let _red = agent_with_env(
-        &server.xds_addr,
-        "mesh/apps/virtualNode/red",
-        &[(red_port, red_app_port)],
-        "delta",
-        &tracing_env,
-    );
-    let front = agent_with_env(
-        &server.xds_addr,
-        "mesh/apps/virtualNode/front",
-        &[],
-        "delta",
-        &tracing_env,
-    );
-    wait_until(Duration::from_secs(40), || {
-        front
-            .get("red.apps.local", "/", &[])
-            .is_ok_and(|(s, b)| s == 200 && b.contains("red"))
-    });
+    let (_red, front) = red_and_front(&server, &tracing_env).await;
     // One request in a trace of the test's own (B3 headers, as an instrumented app sends
     // them), to find its spans among those of the warm-up.
     let (trace_id, root_span) = ("463ac35c9f6413ad48485a3953bb6124", "0020000000000001");
@@ -220,21 +250,7 @@ async fn jaeger_tracing_through_two_envoys_sends_a_client_and_a_server_span_join
     assert_eq!(status, 200);
 
     // Envoy's Zipkin tracer flushes every 5 s (or every 5 spans).
-    let mine = |spans: &[Value]| -> Vec<Value> {
-        spans
-            .iter()
-            .filter(|s| s["traceId"] == trace_id)
-            .cloned()
-            .collect()
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let found = loop {
-        let found = mine(&spans.lock().unwrap());
-        if found.len() >= 2 || Instant::now() > deadline {
-            break found;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let found = two_spans(&spans, |s| s["traceId"] == trace_id).await;
     let by_kind: HashMap<&str, &Value> = found
         .iter()
         .filter_map(|s| Some((s["kind"].as_str()?, s)))
@@ -501,14 +517,6 @@ async fn otlp_collector() -> (u16, Received) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_tracing_through_two_envoys_sends_a_client_and_a_server_span_joined_by_their_ids() {
     let server = WeftServer::start();
-    let api = MeshApi::create(&server.client(), "apps", MeshSpec::new()).await;
-    let red_port = free_port();
-    let (_red_app, red_app_port) = sample_app("red");
-    api.node("red", NodeSpec::http("127.0.0.1", red_port)).await;
-    api.service("red.apps.local", ServiceSpec::by_node("red"))
-        .await;
-    api.node("front", NodeSpec::client(&["red.apps.local"]))
-        .await;
 
     let (collector_port, received) = otlp_collector().await;
     let endpoint = format!("127.0.0.1:{collector_port}");
@@ -516,25 +524,7 @@ async fn otlp_tracing_through_two_envoys_sends_a_client_and_a_server_span_joined
         ("ENABLE_ENVOY_OTEL_TRACING", "1"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
     ];
-    let _red = agent_with_env(
-        &server.xds_addr,
-        "mesh/apps/virtualNode/red",
-        &[(red_port, red_app_port)],
-        "delta",
-        &tracing_env,
-    );
-    let front = agent_with_env(
-        &server.xds_addr,
-        "mesh/apps/virtualNode/front",
-        &[],
-        "delta",
-        &tracing_env,
-    );
-    wait_until(Duration::from_secs(40), || {
-        front
-            .get("red.apps.local", "/", &[])
-            .is_ok_and(|(s, b)| s == 200 && b.contains("red"))
-    });
+    let (_red, front) = red_and_front(&server, &tracing_env).await;
     // One request in a trace of the test's own (W3C trace context, as an OpenTelemetry-
     // instrumented app sends it), to find its spans among those of the warm-up.
     let (trace_id, root_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
@@ -549,20 +539,7 @@ async fn otlp_tracing_through_two_envoys_sends_a_client_and_a_server_span_joined
     assert_eq!(status, 200);
 
     // Envoy's OpenTelemetry tracer exports every 5 s (or every 5 spans).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let found = loop {
-        let found: Vec<ReceivedSpan> = received
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|s| s.trace_id == trace_id)
-            .cloned()
-            .collect();
-        if found.len() >= 2 || Instant::now() > deadline {
-            break found;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let found = two_spans(&received, |s| s.trace_id == trace_id).await;
     const SERVER: i32 = 2;
     const CLIENT: i32 = 3;
     let client = found
