@@ -1,7 +1,8 @@
 //! The key-encryption key: 32 random bytes in a file the server keeps beside its store
 //! (`<data-dir>/auth-kek`, mode 0600, created on first start) or names with `--auth-kek-file`
-//! (so that replicas sharing a store share it too). Access keys' secrets are sealed under it
-//! with AES-256-GCM, so a copy of the store alone reveals no secret.
+//! (so that replicas sharing a store share it too). Access keys' secrets, and the private key of
+//! the CA root Weft generates (`weft-ca`), are sealed under it with AES-256-GCM, so a copy of the
+//! store alone reveals no secret.
 
 use std::io::Write;
 use std::path::Path;
