@@ -28,6 +28,16 @@ fn weft_file_command(command: &str, server: &WeftServer, file: &Path) -> Output 
         .unwrap()
 }
 
+/// [`weft_file_command`], which must succeed.
+fn weft_file_command_succeeds(command: &str, server: &WeftServer, file: &Path) {
+    let out = weft_file_command(command, server, file);
+    assert!(
+        out.status.success(),
+        "weft {command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The mesh `apps` of the App Mesh user guide's walkthrough, with a gateway, tags, and a
 /// Cloud Map namespace with a service and an instance.
 async fn populate(server: &WeftServer) {
@@ -268,12 +278,7 @@ async fn backup_and_restore(source: &WeftServer, target: &WeftServer) {
     populate(source).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("backup.json");
-    let out = weft_file_command("backup", source, &file);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    weft_file_command_succeeds("backup", source, &file);
     let document: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     assert_eq!(document["format"], "weft-backup/1");
@@ -289,21 +294,11 @@ async fn backup_and_restore(source: &WeftServer, target: &WeftServer) {
     assert!(at("VirtualNode") < at("Route") && at("Route") < at("VirtualService"));
     assert!(at("VirtualService") < at("GatewayRoute"));
 
-    let out = weft_file_command("restore", target, &file);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    weft_file_command_succeeds("restore", target, &file);
     assert_eq!(described(target).await, described(source).await);
 
     // Again: nothing differs, nothing is written twice.
-    let out = weft_file_command("restore", target, &file);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    weft_file_command_succeeds("restore", target, &file);
     assert_eq!(described(target).await, described(source).await);
 
     // A route that differs on the target is not overwritten, and nothing else is written.
