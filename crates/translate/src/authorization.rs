@@ -24,16 +24,19 @@
 //! (<https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/access_loggers/stats/v3/stats.proto>),
 //! a counter tagged with the caller's certificate URI SAN: the config is the same few lines on
 //! every node, the counters exist only for callers that were denied, and they reach Weft's
-//! server through the stats sink with every other stat.
+//! server through the stats sink with every other stat. The TCP proxy logs the connections the
+//! network RBAC filter refuses to the same counters ([`tcp_denial_log`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType as XdsAccessLogConfigType;
 use envoy_types::pb::envoy::config::accesslog::v3::access_log_filter::FilterSpecifier as XdsLogFilterSpecifier;
+use envoy_types::pb::envoy::config::accesslog::v3::extension_filter::ConfigType as XdsExtensionFilterConfigType;
 use envoy_types::pb::envoy::config::accesslog::v3::comparison_filter::Op as XdsComparisonOp;
 use envoy_types::pb::envoy::config::accesslog::v3::{
     AccessLog as XdsAccessLog, AccessLogFilter as XdsAccessLogFilter,
-    ComparisonFilter as XdsComparisonFilter, GrpcStatusFilter as XdsGrpcStatusFilter,
+    ComparisonFilter as XdsComparisonFilter, ExtensionFilter as XdsExtensionFilter,
+    GrpcStatusFilter as XdsGrpcStatusFilter,
     MetadataFilter as XdsMetadataFilter, OrFilter as XdsOrFilter,
     StatusCodeFilter as XdsStatusCodeFilter,
 };
@@ -58,6 +61,7 @@ use envoy_types::pb::envoy::extensions::access_loggers::stats::v3::config::{
     Counter as XdsStatsCounter, Stat as XdsStat, Tag as XdsStatTag,
 };
 use envoy_types::pb::envoy::extensions::access_loggers::stats::v3::Config as XdsStatsLog;
+use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter as XdsCelFilter;
 use envoy_types::pb::envoy::r#type::matcher::v3::metadata_matcher::path_segment::Segment as XdsPathSegmentKey;
 use envoy_types::pb::envoy::r#type::matcher::v3::metadata_matcher::PathSegment as XdsPathSegment;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern as XdsMatchPattern;
@@ -247,19 +251,14 @@ pub(crate) fn denial_log(snapshot: &MeshSnapshot, intake: bool) -> Option<XdsAcc
     if !intake {
         return None;
     }
-    let tag = |name: &str, format: &str| XdsStatTag {
-        name: name.to_string(),
-        value_format: format.to_string(),
-        ..Default::default()
-    };
-    let caller = tag("caller", "%DOWNSTREAM_PEER_URI_SAN%");
+    let caller = stat_tag("caller", "%DOWNSTREAM_PEER_URI_SAN%");
     let (name, tags, filter) = match snapshot.authorization {
         MeshAuthorization::Disabled => return None,
         // Enforced: the RBAC filter answers 403, or gRPC's PERMISSION_DENIED (in a 200) to a
         // gRPC request; the details tell its refusals from the app's.
         MeshAuthorization::Enforce => (
             "denied",
-            vec![tag("details", "%RESPONSE_CODE_DETAILS%"), caller],
+            vec![stat_tag("details", "%RESPONSE_CODE_DETAILS%"), caller],
             XdsLogFilterSpecifier::OrFilter(XdsOrFilter {
                 filters: vec![
                     XdsAccessLogFilter {
@@ -291,24 +290,93 @@ pub(crate) fn denial_log(snapshot: &MeshSnapshot, intake: bool) -> Option<XdsAcc
         _ => (
             "shadow_denied",
             vec![caller],
-            XdsLogFilterSpecifier::MetadataFilter(XdsMetadataFilter {
-                matcher: Some(XdsMetadataMatcher {
-                    filter: HTTP_RBAC_FILTER.to_string(),
-                    path: vec![XdsPathSegment {
-                        segment: Some(XdsPathSegmentKey::Key("shadow_engine_result".to_string())),
-                    }],
-                    value: Some(XdsValueMatcher {
-                        match_pattern: Some(XdsValuePattern::StringMatch(XdsStringMatcher {
-                            match_pattern: Some(XdsMatchPattern::Exact("denied".to_string())),
-                            ..Default::default()
-                        })),
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
+            shadow_denied_filter(HTTP_RBAC_FILTER),
         ),
     };
+    Some(stats_log(name, tags, filter))
+}
+
+/// The access log counting each connection refused per caller on `node`'s TCP listeners, for
+/// the TCP proxy's `access_log`, with the HTTP one's counters and tags (the same intake counts
+/// both), if the mesh asks for authorization and the proxy streams its stats to Weft.
+///
+/// The TCP proxy logs each connection when it ends, also one the network RBAC filter before it
+/// closed (checked with Envoy 1.40), and the connection's stream info holds the filter's
+/// verdict:
+/// - enforced: `%CONNECTION_TERMINATION_DETAILS%` is `rbac_access_denied_matched_policy[…]`
+///   (<https://www.envoyproxy.io/docs/envoy/latest/configuration/listeners/network_filters/rbac_filter>),
+///   and the filter emits no dynamic metadata for its enforced verdict, so a CEL filter on the
+///   `connection.termination_details` attribute picks those connections
+///   (<https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/access_loggers/filters/cel/v3/cel.proto>,
+///   <https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/advanced/attributes>);
+/// - report-only: the shadow engine's verdict, in the network filter's dynamic metadata.
+pub(crate) fn tcp_denial_log(snapshot: &MeshSnapshot, intake: bool) -> Option<XdsAccessLog> {
+    if !intake {
+        return None;
+    }
+    let caller = stat_tag("caller", "%DOWNSTREAM_PEER_URI_SAN%");
+    let (name, tags, filter) = match snapshot.authorization {
+        MeshAuthorization::Disabled => return None,
+        MeshAuthorization::Enforce => (
+            "denied",
+            vec![
+                stat_tag("details", "%CONNECTION_TERMINATION_DETAILS%"),
+                caller,
+            ],
+            XdsLogFilterSpecifier::ExtensionFilter(XdsExtensionFilter {
+                name: "envoy.access_loggers.extension_filters.cel".to_string(),
+                config_type: Some(XdsExtensionFilterConfigType::TypedConfig(pack_any(
+                    XdsCelFilter {
+                        expression:
+                            "connection.termination_details.startsWith('rbac_access_denied')"
+                                .to_string(),
+                        ..Default::default()
+                    },
+                ))),
+            }),
+        ),
+        _ => (
+            "shadow_denied",
+            vec![caller],
+            shadow_denied_filter(NETWORK_RBAC_FILTER),
+        ),
+    };
+    Some(stats_log(name, tags, filter))
+}
+
+/// A tag of a per-caller denial counter, formatted from the access log's command operators.
+fn stat_tag(name: &str, format: &str) -> XdsStatTag {
+    XdsStatTag {
+        name: name.to_string(),
+        value_format: format.to_string(),
+        ..Default::default()
+    }
+}
+
+/// Logs whose RBAC filter `filter`'s shadow engine denied (its `shadow_engine_result` dynamic
+/// metadata, rbac_filter.rst, "Dynamic Metadata").
+fn shadow_denied_filter(filter: &str) -> XdsLogFilterSpecifier {
+    XdsLogFilterSpecifier::MetadataFilter(XdsMetadataFilter {
+        matcher: Some(XdsMetadataMatcher {
+            filter: filter.to_string(),
+            path: vec![XdsPathSegment {
+                segment: Some(XdsPathSegmentKey::Key("shadow_engine_result".to_string())),
+            }],
+            value: Some(XdsValueMatcher {
+                match_pattern: Some(XdsValuePattern::StringMatch(XdsStringMatcher {
+                    match_pattern: Some(XdsMatchPattern::Exact("denied".to_string())),
+                    ..Default::default()
+                })),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// The stats access logger adding one to `weft_authz.<name>` with `tags` for each log that
+/// passes `filter`.
+fn stats_log(name: &str, tags: Vec<XdsStatTag>, filter: XdsLogFilterSpecifier) -> XdsAccessLog {
     let config = XdsStatsLog {
         stats_scope: Some(XdsStatsScope {
             prefix: DENIAL_STATS_PREFIX.to_string(),
@@ -327,11 +395,11 @@ pub(crate) fn denial_log(snapshot: &MeshSnapshot, intake: bool) -> Option<XdsAcc
         }],
         ..Default::default()
     };
-    Some(XdsAccessLog {
+    XdsAccessLog {
         name: "envoy.access_loggers.stats".to_string(),
         filter: Some(XdsAccessLogFilter {
             filter_specifier: Some(filter),
         }),
         config_type: Some(XdsAccessLogConfigType::TypedConfig(pack_any(config))),
-    })
+    }
 }

@@ -233,11 +233,21 @@ fn ingress(
             vec![filter]
         } else {
             let (_, idle) = route::listener_timeouts(node_listener);
+            // The TCP proxy logs also the connections the network RBAC filter before it closes,
+            // so it is where those are counted per caller.
+            let tcp_access_log: Vec<_> = access_log
+                .iter()
+                .cloned()
+                .chain(crate::authorization::tcp_denial_log(
+                    snapshot,
+                    options.stats_intake,
+                ))
+                .collect();
             let proxy = listener::tcp_proxy(
                 INGRESS_STAT_PREFIX,
                 TcpTarget::Cluster(cluster.name.clone()),
                 defaults::timeout_or(idle, IDLE_TIMEOUT_SECS),
-                &access_log,
+                &tcp_access_log,
             );
             crate::authorization::network_filter(snapshot, &node.virtual_node_name)
                 .into_iter()

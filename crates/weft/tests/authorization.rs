@@ -198,16 +198,17 @@ async fn only_declared_callers_reach_a_node_over_http_grpc_and_tcp_and_declaring
     assert_eq!(status_of(&ok), Some(200), "{ok:?}");
     assert!(red.stat_sum("http.ingress.rbac.denied") >= 2);
     assert!(red.stat_sum("ingress_rbac.rbac.denied") >= 1);
-    // rogue's two refused HTTP requests are counted under its name, for red, in weft
-    // proxy-status and /metrics; front's allowed ones nowhere.
-    let denials = wait_for_denials(&server, "red", 2).await;
+    // rogue's two refused HTTP requests and its refused TCP connection (logged by the TCP
+    // proxy) are counted under its name, for red, in weft proxy-status and /metrics; front's
+    // allowed ones nowhere.
+    let denials = wait_for_denials(&server, "red", 3).await;
     assert_eq!(
         denials,
-        vec![("virtualNode/rogue".to_string(), "ENFORCE".to_string(), 2)]
+        vec![("virtualNode/rogue".to_string(), "ENFORCE".to_string(), 3)]
     );
     let printed = proxy_status_text(&server);
     assert!(
-        printed.contains("denied: virtualNode/rogue × 2"),
+        printed.contains("denied: virtualNode/rogue × 3"),
         "{printed}"
     );
     let metrics = reqwest::get(format!("{}/metrics", server.addr))
@@ -223,7 +224,7 @@ async fn only_declared_callers_reach_a_node_over_http_grpc_and_tcp_and_declaring
                 && l.contains("node=\"red\"")
                 && l.contains("caller=\"virtualNode/rogue\"")
                 && l.contains("mode=\"ENFORCE\"")
-                && l.ends_with(" 2")),
+                && l.ends_with(" 3")),
         "{metrics}"
     );
 
@@ -287,16 +288,20 @@ async fn report_only_counts_the_calls_it_would_refuse_and_refuses_none() {
     let api = MeshApi::create(&server.client(), "apps", MeshSpec::new()).await;
     tag_mesh(&server, "weft:mtls", "STRICT").await;
     tag_mesh(&server, "weft:authorization", "REPORT").await;
-    let red_port = free_port();
+    let (red_port, red_tcp_port) = (free_port(), free_port());
     let (_red_app, red_app_port) = sample_app("red");
-    api.node("red", NodeSpec::http("127.0.0.1", red_port)).await;
+    api.node(
+        "red",
+        NodeSpec::http("127.0.0.1", red_port).listener(Listener::tcp(red_tcp_port)),
+    )
+    .await;
     api.service("red.apps.local", ServiceSpec::by_node("red"))
         .await;
     api.node("rogue", NodeSpec::client(&[])).await;
     let red = common::joined_agent_with_env(
         &server,
         "mesh/apps/virtualNode/red",
-        &[(red_port, red_app_port)],
+        &[(red_port, red_app_port), (red_tcp_port, red_app_port)],
         &[("ENVOY_STATS_FLUSH_INTERVAL", "1s")],
     );
     let bundle = tmp.path().join("bundle.pem");
@@ -316,21 +321,28 @@ async fn report_only_counts_the_calls_it_would_refuse_and_refuses_none() {
     }
     assert_eq!(red.stat_sum("http.ingress.rbac.shadow_denied"), before + 3);
     assert_eq!(red.stat_sum("http.ingress.rbac.denied"), 0);
-    // The would-be denials are rogue's, in weft proxy-status.
-    let denials = wait_for_denials(&server, "red", before + 3).await;
+    // TCP: rogue's connection is carried, and counted as one to refuse.
+    assert_eq!(
+        status_of(&curl(&as_rogue, &bundle, red_tcp_port, &[])),
+        Some(200)
+    );
+    assert_eq!(red.stat_sum("ingress_rbac.rbac.shadow_denied"), 1);
+    assert_eq!(red.stat_sum("ingress_rbac.rbac.denied"), 0);
+    // The would-be denials, HTTP and TCP, are rogue's, in weft proxy-status.
+    let denials = wait_for_denials(&server, "red", before + 4).await;
     assert_eq!(
         denials,
         vec![(
             "virtualNode/rogue".to_string(),
             "REPORT".to_string(),
-            before + 3
+            before + 4
         )]
     );
     let printed = proxy_status_text(&server);
     assert!(
         printed.contains(&format!(
             "would deny (REPORT): virtualNode/rogue × {}",
-            before + 3
+            before + 4
         )),
         "{printed}"
     );
