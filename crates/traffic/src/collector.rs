@@ -1,7 +1,9 @@
 //! The traffic history as Prometheus gauges, read at each scrape (crates/metrics registers the
 //! collector under its `weft_` prefix):
 //!
-//! - `weft_edge_requests_per_second{mesh, source_kind, node, virtual_service, router, route, target}`;
+//! - `weft_edge_requests_per_second{mesh, source_kind, node, virtual_service, router, route, target}`:
+//!   a node-to-target edge has `router`, `route` and `virtual_service` empty, a route's edge
+//!   `target` empty (see [`crate::history`]); sum one kind, never both;
 //! - `weft_edge_error_ratio{…}`: 5xx and gRPC failures over requests, 0..1;
 //! - `weft_edge_latency_seconds{…, quantile}`: 0.5, 0.9 and 0.99 over the window;
 //! - `weft_authorization_denied_total{mesh, node, caller, mode}`: requests refused (ENFORCE)
@@ -60,7 +62,7 @@ impl Collector for TrafficCollector {
                     ),
                     ("router", e.route.as_ref().map_or("", |r| r.router.as_str())),
                     ("route", e.route.as_ref().map_or("", |r| r.route.as_str())),
-                    ("target", e.target.name.as_str()),
+                    ("target", e.target.as_ref().map_or("", |t| t.name.as_str())),
                 ]
             })
             .collect();

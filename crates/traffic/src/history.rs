@@ -1,12 +1,21 @@
 //! The bounded traffic history: per edge (a source proxy's virtual node or gateway to a target
 //! virtual node), one slot per `resolution` seconds holding the requests, the failures and the
 //! latency buckets the source's Envoys reported in it. Pure: time is an argument.
+//!
+//! Two kinds of edge are kept, both from the source proxy:
+//! - to a target virtual node, from the target's cluster stats: every request the source sent
+//!   to that node, whichever route it matched (`route` and `virtual_service` unknown);
+//! - to an App Mesh route (a virtual router's route, or a gateway route of the reporting
+//!   gateway), from the route's own stats: every request that matched it, whichever of its
+//!   weighted targets took it (`target` unknown, `route` and `virtual_service` known).
+//!
+//! A request counts once in each kind: sum one kind, never both.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use crate::parse::{quantile, Flush};
+use crate::parse::{quantile, ClusterFlush, Flush};
 use crate::snapshot::{
-    EdgeSnapshot, HistoryPoint, ProxyKind, ProxyRef, ProxySnapshot, TrafficSnapshot,
+    EdgeSnapshot, HistoryPoint, ProxyKind, ProxyRef, ProxySnapshot, RouteRef, TrafficSnapshot,
 };
 
 /// The bounds of the history.
@@ -76,7 +85,10 @@ pub struct Drops {
 struct EdgeKey {
     mesh: String,
     source: ProxyRef,
-    target: String,
+    /// The target node of a cluster-stats edge; `None` for a route edge.
+    target: Option<String>,
+    virtual_service: Option<String>,
+    route: Option<RouteRef>,
 }
 
 #[derive(Debug)]
@@ -106,6 +118,14 @@ struct Proxy {
     last_report: f64,
     /// Authorization denials since the proxy first reported, by caller and whether enforced.
     denials: BTreeMap<(String, bool), u64>,
+}
+
+/// When a flush is added: its time, the interval a first report covers, its slot and window.
+struct At {
+    now: f64,
+    first_interval: f64,
+    slot_t: u64,
+    window_start: f64,
 }
 
 /// The authorization denials one proxy counted, per caller.
@@ -203,6 +223,16 @@ impl History {
         let slot_t =
             now.max(0.0) as u64 / self.limits.resolution_seconds * self.limits.resolution_seconds;
         let window_start = now - self.limits.window_seconds as f64;
+        let at = At {
+            now,
+            first_interval,
+            slot_t,
+            window_start,
+        };
+        let from = ProxyRef {
+            kind: source.kind,
+            name: source.name.clone(),
+        };
         for (cluster, stats) in &flush.clusters {
             let Some(target) = target_of(&source.mesh, cluster) else {
                 self.drops.unknown_cluster += 1;
@@ -210,78 +240,96 @@ impl History {
             };
             let key = EdgeKey {
                 mesh: source.mesh.clone(),
-                source: ProxyRef {
-                    kind: source.kind,
-                    name: source.name.clone(),
-                },
-                target: target.to_string(),
+                source: from.clone(),
+                target: Some(target.to_string()),
+                virtual_service: None,
+                route: None,
             };
-            let edges = self.edges.len();
-            let edge = match self.edges.get_mut(&key) {
-                Some(edge) => edge,
-                // Envoy reports every cluster at every flush: one that carried nothing is no
-                // edge yet.
-                None if stats.requests == 0 => continue,
-                None if edges >= self.limits.max_edges => {
-                    self.drops.over_limit += 1;
-                    continue;
-                }
-                None => self.edges.entry(key).or_insert(Edge {
-                    first_seen: now,
-                    first_interval,
-                    last_active: now,
-                    bounds: Vec::new(),
-                    slots: VecDeque::new(),
+            self.add(key, stats, &at);
+        }
+        for (route, stats) in &flush.routes {
+            let key = EdgeKey {
+                mesh: source.mesh.clone(),
+                source: from.clone(),
+                target: None,
+                virtual_service: Some(route.virtual_service.clone()),
+                route: Some(RouteRef {
+                    // A gateway route's stats come from the gateway holding it.
+                    router: route.router.clone().unwrap_or_else(|| source.name.clone()),
+                    route: route.route.clone(),
                 }),
             };
-            if stats.requests > 0 {
-                edge.last_active = now;
-            }
-            if let Some(latency) = &stats.latency {
-                if latency.bounds != edge.bounds {
-                    // Other bounds (a changed stats config): older buckets no longer add up.
-                    edge.bounds.clone_from(&latency.bounds);
-                    for slot in &mut edge.slots {
-                        slot.counts.clear();
-                    }
-                }
-            }
-            if edge.slots.back().is_none_or(|s| s.t != slot_t) {
-                edge.slots.push_back(Slot {
-                    t: slot_t,
-                    requests: 0,
-                    errors: 0,
-                    counts: Vec::new(),
-                    p99_ms: None,
-                });
-                while edge.slots.len() > self.limits.history_points {
-                    edge.slots.pop_front();
-                }
-            }
-            let Some(slot) = edge.slots.back_mut() else {
-                continue;
-            };
-            slot.requests = slot.requests.saturating_add(stats.requests);
-            let errors = failed_requests(stats);
-            slot.errors = slot.errors.saturating_add(errors);
-            if let Some(latency) = &stats.latency {
-                if slot.counts.len() != latency.counts.len() {
-                    slot.counts = vec![0; latency.counts.len()];
-                }
-                for (sum, n) in slot.counts.iter_mut().zip(&latency.counts) {
-                    *sum = sum.saturating_add(*n);
-                }
-                slot.p99_ms = quantile(&edge.bounds, &slot.counts, 0.99);
-            }
-            // Buckets out of the window are no longer read: free them.
-            for slot in &mut edge.slots {
-                if ((slot.t + self.limits.resolution_seconds) as f64) < window_start {
-                    slot.counts = Vec::new();
-                }
-            }
+            self.add(key, stats, &at);
         }
         if now - self.last_sweep >= self.limits.resolution_seconds as f64 {
             self.sweep(now);
+        }
+    }
+
+    /// Adds one flush's `stats` to the edge `key`, creating it when it carried requests.
+    fn add(&mut self, key: EdgeKey, stats: &ClusterFlush, at: &At) {
+        let edges = self.edges.len();
+        let edge = match self.edges.get_mut(&key) {
+            Some(edge) => edge,
+            // Envoy reports every cluster at every flush: one that carried nothing is no
+            // edge yet.
+            None if stats.requests == 0 => return,
+            None if edges >= self.limits.max_edges => {
+                self.drops.over_limit += 1;
+                return;
+            }
+            None => self.edges.entry(key).or_insert(Edge {
+                first_seen: at.now,
+                first_interval: at.first_interval,
+                last_active: at.now,
+                bounds: Vec::new(),
+                slots: VecDeque::new(),
+            }),
+        };
+        if stats.requests > 0 {
+            edge.last_active = at.now;
+        }
+        if let Some(latency) = &stats.latency {
+            if latency.bounds != edge.bounds {
+                // Other bounds (a changed stats config): older buckets no longer add up.
+                edge.bounds.clone_from(&latency.bounds);
+                for slot in &mut edge.slots {
+                    slot.counts.clear();
+                }
+            }
+        }
+        if edge.slots.back().is_none_or(|s| s.t != at.slot_t) {
+            edge.slots.push_back(Slot {
+                t: at.slot_t,
+                requests: 0,
+                errors: 0,
+                counts: Vec::new(),
+                p99_ms: None,
+            });
+            while edge.slots.len() > self.limits.history_points {
+                edge.slots.pop_front();
+            }
+        }
+        let Some(slot) = edge.slots.back_mut() else {
+            return;
+        };
+        slot.requests = slot.requests.saturating_add(stats.requests);
+        let errors = failed_requests(stats);
+        slot.errors = slot.errors.saturating_add(errors);
+        if let Some(latency) = &stats.latency {
+            if slot.counts.len() != latency.counts.len() {
+                slot.counts = vec![0; latency.counts.len()];
+            }
+            for (sum, n) in slot.counts.iter_mut().zip(&latency.counts) {
+                *sum = sum.saturating_add(*n);
+            }
+            slot.p99_ms = quantile(&edge.bounds, &slot.counts, 0.99);
+        }
+        // Buckets out of the window are no longer read: free them.
+        for slot in &mut edge.slots {
+            if ((slot.t + self.limits.resolution_seconds) as f64) < at.window_start {
+                slot.counts = Vec::new();
+            }
         }
     }
 
@@ -379,12 +427,12 @@ impl History {
                 let snapshot = EdgeSnapshot {
                     mesh: key.mesh.clone(),
                     source: key.source.clone(),
-                    virtual_service: None,
-                    route: None,
-                    target: ProxyRef {
+                    virtual_service: key.virtual_service.clone(),
+                    route: key.route.clone(),
+                    target: key.target.as_ref().map(|name| ProxyRef {
                         kind: ProxyKind::VirtualNode,
-                        name: key.target.clone(),
-                    },
+                        name: name.clone(),
+                    }),
                     rps: requests as f64 / observed,
                     error_rate: ratio(errors, requests),
                     p50_ms: q(0.5),
@@ -440,7 +488,11 @@ impl History {
                 std::mem::size_of::<(EdgeKey, Edge)>()
                     + k.mesh.capacity()
                     + k.source.name.capacity()
-                    + k.target.capacity()
+                    + k.target.as_ref().map_or(0, String::capacity)
+                    + k.virtual_service.as_ref().map_or(0, String::capacity)
+                    + k.route
+                        .as_ref()
+                        .map_or(0, |r| r.router.capacity() + r.route.capacity())
                     + e.bounds.capacity() * 8
                     + e.slots.capacity() * slot
                     + e.slots
@@ -577,9 +629,10 @@ mod tests {
         let snap = h.snapshot(t0 + 50.0);
         assert_eq!(snap.edges.len(), 2);
         let (v1, v2) = (&snap.edges[0], &snap.edges[1]);
+        let name = |e: &EdgeSnapshot| e.target.as_ref().map(|t| t.name.clone());
         assert_eq!(
-            (v1.target.name.as_str(), v2.target.name.as_str()),
-            ("back-v1", "back-v2")
+            (name(v1), name(v2)),
+            (Some("back-v1".into()), Some("back-v2".into()))
         );
         assert!((v1.rps - 7.5).abs() < 0.01, "{}", v1.rps);
         assert!((v2.rps - 2.5).abs() < 0.01, "{}", v2.rps);
@@ -588,6 +641,71 @@ mod tests {
         assert_eq!(v1.p50_ms, Some(3.0));
         assert_eq!(v1.history.len(), 6);
         assert_eq!(snap.proxies.len(), 1);
+    }
+
+    #[test]
+    fn a_routes_stats_give_it_its_own_edge_beside_the_target_edges() {
+        let mut h = History::new(Limits::default());
+        let t0 = 1_796_000_000.0;
+        let mut f = flush("cds_egress_apps_back-v1_http_9080", 75, 0);
+        f.clusters
+            .extend(flush("cds_egress_apps_back-v2_http_9080", 25, 5).clusters);
+        let by_route = flush("route", 100, 5).clusters.remove("route").unwrap();
+        f.routes.insert(
+            crate::parse::RouteStat {
+                virtual_service: "colors.apps.local".into(),
+                router: Some("colors".into()),
+                route: "split".into(),
+            },
+            by_route,
+        );
+        h.ingest(&front("f-1"), &f, t0, 10.0);
+        let snap = h.snapshot(t0);
+        assert_eq!(snap.edges.len(), 3);
+        // Route edges (no target) sort first.
+        let route = &snap.edges[0];
+        assert_eq!(route.target, None);
+        assert_eq!(route.virtual_service.as_deref(), Some("colors.apps.local"));
+        assert_eq!(
+            route.route,
+            Some(RouteRef {
+                router: "colors".into(),
+                route: "split".into()
+            })
+        );
+        assert!((route.rps - 10.0).abs() < 0.01, "{}", route.rps);
+        assert!((route.error_rate - 0.05).abs() < 1e-9);
+        assert_eq!(route.p50_ms, Some(3.0));
+        assert!(snap.edges[1..].iter().all(|e| e.route.is_none()));
+        // A gateway route is held by the gateway that reports it.
+        let gateway = Source {
+            kind: ProxyKind::VirtualGateway,
+            name: "ingress".into(),
+            ..front("g-1")
+        };
+        let mut g = Flush::default();
+        g.routes.insert(
+            crate::parse::RouteStat {
+                virtual_service: "colors.apps.local".into(),
+                router: None,
+                route: "to-colors".into(),
+            },
+            flush("route", 10, 0).clusters.remove("route").unwrap(),
+        );
+        h.ingest(&gateway, &g, t0, 10.0);
+        let snap = h.snapshot(t0);
+        let held = snap
+            .edges
+            .iter()
+            .find(|e| e.source.name == "ingress")
+            .and_then(|e| e.route.clone());
+        assert_eq!(
+            held,
+            Some(RouteRef {
+                router: "ingress".into(),
+                route: "to-colors".into()
+            })
+        );
     }
 
     #[test]

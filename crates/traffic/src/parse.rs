@@ -1,6 +1,17 @@
 //! Pure reading of one flush of an Envoy's stats (`io.prometheus.client.MetricFamily` as the
 //! `metrics_service` sink sends them) into what the history needs: per target cluster, the
-//! requests, the failures and the latency histogram of the flush interval.
+//! requests, the failures and the latency histogram of the flush interval; per App Mesh route,
+//! the same from the route's own stats.
+//!
+//! Translation gives each Envoy route made from an App Mesh route a `stat_prefix`
+//! (`weft.r.<service>.<router>.<route>`, or `weft.g.<service>.<gateway route>` for a gateway
+//! route, each name one stat token: ASCII letters, digits and `-` as they are, any other byte as
+//! `_` and two hex digits), and Envoy's router counts the route's requests under
+//! `vhost.<virtual host>.route.<stat_prefix>.` with the virtual-cluster statistics
+//! (`upstream_rq_total`, `upstream_rq_<*xx>`, `upstream_rq_time`, ...;
+//! <https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto>,
+//! `Route.stat_prefix`, and
+//! <https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/router_filter#virtual-cluster-statistics>).
 //!
 //! The sink is configured (see `weft_agent`) with `report_counters_as_deltas` (counters are the
 //! interval's increments) and `histogram_emit_mode: HISTOGRAM` (the interval's buckets), as
@@ -63,11 +74,26 @@ pub struct Denial {
     pub count: u64,
 }
 
+/// The App Mesh route a route stat counts, as its `stat_prefix` names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteStat {
+    /// The virtual service the route serves (a gateway route's target service).
+    pub virtual_service: String,
+    /// The virtual router holding the route; `None` for a gateway route (the reporting gateway
+    /// holds it).
+    pub router: Option<String>,
+    /// The route's or gateway route's name.
+    pub route: String,
+}
+
 /// What one flush told.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Flush {
     /// By cluster name.
     pub clusters: BTreeMap<String, ClusterFlush>,
+    /// By App Mesh route: the route's requests, 5xx and latency (its gRPC fields stay 0: the
+    /// gRPC stats filter counts per cluster only).
+    pub routes: BTreeMap<RouteStat, ClusterFlush>,
     /// Authorization denials by caller.
     pub denials: Vec<Denial>,
     /// Series dropped: a known name with the wrong type, a negative, non-finite or absurd
@@ -95,40 +121,111 @@ pub fn read(families: &[MetricFamily]) -> Flush {
             }
             continue;
         }
+        let kind = family.r#type.and_then(|t| MetricType::try_from(t).ok());
+        if let Some((route, stat)) = route_stat(name) {
+            match reading(stat, false, kind, &family.metric) {
+                Reading::Ignored => flush.ignored += 1,
+                Reading::Bad => flush.dropped += 1,
+                reading => reading.add_to(flush.routes.entry(route).or_default()),
+            }
+            continue;
+        }
         let Some((cluster, stat)) = cluster_stat(name) else {
             flush.ignored += 1;
             continue;
         };
-        let kind = family.r#type.and_then(|t| MetricType::try_from(t).ok());
-        match stat {
-            "upstream_rq_total" | "upstream_rq_5xx" | "grpc.failure" | "grpc.total" => {
-                let Some(value) = counter(kind, &family.metric) else {
-                    flush.dropped += 1;
-                    continue;
-                };
-                let entry = flush.clusters.entry(cluster.to_string()).or_default();
-                match stat {
-                    "upstream_rq_total" => entry.requests = entry.requests.saturating_add(value),
-                    "upstream_rq_5xx" => entry.errors = entry.errors.saturating_add(value),
-                    "grpc.total" => entry.grpc_calls = entry.grpc_calls.saturating_add(value),
-                    _ => entry.grpc_failures = entry.grpc_failures.saturating_add(value),
-                }
-            }
-            "upstream_rq_time" => {
-                let Some(buckets) = histogram(kind, &family.metric) else {
-                    flush.dropped += 1;
-                    continue;
-                };
-                flush
-                    .clusters
-                    .entry(cluster.to_string())
-                    .or_default()
-                    .latency = Some(buckets);
-            }
-            _ => flush.ignored += 1,
+        match reading(stat, true, kind, &family.metric) {
+            Reading::Ignored => flush.ignored += 1,
+            Reading::Bad => flush.dropped += 1,
+            reading => reading.add_to(flush.clusters.entry(cluster.to_string()).or_default()),
         }
     }
     flush
+}
+
+/// What one series of a cluster or route stat holds.
+enum Reading {
+    Requests(u64),
+    Errors(u64),
+    GrpcCalls(u64),
+    GrpcFailures(u64),
+    Latency(Buckets),
+    /// A stat the history does not use.
+    Ignored,
+    /// A stat it uses, with the wrong type or an insane value.
+    Bad,
+}
+
+impl Reading {
+    fn add_to(self, entry: &mut ClusterFlush) {
+        match self {
+            Reading::Requests(n) => entry.requests = entry.requests.saturating_add(n),
+            Reading::Errors(n) => entry.errors = entry.errors.saturating_add(n),
+            Reading::GrpcCalls(n) => entry.grpc_calls = entry.grpc_calls.saturating_add(n),
+            Reading::GrpcFailures(n) => entry.grpc_failures = entry.grpc_failures.saturating_add(n),
+            Reading::Latency(buckets) => entry.latency = Some(buckets),
+            Reading::Ignored | Reading::Bad => {}
+        }
+    }
+}
+
+/// Reads series `stat` of a cluster (`grpc`: the gRPC stats filter's `grpc.*` too) or route.
+fn reading(stat: &str, grpc: bool, kind: Option<MetricType>, metrics: &[Metric]) -> Reading {
+    let counted = |make: fn(u64) -> Reading| counter(kind, metrics).map_or(Reading::Bad, make);
+    match stat {
+        "upstream_rq_total" => counted(Reading::Requests),
+        "upstream_rq_5xx" => counted(Reading::Errors),
+        "grpc.total" if grpc => counted(Reading::GrpcCalls),
+        "grpc.failure" if grpc => counted(Reading::GrpcFailures),
+        "upstream_rq_time" => histogram(kind, metrics).map_or(Reading::Bad, Reading::Latency),
+        _ => Reading::Ignored,
+    }
+}
+
+/// `vhost.<virtual host>.route.weft.r.<service>.<router>.<route>.<stat>` or
+/// `vhost.<virtual host>.route.weft.g.<service>.<gateway route>.<stat>`: the route and the stat.
+/// Read from the end, since a virtual host's name (a service's) may hold dots.
+fn route_stat(name: &str) -> Option<(RouteStat, &str)> {
+    let rest = name.strip_prefix("vhost.")?;
+    let (rest, stat) = rest.rsplit_once('.')?;
+    let (rest, route) = rest.rsplit_once('.')?;
+    let (rest, last) = rest.rsplit_once('.')?;
+    if rest.ends_with(".route.weft.g") {
+        let route = RouteStat {
+            virtual_service: unescape(last)?,
+            router: None,
+            route: unescape(route)?,
+        };
+        return Some((route, stat));
+    }
+    let (rest, service) = rest.rsplit_once('.')?;
+    if !rest.ends_with(".route.weft.r") {
+        return None;
+    }
+    let route = RouteStat {
+        virtual_service: unescape(service)?,
+        router: Some(unescape(last)?),
+        route: unescape(route)?,
+    };
+    Some((route, stat))
+}
+
+/// A name from its stat token: `_` and two hex digits stand for one byte.
+fn unescape(token: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(token.len());
+    let mut rest = token.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'_' {
+            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(b);
+            rest = tail;
+        }
+    }
+    (!bytes.is_empty()).then_some(())?;
+    String::from_utf8(bytes).ok()
 }
 
 /// The caller of a denial counter, and whether it counts refusals; `None` for other names and
@@ -348,6 +445,44 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_routes_stats_are_read_back_from_its_stat_prefix() {
+        let flush = read(&[
+            counter_family(
+                "vhost.colors.apps.local.route.weft.r.colors_2eapps_2elocal.colors.split_5f75_3a25.upstream_rq_total",
+                40.0,
+            ),
+            counter_family(
+                "vhost.colors.apps.local.route.weft.r.colors_2eapps_2elocal.colors.split_5f75_3a25.upstream_rq_5xx",
+                4.0,
+            ),
+            counter_family(
+                "vhost.colors.apps.local.route.weft.r.colors_2eapps_2elocal.colors.split_5f75_3a25.upstream_rq_retry",
+                1.0,
+            ),
+            counter_family("vhost.gateway_targets.route.weft.g.front.to-front.upstream_rq_total", 3.0),
+            counter_family("vhost.colors.route.weft.r.bad_zz.colors.split.upstream_rq_total", 3.0),
+            counter_family("vhost.colors.route.other.upstream_rq_total", 3.0),
+        ]);
+        let split = RouteStat {
+            virtual_service: "colors.apps.local".into(),
+            router: Some("colors".into()),
+            route: "split_75:25".into(),
+        };
+        assert_eq!(flush.routes[&split].requests, 40);
+        assert_eq!(flush.routes[&split].errors, 4);
+        let gateway = RouteStat {
+            virtual_service: "front".into(),
+            router: None,
+            route: "to-front".into(),
+        };
+        assert_eq!(flush.routes[&gateway].requests, 3);
+        assert_eq!(flush.routes.len(), 2);
+        assert!(flush.clusters.is_empty());
+        assert_eq!(flush.ignored, 3);
+        assert_eq!(unescape("_c3_a9"), Some("é".to_string()));
     }
 
     #[test]

@@ -56,19 +56,22 @@ pub struct HistoryPoint {
     pub p99_ms: Option<f64>,
 }
 
-/// One edge: a source proxy's traffic to a target virtual node, by route.
+/// One edge: a source proxy's traffic to a target virtual node (from the target's cluster
+/// stats: `route` and `virtual_service` are `None`), or to an App Mesh route (from the route's
+/// stats: `target` is `None`, since a route may split its requests between several targets).
+/// A request counts once in each kind of edge.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EdgeSnapshot {
     /// The mesh of both ends.
     pub mesh: String,
     /// The proxy that sent the requests.
     pub source: ProxyRef,
-    /// The virtual service the requests were addressed to, when known.
+    /// The virtual service the requests were addressed to, for a route's edge.
     pub virtual_service: Option<String>,
-    /// The route they matched, when they went through a virtual router or gateway route.
+    /// The route they matched, for a route's edge.
     pub route: Option<RouteRef>,
-    /// The virtual node that received them.
-    pub target: ProxyRef,
+    /// The virtual node that received them; `None` for a route's edge.
+    pub target: Option<ProxyRef>,
     /// Requests per second over the window.
     pub rps: f64,
     /// Fraction (0..1) of the window's requests answered 5xx, failed with a gRPC error or reset.

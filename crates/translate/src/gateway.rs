@@ -786,7 +786,8 @@ fn forward(
 }
 
 /// The gateway route forwarding `action` to `target`: it names the target in
-/// [`TARGET_HEADER`], overwriting whatever a client may have sent in that header.
+/// [`TARGET_HEADER`], overwriting whatever a client may have sent in that header, and counts
+/// its requests under [`names::gateway_route_stat_prefix`].
 fn gateway_route(
     name: &str,
     route_match: XdsRouteMatch,
@@ -796,6 +797,12 @@ fn gateway_route(
     let forwards = matches!(action, XdsAction::Route(_));
     XdsRoute {
         name: name.to_string(),
+        // Per-route stats for the dashboard (`Route.stat_prefix`,
+        // https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto).
+        stat_prefix: names::gateway_route_stat_prefix(
+            &target.virtual_service.virtual_service_name,
+            name,
+        ),
         r#match: Some(route_match),
         action: Some(action),
         request_headers_to_add: if forwards {

@@ -426,13 +426,22 @@ impl EgressBuilder<'_> {
     /// apply to that port (its `match.port` names another), is a TCP route (not served by the
     /// HTTP egress listener), or can never match (e.g. an invalid regular expression, which
     /// Envoy would NACK).
+    ///
+    /// Each carries a `stat_prefix` naming the service, router and route, so that Envoy counts
+    /// its requests per route (see [`names::route_stat_prefix`]).
     fn router_route(&mut self, route: &RouteData, port: u16) -> Option<XdsRoute> {
         let spec = &route.spec;
+        let stat_prefix =
+            names::route_stat_prefix(&self.service, &route.virtual_router_name, &route.route_name);
         if let Some(http) = spec.http_route.as_ref().or(spec.http2_route.as_ref()) {
-            return self.http_route(&route.route_name, http, port);
+            let mut xds = self.http_route(&route.route_name, http, port)?;
+            xds.stat_prefix = stat_prefix;
+            return Some(xds);
         }
         if let Some(grpc) = spec.grpc_route.as_ref() {
-            return self.grpc_route(&route.route_name, grpc, port);
+            let mut xds = self.grpc_route(&route.route_name, grpc, port)?;
+            xds.stat_prefix = stat_prefix;
+            return Some(xds);
         }
         None
     }

@@ -1,6 +1,6 @@
 //! The mesh's traffic, gathered: real Envoys (each `weft agent`'s) stream their stats to
 //! `weft server` through Envoy's `metrics_service` sink on the xDS port, and the server keeps
-//! per edge (source node → target node) requests per second, error rate and latency, served at
+//! per edge (source node → target node, and source node → App Mesh route) requests per second, error rate and latency, served at
 //! `GET /weft/v1/traffic` and in `/metrics` (read by Prometheus's own Python parser).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -47,6 +47,21 @@ async fn traffic(server: &WeftServer) -> Value {
 fn edge<'a>(snapshot: &'a Value, source: &str, target: &str) -> Option<&'a Value> {
     snapshot["edges"].as_array()?.iter().find(|e| {
         e["source"]["name"] == source && e["target"]["name"] == target && e["mesh"] == "apps"
+    })
+}
+
+/// The edge from `source` to route `route` of virtual router `router` in a traffic snapshot.
+fn route_edge<'a>(
+    snapshot: &'a Value,
+    source: &str,
+    router: &str,
+    route: &str,
+) -> Option<&'a Value> {
+    snapshot["edges"].as_array()?.iter().find(|e| {
+        e["source"]["name"] == source
+            && e["route"]["router"] == router
+            && e["route"]["route"] == route
+            && e["mesh"] == "apps"
     })
 }
 
@@ -116,7 +131,8 @@ async fn a_75_25_route_gives_two_edges_three_to_one_and_the_backend_answering_50
         snapshot = traffic(&server).await;
         let seen = requests_seen(edge(&snapshot, "front", "v1"))
             + requests_seen(edge(&snapshot, "front", "v2"));
-        if seen >= 400.0 {
+        let routed = requests_seen(route_edge(&snapshot, "front", "colors", "main"));
+        if seen >= 400.0 && routed >= 400.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -162,6 +178,26 @@ async fn a_75_25_route_gives_two_edges_three_to_one_and_the_backend_answering_50
         assert!(p99 > 0.0 && p99 < 5_000.0, "{e:#}");
         assert!(!e["history"].as_array().unwrap().is_empty());
     }
+    // The route's own stats (its `stat_prefix`) give it an edge of its own: every request of
+    // both targets, with the failing one's share of errors, named by router, route and service.
+    let main = route_edge(&snapshot, "front", "colors", "main")
+        .unwrap_or_else(|| panic!("no front→colors/main edge: {snapshot:#}"));
+    println!(
+        "front→colors/main {:.1}/s, error rate {:.3}, p99 {} ms",
+        rps(main),
+        errors(main),
+        main["p99_ms"]
+    );
+    assert_eq!(main["virtual_service"], SERVICE);
+    assert_eq!(main["target"], Value::Null);
+    let both = rps(v1) + rps(v2);
+    assert!(
+        (rps(main) - both).abs() / both < 0.1,
+        "route {} vs targets {both}: {snapshot:#}",
+        rps(main)
+    );
+    assert!((errors(main) - share).abs() < 0.05, "{main:#}");
+    assert!(main["p99_ms"].as_f64().is_some_and(|p| p > 0.0), "{main:#}");
     let reporters: Vec<&str> = snapshot["proxies"]
         .as_array()
         .unwrap()
@@ -191,6 +227,16 @@ async fn a_75_25_route_gives_two_edges_three_to_one_and_the_backend_answering_50
     let mut p99 = labels("v1").to_vec();
     p99.push(("quantile", "0.99"));
     assert!(sample(&samples, "weft_edge_latency_seconds", &p99).is_some());
+    let by_route = [
+        ("mesh", "apps"),
+        ("node", "front"),
+        ("virtual_service", SERVICE),
+        ("router", "colors"),
+        ("route", "main"),
+        ("target", ""),
+    ];
+    let scraped_main = sample(&samples, "weft_edge_requests_per_second", &by_route).unwrap();
+    assert!(scraped_main > scraped_v1, "{scraped_main} vs {scraped_v1}");
 }
 
 /// A gRPC codec that sends bytes as they are, to put garbage on the wire.
