@@ -450,13 +450,16 @@ async fn live_traffic_shows_on_the_edges_and_a_backend_answering_500s_turns_its_
         blue.starts_with("split 75%\n") && blue.contains(" rps · 0.0% err · p99 "),
         "{blue}"
     );
-    assert!(
-        labels["r:colors/split>red"]
-            .as_str()
-            .unwrap()
-            .contains("100% err"),
-        "{labels}"
-    );
+    // Requests are counted when they start and 5xx when they end, so a flush can split one
+    // request across two windows: nearly, not exactly, every request of the window failed.
+    let red = labels["r:colors/split>red"].as_str().unwrap();
+    let red_errors: f64 = red
+        .split(" rps · ")
+        .nth(1)
+        .and_then(|rest| rest.split("% err").next())
+        .and_then(|percent| percent.parse().ok())
+        .unwrap_or_else(|| panic!("no error percentage in {red:?}"));
+    assert!(red_errors >= 90.0, "{labels}");
     // front's call to the service carries both, a quarter failing: over the 5% threshold.
     let backend = browser
         .eval("return window.weftDashboard.cy.getElementById('b:front>colors.apps.local').hasClass('failing');")
