@@ -43,6 +43,7 @@ mod mtls;
 mod openloop;
 mod procs;
 mod promhist;
+mod replicas_convergence;
 mod scoping;
 mod server;
 mod telemetry;
@@ -86,6 +87,9 @@ enum Command {
     /// Replicas on a real etcd cluster, simulated proxies over them: time from killing a
     /// replica to every proxy it served having config from another.
     Failover(failover::FailoverArgs),
+    /// Convergence (route write answered -> last ACK) of simulated proxies on 1 replica on the
+    /// embedded store beside replicas on a real etcd cluster, the proxies spread over them.
+    ReplicasConvergence(replicas_convergence::ReplicasConvergenceArgs),
     /// The stats intake: server CPU and history memory for simulated proxies' stats flushes.
     Ingest(ingest::IngestArgs),
     /// Bytes of config one proxy receives as the mesh grows around it.
@@ -643,6 +647,7 @@ fn main() -> Result<()> {
         Command::XdsScale(args) => runtime()?.block_on(xds_scale::run(args)),
         Command::Envoys(args) => runtime()?.block_on(envoys::run(args)),
         Command::Failover(args) => runtime()?.block_on(failover::run(args)),
+        Command::ReplicasConvergence(args) => runtime()?.block_on(replicas_convergence::run(args)),
         Command::ApiStores(args) => runtime()?.block_on(api_stores::run(args)),
         Command::Telemetry(args) => runtime()?.block_on(telemetry::run(args)),
         Command::Ingest(args) => runtime()?.block_on(ingest::run(args)),

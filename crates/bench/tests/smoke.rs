@@ -535,3 +535,25 @@ fn dataplane_mtls_runs() {
     assert!(out.contains("mtls: 50 measured requests"), "{out}");
     assert!(!out.contains("NOT every request"), "{out}");
 }
+
+#[test]
+fn replicas_convergence_runs_on_the_embedded_store_and_on_etcd() {
+    let out = bench(&[
+        "replicas-convergence",
+        "--proxies",
+        "20",
+        "--changes",
+        "2",
+        "--services",
+        "10",
+        "--nodes",
+        "10",
+        "--backends",
+        "3",
+        "--streams-per-connection",
+        "4",
+    ]);
+    assert!(out.contains("1 replica, embedded"), "{out}");
+    assert!(out.contains("2 replicas, etcd (3)"), "{out}");
+    assert!(out.contains("ratio"), "{out}");
+}
