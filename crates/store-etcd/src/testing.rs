@@ -51,12 +51,15 @@ struct Member {
     child: Option<Child>,
 }
 
-/// A port nobody listens on now (the kernel's pick for port 0).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
+/// `count` distinct ports nobody listens on now (the kernel's picks for port 0), all held until
+/// every one is picked, so that no two members of one cluster are given the same port.
+fn free_ports(count: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("no free loopback port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("a bound listener's address").port())
+        .collect()
 }
 
 impl EtcdCluster {
@@ -80,11 +83,12 @@ impl EtcdCluster {
             .prefix("weft-etcd-")
             .tempdir()
             .unwrap();
+        let ports = free_ports(2 * size);
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client_port: free_port(),
-                peer_port: free_port(),
+                client_port: ports[2 * i],
+                peer_port: ports[2 * i + 1],
                 child: None,
             })
             .collect();
@@ -182,11 +186,19 @@ impl EtcdCluster {
                 {
                     break;
                 }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "etcd member {endpoint} did not come up within 20 s; logs in {}",
-                    self.dir.path().display()
-                );
+                if tokio::time::Instant::now() >= deadline {
+                    // The folder goes with the cluster when the panic drops it: say what the
+                    // members logged.
+                    let logs: String = (0..self.members.len())
+                        .map(|i| {
+                            let log = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+                            let tail: Vec<&str> = log.lines().rev().take(8).collect();
+                            let tail: Vec<&str> = tail.into_iter().rev().collect();
+                            format!("--- {}:\n{}\n", self.members[i].name, tail.join("\n"))
+                        })
+                        .collect();
+                    panic!("etcd member {endpoint} did not come up within 20 s; its members logged:\n{logs}");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
