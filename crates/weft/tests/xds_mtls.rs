@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use common::mesh::{free_port, sample_app};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
@@ -149,26 +148,6 @@ async fn handshake(
     Ok(tls)
 }
 
-/// A gRPC channel to `addr` over TLS with `config`.
-async fn channel(addr: &str, config: Arc<rustls::ClientConfig>) -> tonic::transport::Channel {
-    let target = addr.to_string();
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
-            let (target, config) = (target.clone(), config.clone());
-            async move {
-                let tcp = tokio::net::TcpStream::connect(&target).await?;
-                let ip: std::net::SocketAddr = target.parse().unwrap();
-                let tls = tokio_rustls::TlsConnector::from(config)
-                    .connect(ServerName::IpAddress(ip.ip().into()), tcp)
-                    .await?;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
-        }))
-        .await
-        .unwrap()
-}
-
 /// Opens an ADS stream for `node_id` asking for clusters: the first response, or the status
 /// the stream ended with.
 async fn ask(
@@ -234,7 +213,8 @@ async fn a_certificate_for_node_a_gets_node_a_s_config_and_is_refused_node_b_s_w
     let bundle = common::certs::trust_bundle(&server.addr).await;
     let identity =
         common::certs::workload_certificate(&server.addr, "mesh/apps/virtualNode/a").await;
-    let channel = channel(&server.xds_addr, tls_client(&bundle, Some(identity))).await;
+    let channel =
+        common::certs::tls_channel(&server.xds_addr, tls_client(&bundle, Some(identity))).await;
 
     let a = ask(channel.clone(), &arn("mesh/apps/virtualNode/a"))
         .await

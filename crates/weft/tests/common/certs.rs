@@ -106,7 +106,7 @@ pub async fn xds_tls_channel(
     identity: (String, String),
 ) -> tonic::transport::Channel {
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
@@ -124,7 +124,15 @@ pub async fn xds_tls_channel(
         )
         .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let config = std::sync::Arc::new(config);
+    tls_channel(addr, std::sync::Arc::new(config)).await
+}
+
+/// A gRPC channel to `addr` (an IP address and port) over TLS with `config`.
+pub async fn tls_channel(
+    addr: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> tonic::transport::Channel {
+    use rustls::pki_types::ServerName;
     let target = addr.to_string();
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
