@@ -1,8 +1,8 @@
 //! The key-encryption key: 32 random bytes in a file the server keeps beside its store
-//! (`<data-dir>/auth-kek`, mode 0600, created on first start) or names with `--auth-kek-file`
-//! (so that replicas sharing a store share it too). Access keys' secrets, and the private key of
-//! the CA root Weft generates (`weft-ca`), are sealed under it with AES-256-GCM, so a copy of the
-//! store alone reveals no secret.
+//! (`<data-dir>/auth-kek`, mode 0600, created on a first start, when the store holds nothing
+//! sealed yet) or names with `--auth-kek-file` (so that replicas sharing a store share it too).
+//! Access keys' secrets, and the private key of the CA root Weft generates (`weft-ca`), are
+//! sealed under it with AES-256-GCM, so a copy of the store alone reveals no secret.
 
 use std::io::Write;
 use std::path::Path;
@@ -48,30 +48,31 @@ impl Kek {
         Ok((Kek::from_bytes(&bytes)?, bytes))
     }
 
-    /// Reads the key at `path` (base64 of 32 bytes), creating it with mode 0600 if the file does
-    /// not exist. An existing file that does not hold a key is an error, never replaced: the
-    /// stored secrets would be lost with it.
-    pub fn load_or_create(path: &Path) -> Result<Kek, AuthError> {
-        let config = |what: &str, e: &dyn std::fmt::Display| {
-            AuthError::Config(format!("{what} {}: {e}", path.display()))
-        };
+    /// Reads the key at `path` (base64 of 32 bytes); `None` if the file does not exist. A file
+    /// that does not hold a key is an error, never replaced: the stored secrets would be lost
+    /// with it. Whether a missing file may be created ([`Kek::create`]) depends on what the
+    /// store already holds sealed, which the server decides.
+    pub fn load(path: &Path) -> Result<Option<Kek>, AuthError> {
         match std::fs::read_to_string(path) {
             Ok(text) => {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(text.trim())
-                    .map_err(|e| config("reading the key-encryption key in", &e))?;
-                Kek::from_bytes(&bytes)
+                    .map_err(|e| file_error("reading the key-encryption key in", path, &e))?;
+                Kek::from_bytes(&bytes).map(Some)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let (kek, bytes) = Kek::generate()?;
-                let text = base64::engine::general_purpose::STANDARD.encode(bytes);
-                write_private(path, format!("{text}\n").as_bytes())
-                    .map_err(|e| config("writing the key-encryption key to", &e))?;
-                tracing::info!(path = %path.display(), "created the key-encryption key for access keys and the CA root");
-                Ok(kek)
-            }
-            Err(e) => Err(config("reading the key-encryption key in", &e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(file_error("reading the key-encryption key in", path, &e)),
         }
+    }
+
+    /// Creates a fresh key and writes it to `path` (base64, mode 0600).
+    pub fn create(path: &Path) -> Result<Kek, AuthError> {
+        let (kek, bytes) = Kek::generate()?;
+        let text = base64::engine::general_purpose::STANDARD.encode(bytes);
+        write_private(path, format!("{text}\n").as_bytes())
+            .map_err(|e| file_error("writing the key-encryption key to", path, &e))?;
+        tracing::info!(path = %path.display(), "created the key-encryption key for access keys and the CA root");
+        Ok(kek)
     }
 
     /// Seals `plaintext`, bound to `context` (the access key id, so that a sealed secret moved
@@ -109,6 +110,10 @@ impl Kek {
             .map_err(|_| unreadable())?;
         Ok(plain.to_vec())
     }
+}
+
+fn file_error(what: &str, path: &Path, e: &dyn std::fmt::Display) -> AuthError {
+    AuthError::Config(format!("{what} {}: {e}", path.display()))
 }
 
 /// Writes `contents` to a new file at `path` readable by its owner only (0600), replacing
@@ -157,20 +162,19 @@ mod tests {
     }
 
     #[test]
-    fn the_key_file_is_created_private_once_and_read_back() {
+    fn the_key_file_is_created_private_and_read_back_and_a_missing_one_is_none() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("auth-kek");
-        let first = Kek::load_or_create(&path).unwrap();
+        assert!(Kek::load(&path).unwrap().is_none());
+        assert!(!path.exists(), "loading created the file");
+        let first = Kek::create(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let sealed = first.seal("k", b"s").unwrap();
-        let again = Kek::load_or_create(&path).unwrap();
+        let again = Kek::load(&path).unwrap().unwrap();
         assert_eq!(again.open("k", &sealed).unwrap(), b"s");
         std::fs::write(&path, "not a key").unwrap();
-        assert!(matches!(
-            Kek::load_or_create(&path),
-            Err(AuthError::Config(_))
-        ));
+        assert!(matches!(Kek::load(&path), Err(AuthError::Config(_))));
     }
 }

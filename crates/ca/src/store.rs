@@ -122,6 +122,17 @@ fn open_root(kek: &Kek, value: &[u8]) -> Result<(RootRecord, bool), CaError> {
     }
 }
 
+/// Whether the store holds a root whose private key is sealed, so that it opens only under the
+/// key-encryption key it was sealed with: a server must then be given that key's file, not a
+/// fresh key. A root stored in clear before sealing is not (any key seals it in place).
+pub async fn root_is_sealed(store: &dyn Store) -> Result<bool, CaError> {
+    let Some(kv) = store.get(ROOT_KEY).await? else {
+        return Ok(false);
+    };
+    let stored: StoredRoot = serde_json::from_slice(&kv.value).map_err(|e| corrupt(ROOT_KEY, e))?;
+    Ok(stored.sealed_private_key.is_some())
+}
+
 /// The root kept in the store, created (ECDSA P-256) and stored, its key sealed under `kek`, if
 /// there is none yet. A root stored in clear before sealing is loaded and sealed in place.
 pub async fn load_or_create_root(
@@ -306,7 +317,9 @@ mod tests {
         let td: TrustDomain = "weft.local".parse().unwrap();
         let now = SystemTime::now();
         let (kek, _) = Kek::generate().unwrap();
+        assert!(!root_is_sealed(&*store).await.unwrap());
         load_or_create_root(&*store, &td, &kek, now).await.unwrap();
+        assert!(root_is_sealed(&*store).await.unwrap());
         let raw = store.get(ROOT_KEY).await.unwrap().unwrap();
         let text = String::from_utf8_lossy(&raw.value);
         assert!(!text.contains("PRIVATE KEY"), "{text}");
@@ -335,9 +348,12 @@ mod tests {
             ops: vec![Op::Put(ROOT_KEY.to_string(), json(&record).unwrap())],
         };
         store.txn(txn).await.unwrap();
+        // Any key-encryption key may seal it: a fresh one may be made for it.
+        assert!(!root_is_sealed(&*store).await.unwrap());
         let (kek, _) = Kek::generate().unwrap();
         let loaded = load_or_create_root(&*store, &td, &kek, now).await.unwrap();
         assert_eq!(loaded.trust_bundle_pem(), authority.trust_bundle_pem());
+        assert!(root_is_sealed(&*store).await.unwrap());
         let raw = store.get(ROOT_KEY).await.unwrap().unwrap();
         assert!(!String::from_utf8_lossy(&raw.value).contains("PRIVATE KEY"));
         let again = load_or_create_root(&*store, &td, &kek, now).await.unwrap();

@@ -110,8 +110,8 @@ pub struct ServerArgs {
     #[arg(long, env = "WEFT_INSECURE_NO_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure_no_auth: bool,
     /// The key-encryption key access keys' secrets and the generated CA root's private key are
-    /// sealed under (created, mode 0600, if missing). Default: `<data-dir>/auth-kek`. Replicas
-    /// sharing a store share this file.
+    /// sealed under (created, mode 0600, if missing while the store holds nothing sealed yet).
+    /// Default: `<data-dir>/auth-kek`. Replicas sharing a store share this file.
     #[arg(long, env = "WEFT_AUTH_KEK_FILE", value_name = "FILE")]
     pub auth_kek_file: Option<PathBuf>,
 }
@@ -308,7 +308,7 @@ pub async fn start_with(args: &ServerArgs, peers: Option<PeerSockets>) -> Result
     // One key-encryption key seals both the access keys' secrets and the CA root's private
     // key, so that neither is in the store in clear.
     let kek_path = kek_path(args);
-    let kek = std::sync::Arc::new(weft_auth::Kek::load_or_create(&kek_path)?);
+    let kek = std::sync::Arc::new(key_encryption_key(&kek_path, &store).await?);
     let ca = weft_ca::CaService::start(store.clone(), ca_config, &kek)
         .await
         .with_context(|| {
@@ -555,6 +555,38 @@ fn kek_path(args: &ServerArgs) -> PathBuf {
     args.auth_kek_file
         .clone()
         .unwrap_or_else(|| args.data_dir.join("auth-kek"))
+}
+
+/// The key-encryption key in `path`. A missing file is created with a fresh key only on a
+/// store that holds nothing sealed yet: what the store holds sealed (the CA root's private key,
+/// access keys' secrets) opens only under the key it was sealed with, the one the other servers
+/// on the store were given, so a new key would leave a stray file and a server that cannot
+/// start (or serve any access key), its error naming the wrong cause.
+async fn key_encryption_key(path: &std::path::Path, store: &SharedStore) -> Result<weft_auth::Kek> {
+    if let Some(kek) = weft_auth::Kek::load(path)? {
+        return Ok(kek);
+    }
+    let reading = "reading what the store holds sealed under a key-encryption key";
+    let root = weft_ca::store::root_is_sealed(&**store)
+        .await
+        .context(reading)?;
+    let keys = !weft_auth::keys::list(&**store)
+        .await
+        .context(reading)?
+        .is_empty();
+    let sealed = match (root, keys) {
+        (false, false) => return Ok(weft_auth::Kek::create(path)?),
+        (true, false) => "the store's CA root was",
+        (false, true) => "the store's access keys' secrets were",
+        (true, true) => "the store's CA root (and its access keys' secrets) was",
+    };
+    bail!(
+        "the key-encryption key file {} does not exist, but {sealed} sealed under a \
+         key-encryption key: the key that file should hold, the one the other servers on this \
+         store use (their --auth-kek-file). Copy their file there (mode 0600); no new key was \
+         created, since nothing sealed would open under it",
+        path.display()
+    )
 }
 
 /// The API's authentication: the administrator's key and its credentials file on a store

@@ -616,6 +616,21 @@ async fn the_root_key_is_sealed_under_the_kek_and_opens_only_with_it() {
 
     // Another one: the server refuses to start, naming the key.
     let other = tmp.path().join("other-kek");
+    std::fs::write(
+        &other,
+        base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+    )
+    .unwrap();
+    let stderr = refused_start(&data_dir, &other);
+    assert!(
+        stderr.contains("key-encryption key") && stderr.contains(other.to_str().unwrap()),
+        "{stderr}"
+    );
+}
+
+/// Runs `weft server` on the embedded store in `data_dir` with `--auth-kek-file kek`, expecting
+/// it to refuse to start; its stderr.
+fn refused_start(data_dir: &Path, kek: &Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_weft"))
         .args([
             "server",
@@ -626,17 +641,48 @@ async fn the_root_key_is_sealed_under_the_kek_and_opens_only_with_it() {
         ])
         .args(["--dns-listen", "127.0.0.1:0", "--insecure-plaintext-xds"])
         .arg("--data-dir")
-        .arg(&data_dir)
+        .arg(data_dir)
         .arg("--auth-kek-file")
-        .arg(&other)
+        .arg(kek)
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the server started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn a_missing_kek_file_on_a_store_with_a_sealed_root_is_refused_and_not_created() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kek = tmp.path().join("kek");
+    let data_dir = tmp.path().join("data");
+    let mut server = WeftServer::start_in(&data_dir, &["--auth-kek-file", kek.to_str().unwrap()]);
+    let bundle = trust_bundle(&server).await;
+    assert!(server.terminate());
+
+    // As a replica started without the file its peers share: the root it would have to open
+    // was sealed under that file's key, so no new key is made.
+    let missing = tmp.path().join("replica-kek");
+    let stderr = refused_start(&data_dir, &missing);
     assert!(
-        stderr.contains("key-encryption key") && stderr.contains(other.to_str().unwrap()),
+        stderr.contains(&format!(
+            "the key-encryption key file {} does not exist",
+            missing.display()
+        )) && stderr.contains("the store's CA root")
+            && stderr.contains("sealed under a key-encryption key: the key that file should hold"),
         "{stderr}"
     );
+    assert!(!missing.exists(), "a key file was created");
+    assert!(
+        !missing.with_extension("tmp").exists(),
+        "a partial key file was left"
+    );
+
+    // With the file the store was sealed under, the same root again.
+    std::fs::copy(&kek, &missing).unwrap();
+    let mut server =
+        WeftServer::start_in(&data_dir, &["--auth-kek-file", missing.to_str().unwrap()]);
+    assert_eq!(trust_bundle(&server).await, bundle);
+    assert!(server.terminate());
 }
 
 #[tokio::test]
