@@ -3,7 +3,8 @@
 //! every acknowledged write is read back from both; real Envoys (through `weft agent` given
 //! both replicas' xDS addresses) keep serving when the replica they are connected to is killed
 //! with SIGKILL, reconnect to the other, receive identical versions (no listener rebuilt), and
-//! get a route change made after the kill.
+//! get a route change made after the kill; and an agent given both replicas' CA endpoints
+//! gets its workload certificate from the second when the first is dead.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -14,9 +15,12 @@ use std::time::{Duration, Instant};
 
 use common::failover::{busiest, ColorsMesh, OpenLoad};
 use common::WeftServer;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, UnixTime};
+use weft_agent::identity::{CaServer, IdentityAgent, IdentityConfig, JoinToken, TokenSource};
 use weft_store_etcd::testing::EtcdCluster;
 use weft_test_support::sdk::MeshApi;
-use weft_test_support::spec::{MeshSpec, RouteSpec};
+use weft_test_support::spec::{MeshSpec, NodeSpec, RouteSpec};
 
 /// Replicas of one Weft installation on one etcd cluster: the same store and prefix, the same
 /// key-encryption key file (access keys' secrets are sealed under it), the first replica's
@@ -306,4 +310,72 @@ async fn healthz_stays_200_naming_the_unreachable_store_while_etcd_is_down() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_s_certificate_request_skips_a_dead_replica_and_is_answered_by_the_next() {
+    let mut replicas = Replicas::start(2, &[]).await;
+    let first = replicas.get(0).addr.clone();
+    let api = MeshApi::create(&replicas.get(0).client(), "apps", MeshSpec::new()).await;
+    api.node("red", NodeSpec::http("red.apps.local", 8080))
+        .await;
+    // The token is made on the first replica; the shared store holds it for both, as it holds
+    // the one CA root.
+    let token = common::join_token(&first, "mesh/apps/virtualNode/red", "1h");
+    let bundle = common::certs::trust_bundle(&first).await;
+    replicas.servers[0].as_mut().unwrap().kill9();
+    replicas.servers[0] = None;
+
+    // The agent's own join, the dead replica's CA endpoint listed first (as
+    // `--ca-server http://A,http://B` gives them).
+    let ca_server = CaServer::parse(&format!("{first},{}", replicas.get(1).addr)).unwrap();
+    assert_eq!(
+        ca_server.authority(),
+        first.trim_start_matches("http://"),
+        "the dead replica is tried first"
+    );
+    let config = IdentityConfig {
+        token: TokenSource::Value(JoinToken::parse(&token).unwrap()),
+        ca_server,
+    };
+    let agent = IdentityAgent::new(config, "mesh/apps/virtualNode/red".to_string());
+    let mut credentials = agent.credentials();
+    let running = tokio::spawn(agent.run());
+    let issued = tokio::time::timeout(
+        Duration::from_secs(30),
+        credentials.wait_for(Option::is_some),
+    )
+    .await
+    .expect("no certificate 30 s after joining")
+    .unwrap()
+    .clone()
+    .unwrap();
+    running.abort();
+
+    assert_eq!(
+        issued.spiffe_id,
+        "spiffe://weft.local/mesh/apps/virtualNode/red"
+    );
+    assert_eq!(issued.trust_bundle.trim(), bundle.trim());
+    // Signed by the root both replicas share (rustls-webpki, as a peer's TLS checks it).
+    let leaf = CertificateDer::from_pem_slice(issued.certificate.as_bytes()).unwrap();
+    let roots: Vec<CertificateDer> = CertificateDer::pem_slice_iter(bundle.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let anchors: Vec<_> = roots
+        .iter()
+        .map(|r| webpki::anchor_from_trusted_cert(r).unwrap())
+        .collect();
+    webpki::EndEntityCert::try_from(&leaf)
+        .unwrap()
+        .verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &[],
+            UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .unwrap();
 }
