@@ -63,7 +63,11 @@ impl ApiError {
 impl From<weft_store::StoreError> for ApiError {
     fn from(e: weft_store::StoreError) -> Self {
         match e {
-            weft_store::StoreError::Unavailable(m) => ApiError::ServiceUnavailable(m),
+            // Superseded: the answer rested on a decided write that was not
+            // applied after all; the client tries again (as SDKs do on 503).
+            weft_store::StoreError::Unavailable(m) | weft_store::StoreError::Superseded(m) => {
+                ApiError::ServiceUnavailable(m)
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -167,7 +167,9 @@ fn status_from_model(shape: &str) -> Option<u16> {
 impl From<weft_store::StoreError> for RegistryError {
     fn from(e: weft_store::StoreError) -> Self {
         match e {
-            weft_store::StoreError::Unavailable(m) => RegistryError::ServiceUnavailable(m),
+            weft_store::StoreError::Unavailable(m) | weft_store::StoreError::Superseded(m) => {
+                RegistryError::ServiceUnavailable(m)
+            }
             other => RegistryError::Internal(other.to_string()),
         }
     }

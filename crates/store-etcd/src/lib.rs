@@ -5,10 +5,13 @@
 //! (<https://etcd.io/docs/v3.4/learning/data_model/>, <https://etcd.io/docs/v3.4/learning/api/>):
 //! - a [`Revision`] is etcd's cluster revision, and a key's create and mod
 //!   revisions and version are etcd's own;
-//! - [`Store::txn`] is one etcd `Txn` whose compares are the transaction's
-//!   compares and whose success branch is its ops: it is durable once etcd
-//!   answers, because etcd answers after the Raft commit;
-//! - reads are etcd's default (linearizable) reads;
+//! - a transaction is decided at once against etcd's state overlaid with the
+//!   writes this replica decided but etcd has not yet applied, and goes out
+//!   with the others decided meanwhile as one etcd `Txn` whose compares are
+//!   theirs and whose success branch is their ops (the `pipeline` module): it is
+//!   durable once etcd answers, because etcd answers after the Raft commit;
+//! - reads are etcd's default (linearizable) reads; the `_latest` reads add
+//!   the writes decided and not yet applied;
 //! - [`Store::watch`] is an etcd watch from `after + 1`, resumed from the last
 //!   revision seen when its connection breaks; a compacted start revision is
 //!   [`StoreError::Compacted`].
@@ -20,7 +23,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,11 +32,15 @@ use etcd_client::{
     Txn as EtcdTxn, TxnOp, WatchOptions, WatchStream,
 };
 use futures::stream::BoxStream;
+use tokio::sync::{oneshot, watch, Notify};
 use weft_store::{
-    Compare, KeyValue, Op, Range, RangeResult, Revision, Store, StoreError, StoreHealth,
-    StoreSnapshot, Txn, TxnOutcome, WatchEvent,
+    Compare, Durability, KeyValue, Op, Range, RangeResult, Revision, Store, StoreError,
+    StoreHealth, StoreSnapshot, Txn, TxnOutcome, WatchEvent,
 };
 
+use pipeline::{Batch, Decision, Expect, Pipeline, Settled};
+
+mod pipeline;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -127,6 +134,19 @@ pub struct EtcdStore {
     client: Client,
     /// `<prefix>kv/`: what every data key starts with.
     data: Vec<u8>,
+    link: Link,
+    /// Writes decided and not yet applied, and the batch in flight.
+    pipeline: Arc<Mutex<Pipeline>>,
+    /// The last batch completed and the last failed, for [`Store::sync`].
+    progress: Arc<watch::Sender<(u64, u64)>>,
+    /// Woken whenever a batch completes, for writes waiting for room.
+    room: Arc<Notify>,
+}
+
+/// What every request shares: where it goes (for messages), how long it may
+/// take, and the health it reports.
+#[derive(Clone)]
+struct Link {
     /// The endpoints as given, for error messages.
     endpoints: Arc<str>,
     request_timeout: Duration,
@@ -282,9 +302,19 @@ impl EtcdStore {
                 let store = EtcdStore {
                     client,
                     data: format!("{}kv/", options.prefix).into_bytes(),
-                    endpoints: endpoints.clone(),
-                    request_timeout: options.request_timeout,
-                    unhealthy: Arc::new(Mutex::new(None)),
+                    link: Link {
+                        endpoints: endpoints.clone(),
+                        request_timeout: options.request_timeout,
+                        unhealthy: Arc::new(Mutex::new(None)),
+                    },
+                    // A read may take a request timeout: an applied write
+                    // stays overlaid a little longer than that (see
+                    // `Pipeline::new`).
+                    pipeline: Arc::new(Mutex::new(Pipeline::new(
+                        options.request_timeout + Duration::from_secs(1),
+                    ))),
+                    progress: Arc::new(watch::channel((0, 0)).0),
+                    room: Arc::new(Notify::new()),
                 };
                 let found = store.claim_layout(&options.prefix).await?;
                 Ok::<_, etcd_client::Error>((store, found))
@@ -363,52 +393,76 @@ impl EtcdStore {
         decode(&self.data, kv)
     }
 
-    /// Runs one request within the request timeout, sending it again (to
-    /// another member, as the client balances) after the failures `resend`
-    /// allows; turns failures into [`StoreError::Unavailable`] and keeps
-    /// [`Store::health`] up to date.
+    /// See [`Link::call`].
     async fn call<T, Fut>(
         &self,
         what: &str,
         resend: Resend,
-        mut request: impl FnMut() -> Fut,
+        request: impl FnMut() -> Fut,
     ) -> Result<T, StoreError>
     where
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        let deadline = tokio::time::Instant::now() + self.request_timeout;
-        let mut backoff = Duration::from_millis(10);
-        let outcome = loop {
-            match tokio::time::timeout_at(deadline, request()).await {
-                Ok(Ok(v)) => {
-                    *self
-                        .unhealthy
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner) = None;
-                    return Ok(v);
-                }
-                Ok(Err(e)) => {
-                    let again = match resend {
-                        Resend::Unreachable => unreachable(&e),
-                        Resend::NotSent => not_sent(&e),
-                    };
-                    if again && tokio::time::Instant::now() + backoff < deadline {
-                        tracing::debug!(error = %e, "etcd request failed; sending it again");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_millis(200));
-                        continue;
+        self.link.call(what, resend, request).await
+    }
+
+    fn lock_pipeline(&self) -> MutexGuard<'_, Pipeline> {
+        // The pipeline's state stays whole across a panic elsewhere: every
+        // change to it is made in one call that does not panic.
+        self.pipeline.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Decides `txn` (see [`Pipeline::decide`]), waiting while it cannot be
+    /// yet, and sends the batch it starts. `None`: a compare does not hold.
+    async fn decide(
+        &self,
+        txn: &Txn,
+    ) -> Result<Option<(Revision, oneshot::Receiver<Settled>)>, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.link.request_timeout * 2;
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            // Registered before deciding, so a batch completing in between wakes it.
+            room.as_mut().enable();
+            let decision = self.lock_pipeline().decide(txn);
+            match decision {
+                Decision::Conflict => return Ok(None),
+                Decision::Accepted {
+                    provisional,
+                    settled,
+                    send,
+                } => {
+                    if let Some(batch) = send {
+                        tokio::spawn(self.committer().run(batch));
                     }
-                    break e.to_string();
+                    return Ok(Some((provisional, settled)));
                 }
-                Err(_) => break format!("no answer within {:?}", self.request_timeout),
+                Decision::Wait => {
+                    if tokio::time::timeout_at(deadline, room).await.is_err() {
+                        return Err(self.waited_too_long());
+                    }
+                }
             }
-        };
-        let message = format!("etcd at {}: {what} failed: {outcome}", self.endpoints);
-        *self
-            .unhealthy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(message.clone());
-        Err(StoreError::Unavailable(message))
+        }
+    }
+
+    fn waited_too_long(&self) -> StoreError {
+        StoreError::Unavailable(format!(
+            "etcd at {}: a write waited {:?} for the writes before it",
+            self.link.endpoints,
+            self.link.request_timeout * 2
+        ))
+    }
+
+    fn committer(&self) -> Committer {
+        Committer {
+            client: self.client.clone(),
+            data: self.data.clone(),
+            link: self.link.clone(),
+            pipeline: self.pipeline.clone(),
+            progress: self.progress.clone(),
+            room: self.room.clone(),
+        }
     }
 
     /// The current revision, from the cheapest linearizable read.
@@ -501,10 +555,170 @@ impl EtcdStore {
                 }
             }
         };
-        tokio::time::timeout(self.request_timeout, ask)
+        tokio::time::timeout(self.link.request_timeout, ask)
             .await
             .ok()
             .flatten()
+    }
+}
+
+impl Link {
+    /// Runs one request within the request timeout, sending it again (to
+    /// another member, as the client balances) after the failures `resend`
+    /// allows; turns failures into [`StoreError::Unavailable`] and keeps
+    /// [`Store::health`] up to date.
+    async fn call<T, Fut>(
+        &self,
+        what: &str,
+        resend: Resend,
+        mut request: impl FnMut() -> Fut,
+    ) -> Result<T, StoreError>
+    where
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let mut backoff = Duration::from_millis(10);
+        let outcome = loop {
+            match tokio::time::timeout_at(deadline, request()).await {
+                Ok(Ok(v)) => {
+                    *self
+                        .unhealthy
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = None;
+                    return Ok(v);
+                }
+                Ok(Err(e)) => {
+                    let again = match resend {
+                        Resend::Unreachable => unreachable(&e),
+                        Resend::NotSent => not_sent(&e),
+                    };
+                    if again && tokio::time::Instant::now() + backoff < deadline {
+                        tracing::debug!(error = %e, "etcd request failed; sending it again");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(200));
+                        continue;
+                    }
+                    break e.to_string();
+                }
+                Err(_) => break format!("no answer within {:?}", self.request_timeout),
+            }
+        };
+        let message = format!("etcd at {}: {what} failed: {outcome}", self.endpoints);
+        *self
+            .unhealthy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(message.clone());
+        Err(StoreError::Unavailable(message))
+    }
+}
+
+/// The error a writer gets when its batch's task is gone (the runtime is
+/// shutting down).
+fn stopped() -> StoreError {
+    StoreError::Unavailable("the etcd backend stopped before the write was applied".into())
+}
+
+/// Sends batches, one at a time, until none is pending.
+struct Committer {
+    client: Client,
+    data: Vec<u8>,
+    link: Link,
+    pipeline: Arc<Mutex<Pipeline>>,
+    progress: Arc<watch::Sender<(u64, u64)>>,
+    room: Arc<Notify>,
+}
+
+impl Committer {
+    async fn run(self, mut batch: Batch) {
+        loop {
+            let outcome = self.send(&batch).await;
+            let (next, progress) = {
+                let mut pipeline = self.pipeline.lock().unwrap_or_else(PoisonError::into_inner);
+                let next = pipeline.complete(batch, outcome, std::time::Instant::now());
+                (next, pipeline.completed())
+            };
+            self.progress.send_replace(progress);
+            self.room.notify_waiters();
+            match next {
+                Some(b) => batch = b,
+                None => return,
+            }
+        }
+    }
+
+    fn key(&self, key: &str) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.data.len() + key.len());
+        k.extend_from_slice(&self.data);
+        k.extend_from_slice(key.as_bytes());
+        k
+    }
+
+    /// One etcd transaction: the batch's compares, then its ops.
+    async fn send(&self, batch: &Batch) -> Result<TxnOutcome, StoreError> {
+        self.send_parts(batch.compares.iter(), batch.ops.iter())
+            .await
+    }
+
+    /// One etcd transaction of these compares and ops, in this order.
+    async fn send_parts<'a>(
+        &self,
+        expected: impl Iterator<Item = (&'a String, &'a Expect)>,
+        writes: impl Iterator<Item = &'a (String, Option<Bytes>)>,
+    ) -> Result<TxnOutcome, StoreError> {
+        let mut compares = Vec::new();
+        for (key, expect) in expected {
+            match expect {
+                // A missing key compares as create revision 0
+                // (https://etcd.io/docs/v3.4/learning/api/#transaction).
+                Expect::Absent => compares.push(EtcdCompare::create_revision(
+                    self.key(key),
+                    CompareOp::Equal,
+                    0,
+                )),
+                Expect::ModRevision(revision) => {
+                    compares.push(EtcdCompare::mod_revision(
+                        self.key(key),
+                        CompareOp::Equal,
+                        *revision,
+                    ));
+                    if *revision <= 0 {
+                        // "The key exists": a missing key's mod revision is 0 too.
+                        compares.push(EtcdCompare::version(self.key(key), CompareOp::Greater, 0));
+                    }
+                }
+            }
+        }
+        let mut ops: Vec<TxnOp> = writes
+            .map(|(key, value)| match value {
+                Some(value) => TxnOp::put(self.key(key), value.to_vec(), None),
+                None => TxnOp::delete(self.key(key), None),
+            })
+            .collect();
+        if ops.is_empty() {
+            // etcd 3.4 serves a transaction without ops as a serializable read
+            // (its `isTxnSerializable` holds for no ops at all), which may
+            // answer from a member behind the leader; a linearizable read op
+            // makes it linearizable like every other read.
+            ops.push(TxnOp::get(
+                self.data.clone(),
+                Some(GetOptions::new().with_count_only()),
+            ));
+        }
+        let request = EtcdTxn::new().when(compares).and_then(ops);
+        let resp = self
+            .link
+            .call("a transaction", Resend::NotSent, || {
+                let mut kv = self.client.kv_client();
+                let request = request.clone();
+                async move { kv.txn(request).await }
+            })
+            .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        Ok(if resp.succeeded() {
+            TxnOutcome::Committed(revision)
+        } else {
+            TxnOutcome::Conflict(revision)
+        })
     }
 }
 
@@ -588,62 +802,139 @@ impl Store for EtcdStore {
         Ok(usize::try_from(resp.count()).unwrap_or(0))
     }
 
-    async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
-        let mut compares = Vec::with_capacity(txn.compares.len());
-        for compare in &txn.compares {
-            match compare {
-                // A missing key compares as create revision 0
-                // (https://etcd.io/docs/v3.4/learning/api/#transaction).
-                Compare::Absent(key) => compares.push(EtcdCompare::create_revision(
-                    self.key(key),
-                    CompareOp::Equal,
-                    0,
-                )),
-                Compare::ModRevision(key, revision) => {
-                    compares.push(EtcdCompare::mod_revision(
-                        self.key(key),
-                        CompareOp::Equal,
-                        *revision,
-                    ));
-                    if *revision <= 0 {
-                        // "The key exists": a missing key's mod revision is 0 too.
-                        compares.push(EtcdCompare::version(self.key(key), CompareOp::Greater, 0));
-                    }
-                }
-            }
+    async fn get_latest(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        // A write decided and not yet applied is the answer whatever etcd
+        // holds: no round trip (a busy mesh's guard is read so every write).
+        if let Some(decided) = self.lock_pipeline().decided(key) {
+            return Ok(decided);
         }
-        let mut ops: Vec<TxnOp> = txn
-            .ops
-            .iter()
-            .map(|op| match op {
-                Op::Put(key, value) => TxnOp::put(self.key(key), value.to_vec(), None),
-                Op::Delete(key) => TxnOp::delete(self.key(key), None),
-            })
-            .collect();
-        if ops.is_empty() {
-            // etcd 3.4 serves a transaction without ops as a serializable read
-            // (its `isTxnSerializable` holds for no ops at all), which may
-            // answer from a member behind the leader; a linearizable read op
-            // makes it linearizable like every other read.
-            ops.push(TxnOp::get(
-                self.data.clone(),
-                Some(GetOptions::new().with_count_only()),
-            ));
-        }
-        let request = EtcdTxn::new().when(compares).and_then(ops);
         let resp = self
-            .call("a transaction", Resend::NotSent, || {
+            .call("reading a key", Resend::Unreachable, || {
                 let mut kv = self.client.kv_client();
-                let request = request.clone();
-                async move { kv.txn(request).await }
+                let k = self.key(key);
+                async move { kv.get(k, None).await }
             })
             .await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        Ok(if resp.succeeded() {
-            TxnOutcome::Committed(revision)
-        } else {
-            TxnOutcome::Conflict(revision)
+        let read_at = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let etcd = resp.kvs().first().and_then(|kv| self.decode(kv));
+        Ok(self.lock_pipeline().merge_one(key, etcd, read_at))
+    }
+
+    async fn range_latest(&self, range: Range) -> Result<RangeResult, StoreError> {
+        let extra = self
+            .lock_pipeline()
+            .count_in(&range.start, range.end.as_deref());
+        if extra == 0 {
+            return self.range_at(range, None).await;
+        }
+        // Decided deletes may hide up to `extra` of etcd's keys.
+        let wanted = range.limit;
+        let read = Range {
+            limit: if wanted == 0 { 0 } else { wanted + extra },
+            ..range.clone()
+        };
+        let result = self.range_at(read, None).await?;
+        let mut kvs = self.lock_pipeline().merge_range(
+            result.kvs,
+            &range.start,
+            range.end.as_deref(),
+            result.revision,
+        );
+        let mut more = result.more;
+        if wanted != 0 && kvs.len() > wanted {
+            kvs.truncate(wanted);
+            more = true;
+        }
+        Ok(RangeResult {
+            kvs,
+            more,
+            revision: result.revision,
         })
+    }
+
+    async fn count_latest(&self, range: Range) -> Result<usize, StoreError> {
+        if self
+            .lock_pipeline()
+            .touches(&range.start, range.end.as_deref())
+        {
+            let all = Range { limit: 0, ..range };
+            return Ok(self.range_latest(all).await?.kvs.len());
+        }
+        self.count(range).await
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        let (target, from) = {
+            let pipeline = self.lock_pipeline();
+            (pipeline.last_decided(), pipeline.completed().0 + 1)
+        };
+        let mut progress = self.progress.subscribe();
+        let (_, failed) = *progress
+            .wait_for(|(completed, _)| *completed >= target)
+            .await
+            .map_err(|_| StoreError::Unavailable("the etcd backend stopped".into()))?;
+        if failed >= from {
+            return Err(StoreError::Superseded(
+                "a write decided before this answer was not applied".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sent to etcd on its own, so that its outcome (and revision) is its
+    /// own: after any write decided on a key it touches is applied, so that
+    /// it is judged, and ordered, after it.
+    async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.link.request_timeout * 2;
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if !self.lock_pipeline().busy(&txn) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return Err(self.waited_too_long());
+            }
+        }
+        let compares: Vec<(String, Expect)> = txn
+            .compares
+            .into_iter()
+            .map(|compare| match compare {
+                Compare::Absent(key) => (key, Expect::Absent),
+                Compare::ModRevision(key, revision) => (key, Expect::ModRevision(revision)),
+            })
+            .collect();
+        let ops: Vec<(String, Option<Bytes>)> = txn
+            .ops
+            .into_iter()
+            .map(|op| match op {
+                Op::Put(key, value) => (key, Some(value)),
+                Op::Delete(key) => (key, None),
+            })
+            .collect();
+        self.committer()
+            .send_parts(compares.iter().map(|(k, e)| (k, e)), ops.iter())
+            .await
+    }
+
+    async fn txn_deferred(&self, txn: Txn) -> Result<(TxnOutcome, Durability), StoreError> {
+        let Some((provisional, settled)) = self.decide(&txn).await? else {
+            let revision = self.lock_pipeline().last_revision();
+            let durable: Durability = Box::pin(futures::future::ready(Ok(revision)));
+            return Ok((TxnOutcome::Conflict(revision), durable));
+        };
+        let durable: Durability = Box::pin(async move {
+            match settled.await {
+                Ok(Ok(TxnOutcome::Committed(revision))) => Ok(revision),
+                Ok(Ok(TxnOutcome::Conflict(_))) => Err(StoreError::Superseded(
+                    "its compares did not hold at etcd".into(),
+                )),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(stopped()),
+            }
+        });
+        Ok((TxnOutcome::Committed(provisional), durable))
     }
 
     async fn revision(&self) -> Result<Revision, StoreError> {
@@ -660,6 +951,7 @@ impl Store for EtcdStore {
 
     fn health(&self) -> StoreHealth {
         match &*self
+            .link
             .unhealthy
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -685,12 +977,15 @@ impl Store for EtcdStore {
             last: after,
             stream: None,
             pending: VecDeque::new(),
-            endpoints: self.endpoints.clone(),
-            request_timeout: self.request_timeout,
+            endpoints: self.link.endpoints.clone(),
+            request_timeout: self.link.request_timeout,
             done: false,
         };
         let head = feed.open().await.map_err(|e| {
-            StoreError::Unavailable(format!("etcd at {}: watching failed: {e}", self.endpoints))
+            StoreError::Unavailable(format!(
+                "etcd at {}: watching failed: {e}",
+                self.link.endpoints
+            ))
         })?;
         if after < head {
             // A watch from a compacted revision is created, then cancelled with
@@ -699,7 +994,7 @@ impl Store for EtcdStore {
             let mut kv = self.client.kv_client();
             let probe = self.data.clone();
             let read = tokio::time::timeout(
-                self.request_timeout,
+                self.link.request_timeout,
                 kv.get(
                     probe,
                     Some(GetOptions::new().with_count_only().with_revision(after + 1)),
@@ -717,13 +1012,13 @@ impl Store for EtcdStore {
                 Ok(Err(e)) => {
                     return Err(StoreError::Unavailable(format!(
                         "etcd at {}: watching failed: {e}",
-                        self.endpoints
+                        self.link.endpoints
                     )))
                 }
                 Err(_) => {
                     return Err(StoreError::Unavailable(format!(
                         "etcd at {}: watching failed: no answer within {:?}",
-                        self.endpoints, self.request_timeout
+                        self.link.endpoints, self.link.request_timeout
                     )))
                 }
                 Ok(Ok(_)) => {}

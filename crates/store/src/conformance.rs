@@ -374,9 +374,11 @@ pub async fn deferred_txn(store: &dyn Store) {
         store.get_latest(k).await.unwrap().unwrap().mod_revision,
         rev
     );
-    durable.await.unwrap();
-    assert_eq!(value(store, k).await, Some(Bytes::from("1")));
-    assert!(store.revision().await.unwrap() >= rev);
+    let written_at = durable.await.unwrap();
+    let stored = store.get(k).await.unwrap().unwrap();
+    assert_eq!(stored.value, Bytes::from("1"));
+    assert_eq!(stored.mod_revision, written_at);
+    assert!(store.revision().await.unwrap() >= written_at);
     let (outcome, durable) = store.txn_deferred(create).await.unwrap();
     assert!(matches!(outcome, TxnOutcome::Conflict(_)), "{outcome:?}");
     durable.await.unwrap();

@@ -855,7 +855,13 @@ impl Store for EmbeddedStore {
     async fn txn_deferred(&self, txn: Txn) -> Result<(TxnOutcome, Durability), StoreError> {
         let (outcome, visible) = self.decide(txn)?;
         let inner = self.inner.clone();
-        let durable: Durability = Box::pin(async move { inner.wait_durable(visible).await });
+        let revision = match outcome {
+            TxnOutcome::Committed(r) | TxnOutcome::Conflict(r) => r,
+        };
+        let durable: Durability = Box::pin(async move {
+            inner.wait_durable(visible).await?;
+            Ok(revision)
+        });
         Ok((outcome, durable))
     }
 

@@ -47,6 +47,12 @@ pub enum StoreError {
     /// further work, because its memory may no longer match its disk.
     #[error("store is unavailable: {0}")]
     Unavailable(String),
+    /// A transaction [`Store::txn_deferred`] decided was not applied after
+    /// all, because one it was batched with, or decided on top of, did not
+    /// hold (a remote store's group commit): nothing of it was written, and
+    /// its writer decides again from fresh reads.
+    #[error("a decided write was not applied: {0}")]
+    Superseded(String),
 }
 
 /// The health of a store, as `/healthz` reports it.
@@ -170,8 +176,10 @@ pub struct WatchEvent {
 }
 
 /// Resolves once a decided transaction's outcome is durable (see
-/// [`Store::txn_deferred`]).
-pub type Durability = BoxFuture<'static, Result<(), StoreError>>;
+/// [`Store::txn_deferred`]), with the revision it was written at (for a
+/// commit; a remote store may only know it then) or the revision a refusal
+/// was decided at.
+pub type Durability = BoxFuture<'static, Result<Revision, StoreError>>;
 
 /// An ordered, durable key-value store with CAS transactions and a change feed.
 #[async_trait::async_trait]
@@ -210,9 +218,18 @@ pub trait Store: Send + Sync + 'static {
     /// outcome before the future resolved; a writer that only retries after a
     /// conflict may drop it. Lets a writer release a lock of its own before
     /// the fsync, so that the next writer joins the same group commit.
+    ///
+    /// A committed outcome's revision orders it against reads of the latest
+    /// state (compares may name it), but may be provisional; the revision the
+    /// future resolves to is the store's. The future fails with
+    /// [`StoreError::Superseded`] when a backend that decides ahead of its
+    /// remote store finds the write was not applied.
     async fn txn_deferred(&self, txn: Txn) -> Result<(TxnOutcome, Durability), StoreError> {
         let outcome = self.txn(txn).await?;
-        let durable: Durability = Box::pin(futures::future::ready(Ok(())));
+        let revision = match outcome {
+            TxnOutcome::Committed(r) | TxnOutcome::Conflict(r) => r,
+        };
+        let durable: Durability = Box::pin(futures::future::ready(Ok(revision)));
         Ok((outcome, durable))
     }
     /// The latest durable revision.

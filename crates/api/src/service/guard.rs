@@ -176,10 +176,12 @@ impl Service {
         let (outcome, durable) = self.store.txn_deferred(Txn { compares, ops }).await?;
         drop(turn);
         match outcome {
-            TxnOutcome::Committed(revision) => {
-                durable.await?;
-                Ok(Some(revision))
-            }
+            TxnOutcome::Committed(_) => match durable.await {
+                Ok(revision) => Ok(Some(revision)),
+                // Batched with a write that did not hold: decided again.
+                Err(weft_store::StoreError::Superseded(_)) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
             // Retried at once: the retry's own commit waits for durability.
             TxnOutcome::Conflict(_) => Ok(None),
         }
