@@ -320,6 +320,19 @@ impl weft_store::Store for MeteredStore {
     async fn sync(&self) -> Result<(), weft_store::StoreError> {
         self.inner.sync().await
     }
+    async fn read_ahead(
+        &self,
+        keys: &[String],
+    ) -> Result<weft_store::ReadAhead, weft_store::StoreError> {
+        self.inner.read_ahead(keys).await
+    }
+    async fn get_latest_ahead(
+        &self,
+        key: &str,
+        ahead: &weft_store::ReadAhead,
+    ) -> Result<Option<weft_store::KeyValue>, weft_store::StoreError> {
+        self.inner.get_latest_ahead(key, ahead).await
+    }
     async fn txn(
         &self,
         txn: weft_store::Txn,

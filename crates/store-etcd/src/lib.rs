@@ -34,7 +34,7 @@ use etcd_client::{
 use futures::stream::BoxStream;
 use tokio::sync::{oneshot, watch, Notify};
 use weft_store::{
-    Compare, Durability, KeyValue, Op, Range, RangeResult, Revision, Store, StoreError,
+    Compare, Durability, KeyValue, Op, Range, RangeResult, ReadAhead, Revision, Store, StoreError,
     StoreHealth, StoreSnapshot, Txn, TxnOutcome, WatchEvent,
 };
 
@@ -818,6 +818,47 @@ impl Store for EtcdStore {
         let read_at = resp.header().map(|h| h.revision()).unwrap_or(0);
         let etcd = resp.kvs().first().and_then(|kv| self.decode(kv));
         Ok(self.lock_pipeline().merge_one(key, etcd, read_at))
+    }
+
+    /// One read-only etcd transaction of a get per key: linearizable, at one
+    /// revision (<https://etcd.io/docs/v3.4/learning/api/#transaction>).
+    async fn read_ahead(&self, keys: &[String]) -> Result<ReadAhead, StoreError> {
+        if keys.is_empty() {
+            return Ok(ReadAhead::default());
+        }
+        let gets: Vec<TxnOp> = keys.iter().map(|k| TxnOp::get(self.key(k), None)).collect();
+        let request = EtcdTxn::new().and_then(gets);
+        let resp = self
+            .call("reading ahead", Resend::Unreachable, || {
+                let mut kv = self.client.kv_client();
+                let request = request.clone();
+                async move { kv.txn(request).await }
+            })
+            .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let mut kvs = std::collections::HashMap::with_capacity(keys.len());
+        for (key, op) in keys.iter().zip(resp.op_responses()) {
+            if let etcd_client::TxnOpResponse::Get(get) = op {
+                kvs.insert(
+                    key.clone(),
+                    get.kvs().first().and_then(|kv| self.decode(kv)),
+                );
+            }
+        }
+        Ok(ReadAhead::new(revision, kvs))
+    }
+
+    async fn get_latest_ahead(
+        &self,
+        key: &str,
+        ahead: &ReadAhead,
+    ) -> Result<Option<KeyValue>, StoreError> {
+        match ahead.get(key) {
+            Some(read) => Ok(self
+                .lock_pipeline()
+                .merge_one(key, read.cloned(), ahead.revision())),
+            None => self.get_latest(key).await,
+        }
     }
 
     async fn range_latest(&self, range: Range) -> Result<RangeResult, StoreError> {

@@ -175,6 +175,35 @@ pub struct WatchEvent {
     pub value: Option<Bytes>,
 }
 
+/// Keys read in one request ahead of a write's turn (see
+/// [`Store::read_ahead`]), with the revision they were read at.
+#[derive(Debug, Clone, Default)]
+pub struct ReadAhead {
+    revision: Revision,
+    kvs: std::collections::HashMap<String, Option<KeyValue>>,
+}
+
+impl ReadAhead {
+    /// What a backend read at `revision`: each key asked for, with its value
+    /// or `None` where it is absent.
+    pub fn new(
+        revision: Revision,
+        kvs: std::collections::HashMap<String, Option<KeyValue>>,
+    ) -> Self {
+        ReadAhead { revision, kvs }
+    }
+
+    /// The revision the keys were read at.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// `Some(value)` for a key that was read ahead, `None` for one that was not.
+    pub fn get(&self, key: &str) -> Option<Option<&KeyValue>> {
+        self.kvs.get(key).map(Option::as_ref)
+    }
+}
+
 /// Resolves once a decided transaction's outcome is durable (see
 /// [`Store::txn_deferred`]), with the revision it was written at (for a
 /// commit; a remote store may only know it then) or the revision a refusal
@@ -205,6 +234,28 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::count`] with the consistency of [`Store::get_latest`].
     async fn count_latest(&self, range: Range) -> Result<usize, StoreError> {
         self.count(range).await
+    }
+    /// Reads `keys` in one request, before a writer takes its turn (see
+    /// [`Store::get_latest_ahead`]): a remote store's round trips then
+    /// overlap between writers instead of following each other inside the
+    /// turn. A backend whose latest reads are in memory reads nothing ahead
+    /// (the default).
+    async fn read_ahead(&self, keys: &[String]) -> Result<ReadAhead, StoreError> {
+        let _ = keys;
+        Ok(ReadAhead::default())
+    }
+    /// [`Store::get_latest`], answered from `ahead` where it holds the key:
+    /// its value as read, overlaid with every write decided since. What
+    /// another writer committed since the read is not seen; the write's
+    /// compares catch it, as they catch a write committed between any read
+    /// and the commit.
+    async fn get_latest_ahead(
+        &self,
+        key: &str,
+        ahead: &ReadAhead,
+    ) -> Result<Option<KeyValue>, StoreError> {
+        let _ = ahead;
+        self.get_latest(key).await
     }
     /// Waits until every transaction accepted so far is durable.
     async fn sync(&self) -> Result<(), StoreError> {

@@ -9,7 +9,7 @@ use std::hash::{Hash, Hasher};
 use serde::{Deserialize, Serialize};
 use weft_model::keys;
 use weft_model::kind::{Kind, ResourceId};
-use weft_store::{Compare, Op, Revision, Txn, TxnOutcome};
+use weft_store::{Compare, Op, ReadAhead, Revision, Txn, TxnOutcome};
 
 use super::records::encode;
 use super::Service;
@@ -108,9 +108,9 @@ impl Service {
     /// under, and the mesh's resource counts it carries. A guard that
     /// carries no counts is counted here from the mesh's keys; the write's
     /// [`Guard::bump`] then stores the counts.
-    pub(super) async fn guard(&self, mesh: &str) -> Result<Guard, ApiError> {
+    pub(super) async fn guard(&self, mesh: &str, ahead: &ReadAhead) -> Result<Guard, ApiError> {
         let key = keys::guard(mesh);
-        let (compare, counts) = match self.store.get_latest(&key).await? {
+        let (compare, counts) = match self.store.get_latest_ahead(&key, ahead).await? {
             Some(kv) => (
                 Compare::ModRevision(key.clone(), kv.mod_revision),
                 MeshCounts::decode(&kv.value),
@@ -146,11 +146,17 @@ impl Service {
     /// as read now. Every mesh create rewrites it, so a mesh created after
     /// this read (which the quota check may not have counted) fails the
     /// commit.
-    pub(super) async fn meshes_guard(&self) -> Result<Compare, ApiError> {
-        Ok(match self.store.get_latest(keys::MESHES_GUARD).await? {
-            Some(kv) => Compare::ModRevision(kv.key, kv.mod_revision),
-            None => Compare::Absent(keys::MESHES_GUARD.to_string()),
-        })
+    pub(super) async fn meshes_guard(&self, ahead: &ReadAhead) -> Result<Compare, ApiError> {
+        Ok(
+            match self
+                .store
+                .get_latest_ahead(keys::MESHES_GUARD, ahead)
+                .await?
+            {
+                Some(kv) => Compare::ModRevision(kv.key, kv.mod_revision),
+                None => Compare::Absent(keys::MESHES_GUARD.to_string()),
+            },
+        )
     }
 
     /// Takes the turn of writers in `mesh`: held from the read of the mesh's
@@ -257,8 +263,8 @@ mod tests {
     #[tokio::test]
     async fn a_commit_under_a_guard_fails_once_another_write_bumped_it() {
         let (_dir, service) = super::super::tests::service().await;
-        let first = service.guard("apps").await.unwrap();
-        let second = service.guard("apps").await.unwrap();
+        let first = service.guard("apps", &ReadAhead::default()).await.unwrap();
+        let second = service.guard("apps", &ReadAhead::default()).await.unwrap();
         assert_eq!(first.compare, Compare::Absent(keys::guard("apps")));
         let bump = |g: &Guard| vec![g.bump(g.counts).unwrap()];
         let turn = service.lock_mesh("apps").await;
@@ -274,7 +280,7 @@ mod tests {
             .unwrap();
         assert_eq!(lost, None);
         // Read again, the guard holds the revision the winner wrote at.
-        let again = service.guard("apps").await.unwrap();
+        let again = service.guard("apps", &ReadAhead::default()).await.unwrap();
         assert_eq!(
             again.compare,
             Compare::ModRevision(keys::guard("apps"), won.unwrap())
@@ -299,7 +305,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let guard = service.guard("apps").await.unwrap();
+        let guard = service.guard("apps", &ReadAhead::default()).await.unwrap();
         assert_eq!(guard.counts.of(Kind::VirtualNode), 2);
         assert_eq!(guard.counts.total(), 2);
     }

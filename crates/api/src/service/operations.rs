@@ -9,7 +9,7 @@ use weft_model::kind::{Kind, ResourceId};
 use weft_model::shapes::{GatewayRouteSpec, RouteSpec, VirtualServiceProvider, VirtualServiceSpec};
 use weft_model::Arn;
 use weft_model::StoredRecord as Record;
-use weft_store::{Compare, KeyValue, Op, Range};
+use weft_store::{Compare, KeyValue, Op, Range, ReadAhead};
 
 use super::guard::MeshCounts;
 use super::records::{
@@ -76,15 +76,45 @@ impl Service {
     pub(super) async fn load(
         &self,
         id: &ResourceId,
+        ahead: &ReadAhead,
     ) -> Result<Option<(Record, KeyValue)>, ApiError> {
-        match self.store.get_latest(&keys::resource(id)).await? {
+        match self
+            .store
+            .get_latest_ahead(&keys::resource(id), ahead)
+            .await?
+        {
             Some(kv) => Ok(Some((decode_record(&kv)?, kv))),
             None => Ok(None),
         }
     }
 
-    async fn exists(&self, id: &ResourceId) -> Result<bool, ApiError> {
-        Ok(self.store.get_latest(&keys::resource(id)).await?.is_some())
+    async fn exists(&self, id: &ResourceId, ahead: &ReadAhead) -> Result<bool, ApiError> {
+        Ok(self
+            .store
+            .get_latest_ahead(&keys::resource(id), ahead)
+            .await?
+            .is_some())
+    }
+
+    /// Reads ahead of a write's turn (see [`weft_store::Store::read_ahead`])
+    /// what it reads in its turn: the mesh's guard, the resource, its mesh
+    /// and parent, and its `clientToken`'s record.
+    pub(super) async fn read_ahead(
+        &self,
+        id: &ResourceId,
+        token: Option<String>,
+    ) -> Result<ReadAhead, ApiError> {
+        let mut keys = vec![keys::guard(&id.mesh), keys::resource(id)];
+        if id.kind == Kind::Mesh {
+            keys.push(keys::MESHES_GUARD.to_string());
+        } else {
+            keys.push(keys::resource(&ResourceId::mesh(&id.mesh)));
+        }
+        if let Some(parent) = id.parent_id() {
+            keys.push(keys::resource(&parent));
+        }
+        keys.extend(token);
+        Ok(self.store.read_ahead(&keys).await?)
     }
 
     /// Reads a resource for an answer: only durable state.
@@ -97,7 +127,12 @@ impl Service {
 
     /// `NotFoundException` unless `id` exists.
     pub(super) async fn require(&self, id: &ResourceId) -> Result<(), ApiError> {
-        if self.exists(id).await? {
+        self.require_ahead(id, &ReadAhead::default()).await
+    }
+
+    /// [`Service::require`], from what was read ahead of the write's turn.
+    async fn require_ahead(&self, id: &ResourceId, ahead: &ReadAhead) -> Result<(), ApiError> {
+        if self.exists(id, ahead).await? {
             Ok(())
         } else {
             Err(ApiError::NotFound(format!("{} not found", id.describe())))
@@ -146,11 +181,13 @@ impl Service {
         let data = Bytes::from(data);
         let record = record_bytes(&data, &tags);
         let token_op = self.token_op(op, token, &request, &metadata, None)?;
+        let token_key = token.map(|t| keys::token(op, t));
         for _ in 0..MAX_ATTEMPTS {
+            let ahead = self.read_ahead(id, token_key.clone()).await?;
             let turn = self.lock_mesh(&id.mesh).await;
-            let guard = self.guard(&id.mesh).await?;
+            let guard = self.guard(&id.mesh, &ahead).await?;
             let token_compare = match self
-                .replay(op, token, &request, id, Some(&spec_json))
+                .replay(op, token, &request, id, Some(&spec_json), &ahead)
                 .await?
             {
                 Replay::Answer(out) => {
@@ -161,12 +198,13 @@ impl Service {
                 Replay::Fresh(compare) => compare,
             };
             if id.kind != Kind::Mesh {
-                self.require(&ResourceId::mesh(&id.mesh)).await?;
+                self.require_ahead(&ResourceId::mesh(&id.mesh), &ahead)
+                    .await?;
             }
             if let Some(parent) = id.parent_id() {
-                self.require(&parent).await?;
+                self.require_ahead(&parent, &ahead).await?;
             }
-            if self.exists(id).await? {
+            if self.exists(id, &ahead).await? {
                 return Err(ApiError::Conflict(format!(
                     "{} already exists",
                     id.describe()
@@ -175,7 +213,7 @@ impl Service {
             // Read before the count, so that a create counted in between
             // fails this write's compare.
             let meshes_guard = match id.kind {
-                Kind::Mesh => Some(self.meshes_guard().await?),
+                Kind::Mesh => Some(self.meshes_guard(&ahead).await?),
                 _ => None,
             };
             let quota = self.quota(id.kind);
@@ -272,11 +310,13 @@ impl Service {
         let empty = json!({});
         let member = id.kind.payload_member();
         let key = keys::resource(id);
+        let token_key = token.map(|t| keys::token(op, t));
         for _ in 0..MAX_ATTEMPTS {
+            let ahead = self.read_ahead(id, token_key.clone()).await?;
             let turn = self.lock_mesh(&id.mesh).await;
-            let guard = self.guard(&id.mesh).await?;
+            let guard = self.guard(&id.mesh, &ahead).await?;
             let token_compare = match self
-                .replay(op, token, &request, id, new_spec_json.as_deref())
+                .replay(op, token, &request, id, new_spec_json.as_deref(), &ahead)
                 .await?
             {
                 Replay::Answer(out) => {
@@ -286,7 +326,7 @@ impl Service {
                 }
                 Replay::Fresh(compare) => compare,
             };
-            let Some(kv) = self.store.get_latest(&key).await? else {
+            let Some(kv) = self.store.get_latest_ahead(&key, &ahead).await? else {
                 return Err(ApiError::NotFound(format!("{} not found", id.describe())));
             };
             let malformed = |e: serde_json::Error| {
@@ -459,9 +499,10 @@ impl Service {
     pub(super) async fn delete(&self, id: &ResourceId) -> Result<Value, ApiError> {
         let key = keys::resource(id);
         for _ in 0..MAX_ATTEMPTS {
+            let ahead = self.read_ahead(id, None).await?;
             let turn = self.lock_mesh(&id.mesh).await;
-            let guard = self.guard(&id.mesh).await?;
-            let Some((mut record, kv)) = self.load(id).await? else {
+            let guard = self.guard(&id.mesh, &ahead).await?;
+            let Some((mut record, kv)) = self.load(id, &ahead).await? else {
                 return Err(ApiError::NotFound(format!("{} not found", id.describe())));
             };
             if let Some(why) = self.in_use(id, &guard.counts).await? {

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use weft_model::keys;
 use weft_model::kind::ResourceId;
-use weft_store::{Compare, Op, Range, Revision};
+use weft_store::{Compare, Op, Range, ReadAhead, Revision};
 
 use super::records::{data_bytes, write_json};
 use super::{now, Output, Service};
@@ -163,13 +163,14 @@ impl Service {
         request: &Fingerprint,
         id: &ResourceId,
         spec: Option<&[u8]>,
+        ahead: &ReadAhead,
     ) -> Result<Replay, ApiError> {
         let member = id.kind.payload_member();
         let Some(token) = token else {
             return Ok(Replay::Fresh(None));
         };
         let key = keys::token(operation, token);
-        let Some(kv) = self.store.get_latest(&key).await? else {
+        let Some(kv) = self.store.get_latest_ahead(&key, ahead).await? else {
             return Ok(Replay::Fresh(Some(Compare::Absent(key))));
         };
         let record: TokenRecord = serde_json::from_slice(&kv.value)
