@@ -60,6 +60,24 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// Whether the error was decided from what the store held (the resource
+    /// is missing, exists, is in use, a quota is full, a reference is
+    /// dangling) rather than from the request alone or the store's failure:
+    /// such an answer is only given from a read that cannot have missed an
+    /// acknowledged write.
+    pub fn rests_on_reads(&self) -> bool {
+        matches!(
+            self,
+            ApiError::BadRequest(_)
+                | ApiError::Conflict(_)
+                | ApiError::NotFound(_)
+                | ApiError::ResourceInUse(_)
+                | ApiError::LimitExceeded(_)
+        )
+    }
+}
+
 impl From<weft_store::StoreError> for ApiError {
     fn from(e: weft_store::StoreError) -> Self {
         match e {

@@ -323,8 +323,9 @@ impl weft_store::Store for MeteredStore {
     async fn read_ahead(
         &self,
         keys: &[String],
+        fresh: bool,
     ) -> Result<weft_store::ReadAhead, weft_store::StoreError> {
-        self.inner.read_ahead(keys).await
+        self.inner.read_ahead(keys, fresh).await
     }
     async fn get_latest_ahead(
         &self,

@@ -181,16 +181,32 @@ pub struct WatchEvent {
 pub struct ReadAhead {
     revision: Revision,
     kvs: std::collections::HashMap<String, Option<KeyValue>>,
+    stale: bool,
 }
 
 impl ReadAhead {
     /// What a backend read at `revision`: each key asked for, with its value
-    /// or `None` where it is absent.
+    /// or `None` where it is absent. `stale`: read from a replica of the
+    /// store that may lag (see [`ReadAhead::may_be_stale`]).
     pub fn new(
         revision: Revision,
         kvs: std::collections::HashMap<String, Option<KeyValue>>,
+        stale: bool,
     ) -> Self {
-        ReadAhead { revision, kvs }
+        ReadAhead {
+            revision,
+            kvs,
+            stale,
+        }
+    }
+
+    /// Whether the keys may have been read from a replica that had not yet
+    /// applied the latest writes. A write decided from them is still checked
+    /// by its compares; an error answered from them (not found, already
+    /// exists, over a quota) is not, so the writer reads again with
+    /// `fresh` before answering one.
+    pub fn may_be_stale(&self) -> bool {
+        self.stale
     }
 
     /// The revision the keys were read at.
@@ -238,10 +254,11 @@ pub trait Store: Send + Sync + 'static {
     /// Reads `keys` in one request, before a writer takes its turn (see
     /// [`Store::get_latest_ahead`]): a remote store's round trips then
     /// overlap between writers instead of following each other inside the
-    /// turn. A backend whose latest reads are in memory reads nothing ahead
-    /// (the default).
-    async fn read_ahead(&self, keys: &[String]) -> Result<ReadAhead, StoreError> {
-        let _ = keys;
+    /// turn. Unless `fresh`, the backend may answer from a replica that lags
+    /// ([`ReadAhead::may_be_stale`]). A backend whose latest reads are in
+    /// memory reads nothing ahead (the default).
+    async fn read_ahead(&self, keys: &[String], fresh: bool) -> Result<ReadAhead, StoreError> {
+        let _ = (keys, fresh);
         Ok(ReadAhead::default())
     }
     /// [`Store::get_latest`], answered from `ahead` where it holds the key:

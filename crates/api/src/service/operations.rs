@@ -99,10 +99,13 @@ impl Service {
     /// Reads ahead of a write's turn (see [`weft_store::Store::read_ahead`])
     /// what it reads in its turn: the mesh's guard, the resource, its mesh
     /// and parent, and its `clientToken`'s record.
+    /// `fresh`: linearizable, for a write about to answer an error (see
+    /// [`weft_store::Store::read_ahead`]).
     pub(super) async fn read_ahead(
         &self,
         id: &ResourceId,
         token: Option<String>,
+        fresh: bool,
     ) -> Result<ReadAhead, ApiError> {
         let mut keys = vec![keys::guard(&id.mesh), keys::resource(id)];
         if id.kind == Kind::Mesh {
@@ -114,7 +117,7 @@ impl Service {
             keys.push(keys::resource(&parent));
         }
         keys.extend(token);
-        Ok(self.store.read_ahead(&keys).await?)
+        Ok(self.store.read_ahead(&keys, fresh).await?)
     }
 
     /// Reads a resource for an answer: only durable state.
@@ -182,77 +185,95 @@ impl Service {
         let record = record_bytes(&data, &tags);
         let token_op = self.token_op(op, token, &request, &metadata, None)?;
         let token_key = token.map(|t| keys::token(op, t));
+        let mut fresh = false;
         for _ in 0..MAX_ATTEMPTS {
-            let ahead = self.read_ahead(id, token_key.clone()).await?;
-            let turn = self.lock_mesh(&id.mesh).await;
-            let guard = self.guard(&id.mesh, &ahead).await?;
-            let token_compare = match self
-                .replay(op, token, &request, id, Some(&spec_json), &ahead)
-                .await?
-            {
-                Replay::Answer(out) => {
-                    drop(turn);
-                    self.store.sync().await?;
-                    return Ok(out);
-                }
-                Replay::Fresh(compare) => compare,
-            };
-            if id.kind != Kind::Mesh {
-                self.require_ahead(&ResourceId::mesh(&id.mesh), &ahead)
-                    .await?;
-            }
-            if let Some(parent) = id.parent_id() {
-                self.require_ahead(&parent, &ahead).await?;
-            }
-            if self.exists(id, &ahead).await? {
-                return Err(ApiError::Conflict(format!(
-                    "{} already exists",
-                    id.describe()
-                )));
-            }
-            // Read before the count, so that a create counted in between
-            // fails this write's compare.
-            let meshes_guard = match id.kind {
-                Kind::Mesh => Some(self.meshes_guard(&ahead).await?),
-                _ => None,
-            };
-            let quota = self.quota(id.kind);
-            let used = match id.kind {
-                // Meshes, and routes of one router or gateway, are counted
-                // in their (small) scope; the rest come from the guard.
-                Kind::Mesh | Kind::Route | Kind::GatewayRoute => {
-                    let scope = keys::scope_prefix(id.kind, &id.mesh, id.parent.as_deref());
-                    self.count(scope).await?
-                }
-                kind => usize::try_from(guard.counts.of(kind)).unwrap_or(usize::MAX),
-            };
-            if used >= quota {
-                return Err(ApiError::LimitExceeded(format!(
-                    "{} quota of {quota} reached for {}",
-                    id.kind.plural(),
-                    match id.parent_id() {
-                        Some(p) => p.describe(),
-                        None if id.kind == Kind::Mesh => "this account".into(),
-                        None => format!("mesh \"{}\"", id.mesh),
+            let ahead = self.read_ahead(id, token_key.clone(), fresh).await?;
+            let attempt = async {
+                let turn = self.lock_mesh(&id.mesh).await;
+                let guard = self.guard(&id.mesh, &ahead).await?;
+                let token_compare = match self
+                    .replay(op, token, &request, id, Some(&spec_json), &ahead)
+                    .await?
+                {
+                    Replay::Answer(out) => {
+                        drop(turn);
+                        self.store.sync().await?;
+                        return Ok(Some(out));
                     }
-                )));
-            }
-            self.check_spec(id, spec).await?;
-            let mut counts = guard.counts;
-            if id.kind != Kind::Mesh {
-                *counts.of_mut(id.kind) += 1;
-            }
-            let mut ops = vec![Op::Put(key.clone(), record.clone()), guard.bump(counts)?];
-            ops.extend(token_op.clone());
-            let mut compares = vec![guard.compare, Compare::Absent(key.clone())];
-            compares.extend(token_compare);
-            if let Some(compare) = meshes_guard {
-                compares.push(compare);
-                ops.push(Op::Put(keys::MESHES_GUARD.to_string(), Bytes::new()));
-            }
-            if let Some(revision) = self.commit_turn(turn, compares, ops).await? {
-                self.note_token(token_op.as_ref(), revision).await;
-                return Ok(Output::Payload { member, body: data });
+                    Replay::Fresh(compare) => compare,
+                };
+                if id.kind != Kind::Mesh {
+                    self.require_ahead(&ResourceId::mesh(&id.mesh), &ahead)
+                        .await?;
+                }
+                if let Some(parent) = id.parent_id() {
+                    self.require_ahead(&parent, &ahead).await?;
+                }
+                if self.exists(id, &ahead).await? {
+                    return Err(ApiError::Conflict(format!(
+                        "{} already exists",
+                        id.describe()
+                    )));
+                }
+                // Read before the count, so that a create counted in between
+                // fails this write's compare.
+                let meshes_guard = match id.kind {
+                    Kind::Mesh => Some(self.meshes_guard(&ahead).await?),
+                    _ => None,
+                };
+                let quota = self.quota(id.kind);
+                let used = match id.kind {
+                    // Meshes, and routes of one router or gateway, are counted
+                    // in their (small) scope; the rest come from the guard.
+                    Kind::Mesh | Kind::Route | Kind::GatewayRoute => {
+                        let scope = keys::scope_prefix(id.kind, &id.mesh, id.parent.as_deref());
+                        self.count(scope).await?
+                    }
+                    kind => usize::try_from(guard.counts.of(kind)).unwrap_or(usize::MAX),
+                };
+                if used >= quota {
+                    return Err(ApiError::LimitExceeded(format!(
+                        "{} quota of {quota} reached for {}",
+                        id.kind.plural(),
+                        match id.parent_id() {
+                            Some(p) => p.describe(),
+                            None if id.kind == Kind::Mesh => "this account".into(),
+                            None => format!("mesh \"{}\"", id.mesh),
+                        }
+                    )));
+                }
+                self.check_spec(id, spec).await?;
+                let mut counts = guard.counts;
+                if id.kind != Kind::Mesh {
+                    *counts.of_mut(id.kind) += 1;
+                }
+                let mut ops = vec![Op::Put(key.clone(), record.clone()), guard.bump(counts)?];
+                ops.extend(token_op.clone());
+                let mut compares = vec![guard.compare, Compare::Absent(key.clone())];
+                compares.extend(token_compare);
+                if let Some(compare) = meshes_guard {
+                    compares.push(compare);
+                    ops.push(Op::Put(keys::MESHES_GUARD.to_string(), Bytes::new()));
+                }
+                if let Some(revision) = self.commit_turn(turn, compares, ops).await? {
+                    self.note_token(token_op.as_ref(), revision).await;
+                    return Ok(Some(Output::Payload {
+                        member,
+                        body: data.clone(),
+                    }));
+                }
+                Ok(None)
+            };
+            match attempt.await {
+                Ok(Some(out)) => return Ok(out),
+                // Lost a race: decided again, from reads that cannot lag
+                // behind the write it lost to.
+                Ok(None) => fresh = true,
+                // An answer must not rest on a read that may have missed a
+                // write acknowledged elsewhere: decided again from a
+                // linearizable read first.
+                Err(e) if ahead.may_be_stale() && e.rests_on_reads() => fresh = true,
+                Err(e) => return Err(e),
             }
         }
         Err(Self::contention(id))
@@ -311,78 +332,95 @@ impl Service {
         let member = id.kind.payload_member();
         let key = keys::resource(id);
         let token_key = token.map(|t| keys::token(op, t));
+        let mut fresh = false;
         for _ in 0..MAX_ATTEMPTS {
-            let ahead = self.read_ahead(id, token_key.clone()).await?;
-            let turn = self.lock_mesh(&id.mesh).await;
-            let guard = self.guard(&id.mesh, &ahead).await?;
-            let token_compare = match self
-                .replay(op, token, &request, id, new_spec_json.as_deref(), &ahead)
-                .await?
-            {
-                Replay::Answer(out) => {
-                    drop(turn);
-                    self.store.sync().await?;
-                    return Ok(out);
+            let ahead = self.read_ahead(id, token_key.clone(), fresh).await?;
+            let attempt = async {
+                let turn = self.lock_mesh(&id.mesh).await;
+                let guard = self.guard(&id.mesh, &ahead).await?;
+                let token_compare = match self
+                    .replay(op, token, &request, id, new_spec_json.as_deref(), &ahead)
+                    .await?
+                {
+                    Replay::Answer(out) => {
+                        drop(turn);
+                        self.store.sync().await?;
+                        return Ok(Some(out));
+                    }
+                    Replay::Fresh(compare) => compare,
+                };
+                let Some(kv) = self.store.get_latest_ahead(&key, &ahead).await? else {
+                    return Err(ApiError::NotFound(format!("{} not found", id.describe())));
+                };
+                let malformed = |e: serde_json::Error| {
+                    ApiError::Internal(format!("stored {} is malformed: {e}", id.describe()))
+                };
+                let stored: StoredParts = serde_json::from_slice(&kv.value).map_err(malformed)?;
+                // UpdateMesh may leave out the spec: the mesh keeps the one it has.
+                let (spec_json, kept_spec): (&[u8], Option<Value>) =
+                    match (&new_spec_json, new_spec) {
+                        (Some(json), Some(_)) => (json, None),
+                        _ => match stored.data.get("spec") {
+                            Some(raw) => (
+                                raw.get().as_bytes(),
+                                Some(serde_json::from_str(raw.get()).map_err(malformed)?),
+                            ),
+                            None => (b"{}", Some(json!({}))),
+                        },
+                    };
+                let spec = match (&kept_spec, new_spec) {
+                    (Some(kept), _) => kept,
+                    (None, Some(new)) => new,
+                    (None, None) => &empty,
+                };
+                self.check_spec(id, spec).await?;
+                let metadata = match stored.data.get("metadata") {
+                    Some(raw) if raw.get().starts_with('{') => {
+                        let meta: RawMembers =
+                            serde_json::from_str(raw.get()).map_err(malformed)?;
+                        Some(updated_metadata(&meta, raw.get().len(), now())?)
+                    }
+                    _ => None,
+                };
+                let mut changes: Vec<(&str, &[u8])> = vec![("spec", spec_json)];
+                if let Some(metadata) = &metadata {
+                    changes.push(("metadata", metadata));
                 }
-                Replay::Fresh(compare) => compare,
-            };
-            let Some(kv) = self.store.get_latest_ahead(&key, &ahead).await? else {
-                return Err(ApiError::NotFound(format!("{} not found", id.describe())));
-            };
-            let malformed = |e: serde_json::Error| {
-                ApiError::Internal(format!("stored {} is malformed: {e}", id.describe()))
-            };
-            let stored: StoredParts = serde_json::from_slice(&kv.value).map_err(malformed)?;
-            // UpdateMesh may leave out the spec: the mesh keeps the one it has.
-            let (spec_json, kept_spec): (&[u8], Option<Value>) = match (&new_spec_json, new_spec) {
-                (Some(json), Some(_)) => (json, None),
-                _ => match stored.data.get("spec") {
-                    Some(raw) => (
-                        raw.get().as_bytes(),
-                        Some(serde_json::from_str(raw.get()).map_err(malformed)?),
-                    ),
-                    None => (b"{}", Some(json!({}))),
-                },
-            };
-            let spec = match (&kept_spec, new_spec) {
-                (Some(kept), _) => kept,
-                (None, Some(new)) => new,
-                (None, None) => &empty,
-            };
-            self.check_spec(id, spec).await?;
-            let metadata = match stored.data.get("metadata") {
-                Some(raw) if raw.get().starts_with('{') => {
-                    let meta: RawMembers = serde_json::from_str(raw.get()).map_err(malformed)?;
-                    Some(updated_metadata(&meta, raw.get().len(), now())?)
+                let capacity = kv.value.len() + spec_json.len();
+                let data = Bytes::from(with_members(&stored.data, &changes, capacity)?);
+                let tags = stored.tags.map_or(&b"[]"[..], |t| t.get().as_bytes());
+                let mut ops = vec![
+                    Op::Put(key.clone(), record_bytes(&data, tags)),
+                    guard.bump(guard.counts)?,
+                ];
+                let stored_metadata = stored.data.get("metadata").map(|m| m.get().as_bytes());
+                let answered_metadata = metadata.as_deref().or(stored_metadata).unwrap_or(b"{}");
+                let kept = kept_spec.is_some().then_some(spec_json);
+                let token_op = self.token_op(op, token, &request, answered_metadata, kept)?;
+                ops.extend(token_op.clone());
+                let replaced = stored_metadata.and_then(super::history::version);
+                ops.extend(super::history::keep(&key, &kv.value, replaced));
+                let mut compares = vec![
+                    guard.compare,
+                    Compare::ModRevision(key.clone(), kv.mod_revision),
+                ];
+                compares.extend(token_compare);
+                if let Some(revision) = self.commit_turn(turn, compares, ops).await? {
+                    self.note_token(token_op.as_ref(), revision).await;
+                    return Ok(Some(Output::Payload { member, body: data }));
                 }
-                _ => None,
+                Ok(None)
             };
-            let mut changes: Vec<(&str, &[u8])> = vec![("spec", spec_json)];
-            if let Some(metadata) = &metadata {
-                changes.push(("metadata", metadata));
-            }
-            let capacity = kv.value.len() + spec_json.len();
-            let data = Bytes::from(with_members(&stored.data, &changes, capacity)?);
-            let tags = stored.tags.map_or(&b"[]"[..], |t| t.get().as_bytes());
-            let mut ops = vec![
-                Op::Put(key.clone(), record_bytes(&data, tags)),
-                guard.bump(guard.counts)?,
-            ];
-            let stored_metadata = stored.data.get("metadata").map(|m| m.get().as_bytes());
-            let answered_metadata = metadata.as_deref().or(stored_metadata).unwrap_or(b"{}");
-            let kept = kept_spec.is_some().then_some(spec_json);
-            let token_op = self.token_op(op, token, &request, answered_metadata, kept)?;
-            ops.extend(token_op.clone());
-            let replaced = stored_metadata.and_then(super::history::version);
-            ops.extend(super::history::keep(&key, &kv.value, replaced));
-            let mut compares = vec![
-                guard.compare,
-                Compare::ModRevision(key.clone(), kv.mod_revision),
-            ];
-            compares.extend(token_compare);
-            if let Some(revision) = self.commit_turn(turn, compares, ops).await? {
-                self.note_token(token_op.as_ref(), revision).await;
-                return Ok(Output::Payload { member, body: data });
+            match attempt.await {
+                Ok(Some(out)) => return Ok(out),
+                // Lost a race: decided again, from reads that cannot lag
+                // behind the write it lost to.
+                Ok(None) => fresh = true,
+                // An answer must not rest on a read that may have missed a
+                // write acknowledged elsewhere: decided again from a
+                // linearizable read first.
+                Err(e) if ahead.may_be_stale() && e.rests_on_reads() => fresh = true,
+                Err(e) => return Err(e),
             }
         }
         Err(Self::contention(id))
@@ -499,7 +537,7 @@ impl Service {
     pub(super) async fn delete(&self, id: &ResourceId) -> Result<Value, ApiError> {
         let key = keys::resource(id);
         for _ in 0..MAX_ATTEMPTS {
-            let ahead = self.read_ahead(id, None).await?;
+            let ahead = self.read_ahead(id, None, true).await?;
             let turn = self.lock_mesh(&id.mesh).await;
             let guard = self.guard(&id.mesh, &ahead).await?;
             let Some((mut record, kv)) = self.load(id, &ahead).await? else {
@@ -615,7 +653,173 @@ impl Service {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
     use super::*;
+    use crate::config::ApiConfig;
+    use weft_store::{
+        Revision, SharedStore, Store, StoreError, StoreSnapshot, Txn, TxnOutcome, WatchEvent,
+    };
+
+    /// A store whose reads ahead, unless fresh, come from a replica frozen at
+    /// one moment (an etcd member that stopped applying), as serializable
+    /// reads may; everything else is the embedded store's.
+    struct LaggingReplica {
+        inner: SharedStore,
+        frozen: Mutex<Option<(Revision, HashMap<String, KeyValue>)>>,
+        fresh_reads: AtomicUsize,
+    }
+
+    impl LaggingReplica {
+        /// From now on, reads ahead that may lag show the store as it is now.
+        async fn freeze(&self) {
+            let all = self.inner.range(Range::prefix("")).await.unwrap();
+            let kvs = all.kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+            *self.frozen.lock().unwrap() = Some((all.revision, kvs));
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Store for LaggingReplica {
+        async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn range(&self, range: Range) -> Result<weft_store::RangeResult, StoreError> {
+            self.inner.range(range).await
+        }
+        async fn count(&self, range: Range) -> Result<usize, StoreError> {
+            self.inner.count(range).await
+        }
+        async fn read_ahead(&self, keys: &[String], fresh: bool) -> Result<ReadAhead, StoreError> {
+            let frozen = self.frozen.lock().unwrap().clone();
+            match frozen {
+                Some((revision, kvs)) if !fresh => {
+                    let read = keys.iter().map(|k| (k.clone(), kvs.get(k).cloned()));
+                    Ok(ReadAhead::new(revision, read.collect(), true))
+                }
+                _ => {
+                    self.fresh_reads.fetch_add(1, Ordering::SeqCst);
+                    let mut read = HashMap::new();
+                    for k in keys {
+                        read.insert(k.clone(), self.inner.get_latest(k).await?);
+                    }
+                    Ok(ReadAhead::new(self.inner.revision().await?, read, false))
+                }
+            }
+        }
+        async fn get_latest_ahead(
+            &self,
+            key: &str,
+            ahead: &ReadAhead,
+        ) -> Result<Option<KeyValue>, StoreError> {
+            match ahead.get(key) {
+                Some(read) => Ok(read.cloned()),
+                None => self.inner.get_latest(key).await,
+            }
+        }
+        async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+            self.inner.txn(txn).await
+        }
+        async fn revision(&self) -> Result<Revision, StoreError> {
+            self.inner.revision().await
+        }
+        async fn snapshot<'a>(&'a self) -> Result<Box<dyn StoreSnapshot + 'a>, StoreError> {
+            self.inner.snapshot().await
+        }
+        async fn watch(
+            &self,
+            prefix: &str,
+            after: Revision,
+        ) -> Result<futures::stream::BoxStream<'static, Result<WatchEvent, StoreError>>, StoreError>
+        {
+            self.inner.watch(prefix, after).await
+        }
+    }
+
+    async fn lagging_service() -> (tempfile::TempDir, Arc<LaggingReplica>, Service) {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = weft_store::EmbeddedStore::open(weft_store::EmbeddedOptions::new(dir.path()))
+            .await
+            .unwrap();
+        let replica = Arc::new(LaggingReplica {
+            inner,
+            frozen: Mutex::new(None),
+            fresh_reads: AtomicUsize::new(0),
+        });
+        let shared: SharedStore = replica.clone();
+        (dir, replica, Service::new(shared, ApiConfig::default()))
+    }
+
+    fn node(mesh: &str, name: &str) -> Value {
+        json!({"meshName": mesh, "virtualNodeName": name, "spec": {}})
+    }
+
+    #[tokio::test]
+    async fn a_name_taken_after_the_lagging_read_is_answered_already_exists_from_a_fresh_read() {
+        let (_dir, replica, service) = lagging_service().await;
+        service
+            .call("CreateMesh", json!({"meshName": "apps"}))
+            .await
+            .unwrap();
+        replica.freeze().await;
+        service
+            .call("CreateVirtualNode", node("apps", "web"))
+            .await
+            .unwrap();
+        // The lagging read says "web" is free; the commit's compare says it
+        // is not, and the answer comes from a read that cannot lag.
+        let again = service.call("CreateVirtualNode", node("apps", "web")).await;
+        assert!(matches!(again, Err(ApiError::Conflict(_))), "{again:?}");
+        assert!(replica.fresh_reads.load(Ordering::SeqCst) >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_mesh_the_lagging_read_does_not_show_yet_is_found_by_a_fresh_read() {
+        let (_dir, replica, service) = lagging_service().await;
+        replica.freeze().await;
+        service
+            .call("CreateMesh", json!({"meshName": "apps"}))
+            .await
+            .unwrap();
+        let fresh_before = replica.fresh_reads.load(Ordering::SeqCst);
+        // "Not found" from the lagging read is not an answer: read again.
+        let created = service.call("CreateVirtualNode", node("apps", "web")).await;
+        assert!(created.is_ok(), "{created:?}");
+        assert!(replica.fresh_reads.load(Ordering::SeqCst) > fresh_before);
+        // A mesh missing from both reads is not found.
+        let missing = service
+            .call("CreateVirtualNode", node("nowhere", "web"))
+            .await;
+        assert!(matches!(missing, Err(ApiError::NotFound(_))), "{missing:?}");
+    }
+
+    #[tokio::test]
+    async fn an_update_from_a_lagging_read_loses_its_compare_and_applies_once() {
+        let (_dir, replica, service) = lagging_service().await;
+        service
+            .call("CreateMesh", json!({"meshName": "apps"}))
+            .await
+            .unwrap();
+        service
+            .call("CreateVirtualNode", node("apps", "web"))
+            .await
+            .unwrap();
+        replica.freeze().await;
+        service
+            .call("UpdateVirtualNode", node("apps", "web"))
+            .await
+            .unwrap();
+        let out = service
+            .call("UpdateVirtualNode", node("apps", "web"))
+            .await
+            .unwrap();
+        assert_eq!(
+            out.pointer("/virtualNode/metadata/version"),
+            Some(&json!(3))
+        );
+    }
 
     #[test]
     fn a_page_is_as_long_as_asked_else_the_default() {
