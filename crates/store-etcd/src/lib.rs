@@ -47,6 +47,15 @@ pub mod testing;
 /// The value of the layout marker this version of Weft writes and accepts.
 pub const LAYOUT: &str = "weft-store-v1";
 
+/// Keys read per request of a range read: a range of a large mesh is read in
+/// pages rather than one response that could outgrow a gRPC message.
+const RANGE_PAGE: usize = 500;
+
+/// The largest response accepted from etcd: a page of [`RANGE_PAGE`] keys of
+/// records up to etcd's 1.5 MiB request limit would not fit tonic's default of
+/// 4 MiB (<https://etcd.io/docs/v3.4/dev-guide/limit/>).
+const MAX_RESPONSE_BYTES: usize = 1 << 30;
+
 /// The default key prefix (`--etcd-prefix`).
 pub const DEFAULT_PREFIX: &str = "/weft/";
 
@@ -484,49 +493,91 @@ impl EtcdStore {
         range: Range,
         revision: Option<Revision>,
     ) -> Result<RangeResult, StoreError> {
-        let start = self.key(&range.start);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.range_pages(&range, revision).await {
+                // A latest read compacted between its pages: read again,
+                // at the new latest revision.
+                Err(StoreError::Compacted { .. }) if revision.is_none() && attempts < 5 => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// [`EtcdStore::range_at`] in pages of [`RANGE_PAGE`] keys, every page at
+    /// the revision of the first, so that a large range neither outgrows a
+    /// gRPC message nor mixes two revisions.
+    async fn range_pages(
+        &self,
+        range: &Range,
+        revision: Option<Revision>,
+    ) -> Result<RangeResult, StoreError> {
+        let mut from = self.key(&range.start);
         let end = match &range.end {
             Some(end) => self.key(end),
             None => prefix_end(&self.data),
         };
-        let limit = i64::try_from(range.limit).unwrap_or(i64::MAX);
-        let resp = self
-            .call("reading a range", Resend::Unreachable, || {
-                let mut kv = self.client.kv_client();
-                let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
-                if let Some(revision) = revision {
-                    options = options.with_revision(revision);
-                }
-                let start = start.clone();
-                // A compacted revision is an answer, not a failure to resend
-                // or to mark the store unhealthy for.
-                async move {
-                    match kv.get(start, Some(options)).await {
-                        Err(e) if is_compacted(&e) => Ok(Err(e)),
-                        other => other.map(Ok),
+        let mut at = revision;
+        let mut kvs = Vec::new();
+        loop {
+            let page = match range.limit {
+                0 => RANGE_PAGE,
+                wanted => RANGE_PAGE.min(wanted.saturating_sub(kvs.len()).max(1)),
+            };
+            let resp = self
+                .call("reading a range", Resend::Unreachable, || {
+                    let mut kv = self
+                        .client
+                        .kv_client()
+                        .max_decoding_message_size(MAX_RESPONSE_BYTES);
+                    let mut options = GetOptions::new()
+                        .with_range(end.clone())
+                        .with_limit(i64::try_from(page).unwrap_or(i64::MAX));
+                    if let Some(revision) = at {
+                        options = options.with_revision(revision);
                     }
+                    let from = from.clone();
+                    // A compacted revision is an answer, not a failure to resend
+                    // or to mark the store unhealthy for.
+                    async move {
+                        match kv.get(from, Some(options)).await {
+                            Err(e) if is_compacted(&e) => Ok(Err(e)),
+                            other => other.map(Ok),
+                        }
+                    }
+                })
+                .await?;
+            let resp = match resp {
+                Ok(resp) => resp,
+                Err(_) => {
+                    let requested = at.unwrap_or(0);
+                    let oldest = self
+                        .compacted_from(requested)
+                        .await
+                        .unwrap_or(requested + 1);
+                    return Err(StoreError::Compacted { requested, oldest });
                 }
-            })
-            .await?;
-        let resp = match (resp, revision) {
-            (Ok(resp), _) => resp,
-            (Err(_), requested) => {
-                let requested = requested.unwrap_or(0);
-                let oldest = self
-                    .compacted_from(requested)
-                    .await
-                    .unwrap_or(requested + 1);
-                return Err(StoreError::Compacted { requested, oldest });
+            };
+            let revision =
+                *at.get_or_insert_with(|| resp.header().map(|h| h.revision()).unwrap_or(0));
+            kvs.extend(resp.kvs().iter().filter_map(|kv| self.decode(kv)));
+            let full = range.limit != 0 && kvs.len() >= range.limit;
+            match resp.kvs().last() {
+                Some(last) if resp.more() && !full => {
+                    // The next page starts right after this one's last key.
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => {
+                    return Ok(RangeResult {
+                        kvs,
+                        more: resp.more(),
+                        revision,
+                    })
+                }
             }
-        };
-        Ok(RangeResult {
-            kvs: resp.kvs().iter().filter_map(|kv| self.decode(kv)).collect(),
-            more: resp.more(),
-            revision: match revision {
-                Some(revision) => revision,
-                None => resp.header().map(|h| h.revision()).unwrap_or(0),
-            },
-        })
+        }
     }
 
     /// The oldest revision a watch can start from, when `revision` was

@@ -567,3 +567,57 @@ async fn an_etcd_cluster_that_requires_tls_client_certificates_is_reached_with_t
     };
     assert!(why.contains("--etcd-key-file"), "{why}");
 }
+
+/// A mesh of thousands of resources, or a few large ones, is more than one
+/// gRPC message holds (4 MiB by default): a range is read in pages, all at
+/// the revision of the first, and a limit still cuts where it says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_larger_than_one_grpc_message_reads_whole_at_one_revision() {
+    let cluster = EtcdCluster::start(3).await;
+    let store = cluster.store("/big/").await;
+    // 24 records of 256 KiB: 6 MiB, past the 4 MiB a message may carry.
+    let big = Bytes::from(vec![b'x'; 256 * 1024]);
+    for i in 0..24 {
+        commit(&*store, vec![Op::Put(format!("big/{i:02}"), big.clone())]).await;
+    }
+    // 1,200 small ones: more keys than one page.
+    for chunk in 0..10 {
+        let ops = (0..120)
+            .map(|i| put(&format!("small/{:04}", chunk * 120 + i), "v"))
+            .collect();
+        commit(&*store, ops).await;
+    }
+    let head = store.revision().await.unwrap();
+
+    let bigs = store.range(Range::prefix("big/")).await.unwrap();
+    assert_eq!(bigs.kvs.len(), 24);
+    assert!(bigs.kvs.iter().all(|kv| kv.value == big));
+    assert!(!bigs.more);
+
+    let smalls = store.range(Range::prefix("small/")).await.unwrap();
+    let names: Vec<String> = smalls.kvs.iter().map(|kv| kv.key.clone()).collect();
+    let expected: Vec<String> = (0..1200).map(|i| format!("small/{i:04}")).collect();
+    assert_eq!(names, expected, "every key once, in key order");
+    assert_eq!(smalls.revision, head);
+    assert!(!smalls.more);
+
+    let limited = store
+        .range(Range {
+            limit: 700,
+            ..Range::prefix("small/")
+        })
+        .await
+        .unwrap();
+    assert_eq!(limited.kvs.len(), 700);
+    assert_eq!(limited.kvs[699].key, "small/0699");
+    assert!(limited.more);
+
+    // A snapshot reads its pages at its own revision, whatever comes after.
+    let (ranges, at) = weft_store::read_ranges(&*store, &[Range::prefix("small/")])
+        .await
+        .unwrap();
+    commit(&*store, vec![put("small/0000", "changed")]).await;
+    assert_eq!(at, head);
+    assert_eq!(ranges[0].kvs.len(), 1200);
+    assert_eq!(ranges[0].kvs[0].value, Bytes::from("v"));
+}
