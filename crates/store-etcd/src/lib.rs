@@ -1158,7 +1158,11 @@ impl Feed {
     /// Opens the etcd watch from `last + 1` and waits for etcd to confirm it;
     /// returns the cluster revision at that moment.
     async fn open(&mut self) -> Result<Revision, String> {
-        let mut watch = self.client.watch_client();
+        // One response may carry the events of several large transactions.
+        let mut watch = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
         let options = WatchOptions::new()
             .with_range(self.end.clone())
             .with_start_revision(self.last + 1);

@@ -577,6 +577,7 @@ async fn a_range_larger_than_one_grpc_message_reads_whole_at_one_revision() {
     let store = cluster.store("/big/").await;
     // 24 records of 256 KiB: 6 MiB, past the 4 MiB a message may carry.
     let big = Bytes::from(vec![b'x'; 256 * 1024]);
+    let before = store.revision().await.unwrap();
     for i in 0..24 {
         commit(&*store, vec![Op::Put(format!("big/{i:02}"), big.clone())]).await;
     }
@@ -593,6 +594,13 @@ async fn a_range_larger_than_one_grpc_message_reads_whole_at_one_revision() {
     assert_eq!(bigs.kvs.len(), 24);
     assert!(bigs.kvs.iter().all(|kv| kv.value == big));
     assert!(!bigs.more);
+    // A watch from before them gets their history, more than one message's worth.
+    let mut feed = store.watch("big/", before).await.unwrap();
+    for i in 0..24 {
+        let event = next_event(&mut feed).await;
+        assert_eq!(event.key, format!("big/{i:02}"));
+        assert_eq!(event.value.as_ref(), Some(&big));
+    }
 
     let smalls = store.range(Range::prefix("small/")).await.unwrap();
     let names: Vec<String> = smalls.kvs.iter().map(|kv| kv.key.clone()).collect();
