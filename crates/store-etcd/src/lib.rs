@@ -82,6 +82,13 @@ pub enum EtcdStoreError {
     /// etcd answered but refused (bad credentials, missing permissions…).
     #[error("etcd at {endpoints} refused: {message}")]
     Refused { endpoints: String, message: String },
+    /// The prefix lies inside another installation's, or around one.
+    #[error(
+        "the etcd prefix {prefix:?} nests with the Weft installation at {other:?}: one \
+         installation's keys would be read as the other's data; give each an --etcd-prefix \
+         that is not inside the other"
+    )]
+    Nested { prefix: String, other: String },
     /// The prefix holds data of another key layout.
     #[error(
         "the etcd prefix {prefix:?} holds a Weft store with key layout {found:?}, but this \
@@ -93,6 +100,16 @@ pub enum EtcdStoreError {
         found: String,
         expected: &'static str,
     },
+}
+
+/// How [`EtcdStore::connect`] found the prefix.
+enum Claim {
+    /// Ours, or free and now ours.
+    Ours,
+    /// Holds another key layout (the marker's value).
+    Layout(Vec<u8>),
+    /// Nested in, or around, another installation's prefix.
+    Nested(String),
 }
 
 /// Files for a TLS connection to etcd.
@@ -111,7 +128,8 @@ pub struct EtcdOptions {
     /// `host:port` (or `http(s)://host:port`) of one or more cluster members.
     pub endpoints: Vec<String>,
     /// Every key Weft writes starts with this (`/` is appended if missing).
-    /// Prefixes of different installations must not nest (`/a/` and `/a/kv/`).
+    /// Prefixes of different installations must not nest (`/a/` and
+    /// `/a/kv/`): a prefix that does is refused at start.
     pub prefix: String,
     /// TLS to etcd (`https://` endpoints); `None` for plaintext.
     pub tls: Option<EtcdTls>,
@@ -325,20 +343,38 @@ impl EtcdStore {
                     progress: Arc::new(watch::channel((0, 0)).0),
                     room: Arc::new(Notify::new()),
                 };
-                let found = store.claim_layout(&options.prefix).await?;
-                Ok::<_, etcd_client::Error>((store, found))
+                // Checked before the marker is written: a nested prefix's
+                // marker would be a foreign key in the other's data.
+                let claim = match store.nested_with(&options.prefix).await? {
+                    Some(other) => Claim::Nested(other),
+                    None => {
+                        let found = store.claim_layout(&options.prefix).await?;
+                        if found == LAYOUT.as_bytes() {
+                            Claim::Ours
+                        } else {
+                            Claim::Layout(found)
+                        }
+                    }
+                };
+                Ok::<_, etcd_client::Error>((store, claim))
             };
             let last = match tokio::time::timeout(options.request_timeout, attempt).await {
-                Ok(Ok((store, found))) => {
-                    if found != LAYOUT.as_bytes() {
+                Ok(Ok((store, claim))) => match claim {
+                    Claim::Ours => return Ok(Arc::new(store)),
+                    Claim::Layout(found) => {
                         return Err(EtcdStoreError::Layout {
                             prefix: options.prefix.clone(),
                             found: String::from_utf8_lossy(&found).into_owned(),
                             expected: LAYOUT,
-                        });
+                        })
                     }
-                    return Ok(Arc::new(store));
-                }
+                    Claim::Nested(other) => {
+                        return Err(EtcdStoreError::Nested {
+                            prefix: options.prefix.clone(),
+                            other,
+                        })
+                    }
+                },
                 Ok(Err(e)) if !unreachable(&e) => {
                     return Err(EtcdStoreError::Refused {
                         endpoints: endpoints.to_string(),
@@ -387,6 +423,59 @@ impl EtcdStore {
             }
         }
         Ok(Vec::new())
+    }
+
+    /// Another installation's prefix that `prefix` lies in (a layout marker
+    /// at one of its parent paths) or that lies in `prefix` (a marker under
+    /// it besides its own), if any.
+    async fn nested_with(&self, prefix: &str) -> Result<Option<String>, etcd_client::Error> {
+        let mut kv = self.client.kv_client();
+        let parents: Vec<&str> = prefix
+            .char_indices()
+            .filter(|&(i, c)| c == '/' && i + 1 < prefix.len())
+            .map(|(i, _)| &prefix[..=i])
+            .collect();
+        for parent in parents {
+            let marker = format!("{parent}layout");
+            match kv.get(marker, None).await {
+                Ok(found) if !found.kvs().is_empty() => return Ok(Some(parent.to_string())),
+                Ok(_) => {}
+                // A user whose role holds only its own prefix cannot look
+                // outside it; the operator who scoped the role drew the line.
+                Err(etcd_client::Error::GRpcStatus(s))
+                    if s.code() == tonic::Code::PermissionDenied => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Markers inside: every key under the prefix, keys only, in pages.
+        let own = format!("{prefix}layout");
+        let end = prefix_end(prefix.as_bytes());
+        let mut from = prefix.as_bytes().to_vec();
+        loop {
+            let options = GetOptions::new()
+                .with_range(end.clone())
+                .with_keys_only()
+                .with_limit(i64::try_from(RANGE_PAGE).unwrap_or(i64::MAX));
+            let resp = kv.get(from.clone(), Some(options)).await?;
+            for found in resp.kvs() {
+                let key = found.key();
+                if key.ends_with(b"/layout") && key != own.as_bytes() {
+                    let value = kv.get(key.to_vec(), None).await?;
+                    let marker = value.kvs().first().map(|kv| kv.value());
+                    if marker.is_some_and(|v| v.starts_with(b"weft-store-")) {
+                        let other = &key[..key.len() - "layout".len()];
+                        return Ok(Some(String::from_utf8_lossy(other).into_owned()));
+                    }
+                }
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(None),
+            }
+        }
     }
 
     fn key(&self, key: &str) -> Vec<u8> {

@@ -629,3 +629,35 @@ async fn a_range_larger_than_one_grpc_message_reads_whole_at_one_revision() {
     assert_eq!(ranges[0].kvs.len(), 1200);
     assert_eq!(ranges[0].kvs[0].value, Bytes::from("v"));
 }
+
+/// Two installations whose prefixes nest would read each other's keys as
+/// their own data: the second to start is refused, whichever is inside, and
+/// writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_inside_or_around_another_installation_is_refused() {
+    let cluster = EtcdCluster::start(3).await;
+    let outer = cluster.store("/outer/").await;
+    commit(&*outer, vec![put("res/shop/mesh", "outer")]).await;
+    let revision = outer.revision().await.unwrap();
+
+    let inside = EtcdStore::connect(cluster.options("/outer/kv/inner/")).await;
+    match inside {
+        Err(EtcdStoreError::Nested { prefix, other }) => {
+            assert_eq!(
+                (prefix.as_str(), other.as_str()),
+                ("/outer/kv/inner/", "/outer/")
+            );
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a prefix inside another installation's was accepted"),
+    }
+    let around = EtcdStore::connect(cluster.options("/")).await;
+    assert!(
+        matches!(&around, Err(EtcdStoreError::Nested { other, .. }) if other == "/outer/"),
+        "{:?}",
+        around.err()
+    );
+    assert_eq!(outer.revision().await.unwrap(), revision, "nothing written");
+    // A sibling whose name starts alike is not nested.
+    cluster.store("/outer-2/").await;
+}
