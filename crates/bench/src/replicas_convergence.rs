@@ -3,7 +3,9 @@
 //! real 3-member etcd cluster on this machine with the proxies spread over them and the writes
 //! made through one; both figures and their ratio (goal of issue 22: the replicas' p99 within
 //! 1.5× of the embedded store's). The same convergence counted from the write's sending (so
-//! with the write's own time in it) is printed beside, with its ratio.
+//! with the write's own time in it) is printed beside, with its ratio, and beside that the
+//! machine's bound on it: each store's own commit latency, one write at a time with no Weft in
+//! between (see [`commit_latency`]).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -11,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use weft_store::{Compare, EmbeddedOptions, EmbeddedStore, Op, Store, Txn, TxnOutcome};
 use weft_store_etcd::testing::EtcdCluster;
 
 use crate::ads::{AdsProtocol, Fleet, ProxySpec};
@@ -25,6 +28,14 @@ const MESH: &str = "scale";
 /// The goal of issue 22: the replicas' p99 at most this many times the embedded store's.
 const GOAL_RATIO: f64 = 1.5;
 
+/// Value size of the bare commits: about a route record as the API stores it, so that the
+/// bound writes what an UpdateRoute writes.
+const RECORD_BYTES: usize = 1024;
+
+/// Bare commits made before the counted ones: the setups' writes come after the mesh's
+/// creation, on a store and a connection already in use.
+const COMMIT_WARMUP: usize = 10;
+
 /// Flags of `weft-bench replicas-convergence`.
 #[derive(clap::Args)]
 pub struct ReplicasConvergenceArgs {
@@ -37,6 +48,9 @@ pub struct ReplicasConvergenceArgs {
     /// Route changes measured in each setup.
     #[arg(long, default_value_t = 20)]
     pub changes: usize,
+    /// Bare commits timed on each store after its setup (the machine's bound).
+    #[arg(long, default_value_t = 200)]
+    pub commits: usize,
     /// ADS variant the proxies speak.
     #[arg(long, value_enum, default_value_t = AdsProtocol::Delta)]
     pub protocol: AdsProtocol,
@@ -94,8 +108,8 @@ fn ratio(other: Duration, base: Duration) -> f64 {
 
 /// Runs both setups and prints their figures and the verdict.
 pub async fn run(args: ReplicasConvergenceArgs) -> Result<()> {
-    if args.replicas == 0 || args.changes == 0 || args.proxies == 0 {
-        bail!("--replicas, --changes and --proxies must be positive");
+    if args.replicas == 0 || args.changes == 0 || args.proxies == 0 || args.commits == 0 {
+        bail!("--replicas, --changes, --proxies and --commits must be positive");
     }
     if args.nodes == 0 || args.services == 0 || args.backends == 0 {
         bail!("--nodes, --services and --backends must be positive");
@@ -126,8 +140,16 @@ pub async fn run(args: ReplicasConvergenceArgs) -> Result<()> {
     );
     let dir = tempfile::tempdir().context("a temporary folder")?;
     let embedded = run_setup(&args, &binary, shape, dir.path(), None).await?;
+    // On the same disk as the setup's data, after its server stopped.
+    let embedded_commit = {
+        let store = EmbeddedStore::open(EmbeddedOptions::new(dir.path().join("bound"))).await?;
+        commit_latency(&*store, args.commits).await?
+    };
     let etcd = EtcdCluster::start(3).await;
     let replicas = run_setup(&args, &binary, shape, dir.path(), Some(&etcd)).await?;
+    // The replicas' cluster, after they stopped; a prefix beside theirs, not in it.
+    let etcd_commit =
+        commit_latency(&*etcd.store("/weft-bench-bound/").await, args.commits).await?;
     drop(etcd);
 
     println!();
@@ -192,6 +214,31 @@ pub async fn run(args: ReplicasConvergenceArgs) -> Result<()> {
          {sent:.2}; goal <= {GOAL_RATIO}: {}",
         if sent <= GOAL_RATIO { "met" } else { "MISSED" }
     );
+    let commit = |q| ratio(quantile(&etcd_commit, q), quantile(&embedded_commit, q));
+    let sent_p50 = ratio(
+        quantile_of(&replicas.from_sent, 0.5),
+        quantile_of(&embedded.from_sent, 0.5),
+    );
+    println!(
+        "store commit alone, one at a time ({} txns of one {RECORD_BYTES}-byte put under an \
+         absence compare, no Weft): embedded p50 {} p99 {} ms, etcd (3) p50 {} p99 {} ms; ratio \
+         etcd / embedded: p50 {:.2}, p99 {:.2}",
+        args.commits,
+        ms(quantile(&embedded_commit, 0.5)),
+        ms(quantile(&embedded_commit, 0.99)),
+        ms(quantile(&etcd_commit, 0.5)),
+        ms(quantile(&etcd_commit, 0.99)),
+        commit(0.5),
+        commit(0.99)
+    );
+    println!(
+        "from the write's sending over the commit's ratio (the machine's bound): p99 {sent:.2} / \
+         {:.2} = {:.2}; p50 {sent_p50:.2} / {:.2} = {:.2}",
+        commit(0.99),
+        sent / commit(0.99),
+        commit(0.5),
+        sent_p50 / commit(0.5)
+    );
     println!(
         "Convergence per change: from the UpdateRoute's answer (client-side clock) to the last \
          ACK of any proxy that received something from it; proxy p50/p99 pool every such proxy's \
@@ -202,6 +249,34 @@ pub async fn run(args: ReplicasConvergenceArgs) -> Result<()> {
         shape.backends, args.streams_per_connection, args.replicas
     );
     Ok(())
+}
+
+/// The store's own commit latency, sorted: `count` transactions made one after another, each
+/// one put of a fresh key under an absence compare, with no Weft in between. An UpdateRoute
+/// cannot answer before one such durable commit: on the embedded store one fsync, on etcd a Raft
+/// commit (the leader's and a follower's fsync on this machine's one disk, and the round trips
+/// between them), so the ratio of the two bounds the convergence ratio counted from the sending.
+async fn commit_latency(store: &dyn Store, count: usize) -> Result<Vec<Duration>> {
+    let value = bytes::Bytes::from(vec![b'x'; RECORD_BYTES]);
+    let mut latencies = Vec::with_capacity(count);
+    for i in 0..COMMIT_WARMUP + count {
+        let key = format!("commit/{i}");
+        let txn = Txn {
+            compares: vec![Compare::Absent(key.clone())],
+            ops: vec![Op::Put(key, value.clone())],
+        };
+        let started = Instant::now();
+        let outcome = store.txn(txn).await?;
+        let took = started.elapsed();
+        if !matches!(outcome, TxnOutcome::Committed(_)) {
+            bail!("a bare commit of a fresh key was refused: {outcome:?}");
+        }
+        if i >= COMMIT_WARMUP {
+            latencies.push(took);
+        }
+    }
+    latencies.sort_unstable();
+    Ok(latencies)
 }
 
 /// One setup: `etcd` absent = 1 replica on its embedded store, else `args.replicas` replicas on
