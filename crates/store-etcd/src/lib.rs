@@ -703,6 +703,22 @@ impl EtcdStore {
 }
 
 impl Link {
+    /// One etcd transaction through [`Link::call`].
+    async fn txn(
+        &self,
+        client: &Client,
+        what: &str,
+        resend: Resend,
+        request: EtcdTxn,
+    ) -> Result<etcd_client::TxnResponse, StoreError> {
+        self.call(what, resend, || {
+            let mut kv = client.kv_client();
+            let request = request.clone();
+            async move { kv.txn(request).await }
+        })
+        .await
+    }
+
     /// Runs one request within the request timeout, sending it again (to
     /// another member, as the client balances) after the failures `resend`
     /// allows; turns failures into [`StoreError::Unavailable`] and keeps
@@ -847,11 +863,7 @@ impl Committer {
         let request = EtcdTxn::new().when(compares).and_then(ops);
         let resp = self
             .link
-            .call("a transaction", Resend::NotSent, || {
-                let mut kv = self.client.kv_client();
-                let request = request.clone();
-                async move { kv.txn(request).await }
-            })
+            .txn(&self.client, "a transaction", Resend::NotSent, request)
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         Ok(if resp.succeeded() {
@@ -977,11 +989,8 @@ impl Store for EtcdStore {
             .collect();
         let request = EtcdTxn::new().and_then(gets);
         let resp = self
-            .call("reading ahead", Resend::Unreachable, || {
-                let mut kv = self.client.kv_client();
-                let request = request.clone();
-                async move { kv.txn(request).await }
-            })
+            .link
+            .txn(&self.client, "reading ahead", Resend::Unreachable, request)
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         let mut kvs = std::collections::HashMap::with_capacity(keys.len());

@@ -1,6 +1,8 @@
 //! The create, describe, update, delete and list operations of every kind
 //! of resource, and the store reads they share.
 
+use std::ops::ControlFlow;
+
 use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -27,6 +29,24 @@ use crate::error::ApiError;
 pub(super) const MAX_ATTEMPTS: usize = 64;
 /// Default and maximum page size of List operations.
 const DEFAULT_LIMIT: usize = 100;
+
+/// What a write does after one attempt decided from `ahead`: answer, or
+/// try again from a linearizable read.
+fn settle(
+    outcome: Result<Option<Output>, ApiError>,
+    ahead: &ReadAhead,
+) -> ControlFlow<Result<Output, ApiError>> {
+    match outcome {
+        Ok(Some(out)) => ControlFlow::Break(Ok(out)),
+        // Lost a race: decided again, from reads that cannot lag behind the
+        // write it lost to.
+        Ok(None) => ControlFlow::Continue(()),
+        // An answer must not rest on a read that may have missed a write
+        // acknowledged elsewhere.
+        Err(e) if ahead.may_be_stale() && e.rests_on_reads() => ControlFlow::Continue(()),
+        Err(e) => ControlFlow::Break(Err(e)),
+    }
+}
 
 /// The page size an input asks for, else `default`.
 pub(super) fn page_limit(input: &Value, default: usize) -> usize {
@@ -264,17 +284,10 @@ impl Service {
                 }
                 Ok(None)
             };
-            match attempt.await {
-                Ok(Some(out)) => return Ok(out),
-                // Lost a race: decided again, from reads that cannot lag
-                // behind the write it lost to.
-                Ok(None) => fresh = true,
-                // An answer must not rest on a read that may have missed a
-                // write acknowledged elsewhere: decided again from a
-                // linearizable read first.
-                Err(e) if ahead.may_be_stale() && e.rests_on_reads() => fresh = true,
-                Err(e) => return Err(e),
+            if let ControlFlow::Break(answer) = settle(attempt.await, &ahead) {
+                return answer;
             }
+            fresh = true;
         }
         Err(Self::contention(id))
     }
@@ -411,17 +424,10 @@ impl Service {
                 }
                 Ok(None)
             };
-            match attempt.await {
-                Ok(Some(out)) => return Ok(out),
-                // Lost a race: decided again, from reads that cannot lag
-                // behind the write it lost to.
-                Ok(None) => fresh = true,
-                // An answer must not rest on a read that may have missed a
-                // write acknowledged elsewhere: decided again from a
-                // linearizable read first.
-                Err(e) if ahead.may_be_stale() && e.rests_on_reads() => fresh = true,
-                Err(e) => return Err(e),
+            if let ControlFlow::Break(answer) = settle(attempt.await, &ahead) {
+                return answer;
             }
+            fresh = true;
         }
         Err(Self::contention(id))
     }
