@@ -20,7 +20,8 @@ use super::records::{
 };
 use super::tokens::{Fingerprint, Replay};
 use super::validate::{
-    check_weft_tags, gateway_route_targets, parse_spec, route_targets, str_member, tags_from_input,
+    check_weft_tags, gateway_route_targets, parse_spec, route_targets, spec_references, str_member,
+    tags_from_input,
 };
 use super::{now, Output, Service};
 use crate::error::ApiError;
@@ -118,13 +119,14 @@ impl Service {
 
     /// Reads ahead of a write's turn (see [`weft_store::Store::read_ahead`])
     /// what it reads in its turn: the mesh's guard, the resource, its mesh
-    /// and parent, and its `clientToken`'s record.
+    /// and parent, its `clientToken`'s record and what its spec refers to.
     /// `fresh`: linearizable, for a write about to answer an error (see
     /// [`weft_store::Store::read_ahead`]).
     pub(super) async fn read_ahead(
         &self,
         id: &ResourceId,
         token: Option<String>,
+        references: &[ResourceId],
         fresh: bool,
     ) -> Result<ReadAhead, ApiError> {
         let mut keys = vec![keys::guard(&id.mesh), keys::resource(id)];
@@ -137,6 +139,7 @@ impl Service {
             keys.push(keys::resource(&parent));
         }
         keys.extend(token);
+        keys.extend(references.iter().map(keys::resource));
         Ok(self.store.read_ahead(&keys, fresh).await?)
     }
 
@@ -154,7 +157,11 @@ impl Service {
     }
 
     /// [`Service::require`], from what was read ahead of the write's turn.
-    async fn require_ahead(&self, id: &ResourceId, ahead: &ReadAhead) -> Result<(), ApiError> {
+    pub(super) async fn require_ahead(
+        &self,
+        id: &ResourceId,
+        ahead: &ReadAhead,
+    ) -> Result<(), ApiError> {
         if self.exists(id, ahead).await? {
             Ok(())
         } else {
@@ -205,9 +212,12 @@ impl Service {
         let record = record_bytes(&data, &tags);
         let token_op = self.token_op(op, token, &request, &metadata, None)?;
         let token_key = token.map(|t| keys::token(op, t));
+        let references = spec_references(id, spec);
         let mut fresh = false;
         for _ in 0..MAX_ATTEMPTS {
-            let ahead = self.read_ahead(id, token_key.clone(), fresh).await?;
+            let ahead = self
+                .read_ahead(id, token_key.clone(), &references, fresh)
+                .await?;
             let attempt = async {
                 let turn = self.lock_mesh(&id.mesh).await;
                 let guard = self.guard(&id.mesh, &ahead).await?;
@@ -262,7 +272,7 @@ impl Service {
                         }
                     )));
                 }
-                self.check_spec(id, spec).await?;
+                self.check_spec(id, spec, &ahead).await?;
                 let mut counts = guard.counts;
                 if id.kind != Kind::Mesh {
                     *counts.of_mut(id.kind) += 1;
@@ -345,9 +355,14 @@ impl Service {
         let member = id.kind.payload_member();
         let key = keys::resource(id);
         let token_key = token.map(|t| keys::token(op, t));
+        // An update without a spec keeps the stored one, whose references
+        // are checked in the turn.
+        let references = new_spec.map_or_else(Vec::new, |s| spec_references(id, s));
         let mut fresh = false;
         for _ in 0..MAX_ATTEMPTS {
-            let ahead = self.read_ahead(id, token_key.clone(), fresh).await?;
+            let ahead = self
+                .read_ahead(id, token_key.clone(), &references, fresh)
+                .await?;
             let attempt = async {
                 let turn = self.lock_mesh(&id.mesh).await;
                 let guard = self.guard(&id.mesh, &ahead).await?;
@@ -386,7 +401,7 @@ impl Service {
                     (None, Some(new)) => new,
                     (None, None) => &empty,
                 };
-                self.check_spec(id, spec).await?;
+                self.check_spec(id, spec, &ahead).await?;
                 let metadata = match stored.data.get("metadata") {
                     Some(raw) if raw.get().starts_with('{') => {
                         let meta: RawMembers =
@@ -543,7 +558,7 @@ impl Service {
     pub(super) async fn delete(&self, id: &ResourceId) -> Result<Value, ApiError> {
         let key = keys::resource(id);
         for _ in 0..MAX_ATTEMPTS {
-            let ahead = self.read_ahead(id, None, true).await?;
+            let ahead = self.read_ahead(id, None, &[], true).await?;
             let turn = self.lock_mesh(&id.mesh).await;
             let guard = self.guard(&id.mesh, &ahead).await?;
             let Some((mut record, kv)) = self.load(id, &ahead).await? else {
@@ -799,6 +814,37 @@ mod tests {
             .call("CreateVirtualNode", node("nowhere", "web"))
             .await;
         assert!(matches!(missing, Err(ApiError::NotFound(_))), "{missing:?}");
+    }
+
+    #[tokio::test]
+    async fn a_route_target_the_lagging_read_does_not_show_yet_is_found_and_a_missing_one_is_not() {
+        let (_dir, replica, service) = lagging_service().await;
+        service
+            .call("CreateMesh", json!({"meshName": "apps"}))
+            .await
+            .unwrap();
+        let router = json!({"meshName": "apps", "virtualRouterName": "r", "spec": {
+            "listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}]}});
+        service.call("CreateVirtualRouter", router).await.unwrap();
+        replica.freeze().await;
+        service
+            .call("CreateVirtualNode", node("apps", "web"))
+            .await
+            .unwrap();
+        let route = |name: &str, target: &str| {
+            json!({"meshName": "apps", "virtualRouterName": "r", "routeName": name, "spec": {
+                "httpRoute": {"match": {"prefix": "/"}, "action": {
+                    "weightedTargets": [{"virtualNode": target, "weight": 1}]}}}})
+        };
+        let to_web = service.call("CreateRoute", route("to-web", "web")).await;
+        assert!(to_web.is_ok(), "{to_web:?}");
+        let to_ghost = service
+            .call("CreateRoute", route("to-ghost", "ghost"))
+            .await;
+        assert!(
+            matches!(to_ghost, Err(ApiError::NotFound(_))),
+            "{to_ghost:?}"
+        );
     }
 
     #[tokio::test]

@@ -63,7 +63,7 @@ impl Service {
         let id = self.resource_from_arn(input)?;
         let key = keys::resource(&id);
         for _ in 0..MAX_ATTEMPTS {
-            let ahead = self.read_ahead(&id, None, true).await?;
+            let ahead = self.read_ahead(&id, None, &[], true).await?;
             let turn = self.lock_mesh(&id.mesh).await;
             let guard = self.guard(&id.mesh, &ahead).await?;
             let Some((mut record, kv)) = self.load(&id, &ahead).await? else {

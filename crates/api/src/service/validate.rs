@@ -10,6 +10,7 @@ use weft_model::shapes::{
     GatewayRouteSpec, RouteSpec, TagRef, VirtualServiceProvider, VirtualServiceSpec,
 };
 use weft_model::Arn;
+use weft_store::ReadAhead;
 
 use super::Service;
 use crate::error::ApiError;
@@ -302,56 +303,75 @@ impl Service {
         }
     }
 
-    /// Checks what a spec refers to and the per-spec quotas.
-    pub(super) async fn check_spec(&self, id: &ResourceId, spec: &Value) -> Result<(), ApiError> {
+    /// Checks the per-spec quotas and that what the spec refers to exists
+    /// (read from `ahead` where it was read ahead).
+    pub(super) async fn check_spec(
+        &self,
+        id: &ResourceId,
+        spec: &Value,
+        ahead: &ReadAhead,
+    ) -> Result<(), ApiError> {
         match id.kind {
             Kind::VirtualService => {
-                let spec: VirtualServiceSpec = parse_spec(spec)?;
-                match &spec.provider {
-                    Some(VirtualServiceProvider::VirtualNode(p)) => {
-                        self.require(&ResourceId::in_mesh(
-                            Kind::VirtualNode,
-                            &id.mesh,
-                            &p.virtual_node_name,
-                        ))
-                        .await
-                    }
-                    Some(VirtualServiceProvider::VirtualRouter(p)) => {
-                        self.require(&ResourceId::in_mesh(
-                            Kind::VirtualRouter,
-                            &id.mesh,
-                            &p.virtual_router_name,
-                        ))
-                        .await
-                    }
-                    None => Ok(()),
-                }
+                let _: VirtualServiceSpec = parse_spec(spec)?;
             }
             Kind::Route => {
                 let spec: RouteSpec = parse_spec(spec)?;
                 check_route(&spec, self.config.quotas.weighted_targets_per_route)?;
-                for node in route_targets(&spec) {
-                    self.require(&ResourceId::in_mesh(Kind::VirtualNode, &id.mesh, node))
-                        .await?;
-                }
-                Ok(())
             }
             Kind::GatewayRoute => {
                 let spec: GatewayRouteSpec = parse_spec(spec)?;
                 check_gateway_route(&spec)?;
-                for service in gateway_route_targets(&spec) {
-                    self.require(&ResourceId::in_mesh(
-                        Kind::VirtualService,
-                        &id.mesh,
-                        service,
-                    ))
-                    .await?;
-                }
-                Ok(())
             }
-            Kind::VirtualNode => check_backends(spec, self.config.quotas.backends_per_virtual_node),
-            Kind::Mesh | Kind::VirtualRouter | Kind::VirtualGateway => Ok(()),
+            Kind::VirtualNode => {
+                check_backends(spec, self.config.quotas.backends_per_virtual_node)?;
+            }
+            Kind::Mesh | Kind::VirtualRouter | Kind::VirtualGateway => {}
         }
+        for target in spec_references(id, spec) {
+            self.require_ahead(&target, ahead).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The resources a spec of `id`'s kind refers to and that must exist: a
+/// virtual service's provider, a route's target nodes, a gateway route's
+/// target services. Nothing for a spec that does not parse (which
+/// [`Service::check_spec`] refuses).
+pub(super) fn spec_references(id: &ResourceId, spec: &Value) -> Vec<ResourceId> {
+    let mesh = &id.mesh;
+    match id.kind {
+        Kind::VirtualService => match parse_spec::<VirtualServiceSpec>(spec).map(|s| s.provider) {
+            Ok(Some(VirtualServiceProvider::VirtualNode(p))) => {
+                vec![ResourceId::in_mesh(
+                    Kind::VirtualNode,
+                    mesh,
+                    &p.virtual_node_name,
+                )]
+            }
+            Ok(Some(VirtualServiceProvider::VirtualRouter(p))) => vec![ResourceId::in_mesh(
+                Kind::VirtualRouter,
+                mesh,
+                &p.virtual_router_name,
+            )],
+            _ => Vec::new(),
+        },
+        Kind::Route => match parse_spec::<RouteSpec>(spec) {
+            Ok(spec) => route_targets(&spec)
+                .into_iter()
+                .map(|node| ResourceId::in_mesh(Kind::VirtualNode, mesh, node))
+                .collect(),
+            Err(_) => Vec::new(),
+        },
+        Kind::GatewayRoute => match parse_spec::<GatewayRouteSpec>(spec) {
+            Ok(spec) => gateway_route_targets(&spec)
+                .into_iter()
+                .map(|service| ResourceId::in_mesh(Kind::VirtualService, mesh, service))
+                .collect(),
+            Err(_) => Vec::new(),
+        },
+        _ => Vec::new(),
     }
 }
 
