@@ -156,7 +156,9 @@ impl EtcdOptions {
     }
 }
 
-/// The [`Store`] backend over etcd.
+/// The [`Store`] backend over etcd. A clone shares the connection and the
+/// group-commit state (the task that sends batches holds one).
+#[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
     /// `<prefix>kv/`: what every data key starts with.
@@ -531,7 +533,7 @@ impl EtcdStore {
                     send,
                 } => {
                     if let Some(batch) = send {
-                        tokio::spawn(self.committer().run(batch));
+                        tokio::spawn(self.clone().commit_batches(batch));
                     }
                     return Ok(Some((provisional, settled)));
                 }
@@ -552,15 +554,87 @@ impl EtcdStore {
         ))
     }
 
-    fn committer(&self) -> Committer {
-        Committer {
-            client: self.client.clone(),
-            data: self.data.clone(),
-            link: self.link.clone(),
-            pipeline: self.pipeline.clone(),
-            progress: self.progress.clone(),
-            room: self.room.clone(),
+    /// Sends batches, one at a time, until none is pending: what a write
+    /// that finds no batch in flight spawns (on a clone of the store).
+    async fn commit_batches(self, mut batch: Batch) {
+        loop {
+            let outcome = self.send(&batch).await;
+            let (next, progress) = {
+                let mut pipeline = self.lock_pipeline();
+                let next = pipeline.complete(batch, outcome, std::time::Instant::now());
+                (next, pipeline.completed())
+            };
+            self.progress.send_replace(progress);
+            self.room.notify_waiters();
+            match next {
+                Some(b) => batch = b,
+                None => return,
+            }
         }
+    }
+
+    /// One etcd transaction: the batch's compares, then its ops.
+    async fn send(&self, batch: &Batch) -> Result<TxnOutcome, StoreError> {
+        self.send_parts(batch.compares.iter(), batch.ops.iter())
+            .await
+    }
+
+    /// One etcd transaction of these compares and ops, in this order.
+    async fn send_parts<'a>(
+        &self,
+        expected: impl Iterator<Item = (&'a String, &'a Expect)>,
+        writes: impl Iterator<Item = &'a (String, Option<Bytes>)>,
+    ) -> Result<TxnOutcome, StoreError> {
+        let mut compares = Vec::new();
+        for (key, expect) in expected {
+            match expect {
+                // A missing key compares as create revision 0
+                // (https://etcd.io/docs/v3.4/learning/api/#transaction).
+                Expect::Absent => compares.push(EtcdCompare::create_revision(
+                    self.key(key),
+                    CompareOp::Equal,
+                    0,
+                )),
+                Expect::ModRevision(revision) => {
+                    compares.push(EtcdCompare::mod_revision(
+                        self.key(key),
+                        CompareOp::Equal,
+                        *revision,
+                    ));
+                    if *revision <= 0 {
+                        // "The key exists": a missing key's mod revision is 0 too.
+                        compares.push(EtcdCompare::version(self.key(key), CompareOp::Greater, 0));
+                    }
+                }
+            }
+        }
+        let mut ops: Vec<TxnOp> = writes
+            .map(|(key, value)| match value {
+                Some(value) => TxnOp::put(self.key(key), value.to_vec(), None),
+                None => TxnOp::delete(self.key(key), None),
+            })
+            .collect();
+        if ops.is_empty() {
+            // etcd 3.4 serves a transaction without ops as a serializable read
+            // (its `isTxnSerializable` holds for no ops at all), which may
+            // answer from a member behind the leader; a linearizable read op
+            // makes it linearizable like every other read.
+            ops.push(TxnOp::get(
+                self.data.clone(),
+                Some(GetOptions::new().with_count_only()),
+            ));
+        }
+        let request = EtcdTxn::new().when(compares).and_then(ops);
+        let resp = self
+            .link
+            .txn(&self.client, "a transaction", Resend::NotSent, request)
+            .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        Ok(if resp.succeeded() {
+            TxnOutcome::Committed(revision)
+        } else {
+            TxnOutcome::Conflict(revision)
+        })
     }
 
     /// The current revision, from the cheapest linearizable read.
@@ -772,106 +846,6 @@ impl Link {
 /// shutting down).
 fn stopped() -> StoreError {
     StoreError::Unavailable("the etcd backend stopped before the write was applied".into())
-}
-
-/// Sends batches, one at a time, until none is pending.
-struct Committer {
-    client: Client,
-    data: Vec<u8>,
-    link: Link,
-    pipeline: Arc<Mutex<Pipeline>>,
-    progress: Arc<watch::Sender<(u64, u64)>>,
-    room: Arc<Notify>,
-}
-
-impl Committer {
-    async fn run(self, mut batch: Batch) {
-        loop {
-            let outcome = self.send(&batch).await;
-            let (next, progress) = {
-                let mut pipeline = self.pipeline.lock().unwrap_or_else(PoisonError::into_inner);
-                let next = pipeline.complete(batch, outcome, std::time::Instant::now());
-                (next, pipeline.completed())
-            };
-            self.progress.send_replace(progress);
-            self.room.notify_waiters();
-            match next {
-                Some(b) => batch = b,
-                None => return,
-            }
-        }
-    }
-
-    fn key(&self, key: &str) -> Vec<u8> {
-        let mut k = Vec::with_capacity(self.data.len() + key.len());
-        k.extend_from_slice(&self.data);
-        k.extend_from_slice(key.as_bytes());
-        k
-    }
-
-    /// One etcd transaction: the batch's compares, then its ops.
-    async fn send(&self, batch: &Batch) -> Result<TxnOutcome, StoreError> {
-        self.send_parts(batch.compares.iter(), batch.ops.iter())
-            .await
-    }
-
-    /// One etcd transaction of these compares and ops, in this order.
-    async fn send_parts<'a>(
-        &self,
-        expected: impl Iterator<Item = (&'a String, &'a Expect)>,
-        writes: impl Iterator<Item = &'a (String, Option<Bytes>)>,
-    ) -> Result<TxnOutcome, StoreError> {
-        let mut compares = Vec::new();
-        for (key, expect) in expected {
-            match expect {
-                // A missing key compares as create revision 0
-                // (https://etcd.io/docs/v3.4/learning/api/#transaction).
-                Expect::Absent => compares.push(EtcdCompare::create_revision(
-                    self.key(key),
-                    CompareOp::Equal,
-                    0,
-                )),
-                Expect::ModRevision(revision) => {
-                    compares.push(EtcdCompare::mod_revision(
-                        self.key(key),
-                        CompareOp::Equal,
-                        *revision,
-                    ));
-                    if *revision <= 0 {
-                        // "The key exists": a missing key's mod revision is 0 too.
-                        compares.push(EtcdCompare::version(self.key(key), CompareOp::Greater, 0));
-                    }
-                }
-            }
-        }
-        let mut ops: Vec<TxnOp> = writes
-            .map(|(key, value)| match value {
-                Some(value) => TxnOp::put(self.key(key), value.to_vec(), None),
-                None => TxnOp::delete(self.key(key), None),
-            })
-            .collect();
-        if ops.is_empty() {
-            // etcd 3.4 serves a transaction without ops as a serializable read
-            // (its `isTxnSerializable` holds for no ops at all), which may
-            // answer from a member behind the leader; a linearizable read op
-            // makes it linearizable like every other read.
-            ops.push(TxnOp::get(
-                self.data.clone(),
-                Some(GetOptions::new().with_count_only()),
-            ));
-        }
-        let request = EtcdTxn::new().when(compares).and_then(ops);
-        let resp = self
-            .link
-            .txn(&self.client, "a transaction", Resend::NotSent, request)
-            .await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        Ok(if resp.succeeded() {
-            TxnOutcome::Committed(revision)
-        } else {
-            TxnOutcome::Conflict(revision)
-        })
-    }
 }
 
 /// The store at one revision: etcd keeps every revision since the last
@@ -1111,8 +1085,7 @@ impl Store for EtcdStore {
                 Op::Delete(key) => (key, None),
             })
             .collect();
-        self.committer()
-            .send_parts(compares.iter().map(|(k, e)| (k, e)), ops.iter())
+        self.send_parts(compares.iter().map(|(k, e)| (k, e)), ops.iter())
             .await
     }
 
