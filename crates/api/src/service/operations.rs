@@ -13,7 +13,7 @@ use weft_model::Arn;
 use weft_model::StoredRecord as Record;
 use weft_store::{Compare, KeyValue, Op, Range, ReadAhead};
 
-use super::guard::MeshCounts;
+use super::guard::{Guard, MeshCounts};
 use super::records::{
     data_bytes, decode_record, json_bytes, record_bytes, stored_data, updated_metadata,
     with_members, write_json, write_object, write_reference, Listed, RawMembers, StoredParts,
@@ -30,6 +30,19 @@ use crate::error::ApiError;
 pub(super) const MAX_ATTEMPTS: usize = 64;
 /// Default and maximum page size of List operations.
 const DEFAULT_LIMIT: usize = 100;
+
+/// A write's turn in its mesh, or the answer its `clientToken` replays.
+enum Turn<'a> {
+    /// The token's earlier answer, durable: no turn taken.
+    Replayed(Output),
+    /// The turn, the mesh's guard, and the compare the token's record is
+    /// written under.
+    Open {
+        turn: tokio::sync::MutexGuard<'a, ()>,
+        guard: Guard,
+        token_compare: Option<Compare>,
+    },
+}
 
 /// What a write does after one attempt decided from `ahead`: answer, or
 /// try again from a linearizable read.
@@ -219,18 +232,16 @@ impl Service {
                 .read_ahead(id, token_key.clone(), &references, fresh)
                 .await?;
             let attempt = async {
-                let turn = self.lock_mesh(&id.mesh).await;
-                let guard = self.guard(&id.mesh, &ahead).await?;
-                let token_compare = match self
-                    .replay(op, token, &request, id, Some(&spec_json), &ahead)
+                let (turn, guard, token_compare) = match self
+                    .open_turn(op, token, &request, id, Some(&spec_json), &ahead)
                     .await?
                 {
-                    Replay::Answer(out) => {
-                        drop(turn);
-                        self.store.sync().await?;
-                        return Ok(Some(out));
-                    }
-                    Replay::Fresh(compare) => compare,
+                    Turn::Replayed(out) => return Ok(Some(out)),
+                    Turn::Open {
+                        turn,
+                        guard,
+                        token_compare,
+                    } => (turn, guard, token_compare),
                 };
                 if id.kind != Kind::Mesh {
                     self.require_ahead(&ResourceId::mesh(&id.mesh), &ahead)
@@ -302,6 +313,33 @@ impl Service {
         Err(Self::contention(id))
     }
 
+    /// Takes the turn of `id`'s mesh and reads its guard, unless the request's
+    /// `clientToken` already has an answer, which is then replayed.
+    async fn open_turn(
+        &self,
+        op: &str,
+        token: Option<&str>,
+        request: &Fingerprint,
+        id: &ResourceId,
+        spec: Option<&[u8]>,
+        ahead: &ReadAhead,
+    ) -> Result<Turn<'_>, ApiError> {
+        let turn = self.lock_mesh(&id.mesh).await;
+        let guard = self.guard(&id.mesh, ahead).await?;
+        match self.replay(op, token, request, id, spec, ahead).await? {
+            Replay::Answer(out) => {
+                drop(turn);
+                self.store.sync().await?;
+                Ok(Turn::Replayed(out))
+            }
+            Replay::Fresh(token_compare) => Ok(Turn::Open {
+                turn,
+                guard,
+                token_compare,
+            }),
+        }
+    }
+
     /// The `…Data` shape of a resource created now with spec `spec_json`,
     /// and its `metadata` member.
     fn new_data(&self, id: &ResourceId, spec_json: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ApiError> {
@@ -364,18 +402,16 @@ impl Service {
                 .read_ahead(id, token_key.clone(), &references, fresh)
                 .await?;
             let attempt = async {
-                let turn = self.lock_mesh(&id.mesh).await;
-                let guard = self.guard(&id.mesh, &ahead).await?;
-                let token_compare = match self
-                    .replay(op, token, &request, id, new_spec_json.as_deref(), &ahead)
+                let (turn, guard, token_compare) = match self
+                    .open_turn(op, token, &request, id, new_spec_json.as_deref(), &ahead)
                     .await?
                 {
-                    Replay::Answer(out) => {
-                        drop(turn);
-                        self.store.sync().await?;
-                        return Ok(Some(out));
-                    }
-                    Replay::Fresh(compare) => compare,
+                    Turn::Replayed(out) => return Ok(Some(out)),
+                    Turn::Open {
+                        turn,
+                        guard,
+                        token_compare,
+                    } => (turn, guard, token_compare),
                 };
                 let Some(kv) = self.store.get_latest_ahead(&key, &ahead).await? else {
                     return Err(ApiError::NotFound(format!("{} not found", id.describe())));
