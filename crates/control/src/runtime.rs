@@ -786,15 +786,22 @@ mod tests {
         ]
     }
 
-    #[tokio::test]
-    async fn a_load_with_writes_between_its_reads_is_the_state_of_one_revision_and_the_feed_resumes_right_after_it(
-    ) {
+    /// An interleaving store over a fresh embedded store holding the colors
+    /// mesh with its route to `target`.
+    async fn interleaving_with_route_to(target: &str) -> (tempfile::TempDir, Arc<Interleaving>) {
         let dir = tempfile::tempdir().unwrap();
         let inner = weft_store::EmbeddedStore::open(weft_store::EmbeddedOptions::new(dir.path()))
             .await
             .unwrap();
         let store = Arc::new(Interleaving::new(inner));
-        store.inner.txn(puts(colors_records("red"))).await.unwrap();
+        store.inner.txn(puts(colors_records(target))).await.unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_load_with_writes_between_its_reads_is_the_state_of_one_revision_and_the_feed_resumes_right_after_it(
+    ) {
+        let (_dir, store) = interleaving_with_route_to("red").await;
         // The route moves to blue once the load has read the meshes and
         // before it reads their resources.
         *store.between.lock().unwrap() =
@@ -830,12 +837,7 @@ mod tests {
     #[tokio::test]
     async fn a_watch_failing_with_compacted_makes_the_runtime_reload_a_snapshot_and_watch_from_exactly_its_revision(
     ) {
-        let dir = tempfile::tempdir().unwrap();
-        let inner = weft_store::EmbeddedStore::open(weft_store::EmbeddedOptions::new(dir.path()))
-            .await
-            .unwrap();
-        let store = Arc::new(Interleaving::new(inner));
-        store.inner.txn(puts(colors_records("red"))).await.unwrap();
+        let (_dir, store) = interleaving_with_route_to("red").await;
         store
             .compacted
             .store(1, std::sync::atomic::Ordering::SeqCst);
