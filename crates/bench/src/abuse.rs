@@ -388,10 +388,7 @@ pub async fn run(args: AbuseArgs) -> Result<()> {
         );
     }
 
-    let binary = match args.weft_bin.clone() {
-        Some(b) => b,
-        None => server::default_weft_binary()?,
-    };
+    let binary = server::weft_binary(&args.weft_bin)?;
     let data = match &args.data_parent {
         Some(parent) => tempfile::Builder::new()
             .prefix("weft-bench-abuse-")

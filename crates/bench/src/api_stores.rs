@@ -41,10 +41,7 @@ pub struct ApiStoresArgs {
 
 /// Runs the phases against a server on each store and prints one row per store and phase.
 pub async fn run(args: ApiStoresArgs) -> Result<()> {
-    let binary = match &args.weft_bin {
-        Some(b) => b.clone(),
-        None => server::default_weft_binary()?,
-    };
+    let binary = server::weft_binary(&args.weft_bin)?;
     println!("weft-bench api-stores: the App Mesh API on the embedded store and on etcd");
     println!("date:    {}", machine::utc_now());
     println!("machine: {}", machine::describe());

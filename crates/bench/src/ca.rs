@@ -522,10 +522,7 @@ pub async fn run(args: CaArgs) -> Result<()> {
     if !(args.wave_window > 0.0 && args.client_rate > 0.0 && args.baseline > 0.5) {
         bail!("--wave-window and --client-rate must be positive, --baseline over 0.5 s");
     }
-    let binary = match &args.weft_bin {
-        Some(b) => b.clone(),
-        None => server::default_weft_binary()?,
-    };
+    let binary = server::weft_binary(&args.weft_bin)?;
 
     println!("weft-bench ca: Weft's certificate authority, ECDSA P-256 CSRs");
     println!("date:       {}", machine::utc_now());

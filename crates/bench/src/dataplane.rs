@@ -511,10 +511,7 @@ pub async fn run(args: DataplaneArgs) -> Result<()> {
     if !(args.rate > 0.0 && args.duration > 0.0 && args.warmup >= 0.0) {
         bail!("--rate and --duration must be positive, --warmup not negative");
     }
-    let binary = match &args.weft_bin {
-        Some(b) => b.clone(),
-        None => server::default_weft_binary()?,
-    };
+    let binary = server::weft_binary(&args.weft_bin)?;
     let hosts = match args.no_transparent {
         true => Err("--no-transparent".to_string()),
         false => lan::Hosts::create(),
@@ -941,10 +938,7 @@ pub async fn run_no_drops(args: NoDropsArgs) -> Result<()> {
     if !(args.rate > 0.0 && args.duration > 0.0) || args.interval_ms == 0 {
         bail!("--rate, --duration and --interval-ms must be positive");
     }
-    let binary = match &args.weft_bin {
-        Some(b) => b.clone(),
-        None => server::default_weft_binary()?,
-    };
+    let binary = server::weft_binary(&args.weft_bin)?;
     let names = ["red", "blue", "green"];
     let t = topology(
         &binary,

@@ -103,10 +103,7 @@ async fn rds_versions(api: &Api) -> Result<HashMap<String, Acked>> {
 
 /// Runs the benchmark and prints its table.
 pub async fn run(args: EnvoysArgs) -> Result<()> {
-    let binary = match &args.weft_bin {
-        Some(b) => b.clone(),
-        None => server::default_weft_binary()?,
-    };
+    let binary = server::weft_binary(&args.weft_bin)?;
     let available = procs::mem_available_mib().unwrap_or(0);
     let fits = (available * 8 / 10 / MIB_PER_ENVOY) as usize;
     let count = args.count.min(fits.max(1));

@@ -69,10 +69,7 @@ pub async fn run(args: FailoverArgs) -> Result<()> {
     if args.replicas < 2 {
         bail!("--replicas must be at least 2: one is killed");
     }
-    let binary = match &args.weft_bin {
-        Some(b) => b.clone(),
-        None => server::default_weft_binary()?,
-    };
+    let binary = server::weft_binary(&args.weft_bin)?;
     println!(
         "weft-bench failover: {} simulated proxies ({}) over {} replicas, {}",
         args.proxies,

@@ -201,10 +201,7 @@ async fn quiet(pid: u32) -> Result<Duration> {
 
 /// Runs `weft-bench ingest`.
 pub async fn run(args: IngestArgs) -> Result<()> {
-    let bin = match &args.weft_bin {
-        Some(b) => b.clone(),
-        None => server::default_weft_binary()?,
-    };
+    let bin = server::weft_binary(&args.weft_bin)?;
     let dir = tempfile::Builder::new()
         .prefix("weft-bench-ingest-")
         .tempdir()?;

@@ -326,10 +326,7 @@ async fn api_bench(args: ApiArgs) -> Result<()> {
              a signature is accepted for five minutes"
         );
     }
-    let binary = match &args.weft_bin {
-        Some(b) => b.clone(),
-        None => server::default_weft_binary()?,
-    };
+    let binary = server::weft_binary(&args.weft_bin)?;
     let data = match &args.data_parent {
         Some(parent) => tempfile::Builder::new()
             .prefix("weft-bench-")

@@ -114,10 +114,7 @@ pub async fn run(args: ReplicasConvergenceArgs) -> Result<()> {
     if args.nodes == 0 || args.services == 0 || args.backends == 0 {
         bail!("--nodes, --services and --backends must be positive");
     }
-    let binary = match &args.weft_bin {
-        Some(b) => b.clone(),
-        None => server::default_weft_binary()?,
-    };
+    let binary = server::weft_binary(&args.weft_bin)?;
     let shape = MeshShape {
         services: args.services,
         nodes: args.nodes,

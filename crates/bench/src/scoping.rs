@@ -79,10 +79,7 @@ pub async fn run(args: ScopingArgs) -> Result<()> {
     if args.backends == 0 || args.backends > first {
         bail!("--backends must be between 1 and the smallest size");
     }
-    let binary = match &args.weft_bin {
-        Some(b) => b.clone(),
-        None => server::default_weft_binary()?,
-    };
+    let binary = server::weft_binary(&args.weft_bin)?;
     let data = tempfile::Builder::new()
         .prefix("weft-bench-scoping-")
         .tempdir()

@@ -21,6 +21,15 @@ pub fn default_weft_binary() -> Result<PathBuf> {
     Ok(dir.join(format!("weft{}", std::env::consts::EXE_SUFFIX)))
 }
 
+/// The `weft` binary a subcommand was given (`--weft-bin`), else
+/// [`default_weft_binary`].
+pub fn weft_binary(given: &Option<PathBuf>) -> Result<PathBuf> {
+    match given {
+        Some(binary) => Ok(binary.clone()),
+        None => default_weft_binary(),
+    }
+}
+
 /// A running `weft server` child process; killed when dropped.
 pub struct Server {
     child: Child,

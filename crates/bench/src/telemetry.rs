@@ -211,10 +211,7 @@ pub async fn run(args: TelemetryArgs) -> Result<()> {
     if !(args.rate > 0.0 && args.duration > 0.0 && args.warmup >= 0.0) {
         bail!("--rate and --duration must be positive, --warmup not negative");
     }
-    let binary = match &args.weft_bin {
-        Some(b) => b.clone(),
-        None => server::default_weft_binary()?,
-    };
+    let binary = server::weft_binary(&args.weft_bin)?;
     let data = tempfile::Builder::new()
         .prefix("weft-bench-telemetry-")
         .tempdir()

@@ -95,10 +95,7 @@ pub async fn run(args: XdsScaleArgs) -> Result<()> {
     if args.proxies.is_empty() || args.nodes == 0 || args.services == 0 || args.backends == 0 {
         bail!("--proxies, --nodes, --services and --backends must be positive");
     }
-    let binary = match &args.weft_bin {
-        Some(b) => b.clone(),
-        None => server::default_weft_binary()?,
-    };
+    let binary = server::weft_binary(&args.weft_bin)?;
     let shape = MeshShape {
         services: args.services,
         nodes: args.nodes,
