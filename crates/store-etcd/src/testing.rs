@@ -27,6 +27,8 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     initial_cluster: String,
     tls: Option<ClusterTls>,
+    /// Held for the cluster's life: see [`reserve_ports`].
+    _port_locks: Vec<std::fs::File>,
 }
 
 /// PEM files for a cluster that serves its clients over TLS and asks for
@@ -51,15 +53,54 @@ struct Member {
     child: Option<Child>,
 }
 
-/// `count` distinct ports nobody listens on now (the kernel's picks for port 0), all held until
-/// every one is picked, so that no two members of one cluster are given the same port.
-fn free_ports(count: usize) -> Vec<u16> {
-    let held: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("no free loopback port"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("a bound listener's address").port())
-        .collect()
+/// Ports below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`, 32768–60999 by
+/// default): the kernel never hands these out for another test's `bind(port 0)` or outgoing
+/// connection, so a member that is stopped and started again finds its port still free. (A
+/// kernel-picked port was taken by another test while its member was down.)
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// Where the reservations of [`PORTS`] live: one lock file per port, shared by every test
+/// process on the machine.
+const PORT_LOCKS: &str = "/tmp/weft-test-ports";
+
+/// `count` distinct ports of [`PORTS`] nobody listens on now, each reserved by an exclusive lock
+/// on its file for as long as the returned files are open (the kernel drops the locks when the
+/// process dies), so that no other cluster on this machine picks them while a member is down.
+fn reserve_ports(count: usize) -> (Vec<u16>, Vec<std::fs::File>) {
+    std::fs::create_dir_all(PORT_LOCKS).unwrap();
+    // Start at a different place in each process, so that concurrent tests rarely contend.
+    let span = u32::from(PORTS.end - PORTS.start);
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+    let mut ports = Vec::with_capacity(count);
+    let mut locks = Vec::with_capacity(count);
+    for step in 0..span {
+        if ports.len() == count {
+            break;
+        }
+        let port = PORTS.start + u16::try_from((seed.wrapping_add(step)) % span).unwrap();
+        let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(format!("{PORT_LOCKS}/{port}"))
+        else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        ports.push(port);
+        locks.push(file);
+    }
+    assert_eq!(ports.len(), count, "no {count} free ports in {PORTS:?}");
+    (ports, locks)
 }
 
 impl EtcdCluster {
@@ -83,7 +124,7 @@ impl EtcdCluster {
             .prefix("weft-etcd-")
             .tempdir()
             .unwrap();
-        let ports = free_ports(2 * size);
+        let (ports, port_locks) = reserve_ports(2 * size);
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),
@@ -102,6 +143,7 @@ impl EtcdCluster {
             members,
             initial_cluster,
             tls,
+            _port_locks: port_locks,
         };
         for i in 0..size {
             cluster.spawn(i);
