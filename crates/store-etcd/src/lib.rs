@@ -23,6 +23,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -38,8 +39,10 @@ use weft_store::{
     StoreHealth, StoreSnapshot, Txn, TxnOutcome, WatchEvent,
 };
 
+use mirror::Mirror;
 use pipeline::{Batch, Decision, Expect, Pipeline, Settled};
 
+mod mirror;
 mod pipeline;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -170,7 +173,27 @@ pub struct EtcdStore {
     progress: Arc<watch::Sender<(u64, u64)>>,
     /// Woken whenever a batch completes, for writes waiting for room.
     room: Arc<Notify>,
+    /// The prefix as the watch of `follower` last told it.
+    mirror: Arc<Mutex<Mirror>>,
+    /// Shared by every handle on the store; `None` in the following task's
+    /// own handle, so that the task ends when the last other one is dropped.
+    follower: Option<Arc<Follower>>,
 }
+
+/// The task that keeps [`EtcdStore::mirror`] up to date: started by the
+/// first read ahead (a server's API, not a one-off command such as
+/// `weft backup`), ended when every handle on the store is gone.
+struct Follower {
+    started: AtomicBool,
+    /// Never sent on: dropped with the last handle, which the task sees.
+    alive: watch::Sender<()>,
+}
+
+/// How far behind this replica's last applied batch the mirror may be and
+/// still be read ahead from. Behind by less, a write of this replica it does
+/// not show yet is still overlaid from the pipeline (which keeps applied
+/// writes for longer); behind by more, its watch is stuck, and etcd is asked.
+const MIRROR_LAG: Duration = Duration::from_secs(1);
 
 /// What every request shares: where it goes (for messages), how long it may
 /// take, and the health it reports.
@@ -344,6 +367,11 @@ impl EtcdStore {
                     ))),
                     progress: Arc::new(watch::channel((0, 0)).0),
                     room: Arc::new(Notify::new()),
+                    mirror: Arc::new(Mutex::new(Mirror::default())),
+                    follower: Some(Arc::new(Follower {
+                        started: AtomicBool::new(false),
+                        alive: watch::channel(()).0,
+                    })),
                 };
                 // Checked before the marker is written: a nested prefix's
                 // marker would be a foreign key in the other's data.
@@ -504,6 +532,123 @@ impl EtcdStore {
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
         self.link.call(what, resend, request).await
+    }
+
+    fn lock_mirror(&self) -> MutexGuard<'_, Mirror> {
+        // Every change to the mirror is made in one call that does not panic.
+        self.mirror.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts following the prefix into the mirror, once per store.
+    fn start_following(&self) {
+        let Some(follower) = &self.follower else {
+            return;
+        };
+        if follower.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let alive = follower.alive.subscribe();
+        let own = EtcdStore {
+            follower: None,
+            ..self.clone()
+        };
+        tokio::spawn(own.follow(alive));
+    }
+
+    /// Loads the prefix into the mirror and follows it, again after each
+    /// break (with backoff), until `alive`'s sender is dropped.
+    async fn follow(self, mut alive: watch::Receiver<()>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let loaded = tokio::select! {
+                _ = alive.changed() => return,
+                loaded = self.follow_once() => loaded,
+            };
+            self.lock_mirror().lose();
+            if loaded {
+                backoff = Duration::from_millis(100);
+            }
+            tokio::select! {
+                _ = alive.changed() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Reads the whole prefix into the mirror, then applies the watch's
+    /// events from that revision on until the watch fails (it reopens by
+    /// itself for a while; a compaction past its revision fails it at once).
+    /// Whether the prefix was loaded.
+    async fn follow_once(&self) -> bool {
+        let loaded = match self.range_pages(&Range::prefix(""), None).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::debug!(error = %e, "loading the etcd prefix to read ahead from failed");
+                return false;
+            }
+        };
+        let mut feed = self.feed("", loaded.revision);
+        if let Err(e) = feed.open().await {
+            tracing::debug!(error = %e, "watching the etcd prefix to read ahead from failed");
+            return false;
+        }
+        self.lock_mirror().load(loaded.revision, loaded.kvs);
+        while let Some(events) = feed.next_response().await {
+            match events {
+                Ok(events) => self.lock_mirror().apply(&events),
+                Err(e) => {
+                    tracing::debug!(error = %e, "the watch to read ahead from ended; loading again");
+                    break;
+                }
+            }
+        }
+        true
+    }
+
+    /// The revision this replica's copy of its prefix, which writes read
+    /// ahead from, is up to; `None` before the first read ahead starts
+    /// following the prefix, and while its watch is broken.
+    pub fn mirrored_revision(&self) -> Option<Revision> {
+        self.lock_mirror().revision()
+    }
+
+    /// `keys` from the mirror, unless it is not followed or is more than
+    /// [`MIRROR_LAG`] behind this replica's last applied batch.
+    fn read_mirrored(
+        &self,
+        keys: &[String],
+    ) -> Option<(
+        Revision,
+        std::collections::HashMap<String, Option<KeyValue>>,
+    )> {
+        let applied = self.lock_pipeline().last_applied();
+        let mirror = self.lock_mirror();
+        let revision = mirror.revision()?;
+        if let Some((last, at)) = applied {
+            if revision < last && at.elapsed() > MIRROR_LAG {
+                return None;
+            }
+        }
+        mirror.read(keys)
+    }
+
+    /// A watch of `prefix` from `after + 1`, not opened yet.
+    fn feed(&self, prefix: &str, after: Revision) -> Feed {
+        let key = self.key(prefix);
+        let end = prefix_end(&key);
+        Feed {
+            client: self.client.clone(),
+            data: self.data.clone(),
+            key,
+            end,
+            last: after,
+            stream: None,
+            pending: VecDeque::new(),
+            endpoints: self.link.endpoints.clone(),
+            request_timeout: self.link.request_timeout,
+            done: false,
+        }
     }
 
     fn lock_pipeline(&self) -> MutexGuard<'_, Pipeline> {
@@ -946,15 +1091,22 @@ impl Store for EtcdStore {
         Ok(self.lock_pipeline().merge_one(key, etcd, read_at))
     }
 
-    /// One read-only etcd transaction of a get per key, at one revision
-    /// (<https://etcd.io/docs/v3.4/learning/api/#transaction>). Unless
-    /// `fresh`, the gets are serializable: the member answers from what it
-    /// has applied, without a Raft read index, which saves the cluster a
-    /// round of messages per write
-    /// (<https://etcd.io/docs/v3.4/learning/api_guarantees/>).
+    /// Unless `fresh`, from this replica's mirror of the prefix (no round
+    /// trip: as stale as its watch is late, as a serializable read is as
+    /// stale as its member); `fresh`, or while the mirror is not followed,
+    /// one read-only etcd transaction of a get per key, at one revision
+    /// (<https://etcd.io/docs/v3.4/learning/api/#transaction>), serializable
+    /// unless `fresh`: the member answers from what it has applied, without a
+    /// Raft read index (<https://etcd.io/docs/v3.4/learning/api_guarantees/>).
     async fn read_ahead(&self, keys: &[String], fresh: bool) -> Result<ReadAhead, StoreError> {
         if keys.is_empty() {
             return Ok(ReadAhead::default());
+        }
+        if !fresh {
+            self.start_following();
+            if let Some((revision, kvs)) = self.read_mirrored(keys) {
+                return Ok(ReadAhead::new(revision, kvs, true));
+            }
         }
         let options = (!fresh).then(|| GetOptions::new().with_serializable());
         let gets: Vec<TxnOp> = keys
@@ -1138,20 +1290,7 @@ impl Store for EtcdStore {
         after: Revision,
     ) -> Result<BoxStream<'static, Result<WatchEvent, StoreError>>, StoreError> {
         let after = after.max(0);
-        let key = self.key(prefix);
-        let end = prefix_end(&key);
-        let mut feed = Feed {
-            client: self.client.clone(),
-            data: self.data.clone(),
-            key,
-            end,
-            last: after,
-            stream: None,
-            pending: VecDeque::new(),
-            endpoints: self.link.endpoints.clone(),
-            request_timeout: self.link.request_timeout,
-            done: false,
-        };
+        let mut feed = self.feed(prefix, after);
         let head = feed.open().await.map_err(|e| {
             StoreError::Unavailable(format!(
                 "etcd at {}: watching failed: {e}",
@@ -1263,6 +1402,19 @@ impl Feed {
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {:?}", self.request_timeout)),
         }
+    }
+
+    /// The events of the next watch response: etcd sends all of one
+    /// revision's events in one response, so a reader applying them together
+    /// never shows half a transaction.
+    async fn next_response(&mut self) -> Option<Result<Vec<WatchEvent>, StoreError>> {
+        let first = match self.next().await? {
+            Ok(event) => event,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut events = vec![first];
+        events.extend(self.pending.drain(..));
+        Some(Ok(events))
     }
 
     async fn next(&mut self) -> Option<Result<WatchEvent, StoreError>> {

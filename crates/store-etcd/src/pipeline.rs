@@ -171,6 +171,8 @@ pub(crate) struct Pipeline {
     failed: u64,
     /// etcd's latest revision as the last answer told it.
     last_revision: Revision,
+    /// The revision and time of the last batch etcd applied.
+    last_applied: Option<(Revision, Instant)>,
 }
 
 impl Pipeline {
@@ -192,6 +194,7 @@ impl Pipeline {
             completed: 0,
             failed: 0,
             last_revision: 0,
+            last_applied: None,
         }
     }
 
@@ -360,6 +363,12 @@ impl Pipeline {
         self.last_revision
     }
 
+    /// The revision etcd applied this replica's last batch at, and when the
+    /// answer came.
+    pub(crate) fn last_applied(&self) -> Option<(Revision, Instant)> {
+        self.last_applied
+    }
+
     /// Records how the batch in flight ended; returns the next batch to send.
     /// `outcome`: etcd's answer, or why there was none.
     pub(crate) fn complete(
@@ -373,6 +382,7 @@ impl Pipeline {
         match outcome {
             Ok(TxnOutcome::Committed(revision)) => {
                 self.last_revision = self.last_revision.max(revision);
+                self.last_applied = Some((revision, now));
                 let mut keys = Vec::with_capacity(batch.ops.len());
                 for key in batch.ops.keys() {
                     if let Some(entry) = self.overlay.get_mut(key) {

@@ -661,3 +661,177 @@ async fn a_prefix_inside_or_around_another_installation_is_refused() {
     // A sibling whose name starts alike is not nested.
     cluster.store("/outer-2/").await;
 }
+
+/// Reads `key` ahead (not fresh) until `accept` holds for what it gives, for up to 5 s.
+async fn read_ahead_until(
+    store: &dyn Store,
+    key: &str,
+    accept: impl Fn(Option<&weft_store::KeyValue>) -> bool,
+) -> weft_store::ReadAhead {
+    let keys = [key.to_string()];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let ahead = store.read_ahead(&keys, false).await.unwrap();
+        if accept(ahead.get(key).flatten()) {
+            return ahead;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{key} read ahead never showed what was expected: {:?}",
+            ahead.get(key)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits up to 5 s until `store`'s copy of its prefix is at `revision` or later (reading ahead
+/// starts it).
+async fn mirrored(store: &EtcdStore, revision: Revision) {
+    store.read_ahead(&["-".to_string()], false).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.mirrored_revision().is_none_or(|r| r < revision) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the copy to read ahead from is at {:?}, not {revision}",
+            store.mirrored_revision()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn holds(value: &'static str) -> impl Fn(Option<&weft_store::KeyValue>) -> bool {
+    move |kv| kv.is_some_and(|kv| kv.value == value.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_reads_ahead_from_its_own_copy_another_replicas_writes_once_watched_and_its_own_at_once(
+) {
+    let mut cluster = EtcdCluster::start(3).await;
+    let a = cluster.store("/mirror/").await;
+    let b = cluster.store("/mirror/").await;
+    let key = "res/m/vn/a";
+
+    // Replica a writes; replica b's reads ahead show it once b's watch delivers it, at
+    // its revision, and flagged as possibly stale (errors answered from them are decided
+    // again from a linearizable read).
+    let first = commit(&*a, vec![put(key, "1")]).await;
+    let ahead = read_ahead_until(&*b, key, holds("1")).await;
+    assert!(ahead.may_be_stale());
+    assert!(ahead.revision() >= first);
+    assert_eq!(ahead.get(key).flatten().unwrap().mod_revision, first);
+    let second = commit(&*a, vec![put(key, "2")]).await;
+    let ahead = read_ahead_until(&*b, key, holds("2")).await;
+    let kv = ahead.get(key).flatten().unwrap().clone();
+    assert_eq!(
+        (kv.mod_revision, kv.create_revision, kv.version),
+        (second, first, 2)
+    );
+
+    // Replica b's own write reads back at once, before and after etcd applies it, and a
+    // write decided on that read holds at etcd.
+    let (outcome, durable) = b
+        .txn_deferred(Txn {
+            compares: vec![Compare::ModRevision(key.into(), second)],
+            ops: vec![put(key, "3")],
+        })
+        .await
+        .unwrap();
+    assert!(matches!(outcome, TxnOutcome::Committed(_)));
+    let ahead = b.read_ahead(&[key.to_string()], false).await.unwrap();
+    let mine = b.get_latest_ahead(key, &ahead).await.unwrap().unwrap();
+    assert_eq!(mine.value, "3".as_bytes());
+    let third = durable.await.unwrap();
+    let ahead = b.read_ahead(&[key.to_string()], false).await.unwrap();
+    let mine = b.get_latest_ahead(key, &ahead).await.unwrap().unwrap();
+    assert_eq!(
+        (mine.value.as_ref(), mine.mod_revision),
+        ("3".as_bytes(), third)
+    );
+    let (outcome, durable) = b
+        .txn_deferred(Txn {
+            compares: vec![Compare::ModRevision(key.into(), mine.mod_revision)],
+            ops: vec![put(key, "4")],
+        })
+        .await
+        .unwrap();
+    assert!(matches!(outcome, TxnOutcome::Committed(_)));
+    let fourth = durable.await.unwrap();
+
+    // What b reads ahead is its own copy: with every member down it still answers (a
+    // write decided from it fails at etcd), while a fresh read cannot.
+    mirrored(&b, fourth).await;
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    let ahead = b.read_ahead(&[key.to_string()], false).await.unwrap();
+    assert_eq!(ahead.get(key).flatten().unwrap().value, "4".as_bytes());
+    assert!(matches!(
+        b.read_ahead(&[key.to_string()], true).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    cluster.restart_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_member_was_down_through_a_compaction_reads_ahead_the_current_state_after()
+{
+    let mut cluster = EtcdCluster::start(3).await;
+    let writer = EtcdStore::connect(EtcdOptions {
+        endpoints: cluster.endpoints_of(&[0, 1]),
+        ..cluster.options("/mirror/")
+    })
+    .await
+    .unwrap();
+    // This replica reaches etcd through member 2 only.
+    let reader = EtcdStore::connect(EtcdOptions {
+        endpoints: cluster.endpoints_of(&[2]),
+        ..cluster.options("/mirror/")
+    })
+    .await
+    .unwrap();
+    let first = commit(
+        &*writer,
+        vec![put("res/m/vn/a", "1"), put("res/m/vn/b", "1")],
+    )
+    .await;
+    mirrored(&reader, first).await;
+
+    // Its member dies; meanwhile the mesh changes and etcd compacts the history its
+    // watch would resume from.
+    cluster.kill(2);
+    // Unconditional, so sent again while the cluster elects a leader in its place.
+    for ops in [
+        vec![Op::Delete("res/m/vn/a".into())],
+        vec![put("res/m/vn/b", "2")],
+    ] {
+        let txn = Txn {
+            compares: vec![],
+            ops,
+        };
+        let mut attempts = 0;
+        while let Err(e) = writer.txn(txn.clone()).await {
+            attempts += 1;
+            assert!(
+                attempts < 20,
+                "the two members left did not take a write: {e}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let compacted = cluster.compact().await;
+    cluster.restart(2).await;
+
+    // It loads the prefix again: the current state, not the one before. Its own copy, not
+    // a read through its member: with that member down again it still answers, at or after
+    // the compaction, and without the deleted key.
+    mirrored(&reader, compacted).await;
+    cluster.kill(2);
+    let keys = ["res/m/vn/a".to_string(), "res/m/vn/b".to_string()];
+    let ahead = reader.read_ahead(&keys, false).await.unwrap();
+    assert!(ahead.revision() >= compacted);
+    assert_eq!(ahead.get("res/m/vn/a"), Some(None));
+    assert_eq!(
+        ahead.get("res/m/vn/b").flatten().unwrap().value,
+        "2".as_bytes()
+    );
+}
