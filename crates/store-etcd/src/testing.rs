@@ -55,9 +55,12 @@ struct Member {
 
 /// Ports below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`, 32768–60999 by
 /// default): the kernel never hands these out for another test's `bind(port 0)` or outgoing
-/// connection, so a member that is stopped and started again finds its port still free. (A
-/// kernel-picked port was taken by another test while its member was down.)
-const PORTS: std::ops::Range<u16> = 20_000..32_000;
+/// connection, so a member that is stopped and started again finds its port still free (a
+/// kernel-picked port was taken by another test while its member was down). Below the range
+/// `weft_xds::test_helpers::free_port` hands out (20000–32000), which checks that a port binds
+/// but cannot know a stopped member's, and above the ports App Mesh's Envoy listens on by
+/// default (15000, 15001).
+const PORTS: std::ops::Range<u16> = 16_000..20_000;
 
 /// Where the reservations of [`PORTS`] live: one lock file per port, shared by every test
 /// process on the machine.
