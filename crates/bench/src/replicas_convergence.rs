@@ -5,7 +5,7 @@
 //! 1.5× of the embedded store's). The same convergence counted from the write's sending (so
 //! with the write's own time in it) is printed beside, with its ratio, and beside that the
 //! machine's bound on it: each store's own commit latency, one write at a time with no Weft in
-//! between (see [`commit_latency`]).
+//! between, back to back and paced as the measured writes are (see [`commit_latency`]).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -36,6 +36,10 @@ const RECORD_BYTES: usize = 1024;
 /// creation, on a store and a connection already in use.
 const COMMIT_WARMUP: usize = 10;
 
+/// How long a setup waits with no ACK before it counts a change as converged, and so at least
+/// how far apart the measured writes are; the paced bare commits are this far apart too.
+const QUIET: Duration = Duration::from_millis(300);
+
 /// Flags of `weft-bench replicas-convergence`.
 #[derive(clap::Args)]
 pub struct ReplicasConvergenceArgs {
@@ -51,6 +55,10 @@ pub struct ReplicasConvergenceArgs {
     /// Bare commits timed on each store after its setup (the machine's bound).
     #[arg(long, default_value_t = 200)]
     pub commits: usize,
+    /// Bare commits timed on each store after those, each after a pause as long as the one
+    /// between two measured writes (the bound for writes that find the processes idle; 0: none).
+    #[arg(long, default_value_t = 50)]
+    pub paced_commits: usize,
     /// ADS variant the proxies speak.
     #[arg(long, value_enum, default_value_t = AdsProtocol::Delta)]
     pub protocol: AdsProtocol,
@@ -140,13 +148,21 @@ pub async fn run(args: ReplicasConvergenceArgs) -> Result<()> {
     // On the same disk as the setup's data, after its server stopped.
     let embedded_commit = {
         let store = EmbeddedStore::open(EmbeddedOptions::new(dir.path().join("bound"))).await?;
-        commit_latency(&*store, args.commits).await?
+        let hot = commit_latency(&*store, args.commits, Duration::ZERO).await?;
+        let paced = commit_latency(&*store, args.paced_commits, QUIET).await?;
+        (hot, paced)
     };
     let etcd = EtcdCluster::start(3).await;
     let replicas = run_setup(&args, &binary, shape, dir.path(), Some(&etcd)).await?;
     // The replicas' cluster, after they stopped; a prefix beside theirs, not in it.
-    let etcd_commit =
-        commit_latency(&*etcd.store("/weft-bench-bound/").await, args.commits).await?;
+    let etcd_commit = {
+        let store = etcd.store("/weft-bench-bound/").await;
+        let hot = commit_latency(&*store, args.commits, Duration::ZERO).await?;
+        let paced = commit_latency(&*store, args.paced_commits, QUIET).await?;
+        (hot, paced)
+    };
+    let ((embedded_commit, embedded_paced), (etcd_commit, etcd_paced)) =
+        (embedded_commit, etcd_commit);
     drop(etcd);
 
     println!();
@@ -236,6 +252,25 @@ pub async fn run(args: ReplicasConvergenceArgs) -> Result<()> {
         commit(0.5),
         sent_p50 / commit(0.5)
     );
+    if args.paced_commits > 0 {
+        let paced = |q| ratio(quantile(&etcd_paced, q), quantile(&embedded_paced, q));
+        println!(
+            "store commit alone, paced like the writes ({} txns, each {} ms after the last \
+             answer): embedded p50 {} p99 {} ms, etcd (3) p50 {} p99 {} ms; ratio etcd / \
+             embedded: p50 {:.2}, p99 {:.2}; from the write's sending over it: p99 {:.2}, p50 \
+             {:.2}",
+            args.paced_commits,
+            QUIET.as_millis(),
+            ms(quantile(&embedded_paced, 0.5)),
+            ms(quantile(&embedded_paced, 0.99)),
+            ms(quantile(&etcd_paced, 0.5)),
+            ms(quantile(&etcd_paced, 0.99)),
+            paced(0.5),
+            paced(0.99),
+            sent / paced(0.99),
+            sent_p50 / paced(0.5)
+        );
+    }
     println!(
         "Convergence per change: from the UpdateRoute's answer (client-side clock) to the last \
          ACK of any proxy that received something from it; proxy p50/p99 pool every such proxy's \
@@ -253,11 +288,19 @@ pub async fn run(args: ReplicasConvergenceArgs) -> Result<()> {
 /// cannot answer before one such durable commit: on the embedded store one fsync, on etcd a Raft
 /// commit (the leader's and a follower's fsync on this machine's one disk, and the round trips
 /// between them), so the ratio of the two bounds the convergence ratio counted from the sending.
-async fn commit_latency(store: &dyn Store, count: usize) -> Result<Vec<Duration>> {
+/// `pause` before each: back to back (zero), the processes on the way stay awake; a pause as long
+/// as the one between the measured writes makes each commit wake them as those writes do, which
+/// on this virtual machine costs each hop time (docs/benchmark-history.md, 2026-12-07 23:38), and
+/// etcd's commit has more hops than the embedded store's fsync.
+async fn commit_latency(store: &dyn Store, count: usize, pause: Duration) -> Result<Vec<Duration>> {
     let value = bytes::Bytes::from(vec![b'x'; RECORD_BYTES]);
     let mut latencies = Vec::with_capacity(count);
-    for i in 0..COMMIT_WARMUP + count {
-        let key = format!("commit/{i}");
+    let warmup = if count == 0 { 0 } else { COMMIT_WARMUP };
+    for i in 0..warmup + count {
+        if i >= warmup && !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        let key = format!("commit/{}/{i}", pause.as_millis());
         let txn = Txn {
             compares: vec![Compare::Absent(key.clone())],
             ops: vec![Op::Put(key, value.clone())],
@@ -268,7 +311,7 @@ async fn commit_latency(store: &dyn Store, count: usize) -> Result<Vec<Duration>
         if !matches!(outcome, TxnOutcome::Committed(_)) {
             bail!("a bare commit of a fresh key was refused: {outcome:?}");
         }
-        if i >= COMMIT_WARMUP {
+        if i >= warmup {
             latencies.push(took);
         }
     }
@@ -353,7 +396,7 @@ async fn run_setup(
     if affected.is_empty() {
         bail!("no proxy has service 0 as a backend: raise --proxies or --backends");
     }
-    let quiet = Duration::from_millis(300);
+    let quiet = QUIET;
     let mut result = SetupResult {
         affected: affected.len(),
         last_ack: Vec::with_capacity(args.changes),
