@@ -152,33 +152,47 @@ impl Service {
     /// Runs one operation like [`Service::call`], but answers in the form
     /// cheapest to send: some outputs come already serialized.
     pub async fn respond(&self, operation: &str, input: Value) -> Result<Output, ApiError> {
-        let result = self.dispatch(operation, input).await;
-        if result.is_err() {
-            // The answer may rest on a write not yet durable (writes read the
-            // latest state): wait for it, so no answer outruns the disk.
-            self.store.sync().await?;
+        let result = self.dispatch(operation, &input).await;
+        let Err(error) = &result else {
+            return result;
+        };
+        // The answer may rest on a write not yet durable (writes read the
+        // latest state): wait for it, so no answer outruns the disk.
+        match self.store.sync().await {
+            Ok(()) => result,
+            // A write decided before the answer was not applied after all
+            // (another replica's write failed its batch): an answer drawn
+            // from what was read is decided once more from what is applied
+            // now, rather than turned into a 503.
+            Err(weft_store::StoreError::Superseded(_)) if error.rests_on_reads() => {
+                let again = self.dispatch(operation, &input).await;
+                if again.is_err() {
+                    self.store.sync().await?;
+                }
+                again
+            }
+            Err(e) => Err(e.into()),
         }
-        result
     }
 
-    async fn dispatch(&self, operation: &str, input: Value) -> Result<Output, ApiError> {
+    async fn dispatch(&self, operation: &str, input: &Value) -> Result<Output, ApiError> {
         match operation {
-            "TagResource" => return self.tag_resource(&input).await.map(Output::Value),
-            "UntagResource" => return self.untag_resource(&input).await.map(Output::Value),
-            "ListTagsForResource" => return self.list_tags(&input).await.map(Output::Value),
+            "TagResource" => return self.tag_resource(input).await.map(Output::Value),
+            "UntagResource" => return self.untag_resource(input).await.map(Output::Value),
+            "ListTagsForResource" => return self.list_tags(input).await.map(Output::Value),
             _ => {}
         }
         let (action, kind) = Kind::parse_operation(operation)
             .ok_or_else(|| ApiError::BadRequest(format!("unknown operation {operation}")))?;
-        self.check_owner(&input)?;
+        self.check_owner(input)?;
         match action {
-            Action::List => self.list(kind, &input).await,
+            Action::List => self.list(kind, input).await,
             action => {
-                let id = self.resource_id(kind, &input)?;
+                let id = self.resource_id(kind, input)?;
                 match action {
-                    Action::Create => self.create(operation, &id, &input).await,
+                    Action::Create => self.create(operation, &id, input).await,
                     Action::Describe => self.describe(&id).await,
-                    Action::Update => self.update(operation, &id, &input).await,
+                    Action::Update => self.update(operation, &id, input).await,
                     _ => self.delete(&id).await.map(Output::Value),
                 }
             }

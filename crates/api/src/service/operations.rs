@@ -727,6 +727,8 @@ mod tests {
         inner: SharedStore,
         frozen: Mutex<Option<(Revision, HashMap<String, KeyValue>)>>,
         fresh_reads: AtomicUsize,
+        /// The next this many syncs report a batch that failed at etcd.
+        failed_batches: AtomicUsize,
     }
 
     impl LaggingReplica {
@@ -779,6 +781,15 @@ mod tests {
         async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
             self.inner.txn(txn).await
         }
+        async fn sync(&self) -> Result<(), StoreError> {
+            let failed =
+                self.failed_batches
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            match failed {
+                Ok(_) => Err(StoreError::Superseded("a batch failed at etcd".into())),
+                Err(_) => self.inner.sync().await,
+            }
+        }
         async fn revision(&self) -> Result<Revision, StoreError> {
             self.inner.revision().await
         }
@@ -804,6 +815,7 @@ mod tests {
             inner,
             frozen: Mutex::new(None),
             fresh_reads: AtomicUsize::new(0),
+            failed_batches: AtomicUsize::new(0),
         });
         let shared: SharedStore = replica.clone();
         (dir, replica, Service::new(shared, ApiConfig::default()))
@@ -811,6 +823,28 @@ mod tests {
 
     fn node(mesh: &str, name: &str) -> Value {
         json!({"meshName": mesh, "virtualNodeName": name, "spec": {}})
+    }
+
+    #[tokio::test]
+    async fn an_error_answered_while_another_writers_batch_failed_is_decided_again_not_a_503() {
+        let (_dir, replica, service) = lagging_service().await;
+        service
+            .call("CreateMesh", json!({"meshName": "apps"}))
+            .await
+            .unwrap();
+        replica.failed_batches.store(1, Ordering::SeqCst);
+        let missing = json!({"meshName": "apps", "virtualNodeName": "web"});
+        let answer = service.call("DescribeVirtualNode", missing.clone()).await;
+        assert!(matches!(answer, Err(ApiError::NotFound(_))), "{answer:?}");
+        assert_eq!(replica.failed_batches.load(Ordering::SeqCst), 0);
+
+        // Decided again over yet another failed batch: the client is told to retry.
+        replica.failed_batches.store(2, Ordering::SeqCst);
+        let answer = service.call("DescribeVirtualNode", missing).await;
+        assert!(
+            matches!(answer, Err(ApiError::ServiceUnavailable(_))),
+            "{answer:?}"
+        );
     }
 
     #[tokio::test]
