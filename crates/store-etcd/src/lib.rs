@@ -12,6 +12,9 @@
 //!   durable once etcd answers, because etcd answers after the Raft commit;
 //! - reads are etcd's default (linearizable) reads; the `_latest` reads add
 //!   the writes decided and not yet applied;
+//! - [`Store::read_ahead`] (what a write decides from) reads this replica's
+//!   own copy of its prefix, kept by one watch (the `mirror` module), with no
+//!   round trip; the write's compares still go to etcd;
 //! - [`Store::watch`] is an etcd watch from `after + 1`, resumed from the last
 //!   revision seen when its connection breaks; a compacted start revision is
 //!   [`StoreError::Compacted`].
