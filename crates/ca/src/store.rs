@@ -284,7 +284,14 @@ mod tests {
     use super::*;
     use crate::identity::Resource;
     use crate::token;
-    use weft_store::{EmbeddedOptions, EmbeddedStore};
+    use weft_store::{EmbeddedOptions, EmbeddedStore, SharedStore};
+
+    /// The embedded store in `dir`, opened as the server opens it.
+    async fn open(dir: &tempfile::TempDir) -> SharedStore {
+        EmbeddedStore::open(EmbeddedOptions::new(dir.path()))
+            .await
+            .unwrap()
+    }
 
     #[tokio::test]
     async fn the_root_is_created_once_and_kept_across_a_reopen() {
@@ -293,17 +300,13 @@ mod tests {
         let now = SystemTime::now();
         let (kek, _) = Kek::generate().unwrap();
         let first = {
-            let store = EmbeddedStore::open(EmbeddedOptions::new(dir.path()))
-                .await
-                .unwrap();
+            let store = open(&dir).await;
             let a = load_or_create_root(&*store, &td, &kek, now).await.unwrap();
             let b = load_or_create_root(&*store, &td, &kek, now).await.unwrap();
             assert_eq!(a.trust_bundle_pem(), b.trust_bundle_pem());
             a.trust_bundle_pem().to_string()
         };
-        let store = EmbeddedStore::open(EmbeddedOptions::new(dir.path()))
-            .await
-            .unwrap();
+        let store = open(&dir).await;
         let again = load_or_create_root(&*store, &td, &kek, now).await.unwrap();
         assert_eq!(again.trust_bundle_pem(), first);
     }
@@ -311,9 +314,7 @@ mod tests {
     #[tokio::test]
     async fn the_root_key_is_stored_sealed_and_opens_only_under_its_kek() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(EmbeddedOptions::new(dir.path()))
-            .await
-            .unwrap();
+        let store = open(&dir).await;
         let td: TrustDomain = "weft.local".parse().unwrap();
         let now = SystemTime::now();
         let (kek, _) = Kek::generate().unwrap();
@@ -336,9 +337,7 @@ mod tests {
     #[tokio::test]
     async fn a_root_stored_in_clear_is_loaded_and_sealed_in_place() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(EmbeddedOptions::new(dir.path()))
-            .await
-            .unwrap();
+        let store = open(&dir).await;
         let td: TrustDomain = "weft.local".parse().unwrap();
         let now = SystemTime::now();
         let (authority, record) = Authority::generate_root(&td, now).unwrap();
@@ -363,9 +362,7 @@ mod tests {
     #[tokio::test]
     async fn tokens_are_stored_without_their_secret_revoked_and_swept() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(EmbeddedOptions::new(dir.path()))
-            .await
-            .unwrap();
+        let store = open(&dir).await;
         let now = SystemTime::now();
         let resource = Resource::parse("mesh/apps/virtualNode/red").unwrap();
         let minted = token::mint(&resource, now, Duration::from_secs(60)).unwrap();
