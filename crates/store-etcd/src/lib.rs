@@ -785,6 +785,16 @@ impl EtcdStore {
         })
     }
 
+    /// etcd's (linearizable) answer for one key.
+    async fn get_one(&self, key: &str) -> Result<etcd_client::GetResponse, StoreError> {
+        self.call("reading a key", Resend::Unreachable, || {
+            let mut kv = self.client.kv_client();
+            let k = self.key(key);
+            async move { kv.get(k, None).await }
+        })
+        .await
+    }
+
     /// The current revision, from the cheapest linearizable read.
     async fn current_revision(&self) -> Result<Revision, StoreError> {
         let resp = self
@@ -1044,13 +1054,7 @@ fn is_compacted(e: &etcd_client::Error) -> bool {
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let resp = self
-            .call("reading a key", Resend::Unreachable, || {
-                let mut kv = self.client.kv_client();
-                let k = self.key(key);
-                async move { kv.get(k, None).await }
-            })
-            .await?;
+        let resp = self.get_one(key).await?;
         Ok(resp.kvs().first().and_then(|kv| self.decode(kv)))
     }
 
@@ -1082,13 +1086,7 @@ impl Store for EtcdStore {
         if let Some(decided) = self.lock_pipeline().decided(key) {
             return Ok(decided);
         }
-        let resp = self
-            .call("reading a key", Resend::Unreachable, || {
-                let mut kv = self.client.kv_client();
-                let k = self.key(key);
-                async move { kv.get(k, None).await }
-            })
-            .await?;
+        let resp = self.get_one(key).await?;
         let read_at = resp.header().map(|h| h.revision()).unwrap_or(0);
         let etcd = resp.kvs().first().and_then(|kv| self.decode(kv));
         Ok(self.lock_pipeline().merge_one(key, etcd, read_at))
