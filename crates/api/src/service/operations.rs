@@ -821,17 +821,23 @@ mod tests {
         (dir, replica, Service::new(shared, ApiConfig::default()))
     }
 
+    /// [`lagging_service`] with mesh "apps" created before anything lags.
+    async fn lagging_service_with_mesh() -> (tempfile::TempDir, Arc<LaggingReplica>, Service) {
+        let (dir, replica, service) = lagging_service().await;
+        service
+            .call("CreateMesh", json!({"meshName": "apps"}))
+            .await
+            .unwrap();
+        (dir, replica, service)
+    }
+
     fn node(mesh: &str, name: &str) -> Value {
         json!({"meshName": mesh, "virtualNodeName": name, "spec": {}})
     }
 
     #[tokio::test]
     async fn an_error_answered_while_another_writers_batch_failed_is_decided_again_not_a_503() {
-        let (_dir, replica, service) = lagging_service().await;
-        service
-            .call("CreateMesh", json!({"meshName": "apps"}))
-            .await
-            .unwrap();
+        let (_dir, replica, service) = lagging_service_with_mesh().await;
         replica.failed_batches.store(1, Ordering::SeqCst);
         let missing = json!({"meshName": "apps", "virtualNodeName": "web"});
         let answer = service.call("DescribeVirtualNode", missing.clone()).await;
@@ -849,11 +855,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_name_taken_after_the_lagging_read_is_answered_already_exists_from_a_fresh_read() {
-        let (_dir, replica, service) = lagging_service().await;
-        service
-            .call("CreateMesh", json!({"meshName": "apps"}))
-            .await
-            .unwrap();
+        let (_dir, replica, service) = lagging_service_with_mesh().await;
         replica.freeze().await;
         service
             .call("CreateVirtualNode", node("apps", "web"))
@@ -888,11 +890,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_route_target_the_lagging_read_does_not_show_yet_is_found_and_a_missing_one_is_not() {
-        let (_dir, replica, service) = lagging_service().await;
-        service
-            .call("CreateMesh", json!({"meshName": "apps"}))
-            .await
-            .unwrap();
+        let (_dir, replica, service) = lagging_service_with_mesh().await;
         let router = json!({"meshName": "apps", "virtualRouterName": "r", "spec": {
             "listeners": [{"portMapping": {"port": 8080, "protocol": "http"}}]}});
         service.call("CreateVirtualRouter", router).await.unwrap();
@@ -919,11 +917,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_update_from_a_lagging_read_loses_its_compare_and_applies_once() {
-        let (_dir, replica, service) = lagging_service().await;
-        service
-            .call("CreateMesh", json!({"meshName": "apps"}))
-            .await
-            .unwrap();
+        let (_dir, replica, service) = lagging_service_with_mesh().await;
         service
             .call("CreateVirtualNode", node("apps", "web"))
             .await
