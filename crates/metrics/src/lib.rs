@@ -327,6 +327,9 @@ impl weft_store::Store for MeteredStore {
     ) -> Result<weft_store::ReadAhead, weft_store::StoreError> {
         self.inner.read_ahead(keys, fresh).await
     }
+    fn reads_ahead(&self) -> bool {
+        self.inner.reads_ahead()
+    }
     async fn get_latest_ahead(
         &self,
         key: &str,

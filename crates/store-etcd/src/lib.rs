@@ -1132,6 +1132,10 @@ impl Store for EtcdStore {
         Ok(ReadAhead::new(revision, kvs, !fresh))
     }
 
+    fn reads_ahead(&self) -> bool {
+        true
+    }
+
     async fn get_latest_ahead(
         &self,
         key: &str,

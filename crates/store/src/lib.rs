@@ -261,6 +261,11 @@ pub trait Store: Send + Sync + 'static {
         let _ = (keys, fresh);
         Ok(ReadAhead::default())
     }
+    /// Whether [`Store::read_ahead`] reads anything: a writer need not list
+    /// (nor parse its spec for) keys a backend will not read.
+    fn reads_ahead(&self) -> bool {
+        false
+    }
     /// [`Store::get_latest`], answered from `ahead` where it holds the key:
     /// its value as read, overlaid with every write decided since. What
     /// another writer committed since the read is not seen; the write's

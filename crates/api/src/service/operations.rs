@@ -142,6 +142,9 @@ impl Service {
         references: &[ResourceId],
         fresh: bool,
     ) -> Result<ReadAhead, ApiError> {
+        if !self.store.reads_ahead() {
+            return Ok(ReadAhead::default());
+        }
         let mut keys = vec![keys::guard(&id.mesh), keys::resource(id)];
         if id.kind == Kind::Mesh {
             keys.push(keys::MESHES_GUARD.to_string());
@@ -225,7 +228,11 @@ impl Service {
         let record = record_bytes(&data, &tags);
         let token_op = self.token_op(op, token, &request, &metadata, None)?;
         let token_key = token.map(|t| keys::token(op, t));
-        let references = spec_references(id, spec);
+        let references = if self.store.reads_ahead() {
+            spec_references(id, spec)
+        } else {
+            Vec::new()
+        };
         let mut fresh = false;
         for _ in 0..MAX_ATTEMPTS {
             let ahead = self
@@ -395,7 +402,10 @@ impl Service {
         let token_key = token.map(|t| keys::token(op, t));
         // An update without a spec keeps the stored one, whose references
         // are checked in the turn.
-        let references = new_spec.map_or_else(Vec::new, |s| spec_references(id, s));
+        let references = match new_spec {
+            Some(spec) if self.store.reads_ahead() => spec_references(id, spec),
+            _ => Vec::new(),
+        };
         let mut fresh = false;
         for _ in 0..MAX_ATTEMPTS {
             let ahead = self
@@ -767,6 +777,9 @@ mod tests {
                     Ok(ReadAhead::new(self.inner.revision().await?, read, false))
                 }
             }
+        }
+        fn reads_ahead(&self) -> bool {
+            true
         }
         async fn get_latest_ahead(
             &self,
