@@ -584,7 +584,7 @@ impl EtcdStore {
     /// itself for a while; a compaction past its revision fails it at once).
     /// Whether the prefix was loaded.
     async fn follow_once(&self) -> bool {
-        let loaded = match self.range_pages(&Range::prefix(""), None).await {
+        let loaded = match self.range_at(Range::prefix(""), None).await {
             Ok(loaded) => loaded,
             Err(e) => {
                 tracing::debug!(error = %e, "loading the etcd prefix to read ahead from failed");
